@@ -1,0 +1,563 @@
+/*
+ * ltocache: native front end of the ThinLTO backend-job cache.
+ *
+ * Contract: this program behaves exactly like the compiler it wraps. It recognises a
+ * distributed-ThinLTO backend job (an argument starting with "-fthinlto-index=", or a response
+ * file "@..." that may hide one), hands that job to the ltocache daemon over a Unix socket and
+ * replays the daemon's answer. Every other invocation, and every failure on the ltocache side
+ * (no daemon, unsafe socket directory, malformed reply, daemon dying mid-job, ...), ends in a
+ * plain exec of the real compiler: the build never fails because of ltocache.
+ *
+ * Why C and why so small: every backend job (~100 ms of clang) passes through here, and
+ * starting Node alone costs ~90 ms. So this file parses no compiler flags and holds no cache
+ * knowledge; it only moves bytes. All knowledge lives in the TypeScript daemon. The wire format
+ * is described in docs/protocol.md and mirrored in src/protocol/clientFrames.ts.
+ *
+ * Modes (decided by basename(argv[0])):
+ *   prefix:     "ltocache <compiler> <args...>"; "ltocache" alone or with a CLI sub-command
+ *               (stats, daemon, ...) execs the TypeScript CLI under node instead.
+ *   masquerade: a symlink named like the compiler (clang, clang-19, ...) pointing here; the real
+ *               compiler is the next executable of that name on PATH that is not this program.
+ *
+ * Environment: LTOCACHE_DIR, XDG_CACHE_HOME, HOME (cache dir -> socket), LTOCACHE_DISABLE,
+ * LTOCACHE_NODE, LTOCACHE_START_TIMEOUT_MS, and LTOCACHE_PRINT_SOCKET=1 (tests only: print the
+ * socket path and exit 0).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define PROTOCOL_VERSION 1u
+#define FLAG_STDERR_TTY 1u
+/* The daemon's frame decoder rejects requests above 16 MiB; don't bother sending one. */
+#define MAX_REQUEST_PAYLOAD (16u << 20)
+/* Bound on what we are willing to buffer from the daemon before replaying it. */
+#define MAX_REPLY_PAYLOAD (256u << 20)
+#define DEFAULT_START_TIMEOUT_MS 3000L
+#define CONNECT_RETRY_NS (10L * 1000 * 1000)
+
+/* The compiler to run: `path` is what execv gets (resolved, possibly relative), `argv` is the
+ * argument vector as the user gave it (argv[0] = compiler name as given), `argc` its length. */
+struct job {
+    const char *path;
+    char **argv;
+    int argc;
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Small helpers                                                                             */
+
+static const char *base_name(const char *p) {
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+static int starts_with(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Non-NULL and non-empty. */
+static const char *env_nonempty(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+/* Malloc'd concatenation of up to three strings; NULL on OOM. */
+static char *concat3(const char *a, const char *b, const char *c) {
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    char *r = malloc(la + lb + lc + 1);
+    if (!r) return NULL;
+    memcpy(r, a, la);
+    memcpy(r + la, b, lb);
+    memcpy(r + la + lb, c, lc + 1);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Direct exec: the universal fallback                                                       */
+
+/* Replace this process with the real compiler, same args/env/stdio. Never returns. The socket
+ * (if any) is SOCK_CLOEXEC, and SIGPIPE was never touched (we use MSG_NOSIGNAL), so the
+ * compiler inherits exactly what we inherited. */
+_Noreturn static void direct_exec(const struct job *j) {
+    execv(j->path, j->argv);
+    int e = errno;
+    fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
+    exit(e == ENOENT ? 127 : 126);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Compiler lookup                                                                           */
+
+/* Identity of this executable, to skip ourselves (and every symlink or hard link to us) when
+ * searching PATH. Compared by device+inode, which is what "same realpath" implies and also
+ * catches hard links. Returns 0 if /proc/self/exe cannot be stat'ed (then nothing matches). */
+static int self_identity(struct stat *self) {
+    return stat("/proc/self/exe", self) == 0;
+}
+
+/* Search PATH for an executable regular file called `name` that is not this program.
+ * Returns a malloc'd path (relative if PATH has relative entries) or NULL. An empty PATH entry
+ * means the current directory, as for execvp. */
+static char *find_on_path(const char *name) {
+    if (!*name || strchr(name, '/')) return NULL;
+    const char *path = getenv("PATH");
+    if (!path) path = "/usr/local/bin:/usr/bin:/bin";
+    struct stat self, st;
+    int have_self = self_identity(&self);
+    for (const char *p = path;; ) {
+        const char *colon = strchrnul(p, ':');
+        size_t n = (size_t)(colon - p);
+        char *dir = n ? strndup(p, n) : strdup(".");
+        char *cand = dir ? concat3(dir, "/", name) : NULL;
+        free(dir);
+        if (cand) {
+            if (stat(cand, &st) == 0 && S_ISREG(st.st_mode) && access(cand, X_OK) == 0 &&
+                !(have_self && st.st_dev == self.st_dev && st.st_ino == self.st_ino))
+                return cand;
+            free(cand);
+        }
+        if (!*colon) return NULL;
+        p = colon + 1;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Socket location (mirrored by socketPathFor() in src/protocol/clientFrames.ts)             */
+
+static uint64_t fnv1a64(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        h ^= *p;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Cache dir: $LTOCACHE_DIR, else $XDG_CACHE_HOME/ltocache if that is absolute, else
+ * $HOME/.cache/ltocache; trailing slashes stripped (keeping a lone "/"). Returns a malloc'd
+ * string, or NULL if there is no usable *absolute* directory (then: direct exec). */
+static char *cache_dir(void) {
+    const char *v, *xdg = env_nonempty("XDG_CACHE_HOME"), *home = env_nonempty("HOME");
+    char *d;
+    if ((v = env_nonempty("LTOCACHE_DIR"))) d = strdup(v);
+    else if (xdg && xdg[0] == '/') d = concat3(xdg, "/", "ltocache");
+    else if (home) d = concat3(home, "/", ".cache/ltocache");
+    else return NULL;
+    if (!d) return NULL;
+    size_t n = strlen(d);
+    while (n > 1 && d[n - 1] == '/') d[--n] = '\0';
+    if (d[0] != '/') { free(d); return NULL; }
+    return d;
+}
+
+/* Fills sock_dir ("/tmp/ltocache-<uid>") and sock_path ("<sock_dir>/<fnv hex>.sock").
+ * Returns 0 on success, -1 if there is no usable cache dir. */
+static int socket_location(char sock_dir[64], struct sockaddr_un *addr) {
+    char *dir = cache_dir();
+    if (!dir) return -1;
+    uint64_t h = fnv1a64(dir);
+    free(dir);
+    snprintf(sock_dir, 64, "/tmp/ltocache-%lu", (unsigned long)getuid());
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    /* At most 14 + 10 + 1 + 16 + 5 + 1 bytes: always fits in sun_path (108). */
+    snprintf(addr->sun_path, sizeof addr->sun_path, "%s/%016llx.sock", sock_dir,
+             (unsigned long long)h);
+    return 0;
+}
+
+/* The socket directory must be a real directory (not a symlink), owned by us, with no
+ * group/other permission bits; otherwise someone else could plant a fake daemon there.
+ * Returns 1 = safe, 0 = missing (the daemon creates it), -1 = unsafe. */
+static int socket_dir_state(const char *sock_dir) {
+    struct stat st;
+    if (lstat(sock_dir, &st) != 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077) != 0) return -1;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Talking to the daemon                                                                     */
+
+/* One non-blocking connect attempt. Non-blocking so that a daemon with a full accept backlog
+ * yields EAGAIN instead of blocking us forever. On success the fd is switched back to
+ * blocking (a compile may legitimately take minutes). Returns fd >= 0 or -errno. */
+static int try_connect(const struct sockaddr_un *addr) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -errno;
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0) {
+        /* EINTR leaves the attempt in an unknown state: drop it, the caller retries. */
+        int e = errno == EINTR ? EAGAIN : errno;
+        close(fd);
+        return -e;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+/* Path of the TypeScript CLI entry point, relative to the real location of this executable:
+ * <dir of realpath(/proc/self/exe)>/../dist/src/cli/main.js. Malloc'd, NULL on failure. */
+static char *cli_path(void) {
+    char *self = realpath("/proc/self/exe", NULL);
+    if (!self) return NULL;
+    char *slash = strrchr(self, '/');
+    if (slash) *slash = '\0';
+    char *r = concat3(self, "/../dist/src/cli/main.js", "");
+    free(self);
+    return r;
+}
+
+static const char *node_binary(void) {
+    const char *n = env_nonempty("LTOCACHE_NODE");
+    return n ? n : "node";
+}
+
+/* Start "node <cli> daemon run --background" fully detached (double fork + setsid, stdio on
+ * /dev/null, no inherited fds, cwd "/"), and reap the intermediate child so no zombie is left.
+ * Several clients may race to do this; the daemon arbitrates with a lock. Best effort. */
+static void spawn_daemon(void) {
+    char *cli = cli_path();
+    if (!cli) return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        setsid();
+        if (fork() != 0) _exit(0);
+        int nul = open("/dev/null", O_RDWR);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            dup2(nul, 1);
+            dup2(nul, 2);
+        }
+#ifdef SYS_close_range
+        if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
+#endif
+        {
+            long max = sysconf(_SC_OPEN_MAX);
+            if (max < 0 || max > 1 << 20) max = 1 << 20;
+            for (int fd = 3; fd < max; fd++) close(fd);
+        }
+        if (chdir("/") != 0) { /* keep going: the daemon does not need a particular cwd */ }
+        const char *node = node_binary();
+        char *args[] = {(char *)node, cli, "daemon", "run", "--background", NULL};
+        execvp(node, args);
+        _exit(127);
+    }
+    if (pid > 0)
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    free(cli);
+}
+
+static long start_timeout_ms(void) {
+    const char *v = env_nonempty("LTOCACHE_START_TIMEOUT_MS");
+    if (!v) return DEFAULT_START_TIMEOUT_MS;
+    char *end;
+    errno = 0;
+    long ms = strtol(v, &end, 10);
+    if (errno || *end || ms < 0 || ms > 600000) return DEFAULT_START_TIMEOUT_MS;
+    return ms;
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Connect to the daemon, starting it if nobody listens. Returns fd >= 0 or -1 (fall back).
+ * Bounded: never waits longer than the start timeout. The socket directory is re-validated
+ * before every attempt; a missing directory counts as "no daemon yet". */
+static int connect_daemon(void) {
+    char sock_dir[64];
+    struct sockaddr_un addr;
+    if (socket_location(sock_dir, &addr) != 0) return -1;
+    long long deadline = 0;
+    int started = 0;
+    for (;;) {
+        int state = socket_dir_state(sock_dir);
+        if (state < 0) return -1;
+        int r = state ? try_connect(&addr) : -ENOENT;
+        if (r >= 0) return r;
+        if (r != -ENOENT && r != -ECONNREFUSED && r != -EAGAIN) return -1;
+        if (!deadline) deadline = now_ms() + start_timeout_ms();
+        if (!started && r != -EAGAIN) {  /* EAGAIN: a daemon exists, it is just busy */
+            spawn_daemon();
+            started = 1;
+        }
+        if (now_ms() >= deadline) return -1;
+        struct timespec ts = {0, CONNECT_RETRY_NS};
+        nanosleep(&ts, NULL);  /* an early wake-up (EINTR) only shortens one interval */
+    }
+}
+
+/* Growable byte buffer for the request. `failed` latches on OOM or size overflow. */
+struct buf {
+    unsigned char *p;
+    size_t len, cap;
+    int failed;
+};
+
+static void put(struct buf *b, const void *data, size_t n) {
+    if (b->failed) return;
+    if (n > MAX_REQUEST_PAYLOAD + 4 - b->len) { b->failed = 1; return; }
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n) cap *= 2;
+        unsigned char *q = realloc(b->p, cap);
+        if (!q) { b->failed = 1; return; }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+}
+
+static void put_u8(struct buf *b, unsigned v) {
+    unsigned char c = (unsigned char)v;
+    put(b, &c, 1);
+}
+
+static void put_u32(struct buf *b, uint32_t v) {
+    unsigned char le[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                           (unsigned char)(v >> 24)};
+    put(b, le, 4);
+}
+
+static void put_str(struct buf *b, const char *s) {
+    size_t n = strlen(s);
+    if (n > UINT32_MAX) { b->failed = 1; return; }
+    put_u32(b, (uint32_t)n);
+    put(b, s, n);
+}
+
+/* Builds the whole 'C' frame (length prefix included). Returns 0, or -1 (fall back). */
+static int build_request(struct buf *b, const char *abs_compiler, const char *cwd, char **args,
+                         int nargs) {
+    mode_t mask = umask(0);
+    umask(mask);
+    size_t envc = 0;
+    for (char **e = environ; *e; e++) envc++;
+
+    put_u32(b, 0);  /* length placeholder */
+    put_u8(b, 'C');
+    put_u8(b, PROTOCOL_VERSION);
+    put_u32(b, isatty(2) ? FLAG_STDERR_TTY : 0);
+    put_u32(b, (uint32_t)(mask & 0777));
+    put_str(b, abs_compiler);
+    put_str(b, cwd);
+    put_u32(b, (uint32_t)nargs);
+    for (int i = 0; i < nargs; i++) put_str(b, args[i]);
+    put_u32(b, (uint32_t)envc);
+    for (char **e = environ; *e; e++) put_str(b, *e);
+    if (b->failed || b->len - 4 > MAX_REQUEST_PAYLOAD) return -1;
+    uint32_t n = (uint32_t)(b->len - 4);
+    unsigned char le[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                           (unsigned char)(n >> 24)};
+    memcpy(b->p, le, 4);
+    return 0;
+}
+
+/* Full write; MSG_NOSIGNAL on sockets so a vanished daemon is an EPIPE, not a SIGPIPE death.
+ * Returns 0 or -1. */
+static int write_all(int fd, const unsigned char *p, size_t n, int is_socket) {
+    while (n > 0) {
+        ssize_t w = is_socket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads exactly n bytes. Returns 0, or -1 on EOF/error. */
+static int read_all(int fd, unsigned char *p, size_t n) {
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Reads one complete reply frame. Returns a malloc'd payload and its length, or NULL. */
+static unsigned char *read_reply(int fd, uint32_t *len) {
+    unsigned char hdr[4];
+    if (read_all(fd, hdr, 4) != 0) return NULL;
+    uint32_t n = get_u32(hdr);
+    if (n == 0 || n > MAX_REPLY_PAYLOAD) return NULL;
+    unsigned char *p = malloc(n);
+    if (!p) return NULL;
+    if (read_all(fd, p, n) != 0) { free(p); return NULL; }
+    *len = n;
+    return p;
+}
+
+/* Exits the way the compiler did. Statuses 129..192 mean "killed by signal status-128": die
+ * of the same signal (no core file: the crash was the compiler's, not ours) so that make and
+ * the shell report it the same way. Stop/ignore-by-default signals can't kill us: plain exit. */
+_Noreturn static void exit_like(int status) {
+    if (status > 128 && status <= 128 + 64) {
+        int sig = status - 128;
+        if (sig != SIGSTOP && sig != SIGTSTP && sig != SIGTTIN && sig != SIGTTOU &&
+            sig != SIGCONT && sig != SIGCHLD && sig != SIGURG && sig != SIGWINCH) {
+            struct rlimit no_core = {0, 0};
+            setrlimit(RLIMIT_CORE, &no_core);
+            signal(sig, SIG_DFL);
+            sigset_t set;
+            sigemptyset(&set);
+            sigaddset(&set, sig);
+            sigprocmask(SIG_UNBLOCK, &set, NULL);
+            raise(sig);
+        }
+    }
+    exit(status);
+}
+
+/* Replays a well-formed 'R' payload. Returns only if the payload is malformed (then the caller
+ * falls back; nothing has been written yet). Layout: 'R' i32 status, str stdout, str stderr. */
+static void replay_result(const unsigned char *p, uint32_t n) {
+    if (n < 1 + 4 + 4) return;
+    int32_t status = (int32_t)get_u32(p + 1);
+    if (status < 0 || status > 255) return;
+    size_t at = 5;
+    uint32_t out_len = get_u32(p + at);
+    at += 4;
+    if (out_len > n - at || n - at - out_len < 4) return;
+    const unsigned char *out = p + at;
+    at += out_len;
+    uint32_t err_len = get_u32(p + at);
+    at += 4;
+    if (err_len != n - at) return;  /* exact: no trailing bytes */
+    const unsigned char *err = p + at;
+    int ok = write_all(1, out, out_len, 0) == 0;
+    if (write_all(2, err, err_len, 0) != 0) ok = 0;
+    exit_like(ok || status != 0 ? status : 1);
+}
+
+/* Hands a backend job to the daemon. Returns only when the caller must fall back. */
+static void run_via_daemon(const struct job *j) {
+    /* The daemon runs the compiler itself, from another cwd: send an absolute path. */
+    char *cwd = getcwd(NULL, 0);
+    if (!cwd) return;
+    char *abs = j->path[0] == '/' ? strdup(j->path) : concat3(cwd, "/", j->path);
+    struct buf req = {0};
+    int built = abs && build_request(&req, abs, cwd, j->argv + 1, j->argc - 1) == 0;
+    free(abs);
+    free(cwd);
+    if (!built) { free(req.p); return; }
+
+    int fd = connect_daemon();
+    if (fd < 0) { free(req.p); return; }
+    int sent = write_all(fd, req.p, req.len, 1) == 0;
+    free(req.p);
+    uint32_t n = 0;
+    unsigned char *reply = sent ? read_reply(fd, &n) : NULL;
+    close(fd);
+    if (!reply) return;
+    if (reply[0] == 'R') replay_result(reply, n);
+    /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or
+     * unknown: fall back. The reason string of a 'P' is for the daemon's logs, not ours. */
+    free(reply);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static int is_cli_command(const char *a) {
+    static const char *const cmds[] = {"stats", "daemon", "config", "clear", "serve",
+                                       "explain", "trace", "report", "demo", "help",
+                                       "--help", "--version", "version"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (strcmp(a, cmds[i]) == 0) return 1;
+    return 0;
+}
+
+/* Prefix mode without a compiler: run the TypeScript CLI with our arguments. */
+_Noreturn static void exec_cli(int argc, char **argv) {
+    char *cli = cli_path();
+    if (!cli) {
+        fprintf(stderr, "ltocache: cannot locate own executable: %s\n", strerror(errno));
+        exit(127);
+    }
+    char **args = calloc((size_t)argc + 2, sizeof *args);
+    if (!args) exit(127);
+    const char *node = node_binary();
+    args[0] = (char *)node;
+    args[1] = cli;
+    for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
+    execvp(node, args);
+    fprintf(stderr, "ltocache: cannot run '%s': %s\n", node, strerror(errno));
+    exit(127);
+}
+
+/* Test hook (documented in docs/protocol.md): LTOCACHE_PRINT_SOCKET=1 prints the socket path
+ * this client would use, so tests can check it agrees with the TypeScript computation. */
+_Noreturn static void print_socket(void) {
+    char sock_dir[64];
+    struct sockaddr_un addr;
+    if (socket_location(sock_dir, &addr) != 0) {
+        fprintf(stderr, "ltocache: no absolute cache directory\n");
+        exit(1);
+    }
+    printf("%s\n", addr.sun_path);
+    exit(0);
+}
+
+int main(int argc, char **argv) {
+    const char *p = getenv("LTOCACHE_PRINT_SOCKET");
+    if (p && strcmp(p, "1") == 0) print_socket();
+
+    const char *self_name = argc > 0 ? base_name(argv[0]) : "";
+    struct job j;
+    const char *given;  /* the compiler name as the user spelled it */
+    if (starts_with(self_name, "ltocache")) {
+        if (argc < 2 || is_cli_command(argv[1])) exec_cli(argc, argv);
+        given = argv[1];
+        j.argv = argv + 1;
+        j.argc = argc - 1;
+    } else {
+        given = self_name;  /* masquerade: argv[0] is the compiler name, keep it as given */
+        j.argv = argv;
+        j.argc = argc;
+    }
+    if (strchr(given, '/') && j.argv == argv + 1) {
+        j.path = given;  /* prefix mode with an explicit path: use it as is */
+    } else {
+        j.path = find_on_path(base_name(given));
+        if (!j.path) {
+            fprintf(stderr, "ltocache: cannot find compiler '%s' on PATH\n", given);
+            return 127;
+        }
+    }
+
+    const char *disable = env_nonempty("LTOCACHE_DISABLE");
+    int backend = 0;
+    for (int i = 1; i < j.argc; i++)
+        if (starts_with(j.argv[i], "-fthinlto-index=") || j.argv[i][0] == '@') backend = 1;
+    if (backend && !(disable && strcmp(disable, "0") != 0)) run_via_daemon(&j);
+    direct_exec(&j);
+}

@@ -1,0 +1,212 @@
+#!/usr/bin/env node
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } from '../config/config.js';
+import { Daemon } from '../daemon/daemon.js';
+import { initHash } from '../key/hash.js';
+import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
+import { formatStats } from '../stats/formatStats.js';
+import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { askDaemon } from './controlClient.js';
+
+const USAGE = `usage:
+  ltocache <compiler> <args...>        run a compile through the cache (native client)
+  ltocache daemon start|stop|status|run
+  ltocache stats [--json] [--zero]
+  ltocache config show
+  ltocache clear
+  ltocache demo                        build a small ThinLTO program twice through the cache`;
+
+class UsageError extends Error {}
+
+function fail(msg: string, code = 1): never {
+  process.stderr.write(`ltocache: ${msg}\n`);
+  process.exit(code);
+}
+
+const CLI_PATH = fileURLToPath(import.meta.url);
+
+async function daemonRun(config: Config, background: boolean): Promise<void> {
+  const d = await Daemon.start(config);
+  if (d === 'already-running') {
+    if (!background) fail(`a daemon is already running for ${config.dir}`);
+    return;
+  }
+  const stop = () => void d.stop();
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGHUP', stop);
+  if (!background) process.stderr.write(`ltocache daemon running (pid ${process.pid}), socket ${d.socketPath}\n`);
+  await d.stopped;
+  process.exit(0);
+}
+
+/** Starts a detached daemon and waits until it answers. */
+export async function startDetached(config: Config, timeoutMs = 15_000): Promise<boolean> {
+  const child = spawn(process.execPath, [CLI_PATH, 'daemon', 'run', '--background'], { detached: true, stdio: 'ignore', env: process.env });
+  child.unref();
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const r = await askDaemon(config.dir, { op: 'status' }, 2000);
+    if (r.kind === 'ok') return true;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  return false;
+}
+
+/** Counters and store summary straight from disk, for when no daemon runs. */
+async function offlineStats(config: Config, zero: boolean): Promise<StatsView> {
+  await initHash();
+  const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
+  try {
+    const counters = new Counters();
+    const raw = await store.sublevel('stats').get('counters');
+    if (raw !== undefined) {
+      const parsed = StatsRecord.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
+      if (parsed.success) counters.restore(parsed.data);
+    }
+    if (zero) {
+      counters.zero();
+      await store.sublevel('stats').put('counters', JSON.stringify(counters.snapshot()));
+    }
+    const s = await store.summary();
+    return counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: config.max_size, daemon_running: false });
+  } finally {
+    await store.close();
+  }
+}
+
+async function stats(config: Config, args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const zero = args.includes('--zero');
+  const unknown = args.filter((a) => a !== '--json' && a !== '--zero');
+  if (unknown.length) throw new UsageError(`stats: unknown option ${unknown[0]}`);
+  let view: StatsView;
+  if (zero) {
+    const r = await askDaemon(config.dir, { op: 'zero' });
+    if (r.kind === 'failed') fail(r.error);
+  }
+  const r = await askDaemon(config.dir, { op: 'stats' });
+  if (r.kind === 'ok') view = r.result as StatsView;
+  else if (r.kind === 'failed') fail(r.error);
+  else {
+    try {
+      view = await offlineStats(config, zero);
+    } catch (e) {
+      if (e instanceof StoreLockedError) fail('the store is locked by a daemon that does not answer');
+      throw e;
+    }
+  }
+  if (zero && !json) {
+    process.stdout.write('statistics zeroed\n');
+    return;
+  }
+  process.stdout.write(json ? JSON.stringify(view) + '\n' : formatStats(view) + '\n');
+}
+
+async function clear(config: Config): Promise<void> {
+  const r = await askDaemon(config.dir, { op: 'clear' });
+  if (r.kind === 'failed') fail(r.error);
+  if (r.kind === 'unreachable') {
+    await initHash();
+    const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
+    await store.clear();
+    await store.close();
+  }
+  process.stdout.write(`cleared ${config.dir}\n`);
+}
+
+function configShow(env: NodeJS.ProcessEnv): void {
+  const { config, origins } = loadConfig(env);
+  const rows: [string, string, string][] = [['dir', config.dir, env.LTOCACHE_DIR ? 'env LTOCACHE_DIR' : 'default'], ['config_file', config.configFile, env.LTOCACHE_CONFIG ? 'env LTOCACHE_CONFIG' : 'default']];
+  for (const k of Object.keys(ConfigShape) as ConfigKey[]) {
+    let v = String(config[k]);
+    if (k === 'remote_token' && v) v = '(set, hidden)';
+    const o = origins[k];
+    rows.push([k, v, o === 'env' ? `env LTOCACHE_${k.toUpperCase()}` : o === 'file' ? `file ${config.configFile}` : 'default']);
+  }
+  const w0 = Math.max(...rows.map((r) => r[0].length));
+  const w1 = Math.max(...rows.map((r) => r[1].length));
+  for (const [k, v, o] of rows) process.stdout.write(`${k.padEnd(w0)}  ${v.padEnd(w1)}  ${o}\n`);
+}
+
+async function daemonCmd(config: Config, args: string[]): Promise<void> {
+  const sub = args[0];
+  if (sub === 'run') return daemonRun(config, args.includes('--background'));
+  if (sub === 'start') {
+    const st = await askDaemon(config.dir, { op: 'status' }, 2000);
+    if (st.kind === 'ok') {
+      process.stdout.write(`daemon already running (pid ${(st.result as { pid: number }).pid})\n`);
+      return;
+    }
+    if (!(await startDetached(config))) fail(`daemon did not start; see ${join(config.dir, 'daemon.log')}`);
+    const now = await askDaemon(config.dir, { op: 'status' });
+    process.stdout.write(`daemon started (pid ${now.kind === 'ok' ? (now.result as { pid: number }).pid : '?'})\n`);
+    return;
+  }
+  if (sub === 'stop') {
+    const r = await askDaemon(config.dir, { op: 'stop' }, 5000);
+    if (r.kind !== 'ok') {
+      process.stdout.write('daemon not running\n');
+      return;
+    }
+    const deadline = Date.now() + 40_000;
+    while (Date.now() < deadline) {
+      if ((await askDaemon(config.dir, { op: 'status' }, 1000)).kind === 'unreachable') break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    process.stdout.write('daemon stopped\n');
+    return;
+  }
+  if (sub === 'status') {
+    const r = await askDaemon(config.dir, { op: 'status' }, 5000);
+    if (r.kind !== 'ok') {
+      process.stdout.write('daemon not running\n');
+      process.exit(3);
+    }
+    const s = r.result as { pid: number; uptime_ms: number; socket: string; dir: string; active_jobs: number };
+    process.stdout.write(`daemon running: pid ${s.pid}, up ${(s.uptime_ms / 1000).toFixed(0)} s, ${s.active_jobs} job(s) active\ncache dir ${s.dir}\nsocket    ${s.socket}\n`);
+    return;
+  }
+  throw new UsageError(`daemon: expected start, stop, status or run, got '${sub ?? ''}'`);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === 'help' || cmd === '--help') {
+    process.stdout.write(USAGE + '\n');
+    return;
+  }
+  if (cmd === '--version' || cmd === 'version') {
+    process.stdout.write('ltocache 0.1.0\n');
+    return;
+  }
+  if (cmd === 'config') {
+    if (rest[0] !== 'show') throw new UsageError("config: expected 'config show'");
+    return configShow(process.env);
+  }
+  const { config } = loadConfig(process.env);
+  switch (cmd) {
+    case 'daemon':
+      return daemonCmd(config, rest);
+    case 'stats':
+      return stats(config, rest);
+    case 'clear':
+      return clear(config);
+    case 'demo': {
+      const { runDemo } = await import('./demo.js');
+      return runDemo(config);
+    }
+    default:
+      throw new UsageError(`unknown command '${cmd}'`);
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === (await import('node:fs')).realpathSync(process.argv[1])) {
+  main(process.argv.slice(2)).catch((e) => {
+    if (e instanceof UsageError) fail(`${e.message}\n${USAGE}`, 2);
+    if (e instanceof ConfigError) fail(e.message, 2);
+    fail((e as Error).stack ?? String(e));
+  });
+}

@@ -1,0 +1,117 @@
+import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { resolveCacheDir } from './cacheDir.js';
+
+const SIZE_RE = /^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$/i;
+
+/** Parses "10G", "512M", "1.5GiB", "4096" into bytes (binary multiples). */
+export function parseSize(text: string): number {
+  const m = SIZE_RE.exec(text.trim());
+  if (!m) throw new Error(`not a size: '${text}' (examples: 10G, 512M, 4096)`);
+  const unit = (m[2] ?? 'B').toUpperCase()[0] as 'B' | 'K' | 'M' | 'G' | 'T';
+  const mult = { B: 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[unit];
+  return Math.floor(Number(m[1]) * mult);
+}
+
+const sizeField = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  try {
+    return parseSize(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+const intField = (min: number) => z.coerce.number().int().min(min);
+const boolField = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
+
+/** Every setting, its validation and default. Keys are the config-file spelling. */
+export const ConfigShape = {
+  max_size: sizeField.default(10 * 2 ** 30),
+  jobs: intField(1).default(Math.max(1, cpus().length)),
+  idle_timeout: intField(0).default(900),
+  log_level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+  remote: z.union([z.literal(''), z.string().regex(/^wss?:\/\/[^\s]+$/, 'remote must be a ws:// or wss:// URL')]).default(''),
+  remote_token: z.string().default(''),
+  remote_mode: z.enum(['read-only', 'read-write']).default('read-write'),
+  remote_ca: z.string().default(''),
+  remote_timeout_ms: intField(1).default(300),
+  upload_queue: intField(0).default(256),
+  verify: z.string().regex(/^(off|all|sample:(0(\.\d+)?|1(\.0+)?))$/, "verify is off, all or sample:<fraction 0..1>").default('off'),
+  stats: boolField.default(true),
+};
+const ConfigSchema = z.object(ConfigShape).strict();
+export type Config = z.infer<typeof ConfigSchema> & { dir: string; configFile: string };
+export type ConfigKey = keyof typeof ConfigShape;
+export type Origin = 'default' | 'file' | 'env';
+
+export class ConfigError extends Error {}
+
+/**
+ * Parses the config file format: `key = value` lines, `#` starts a comment, blank lines ignored.
+ * Unknown keys and malformed lines are errors that name the line.
+ */
+export function parseConfigText(text: string, file: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.replace(/(^|\s)#.*$/, '').trim();
+    if (!line) return;
+    const m = /^([a-z_]+)\s*=\s*(.*)$/.exec(line);
+    if (!m) throw new ConfigError(`${file}:${i + 1}: expected 'key = value', got '${raw.trim()}'`);
+    const key = m[1]!;
+    if (!(key in ConfigShape)) throw new ConfigError(`${file}:${i + 1}: unknown setting '${key}' (known: ${Object.keys(ConfigShape).join(', ')})`);
+    out[key] = m[2]!.replace(/^"(.*)"$/, '$1');
+  });
+  return out;
+}
+
+export interface LoadedConfig {
+  config: Config;
+  origins: Record<ConfigKey, Origin>;
+}
+
+/** Loads defaults < config file < LTOCACHE_* environment, validated once. Throws ConfigError. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  let dir: string;
+  try {
+    dir = resolveCacheDir(env);
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  const configFile = env.LTOCACHE_CONFIG || join(dir, 'ltocache.conf');
+  let fileValues: Record<string, string> = {};
+  try {
+    fileValues = parseConfigText(readFileSync(configFile, 'utf8'), configFile);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw e instanceof ConfigError ? e : new ConfigError(`${configFile}: ${(e as Error).message}`);
+    }
+    if (env.LTOCACHE_CONFIG) throw new ConfigError(`LTOCACHE_CONFIG names a missing file: ${configFile}`);
+  }
+  const raw: Record<string, unknown> = {};
+  const origins = {} as Record<ConfigKey, Origin>;
+  for (const key of Object.keys(ConfigShape) as ConfigKey[]) {
+    const envValue = env[`LTOCACHE_${key.toUpperCase()}`];
+    if (envValue !== undefined && envValue !== '') {
+      raw[key] = envValue;
+      origins[key] = 'env';
+    } else if (key in fileValues) {
+      raw[key] = fileValues[key];
+      origins[key] = 'file';
+    } else origins[key] = 'default';
+  }
+  const parsed = ConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const msg = parsed.error.issues
+      .map((i) => {
+        const key = String(i.path[0]);
+        const where = origins[key as ConfigKey] === 'env' ? `LTOCACHE_${key.toUpperCase()}` : `${configFile}: ${key}`;
+        return `${where}: ${i.message}`;
+      })
+      .join('; ');
+    throw new ConfigError(`invalid configuration: ${msg}`);
+  }
+  return { config: { ...parsed.data, dir, configFile }, origins };
+}

@@ -1,0 +1,435 @@
+import { mkdirSync, writeFileSync, unlinkSync, readFileSync } from 'node:fs';
+import { readFile, unlink } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join, resolve } from 'node:path';
+import type { Config } from '../config/config.js';
+import { FileDigests } from '../key/fileDigests.js';
+import { hashBytes, initHash } from '../key/hash.js';
+import { buildManifest, type Manifest } from '../key/manifest.js';
+import { parseJob } from '../key/parseJob.js';
+import { ToolchainIdentifier } from '../key/toolchain.js';
+import {
+  type CompileRequest,
+  FrameDecoder,
+  decodeCompileRequest,
+  decodeJson,
+  encodeJson,
+  encodePassthrough,
+  encodeResult,
+  socketDirFor,
+  socketPathFor,
+} from '../protocol/clientFrames.js';
+import { ControlRequest, type ControlResponse } from '../protocol/control.js';
+import type { StoredEntry } from '../store/backend.js';
+import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
+import { Logger } from '../util/log.js';
+import { materialize } from './materialize.js';
+import { runCompiler } from './runCompiler.js';
+import { Semaphore } from './semaphore.js';
+import { ensurePrivateDir } from './socketPath.js';
+import { JobLog, type JobResult } from './jobLog.js';
+
+export const VERSION = '0.1.0';
+const STATS_KEY = 'counters';
+
+/** What a finished compile leaves for the jobs waiting on the same key. */
+interface Compiled {
+  exitCode: number;
+  stdout: Buffer;
+  stderr: Buffer;
+  ms: number;
+  entry: StoredEntry | null;
+}
+
+/**
+ * The long-running daemon: one per user per cache directory (LevelDB's lock enforces it), a Unix
+ * socket in a private directory, hits served from the store, misses compiled under a concurrency
+ * limit with identical concurrent jobs compiled once.
+ */
+export class Daemon {
+  readonly counters = new Counters();
+  private readonly files = new FileDigests();
+  private readonly toolchains = new ToolchainIdentifier(this.files);
+  private readonly compiles: Semaphore;
+  private readonly inflight = new Map<string, Promise<Compiled>>();
+  private readonly sockets = new Set<Socket>();
+  private server: Server | null = null;
+  private activeJobs = 0;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private flushTimer: NodeJS.Timeout | null = null;
+  private flushedVersion = -1;
+  private stopping: Promise<void> | null = null;
+  readonly socketPath: string;
+  private readonly startedAt = Date.now();
+  private readonly jobLog: JobLog;
+  /** Resolves once the daemon has fully stopped. */
+  readonly stopped: Promise<void>;
+  private markStopped!: () => void;
+
+  private constructor(
+    readonly config: Config,
+    readonly store: LocalStore,
+    readonly log: Logger,
+  ) {
+    this.compiles = new Semaphore(config.jobs);
+    this.socketPath = socketPathFor(config.dir, process.getuid!());
+    this.jobLog = new JobLog(store);
+    this.stopped = new Promise((r) => (this.markStopped = r));
+  }
+
+  /** Starts a daemon, or returns 'already-running' when another holds this cache directory. */
+  static async start(config: Config): Promise<Daemon | 'already-running'> {
+    mkdirSync(config.dir, { recursive: true, mode: 0o700 });
+    const log = new Logger(join(config.dir, 'daemon.log'), config.log_level);
+    await initHash();
+    let store: LocalStore;
+    try {
+      store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
+    } catch (e) {
+      if (e instanceof StoreLockedError) return 'already-running';
+      throw e;
+    }
+    const d = new Daemon(config, store, log);
+    try {
+      await d.listen();
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+    return d;
+  }
+
+  private async listen(): Promise<void> {
+    await this.restoreCounters();
+    await ensurePrivateDir(socketDirFor(process.getuid!()), process.getuid!());
+    // We hold the store lock, so a socket file left here belongs to a dead daemon.
+    await unlink(this.socketPath).catch(() => {});
+    this.server = createServer((s) => this.onConnection(s));
+    await new Promise<void>((res, rej) => {
+      this.server!.once('error', rej);
+      this.server!.listen(this.socketPath, () => res());
+    });
+    writeFileSync(join(this.config.dir, 'daemon.pid'), `${process.pid}\n`);
+    this.flushTimer = setInterval(() => void this.flushCounters(), 500);
+    this.flushTimer.unref();
+    this.armIdle();
+    this.log.info('daemon started', { pid: process.pid, socket: this.socketPath, dir: this.config.dir, jobs: this.config.jobs });
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+    if (this.config.idle_timeout > 0 && this.activeJobs === 0) {
+      this.idleTimer = setTimeout(() => {
+        this.log.info('idle timeout, stopping', { idle_timeout: this.config.idle_timeout });
+        void this.stop();
+      }, this.config.idle_timeout * 1000);
+    }
+  }
+
+  private async restoreCounters(): Promise<void> {
+    const db = this.store.sublevel('stats');
+    try {
+      const raw = await db.get(STATS_KEY);
+      if (raw !== undefined) {
+        const parsed = StatsRecord.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
+        if (parsed.success) this.counters.restore(parsed.data);
+        else this.log.warn('stored counters invalid; starting from zero', { issues: parsed.error.message });
+      }
+    } catch (e) {
+      this.log.warn('cannot read stored counters', { error: String(e) });
+    }
+  }
+
+  async flushCounters(): Promise<void> {
+    const c = this.store.counters;
+    if (c) {
+      // The store counts evictions and corrupt blobs itself; move them into ours.
+      if (c.evictions) this.counters.add('evictions', c.evictions);
+      if (c.corruptBlobs) this.counters.add('corrupt_blobs', c.corruptBlobs);
+      c.evictions = 0;
+      c.corruptBlobs = 0;
+    }
+    if (this.counters.version === this.flushedVersion) return;
+    const v = this.counters.version;
+    try {
+      await this.store.sublevel('stats').put(STATS_KEY, JSON.stringify(this.counters.snapshot()));
+      this.flushedVersion = v;
+    } catch (e) {
+      this.log.warn('cannot persist counters', { error: String(e) });
+    }
+  }
+
+  private onConnection(sock: Socket): void {
+    this.sockets.add(sock);
+    const decoder = new FrameDecoder(16 << 20);
+    let handled = false;
+    const abort = new AbortController();
+    sock.on('close', () => {
+      this.sockets.delete(sock);
+      abort.abort();
+    });
+    sock.on('error', () => {});
+    sock.on('data', (chunk: Buffer) => {
+      if (handled) return;
+      let frames: Buffer[];
+      try {
+        frames = decoder.push(chunk);
+      } catch (e) {
+        this.counters.error('protocol');
+        this.log.warn('bad frame from client', { error: (e as Error).message });
+        sock.destroy();
+        return;
+      }
+      const frame = frames[0];
+      if (!frame) return;
+      handled = true;
+      void this.dispatch(frame, sock, abort.signal);
+    });
+  }
+
+  private async dispatch(frame: Buffer, sock: Socket, signal: AbortSignal): Promise<void> {
+    const type = frame[0];
+    try {
+      if (type === 0x43) {
+        let req: CompileRequest;
+        try {
+          req = decodeCompileRequest(frame);
+        } catch (e) {
+          this.counters.error('protocol');
+          this.log.warn('malformed compile request', { error: (e as Error).message });
+          sock.end(encodePassthrough(`malformed request: ${(e as Error).message}`));
+          return;
+        }
+        await this.compileJob(req, sock, signal);
+      } else if (type === 0x4a) {
+        const parsed = ControlRequest.safeParse(decodeJson(frame));
+        const reply: ControlResponse = parsed.success
+          ? await this.control(parsed.data).then(
+              (result) => ({ ok: true as const, result }),
+              (e: Error) => ({ ok: false as const, error: e.message }),
+            )
+          : { ok: false, error: `bad control request: ${parsed.error.issues.map((i) => i.message).join('; ')}` };
+        sock.end(encodeJson(reply));
+      } else {
+        this.counters.error('protocol');
+        sock.destroy();
+      }
+    } catch (e) {
+      this.counters.error('internal');
+      this.log.error('request failed', { error: (e as Error).stack ?? String(e) });
+      if (!sock.destroyed) sock.end(encodePassthrough('internal error'));
+    }
+  }
+
+  private async control(req: ControlRequest): Promise<unknown> {
+    switch (req.op) {
+      case 'status':
+        return { pid: process.pid, version: VERSION, dir: this.config.dir, socket: this.socketPath, uptime_ms: Date.now() - this.startedAt, active_jobs: this.activeJobs };
+      case 'stats':
+        await this.flushCounters();
+        return await this.statsView();
+      case 'zero':
+        this.counters.zero();
+        await this.flushCounters();
+        return { zeroed: true };
+      case 'clear':
+        await this.store.clear();
+        return { cleared: true };
+      case 'stop':
+        setImmediate(() => void this.stop());
+        return { stopping: true };
+      case 'explain':
+        return await this.jobLog.explainRecord(req.path);
+      case 'last-build':
+        return await this.jobLog.lastBuild();
+    }
+  }
+
+  async statsView(): Promise<StatsView> {
+    const s = await this.store.summary();
+    return this.counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: this.config.max_size, daemon_running: true });
+  }
+
+  private async compileJob(req: CompileRequest, sock: Socket, signal: AbortSignal): Promise<void> {
+    this.activeJobs++;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    const startedAt = Date.now();
+    try {
+      const outcome = await this.serve(req, signal);
+      if (signal.aborted) return;
+      if (outcome.kind === 'passthrough') {
+        sock.end(encodePassthrough(outcome.reason));
+      } else {
+        sock.end(encodeResult(outcome.exitCode, outcome.stdout, outcome.stderr));
+      }
+      if (outcome.kind !== 'passthrough' || outcome.record) {
+        void this.jobLog
+          .record({ req, startedAt, endedAt: Date.now(), result: outcome.result, key: outcome.key, manifest: outcome.manifest, reason: outcome.kind === 'passthrough' ? outcome.reason : undefined, savedMs: outcome.savedMs })
+          .catch((e) => this.log.warn('cannot record job', { error: String(e) }));
+      }
+    } finally {
+      this.activeJobs--;
+      this.armIdle();
+    }
+  }
+
+  /** The cache logic of one job. Never throws for a cache problem: the answer is a passthrough. */
+  private async serve(req: CompileRequest, signal: AbortSignal): Promise<Outcome> {
+    const parsed = await parseJob(req.args, req.cwd);
+    if (parsed.kind === 'uncacheable') {
+      this.counters.uncacheableFor(parsed.reason);
+      return { kind: 'passthrough', reason: `${parsed.reason}: ${parsed.detail}`, result: 'uncacheable', record: parsed.reason !== 'not-backend' };
+    }
+    const job = parsed.job;
+    const keyed = await buildManifest({ files: this.files, toolchains: this.toolchains }, job, req.compiler, req.cwd, req.env);
+    if (keyed.kind === 'uncacheable') {
+      this.counters.uncacheableFor(keyed.reason);
+      this.log.info('uncacheable job', { reason: keyed.reason, detail: keyed.detail, cwd: req.cwd });
+      return { kind: 'passthrough', reason: `${keyed.reason}: ${keyed.detail}`, result: 'uncacheable', record: true };
+    }
+    const { key, manifest } = keyed;
+    const served = await this.fromStore(key, job.outputs, req);
+    if (served) return { ...served, key, manifest };
+
+    const running = this.inflight.get(key);
+    if (running) {
+      const done = await running.catch(() => null);
+      if (done?.entry) {
+        const ok = await this.place(done.entry, job.outputs, req);
+        if (ok) {
+          this.counters.add('hits');
+          this.counters.add('time_saved_ms', done.ms);
+          return { kind: 'result', exitCode: 0, stdout: done.stdout, stderr: done.stderr, result: 'hit', key, manifest, savedMs: done.ms };
+        }
+      }
+      if (done && done.exitCode !== 0) {
+        return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest };
+      }
+    }
+    const p = this.compile(req, job.outputs, key, signal);
+    this.inflight.set(key, p);
+    try {
+      const done = await p;
+      return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest };
+    } catch (e) {
+      this.counters.error('compile');
+      this.log.warn('compile failed to run', { error: String(e) });
+      return { kind: 'passthrough', reason: `cannot run compiler: ${(e as Error).message}`, result: 'error', record: true, key, manifest };
+    } finally {
+      this.inflight.delete(key);
+    }
+  }
+
+  private async fromStore(key: string, outputs: { role: string; path: string }[], req: CompileRequest): Promise<Outcome | null> {
+    const found = await this.store.get(key);
+    if (found.kind === 'error') {
+      this.counters.error(found.corrupt ? 'corrupt_entry' : 'store_read');
+      this.log.warn('store read failed; compiling', { key, error: found.error });
+      return null;
+    }
+    if (found.kind === 'miss') return null;
+    const entry = found.entry;
+    if (!(await this.place(entry, outputs, req))) return null;
+    this.counters.add('hits');
+    this.counters.add('time_saved_ms', entry.record.compileMs);
+    return { kind: 'result', exitCode: 0, stdout: Buffer.from(entry.record.stdout, 'base64'), stderr: Buffer.from(entry.record.stderr, 'base64'), result: 'hit', savedMs: entry.record.compileMs };
+  }
+
+  /** Writes a stored entry's files to this job's output paths. False (and counted) when it cannot. */
+  private async place(entry: StoredEntry, outputs: { role: string; path: string }[], req: CompileRequest): Promise<boolean> {
+    const roles = new Set(entry.record.outputs.map((o) => o.name));
+    if (roles.size !== outputs.length || !outputs.every((o) => roles.has(o.role))) {
+      this.counters.error('entry_outputs_mismatch');
+      return false;
+    }
+    try {
+      await materialize(req.cwd, outputs.map((o) => ({ path: o.path, data: entry.files.get(o.role)! })), req.umask);
+      return true;
+    } catch (e) {
+      this.counters.error('materialize');
+      this.log.warn('cannot write outputs; compiling instead', { error: String(e) });
+      return false;
+    }
+  }
+
+  private async compile(req: CompileRequest, outputs: { role: string; path: string }[], key: string, signal: AbortSignal): Promise<Compiled> {
+    const release = await this.compiles.acquire();
+    let run;
+    try {
+      if (signal.aborted) throw new Error('client went away');
+      run = await runCompiler({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
+    } finally {
+      release();
+    }
+    this.counters.add('misses');
+    this.counters.add('compile_ms', run.ms);
+    if (signal.aborted || run.exitCode !== 0) return { ...run, entry: null };
+    let entry: StoredEntry | null = null;
+    try {
+      const files = new Map<string, Buffer>();
+      for (const o of outputs) files.set(o.role, await readFile(resolve(req.cwd, o.path)));
+      entry = {
+        record: {
+          v: 1,
+          outputs: outputs.map((o) => ({ name: o.role, digest: hashBytes(files.get(o.role)!), size: files.get(o.role)!.length })),
+          stdout: run.stdout.toString('base64'),
+          stderr: run.stderr.toString('base64'),
+          exitCode: 0,
+          compileMs: Math.round(run.ms),
+          createdAt: Date.now(),
+        },
+        files,
+      };
+    } catch (e) {
+      // An output we expected is not there (a flag we do not model): serve the run, store nothing.
+      this.counters.error('missing_output');
+      this.log.warn('expected output missing after compile; not stored', { key, error: String(e) });
+      return { ...run, entry: null };
+    }
+    const toStore = entry;
+    void this.store.put(key, toStore).then(
+      (r) => {
+        if (r.kind === 'stored') this.counters.add('bytes_written', [...toStore.files.values()].reduce((n, b) => n + b.length, 0));
+        else {
+          this.counters.error(r.kind === 'error' ? 'store_write' : 'store_refused');
+          this.log.warn('could not store result', { key, result: r });
+        }
+      },
+      (e) => {
+        this.counters.error('store_write');
+        this.log.warn('could not store result', { key, error: String(e) });
+      },
+    );
+    return { ...run, entry };
+  }
+
+  /** Stops accepting work, lets running jobs finish (bounded), flushes counters, closes the store. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info('daemon stopping');
+      if (this.idleTimer) clearTimeout(this.idleTimer);
+      if (this.flushTimer) clearInterval(this.flushTimer);
+      await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+      const deadline = Date.now() + 30_000;
+      while (this.activeJobs > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      for (const s of this.sockets) s.destroy();
+      await this.flushCounters();
+      await this.jobLog.flush().catch(() => {});
+      await this.store.close().catch(() => {});
+      try {
+        if (readFileSync(join(this.config.dir, 'daemon.pid'), 'utf8').trim() === String(process.pid)) unlinkSync(join(this.config.dir, 'daemon.pid'));
+      } catch {
+        // no pid file
+      }
+      this.log.info('daemon stopped');
+      this.markStopped();
+    })();
+    return this.stopping;
+  }
+}
+
+type Outcome =
+  | { kind: 'passthrough'; reason: string; result: JobResult; record: boolean; key?: string; manifest?: Manifest; savedMs?: number }
+  | { kind: 'result'; exitCode: number; stdout: Buffer; stderr: Buffer; result: JobResult; key?: string; manifest?: Manifest; savedMs?: number };

@@ -1,0 +1,63 @@
+import { stat } from 'node:fs/promises';
+import { type Digest, hashFile } from './hash.js';
+
+interface Memo {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  digest: Digest;
+}
+
+export type FileDigest = { kind: 'file'; digest: Digest; size: number } | { kind: 'absent' } | { kind: 'not-regular' };
+
+/**
+ * Content digests memoised by (dev, ino, size, mtime ns, ctime ns). The racy-timestamp rule: a
+ * file whose mtime or ctime is not safely older than the moment hashing began may still be written
+ * within the same timestamp tick, so it is hashed but not memoised. Future timestamps (clock jumps)
+ * fail the same test and are never memoised.
+ */
+export class FileDigests {
+  private readonly memo = new Map<string, Memo>();
+  /** Hashing counters, for tests and stats. */
+  hashed = 0;
+  memoHits = 0;
+
+  constructor(private readonly racyWindowNs: bigint = 2_000_000_000n) {}
+
+  async digest(absPath: string, attempt = 0): Promise<FileDigest> {
+    let st;
+    try {
+      st = await stat(absPath, { bigint: true });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ENAMETOOLONG') return { kind: 'absent' };
+      throw e;
+    }
+    if (!st.isFile()) return { kind: 'not-regular' };
+    const m = this.memo.get(absPath);
+    if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
+      this.memoHits++;
+      return { kind: 'file', digest: m.digest, size: Number(st.size) };
+    }
+    const startedNs = BigInt(Date.now()) * 1_000_000n;
+    const { digest, size } = await hashFile(absPath);
+    this.hashed++;
+    const after = await stat(absPath, { bigint: true });
+    const unchanged = after.size === st.size && after.mtimeNs === st.mtimeNs && after.ctimeNs === st.ctimeNs && after.ino === st.ino;
+    const settled = st.mtimeNs < startedNs - this.racyWindowNs && st.ctimeNs < startedNs - this.racyWindowNs;
+    if (unchanged && settled) {
+      this.memo.set(absPath, { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, digest });
+    } else this.memo.delete(absPath);
+    if (!unchanged) {
+      if (attempt >= 3) throw new Error(`${absPath} keeps changing while it is hashed`);
+      return this.digest(absPath, attempt + 1);
+    }
+    return { kind: 'file', digest, size };
+  }
+
+  get size(): number {
+    return this.memo.size;
+  }
+}

@@ -1,0 +1,156 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import type { FileDigests } from './fileDigests.js';
+import { DIGEST_RE, HASH_ALGORITHM } from './hash.js';
+import { readModuleTable } from './moduleTable.js';
+import { fileCandidates, type Job } from './parseJob.js';
+import type { ToolchainIdentifier } from './toolchain.js';
+
+const digest = z.string().regex(DIGEST_RE);
+const FileRef = z.object({ path: z.string(), digest });
+
+/** Environment variables that can change a backend job's output (docs/key.md). */
+export const KEY_ENV = ['CCC_OVERRIDE_OPTIONS', 'LD_LIBRARY_PATH', 'LD_PRELOAD', 'COMPILER_PATH'] as const;
+
+/** Key manifest, version 1 (cache-schema/key-manifest.v1.json). Everything in it is keyed except `dropped`. */
+export const Manifest = z.object({
+  v: z.literal(1),
+  hash: z.literal(HASH_ALGORITHM),
+  toolchain: z.object({
+    driver: z.string(),
+    realpath: z.string(),
+    digest,
+    libs: z.array(FileRef),
+    configs: z.array(FileRef),
+  }),
+  /** Every argument in order, after response-file expansion; files named by it with their content. */
+  args: z.array(
+    z.object({
+      a: z.string(),
+      files: z.array(FileRef).optional(),
+      output: z.string().optional(),
+    }),
+  ),
+  responseFiles: z.array(FileRef),
+  input: FileRef,
+  index: FileRef.extend({
+    /** The index's module string table: each module the backend reads, with the index's hash and the file's content. */
+    modules: z.array(z.object({ path: z.string(), moduleHash: z.string(), digest })),
+  }),
+  env: z.record(z.string(), z.string()),
+  outputs: z.array(z.object({ role: z.string(), path: z.string() })),
+  /** Arguments on the documented drop list: recorded for explanations, not keyed. */
+  dropped: z.array(z.string()),
+});
+export type Manifest = z.infer<typeof Manifest>;
+
+export type KeyResult = { kind: 'key'; key: string; manifest: Manifest } | { kind: 'uncacheable'; reason: string; detail: string };
+
+class Uncacheable extends Error {
+  constructor(
+    readonly reason: string,
+    readonly detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+/** Canonical JSON: object keys sorted, so equal manifests give equal keys. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** The cache key: 128 bits of SHA-256 over the canonical manifest without its unkeyed part. */
+export function keyOf(m: Manifest): string {
+  const { dropped: _dropped, ...keyed } = m;
+  return createHash('sha256').update('ltocache-key-v1\0').update(canonicalJson(keyed)).digest('hex').slice(0, 32);
+}
+
+export interface KeyContext {
+  files: FileDigests;
+  toolchains: ToolchainIdentifier;
+}
+
+/** Builds the manifest of a parsed job: every input's content, the toolchain and the environment. */
+export async function buildManifest(ctx: KeyContext, job: Job, compiler: string, cwd: string, env: Record<string, string>): Promise<KeyResult> {
+  try {
+    const need = async (path: string, what: string) => {
+      const d = await ctx.files.digest(resolve(cwd, path));
+      if (d.kind !== 'file') throw new Uncacheable('missing-file', `${what} ${path} is not a readable regular file`);
+      return d.digest;
+    };
+    const outputsAbs = new Set(job.outputs.map((o) => resolve(cwd, o.path)));
+    const toolchain = await ctx.toolchains.identify(compiler, env);
+    const args: Manifest['args'] = [];
+    const dropped: string[] = [];
+    let input: Manifest['input'] | undefined;
+    let index: Manifest['index'] | undefined;
+    for (const tok of job.tokens) {
+      switch (tok.t) {
+        case 'dropped':
+          dropped.push(tok.v);
+          break;
+        case 'output':
+          args.push({ a: tok.v, output: tok.path });
+          break;
+        case 'file': {
+          const d = await need(tok.path, tok.role === 'input' ? 'input' : tok.role === 'index' ? 'index file' : `file named by ${tok.v}`);
+          args.push({ a: tok.v, files: [{ path: tok.path, digest: d }] });
+          if (tok.role === 'input') input = { path: tok.path, digest: d };
+          if (tok.role === 'index') index = { path: tok.path, digest: d, modules: await importedModules(cwd, tok.path, need) };
+          break;
+        }
+        case 'flag': {
+          const files: { path: string; digest: string }[] = [];
+          for (const c of fileCandidates(tok.v)) {
+            const abs = resolve(cwd, c);
+            if (outputsAbs.has(abs)) continue;
+            const d = await ctx.files.digest(abs);
+            if (d.kind === 'file') files.push({ path: c, digest: d.digest });
+          }
+          args.push(files.length ? { a: tok.v, files } : { a: tok.v });
+          break;
+        }
+      }
+    }
+    if (!input || !index) throw new Uncacheable('bad-args', 'job has no input or no index');
+    const keyEnv: Record<string, string> = {};
+    for (const k of KEY_ENV) if (env[k] !== undefined) keyEnv[k] = env[k]!;
+    const manifest: Manifest = {
+      v: 1,
+      hash: HASH_ALGORITHM,
+      toolchain,
+      args,
+      responseFiles: await Promise.all(job.responseFiles.map(async (r) => ({ path: r.path, digest: await need(r.path, 'response file') }))),
+      input,
+      index,
+      env: keyEnv,
+      outputs: job.outputs,
+      dropped,
+    };
+    return { kind: 'key', key: keyOf(manifest), manifest };
+  } catch (e) {
+    if (e instanceof Uncacheable) return { kind: 'uncacheable', reason: e.reason, detail: e.detail };
+    return { kind: 'uncacheable', reason: 'key-error', detail: (e as Error).message };
+  }
+}
+
+async function importedModules(cwd: string, indexPath: string, need: (p: string, what: string) => Promise<string>): Promise<Manifest['index']['modules']> {
+  const bytes = await readFile(resolve(cwd, indexPath));
+  const table = readModuleTable(bytes);
+  if (table.kind !== 'ok') throw new Uncacheable('bad-index', `index ${indexPath}: ${table.reason}`);
+  const out: Manifest['index']['modules'] = [];
+  for (const m of table.modules) out.push({ path: m.path, moduleHash: m.hash, digest: await need(m.path, 'imported module') });
+  return out;
+}

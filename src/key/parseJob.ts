@@ -1,0 +1,221 @@
+import { readFile } from 'node:fs/promises';
+import { extname, resolve } from 'node:path';
+import { tokenizeGnu } from './responseFile.js';
+
+/** A token of the command line as the key sees it. */
+export type Token =
+  | { t: 'flag'; v: string }
+  /** A token naming a file whose content the key covers (`path` is as written). */
+  | { t: 'file'; v: string; path: string; role: 'input' | 'index' | 'flag-file' | 'maybe-file' }
+  /** A token naming an output; only its spelling goes into the key. */
+  | { t: 'output'; v: string; path: string; role: string }
+  /** A token on the documented drop list (docs/key.md): left out of the key. */
+  | { t: 'dropped'; v: string };
+
+export interface Job {
+  tokens: Token[];
+  /** Response files read, in order, with their content. */
+  responseFiles: { path: string; content: Buffer }[];
+  input: string;
+  index: string;
+  /** Outputs clang writes for this job: role → path as written (relative to cwd or absolute). */
+  outputs: { role: string; path: string }[];
+}
+
+export type ParseResult = { kind: 'job'; job: Job } | { kind: 'uncacheable'; reason: string; detail: string };
+
+const RSP_DEPTH = 16;
+
+/** Options whose value is the next token. Their values are never taken as inputs. */
+const SEPARATE_VALUE = new Set([
+  '-o', '-x', '-mllvm', '-Xclang', '-target', '-arch', '-include', '-imacros', '-isystem', '-iquote', '-idirafter',
+  '-isysroot', '-D', '-U', '-I', '-MF', '-MT', '-MQ', '-Xlinker', '-Xassembler', '-Xpreprocessor', '-Xopenmp-target',
+  '-resource-dir', '--param', '-z', '-L', '-l', '-u', '-T', '-F', '-ivfsoverlay', '-B', '--config', '-main-file-name',
+  '-mcode-object-version', '-Xcuda-ptxas', '-Xcuda-fatbinary', '-aux-triple', '-triple', '-target-feature', '-target-cpu',
+  '-mfloat-abi', '--sysroot', '-gcc-toolchain', '--gcc-toolchain', '-dependency-file', '-serialize-diagnostics',
+]);
+
+/** Flags after which clang does not produce a cacheable backend object. */
+const UNCACHEABLE_EXACT = new Set(['-E', '-M', '-MM', '-###', '-v', '-fsyntax-only', '-fdriver-only', '--analyze', '-MJ', '-working-directory', '-']);
+const UNCACHEABLE_PREFIX = ['-save-temps', '-ftime-trace', '-ccc-', '-fcrash-diagnostics', '-fmodules-cache-path', '-fproc-stat-report', '-working-directory=', '-fdump-', '-MJ'];
+
+/**
+ * Flags proven (test/e2e/dropList.test.ts) not to change a backend object: with `-x ir` input
+ * clang runs no preprocessor, so these only affect a front-end run. Each is listed in docs/key.md.
+ */
+const DROP_SEPARATE = new Set(['-D', '-U', '-I', '-include', '-imacros', '-isystem', '-iquote', '-idirafter', '-MF', '-MT', '-MQ']);
+const DROP_JOINED = [/^-D./, /^-U./, /^-I./, /^-Wp,-MM?D,/, /^-MM?D$/, /^-MP$/, /^-std=/, /^-nostdinc$/];
+
+/** Joined flags whose value names a file the backend reads. */
+const FILE_FLAGS = [
+  '-fbasic-block-sections=list=',
+  '-fprofile-sample-use=',
+  '-fprofile-use=',
+  '-fprofile-instr-use=',
+  '-fsanitize-ignorelist=',
+  '-fsanitize-blacklist=',
+  '-fprofile-list=',
+  '-fxray-always-instrument=',
+  '-fxray-never-instrument=',
+  '-fxray-attr-list=',
+  '--config=',
+];
+
+async function expand(args: string[], cwd: string, depth: number, rsp: Job['responseFiles']): Promise<string[]> {
+  const out: string[] = [];
+  for (const a of args) {
+    if (a.startsWith('@') && a.length > 1) {
+      if (depth >= RSP_DEPTH) throw new Uncacheable('rsp-depth', `response files nested deeper than ${RSP_DEPTH}`);
+      const path = a.slice(1);
+      let content: Buffer;
+      try {
+        content = await readFile(resolve(cwd, path));
+      } catch {
+        throw new Uncacheable('rsp-unreadable', `cannot read response file ${path}`);
+      }
+      rsp.push({ path, content });
+      out.push(...(await expand(tokenizeGnu(content.toString('utf8')), cwd, depth + 1, rsp)));
+    } else out.push(a);
+  }
+  return out;
+}
+
+class Uncacheable extends Error {
+  constructor(
+    readonly reason: string,
+    readonly detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+/** Where clang 19 puts the split DWARF file for `-c -o X.ext`: X.dwo beside the object. */
+function dwoPathFor(obj: string): string {
+  const ext = extname(obj);
+  return (ext ? obj.slice(0, -ext.length) : obj) + '.dwo';
+}
+
+function replaceExt(p: string, newExt: string): string {
+  const ext = extname(p);
+  return (ext ? p.slice(0, -ext.length) : p) + newExt;
+}
+
+/**
+ * Reads a backend command line (arguments after the compiler) into the parts the key needs.
+ * Knows only the shape of a backend job; anything it cannot place safely is uncacheable.
+ */
+export async function parseJob(args: string[], cwd: string): Promise<ParseResult> {
+  const responseFiles: Job['responseFiles'] = [];
+  try {
+    const argv = await expand(args, cwd, 0, responseFiles);
+    const tokens: Token[] = [];
+    const positional: string[] = [];
+    let index: string | undefined;
+    let output: string | undefined;
+    let mode: 'c' | 'S' | 'emit-llvm' | undefined;
+    let splitDwarf = false;
+    let optRecord: string | undefined;
+    let optRecordFile: string | undefined;
+    let stackUsage = false;
+    for (let i = 0; i < argv.length; i++) {
+      const a = argv[i]!;
+      if (UNCACHEABLE_EXACT.has(a) || UNCACHEABLE_PREFIX.some((p) => a.startsWith(p))) {
+        throw new Uncacheable('unsupported-flag', `flag ${a} is not cacheable`);
+      }
+      if (a === '-Xclang' && argv[i + 1]?.startsWith('-fthinlto-index=')) {
+        tokens.push({ t: 'flag', v: a });
+        continue;
+      }
+      if (a.startsWith('-fthinlto-index=')) {
+        if (index !== undefined) throw new Uncacheable('multiple-index', 'more than one -fthinlto-index=');
+        index = a.slice('-fthinlto-index='.length);
+        tokens.push({ t: 'file', v: '-fthinlto-index=', path: index, role: 'index' });
+        continue;
+      }
+      if (a === '-o' || (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob'))) {
+        if (output !== undefined) throw new Uncacheable('multiple-output', 'more than one -o');
+        const v = a === '-o' ? argv[++i] : a.slice(2);
+        if (v === undefined) throw new Uncacheable('bad-args', '-o without a value');
+        output = v;
+        tokens.push({ t: 'output', v: a === '-o' ? '-o' : '-o=', path: v, role: 'obj' });
+        continue;
+      }
+      if (a === '-c') mode = 'c';
+      else if (a === '-S') mode = 'S';
+      else if (a === '-emit-llvm' && mode !== 'S') mode = 'emit-llvm';
+      if (a === '-gsplit-dwarf' || a === '-gsplit-dwarf=split') splitDwarf = true;
+      if (a === '-gsplit-dwarf=single' || a === '-gno-split-dwarf') splitDwarf = false;
+      if (a === '-fstack-usage') stackUsage = true;
+      if (a === '-fsave-optimization-record' || a.startsWith('-fsave-optimization-record=')) optRecord = a;
+      if (a.startsWith('-foptimization-record-file=')) {
+        optRecordFile = a.slice('-foptimization-record-file='.length);
+        tokens.push({ t: 'output', v: '-foptimization-record-file=', path: optRecordFile, role: 'opt-record' });
+        continue;
+      }
+      if (DROP_SEPARATE.has(a)) {
+        const v = argv[++i];
+        if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
+        tokens.push({ t: 'dropped', v: `${a} ${v}` });
+        continue;
+      }
+      if (DROP_JOINED.some((re) => re.test(a))) {
+        tokens.push({ t: 'dropped', v: a });
+        continue;
+      }
+      const fileFlag = FILE_FLAGS.find((f) => a.startsWith(f) && a.length > f.length);
+      if (fileFlag) {
+        tokens.push({ t: 'file', v: fileFlag, path: a.slice(fileFlag.length), role: 'flag-file' });
+        continue;
+      }
+      if (SEPARATE_VALUE.has(a)) {
+        const v = argv[++i];
+        if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
+        tokens.push({ t: 'flag', v: a });
+        tokens.push({ t: 'flag', v });
+        continue;
+      }
+      if (a.startsWith('-')) {
+        tokens.push({ t: 'flag', v: a });
+        continue;
+      }
+      positional.push(a);
+      tokens.push({ t: 'file', v: '', path: a, role: 'input' });
+    }
+    if (index === undefined) throw new Uncacheable('not-backend', 'no -fthinlto-index=');
+    if (index === '') throw new Uncacheable('bad-args', 'empty -fthinlto-index=');
+    if (positional.length !== 1) throw new Uncacheable('inputs', `expected exactly one input, got ${positional.length}`);
+    if (!mode) throw new Uncacheable('not-compile', 'neither -c, -S nor -emit-llvm');
+    if (output === undefined || output === '-' || output === '/dev/null') throw new Uncacheable('output', 'no -o FILE (or output to stdout)');
+    const outputs: Job['outputs'] = [{ role: 'obj', path: output }];
+    if (splitDwarf && mode === 'c') outputs.push({ role: 'dwo', path: dwoPathFor(output) });
+    if (stackUsage) outputs.push({ role: 'su', path: replaceExt(output, '.su') });
+    if (optRecordFile !== undefined) outputs.push({ role: 'opt-record', path: optRecordFile });
+    else if (optRecord) {
+      const fmt = optRecord.includes('=') ? optRecord.slice(optRecord.indexOf('=') + 1) : 'yaml';
+      outputs.push({ role: 'opt-record', path: replaceExt(output, `.opt.${fmt}`) });
+    }
+    const seen = new Set<string>();
+    for (const o of outputs) {
+      const abs = resolve(cwd, o.path);
+      if (seen.has(abs)) throw new Uncacheable('output', `two outputs at ${o.path}`);
+      seen.add(abs);
+    }
+    return { kind: 'job', job: { tokens, responseFiles, input: positional[0]!, index, outputs } };
+  } catch (e) {
+    if (e instanceof Uncacheable) return { kind: 'uncacheable', reason: e.reason, detail: e.detail };
+    throw e;
+  }
+}
+
+/**
+ * An unknown flag or value might name a file that changes the output (`-mllvm -foo=FILE`):
+ * the key builder stats these candidates and hashes the ones that are regular files.
+ * Candidates: the token itself and every suffix after a '=' or ','.
+ */
+export function fileCandidates(v: string): string[] {
+  const out: string[] = [];
+  if (!v.startsWith('-')) out.push(v);
+  for (let i = 0; i < v.length; i++) if (v[i] === '=' || v[i] === ',') out.push(v.slice(i + 1));
+  return out.filter((p) => p.length > 0 && p.length < 4096);
+}
+

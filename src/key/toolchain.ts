@@ -1,0 +1,102 @@
+import { execFile } from 'node:child_process';
+import { readdir, realpath, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import type { FileDigests } from './fileDigests.js';
+import type { Digest } from './hash.js';
+
+const run = promisify(execFile);
+
+export interface Toolchain {
+  /** The name the compiler was invoked as: clang picks its driver mode from it. */
+  driver: string;
+  realpath: string;
+  digest: Digest;
+  /** Every shared library the dynamic loader maps for it, with content digests. */
+  libs: { path: string; digest: Digest }[];
+  /** Clang configuration files (*.cfg) that could be loaded implicitly. */
+  configs: { path: string; digest: Digest }[];
+}
+
+/** Environment variables that change which libraries the compiler loads. */
+export const LOADER_ENV = ['LD_LIBRARY_PATH', 'LD_PRELOAD'] as const;
+
+const CONFIG_DIRS = ['/etc/clang', '/etc/clang19', '/usr/lib/llvm-19/etc'];
+
+/**
+ * Identifies a compiler by content: its resolved executable, the libraries it loads (most of
+ * LLVM lives in libLLVM.so, so the executable alone does not pin code generation) and implicit
+ * config files. Memoised by the executable's identity and the loader environment.
+ */
+export class ToolchainIdentifier {
+  private readonly memo = new Map<string, Promise<Toolchain>>();
+
+  constructor(private readonly files: FileDigests) {}
+
+  async identify(compiler: string, env: Record<string, string>): Promise<Toolchain> {
+    const real = await realpath(compiler);
+    const st = await stat(real, { bigint: true });
+    const memoKey = JSON.stringify([compiler, real, String(st.dev), String(st.ino), String(st.size), String(st.mtimeNs), String(st.ctimeNs), ...LOADER_ENV.map((k) => env[k] ?? '')]);
+    let p = this.memo.get(memoKey);
+    if (!p) {
+      p = this.compute(compiler, real, env);
+      this.memo.set(memoKey, p);
+      p.catch(() => this.memo.delete(memoKey));
+    }
+    const t = await p;
+    // Libraries and configs can change under an unchanged executable: re-check their digests
+    // (memoised by stat, so this is cheap) and recompute when any moved.
+    for (const f of [...t.libs, ...t.configs]) {
+      const d = await this.files.digest(f.path);
+      if (d.kind !== 'file' || d.digest !== f.digest) {
+        this.memo.delete(memoKey);
+        return this.identify(compiler, env);
+      }
+    }
+    return t;
+  }
+
+  private async compute(compiler: string, real: string, env: Record<string, string>): Promise<Toolchain> {
+    const self = await this.files.digest(real);
+    if (self.kind !== 'file') throw new Error(`compiler ${real} is not a regular file`);
+    const libs: Toolchain['libs'] = [];
+    for (const path of await loadedLibraries(real, env)) {
+      const d = await this.files.digest(path);
+      if (d.kind === 'file') libs.push({ path, digest: d.digest });
+    }
+    const configs: Toolchain['configs'] = [];
+    const dirs = [...new Set([dirname(real), dirname(compiler), ...CONFIG_DIRS])];
+    for (const dir of dirs) {
+      let names: string[] = [];
+      try {
+        names = (await readdir(dir)).filter((n) => n.endsWith('.cfg')).sort();
+      } catch {
+        continue;
+      }
+      for (const n of names) {
+        const d = await this.files.digest(join(dir, n));
+        if (d.kind === 'file') configs.push({ path: join(dir, n), digest: d.digest });
+      }
+    }
+    return { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs };
+  }
+}
+
+/** Asks the dynamic loader (as ldd does) which libraries the executable maps. */
+async function loadedLibraries(exe: string, env: Record<string, string>): Promise<string[]> {
+  const loaderEnv: Record<string, string> = { LD_TRACE_LOADED_OBJECTS: '1', PATH: env.PATH ?? '/usr/bin:/bin' };
+  for (const k of LOADER_ENV) if (env[k] !== undefined) loaderEnv[k] = env[k]!;
+  let stdout = '';
+  try {
+    ({ stdout } = await run(exe, [], { env: loaderEnv, timeout: 10_000, maxBuffer: 4 << 20 }));
+  } catch (e) {
+    // A static executable runs for real and fails without inputs: it maps no libraries.
+    stdout = String((e as { stdout?: string }).stdout ?? '');
+  }
+  const out: string[] = [];
+  for (const line of stdout.split('\n')) {
+    const m = /=>\s+(\/\S+)\s+\(0x/.exec(line) ?? /^\s*(\/\S+)\s+\(0x/.exec(line);
+    if (m) out.push(m[1]!);
+  }
+  return [...new Set(out)].sort();
+}

@@ -1,0 +1,460 @@
+/**
+ * Wire format between the native client (client/ltocache.c) and the daemon, plus the socket
+ * location rule both sides must agree on. See docs/protocol.md for the normative description.
+ *
+ * Framing: every frame is `u32 length` (little-endian) followed by `length` payload bytes;
+ * payload byte 0 is the frame type. A `str` is `u32 byte length` + bytes (no terminator).
+ *
+ *   'C' compile request  client → daemon  u8 'C', u8 version=1, u32 flags, u32 umask,
+ *                                          str compiler, str cwd, u32 argc, argc×str,
+ *                                          u32 envc, envc×str ("K=V")
+ *   'R' result           daemon → client  u8 'R', i32 exit status, str stdout, str stderr
+ *   'P' passthrough      daemon → client  u8 'P', str reason  (client execs the compiler)
+ *   'J' JSON control     TS CLI ↔ daemon  u8 'J', UTF-8 JSON (never sent by the C client)
+ *
+ * Byte strings: on the wire, args, env entries and paths are arbitrary bytes (Unix argv).
+ * Here they are decoded as UTF-8 *strictly*: a request whose strings are not valid UTF-8 is
+ * rejected (ProtocolError) rather than decoded lossily, because replacing bytes with U+FFFD
+ * would make the daemon run the compiler on different arguments than the user gave. The daemon
+ * should answer such a (well-framed) request with a passthrough, so the client runs the
+ * compiler itself.
+ */
+import { z } from 'zod';
+
+/** Any violation of the wire format. The caller closes the connection (or, for a complete but
+ * invalid request, may reply 'P' first: framing is still in sync then). */
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+}
+
+export const FRAME_COMPILE = 0x43; // 'C'
+export const FRAME_RESULT = 0x52; // 'R'
+export const FRAME_PASSTHROUGH = 0x50; // 'P'
+export const FRAME_JSON = 0x4a; // 'J'
+export const PROTOCOL_VERSION = 1;
+/** Flag bits of the compile request. */
+export const FLAG_STDERR_TTY = 1;
+const KNOWN_FLAGS = FLAG_STDERR_TTY;
+
+/** Default cap on a frame payload the daemon accepts (the C client never sends more). */
+export const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
+/** Largest reply payload the C client accepts; larger replies make it fall back. */
+export const MAX_REPLY_PAYLOAD = 256 * 1024 * 1024;
+
+const MAX_U32 = 0xffffffff;
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+
+/** Prefixes a payload with its u32 little-endian length. */
+export function encodeFrame(payload: Buffer): Buffer {
+  if (payload.length === 0) throw new RangeError('frame payload must not be empty');
+  if (payload.length > MAX_U32) throw new RangeError('frame payload exceeds 4 GiB');
+  const header = Buffer.allocUnsafe(4);
+  header.writeUInt32LE(payload.length, 0);
+  return Buffer.concat([header, payload]);
+}
+
+/**
+ * Incremental frame splitter for a byte stream. push() returns the payloads completed by the
+ * chunk (possibly none, possibly several). Memory is bounded by maxFrame: the size is checked
+ * as soon as a header is complete, before any payload is buffered. After a ProtocolError the
+ * decoder stays failed; the caller must close the connection.
+ */
+export class FrameDecoder {
+  readonly maxFrame: number;
+  private readonly header = Buffer.alloc(4);
+  private headerFill = 0;
+  private body: Buffer | undefined;
+  private bodyFill = 0;
+  private failure: ProtocolError | undefined;
+
+  constructor(maxFrame: number = DEFAULT_MAX_FRAME) {
+    if (!Number.isInteger(maxFrame) || maxFrame < 1 || maxFrame > MAX_U32) {
+      throw new RangeError(`FrameDecoder: invalid maxFrame ${maxFrame}`);
+    }
+    this.maxFrame = maxFrame;
+  }
+
+  /** Bytes of an incomplete frame currently held (header included). */
+  get pending(): number {
+    return this.headerFill + this.bodyFill;
+  }
+
+  push(chunk: Buffer): Buffer[] {
+    if (this.failure) throw this.failure;
+    const out: Buffer[] = [];
+    let at = 0;
+    while (at < chunk.length) {
+      if (!this.body) {
+        const n = Math.min(4 - this.headerFill, chunk.length - at);
+        chunk.copy(this.header, this.headerFill, at, at + n);
+        this.headerFill += n;
+        at += n;
+        if (this.headerFill < 4) break;
+        const size = this.header.readUInt32LE(0);
+        if (size === 0) this.fail('empty frame (length 0): a payload needs at least a type byte');
+        if (size > this.maxFrame) {
+          this.fail(`frame of ${size} bytes exceeds the limit of ${this.maxFrame} bytes`);
+        }
+        this.body = Buffer.allocUnsafe(size);
+        this.bodyFill = 0;
+      }
+      const n = Math.min(this.body.length - this.bodyFill, chunk.length - at);
+      chunk.copy(this.body, this.bodyFill, at, at + n);
+      this.bodyFill += n;
+      at += n;
+      if (this.bodyFill === this.body.length) {
+        out.push(this.body);
+        this.body = undefined;
+        this.bodyFill = 0;
+        this.headerFill = 0;
+      }
+    }
+    return out;
+  }
+
+  /** Call at end of stream: throws if a frame was left incomplete. */
+  end(): void {
+    if (this.failure) throw this.failure;
+    if (this.pending > 0) this.fail(`stream ended inside a frame (${this.pending} bytes pending)`);
+  }
+
+  private fail(message: string): never {
+    this.failure = new ProtocolError(message);
+    throw this.failure;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compile request
+
+const noNul = (what: string) =>
+  z.string().refine((s) => !s.includes('\0'), { message: `${what} contains a NUL byte` });
+const absolutePath = (what: string) =>
+  noNul(what).refine((s) => s.startsWith('/'), { message: `${what} is not an absolute path` });
+
+export const CompileRequest = z.object({
+  version: z.literal(PROTOCOL_VERSION),
+  /** Bit 0 of the flags: the client's stderr is a terminal (colour diagnostics). */
+  stderrTty: z.boolean(),
+  umask: z.number().int().min(0).max(0o777),
+  /** Absolute path of the real compiler (not resolved through symlinks). */
+  compiler: absolutePath('compiler'),
+  /** The client's working directory (physical, from getcwd). */
+  cwd: absolutePath('cwd'),
+  /** Arguments after the compiler, exactly as given (argv[0] excluded). */
+  args: z.array(noNul('argument')),
+  /** The client's environment. On duplicate names the first entry wins (as for getenv). */
+  env: z.record(
+    noNul('environment name').refine((k) => k.length > 0 && !k.includes('='), {
+      message: 'environment name is empty or contains "="',
+    }),
+    noNul('environment value'),
+  ),
+});
+export type CompileRequest = z.infer<typeof CompileRequest>;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** Bounds-checked little-endian reader; every failure names the field being read. */
+class Reader {
+  at = 0;
+  constructor(private readonly buf: Buffer) {}
+  get remaining(): number {
+    return this.buf.length - this.at;
+  }
+  need(n: number, field: string): void {
+    if (n > this.remaining) {
+      throw new ProtocolError(
+        `truncated at ${field}: need ${n} bytes at offset ${this.at}, have ${this.remaining}`,
+      );
+    }
+  }
+  u8(field: string): number {
+    this.need(1, field);
+    return this.buf[this.at++]!;
+  }
+  u32(field: string): number {
+    this.need(4, field);
+    const v = this.buf.readUInt32LE(this.at);
+    this.at += 4;
+    return v;
+  }
+  i32(field: string): number {
+    this.need(4, field);
+    const v = this.buf.readInt32LE(this.at);
+    this.at += 4;
+    return v;
+  }
+  bytes(field: string): Buffer {
+    const n = this.u32(`${field} length`);
+    this.need(n, field);
+    const b = this.buf.subarray(this.at, this.at + n);
+    this.at += n;
+    return b;
+  }
+  text(field: string): string {
+    const b = this.bytes(field);
+    if (b.includes(0)) throw new ProtocolError(`${field} contains a NUL byte`);
+    try {
+      return utf8.decode(b);
+    } catch {
+      throw new ProtocolError(`${field} is not valid UTF-8`);
+    }
+  }
+  /** A count of items that each take at least 4 bytes: reject counts the payload can't hold
+   * before allocating anything for them. */
+  count(field: string): number {
+    const n = this.u32(field);
+    if (n * 4 > this.remaining) {
+      throw new ProtocolError(
+        `${field} ${n} too large: ${this.remaining} bytes remain, each entry needs at least 4`,
+      );
+    }
+    return n;
+  }
+  end(what: string): void {
+    if (this.remaining !== 0) {
+      throw new ProtocolError(`${this.remaining} trailing bytes after ${what}`);
+    }
+  }
+}
+
+function typeByte(payload: Buffer, expected: number, what: string): void {
+  if (payload.length === 0) throw new ProtocolError(`empty payload, expected ${what}`);
+  if (payload[0] !== expected) {
+    throw new ProtocolError(
+      `wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected ${what} ` +
+        `(0x${expected.toString(16)})`,
+    );
+  }
+}
+
+/** Parses a 'C' payload (without the length prefix). Throws ProtocolError on anything wrong. */
+export function decodeCompileRequest(payload: Buffer): CompileRequest {
+  typeByte(payload, FRAME_COMPILE, "compile request 'C'");
+  const r = new Reader(payload);
+  r.at = 1;
+  const version = r.u8('version');
+  if (version !== PROTOCOL_VERSION) {
+    throw new ProtocolError(`unsupported protocol version ${version} (expected ${PROTOCOL_VERSION})`);
+  }
+  const flags = r.u32('flags');
+  if ((flags & ~KNOWN_FLAGS) !== 0) {
+    throw new ProtocolError(`unknown flag bits 0x${flags.toString(16)}`);
+  }
+  const umask = r.u32('umask');
+  const compiler = r.text('compiler');
+  const cwd = r.text('cwd');
+  const argc = r.count('argc');
+  const args: string[] = [];
+  for (let i = 0; i < argc; i++) args.push(r.text(`argument ${i}`));
+  const envc = r.count('envc');
+  const env: Record<string, string> = Object.create(null);
+  for (let i = 0; i < envc; i++) {
+    const entry = r.text(`environment entry ${i}`);
+    const eq = entry.indexOf('=');
+    if (eq <= 0) throw new ProtocolError(`environment entry ${i} is not of the form K=V`);
+    const key = entry.slice(0, eq);
+    // A plain-object record cannot hold this name faithfully (zod drops it); refuse rather
+    // than silently run the compiler with a different environment.
+    if (key === '__proto__') throw new ProtocolError(`environment entry ${i} is named __proto__`);
+    if (!Object.prototype.hasOwnProperty.call(env, key)) env[key] = entry.slice(eq + 1);
+  }
+  r.end('compile request');
+  const parsed = CompileRequest.safeParse({
+    version,
+    stderrTty: (flags & FLAG_STDERR_TTY) !== 0,
+    umask,
+    compiler,
+    cwd,
+    args,
+    env,
+  });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue && issue.path.length ? ` (at ${issue.path.join('.')})` : '';
+    throw new ProtocolError(`invalid compile request: ${issue?.message ?? 'unknown'}${where}`);
+  }
+  return parsed.data;
+}
+
+/** Builds a complete 'C' frame (length prefix included): lets TypeScript tests act as the C
+ * client. Validates with the schema first. */
+export function encodeCompileRequest(req: CompileRequest): Buffer {
+  const v = CompileRequest.parse(req);
+  const parts: Buffer[] = [];
+  const head = Buffer.alloc(10);
+  head[0] = FRAME_COMPILE;
+  head[1] = v.version;
+  head.writeUInt32LE(v.stderrTty ? FLAG_STDERR_TTY : 0, 2);
+  head.writeUInt32LE(v.umask, 6);
+  parts.push(head);
+  const str = (s: string) => {
+    const b = Buffer.from(s, 'utf8');
+    parts.push(u32(b.length), b);
+  };
+  str(v.compiler);
+  str(v.cwd);
+  parts.push(u32(v.args.length));
+  v.args.forEach(str);
+  const env = Object.entries(v.env);
+  parts.push(u32(env.length));
+  for (const [k, val] of env) str(`${k}=${val}`);
+  return encodeFrame(Buffer.concat(parts));
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32LE(n, 0);
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies
+
+/**
+ * Builds a complete 'R' frame. `exit` is the compiler's exit status, or 128+N if it was killed
+ * by signal N (the client then dies of signal N). The C client only accepts 0..255, so other
+ * values are a RangeError here, as is a payload above MAX_REPLY_PAYLOAD (the client would fall
+ * back: reply 'P' instead).
+ */
+export function encodeResult(exit: number, stdout: Buffer, stderr: Buffer): Buffer {
+  if (!Number.isInteger(exit) || exit < 0 || exit > 255) {
+    throw new RangeError(`exit status ${exit} is not in 0..255`);
+  }
+  const size = 1 + 4 + 4 + stdout.length + 4 + stderr.length;
+  if (size > MAX_REPLY_PAYLOAD) {
+    throw new RangeError(`result payload of ${size} bytes exceeds ${MAX_REPLY_PAYLOAD} bytes`);
+  }
+  const head = Buffer.allocUnsafe(5);
+  head[0] = FRAME_RESULT;
+  head.writeInt32LE(exit, 1);
+  return encodeFrame(Buffer.concat([head, u32(stdout.length), stdout, u32(stderr.length), stderr]));
+}
+
+/** Builds a complete 'P' frame: "run the compiler yourself", with a reason for logs. */
+export function encodePassthrough(reason: string): Buffer {
+  const b = Buffer.from(reason, 'utf8');
+  return encodeFrame(Buffer.concat([Buffer.from([FRAME_PASSTHROUGH]), u32(b.length), b]));
+}
+
+export type Reply =
+  | { kind: 'result'; exit: number; stdout: Buffer; stderr: Buffer }
+  | { kind: 'passthrough'; reason: string };
+
+/**
+ * Parses an 'R' or 'P' payload with exactly the C client's acceptance rules (exit in 0..255,
+ * no trailing bytes). For tests that act as the client.
+ */
+export function decodeReply(payload: Buffer): Reply {
+  if (payload.length === 0) throw new ProtocolError('empty reply payload');
+  const r = new Reader(payload);
+  r.at = 1;
+  if (payload[0] === FRAME_RESULT) {
+    const exit = r.i32('exit status');
+    if (exit < 0 || exit > 255) throw new ProtocolError(`exit status ${exit} is not in 0..255`);
+    const stdout = r.bytes('stdout');
+    const stderr = r.bytes('stderr');
+    r.end('result');
+    return { kind: 'result', exit, stdout, stderr };
+  }
+  if (payload[0] === FRAME_PASSTHROUGH) {
+    const reason = r.bytes('reason').toString('utf8');
+    r.end('passthrough');
+    return { kind: 'passthrough', reason };
+  }
+  throw new ProtocolError(
+    `wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R' or 'P'`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON control frames (TypeScript CLI ↔ daemon only)
+
+/** Builds a complete 'J' frame carrying JSON.stringify(value). */
+export function encodeJson(value: unknown): Buffer {
+  const text = JSON.stringify(value);
+  if (text === undefined) throw new TypeError('encodeJson: value is not JSON-serialisable');
+  return encodeFrame(Buffer.concat([Buffer.from([FRAME_JSON]), Buffer.from(text, 'utf8')]));
+}
+
+/** Parses a 'J' payload. The result is unvalidated: check it with a schema. */
+export function decodeJson(payload: Buffer): unknown {
+  typeByte(payload, FRAME_JSON, "JSON frame 'J'");
+  let text: string;
+  try {
+    text = utf8.decode(payload.subarray(1));
+  } catch {
+    throw new ProtocolError('JSON frame is not valid UTF-8');
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw new ProtocolError(`JSON frame does not parse: ${(e as Error).message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket location (must match socket_location() in client/ltocache.c)
+
+/** FNV-1a 64-bit over the UTF-8 bytes of s (or the given bytes), as 16 lowercase hex digits. */
+export function fnv1a64Hex(s: string | Uint8Array): string {
+  const bytes = typeof s === 'string' ? Buffer.from(s, 'utf8') : s;
+  // Two 32-bit halves: prime = 2^40 + 0x1b3, so h*prime = h*0x1b3 + (h << 40) mod 2^64.
+  let hi = 0xcbf29ce4;
+  let lo = 0x84222325;
+  for (const byte of bytes) {
+    lo = (lo ^ byte) >>> 0;
+    const loMul = lo * 0x1b3; // < 2^41: exact in a double
+    const carry = Math.floor(loMul / 0x100000000);
+    const newLo = loMul >>> 0;
+    // high word: hi*0x1b3 + carry + (lo << 8) (the 2^40 term's contribution to bits 32..63)
+    hi = (Math.imul(hi, 0x1b3) + carry + ((lo << 8) >>> 0)) >>> 0;
+    lo = newLo;
+  }
+  return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
+}
+
+/** Directory holding the daemon sockets of one user: /tmp/ltocache-<uid>. The daemon creates
+ * it with mode 0700; the client refuses it unless it is a real directory owned by the user
+ * with no group/other permission bits. */
+export function socketDirFor(uid: number): string {
+  if (!Number.isInteger(uid) || uid < 0 || uid > MAX_U32) throw new RangeError(`bad uid ${uid}`);
+  return `/tmp/ltocache-${uid}`;
+}
+
+/** Strips trailing slashes, keeping a lone "/". */
+function stripTrailingSlashes(dir: string): string {
+  let n = dir.length;
+  while (n > 1 && dir[n - 1] === '/') n--;
+  return dir.slice(0, n);
+}
+
+/** Socket path of the daemon serving cacheDir: <socketDirFor(uid)>/<fnv1a64Hex(dir)>.sock,
+ * where dir is cacheDir without trailing slashes. cacheDir must be absolute. */
+export function socketPathFor(cacheDir: string, uid: number): string {
+  const dir = stripTrailingSlashes(cacheDir);
+  if (!dir.startsWith('/')) throw new RangeError(`cache dir '${cacheDir}' is not absolute`);
+  return `${socketDirFor(uid)}/${fnv1a64Hex(dir)}.sock`;
+}
+
+/**
+ * The cache directory exactly as the C client derives it from its environment:
+ * $LTOCACHE_DIR if non-empty, else $XDG_CACHE_HOME/ltocache if XDG_CACHE_HOME is absolute,
+ * else $HOME/.cache/ltocache (HOME non-empty); trailing slashes stripped. Returns undefined
+ * when the result is not absolute (the client then never contacts a daemon).
+ */
+export function clientCacheDir(env: NodeJS.ProcessEnv): string | undefined {
+  const ltocacheDir = env.LTOCACHE_DIR;
+  const xdg = env.XDG_CACHE_HOME;
+  const home = env.HOME;
+  let dir: string;
+  if (ltocacheDir) dir = ltocacheDir;
+  else if (xdg && xdg.startsWith('/')) dir = `${xdg}/ltocache`;
+  else if (home) dir = `${home}/.cache/ltocache`;
+  else return undefined;
+  dir = stripTrailingSlashes(dir);
+  return dir.startsWith('/') ? dir : undefined;
+}

@@ -1,0 +1,139 @@
+import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
+import { type Digest, DIGEST_RE, hashBytes } from '../key/hash.js';
+import type { StoreFs, StoreFileHandle } from './storeOptions.js';
+
+export type BlobCheck =
+  | { ok: true; data: Buffer }
+  | { ok: false; problem: 'missing' | 'size' | 'digest'; detail: string };
+
+const SHARD_RE = /^[0-9a-f]{2}$/;
+const REST_RE = /^[0-9a-f]{30}$/;
+
+function errno(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/**
+ * Content-addressed files `blobs/<2 hex>/<30 hex>`. A file appears under its name only
+ * complete and fsynced (tmp + fsync + rename), so a crash leaves at worst an orphan in tmp/.
+ */
+export class BlobStore {
+  constructor(
+    private readonly blobsDir: string,
+    private readonly tmpDir: string,
+    private readonly fs: StoreFs,
+  ) {}
+
+  pathOf(digest: Digest): string {
+    return join(this.blobsDir, digest.slice(0, 2), digest.slice(2));
+  }
+
+  /** True when a file of `size` bytes sits under the digest's name. Contents are not read. */
+  async present(digest: Digest, size: number): Promise<boolean> {
+    try {
+      return (await this.fs.stat(this.pathOf(digest))).size === size;
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return false;
+      throw e;
+    }
+  }
+
+  /**
+   * Stores `data` under `digest`; the caller has checked hashBytes(data) === digest.
+   * Skips the write when a file of the right size is already there. Throws on I/O errors,
+   * leaving no temp file behind.
+   */
+  async write(digest: Digest, data: Uint8Array): Promise<void> {
+    if (await this.present(digest, data.length)) return;
+    const dest = this.pathOf(digest);
+    const tmp = join(this.tmpDir, `${digest}.${randomBytes(8).toString('hex')}`);
+    let fh: StoreFileHandle | undefined;
+    try {
+      await this.fs.mkdir(dirname(dest), { recursive: true });
+      fh = await this.fs.open(tmp, 'wx');
+      for (let off = 0; off < data.length; ) {
+        const { bytesWritten } = await fh.write(data, off, data.length - off, off);
+        if (bytesWritten <= 0) throw new Error(`blob ${digest}: write made no progress at ${off}/${data.length}`);
+        off += bytesWritten;
+      }
+      await fh.sync();
+      const { size } = await fh.stat();
+      if (size !== data.length) throw new Error(`blob ${digest}: wrote ${size} bytes, expected ${data.length}`);
+      await fh.close();
+      fh = undefined;
+      await this.fs.rename(tmp, dest);
+    } catch (e) {
+      await fh?.close().catch(() => {});
+      await this.fs.unlink(tmp).catch(() => {});
+      throw e;
+    }
+    await this.syncDir(dirname(dest));
+  }
+
+  /** Reads a blob and checks its size and digest. Throws only on I/O errors other than ENOENT. */
+  async read(digest: Digest, size: number): Promise<BlobCheck> {
+    let data: Buffer;
+    try {
+      data = await this.fs.readFile(this.pathOf(digest));
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return { ok: false, problem: 'missing', detail: `blob ${digest} is missing` };
+      throw e;
+    }
+    if (data.length !== size) {
+      return { ok: false, problem: 'size', detail: `blob ${digest} has ${data.length} bytes, expected ${size}` };
+    }
+    const actual = hashBytes(data);
+    if (actual !== digest) return { ok: false, problem: 'digest', detail: `blob ${digest} hashes to ${actual}` };
+    return { ok: true, data };
+  }
+
+  /** Idempotent: a missing file is not an error. */
+  async remove(digest: Digest): Promise<void> {
+    try {
+      await this.fs.unlink(this.pathOf(digest));
+    } catch (e) {
+      if (errno(e) !== 'ENOENT') throw e;
+    }
+  }
+
+  /** Digests of the blob files, one shard directory at a time. Files with other names are skipped. */
+  async *shards(): AsyncGenerator<Digest[]> {
+    for (const shard of (await this.fs.readdir(this.blobsDir)).sort()) {
+      if (!SHARD_RE.test(shard)) continue;
+      let names: string[];
+      try {
+        names = await this.fs.readdir(join(this.blobsDir, shard));
+      } catch (e) {
+        if (errno(e) === 'ENOENT' || errno(e) === 'ENOTDIR') continue;
+        throw e;
+      }
+      const digests = names.filter((n) => REST_RE.test(n)).map((n) => shard + n);
+      if (digests.length > 0) yield digests.filter((d) => DIGEST_RE.test(d));
+    }
+  }
+
+  /** Removes everything in tmp/; only safe before any write can be in flight. Returns the count. */
+  async sweepTmp(): Promise<number> {
+    const names = await this.fs.readdir(this.tmpDir);
+    for (const n of names) await this.fs.rm(join(this.tmpDir, n), { recursive: true, force: true });
+    return names.length;
+  }
+
+  /** Deletes every blob file. tmp/ is left to the writes in flight that own its files. */
+  async removeAll(): Promise<void> {
+    for (const n of await this.fs.readdir(this.blobsDir)) {
+      await this.fs.rm(join(this.blobsDir, n), { recursive: true, force: true });
+    }
+  }
+
+  /** Makes the rename that created a blob durable before LevelDB may point at it. */
+  private async syncDir(dir: string): Promise<void> {
+    const fh = await this.fs.open(dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+}
