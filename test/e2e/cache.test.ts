@@ -1,0 +1,295 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ThinBuild } from '../../src/build/thinBuild.js';
+import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
+
+/**
+ * End-to-end: the real native client, the real daemon, real clang 19 / lld 19, on the fixture
+ * program in distributed ThinLTO mode.
+ */
+
+function objects(b: ThinBuild, out = (m: string) => `${m}.thinlto-native.o`): Map<string, Buffer> {
+  return new Map(b.modules.map((m) => [m, readFileSync(join(b.dir, out(m)))]));
+}
+
+/** Direct clang for every module (no cache), into `<m>.direct.o`, returning the bytes. */
+function directObjects(b: ThinBuild, extra: string[] = [], compiler?: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const m of b.modules) {
+    const r = b.backend(m, { extra, out: `${m}.direct.o`, ...(compiler ? { compiler } : {}) });
+    assert.equal(r.status, 0, r.stderr);
+    out.set(m, readFileSync(join(b.dir, `${m}.direct.o`)));
+  }
+  return out;
+}
+
+function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = [], compiler?: string): void {
+  for (const m of b.modules) {
+    const r = b.backend(m, { wrapper: [CLIENT], extra, env: cache.env, ...(compiler ? { compiler } : {}) });
+    assert.equal(r.status, 0, `backend ${m}: ${r.stderr}`);
+  }
+}
+
+function assertSameObjects(actual: Map<string, Buffer>, expected: Map<string, Buffer>): void {
+  for (const [m, bytes] of expected) assert.ok(actual.get(m)?.equals(bytes), `${m}: served object differs from direct clang`);
+}
+
+function delta(cache: CacheEnv, fn: () => void): { hits: number; misses: number; errors: number; uncacheable: number } {
+  const a = cache.stats();
+  fn();
+  const b = cache.stats();
+  return { hits: b.hits - a.hits, misses: b.misses - a.misses, errors: b.errors - a.errors, uncacheable: b.uncacheable - a.uncacheable };
+}
+
+describe('distributed ThinLTO through ltocache', () => {
+  let cache: CacheEnv;
+  let b: ThinBuild;
+  before(() => {
+    cache = new CacheEnv('core');
+    cache.start();
+    b = ThinBuild.fromFixture(FIXTURE, join(tempDir('tree'), 'src'));
+    b.frontEnd();
+  });
+  after(() => cache.destroy());
+
+  test('cold build misses, rebuild after a new thin link hits, objects equal direct clang, program runs', () => {
+    b.thinLink();
+    const cold = delta(cache, () => buildAll(b, cache));
+    assert.deepEqual(cold, { hits: 0, misses: b.modules.length, errors: 0, uncacheable: 0 });
+    const first = objects(b);
+    b.thinLink();
+    const warm = delta(cache, () => buildAll(b, cache));
+    assert.deepEqual(warm, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    const direct = directObjects(b);
+    assertSameObjects(first, direct);
+    assertSameObjects(objects(b), direct);
+    b.link();
+    assert.equal(b.runProgram(), 'sum=385 hash=2317759140 table=492 lonely=16 frame=-1024\n');
+  });
+
+  test('a hit writes the object atomically with the mode clang gives under the umask', () => {
+    const obj = join(b.dir, 'lonely.thinlto-native.o');
+    rmSync(obj);
+    const r = b.backend('lonely', { wrapper: ['sh', '-c', 'umask 027; exec "$@"', 'sh', CLIENT], env: cache.env });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(statSync(obj).mode & 0o777, 0o640);
+    const leftovers = readdirSync(b.dir).filter((f) => f.includes('.ltocache-'));
+    assert.deepEqual(leftovers, []);
+  });
+
+  test('editing a function: importers of it and the edited module miss, the rest hit, all equal direct clang', () => {
+    const before = new Map(b.modules.map((m) => [m, { index: readFileSync(join(b.dir, `${m}.o.thinlto.bc`)), input: readFileSync(join(b.dir, `${m}.o`)) }]));
+    const src = join(b.dir, 'mathx.c');
+    writeFileSync(src, readFileSync(src, 'utf8').replace('return x * x;', 'return x * x + 1;'));
+    b.frontEnd(['mathx']);
+    b.thinLink();
+    // The ideal: a job can hit only if neither its index nor its input bitcode changed.
+    const changed = b.modules.filter((m) => {
+      const old = before.get(m)!;
+      return !old.index.equals(readFileSync(join(b.dir, `${m}.o.thinlto.bc`))) || !old.input.equals(readFileSync(join(b.dir, `${m}.o`)));
+    });
+    assert.ok(changed.includes('mathx') && changed.includes('main') && changed.includes('table'), `changed: ${changed}`);
+    assert.ok(!changed.includes('lonely') && !changed.includes('strx'), `changed: ${changed}`);
+    const d = delta(cache, () => buildAll(b, cache));
+    assert.equal(d.misses, changed.length);
+    assert.equal(d.hits, b.modules.length - changed.length);
+    assertSameObjects(objects(b), directObjects(b));
+    b.link();
+    assert.match(b.runProgram(), /^sum=395 /);
+  });
+
+  for (const [name, extra] of [
+    ['-O level', ['-O1']],
+    ['-march', ['-march=x86-64-v3']],
+    ['-mtune', ['-mtune=skylake']],
+  ] as const) {
+    test(`changing ${name} misses and matches direct clang`, () => {
+      b.thinLink();
+      const d = delta(cache, () => buildAll(b, cache, [...extra]));
+      assert.deepEqual(d, { hits: 0, misses: b.modules.length, errors: 0, uncacheable: 0 });
+      assertSameObjects(objects(b), directObjects(b, [...extra]));
+    });
+  }
+
+  test('changing the content of a -fbasic-block-sections=list= file (same path) misses', () => {
+    const list = join(b.dir, 'bbs.txt');
+    const flag = ['-fbasic-block-sections=list=bbs.txt'];
+    writeFileSync(list, '!mathx_sum_squares\n');
+    b.thinLink();
+    const first = delta(cache, () => buildAll(b, cache, flag));
+    assert.equal(first.misses, b.modules.length);
+    const withFirst = directObjects(b, flag);
+    assertSameObjects(objects(b), withFirst);
+    writeFileSync(list, '!mathx_sum_squares\n!!0\n!str_hash\n!!0\n!table_score\n!!0\n');
+    const second = delta(cache, () => buildAll(b, cache, flag));
+    assert.equal(second.misses, b.modules.length);
+    assert.equal(second.hits, 0);
+    const withSecond = directObjects(b, flag);
+    assertSameObjects(objects(b), withSecond);
+    assert.ok(b.modules.some((m) => !withFirst.get(m)!.equals(withSecond.get(m)!)), 'the list content should change some object');
+  });
+
+  test('another compiler (a wrapper script) misses and matches direct clang', () => {
+    const wrapper = join(b.dir, 'clang-wrapper.sh');
+    writeFileSync(wrapper, `#!/bin/sh\nexec ${b.clang} "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    b.thinLink();
+    const d = delta(cache, () => buildAll(b, cache, [], wrapper));
+    assert.deepEqual(d, { hits: 0, misses: b.modules.length, errors: 0, uncacheable: 0 });
+    assertSameObjects(objects(b), directObjects(b, [], wrapper));
+    const again = delta(cache, () => buildAll(b, cache, [], wrapper));
+    assert.equal(again.hits, b.modules.length);
+  });
+
+  test('touch without a content change hits', () => {
+    b.thinLink();
+    buildAll(b, cache);
+    const future = new Date(Date.now() + 5000);
+    for (const m of b.modules) {
+      utimesSync(join(b.dir, `${m}.o`), future, future);
+      utimesSync(join(b.dir, `${m}.o.thinlto.bc`), future, future);
+    }
+    const d = delta(cache, () => buildAll(b, cache));
+    assert.deepEqual(d, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+  });
+
+  test('the same tree copied to another directory hits', () => {
+    const copy = b.copyTo(join(tempDir('copy'), 'elsewhere'));
+    copy.thinLink();
+    const d = delta(cache, () => buildAll(copy, cache));
+    assert.deepEqual(d, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    assertSameObjects(objects(copy), directObjects(copy));
+  });
+
+  test('a backend warning is replayed byte for byte on a hit', () => {
+    b.thinLink();
+    const direct = b.backend('frame', { out: 'frame.direct.o' });
+    assert.match(direct.stderr, /stack frame size \(\d+\) exceeds limit \(1024\) in function 'frame_work'/);
+    rmSync(join(b.dir, 'frame.thinlto-native.o'), { force: true });
+    const hit = delta(cache, () => {
+      const r = b.backend('frame', { wrapper: [CLIENT], env: cache.env });
+      assert.equal(r.status, 0);
+      assert.equal(r.stderr, direct.stderr);
+    });
+    assert.equal(hit.hits, 1);
+    // and on a miss, through a fresh output name
+    const miss = delta(cache, () => {
+      const r = b.backend('frame', { wrapper: [CLIENT], env: cache.env, out: 'frame.other.o' });
+      assert.equal(r.stderr, direct.stderr);
+    });
+    assert.equal(miss.misses, 1);
+  });
+
+  test("a failing backend job gives clang's exit code and stderr and stores nothing", () => {
+    const extra = ['-march=no-such-cpu'];
+    const direct = b.backend('lonely', { extra, out: 'lonely.direct.o' });
+    assert.notEqual(direct.status, 0);
+    const entries = cache.stats().entries;
+    for (let i = 0; i < 2; i++) {
+      const r = b.backend('lonely', { wrapper: [CLIENT], extra, env: cache.env });
+      assert.equal(r.status, direct.status);
+      assert.equal(r.stderr, direct.stderr);
+    }
+    const s = cache.stats();
+    assert.equal(s.entries, entries);
+  });
+
+  test('-gsplit-dwarf restores both the object and the .dwo', () => {
+    const extra = ['-g', '-gsplit-dwarf'];
+    b.thinLink();
+    buildAll(b, cache, extra);
+    const dwo = (m: string) => join(b.dir, `${m}.thinlto-native.dwo`);
+    for (const m of b.modules) {
+      rmSync(dwo(m));
+      rmSync(join(b.dir, `${m}.thinlto-native.o`));
+    }
+    b.thinLink();
+    const d = delta(cache, () => buildAll(b, cache, extra));
+    assert.equal(d.hits, b.modules.length);
+    const served = new Map(b.modules.map((m) => [m, { o: readFileSync(join(b.dir, `${m}.thinlto-native.o`)), dwo: readFileSync(dwo(m)) }]));
+    for (const m of b.modules) {
+      const r = b.backend(m, { extra, out: `${m}.thinlto-native.o` });
+      assert.equal(r.status, 0);
+      assert.ok(served.get(m)!.o.equals(readFileSync(join(b.dir, `${m}.thinlto-native.o`))), `${m}.o`);
+      assert.ok(served.get(m)!.dwo.equals(readFileSync(dwo(m))), `${m}.dwo`);
+    }
+  });
+
+  test('a corrupted blob is detected, recompiled and counted as an error', () => {
+    b.thinLink();
+    buildAll(b, cache, ['-O3']);
+    const blobs = join(cache.dir, 'store', 'v1', 'blobs');
+    let flipped = 0;
+    for (const d of readdirSync(blobs)) {
+      for (const f of readdirSync(join(blobs, d))) {
+        const p = join(blobs, d, f);
+        const bytes = readFileSync(p);
+        if (!bytes.length) continue;
+        const at = bytes.length >> 1;
+        bytes[at] = bytes[at]! ^ 0xff;
+        writeFileSync(p, bytes);
+        flipped++;
+      }
+    }
+    assert.ok(flipped > 0);
+    b.thinLink();
+    const d = delta(cache, () => buildAll(b, cache, ['-O3']));
+    assert.ok(d.errors >= 1, `errors counted: ${JSON.stringify(d)}`);
+    // Entries sharing a deduplicated blob may hit once a recompile has rewritten that blob.
+    assert.ok(d.misses >= 1);
+    assert.equal(d.misses + d.hits, b.modules.length);
+    assertSameObjects(objects(b), directObjects(b, ['-O3']));
+    assert.ok((cache.stats().errors_by_kind.corrupt_entry ?? 0) >= 1);
+  });
+
+  test('two clients with the same job at once compile once', async () => {
+    const log = join(b.dir, 'compiles.log');
+    const slow = join(b.dir, 'slow-clang.sh');
+    writeFileSync(slow, `#!/bin/sh\necho run >> ${log}\nsleep 0.5\nexec ${b.clang} "$@"\n`);
+    chmodSync(slow, 0o755);
+    b.thinLink();
+    const args = b.backendArgs('table');
+    const before = cache.stats();
+    const rs = await Promise.all([0, 1].map(() => runAsync(CLIENT, [slow, ...args], { cwd: b.dir, env: cache.env })));
+    for (const r of rs) assert.equal(r.status, 0, r.stderr);
+    const compiles = readFileSync(log, 'utf8').trim().split('\n').length;
+    const after = cache.stats();
+    // The toolchain probe runs the wrapper once with LD_TRACE_LOADED_OBJECTS; count only compiles.
+    assert.equal(after.misses - before.misses, 1);
+    assert.equal(after.hits - before.hits, 1);
+    assert.ok(compiles <= 2, `wrapper ran ${compiles} times`);
+    assert.ok(readFileSync(join(b.dir, 'table.thinlto-native.o')).equals(directObjects(b, [], slow).get('table')!));
+  });
+
+  test('the daemon killed with SIGKILL mid-build: the build succeeds, the restarted daemon serves a consistent store', async () => {
+    b.thinLink();
+    const outs = (i: number) => (m: string) => `${m}.par${i}.o`;
+    const jobs: Promise<{ status: number; stderr: string }>[] = [];
+    for (let i = 0; i < 4; i++) {
+      for (const m of b.modules) {
+        jobs.push(runAsync(CLIENT, [b.clang, ...b.backendArgs(m, ['-O1'], outs(i)(m))], { cwd: b.dir, env: cache.env }));
+      }
+    }
+    await new Promise((r) => setTimeout(r, 150));
+    const pid = cache.daemonPid();
+    assert.ok(pid);
+    process.kill(pid, 'SIGKILL');
+    const results = await Promise.all(jobs);
+    for (const r of results) assert.equal(r.status, 0, r.stderr);
+    const direct = directObjects(b, ['-O1']);
+    for (let i = 0; i < 4; i++) assertSameObjects(objects(b, outs(i)), direct);
+    // The next job starts a new daemon; what it serves must be right.
+    b.thinLink();
+    for (let i = 0; i < 4; i++) {
+      for (const m of b.modules) {
+        const r = b.backend(m, { wrapper: [CLIENT], extra: ['-O1'], out: outs(i)(m), env: cache.env });
+        assert.equal(r.status, 0, r.stderr);
+      }
+      assertSameObjects(objects(b, outs(i)), direct);
+    }
+    const s = cache.stats();
+    assert.ok(s.daemon_running);
+  });
+});

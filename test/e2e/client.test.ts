@@ -1,0 +1,552 @@
+/**
+ * Drives the real native client bin/ltocache against an in-test Unix-socket server built from
+ * clientFrames.ts. The server stands in for the daemon only to exercise the client's side of
+ * the wire; "the compiler runs" always means the real clang-19.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  FrameDecoder,
+  clientCacheDir,
+  decodeCompileRequest,
+  encodeFrame,
+  encodeJson,
+  encodePassthrough,
+  encodeResult,
+  socketDirFor,
+  socketPathFor,
+  type CompileRequest,
+} from '../../src/protocol/clientFrames.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const client = path.join(root, 'bin', 'ltocache');
+const uid = process.getuid!();
+const COMPILER = 'clang-19';
+const ORIG_PATH = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
+
+let tmp: string;
+let recorder: string; // stand-in for $LTOCACHE_NODE: records its arguments, starts nothing
+let recorderLog: string;
+let realCompiler: string;
+
+function findOnPath(name: string, searchPath: string): string | undefined {
+  for (const dir of searchPath.split(':')) {
+    const p = path.join(dir || '.', name);
+    try {
+      const st = fs.statSync(p);
+      if (st.isFile()) {
+        fs.accessSync(p, fs.constants.X_OK);
+        return path.isAbsolute(p) ? p : path.resolve(p);
+      }
+    } catch {
+      /* next */
+    }
+  }
+  return undefined;
+}
+
+/** /tmp/ltocache-<uid> must be a 0700 directory we own; the real daemon uses it too, so it is
+ * created if missing and only repaired (chmod) if we own it with a wrong mode. */
+function ensureSocketDir(): void {
+  const dir = socketDirFor(uid);
+  try {
+    fs.mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  const st = fs.lstatSync(dir);
+  if (!st.isDirectory() || st.uid !== uid) throw new Error(`${dir} is not a directory owned by us`);
+  if ((st.mode & 0o777) !== 0o700) fs.chmodSync(dir, 0o700);
+}
+
+let seq = 0;
+function newCacheDir(): string {
+  return path.join(tmp, `cache-${++seq}`);
+}
+
+interface RunResult {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: Buffer;
+  ms: number;
+}
+
+function run(
+  cmd: string,
+  args: string[],
+  opts: { env: NodeJS.ProcessEnv; cwd?: string; uid?: number; gid?: number },
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const child = spawn(cmd, args, {
+      env: opts.env,
+      cwd: opts.cwd ?? tmp,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.gid ?? opts.uid } : {}),
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => err.push(d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('error', reject);
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      resolve({ status, signal, stdout: Buffer.concat(out), stderr: Buffer.concat(err), ms: Date.now() - t0 });
+    });
+  });
+}
+
+function baseEnv(cacheDir: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: ORIG_PATH,
+    HOME: tmp,
+    LANG: 'C',
+    LTOCACHE_DIR: cacheDir,
+    LTOCACHE_NODE: recorder,
+    LTOCACHE_START_TIMEOUT_MS: '200',
+    ...extra,
+  };
+}
+
+type Handler = (req: CompileRequest, sock: net.Socket) => void;
+
+interface FakeDaemon {
+  connections: number;
+  requests: CompileRequest[];
+  errors: string[];
+  close(): Promise<void>;
+}
+
+/** Listens on `socketPath`; for each connection decodes one compile request and hands it to
+ * `handler`, which writes whatever reply the test wants. */
+async function fakeDaemon(socketPath: string, handler: Handler): Promise<FakeDaemon> {
+  fs.rmSync(socketPath, { force: true });
+  const state: FakeDaemon = {
+    connections: 0,
+    requests: [],
+    errors: [],
+    close: () => new Promise<void>((res) => server.close(() => res())),
+  };
+  const server = net.createServer((sock) => {
+    state.connections++;
+    const dec = new FrameDecoder();
+    let done = false;
+    sock.on('error', () => {});
+    sock.on('data', (chunk) => {
+      if (done) return;
+      try {
+        const frames = dec.push(chunk);
+        if (frames.length === 0) return;
+        done = true;
+        const req = decodeCompileRequest(frames[0]!);
+        state.requests.push(req);
+        handler(req, sock);
+      } catch (e) {
+        state.errors.push(String(e));
+        sock.destroy();
+      }
+    });
+  });
+  await new Promise<void>((res, rej) => {
+    server.once('error', rej);
+    server.listen(socketPath, () => res());
+  });
+  return state;
+}
+
+async function withDaemon<T>(cacheDir: string, handler: Handler, body: (d: FakeDaemon) => Promise<T>): Promise<T> {
+  const d = await fakeDaemon(socketPathFor(cacheDir, uid), handler);
+  try {
+    return await body(d);
+  } finally {
+    await d.close();
+  }
+}
+
+const reply = (frame: Buffer): Handler => (_req, sock) => sock.end(frame);
+
+/** A backend job whose inputs don't exist: clang-19 fails deterministically (exit 1). */
+const MISSING_JOB = ['-x', 'ir', '-fthinlto-index=nope.o.thinlto.bc', '-c', '-o', 'nope.native.o', 'nope.o'];
+
+before(() => {
+  if (!process.env.SKIP_BUILD) execFileSync('sh', [path.join(root, 'client', 'build.sh')], { stdio: 'inherit' });
+  tmp = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-e2e-')));
+  recorderLog = path.join(tmp, 'recorder.log');
+  recorder = path.join(tmp, 'fake-node.sh');
+  fs.writeFileSync(recorder, `#!/bin/sh\nprintf '%s\\n' "$*" >> '${recorderLog}'\nprintf 'recorder:%s\\n' "$*"\n`, {
+    mode: 0o755,
+  });
+  fs.writeFileSync(path.join(tmp, 'warn.c'), '#warning "hello from ltocache test"\nint f(void) { return 1; }\n');
+  fs.writeFileSync(path.join(tmp, 'warn.rsp'), '-c warn.c -o warn.o\n');
+  fs.writeFileSync(path.join(tmp, 'version.rsp'), '--version\n');
+  const found = findOnPath(COMPILER, ORIG_PATH);
+  assert.ok(found, `${COMPILER} must be on PATH for this test`);
+  realCompiler = found;
+  ensureSocketDir();
+});
+
+after(() => {
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+function recorded(): string[] {
+  try {
+    return fs.readFileSync(recorderLog, 'utf8').split('\n').filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+test('C and TypeScript agree on the socket path (LTOCACHE_PRINT_SOCKET=1)', async () => {
+  const cases: NodeJS.ProcessEnv[] = [
+    { LTOCACHE_DIR: '/var/cache/ltocache' },
+    { LTOCACHE_DIR: '/var/cache/ltocache///' },
+    { LTOCACHE_DIR: '/home/ünïcødé/cache dir' },
+    { LTOCACHE_DIR: '/' },
+    { LTOCACHE_DIR: '', XDG_CACHE_HOME: '/xdg', HOME: '/home/u' },
+    { XDG_CACHE_HOME: '/xdg/', HOME: '/home/u' },
+    { XDG_CACHE_HOME: 'relative-xdg', HOME: '/home/u/' },
+    { HOME: '/root' },
+  ];
+  for (const env of cases) {
+    const r = await run(client, [], { env: { ...env, LTOCACHE_PRINT_SOCKET: '1' } });
+    const dir = clientCacheDir(env);
+    assert.ok(dir, JSON.stringify(env));
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.equal(r.stdout.toString(), `${socketPathFor(dir, uid)}\n`, JSON.stringify(env));
+  }
+  for (const env of [{ LTOCACHE_DIR: 'rel/dir' }, { HOME: 'h' }, {}] as NodeJS.ProcessEnv[]) {
+    assert.equal(clientCacheDir(env), undefined);
+    const r = await run(client, [], { env: { ...env, LTOCACHE_PRINT_SOCKET: '1' } });
+    assert.equal(r.status, 1, JSON.stringify(env));
+  }
+});
+
+test("reply 'R': output bytes and exit status are exactly the daemon's", async () => {
+  const stdout = Buffer.concat([Buffer.from([0, 1, 2, 255]), Buffer.alloc(3 << 20, 'x'), Buffer.from('end\n')]);
+  const stderr = Buffer.from('mm/util.c:1:2: warning: stack frame size (1032) exceeds limit (1024)\n');
+  const frame = encodeResult(3, stdout, stderr);
+  const cacheDir = newCacheDir();
+  // Write the frame in pieces with pauses: the client must reassemble it.
+  const handler: Handler = (_req, sock) => {
+    sock.write(frame.subarray(0, 2));
+    setTimeout(() => sock.write(frame.subarray(2, 1000)), 20);
+    setTimeout(() => sock.end(frame.subarray(1000)), 40);
+  };
+  await withDaemon(cacheDir, handler, async (d) => {
+    const r = await run(client, [COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir) });
+    assert.equal(d.connections, 1);
+    assert.equal(r.status, 3);
+    assert.ok(r.stdout.equals(stdout), 'stdout replayed byte for byte');
+    assert.ok(r.stderr.equals(stderr), 'stderr replayed byte for byte');
+  });
+});
+
+test("reply 'R' with 128+N: the client dies of signal N", async () => {
+  const cacheDir = newCacheDir();
+  await withDaemon(cacheDir, reply(encodeResult(128 + 15, Buffer.from('o'), Buffer.from('e'))), async () => {
+    const r = await run(client, [COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir) });
+    assert.equal(r.signal, 'SIGTERM');
+    assert.equal(r.stdout.toString(), 'o');
+    assert.equal(r.stderr.toString(), 'e');
+  });
+});
+
+test('the request carries compiler, cwd, args, umask and env exactly', async () => {
+  const cacheDir = newCacheDir();
+  const cwd = path.join(tmp, 'work dir');
+  fs.mkdirSync(cwd, { recursive: true });
+  const args = ['-x', 'ir', '', 'two words', 'ünïcødé ✓', '-fthinlto-index=a b.thinlto.bc', '@x.rsp', '--', '-c'];
+  const env = baseEnv(cacheDir, { FOO: 'bar=baz', EMPTY: '', CCC_OVERRIDE_OPTIONS: '#' });
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.alloc(0), Buffer.alloc(0))), async (d) => {
+    const old = process.umask(0o027);
+    let p: Promise<RunResult>;
+    try {
+      p = run(client, [COMPILER, ...args], { env, cwd });
+    } finally {
+      process.umask(old);
+    }
+    const r = await p;
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.deepEqual(d.errors, []);
+    const req = d.requests[0]!;
+    assert.equal(req.version, 1);
+    assert.equal(req.compiler, realCompiler);
+    assert.equal(req.cwd, cwd);
+    assert.deepEqual(req.args, args);
+    assert.equal(req.umask, 0o027);
+    assert.equal(req.stderrTty, false);
+    assert.deepEqual({ ...req.env }, env);
+  });
+});
+
+test('a relative compiler path is sent as an absolute one', async () => {
+  const cacheDir = newCacheDir();
+  const bin = path.join(tmp, 'relbin');
+  fs.mkdirSync(bin, { recursive: true });
+  fs.symlinkSync(realCompiler, path.join(bin, 'cc-rel'));
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.alloc(0), Buffer.alloc(0))), async (d) => {
+    const r = await run(client, ['./relbin/cc-rel', ...MISSING_JOB], { env: baseEnv(cacheDir) });
+    assert.equal(r.status, 0);
+    assert.equal(d.requests[0]!.compiler, `${tmp}/./relbin/cc-rel`); // absolute, not normalised
+  });
+});
+
+/** The compiler's own result for a command, run directly (argv[0] as the client would give). */
+function direct(args: string[], env: NodeJS.ProcessEnv): Promise<RunResult> {
+  return run(COMPILER, args, { env });
+}
+
+test("reply 'P': the client runs the compiler itself", async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  const ref = await direct(['@warn.rsp'], env);
+  assert.equal(ref.status, 0);
+  assert.match(ref.stderr.toString(), /hello from ltocache test/);
+  fs.rmSync(path.join(tmp, 'warn.o'));
+  await withDaemon(cacheDir, reply(encodePassthrough('not cacheable: test')), async (d) => {
+    const r = await run(client, [COMPILER, '@warn.rsp'], { env });
+    assert.equal(d.connections, 1);
+    assert.equal(r.status, ref.status);
+    assert.ok(r.stdout.equals(ref.stdout));
+    assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
+    assert.ok(fs.existsSync(path.join(tmp, 'warn.o')), 'the compiler produced its object');
+  });
+});
+
+test('broken replies: the compiler runs and its real output and status come through', async () => {
+  const partial = encodeResult(0, Buffer.from('PARTIAL-OUT'), Buffer.from('PARTIAL-ERR'));
+  const hugeHeader = Buffer.alloc(8);
+  hugeHeader.writeUInt32LE(0xffffffff, 0);
+  const status300 = Buffer.from(encodeResult(0, Buffer.from('PARTIAL-OUT'), Buffer.alloc(0)));
+  status300.writeInt32LE(300, 5);
+  const trailing = encodeFrame(
+    Buffer.concat([encodeResult(0, Buffer.from('PARTIAL-OUT'), Buffer.alloc(0)).subarray(4), Buffer.from('x')]),
+  );
+  const cases: [string, Handler][] = [
+    ['garbage', reply(Buffer.from('this is not a frame at all, just garbage bytes'))],
+    ['close early', (_req, sock) => sock.destroy()],
+    ['close after half a header', reply(partial.subarray(0, 2))],
+    ['truncated R frame', reply(partial.subarray(0, partial.length - 3))],
+    ['unknown frame type', reply(encodeJson({ hello: 'PARTIAL-OUT' }))],
+    ['zero-length frame', reply(Buffer.alloc(4))],
+    ['length above 256 MiB', reply(hugeHeader)],
+    ['exit status out of range', reply(status300)],
+    ['trailing bytes in R', reply(trailing)],
+    ['truncated P frame', reply(encodePassthrough('reason').subarray(0, 8))],
+  ];
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  const ref = await direct(MISSING_JOB, env);
+  assert.equal(ref.status, 1);
+  assert.ok(ref.stderr.length > 0);
+  for (const [name, handler] of cases) {
+    await withDaemon(cacheDir, handler, async (d) => {
+      const r = await run(client, [COMPILER, ...MISSING_JOB], { env });
+      assert.equal(d.connections, 1, name);
+      assert.equal(r.status, ref.status, name);
+      assert.ok(r.stdout.equals(ref.stdout), name);
+      assert.ok(r.stderr.equals(ref.stderr), `${name}: ${r.stderr.toString()}`);
+      assert.doesNotMatch(r.stdout.toString() + r.stderr.toString(), /PARTIAL/, name);
+    });
+  }
+  assert.deepEqual(recorded(), [], 'a listening daemon is never re-spawned');
+});
+
+test('no backend job: the daemon is never contacted', async () => {
+  const cacheDir = newCacheDir();
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.from('CONTACTED'), Buffer.alloc(0))), async (d) => {
+    const r = await run(client, [COMPILER, '-c', 'warn.c', '-o', 'plain.o'], { env: baseEnv(cacheDir) });
+    assert.equal(r.status, 0);
+    assert.match(r.stderr.toString(), /hello from ltocache test/);
+    assert.ok(fs.existsSync(path.join(tmp, 'plain.o')));
+    // -fthinlto-index only counts as a prefix of an argument
+    const r2 = await run(client, [COMPILER, '-DX=-fthinlto-index=y', '--version'], { env: baseEnv(cacheDir) });
+    assert.equal(r2.status, 0);
+    assert.match(r2.stdout.toString(), /clang version/);
+    assert.equal(d.connections, 0);
+  });
+});
+
+test('LTOCACHE_DISABLE: set and not 0 means direct exec', async () => {
+  const cacheDir = newCacheDir();
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.from('CONTACTED'), Buffer.alloc(0))), async (d) => {
+    const off = await run(client, [COMPILER, '@version.rsp'], { env: baseEnv(cacheDir, { LTOCACHE_DISABLE: '1' }) });
+    assert.match(off.stdout.toString(), /clang version/);
+    assert.equal(d.connections, 0);
+    const on = await run(client, [COMPILER, '@version.rsp'], { env: baseEnv(cacheDir, { LTOCACHE_DISABLE: '0' }) });
+    assert.equal(on.stdout.toString(), 'CONTACTED');
+    const empty = await run(client, [COMPILER, '@version.rsp'], { env: baseEnv(cacheDir, { LTOCACHE_DISABLE: '' }) });
+    assert.equal(empty.stdout.toString(), 'CONTACTED');
+    assert.equal(d.connections, 2);
+  });
+});
+
+test('relative LTOCACHE_DIR: not contacted, no daemon started', async () => {
+  const rel = `rel-cache-${++seq}`;
+  // A daemon on the socket an absolutising client would compute.
+  await withDaemon(path.join(tmp, rel), reply(encodeResult(0, Buffer.from('CONTACTED'), Buffer.alloc(0))), async (d) => {
+    const r = await run(client, [COMPILER, '@version.rsp'], { env: baseEnv(rel) });
+    assert.equal(r.status, 0);
+    assert.match(r.stdout.toString(), /clang version/);
+    assert.equal(d.connections, 0);
+  });
+  assert.deepEqual(recorded(), []);
+});
+
+test('unsafe socket directory (mode 0755, symlink, foreign owner): not contacted', { skip: uid !== 0 ? 'needs root to run the client under another uid' : false }, async () => {
+  // The shared /tmp/ltocache-<uid> must not be tampered with, so run the client as another
+  // uid whose socket directory this test owns.
+  const other = 4_100_000 + (process.pid % 10_000);
+  const sockDir = socketDirFor(other);
+  if (fs.existsSync(sockDir)) return;
+  const pub = fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-pub-'));
+  const realDir = `${sockDir}.real`;
+  try {
+    fs.chmodSync(pub, 0o755);
+    fs.copyFileSync(client, path.join(pub, 'ltocache'));
+    fs.chmodSync(path.join(pub, 'ltocache'), 0o755);
+    fs.writeFileSync(path.join(pub, 'version.rsp'), '--version\n', { mode: 0o644 });
+    const cacheDir = path.join(pub, 'cache');
+    const env = { PATH: ORIG_PATH, HOME: pub, LTOCACHE_DIR: cacheDir, LTOCACHE_NODE: '/bin/false', LTOCACHE_START_TIMEOUT_MS: '100' };
+    const go = () => run(path.join(pub, 'ltocache'), [COMPILER, '@version.rsp'], { env, cwd: pub, uid: other });
+
+    fs.mkdirSync(sockDir, { mode: 0o700 });
+    fs.chownSync(sockDir, other, other);
+    const d = await fakeDaemon(socketPathFor(cacheDir, other), reply(encodeResult(0, Buffer.from('CONTACTED'), Buffer.alloc(0))));
+    try {
+      fs.chmodSync(socketPathFor(cacheDir, other), 0o777);
+      // Positive control: a correct directory is used.
+      const ok = await go();
+      assert.equal(ok.stdout.toString(), 'CONTACTED', ok.stderr.toString());
+      assert.equal(d.connections, 1);
+
+      fs.chmodSync(sockDir, 0o755);
+      const open = await go();
+      assert.match(open.stdout.toString(), /clang version/);
+      assert.equal(d.connections, 1, 'mode 0755: not contacted');
+
+      fs.chmodSync(sockDir, 0o700);
+      fs.chownSync(sockDir, 0, 0);
+      const foreign = await go();
+      assert.match(foreign.stdout.toString(), /clang version/);
+      assert.equal(d.connections, 1, 'owned by someone else: not contacted');
+    } finally {
+      await d.close();
+    }
+
+    // A symlink to a correct directory is refused too.
+    fs.rmSync(sockDir, { recursive: true, force: true });
+    fs.mkdirSync(realDir, { mode: 0o700 });
+    fs.chownSync(realDir, other, other);
+    fs.symlinkSync(realDir, sockDir);
+    const d2 = await fakeDaemon(socketPathFor(cacheDir, other), reply(encodeResult(0, Buffer.from('CONTACTED'), Buffer.alloc(0))));
+    try {
+      fs.chmodSync(socketPathFor(cacheDir, other), 0o777);
+      const sym = await go();
+      assert.match(sym.stdout.toString(), /clang version/);
+      assert.equal(d2.connections, 0, 'symlinked socket dir: not contacted');
+    } finally {
+      await d2.close();
+    }
+  } finally {
+    fs.rmSync(sockDir, { recursive: true, force: true });
+    fs.rmSync(realDir, { recursive: true, force: true });
+    fs.rmSync(pub, { recursive: true, force: true });
+  }
+});
+
+test('masquerade: a clang-19 symlink finds the real clang-19 further on PATH', async () => {
+  const bin1 = path.join(tmp, 'mq1');
+  const bin2 = path.join(tmp, 'mq2');
+  fs.mkdirSync(bin1);
+  fs.mkdirSync(bin2);
+  fs.symlinkSync(client, path.join(bin1, COMPILER));
+  fs.symlinkSync(path.join(bin1, COMPILER), path.join(bin2, COMPILER)); // another link to the client
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir, { PATH: `${bin1}:${bin2}:${ORIG_PATH}` });
+
+  const v = await run(path.join(bin1, COMPILER), ['--version'], { env });
+  assert.equal(v.status, 0, v.stderr.toString());
+  assert.match(v.stdout.toString(), /clang version/);
+  assert.ok(v.ms < 10_000, 'no recursion');
+
+  // Backend job through the symlink: the daemon is told the real compiler.
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.from('HIT'), Buffer.alloc(0))), async (d) => {
+    const r = await run(path.join(bin2, COMPILER), MISSING_JOB, { env });
+    assert.equal(r.stdout.toString(), 'HIT');
+    assert.equal(d.requests[0]!.compiler, realCompiler);
+    assert.deepEqual(d.requests[0]!.args, MISSING_JOB);
+  });
+  // ...and a passthrough runs the real compiler, not the client again.
+  await withDaemon(cacheDir, reply(encodePassthrough('test')), async (d) => {
+    const r = await run(path.join(bin1, COMPILER), ['@version.rsp'], { env });
+    assert.equal(r.status, 0);
+    assert.match(r.stdout.toString(), /clang version/);
+    assert.equal(d.connections, 1);
+  });
+
+  // Only links to the client on PATH: a clear error, exit 127.
+  const none = await run(path.join(bin1, COMPILER), ['--version'], { env: { ...env, PATH: `${bin1}:${bin2}` } });
+  assert.equal(none.status, 127);
+  assert.equal(none.stderr.toString(), `ltocache: cannot find compiler '${COMPILER}' on PATH\n`);
+});
+
+test('prefix mode with an unknown compiler: exit 127', async () => {
+  const r = await run(client, ['no-such-compiler-xyz', '-c', 'x.c'], { env: baseEnv(newCacheDir()) });
+  assert.equal(r.status, 127);
+  assert.equal(r.stderr.toString(), "ltocache: cannot find compiler 'no-such-compiler-xyz' on PATH\n");
+});
+
+test('no daemon: the client starts one, waits at most the timeout, then runs the compiler', async () => {
+  fs.rmSync(recorderLog, { force: true });
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  const ref = await direct(MISSING_JOB, env);
+  const r = await run(client, [COMPILER, ...MISSING_JOB], { env });
+  assert.equal(r.status, ref.status);
+  assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
+  assert.ok(r.ms >= 190, `waited ${r.ms} ms for the daemon`);
+  assert.ok(r.ms < 5000, `gave up in time (${r.ms} ms)`);
+  // The detached starter may still be finishing; give it a moment.
+  for (let i = 0; i < 100 && recorded().length === 0; i++) await new Promise((res) => setTimeout(res, 20));
+  const cli = `${fs.realpathSync(root)}/bin/../dist/src/cli/main.js`; // not normalised by the client
+  assert.deepEqual(recorded(), [`${cli} daemon run --background`]);
+});
+
+test('prefix mode hands CLI sub-commands (and no arguments) to node', async () => {
+  fs.rmSync(recorderLog, { force: true });
+  const cli = `${fs.realpathSync(root)}/bin/../dist/src/cli/main.js`; // not normalised by the client
+  const env = baseEnv(newCacheDir());
+  const s = await run(client, ['stats', '--json'], { env });
+  assert.equal(s.stdout.toString(), `recorder:${cli} stats --json\n`);
+  const bare = await run(client, [], { env });
+  assert.equal(bare.stdout.toString(), `recorder:${cli}\n`);
+  const v = await run(client, ['--version'], { env });
+  assert.equal(v.stdout.toString(), `recorder:${cli} --version\n`);
+});
+
+test('the socket fd does not leak into the compiler', async () => {
+  const cacheDir = newCacheDir();
+  await withDaemon(cacheDir, reply(encodePassthrough('test')), async (d) => {
+    const r = await run(client, ['/bin/sh', '-c', 'ls -l /proc/$$/fd', '@x'], { env: baseEnv(cacheDir) });
+    assert.equal(d.connections, 1);
+    assert.equal(r.status, 0, r.stderr.toString());
+    // fds 0-2 are the test's pipes (Node uses socket pairs); beyond them, no socket may be
+    // open (other inherited fds, e.g. from the test harness, are not ours to judge).
+    const extra = r.stdout
+      .toString()
+      .split('\n')
+      .filter((l) => /socket:/.test(l))
+      .filter((l) => Number(/ (\d+) -> /.exec(l)?.[1]) > 2);
+    assert.deepEqual(extra, []);
+  });
+});

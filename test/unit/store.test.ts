@@ -1,0 +1,503 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { after, test, type TestContext } from 'node:test';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Level } from 'level';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import type { StoredEntry } from '../../src/store/backend.js';
+import { LAYOUT_FILE, LayoutError, layoutPaths, prepareLayout, SUBLEVELS } from '../../src/store/layout.js';
+import { LocalStore, StoreLockedError } from '../../src/store/localStore.js';
+import { EntryRecord } from '../../src/store/record.js';
+import { nodeFs, type StoreFs, type StoreOptionsInput, StoreOptionsError } from '../../src/store/storeOptions.js';
+
+await initHash();
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-store-'));
+  dirs.push(d);
+  return d;
+}
+
+async function openStore(t: TestContext, opts: StoreOptionsInput): Promise<LocalStore> {
+  const s = await LocalStore.open(opts);
+  t.after(() => s.close());
+  return s;
+}
+
+const key = (n: string | number): string => hashBytes(`key-${n}`);
+
+function entry(outputs: Record<string, Buffer>, stderr = ''): StoredEntry {
+  const record: EntryRecord = {
+    v: 1,
+    outputs: Object.entries(outputs).map(([name, data]) => ({ name, digest: hashBytes(data), size: data.length })),
+    stdout: '',
+    stderr,
+    exitCode: 0,
+    compileMs: 12,
+    createdAt: 1_700_000_000_000,
+  };
+  return { record, files: new Map(Object.entries(outputs)) };
+}
+
+/** What the store accounts for a record (its JSON as stored). */
+const recordBytes = (e: StoredEntry): number => Buffer.byteLength(JSON.stringify(EntryRecord.parse(e.record)));
+
+function blobPath(dir: string, data: Buffer | string): string {
+  const d = hashBytes(data);
+  return join(layoutPaths(dir).blobs, d.slice(0, 2), d.slice(2));
+}
+
+function listBlobs(dir: string): string[] {
+  const root = layoutPaths(dir).blobs;
+  return fs
+    .readdirSync(root)
+    .flatMap((shard) => fs.readdirSync(join(root, shard)).map((f) => shard + f))
+    .sort();
+}
+
+function assertHit(r: Awaited<ReturnType<LocalStore['get']>>, e: StoredEntry): void {
+  assert.equal(r.kind, 'hit');
+  if (r.kind !== 'hit') return;
+  assert.deepEqual(r.entry.record, e.record);
+  assert.deepEqual([...r.entry.files.keys()].sort(), [...e.files.keys()].sort());
+  for (const [n, data] of e.files) assert.ok(r.entry.files.get(n)?.equals(data), `file ${n} differs`);
+}
+
+const fill = (n: number, byte: number): Buffer => Buffer.alloc(n, byte);
+
+test('put/get round trip, has, summary and layout on disk', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir });
+  const e = entry({ obj: fill(3000, 7), dwo: Buffer.from('dwarf') }, Buffer.from('warning: x\n').toString('base64'));
+  assert.deepEqual(await s.get(key(1)), { kind: 'miss' });
+  assert.equal(await s.has(key(1)), false);
+  assert.deepEqual(await s.put(key(1), e), { kind: 'stored' });
+  assert.equal(await s.has(key(1)), true);
+  assertHit(await s.get(key(1)), e);
+  assert.deepEqual(s.summary(), { entries: 1, bytes: 3000 + 5 + recordBytes(e) });
+  assert.equal(fs.readFileSync(join(dir, LAYOUT_FILE), 'utf8'), '1\n');
+  assert.deepEqual(listBlobs(dir), [hashBytes(fill(3000, 7)), hashBytes('dwarf')].sort());
+  assert.deepEqual(fs.readdirSync(layoutPaths(dir).tmp), []);
+});
+
+test('malformed keys and inconsistent entries are refused with a reason', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir, maxBytes: 10_000 });
+  const g = await s.get('ABC');
+  assert.equal(g.kind, 'error');
+  assert.match(g.kind === 'error' ? g.error : '', /malformed cache key/);
+  assert.equal(g.kind === 'error' && g.corrupt, false);
+  const p = await s.put('abc', entry({ obj: fill(10, 1) }));
+  assert.equal(p.kind, 'refused');
+  assert.equal(await s.has('../../etc'), false);
+
+  const wrong = entry({ obj: fill(10, 1) });
+  wrong.files.set('obj', fill(10, 2));
+  const r = await s.put(key(1), wrong);
+  assert.equal(r.kind, 'refused');
+  assert.match(r.kind === 'refused' ? r.reason : '', /does not hash to its record digest/);
+
+  const big = await s.put(key(2), entry({ obj: fill(9_500, 1) }));
+  assert.equal(big.kind, 'refused');
+  assert.match(big.kind === 'refused' ? big.reason : '', /exceeds 90% of the cache size/);
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+  assert.deepEqual(listBlobs(dir), []);
+});
+
+test('invalid options are refused at construction', async () => {
+  await assert.rejects(LocalStore.open({ dir: 'relative/dir' }), (e: unknown) => {
+    assert.ok(e instanceof StoreOptionsError);
+    assert.match(e.message, /absolute path/);
+    return true;
+  });
+  await assert.rejects(LocalStore.open({ dir: tempDir(), maxBytes: -1 }), StoreOptionsError);
+});
+
+test('dedup: entries with identical outputs share one blob; eviction frees it with the last reference', async (t) => {
+  const dir = tempDir();
+  let now = 1_000;
+  const maxBytes = 8_000;
+  const s = await openStore(t, { dir, maxBytes, now: () => now });
+  const X = fill(1000, 1);
+  const A = entry({ obj: X }, 'a'.repeat(3000));
+  const B = entry({ obj: X }, 'b'.repeat(3000));
+  const C = entry({ obj: fill(1000, 2) });
+  const D = entry({ obj: fill(1000, 3) }, 'd'.repeat(3000));
+  const [rA, rB, rC, rD] = [A, B, C, D].map(recordBytes) as [number, number, number, number];
+
+  assert.equal((await s.put(key('A'), A)).kind, 'stored');
+  now = 2_000;
+  assert.equal((await s.put(key('B'), B)).kind, 'stored');
+  assert.deepEqual(listBlobs(dir), [hashBytes(X)]);
+  assert.deepEqual(s.summary(), { entries: 2, bytes: 1000 + rA + rB });
+
+  // C pushes the total over maxBytes; dropping A alone gets back under 90%.
+  const afterC = 2000 + rA + rB + rC;
+  assert.ok(afterC > maxBytes && afterC - rA <= maxBytes * 0.9, 'test sizes precondition');
+  now = 3_000;
+  assert.equal((await s.put(key('C'), C)).kind, 'stored');
+  assert.deepEqual(
+    await Promise.all(['A', 'B', 'C'].map((k) => s.has(key(k)))),
+    [false, true, true],
+  );
+  assert.ok(fs.existsSync(blobPath(dir, X)), 'shared blob survives while B references it');
+  assertHit(await s.get(key('B')), B);
+  assert.deepEqual(s.summary(), { entries: 2, bytes: afterC - rA });
+
+  now = 4_000;
+  assert.equal((await s.put(key('D'), D)).kind, 'stored');
+  assert.equal(await s.has(key('B')), false);
+  assert.equal(fs.existsSync(blobPath(dir, X)), false, 'last reference gone → blob deleted');
+  assert.deepEqual(listBlobs(dir), [hashBytes(fill(1000, 2)), hashBytes(fill(1000, 3))].sort());
+  assert.deepEqual(s.summary(), { entries: 2, bytes: 2000 + rC + rD });
+  assert.equal(s.counters.evictions, 2);
+  assert.equal(s.counters.evictedBytes, 1000 + rA + rB);
+});
+
+test('LRU eviction follows last use; touches are throttled to one per interval', async (t) => {
+  const dir = tempDir();
+  let now = 0;
+  const mk = (i: number) => entry({ obj: fill(1000, i) });
+  const S = 1000 + recordBytes(mk(1));
+  const maxBytes = Math.floor(3.5 * S); // 3 entries fit; a 4th evicts exactly one
+  const s = await openStore(t, { dir, maxBytes, now: () => now, touchIntervalMs: 60_000 });
+  const put = async (name: string, i: number, at: number) => {
+    now = at;
+    assert.equal((await s.put(key(name), mk(i))).kind, 'stored');
+  };
+  const present = async () => {
+    const names = ['A', 'B', 'C', 'D', 'E', 'F'];
+    const has = await Promise.all(names.map((n) => s.has(key(n))));
+    return names.filter((_, i) => has[i]).join('');
+  };
+
+  await put('A', 1, 1_000);
+  await put('B', 2, 2_000);
+  await put('C', 3, 3_000);
+  now = 100_000;
+  assertHit(await s.get(key('A')), mk(1)); // moves A behind C
+  await put('D', 4, 100_001);
+  assert.equal(await present(), 'ACD');
+  await put('E', 5, 130_000);
+  assert.equal(await present(), 'ADE');
+  now = 140_000;
+  assertHit(await s.get(key('A')), mk(1)); // 40 s after its last touch: not recorded
+  await put('F', 6, 150_000);
+  assert.equal(await present(), 'DEF');
+  assert.equal(s.counters.evictions, 3);
+  assert.deepEqual(s.summary(), { entries: 3, bytes: 3 * S });
+  assert.equal(listBlobs(dir).length, 3);
+});
+
+test('a blob with a flipped byte → corrupt error, entry and blobs dropped, then a miss', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir });
+  const obj = Buffer.from(Array.from({ length: 4096 }, (_, i) => i % 251));
+  const e = entry({ obj, dwo: fill(100, 9) });
+  assert.equal((await s.put(key(1), e)).kind, 'stored');
+  const p = blobPath(dir, obj);
+  const bytes = fs.readFileSync(p);
+  bytes[1234] = (bytes[1234] ?? 0) ^ 0xff;
+  fs.writeFileSync(p, bytes);
+
+  const r = await s.get(key(1));
+  assert.equal(r.kind, 'error');
+  assert.equal(r.kind === 'error' && r.corrupt, true);
+  assert.match(r.kind === 'error' ? r.error : '', new RegExp(`blob ${hashBytes(obj)} hashes to`));
+  assert.equal(s.counters.corruptBlobs, 1);
+  assert.equal(await s.has(key(1)), false);
+  assert.deepEqual(await s.get(key(1)), { kind: 'miss' });
+  assert.deepEqual(listBlobs(dir), []);
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+  // The next put of the same content starts from a clean blob.
+  assert.equal((await s.put(key(1), e)).kind, 'stored');
+  assertHit(await s.get(key(1)), e);
+});
+
+test('a truncated or missing blob → corrupt error; the other entry sharing it fails on its own read', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir });
+  const obj = fill(5000, 4);
+  const e1 = entry({ obj }, 'one');
+  const e2 = entry({ obj }, 'two');
+  await s.put(key(1), e1);
+  await s.put(key(2), e2);
+  fs.truncateSync(blobPath(dir, obj), 2500);
+
+  const r = await s.get(key(1));
+  assert.equal(r.kind, 'error');
+  assert.equal(r.kind === 'error' && r.corrupt, true);
+  assert.match(r.kind === 'error' ? r.error : '', /has 2500 bytes, expected 5000/);
+  assert.equal(fs.existsSync(blobPath(dir, obj)), false, 'a bad blob file is removed at once');
+  const r2 = await s.get(key(2));
+  assert.equal(r2.kind === 'error' && r2.corrupt, true);
+  assert.match(r2.kind === 'error' ? r2.error : '', /is missing/);
+  assert.equal(s.counters.corruptBlobs, 2);
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+});
+
+test('an invalid record in the db → corrupt error, entry and its blobs dropped', async (t) => {
+  const dir = tempDir();
+  const first = await LocalStore.open({ dir });
+  await first.put(key(1), entry({ obj: fill(100, 1) }));
+  await first.put(key(2), entry({ obj: fill(100, 2) }));
+  await first.close();
+  const db = new Level<string, string>(layoutPaths(dir).meta);
+  const entries = db.sublevel<string, string>(SUBLEVELS.entries, { valueEncoding: 'utf8' });
+  await entries.put(key(1), '{"v":1,"outputs":[');
+  await entries.put(key(2), JSON.stringify({ v: 2, outputs: [] }));
+  await db.close();
+
+  const s = await openStore(t, { dir, sweepOnOpen: false });
+  const r1 = await s.get(key(1));
+  assert.equal(r1.kind === 'error' && r1.corrupt, true);
+  assert.match(r1.kind === 'error' ? r1.error : '', /not JSON/);
+  const r2 = await s.get(key(2));
+  assert.equal(r2.kind === 'error' && r2.corrupt, true);
+  assert.match(r2.kind === 'error' ? r2.error : '', /is invalid/);
+  assert.equal(s.counters.corruptRecords, 2);
+  assert.deepEqual(await s.get(key(1)), { kind: 'miss' });
+  assert.deepEqual(listBlobs(dir), []);
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+});
+
+test('open empties tmp/ of half-written files', async (t) => {
+  const dir = tempDir();
+  await (await LocalStore.open({ dir })).close();
+  const tmp = layoutPaths(dir).tmp;
+  fs.writeFileSync(join(tmp, `${hashBytes('x')}.deadbeef`), 'half a blob');
+  fs.writeFileSync(join(tmp, 'other'), '');
+  const s = await openStore(t, { dir });
+  assert.deepEqual(fs.readdirSync(tmp), []);
+  assert.equal(s.counters.tmpSwept, 2);
+});
+
+test('the background sweep removes orphan blobs and entries whose blobs are missing', async (t) => {
+  const dir = tempDir();
+  const first = await LocalStore.open({ dir });
+  const e1 = entry({ obj: fill(1000, 1) });
+  await first.put(key(1), e1);
+  await first.put(key(2), entry({ obj: fill(1000, 2) }));
+  await first.close();
+  fs.unlinkSync(blobPath(dir, fill(1000, 2)));
+  const orphan = blobPath(dir, 'orphan');
+  fs.mkdirSync(join(orphan, '..'), { recursive: true });
+  fs.writeFileSync(orphan, 'orphan');
+  const stray = join(layoutPaths(dir).blobs, 'README');
+  fs.writeFileSync(stray, 'not a blob');
+
+  const s = await openStore(t, { dir });
+  assert.deepEqual(await s.sweepDone, { orphanBlobs: 1, brokenEntries: 1 });
+  assert.equal(fs.existsSync(orphan), false);
+  assert.equal(fs.existsSync(stray), true, 'files not named like blobs are left alone');
+  assert.equal(await s.has(key(2)), false);
+  assertHit(await s.get(key(1)), e1);
+  assert.deepEqual(s.summary(), { entries: 1, bytes: 1000 + recordBytes(e1) });
+  assert.deepEqual(s.counters.orphanBlobsSwept + s.counters.brokenEntriesSwept, 2);
+});
+
+test('ENOSPC while writing a blob → error result, no leftovers, store still usable; EIO on read is not corruption', async (t) => {
+  const dir = tempDir();
+  const tmp = layoutPaths(dir).tmp;
+  const objA = fill(2000, 1);
+  const objB = fill(2000, 2);
+  let failPrefix: string | undefined;
+  let failReads = false;
+  const errno = (code: string) => Object.assign(new Error(`${code}: injected`), { code });
+  const seam: Partial<StoreFs> = {
+    async open(path, flags) {
+      const h = await nodeFs.open(path, flags);
+      if (!failPrefix || !path.startsWith(tmp) || !basename(path).startsWith(failPrefix)) return h;
+      return {
+        write: async () => {
+          throw errno('ENOSPC');
+        },
+        sync: () => h.sync(),
+        stat: () => h.stat(),
+        close: () => h.close(),
+      };
+    },
+    async readFile(path) {
+      if (failReads) throw errno('EIO');
+      return nodeFs.readFile(path);
+    },
+  };
+  const s = await openStore(t, { dir, fs: seam });
+  const e = entry({ a: objA, b: objB });
+
+  failPrefix = hashBytes(objB); // the first blob lands, the second fails
+  const r = await s.put(key(1), e);
+  assert.equal(r.kind, 'error');
+  assert.match(r.kind === 'error' ? r.error : '', /ENOSPC/);
+  assert.deepEqual(fs.readdirSync(tmp), []);
+  assert.deepEqual(listBlobs(dir), [], 'the blob written before the failure is not left behind');
+  assert.equal(await s.has(key(1)), false);
+  assert.equal(s.counters.putErrors, 1);
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+
+  failPrefix = undefined;
+  assert.deepEqual(await s.put(key(1), e), { kind: 'stored' });
+  failReads = true;
+  const g = await s.get(key(1));
+  assert.equal(g.kind, 'error');
+  assert.equal(g.kind === 'error' && g.corrupt, false);
+  assert.equal(await s.has(key(1)), true, 'an I/O error does not drop the entry');
+  failReads = false;
+  assertHit(await s.get(key(1)), e);
+});
+
+test('a second process cannot open the store: StoreLockedError', async (t) => {
+  const dir = tempDir();
+  const mod = pathToFileURL(join(fileURLToPath(import.meta.url), '../../../src/store/localStore.js')).href;
+  const script = `
+    const { LocalStore } = await import(process.env.STORE_MODULE);
+    const s = await LocalStore.open({ dir: process.env.STORE_DIR });
+    process.stdout.write('ready\\n');
+    process.stdin.resume();
+    process.stdin.on('end', async () => { await s.close(); process.exit(0); });
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    env: { ...process.env, STORE_MODULE: mod, STORE_DIR: dir },
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  t.after(() => {
+    if (child.exitCode === null) child.kill();
+  });
+  await new Promise<void>((res, rej) => {
+    child.stdout.on('data', (d: Buffer) => d.toString().includes('ready') && res());
+    child.on('exit', (code) => rej(new Error(`child exited early (${code})`)));
+  });
+
+  await assert.rejects(LocalStore.open({ dir }), (e: unknown) => {
+    assert.ok(e instanceof StoreLockedError, `got ${String(e)}`);
+    assert.equal(e.dir, dir);
+    assert.match(e.message, /in use by another process/);
+    return true;
+  });
+  child.stdin.end();
+  assert.equal(await exited, 0);
+  const s = await openStore(t, { dir });
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+});
+
+test('layout: a newer version is refused and nothing is touched; garbage and foreign dirs are refused', async () => {
+  const newer = tempDir();
+  fs.writeFileSync(join(newer, LAYOUT_FILE), '2\n');
+  fs.mkdirSync(join(newer, 'v2'));
+  fs.writeFileSync(join(newer, 'v2', 'data'), 'precious');
+  await assert.rejects(LocalStore.open({ dir: newer }), (e: unknown) => {
+    assert.ok(e instanceof LayoutError);
+    assert.match(e.message, /has layout 2, written by a newer ltocache; this build supports layout 1/);
+    return true;
+  });
+  assert.deepEqual(fs.readdirSync(newer).sort(), [LAYOUT_FILE, 'v2']);
+  assert.equal(fs.readFileSync(join(newer, LAYOUT_FILE), 'utf8'), '2\n');
+  assert.equal(fs.readFileSync(join(newer, 'v2', 'data'), 'utf8'), 'precious');
+
+  const garbage = tempDir();
+  fs.writeFileSync(join(garbage, LAYOUT_FILE), 'hello world');
+  await assert.rejects(LocalStore.open({ dir: garbage }), /LAYOUT is not a layout version/);
+
+  const foreign = tempDir();
+  fs.writeFileSync(join(foreign, 'notes.txt'), 'mine');
+  await assert.rejects(LocalStore.open({ dir: foreign }), /has no LAYOUT file but is not empty/);
+  assert.deepEqual(fs.readdirSync(foreign), ['notes.txt']);
+
+  const fresh = join(tempDir(), 'does', 'not', 'exist');
+  await (await LocalStore.open({ dir: fresh })).close();
+  assert.equal(fs.readFileSync(join(fresh, LAYOUT_FILE), 'utf8'), '1\n');
+});
+
+test('layout: older versions run the migration chain in order; a gap is an error', async () => {
+  const dir = tempDir();
+  fs.writeFileSync(join(dir, LAYOUT_FILE), '1\n');
+  const ran: string[] = [];
+  const migrations = [2, 1].map((from) => ({
+    from,
+    run: async (d: string) => {
+      ran.push(`${from}:${fs.readFileSync(join(d, LAYOUT_FILE), 'utf8').trim()}`);
+    },
+  }));
+  await prepareLayout(dir, { fs: nodeFs, version: 3, migrations });
+  assert.deepEqual(ran, ['1:1', '2:2']);
+  assert.equal(fs.readFileSync(join(dir, LAYOUT_FILE), 'utf8'), '3\n');
+  await assert.rejects(prepareLayout(dir, { fs: nodeFs, version: 5, migrations }), /layout 3, and no migration from it/);
+});
+
+test('reopen after close keeps entries, totals and sublevel data', async (t) => {
+  const dir = tempDir();
+  const e1 = entry({ obj: fill(700, 1) }, 'c3RkZXJy');
+  const e2 = entry({ obj: fill(800, 2), dwo: fill(10, 3) });
+  const first = await LocalStore.open({ dir });
+  await first.put(key(1), e1);
+  await first.put(key(2), e2);
+  await first.sublevel<{ hits: number }>('stats').put('today', { hits: 42 });
+  const before = first.summary();
+  await first.close();
+  assert.deepEqual(await first.get(key(1)).then((r) => r.kind), 'error', 'a closed store answers with errors');
+
+  const s = await openStore(t, { dir });
+  assert.deepEqual(s.summary(), before);
+  assert.deepEqual(before, { entries: 2, bytes: 1510 + recordBytes(e1) + recordBytes(e2) });
+  assertHit(await s.get(key(1)), e1);
+  assertHit(await s.get(key(2)), e2);
+  assert.deepEqual(await s.sublevel<{ hits: number }>('stats').get('today'), { hits: 42 });
+  assert.deepEqual(await s.sweepDone, { orphanBlobs: 0, brokenEntries: 0 });
+});
+
+test('clear empties the cache but keeps the layout and sublevel data; an interrupted clear finishes at open', async (t) => {
+  const dir = tempDir();
+  const s = await LocalStore.open({ dir });
+  await s.put(key(1), entry({ obj: fill(100, 1) }));
+  await s.put(key(2), entry({ obj: fill(100, 2) }));
+  await s.sublevel<string>('manifests').put('m', 'kept');
+  await s.clear();
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+  assert.deepEqual(await s.get(key(1)), { kind: 'miss' });
+  assert.deepEqual(listBlobs(dir), []);
+  assert.equal(fs.readFileSync(join(dir, LAYOUT_FILE), 'utf8'), '1\n');
+  assert.equal(await s.sublevel<string>('manifests').get('m'), 'kept');
+  const e3 = entry({ obj: fill(100, 3) });
+  assert.equal((await s.put(key(3), e3)).kind, 'stored');
+  await s.close();
+
+  const db = new Level<string, string>(layoutPaths(dir).meta);
+  await db.sublevel<string, string>(SUBLEVELS.meta, { valueEncoding: 'utf8' }).put('clearing', '1');
+  await db.close();
+  const again = await openStore(t, { dir });
+  assert.deepEqual(again.summary(), { entries: 0, bytes: 0 });
+  assert.equal(await again.has(key(3)), false);
+  assert.deepEqual(listBlobs(dir), []);
+});
+
+test('concurrent puts, gets and deletes keep reference counts and totals exact', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir });
+  const shared = fill(5000, 0xaa);
+  const es = Array.from({ length: 30 }, (_, i) => entry({ obj: shared, dwo: fill(100 + i, i) }));
+  const results = await Promise.all([
+    ...es.map((e, i) => s.put(key(i), e)),
+    ...es.map((e, i) => s.put(key(i), e)), // same keys again: replaced, not doubled
+    ...es.map((_, i) => s.get(key(i))),
+  ]);
+  assert.ok(results.slice(0, 60).every((r) => r.kind === 'stored'));
+  const expected = 5000 + es.reduce((n, e, i) => n + 100 + i + recordBytes(e), 0);
+  assert.deepEqual(s.summary(), { entries: 30, bytes: expected });
+  assert.equal(listBlobs(dir).length, 31);
+  for (const [i, e] of es.entries()) assertHit(await s.get(key(i)), e);
+
+  const deleted = await Promise.all(es.map((_, i) => s.delete(key(i))));
+  assert.ok(deleted.every(Boolean));
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+  assert.deepEqual(listBlobs(dir), []);
+});
