@@ -110,7 +110,8 @@ export class BitstreamReader {
       const offset = u32le(input, 8);
       const size = u32le(input, 12);
       if (offset < WRAPPER_HEADER_BYTES || offset + size > input.length) {
-        throw new BitstreamError(`bitcode wrapper offset ${offset} + size ${size} outside the ${input.length}-byte input`, 64);
+        const what = `bitcode wrapper offset ${offset} + size ${size} outside the ${input.length}-byte input`;
+        throw new BitstreamError(what, 64);
       }
       bytes = input.subarray(offset, offset + size);
       base = offset * 8;
@@ -172,7 +173,9 @@ export class BitstreamReader {
 
   /** After a 'block' entry: enters it, so that next() returns its contents. */
   enterBlock(entry: { id: number; bit: number }): BlockExtent {
-    if (this.scopes.length > this.limits.maxDepth) this.fail(`block nesting deeper than ${this.limits.maxDepth}`, entry.bit - this.base);
+    if (this.scopes.length > this.limits.maxDepth) {
+      this.fail(`block nesting deeper than ${this.limits.maxDepth}`, entry.bit - this.base);
+    }
     const { width, body, end } = this.blockHeader();
     this.charge(1);
     this.scopes.push({ id: entry.id, width, info: this.blockInfo.get(entry.id) ?? [], local: [], end });
@@ -278,7 +281,8 @@ export class BitstreamReader {
     const scope = this.scope();
     this.align32();
     if (this.pos !== scope.end) {
-      this.fail(`END_BLOCK of block ${scope.id} ends at bit ${this.base + this.pos}, its length word says ${this.base + scope.end}`, at);
+      const want = this.base + scope.end;
+      this.fail(`END_BLOCK of block ${scope.id} ends at bit ${this.base + this.pos}, its length word says ${want}`, at);
     }
     this.scopes.pop();
   }
@@ -394,7 +398,8 @@ export class BitstreamReader {
 
   private advance(bits: number): void {
     if (bits > this.scope().end - this.pos) {
-      this.fail(this.scopes.length === 1 ? 'read past the end of the input' : `read past the end of block ${this.scope().id}`);
+      const where = this.scopes.length === 1 ? 'the input' : `block ${this.scope().id}`;
+      this.fail(`read past the end of ${where}`);
     }
     this.pos += bits;
   }

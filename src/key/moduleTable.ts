@@ -112,7 +112,9 @@ function readStrtab(r: BitstreamReader): ModuleEntry[] {
       const raw = Buffer.from(chars);
       const path = raw.toString('utf8');
       // A lossy decode would name a different file than the backend opens.
-      if (!Buffer.from(path, 'utf8').equals(raw)) throw new BitstreamError(`module path is not valid UTF-8: ${JSON.stringify(path)}`, e.bit);
+      if (!Buffer.from(path, 'utf8').equals(raw)) {
+        throw new BitstreamError(`module path is not valid UTF-8: ${JSON.stringify(path)}`, e.bit);
+      }
       if (seen.has(path)) throw new BitstreamError(`duplicate module path ${JSON.stringify(path)}`, e.bit);
       seen.add(path);
       awaitingHash = { path, hash: ZERO_HASH };
