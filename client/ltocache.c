@@ -25,7 +25,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -166,7 +165,7 @@ static char *cache_dir(void) {
     return d;
 }
 
-/* Fills sock_dir ("/tmp/ltocache-<uid>") and sock_path ("<sock_dir>/<fnv hex>.sock").
+/* Fills sock_dir ("/tmp/ltocache-<uid>") and addr ("<sock_dir>/<fnv hex>.sock").
  * Returns 0 on success, -1 if there is no usable cache dir. */
 static int socket_location(char sock_dir[64], struct sockaddr_un *addr) {
     char *dir = cache_dir();
@@ -438,31 +437,46 @@ _Noreturn static void exit_like(int status) {
     exit(status);
 }
 
-/* Replays a well-formed 'R' payload. Returns only if the payload is malformed (then the caller
- * falls back; nothing has been written yet). Layout: 'R' i32 status, str stdout, str stderr. */
-static void replay_result(const unsigned char *p, uint32_t n) {
-    if (n < 1 + 4 + 4) return;
+/* Replays a well-formed 'R' payload: writes its stdout and stderr bytes and returns the exit
+ * status to use. Returns -1, having written nothing, if the payload is malformed (then the
+ * caller falls back). Layout: 'R', i32 status (0..255), str stdout, str stderr, nothing else. */
+static int replay_result(const unsigned char *p, uint32_t n) {
+    if (n < 1 + 4 + 4) return -1;
     int32_t status = (int32_t)get_u32(p + 1);
-    if (status < 0 || status > 255) return;
+    if (status < 0 || status > 255) return -1;
     size_t at = 5;
     uint32_t out_len = get_u32(p + at);
     at += 4;
-    if (out_len > n - at || n - at - out_len < 4) return;
+    if (out_len > n - at || n - at - out_len < 4) return -1;
     const unsigned char *out = p + at;
     at += out_len;
     uint32_t err_len = get_u32(p + at);
     at += 4;
-    if (err_len != n - at) return;  /* exact: no trailing bytes */
+    if (err_len != n - at) return -1;  /* exact: no trailing bytes */
     const unsigned char *err = p + at;
     int ok = write_all(1, out, out_len, 0) == 0;
     if (write_all(2, err, err_len, 0) != 0) ok = 0;
-    exit_like(ok || status != 0 ? status : 1);
+    /* Output we could not deliver must not look like success. */
+    return ok || status != 0 ? status : 1;
+}
+
+/* getcwd into a malloc'd buffer of sufficient size (POSIX has no getcwd(NULL, 0)).
+ * NULL if the directory is gone or unreachable: then we fall back. */
+static char *current_dir(void) {
+    for (size_t cap = 256; cap <= (1u << 20); cap *= 2) {
+        char *b = malloc(cap);
+        if (!b) return NULL;
+        if (getcwd(b, cap)) return b;
+        free(b);
+        if (errno != ERANGE) return NULL;
+    }
+    return NULL;
 }
 
 /* Hands a backend job to the daemon. Returns only when the caller must fall back. */
 static void run_via_daemon(const struct job *j) {
     /* The daemon runs the compiler itself, from another cwd: send an absolute path. */
-    char *cwd = getcwd(NULL, 0);
+    char *cwd = current_dir();
     if (!cwd) return;
     char *abs = j->path[0] == '/' ? strdup(j->path) : concat3(cwd, "/", j->path);
     struct buf req = {0};
@@ -479,10 +493,11 @@ static void run_via_daemon(const struct job *j) {
     unsigned char *reply = sent ? read_reply(fd, &n) : NULL;
     close(fd);
     if (!reply) return;
-    if (reply[0] == 'R') replay_result(reply, n);
+    int status = reply[0] == 'R' ? replay_result(reply, n) : -1;
+    free(reply);
+    if (status >= 0) exit_like(status);
     /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or
      * unknown: fall back. The reason string of a 'P' is for the daemon's logs, not ours. */
-    free(reply);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -534,7 +549,8 @@ int main(int argc, char **argv) {
     const char *self_name = argc > 0 ? base_name(argv[0]) : "";
     struct job j;
     const char *given;  /* the compiler name as the user spelled it */
-    if (starts_with(self_name, "ltocache")) {
+    int prefix = starts_with(self_name, "ltocache");
+    if (prefix) {
         if (argc < 2 || is_cli_command(argv[1])) exec_cli(argc, argv);
         given = argv[1];
         j.argv = argv + 1;
@@ -544,7 +560,7 @@ int main(int argc, char **argv) {
         j.argv = argv;
         j.argc = argc;
     }
-    if (strchr(given, '/') && j.argv == argv + 1) {
+    if (prefix && strchr(given, '/')) {
         j.path = given;  /* prefix mode with an explicit path: use it as is */
     } else {
         j.path = find_on_path(base_name(given));
@@ -554,6 +570,8 @@ int main(int argc, char **argv) {
         }
     }
 
+    /* Only a possible backend job is worth a socket round trip; a response file may hide
+     * -fthinlto-index=, so "@..." goes to the daemon too (it reads the file). */
     const char *disable = env_nonempty("LTOCACHE_DISABLE");
     int backend = 0;
     for (int i = 1; i < j.argc; i++)

@@ -8,12 +8,14 @@ import { initHash } from '../key/hash.js';
 import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
 import { formatStats } from '../stats/formatStats.js';
 import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
 
 const USAGE = `usage:
   ltocache <compiler> <args...>        run a compile through the cache (native client)
   ltocache daemon start|stop|status|run
-  ltocache stats [--json] [--zero]
+  ltocache stats [--json] [--zero] [--remote]
+  ltocache serve --dir DIR --tokens FILE [--listen HOST:PORT] [--tls-cert F --tls-key F]
   ltocache config show
   ltocache clear
   ltocache demo                        build a small ThinLTO program twice through the cache`;
@@ -77,11 +79,30 @@ async function offlineStats(config: Config, zero: boolean): Promise<StatsView> {
   }
 }
 
+/** `stats --remote`: the team server's own counters, asked with our token. */
+async function remoteStats(config: Config, json: boolean): Promise<void> {
+  if (!config.remote) fail('no remote configured (set remote in the config file or LTOCACHE_REMOTE)', 2);
+  const remote = new RemoteBackend({ url: config.remote, token: config.remote_token || 'none', timeoutMs: 5000, ...(config.remote_ca ? { ca: config.remote_ca } : {}) });
+  try {
+    const s = await remote.stats(5000);
+    if (json) process.stdout.write(JSON.stringify(s) + '\n');
+    else {
+      const w = Math.max(...Object.keys(s).map((k) => k.length));
+      process.stdout.write(`team cache ${config.remote}\n` + Object.entries(s).map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n');
+    }
+  } catch (e) {
+    fail(`team cache ${config.remote}: ${(e as Error).message}`);
+  } finally {
+    remote.close();
+  }
+}
+
 async function stats(config: Config, args: string[]): Promise<void> {
   const json = args.includes('--json');
   const zero = args.includes('--zero');
-  const unknown = args.filter((a) => a !== '--json' && a !== '--zero');
+  const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote');
   if (unknown.length) throw new UsageError(`stats: unknown option ${unknown[0]}`);
+  if (args.includes('--remote')) return remoteStats(config, json);
   let view: StatsView;
   if (zero) {
     const r = await askDaemon(config.dir, { op: 'zero' });
@@ -186,6 +207,7 @@ export async function main(argv: string[]): Promise<void> {
     if (rest[0] !== 'show') throw new UsageError("config: expected 'config show'");
     return configShow(process.env);
   }
+  if (cmd === 'serve') return (await import('./serve.js')).runServe(rest);
   const { config } = loadConfig(process.env);
   switch (cmd) {
     case 'daemon':

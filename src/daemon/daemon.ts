@@ -22,6 +22,10 @@ import {
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
 import type { StoredEntry } from '../store/backend.js';
 import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import type { CacheBackend } from '../store/backend.js';
+import { readOnly, tiered, type TierEvent, type TieredLookup } from '../store/policies.js';
+import { RemoteBackend } from '../remote/remoteBackend.js';
+import { UploadQueue } from '../remote/uploadQueue.js';
 import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
 import { Logger } from '../util/log.js';
 import { materialize } from './materialize.js';
@@ -32,6 +36,7 @@ import { JobLog, type JobResult } from './jobLog.js';
 
 export const VERSION = '0.1.0';
 const STATS_KEY = 'counters';
+const BACKEND_FAILURE = /Error running ThinLTO backend|Error loading imported file/;
 
 /** What a finished compile leaves for the jobs waiting on the same key. */
 interface Compiled {
@@ -63,6 +68,10 @@ export class Daemon {
   readonly socketPath: string;
   private readonly startedAt = Date.now();
   private readonly jobLog: JobLog;
+  /** The local store alone, or local then the team tier. */
+  private readonly cache: CacheBackend;
+  private readonly remote: RemoteBackend | null = null;
+  private readonly uploads: UploadQueue | null = null;
   /** Resolves once the daemon has fully stopped. */
   readonly stopped: Promise<void>;
   private markStopped!: () => void;
@@ -76,6 +85,39 @@ export class Daemon {
     this.socketPath = socketPathFor(config.dir, process.getuid!());
     this.jobLog = new JobLog(store);
     this.stopped = new Promise((r) => (this.markStopped = r));
+    if (config.remote) {
+      this.remote = new RemoteBackend({
+        url: config.remote,
+        token: config.remote_token || 'none',
+        timeoutMs: config.remote_timeout_ms,
+        ...(config.remote_ca ? { ca: config.remote_ca } : {}),
+      });
+      this.uploads = new UploadQueue(this.remote, config.upload_queue, (r) => this.onUpload(r));
+      const team = config.remote_mode === 'read-only' ? readOnly(this.remote) : this.uploads;
+      this.cache = tiered(store, team, (e) => this.onTier(e));
+    } else this.cache = store;
+  }
+
+  private onTier(e: TierEvent): void {
+    if (e.tier !== 'remote' || e.op !== 'get') return;
+    const r = e.result;
+    if (r.kind === 'hit') this.counters.add('remote_hits');
+    else if (r.kind === 'miss') this.counters.add('remote_misses');
+    else if (this.remote?.breaker.open && r.error.startsWith('team cache skipped')) this.counters.add('remote_skipped');
+    else {
+      this.counters.add('remote_errors');
+      this.log.warn('team cache get failed', { error: r.error });
+    }
+  }
+
+  private onUpload(r: { kind: 'stored' | 'refused' | 'error' | 'dropped'; reason?: string; error?: string }): void {
+    if (r.kind === 'stored') this.counters.add('uploads');
+    else if (r.kind === 'dropped') this.counters.add('uploads_dropped');
+    else if (r.kind === 'refused') this.counters.add('uploads_refused');
+    else {
+      this.counters.add('remote_errors');
+      this.log.warn('upload failed', { error: r.error });
+    }
   }
 
   /** Starts a daemon, or returns 'already-running' when another holds this cache directory. */
@@ -226,7 +268,15 @@ export class Daemon {
   private async control(req: ControlRequest): Promise<unknown> {
     switch (req.op) {
       case 'status':
-        return { pid: process.pid, version: VERSION, dir: this.config.dir, socket: this.socketPath, uptime_ms: Date.now() - this.startedAt, active_jobs: this.activeJobs };
+        return {
+          pid: process.pid,
+          version: VERSION,
+          dir: this.config.dir,
+          socket: this.socketPath,
+          uptime_ms: Date.now() - this.startedAt,
+          active_jobs: this.activeJobs,
+          remote: this.remote ? { url: this.config.remote, mode: this.config.remote_mode, circuit_open: this.remote.breaker.open, upload_queue: this.uploads?.length ?? 0 } : null,
+        };
       case 'stats':
         await this.flushCounters();
         return await this.statsView();
@@ -323,7 +373,7 @@ export class Daemon {
   }
 
   private async fromStore(key: string, outputs: { role: string; path: string }[], req: CompileRequest): Promise<Outcome | null> {
-    const found = await this.store.get(key);
+    const found: TieredLookup = await this.cache.get(key);
     if (found.kind === 'error') {
       this.counters.error(found.corrupt ? 'corrupt_entry' : 'store_read');
       this.log.warn('store read failed; compiling', { key, error: found.error });
@@ -334,7 +384,8 @@ export class Daemon {
     if (!(await this.place(entry, outputs, req))) return null;
     this.counters.add('hits');
     this.counters.add('time_saved_ms', entry.record.compileMs);
-    return { kind: 'result', exitCode: 0, stdout: Buffer.from(entry.record.stdout, 'base64'), stderr: Buffer.from(entry.record.stderr, 'base64'), result: 'hit', savedMs: entry.record.compileMs };
+    const result = found.tier === 'remote' ? 'remote-hit' : 'hit';
+    return { kind: 'result', exitCode: 0, stdout: Buffer.from(entry.record.stdout, 'base64'), stderr: Buffer.from(entry.record.stderr, 'base64'), result, savedMs: entry.record.compileMs };
   }
 
   /** Writes a stored entry's files to this job's output paths. False (and counted) when it cannot. */
@@ -370,6 +421,13 @@ export class Daemon {
     try {
       const files = new Map<string, Buffer>();
       for (const o of outputs) files.set(o.role, await readFile(resolve(req.cwd, o.path)));
+      // clang 19 exits 0 with an empty object when it cannot load an imported module: serve that
+      // run as it is, but never store it.
+      if (BACKEND_FAILURE.test(run.stderr.toString('latin1')) || files.get('obj')!.length === 0) {
+        this.counters.error('backend_failure_exit_0');
+        this.log.warn('compiler reported a backend failure with exit 0; not stored', { key });
+        return { ...run, entry: null };
+      }
       entry = {
         record: {
           v: 1,
@@ -389,7 +447,7 @@ export class Daemon {
       return { ...run, entry: null };
     }
     const toStore = entry;
-    void this.store.put(key, toStore).then(
+    void this.cache.put(key, toStore).then(
       (r) => {
         if (r.kind === 'stored') this.counters.add('bytes_written', [...toStore.files.values()].reduce((n, b) => n + b.length, 0));
         else {
@@ -415,6 +473,8 @@ export class Daemon {
       const deadline = Date.now() + 30_000;
       while (this.activeJobs > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       for (const s of this.sockets) s.destroy();
+      if (this.uploads) await Promise.race([this.uploads.idle(), new Promise((r) => setTimeout(r, 5000))]);
+      this.remote?.close();
       await this.flushCounters();
       await this.jobLog.flush().catch(() => {});
       await this.store.close().catch(() => {});

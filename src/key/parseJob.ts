@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { extname, resolve } from 'node:path';
+import { basename, extname, resolve } from 'node:path';
 import { tokenizeGnu } from './responseFile.js';
 
 /** A token of the command line as the key sees it. */
@@ -112,7 +112,9 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     const positional: string[] = [];
     let index: string | undefined;
     let output: string | undefined;
-    let mode: 'c' | 'S' | 'emit-llvm' | undefined;
+    let hasC = false;
+    let hasS = false;
+    let emitLlvm = false;
     let splitDwarf = false;
     let optRecord: string | undefined;
     let optRecordFile: string | undefined;
@@ -140,9 +142,9 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         tokens.push({ t: 'output', v: a === '-o' ? '-o' : '-o=', path: v, role: 'obj' });
         continue;
       }
-      if (a === '-c') mode = 'c';
-      else if (a === '-S') mode = 'S';
-      else if (a === '-emit-llvm' && mode !== 'S') mode = 'emit-llvm';
+      if (a === '-c') hasC = true;
+      else if (a === '-S') hasS = true;
+      else if (a === '-emit-llvm') emitLlvm = true;
       if (a === '-gsplit-dwarf' || a === '-gsplit-dwarf=split') splitDwarf = true;
       if (a === '-gsplit-dwarf=single' || a === '-gno-split-dwarf') splitDwarf = false;
       if (a === '-fstack-usage') stackUsage = true;
@@ -184,11 +186,15 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     if (index === undefined) throw new Uncacheable('not-backend', 'no -fthinlto-index=');
     if (index === '') throw new Uncacheable('bad-args', 'empty -fthinlto-index=');
     if (positional.length !== 1) throw new Uncacheable('inputs', `expected exactly one input, got ${positional.length}`);
+    // As clang 19: -S wins over -c whatever their order; -emit-llvm (either order) makes the output
+    // bitcode or IR text, and then no .dwo or .su is written.
+    const mode = hasS ? 'S' : hasC ? 'c' : emitLlvm ? 'emit-llvm' : undefined;
     if (!mode) throw new Uncacheable('not-compile', 'neither -c, -S nor -emit-llvm');
     if (output === undefined || output === '-' || output === '/dev/null') throw new Uncacheable('output', 'no -o FILE (or output to stdout)');
     const outputs: Job['outputs'] = [{ role: 'obj', path: output }];
-    if (splitDwarf && mode === 'c') outputs.push({ role: 'dwo', path: dwoPathFor(output) });
-    if (stackUsage) outputs.push({ role: 'su', path: replaceExt(output, '.su') });
+    // Without -c (plain -S) clang names the .dwo after the input's stem, in cwd (SplitDebugName).
+    if (splitDwarf && !emitLlvm) outputs.push({ role: 'dwo', path: hasC ? dwoPathFor(output) : replaceExt(basename(positional[0]!), '.dwo') });
+    if (stackUsage && !emitLlvm) outputs.push({ role: 'su', path: replaceExt(output, '.su') });
     if (optRecordFile !== undefined) outputs.push({ role: 'opt-record', path: optRecordFile });
     else if (optRecord) {
       const fmt = optRecord.includes('=') ? optRecord.slice(optRecord.indexOf('=') + 1) : 'yaml';

@@ -11,6 +11,8 @@ export const COUNTERS = [
   'remote_errors',
   'uploads',
   'uploads_dropped',
+  'uploads_refused',
+  'remote_skipped',
   'bytes_written',
   'time_saved_ms',
   'compile_ms',

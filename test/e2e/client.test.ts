@@ -177,7 +177,8 @@ const reply = (frame: Buffer): Handler => (_req, sock) => sock.end(frame);
 const MISSING_JOB = ['-x', 'ir', '-fthinlto-index=nope.o.thinlto.bc', '-c', '-o', 'nope.native.o', 'nope.o'];
 
 before(() => {
-  if (!process.env.SKIP_BUILD) execFileSync('sh', [path.join(root, 'client', 'build.sh')], { stdio: 'inherit' });
+  // LTOCACHE_TEST_PREBUILT_CLIENT=1: test a bin/ltocache built otherwise (e.g. with sanitizers).
+  if (!process.env.LTOCACHE_TEST_PREBUILT_CLIENT) execFileSync('sh', [path.join(root, 'client', 'build.sh')], { stdio: 'inherit' });
   tmp = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-e2e-')));
   recorderLog = path.join(tmp, 'recorder.log');
   recorder = path.join(tmp, 'fake-node.sh');

@@ -1,0 +1,127 @@
+import { z } from 'zod';
+import { DIGEST_RE } from '../key/hash.js';
+import { EntryRecord } from '../store/record.js';
+
+/**
+ * The team-cache wire contract (websocket), version 1. JSON text messages carry control; each
+ * bundle travels as one binary message: a u32 LE request id, then the tar bundle bytes.
+ * Authentication happens before the upgrade (`Authorization: Bearer <secret>`), so an
+ * unauthenticated peer never reaches these messages. Schemas: cache-schema/remote-protocol.v1.json.
+ */
+export const REMOTE_PROTOCOL_VERSION = 1;
+
+const Id = z.number().int().nonnegative().max(0xffffffff);
+const Key = z.string().regex(DIGEST_RE, 'key must be 32 lowercase hex digits');
+const BundleBytes = z.number().int().nonnegative();
+
+export const ClientMessage = z.discriminatedUnion('type', [
+  /** First message on a connection: the protocol version the client speaks. */
+  z.object({ type: z.literal('hello'), protocol: z.number().int(), client: z.string().max(200) }),
+  /** Look an entry up; answered by `hit` (then its bundle), `miss` or `error`. */
+  z.object({ type: z.literal('get'), id: Id, key: Key }),
+  /** Store an entry; the bundle follows as a binary message with the same id. Needs write scope. */
+  z.object({ type: z.literal('put'), id: Id, key: Key, entry: EntryRecord, bundleBytes: BundleBytes }),
+  /** The server's counters and store summary. */
+  z.object({ type: z.literal('stats'), id: Id }),
+  /** Liveness check. */
+  z.object({ type: z.literal('ping'), id: Id }),
+  /** Administrative operations. Needs admin scope. */
+  z.object({ type: z.literal('admin'), id: Id, op: z.enum(['reset-stats', 'clear']) }),
+]);
+export type ClientMessage = z.infer<typeof ClientMessage>;
+
+export const Scope = z.enum(['read', 'write', 'admin']);
+export type Scope = z.infer<typeof Scope>;
+
+export const Limits = z.object({
+  maxMessageBytes: z.number().int().positive(),
+  maxBundleBytes: z.number().int().positive(),
+  maxEntries: z.number().int().positive(),
+  maxStreams: z.number().int().positive(),
+  idleTimeoutMs: z.number().int().positive(),
+});
+export type Limits = z.infer<typeof Limits>;
+
+export const ErrorCode = z.enum(['version', 'bad-message', 'forbidden', 'bad-bundle', 'too-large', 'too-many-streams', 'unknown-id', 'internal', 'shutting-down']);
+export type ErrorCode = z.infer<typeof ErrorCode>;
+
+export const ServerStats = z.object({
+  entries: z.number().int(),
+  bytes: z.number().int(),
+  max_bytes: z.number().int(),
+  hits: z.number().int(),
+  misses: z.number().int(),
+  puts: z.number().int(),
+  puts_refused: z.number().int(),
+  rejected_bundles: z.number().int(),
+  bad_messages: z.number().int(),
+  auth_failures: z.number().int(),
+  connected_clients: z.number().int(),
+  evictions: z.number().int(),
+  bytes_served: z.number().int(),
+  bytes_received: z.number().int(),
+  since: z.string(),
+});
+export type ServerStats = z.infer<typeof ServerStats>;
+
+export const ServerMessage = z.discriminatedUnion('type', [
+  /** Reply to `hello`: the version spoken, this token's scope, and the limits the server enforces. */
+  z.object({ type: z.literal('welcome'), protocol: z.number().int(), scope: Scope, limits: Limits }),
+  /** Entry found; its bundle (bundleBytes long) follows as a binary message with the same id. */
+  z.object({ type: z.literal('hit'), id: Id, key: Key, entry: EntryRecord, bundleBytes: BundleBytes }),
+  /** Entry not found. */
+  z.object({ type: z.literal('miss'), id: Id, key: Key }),
+  /** A put was verified and stored. */
+  z.object({ type: z.literal('stored'), id: Id, key: Key }),
+  /** Reply to `stats`. */
+  z.object({ type: z.literal('stats'), id: Id, stats: ServerStats }),
+  /** Reply to `ping`. */
+  z.object({ type: z.literal('pong'), id: Id }),
+  /** An admin operation completed. */
+  z.object({ type: z.literal('ok'), id: Id }),
+  /** A request failed (`id` present) or the connection is being refused (`id` absent). */
+  z.object({ type: z.literal('error'), id: Id.optional(), code: ErrorCode, message: z.string() }),
+]);
+export type ServerMessage = z.infer<typeof ServerMessage>;
+
+export class RemoteProtocolError extends Error {}
+
+/** Parses a text message into a schema, with one clear error for any malformation. */
+function parseText<T>(schema: z.ZodType<T>, data: string, who: string): T {
+  let json: unknown;
+  try {
+    json = JSON.parse(data);
+  } catch {
+    throw new RemoteProtocolError(`${who}: message is not JSON`);
+  }
+  const r = schema.safeParse(json);
+  if (!r.success) {
+    const i = r.error.issues[0];
+    throw new RemoteProtocolError(`${who}: invalid message${i ? ` at ${i.path.join('.') || '(root)'}: ${i.message}` : ''}`);
+  }
+  return r.data;
+}
+
+export const parseClientMessage = (data: string): ClientMessage => parseText(ClientMessage, data, 'client');
+export const parseServerMessage = (data: string): ServerMessage => parseText(ServerMessage, data, 'server');
+
+/** Binary message: u32 LE request id, then the bundle. */
+export function encodeBinary(id: number, bundle: Buffer): Buffer {
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(id, 0);
+  return Buffer.concat([head, bundle]);
+}
+
+export function decodeBinary(data: Buffer): { id: number; bundle: Buffer } {
+  if (data.length < 4) throw new RemoteProtocolError('binary message shorter than its 4-byte id');
+  return { id: data.readUInt32LE(0), bundle: data.subarray(4) };
+}
+
+/** Defaults both ends use unless configured otherwise. */
+export const DEFAULT_LIMITS: Limits = {
+  maxMessageBytes: 1 << 20,
+  maxBundleBytes: 64 << 20,
+  maxEntries: 16,
+  maxStreams: 32,
+  idleTimeoutMs: 120_000,
+};

@@ -1,0 +1,64 @@
+import type { Digest } from '../key/hash.js';
+import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
+
+/**
+ * Background uploads: `put` enqueues and returns at once; a single worker drains the queue into
+ * the wrapped backend. When the queue is full the entry is dropped (a cache is allowed to forget).
+ */
+export class UploadQueue implements CacheBackend {
+  readonly name: string;
+  private readonly queue: { key: Digest; entry: StoredEntry }[] = [];
+  private running = false;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly target: CacheBackend,
+    private readonly capacity: number,
+    private readonly onResult: (r: PutResult | { kind: 'dropped' }) => void,
+  ) {
+    this.name = `queued(${target.name})`;
+  }
+
+  get(key: Digest) {
+    return this.target.get(key);
+  }
+  has(key: Digest) {
+    return this.target.has(key);
+  }
+
+  async put(key: Digest, entry: StoredEntry): Promise<PutResult> {
+    if (this.queue.length >= this.capacity) {
+      this.onResult({ kind: 'dropped' });
+      return { kind: 'refused', reason: 'upload queue full' };
+    }
+    this.queue.push({ key, entry });
+    if (!this.running) void this.drain();
+    return { kind: 'stored' };
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    while (this.queue.length) {
+      const job = this.queue.shift()!;
+      let r: PutResult;
+      try {
+        r = await this.target.put(job.key, job.entry);
+      } catch (e) {
+        r = { kind: 'error', error: (e as Error).message };
+      }
+      this.onResult(r);
+    }
+    this.running = false;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  get length(): number {
+    return this.queue.length;
+  }
+
+  /** Resolves when the queue is empty (for shutdown and tests). */
+  idle(): Promise<void> {
+    if (!this.running && !this.queue.length) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+}

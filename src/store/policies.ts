@@ -1,0 +1,53 @@
+import type { Digest } from '../key/hash.js';
+import type { CacheBackend, Lookup, PutResult, StoredEntry } from './backend.js';
+
+/** Never writes: puts are refused, reads pass through. */
+export function readOnly(b: CacheBackend): CacheBackend {
+  return {
+    name: `read-only(${b.name})`,
+    get: (k) => b.get(k),
+    has: (k) => b.has(k),
+    put: async () => ({ kind: 'refused', reason: 'read-only' }),
+  };
+}
+
+export type TierEvent = { tier: 'local' | 'remote'; op: 'get'; result: Lookup } | { tier: 'local' | 'remote'; op: 'put'; result: PutResult };
+
+/** The answer of a tiered lookup says which tier served it. */
+export type TieredLookup = Lookup & { tier?: 'local' | 'remote' };
+
+export interface Tiered extends CacheBackend {
+  get(key: Digest): Promise<TieredLookup>;
+}
+
+/**
+ * Local first, then the team tier. A remote hit (already verified by the remote backend) is
+ * written back locally before it is returned; a put goes to both (the remote one is expected to
+ * be queued, so it returns at once). Every tier outcome is reported to `observe`.
+ */
+export function tiered(local: CacheBackend, remote: CacheBackend, observe: (e: TierEvent) => void = () => {}): Tiered {
+  return {
+    name: `tiered(${local.name}, ${remote.name})`,
+    async get(key) {
+      const l = await local.get(key);
+      observe({ tier: 'local', op: 'get', result: l });
+      if (l.kind === 'hit') return { ...l, tier: 'local' };
+      const r = await remote.get(key);
+      observe({ tier: 'remote', op: 'get', result: r });
+      if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
+      const back = await local.put(key, r.entry);
+      observe({ tier: 'local', op: 'put', result: back });
+      return { ...r, tier: 'remote' };
+    },
+    async has(key) {
+      return (await local.has(key)) || (await remote.has(key));
+    },
+    async put(key: Digest, entry: StoredEntry) {
+      const l = await local.put(key, entry);
+      observe({ tier: 'local', op: 'put', result: l });
+      const r = await remote.put(key, entry);
+      observe({ tier: 'remote', op: 'put', result: r });
+      return l;
+    },
+  };
+}

@@ -1,0 +1,348 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { FileDigests } from '../../src/key/fileDigests.js';
+import { hashFile, initHash } from '../../src/key/hash.js';
+import { buildManifest, canonicalJson, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
+import { readIndexParts } from '../../src/key/moduleTable.js';
+import { parseJob } from '../../src/key/parseJob.js';
+import { ToolchainIdentifier } from '../../src/key/toolchain.js';
+
+await initHash();
+
+const CLANG_NAME = process.env.LTOCACHE_TEST_CLANG ?? 'clang-19';
+const LLD = process.env.LTOCACHE_TEST_LLD ?? 'ld.lld-19';
+/** The compiler as the client reports it: an absolute path (identify() takes realpath of it). */
+const CLANG = execFileSync('sh', ['-c', `command -v ${CLANG_NAME}`], { encoding: 'utf8' }).trim();
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-manifest-'));
+  dirs.push(d);
+  return d;
+}
+
+/** a.c calls bfun() from b.c, so a's index imports from b.o. Built once, copied per test. */
+const TEMPLATE = tempDir();
+fs.writeFileSync(join(TEMPLATE, 'a.c'), 'extern int bfun(int);\nint afun(int x) { return bfun(x) + bfun(x + 1); }\n');
+fs.writeFileSync(join(TEMPLATE, 'b.c'), 'int bfun(int y) { return y * 3 + 1; }\n');
+for (const m of ['a', 'b']) execFileSync(CLANG, ['-O2', '-flto=thin', '-c', '-o', `${m}.o`, `${m}.c`], { cwd: TEMPLATE });
+execFileSync(LLD, ['-r', '--thinlto-index-only=list', 'a.o', 'b.o', '-o', 'out.o'], { cwd: TEMPLATE });
+
+function tree(): string {
+  const d = tempDir();
+  fs.cpSync(TEMPLATE, d, { recursive: true });
+  return d;
+}
+
+const BASE = ['-O2', '-fno-pie', '-x', 'ir', '-fno-lto', '-Wno-unused-command-line-argument', '-fthinlto-index=a.o.thinlto.bc', '-c', '-o', 'a.thinlto-native.o', 'a.o'];
+const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
+
+const files = new FileDigests();
+const ctx = { files, toolchains: new ToolchainIdentifier(files) };
+
+async function keyed(cwd: string, args: string[] = BASE, env: Record<string, string> = ENV, compiler = CLANG, c = ctx): Promise<KeyResult> {
+  const p = await parseJob(args, cwd);
+  if (p.kind !== 'job') assert.fail(`parseJob: ${p.reason}: ${p.detail}`);
+  return buildManifest(c, p.job, compiler, cwd, env);
+}
+
+async function key(cwd: string, args: string[] = BASE, env: Record<string, string> = ENV, compiler = CLANG): Promise<{ key: string; manifest: Manifest }> {
+  const r = await keyed(cwd, args, env, compiler);
+  if (r.kind !== 'key') assert.fail(`expected a key, got ${r.reason}: ${r.detail}`);
+  return r;
+}
+
+/** Inverts the bits of one byte. */
+const flip = (b: Buffer, i: number, mask = 0xff): void => {
+  b.writeUInt8(b.readUInt8(i) ^ mask, i);
+};
+
+const digestOf = async (p: string): Promise<string> => (await hashFile(p)).digest;
+
+describe('the manifest of a real backend job', () => {
+  test('validates against the schema and records what the job reads', async () => {
+    const d = tree();
+    const { key: k, manifest: m } = await key(d);
+    assert.deepEqual(Manifest.parse(JSON.parse(JSON.stringify(m))), m);
+    assert.match(k, /^[0-9a-f]{32}$/);
+    assert.equal(m.v, 1);
+    assert.equal(m.hash, 'xxh64x2-128');
+    assert.deepEqual(m.input, { path: 'a.o', digest: await digestOf(join(d, 'a.o')) });
+    assert.equal(m.index.path, 'a.o.thinlto.bc');
+    assert.equal(m.index.digest, await digestOf(join(d, 'a.o.thinlto.bc')));
+    const mods = [...m.index.modules].sort((x, y) => x.path.localeCompare(y.path));
+    assert.deepEqual(
+      mods.map((x) => x.path),
+      ['a.o', 'b.o'],
+    );
+    assert.equal(mods[0]!.digest, await digestOf(join(d, 'a.o')));
+    assert.equal(mods[1]!.digest, await digestOf(join(d, 'b.o')));
+    for (const x of mods) assert.match(x.moduleHash, /^[0-9a-f]{40}$/);
+    assert.notEqual(mods[1]!.moduleHash, '0'.repeat(40));
+    assert.deepEqual(m.outputs, [{ role: 'obj', path: 'a.thinlto-native.o' }]);
+    assert.deepEqual(m.env, {});
+    assert.deepEqual(m.dropped, []);
+    assert.deepEqual(m.responseFiles, []);
+    assert.deepEqual(
+      m.args.map((a) => a.a),
+      ['-O2', '-fno-pie', '-x', 'ir', '-fno-lto', '-Wno-unused-command-line-argument', '-fthinlto-index=', '-c', '-o', ''],
+    );
+    assert.deepEqual(m.args[8], { a: '-o', output: 'a.thinlto-native.o' });
+    assert.deepEqual(m.args[9], { a: '', files: [{ path: 'a.o', digest: m.input.digest }] });
+  });
+
+  test('the toolchain: driver name, resolved executable, libLLVM', async () => {
+    const { manifest: m } = await key(tree());
+    assert.equal(m.toolchain.driver, CLANG.split('/').pop());
+    assert.equal(m.toolchain.realpath, fs.realpathSync(CLANG));
+    assert.equal(m.toolchain.digest, await digestOf(fs.realpathSync(CLANG)));
+    const llvm = m.toolchain.libs.find((l) => /libLLVM[.-]/.test(l.path));
+    assert.ok(llvm, `libLLVM among ${m.toolchain.libs.map((l) => l.path).join(', ')}`);
+    assert.equal(llvm.digest, await digestOf(llvm.path));
+  });
+
+  test('keys are deterministic, across contexts and across directories', async () => {
+    const d = tree();
+    const k1 = (await key(d)).key;
+    assert.equal((await key(d)).key, k1);
+    const fresh = new FileDigests();
+    const r = await keyed(d, BASE, ENV, CLANG, { files: fresh, toolchains: new ToolchainIdentifier(fresh) });
+    assert.equal(r.kind === 'key' && r.key, k1);
+    // The same tree under another absolute path: every path in the manifest is relative to cwd.
+    const other = tempDir();
+    const moved = join(other, 'deeper', 'build');
+    fs.cpSync(d, moved, { recursive: true });
+    const m2 = await key(moved);
+    assert.equal(m2.key, k1);
+    assert.ok(!JSON.stringify(m2.manifest.args).includes(moved));
+  });
+
+  test('keyOf leaves `dropped` out and is 128 bits of hex', async () => {
+    const { key: k, manifest: m } = await key(tree());
+    assert.equal(keyOf(m), k);
+    assert.equal(keyOf({ ...m, dropped: ['-DANYTHING'] }), k);
+    assert.notEqual(keyOf({ ...m, env: { CCC_OVERRIDE_OPTIONS: 'x' } }), k);
+  });
+});
+
+describe('what changes the key', () => {
+  test('input content', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    const a = fs.readFileSync(join(d, 'a.o'));
+    flip(a, a.length - 1);
+    fs.writeFileSync(join(d, 'a.o'), a);
+    assert.notEqual((await key(d)).key, k0);
+  });
+
+  test('index content, module table unchanged', async () => {
+    const d = tree();
+    const before = await key(d);
+    const idx = fs.readFileSync(join(d, 'a.o.thinlto.bc'));
+    const parts = readIndexParts(idx);
+    assert.equal(parts.kind, 'ok');
+    if (parts.kind !== 'ok') return;
+    const s = parts.summaries[0]!;
+    assert.ok(s.end - s.start >= 8, 'a summary body to alter');
+    flip(idx, Math.floor((s.start + s.end) / 2), 0x01);
+    fs.writeFileSync(join(d, 'a.o.thinlto.bc'), idx);
+    const after = await key(d);
+    assert.deepEqual(after.manifest.index.modules, before.manifest.index.modules);
+    assert.notEqual(after.manifest.index.digest, before.manifest.index.digest);
+    assert.notEqual(after.key, before.key);
+  });
+
+  test('an imported module (b.o) with other bytes of the same length, index untouched', async () => {
+    const d = tree();
+    const before = await key(d);
+    const b = fs.readFileSync(join(d, 'b.o'));
+    flip(b, b.length - 1);
+    fs.writeFileSync(join(d, 'b.o'), b);
+    const after = await key(d);
+    assert.equal(after.manifest.index.digest, before.manifest.index.digest);
+    assert.equal(after.manifest.input.digest, before.manifest.input.digest);
+    assert.notEqual(after.key, before.key);
+  });
+
+  test('a flag, and the order of two flags', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    assert.notEqual((await key(d, BASE.map((a) => (a === '-O2' ? '-O3' : a)))).key, k0);
+    assert.notEqual((await key(d, ['-Wframe-larger-than=1024', ...BASE])).key, k0);
+    const swapped = ['-fno-pie', '-O2', ...BASE.slice(2)];
+    assert.notEqual((await key(d, swapped)).key, k0);
+  });
+
+  test('the content of a flag-named file at the same path', async () => {
+    const d = tree();
+    const args = ['-fprofile-sample-use=prof.txt', ...BASE];
+    fs.writeFileSync(join(d, 'prof.txt'), 'bfun:100:10\n');
+    const before = await key(d, args);
+    assert.deepEqual(before.manifest.args[0], { a: '-fprofile-sample-use=', files: [{ path: 'prof.txt', digest: await digestOf(join(d, 'prof.txt')) }] });
+    fs.writeFileSync(join(d, 'prof.txt'), 'bfun:900:90\n');
+    assert.notEqual((await key(d, args)).key, before.key);
+    // Absent: the job is uncacheable rather than keyed without it.
+    fs.rmSync(join(d, 'prof.txt'));
+    const r = await keyed(d, args);
+    assert.equal(r.kind === 'uncacheable' && r.reason, 'missing-file');
+  });
+
+  test('-fbasic-block-sections=list= file content', async () => {
+    const d = tree();
+    const args = ['-fbasic-block-sections=list=bbs.txt', ...BASE];
+    fs.writeFileSync(join(d, 'bbs.txt'), '!afun\n');
+    const k0 = (await key(d, args)).key;
+    fs.writeFileSync(join(d, 'bbs.txt'), '!bfun\n');
+    assert.notEqual((await key(d, args)).key, k0);
+  });
+
+  test("a response file's content", async () => {
+    const d = tree();
+    const args = ['@flags.rsp', ...BASE.slice(1)];
+    fs.writeFileSync(join(d, 'flags.rsp'), '-O2 -DX');
+    const before = await key(d, args);
+    assert.deepEqual(before.manifest.responseFiles, [{ path: 'flags.rsp', digest: await digestOf(join(d, 'flags.rsp')) }]);
+    assert.deepEqual(before.manifest.dropped, ['-DX']);
+    // Same expanded flags as the plain job; the response file itself is keyed on top.
+    assert.deepEqual(before.manifest.args, (await key(d)).manifest.args);
+    fs.writeFileSync(join(d, 'flags.rsp'), '-O3 -DX');
+    assert.notEqual((await key(d, args)).key, before.key);
+    // Even a change only to dropped flags inside it changes the key (the file is keyed whole).
+    fs.writeFileSync(join(d, 'flags.rsp'), '-O2 -DY');
+    const k3 = (await key(d, args)).key;
+    assert.notEqual(k3, before.key);
+  });
+
+  test('CCC_OVERRIDE_OPTIONS in the environment', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    const r = await key(d, BASE, { ...ENV, CCC_OVERRIDE_OPTIONS: '+-O0' });
+    assert.deepEqual(r.manifest.env, { CCC_OVERRIDE_OPTIONS: '+-O0' });
+    assert.notEqual(r.key, k0);
+    assert.notEqual((await key(d, BASE, { ...ENV, CCC_OVERRIDE_OPTIONS: '+-O1' })).key, r.key);
+  });
+
+  test('the compiler: a wrapper script vs clang itself', async () => {
+    const d = tree();
+    const wrapper = join(tempDir(), 'cc-wrapper');
+    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${CLANG} "$@"\n`, { mode: 0o755 });
+    const direct = await key(d);
+    const wrapped = await key(d, BASE, ENV, wrapper);
+    assert.equal(wrapped.manifest.toolchain.realpath, wrapper);
+    assert.notEqual(wrapped.key, direct.key);
+    // Another wrapper with other content at the same path: another key.
+    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${CLANG} -O1 "$@"\n`, { mode: 0o755 });
+    assert.notEqual((await key(d, BASE, ENV, wrapper)).key, wrapped.key);
+  });
+
+  test('a flag whose =suffix names an existing file records its digest', async () => {
+    const d = tree();
+    const args = ['-mllvm', '-some-opt=data.txt', ...BASE];
+    fs.writeFileSync(join(d, 'data.txt'), 'one');
+    const before = await key(d, args);
+    assert.deepEqual(before.manifest.args[0], { a: '-mllvm' });
+    assert.deepEqual(before.manifest.args[1], { a: '-some-opt=data.txt', files: [{ path: 'data.txt', digest: await digestOf(join(d, 'data.txt')) }] });
+    fs.writeFileSync(join(d, 'data.txt'), 'two');
+    assert.notEqual((await key(d, args)).key, before.key);
+    // Absent: the flag is keyed by its spelling alone.
+    fs.rmSync(join(d, 'data.txt'));
+    const r = await key(d, args);
+    assert.deepEqual(r.manifest.args[1], { a: '-some-opt=data.txt' });
+  });
+
+  test("a flag naming the job's own output does not hash it", async () => {
+    const d = tree();
+    fs.writeFileSync(join(d, 'a.thinlto-native.o'), 'stale output');
+    const args = ['-mllvm', '-x=a.thinlto-native.o', ...BASE];
+    const r = await key(d, args);
+    assert.deepEqual(r.manifest.args[1], { a: '-x=a.thinlto-native.o' });
+    fs.writeFileSync(join(d, 'a.thinlto-native.o'), 'another stale output');
+    assert.equal((await key(d, args)).key, r.key);
+  });
+});
+
+describe('what does not change the key', () => {
+  test('a -D flag (dropped, but recorded)', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    const r = await key(d, ['-DFOO=1', '-D', 'BAR', ...BASE]);
+    assert.equal(r.key, k0);
+    assert.deepEqual(r.manifest.dropped, ['-DFOO=1', '-D BAR']);
+  });
+
+  test('an unrelated environment variable', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    const r = await key(d, BASE, { ...ENV, FOO: '1', HOME: '/nowhere' });
+    assert.equal(r.key, k0);
+    assert.deepEqual(r.manifest.env, {});
+  });
+
+  test('touching the input (mtime only)', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    const hashedBefore = files.hashed;
+    const later = new Date(Date.now() + 5000);
+    fs.utimesSync(join(d, 'a.o'), later, later);
+    assert.equal((await key(d)).key, k0);
+    assert.ok(files.hashed > hashedBefore, 'the touched file was hashed again');
+  });
+});
+
+describe('uncacheable', () => {
+  test('an index naming a module that does not exist → missing-file', async () => {
+    const d = tree();
+    fs.rmSync(join(d, 'b.o'));
+    const r = await keyed(d);
+    assert.equal(r.kind, 'uncacheable');
+    if (r.kind !== 'uncacheable') return;
+    assert.equal(r.reason, 'missing-file');
+    assert.match(r.detail, /b\.o/);
+  });
+
+  test('a missing input → missing-file', async () => {
+    const d = tree();
+    const r = await keyed(d, BASE.map((a) => (a === 'a.o' ? 'nope.o' : a)));
+    assert.equal(r.kind === 'uncacheable' && r.reason, 'missing-file');
+  });
+
+  test('a corrupt index → bad-index', async () => {
+    const d = tree();
+    const junk = Buffer.alloc(300);
+    let x = 12345;
+    for (let i = 0; i < junk.length; i++) {
+      x = (x * 1103515245 + 12345) >>> 0;
+      junk[i] = x >>> 24;
+    }
+    fs.writeFileSync(join(d, 'a.o.thinlto.bc'), junk);
+    const r = await keyed(d);
+    assert.equal(r.kind === 'uncacheable' && r.reason, 'bad-index');
+  });
+
+  test('a directory where the index should be → missing-file', async () => {
+    const d = tree();
+    fs.rmSync(join(d, 'a.o.thinlto.bc'));
+    fs.mkdirSync(join(d, 'a.o.thinlto.bc'));
+    const r = await keyed(d);
+    assert.equal(r.kind === 'uncacheable' && r.reason, 'missing-file');
+  });
+});
+
+describe('canonicalJson', () => {
+  test('sorts keys at every level, keeps array order, drops undefined', () => {
+    assert.equal(canonicalJson({ b: 1, a: { d: undefined, c: [3, { z: 1, y: 'é' }, 1] } }), '{"a":{"c":[3,{"y":"é","z":1},1]},"b":1}');
+    assert.equal(canonicalJson({ a: 1, b: 2 }), canonicalJson({ b: 2, a: 1 }));
+    assert.equal(canonicalJson([]), '[]');
+    assert.equal(canonicalJson({}), '{}');
+    assert.equal(canonicalJson('a"b'), '"a\\"b"');
+    assert.equal(canonicalJson(null), 'null');
+    assert.equal(canonicalJson({ x: null }), '{"x":null}');
+  });
+});

@@ -1,0 +1,484 @@
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { fileCandidates, type Job, parseJob, type Token } from '../../src/key/parseJob.js';
+import { tokenizeGnu } from '../../src/key/responseFile.js';
+
+const CLANG = process.env.LTOCACHE_TEST_CLANG ?? 'clang-19';
+const LLD = process.env.LTOCACHE_TEST_LLD ?? 'ld.lld-19';
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-parse-'));
+  dirs.push(d);
+  return d;
+}
+
+/** A cwd with nothing in it: parseJob reads only response files. */
+const EMPTY = tempDir();
+
+async function job(args: string[], cwd = EMPTY): Promise<Job> {
+  const r = await parseJob(args, cwd);
+  if (r.kind !== 'job') assert.fail(`expected a job, got uncacheable ${r.reason}: ${r.detail}`);
+  return r.job;
+}
+
+async function uncacheable(args: string[], cwd = EMPTY): Promise<{ reason: string; detail: string }> {
+  const r = await parseJob(args, cwd);
+  if (r.kind !== 'uncacheable') assert.fail(`expected uncacheable, got a job: ${JSON.stringify(r.job.outputs)}`);
+  return r;
+}
+
+const flagsOf = (j: Job): string[] => j.tokens.filter((t) => t.t === 'flag').map((t) => t.v);
+const droppedOf = (j: Job): string[] => j.tokens.filter((t) => t.t === 'dropped').map((t) => t.v);
+const filesOf = (j: Job): Extract<Token, { t: 'file' }>[] => j.tokens.filter((t): t is Extract<Token, { t: 'file' }> => t.t === 'file');
+
+/** The backend tail kbuild appends to the saved c_flags. */
+const tail = (m: string, extra: string[] = []): string[] => [
+  '-x',
+  'ir',
+  '-fno-lto',
+  '-Wno-unused-command-line-argument',
+  `-fthinlto-index=${m}.o.thinlto.bc`,
+  ...extra,
+  '-c',
+  '-o',
+  `${m}.thinlto-native.o`,
+  `${m}.o`,
+];
+
+describe('parseJob: the kernel backend shape', () => {
+  const kernel = [
+    '-Wp,-MMD,fs/.open.thinlto-native.o.d',
+    '-nostdinc',
+    '-I./arch/x86/include',
+    '-I',
+    './include',
+    '-include',
+    './include/linux/kconfig.h',
+    '-D__KERNEL__',
+    '-D',
+    'KBUILD_MODNAME="open"',
+    '-std=gnu11',
+    '-MD',
+    '-O2',
+    '-fno-pie',
+    '-mcmodel=kernel',
+    '-Wframe-larger-than=1024',
+    '-mllvm',
+    '-import-instr-limit=5',
+    '-target',
+    'x86_64-linux-gnu',
+    ...tail('fs/open'),
+  ];
+
+  test('input, index, single obj output', async () => {
+    const j = await job(kernel);
+    assert.equal(j.input, 'fs/open.o');
+    assert.equal(j.index, 'fs/open.o.thinlto.bc');
+    assert.deepEqual(j.outputs, [{ role: 'obj', path: 'fs/open.thinlto-native.o' }]);
+    assert.deepEqual(j.responseFiles, []);
+  });
+
+  test('tokens: flags kept in order, drop list dropped, separate values stay flags', async () => {
+    const j = await job(kernel);
+    assert.deepEqual(droppedOf(j), [
+      '-Wp,-MMD,fs/.open.thinlto-native.o.d',
+      '-nostdinc',
+      '-I./arch/x86/include',
+      '-I ./include',
+      '-include ./include/linux/kconfig.h',
+      '-D__KERNEL__',
+      '-D KBUILD_MODNAME="open"',
+      '-std=gnu11',
+      '-MD',
+    ]);
+    assert.deepEqual(flagsOf(j), [
+      '-O2',
+      '-fno-pie',
+      '-mcmodel=kernel',
+      '-Wframe-larger-than=1024',
+      '-mllvm',
+      '-import-instr-limit=5',
+      '-target',
+      'x86_64-linux-gnu',
+      '-x',
+      'ir',
+      '-fno-lto',
+      '-Wno-unused-command-line-argument',
+      '-c',
+    ]);
+    assert.deepEqual(filesOf(j), [
+      { t: 'file', v: '-fthinlto-index=', path: 'fs/open.o.thinlto.bc', role: 'index' },
+      { t: 'file', v: '', path: 'fs/open.o', role: 'input' },
+    ]);
+    assert.deepEqual(
+      j.tokens.filter((t) => t.t === 'output'),
+      [{ t: 'output', v: '-o', path: 'fs/open.thinlto-native.o', role: 'obj' }],
+    );
+  });
+
+  test('-Xclang -fthinlto-index= is the index', async () => {
+    const j = await job(['-O2', '-Xclang', '-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'm.native.o', 'm.o']);
+    assert.equal(j.index, 'm.o.thinlto.bc');
+    assert.equal(j.input, 'm.o');
+    assert.deepEqual(flagsOf(j), ['-O2', '-Xclang', '-c']);
+  });
+
+  test('-oFILE joined', async () => {
+    const j = await job(['-fthinlto-index=m.o.thinlto.bc', '-c', '-om.native.o', 'm.o']);
+    assert.deepEqual(j.outputs, [{ role: 'obj', path: 'm.native.o' }]);
+    assert.deepEqual(
+      j.tokens.filter((t) => t.t === 'output'),
+      [{ t: 'output', v: '-o=', path: 'm.native.o', role: 'obj' }],
+    );
+  });
+
+  test('separate-value flags never make their value an input', async () => {
+    const j = await job(['-mllvm', '-x', '-target', 'x86_64-linux-gnu', '--param', 'inline-unit-growth=20', ...tail('m')]);
+    assert.equal(j.input, 'm.o');
+    assert.deepEqual(filesOf(j).filter((f) => f.role === 'input').map((f) => f.path), ['m.o']);
+    assert.deepEqual(flagsOf(j).slice(0, 6), ['-mllvm', '-x', '-target', 'x86_64-linux-gnu', '--param', 'inline-unit-growth=20']);
+  });
+
+  test('the drop list: each spelling becomes one dropped token', async () => {
+    const cases: [string[], string][] = [
+      [['-DX'], '-DX'],
+      [['-D', 'X'], '-D X'],
+      [['-UY'], '-UY'],
+      [['-I', 'dir'], '-I dir'],
+      [['-Idir'], '-Idir'],
+      [['-include', 'f.h'], '-include f.h'],
+      [['-Wp,-MMD,f.d'], '-Wp,-MMD,f.d'],
+      [['-Wp,-MD,f.d'], '-Wp,-MD,f.d'],
+      [['-MD'], '-MD'],
+      [['-MMD'], '-MMD'],
+      [['-MF', 'f.d'], '-MF f.d'],
+      [['-std=gnu11'], '-std=gnu11'],
+      [['-nostdinc'], '-nostdinc'],
+    ];
+    for (const [flag, dropped] of cases) {
+      const j = await job([...flag, ...tail('m')]);
+      assert.deepEqual(droppedOf(j), [dropped], flag.join(' '));
+      assert.equal(j.input, 'm.o', flag.join(' '));
+      assert.equal(j.tokens.length, tail('m').length - 1 /* -o and its value are one token */ + 1, flag.join(' '));
+    }
+  });
+
+  test('-D without a value is bad-args', async () => {
+    const r = await uncacheable([...tail('m'), '-D']);
+    assert.equal(r.reason, 'bad-args');
+  });
+
+  test('file flags become flag-file tokens', async () => {
+    const cases: [string, string, string][] = [
+      ['-fbasic-block-sections=list=bbs.txt', '-fbasic-block-sections=list=', 'bbs.txt'],
+      ['-fprofile-sample-use=prof.afdo', '-fprofile-sample-use=', 'prof.afdo'],
+      ['-fprofile-use=p.profdata', '-fprofile-use=', 'p.profdata'],
+      ['-fprofile-instr-use=dir/p.profdata', '-fprofile-instr-use=', 'dir/p.profdata'],
+    ];
+    for (const [flag, v, path] of cases) {
+      const j = await job(['-O2', flag, ...tail('m')]);
+      assert.deepEqual(
+        filesOf(j).filter((f) => f.role === 'flag-file'),
+        [{ t: 'file', v, path, role: 'flag-file' }],
+        flag,
+      );
+      assert.ok(!flagsOf(j).includes(flag), flag);
+    }
+    // -fbasic-block-sections=all names no file.
+    const j = await job(['-fbasic-block-sections=all', ...tail('m')]);
+    assert.ok(flagsOf(j).includes('-fbasic-block-sections=all'));
+    assert.equal(filesOf(j).filter((f) => f.role === 'flag-file').length, 0);
+  });
+});
+
+describe('parseJob: outputs', () => {
+  test('-gsplit-dwarf adds X.thinlto-native.dwo beside the object (clang 19: stem of -o)', async () => {
+    const j = await job(['-g', '-gsplit-dwarf', ...tail('dir/m')]);
+    assert.deepEqual(j.outputs, [
+      { role: 'obj', path: 'dir/m.thinlto-native.o' },
+      { role: 'dwo', path: 'dir/m.thinlto-native.dwo' },
+    ]);
+    const k = await job(['-gsplit-dwarf=split', '-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'out/m', 'm.o']);
+    assert.deepEqual(k.outputs.map((o) => o.path), ['out/m', 'out/m.dwo']);
+  });
+
+  test('-gsplit-dwarf=single or -gno-split-dwarf last: no dwo', async () => {
+    for (const flags of [['-gsplit-dwarf=single'], ['-gsplit-dwarf', '-gsplit-dwarf=single'], ['-gsplit-dwarf', '-gno-split-dwarf']]) {
+      const j = await job(['-g', ...flags, ...tail('m')]);
+      assert.deepEqual(j.outputs, [{ role: 'obj', path: 'm.thinlto-native.o' }], flags.join(' '));
+    }
+    const j = await job(['-g', '-gno-split-dwarf', '-gsplit-dwarf', ...tail('m')]);
+    assert.deepEqual(j.outputs.map((o) => o.role), ['obj', 'dwo']);
+  });
+
+  test('-fstack-usage adds .su; -fsave-optimization-record adds .opt.yaml; -foptimization-record-file names it', async () => {
+    assert.deepEqual((await job(['-fstack-usage', ...tail('m')])).outputs, [
+      { role: 'obj', path: 'm.thinlto-native.o' },
+      { role: 'su', path: 'm.thinlto-native.su' },
+    ]);
+    assert.deepEqual((await job(['-fsave-optimization-record', ...tail('m')])).outputs, [
+      { role: 'obj', path: 'm.thinlto-native.o' },
+      { role: 'opt-record', path: 'm.thinlto-native.opt.yaml' },
+    ]);
+    assert.deepEqual((await job(['-fsave-optimization-record=bitstream', ...tail('m')])).outputs[1], {
+      role: 'opt-record',
+      path: 'm.thinlto-native.opt.bitstream',
+    });
+    const j = await job(['-fsave-optimization-record', '-foptimization-record-file=rec/m.yaml', ...tail('m')]);
+    assert.deepEqual(j.outputs, [
+      { role: 'obj', path: 'm.thinlto-native.o' },
+      { role: 'opt-record', path: 'rec/m.yaml' },
+    ]);
+    assert.ok(j.tokens.some((t) => t.t === 'output' && t.role === 'opt-record' && t.path === 'rec/m.yaml'));
+  });
+
+  test('all together, in a fixed order', async () => {
+    const j = await job(['-g', '-gsplit-dwarf', '-fstack-usage', '-fsave-optimization-record', ...tail('m')]);
+    assert.deepEqual(j.outputs.map((o) => `${o.role}:${o.path}`), [
+      'obj:m.thinlto-native.o',
+      'dwo:m.thinlto-native.dwo',
+      'su:m.thinlto-native.su',
+      'opt-record:m.thinlto-native.opt.yaml',
+    ]);
+  });
+
+  test('-emit-llvm (in either order with -c) writes no .dwo and no .su', async () => {
+    for (const mode of [['-c', '-emit-llvm'], ['-emit-llvm', '-c'], ['-S', '-emit-llvm']]) {
+      const j = await job(['-g', '-gsplit-dwarf', '-fstack-usage', '-fthinlto-index=m.o.thinlto.bc', ...mode, '-o', 'm.bc', 'm.o']);
+      assert.deepEqual(j.outputs, [{ role: 'obj', path: 'm.bc' }], mode.join(' '));
+    }
+  });
+
+  test('-S -gsplit-dwarf without -c: the .dwo is named after the input, in cwd', async () => {
+    const j = await job(['-g', '-gsplit-dwarf', '-fthinlto-index=d/m.o.thinlto.bc', '-S', '-o', 'out/m.s', 'd/m.o']);
+    assert.deepEqual(j.outputs, [
+      { role: 'obj', path: 'out/m.s' },
+      { role: 'dwo', path: 'm.dwo' },
+    ]);
+    // -S wins over -c, but with -c present the .dwo follows -o.
+    const k = await job(['-g', '-gsplit-dwarf', '-fthinlto-index=m.o.thinlto.bc', '-c', '-S', '-o', 'out/m.s', 'm.o']);
+    assert.deepEqual(k.outputs.map((o) => o.path), ['out/m.s', 'out/m.dwo']);
+  });
+
+  test('two outputs at one path are uncacheable', async () => {
+    const r = await uncacheable(['-fsave-optimization-record', '-foptimization-record-file=m.thinlto-native.o', ...tail('m')]);
+    assert.equal(r.reason, 'output');
+  });
+});
+
+describe('parseJob: uncacheable', () => {
+  const cases: [string, string[], string][] = [
+    ['no index', ['-O2', '-c', '-o', 'm.native.o', 'm.o'], 'not-backend'],
+    ['a front-end compile', ['-O2', '-flto=thin', '-c', '-o', 'm.o', 'm.c'], 'not-backend'],
+    ['two inputs', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'm.native.o', 'm.o', 'n.o'], 'inputs'],
+    ['no input', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'm.native.o'], 'inputs'],
+    ['no -o', ['-fthinlto-index=m.o.thinlto.bc', '-c', 'm.o'], 'output'],
+    ['-o -', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', '-', 'm.o'], 'output'],
+    ['-o /dev/null', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', '/dev/null', 'm.o'], 'output'],
+    ['-o without value', ['-fthinlto-index=m.o.thinlto.bc', '-c', 'm.o', '-o'], 'bad-args'],
+    ['two -o', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'a.o', '-o', 'b.o', 'm.o'], 'multiple-output'],
+    ['-E', [...tail('m'), '-E'], 'unsupported-flag'],
+    ['-save-temps', ['-save-temps', ...tail('m')], 'unsupported-flag'],
+    ['-save-temps=obj', ['-save-temps=obj', ...tail('m')], 'unsupported-flag'],
+    ['-ftime-trace', ['-ftime-trace', ...tail('m')], 'unsupported-flag'],
+    ['-ftime-trace=dir', ['-ftime-trace=dir', ...tail('m')], 'unsupported-flag'],
+    ['-###', ['-###', ...tail('m')], 'unsupported-flag'],
+    ['-v', ['-v', ...tail('m')], 'unsupported-flag'],
+    ['stdin input', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'm.native.o', '-'], 'unsupported-flag'],
+    ['two -fthinlto-index', ['-fthinlto-index=a.bc', ...tail('m')], 'multiple-index'],
+    ['empty -fthinlto-index=', ['-fthinlto-index=', '-c', '-o', 'm.native.o', 'm.o'], 'bad-args'],
+    ['no -c, -S or -emit-llvm', ['-fthinlto-index=m.o.thinlto.bc', '-o', 'm.native.o', 'm.o'], 'not-compile'],
+  ];
+  for (const [name, args, reason] of cases) {
+    test(`${name} → ${reason}`, async () => {
+      const r = await uncacheable(args);
+      assert.equal(r.reason, reason);
+      assert.ok(r.detail.length > 0);
+    });
+  }
+
+  test('the detail names the flag', async () => {
+    const r = await uncacheable(['-save-temps', ...tail('m')]);
+    assert.match(r.detail, /-save-temps/);
+  });
+});
+
+describe('response files', () => {
+  test('@rsp expands in place and is recorded with its content', async () => {
+    const cwd = tempDir();
+    fs.writeFileSync(join(cwd, 'flags.rsp'), '-O2 -mcmodel=kernel\n-DFOO=1\n');
+    const j = await job(['@flags.rsp', ...tail('m')], cwd);
+    assert.deepEqual(flagsOf(j).slice(0, 2), ['-O2', '-mcmodel=kernel']);
+    assert.deepEqual(droppedOf(j), ['-DFOO=1']);
+    assert.deepEqual(j.responseFiles, [{ path: 'flags.rsp', content: Buffer.from('-O2 -mcmodel=kernel\n-DFOO=1\n') }]);
+  });
+
+  test('the whole job in a response file', async () => {
+    const cwd = tempDir();
+    fs.writeFileSync(join(cwd, 'job.rsp'), tail('m').join(' '));
+    const j = await job(['@job.rsp'], cwd);
+    assert.equal(j.input, 'm.o');
+    assert.equal(j.index, 'm.o.thinlto.bc');
+    assert.deepEqual(j.outputs, [{ role: 'obj', path: 'm.thinlto-native.o' }]);
+  });
+
+  test('nested response files resolve relative to cwd, in order', async () => {
+    const cwd = tempDir();
+    fs.mkdirSync(join(cwd, 'r'));
+    fs.writeFileSync(join(cwd, 'r/outer.rsp'), '-O1 @r/inner.rsp -O3');
+    fs.writeFileSync(join(cwd, 'r/inner.rsp'), '-O2');
+    const j = await job(['@r/outer.rsp', ...tail('m')], cwd);
+    assert.deepEqual(flagsOf(j).slice(0, 3), ['-O1', '-O2', '-O3']);
+    assert.deepEqual(
+      j.responseFiles.map((r) => r.path),
+      ['r/outer.rsp', 'r/inner.rsp'],
+    );
+  });
+
+  test('quoted arguments and escapes', async () => {
+    const cwd = tempDir();
+    fs.writeFileSync(join(cwd, 'q.rsp'), `"-fprofile-sample-use=my prof.txt" -o 'out dir/m.native.o' -fthinlto-index=m.o.thinlto.bc -c my\\ input.o`);
+    const j = await job(['@q.rsp'], cwd);
+    assert.equal(j.input, 'my input.o');
+    assert.deepEqual(j.outputs, [{ role: 'obj', path: 'out dir/m.native.o' }]);
+    assert.deepEqual(filesOf(j).find((f) => f.role === 'flag-file'), { t: 'file', v: '-fprofile-sample-use=', path: 'my prof.txt', role: 'flag-file' });
+  });
+
+  test('unreadable response file → rsp-unreadable', async () => {
+    const r = await uncacheable(['@nope.rsp', ...tail('m')]);
+    assert.equal(r.reason, 'rsp-unreadable');
+    assert.match(r.detail, /nope\.rsp/);
+    const cwd = tempDir();
+    fs.mkdirSync(join(cwd, 'adir.rsp'));
+    assert.equal((await uncacheable(['@adir.rsp', ...tail('m')], cwd)).reason, 'rsp-unreadable');
+  });
+
+  test('a nested unreadable response file → rsp-unreadable', async () => {
+    const cwd = tempDir();
+    fs.writeFileSync(join(cwd, 'outer.rsp'), '-O2 @missing.rsp');
+    assert.equal((await uncacheable(['@outer.rsp', ...tail('m')], cwd)).reason, 'rsp-unreadable');
+  });
+
+  test('self-recursion hits the depth cap → rsp-depth', async () => {
+    const cwd = tempDir();
+    fs.writeFileSync(join(cwd, 'loop.rsp'), '-O2 @loop.rsp');
+    const r = await uncacheable(['@loop.rsp', ...tail('m')], cwd);
+    assert.equal(r.reason, 'rsp-depth');
+  });
+
+  test('16 levels of nesting are fine, 17 are not', async () => {
+    const cwd = tempDir();
+    for (let i = 0; i < 17; i++) fs.writeFileSync(join(cwd, `r${i}.rsp`), i === 16 ? '-O2' : `@r${i + 1}.rsp`);
+    // @r1.rsp reaches r16 through 16 files; @r0.rsp needs 17.
+    const ok = await job(['@r1.rsp', ...tail('m')], cwd);
+    assert.equal(ok.responseFiles.length, 16);
+    assert.equal((await uncacheable(['@r0.rsp', ...tail('m')], cwd)).reason, 'rsp-depth');
+  });
+
+  test('a lone @ is an argument, not a response file', async () => {
+    const r = await uncacheable(['@', ...tail('m')]);
+    assert.equal(r.reason, 'inputs');
+  });
+});
+
+describe('tokenizeGnu', () => {
+  const cases: [string, string[]][] = [
+    ['', []],
+    ['  \n\t ', []],
+    ['-O2 -c', ['-O2', '-c']],
+    ['-O2\n-c\r\n-g\t-x', ['-O2', '-c', '-g', '-x']],
+    ['"a b" c', ['a b', 'c']],
+    ["'a b' c", ['a b', 'c']],
+    ['a"b c"d', ['ab cd']],
+    ['"it\'s"', ["it's"]],
+    [`'say "hi"'`, ['say "hi"']],
+    ['a\\ b', ['a b']],
+    ['a\\\\b', ['a\\b']],
+    ['"a\\"b"', ['a"b']],
+    // As llvm::cl::TokenizeGNUCommandLine (checked against clang-19 -###): backslash escapes
+    // inside single quotes too, and an empty quoted argument is dropped.
+    ["'x\\y'", ['xy']],
+    ['a "" b', ['a', 'b']],
+    ["-DE='' x", ['-DE=', 'x']],
+    // Only space, tab, CR and LF separate: clang keeps \v and U+00A0 inside an argument.
+    ['a\vb c', ['a\vb', 'c']],
+    ['a\u00a0b', ['a\u00a0b']],
+    ['trailing\\', ['trailing\\']],
+    ['"unterminated arg', ['unterminated arg']],
+  ];
+  for (const [text, want] of cases) {
+    test(JSON.stringify(text), () => assert.deepEqual(tokenizeGnu(text), want));
+  }
+});
+
+describe('fileCandidates', () => {
+  test('a value is a candidate itself; each suffix after = or , is one', () => {
+    assert.deepEqual(fileCandidates('data.txt'), ['data.txt']);
+    assert.deepEqual(fileCandidates('-some-opt=data.txt'), ['data.txt']);
+    assert.deepEqual(fileCandidates('-a=b,c'), ['b,c', 'c']);
+    assert.deepEqual(fileCandidates('x=y=z'), ['x=y=z', 'y=z', 'z']);
+    assert.deepEqual(fileCandidates('-O2'), []);
+    assert.deepEqual(fileCandidates('-f='), []);
+    assert.deepEqual(fileCandidates('-Wl,--gc-sections'), ['--gc-sections']);
+  });
+});
+
+/**
+ * Ground truth: run clang-19 on a real backend job for each output-shaping flag set and compare
+ * the files it creates with the outputs parseJob predicts. A missing prediction means a hit
+ * would not restore a file clang writes.
+ */
+describe('outputs match what clang-19 writes', () => {
+  let base: string | undefined;
+  function setup(): string {
+    if (base) return base;
+    base = tempDir();
+    fs.writeFileSync(join(base, 'a.c'), 'extern int bfun(int);\nint afun(int x) { int arr[300]; for (int i = 0; i < 300; i++) arr[i] = bfun(x + i); return arr[x % 300]; }\n');
+    fs.writeFileSync(join(base, 'b.c'), 'int bfun(int y) { return y * 3 + 1; }\n');
+    for (const m of ['a', 'b']) execFileSync(CLANG, ['-O2', '-g', '-flto=thin', '-c', '-o', `${m}.o`, `${m}.c`], { cwd: base });
+    execFileSync(LLD, ['-r', '--thinlto-index-only=list', 'a.o', 'b.o', '-o', 'out.o'], { cwd: base });
+    return base;
+  }
+
+  const variants: string[][] = [
+    ['-c'],
+    ['-S'],
+    ['-c', '-emit-llvm'],
+    ['-g', '-gsplit-dwarf', '-c'],
+    ['-g', '-gsplit-dwarf=single', '-c'],
+    ['-g', '-gsplit-dwarf', '-gno-split-dwarf', '-c'],
+    ['-g', '-gsplit-dwarf', '-S'],
+    ['-g', '-gsplit-dwarf', '-c', '-S'],
+    ['-g', '-gsplit-dwarf', '-S', '-c'],
+    ['-g', '-gsplit-dwarf', '-emit-llvm', '-c'],
+    ['-fstack-usage', '-c'],
+    ['-fstack-usage', '-S'],
+    ['-fstack-usage', '-emit-llvm', '-c'],
+    ['-fsave-optimization-record', '-c'],
+    ['-fsave-optimization-record', '-foptimization-record-file=rec.yaml', '-c'],
+    ['-g', '-gsplit-dwarf', '-fstack-usage', '-fsave-optimization-record', '-c'],
+  ];
+  for (const v of variants) {
+    test(v.join(' '), async () => {
+      const src = setup();
+      const cwd = tempDir();
+      for (const f of ['a.o', 'b.o', 'a.o.thinlto.bc', 'b.o.thinlto.bc']) fs.copyFileSync(join(src, f), join(cwd, f));
+      fs.mkdirSync(join(cwd, 'out'));
+      const before = new Set(fs.readdirSync(cwd, { recursive: true }) as string[]);
+      const args = ['-O2', '-x', 'ir', '-fno-lto', '-fthinlto-index=a.o.thinlto.bc', ...v, '-o', 'out/a.native.o', 'a.o'];
+      const r = spawnSync(CLANG, args, { cwd, encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      const written = (fs.readdirSync(cwd, { recursive: true }) as string[]).filter((f) => !before.has(f)).sort();
+      const j = await job(args, cwd);
+      assert.deepEqual(j.outputs.map((o) => o.path).sort(), written);
+    });
+  }
+});
