@@ -38,6 +38,7 @@ export const ConfigShape = {
   remote_mode: z.enum(['read-only', 'read-write']).default('read-write'),
   remote_ca: z.string().default(''),
   remote_timeout_ms: intField(1).default(300),
+  remote_retry_ms: intField(1).default(10_000),
   upload_queue: intField(0).default(256),
   verify: z.string().regex(/^(off|all|sample:(0(\.\d+)?|1(\.0+)?))$/, "verify is off, all or sample:<fraction 0..1>").default('off'),
   stats: boolField.default(true),

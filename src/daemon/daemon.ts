@@ -90,6 +90,7 @@ export class Daemon {
         url: config.remote,
         token: config.remote_token || 'none',
         timeoutMs: config.remote_timeout_ms,
+        breakerCooldownMs: config.remote_retry_ms,
         ...(config.remote_ca ? { ca: config.remote_ca } : {}),
       });
       this.uploads = new UploadQueue(this.remote, config.upload_queue, (r) => this.onUpload(r));

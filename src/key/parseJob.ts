@@ -164,6 +164,11 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         tokens.push({ t: 'dropped', v: a });
         continue;
       }
+      // Without a value clang reads ./default.profdata (its content changes a CS-PGO backend object).
+      if (a === '-fprofile-use' || a === '-fprofile-instr-use') {
+        tokens.push({ t: 'file', v: a, path: 'default.profdata', role: 'flag-file' });
+        continue;
+      }
       const fileFlag = FILE_FLAGS.find((f) => a.startsWith(f) && a.length > f.length);
       if (fileFlag) {
         tokens.push({ t: 'file', v: fileFlag, path: a.slice(fileFlag.length), role: 'flag-file' });

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readdir, realpath, stat } from 'node:fs/promises';
+import { open, readdir, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import type { FileDigests } from './fileDigests.js';
@@ -60,7 +60,7 @@ export class ToolchainIdentifier {
     const self = await this.files.digest(real);
     if (self.kind !== 'file') throw new Error(`compiler ${real} is not a regular file`);
     const libs: Toolchain['libs'] = [];
-    for (const path of await loadedLibraries(real, env)) {
+    for (const path of await loadedLibraries(await loaderTarget(real), env)) {
       const d = await this.files.digest(path);
       if (d.kind === 'file') libs.push({ path, digest: d.digest });
     }
@@ -82,8 +82,31 @@ export class ToolchainIdentifier {
   }
 }
 
+/**
+ * The binary whose libraries to list: the executable itself when it is ELF, the interpreter of a
+ * `#!` script (the script is never run to find out), nothing for anything else.
+ */
+async function loaderTarget(exe: string): Promise<string | null> {
+  const fh = await open(exe, 'r');
+  try {
+    const head = Buffer.alloc(256);
+    const { bytesRead } = await fh.read(head, 0, 256, 0);
+    const bytes = head.subarray(0, bytesRead);
+    if (bytes.subarray(0, 4).equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return exe;
+    if (bytes[0] === 0x23 && bytes[1] === 0x21) {
+      const line = bytes.toString('latin1').slice(2).split('\n')[0]!.trim();
+      const interp = line.split(/\s+/)[0];
+      return interp ? realpath(interp).catch(() => null) : null;
+    }
+    return null;
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Asks the dynamic loader (as ldd does) which libraries the executable maps. */
-async function loadedLibraries(exe: string, env: Record<string, string>): Promise<string[]> {
+async function loadedLibraries(exe: string | null, env: Record<string, string>): Promise<string[]> {
+  if (!exe) return [];
   const loaderEnv: Record<string, string> = { LD_TRACE_LOADED_OBJECTS: '1', PATH: env.PATH ?? '/usr/bin:/bin' };
   for (const k of LOADER_ENV) if (env[k] !== undefined) loaderEnv[k] = env[k]!;
   let stdout = '';

@@ -194,6 +194,16 @@ describe('what changes the key', () => {
     assert.equal(r.kind === 'uncacheable' && r.reason, 'missing-file');
   });
 
+  test('bare -fprofile-use: the content of ./default.profdata', async () => {
+    const d = tree();
+    const args = ['-fprofile-use', ...BASE];
+    fs.writeFileSync(join(d, 'default.profdata'), 'profile one');
+    const before = await key(d, args);
+    assert.deepEqual(before.manifest.args[0], { a: '-fprofile-use', files: [{ path: 'default.profdata', digest: await digestOf(join(d, 'default.profdata')) }] });
+    fs.writeFileSync(join(d, 'default.profdata'), 'profile two');
+    assert.notEqual((await key(d, args)).key, before.key);
+  });
+
   test('-fbasic-block-sections=list= file content', async () => {
     const d = tree();
     const args = ['-fbasic-block-sections=list=bbs.txt', ...BASE];

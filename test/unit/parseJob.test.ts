@@ -192,6 +192,15 @@ describe('parseJob: the kernel backend shape', () => {
       );
       assert.ok(!flagsOf(j).includes(flag), flag);
     }
+    // Bare -fprofile-use / -fprofile-instr-use: clang reads ./default.profdata.
+    for (const flag of ['-fprofile-use', '-fprofile-instr-use']) {
+      const j = await job([flag, ...tail('m')]);
+      assert.deepEqual(
+        filesOf(j).filter((f) => f.role === 'flag-file'),
+        [{ t: 'file', v: flag, path: 'default.profdata', role: 'flag-file' }],
+        flag,
+      );
+    }
     // -fbasic-block-sections=all names no file.
     const j = await job(['-fbasic-block-sections=all', ...tail('m')]);
     assert.ok(flagsOf(j).includes('-fbasic-block-sections=all'));

@@ -1,0 +1,62 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CLI, tempDir } from './env.js';
+
+export const TOKENS = {
+  write: 'ci-writer-secret-0123456789abcdef',
+  read: 'dev-reader-secret-0123456789abcdef',
+  admin: 'admin-secret-0123456789abcdef0123',
+};
+
+/** A real `ltocache serve` process on a loopback port. */
+export class ServerProcess {
+  child: ChildProcess | null = null;
+  url = '';
+  readonly dir: string;
+  readonly tokensFile: string;
+
+  constructor(readonly extraArgs: string[] = []) {
+    this.dir = tempDir('server');
+    this.tokensFile = join(this.dir, 'tokens');
+    writeFileSync(this.tokensFile, `# name scope secret\nci write ${TOKENS.write}\ndev read ${TOKENS.read}\nops admin ${TOKENS.admin}\n`);
+  }
+
+  /** Starts (or restarts, on the same port when it had one) and resolves with the ws:// URL. */
+  async start(port = 0): Promise<string> {
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(this.dir, 'data'), '--tokens', this.tokensFile, ...this.extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = child;
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    this.url = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new Error(`server did not start: ${err}`)), 20_000);
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /listening on (wss?:\/\/\S+)/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]!);
+        }
+      });
+      child.on('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`server exited ${code}: ${err}`));
+      });
+    });
+    return this.url;
+  }
+
+  get port(): number {
+    return Number(new URL(this.url).port);
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const c = this.child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
+    return new Promise((r) => {
+      c.once('exit', () => r());
+      c.kill(signal);
+    });
+  }
+}

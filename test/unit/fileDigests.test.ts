@@ -1,0 +1,198 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, test } from 'node:test';
+import { FileDigests } from '../../src/key/fileDigests.js';
+import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
+
+await initHash();
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-digests-'));
+  dirs.push(d);
+  return d;
+}
+
+const HOUR_AGO = () => new Date(Date.now() - 3600_000);
+/** A short racy window, so that a file's ctime (which utimes sets to now) settles quickly. */
+const SHORT_WINDOW_NS = 50_000_000n;
+const SETTLE_MS = 150;
+
+function writeOld(path: string, data: string | Buffer): Date {
+  fs.writeFileSync(path, data);
+  const t = HOUR_AGO();
+  fs.utimesSync(path, t, t);
+  return t;
+}
+
+test('the digest is hashFile of the content, with the size', async () => {
+  const d = tempDir();
+  const p = join(d, 'f.bin');
+  const data = Buffer.alloc(3 << 20);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 31) & 0xff;
+  fs.writeFileSync(p, data);
+  const fd = new FileDigests();
+  const r = await fd.digest(p);
+  assert.deepEqual(r, { kind: 'file', digest: (await hashFile(p)).digest, size: data.length });
+  assert.equal(r.kind === 'file' && r.digest, hashBytes(data));
+  assert.match(r.kind === 'file' ? r.digest : '', /^[0-9a-f]{32}$/);
+  // An empty file has a digest too.
+  fs.writeFileSync(join(d, 'empty'), '');
+  assert.deepEqual(await fd.digest(join(d, 'empty')), { kind: 'file', digest: hashBytes(''), size: 0 });
+});
+
+test('an old unchanged file is memoised: the second call is a memo hit', async () => {
+  const d = tempDir();
+  const p = join(d, 'old.txt');
+  writeOld(p, 'old content');
+  await sleep(SETTLE_MS);
+  const fd = new FileDigests(SHORT_WINDOW_NS);
+  const first = await fd.digest(p);
+  assert.equal(fd.hashed, 1);
+  assert.equal(fd.memoHits, 0);
+  assert.equal(fd.size, 1);
+  const second = await fd.digest(p);
+  assert.deepEqual(second, first);
+  assert.equal(fd.hashed, 1);
+  assert.equal(fd.memoHits, 1);
+  await fd.digest(p);
+  assert.equal(fd.memoHits, 2);
+});
+
+test('default window (2 s): the ctime utimes leaves must settle before the file is memoised', async () => {
+  const d = tempDir();
+  const p = join(d, 'old.txt');
+  writeOld(p, 'old content');
+  const fd = new FileDigests();
+  // mtime is an hour back but ctime is now: still racy.
+  await fd.digest(p);
+  await fd.digest(p);
+  assert.equal(fd.hashed, 2);
+  assert.equal(fd.memoHits, 0);
+  assert.equal(fd.size, 0);
+  await sleep(2300);
+  await fd.digest(p);
+  await fd.digest(p);
+  assert.equal(fd.hashed, 3);
+  assert.equal(fd.memoHits, 1);
+});
+
+test('a file just written (mtime now) is hashed on every call', async () => {
+  const d = tempDir();
+  const p = join(d, 'new.txt');
+  fs.writeFileSync(p, 'fresh');
+  const fd = new FileDigests();
+  for (let i = 1; i <= 3; i++) {
+    const r = await fd.digest(p);
+    assert.equal(r.kind === 'file' && r.digest, hashBytes('fresh'));
+    assert.equal(fd.hashed, i);
+  }
+  assert.equal(fd.memoHits, 0);
+  assert.equal(fd.size, 0);
+});
+
+test('a file with an mtime in the future is never memoised', async () => {
+  const d = tempDir();
+  const p = join(d, 'future.txt');
+  fs.writeFileSync(p, 'from the future');
+  const t = new Date(Date.now() + 86400_000);
+  fs.utimesSync(p, t, t);
+  await sleep(SETTLE_MS); // ctime settles; only the mtime keeps it racy
+  const fd = new FileDigests(SHORT_WINDOW_NS);
+  for (let i = 1; i <= 3; i++) await fd.digest(p);
+  assert.equal(fd.hashed, 3);
+  assert.equal(fd.memoHits, 0);
+  assert.equal(fd.size, 0);
+});
+
+test('content changed, mtime forced back to the old value, other size → re-hashed', async () => {
+  const d = tempDir();
+  const p = join(d, 'f.txt');
+  const t = writeOld(p, 'version one');
+  await sleep(SETTLE_MS);
+  const fd = new FileDigests(SHORT_WINDOW_NS);
+  const before = await fd.digest(p);
+  assert.equal(fd.size, 1);
+  fs.writeFileSync(p, 'version two, longer');
+  fs.utimesSync(p, t, t);
+  assert.equal(fs.statSync(p).mtimeMs, t.getTime());
+  const after = await fd.digest(p);
+  assert.equal(fd.hashed, 2);
+  assert.equal(fd.memoHits, 0);
+  assert.deepEqual(after, { kind: 'file', digest: hashBytes('version two, longer'), size: 19 });
+  assert.notDeepEqual(after, before);
+});
+
+test('content changed, same size, mtime forced back → re-hashed (ctime moved)', async () => {
+  const d = tempDir();
+  const p = join(d, 'f.txt');
+  const t = writeOld(p, 'AAAA');
+  await sleep(SETTLE_MS);
+  const fd = new FileDigests(SHORT_WINDOW_NS);
+  await fd.digest(p);
+  await sleep(20);
+  fs.writeFileSync(p, 'BBBB');
+  fs.utimesSync(p, t, t);
+  const after = await fd.digest(p);
+  assert.equal(fd.hashed, 2);
+  assert.equal(after.kind === 'file' && after.digest, hashBytes('BBBB'));
+});
+
+test('a file replaced by rename (new inode) is re-hashed', async () => {
+  const d = tempDir();
+  const p = join(d, 'f.txt');
+  const t = writeOld(p, 'first');
+  await sleep(SETTLE_MS);
+  const fd = new FileDigests(SHORT_WINDOW_NS);
+  await fd.digest(p);
+  writeOld(join(d, 'g.txt'), 'other');
+  fs.utimesSync(join(d, 'g.txt'), t, t);
+  fs.renameSync(join(d, 'g.txt'), p);
+  const r = await fd.digest(p);
+  assert.equal(r.kind === 'file' && r.digest, hashBytes('other'));
+  assert.equal(fd.hashed, 2);
+});
+
+test('absent paths → absent', async () => {
+  const d = tempDir();
+  const fd = new FileDigests();
+  assert.deepEqual(await fd.digest(join(d, 'nope')), { kind: 'absent' });
+  fs.writeFileSync(join(d, 'file'), 'x');
+  // A path through a regular file (ENOTDIR).
+  assert.deepEqual(await fd.digest(join(d, 'file', 'below')), { kind: 'absent' });
+  // A dangling symlink.
+  fs.symlinkSync(join(d, 'nowhere'), join(d, 'dangling'));
+  assert.deepEqual(await fd.digest(join(d, 'dangling')), { kind: 'absent' });
+  assert.equal(fd.hashed, 0);
+});
+
+test('a file that disappears after being memoised → absent', async () => {
+  const d = tempDir();
+  const p = join(d, 'f.txt');
+  writeOld(p, 'here');
+  await sleep(SETTLE_MS);
+  const fd = new FileDigests(SHORT_WINDOW_NS);
+  assert.equal((await fd.digest(p)).kind, 'file');
+  fs.rmSync(p);
+  assert.deepEqual(await fd.digest(p), { kind: 'absent' });
+});
+
+test('a directory or a device → not-regular; a symlink to a file → its content', async () => {
+  const d = tempDir();
+  const fd = new FileDigests();
+  fs.mkdirSync(join(d, 'sub'));
+  assert.deepEqual(await fd.digest(join(d, 'sub')), { kind: 'not-regular' });
+  assert.deepEqual(await fd.digest('/dev/null'), { kind: 'not-regular' });
+  fs.writeFileSync(join(d, 'target'), 'target content');
+  fs.symlinkSync(join(d, 'target'), join(d, 'link'));
+  assert.equal((await fd.digest(join(d, 'link'))).kind === 'file', true);
+  const r = await fd.digest(join(d, 'link'));
+  assert.equal(r.kind === 'file' && r.digest, hashBytes('target content'));
+  assert.equal(fd.hashed, 2);
+});
