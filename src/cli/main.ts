@@ -10,6 +10,12 @@ import { formatStats } from '../stats/formatStats.js';
 import { LocalStore, StoreLockedError } from '../store/localStore.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
+import { writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { ControlRequest } from '../protocol/control.js';
+import { JobLog, type JobRecord, answerFromLog } from '../daemon/jobLog.js';
+import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation } from '../explain/explainJobs.js';
+import { chromeTrace } from '../explain/chromeTrace.js';
 
 const USAGE = `usage:
   ltocache <compiler> <args...>        run a compile through the cache (native client)
@@ -18,6 +24,9 @@ const USAGE = `usage:
   ltocache serve --dir DIR --tokens FILE [--listen HOST:PORT] [--tls-cert F --tls-key F]
   ltocache config show
   ltocache clear
+  ltocache explain PATH [--json]       why the last job for an output hit or missed
+  ltocache explain --last-build [--json]
+  ltocache trace --last-build -o FILE  Chrome trace-event file of the last build
   ltocache demo                        build a small ThinLTO program twice through the cache`;
 
 class UsageError extends Error {}
@@ -193,6 +202,52 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
   throw new UsageError(`daemon: expected start, stop, status or run, got '${sub ?? ''}'`);
 }
 
+/** A job-log question: asked of the running daemon, else answered from the store on disk. */
+export async function askLog(config: Config, req: ControlRequest): Promise<unknown> {
+  const r = await askDaemon(config.dir, req);
+  if (r.kind === 'ok') return r.result;
+  if (r.kind === 'failed') fail(r.error);
+  await initHash();
+  const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
+  try {
+    return await answerFromLog(new JobLog(store, config.build_gap_ms), req);
+  } finally {
+    await store.close();
+  }
+}
+
+function takeOption(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i < 0) return undefined;
+  const v = args[i + 1];
+  if (v === undefined) throw new UsageError(`${name} needs a value`);
+  args.splice(i, 2);
+  return v;
+}
+
+async function explain(config: Config, args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const rest = args.filter((a) => a !== '--json');
+  if (rest[0] === '--last-build' && rest.length === 1) {
+    const r = (await askLog(config, { op: 'last-build' })) as { summary: BuildSummary };
+    process.stdout.write(json ? JSON.stringify(r.summary) + '\n' : formatBuild(r.summary) + '\n');
+    return;
+  }
+  if (rest.length !== 1 || rest[0]!.startsWith('-')) throw new UsageError('explain: expected PATH or --last-build');
+  const e = (await askLog(config, { op: 'explain', path: resolve(rest[0]!) })) as JobExplanation | null;
+  if (!e) fail(`no job recorded for ${resolve(rest[0]!)}`);
+  process.stdout.write(json ? JSON.stringify(e) + '\n' : formatExplanation(e) + '\n');
+}
+
+async function trace(config: Config, args: string[]): Promise<void> {
+  const rest = [...args];
+  const out = takeOption(rest, '-o');
+  if (rest.length !== 1 || rest[0] !== '--last-build' || !out) throw new UsageError('trace: expected --last-build -o FILE');
+  const r = (await askLog(config, { op: 'last-build' })) as { jobs: JobRecord[] };
+  writeFileSync(out, JSON.stringify(chromeTrace(r.jobs)) + '\n');
+  process.stdout.write(`wrote ${r.jobs.length} jobs to ${out}\n`);
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === 'help' || cmd === '--help') {
@@ -216,6 +271,10 @@ export async function main(argv: string[]): Promise<void> {
       return stats(config, rest);
     case 'clear':
       return clear(config);
+    case 'explain':
+      return explain(config, rest);
+    case 'trace':
+      return trace(config, rest);
     case 'demo': {
       const { runDemo } = await import('./demo.js');
       return runDemo(config);

@@ -25,7 +25,6 @@ const sizeField = z.union([z.number().int().positive(), z.string()]).transform((
   }
 });
 const intField = (min: number) => z.coerce.number().int().min(min);
-const boolField = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
 
 /** Every setting, its validation and default. Keys are the config-file spelling. */
 export const ConfigShape = {
@@ -41,7 +40,7 @@ export const ConfigShape = {
   remote_retry_ms: intField(1).default(10_000),
   upload_queue: intField(0).default(256),
   verify: z.string().regex(/^(off|all|sample:(0(\.\d+)?|1(\.0+)?))$/, "verify is off, all or sample:<fraction 0..1>").default('off'),
-  stats: boolField.default(true),
+  build_gap_ms: intField(1).default(10_000),
 };
 const ConfigSchema = z.object(ConfigShape).strict();
 export type Config = z.infer<typeof ConfigSchema> & { dir: string; configFile: string };
@@ -56,7 +55,8 @@ export class ConfigError extends Error {}
  */
 export function parseConfigText(text: string, file: string): Record<string, string> {
   const out: Record<string, string> = {};
-  text.split('\n').forEach((raw, i) => {
+  // Split on CRLF too: a '\r' left on the line stops `.` and so the comment strip below.
+  text.split(/\r?\n/).forEach((raw, i) => {
     const line = raw.replace(/(^|\s)#.*$/, '').trim();
     if (!line) return;
     const m = /^([a-z_]+)\s*=\s*(.*)$/.exec(line);

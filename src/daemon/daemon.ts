@@ -6,7 +6,7 @@ import type { Config } from '../config/config.js';
 import { FileDigests } from '../key/fileDigests.js';
 import { hashBytes, initHash } from '../key/hash.js';
 import { buildManifest, type Manifest } from '../key/manifest.js';
-import { parseJob } from '../key/parseJob.js';
+import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
 import {
   type CompileRequest,
@@ -32,7 +32,7 @@ import { materialize } from './materialize.js';
 import { runCompiler } from './runCompiler.js';
 import { Semaphore } from './semaphore.js';
 import { ensurePrivateDir } from './socketPath.js';
-import { JobLog, type JobResult } from './jobLog.js';
+import { JobLog, type JobResult, answerFromLog } from './jobLog.js';
 
 export const VERSION = '0.1.0';
 const STATS_KEY = 'counters';
@@ -83,7 +83,7 @@ export class Daemon {
   ) {
     this.compiles = new Semaphore(config.jobs);
     this.socketPath = socketPathFor(config.dir, process.getuid!());
-    this.jobLog = new JobLog(store);
+    this.jobLog = new JobLog(store, config.build_gap_ms);
     this.stopped = new Promise((r) => (this.markStopped = r));
     if (config.remote) {
       this.remote = new RemoteBackend({
@@ -291,10 +291,8 @@ export class Daemon {
       case 'stop':
         setImmediate(() => void this.stop());
         return { stopping: true };
-      case 'explain':
-        return await this.jobLog.explainRecord(req.path);
-      case 'last-build':
-        return await this.jobLog.lastBuild();
+      default:
+        return answerFromLog(this.jobLog, req);
     }
   }
 
@@ -317,7 +315,7 @@ export class Daemon {
       }
       if (outcome.kind !== 'passthrough' || outcome.record) {
         void this.jobLog
-          .record({ req, startedAt, endedAt: Date.now(), result: outcome.result, key: outcome.key, manifest: outcome.manifest, reason: outcome.kind === 'passthrough' ? outcome.reason : undefined, savedMs: outcome.savedMs })
+          .record({ req, startedAt, endedAt: Date.now(), result: outcome.result, key: outcome.key, manifest: outcome.manifest, reason: outcome.kind === 'passthrough' ? outcome.reason : undefined, savedMs: outcome.savedMs, bytes: outcome.bytes, output: outcome.output })
           .catch((e) => this.log.warn('cannot record job', { error: String(e) }));
       }
     } finally {
@@ -333,7 +331,11 @@ export class Daemon {
       this.counters.uncacheableFor(parsed.reason);
       return { kind: 'passthrough', reason: `${parsed.reason}: ${parsed.detail}`, result: 'uncacheable', record: parsed.reason !== 'not-backend' };
     }
-    const job = parsed.job;
+    const out = await this.serveJob(parsed.job, req, signal);
+    return { ...out, output: parsed.job.outputs[0]!.path };
+  }
+
+  private async serveJob(job: Job, req: CompileRequest, signal: AbortSignal): Promise<Outcome> {
     const keyed = await buildManifest({ files: this.files, toolchains: this.toolchains }, job, req.compiler, req.cwd, req.env);
     if (keyed.kind === 'uncacheable') {
       this.counters.uncacheableFor(keyed.reason);
@@ -352,7 +354,7 @@ export class Daemon {
         if (ok) {
           this.counters.add('hits');
           this.counters.add('time_saved_ms', done.ms);
-          return { kind: 'result', exitCode: 0, stdout: done.stdout, stderr: done.stderr, result: 'hit', key, manifest, savedMs: done.ms };
+          return { kind: 'result', exitCode: 0, stdout: done.stdout, stderr: done.stderr, result: 'hit', key, manifest, savedMs: done.ms, bytes: entryBytes(done.entry) };
         }
       }
       if (done && done.exitCode !== 0) {
@@ -363,7 +365,7 @@ export class Daemon {
     this.inflight.set(key, p);
     try {
       const done = await p;
-      return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest };
+      return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest, bytes: done.entry ? entryBytes(done.entry) : 0 };
     } catch (e) {
       this.counters.error('compile');
       this.log.warn('compile failed to run', { error: String(e) });
@@ -386,7 +388,7 @@ export class Daemon {
     this.counters.add('hits');
     this.counters.add('time_saved_ms', entry.record.compileMs);
     const result = found.tier === 'remote' ? 'remote-hit' : 'hit';
-    return { kind: 'result', exitCode: 0, stdout: Buffer.from(entry.record.stdout, 'base64'), stderr: Buffer.from(entry.record.stderr, 'base64'), result, savedMs: entry.record.compileMs };
+    return { kind: 'result', exitCode: 0, stdout: Buffer.from(entry.record.stdout, 'base64'), stderr: Buffer.from(entry.record.stderr, 'base64'), result, savedMs: entry.record.compileMs, bytes: entryBytes(entry) };
   }
 
   /** Writes a stored entry's files to this job's output paths. False (and counted) when it cannot. */
@@ -492,5 +494,9 @@ export class Daemon {
 }
 
 type Outcome =
-  | { kind: 'passthrough'; reason: string; result: JobResult; record: boolean; key?: string; manifest?: Manifest; savedMs?: number }
-  | { kind: 'result'; exitCode: number; stdout: Buffer; stderr: Buffer; result: JobResult; key?: string; manifest?: Manifest; savedMs?: number };
+  | { kind: 'passthrough'; reason: string; result: JobResult; record: boolean; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string }
+  | { kind: 'result'; exitCode: number; stdout: Buffer; stderr: Buffer; result: JobResult; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string };
+
+function entryBytes(e: StoredEntry): number {
+  return e.record.outputs.reduce((n, o) => n + o.size, 0);
+}

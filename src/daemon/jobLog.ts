@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { Manifest } from '../key/manifest.js';
 import type { CompileRequest } from '../protocol/clientFrames.js';
 import type { LocalStore } from '../store/localStore.js';
+import type { ControlRequest } from '../protocol/control.js';
 
 export type JobResult = 'hit' | 'remote-hit' | 'miss' | 'uncacheable' | 'error';
 
@@ -15,12 +16,15 @@ export const JobRecord = z.object({
   startedAt: z.number(),
   endedAt: z.number(),
   savedMs: z.number().optional(),
+  bytes: z.number().optional(),
+  /** Key of the previous job for the same output path, for explaining this one. */
+  prevKey: z.string().optional(),
 });
 export type JobRecord = z.infer<typeof JobRecord>;
 
 const OutputHistory = z.object({ last: JobRecord, previous: JobRecord.optional() });
 
-/** Jobs separated by more than this much idle time belong to different builds. */
+/** Default idle time that separates two builds (config `build_gap_ms`). */
 export const BUILD_GAP_MS = 10_000;
 const MAX_LOG = 50_000;
 
@@ -33,6 +37,16 @@ interface Recorded {
   manifest?: Manifest | undefined;
   reason?: string | undefined;
   savedMs?: number | undefined;
+  bytes?: number | undefined;
+  /** The object path as the job named it, when the job could be parsed. */
+  output?: string | undefined;
+}
+
+/** Best-effort output of a job that could not be parsed (for the log only). */
+function outputOf(args: string[]): string | undefined {
+  const i = args.indexOf('-o');
+  if (i >= 0) return args[i + 1];
+  return args.find((a) => a.startsWith('-o') && a.length > 2)?.slice(2);
 }
 
 /**
@@ -46,18 +60,20 @@ export class JobLog {
   private readonly lastByOutput = new Map<string, JobRecord>();
   private written = 0;
 
-  constructor(private readonly store: LocalStore) {}
+  constructor(
+    private readonly store: LocalStore,
+    private readonly buildGapMs = BUILD_GAP_MS,
+  ) {}
 
   async record(r: Recorded): Promise<void> {
-    const obj = r.req.args[r.req.args.indexOf('-o') + 1];
-    const output = obj ? resolve(r.req.cwd, obj) : r.req.cwd;
-    const rec: JobRecord = { output, cwd: r.req.cwd, key: r.key, result: r.result, reason: r.reason, startedAt: r.startedAt, endedAt: r.endedAt, savedMs: r.savedMs };
+    const output = resolve(r.req.cwd, r.output ?? outputOf(r.req.args) ?? '.');
     if (r.key && r.manifest) this.pending.push({ type: 'put', sublevel: 'manifests', key: r.key, value: JSON.stringify(r.manifest) });
     let previous = this.lastByOutput.get(output);
     if (!previous) {
       const stored = await this.getJson('outputs', output, OutputHistory);
       previous = stored?.last;
     }
+    const rec: JobRecord = { output, cwd: r.req.cwd, key: r.key, result: r.result, reason: r.reason, startedAt: r.startedAt, endedAt: r.endedAt, savedMs: r.savedMs, bytes: r.bytes, prevKey: previous?.key };
     this.lastByOutput.set(output, rec);
     if (this.lastByOutput.size > 100_000) this.lastByOutput.clear();
     this.pending.push({ type: 'put', sublevel: 'outputs', key: output, value: JSON.stringify({ last: rec, previous }) });
@@ -102,27 +118,61 @@ export class JobLog {
     return key ? this.getJson('manifests', key, Manifest) : undefined;
   }
 
-  /** The last two jobs for an output path, with their manifests. */
-  async explainRecord(path: string): Promise<unknown> {
+  /** The last job recorded for an output path (absolute). */
+  async lastJobFor(path: string): Promise<JobRecord | undefined> {
     await this.flush();
-    const h = await this.getJson('outputs', resolve(path), OutputHistory);
-    if (!h) return null;
-    return { last: h.last, previous: h.previous ?? null, lastManifest: (await this.manifestOf(h.last.key)) ?? null, previousManifest: (await this.manifestOf(h.previous?.key)) ?? null };
+    return (await this.getJson('outputs', resolve(path), OutputHistory))?.last;
   }
 
-  /** The jobs of the last build: going back from the newest job until a gap of BUILD_GAP_MS. */
+  /** The jobs of the last build. */
   async lastBuild(): Promise<JobRecord[]> {
+    return (await this.builds(1))[0] ?? [];
+  }
+
+  /**
+   * Recent builds, newest first. A build is a burst of jobs: going back in time, a job whose end
+   * is more than the build gap before the earliest start seen so far begins an older build.
+   */
+  async builds(limit: number): Promise<JobRecord[][]> {
     await this.flush();
-    const out: JobRecord[] = [];
+    const builds: JobRecord[][] = [];
+    let cur: JobRecord[] = [];
     let earliestStart = Infinity;
     for await (const v of this.store.sublevel('log').values({ reverse: true })) {
       const parsed = JobRecord.safeParse(typeof v === 'string' ? JSON.parse(v) : v);
       if (!parsed.success) continue;
       const r = parsed.data;
-      if (out.length && r.endedAt < earliestStart - BUILD_GAP_MS) break;
-      out.push(r);
+      if (cur.length && r.endedAt < earliestStart - this.buildGapMs) {
+        builds.push(cur.reverse());
+        if (builds.length >= limit) return builds;
+        cur = [];
+        earliestStart = Infinity;
+      }
+      cur.push(r);
       earliestStart = Math.min(earliestStart, r.startedAt);
     }
-    return out.reverse();
+    if (cur.length && builds.length < limit) builds.push(cur.reverse());
+    return builds;
+  }
+}
+
+/** The job-log questions of the control protocol, answered from a JobLog (daemon or offline). */
+export async function answerFromLog(log: JobLog, req: ControlRequest): Promise<unknown> {
+  const { explainJob, summariseBuild } = await import('../explain/explainJobs.js');
+  switch (req.op) {
+    case 'explain': {
+      const job = await log.lastJobFor(req.path);
+      return job ? await explainJob(log, job) : null;
+    }
+    case 'last-build': {
+      const jobs = await log.lastBuild();
+      return { jobs, summary: await summariseBuild(log, jobs) };
+    }
+    case 'builds': {
+      const builds = await log.builds(req.limit);
+      return await Promise.all(builds.map(async (jobs) => ({ summary: await summariseBuild(log, jobs), jobs: jobs.length })));
+    }
+    default:
+      throw new Error(`not a job-log request: ${req.op}`);
   }
 }

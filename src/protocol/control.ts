@@ -15,10 +15,12 @@ export const ControlRequest = z.discriminatedUnion('op', [
   z.object({ op: z.literal('clear') }),
   /** Graceful shutdown: finish running jobs, flush counters, exit. */
   z.object({ op: z.literal('stop') }),
-  /** The last recorded job for an output path (absolute), with its manifest and the previous one. */
+  /** Why the last job for an output path (absolute) hit or missed. */
   z.object({ op: z.literal('explain'), path: z.string().min(1) }),
-  /** The jobs of the last build (a burst of jobs; see docs/explain.md). */
+  /** The last build's jobs and its summary (a build is a burst of jobs; see docs/explain.md). */
   z.object({ op: z.literal('last-build') }),
+  /** Summaries of recent builds, newest first, for reports. */
+  z.object({ op: z.literal('builds'), limit: z.number().int().positive().max(1000) }),
 ]);
 export type ControlRequest = z.infer<typeof ControlRequest>;
 

@@ -45,6 +45,11 @@ export async function unpackBundle(record: EntryRecord, bundle: Buffer, limits: 
     extract.on('entry', (header, stream, next) => {
       const chunks: Buffer[] = [];
       let size = 0;
+      // tar-stream destroys the entry stream with the archive's error (e.g. a tar truncated
+      // mid-entry); unheard, that error would be an uncaught exception.
+      stream.on('error', (e: Error) => {
+        reason ??= `malformed tar: ${e.message}`;
+      });
       const reject = (why: string) => {
         reason ??= why;
         stream.resume();

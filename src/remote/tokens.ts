@@ -33,7 +33,7 @@ export function parseTokens(text: string, file = 'tokens'): Token[] {
   const tokens: Token[] = [];
   const names = new Map<string, number>();
   const secrets = new Map<string, number>();
-  text.split('\n').forEach((raw, i) => {
+  text.split(/\r?\n/).forEach((raw, i) => {
     const at = `${file}:${i + 1}`;
     const line = raw.replace(/(^|\s)#.*$/, '').trim();
     if (!line) return;

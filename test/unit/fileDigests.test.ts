@@ -119,9 +119,10 @@ test('content changed, mtime forced back to the old value, other size → re-has
   const fd = new FileDigests(SHORT_WINDOW_NS);
   const before = await fd.digest(p);
   assert.equal(fd.size, 1);
+  const oldMtimeNs = fs.statSync(p, { bigint: true }).mtimeNs;
   fs.writeFileSync(p, 'version two, longer');
   fs.utimesSync(p, t, t);
-  assert.equal(fs.statSync(p).mtimeMs, t.getTime());
+  assert.equal(fs.statSync(p, { bigint: true }).mtimeNs, oldMtimeNs);
   const after = await fd.digest(p);
   assert.equal(fd.hashed, 2);
   assert.equal(fd.memoHits, 0);
@@ -136,9 +137,15 @@ test('content changed, same size, mtime forced back → re-hashed (ctime moved)'
   await sleep(SETTLE_MS);
   const fd = new FileDigests(SHORT_WINDOW_NS);
   await fd.digest(p);
+  const old = fs.statSync(p, { bigint: true });
   await sleep(20);
   fs.writeFileSync(p, 'BBBB');
   fs.utimesSync(p, t, t);
+  const now = fs.statSync(p, { bigint: true });
+  assert.equal(now.mtimeNs, old.mtimeNs);
+  assert.equal(now.size, old.size);
+  assert.equal(now.ino, old.ino);
+  assert.notEqual(now.ctimeNs, old.ctimeNs);
   const after = await fd.digest(p);
   assert.equal(fd.hashed, 2);
   assert.equal(after.kind === 'file' && after.digest, hashBytes('BBBB'));

@@ -1,0 +1,844 @@
+#!/usr/bin/env node
+/**
+ * Real-kernel benchmark of the ThinLTO backend phase.
+ *
+ *   node dist/bench/kernel.js --tree DIR [--runs 3] [--json out.json] [--remote]
+ *
+ * DIR is a Linux tree already built with CONFIG_LTO_CLANG_THIN (see docs/benchmarks.md). Linux
+ * 6.12 has no CONFIG_LTO_CLANG_THIN_DIST, so this emulates it the way the later upstream support
+ * does it: a thin link over the objects of vmlinux.a (`ld.lld -r --thinlto-index-only`, with the
+ * kernel's own ld flags from `.vmlinux.o.cmd`), then one backend job per module with the module's
+ * saved c_flags (from `dir/.X.o.cmd`, less CC_FLAGS_LTO and the `-c -o X.o X.c` tail):
+ *
+ *   clang <saved c_flags> -x ir -fno-lto -Wno-unused-command-line-argument \
+ *         -fthinlto-index=X.o.thinlto.bc -c -o X.thinlto-native.o X.o
+ *
+ * The jobs are written to a Makefile, one rule per job run through `sh` as kbuild does
+ * (make → sh → compiler), and `make -j2` of that Makefile is what is timed, with $(CC) set per
+ * scenario. Every scenario is measured in the same invocation, `--runs` times, interleaved.
+ * Nothing here is timed except the make (or, for the lld rows, the ld.lld) process.
+ */
+import { spawn, spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// ---------------------------------------------------------------------------------------------
+// Paths and options
+
+const TOP = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const CLIENT = join(TOP, 'bin', 'ltocache');
+const CLI = join(TOP, 'dist', 'src', 'cli', 'main.js');
+
+/** The default edit: one function in mm/util.c that many modules import (kfree_const). */
+const KERNEL_EDIT = {
+  file: 'mm/util.c',
+  from: 'if (!is_kernel_rodata((unsigned long)x))\n\t\tkfree(x);',
+  to: 'if (!is_kernel_rodata((unsigned long)x) && x != (const void *)1)\n\t\tkfree(x);',
+};
+
+export interface Options {
+  tree: string;
+  runs: number;
+  json: string | null;
+  remote: boolean;
+  clang: string;
+  lld: string;
+  ar: string;
+  llvmBin: string;
+  make: string;
+  jobs: number;
+  work: string | null;
+  keep: boolean;
+  ccache: boolean;
+  edit: { file: string; from: string; to: string };
+}
+
+const USAGE = `usage: node dist/bench/kernel.js --tree DIR [--runs N] [--json FILE] [--remote]
+    [--clang clang-19] [--lld ld.lld-19] [--ar llvm-ar-19] [--llvm-bin /usr/lib/llvm-19/bin]
+    [--jobs 2] [--work DIR] [--keep] [--no-ccache]
+    [--edit FILE --edit-from STRING --edit-to STRING]   (default: kfree_const in mm/util.c)`;
+
+export function parseArgs(argv: string[]): Options {
+  const o: Options = {
+    tree: '',
+    runs: 3,
+    json: null,
+    remote: false,
+    clang: 'clang-19',
+    lld: 'ld.lld-19',
+    ar: 'llvm-ar-19',
+    llvmBin: '/usr/lib/llvm-19/bin',
+    make: 'make',
+    jobs: 2,
+    work: null,
+    keep: false,
+    ccache: true,
+    edit: { ...KERNEL_EDIT },
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const val = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value\n${USAGE}`);
+      return v;
+    };
+    switch (a) {
+      case '--tree': o.tree = resolve(val()); break;
+      case '--runs': o.runs = Number(val()); break;
+      case '--json': o.json = resolve(val()); break;
+      case '--remote': o.remote = true; break;
+      case '--clang': o.clang = val(); break;
+      case '--lld': o.lld = val(); break;
+      case '--ar': o.ar = val(); break;
+      case '--llvm-bin': o.llvmBin = val(); break;
+      case '--make': o.make = val(); break;
+      case '--jobs': o.jobs = Number(val()); break;
+      case '--work': o.work = resolve(val()); break;
+      case '--keep': o.keep = true; break;
+      case '--no-ccache': o.ccache = false; break;
+      case '--edit': o.edit.file = val(); break;
+      case '--edit-from': o.edit.from = val(); break;
+      case '--edit-to': o.edit.to = val(); break;
+      case '--help': case '-h': process.stdout.write(USAGE + '\n'); process.exit(0);
+      // eslint-disable-next-line no-fallthrough
+      default: throw new Error(`unknown argument ${a}\n${USAGE}`);
+    }
+  }
+  if (!o.tree) throw new Error(`--tree is required\n${USAGE}`);
+  if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs must be a positive integer');
+  if (!Number.isInteger(o.jobs) || o.jobs < 1) throw new Error('--jobs must be a positive integer');
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shell words
+
+/** Splits the first command of a shell command line into words (quotes, backslashes; stops at ; && || |). */
+export function shellWords(line: string): string[] {
+  const words: string[] = [];
+  let cur = '';
+  let inWord = false;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i]!;
+    if (c === "'") {
+      const end = line.indexOf("'", i + 1);
+      if (end < 0) throw new Error(`unterminated ' in: ${line}`);
+      cur += line.slice(i + 1, end);
+      i = end;
+      inWord = true;
+    } else if (c === '"') {
+      inWord = true;
+      for (i++; i < line.length && line[i] !== '"'; i++) {
+        if (line[i] === '\\' && i + 1 < line.length && '$`"\\\n'.includes(line[i + 1]!)) i++;
+        cur += line[i];
+      }
+      if (i >= line.length) throw new Error(`unterminated " in: ${line}`);
+    } else if (c === '\\') {
+      if (i + 1 < line.length) cur += line[++i];
+      inWord = true;
+    } else if (c === ' ' || c === '\t' || c === '\n') {
+      if (inWord) words.push(cur);
+      cur = '';
+      inWord = false;
+    } else if (c === ';' || c === '|' || (c === '&' && line[i + 1] === '&')) {
+      break;
+    } else {
+      cur += c;
+      inWord = true;
+    }
+  }
+  if (inWord) words.push(cur);
+  return words;
+}
+
+export function shellQuote(w: string): string {
+  return /^[A-Za-z0-9_\-+=.,/:@%]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A shell word as it must appear in a Makefile recipe. */
+function makeWord(w: string): string {
+  return shellQuote(w).replace(/\$/g, '$$$$');
+}
+
+/** The value of the `savedcmd_…` (or older `cmd_…`) line of a kbuild `.cmd` file. */
+export function savedCommand(cmdFile: string): string {
+  for (const line of readFileSync(cmdFile, 'utf8').split('\n')) {
+    const m = /^(?:savedcmd|cmd)_\S+\s*:=\s*(.*)$/.exec(line);
+    if (m) return m[1]!;
+  }
+  throw new Error(`${cmdFile}: no savedcmd_ line`);
+}
+
+/** CC_FLAGS_LTO of a CONFIG_LTO_CLANG_THIN kernel: what kbuild's THIN_DIST filters out of c_flags. */
+const CC_FLAGS_LTO = new Set(['-flto=thin', '-flto', '-fsplit-lto-unit', '-fvisibility=hidden']);
+
+/** Saved c_flags of one object: its front-end command less the compiler, CC_FLAGS_LTO and `-c -o X.o X.c`. */
+export function savedCFlags(frontEnd: string[], obj: string): string[] {
+  const words = frontEnd.slice(1);
+  const out: string[] = [];
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i]!;
+    if (CC_FLAGS_LTO.has(w) || w === '-c') continue;
+    if (w === '-o') {
+      i++;
+      continue;
+    }
+    out.push(w);
+  }
+  const src = out[out.length - 1];
+  if (!src || src.startsWith('-') || !/\.(c|S|s|i)$/.test(src)) throw new Error(`${obj}: cannot find the source operand at the end of its saved command`);
+  out.pop();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes and measurement
+
+interface Timed {
+  wallMs: number;
+  /** CPU of the waited-for process tree (utime+stime of children, 10 ms ticks). */
+  cpuMs: number;
+  status: number;
+  stderr: string;
+}
+
+const TICK_MS = 10; // USER_HZ is 100 on Linux
+
+function childCpuMs(): number {
+  const f = readFileSync('/proc/self/stat', 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  // fields after ")": state(3) ... cutime is field 16, cstime 17 → index 13, 14 in `rest`
+  return (Number(rest[13]) + Number(rest[14])) * TICK_MS;
+}
+
+function pidCpuMs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) * TICK_MS;
+  } catch {
+    return NaN;
+  }
+}
+
+function timed(cmd: string, args: string[], opts: SpawnSyncOptions): Timed {
+  const cpu0 = childCpuMs();
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, { ...opts, stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 256 << 20 });
+  const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  const cpuMs = childCpuMs() - cpu0;
+  if (r.error) throw r.error;
+  return { wallMs, cpuMs, status: r.status ?? 128, stderr: r.stderr?.toString() ?? '' };
+}
+
+function must(cmd: string, args: string[], opts: SpawnSyncOptions & { what?: string } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 256 << 20, ...opts });
+  if (r.error) throw new Error(`${opts.what ?? cmd}: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`${opts.what ?? cmd} failed (${r.status}): ${String(r.stderr).slice(0, 4000)}`);
+  return String(r.stdout);
+}
+
+function sha(buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+function fileSha(path: string): string | null {
+  try {
+    return sha(readFileSync(path));
+  } catch {
+    return null;
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2;
+}
+
+function log(msg: string): void {
+  process.stderr.write(`[kernel-bench] ${msg}\n`);
+}
+
+/** The environment without anything that would steer make, ltocache or ccache from outside. */
+function baseEnv(o: Options): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (k.startsWith('LTOCACHE_') || k.startsWith('CCACHE_') || k === 'MAKEFLAGS' || k === 'MFLAGS' || k === 'MAKELEVEL' || k === 'CCC_OVERRIDE_OPTIONS') continue;
+    env[k] = v;
+  }
+  env.PATH = `${o.llvmBin}:${env.PATH ?? '/usr/bin:/bin'}`;
+  env.LC_ALL = 'C';
+  return env;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The job list
+
+export interface Job {
+  /** Input bitcode, relative to the tree. */
+  input: string;
+  index: string;
+  output: string;
+  flags: string[];
+}
+
+interface LinkPlan {
+  /** ld flags of vmlinux.o other than its inputs, output and cache. */
+  flags: string[];
+  /** The original command line's words after the linker name (for the lld in-process rows). */
+  original: string[];
+  objects: string[];
+  libMembers: string[];
+}
+
+function isBitcode(path: string): boolean {
+  try {
+    const fd = openSync(path, 'r');
+    const b = Buffer.alloc(4);
+    try {
+      readSync(fd, b, 0, 4, 0);
+    } finally {
+      closeSync(fd);
+    }
+    return b.equals(Buffer.from([0x42, 0x43, 0xc0, 0xde]));
+  } catch {
+    return false;
+  }
+}
+
+function archiveMembers(o: Options, tree: string, archive: string): string[] {
+  const names = must(o.ar, ['t', archive], { cwd: tree, what: `${o.ar} t ${archive}` }).split('\n').filter(Boolean);
+  return names.map((m) => {
+    const rel = join(dirname(archive), m);
+    return existsSync(join(tree, rel)) ? rel : m;
+  });
+}
+
+/** Reads the vmlinux.o link command (or assumes the plain one) and expands its archives. */
+function linkPlan(o: Options): LinkPlan {
+  const cmdFile = join(o.tree, '.vmlinux.o.cmd');
+  const words = existsSync(cmdFile) ? shellWords(savedCommand(cmdFile)) : ['ld.lld', '-r', '-o', 'vmlinux.o', '--whole-archive', 'vmlinux.a', '--no-whole-archive'];
+  const flags: string[] = [];
+  const objects: string[] = [];
+  const libMembers: string[] = [];
+  let whole = false;
+  for (let i = 1; i < words.length; i++) {
+    const w = words[i]!;
+    if (w === '-o') {
+      i++;
+      continue;
+    }
+    if (w.startsWith('--thinlto-cache-dir') || w.startsWith('-Map') || w.startsWith('--thinlto-jobs')) continue;
+    if (w === '--whole-archive') whole = true;
+    else if (w === '--no-whole-archive') whole = false;
+    else if (w === '--start-group' || w === '--end-group') continue;
+    else if (w.endsWith('.a')) (whole ? objects : libMembers).push(...archiveMembers(o, o.tree, w));
+    else if (w.endsWith('.o')) objects.push(w);
+    else flags.push(w);
+  }
+  return { flags, original: words.slice(1), objects, libMembers };
+}
+
+interface ThinLinkResult {
+  modules: string[];
+  ms: number;
+}
+
+/** `ld.lld -r --thinlto-index-only`: rewrites every X.o.thinlto.bc, returns the module list. */
+function thinLink(o: Options, plan: LinkPlan, work: string): ThinLinkResult {
+  const rsp = join(work, 'vmlinux.thinlink.rsp');
+  if (!existsSync(rsp)) {
+    const lines = [...plan.objects];
+    if (plan.libMembers.length) lines.push('--start-lib', ...plan.libMembers, '--end-lib');
+    writeFileSync(rsp, lines.map(shellQuote).join('\n') + '\n');
+  }
+  const list = join(work, 'vmlinux.thinlto-index');
+  const t0 = process.hrtime.bigint();
+  must(o.lld, [...plan.flags, `--thinlto-index-only=${list}`, `@${rsp}`, '-o', join(work, 'thinlink.tmp.o')], { cwd: o.tree, what: 'thin link' });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  const modules = readFileSync(list, 'utf8').split('\n').filter(Boolean);
+  return { modules, ms };
+}
+
+function jobsFor(o: Options, modules: string[]): Job[] {
+  const jobs: Job[] = [];
+  for (const m of modules) {
+    if (!isBitcode(join(o.tree, m))) continue;
+    const index = `${m}.thinlto.bc`;
+    if (!existsSync(join(o.tree, index))) throw new Error(`thin link wrote no ${index}`);
+    const cmdFile = join(o.tree, dirname(m), `.${basename(m)}.cmd`);
+    const flags = savedCFlags(shellWords(savedCommand(cmdFile)), m);
+    jobs.push({ input: m, index, output: m.replace(/\.o$/, '') + '.thinlto-native.o', flags });
+  }
+  return jobs;
+}
+
+function writeMakefile(path: string, jobs: Job[]): void {
+  const lines = [
+    '# Generated by bench/kernel.ts: one distributed ThinLTO backend job per rule, run through sh as kbuild does.',
+    'CC ?= clang',
+    '.PHONY: all ' + jobs.map((j) => makeWord(j.output)).join(' '),
+    'all: ' + jobs.map((j) => makeWord(j.output)).join(' '),
+    '',
+  ];
+  for (const j of jobs) {
+    lines.push(`${makeWord(j.output)}:`);
+    lines.push(
+      `\t@set -e; echo '  BE      $@'; $(CC) ${j.flags.map(makeWord).join(' ')} -x ir -fno-lto -Wno-unused-command-line-argument -fthinlto-index=${makeWord(j.index)} -c -o ${makeWord(j.output)} ${makeWord(j.input)}`,
+    );
+  }
+  writeFileSync(path, lines.join('\n') + '\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// ltocache daemons, the team server
+
+class Ltocache {
+  readonly env: NodeJS.ProcessEnv;
+  constructor(
+    readonly dir: string,
+    base: NodeJS.ProcessEnv,
+    extra: Record<string, string> = {},
+  ) {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    this.env = { ...base, LTOCACHE_DIR: dir, LTOCACHE_IDLE_TIMEOUT: '3600', LTOCACHE_START_TIMEOUT_MS: '20000', ...extra };
+  }
+  cli(args: string[]): string {
+    return must(process.execPath, [CLI, ...args], { env: this.env, what: `ltocache ${args.join(' ')}` });
+  }
+  start(): void {
+    this.cli(['daemon', 'start']);
+  }
+  stop(): void {
+    spawnSync(process.execPath, [CLI, 'daemon', 'stop'], { env: this.env, stdio: 'ignore' });
+  }
+  stats(): Record<string, number> {
+    return JSON.parse(this.cli(['stats', '--json'])) as Record<string, number>;
+  }
+  pid(): number | null {
+    const f = join(this.dir, 'daemon.pid');
+    return existsSync(f) ? Number(readFileSync(f, 'utf8').trim()) : null;
+  }
+  destroy(): void {
+    this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+interface TeamServer {
+  url: string;
+  pid: number;
+  stop(): void;
+}
+
+const TEAM_TOKENS = { write: 'bench-writer-0123456789abcdef0123', read: 'bench-reader-0123456789abcdef0123', admin: 'bench-admin-0123456789abcdef01234' };
+
+async function startServer(work: string, base: NodeJS.ProcessEnv): Promise<TeamServer> {
+  const dir = join(work, 'server');
+  mkdirSync(dir, { recursive: true });
+  const tokens = join(dir, 'tokens');
+  writeFileSync(tokens, `ci write ${TEAM_TOKENS.write}\ndev read ${TEAM_TOKENS.read}\nops admin ${TEAM_TOKENS.admin}\n`, { mode: 0o600 });
+  const logPath = join(dir, 'serve.log');
+  const fd = openSync(logPath, 'w');
+  // Output to a file, never a pipe: this process blocks in spawnSync while the server runs.
+  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--dir', join(dir, 'data'), '--tokens', tokens], { stdio: ['ignore', fd, fd], env: base });
+  closeSync(fd);
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const m = /listening on (wss?:\/\/\S+)/.exec(readFileSync(logPath, 'utf8'));
+    if (m) return { url: m[1]!, pid: child.pid!, stop: () => child.kill('SIGTERM') };
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`team server did not start: ${readFileSync(logPath, 'utf8').slice(0, 2000)}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+interface Sample {
+  wallMs: number;
+  cpuMs: number;
+  daemonCpuMs?: number;
+  hits?: number;
+  misses?: number;
+  remoteHits?: number;
+  ideal?: number;
+  mismatches?: number;
+  stderrMatches?: boolean;
+}
+
+interface Row {
+  name: string;
+  jobs: number;
+  samples: Sample[];
+  note?: string;
+}
+
+export interface Report {
+  machine: Record<string, string | number>;
+  command: string;
+  jobs: number;
+  makeJobs: number;
+  thinLinkMs: number[];
+  rows: { name: string; jobs: number; wallMinMs: number; wallMedianMs: number; ratio: number | null; hits: string; cpuMedianMs: number; daemonCpuMedianMs: number | null; mismatches: number | null; note?: string; samples: Sample[] }[];
+  totalMismatches: number;
+  changedJobs: string[];
+  ideal: number;
+  noCacheDeterministic: boolean;
+  stderrAllMatch: boolean;
+}
+
+function machine(o: Options, jobs: number): Record<string, string | number> {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? cpus()[0]?.model ?? 'unknown';
+  const uname = spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim();
+  const clangV = spawnSync(o.clang, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '';
+  const lldV = spawnSync(o.lld, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '';
+  const ccacheV = o.ccache ? (spawnSync('ccache', ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0] ?? '' : '';
+  const release = existsSync(join(o.tree, 'include/config/kernel.release')) ? readFileSync(join(o.tree, 'include/config/kernel.release'), 'utf8').trim() : 'n/a';
+  const nproc = spawnSync('nproc', [], { encoding: 'utf8' }).stdout.trim();
+  return {
+    nproc,
+    cpu: model,
+    memory_gib: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    host_kernel: uname,
+    tree_kernel: release,
+    clang: clangV,
+    lld: lldV,
+    ccache: ccacheV || 'not used',
+    node: process.version,
+    jobs,
+  };
+}
+
+function ccacheStats(env: NodeJS.ProcessEnv): Record<string, number> {
+  const out = must('ccache', ['--print-stats'], { env });
+  const s: Record<string, number> = {};
+  for (const line of out.split('\n')) {
+    const [k, v] = line.split('\t');
+    if (k && v !== undefined) s[k] = Number(v);
+  }
+  return s;
+}
+
+function lldCacheEntries(dir: string): number {
+  return existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith('llvmcache-')).length : 0;
+}
+
+export async function runBench(o: Options): Promise<Report> {
+  const base = baseEnv(o);
+  const work = o.work ?? mkdtempSync(join(tmpdir(), 'ltocache-kbench-'));
+  mkdirSync(work, { recursive: true });
+  log(`work dir ${work}`);
+  const servers: TeamServer[] = [];
+  const caches: Ltocache[] = [];
+  try {
+    // ---- job list (not timed)
+    const plan = linkPlan(o);
+    log(`vmlinux.a: ${plan.objects.length} objects, libraries: ${plan.libMembers.length} members`);
+    const first = thinLink(o, plan, work);
+    const jobs = jobsFor(o, first.modules);
+    if (jobs.length === 0) throw new Error('no bitcode modules: is the tree built with CONFIG_LTO_CLANG_THIN?');
+    const makefile = join(work, 'backend.mk');
+    writeMakefile(makefile, jobs);
+    log(`${jobs.length} backend jobs, Makefile ${makefile}`);
+    const thinLinkMs: number[] = [first.ms];
+    const relink = (): void => {
+      const r = thinLink(o, plan, work);
+      thinLinkMs.push(r.ms);
+      if (r.modules.join('\n') !== first.modules.join('\n')) throw new Error('the thin link changed the module list');
+    };
+
+    const make = (cc: string, env: NodeJS.ProcessEnv): Timed => {
+      for (const j of jobs) rmSync(join(o.tree, j.output), { force: true });
+      const t = timed(o.make, ['-rR', '-s', '--no-print-directory', `-j${o.jobs}`, '-f', makefile, `CC=${cc}`], { cwd: o.tree, env });
+      if (t.status !== 0) throw new Error(`make with CC=${cc} failed (${t.status}): ${t.stderr.slice(0, 4000)}`);
+      return t;
+    };
+    const outputs = (): Map<string, string | null> => new Map(jobs.map((j) => [j.output, fileSha(join(o.tree, j.output))]));
+    const mismatches = (got: Map<string, string | null>, want: Map<string, string | null>): number => jobs.filter((j) => !got.get(j.output) || got.get(j.output) !== want.get(j.output)).length;
+    const sortedLines = (s: string): string => s.split('\n').filter((l) => l && !l.startsWith('  BE ')).sort().join('\n');
+    const inputs = (): Map<string, string> => new Map(jobs.map((j) => [j.input, `${fileSha(join(o.tree, j.input))}:${fileSha(join(o.tree, j.index))}`]));
+
+    // ---- the edit (prepared, checked, not timed)
+    const editPath = join(o.tree, o.edit.file);
+    const editObj = o.edit.file.replace(/\.c$/, '.o');
+    const original = readFileSync(editPath, 'utf8');
+    if (original.split(o.edit.from).length !== 2) throw new Error(`${o.edit.file}: the edit's text must occur exactly once`);
+    const edited = original.replace(o.edit.from, o.edit.to);
+    const editCmd = savedCommand(join(o.tree, dirname(editObj), `.${basename(editObj)}.cmd`));
+    const objBackup = join(work, 'edit-backup.o');
+    copyFileSync(join(o.tree, editObj), objBackup);
+    const depFile = join(o.tree, dirname(editObj), `.${basename(editObj)}.d`);
+    const depExisted = existsSync(depFile);
+    const applyEdit = (): void => {
+      writeFileSync(editPath, edited);
+      must('sh', ['-c', editCmd], { cwd: o.tree, env: base, what: `front end of ${editObj}` });
+      if (!depExisted) rmSync(depFile, { force: true });
+      relink();
+    };
+    const revertEdit = (): void => {
+      writeFileSync(editPath, original);
+      copyFileSync(objBackup, join(o.tree, editObj));
+      relink();
+    };
+    const before = inputs();
+    let changedJobs: string[] = [];
+    let ideal = 0;
+    let afterRef: Map<string, string | null> | null = null;
+    let afterStderr = '';
+    try {
+      // ---- rows
+      const rows = new Map<string, Row>();
+      const row = (name: string, note?: string): Row => {
+        let r = rows.get(name);
+        if (!r) rows.set(name, (r = { name, jobs: jobs.length, samples: [], ...(note ? { note } : {}) }));
+        return r;
+      };
+      let ref: Map<string, string | null> | null = null;
+      let refStderr = '';
+      let noCacheDeterministic = true;
+      let stderrAllMatch = true;
+      const ccacheOk = o.ccache && spawnSync('ccache', ['--version'], { stdio: 'ignore' }).status === 0;
+      if (o.ccache && !ccacheOk) log('ccache not found: its rows are skipped');
+
+      const ltoRun = (name: string, cache: Ltocache, want: () => Map<string, string | null>, wantStderr: () => string, idealHits?: number): void => {
+        const s0 = cache.stats();
+        const pid = cache.pid();
+        const d0 = pid ? pidCpuMs(pid) : NaN;
+        const t = make(`${CLIENT} ${o.clang}`, cache.env);
+        const d1 = pid ? pidCpuMs(pid) : NaN;
+        const s1 = cache.stats();
+        const got = outputs();
+        const mm = mismatches(got, want());
+        const se = sortedLines(t.stderr) === wantStderr();
+        stderrAllMatch &&= se;
+        const sample: Sample = { wallMs: t.wallMs, cpuMs: t.cpuMs, daemonCpuMs: d1 - d0, hits: s1.hits! - s0.hits!, misses: s1.misses! - s0.misses!, remoteHits: s1.remote_hits! - s0.remote_hits!, mismatches: mm, stderrMatches: se };
+        if (idealHits !== undefined) sample.ideal = idealHits;
+        row(name).samples.push(sample);
+        const errs = (s1.errors ?? 0) - (s0.errors ?? 0);
+        const unc = (s1.uncacheable ?? 0) - (s0.uncacheable ?? 0);
+        log(`${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${sample.hits} hits (${sample.remoteHits} remote), ${sample.misses} misses, ${errs} errors, ${unc} uncacheable, ${mm} mismatches${se ? '' : ', STDERR DIFFERS'}`);
+      };
+
+      // Team server: populated once by a writer cache from the unedited tree (not timed).
+      let server: TeamServer | null = null;
+      if (o.remote) {
+        server = await startServer(work, base);
+        servers.push(server);
+        log(`team server ${server.url}`);
+        const writer = new Ltocache(join(work, 'cache-writer'), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.write });
+        caches.push(writer);
+        writer.start();
+        make(`${CLIENT} ${o.clang}`, writer.env);
+        writer.stop();
+        const ws = writer.stats();
+        log(`team server populated: ${ws.uploads} uploads of ${ws.misses} compiles (${ws.uploads_dropped} dropped, ${ws.uploads_refused} refused, ${ws.remote_errors} errors)`);
+        writer.destroy();
+      }
+
+      for (let run = 1; run <= o.runs; run++) {
+        log(`---- run ${run} of ${o.runs}`);
+        relink();
+        // floor
+        {
+          const t = make('/bin/true', base);
+          row('floor (/bin/true as the compiler)').samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs });
+        }
+        // no cache
+        {
+          const t = make(o.clang, base);
+          const got = outputs();
+          if (!ref) {
+            ref = got;
+            refStderr = sortedLines(t.stderr);
+          } else if (mismatches(got, ref) !== 0) noCacheDeterministic = false;
+          row(`no cache (${o.clang} direct)`).samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs });
+          log(`no cache: ${(t.wallMs / 1000).toFixed(3)} s`);
+        }
+        const wantRef = () => ref!;
+        const wantRefStderr = () => refStderr;
+        // ltocache cold / warm / after edit
+        const cache = new Ltocache(join(work, `cache-${run}`), base);
+        caches.push(cache);
+        cache.start();
+        ltoRun('ltocache cold', cache, wantRef, wantRefStderr);
+        relink();
+        ltoRun('ltocache warm', cache, wantRef, wantRefStderr);
+        // ccache cold / warm
+        if (ccacheOk) {
+          const cdir = join(work, `ccache-${run}`);
+          rmSync(cdir, { recursive: true, force: true });
+          const env = { ...base, CCACHE_DIR: cdir };
+          must('ccache', ['-z'], { env });
+          for (const name of ['ccache cold', 'ccache warm']) {
+            if (name === 'ccache warm') relink();
+            const s0 = ccacheStats(env);
+            const t = make(`ccache ${o.clang}`, env);
+            const s1 = ccacheStats(env);
+            const hit = (s: Record<string, number>) => (s.direct_cache_hit ?? 0) + (s.preprocessed_cache_hit ?? 0);
+            const mm = mismatches(outputs(), ref!);
+            row(name, 'ccache counts these jobs as "unsupported_source_language" (-x ir)').samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs, hits: hit(s1) - hit(s0), mismatches: mm });
+            log(`${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${hit(s1) - hit(s0)} hits, unsupported_source_language +${(s1.unsupported_source_language ?? 0) - (s0.unsupported_source_language ?? 0)}`);
+          }
+          rmSync(cdir, { recursive: true, force: true });
+        }
+        // lld in-process ThinLTO with its cache, cold / warm
+        const lcache = join(work, `lld-cache-${run}`);
+        rmSync(lcache, { recursive: true, force: true });
+        const lldRun = (name: string): void => {
+          const n0 = lldCacheEntries(lcache);
+          const t = timed(o.lld, [...plan.original.filter((w, i, a) => !w.startsWith('--thinlto-cache-dir') && !w.startsWith('--thinlto-jobs') && w !== '-o' && a[i - 1] !== '-o'), `--thinlto-cache-dir=${lcache}`, '--thinlto-jobs=2', '-o', join(work, 'lld-vmlinux.o')], { cwd: o.tree, env: base });
+          if (t.status !== 0) throw new Error(`${name} failed: ${t.stderr.slice(0, 4000)}`);
+          const added = lldCacheEntries(lcache) - n0;
+          row(name, 'thin link + backends in one ld.lld process; hits = modules − new cache entries').samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs, hits: jobs.length - added });
+          log(`${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${added} new cache entries`);
+        };
+        lldRun('lld in-process ThinLTO cache, cold');
+        lldRun('lld in-process ThinLTO cache, warm');
+
+        // the edit
+        applyEdit();
+        if (run === 1) {
+          const after = inputs();
+          changedJobs = jobs.filter((j) => before.get(j.input) !== after.get(j.input)).map((j) => j.input);
+          ideal = jobs.length - changedJobs.length;
+          log(`after the edit ${changedJobs.length} jobs changed (index or input): ${changedJobs.join(' ')}`);
+        }
+        // Reference objects for the edited tree: direct clang, once (not timed, not a row).
+        const wantAfter = () => afterRef!;
+        const wantAfterStderr = () => afterStderr;
+        if (!afterRef) {
+          const t = make(o.clang, base);
+          afterRef = outputs();
+          afterStderr = sortedLines(t.stderr);
+          relink();
+        }
+        ltoRun('ltocache after edit', cache, wantAfter, wantAfterStderr, ideal);
+        lldRun('lld in-process ThinLTO cache, after edit');
+        cache.destroy();
+        rmSync(lcache, { recursive: true, force: true });
+
+        // team cache: a new, empty local cache reading from the server (populated from the unedited tree)
+        if (server) {
+          revertEdit();
+          const dev = new Ltocache(join(work, `cache-dev-${run}`), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read, LTOCACHE_REMOTE_MODE: 'read-only' });
+          caches.push(dev);
+          dev.start();
+          ltoRun('ltocache + team server, warm (empty local cache)', dev, wantRef, wantRefStderr);
+          dev.destroy();
+          const dev2 = new Ltocache(join(work, `cache-dev2-${run}`), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read, LTOCACHE_REMOTE_MODE: 'read-only' });
+          caches.push(dev2);
+          dev2.start();
+          applyEdit();
+          ltoRun('ltocache + team server, after edit (empty local cache)', dev2, wantAfter, wantAfterStderr, ideal);
+          dev2.destroy();
+        }
+        revertEdit();
+      }
+
+      // ---- the table
+      const noCache = rows.get(`no cache (${o.clang} direct)`)!;
+      const noCacheMedian = median(noCache.samples.map((s) => s.wallMs));
+      const outRows = [...rows.values()].map((r) => {
+        const walls = r.samples.map((s) => s.wallMs);
+        const hitsList = r.samples.map((s) => s.hits);
+        const hitsStr =
+          hitsList[0] === undefined
+            ? '—'
+            : [...new Set(hitsList.map((h, i) => `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}`))].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');
+        const mmList = r.samples.map((s) => s.mismatches).filter((x): x is number => x !== undefined);
+        const dcpu = r.samples.map((s) => s.daemonCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
+        return {
+          name: r.name,
+          jobs: r.jobs,
+          wallMinMs: Math.min(...walls),
+          wallMedianMs: median(walls),
+          ratio: r === noCache ? 1 : median(walls) / noCacheMedian,
+          hits: hitsStr,
+          cpuMedianMs: median(r.samples.map((s) => s.cpuMs)),
+          daemonCpuMedianMs: dcpu.length ? median(dcpu) : null,
+          mismatches: mmList.length ? mmList.reduce((a, b) => a + b, 0) : null,
+          ...(r.note ? { note: r.note } : {}),
+          samples: r.samples,
+        };
+      });
+      const ltoRows = outRows.filter((r) => r.name.startsWith('ltocache'));
+      return {
+        machine: machine(o, jobs.length),
+        command: `node dist/bench/kernel.js ${process.argv.slice(2).join(' ')}`,
+        jobs: jobs.length,
+        makeJobs: o.jobs,
+        thinLinkMs,
+        rows: outRows,
+        totalMismatches: ltoRows.reduce((n, r) => n + (r.mismatches ?? 0), 0),
+        changedJobs,
+        ideal,
+        noCacheDeterministic,
+        stderrAllMatch,
+      };
+    } finally {
+      // Leave the tree as it was found.
+      if (readFileSync(editPath, 'utf8') !== original) {
+        writeFileSync(editPath, original);
+        copyFileSync(objBackup, join(o.tree, editObj));
+      }
+      for (const j of jobs) rmSync(join(o.tree, j.output), { force: true });
+    }
+  } finally {
+    for (const c of caches) c.destroy();
+    for (const s of servers) s.stop();
+    if (!o.keep && !o.work) rmSync(work, { recursive: true, force: true });
+  }
+}
+
+export function formatReport(r: Report): string {
+  const s = (ms: number) => (ms / 1000).toFixed(3);
+  const lines: string[] = [];
+  lines.push(`${r.jobs} backend jobs, make -j${r.makeJobs}; ${r.rows[0]?.samples.length ?? 0} runs per row; wall in seconds (min / median); ratio = median / median of no cache`);
+  lines.push('');
+  lines.push('| scenario | wall min | wall median | jobs | hits | vs no cache | CPU make tree (median) | daemon CPU (median) | byte mismatches |');
+  lines.push('|---|---:|---:|---:|---|---:|---:|---:|---:|');
+  for (const row of r.rows) {
+    lines.push(
+      `| ${row.name} | ${s(row.wallMinMs)} | ${s(row.wallMedianMs)} | ${row.jobs} | ${row.hits} | ${row.ratio === null ? '—' : row.ratio.toFixed(3)} | ${s(row.cpuMedianMs)} | ${row.daemonCpuMedianMs === null ? '—' : s(row.daemonCpuMedianMs)} | ${row.mismatches === null ? '—' : row.mismatches} |`,
+    );
+  }
+  lines.push('');
+  lines.push(`thin link (not in any make row; in the lld rows): median ${s(median(r.thinLinkMs))} s over ${r.thinLinkMs.length}`);
+  lines.push(`after the edit: ${r.changedJobs.length} of ${r.jobs} jobs changed index or input, ideal hits ${r.ideal}: ${r.changedJobs.join(' ')}`);
+  lines.push(`byte mismatches of ltocache objects vs direct clang: ${r.totalMismatches}; direct clang deterministic across runs: ${r.noCacheDeterministic ? 'yes' : 'NO'}; stderr of ltocache runs equal to direct clang's (sorted lines): ${r.stderrAllMatch ? 'yes' : 'NO'}`);
+  for (const row of r.rows) if (row.note) lines.push(`- ${row.name}: ${row.note}`);
+  lines.push('');
+  lines.push('machine: ' + Object.entries(r.machine).map(([k, v]) => `${k}=${v}`).join('; '));
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  let o: Options;
+  try {
+    o = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  if (!existsSync(CLIENT) || !existsSync(CLI)) throw new Error('build first: npm run build');
+  if (!statSync(o.tree).isDirectory()) throw new Error(`${o.tree}: not a directory`);
+  const report = await runBench(o);
+  process.stdout.write(formatReport(report) + '\n');
+  if (o.json) writeFileSync(o.json, JSON.stringify(report, null, 2) + '\n');
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((e: Error) => {
+    process.stderr.write(`kernel bench: ${e.stack ?? e.message}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,679 @@
+/**
+ * The team-cache server (`ltocache serve`) against real `ws` clients over loopback: round trips,
+ * persistence across restarts, auth, hostile peers, TLS and graceful SIGTERM of a child process.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import * as tar from 'tar-stream';
+import { WebSocket, type ClientOptions } from 'ws';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { decodeBinary, encodeBinary, type ErrorCode, type ServerStats } from '../../src/protocol/remote.js';
+import { packBundle, unpackBundle } from '../../src/remote/bundle.js';
+import { CacheServer, CLOSE_CODES } from '../../src/remote/server.js';
+import type { ServerOptionsInput } from '../../src/remote/serverOptions.js';
+import { layoutPaths } from '../../src/store/layout.js';
+import type { EntryRecord } from '../../src/store/record.js';
+
+await initHash();
+
+const TOP = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const SERVE_JS = join(TOP, 'dist', 'src', 'cli', 'serve.js');
+
+const SECRETS = { read: 'read-secret-0123456789', write: 'write-secret-0123456789', admin: 'admin-secret-0123456789' };
+const TOKENS = [
+  { name: 'alice', scope: 'read' as const, secret: SECRETS.read },
+  { name: 'ci', scope: 'write' as const, secret: SECRETS.write },
+  { name: 'ops', scope: 'admin' as const, secret: SECRETS.admin },
+];
+const TOKENS_TEXT = `# test tokens\n${TOKENS.map((t) => `${t.name} ${t.scope} ${t.secret}`).join('\n')}\n`;
+
+function tempDir(t: TestContext, prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), `ltocache-serve-${prefix}-`));
+  t.after(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+async function startServer(t: TestContext, dir: string, extra: Partial<ServerOptionsInput> = {}): Promise<CacheServer> {
+  const s = new CacheServer({ dir, port: 0, tokens: TOKENS, ...extra });
+  await s.start();
+  t.after(() => s.stop());
+  return s;
+}
+
+const key = (n: string | number): string => hashBytes(`job-${n}`);
+
+function makeEntry(files: Record<string, Buffer>): { record: EntryRecord; files: Map<string, Buffer> } {
+  return {
+    record: {
+      v: 1,
+      outputs: Object.entries(files).map(([name, data]) => ({ name, digest: hashBytes(data), size: data.length })),
+      stdout: '',
+      stderr: Buffer.from('warning: something\n').toString('base64'),
+      exitCode: 0,
+      compileMs: 120,
+      createdAt: 1_700_000_000_000,
+    },
+    files: new Map(Object.entries(files)),
+  };
+}
+
+type RawEntry = { name: string; type?: 'file' | 'symlink' | 'directory'; data?: Buffer; linkname?: string };
+
+/** A tar built entry by entry, with none of packBundle's guarantees. */
+async function rawTar(entries: RawEntry[]): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const done = new Promise<Buffer>((res, rej) => {
+    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
+    pack.on('end', () => res(Buffer.concat(chunks)));
+    pack.on('error', rej);
+  });
+  for (const e of entries) {
+    await new Promise<void>((res, rej) => {
+      const cb = (err?: Error | null) => (err ? rej(err) : res());
+      if (e.type === 'symlink') pack.entry({ name: e.name, type: 'symlink', linkname: e.linkname ?? '/etc/passwd' }, cb);
+      else if (e.type === 'directory') pack.entry({ name: e.name, type: 'directory' }, cb);
+      else pack.entry({ name: e.name, size: e.data!.length, type: 'file' }, e.data!, cb);
+    });
+  }
+  pack.finalize();
+  return done;
+}
+
+type Inbound = { kind: 'text'; msg: Record<string, any> } | { kind: 'binary'; id: number; bundle: Buffer };
+
+/** A protocol client written for the test: collects every message, hands them out by predicate. */
+class Peer {
+  readonly inbox: Inbound[] = [];
+  readonly closed: Promise<{ code: number; reason: string }>;
+  private readonly wakers = new Set<() => void>();
+  private nextId = 1;
+
+  constructor(readonly ws: WebSocket) {
+    ws.on('message', (data, isBinary) => {
+      const buf = data as Buffer;
+      this.inbox.push(isBinary ? { kind: 'binary', ...decodeBinary(buf) } : { kind: 'text', msg: JSON.parse(buf.toString('utf8')) });
+      this.wake();
+    });
+    ws.on('error', () => {});
+    this.closed = new Promise((res) =>
+      ws.on('close', (code, reason) => {
+        res({ code, reason: reason.toString() });
+        this.wake();
+      }),
+    );
+  }
+
+  private wake(): void {
+    for (const w of [...this.wakers]) w();
+  }
+
+  id(): number {
+    return this.nextId++;
+  }
+
+  send(msg: unknown): void {
+    this.ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg));
+  }
+
+  async take(pred: (m: Inbound) => boolean, what: string, ms = 5000): Promise<Inbound> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const i = this.inbox.findIndex(pred);
+      if (i >= 0) return this.inbox.splice(i, 1)[0]!;
+      if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`connection closed while waiting for ${what}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what}; inbox: ${JSON.stringify(this.inbox.map((m) => (m.kind === 'text' ? m.msg : `binary ${m.id}`)))}`);
+      await new Promise<void>((res) => {
+        const w = () => {
+          clearTimeout(timer);
+          this.wakers.delete(w);
+          res();
+        };
+        const timer = setTimeout(w, left);
+        this.wakers.add(w);
+      });
+    }
+  }
+
+  async text(pred: (m: Record<string, any>) => boolean, what: string, ms?: number): Promise<Record<string, any>> {
+    const m = await this.take((x) => x.kind === 'text' && pred(x.msg), what, ms);
+    return (m as { msg: Record<string, any> }).msg;
+  }
+
+  reply(id: number, ms?: number): Promise<Record<string, any>> {
+    return this.text((m) => m.id === id, `reply to request ${id}`, ms);
+  }
+
+  /** The next error without a request id. */
+  connectionError(): Promise<Record<string, any>> {
+    return this.text((m) => m.type === 'error' && m.id === undefined, 'an error without id');
+  }
+
+  async hello(protocol = 1): Promise<Record<string, any>> {
+    this.send({ type: 'hello', protocol, client: 'server.test' });
+    return this.text((m) => m.type === 'welcome' || m.type === 'error', 'welcome');
+  }
+
+  async get(k: string): Promise<{ type: string; code?: string; entry?: EntryRecord; bundle?: Buffer }> {
+    const id = this.id();
+    this.send({ type: 'get', id, key: k });
+    const r = await this.reply(id);
+    if (r.type !== 'hit') return { type: r.type, code: r.code };
+    const b = await this.take((m) => m.kind === 'binary' && m.id === id, `bundle ${id}`);
+    const bundle = (b as { bundle: Buffer }).bundle;
+    assert.equal(bundle.length, r.bundleBytes);
+    return { type: 'hit', entry: r.entry as EntryRecord, bundle };
+  }
+
+  sendPut(k: string, entry: EntryRecord, bundle: Buffer, declared = bundle.length): number {
+    const id = this.id();
+    this.send({ type: 'put', id, key: k, entry, bundleBytes: declared });
+    this.ws.send(encodeBinary(id, bundle));
+    return id;
+  }
+
+  put(k: string, entry: EntryRecord, bundle: Buffer, declared?: number): Promise<Record<string, any>> {
+    return this.reply(this.sendPut(k, entry, bundle, declared));
+  }
+
+  async stats(): Promise<ServerStats> {
+    const id = this.id();
+    this.send({ type: 'stats', id });
+    return (await this.reply(id)).stats as ServerStats;
+  }
+
+  async admin(op: 'reset-stats' | 'clear'): Promise<Record<string, any>> {
+    const id = this.id();
+    this.send({ type: 'admin', id, op });
+    return this.reply(id);
+  }
+
+  async ping(): Promise<void> {
+    const id = this.id();
+    this.send({ type: 'ping', id });
+    assert.equal((await this.reply(id)).type, 'pong');
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+}
+
+class HttpRefused extends Error {
+  constructor(readonly status: number) {
+    super(`upgrade refused with HTTP ${status}`);
+  }
+}
+
+function connect(url: string, secret: string | null, opts: ClientOptions = {}): Promise<Peer> {
+  return new Promise((res, rej) => {
+    const ws = new WebSocket(url, { ...opts, headers: secret === null ? {} : { authorization: `Bearer ${secret}` } });
+    const peer = new Peer(ws);
+    ws.once('open', () => res(peer));
+    ws.once('unexpected-response', (req, r) => {
+      req.destroy();
+      rej(new HttpRefused(r.statusCode ?? 0));
+    });
+    ws.once('error', rej);
+  });
+}
+
+async function open(t: TestContext, url: string, secret: string, opts: ClientOptions = {}): Promise<Peer> {
+  const p = await connect(url, secret, opts);
+  t.after(() => p.ws.terminate());
+  const w = await p.hello();
+  assert.equal(w.type, 'welcome', JSON.stringify(w));
+  return p;
+}
+
+async function assertHit(p: Peer, k: string, expected: { record: EntryRecord; files: Map<string, Buffer> }): Promise<Buffer> {
+  const r = await p.get(k);
+  assert.equal(r.type, 'hit', `expected a hit for ${k}, got ${JSON.stringify(r)}`);
+  assert.deepEqual(r.entry, expected.record);
+  const u = await unpackBundle(r.entry!, r.bundle!, { maxBundleBytes: 1 << 30, maxEntries: 16 });
+  assert.equal(u.kind, 'ok');
+  if (u.kind === 'ok') for (const [n, d] of expected.files) assert.ok(u.files.get(n)?.equals(d), `file ${n} differs`);
+  return r.bundle!;
+}
+
+test('put then get round trip, out-of-order gets, stats, access log, restart keeps entries and counters', { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t, 'roundtrip');
+  const s1 = new CacheServer({ dir, port: 0, tokens: TOKENS });
+  await s1.start();
+  assert.match(s1.url, /^ws:\/\/127\.0\.0\.1:\d+$/);
+  const writer = await connect(s1.url, SECRETS.write);
+  const w = await writer.hello();
+  assert.deepEqual(w, { type: 'welcome', protocol: 1, scope: 'write', limits: s1.limits });
+
+  const e1 = makeEntry({ obj: randomBytes(300_000), dwo: randomBytes(10_000) });
+  const bundle1 = await packBundle(e1.record, e1.files);
+  assert.deepEqual(await writer.put(key(1), e1.record, bundle1), { type: 'stored', id: 1, key: key(1) });
+  const served = await assertHit(writer, key(1), e1);
+  assert.ok(served.equals(bundle1), 'served bundle is byte-identical to the uploaded one');
+
+  // Many gets on one connection, answered as they complete.
+  const others = await Promise.all([2, 3, 4].map(async (n) => {
+    const e = makeEntry({ obj: randomBytes(1000 * n) });
+    assert.equal((await writer.put(key(n), e.record, await packBundle(e.record, e.files))).type, 'stored');
+    return e;
+  }));
+  const ids: number[] = [];
+  const keys = [1, 2, 3, 4, 5, 6, 1, 2];
+  for (const n of keys) {
+    const id = writer.id();
+    ids.push(id);
+    writer.send({ type: 'get', id, key: key(n) });
+  }
+  for (const [i, id] of ids.entries()) {
+    const r = await writer.reply(id);
+    assert.equal(r.type, keys[i]! <= 4 ? 'hit' : 'miss');
+    if (r.type === 'hit') await writer.take((m) => m.kind === 'binary' && m.id === id, `bundle ${id}`);
+  }
+
+  const st = await writer.stats();
+  assert.equal(st.entries, 4);
+  assert.ok(st.bytes > 300_000);
+  assert.equal(st.puts, 4);
+  assert.equal(st.hits, 7);
+  assert.equal(st.misses, 2);
+  assert.equal(st.connected_clients, 1);
+  assert.ok(st.bytes_received > 310_000 && st.bytes_served > 2 * 310_000);
+  for (const v of Object.values(st)) if (typeof v === 'number') assert.ok(Number.isInteger(v));
+
+  writer.close();
+  await writer.closed;
+  await s1.stop();
+
+  const log = readFileSync(join(dir, 'access.log'), 'utf8');
+  for (const secret of Object.values(SECRETS)) assert.ok(!log.includes(secret), 'a secret leaked into the access log');
+  const lines = log.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const put = lines.find((l) => l.op === 'put');
+  assert.deepEqual(Object.keys(put!).sort(), ['bytes', 'key', 'ms', 'op', 'remote', 'result', 'time', 'token']);
+  assert.deepEqual({ token: put!.token, key: put!.key, result: put!.result, bytes: put!.bytes }, { token: 'ci', key: key(1), result: 'stored', bytes: bundle1.length });
+  assert.match(String(put!.remote), /^127\.0\.0\.1:\d+$/);
+  assert.equal(lines.filter((l) => l.op === 'get' && l.result === 'hit').length, 7);
+
+  // Same directory, new process-level server: entry served, counters carried over.
+  const s2 = await startServer(t, dir);
+  const reader = await open(t, s2.url, SECRETS.read);
+  const again = await assertHit(reader, key(1), e1);
+  assert.ok(again.equals(bundle1));
+  await assertHit(reader, key(3), others[1]!);
+  const st2 = await reader.stats();
+  assert.equal(st2.entries, 4);
+  assert.equal(st2.puts, 4);
+  assert.equal(st2.hits, 9);
+  assert.equal(st2.misses, 2);
+  assert.equal(st2.since, st.since);
+});
+
+test('auth: refused upgrades, read scope, write scope, admin scope', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t, 'auth');
+  const s = await startServer(t, dir);
+  for (const [secret, why] of [
+    [null, 'no token'],
+    ['not-a-known-secret-at-all', 'wrong token'],
+    [SECRETS.write.slice(0, -1), 'prefix of a token'],
+  ] as const) {
+    await assert.rejects(connect(s.url, secret), (e: unknown) => {
+      assert.ok(e instanceof HttpRefused, `${why}: ${String(e)}`);
+      assert.equal(e.status, 401);
+      return true;
+    });
+  }
+  // Another scheme, and a client that does not listen for 'unexpected-response' sees an error.
+  const basic = new WebSocket(s.url, { headers: { authorization: `Basic ${SECRETS.admin}` } });
+  const err = await new Promise<Error>((res) => basic.on('error', res));
+  assert.match(err.message, /401/);
+
+  const admin = await open(t, s.url, SECRETS.admin);
+  assert.equal((await admin.stats()).auth_failures, 4);
+
+  const writer = await open(t, s.url, SECRETS.write);
+  const e = makeEntry({ obj: randomBytes(5000) });
+  const bundle = await packBundle(e.record, e.files);
+  assert.equal((await writer.put(key('a'), e.record, bundle)).type, 'stored');
+
+  const reader = await connect(s.url, SECRETS.read);
+  t.after(() => reader.ws.terminate());
+  assert.equal((await reader.hello()).scope, 'read');
+  await assertHit(reader, key('a'), e);
+  const refused = await reader.put(key('b'), e.record, bundle);
+  assert.equal(refused.type, 'error');
+  assert.equal(refused.code, 'forbidden');
+  // The refused put's bundle was dropped silently: the next reply is the pong, not an unknown-id error.
+  await reader.ping();
+  assert.equal(reader.inbox.length, 0, JSON.stringify(reader.inbox));
+  assert.equal((await reader.get(key('b'))).type, 'miss');
+  assert.equal((await reader.admin('clear')).code, 'forbidden');
+
+  const st = await reader.stats();
+  assert.equal(st.puts_refused, 1);
+  assert.equal(st.puts, 1);
+  assert.equal(st.entries, 1);
+
+  assert.equal((await writer.admin('reset-stats')).code, 'forbidden');
+  assert.equal((await writer.admin('clear')).code, 'forbidden');
+  assert.equal((await writer.stats()).puts, 1);
+
+  assert.equal((await admin.admin('reset-stats')).type, 'ok');
+  const zeroed = await admin.stats();
+  for (const c of ['hits', 'misses', 'puts', 'puts_refused', 'auth_failures', 'bad_messages', 'rejected_bundles', 'bytes_served'] as const) assert.equal(zeroed[c], 0, c);
+  assert.equal(zeroed.entries, 1);
+  assert.equal(zeroed.connected_clients, 3);
+  assert.equal((await admin.admin('clear')).type, 'ok');
+  assert.equal((await admin.stats()).entries, 0);
+  assert.equal((await reader.get(key('a'))).type, 'miss');
+});
+
+test('hostile peers are rejected and counted; a well-behaved client is unaffected', { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t, 'hostile');
+  const maxBundleBytes = 64 << 10;
+  const s = await startServer(t, dir, { limits: { maxMessageBytes: 4096, maxBundleBytes, maxStreams: 4, maxEntries: 3 } });
+
+  const seed = makeEntry({ obj: randomBytes(2000) });
+  const writer = await open(t, s.url, SECRETS.write);
+  assert.equal((await writer.put(key('seed'), seed.record, await packBundle(seed.record, seed.files))).type, 'stored');
+  const good = await open(t, s.url, SECRETS.read);
+  const stillServed = async () => {
+    await assertHit(good, key('seed'), seed);
+  };
+  const base = await good.stats();
+  let badMessages = 0;
+  let rejectedBundles = 0;
+
+  // --- text messages -------------------------------------------------------------------
+  const textCases: [string, string, ErrorCode, boolean][] = [
+    ['malformed JSON', '{"type":"get","id":1,', 'bad-message', false],
+    ['not an object', '[1,2,3]', 'bad-message', false],
+    ['unknown type', JSON.stringify({ type: 'delete', id: 7, key: key(1) }), 'bad-message', true],
+    ['missing key', JSON.stringify({ type: 'get', id: 8 }), 'bad-message', true],
+    ['malformed key', JSON.stringify({ type: 'get', id: 9, key: '../../etc/passwd' }), 'bad-message', true],
+    ['negative id', JSON.stringify({ type: 'ping', id: -1 }), 'bad-message', false],
+    ['put without entry', JSON.stringify({ type: 'put', id: 10, key: key(1), bundleBytes: 10 }), 'bad-message', true],
+    ['oversized text message', JSON.stringify({ type: 'ping', id: 11, pad: 'x'.repeat(5000) }), 'too-large', false],
+  ];
+  for (const [name, text, code, withId] of textCases) {
+    const p = await open(t, s.url, SECRETS.write);
+    p.send(text);
+    const r = await p.text((m) => m.type === 'error', name);
+    assert.equal(r.code, code, `${name}: ${JSON.stringify(r)}`);
+    assert.equal(r.id !== undefined, withId, `${name}: id ${r.id}`);
+    assert.ok(typeof r.message === 'string' && r.message.length > 0);
+    badMessages++;
+    await p.ping();
+    p.close();
+    await stillServed();
+  }
+
+  // --- binary messages -----------------------------------------------------------------
+  {
+    const p = await open(t, s.url, SECRETS.write);
+    p.ws.send(encodeBinary(4242, Buffer.from('stray')));
+    const r = await p.reply(4242);
+    assert.equal(r.code, 'unknown-id');
+    assert.equal(r.id, 4242);
+    p.ws.send(Buffer.from([1, 2]));
+    assert.equal((await p.text((m) => m.type === 'error', 'short binary')).code, 'bad-message');
+    badMessages += 2;
+    await p.ping();
+    p.close();
+    await stillServed();
+  }
+  {
+    const p = await open(t, s.url, SECRETS.write);
+    p.ws.send(Buffer.alloc(maxBundleBytes + 100));
+    const c = await p.closed;
+    assert.equal(c.code, CLOSE_CODES.tooBig);
+    badMessages++;
+    await stillServed();
+  }
+
+  // --- bundles -------------------------------------------------------------------------
+  const obj = randomBytes(3000);
+  const good1 = makeEntry({ obj });
+  const validBundle = await packBundle(good1.record, good1.files);
+  const bundleCases: [string, EntryRecord, Buffer, number?][] = [
+    ['a ../x name', good1.record, await rawTar([{ name: '../x', data: obj }])],
+    ['an absolute name', good1.record, await rawTar([{ name: '/tmp/obj', data: obj }])],
+    ['a symlink entry', good1.record, await rawTar([{ name: 'obj', type: 'symlink', linkname: '/etc/passwd' }])],
+    ['a directory entry', good1.record, await rawTar([{ name: 'obj', type: 'directory' }, { name: 'obj', data: obj }])],
+    ['an extra undeclared file', good1.record, await rawTar([{ name: 'obj', data: obj }, { name: 'extra', data: Buffer.from('x') }])],
+    ['a declared file missing', makeEntry({ obj, dwo: Buffer.from('d') }).record, validBundle],
+    ['a duplicated file', good1.record, await rawTar([{ name: 'obj', data: obj }, { name: 'obj', data: obj }])],
+    ['a wrong size', good1.record, await rawTar([{ name: 'obj', data: obj.subarray(0, 2900) }])],
+    ['a wrong content hash', { ...good1.record, outputs: [{ ...good1.record.outputs[0]!, digest: hashBytes('something else') }] }, validBundle],
+    ['bytes not matching the declared digest', good1.record, await rawTar([{ name: 'obj', data: Buffer.concat([obj.subarray(0, 100), Buffer.from('X'), obj.subarray(101)]) }])],
+    ['a truncated tar', good1.record, validBundle.subarray(0, 1500)],
+    ['garbage instead of a tar', good1.record, randomBytes(4096)],
+    ['a length differing from bundleBytes', good1.record, validBundle, validBundle.length + 1],
+    ['more outputs than maxEntries', makeEntry({ a: Buffer.from('1'), b: Buffer.from('2'), c: Buffer.from('3'), d: Buffer.from('4') }).record, validBundle],
+  ];
+  const p = await open(t, s.url, SECRETS.write);
+  for (const [name, record, bundle, declared] of bundleCases) {
+    const r = await p.put(key(`bad-${name}`), record, bundle, declared);
+    assert.equal(r.type, 'error', `${name}: ${JSON.stringify(r)}`);
+    assert.equal(r.code, 'bad-bundle', `${name}: ${JSON.stringify(r)}`);
+    rejectedBundles++;
+    assert.equal((await good.get(key(`bad-${name}`))).type, 'miss', name);
+    await stillServed();
+  }
+  const big = await p.put(key('too-big'), good1.record, validBundle, maxBundleBytes + 1);
+  assert.equal(big.code, 'too-large');
+  rejectedBundles++;
+  // After all that, the same connection still stores a good bundle.
+  assert.equal((await p.put(key('fine'), good1.record, validBundle)).type, 'stored');
+
+  // --- too many streams ----------------------------------------------------------------
+  const pending: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    const id = p.id();
+    pending.push(id);
+    p.send({ type: 'put', id, key: key(`stream-${i}`), entry: good1.record, bundleBytes: validBundle.length });
+  }
+  const overGet = p.id();
+  p.send({ type: 'get', id: overGet, key: key('seed') });
+  assert.equal((await p.reply(overGet)).code, 'too-many-streams');
+  const overPut = p.sendPut(key('stream-x'), good1.record, validBundle);
+  assert.equal((await p.reply(overPut)).code, 'too-many-streams');
+  badMessages += 2;
+  for (const id of pending) p.ws.send(encodeBinary(id, validBundle));
+  for (const id of pending) assert.equal((await p.reply(id)).type, 'stored');
+  await p.ping();
+  assert.equal(p.inbox.length, 0, `the over-limit put's bundle must be dropped: ${JSON.stringify(p.inbox)}`);
+  assert.equal((await good.get(key('stream-x'))).type, 'miss');
+
+  const st = await good.stats();
+  assert.equal(st.bad_messages - base.bad_messages, badMessages);
+  assert.equal(st.rejected_bundles - base.rejected_bundles, rejectedBundles);
+  assert.equal(st.entries, 1 + 1 + 4, 'seed, fine and the four streamed puts; nothing else stored');
+  assert.equal(good.ws.readyState, WebSocket.OPEN);
+  await stillServed();
+});
+
+test('handshake and connection limits: version, hello first, bad-message limit, idle timeout, id reuse', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t, 'limits');
+  const s = await startServer(t, dir, { limits: { idleTimeoutMs: 600 } });
+
+  const v = await connect(s.url, SECRETS.read);
+  const r = await v.hello(2);
+  assert.deepEqual({ type: r.type, code: r.code, id: r.id }, { type: 'error', code: 'version', id: undefined });
+  assert.equal((await v.closed).code, CLOSE_CODES.version);
+
+  const early = await connect(s.url, SECRETS.read);
+  t.after(() => early.ws.terminate());
+  early.send({ type: 'get', id: 1, key: key(1) });
+  assert.equal((await early.reply(1)).code, 'bad-message');
+  early.ws.send(encodeBinary(1, Buffer.from('x')));
+  assert.equal((await early.connectionError()).code, 'bad-message');
+  assert.equal((await early.hello()).type, 'welcome');
+  early.send({ type: 'hello', protocol: 1, client: 'again' });
+  assert.equal((await early.connectionError()).code, 'bad-message');
+
+  // Reusing the id of a request in progress is refused without naming the id.
+  const writer = await open(t, s.url, SECRETS.write);
+  const e = makeEntry({ obj: randomBytes(100) });
+  writer.send({ type: 'put', id: 50, key: key(50), entry: e.record, bundleBytes: 10 });
+  writer.send({ type: 'ping', id: 50 });
+  assert.match((await writer.connectionError()).message, /request id 50 is already in use/);
+
+  const noisy = await open(t, s.url, SECRETS.read);
+  const keepAlive = setInterval(() => void early.ping().catch(() => {}), 150);
+  t.after(() => clearInterval(keepAlive));
+  for (let i = 0; i < 10; i++) noisy.send('nonsense');
+  const c = await noisy.closed;
+  assert.equal(c.code, CLOSE_CODES.badMessages);
+  assert.equal(noisy.inbox.filter((m) => m.kind === 'text' && m.msg.code === 'bad-message').length, 10);
+
+  // Idle connections are closed; one that keeps pinging is not.
+  const idle = await open(t, s.url, SECRETS.read);
+  const t0 = Date.now();
+  assert.equal((await idle.closed).code, CLOSE_CODES.idle);
+  assert.ok(Date.now() - t0 >= 500, 'closed before the idle timeout');
+  assert.equal(early.ws.readyState, WebSocket.OPEN);
+  clearInterval(keepAlive);
+
+  const st = await (await open(t, s.url, SECRETS.admin)).stats();
+  assert.equal(st.bad_messages, 2 + 1 + 1 + 10);
+});
+
+test('TLS: wss round trip with the CA; a client without it fails', { timeout: 60_000 }, async (t) => {
+  if (spawnSync('openssl', ['version']).error) {
+    t.skip('openssl is not installed: TLS test skipped');
+    return;
+  }
+  const dir = tempDir(t, 'tls');
+  const gen = spawnSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-days', '2', '-keyout', 'k.pem', '-out', 'c.pem'],
+    { cwd: dir, encoding: 'utf8' },
+  );
+  assert.equal(gen.status, 0, gen.stderr);
+  const cert = readFileSync(join(dir, 'c.pem'));
+  const s = await startServer(t, join(dir, 'store'), { tls: { cert, key: readFileSync(join(dir, 'k.pem')) } });
+  assert.match(s.url, /^wss:\/\/127\.0\.0\.1:\d+$/);
+
+  const p = await open(t, s.url, SECRETS.write, { ca: cert });
+  const e = makeEntry({ obj: randomBytes(50_000) });
+  const bundle = await packBundle(e.record, e.files);
+  assert.equal((await p.put(key('tls'), e.record, bundle)).type, 'stored');
+  assert.ok((await assertHit(p, key('tls'), e)).equals(bundle));
+
+  await assert.rejects(connect(s.url, SECRETS.write), /self[- ]signed|unable to verify|certificate/i);
+  await assert.rejects(connect(s.url.replace('wss:', 'ws:'), SECRETS.write));
+  await p.ping();
+});
+
+/** Runs `runServe` in a child process, as `ltocache serve` would. */
+function spawnServe(t: TestContext, dir: string, args: string[]): { child: ChildProcess; url: Promise<string>; exit: Promise<number | null>; stderr: () => string } {
+  const runner = join(dir, 'serve-runner.mjs');
+  writeFileSync(runner, `const { runServe } = await import(${JSON.stringify(pathToFileURL(SERVE_JS).href)});\nawait runServe(process.argv.slice(2));\n`);
+  const child = spawn(process.execPath, [runner, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const url = new Promise<string>((res, rej) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /^listening on (wss?:\/\/\S+)$/m.exec(out);
+      if (m) res(m[1]!);
+    });
+    child.on('exit', (code) => rej(new Error(`serve exited (${code}) before listening: ${err}`)));
+  });
+  const exit = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  return { child, url, exit, stderr: () => err };
+}
+
+test('serve: SIGTERM during a large put lets it finish, exits 0; an abandoned upload leaves nothing', { timeout: 120_000 }, async (t) => {
+  const dir = tempDir(t, 'sigterm');
+  const store = join(dir, 'store');
+  const tokensFile = join(dir, 'tokens');
+  writeFileSync(tokensFile, TOKENS_TEXT, { mode: 0o600 });
+  const args = ['--listen', '127.0.0.1:0', '--dir', store, '--tokens', tokensFile, '--max-bundle', '64M'];
+
+  const big = makeEntry({ obj: randomBytes(40 << 20), dwo: randomBytes(1 << 20) });
+  const bundle = await packBundle(big.record, big.files);
+  const frame = encodeBinary(1, bundle);
+  const half = frame.length >> 1;
+
+  // 1. The upload is half sent when SIGTERM arrives; the server waits for the rest and stores it.
+  {
+    const srv = spawnServe(t, dir, args);
+    const url = await srv.url;
+    assert.match(url, /^ws:\/\/127\.0\.0\.1:(?!0\b)\d+$/);
+    const p = await open(t, url, SECRETS.write);
+    p.send({ type: 'put', id: 1, key: key('big'), entry: big.record, bundleBytes: bundle.length });
+    await new Promise<void>((res, rej) => p.ws.send(frame.subarray(0, half), { binary: true, fin: false }, (e) => (e ? rej(e) : res())));
+    await new Promise((r) => setTimeout(r, 200));
+    srv.child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    // The listener is gone while the old connection is still served.
+    await assert.rejects(connect(url, SECRETS.read));
+    p.ws.send(frame.subarray(half), { binary: true, fin: true });
+    assert.deepEqual(await p.reply(1, 20_000), { type: 'stored', id: 1, key: key('big') });
+    assert.equal((await p.closed).code, CLOSE_CODES.goingAway);
+    assert.equal(await srv.exit, 0, srv.stderr());
+  }
+
+  // 2. The client vanishes mid-upload after SIGTERM: exit 0 promptly, nothing of it stored.
+  {
+    const srv = spawnServe(t, dir, args);
+    const p = await open(t, await srv.url, SECRETS.write);
+    const other = makeEntry({ obj: randomBytes(8 << 20) });
+    const otherBundle = await packBundle(other.record, other.files);
+    const f = encodeBinary(2, otherBundle);
+    p.send({ type: 'put', id: 2, key: key('abandoned'), entry: other.record, bundleBytes: otherBundle.length });
+    await new Promise<void>((res, rej) => p.ws.send(f.subarray(0, f.length >> 1), { binary: true, fin: false }, (e) => (e ? rej(e) : res())));
+    await new Promise((r) => setTimeout(r, 200));
+    const t0 = Date.now();
+    srv.child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 100));
+    p.ws.terminate();
+    assert.equal(await srv.exit, 0, srv.stderr());
+    assert.ok(Date.now() - t0 < 8000, 'shutdown waited for an upload whose client had gone');
+  }
+
+  assert.deepEqual(readdirSync(layoutPaths(store).tmp), [], 'no half-written files left');
+  const s = await startServer(t, store);
+  const p = await open(t, s.url, SECRETS.read);
+  const served = await assertHit(p, key('big'), big);
+  assert.ok(served.equals(bundle));
+  assert.equal((await p.get(key('abandoned'))).type, 'miss');
+  const st = await p.stats();
+  assert.equal(st.entries, 1);
+  assert.equal(st.puts, 1);
+});
+
+test('serve: argument and start-up errors', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t, 'args');
+  const tokensFile = join(dir, 'tokens');
+  writeFileSync(tokensFile, `ci write ${SECRETS.write}\nbroken line\n`, { mode: 0o600 });
+  const run = (args: string[]) => {
+    const runner = join(dir, 'runner.mjs');
+    writeFileSync(runner, `const { runServe } = await import(${JSON.stringify(pathToFileURL(SERVE_JS).href)});\nawait runServe(process.argv.slice(2));\n`);
+    return spawnSync(process.execPath, [runner, ...args], { encoding: 'utf8', timeout: 20_000 });
+  };
+  let r = run(['--tokens', tokensFile]);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--dir is required/);
+  r = run(['--dir', join(dir, 's'), '--tokens', tokensFile, '--listen', 'nope']);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--listen must be HOST:PORT/);
+  r = run(['--dir', join(dir, 's'), '--tokens', tokensFile, '--tls-cert', 'x.pem']);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--tls-cert and --tls-key go together/);
+  r = run(['--dir', join(dir, 's'), '--tokens', tokensFile, '--listen', '127.0.0.1:0']);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /tokens:2: expected 'NAME SCOPE SECRET'/);
+  assert.ok(!r.stderr.includes(SECRETS.write));
+});
