@@ -27,6 +27,7 @@ const USAGE = `usage:
   ltocache explain PATH [--json]       why the last job for an output hit or missed
   ltocache explain --last-build [--json]
   ltocache trace --last-build -o FILE  Chrome trace-event file of the last build
+  ltocache report -o FILE              self-contained HTML report: hit rate, time saved, store, last build
   ltocache demo                        build a small ThinLTO program twice through the cache`;
 
 class UsageError extends Error {}
@@ -273,6 +274,8 @@ export async function main(argv: string[]): Promise<void> {
       return clear(config);
     case 'explain':
       return explain(config, rest);
+    case 'report':
+      return (await import('./report.js')).runReport(config, rest);
     case 'trace':
       return trace(config, rest);
     case 'demo': {

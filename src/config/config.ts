@@ -18,7 +18,9 @@ export function parseSize(text: string): number {
 const sizeField = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   if (typeof v === 'number') return v;
   try {
-    return parseSize(v);
+    const n = parseSize(v);
+    if (n <= 0) throw new Error(`size must be positive, got '${v}'`);
+    return n;
   } catch (e) {
     ctx.addIssue({ code: 'custom', message: (e as Error).message });
     return z.NEVER;

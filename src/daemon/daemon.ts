@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync, unlinkSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -22,6 +22,7 @@ import {
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
 import type { StoredEntry } from '../store/backend.js';
 import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { LayoutError } from '../store/layout.js';
 import type { CacheBackend } from '../store/backend.js';
 import { readOnly, tiered, type TierEvent, type TieredLookup } from '../store/policies.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
@@ -64,6 +65,9 @@ export class Daemon {
   private idleTimer: NodeJS.Timeout | null = null;
   private flushTimer: NodeJS.Timeout | null = null;
   private flushedVersion = -1;
+  private socketWatch: NodeJS.Timeout | null = null;
+  private socketIno = -1;
+  private rebinding = false;
   private stopping: Promise<void> | null = null;
   readonly socketPath: string;
   private readonly startedAt = Date.now();
@@ -128,7 +132,7 @@ export class Daemon {
     await initHash();
     let store: LocalStore;
     try {
-      store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
+      store = await openStoreWithRecovery(config, log);
     } catch (e) {
       if (e instanceof StoreLockedError) return 'already-running';
       throw e;
@@ -146,18 +150,54 @@ export class Daemon {
   private async listen(): Promise<void> {
     await this.restoreCounters();
     await ensurePrivateDir(socketDirFor(process.getuid!()), process.getuid!());
-    // We hold the store lock, so a socket file left here belongs to a dead daemon.
-    await unlink(this.socketPath).catch(() => {});
-    this.server = createServer((s) => this.onConnection(s));
-    await new Promise<void>((res, rej) => {
-      this.server!.once('error', rej);
-      this.server!.listen(this.socketPath, () => res());
-    });
+    await this.bindSocket();
     writeFileSync(join(this.config.dir, 'daemon.pid'), `${process.pid}\n`);
     this.flushTimer = setInterval(() => void this.flushCounters(), 500);
     this.flushTimer.unref();
+    this.socketWatch = setInterval(() => void this.checkSocket(), 1000);
+    this.socketWatch.unref();
     this.armIdle();
     this.log.info('daemon started', { pid: process.pid, socket: this.socketPath, dir: this.config.dir, jobs: this.config.jobs });
+  }
+
+  /** Listens on the socket path; we hold the store lock, so a file already there is a dead daemon's. */
+  private async bindSocket(): Promise<void> {
+    await unlink(this.socketPath).catch(() => {});
+    const server = createServer((s) => this.onConnection(s));
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      server.listen(this.socketPath, () => res());
+    });
+    this.server = server;
+    this.socketIno = lstatSync(this.socketPath).ino;
+  }
+
+  /**
+   * A removed (or replaced) socket file would make every client start a daemon that cannot take
+   * the lock and then fall back after its start timeout: put the socket back.
+   */
+  private async checkSocket(): Promise<void> {
+    if (this.stopping || this.rebinding) return;
+    let ino = -1;
+    try {
+      ino = lstatSync(this.socketPath).ino;
+    } catch {
+      // gone
+    }
+    if (ino === this.socketIno) return;
+    this.rebinding = true;
+    this.log.warn('socket file removed or replaced; listening again', { socket: this.socketPath });
+    const old = this.server;
+    try {
+      // Close first: closing a listening Unix socket unlinks its path, which must not be the new one.
+      old?.close();
+      await ensurePrivateDir(socketDirFor(process.getuid!()), process.getuid!());
+      await this.bindSocket();
+    } catch (e) {
+      this.log.error('cannot listen again on the socket', { error: String(e) });
+    } finally {
+      this.rebinding = false;
+    }
   }
 
   private armIdle(): void {
@@ -472,6 +512,7 @@ export class Daemon {
       this.log.info('daemon stopping');
       if (this.idleTimer) clearTimeout(this.idleTimer);
       if (this.flushTimer) clearInterval(this.flushTimer);
+      if (this.socketWatch) clearInterval(this.socketWatch);
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
       const deadline = Date.now() + 30_000;
       while (this.activeJobs > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
@@ -490,6 +531,25 @@ export class Daemon {
       this.markStopped();
     })();
     return this.stopping;
+  }
+}
+
+/**
+ * Opens the store; metadata LevelDB that cannot be opened (corrupt, deleted files) is moved aside
+ * and re-initialised empty, with a clear log line: the blobs it referenced become orphans that
+ * the background sweep removes, and jobs recompile. A locked store (another daemon) and an
+ * unknown layout version are not touched.
+ */
+async function openStoreWithRecovery(config: Config, log: Logger): Promise<LocalStore> {
+  const dir = join(config.dir, 'store');
+  try {
+    return await LocalStore.open({ dir, maxBytes: config.max_size });
+  } catch (e) {
+    if (e instanceof StoreLockedError || e instanceof LayoutError || !existsSync(join(dir, 'v1', 'meta'))) throw e;
+    const aside = join(dir, 'v1', `meta.corrupt-${Date.now()}`);
+    log.error('store metadata unreadable; moving it aside and starting with an empty store', { error: String(e), moved_to: aside });
+    renameSync(join(dir, 'v1', 'meta'), aside);
+    return await LocalStore.open({ dir, maxBytes: config.max_size });
   }
 }
 

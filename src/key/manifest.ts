@@ -12,7 +12,7 @@ const digest = z.string().regex(DIGEST_RE);
 const FileRef = z.object({ path: z.string(), digest });
 
 /** Environment variables that can change a backend job's output (docs/key.md). */
-export const KEY_ENV = ['CCC_OVERRIDE_OPTIONS', 'LD_LIBRARY_PATH', 'LD_PRELOAD', 'COMPILER_PATH'] as const;
+export const KEY_ENV = ['CCC_OVERRIDE_OPTIONS', 'CLANG_NO_DEFAULT_CONFIG', 'LD_LIBRARY_PATH', 'LD_PRELOAD', 'COMPILER_PATH'] as const;
 
 /** Key manifest, version 1 (cache-schema/key-manifest.v1.json). Everything in it is keyed except `dropped`. */
 export const Manifest = z.object({
@@ -24,6 +24,8 @@ export const Manifest = z.object({
     digest,
     libs: z.array(FileRef),
     configs: z.array(FileRef),
+    /** PATH, keyed only when the compiler is a script: the programs it runs are found through it. */
+    searchPath: z.string().optional(),
   }),
   /** Every argument in order, after response-file expansion; files named by it with their content. */
   args: z.array(

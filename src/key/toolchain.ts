@@ -16,6 +16,8 @@ export interface Toolchain {
   libs: { path: string; digest: Digest }[];
   /** Clang configuration files (*.cfg) that could be loaded implicitly. */
   configs: { path: string; digest: Digest }[];
+  /** PATH, for a compiler that is a script (it finds the programs it runs through PATH). */
+  searchPath?: string;
 }
 
 /** Environment variables that change which libraries the compiler loads. */
@@ -36,7 +38,7 @@ export class ToolchainIdentifier {
   async identify(compiler: string, env: Record<string, string>): Promise<Toolchain> {
     const real = await realpath(compiler);
     const st = await stat(real, { bigint: true });
-    const memoKey = JSON.stringify([compiler, real, String(st.dev), String(st.ino), String(st.size), String(st.mtimeNs), String(st.ctimeNs), ...LOADER_ENV.map((k) => env[k] ?? '')]);
+    const memoKey = JSON.stringify([compiler, real, String(st.dev), String(st.ino), String(st.size), String(st.mtimeNs), String(st.ctimeNs), env.PATH ?? '', ...LOADER_ENV.map((k) => env[k] ?? '')]);
     let p = this.memo.get(memoKey);
     if (!p) {
       p = this.compute(compiler, real, env);
@@ -60,7 +62,8 @@ export class ToolchainIdentifier {
     const self = await this.files.digest(real);
     if (self.kind !== 'file') throw new Error(`compiler ${real} is not a regular file`);
     const libs: Toolchain['libs'] = [];
-    for (const path of await loadedLibraries(await loaderTarget(real), env)) {
+    const target = await loaderTarget(real);
+    for (const path of await loadedLibraries(target.binary, env)) {
       const d = await this.files.digest(path);
       if (d.kind === 'file') libs.push({ path, digest: d.digest });
     }
@@ -78,7 +81,9 @@ export class ToolchainIdentifier {
         if (d.kind === 'file') configs.push({ path: join(dir, n), digest: d.digest });
       }
     }
-    return { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs };
+    const t: Toolchain = { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs };
+    if (target.script) t.searchPath = env.PATH ?? '';
+    return t;
   }
 }
 
@@ -86,19 +91,19 @@ export class ToolchainIdentifier {
  * The binary whose libraries to list: the executable itself when it is ELF, the interpreter of a
  * `#!` script (the script is never run to find out), nothing for anything else.
  */
-async function loaderTarget(exe: string): Promise<string | null> {
+async function loaderTarget(exe: string): Promise<{ binary: string | null; script: boolean }> {
   const fh = await open(exe, 'r');
   try {
     const head = Buffer.alloc(256);
     const { bytesRead } = await fh.read(head, 0, 256, 0);
     const bytes = head.subarray(0, bytesRead);
-    if (bytes.subarray(0, 4).equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return exe;
+    if (bytes.subarray(0, 4).equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return { binary: exe, script: false };
     if (bytes[0] === 0x23 && bytes[1] === 0x21) {
       const line = bytes.toString('latin1').slice(2).split('\n')[0]!.trim();
       const interp = line.split(/\s+/)[0];
-      return interp ? realpath(interp).catch(() => null) : null;
+      return { binary: interp ? await realpath(interp).catch(() => null) : null, script: true };
     }
-    return null;
+    return { binary: null, script: true };
   } finally {
     await fh.close();
   }

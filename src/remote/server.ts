@@ -17,7 +17,7 @@ import {
   type ServerMessage,
   type ServerStats,
 } from '../protocol/remote.js';
-import { LocalStore } from '../store/localStore.js';
+import { LocalStore, type StoreSublevel } from '../store/localStore.js';
 import type { EntryRecord } from '../store/record.js';
 import { packBundle, unpackBundle } from './bundle.js';
 import { parseServerOptions, parseTokenList, type ResolvedServerOptions, type ServerOptionsInput } from './serverOptions.js';
@@ -139,6 +139,7 @@ export class CacheServer {
   private phase: Phase = 'new';
   private tokens: TokenTable;
   private store: LocalStore | null = null;
+  private statsDb: StoreSublevel<PersistedStats> | null = null;
   private server: http.Server | https.Server | null = null;
   private wss: WebSocketServer | null = null;
   private accessLog: WriteStream | null = null;
@@ -300,6 +301,7 @@ export class CacheServer {
       await this.flushStats(true).catch((e) => this.options.log.warn('could not persist counters', { error: message(e) }));
       await this.store.close().catch((e) => this.options.log.warn('store close failed', { error: message(e) }));
       this.store = null;
+      this.statsDb = null;
     }
     this.wss?.close();
     if (this.server?.listening) await new Promise<void>((res) => this.server!.close(() => res()));
@@ -345,9 +347,19 @@ export class CacheServer {
   }
 
   private async loadStats(): Promise<void> {
-    const db = this.store!.sublevel<unknown>(STATS_SUBLEVEL);
-    const r = PersistedStats.safeParse(await db.get(STATS_KEY));
-    if (!r.success) return;
+    this.statsDb = this.store!.sublevel<PersistedStats>(STATS_SUBLEVEL);
+    let raw: unknown;
+    try {
+      raw = await this.statsDb.get(STATS_KEY);
+    } catch (e) {
+      this.options.log.warn('persisted counters unreadable; starting from zero', { error: message(e) });
+      return;
+    }
+    const r = PersistedStats.safeParse(raw);
+    if (!r.success) {
+      if (raw !== undefined) this.options.log.warn('persisted counters invalid; starting from zero');
+      return;
+    }
     for (const c of COUNTERS) this.counters[c] = r.data.counters[c] ?? 0;
     this.since = r.data.since;
   }
@@ -355,10 +367,10 @@ export class CacheServer {
   /** Writes the counters if they changed (or `force`); writes are serialised. */
   private flushStats(force: boolean): Promise<void> {
     this.syncEvictions();
-    if (!this.store || (!this.statsDirty && !force)) return this.statsWrite;
+    const db = this.statsDb;
+    if (!db || (!this.statsDirty && !force)) return this.statsWrite;
     this.statsDirty = false;
     const value: PersistedStats = { v: 1, counters: { ...this.counters }, since: this.since };
-    const db = this.store.sublevel<PersistedStats>(STATS_SUBLEVEL);
     this.statsWrite = this.statsWrite.then(() =>
       db.put(STATS_KEY, value).catch((e: unknown) => {
         this.statsDirty = true;
@@ -503,10 +515,10 @@ export class CacheServer {
 
   private track<T>(p: Promise<T>): Promise<T> {
     this.work.add(p);
-    void p.finally(() => {
+    p.finally(() => {
       this.work.delete(p);
       this.notify();
-    });
+    }).catch(() => {});
     return p;
   }
 
@@ -546,7 +558,14 @@ export class CacheServer {
     if (c.closing) return;
     if (isBinary) return this.onBinary(c, data);
     const max = this.options.limits.maxMessageBytes;
-    if (data.length > max) return this.bad(c, undefined, 'too-large', `text message of ${data.length} bytes exceeds the limit of ${max}`);
+    if (data.length > max) {
+      // Not parsed whole; the id and type are read from the start so the sender can match the error.
+      const head = data.subarray(0, 256).toString('utf8');
+      const id = Number(/"id"\s*:\s*(\d{1,10})[,}\s]/.exec(head)?.[1] ?? NaN);
+      const known = Number.isInteger(id) && id <= 0xffffffff && !c.active.has(id) ? id : undefined;
+      if (known !== undefined && c.hello && /^\s*\{\s*"type"\s*:\s*"put"/.test(head)) this.discardLater(c, known);
+      return this.bad(c, known, 'too-large', `text message of ${data.length} bytes exceeds the limit of ${max}`);
+    }
     const text = data.toString('utf8');
     let msg: ClientMessage;
     try {

@@ -363,11 +363,19 @@ test('auth: refused upgrades, read scope, write scope, admin scope', { timeout: 
   assert.equal((await writer.admin('clear')).code, 'forbidden');
   assert.equal((await writer.stats()).puts, 1);
 
+  // Replaced tokens (SIGHUP in `serve`): the old secret is refused, open connections stay.
+  s.setTokens([...TOKENS.filter((x) => x.name !== 'alice'), { name: 'bob', scope: 'read', secret: 'bob-secret-0123456789' }]);
+  await assert.rejects(connect(s.url, SECRETS.read), HttpRefused);
+  const bob = await open(t, s.url, 'bob-secret-0123456789');
+  await bob.ping();
+  await reader.ping();
+  assert.throws(() => s.setTokens([]), /at least one token/);
+
   assert.equal((await admin.admin('reset-stats')).type, 'ok');
   const zeroed = await admin.stats();
   for (const c of ['hits', 'misses', 'puts', 'puts_refused', 'auth_failures', 'bad_messages', 'rejected_bundles', 'bytes_served'] as const) assert.equal(zeroed[c], 0, c);
   assert.equal(zeroed.entries, 1);
-  assert.equal(zeroed.connected_clients, 3);
+  assert.equal(zeroed.connected_clients, 4);
   assert.equal((await admin.admin('clear')).type, 'ok');
   assert.equal((await admin.stats()).entries, 0);
   assert.equal((await reader.get(key('a'))).type, 'miss');
@@ -398,7 +406,8 @@ test('hostile peers are rejected and counted; a well-behaved client is unaffecte
     ['malformed key', JSON.stringify({ type: 'get', id: 9, key: '../../etc/passwd' }), 'bad-message', true],
     ['negative id', JSON.stringify({ type: 'ping', id: -1 }), 'bad-message', false],
     ['put without entry', JSON.stringify({ type: 'put', id: 10, key: key(1), bundleBytes: 10 }), 'bad-message', true],
-    ['oversized text message', JSON.stringify({ type: 'ping', id: 11, pad: 'x'.repeat(5000) }), 'too-large', false],
+    ['oversized text message', JSON.stringify({ pad: 'x'.repeat(5000) }), 'too-large', false],
+    ['oversized request', JSON.stringify({ type: 'ping', id: 11, pad: 'x'.repeat(5000) }), 'too-large', true],
   ];
   for (const [name, text, code, withId] of textCases) {
     const p = await open(t, s.url, SECRETS.write);
@@ -468,6 +477,14 @@ test('hostile peers are rejected and counted; a well-behaved client is unaffecte
   const big = await p.put(key('too-big'), good1.record, validBundle, maxBundleBytes + 1);
   assert.equal(big.code, 'too-large');
   rejectedBundles++;
+  // A put whose record makes the text message too large: the error names its id, the bundle is dropped.
+  const chatty = makeEntry({ obj });
+  chatty.record.stderr = Buffer.from('w'.repeat(6000)).toString('base64');
+  const tooChatty = await p.put(key('chatty'), chatty.record, validBundle);
+  assert.equal(tooChatty.code, 'too-large');
+  badMessages++;
+  await p.ping();
+  assert.equal(p.inbox.length, 0, JSON.stringify(p.inbox));
   // After all that, the same connection still stores a good bundle.
   assert.equal((await p.put(key('fine'), good1.record, validBundle)).type, 'stored');
 
@@ -496,6 +513,26 @@ test('hostile peers are rejected and counted; a well-behaved client is unaffecte
   assert.equal(st.entries, 1 + 1 + 4, 'seed, fine and the four streamed puts; nothing else stored');
   assert.equal(good.ws.readyState, WebSocket.OPEN);
   await stillServed();
+});
+
+test('the store stays within max size: LRU evictions are counted and persisted', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t, 'evict');
+  const s = await startServer(t, dir, { maxBytes: 200_000 });
+  const p = await open(t, s.url, SECRETS.write);
+  for (let i = 0; i < 10; i++) {
+    const e = makeEntry({ obj: randomBytes(40_000) });
+    assert.equal((await p.put(key(`ev-${i}`), e.record, await packBundle(e.record, e.files))).type, 'stored');
+  }
+  const st = await p.stats();
+  assert.ok(st.bytes <= 200_000, `bytes ${st.bytes}`);
+  assert.ok(st.evictions >= 5, `evictions ${st.evictions}`);
+  assert.equal(st.entries + st.evictions, 10);
+  assert.equal((await p.get(key('ev-0'))).type, 'miss');
+  p.close();
+  await s.stop();
+  const s2 = await startServer(t, dir, { maxBytes: 200_000 });
+  const q = await open(t, s2.url, SECRETS.read);
+  assert.equal((await q.stats()).evictions, st.evictions);
 });
 
 test('handshake and connection limits: version, hello first, bad-message limit, idle timeout, id reuse', { timeout: 30_000 }, async (t) => {

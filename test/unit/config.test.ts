@@ -79,7 +79,6 @@ describe('loadConfig', () => {
       remote_timeout_ms: 300,
       upload_queue: 256,
       verify: 'off',
-      stats: true,
       dir,
       configFile: join(dir, 'ltocache.conf'),
     };
@@ -108,7 +107,6 @@ describe('loadConfig', () => {
       'remote = "wss://cache.example:8443/ltocache"',
       'remote_token = abc#def',
       'verify = sample:0.25',
-      'stats = no',
       'remote_mode = read-only',
     ]);
     const { config, origins } = loadConfig({ LTOCACHE_DIR: dir });
@@ -119,26 +117,26 @@ describe('loadConfig', () => {
     assert.equal(config.remote, 'wss://cache.example:8443/ltocache');
     assert.equal(config.remote_token, 'abc#def');
     assert.equal(config.verify, 'sample:0.25');
-    assert.equal(config.stats, false);
     assert.equal(config.remote_mode, 'read-only');
     assert.equal(config.idle_timeout, 900);
     assert.equal(origins.max_size, 'file');
     assert.equal(origins.jobs, 'file');
-    assert.equal(origins.stats, 'file');
+    assert.equal(origins.remote_mode, 'file');
     assert.equal(origins.idle_timeout, 'default');
     assert.equal(origins.upload_queue, 'default');
   });
 
   test('environment overrides the file; an empty variable does not', () => {
     const { dir } = withConf(['max_size = 512M', 'jobs = 3', 'log_level = debug']);
-    const { config, origins } = loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_MAX_SIZE: '1.5GiB', LTOCACHE_JOBS: '', LTOCACHE_IDLE_TIMEOUT: '60', LTOCACHE_STATS: '0' });
+    const { config, origins } = loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_MAX_SIZE: '1.5GiB', LTOCACHE_JOBS: '', LTOCACHE_IDLE_TIMEOUT: '60', LTOCACHE_REMOTE_MODE: 'read-only' });
     assert.equal(config.max_size, 1.5 * GiB);
     assert.equal(origins.max_size, 'env');
     assert.equal(config.jobs, 3);
     assert.equal(origins.jobs, 'file');
     assert.equal(config.idle_timeout, 60);
     assert.equal(origins.idle_timeout, 'env');
-    assert.equal(config.stats, false);
+    assert.equal(config.remote_mode, 'read-only');
+    assert.equal(origins.remote_mode, 'env');
     assert.equal(origins.log_level, 'file');
   });
 
@@ -194,7 +192,7 @@ describe('bad configuration', () => {
     ['jobs = many', 'jobs', /.+/],
     ['jobs = 1.5', 'jobs', /.+/],
     ['log_level = loud', 'log_level', /.+/],
-    ['stats = maybe', 'stats', /.+/],
+    ['upload_queue = -1', 'upload_queue', /.+/],
     ['remote_mode = write-only', 'remote_mode', /.+/],
     ['idle_timeout = -1', 'idle_timeout', /.+/],
   ];
