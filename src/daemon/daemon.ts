@@ -1,7 +1,7 @@
 import { existsSync, lstatSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
 import { FileDigests } from '../key/fileDigests.js';
 import { hashBytes, initHash } from '../key/hash.js';
@@ -68,6 +68,8 @@ export class Daemon {
   private socketWatch: NodeJS.Timeout | null = null;
   private socketIno = -1;
   private rebinding = false;
+  /** Share of hits audited by a background compile (config `verify`). */
+  private readonly verifyShare: number;
   private stopping: Promise<void> | null = null;
   readonly socketPath: string;
   private readonly startedAt = Date.now();
@@ -86,6 +88,7 @@ export class Daemon {
     readonly log: Logger,
   ) {
     this.compiles = new Semaphore(config.jobs);
+    this.verifyShare = config.verify === 'off' ? 0 : config.verify === 'all' ? 1 : Number(config.verify.slice('sample:'.length));
     this.socketPath = socketPathFor(config.dir, process.getuid!());
     this.jobLog = new JobLog(store, config.build_gap_ms);
     this.stopped = new Promise((r) => (this.markStopped = r));
@@ -425,6 +428,7 @@ export class Daemon {
     if (found.kind === 'miss') return null;
     const entry = found.entry;
     if (!(await this.place(entry, outputs, req))) return null;
+    this.maybeVerify(key, entry, outputs, req);
     this.counters.add('hits');
     this.counters.add('time_saved_ms', entry.record.compileMs);
     const result = found.tier === 'remote' ? 'remote-hit' : 'hit';
@@ -446,6 +450,58 @@ export class Daemon {
       this.log.warn('cannot write outputs; compiling instead', { error: String(e) });
       return false;
     }
+  }
+
+  /**
+   * The stale-hit audit (`verify`): for the configured share of hits, compile again in the
+   * background, to a temp file beside the object, and compare bytes and diagnostics. A mismatch
+   * is logged with the manifests, counted, and the entry purged. Jobs whose -o is not a direct
+   * argument (inside a response file) or that write more than the object (.dwo embeds the object
+   * name) cannot be redirected exactly and are not audited.
+   */
+  private maybeVerify(key: string, entry: StoredEntry, outputs: { role: string; path: string }[], req: CompileRequest): void {
+    if (this.verifyShare <= 0 || Math.random() >= this.verifyShare) return;
+    const oi = req.args.indexOf('-o');
+    if (outputs.length !== 1 || oi < 0 || req.args[oi + 1] !== outputs[0]!.path) {
+      this.counters.add('verify_skipped');
+      return;
+    }
+    const target = resolve(req.cwd, outputs[0]!.path);
+    const tmp = join(dirname(target), `.${basename(target)}.ltocache-verify-${process.pid}-${Math.random().toString(36).slice(2)}`);
+    const args = [...req.args];
+    args[oi + 1] = tmp;
+    void (async () => {
+      const release = await this.compiles.acquire();
+      try {
+        const run = await runCompiler({ compiler: req.compiler, args, cwd: req.cwd, env: req.env, umask: req.umask, signal: new AbortController().signal });
+        const fresh = await readFile(tmp).catch(() => null);
+        this.counters.add('verify_runs');
+        const freshErr = run.stderr.toString('latin1').split(tmp).join(outputs[0]!.path);
+        const storedErr = Buffer.from(entry.record.stderr, 'base64').toString('latin1');
+        const same = run.exitCode === 0 && fresh !== null && fresh.equals(entry.files.get(outputs[0]!.role)!) && freshErr === storedErr;
+        if (!same) {
+          this.counters.add('verify_mismatches');
+          const stored = await this.jobLog.manifestOf(key).catch(() => undefined);
+          const current = await buildManifest({ files: this.files, toolchains: this.toolchains }, (await parseJob(req.args, req.cwd) as { job: Job }).job, req.compiler, req.cwd, req.env).catch(() => null);
+          this.log.error('verify: a served object differs from a fresh compile; entry purged', {
+            key,
+            output: target,
+            exit: run.exitCode,
+            sameObject: fresh !== null && fresh.equals(entry.files.get(outputs[0]!.role)!),
+            sameStderr: freshErr === storedErr,
+            storedManifest: stored ?? null,
+            currentManifest: current?.kind === 'key' ? current.manifest : null,
+          });
+          await this.store.delete(key);
+        }
+      } catch (e) {
+        this.counters.error('verify');
+        this.log.warn('verify run failed', { key, error: String(e) });
+      } finally {
+        release();
+        await unlink(tmp).catch(() => {});
+      }
+    })();
   }
 
   private async compile(req: CompileRequest, outputs: { role: string; path: string }[], key: string, signal: AbortSignal): Promise<Compiled> {

@@ -191,7 +191,7 @@ export class CacheServer {
    * counters, opens the access log and listens. On failure everything opened is closed again.
    */
   start(): Promise<void> {
-    if (this.phase !== 'new') throw new Error('CacheServer.start() may be called once');
+    if (this.phase !== 'new') return Promise.reject(new Error('CacheServer.start() may be called once'));
     this.phase = 'starting';
     this.starting = this.doStart();
     return this.starting;

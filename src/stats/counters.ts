@@ -20,6 +20,7 @@ export const COUNTERS = [
   'corrupt_blobs',
   'verify_runs',
   'verify_mismatches',
+  'verify_skipped',
   'fallbacks',
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { connect as netConnect } from 'node:net';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -441,6 +442,31 @@ test('hostile peers are rejected and counted; a well-behaved client is unaffecte
     p.ws.send(Buffer.alloc(maxBundleBytes + 100));
     const c = await p.closed;
     assert.equal(c.code, CLOSE_CODES.tooBig);
+    badMessages++;
+    await stillServed();
+  }
+
+  {
+    const p = await open(t, s.url, SECRETS.write);
+    p.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false });
+    assert.equal((await p.closed).code, 1007);
+    badMessages++;
+  }
+  {
+    // Raw bytes that are not WebSocket frames, after a valid upgrade.
+    const sock = netConnect(s.port, '127.0.0.1');
+    sock.on('error', () => {});
+    sock.write(
+      `GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n` +
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nAuthorization: Bearer ${SECRETS.write}\r\n\r\n`,
+    );
+    let got = '';
+    sock.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      if (got.includes('\r\n\r\n')) sock.write(randomBytes(64).fill(0x0f, 0, 1));
+    });
+    await new Promise((res) => sock.on('close', res));
+    assert.match(got, /^HTTP\/1\.1 101 /);
     badMessages++;
     await stillServed();
   }

@@ -1,0 +1,84 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ThinBuild } from '../../src/build/thinBuild.js';
+import type { JobExplanation } from '../../src/explain/explainJobs.js';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { LocalStore } from '../../src/store/localStore.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+
+/** The stale-hit audit (`verify`): background recompiles of hits, byte comparison, purge on mismatch. */
+
+async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('verify = all', () => {
+  let cache: CacheEnv;
+  let b: ThinBuild;
+  before(async () => {
+    await initHash();
+    cache = new CacheEnv('verify', { LTOCACHE_VERIFY: 'all' });
+    cache.start();
+    b = ThinBuild.fromFixture(FIXTURE, join(tempDir('verify'), 'src'));
+    b.frontEnd();
+  });
+  after(() => cache.destroy());
+
+  const buildAll = () => {
+    b.thinLink();
+    for (const m of b.modules) {
+      const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
+      assert.equal(r.status, 0, r.stderr);
+    }
+  };
+
+  test('every hit is recompiled in the background and matches', async () => {
+    buildAll();
+    buildAll();
+    await waitFor('verification runs', () => cache.stats().verify_runs === b.modules.length);
+    const s = cache.stats();
+    assert.equal(s.verify_mismatches, 0);
+    assert.equal(s.hits, b.modules.length);
+  });
+
+  test('a poisoned entry is detected, logged with its manifests, purged, and then recompiled', async () => {
+    const explained = JSON.parse(cache.cli(['explain', join(b.dir, 'lonely.thinlto-native.o'), '--json']).stdout) as JobExplanation;
+    assert.match(explained.key ?? '', /^[0-9a-f]{32}$/);
+    const wrong = readFileSync(join(b.dir, 'strx.thinlto-native.o'));
+    cache.stop();
+    const store = await LocalStore.open({ dir: join(cache.dir, 'store') });
+    const put = await store.put(explained.key!, {
+      record: { v: 1, outputs: [{ name: 'obj', digest: hashBytes(wrong), size: wrong.length }], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: Date.now() },
+      files: new Map([['obj', wrong]]),
+    });
+    assert.equal(put.kind, 'stored');
+    await store.close();
+    cache.start();
+    const before = cache.stats();
+    b.thinLink();
+    const r = b.backend('lonely', { wrapper: [CLIENT], env: cache.env });
+    assert.equal(r.status, 0);
+    assert.ok(readFileSync(join(b.dir, 'lonely.thinlto-native.o')).equals(wrong), 'the poisoned entry was served (the audit runs after the hit)');
+    await waitFor('the mismatch', () => cache.stats().verify_mismatches === before.verify_mismatches + 1);
+    const log = readFileSync(join(cache.dir, 'daemon.log'), 'utf8');
+    const line = log.split('\n').find((l) => l.includes('verify: a served object differs'));
+    assert.ok(line, 'mismatch logged');
+    const rec = JSON.parse(line) as { key: string; storedManifest: unknown; currentManifest: { input: { path: string } } };
+    assert.equal(rec.key, explained.key);
+    assert.equal(rec.currentManifest.input.path, 'lonely.o');
+    assert.match(cache.cli(['stats']).stdout, /WARNING: 1 served object\(s\) differed/);
+    const again = cache.stats();
+    const r2 = b.backend('lonely', { wrapper: [CLIENT], env: cache.env });
+    assert.equal(r2.status, 0);
+    assert.equal(cache.stats().misses, again.misses + 1, 'the purged entry is compiled again');
+    const direct = b.backend('lonely', { out: 'lonely.direct.o' });
+    assert.equal(direct.status, 0);
+    assert.ok(readFileSync(join(b.dir, 'lonely.thinlto-native.o')).equals(readFileSync(join(b.dir, 'lonely.direct.o'))));
+  });
+});
