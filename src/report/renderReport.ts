@@ -66,10 +66,15 @@ ${headline(s)}
   </section>
   <section class="card">
     <h2>Compile time saved per build</h2>
-    <p class="muted">backend compile time the cache hits replaced; ${esc(duration(num(s.time_saved_ms)))} in total since ${esc(localTime(s.since))}</p>
+    <p class="muted">backend compile time that hits replaced; ${esc(duration(num(s.time_saved_ms)))} in total</p>
     ${savedChart(builds)}
   </section>
 </div>
+<section class="card">
+  <h2>Last build timeline</h2>
+  <p class="muted">${lastBuildLine(last.summary)}</p>
+  ${timeline(last.jobs)}
+</section>
 <div class="grid2">
   <section class="card">
     <h2>Top miss causes</h2>
@@ -81,11 +86,6 @@ ${headline(s)}
     ${storePanel(s)}
   </section>
 </div>
-<section class="card">
-  <h2>Last build timeline</h2>
-  <p class="muted">${lastBuildLine(last.summary)}</p>
-  ${timeline(last.jobs)}
-</section>
 ${missesTable(last.summary)}
 <section class="card">
   <h2>Recent builds</h2>
@@ -236,7 +236,7 @@ function hitRateChart(builds: ReportData['builds']): string {
   if (!builds.length) return emptyChart('chart-hit-rate', W, H, 'no builds recorded yet');
   const L = 44;
   const R = 10;
-  const T = 18;
+  const T = 22;
   const B = 28;
   const plotH = H - T - B;
   const baseY = T + plotH;
@@ -256,7 +256,7 @@ function hitRateChart(builds: ReportData['builds']): string {
     const title = `<title>${esc(buildTitle(b))}</title>`;
     out += `<rect class="bar-track" x="${bx}" y="${T}" width="${f(bw)}" height="${plotH}">${title}</rect>`;
     out += `<rect class="build-bar${rate === null ? ' no-lookups' : ''}" x="${bx}" y="${f(baseY - h)}" width="${f(bw)}" height="${f(h)}" data-build="${i}" data-started="${esc(b.summary.started ?? '')}" data-hits="${hits}" data-misses="${misses}" data-hit-rate="${rate === null ? '' : +rate.toFixed(6)}">${title}</rect>`;
-    if (showValues) out += `<text class="val" x="${f(x(i) + bw / 2)}" y="${f(Math.max(T + 10, baseY - h - 4))}" text-anchor="middle">${rate === null ? '–' : Math.round(rate * 100) + '%'}</text>`;
+    if (showValues) out += `<text class="val" x="${f(x(i) + bw / 2)}" y="${f(baseY - h - 5)}" text-anchor="middle">${rate === null ? '–' : Math.round(rate * 100) + '%'}</text>`;
   });
   out += `<line class="axis" x1="${L}" x2="${W - R}" y1="${baseY}" y2="${baseY}"/>` + labels;
   return `<svg id="chart-hit-rate" class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="hit rate per build">${out}</svg>`;
@@ -345,11 +345,12 @@ function storePanel(s: StatsView): string {
   const used = num(s.store_bytes);
   const max = num(s.max_bytes);
   const frac = max > 0 ? Math.min(1, used / max) : 0;
+  // [label, HTML]: every value below is escaped or numeric.
   const rows: [string, string][] = [
     ['entries', String(num(s.entries))],
-    ['size', `${bytes(used)} of ${bytes(max)} (${pct(frac)})`],
-    ['evictions', String(num(s.evictions))],
-    ['bytes written', bytes(num(s.bytes_written))],
+    ['size', esc(`${bytes(used)} of ${bytes(max)} (${pct(frac)})`)],
+    ['evictions', stat('evictions', num(s.evictions), String(num(s.evictions)))],
+    ['bytes written', esc(bytes(num(s.bytes_written)))],
     ['team cache', `${num(s.remote_hits)} hits, ${num(s.remote_misses)} misses, ${num(s.remote_errors)} errors, ${num(s.uploads)} uploads`],
     ['verified hits', `${num(s.verify_runs)} (${num(s.verify_mismatches)} mismatches)`],
   ];
@@ -358,7 +359,7 @@ function storePanel(s: StatsView): string {
     return e.length ? `<h3>${title}</h3><table class="data">${e.map(([k, v]) => `<tr><td><code>${esc(k)}</code></td><td class="num">${num(v)}</td></tr>`).join('')}</table>` : '';
   };
   return `<div class="meter" title="${esc(pct(frac))} of max_size"><div class="fill" style="width:${f(100 * frac)}%"></div></div>
-    <table class="data kv"><tbody>${rows.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(v)}</td></tr>`).join('')}</tbody></table>
+    <table class="data kv"><tbody>${rows.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${v}</td></tr>`).join('')}</tbody></table>
     ${breakdown('Uncacheable jobs by reason', s.uncacheable_by_reason)}${breakdown('Errors by kind', s.errors_by_kind)}`;
 }
 

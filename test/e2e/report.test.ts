@@ -64,6 +64,7 @@ describe('report', { skip: SKIP }, () => {
 
   async function open(file: string): Promise<Loaded> {
     const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+    page.setDefaultTimeout(5000); // every element is there at load: a missing one fails fast
     const problems: string[] = [];
     const requests: string[] = [];
     page.on('console', (m) => {

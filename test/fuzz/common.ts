@@ -184,7 +184,7 @@ export function mutate(input: Uint8Array, m: Mutation): Buffer {
 }
 
 export function mutateAll(input: Uint8Array, ms: readonly Mutation[]): Buffer {
-  let b = Buffer.from(input);
+  let b: Buffer = Buffer.from(input);
   for (const m of ms) b = mutate(b, m);
   return b;
 }
