@@ -414,8 +414,24 @@ class Ltocache {
   start(): void {
     this.cli(['daemon', 'start']);
   }
+  /** Stops the daemon and waits for its process to exit (it still writes the store after its socket closes). */
   stop(): void {
+    const pid = this.pid();
     spawnSync(process.execPath, [CLI, 'daemon', 'stop'], { env: this.env, stdio: 'ignore' });
+    if (pid === null) return;
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline) {
+      let state = 'Z';
+      try {
+        const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        state = st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3);
+      } catch {
+        // gone
+      }
+      if (state === 'Z') return;
+      spawnSync('sleep', ['0.05']);
+    }
+    log(`daemon ${pid} of ${this.dir} did not exit`);
   }
   stats(): Record<string, number> {
     return JSON.parse(this.cli(['stats', '--json'])) as Record<string, number>;
@@ -426,7 +442,7 @@ class Ltocache {
   }
   destroy(): void {
     this.stop();
-    rmSync(this.dir, { recursive: true, force: true });
+    rmSync(this.dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   }
 }
 

@@ -59,6 +59,8 @@ export class Daemon {
   private readonly toolchains = new ToolchainIdentifier(this.files);
   private readonly compiles: Semaphore;
   private readonly inflight = new Map<string, Promise<Compiled>>();
+  /** Results compiled but not yet in the store: served from memory so a rebuild right away hits. */
+  private readonly storing = new Map<string, StoredEntry>();
   private readonly sockets = new Set<Socket>();
   private server: Server | null = null;
   private activeJobs = 0;
@@ -290,7 +292,16 @@ export class Daemon {
         }
         await this.compileJob(req, sock, signal);
       } else if (type === 0x4a) {
-        const parsed = ControlRequest.safeParse(decodeJson(frame));
+        let json: unknown;
+        try {
+          json = decodeJson(frame);
+        } catch (e) {
+          // Not UTF-8 or not JSON: the peer's protocol error, not ours (was counted 'internal').
+          this.counters.error('protocol');
+          sock.end(encodeJson({ ok: false, error: `bad control request: ${(e as Error).message}` } satisfies ControlResponse));
+          return;
+        }
+        const parsed = ControlRequest.safeParse(json);
         const reply: ControlResponse = parsed.success
           ? await this.control(parsed.data).then(
               (result) => ({ ok: true as const, result }),
@@ -419,7 +430,8 @@ export class Daemon {
   }
 
   private async fromStore(key: string, outputs: { role: string; path: string }[], req: CompileRequest): Promise<Outcome | null> {
-    const found: TieredLookup = await this.cache.get(key);
+    const pending = this.storing.get(key);
+    const found: TieredLookup = pending ? { kind: 'hit', entry: pending, tier: 'local' } : await this.cache.get(key);
     if (found.kind === 'error') {
       this.counters.error(found.corrupt ? 'corrupt_entry' : 'store_read');
       this.log.warn('store read failed; compiling', { key, error: found.error });
@@ -546,7 +558,8 @@ export class Daemon {
       return { ...run, entry: null };
     }
     const toStore = entry;
-    void this.cache.put(key, toStore).then(
+    this.storing.set(key, toStore);
+    void this.cache.put(key, toStore).finally(() => this.storing.delete(key)).then(
       (r) => {
         if (r.kind === 'stored') this.counters.add('bytes_written', [...toStore.files.values()].reduce((n, b) => n + b.length, 0));
         else {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, open, rename, unlink } from 'node:fs/promises';
+import { closeSync, fchmodSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 
 /**
@@ -11,15 +11,20 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
   for (const o of outputs) {
     const target = resolve(cwd, o.path);
     const tmp = join(dirname(target), `.${basename(target)}.ltocache-${randomBytes(6).toString('hex')}`);
-    const fh = await open(tmp, 'wx', 0o600);
+    // Synchronous on purpose: objects are small and these calls cost less than thread-pool hops.
+    const fd = openSync(tmp, 'wx', 0o600);
     try {
-      await fh.writeFile(o.data);
-      await fh.close();
-      await chmod(tmp, mode);
-      await rename(tmp, target);
+      writeFileSync(fd, o.data);
+      fchmodSync(fd, mode);
+      closeSync(fd);
+      renameSync(tmp, target);
     } catch (e) {
-      await fh.close().catch(() => {});
-      await unlink(tmp).catch(() => {});
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+      rmSync(tmp, { force: true });
       throw e;
     }
   }

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { FileDigests } from './fileDigests.js';
-import { DIGEST_RE, HASH_ALGORITHM } from './hash.js';
+import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
 import { readModuleTable } from './moduleTable.js';
 import { fileCandidates, type Job } from './parseJob.js';
 import type { ToolchainIdentifier } from './toolchain.js';
@@ -110,7 +110,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
           const d = await need(tok.path, tok.role === 'input' ? 'input' : tok.role === 'index' ? 'index file' : `file named by ${tok.v}`);
           args.push({ a: tok.v, files: [{ path: tok.path, digest: d }] });
           if (tok.role === 'input') input = { path: tok.path, digest: d };
-          if (tok.role === 'index') index = { path: tok.path, digest: d, modules: await importedModules(cwd, tok.path, need) };
+          if (tok.role === 'index') index = { path: tok.path, digest: d, modules: await importedModules(cwd, tok.path, d, need) };
           break;
         }
         case 'flag': {
@@ -148,9 +148,18 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
   }
 }
 
-async function importedModules(cwd: string, indexPath: string, need: (p: string, what: string) => Promise<string>): Promise<Manifest['index']['modules']> {
-  const bytes = await readFile(resolve(cwd, indexPath));
-  const table = readModuleTable(bytes);
+/** Module tables by index digest: the thin link rewrites every index, mostly with equal bytes. */
+const tables = new Map<string, ReturnType<typeof readModuleTable>>();
+
+async function importedModules(cwd: string, indexPath: string, indexDigest: string, need: (p: string, what: string) => Promise<string>): Promise<Manifest['index']['modules']> {
+  let table = tables.get(indexDigest);
+  if (!table) {
+    const bytes = await readFile(resolve(cwd, indexPath));
+    if (hashBytes(bytes) !== indexDigest) throw new Uncacheable('racy-index', `index ${indexPath} changed while it was read`);
+    table = readModuleTable(bytes);
+    if (tables.size >= 20_000) tables.clear();
+    tables.set(indexDigest, table);
+  }
   if (table.kind !== 'ok') throw new Uncacheable('bad-index', `index ${indexPath}: ${table.reason}`);
   const out: Manifest['index']['modules'] = [];
   for (const m of table.modules) out.push({ path: m.path, moduleHash: m.hash, digest: await need(m.path, 'imported module') });

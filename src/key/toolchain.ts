@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
-import { open, readdir, realpath, stat } from 'node:fs/promises';
+import { realpathSync, statSync } from 'node:fs';
+import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import type { FileDigests } from './fileDigests.js';
@@ -36,8 +37,8 @@ export class ToolchainIdentifier {
   constructor(private readonly files: FileDigests) {}
 
   async identify(compiler: string, env: Record<string, string>): Promise<Toolchain> {
-    const real = await realpath(compiler);
-    const st = await stat(real, { bigint: true });
+    const real = realpathSync(compiler);
+    const st = statSync(real, { bigint: true });
     const memoKey = JSON.stringify([compiler, real, String(st.dev), String(st.ino), String(st.size), String(st.mtimeNs), String(st.ctimeNs), env.PATH ?? '', ...LOADER_ENV.map((k) => env[k] ?? '')]);
     let p = this.memo.get(memoKey);
     if (!p) {

@@ -93,9 +93,16 @@ export class FrameDecoder {
         at += n;
         if (this.headerFill < 4) break;
         const size = this.header.readUInt32LE(0);
-        if (size === 0) this.fail('empty frame (length 0): a payload needs at least a type byte');
-        if (size > this.maxFrame) {
-          this.fail(`frame of ${size} bytes exceeds the limit of ${this.maxFrame} bytes`);
+        // Frames completed earlier in this chunk are still delivered (the failure surfaces on
+        // the next push()/end()), so where the stream was cut never changes what comes out.
+        try {
+          if (size === 0) this.fail('empty frame (length 0): a payload needs at least a type byte');
+          if (size > this.maxFrame) {
+            this.fail(`frame of ${size} bytes exceeds the limit of ${this.maxFrame} bytes`);
+          }
+        } catch (e) {
+          if (out.length > 0) return out;
+          throw e;
         }
         this.body = Buffer.allocUnsafe(size);
         this.bodyFill = 0;

@@ -1,7 +1,7 @@
 import { createWriteStream, openSync, type WriteStream } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
@@ -287,7 +287,7 @@ export class CacheServer {
     for (const c of this.conns) c.ws.terminate();
     server?.closeAllConnections();
     await this.waitFor(() => this.work.size === 0, o.shutdownGraceMs);
-    await Promise.race([listenerClosed, new Promise((r) => setTimeout(r, CLOSE_WAIT_MS))]);
+    await Promise.race([listenerClosed, new Promise((r) => setTimeout(r, CLOSE_WAIT_MS).unref())]);
     await this.closeResources();
     this.phase = 'stopped';
     o.log.info('team cache stopped');
@@ -456,6 +456,8 @@ export class CacheServer {
     const c = new Connection(ws, token, remote);
     this.conns.add(c);
     socket.on('data', () => (c.lastActivity = Date.now()));
+    // Lets the kernel notice a vanished peer whose replies are stuck in the send buffer.
+    (socket as Partial<Socket>).setKeepAlive?.(true, 60_000);
     ws.on('message', (data: RawData, isBinary: boolean) => {
       c.lastActivity = Date.now();
       try {

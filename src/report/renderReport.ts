@@ -268,7 +268,7 @@ function savedChart(builds: ReportData['builds']): string {
   if (!builds.length) return emptyChart('chart-saved', W, H, 'no builds recorded yet');
   const L = 56;
   const R = 10;
-  const T = 18;
+  const T = 22;
   const B = 28;
   const plotH = H - T - B;
   const baseY = T + plotH;
@@ -365,7 +365,7 @@ function storePanel(s: StatsView): string {
 
 function lastBuildLine(s: BuildSummary): string {
   if (!num(s.jobs)) return 'no build recorded yet';
-  return esc(`${num(s.jobs)} jobs from ${localTime(s.started)} to ${localTime(s.ended)} (${duration(num(s.wall_ms))} wall): ${num(s.hits)} hits (${num(s.remote_hits)} from the team cache), ${num(s.misses)} misses, ${num(s.uncacheable)} uncacheable, ${num(s.errors)} errors; ${duration(num(s.saved_ms))} saved. One row per concurrent slot, as in \`ltocache trace\`.`);
+  return esc(`${num(s.jobs)} jobs from ${localTime(s.started)} to ${localTime(s.ended)} (${duration(num(s.wall_ms))} wall): ${num(s.hits)} hits (${num(s.remote_hits)} from the team cache), ${num(s.misses)} misses, ${num(s.uncacheable)} uncacheable, ${num(s.errors)} errors; ${duration(num(s.saved_ms))} saved. One row per concurrent slot, as in ltocache trace.`);
 }
 
 const RESULTS: { result: JobRecord['result']; label: string }[] = [
@@ -393,14 +393,14 @@ function timeline(jobs: JobRecord[]): string {
   const H = T + plotH + 28;
   const sx = (ms: number) => L + (ms / totalMs) * plotW;
   let out = '';
-  const step = niceStep(totalMs, 10);
-  for (let v = 0; v <= totalMs + 1e-9; v += step) {
-    const x = f(sx(v));
-    out += `<line class="grid" x1="${x}" x2="${x}" y1="${T}" y2="${T + plotH}"/><text class="tick" x="${x}" y="${T + plotH + 16}" text-anchor="middle">${esc(axisTime(v, totalMs))}</text>`;
-  }
   for (let s = 1; s <= slots; s++) {
     const y = T + (s - 1) * (rowH + gap);
     out += `<text class="tick" x="${L - 8}" y="${f(y + rowH / 2)}" dy="0.32em" text-anchor="end">slot ${s}</text><rect class="lane" x="${L}" y="${y}" width="${plotW}" height="${rowH}"/>`;
+  }
+  const step = niceStep(totalMs, 10);
+  for (let v = 0; v <= totalMs + 1e-9; v += step) {
+    const x = f(sx(v));
+    out += `<line class="grid vgrid" x1="${x}" x2="${x}" y1="${T}" y2="${T + plotH}"/><text class="tick" x="${x}" y="${T + plotH + 16}" text-anchor="middle">${esc(axisTime(v, totalMs))}</text>`;
   }
   for (const e of events) {
     const args = (e.args ?? {}) as Record<string, unknown>;
@@ -477,6 +477,7 @@ p.muted{margin:0 0 10px;font-size:12.5px}
 .k-unc{border-top-color:var(--unc)}.k-err{border-top-color:var(--err)}.k-saved{border-top-color:var(--saved)}.k-store{border-top-color:var(--remote)}
 svg.chart{width:100%;height:auto;display:block;font-size:11px}
 svg .grid{stroke:var(--grid);stroke-width:1}
+svg .vgrid{stroke:var(--line);stroke-dasharray:2 3}
 svg .axis{stroke:var(--line);stroke-width:1}
 svg .tick{fill:var(--muted)}
 svg .val{fill:var(--fg);font-weight:600}

@@ -9,7 +9,7 @@ import type { JobRecord } from '../../src/daemon/jobLog.js';
 import type { BuildSummary } from '../../src/explain/explainJobs.js';
 import { renderReport, type ReportData } from '../../src/report/renderReport.js';
 import { COUNTERS, type StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 
 /**
  * `ltocache report`: three builds through the real client and daemon, then the page in headless
@@ -20,6 +20,15 @@ import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 const CHROMIUM = '/usr/bin/chromium';
 const GAP_MS = 600;
 const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} not found: install Debian's chromium to run the report test`;
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 interface Loaded {
   page: Page;
@@ -48,18 +57,26 @@ describe('report', { skip: SKIP }, () => {
   });
   after(async () => {
     await browser?.close();
-    cache?.destroy();
+    if (cache) {
+      // `daemon stop` returns once the socket is closed, but the daemon closes its store after
+      // that: wait for the process to exit so removing the cache dir cannot race its last writes.
+      const pid = cache.daemonPid();
+      cache.stop();
+      for (let i = 0; pid && i < 400 && alive(pid); i++) await new Promise((r) => setTimeout(r, 25));
+      cache.destroy();
+    }
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  /** One build: idle longer than the build gap first, so the daemon starts a new build. */
+  /**
+   * One build: idle longer than the build gap first, so the daemon starts a new build; backend
+   * jobs run concurrently, as under make -j, so the timeline has several slots.
+   */
   async function build(): Promise<void> {
     await new Promise((r) => setTimeout(r, GAP_MS + 200));
     b.thinLink();
-    for (const m of b.modules) {
-      const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
-      assert.equal(r.status, 0, r.stderr);
-    }
+    const rs = await Promise.all(b.modules.map((m) => runAsync(CLIENT, [b.clang, ...b.backendArgs(m)], { cwd: b.dir, env: cache.env })));
+    for (const r of rs) assert.equal(r.status, 0, r.stderr);
   }
 
   async function open(file: string): Promise<Loaded> {
@@ -129,6 +146,8 @@ describe('report', { skip: SKIP }, () => {
       const results = await attrs(page, '#chart-timeline rect.job', 'data-result');
       assert.equal(results.filter((x) => x === 'hit').length, last.hits);
       assert.equal(results.filter((x) => x === 'miss').length, last.misses);
+      const slots = (await attrs(page, '#chart-timeline rect.job', 'data-slot')).map(Number);
+      assert.equal(Number(await attr(page, '#chart-timeline', 'data-slots')), Math.max(...slots));
       const fills = await page.locator('#chart-timeline rect.job').evaluateAll((els) => els.map((e) => `${e.getAttribute('data-result')}=${getComputedStyle(e).fill}`));
       const fillOf = new Map(fills.map((x) => x.split('=') as [string, string]));
       assert.notEqual(fillOf.get('hit'), fillOf.get('miss'), 'hits and misses must look different');

@@ -120,7 +120,7 @@ describe('fuzz: FrameDecoder', () => {
         assert.equal(got.endFailed, false);
         assert.deepEqual(got.frames, payloads);
       }),
-      { seed: 0x5eed01, numRuns: 1500, timeLimitMs: 3000 },
+      { seed: 0x5eed01, numRuns: 5000, timeLimitMs: 2000 },
     );
   });
 
@@ -146,7 +146,7 @@ describe('fuzz: FrameDecoder', () => {
           assertMatchesReference(stream, [stream], 96);
         },
       ),
-      { seed: 0x5eed02, numRuns: 1500, timeLimitMs: 3000 },
+      { seed: 0x5eed02, numRuns: 5000, timeLimitMs: 2500 },
     );
   });
 
@@ -298,7 +298,7 @@ interface RawRequest {
   args: Buffer[];
   env: Buffer[];
 }
-const rawRequestArb: fc.Arbitrary<RawRequest> = fc.record({
+const hostileRawRequestArb: fc.Arbitrary<RawRequest> = fc.record({
   type: fc.oneof({ weight: 9, arbitrary: fc.constant(0x43) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }),
   version: fc.oneof({ weight: 9, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }),
   flags: fc.oneof({ weight: 8, arbitrary: fc.constantFrom(0, 1) }, { weight: 1, arbitrary: fc.nat({ max: 0xffffffff }) }),
@@ -308,6 +308,38 @@ const rawRequestArb: fc.Arbitrary<RawRequest> = fc.record({
   args: fc.array(fieldArb, { maxLength: 6 }),
   env: fc.array(envEntryArb, { maxLength: 6 }),
 });
+
+/** A valid request with at most one hostile field (so that most inputs reach the end). */
+const oneHostileFieldArb: fc.Arbitrary<RawRequest> = fc
+  .tuple(
+    fc.record({
+      compiler: fc.string({ maxLength: 10 }).map((s) => Buffer.from(`/${s.replaceAll('\0', '')}`)),
+      cwd: fc.string({ maxLength: 10 }).map((s) => Buffer.from(`/${s.replaceAll('\0', '')}`)),
+      args: fc.array(fc.string({ unit: 'binary', maxLength: 10 }).map((s) => Buffer.from(s.replaceAll('\0', ''))), { maxLength: 6 }),
+      env: fc.array(
+        fc.tuple(fc.constantFrom('PATH', 'HOME', 'A', '0', '1', '10', 'x y', 'Ü'), fc.string({ maxLength: 8 })).map(([k, v]) => Buffer.from(`${k}=${v.replaceAll('\0', '')}`)),
+        { maxLength: 6 },
+      ),
+      flags: fc.constantFrom(0, 1),
+      umask: fc.integer({ min: 0, max: 0o777 }),
+    }),
+    fc.option(fc.tuple(fc.constantFrom('compiler', 'cwd', 'arg', 'env', 'flags', 'umask', 'version'), fieldArb, envEntryArb, fc.nat({ max: 0xffffffff })), { freq: 2 }),
+  )
+  .map(([r, hostile]) => {
+    const out: RawRequest = { type: 0x43, version: 1, ...r };
+    if (!hostile) return out;
+    const [where, field, entry, n] = hostile;
+    if (where === 'compiler') out.compiler = field;
+    else if (where === 'cwd') out.cwd = field;
+    else if (where === 'arg') out.args = [...out.args, field];
+    else if (where === 'env') out.env = [...out.env, entry];
+    else if (where === 'flags') out.flags = n;
+    else if (where === 'umask') out.umask = n;
+    else out.version = n & 0xff;
+    return out;
+  });
+
+const rawRequestArb = fc.oneof(oneHostileFieldArb, hostileRawRequestArb);
 
 function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
@@ -354,7 +386,7 @@ describe('fuzz: decodeCompileRequest', () => {
         assert.equal(checkPayload(frame.subarray(4)), 'ok');
         assert.deepEqual(view(decodeCompileRequest(frame.subarray(4))), view(req));
       }),
-      { seed: 0x5eed03, numRuns: 800, timeLimitMs: 2500 },
+      { seed: 0x5eed03, numRuns: 2000, timeLimitMs: 1500 },
     );
   });
 
@@ -369,7 +401,7 @@ describe('fuzz: decodeCompileRequest', () => {
         ),
         (a) => void checkPayload(Buffer.from(a)),
       ),
-      { seed: 0x5eed04, numRuns: 1500, timeLimitMs: 2000 },
+      { seed: 0x5eed04, numRuns: 10000, timeLimitMs: 1500 },
     );
   });
 
@@ -378,10 +410,10 @@ describe('fuzz: decodeCompileRequest', () => {
     const r = await fuzz(
       t,
       'compile request hostile+mutated',
-      fc.property(rawRequestArb, fc.array(mutationArb, { maxLength: 3 }), (raw, ms) => {
+      fc.property(rawRequestArb, fc.oneof(fc.constant([]), fc.array(mutationArb, { minLength: 1, maxLength: 3 })), (raw, ms) => {
         if (checkPayload(mutateAll(serialize(raw), ms)) === 'ok') accepted++;
       }),
-      { seed: 0x5eed05, numRuns: 3000, timeLimitMs: 4000 },
+      { seed: 0x5eed05, numRuns: 20000, timeLimitMs: 5000 },
     );
     t.diagnostic(`accepted ${accepted} of ${r.runs}`);
     // The generator must reach both sides of the decoder, or the property tests little.
@@ -446,7 +478,7 @@ describe('fuzz: replies', () => {
           }
         },
       ),
-      { seed: 0x5eed06, numRuns: 1000, timeLimitMs: 2000 },
+      { seed: 0x5eed06, numRuns: 3000, timeLimitMs: 1000 },
     );
   });
 
@@ -464,7 +496,7 @@ describe('fuzz: replies', () => {
           if (!(e instanceof ProtocolError)) throw e;
         }
       }),
-      { seed: 0x5eed07, numRuns: 800, timeLimitMs: 1500 },
+      { seed: 0x5eed07, numRuns: 1500, timeLimitMs: 1000 },
     );
   });
 });

@@ -56,7 +56,8 @@ export async function fuzz<Ts>(
     details = d;
     if (d.failed) {
       const replay = `replay: LTOCACHE_FUZZ_SEED=${d.seed} node --test <this file> (path ${JSON.stringify(d.counterexamplePath)})`;
-      throw new Error(`${name}: ${fc.defaultReportMessage(d)}\n${replay}`);
+      const cause = d.errorInstance instanceof Error ? d.errorInstance.message : String(d.errorInstance);
+      throw new Error(`${name}: ${fc.defaultReportMessage(d)}\nfailure: ${cause}\n${replay}`);
     }
   };
   const started = performance.now();

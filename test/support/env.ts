@@ -52,7 +52,7 @@ export class CacheEnv {
 
   destroy(): void {
     this.stop();
-    rmSync(this.dir, { recursive: true, force: true });
+    rmSync(this.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
 }
 
