@@ -279,7 +279,13 @@ export interface ProcSample {
   rssKb: number;
   hwmKb: number;
   fds: number;
+  /** CPU time of the process itself (user + system), ms. */
+  cpuMs: number;
+  /** CPU time of its waited-for children (the daemon's compilers), ms. */
+  childCpuMs: number;
 }
+
+const TICK_MS = 10; // sysconf(_SC_CLK_TCK) = 100 on Linux
 
 export function procSample(pid: number): ProcSample | null {
   try {
@@ -291,7 +297,12 @@ export function procSample(pid: number): ProcSample | null {
     } catch {
       // not ours to read
     }
-    return { rssKb: kb('VmRSS'), hwmKb: kb('VmHWM'), fds };
+    // Fields after the parenthesised command name: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    const cpuMs = ((f[11] ?? 0) + (f[12] ?? 0)) * TICK_MS;
+    const childCpuMs = ((f[13] ?? 0) + (f[14] ?? 0)) * TICK_MS;
+    return { rssKb: kb('VmRSS'), hwmKb: kb('VmHWM'), fds, cpuMs, childCpuMs };
   } catch {
     return null;
   }
@@ -300,6 +311,9 @@ export function procSample(pid: number): ProcSample | null {
 /** Samples VmRSS of some processes every `everyMs` until stopped; keeps the peak of each. */
 export class RssSampler {
   readonly peakKb = new Map<number, number>();
+  /** VmRSS over time of the first process: [ms since start, kB]. */
+  readonly timeline: [number, number][] = [];
+  private readonly t0 = performance.now();
   samples = 0;
   private timer: NodeJS.Timeout;
   constructor(
@@ -313,7 +327,9 @@ export class RssSampler {
     this.samples++;
     for (const pid of this.pids) {
       const s = procSample(pid);
-      if (s) this.peakKb.set(pid, Math.max(this.peakKb.get(pid) ?? 0, s.rssKb));
+      if (!s) continue;
+      this.peakKb.set(pid, Math.max(this.peakKb.get(pid) ?? 0, s.rssKb));
+      if (pid === this.pids[0]) this.timeline.push([performance.now() - this.t0, s.rssKb]);
     }
   }
   stop(): void {
@@ -438,6 +454,13 @@ export interface DaemonLoadReport {
   rssSamples: number;
   fdsBefore: number;
   fdsAfter: number;
+  /** Daemon CPU (its own, and its compilers') over the run, ms. */
+  daemonCpuMs: number;
+  compilerCpuMs: number;
+  /** This process's CPU over the run, bin/ltocache children included, ms. */
+  driverCpuMs: number;
+  /** Daemon VmRSS over the run: [ms, kB]. */
+  rssTimeline: [number, number][];
   /** Temp files the daemon left in output directories (`.<name>.ltocache-*`). */
   leftovers: number;
   /** Results classified from the job log (0 unless `jobLog`). */
@@ -495,7 +518,9 @@ export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadRep
     for (let c = 0; c < o.clients; c++) mkdirSync(join(b.dir, 'load-out', `c${String(c).padStart(2, '0')}`), { recursive: true });
     const total = o.clients * o.jobs;
     const results: JobResult[] = [];
-    const fdsBefore = procSample(pid)?.fds ?? -1;
+    const before = procSample(pid);
+    const driverBefore = procSample(process.pid);
+    const fdsBefore = before?.fds ?? -1;
     const sampler = new RssSampler([pid]);
     let done = 0;
     const since = Date.now();
@@ -507,6 +532,7 @@ export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadRep
     }
     const wallMs = performance.now() - t0;
     const after = procSample(pid);
+    const driverAfter = procSample(process.pid);
     const stats = cache.stats();
     const classified = o.jobLog ? await annotateFromJobLog(cache.dir, b.dir, results, since) : 0;
     let leftovers = 0;
@@ -530,6 +556,10 @@ export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadRep
       rssSamples: sampler.samples,
       fdsBefore,
       fdsAfter: after?.fds ?? -1,
+      daemonCpuMs: (after?.cpuMs ?? 0) - (before?.cpuMs ?? 0),
+      compilerCpuMs: (after?.childCpuMs ?? 0) - (before?.childCpuMs ?? 0),
+      rssTimeline: sampler.timeline,
+      driverCpuMs: (driverAfter ? driverAfter.cpuMs + driverAfter.childCpuMs : 0) - (driverBefore ? driverBefore.cpuMs + driverBefore.childCpuMs : 0),
       leftovers,
       classified,
       cache,

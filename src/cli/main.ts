@@ -5,11 +5,11 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } from '../config/config.js';
 import { Daemon } from '../daemon/daemon.js';
 import { initHash } from '../key/hash.js';
-import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
 import { formatStats } from '../stats/formatStats.js';
-import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { LocalStore } from '../store/localStore.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
+import { currentStats } from './currentStats.js';
 import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { ControlRequest } from '../protocol/control.js';
@@ -67,28 +67,6 @@ export async function startDetached(config: Config, timeoutMs = 15_000): Promise
   return false;
 }
 
-/** Counters and store summary straight from disk, for when no daemon runs. */
-async function offlineStats(config: Config, zero: boolean): Promise<StatsView> {
-  await initHash();
-  const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
-  try {
-    const counters = new Counters();
-    const raw = await store.sublevel('stats').get('counters');
-    if (raw !== undefined) {
-      const parsed = StatsRecord.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
-      if (parsed.success) counters.restore(parsed.data);
-    }
-    if (zero) {
-      counters.zero();
-      await store.sublevel('stats').put('counters', JSON.stringify(counters.snapshot()));
-    }
-    const s = await store.summary();
-    return counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: config.max_size, daemon_running: false });
-  } finally {
-    await store.close();
-  }
-}
-
 /** `stats --remote`: the team server's own counters, asked with our token. */
 async function remoteStats(config: Config, json: boolean): Promise<void> {
   if (!config.remote) fail('no remote configured (set remote in the config file or LTOCACHE_REMOTE)', 2);
@@ -113,22 +91,7 @@ async function stats(config: Config, args: string[]): Promise<void> {
   const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote');
   if (unknown.length) throw new UsageError(`stats: unknown option ${unknown[0]}`);
   if (args.includes('--remote')) return remoteStats(config, json);
-  let view: StatsView;
-  if (zero) {
-    const r = await askDaemon(config.dir, { op: 'zero' });
-    if (r.kind === 'failed') fail(r.error);
-  }
-  const r = await askDaemon(config.dir, { op: 'stats' });
-  if (r.kind === 'ok') view = r.result as StatsView;
-  else if (r.kind === 'failed') fail(r.error);
-  else {
-    try {
-      view = await offlineStats(config, zero);
-    } catch (e) {
-      if (e instanceof StoreLockedError) fail('the store is locked by a daemon that does not answer');
-      throw e;
-    }
-  }
+  const view = await currentStats(config, zero);
   if (zero && !json) {
     process.stdout.write('statistics zeroed\n');
     return;
@@ -162,6 +125,15 @@ function configShow(env: NodeJS.ProcessEnv): void {
   for (const [k, v, o] of rows) process.stdout.write(`${k.padEnd(w0)}  ${v.padEnd(w1)}  ${o}\n`);
 }
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function daemonCmd(config: Config, args: string[]): Promise<void> {
   const sub = args[0];
   if (sub === 'run') return daemonRun(config, args.includes('--background'));
@@ -182,9 +154,12 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
       process.stdout.write('daemon not running\n');
       return;
     }
+    // Stopped means the process is gone (its store closed), not just the socket.
+    const pid = (r.result as { pid?: number } | undefined)?.pid ?? (await askDaemon(config.dir, { op: 'status' }, 1000).then((x) => (x.kind === 'ok' ? (x.result as { pid: number }).pid : undefined)));
     const deadline = Date.now() + 40_000;
     while (Date.now() < deadline) {
-      if ((await askDaemon(config.dir, { op: 'status' }, 1000)).kind === 'unreachable') break;
+      const gone = pid === undefined ? (await askDaemon(config.dir, { op: 'status' }, 1000)).kind === 'unreachable' : !alive(pid);
+      if (gone) break;
       await new Promise((res) => setTimeout(res, 50));
     }
     process.stdout.write('daemon stopped\n');

@@ -1,13 +1,10 @@
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.js';
 import type { JobRecord } from '../daemon/jobLog.js';
 import type { BuildSummary } from '../explain/explainJobs.js';
 import { renderReport } from '../report/renderReport.js';
-import type { StatsView } from '../stats/counters.js';
-import { askDaemon } from './controlClient.js';
+import { currentStats } from './currentStats.js';
 import { askLog } from './main.js';
 
 const REPORT_USAGE = 'usage: ltocache report -o FILE [--builds N]';
@@ -16,23 +13,6 @@ const DEFAULT_BUILDS = 50;
 function usage(msg: string): never {
   process.stderr.write(`ltocache: report: ${msg}\n${REPORT_USAGE}\n`);
   process.exit(2);
-}
-
-/**
- * Counters and store summary, as `ltocache stats --json` prints them: from the daemon, else
- * from `stats --json` of this same CLI, which owns the offline path (it opens the store itself).
- */
-async function gatherStats(config: Config): Promise<StatsView> {
-  const r = await askDaemon(config.dir, { op: 'stats' });
-  if (r.kind === 'ok') return r.result as StatsView;
-  if (r.kind === 'failed') throw new Error(`stats: ${r.error}`);
-  const cli = fileURLToPath(new URL('./main.js', import.meta.url));
-  const out = spawnSync(process.execPath, [cli, 'stats', '--json'], { env: process.env, encoding: 'utf8' });
-  if (out.status !== 0) {
-    process.stderr.write(out.stderr);
-    process.exit(out.status ?? 1);
-  }
-  return JSON.parse(out.stdout) as StatsView;
 }
 
 /** `ltocache report -o FILE [--builds N]`: one self-contained HTML page of the cache's recent history. */
@@ -54,7 +34,7 @@ export async function runReport(config: Config, args: string[]): Promise<void> {
     } else usage(`unknown argument '${a}'`);
   }
   if (!out) usage('expected -o FILE');
-  const stats = await gatherStats(config);
+  const stats = await currentStats(config);
   const builds = (await askLog(config, { op: 'builds', limit })) as { summary: BuildSummary; jobs: number }[];
   const lastBuild = (await askLog(config, { op: 'last-build' })) as { jobs: JobRecord[]; summary: BuildSummary };
   const html = renderReport({ generated: new Date().toISOString(), cacheDir: config.dir, stats, builds, lastBuild });

@@ -344,7 +344,7 @@ export class Daemon {
         return { cleared: true };
       case 'stop':
         setImmediate(() => void this.stop());
-        return { stopping: true };
+        return { stopping: true, pid: process.pid };
       default:
         return answerFromLog(this.jobLog, req);
     }

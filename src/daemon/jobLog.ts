@@ -78,7 +78,9 @@ export class JobLog {
     if (this.lastByOutput.size > 100_000) this.lastByOutput.clear();
     this.pending.push({ type: 'put', sublevel: 'outputs', key: output, value: JSON.stringify({ last: rec, previous }) });
     this.pending.push({ type: 'put', sublevel: 'log', key: `${String(r.startedAt).padStart(15, '0')}-${String(this.seq++).padStart(9, '0')}`, value: JSON.stringify(rec) });
-    this.timer ??= setTimeout(() => void this.flush(), 200);
+    // Best effort: a failed write (a full disk) loses these records, never the daemon (an
+    // unhandled rejection here used to kill it).
+    this.timer ??= setTimeout(() => void this.flush().catch(() => {}), 200);
   }
 
   async flush(): Promise<void> {

@@ -52,8 +52,9 @@ export async function unpackBundle(record: EntryRecord, bundle: Buffer, limits: 
       });
       const reject = (why: string) => {
         reason ??= why;
-        stream.resume();
-        stream.on('end', () => next());
+        // The bundle is rejected whole: stop reading it. (Waiting for this entry's 'end' hung
+        // forever on a directory entry with a non-zero size: tar-stream never ends that stream.)
+        extract.destroy();
       };
       count++;
       if (count > limits.maxEntries) return reject(`more than ${limits.maxEntries} entries`);
@@ -76,6 +77,7 @@ export async function unpackBundle(record: EntryRecord, bundle: Buffer, limits: 
       });
     });
     extract.on('finish', () => res());
+    extract.on('close', () => res());
     extract.on('error', (e: Error) => {
       reason ??= `malformed tar: ${e.message}`;
       res();

@@ -345,6 +345,8 @@ function storePanel(s: StatsView): string {
   const used = num(s.store_bytes);
   const max = num(s.max_bytes);
   const frac = max > 0 ? Math.min(1, used / max) : 0;
+  // A non-empty store shows at least a sliver, so an almost-empty meter does not read as unused.
+  const shown = used > 0 ? Math.max(0.006, frac) : 0;
   // [label, HTML]: every value below is escaped or numeric.
   const rows: [string, string][] = [
     ['entries', String(num(s.entries))],
@@ -358,7 +360,7 @@ function storePanel(s: StatsView): string {
     const e = Object.entries(m ?? {}).sort((a, b) => num(b[1]) - num(a[1]));
     return e.length ? `<h3>${title}</h3><table class="data">${e.map(([k, v]) => `<tr><td><code>${esc(k)}</code></td><td class="num">${num(v)}</td></tr>`).join('')}</table>` : '';
   };
-  return `<div class="meter" title="${esc(pct(frac))} of max_size"><div class="fill" style="width:${f(100 * frac)}%"></div></div>
+  return `<div class="meter" title="${esc(pct(frac))} of max_size"><div class="fill" style="width:${f(100 * shown)}%"></div></div>
     <table class="data kv"><tbody>${rows.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${v}</td></tr>`).join('')}</tbody></table>
     ${breakdown('Uncacheable jobs by reason', s.uncacheable_by_reason)}${breakdown('Errors by kind', s.errors_by_kind)}`;
 }

@@ -106,15 +106,26 @@ describe('report', { skip: SKIP }, () => {
     b.frontEnd(['mathx']);
     await build(); // edited: mathx and its importers miss
 
+    // The daemon answers a client before it stores the entry and logs the job: let both settle
+    // (on this fresh cache every miss stores one entry), so report and stats see one state.
+    const lastBuild = (): BuildSummary => {
+      const lb = cache.cli(['explain', '--last-build', '--json']);
+      assert.equal(lb.status, 0, lb.stderr);
+      return JSON.parse(lb.stdout) as BuildSummary;
+    };
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 100))) {
+      const s = cache.stats();
+      if (s.entries === s.misses && lastBuild().jobs === b.modules.length) break;
+    }
+
     const file = join(work, 'out', 'report.html');
     const r = cache.cli(['report', '-o', file]);
     assert.equal(r.status, 0, r.stderr);
     assert.ok(r.stdout.includes(file), r.stdout);
     const stats = cache.stats();
-    const lb = cache.cli(['explain', '--last-build', '--json']);
-    assert.equal(lb.status, 0, lb.stderr);
-    const last = JSON.parse(lb.stdout) as BuildSummary;
+    const last = lastBuild();
     assert.equal(last.jobs, b.modules.length);
+    assert.equal(stats.entries, stats.misses, 'every miss of a fresh cache stored one entry');
     assert.ok(last.misses > 0 && last.hits > 0, JSON.stringify(last));
 
     const { page, url, problems, requests } = await open(file);

@@ -74,6 +74,8 @@ interface ModelEntry {
   content: 'right' | 'flipped' | 'short' | 'long' | 'other';
   /** Puts the name in a pax header (over a bogus ustar name), or overrides a good name. */
   pax: 'none' | 'carry' | 'override-evil' | 'override-good';
+  /** A non-file entry carries the data (packed as a file, then its typeflag rewritten). */
+  carriesData: boolean;
 }
 const modelEntryArb: fc.Arbitrary<ModelEntry> = fc.record({
   of: fc.nat({ max: 3 }),
@@ -87,7 +89,28 @@ const modelEntryArb: fc.Arbitrary<ModelEntry> = fc.record({
   ),
   content: fc.oneof({ weight: 12, arbitrary: fc.constant('right' as const) }, { weight: 1, arbitrary: fc.constantFrom('flipped', 'short', 'long', 'other') as fc.Arbitrary<ModelEntry['content']> }),
   pax: fc.oneof({ weight: 8, arbitrary: fc.constant('none' as const) }, { weight: 1, arbitrary: fc.constantFrom('carry', 'override-evil', 'override-good') as fc.Arbitrary<ModelEntry['pax']> }),
+  carriesData: fc.boolean(),
 });
+
+type Edit = { kind: 'add'; index: number; entry: ModelEntry } | { kind: 'remove'; index: number } | { kind: 'modify'; index: number; patch: Partial<ModelEntry> };
+const editArb: fc.Arbitrary<Edit> = fc.oneof(
+  fc.record({ kind: fc.constant('add' as const), index: fc.nat(), entry: modelEntryArb }),
+  fc.record({ kind: fc.constant('remove' as const), index: fc.nat() }),
+  fc.record({
+    kind: fc.constant('modify' as const),
+    index: fc.nat(),
+    patch: fc.oneof(
+      fc.record({ name: fc.constantFrom('../x', '/abs', 'a/b', 'slash', 'dot', 'other-declared', 'undeclared') as fc.Arbitrary<ModelEntry['name']> }),
+      fc.record({ type: fc.constantFrom('symlink', 'link', 'directory', 'character-device', 'block-device', 'fifo', 'contiguous-file') as fc.Arbitrary<EntryType>, carriesData: fc.boolean() }),
+      fc.record({ content: fc.constantFrom('flipped', 'short', 'long', 'other') as fc.Arbitrary<ModelEntry['content']> }),
+      fc.record({ pax: fc.constantFrom('carry', 'override-evil', 'override-good') as fc.Arbitrary<ModelEntry['pax']> }),
+    ),
+  }),
+);
+
+const TYPEFLAG: Record<EntryType, number> = {
+  file: 0x30, link: 0x31, symlink: 0x32, 'character-device': 0x33, 'block-device': 0x34, directory: 0x35, fifo: 0x36, 'contiguous-file': 0x37,
+};
 
 interface Built {
   bundle: Buffer;
@@ -101,11 +124,12 @@ async function buildStructural(files: Map<string, Buffer>, entries: ModelEntry[]
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   const done = new Promise<Buffer>((res, rej) => {
-    pack.on('data', (c: Buffer) => chunks.push(c));
+    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
     pack.on('end', () => res(Buffer.concat(chunks)));
     pack.on('error', rej);
   });
   const seen = new Set<string>();
+  const patches: (number | null)[] = [];
   let conforming = entries.length <= limits.maxEntries;
   for (const e of entries) {
     const i = e.of % names.length;
@@ -127,9 +151,11 @@ async function buildStructural(files: Map<string, Buffer>, entries: ModelEntry[]
     if (e.content === 'long') data = Buffer.concat([real, Buffer.from([0])]);
     if (e.content === 'other') data = datas[(i + 1) % datas.length]!;
     const isFile = e.type === 'file';
-    if (!isFile) data = Buffer.alloc(0);
+    const patchType = !isFile && e.carriesData;
+    if (!isFile && !patchType) data = Buffer.alloc(0);
     // The name the extractor will report.
-    let header: tar.Headers = { name, type: e.type, mode: 0o644, mtime: new Date(0), size: data.length };
+    let header: Parameters<typeof pack.entry>[0] = { name, type: patchType ? 'file' : e.type, mode: 0o644, mtime: new Date(0), size: data.length };
+    patches.push(patchType ? TYPEFLAG[e.type] : null);
     let effective = name;
     if (e.type === 'symlink' || e.type === 'link') header.linkname = e.name === 'declared' ? '../../etc/passwd' : declared;
     if (e.pax === 'carry') header = { ...header, pax: {} };
@@ -148,6 +174,12 @@ async function buildStructural(files: Map<string, Buffer>, entries: ModelEntry[]
   }
   pack.finalize();
   const bundle = await done;
+  const offs = entryHeaderOffsets(bundle);
+  patches.forEach((flag, i) => {
+    if (flag === null) return;
+    bundle[offs[i]! + 156] = flag;
+    fixChecksum(bundle, offs[i]!);
+  });
   if (seen.size !== files.size || ![...files.keys()].every((n) => seen.has(n))) conforming = false;
   if (bundle.length > limits.maxBundleBytes) conforming = false;
   return { bundle, mustBeOk: conforming };
@@ -168,6 +200,11 @@ function headerOffsets(b: Buffer): number[] {
     off += 512 + Math.ceil(size / 512) * 512;
   }
   return out;
+}
+
+/** Offsets of the entries' own headers (pax and GNU long-name headers skipped). */
+function entryHeaderOffsets(b: Buffer): number[] {
+  return headerOffsets(b).filter((off) => !'xgLK'.includes(String.fromCharCode(b[off + 156]!)));
 }
 
 function fixChecksum(b: Buffer, off: number): void {
@@ -245,7 +282,7 @@ describe('fuzz: unpackBundle', () => {
         assert.equal(out.kind, 'ok', out.kind === 'rejected' ? out.reason : '');
         assertExact(out, files);
       }),
-      { seed: 0xb0d1e1, numRuns: 400, timeLimitMs: 2000 },
+      { seed: 0xb0d1e1, numRuns: 1000, timeLimitMs: 2000 },
     );
   });
 
@@ -256,14 +293,28 @@ describe('fuzz: unpackBundle', () => {
       'bundle structural',
       fc.asyncProperty(
         filesArb,
-        fc.array(modelEntryArb, { minLength: 0, maxLength: 6 }),
-        fc.boolean(),
-        fc.record({ maxBundleBytes: fc.oneof(fc.constant(64 << 20), fc.integer({ min: 512, max: 8192 })), maxEntries: fc.integer({ min: 1, max: 6 }) }),
-        async (files, extra, exactlyDeclared, limits) => {
-          // Half the cases start from one right entry per declared file (in some order), so
-          // that conforming bundles are common; the extra entries then damage them or not.
-          const base: ModelEntry[] = exactlyDeclared ? [...files.keys()].map((_, i) => ({ of: i, name: 'declared', type: 'file', content: 'right', pax: 'none' })) : [];
-          const entries = [...base, ...extra];
+        fc.oneof(
+          // a free-form list of entries
+          { weight: 1, arbitrary: fc.array(modelEntryArb, { maxLength: 6 }).map((list) => ({ free: list, edits: [] as Edit[] })) },
+          // one right entry per declared file, then 0..2 single faults (most cases conform, or
+          // miss conforming by exactly one thing: the sharpest test of each check)
+          { weight: 3, arbitrary: fc.array(editArb, { maxLength: 2 }).map((edits) => ({ free: null, edits })) },
+        ),
+        fc.oneof({ weight: 3, arbitrary: fc.constant(GENEROUS) }, { weight: 1, arbitrary: fc.record({ maxBundleBytes: fc.integer({ min: 512, max: 8192 }), maxEntries: fc.integer({ min: 1, max: 6 }) }) }),
+        fc.nat(),
+        async (files, plan, limits, rot) => {
+          let entries: ModelEntry[];
+          if (plan.free) entries = plan.free;
+          else {
+            const n = files.size;
+            entries = [...files.keys()].map((_, i) => ({ of: (i + rot) % n, name: 'declared', type: 'file', content: 'right', pax: 'none', carriesData: false }));
+            for (const e of plan.edits) {
+              const at = e.index % Math.max(1, entries.length);
+              if (e.kind === 'add') entries.splice(at, 0, e.entry);
+              else if (e.kind === 'remove') entries.splice(at, 1);
+              else if (entries[at]) entries[at] = { ...entries[at]!, ...e.patch };
+            }
+          }
           const record = recordFor(files);
           const built = await buildStructural(files, entries, limits);
           const out = await unpack(record, built.bundle, limits);
@@ -272,7 +323,7 @@ describe('fuzz: unpackBundle', () => {
           if (out.kind === 'ok') oks++;
         },
       ),
-      { seed: 0xb0d1e2, numRuns: 1200, timeLimitMs: 6000 },
+      { seed: 0xb0d1e2, numRuns: 4000, timeLimitMs: 4000 },
     );
     t.diagnostic(`ok: ${oks} of ${r.runs}`);
     assert.ok(oks > r.runs / 10 && oks < r.runs * 0.9, `ok ${oks} of ${r.runs}: the generator is unbalanced`);
@@ -304,14 +355,18 @@ describe('fuzz: unpackBundle', () => {
           assertExact(await unpack(record, bad, GENEROUS), files);
         },
       ),
-      { seed: 0xb0d1e3, numRuns: 2500, timeLimitMs: 6000 },
+      { seed: 0xb0d1e3, numRuns: 10000, timeLimitMs: 5000 },
     );
   });
 
   test('regressions', async () => {
     for (const r of BUNDLE_REGRESSIONS) {
       const files = new Map(r.files.map(([n, hex]) => [n, Buffer.from(hex, 'hex')]));
-      const out = await unpack(recordFor(files), Buffer.from(r.bundleHex, 'hex'), r.limits ?? GENEROUS);
+      const record = recordFor(files);
+      const bundle = await packBundle(record, files);
+      const offs = headerOffsets(bundle);
+      for (const e of r.edits) applyHeaderEdit(bundle, offs[e.entry]!, e);
+      const out = await unpack(record, bundle, GENEROUS);
       assertExact(out, files);
       assert.equal(out.kind, r.expect, r.name);
     }

@@ -31,6 +31,14 @@ export interface FuzzResult {
   interrupted: boolean;
 }
 
+/**
+ * A run that is still in flight when the time limit interrupts fast-check is abandoned by it,
+ * so its failure (typically: a hang caught by timedAsync) would go unreported. timedAsync
+ * registers here; fuzz() waits for every registered promise and fails with any late error.
+ */
+const inflight = new Set<Promise<unknown>>();
+const lateErrors: unknown[] = [];
+
 /** Totals per test file, printed at exit for the docs table. */
 const totals: { name: string; runs: number; ms: number }[] = [];
 process.on('exit', () => {
@@ -62,7 +70,13 @@ export async function fuzz<Ts>(
   };
   const started = performance.now();
   const params = { seed, numRuns, interruptAfterTimeLimit, reporter, endOnFailure: false };
+  lateErrors.length = 0;
   await fc.assert(prop as fc.IAsyncProperty<Ts>, params);
+  await Promise.allSettled([...inflight]);
+  if (lateErrors.length) {
+    const e = lateErrors[0];
+    throw new Error(`${name}: a run abandoned at the time limit failed (seed ${seed}): ${e instanceof Error ? e.message : String(e)}`);
+  }
   const ms = Math.round(performance.now() - started);
   const runs = details?.numRuns ?? 0;
   const interrupted = details?.interrupted ?? false;
@@ -80,21 +94,33 @@ export function timed<T>(what: string, maxMs: number, fn: () => T): T {
   return out;
 }
 
-/** Async variant of timed(); also turns a hang into a failure. */
-export async function timedAsync<T>(what: string, maxMs: number, fn: () => Promise<T>): Promise<T> {
-  const started = performance.now();
-  let timer: NodeJS.Timeout | undefined;
-  const hang = new Promise<never>((_, rej) => {
-    timer = setTimeout(() => rej(new Error(`${what} did not settle within ${maxMs * 4} ms`)), maxMs * 4 * SCALE_TIME);
-  });
-  try {
-    const out = await Promise.race([fn(), hang]);
-    const ms = performance.now() - started;
-    if (ms > maxMs * SCALE_TIME) throw new Error(`${what} took ${ms.toFixed(1)} ms (bound ${maxMs} ms)`);
-    return out;
-  } finally {
-    clearTimeout(timer);
-  }
+/** Async variant of timed(); also turns a hang (2 × maxMs) into a failure, even in a run
+ *  that fast-check abandoned at its time limit. */
+export function timedAsync<T>(what: string, maxMs: number, fn: () => Promise<T>): Promise<T> {
+  const p = (async () => {
+    const started = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    const hang = new Promise<never>((_, rej) => {
+      timer = setTimeout(() => rej(new Error(`${what} did not settle within ${maxMs * 2} ms`)), maxMs * 2 * SCALE_TIME);
+    });
+    try {
+      const out = await Promise.race([fn(), hang]);
+      const ms = performance.now() - started;
+      if (ms > maxMs * SCALE_TIME) throw new Error(`${what} took ${ms.toFixed(1)} ms (bound ${maxMs} ms)`);
+      return out;
+    } finally {
+      clearTimeout(timer);
+    }
+  })();
+  inflight.add(p);
+  p.then(
+    () => inflight.delete(p),
+    (e: unknown) => {
+      inflight.delete(p);
+      lateErrors.push(e);
+    },
+  );
+  return p;
 }
 
 /** Time bounds stretch on slow machines (LTOCACHE_FUZZ_TIME_SCALE), never with SCALE. */

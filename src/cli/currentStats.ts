@@ -1,0 +1,47 @@
+import { join } from 'node:path';
+import type { Config } from '../config/config.js';
+import { initHash } from '../key/hash.js';
+import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
+import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { askDaemon } from './controlClient.js';
+
+/**
+ * Counters and store summary as `ltocache stats --json` prints them: asked of the running
+ * daemon, else read from the store on disk (never starting a daemon). `zero` resets them first.
+ */
+export async function currentStats(config: Config, zero = false): Promise<StatsView> {
+  if (zero) {
+    const z = await askDaemon(config.dir, { op: 'zero' });
+    if (z.kind === 'failed') throw new Error(z.error);
+  }
+  const r = await askDaemon(config.dir, { op: 'stats' });
+  if (r.kind === 'ok') return r.result as StatsView;
+  if (r.kind === 'failed') throw new Error(r.error);
+  try {
+    return await offlineStats(config, zero);
+  } catch (e) {
+    if (e instanceof StoreLockedError) throw new Error('the store is locked by a daemon that does not answer');
+    throw e;
+  }
+}
+
+async function offlineStats(config: Config, zero: boolean): Promise<StatsView> {
+  await initHash();
+  const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size, sweepOnOpen: false });
+  try {
+    const counters = new Counters();
+    const raw = await store.sublevel('stats').get('counters');
+    if (raw !== undefined) {
+      const parsed = StatsRecord.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
+      if (parsed.success) counters.restore(parsed.data);
+    }
+    if (zero) {
+      counters.zero();
+      await store.sublevel('stats').put('counters', JSON.stringify(counters.snapshot()));
+    }
+    const s = store.summary();
+    return counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: config.max_size, daemon_running: false });
+  } finally {
+    await store.close();
+  }
+}
