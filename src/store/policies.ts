@@ -26,17 +26,28 @@ export interface Tiered extends CacheBackend {
  * be queued, so it returns at once). Every tier outcome is reported to `observe`.
  */
 export function tiered(local: CacheBackend, remote: CacheBackend, observe: (e: TierEvent) => void = () => {}): Tiered {
+  // Remote hits being written back: the write (fsync included) is kept off the hit's path, and
+  // a lookup of the same key meanwhile is answered from here.
+  const writingBack = new Map<Digest, StoredEntry>();
   return {
     name: `tiered(${local.name}, ${remote.name})`,
     async get(key) {
+      const pending = writingBack.get(key);
+      if (pending) return { kind: 'hit', entry: pending, tier: 'local' };
       const l = await local.get(key);
       observe({ tier: 'local', op: 'get', result: l });
       if (l.kind === 'hit') return { ...l, tier: 'local' };
       const r = await remote.get(key);
       observe({ tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
-      const back = await local.put(key, r.entry);
-      observe({ tier: 'local', op: 'put', result: back });
+      writingBack.set(key, r.entry);
+      void local
+        .put(key, r.entry)
+        .then(
+          (back) => observe({ tier: 'local', op: 'put', result: back }),
+          (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),
+        )
+        .finally(() => writingBack.delete(key));
       return { ...r, tier: 'remote' };
     },
     async has(key) {
