@@ -58,6 +58,7 @@ export class JobLog {
   private timer: NodeJS.Timeout | null = null;
   private seq = 0;
   private readonly lastByOutput = new Map<string, JobRecord>();
+  private readonly manifestsWritten = new Set<string>();
   private written = 0;
 
   constructor(
@@ -67,7 +68,13 @@ export class JobLog {
 
   async record(r: Recorded): Promise<void> {
     const output = resolve(r.req.cwd, r.output ?? outputOf(r.req.args) ?? '.');
-    if (r.key && r.manifest) this.pending.push({ type: 'put', sublevel: 'manifests', key: r.key, value: JSON.stringify(r.manifest) });
+    // A key's manifest is the same on every job with that key (but for unkeyed `dropped`
+    // arguments): write it once per daemon lifetime, not on every hit.
+    if (r.key && r.manifest && !this.manifestsWritten.has(r.key)) {
+      if (this.manifestsWritten.size >= 100_000) this.manifestsWritten.clear();
+      this.manifestsWritten.add(r.key);
+      this.pending.push({ type: 'put', sublevel: 'manifests', key: r.key, value: JSON.stringify(r.manifest) });
+    }
     let previous = this.lastByOutput.get(output);
     if (!previous) {
       const stored = await this.getJson('outputs', output, OutputHistory);
