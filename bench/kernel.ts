@@ -52,13 +52,15 @@ export interface Options {
   jobs: number;
   work: string | null;
   keep: boolean;
+  /** Only write the Makefile (and do the thin link) into --work, for profiling by hand. */
+  planOnly: boolean;
   ccache: boolean;
   edit: { file: string; from: string; to: string };
 }
 
 const USAGE = `usage: node dist/bench/kernel.js --tree DIR [--runs N] [--json FILE] [--remote]
     [--clang clang-19] [--lld ld.lld-19] [--ar llvm-ar-19] [--llvm-bin /usr/lib/llvm-19/bin]
-    [--jobs 2] [--work DIR] [--keep] [--no-ccache]
+    [--jobs 2] [--make make] [--work DIR] [--keep] [--no-ccache] [--plan-only (needs --work)]
     [--edit FILE --edit-from STRING --edit-to STRING]   (default: kfree_const in mm/util.c)`;
 
 export function parseArgs(argv: string[]): Options {
@@ -75,6 +77,7 @@ export function parseArgs(argv: string[]): Options {
     jobs: 2,
     work: null,
     keep: false,
+    planOnly: false,
     ccache: true,
     edit: { ...KERNEL_EDIT },
   };
@@ -98,18 +101,19 @@ export function parseArgs(argv: string[]): Options {
       case '--jobs': o.jobs = Number(val()); break;
       case '--work': o.work = resolve(val()); break;
       case '--keep': o.keep = true; break;
+      case '--plan-only': o.planOnly = true; break;
       case '--no-ccache': o.ccache = false; break;
       case '--edit': o.edit.file = val(); break;
       case '--edit-from': o.edit.from = val(); break;
       case '--edit-to': o.edit.to = val(); break;
-      case '--help': case '-h': process.stdout.write(USAGE + '\n'); process.exit(0);
-      // eslint-disable-next-line no-fallthrough
+      case '--help': case '-h': process.stdout.write(USAGE + '\n'); return process.exit(0);
       default: throw new Error(`unknown argument ${a}\n${USAGE}`);
     }
   }
   if (!o.tree) throw new Error(`--tree is required\n${USAGE}`);
   if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs must be a positive integer');
   if (!Number.isInteger(o.jobs) || o.jobs < 1) throw new Error('--jobs must be a positive integer');
+  if (o.planOnly && !o.work) throw new Error('--plan-only needs --work DIR');
   return o;
 }
 
@@ -351,11 +355,9 @@ interface ThinLinkResult {
 /** `ld.lld -r --thinlto-index-only`: rewrites every X.o.thinlto.bc, returns the module list. */
 function thinLink(o: Options, plan: LinkPlan, work: string): ThinLinkResult {
   const rsp = join(work, 'vmlinux.thinlink.rsp');
-  if (!existsSync(rsp)) {
-    const lines = [...plan.objects];
-    if (plan.libMembers.length) lines.push('--start-lib', ...plan.libMembers, '--end-lib');
-    writeFileSync(rsp, lines.map(shellQuote).join('\n') + '\n');
-  }
+  const lines = [...plan.objects];
+  if (plan.libMembers.length) lines.push('--start-lib', ...plan.libMembers, '--end-lib');
+  writeFileSync(rsp, lines.map(shellQuote).join('\n') + '\n');
   const list = join(work, 'vmlinux.thinlto-index');
   const t0 = process.hrtime.bigint();
   must(o.lld, [...plan.flags, `--thinlto-index-only=${list}`, `@${rsp}`, '-o', join(work, 'thinlink.tmp.o')], { cwd: o.tree, what: 'thin link' });
@@ -482,6 +484,7 @@ interface Sample {
   wallMs: number;
   cpuMs: number;
   daemonCpuMs?: number;
+  serverCpuMs?: number;
   hits?: number;
   misses?: number;
   remoteHits?: number;
@@ -503,7 +506,7 @@ export interface Report {
   jobs: number;
   makeJobs: number;
   thinLinkMs: number[];
-  rows: { name: string; jobs: number; wallMinMs: number; wallMedianMs: number; ratio: number | null; hits: string; cpuMedianMs: number; daemonCpuMedianMs: number | null; mismatches: number | null; note?: string; samples: Sample[] }[];
+  rows: { name: string; jobs: number; wallMinMs: number; wallMedianMs: number; ratio: number | null; hits: string; cpuMedianMs: number; daemonCpuMedianMs: number | null; serverCpuMedianMs: number | null; mismatches: number | null; note?: string; samples: Sample[] }[];
   totalMismatches: number;
   changedJobs: string[];
   ideal: number;
@@ -548,7 +551,7 @@ function lldCacheEntries(dir: string): number {
   return existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith('llvmcache-')).length : 0;
 }
 
-export async function runBench(o: Options): Promise<Report> {
+export async function runBench(o: Options): Promise<Report | null> {
   const base = baseEnv(o);
   const work = o.work ?? mkdtempSync(join(tmpdir(), 'ltocache-kbench-'));
   mkdirSync(work, { recursive: true });
@@ -565,6 +568,11 @@ export async function runBench(o: Options): Promise<Report> {
     const makefile = join(work, 'backend.mk');
     writeMakefile(makefile, jobs);
     log(`${jobs.length} backend jobs, Makefile ${makefile}`);
+    if (o.planOnly) {
+      writeFileSync(join(work, 'thinlink.sh'), `cd ${shellQuote(o.tree)} && exec ${[o.lld, ...plan.flags, `--thinlto-index-only=${join(work, 'vmlinux.thinlto-index')}`, `@${join(work, 'vmlinux.thinlink.rsp')}`, '-o', join(work, 'thinlink.tmp.o')].map(shellQuote).join(' ')}\n`);
+      log(`plan only: make -rR -j${o.jobs} -f ${makefile} CC=… in ${o.tree}; thin link: sh ${join(work, 'thinlink.sh')}`);
+      return null;
+    }
     const thinLinkMs: number[] = [first.ms];
     const relink = (): void => {
       const r = thinLink(o, plan, work);
@@ -625,12 +633,14 @@ export async function runBench(o: Options): Promise<Report> {
       const ccacheOk = o.ccache && spawnSync('ccache', ['--version'], { stdio: 'ignore' }).status === 0;
       if (o.ccache && !ccacheOk) log('ccache not found: its rows are skipped');
 
-      const ltoRun = (name: string, cache: Ltocache, want: () => Map<string, string | null>, wantStderr: () => string, idealHits?: number): void => {
+      const ltoRun = (name: string, cache: Ltocache, want: () => Map<string, string | null>, wantStderr: () => string, idealHits?: number, serverPid?: number): void => {
         const s0 = cache.stats();
         const pid = cache.pid();
         const d0 = pid ? pidCpuMs(pid) : NaN;
+        const v0 = serverPid ? pidCpuMs(serverPid) : NaN;
         const t = make(`${CLIENT} ${o.clang}`, cache.env);
         const d1 = pid ? pidCpuMs(pid) : NaN;
+        const v1 = serverPid ? pidCpuMs(serverPid) : NaN;
         const s1 = cache.stats();
         const got = outputs();
         const mm = mismatches(got, want());
@@ -638,6 +648,7 @@ export async function runBench(o: Options): Promise<Report> {
         stderrAllMatch &&= se;
         const sample: Sample = { wallMs: t.wallMs, cpuMs: t.cpuMs, daemonCpuMs: d1 - d0, hits: s1.hits! - s0.hits!, misses: s1.misses! - s0.misses!, remoteHits: s1.remote_hits! - s0.remote_hits!, mismatches: mm, stderrMatches: se };
         if (idealHits !== undefined) sample.ideal = idealHits;
+        if (serverPid) sample.serverCpuMs = v1 - v0;
         row(name).samples.push(sample);
         const errs = (s1.errors ?? 0) - (s0.errors ?? 0);
         const unc = (s1.uncacheable ?? 0) - (s0.uncacheable ?? 0);
@@ -711,7 +722,7 @@ export async function runBench(o: Options): Promise<Report> {
         rmSync(lcache, { recursive: true, force: true });
         const lldRun = (name: string): void => {
           const n0 = lldCacheEntries(lcache);
-          const t = timed(o.lld, [...plan.original.filter((w, i, a) => !w.startsWith('--thinlto-cache-dir') && !w.startsWith('--thinlto-jobs') && w !== '-o' && a[i - 1] !== '-o'), `--thinlto-cache-dir=${lcache}`, '--thinlto-jobs=2', '-o', join(work, 'lld-vmlinux.o')], { cwd: o.tree, env: base });
+          const t = timed(o.lld, [...plan.original.filter((w, i, a) => !w.startsWith('--thinlto-cache-dir') && !w.startsWith('--thinlto-jobs') && w !== '-o' && a[i - 1] !== '-o'), `--thinlto-cache-dir=${lcache}`, `--thinlto-jobs=${o.jobs}`, '-o', join(work, 'lld-vmlinux.o')], { cwd: o.tree, env: base });
           if (t.status !== 0) throw new Error(`${name} failed: ${t.stderr.slice(0, 4000)}`);
           const added = lldCacheEntries(lcache) - n0;
           row(name, 'thin link + backends in one ld.lld process; hits = modules − new cache entries').samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs, hits: jobs.length - added });
@@ -748,13 +759,13 @@ export async function runBench(o: Options): Promise<Report> {
           const dev = new Ltocache(join(work, `cache-dev-${run}`), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read, LTOCACHE_REMOTE_MODE: 'read-only' });
           caches.push(dev);
           dev.start();
-          ltoRun('ltocache + team server, warm (empty local cache)', dev, wantRef, wantRefStderr);
+          ltoRun('ltocache + team server, warm (empty local cache)', dev, wantRef, wantRefStderr, undefined, server.pid);
           dev.destroy();
           const dev2 = new Ltocache(join(work, `cache-dev2-${run}`), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read, LTOCACHE_REMOTE_MODE: 'read-only' });
           caches.push(dev2);
           dev2.start();
           applyEdit();
-          ltoRun('ltocache + team server, after edit (empty local cache)', dev2, wantAfter, wantAfterStderr, ideal);
+          ltoRun('ltocache + team server, after edit (empty local cache)', dev2, wantAfter, wantAfterStderr, ideal, server.pid);
           dev2.destroy();
         }
         revertEdit();
@@ -772,6 +783,7 @@ export async function runBench(o: Options): Promise<Report> {
             : [...new Set(hitsList.map((h, i) => `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}`))].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');
         const mmList = r.samples.map((s) => s.mismatches).filter((x): x is number => x !== undefined);
         const dcpu = r.samples.map((s) => s.daemonCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
+        const vcpu = r.samples.map((s) => s.serverCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
         return {
           name: r.name,
           jobs: r.jobs,
@@ -781,6 +793,7 @@ export async function runBench(o: Options): Promise<Report> {
           hits: hitsStr,
           cpuMedianMs: median(r.samples.map((s) => s.cpuMs)),
           daemonCpuMedianMs: dcpu.length ? median(dcpu) : null,
+          serverCpuMedianMs: vcpu.length ? median(vcpu) : null,
           mismatches: mmList.length ? mmList.reduce((a, b) => a + b, 0) : null,
           ...(r.note ? { note: r.note } : {}),
           samples: r.samples,
@@ -824,7 +837,7 @@ export function formatReport(r: Report): string {
   lines.push('|---|---:|---:|---:|---|---:|---:|---:|---:|');
   for (const row of r.rows) {
     lines.push(
-      `| ${row.name} | ${s(row.wallMinMs)} | ${s(row.wallMedianMs)} | ${row.jobs} | ${row.hits} | ${row.ratio === null ? '—' : row.ratio.toFixed(3)} | ${s(row.cpuMedianMs)} | ${row.daemonCpuMedianMs === null ? '—' : s(row.daemonCpuMedianMs)} | ${row.mismatches === null ? '—' : row.mismatches} |`,
+      `| ${row.name} | ${s(row.wallMinMs)} | ${s(row.wallMedianMs)} | ${row.jobs} | ${row.hits} | ${row.ratio === null ? '—' : row.ratio.toFixed(3)} | ${s(row.cpuMedianMs)} | ${row.daemonCpuMedianMs === null ? '—' : s(row.daemonCpuMedianMs) + (row.serverCpuMedianMs === null ? '' : ` (+ server ${s(row.serverCpuMedianMs)})`)} | ${row.mismatches === null ? '—' : row.mismatches} |`,
     );
   }
   lines.push('');
@@ -848,6 +861,7 @@ async function main(): Promise<void> {
   if (!existsSync(CLIENT) || !existsSync(CLI)) throw new Error('build first: npm run build');
   if (!statSync(o.tree).isDirectory()) throw new Error(`${o.tree}: not a directory`);
   const report = await runBench(o);
+  if (!report) return;
   process.stdout.write(formatReport(report) + '\n');
   if (o.json) writeFileSync(o.json, JSON.stringify(report, null, 2) + '\n');
 }

@@ -89,7 +89,8 @@ function isHit(r: JobResult): boolean {
  */
 async function hitBreakdown(n: number): Promise<[string, string][]> {
   await initHash();
-  const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('breakdown-tree'), 'src'));
+  const tree = tempDir('breakdown-tree');
+  const b = ThinBuild.fromFixture(FIXTURE, join(tree, 'src'));
   b.frontEnd();
   b.thinLink();
   const m = 'main';
@@ -174,6 +175,7 @@ async function hitBreakdown(n: number): Promise<[string, string][]> {
     rows.push(['daemon CPU per hit (user + system, /proc/<pid>/stat)', `${((cpu * 1000) / n).toFixed(0)} µs`]);
   } finally {
     await destroyCache(cache);
+    rmSync(tree, { recursive: true, force: true });
   }
   return rows;
 }

@@ -18,7 +18,7 @@
  *    then after `ltocache clear` of every local store (round 3: all remote hits).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { delimiter, isAbsolute, join, resolve } from 'node:path';
@@ -431,6 +431,8 @@ export interface DaemonLoadOptions {
   /** Node options for the daemon (e.g. --cpu-prof): it is then started here, in the foreground
    * of a detached `node <nodeArgs> main.js daemon run`, instead of by `ltocache daemon start`. */
   nodeArgs?: string[];
+  /** With nodeArgs: file receiving the daemon's stdout and stderr (e.g. for --trace-gc). */
+  daemonOutput?: string;
   /** Keep the cache directory and daemon (caller destroys `cache`). */
   keep?: boolean;
   progress?: (done: number, total: number) => void;
@@ -500,13 +502,16 @@ export function planClient(client: number, clients: number, jobs: number, module
 export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadReport> {
   const variants = o.variants ?? DAEMON_VARIANTS;
   const cache = new CacheEnv('load', { LTOCACHE_IDLE_TIMEOUT: '600', ...(o.env ?? {}) });
+  const tree = tempDir('load-tree');
   try {
-    const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('load-tree'), 'src'));
+    const b = ThinBuild.fromFixture(FIXTURE, join(tree, 'src'));
     b.frontEnd();
     b.thinLink();
     const refs = referenceObjects(b, variants);
     if (o.nodeArgs?.length) {
-      const child = spawn(process.execPath, [...o.nodeArgs, CLI, 'daemon', 'run'], { env: cache.env, detached: true, stdio: 'ignore' });
+      const fd = o.daemonOutput ? openSync(o.daemonOutput, 'w') : 'ignore';
+      const child = spawn(process.execPath, [...o.nodeArgs, CLI, 'daemon', 'run'], { env: cache.env, detached: true, stdio: ['ignore', fd, fd] });
+      if (typeof fd === 'number') closeSync(fd);
       child.unref();
       await waitFor('daemon pid file', () => cache.daemonPid() !== null, 30_000);
     }
@@ -566,7 +571,10 @@ export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadRep
       checkout: b.dir,
     };
   } finally {
-    if (!o.keep) await destroyCache(cache);
+    if (!o.keep) {
+      await destroyCache(cache);
+      rmSync(tree, { recursive: true, force: true });
+    }
   }
 }
 
@@ -624,6 +632,7 @@ export async function runTeamLoad(o: TeamLoadOptions): Promise<TeamLoadReport> {
   const variants = o.variants ?? TEAM_VARIANTS;
   const server = new ServerProcess();
   const caches: CacheEnv[] = [];
+  const trees: string[] = [];
   try {
     const url = await server.start();
     const extra: Record<string, string> = { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: TOKENS.write, LTOCACHE_REMOTE_RETRY_MS: '300', LTOCACHE_IDLE_TIMEOUT: '600' };
@@ -633,7 +642,8 @@ export async function runTeamLoad(o: TeamLoadOptions): Promise<TeamLoadReport> {
       const cache = new CacheEnv(`team${d}`, extra);
       caches.push(cache);
       cache.start();
-      const b = ThinBuild.fromFixture(FIXTURE, join(tempDir(`load-checkout${d}`), `dev${d}`, 'linux'));
+      trees.push(tempDir(`load-checkout${d}`));
+      const b = ThinBuild.fromFixture(FIXTURE, join(trees[d]!, `dev${d}`, 'linux'));
       b.frontEnd();
       b.thinLink();
       builds.push(b);
@@ -717,6 +727,7 @@ export async function runTeamLoad(o: TeamLoadOptions): Promise<TeamLoadReport> {
   } finally {
     await Promise.all(caches.map((c) => destroyCache(c)));
     await server.kill();
+    for (const t of [...trees, server.dir]) rmSync(t, { recursive: true, force: true });
   }
 }
 

@@ -12,7 +12,10 @@ export function parseSize(text: string): number {
   if (!m) throw new Error(`not a size: '${text}' (examples: 10G, 512M, 4096)`);
   const unit = (m[2] ?? 'B').toUpperCase()[0] as 'B' | 'K' | 'M' | 'G' | 'T';
   const mult = { B: 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[unit];
-  return Math.floor(Number(m[1]) * mult);
+  const bytes = Math.floor(Number(m[1]) * mult);
+  // "9999…9T" would otherwise come out as 1e23 or Infinity: not a byte count anything can use.
+  if (!Number.isSafeInteger(bytes)) throw new Error(`size too large: '${text}' (at most ${Number.MAX_SAFE_INTEGER} bytes)`);
+  return bytes;
 }
 
 const sizeField = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
@@ -64,7 +67,8 @@ export function parseConfigText(text: string, file: string): Record<string, stri
     const m = /^([a-z_]+)\s*=\s*(.*)$/.exec(line);
     if (!m) throw new ConfigError(`${file}:${i + 1}: expected 'key = value', got '${raw.trim()}'`);
     const key = m[1]!;
-    if (!(key in ConfigShape)) throw new ConfigError(`${file}:${i + 1}: unknown setting '${key}' (known: ${Object.keys(ConfigShape).join(', ')})`);
+    // Own keys only: `in` also saw Object.prototype, so `constructor = 1` was silently accepted.
+    if (!Object.prototype.hasOwnProperty.call(ConfigShape, key)) throw new ConfigError(`${file}:${i + 1}: unknown setting '${key}' (known: ${Object.keys(ConfigShape).join(', ')})`);
     out[key] = m[2]!.replace(/^"(.*)"$/, '$1');
   });
   return out;

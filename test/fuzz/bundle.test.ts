@@ -282,7 +282,7 @@ describe('fuzz: unpackBundle', () => {
         assert.equal(out.kind, 'ok', out.kind === 'rejected' ? out.reason : '');
         assertExact(out, files);
       }),
-      { seed: 0xb0d1e1, numRuns: 1000, timeLimitMs: 2000 },
+      { seed: 0xb0d1e1, numRuns: 1000, timeLimitMs: 1_500 },
     );
   });
 
@@ -323,7 +323,7 @@ describe('fuzz: unpackBundle', () => {
           if (out.kind === 'ok') oks++;
         },
       ),
-      { seed: 0xb0d1e2, numRuns: 4000, timeLimitMs: 4000 },
+      { seed: 0xb0d1e2, numRuns: 4000, timeLimitMs: 3_000 },
     );
     t.diagnostic(`ok: ${oks} of ${r.runs}`);
     assert.ok(oks > r.runs / 10 && oks < r.runs * 0.9, `ok ${oks} of ${r.runs}: the generator is unbalanced`);
@@ -355,7 +355,7 @@ describe('fuzz: unpackBundle', () => {
           assertExact(await unpack(record, bad, GENEROUS), files);
         },
       ),
-      { seed: 0xb0d1e3, numRuns: 10000, timeLimitMs: 5000 },
+      { seed: 0xb0d1e3, numRuns: 10000, timeLimitMs: 4_000 },
     );
   });
 

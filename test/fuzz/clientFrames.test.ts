@@ -60,28 +60,24 @@ function cutAt(stream: Buffer, cuts: number[]): Buffer[] {
   return chunks;
 }
 
-/** Feeds the chunks; returns every frame delivered and whether (and where) it failed. */
-function feed(dec: FrameDecoder, chunks: Buffer[]): { frames: Buffer[]; failed: ProtocolError | null; endFailed: boolean } {
+/** Feeds the chunks, then end(); returns every frame delivered and the first error thrown. */
+function feed(dec: FrameDecoder, chunks: Buffer[]): { frames: Buffer[]; error: ProtocolError | null } {
   const frames: Buffer[] = [];
-  for (const c of chunks) {
-    let got: Buffer[];
-    try {
-      got = dec.push(c);
-    } catch (e) {
-      if (!(e instanceof ProtocolError)) throw e;
-      return { frames, failed: e, endFailed: true };
-    }
-    frames.push(...got);
-    assert.ok(dec.pending <= dec.maxFrame + 4, `pending ${dec.pending} above one frame`);
-  }
   try {
+    for (const c of chunks) {
+      frames.push(...dec.push(c));
+      assert.ok(dec.pending <= dec.maxFrame + 4, `pending ${dec.pending} above one frame`);
+    }
     dec.end();
-    return { frames, failed: null, endFailed: false };
+    return { frames, error: null };
   } catch (e) {
     if (!(e instanceof ProtocolError)) throw e;
-    return { frames, failed: null, endFailed: true };
+    return { frames, error: e };
   }
 }
+
+const BAD_HEADER = /empty frame|exceeds the limit/;
+const CUT_SHORT = /stream ended inside a frame/;
 
 function assertMatchesReference(stream: Buffer, chunks: Buffer[], maxFrame: number): void {
   const ref = refFrames(stream, maxFrame);
@@ -93,13 +89,15 @@ function assertMatchesReference(stream: Buffer, chunks: Buffer[], maxFrame: numb
     'frames delivered differ from a one-shot parse of the stream',
   );
   if (ref.error) {
-    assert.ok(got.failed || got.endFailed, 'a zero or oversized length was not reported');
-    // Stays failed.
+    // The bad header itself is reported (not mistaken for a frame still arriving) ...
+    assert.match(got.error?.message ?? '(no error)', BAD_HEADER);
+    // ... and the decoder stays failed.
     expectThrows(ProtocolError, () => dec.push(Buffer.from([1, 0, 0, 0, 0x4a])));
     expectThrows(ProtocolError, () => dec.end());
+  } else if (ref.pending > 0) {
+    assert.match(got.error?.message ?? '(no error)', CUT_SHORT);
   } else {
-    assert.equal(got.failed, null, `unexpected failure: ${got.failed?.message}`);
-    assert.equal(got.endFailed, ref.pending > 0, 'end() disagrees about an incomplete frame');
+    assert.equal(got.error, null, `unexpected failure: ${got.error?.message}`);
   }
 }
 
@@ -116,11 +114,10 @@ describe('fuzz: FrameDecoder', () => {
         const chunks = oneByte ? [...stream].map((b) => Buffer.from([b])) : cutAt(stream, cuts);
         const dec = new FrameDecoder(96);
         const got = feed(dec, chunks);
-        assert.equal(got.failed, null);
-        assert.equal(got.endFailed, false);
+        assert.equal(got.error, null);
         assert.deepEqual(got.frames, payloads);
       }),
-      { seed: 0x5eed01, numRuns: 5000, timeLimitMs: 2000 },
+      { seed: 0x5eed01, numRuns: 5000, timeLimitMs: 1_500 },
     );
   });
 
@@ -146,7 +143,7 @@ describe('fuzz: FrameDecoder', () => {
           assertMatchesReference(stream, [stream], 96);
         },
       ),
-      { seed: 0x5eed02, numRuns: 5000, timeLimitMs: 2500 },
+      { seed: 0x5eed02, numRuns: 5000, timeLimitMs: 2_000 },
     );
   });
 
@@ -386,7 +383,7 @@ describe('fuzz: decodeCompileRequest', () => {
         assert.equal(checkPayload(frame.subarray(4)), 'ok');
         assert.deepEqual(view(decodeCompileRequest(frame.subarray(4))), view(req));
       }),
-      { seed: 0x5eed03, numRuns: 2000, timeLimitMs: 1500 },
+      { seed: 0x5eed03, numRuns: 2000, timeLimitMs: 1_500 },
     );
   });
 
@@ -401,7 +398,7 @@ describe('fuzz: decodeCompileRequest', () => {
         ),
         (a) => void checkPayload(Buffer.from(a)),
       ),
-      { seed: 0x5eed04, numRuns: 10000, timeLimitMs: 1500 },
+      { seed: 0x5eed04, numRuns: 10000, timeLimitMs: 1_000 },
     );
   });
 
@@ -413,7 +410,7 @@ describe('fuzz: decodeCompileRequest', () => {
       fc.property(rawRequestArb, fc.oneof(fc.constant([]), fc.array(mutationArb, { minLength: 1, maxLength: 3 })), (raw, ms) => {
         if (checkPayload(mutateAll(serialize(raw), ms)) === 'ok') accepted++;
       }),
-      { seed: 0x5eed05, numRuns: 20000, timeLimitMs: 5000 },
+      { seed: 0x5eed05, numRuns: 20000, timeLimitMs: 3_000 },
     );
     t.diagnostic(`accepted ${accepted} of ${r.runs}`);
     // The generator must reach both sides of the decoder, or the property tests little.
@@ -431,11 +428,11 @@ describe('fuzz: decodeCompileRequest', () => {
       q.writeUInt32LE(v, 10); // compiler length
       expectThrows(ProtocolError, () => timed('huge length', 20, () => decodeCompileRequest(q)));
     }
-    // The largest payload the daemon admits (16 MiB), made of the cheapest items (empty
-    // arguments), decodes in well under a second.
-    const n = ((16 << 20) - base.length) >> 2;
+    // A 4 MiB payload of the cheapest items (a million empty arguments) decodes in linear time:
+    // well under the bound even on a loaded machine (a quadratic decoder would take minutes).
+    const n = ((4 << 20) - base.length) >> 2;
     const many = Buffer.concat([base.subarray(0, argcAt), u32(n), Buffer.alloc(n * 4), u32(0)]);
-    const ok = timed('4M empty arguments', 3000, () => decodeCompileRequest(many));
+    const ok = timed('1M empty arguments', 3000, () => decodeCompileRequest(many));
     assert.equal(ok.args.length, n);
   });
 
@@ -478,7 +475,7 @@ describe('fuzz: replies', () => {
           }
         },
       ),
-      { seed: 0x5eed06, numRuns: 3000, timeLimitMs: 1000 },
+      { seed: 0x5eed06, numRuns: 3000, timeLimitMs: 1_000 },
     );
   });
 
@@ -496,7 +493,7 @@ describe('fuzz: replies', () => {
           if (!(e instanceof ProtocolError)) throw e;
         }
       }),
-      { seed: 0x5eed07, numRuns: 1500, timeLimitMs: 1000 },
+      { seed: 0x5eed07, numRuns: 1500, timeLimitMs: 1_000 },
     );
   });
 });

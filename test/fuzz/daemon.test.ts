@@ -271,7 +271,7 @@ describe('fuzz: the daemon over its socket', () => {
           seen[m.expect]++;
         },
       ),
-      { seed: 0xdae111, numRuns: 300, timeLimitMs: 20_000 },
+      { seed: 0xdae111, numRuns: 300, timeLimitMs: 12_000 },
     );
     t.diagnostic(`outcomes: ${JSON.stringify(seen)}; protocol violations sent: ${protocolErrors}`);
     assert.ok(r.runs >= 100, `only ${r.runs} connections in the time limit`);

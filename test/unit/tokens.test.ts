@@ -32,12 +32,14 @@ test('malformed lines are errors naming the file and line, never the secret', ()
   const cases: [string, RegExp][] = [
     [`ci write`, /tok:2: expected 'NAME SCOPE SECRET', found 2 fields/],
     [`ci write ${A} extra`, /tok:2: expected 'NAME SCOPE SECRET', found 4 fields/],
-    [`ci owner ${A}`, /tok:2: scope 'owner' of token 'ci' must be read, write or admin/],
-    [`ci write tiny123`, /tok:2: the secret of token 'ci' is shorter than 16 characters/],
-    [`ci write ${A}"quoted"`, /tok:2: the secret of token 'ci' may only contain/],
-    [`-ci write ${A}`, /tok:2: token name '-ci' must be/],
-    [`ci write ${A}\nci read ${B}`, /tok:3: token name 'ci' is already used on line 2/],
-    [`ci write ${A}\nbob read ${A}`, /tok:3: token 'bob' has the same secret as the token on line 2/],
+    [`ci owner ${A}`, /tok:2: the scope \(second column\) must be read, write or admin/],
+    [`ci write tiny123`, /tok:2: the secret \(third column\) is shorter than 16 characters/],
+    [`ci write ${A}"quoted"`, /tok:2: the secret \(third column\) may only contain/],
+    [`-ci write ${A}`, /tok:2: the token name \(first column\) must be/],
+    [`ci write ${A}\nci read ${B}`, /tok:3: the token name is already used on line 2/],
+    [`ci write ${A}\nbob read ${A}`, /tok:3: the secret is the same as the one on line 2/],
+    // Columns swapped: the secret stands where the name goes, and must not be echoed either.
+    [`${A} write tiny-name`, /tok:2: the secret \(third column\) is shorter than 16 characters/],
   ];
   for (const [body, re] of cases) {
     assert.throws(
