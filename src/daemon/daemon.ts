@@ -33,10 +33,13 @@ import { materialize } from './materialize.js';
 import { runCompiler } from './runCompiler.js';
 import { Semaphore } from './semaphore.js';
 import { ensurePrivateDir } from './socketPath.js';
+import { HotEntries } from './hotEntries.js';
 import { JobLog, type JobResult, answerFromLog } from './jobLog.js';
 
 export const VERSION = '0.1.0';
 const STATS_KEY = 'counters';
+/** Memory budget for entries kept hot (HotEntries). */
+const HOT_BYTES = 256 << 20;
 const BACKEND_FAILURE = /Error running ThinLTO backend|Error loading imported file/;
 
 /** What a finished compile leaves for the jobs waiting on the same key. */
@@ -59,8 +62,8 @@ export class Daemon {
   private readonly toolchains = new ToolchainIdentifier(this.files);
   private readonly compiles: Semaphore;
   private readonly inflight = new Map<string, Promise<Compiled>>();
-  /** Results compiled but not yet in the store: served from memory so a rebuild right away hits. */
-  private readonly storing = new Map<string, StoredEntry>();
+  /** Recently used entries, including results compiled but not yet in the store. */
+  private readonly hot = new HotEntries(HOT_BYTES);
   private readonly sockets = new Set<Socket>();
   private server: Server | null = null;
   private activeJobs = 0;
@@ -340,6 +343,7 @@ export class Daemon {
         await this.flushCounters();
         return { zeroed: true };
       case 'clear':
+        this.hot.clear();
         await this.store.clear();
         return { cleared: true };
       case 'stop':
@@ -430,8 +434,8 @@ export class Daemon {
   }
 
   private async fromStore(key: string, outputs: { role: string; path: string }[], req: CompileRequest): Promise<Outcome | null> {
-    const pending = this.storing.get(key);
-    const found: TieredLookup = pending ? { kind: 'hit', entry: pending, tier: 'local' } : await this.cache.get(key);
+    const inMemory = this.hot.get(key);
+    const found: TieredLookup = inMemory ? { kind: 'hit', entry: inMemory, tier: 'local' } : await this.cache.get(key);
     if (found.kind === 'error') {
       this.counters.error(found.corrupt ? 'corrupt_entry' : 'store_read');
       this.log.warn('store read failed; compiling', { key, error: found.error });
@@ -440,6 +444,7 @@ export class Daemon {
     if (found.kind === 'miss') return null;
     const entry = found.entry;
     if (!(await this.place(entry, outputs, req))) return null;
+    if (!inMemory) this.hot.set(key, entry);
     this.maybeVerify(key, entry, outputs, req);
     this.counters.add('hits');
     this.counters.add('time_saved_ms', entry.record.compileMs);
@@ -504,6 +509,7 @@ export class Daemon {
             storedManifest: stored ?? null,
             currentManifest: current?.kind === 'key' ? current.manifest : null,
           });
+          this.hot.delete(key);
           await this.store.delete(key);
         }
       } catch (e) {
@@ -558,8 +564,8 @@ export class Daemon {
       return { ...run, entry: null };
     }
     const toStore = entry;
-    this.storing.set(key, toStore);
-    void this.cache.put(key, toStore).finally(() => this.storing.delete(key)).then(
+    this.hot.set(key, toStore);
+    void this.cache.put(key, toStore).then(
       (r) => {
         if (r.kind === 'stored') this.counters.add('bytes_written', [...toStore.files.values()].reduce((n, b) => n + b.length, 0));
         else {

@@ -59,18 +59,29 @@ class Uncacheable extends Error {
   }
 }
 
+/**
+ * Parts of manifests shared between jobs (a toolchain description is one object reused by every
+ * job with that compiler) are serialised once. Manifests are never mutated after they are built.
+ */
+const canonicalMemo = new WeakMap<object, string>();
+
 /** Canonical JSON: object keys sorted, so equal manifests give equal keys. */
 export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  if (v && typeof v === 'object') {
+  if (!v || typeof v !== 'object') return JSON.stringify(v);
+  const memo = canonicalMemo.get(v);
+  if (memo !== undefined) return memo;
+  let out: string;
+  if (Array.isArray(v)) out = `[${v.map(canonicalJson).join(',')}]`;
+  else {
     const o = v as Record<string, unknown>;
-    return `{${Object.keys(o)
+    out = `{${Object.keys(o)
       .filter((k) => o[k] !== undefined)
       .sort()
       .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
       .join(',')}}`;
   }
-  return JSON.stringify(v);
+  if (out.length > 512) canonicalMemo.set(v, out);
+  return out;
 }
 
 /** The cache key: 128 bits of SHA-256 over the canonical manifest without its unkeyed part. */
