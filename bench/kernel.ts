@@ -56,12 +56,15 @@ export interface Options {
   planOnly: boolean;
   ccache: boolean;
   edit: { file: string; from: string; to: string };
+  /** Run the ltocache daemon with verify=all (every hit recompiled in the background and compared). */
+  verify: boolean;
 }
 
 const USAGE = `usage: node dist/bench/kernel.js --tree DIR [--runs N] [--json FILE] [--remote]
     [--clang clang-19] [--lld ld.lld-19] [--ar llvm-ar-19] [--llvm-bin /usr/lib/llvm-19/bin]
     [--jobs 2] [--make make] [--work DIR] [--keep] [--no-ccache] [--plan-only (needs --work)]
-    [--edit FILE --edit-from STRING --edit-to STRING]   (default: kfree_const in mm/util.c)`;
+    [--edit FILE --edit-from STRING --edit-to STRING]   (default: kfree_const in mm/util.c)
+    [--verify]   ltocache daemon with verify=all: timings include the audit compiles; reports mismatches`;
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = {
@@ -80,6 +83,7 @@ export function parseArgs(argv: string[]): Options {
     planOnly: false,
     ccache: true,
     edit: { ...KERNEL_EDIT },
+    verify: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -103,6 +107,7 @@ export function parseArgs(argv: string[]): Options {
       case '--keep': o.keep = true; break;
       case '--plan-only': o.planOnly = true; break;
       case '--no-ccache': o.ccache = false; break;
+      case '--verify': o.verify = true; break;
       case '--edit': o.edit.file = val(); break;
       case '--edit-from': o.edit.from = val(); break;
       case '--edit-to': o.edit.to = val(); break;
@@ -512,6 +517,8 @@ export interface Report {
   ideal: number;
   noCacheDeterministic: boolean;
   stderrAllMatch: boolean;
+  /** With --verify: hits audited by a background compile, and how many differed. */
+  verify: { hits: number; runs: number; mismatches: number } | null;
 }
 
 function machine(o: Options, jobs: number): Record<string, string | number> {
@@ -629,6 +636,7 @@ export async function runBench(o: Options): Promise<Report | null> {
       let ref: Map<string, string | null> | null = null;
       let refStderr = '';
       let noCacheDeterministic = true;
+      const verifyTotals = { hits: 0, runs: 0, mismatches: 0 };
       let stderrAllMatch = true;
       const ccacheOk = o.ccache && spawnSync('ccache', ['--version'], { stdio: 'ignore' }).status === 0;
       if (o.ccache && !ccacheOk) log('ccache not found: its rows are skipped');
@@ -693,7 +701,7 @@ export async function runBench(o: Options): Promise<Report | null> {
         const wantRef = () => ref!;
         const wantRefStderr = () => refStderr;
         // ltocache cold / warm / after edit
-        const cache = new Ltocache(join(work, `cache-${run}`), base);
+        const cache = new Ltocache(join(work, `cache-${run}`), base, o.verify ? { LTOCACHE_VERIFY: 'all' } : {});
         caches.push(cache);
         cache.start();
         ltoRun('ltocache cold', cache, wantRef, wantRefStderr);
@@ -750,6 +758,19 @@ export async function runBench(o: Options): Promise<Report | null> {
         }
         ltoRun('ltocache after edit', cache, wantAfter, wantAfterStderr, ideal);
         lldRun('lld in-process ThinLTO cache, after edit');
+        if (o.verify) {
+          // The audit compiles run in the background: wait until every hit has been compared.
+          const deadline = Date.now() + 600_000;
+          let st = cache.stats();
+          while (st.verify_runs! + (st.verify_skipped ?? 0) < st.hits! && Date.now() < deadline) {
+            spawnSync('sleep', ['0.5']);
+            st = cache.stats();
+          }
+          verifyTotals.hits += st.hits!;
+          verifyTotals.runs += st.verify_runs!;
+          verifyTotals.mismatches += st.verify_mismatches!;
+          log(`verify=all: ${st.verify_runs} of ${st.hits} hits recompiled and compared, ${st.verify_mismatches} mismatches`);
+        }
         cache.destroy();
         rmSync(lcache, { recursive: true, force: true });
 
@@ -812,6 +833,7 @@ export async function runBench(o: Options): Promise<Report | null> {
         ideal,
         noCacheDeterministic,
         stderrAllMatch,
+        verify: o.verify ? verifyTotals : null,
       };
     } finally {
       // Leave the tree as it was found.
@@ -843,6 +865,7 @@ export function formatReport(r: Report): string {
   lines.push('');
   lines.push(`thin link (not in any make row; in the lld rows): median ${s(median(r.thinLinkMs))} s over ${r.thinLinkMs.length}`);
   lines.push(`after the edit: ${r.changedJobs.length} of ${r.jobs} jobs changed index or input, ideal hits ${r.ideal}: ${r.changedJobs.join(' ')}`);
+  if (r.verify) lines.push(`verify=all: ${r.verify.runs} of ${r.verify.hits} hits recompiled in the background and compared byte for byte; mismatches: ${r.verify.mismatches}`);
   lines.push(`byte mismatches of ltocache objects vs direct clang: ${r.totalMismatches}; direct clang deterministic across runs: ${r.noCacheDeterministic ? 'yes' : 'NO'}; stderr of ltocache runs equal to direct clang's (sorted lines): ${r.stderrAllMatch ? 'yes' : 'NO'}`);
   for (const row of r.rows) if (row.note) lines.push(`- ${row.name}: ${row.note}`);
   lines.push('');
