@@ -152,16 +152,18 @@ function killDaemon(cache: CacheEnv): void {
 }
 
 let base: ThinBuild;
-const cleanup: (() => void)[] = [];
+const cleanup: (() => void | Promise<void>)[] = [];
 before(() => {
-  base = ThinBuild.fromFixture(FIXTURE, join(tempDir('faults-tree'), 'src'));
+  const top = tempDir('faults-tree');
+  cleanup.push(() => rmSync(top, { recursive: true, force: true }));
+  base = ThinBuild.fromFixture(FIXTURE, join(top, 'src'));
   base.frontEnd();
   base.thinLink();
 });
-after(() => {
+after(async () => {
   for (const f of cleanup.reverse()) {
     try {
-      f();
+      await f();
     } catch {
       // best effort
     }
@@ -174,7 +176,9 @@ function setup(name: string, extra: Record<string, string> = {}): { cache: Cache
     killDaemon(cache);
     cache.destroy();
   });
-  const b = base.copyTo(join(tempDir(`faults-${name}`), 'src'));
+  const top = tempDir(`faults-${name}`);
+  cleanup.push(() => rmSync(top, { recursive: true, force: true }));
+  const b = base.copyTo(join(top, 'src'));
   return { cache, b, direct: new Direct(b) };
 }
 
@@ -355,7 +359,9 @@ describe('faults', () => {
     });
 
     test('ENOSPC at every step of a store write (fs seam): error result, no tmp leftovers, no dangling entry, store still usable', async (t) => {
-      const dir = join(tempDir('faults-seam'), 'store');
+      const top = tempDir('faults-seam');
+      cleanup.push(() => rmSync(top, { recursive: true, force: true }));
+      const dir = join(top, 'store');
       const errno = (code: string) => Object.assign(new Error(`${code}: injected`), { code });
       let failAt = -1;
       let calls = 0;
@@ -484,6 +490,7 @@ describe('faults', () => {
   test('clock jumps: a keyed file with a future mtime changed in place (same size, same mtime) never hits on its old content', { timeout: 60_000 }, async (t) => {
     // The rule itself, in the digest memo: a future timestamp is hashed every time, never memoised.
     const scratch = tempDir('faults-clock');
+    cleanup.push(() => rmSync(scratch, { recursive: true, force: true }));
     const f = join(scratch, 'file');
     writeFileSync(f, 'a'.repeat(4096));
     const future = new Date(Date.now() + 3600_000);
@@ -551,7 +558,7 @@ describe('faults', () => {
 
   test('the team server SIGKILLed during uploads and restarted on the same port: uploads resume, nothing corrupt is served', { timeout: 120_000 }, async (t) => {
     const server = new ServerProcess();
-    cleanup.push(() => void server.kill());
+    cleanup.push(() => server.kill().then(() => rmSync(server.dir, { recursive: true, force: true })));
     await server.start();
     const port = server.port;
     const remoteEnv = (tok: string) => ({ LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: tok, LTOCACHE_REMOTE_RETRY_MS: '300' });

@@ -79,7 +79,9 @@ class Direct {
 let base: ThinBuild;
 const cleanup: (() => void | Promise<void>)[] = [];
 before(() => {
-  base = ThinBuild.fromFixture(FIXTURE, join(tempDir('sec-tree'), 'src'));
+  const top = tempDir('sec-tree');
+  cleanup.push(() => rmSync(top, { recursive: true, force: true }));
+  base = ThinBuild.fromFixture(FIXTURE, join(top, 'src'));
   base.frontEnd();
   base.thinLink();
 });
@@ -104,7 +106,9 @@ function cacheEnv(name: string, extra: Record<string, string> = {}): CacheEnv {
 }
 
 function tree(name: string): { b: ThinBuild; direct: Direct } {
-  const b = base.copyTo(join(tempDir(`sec-${name}`), 'src'));
+  const top = tempDir(`sec-${name}`);
+  cleanup.push(() => rmSync(top, { recursive: true, force: true }));
+  const b = base.copyTo(join(top, 'src'));
   return { b, direct: new Direct(b) };
 }
 
@@ -259,6 +263,7 @@ describe('the socket directory is private', () => {
 describe('secrets never logged', () => {
   test('after auth successes and failures, no secret is in the access log, stdout, stderr or daemon.log; the access log names tokens', { timeout: 90_000 }, async (t) => {
     const dir = tempDir('sec-serve');
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
     const tokensFile = join(dir, 'tokens');
     writeFileSync(tokensFile, `ci write ${TOKENS.write}\ndev read ${TOKENS.read}\nops admin ${TOKENS.admin}\n`, { mode: 0o600 });
     const child: ChildProcess = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--dir', join(dir, 'data'), '--tokens', tokensFile], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -506,6 +511,7 @@ describe('bundles from a hostile team server', () => {
     const url = await hostile.ready();
     const { b, direct } = tree('hostile');
     const watch = tempDir('sec-watch');
+    cleanup.push(() => rmSync(watch, { recursive: true, force: true }));
     const cache = cacheEnv('hostile', { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: 'anything-0123456789', LTOCACHE_REMOTE_RETRY_MS: '1', LTOCACHE_REMOTE_TIMEOUT_MS: '3000' });
     cache.start();
     const m = 'lonely';
@@ -613,6 +619,15 @@ function rssKiB(pid: number): number {
   return m ? Number(m[1]) : 0;
 }
 
+/** Resolves when the WebSocket is open; rejects if the upgrade is refused or fails. */
+function opened(ws: WebSocket): Promise<void> {
+  return new Promise((res, rej) => {
+    ws.once('open', () => res());
+    ws.once('unexpected-response', (_req, r) => rej(new Error(`upgrade refused: HTTP ${r.statusCode}`)));
+    ws.once('error', (e) => rej(e));
+  });
+}
+
 /** An HTTP upgrade by hand; resolves with the socket once the 101 (or another status) arrives. */
 function rawUpgrade(port: number, secret: string | null): Promise<{ sock: Socket; status: number }> {
   return new Promise((res) => {
@@ -647,7 +662,7 @@ function hugeFrame(opcode: number, len: bigint): Buffer {
 describe('limits under a flood', () => {
   test('200 hostile connections (oversize frames, junk, bad auth, slowloris): the server stays up, memory bounded, a legitimate client keeps getting hits', { timeout: 120_000 }, async (t) => {
     const server = new ServerProcess(['--max-bundle', '4M', '--idle-timeout', '60']);
-    cleanup.push(() => server.kill());
+    cleanup.push(() => server.kill().then(() => rmSync(server.dir, { recursive: true, force: true })));
     const url = await server.start();
     const port = server.port;
     const pid = server.child!.pid!;
@@ -671,7 +686,7 @@ describe('limits under a flood', () => {
     const objects = alice.b.modules.map((m) => alice.direct.get(m));
     // Bob is ready before the flood; he builds during it.
     const bob = tree('flood-bob');
-    const bc = cacheEnv('flood-bob', { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: TOKENS.read, LTOCACHE_REMOTE_TIMEOUT_MS: '5000' });
+    const bc = cacheEnv('flood-bob', { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: TOKENS.read, LTOCACHE_REMOTE_TIMEOUT_MS: '15000' });
     bc.start();
     await sleep(500);
     const rss0 = rssKiB(pid);
@@ -700,7 +715,7 @@ describe('limits under a flood', () => {
         case 'junk-json': {
           const ws = new WebSocket(url, { headers: { authorization: `Bearer ${TOKENS.read}` } });
           ws.on('error', () => {});
-          await new Promise((r) => ws.once('open', r));
+          await opened(ws);
           ws.send(JSON.stringify({ type: 'hello', protocol: 1, client: 'flood' }));
           const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
           if (kind === 'big-text') {
@@ -744,19 +759,22 @@ describe('limits under a flood', () => {
         case 'idle': {
           const ws = new WebSocket(url, { headers: { authorization: `Bearer ${TOKENS.read}` } });
           ws.on('error', () => {});
-          await new Promise((r) => ws.once('open', r));
+          await opened(ws);
           held.push(ws);
           return note('idle: held');
         }
       }
     };
     const N = 200;
-    const flood = Promise.all(Array.from({ length: N }, (_, i) => one(kinds[i % kinds.length]!)));
+    // Each connection settles within 40 s or fails the test naming its kind (no silent hang).
+    const bounded = (kind: (typeof kinds)[number]) =>
+      Promise.race([one(kind), new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`flood connection '${kind}' did not settle in 40 s`)), 40_000).unref())]);
+    const flood = Promise.all(Array.from({ length: N }, (_, i) => bounded(kinds[i % kinds.length]!)));
 
     // Meanwhile: a plain protocol client asks for every key, again and again, and checks bytes.
     const legit = new WebSocket(url, { headers: { authorization: `Bearer ${TOKENS.read}` } });
     legit.on('error', () => {});
-    await new Promise((r) => legit.once('open', r));
+    await opened(legit);
     const inbox: (Record<string, unknown> | { binary: Buffer; id: number })[] = [];
     legit.on('message', (d, bin) => {
       if (!bin) return void inbox.push(JSON.parse(d.toString()) as Record<string, unknown>);
