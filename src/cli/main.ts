@@ -16,6 +16,7 @@ import type { ControlRequest } from '../protocol/control.js';
 import { JobLog, type JobRecord, answerFromLog } from '../daemon/jobLog.js';
 import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation } from '../explain/explainJobs.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
+import { processAlive } from '../util/processAlive.js';
 
 const USAGE = `usage:
   ltocache <compiler> <args...>        run a compile through the cache (native client)
@@ -125,14 +126,6 @@ function configShow(env: NodeJS.ProcessEnv): void {
   for (const [k, v, o] of rows) process.stdout.write(`${k.padEnd(w0)}  ${v.padEnd(w1)}  ${o}\n`);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function daemonCmd(config: Config, args: string[]): Promise<void> {
   const sub = args[0];
@@ -158,7 +151,7 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
     const pid = (r.result as { pid?: number } | undefined)?.pid ?? (await askDaemon(config.dir, { op: 'status' }, 1000).then((x) => (x.kind === 'ok' ? (x.result as { pid: number }).pid : undefined)));
     const deadline = Date.now() + 40_000;
     while (Date.now() < deadline) {
-      const gone = pid === undefined ? (await askDaemon(config.dir, { op: 'status' }, 1000)).kind === 'unreachable' : !alive(pid);
+      const gone = pid === undefined ? (await askDaemon(config.dir, { op: 'status' }, 1000)).kind === 'unreachable' : !processAlive(pid);
       if (gone) break;
       await new Promise((res) => setTimeout(res, 50));
     }

@@ -2,6 +2,7 @@ import type { JobRecord } from '../daemon/jobLog.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import type { BuildSummary } from '../explain/explainJobs.js';
 import type { StatsView } from '../stats/counters.js';
+import { formatBytes } from '../stats/formatStats.js';
 
 /** Everything `ltocache report` shows; gathered by src/cli/report.ts. */
 export interface ReportData {
@@ -118,16 +119,6 @@ function jsonForScript(v: unknown): string {
   return JSON.stringify(v).replace(/</g, '\\u003c').replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
 }
 
-function bytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
-}
 
 function duration(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)} ms`;
@@ -193,7 +184,7 @@ function headline(s: StatsView): string {
   ${card('k-unc', 'uncacheable', stat('uncacheable', num(s.uncacheable), String(num(s.uncacheable))), 'passed through')}
   ${card('k-err', 'errors', stat('errors', num(s.errors), String(num(s.errors))), 'fell back to the compiler')}
   ${card('k-saved', 'time saved', stat('time_saved_ms', num(s.time_saved_ms), duration(num(s.time_saved_ms))), `${stat('compile_ms', num(s.compile_ms), duration(num(s.compile_ms)))} spent compiling`)}
-  ${card('k-store', 'entries', stat('entries', num(s.entries), String(num(s.entries))), `${stat('store_bytes', num(s.store_bytes), bytes(num(s.store_bytes)))} of ${stat('max_bytes', num(s.max_bytes), bytes(num(s.max_bytes)))}`)}
+  ${card('k-store', 'entries', stat('entries', num(s.entries), String(num(s.entries))), `${stat('store_bytes', num(s.store_bytes), formatBytes(num(s.store_bytes)))} of ${stat('max_bytes', num(s.max_bytes), formatBytes(num(s.max_bytes)))}`)}
 </section>`;
 }
 
@@ -350,9 +341,9 @@ function storePanel(s: StatsView): string {
   // [label, HTML]: every value below is escaped or numeric.
   const rows: [string, string][] = [
     ['entries', String(num(s.entries))],
-    ['size', esc(`${bytes(used)} of ${bytes(max)} (${pct(frac)})`)],
+    ['size', esc(`${formatBytes(used)} of ${formatBytes(max)} (${pct(frac)})`)],
     ['evictions', stat('evictions', num(s.evictions), String(num(s.evictions)))],
-    ['bytes written', esc(bytes(num(s.bytes_written)))],
+    ['bytes written', esc(formatBytes(num(s.bytes_written)))],
     ['team cache', `${num(s.remote_hits)} hits, ${num(s.remote_misses)} misses, ${num(s.remote_errors)} errors, ${num(s.uploads)} uploads`],
     ['verified hits', `${num(s.verify_runs)} (${num(s.verify_mismatches)} mismatches)`],
   ];

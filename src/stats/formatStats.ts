@@ -1,6 +1,7 @@
 import type { StatsView } from './counters.js';
 
-function bytes(n: number): string {
+/** 1536 → "1.5 KiB": binary units, one decimal. */
+export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let v = n;
   let i = 0;
@@ -31,9 +32,9 @@ export function formatStats(s: StatsView): string {
     ...Object.entries(s.errors_by_kind).map(([k, v]) => [`  ${k}`, String(v)] as [string, string]),
     ['compile time saved', seconds(s.time_saved_ms)],
     ['compile time spent', seconds(s.compile_ms)],
-    ['bytes written', bytes(s.bytes_written)],
+    ['bytes written', formatBytes(s.bytes_written)],
     ['entries', String(s.entries)],
-    ['store size', `${bytes(s.store_bytes)} of ${bytes(s.max_bytes)}`],
+    ['store size', `${formatBytes(s.store_bytes)} of ${formatBytes(s.max_bytes)}`],
     ['evictions', String(s.evictions)],
     ['team cache misses', String(s.remote_misses)],
     ['team cache errors', String(s.remote_errors)],

@@ -14,6 +14,7 @@ import { nodeFs, type StoreFs } from '../../src/store/storeOptions.js';
 import type { StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
+import { processAlive } from '../../src/util/processAlive.js';
 
 /**
  * Fault injection (issue 5, "Faults"): the daemon SIGKILLed in the middle of store writes, a full
@@ -44,14 +45,6 @@ function prng(seed: number): () => number {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50): Promise<void> {
   const deadline = Date.now() + ms;
@@ -125,7 +118,7 @@ function blobFiles(storeDir: string): string[] {
  */
 async function startDaemon(cache: CacheEnv): Promise<number> {
   const running = cache.daemonPid();
-  if (running && alive(running) && existsSync(socketPathFor(cache.dir, process.getuid!()))) return running;
+  if (running && processAlive(running) && existsSync(socketPathFor(cache.dir, process.getuid!()))) return running;
   const errFile = join(cache.dir, 'daemon-run.stderr');
   const fd = openSync(errFile, 'w');
   const child = spawn(process.execPath, [CLI, 'daemon', 'run'], { env: cache.env, stdio: ['ignore', 'ignore', fd], detached: true });
@@ -142,13 +135,13 @@ async function startDaemon(cache: CacheEnv): Promise<number> {
     return false;
   }, 20_000, 10);
   const pid = cache.daemonPid();
-  assert.ok(pid && alive(pid), 'daemon running');
+  assert.ok(pid && processAlive(pid), 'daemon running');
   return pid;
 }
 
 function killDaemon(cache: CacheEnv): void {
   const pid = cache.daemonPid();
-  if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
+  if (pid && processAlive(pid)) process.kill(pid, 'SIGKILL');
 }
 
 let base: ThinBuild;
@@ -216,11 +209,11 @@ describe('faults', () => {
         await sleep(Math.floor(rand() * 15));
         aimed++;
       }
-      if (alive(pid)) {
+      if (processAlive(pid)) {
         process.kill(pid, 'SIGKILL');
         faults++;
       }
-      await waitFor('the killed daemon to exit', () => !alive(pid), 5000, 10);
+      await waitFor('the killed daemon to exit', () => !processAlive(pid), 5000, 10);
       for (const r of await Promise.all(running)) assert.equal(r.status, 0, r.stderr);
       rounds++;
       timing.rounds += Date.now() - t0;
@@ -325,7 +318,7 @@ describe('faults', () => {
           buildAll(b, cache, extra);
           assertMatchesDirect(b, direct, extra);
         }
-        assert.ok(pid && alive(pid) && cache.daemonPid() === pid, 'the daemon survives the full disk');
+        assert.ok(pid && processAlive(pid) && cache.daemonPid() === pid, 'the daemon survives the full disk');
         const s1 = cache.stats();
         const storeErrors = (s1.errors_by_kind.store_write ?? 0) - (s0.errors_by_kind.store_write ?? 0);
         assert.ok(storeErrors >= 1, `store_write errors counted: ${JSON.stringify(s1.errors_by_kind)}`);
@@ -354,7 +347,7 @@ describe('faults', () => {
       } finally {
         cache.stop();
         killDaemon(cache);
-        await waitFor('daemon exit', () => !(cache.daemonPid() && alive(cache.daemonPid()!)), 5000).catch(() => {});
+        await waitFor('daemon exit', () => !(cache.daemonPid() && processAlive(cache.daemonPid()!)), 5000).catch(() => {});
       }
     });
 
@@ -445,7 +438,7 @@ describe('faults', () => {
     let jobs = 0;
     for (const [name, hurt, expectLine] of damage) {
       cache.stop();
-      await waitFor('daemon stop', () => !(cache.daemonPid() && alive(cache.daemonPid()!)), 10_000);
+      await waitFor('daemon stop', () => !(cache.daemonPid() && processAlive(cache.daemonPid()!)), 10_000);
       const lines = unreadable();
       hurt();
       // No explicit start: the client starts the daemon, as in a real build.
@@ -642,7 +635,7 @@ describe('faults', () => {
       back.push(Date.now() - t0);
       assert.ok(Date.now() - t0 < 3000, `socket back after ${Date.now() - t0} ms`);
       assert.equal(cache.daemonPid(), pid, 'the same daemon listens again');
-      assert.ok(alive(pid!));
+      assert.ok(processAlive(pid!));
     }
     b.thinLink();
     const s0 = cache.stats();

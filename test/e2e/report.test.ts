@@ -10,6 +10,7 @@ import type { BuildSummary } from '../../src/explain/explainJobs.js';
 import { renderReport, type ReportData } from '../../src/report/renderReport.js';
 import { COUNTERS, type StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
+import { processAlive } from '../../src/util/processAlive.js';
 
 /**
  * `ltocache report`: three builds through the real client and daemon, then the page in headless
@@ -21,14 +22,6 @@ const CHROMIUM = '/usr/bin/chromium';
 const GAP_MS = 600;
 const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} not found: install Debian's chromium to run the report test`;
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 interface Loaded {
   page: Page;
@@ -62,7 +55,7 @@ describe('report', { skip: SKIP }, () => {
       // that: wait for the process to exit so removing the cache dir cannot race its last writes.
       const pid = cache.daemonPid();
       cache.stop();
-      for (let i = 0; pid && i < 400 && alive(pid); i++) await new Promise((r) => setTimeout(r, 25));
+      for (let i = 0; pid && i < 400 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 25));
       cache.destroy();
     }
     if (work) rmSync(work, { recursive: true, force: true });

@@ -18,6 +18,7 @@ import type { EntryRecord } from '../../src/store/record.js';
 import type { StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
+import { processAlive } from '../../src/util/processAlive.js';
 
 /**
  * Security (issue 5, "Security"): the private socket directory, secrets never logged, constant-time
@@ -40,14 +41,6 @@ async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50):
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   for (const m of b.modules) {
@@ -100,7 +93,7 @@ function cacheEnv(name: string, extra: Record<string, string> = {}): CacheEnv {
   cleanup.push(() => {
     const pid = c.daemonPid();
     c.destroy();
-    if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
+    if (pid && processAlive(pid)) process.kill(pid, 'SIGKILL');
   });
   return c;
 }
@@ -692,7 +685,7 @@ describe('limits under a flood', () => {
     const rss0 = rssKiB(pid);
     let rssMax = rss0;
     const sampler = setInterval(() => {
-      if (alive(pid)) rssMax = Math.max(rssMax, rssKiB(pid));
+      if (processAlive(pid)) rssMax = Math.max(rssMax, rssKiB(pid));
     }, 50);
 
     const held: (Socket | WebSocket)[] = [];
