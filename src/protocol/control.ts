@@ -17,7 +17,7 @@ export const ControlRequest = z.discriminatedUnion('op', [
   z.object({ op: z.literal('stop') }),
   /** Why the last job for an output path (absolute) hit or missed. */
   z.object({ op: z.literal('explain'), path: z.string().min(1) }),
-  /** The last build's jobs and its summary (a build is a burst of jobs; see docs/explain.md). */
+  /** The last build's jobs and its summary (a build is a burst of jobs; see docs/kernel.md, "Reading explain"). */
   z.object({ op: z.literal('last-build') }),
   /** Summaries of recent builds, newest first, for reports. */
   z.object({ op: z.literal('builds'), limit: z.number().int().positive().max(1000) }),
