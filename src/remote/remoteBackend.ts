@@ -206,6 +206,11 @@ export class RemoteBackend implements CacheBackend {
     } catch (e) {
       return { kind: 'error', error: (e as Error).message };
     }
+    // Within the limits the server announced, or it would count the put as a bad message.
+    const probe = JSON.stringify({ type: 'put', id: 0xffffffff, key, entry: entry.record, bundleBytes: bundle.length });
+    if (Buffer.byteLength(probe) > this.limits.maxMessageBytes || bundle.length > this.limits.maxBundleBytes) {
+      return { kind: 'refused', reason: `entry exceeds the server's limits (${this.limits.maxMessageBytes} B message, ${this.limits.maxBundleBytes} B bundle)` };
+    }
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length }), binary: bundle }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
