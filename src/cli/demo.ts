@@ -19,7 +19,7 @@ export async function runDemo(config: Config): Promise<void> {
   const say = (s: string) => process.stdout.write(s + '\n');
   say(`ltocache demo: ${b.modules.length} modules in ${work}, cache ${config.dir}`);
   b.frontEnd();
-  for (const round of ['cold build', 'rebuild after the thin link rewrote every index']) {
+  for (const round of ['first build', 'rebuild after the thin link rewrote every index']) {
     b.thinLink();
     const t0 = performance.now();
     for (const m of b.modules) {
