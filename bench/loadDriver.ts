@@ -29,6 +29,7 @@ import { FrameDecoder, MAX_REPLY_PAYLOAD, decodeReply, encodeCompileRequest, soc
 import type { StatsView } from '../src/stats/counters.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
 import { ServerProcess, TOKENS } from '../test/support/server.js';
+import { mulberry32 } from '../test/support/prng.js';
 
 // ---------------------------------------------------------------------------------------------
 // Jobs and references
@@ -365,17 +366,6 @@ export function summarise(ms: number[]): LatencySummary {
   return { n: s.length, p50: percentile(s, 50), p90: percentile(s, 90), p99: percentile(s, 99), max: s.length ? s[s.length - 1]! : NaN, mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : NaN };
 }
 
-/** Small deterministic PRNG (mulberry32), so runs are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * Matches results with the daemon's job log (op `last-build`): for one output path, a client's
@@ -473,7 +463,7 @@ export interface DaemonLoadReport {
 
 /** Plans one client's jobs: first uses spread over the run (offset per client), the rest repeats. */
 export function planClient(client: number, clients: number, jobs: number, modules: string[], variants: Variant[], nativeEvery: number, seed: number): JobSpec[] {
-  const rand = rng(seed * 7919 + client);
+  const rand = mulberry32(seed * 7919 + client);
   const combos = modules.flatMap((module) => variants.map((variant) => ({ module, variant })));
   for (let i = combos.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));

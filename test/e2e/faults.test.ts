@@ -12,9 +12,11 @@ import { layoutPaths, SUBLEVELS } from '../../src/store/layout.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { nodeFs, type StoreFs } from '../../src/store/storeOptions.js';
 import type { StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLI, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
+import { CacheEnv, CLI, CLIENT, runAsync, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 import { processAlive } from '../../src/util/processAlive.js';
+import { mulberry32 } from '../support/prng.js';
+import { sharedTree } from '../support/sharedTree.js';
 
 /**
  * Fault injection (issue 5, "Faults"): the daemon SIGKILLed in the middle of store writes, a full
@@ -31,17 +33,6 @@ await initHash();
 
 const SEED = Number(process.env.LTOCACHE_FAULT_SEED ?? 0x5eed1);
 
-/** mulberry32: small, seedable, good enough to pick delays and flags. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -144,24 +135,7 @@ function killDaemon(cache: CacheEnv): void {
   if (pid && processAlive(pid)) process.kill(pid, 'SIGKILL');
 }
 
-let base: ThinBuild;
-const cleanup: (() => void | Promise<void>)[] = [];
-before(() => {
-  const top = tempDir('faults-tree');
-  cleanup.push(() => rmSync(top, { recursive: true, force: true }));
-  base = ThinBuild.fromFixture(FIXTURE, join(top, 'src'));
-  base.frontEnd();
-  base.thinLink();
-});
-after(async () => {
-  for (const f of cleanup.reverse()) {
-    try {
-      await f();
-    } catch {
-      // best effort
-    }
-  }
-});
+const { tree, cleanup } = sharedTree('faults-tree');
 
 function setup(name: string, extra: Record<string, string> = {}): { cache: CacheEnv; b: ThinBuild; direct: Direct } {
   const cache = new CacheEnv(`faults-${name}`, extra);
@@ -171,14 +145,14 @@ function setup(name: string, extra: Record<string, string> = {}): { cache: Cache
   });
   const top = tempDir(`faults-${name}`);
   cleanup.push(() => rmSync(top, { recursive: true, force: true }));
-  const b = base.copyTo(join(top, 'src'));
+  const b = tree().copyTo(join(top, 'src'));
   return { cache, b, direct: new Direct(b) };
 }
 
 describe('faults', () => {
   test('SIGKILL of the daemon at random points of 100 store writes: the store stays consistent, every object served is right', { timeout: 150_000 }, async (t: TestContext) => {
     const { cache, b, direct } = setup('sigkill');
-    const rand = prng(SEED);
+    const rand = mulberry32(SEED);
     const variants: string[][] = [[], ['-O1'], ['-O3'], ['-ffunction-sections'], ['-march=x86-64-v3']];
     const jobs: { m: string; extra: string[]; out: string }[] = [];
     let faults = 0;

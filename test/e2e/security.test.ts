@@ -6,7 +6,6 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { syncBuiltinESMExports } from 'node:module';
 import { createServer as createNetServer, connect as netConnect, type Server as NetServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
-import * as tar from 'tar-stream';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ThinBuild } from '../../src/build/thinBuild.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
@@ -16,9 +15,11 @@ import { unpackBundle } from '../../src/remote/bundle.js';
 import { TokenTable, parseTokens } from '../../src/remote/tokens.js';
 import type { EntryRecord } from '../../src/store/record.js';
 import type { StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLI, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
+import { CacheEnv, CLI, CLIENT, runAsync, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 import { processAlive } from '../../src/util/processAlive.js';
+import { rawTar } from '../support/rawTar.js';
+import { sharedTree } from '../support/sharedTree.js';
 
 /**
  * Security (issue 5, "Security"): the private socket directory, secrets never logged, constant-time
@@ -69,24 +70,7 @@ class Direct {
   }
 }
 
-let base: ThinBuild;
-const cleanup: (() => void | Promise<void>)[] = [];
-before(() => {
-  const top = tempDir('sec-tree');
-  cleanup.push(() => rmSync(top, { recursive: true, force: true }));
-  base = ThinBuild.fromFixture(FIXTURE, join(top, 'src'));
-  base.frontEnd();
-  base.thinLink();
-});
-after(async () => {
-  for (const f of cleanup.reverse()) {
-    try {
-      await f();
-    } catch {
-      // best effort
-    }
-  }
-});
+const { tree: sharedBase, cleanup } = sharedTree('sec-tree');
 
 function cacheEnv(name: string, extra: Record<string, string> = {}): CacheEnv {
   const c = new CacheEnv(`sec-${name}`, extra);
@@ -101,7 +85,7 @@ function cacheEnv(name: string, extra: Record<string, string> = {}): CacheEnv {
 function tree(name: string): { b: ThinBuild; direct: Direct } {
   const top = tempDir(`sec-${name}`);
   cleanup.push(() => rmSync(top, { recursive: true, force: true }));
-  const b = base.copyTo(join(top, 'src'));
+  const b = sharedBase().copyTo(join(top, 'src'));
   return { b, direct: new Direct(b) };
 }
 
@@ -168,7 +152,7 @@ describe('the socket directory is private', () => {
     // The probe user's own checkout and cache dir.
     const home = tempDir('sec-probe-home');
     made.push(home);
-    const b = base.copyTo(join(home, 'src'));
+    const b = sharedBase().copyTo(join(home, 'src'));
     const cacheDir = join(home, 'cache');
     mkdirSync(cacheDir);
     spawnSync('chown', ['-R', `${uid}:${gid}`, home]);
@@ -431,27 +415,6 @@ describe('tokens compared in constant time', () => {
 // ---------------------------------------------------------------------------------------------
 // 10. Bundles from a hostile server
 
-type RawEntry = { name: string; type?: 'file' | 'symlink' | 'link' | 'directory'; data?: Buffer; linkname?: string };
-
-async function rawTar(entries: RawEntry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const done = new Promise<Buffer>((res, rej) => {
-    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
-    pack.on('end', () => res(Buffer.concat(chunks)));
-    pack.on('error', rej);
-  });
-  for (const e of entries) {
-    await new Promise<void>((res, rej) => {
-      const cb = (err?: Error | null) => (err ? rej(err) : res());
-      if (e.type === 'symlink' || e.type === 'link') pack.entry({ name: e.name, type: e.type, linkname: e.linkname! }, cb);
-      else if (e.type === 'directory') pack.entry({ name: e.name, type: 'directory' }, cb);
-      else pack.entry({ name: e.name, size: e.data!.length, type: 'file', mode: 0o644 }, e.data!, cb);
-    });
-  }
-  pack.finalize();
-  return done;
-}
 
 function record(outputs: { name: string; data: Buffer }[]): EntryRecord {
   return { v: 1, outputs: outputs.map((o) => ({ name: o.name, digest: hashBytes(o.data), size: o.data.length })), stdout: '', stderr: '', exitCode: 0, compileMs: 100, createdAt: Date.now() };

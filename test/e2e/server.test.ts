@@ -11,7 +11,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import * as tar from 'tar-stream';
 import { WebSocket, type ClientOptions } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { decodeBinary, encodeBinary, type ErrorCode, type ServerStats } from '../../src/protocol/remote.js';
@@ -20,6 +19,7 @@ import { CacheServer, CLOSE_CODES } from '../../src/remote/server.js';
 import type { ServerOptionsInput } from '../../src/remote/serverOptions.js';
 import { layoutPaths } from '../../src/store/layout.js';
 import type { EntryRecord } from '../../src/store/record.js';
+import { rawTar } from '../support/rawTar.js';
 
 await initHash();
 
@@ -64,28 +64,6 @@ function makeEntry(files: Record<string, Buffer>): { record: EntryRecord; files:
   };
 }
 
-type RawEntry = { name: string; type?: 'file' | 'symlink' | 'directory'; data?: Buffer; linkname?: string };
-
-/** A tar built entry by entry, with none of packBundle's guarantees. */
-async function rawTar(entries: RawEntry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const done = new Promise<Buffer>((res, rej) => {
-    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
-    pack.on('end', () => res(Buffer.concat(chunks)));
-    pack.on('error', rej);
-  });
-  for (const e of entries) {
-    await new Promise<void>((res, rej) => {
-      const cb = (err?: Error | null) => (err ? rej(err) : res());
-      if (e.type === 'symlink') pack.entry({ name: e.name, type: 'symlink', linkname: e.linkname ?? '/etc/passwd' }, cb);
-      else if (e.type === 'directory') pack.entry({ name: e.name, type: 'directory' }, cb);
-      else pack.entry({ name: e.name, size: e.data!.length, type: 'file' }, e.data!, cb);
-    });
-  }
-  pack.finalize();
-  return done;
-}
 
 type Inbound = { kind: 'text'; msg: Record<string, any> } | { kind: 'binary'; id: number; bundle: Buffer };
 
