@@ -401,7 +401,7 @@ export class Daemon {
       return { kind: 'passthrough', reason: `${keyed.reason}: ${keyed.detail}`, result: 'uncacheable', record: true };
     }
     const { key, manifest } = keyed;
-    const served = await this.fromStore(key, job.outputs, req);
+    const served = await this.fromStore(key, manifest, job.outputs, req);
     if (served) return { ...served, key, manifest };
 
     const running = this.inflight.get(key);
@@ -433,7 +433,7 @@ export class Daemon {
     }
   }
 
-  private async fromStore(key: string, outputs: { role: string; path: string }[], req: CompileRequest): Promise<Outcome | null> {
+  private async fromStore(key: string, manifest: Manifest, outputs: { role: string; path: string }[], req: CompileRequest): Promise<Outcome | null> {
     const inMemory = this.hot.get(key);
     const found: TieredLookup = inMemory ? { kind: 'hit', entry: inMemory, tier: 'local' } : await this.cache.get(key);
     if (found.kind === 'error') {
@@ -445,7 +445,7 @@ export class Daemon {
     const entry = found.entry;
     if (!(await this.place(entry, outputs, req))) return null;
     if (!inMemory) this.hot.set(key, entry);
-    this.maybeVerify(key, entry, outputs, req);
+    this.maybeVerify(key, manifest, entry, outputs, req);
     this.counters.add('hits');
     this.counters.add('time_saved_ms', entry.record.compileMs);
     const result = found.tier === 'remote' ? 'remote-hit' : 'hit';
@@ -476,7 +476,7 @@ export class Daemon {
    * argument (inside a response file) or that write more than the object (.dwo embeds the object
    * name) cannot be redirected exactly and are not audited.
    */
-  private maybeVerify(key: string, entry: StoredEntry, outputs: { role: string; path: string }[], req: CompileRequest): void {
+  private maybeVerify(key: string, manifest: Manifest, entry: StoredEntry, outputs: { role: string; path: string }[], req: CompileRequest): void {
     if (this.verifyShare <= 0 || Math.random() >= this.verifyShare) return;
     const oi = req.args.indexOf('-o');
     if (outputs.length !== 1 || oi < 0 || req.args[oi + 1] !== outputs[0]!.path) {
@@ -495,19 +495,19 @@ export class Daemon {
         this.counters.add('verify_runs');
         const freshErr = run.stderr.toString('latin1').split(tmp).join(outputs[0]!.path);
         const storedErr = Buffer.from(entry.record.stderr, 'base64').toString('latin1');
-        const same = run.exitCode === 0 && fresh !== null && fresh.equals(entry.files.get(outputs[0]!.role)!) && freshErr === storedErr;
-        if (!same) {
+        const sameObject = fresh !== null && fresh.equals(entry.files.get(outputs[0]!.role)!);
+        const sameStderr = freshErr === storedErr;
+        if (run.exitCode !== 0 || !sameObject || !sameStderr) {
           this.counters.add('verify_mismatches');
           const stored = await this.jobLog.manifestOf(key).catch(() => undefined);
-          const current = await buildManifest({ files: this.files, toolchains: this.toolchains }, (await parseJob(req.args, req.cwd) as { job: Job }).job, req.compiler, req.cwd, req.env).catch(() => null);
           this.log.error('verify: a served object differs from a fresh compile; entry purged', {
             key,
             output: target,
             exit: run.exitCode,
-            sameObject: fresh !== null && fresh.equals(entry.files.get(outputs[0]!.role)!),
-            sameStderr: freshErr === storedErr,
+            sameObject,
+            sameStderr,
             storedManifest: stored ?? null,
-            currentManifest: current?.kind === 'key' ? current.manifest : null,
+            currentManifest: manifest,
           });
           this.hot.delete(key);
           await this.store.delete(key);
