@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/config.js';
 import { initHash } from '../key/hash.js';
@@ -26,6 +27,8 @@ export async function currentStats(config: Config, zero = false): Promise<StatsV
 }
 
 async function offlineStats(config: Config, zero: boolean): Promise<StatsView> {
+  // Asking for statistics must not create a cache directory that was never used.
+  if (!existsSync(join(config.dir, 'store'))) return new Counters().view({ entries: 0, store_bytes: 0, max_bytes: config.max_size, daemon_running: false });
   await initHash();
   const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size, sweepOnOpen: false });
   try {

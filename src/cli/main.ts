@@ -259,6 +259,6 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === (await import('node:fs
   main(process.argv.slice(2)).catch((e) => {
     if (e instanceof UsageError) fail(`${e.message}\n${USAGE}`, 2);
     if (e instanceof ConfigError) fail(e.message, 2);
-    fail((e as Error).stack ?? String(e));
+    fail(process.env.LTOCACHE_DEBUG ? ((e as Error).stack ?? String(e)) : ((e as Error).message ?? String(e)));
   });
 }
