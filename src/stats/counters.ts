@@ -21,7 +21,6 @@ export const COUNTERS = [
   'verify_runs',
   'verify_mismatches',
   'verify_skipped',
-  'fallbacks',
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
