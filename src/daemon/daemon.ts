@@ -419,7 +419,13 @@ export class Daemon {
         return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest };
       }
     }
-    const p = this.compile(req, job.outputs, key, signal);
+    // Inputs may change while clang runs (a front end rebuilt meanwhile): store the result only
+    // if the key computed again afterwards is still the one it was compiled under.
+    const stillCurrent = async () => {
+      const again = await buildManifest({ files: this.files, toolchains: this.toolchains }, job, req.compiler, req.cwd, req.env);
+      return again.kind === 'key' && again.key === key;
+    };
+    const p = this.compile(req, job.outputs, key, signal, stillCurrent);
     this.inflight.set(key, p);
     try {
       const done = await p;
@@ -522,7 +528,7 @@ export class Daemon {
     })();
   }
 
-  private async compile(req: CompileRequest, outputs: { role: string; path: string }[], key: string, signal: AbortSignal): Promise<Compiled> {
+  private async compile(req: CompileRequest, outputs: { role: string; path: string }[], key: string, signal: AbortSignal, stillCurrent: () => Promise<boolean>): Promise<Compiled> {
     const release = await this.compiles.acquire();
     let run;
     try {
@@ -561,6 +567,11 @@ export class Daemon {
       // An output we expected is not there (a flag we do not model): serve the run, store nothing.
       this.counters.error('missing_output');
       this.log.warn('expected output missing after compile; not stored', { key, error: String(e) });
+      return { ...run, entry: null };
+    }
+    if (!(await stillCurrent())) {
+      this.counters.error('inputs_changed_during_compile');
+      this.log.warn('inputs changed while the compiler ran; result served, not stored', { key });
       return { ...run, entry: null };
     }
     const toStore = entry;

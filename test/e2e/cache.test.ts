@@ -266,6 +266,33 @@ describe('distributed ThinLTO through ltocache', () => {
     assert.ok(readFileSync(join(b.dir, 'table.thinlto-native.o')).equals(directObjects(b, [], slow).get('table')!));
   });
 
+  test('an input that changes while clang runs: the result is served but not stored (no stale hit later)', () => {
+    const list = join(b.dir, 'race.txt');
+    const flag = ['-fbasic-block-sections=list=race.txt'];
+    const mutating = join(b.dir, 'mutating-clang.sh');
+    // Stands in for a file rewritten by another process after the key was computed.
+    writeFileSync(mutating, `#!/bin/sh\nif [ -e mutate ]; then printf '!str_hash\\n!!0\\n' > race.txt; fi\nexec ${b.clang} "$@"\n`);
+    chmodSync(mutating, 0o755);
+    writeFileSync(list, '!mathx_sum_squares\n');
+    writeFileSync(join(b.dir, 'mutate'), '');
+    b.thinLink();
+    const before = cache.stats();
+    const r = b.backend('strx', { wrapper: [CLIENT], extra: flag, env: cache.env, compiler: mutating });
+    assert.equal(r.status, 0, r.stderr);
+    const after1 = cache.stats();
+    assert.equal(after1.misses - before.misses, 1);
+    assert.equal((after1.errors_by_kind.inputs_changed_during_compile ?? 0) - (before.errors_by_kind.inputs_changed_during_compile ?? 0), 1);
+    assert.equal(after1.entries, before.entries, 'nothing stored under the old key');
+    rmSync(join(b.dir, 'mutate'));
+    writeFileSync(list, '!mathx_sum_squares\n');
+    const r2 = b.backend('strx', { wrapper: [CLIENT], extra: flag, env: cache.env, compiler: mutating });
+    assert.equal(r2.status, 0, r2.stderr);
+    assert.equal(cache.stats().misses - after1.misses, 1, 'the original content is compiled, not served from the raced run');
+    const direct = b.backend('strx', { extra: flag, out: 'strx.direct.o', compiler: mutating });
+    assert.equal(direct.status, 0);
+    assert.ok(readFileSync(join(b.dir, 'strx.thinlto-native.o')).equals(readFileSync(join(b.dir, 'strx.direct.o'))));
+  });
+
   test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
     const pidFile = join(b.dir, 'slow.pid');
     const slow = join(b.dir, 'very-slow-clang.sh');
