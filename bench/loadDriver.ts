@@ -167,7 +167,7 @@ function socketCompile(socket: string, frame: Buffer, timeoutMs: number): Promis
         const payload = decoder.push(chunk)[0];
         if (!payload) return;
         const reply = decodeReply(payload);
-        finish(reply.kind === 'result' ? { exit: reply.exit, stdout: reply.stdout, stderr: reply.stderr } : { error: `passthrough: ${reply.reason}` });
+        finish(reply.kind === 'result' ? { exit: reply.exit, stdout: reply.stdout, stderr: reply.stderr } : { error: reply.kind === 'passthrough' ? `passthrough: ${reply.reason}` : `unexpected ${reply.kind}` });
       } catch (e) {
         finish({ error: `bad reply: ${(e as Error).message}` });
       }

@@ -30,6 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,6 +45,11 @@ extern char **environ;
 
 #define PROTOCOL_VERSION 1u
 #define FLAG_STDERR_TTY 1u
+/* We can run the compiler on a miss ourselves and report the result ('M' → 'D' → 'A'): forking
+ * clang from this small process is far cheaper than from the daemon. */
+#define FLAG_COMPILES_ON_MISS 2u
+/* Captured compiler output beyond this is written straight through and not reported. */
+#define MAX_CAPTURE (64u << 20)
 /* The daemon's frame decoder rejects requests above 16 MiB; don't bother sending one. */
 #define MAX_REQUEST_PAYLOAD (16u << 20)
 /* Bound on what we are willing to buffer from the daemon before replaying it. */
@@ -356,7 +363,7 @@ static int build_request(struct buf *b, const char *abs_compiler, const char *cw
     put_u32(b, 0);  /* length placeholder */
     put_u8(b, 'C');
     put_u8(b, PROTOCOL_VERSION);
-    put_u32(b, isatty(2) ? FLAG_STDERR_TTY : 0);
+    put_u32(b, (isatty(2) ? FLAG_STDERR_TTY : 0) | FLAG_COMPILES_ON_MISS);
     put_u32(b, (uint32_t)(mask & 0777));
     put_str(b, abs_compiler);
     put_str(b, cwd);
@@ -460,6 +467,131 @@ static int replay_result(const unsigned char *p, uint32_t n) {
     return ok || status != 0 ? status : 1;
 }
 
+/* One captured output stream of the compiler. Past MAX_CAPTURE the bytes so far and all that
+ * follow go straight to `fd` (our own stdout/stderr) and the run is not reported. */
+struct capture {
+    unsigned char *p;
+    size_t len, cap;
+    int fd, through;
+};
+
+static void capture_add(struct capture *c, const unsigned char *d, size_t n) {
+    if (!c->through && c->len + n <= MAX_CAPTURE) {
+        if (c->len + n > c->cap) {
+            size_t cap = c->cap ? c->cap : 4096;
+            while (cap < c->len + n) cap *= 2;
+            unsigned char *q = realloc(c->p, cap);
+            if (q) {
+                c->p = q;
+                c->cap = cap;
+            }
+        }
+        if (c->len + n <= c->cap) {
+            memcpy(c->p + c->len, d, n);
+            c->len += n;
+            return;
+        }
+    }
+    if (!c->through) {
+        c->through = 1;
+        write_all(c->fd, c->p, c->len, 0);
+        c->len = 0;
+    }
+    write_all(c->fd, d, n, 0);
+}
+
+/* Runs the compiler as our child with stdout and stderr captured, and waits for it. Returns 0
+ * with its exit status (128+N for signal N), or -1 if it could not be started (nothing ran).
+ * The child dies with us (PR_SET_PDEATHSIG): a client killed by Ctrl-C takes its clang along. */
+static int run_captured(const struct job *j, struct capture *out, struct capture *err,
+                        int *status) {
+    int po[2], pe[2];
+    if (pipe2(po, O_CLOEXEC) != 0) return -1;
+    if (pipe2(pe, O_CLOEXEC) != 0) {
+        close(po[0]);
+        close(po[1]);
+        return -1;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(po[0]); close(po[1]); close(pe[0]); close(pe[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(1);
+        if (dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) _exit(126);
+        execv(j->path, j->argv);
+        int e = errno;
+        fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
+        _exit(e == ENOENT ? 127 : 126);
+    }
+    close(po[1]);
+    close(pe[1]);
+    struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
+    struct capture *caps[2] = {out, err};
+    int open_fds = 2;
+    unsigned char chunk[65536];
+    while (open_fds > 0) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !fds[i].revents) continue;
+            ssize_t r = read(fds[i].fd, chunk, sizeof chunk);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_fds--;
+            } else {
+                capture_add(caps[i], chunk, (size_t)r);
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i].fd >= 0) close(fds[i].fd);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR) { st = 1 << 8; break; }
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 1;
+    return 0;
+}
+
+/* The daemon answered 'M' (a miss): run the compiler here, report its status and output in a
+ * 'D' frame, wait for the daemon's acknowledgement (it reads the output files before it
+ * answers, so it stores exactly what clang wrote), then replay the output and exit like the
+ * compiler. A daemon gone at any point changes nothing for the build. Never returns. */
+_Noreturn static void compile_and_report(int fd, const struct job *j) {
+    struct capture out = {NULL, 0, 0, 1, 0}, err = {NULL, 0, 0, 2, 0};
+    int status = 1;
+    if (run_captured(j, &out, &err, &status) != 0) {
+        close(fd);
+        direct_exec(j);
+    }
+    if (!out.through && !err.through) {
+        unsigned char hdr[4 + 1 + 4 + 4], mid[4];
+        uint32_t total = (uint32_t)(1 + 4 + 4 + out.len + 4 + err.len);
+        uint32_t words[3] = {total, (uint32_t)status, (uint32_t)out.len};
+        for (int w = 0; w < 3; w++)
+            for (int k = 0; k < 4; k++)
+                hdr[(w == 0 ? 0 : 1 + 4 * w) + k] = (unsigned char)(words[w] >> (8 * k));
+        hdr[4] = 'D';
+        for (int k = 0; k < 4; k++) mid[k] = (unsigned char)(err.len >> (8 * k));
+        if (write_all(fd, hdr, sizeof hdr, 1) == 0 && write_all(fd, out.p, out.len, 1) == 0 &&
+            write_all(fd, mid, 4, 1) == 0 && write_all(fd, err.p, err.len, 1) == 0) {
+            uint32_t n = 0;
+            free(read_reply(fd, &n));  /* 'A', or EOF if the daemon went away: either way, go on */
+        }
+    }
+    close(fd);
+    int ok = write_all(1, out.p, out.len, 0) == 0;
+    if (write_all(2, err.p, err.len, 0) != 0) ok = 0;
+    exit_like(ok || status != 0 ? status : 1);
+}
+
 /* getcwd into a malloc'd buffer of sufficient size (POSIX has no getcwd(NULL, 0)).
  * NULL if the directory is gone or unreachable: then we fall back. */
 static char *current_dir(void) {
@@ -491,6 +623,10 @@ static void run_via_daemon(const struct job *j) {
     free(req.p);
     uint32_t n = 0;
     unsigned char *reply = sent ? read_reply(fd, &n) : NULL;
+    if (reply && reply[0] == 'M' && n == 1) {
+        free(reply);
+        compile_and_report(fd, j);
+    }
     close(fd);
     if (!reply) return;
     int status = reply[0] == 'R' ? replay_result(reply, n) : -1;

@@ -11,7 +11,11 @@ import { ToolchainIdentifier } from '../key/toolchain.js';
 import {
   type CompileRequest,
   FrameDecoder,
+  ProtocolError,
   decodeCompileRequest,
+  decodeDone,
+  encodeAck,
+  encodeCompileYourself,
   decodeJson,
   encodeJson,
   encodePassthrough,
@@ -30,7 +34,7 @@ import { UploadQueue } from '../remote/uploadQueue.js';
 import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
 import { Logger } from '../util/log.js';
 import { materialize } from './materialize.js';
-import { runCompiler } from './runCompiler.js';
+import { type CompilerRun, runCompiler } from './runCompiler.js';
 import { Semaphore } from './semaphore.js';
 import { ensurePrivateDir } from './socketPath.js';
 import { HotEntries } from './hotEntries.js';
@@ -257,13 +261,29 @@ export class Daemon {
     const decoder = new FrameDecoder(16 << 20);
     let handled = false;
     const abort = new AbortController();
+    // Frames after the first one: only a 'D' that answers our 'M' is expected.
+    const queued: Buffer[] = [];
+    let waiter: { res: (b: Buffer) => void; rej: (e: Error) => void } | null = null;
+    const conn: Conn = {
+      sock,
+      signal: abort.signal,
+      nextFrame: () =>
+        new Promise<Buffer>((res, rej) => {
+          const f = queued.shift();
+          if (f) res(f);
+          else if (abort.signal.aborted) rej(new Error('client went away'));
+          else waiter = { res, rej };
+        }),
+    };
     sock.on('close', () => {
       this.sockets.delete(sock);
       abort.abort();
+      const w = waiter;
+      waiter = null;
+      w?.rej(new Error('client went away'));
     });
     sock.on('error', () => {});
     sock.on('data', (chunk: Buffer) => {
-      if (handled) return;
       let frames: Buffer[];
       try {
         frames = decoder.push(chunk);
@@ -273,14 +293,26 @@ export class Daemon {
         sock.destroy();
         return;
       }
-      const frame = frames[0];
-      if (!frame) return;
-      handled = true;
-      void this.dispatch(frame, sock, abort.signal);
+      for (const frame of frames) {
+        if (!handled) {
+          handled = true;
+          void this.dispatch(frame, conn);
+        } else if (waiter) {
+          const w = waiter;
+          waiter = null;
+          w.res(frame);
+        } else if (queued.length < 2) queued.push(frame);
+        else {
+          this.counters.error('protocol');
+          sock.destroy();
+          return;
+        }
+      }
     });
   }
 
-  private async dispatch(frame: Buffer, sock: Socket, signal: AbortSignal): Promise<void> {
+  private async dispatch(frame: Buffer, conn: Conn): Promise<void> {
+    const { sock } = conn;
     const type = frame[0];
     try {
       if (type === 0x43) {
@@ -293,7 +325,7 @@ export class Daemon {
           sock.end(encodePassthrough(`malformed request: ${(e as Error).message}`));
           return;
         }
-        await this.compileJob(req, sock, signal);
+        await this.compileJob(req, conn);
       } else if (type === 0x4a) {
         let json: unknown;
         try {
@@ -359,15 +391,18 @@ export class Daemon {
     return this.counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: this.config.max_size, daemon_running: true });
   }
 
-  private async compileJob(req: CompileRequest, sock: Socket, signal: AbortSignal): Promise<void> {
+  private async compileJob(req: CompileRequest, conn: Conn): Promise<void> {
+    const { sock, signal } = conn;
     this.activeJobs++;
     if (this.idleTimer) clearTimeout(this.idleTimer);
     const startedAt = Date.now();
     try {
-      const outcome = await this.serve(req, signal);
+      const outcome = await this.serve(req, conn);
       if (signal.aborted) return;
       if (outcome.kind === 'passthrough') {
         sock.end(encodePassthrough(outcome.reason));
+      } else if (outcome.reported) {
+        sock.end(encodeAck());
       } else {
         sock.end(encodeResult(outcome.exitCode, outcome.stdout, outcome.stderr));
       }
@@ -383,17 +418,18 @@ export class Daemon {
   }
 
   /** The cache logic of one job. Never throws for a cache problem: the answer is a passthrough. */
-  private async serve(req: CompileRequest, signal: AbortSignal): Promise<Outcome> {
+  private async serve(req: CompileRequest, conn: Conn): Promise<Outcome> {
     const parsed = await parseJob(req.args, req.cwd);
     if (parsed.kind === 'uncacheable') {
       this.counters.uncacheableFor(parsed.reason);
       return { kind: 'passthrough', reason: `${parsed.reason}: ${parsed.detail}`, result: 'uncacheable', record: parsed.reason !== 'not-backend' };
     }
-    const out = await this.serveJob(parsed.job, req, signal);
+    const out = await this.serveJob(parsed.job, req, conn);
     return { ...out, output: parsed.job.outputs[0]!.path };
   }
 
-  private async serveJob(job: Job, req: CompileRequest, signal: AbortSignal): Promise<Outcome> {
+  private async serveJob(job: Job, req: CompileRequest, conn: Conn): Promise<Outcome> {
+    const { signal } = conn;
     const keyed = await buildManifest({ files: this.files, toolchains: this.toolchains }, job, req.compiler, req.cwd, req.env);
     if (keyed.kind === 'uncacheable') {
       this.counters.uncacheableFor(keyed.reason);
@@ -425,13 +461,17 @@ export class Daemon {
       const again = await buildManifest({ files: this.files, toolchains: this.toolchains }, job, req.compiler, req.cwd, req.env);
       return again.kind === 'key' && again.key === key;
     };
-    const p = this.compile(req, job.outputs, key, signal, stillCurrent);
+    // A client that can compile on a miss does so (forking clang from the small client is far
+    // cheaper than from this process); others get the compile run here.
+    const onClient = req.compilesOnMiss ? () => this.compileOnClient(conn) : undefined;
+    const p = this.compile(req, job.outputs, key, signal, stillCurrent, onClient);
     this.inflight.set(key, p);
     try {
       const done = await p;
-      return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest, bytes: done.entry ? entryBytes(done.entry) : 0 };
+      return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest, bytes: done.entry ? entryBytes(done.entry) : 0, reported: !!onClient };
     } catch (e) {
-      this.counters.error('compile');
+      if (signal.aborted) return { kind: 'passthrough', reason: 'client went away', result: 'error', record: false };
+      this.counters.error(e instanceof ProtocolError ? 'protocol' : 'compile');
       this.log.warn('compile failed to run', { error: String(e) });
       return { kind: 'passthrough', reason: `cannot run compiler: ${(e as Error).message}`, result: 'error', record: true, key, manifest };
     } finally {
@@ -528,12 +568,29 @@ export class Daemon {
     })();
   }
 
-  private async compile(req: CompileRequest, outputs: { role: string; path: string }[], key: string, signal: AbortSignal, stillCurrent: () => Promise<boolean>): Promise<Compiled> {
+  /** Asks the client to run the compiler ('M') and waits for its report ('D'). */
+  private async compileOnClient(conn: Conn): Promise<CompilerRun> {
+    const started = performance.now();
+    conn.sock.write(encodeCompileYourself());
+    const d = decodeDone(await conn.nextFrame());
+    return { exitCode: d.exit, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
+  }
+
+  private async compile(
+    req: CompileRequest,
+    outputs: { role: string; path: string }[],
+    key: string,
+    signal: AbortSignal,
+    stillCurrent: () => Promise<boolean>,
+    onClient?: () => Promise<CompilerRun>,
+  ): Promise<Compiled> {
+    // The concurrency limit holds wherever clang runs: a client is told to compile only when a
+    // slot is free.
+    let run: CompilerRun;
     const release = await this.compiles.acquire();
-    let run;
     try {
       if (signal.aborted) throw new Error('client went away');
-      run = await runCompiler({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
+      run = onClient ? await onClient() : await runCompiler({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
     } finally {
       release();
     }
@@ -641,7 +698,14 @@ async function openStoreWithRecovery(config: Config, log: Logger): Promise<Local
 
 type Outcome =
   | { kind: 'passthrough'; reason: string; result: JobResult; record: boolean; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string }
-  | { kind: 'result'; exitCode: number; stdout: Buffer; stderr: Buffer; result: JobResult; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string };
+  | { kind: 'result'; exitCode: number; stdout: Buffer; stderr: Buffer; result: JobResult; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string; reported?: boolean };
+
+/** One client connection: its socket, whether it went away, and the frames it sends after the first. */
+interface Conn {
+  sock: Socket;
+  signal: AbortSignal;
+  nextFrame(): Promise<Buffer>;
+}
 
 function entryBytes(e: StoredEntry): number {
   return e.record.outputs.reduce((n, o) => n + o.size, 0);

@@ -10,6 +10,9 @@
  *                                          u32 envc, envc×str ("K=V")
  *   'R' result           daemon → client  u8 'R', i32 exit status, str stdout, str stderr
  *   'P' passthrough      daemon → client  u8 'P', str reason  (client execs the compiler)
+ *   'M' compile yourself daemon → client  u8 'M'  (a miss; only to a client with flag bit 1)
+ *   'D' done             client → daemon  u8 'D', i32 exit status, str stdout, str stderr
+ *   'A' acknowledged     daemon → client  u8 'A'  (the result is taken; the client exits)
  *   'J' JSON control     TS CLI ↔ daemon  u8 'J', UTF-8 JSON (never sent by the C client)
  *
  * Byte strings: on the wire, args, env entries and paths are arbitrary bytes (Unix argv).
@@ -31,10 +34,15 @@ export const FRAME_COMPILE = 0x43; // 'C'
 export const FRAME_RESULT = 0x52; // 'R'
 export const FRAME_PASSTHROUGH = 0x50; // 'P'
 export const FRAME_JSON = 0x4a; // 'J'
+export const FRAME_COMPILE_YOURSELF = 0x4d; // 'M'
+export const FRAME_DONE = 0x44; // 'D'
+export const FRAME_ACK = 0x41; // 'A'
 export const PROTOCOL_VERSION = 1;
 /** Flag bits of the compile request. */
 export const FLAG_STDERR_TTY = 1;
-const KNOWN_FLAGS = FLAG_STDERR_TTY;
+/** The client can run the compiler on a miss itself and report back ('M', 'D', 'A'). */
+export const FLAG_COMPILES_ON_MISS = 2;
+const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS;
 
 /** Default cap on a frame payload the daemon accepts (the C client never sends more). */
 export const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
@@ -145,6 +153,8 @@ export const CompileRequest = z.object({
   version: z.literal(PROTOCOL_VERSION),
   /** Bit 0 of the flags: the client's stderr is a terminal (colour diagnostics). */
   stderrTty: z.boolean(),
+  /** Bit 1 of the flags: the client runs the compiler itself on a miss when told 'M'. */
+  compilesOnMiss: z.boolean().default(false),
   umask: z.number().int().min(0).max(0o777),
   /** Absolute path of the real compiler (not resolved through symlinks). */
   compiler: absolutePath('compiler'),
@@ -273,6 +283,7 @@ export function decodeCompileRequest(payload: Buffer): CompileRequest {
   const parsed = CompileRequest.safeParse({
     version,
     stderrTty: (flags & FLAG_STDERR_TTY) !== 0,
+    compilesOnMiss: (flags & FLAG_COMPILES_ON_MISS) !== 0,
     umask,
     compiler,
     cwd,
@@ -289,13 +300,13 @@ export function decodeCompileRequest(payload: Buffer): CompileRequest {
 
 /** Builds a complete 'C' frame (length prefix included): lets TypeScript tests act as the C
  * client. Validates with the schema first. */
-export function encodeCompileRequest(req: CompileRequest): Buffer {
+export function encodeCompileRequest(req: z.input<typeof CompileRequest>): Buffer {
   const v = CompileRequest.parse(req);
   const parts: Buffer[] = [];
   const head = Buffer.alloc(10);
   head[0] = FRAME_COMPILE;
   head[1] = v.version;
-  head.writeUInt32LE(v.stderrTty ? FLAG_STDERR_TTY : 0, 2);
+  head.writeUInt32LE((v.stderrTty ? FLAG_STDERR_TTY : 0) | (v.compilesOnMiss ? FLAG_COMPILES_ON_MISS : 0), 2);
   head.writeUInt32LE(v.umask, 6);
   parts.push(head);
   const str = (s: string) => {
@@ -347,9 +358,47 @@ export function encodePassthrough(reason: string): Buffer {
   return encodeFrame(Buffer.concat([Buffer.from([FRAME_PASSTHROUGH]), u32(b.length), b]));
 }
 
+/** Builds a complete 'M' frame: "a miss: run the compiler yourself and report with 'D'". */
+export function encodeCompileYourself(): Buffer {
+  return encodeFrame(Buffer.from([FRAME_COMPILE_YOURSELF]));
+}
+
+/** Builds a complete 'A' frame: the daemon has taken the reported result. */
+export function encodeAck(): Buffer {
+  return encodeFrame(Buffer.from([FRAME_ACK]));
+}
+
+export interface Done {
+  exit: number;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+/** Builds a complete 'D' frame (for TS tests acting as the client). */
+export function encodeDone(d: Done): Buffer {
+  const head = Buffer.allocUnsafe(5);
+  head[0] = FRAME_DONE;
+  head.writeInt32LE(d.exit, 1);
+  return encodeFrame(Buffer.concat([head, u32(d.stdout.length), d.stdout, u32(d.stderr.length), d.stderr]));
+}
+
+/** Parses a 'D' payload: the compiler's status (0..255) and its output. Throws ProtocolError. */
+export function decodeDone(payload: Buffer): Done {
+  typeByte(payload, FRAME_DONE, "done 'D'");
+  const r = new Reader(payload);
+  r.at = 1;
+  const exit = r.i32('exit status');
+  if (exit < 0 || exit > 255) throw new ProtocolError(`exit status ${exit} is not in 0..255`);
+  const stdout = r.bytes('stdout');
+  const stderr = r.bytes('stderr');
+  r.end('done');
+  return { exit, stdout, stderr };
+}
+
 export type Reply =
   | { kind: 'result'; exit: number; stdout: Buffer; stderr: Buffer }
-  | { kind: 'passthrough'; reason: string };
+  | { kind: 'passthrough'; reason: string }
+  | { kind: 'compile-yourself' };
 
 /**
  * Parses an 'R' or 'P' payload with exactly the C client's acceptance rules (exit in 0..255,
@@ -371,6 +420,10 @@ export function decodeReply(payload: Buffer): Reply {
     const reason = r.bytes('reason').toString('utf8');
     r.end('passthrough');
     return { kind: 'passthrough', reason };
+  }
+  if (payload[0] === FRAME_COMPILE_YOURSELF) {
+    r.end('compile-yourself');
+    return { kind: 'compile-yourself' };
   }
   throw new ProtocolError(
     `wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R' or 'P'`,

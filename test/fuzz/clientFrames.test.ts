@@ -25,6 +25,7 @@ import {
   encodeFrame,
   encodeJson,
   encodePassthrough,
+  encodeCompileYourself,
   encodeResult,
 } from '../../src/protocol/clientFrames.js';
 import { expectThrows, fuzz, mutateAll, mutationArb, timed } from './common.js';
@@ -183,7 +184,7 @@ function refDecode(p: Buffer): RefReq {
   if (p[1] !== 1) return bad('version');
   at = 2;
   const flags = u32();
-  if (flags === null || (flags & ~1) !== 0) return bad('flags');
+  if (flags === null || (flags & ~3) !== 0) return bad('flags');
   const umask = u32();
   if (umask === null || umask > 0o777) return bad('umask');
   const compiler = str();
@@ -217,7 +218,7 @@ function refDecode(p: Buffer): RefReq {
     Object.defineProperty(env, k, { value: e.slice(eq + 1), enumerable: true, writable: true, configurable: true });
   }
   if (at !== p.length) return bad('trailing');
-  return { ok: true, value: { version: 1, stderrTty: flags === 1, umask, compiler, cwd, args, env }, canonical: !dupes };
+  return { ok: true, value: { version: 1, stderrTty: (flags & 1) !== 0, compilesOnMiss: (flags & 2) !== 0, umask, compiler, cwd, args, env }, canonical: !dupes };
 }
 
 /** Plain-object view for deep comparison (env order is not part of a request's meaning). */
@@ -362,6 +363,7 @@ function serialize(r: RawRequest): Buffer {
 const validRequestArb: fc.Arbitrary<CompileRequest> = fc.record({
   version: fc.constant(1 as const),
   stderrTty: fc.boolean(),
+  compilesOnMiss: fc.boolean(),
   umask: fc.integer({ min: 0, max: 0o777 }),
   compiler: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),
   cwd: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),
@@ -470,8 +472,8 @@ describe('fuzz: replies', () => {
               continue;
             }
             // Accepted: it re-encodes to the same bytes (the reply format has no slack).
-            const again = got.kind === 'result' ? encodeResult(got.exit, got.stdout, got.stderr) : encodePassthrough(got.reason);
-            if (got.kind === 'result' || Buffer.from(got.reason, 'utf8').equals(m.subarray(5))) assert.ok(again.subarray(4).equals(m));
+            const again = got.kind === 'result' ? encodeResult(got.exit, got.stdout, got.stderr) : got.kind === 'passthrough' ? encodePassthrough(got.reason) : encodeCompileYourself();
+            if (got.kind !== 'passthrough' || Buffer.from(got.reason, 'utf8').equals(m.subarray(5))) assert.ok(again.subarray(4).equals(m));
           }
         },
       ),

@@ -196,6 +196,7 @@ describe('fuzz: the daemon over its socket', () => {
     const req = (args: string[], env: Record<string, string> = { PATH: '/usr/bin:/bin' }): CompileRequest => ({
       version: 1,
       stderrTty: false,
+      compilesOnMiss: false,
       umask: 0o022,
       compiler: '/nonexistent/ltocache-fuzz/clang-19',
       cwd: work,

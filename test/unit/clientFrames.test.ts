@@ -22,6 +22,7 @@ import {
 const sample: CompileRequest = {
   version: 1,
   stderrTty: true,
+  compilesOnMiss: false,
   umask: 0o022,
   compiler: '/usr/bin/clang-19',
   cwd: '/home/u/linux',
@@ -108,6 +109,7 @@ test('the raw builder matches the encoder (layout check)', () => {
   const req: CompileRequest = {
     version: 1,
     stderrTty: false,
+    compilesOnMiss: false,
     umask: 0o22,
     compiler: '/usr/bin/clang',
     cwd: '/tmp',
