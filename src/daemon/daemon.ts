@@ -258,21 +258,20 @@ export class Daemon {
 
   private onConnection(sock: Socket): void {
     this.sockets.add(sock);
-    const decoder = new FrameDecoder(16 << 20);
-    let handled = false;
     const abort = new AbortController();
-    // Frames after the first one: only a 'D' that answers our 'M' is expected.
-    const queued: Buffer[] = [];
+    // The first frame is the request; anything after it is ignored, except the one 'D' frame that
+    // answers our 'M', read with a fresh decoder from the moment the 'M' is sent.
+    let decoder: FrameDecoder | null = new FrameDecoder(16 << 20);
+    let handled = false;
     let waiter: { res: (b: Buffer) => void; rej: (e: Error) => void } | null = null;
     const conn: Conn = {
       sock,
       signal: abort.signal,
       nextFrame: () =>
         new Promise<Buffer>((res, rej) => {
-          const f = queued.shift();
-          if (f) res(f);
-          else if (abort.signal.aborted) rej(new Error('client went away'));
-          else waiter = { res, rej };
+          if (abort.signal.aborted) return rej(new Error('client went away'));
+          decoder = new FrameDecoder(16 << 20);
+          waiter = { res, rej };
         }),
     };
     sock.on('close', () => {
@@ -284,6 +283,7 @@ export class Daemon {
     });
     sock.on('error', () => {});
     sock.on('data', (chunk: Buffer) => {
+      if (!decoder || (handled && !waiter)) return;
       let frames: Buffer[];
       try {
         frames = decoder.push(chunk);
@@ -293,20 +293,17 @@ export class Daemon {
         sock.destroy();
         return;
       }
-      for (const frame of frames) {
-        if (!handled) {
-          handled = true;
-          void this.dispatch(frame, conn);
-        } else if (waiter) {
-          const w = waiter;
-          waiter = null;
-          w.res(frame);
-        } else if (queued.length < 2) queued.push(frame);
-        else {
-          this.counters.error('protocol');
-          sock.destroy();
-          return;
-        }
+      const frame = frames[0];
+      if (!frame) return;
+      if (!handled) {
+        handled = true;
+        decoder = null;
+        void this.dispatch(frame, conn);
+      } else if (waiter) {
+        const w = waiter;
+        waiter = null;
+        decoder = null;
+        w.res(frame);
       }
     });
   }
@@ -571,8 +568,9 @@ export class Daemon {
   /** Asks the client to run the compiler ('M') and waits for its report ('D'). */
   private async compileOnClient(conn: Conn): Promise<CompilerRun> {
     const started = performance.now();
+    const next = conn.nextFrame();
     conn.sock.write(encodeCompileYourself());
-    const d = decodeDone(await conn.nextFrame());
+    const d = decodeDone(await next);
     return { exitCode: d.exit, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
   }
 
