@@ -10,15 +10,20 @@ export interface BundleLimits {
 
 export type Unpacked = { kind: 'ok'; files: Map<string, Buffer> } | { kind: 'rejected'; reason: string };
 
-/** Packs an entry's files into a tar bundle: regular files only, named by the record. */
-export async function packBundle(record: EntryRecord, files: Map<string, Buffer>): Promise<Buffer> {
-  const pack = tar.pack();
+/** The bytes a tar-stream pack produces, once it is finalized. */
+export function packedBytes(pack: tar.Pack): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  const done = new Promise<Buffer>((res, rej) => {
+  return new Promise<Buffer>((res, rej) => {
     pack.on('data', (c: unknown) => chunks.push(c as Buffer));
     pack.on('end', () => res(Buffer.concat(chunks)));
     pack.on('error', rej);
   });
+}
+
+/** Packs an entry's files into a tar bundle: regular files only, named by the record. */
+export async function packBundle(record: EntryRecord, files: Map<string, Buffer>): Promise<Buffer> {
+  const pack = tar.pack();
+  const done = packedBytes(pack);
   for (const o of record.outputs) {
     const data = files.get(o.name);
     if (!data) throw new Error(`bundle: no data for output ${o.name}`);

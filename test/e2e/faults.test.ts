@@ -17,6 +17,7 @@ import { ServerProcess, TOKENS } from '../support/server.js';
 import { processAlive } from '../../src/util/processAlive.js';
 import { mulberry32 } from '../support/prng.js';
 import { sharedTree } from '../support/sharedTree.js';
+import { Direct } from '../support/direct.js';
 
 /**
  * Fault injection (issue 5, "Faults"): the daemon SIGKILLed in the middle of store writes, a full
@@ -45,27 +46,6 @@ async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50):
   }
 }
 
-/** Direct clang (no cache) per (module, flags), computed once each. */
-class Direct {
-  private readonly objs = new Map<string, Buffer>();
-  private n = 0;
-  constructor(private readonly b: ThinBuild) {}
-  get(m: string, extra: string[] = []): Buffer {
-    const k = `${m}\0${extra.join('\0')}`;
-    let o = this.objs.get(k);
-    if (!o) {
-      const out = `${m}.direct${this.n++}.o`;
-      const r = this.b.backend(m, { extra, out });
-      assert.equal(r.status, 0, r.stderr);
-      o = readFileSync(join(this.b.dir, out));
-      this.objs.set(k, o);
-    }
-    return o;
-  }
-  all(): Buffer[] {
-    return [...this.objs.values()];
-  }
-}
 
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   for (const m of b.modules) {

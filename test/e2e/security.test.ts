@@ -20,6 +20,7 @@ import { ServerProcess, TOKENS } from '../support/server.js';
 import { processAlive } from '../../src/util/processAlive.js';
 import { rawTar } from '../support/rawTar.js';
 import { sharedTree } from '../support/sharedTree.js';
+import { Direct } from '../support/direct.js';
 
 /**
  * Security (issue 5, "Security"): the private socket directory, secrets never logged, constant-time
@@ -50,25 +51,6 @@ function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   }
 }
 
-/** Direct clang (no cache) per (module, flags), computed once each. */
-class Direct {
-  private readonly objs = new Map<string, Buffer>();
-  private n = 0;
-  constructor(private readonly b: ThinBuild) {}
-  get(m: string, extra: string[] = []): Buffer {
-    const k = `${m}\0${extra.join('\0')}`;
-    let o = this.objs.get(k);
-    if (!o) {
-      const out = `${m}.direct${this.n++}.o`;
-      const r = this.b.backend(m, { extra, out });
-      assert.equal(r.status, 0, r.stderr);
-      o = readFileSync(join(this.b.dir, out));
-      rmSync(join(this.b.dir, out));
-      this.objs.set(k, o);
-    }
-    return o;
-  }
-}
 
 const { tree: sharedBase, cleanup } = sharedTree('sec-tree');
 

@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import * as tar from 'tar-stream';
 import fc from 'fast-check';
 import { hashBytes, initHash } from '../../src/key/hash.js';
-import { packBundle, unpackBundle, type BundleLimits, type Unpacked } from '../../src/remote/bundle.js';
+import { packBundle, packedBytes, unpackBundle, type BundleLimits, type Unpacked } from '../../src/remote/bundle.js';
 import type { EntryRecord } from '../../src/store/record.js';
 import { fuzz, mutateAll, mutationArb, timedAsync } from './common.js';
 import { BUNDLE_REGRESSIONS } from './regressions/bundle.js';
@@ -122,12 +122,7 @@ async function buildStructural(files: Map<string, Buffer>, entries: ModelEntry[]
   const names = [...files.keys()];
   const datas = [...files.values()];
   const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const done = new Promise<Buffer>((res, rej) => {
-    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
-    pack.on('end', () => res(Buffer.concat(chunks)));
-    pack.on('error', rej);
-  });
+  const done = packedBytes(pack);
   const seen = new Set<string>();
   const patches: (number | null)[] = [];
   let conforming = entries.length <= limits.maxEntries;

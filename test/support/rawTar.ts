@@ -1,16 +1,12 @@
 import * as tar from 'tar-stream';
+import { packedBytes } from '../../src/remote/bundle.js';
 
 export type RawEntry = { name: string; type?: 'file' | 'symlink' | 'link' | 'directory'; data?: Buffer; linkname?: string };
 
 /** A tar built entry by entry, with none of packBundle's guarantees: for hostile-bundle tests. */
 export async function rawTar(entries: RawEntry[]): Promise<Buffer> {
   const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const done = new Promise<Buffer>((res, rej) => {
-    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
-    pack.on('end', () => res(Buffer.concat(chunks)));
-    pack.on('error', rej);
-  });
+  const done = packedBytes(pack);
   for (const e of entries) {
     await new Promise<void>((res, rej) => {
       const cb = (err?: Error | null) => (err ? rej(err) : res());
