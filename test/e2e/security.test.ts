@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto, { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
 import { createServer as createNetServer, connect as netConnect, type Server as NetServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -15,7 +15,7 @@ import { unpackBundle } from '../../src/remote/bundle.js';
 import { TokenTable, parseTokens } from '../../src/remote/tokens.js';
 import type { EntryRecord } from '../../src/store/record.js';
 import type { StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLI, CLIENT, runAsync, tempDir } from '../support/env.js';
+import { CacheEnv, CLI, CLIENT, runAsync, tempDir, TOP } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 import { processAlive } from '../../src/util/processAlive.js';
 import { rawTar } from '../support/rawTar.js';
@@ -79,6 +79,7 @@ describe('the socket directory is private', () => {
   let uid = -1;
   let gid = -1;
   const made: string[] = [];
+  const opened: { dir: string; mode: number }[] = [];
   before(() => {
     if (!IS_ROOT) return;
     const name = `ltocache-probe-${randomBytes(3).toString('hex')}`;
@@ -87,8 +88,19 @@ describe('the socket directory is private', () => {
     user = name;
     uid = Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout.trim());
     gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout.trim());
+    // The probe user runs the client and the CLI from this checkout: a checkout inside a private
+    // directory (e.g. `mktemp -d`, mode 0700) gets search permission for others on its ancestors
+    // for the duration of these tests, and the modes are put back afterwards.
+    for (let d = dirname(TOP); d !== dirname(d); d = dirname(d)) {
+      const st = statSync(d);
+      if ((st.mode & 0o001) === 0 && st.uid === process.getuid!()) {
+        opened.push({ dir: d, mode: st.mode & 0o7777 });
+        chmodSync(d, (st.mode & 0o7777) | 0o001);
+      }
+    }
   });
   after(() => {
+    for (const o of opened.reverse()) chmodSync(o.dir, o.mode);
     if (uid >= 0) rmSync(socketDirFor(uid), { recursive: true, force: true });
     for (const d of made) rmSync(d, { recursive: true, force: true });
     if (user) spawnSync('userdel', [user]);
