@@ -88,10 +88,10 @@ describe('the socket directory is private', () => {
     user = name;
     uid = Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout.trim());
     gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout.trim());
-    // The probe user runs the client and the CLI from this checkout: a checkout inside a private
-    // directory (e.g. `mktemp -d`, mode 0700) gets search permission for others on its ancestors
-    // for the duration of these tests, and the modes are put back afterwards.
-    for (let d = dirname(TOP); d !== dirname(d); d = dirname(d)) {
+    // The probe user runs the client and the CLI from this checkout: a checkout that is, or is in,
+    // a private directory (e.g. `mktemp -d`, mode 0700) gets search permission for others on it
+    // and its ancestors for the duration of these tests, and the modes are put back afterwards.
+    for (let d = TOP; d !== dirname(d); d = dirname(d)) {
       const st = statSync(d);
       if ((st.mode & 0o001) === 0 && st.uid === process.getuid!()) {
         opened.push({ dir: d, mode: st.mode & 0o7777 });
