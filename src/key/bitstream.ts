@@ -190,6 +190,13 @@ export class BitstreamReader {
     return { id: entry.id, abbrevWidth: width, headerBit: entry.bit, bodyBit: this.base + body, endBit: this.base + end };
   }
 
+  /** Inside a block: jumps to its end using its length word, in O(1), back in the parent. */
+  leaveBlock(): void {
+    if (this.scopes.length === 1) this.fail('leaveBlock at top level');
+    this.pos = this.scope().end;
+    this.scopes.pop();
+  }
+
   /** After a 'record' entry: decodes the record. */
   readRecord(abbrevId: number): BitRecord {
     if (abbrevId === UNABBREV_RECORD) {
@@ -412,18 +419,18 @@ export class BitstreamReader {
   private read(n: number): number {
     const start = this.pos;
     this.advance(n);
-    let value = 0;
-    let got = 0;
-    let p = start;
-    while (got < n) {
-      const byte = this.bytes[Math.floor(p / 8)]!;
-      const shift = p % 8;
-      const take = Math.min(8 - shift, n - got);
-      value += ((byte >>> shift) & ((1 << take) - 1)) * 2 ** got;
-      got += take;
-      p += take;
-    }
-    return value;
+    if (n === 0) return 0;
+    const b = this.bytes;
+    const i = Math.floor(start / 8);
+    const shift = start % 8;
+    // Bytes past the end read as 0; advance() has already checked the bits we keep are inside.
+    const word = ((b[i] ?? 0) | ((b[i + 1] ?? 0) << 8) | ((b[i + 2] ?? 0) << 16) | ((b[i + 3] ?? 0) << 24)) >>> 0;
+    const low = word >>> shift;
+    const lowBits = 32 - shift;
+    if (n < lowBits) return (low & ((1 << n) - 1)) >>> 0;
+    if (n === lowBits) return low;
+    const high = (b[i + 4] ?? 0) & ((1 << (n - lowBits)) - 1);
+    return low + high * 2 ** lowBits;
   }
 
   private vbr(width: number, maxBits: number): number {

@@ -4,9 +4,11 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { FileDigests } from './fileDigests.js';
 import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
+import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import { readModuleTable } from './moduleTable.js';
 import { fileCandidates, type Job } from './parseJob.js';
 import type { ToolchainIdentifier } from './toolchain.js';
+import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 
 const digest = z.string().regex(DIGEST_RE);
 const FileRef = z.object({ path: z.string(), digest });
@@ -41,6 +43,13 @@ export const Manifest = z.object({
     /** The index's module string table: each module the backend reads, with the index's hash and the file's content. */
     modules: z.array(z.object({ path: z.string(), moduleHash: z.string(), digest })),
   }),
+  /**
+   * Files read by `.incbin`/`.include` in asm carried by the input or an imported module (or by a
+   * file so included), resolved as the integrated assembler does: the name as written, relative to
+   * cwd. `digest` is absent when no such file exists (the compile then fails; the key still changes
+   * when it appears). Omitted when there are none.
+   */
+  asm: z.array(z.object({ directive: z.enum(['incbin', 'include']), name: z.string(), digest: digest.optional() })).optional(),
   env: z.record(z.string(), z.string()),
   outputs: z.array(z.object({ role: z.string(), path: z.string() })),
   /** Arguments on the documented drop list: recorded for explanations, not keyed. */
@@ -48,16 +57,8 @@ export const Manifest = z.object({
 });
 export type Manifest = z.infer<typeof Manifest>;
 
-export type KeyResult = { kind: 'key'; key: string; manifest: Manifest } | { kind: 'uncacheable'; reason: string; detail: string };
+export type KeyResult = { kind: 'key'; key: string; manifest: Manifest } | { kind: 'uncacheable'; reason: UncacheableReason; detail: string };
 
-class Uncacheable extends Error {
-  constructor(
-    readonly reason: string,
-    readonly detail: string,
-  ) {
-    super(detail);
-  }
-}
 
 /**
  * Parts of manifests shared between jobs (a toolchain description is one object reused by every
@@ -138,6 +139,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       }
     }
     if (!input || !index) throw new Uncacheable('bad-args', 'job has no input or no index');
+    const asm = await asmFiles(ctx, job, cwd, [input.path, ...index.modules.map((m) => m.path)]);
     const keyEnv: Record<string, string> = {};
     for (const k of KEY_ENV) if (env[k] !== undefined) keyEnv[k] = env[k]!;
     const manifest: Manifest = {
@@ -148,6 +150,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       responseFiles: await Promise.all(job.responseFiles.map(async (r) => ({ path: r.path, digest: await need(r.path, 'response file') }))),
       input,
       index,
+      ...(asm.length ? { asm } : {}),
       env: keyEnv,
       outputs: job.outputs,
       dropped,
@@ -174,5 +177,62 @@ async function importedModules(cwd: string, indexPath: string, indexDigest: stri
   if (table.kind !== 'ok') throw new Uncacheable('bad-index', `index ${indexPath}: ${table.reason}`);
   const out: Manifest['index']['modules'] = [];
   for (const m of table.modules) out.push({ path: m.path, moduleHash: m.hash, digest: await need(m.path, 'imported module') });
+  return out;
+}
+
+/** Asm scans by content digest: a module's asm does not change unless its bytes do. */
+const asmScans = new Map<string, AsmScan>();
+const MAX_ASM_FILES = 256;
+const MAX_INCLUDE_DEPTH = 16;
+/** Flags that could give the integrated assembler a search path (then a name not found relative
+ *  to cwd could resolve elsewhere). */
+const ASM_SEARCH_FLAG = /^(-Wa,|-Xassembler$|-I|-i(system|quote|dirafter|prefix|withprefix|sysroot)|--sysroot)/;
+
+async function scanOnce(absPath: string, digest: string, kind: 'bitcode' | 'text', what: string): Promise<AsmScan> {
+  const k = `${kind}:${digest}`;
+  const hit = asmScans.get(k);
+  if (hit) return hit;
+  const bytes = await readFile(absPath);
+  if (hashBytes(bytes) !== digest) throw new Uncacheable('racy-input', `${what} changed while it was read`);
+  const scan = kind === 'bitcode' ? scanBitcodeAsm(bytes) : directivesInText(bytes.toString('latin1'));
+  if (asmScans.size >= 50_000) asmScans.clear();
+  asmScans.set(k, scan);
+  return scan;
+}
+
+/**
+ * Resolves every `.incbin`/`.include` in the asm of the given bitcode files, following included
+ * files. Anything that cannot be resolved with certainty makes the job uncacheable.
+ */
+async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[]): Promise<NonNullable<Manifest['asm']>> {
+  const out: NonNullable<Manifest['asm']> = [];
+  const seen = new Set<string>();
+  const searchFlag = job.tokens.find((t) => t.t === 'flag' && ASM_SEARCH_FLAG.test(t.v));
+  const visit = async (scan: AsmScan, from: string, depth: number): Promise<void> => {
+    if (scan.kind === 'unsure') throw new Uncacheable('asm-include-unresolved', `${from}: ${scan.detail}`);
+    for (const ref of scan.refs) {
+      const k = `${ref.directive}\0${ref.name}`;
+      if (seen.has(k)) continue;
+      seen.add(k);
+      if (seen.size > MAX_ASM_FILES) throw new Uncacheable('asm-include-unresolved', `more than ${MAX_ASM_FILES} files read by asm directives`);
+      const d = await ctx.files.digest(resolve(cwd, ref.name));
+      if (d.kind === 'not-regular') throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not a regular file`);
+      if (d.kind === 'absent') {
+        if (searchFlag) throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not relative to cwd and ${searchFlag.v} may add a search path`);
+        out.push({ directive: ref.directive, name: ref.name });
+        continue;
+      }
+      out.push({ directive: ref.directive, name: ref.name, digest: d.digest });
+      if (ref.directive === 'include') {
+        if (depth >= MAX_INCLUDE_DEPTH) throw new Uncacheable('asm-include-unresolved', `.include nested deeper than ${MAX_INCLUDE_DEPTH}`);
+        await visit(await scanOnce(resolve(cwd, ref.name), d.digest, 'text', `file ${ref.name}`), ref.name, depth + 1);
+      }
+    }
+  };
+  for (const path of new Set(bitcode)) {
+    const d = await ctx.files.digest(resolve(cwd, path));
+    if (d.kind !== 'file') throw new Uncacheable('missing-file', `bitcode ${path} is not a readable regular file`);
+    await visit(await scanOnce(resolve(cwd, path), d.digest, 'bitcode', `bitcode ${path}`), path, 0);
+  }
   return out;
 }

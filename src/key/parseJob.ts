@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { basename, extname, resolve } from 'node:path';
 import { tokenizeGnu } from './responseFile.js';
+import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 
 /** A token of the command line as the key sees it. */
 export type Token =
@@ -22,7 +23,7 @@ export interface Job {
   outputs: { role: string; path: string }[];
 }
 
-export type ParseResult = { kind: 'job'; job: Job } | { kind: 'uncacheable'; reason: string; detail: string };
+export type ParseResult = { kind: 'job'; job: Job } | { kind: 'uncacheable'; reason: UncacheableReason; detail: string };
 
 const RSP_DEPTH = 16;
 
@@ -80,14 +81,6 @@ async function expand(args: string[], cwd: string, depth: number, rsp: Job['resp
   return out;
 }
 
-class Uncacheable extends Error {
-  constructor(
-    readonly reason: string,
-    readonly detail: string,
-  ) {
-    super(detail);
-  }
-}
 
 /** Where clang 19 puts the split DWARF file for `-c -o X.ext`: X.dwo beside the object. */
 function dwoPathFor(obj: string): string {
