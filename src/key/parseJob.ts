@@ -27,40 +27,77 @@ export type ParseResult = { kind: 'job'; job: Job } | { kind: 'uncacheable'; rea
 
 const RSP_DEPTH = 16;
 
-/** Options whose value is the next token. Their values are never taken as inputs. */
-const SEPARATE_VALUE = new Set([
-  '-o', '-x', '-mllvm', '-Xclang', '-target', '-arch', '-include', '-imacros', '-isystem', '-iquote', '-idirafter',
-  '-isysroot', '-D', '-U', '-I', '-MF', '-MT', '-MQ', '-Xlinker', '-Xassembler', '-Xpreprocessor', '-Xopenmp-target',
-  '-resource-dir', '--param', '-z', '-L', '-l', '-u', '-T', '-F', '-ivfsoverlay', '-B', '--config', '-main-file-name',
-  '-mcode-object-version', '-Xcuda-ptxas', '-Xcuda-fatbinary', '-aux-triple', '-triple', '-target-feature', '-target-cpu',
-  '-mfloat-abi', '--sysroot', '-gcc-toolchain', '--gcc-toolchain', '-dependency-file', '-serialize-diagnostics',
-]);
-
-/** Flags after which clang does not produce a cacheable backend object. */
-const UNCACHEABLE_EXACT = new Set(['-E', '-M', '-MM', '-###', '-v', '-fsyntax-only', '-fdriver-only', '--analyze', '-MJ', '-working-directory', '-']);
-const UNCACHEABLE_PREFIX = ['-save-temps', '-ftime-trace', '-ccc-', '-fcrash-diagnostics', '-fmodules-cache-path', '-fproc-stat-report', '-working-directory=', '-fdump-', '-MJ'];
+/** What the key does with an option (ccache's compopt.cpp): bits of one table entry. */
+export const OptFlag = {
+  /** The value is the next argument (`-x ir`). */
+  SEPARATE: 1,
+  /** The value may be joined to the name (`-DX`, `-std=c11`); the entry is then a prefix. */
+  JOINED: 2,
+  /** Proven not to change a backend object (test/e2e/dropList.test.ts): left out of the key. */
+  DROP: 4,
+  /** The job cannot be cached (clang writes something else, or elsewhere). */
+  UNCACHEABLE: 8,
+  /** The joined value names a file whose content the key covers. */
+  FILE: 16,
+} as const;
+const { SEPARATE, JOINED, DROP, UNCACHEABLE, FILE } = OptFlag;
 
 /**
- * Flags proven (test/e2e/dropList.test.ts) not to change a backend object: with `-x ir` input
- * clang runs no preprocessor, so these only affect a front-end run. Each is listed in docs/key.md.
+ * Every option the key knows. Options not listed are kept in the key by spelling, and any file
+ * they may name is found by fileCandidates(). `-o`, `-fthinlto-index=`, `-c`/`-S`/`-emit-llvm` and
+ * the flags that add outputs are handled by parseJob itself.
  */
-const DROP_SEPARATE = new Set(['-D', '-U', '-I', '-include', '-imacros', '-isystem', '-iquote', '-idirafter', '-MF', '-MT', '-MQ']);
-const DROP_JOINED = [/^-D./, /^-U./, /^-I./, /^-Wp,-MM?D,/, /^-MM?D$/, /^-MP$/, /^-std=/, /^-nostdinc$/];
+export const OPTIONS: ReadonlyMap<string, number> = new Map([
+  // With `-x ir` input clang runs no preprocessor: these only affect a front-end run.
+  ['-D', SEPARATE | JOINED | DROP],
+  ['-U', SEPARATE | JOINED | DROP],
+  ['-I', SEPARATE | JOINED | DROP],
+  ['-include', SEPARATE | DROP],
+  ['-imacros', SEPARATE | DROP],
+  ['-isystem', SEPARATE | DROP],
+  ['-iquote', SEPARATE | DROP],
+  ['-idirafter', SEPARATE | DROP],
+  ['-MF', SEPARATE | DROP],
+  ['-MT', SEPARATE | DROP],
+  ['-MQ', SEPARATE | DROP],
+  ['-MD', DROP],
+  ['-MMD', DROP],
+  ['-MP', DROP],
+  ['-nostdinc', DROP],
+  ['-std=', JOINED | DROP],
+  ['-Wp,-MD,', JOINED | DROP],
+  ['-Wp,-MMD,', JOINED | DROP],
+  // Kept, with a separate value that is never taken as an input.
+  ...[
+    '-x', '-mllvm', '-Xclang', '-target', '-arch', '-isysroot', '-Xlinker', '-Xassembler', '-Xpreprocessor', '-Xopenmp-target',
+    '-resource-dir', '--param', '-z', '-L', '-l', '-u', '-T', '-F', '-ivfsoverlay', '-B', '--config', '-main-file-name',
+    '-mcode-object-version', '-Xcuda-ptxas', '-Xcuda-fatbinary', '-aux-triple', '-triple', '-target-feature', '-target-cpu',
+    '-mfloat-abi', '--sysroot', '-gcc-toolchain', '--gcc-toolchain', '-dependency-file', '-serialize-diagnostics',
+  ].map((o) => [o, SEPARATE] as [string, number]),
+  // Joined values naming a file the backend reads.
+  ...[
+    '-fbasic-block-sections=list=', '-fprofile-sample-use=', '-fprofile-use=', '-fprofile-instr-use=', '-fsanitize-ignorelist=',
+    '-fsanitize-blacklist=', '-fprofile-list=', '-fxray-always-instrument=', '-fxray-never-instrument=', '-fxray-attr-list=', '--config=',
+  ].map((o) => [o, JOINED | FILE] as [string, number]),
+  // Not a cacheable backend object.
+  ...['-E', '-M', '-MM', '-###', '-v', '-fsyntax-only', '-fdriver-only', '--analyze', '-', '-working-directory'].map((o) => [o, UNCACHEABLE] as [string, number]),
+  ...['-save-temps', '-ftime-trace', '-ccc-', '-fcrash-diagnostics', '-fmodules-cache-path', '-fproc-stat-report', '-fdump-', '-MJ', '-working-directory='].map(
+    (o) => [o, JOINED | UNCACHEABLE] as [string, number],
+  ),
+]);
 
-/** Joined flags whose value names a file the backend reads. */
-const FILE_FLAGS = [
-  '-fbasic-block-sections=list=',
-  '-fprofile-sample-use=',
-  '-fprofile-use=',
-  '-fprofile-instr-use=',
-  '-fsanitize-ignorelist=',
-  '-fsanitize-blacklist=',
-  '-fprofile-list=',
-  '-fxray-always-instrument=',
-  '-fxray-never-instrument=',
-  '-fxray-attr-list=',
-  '--config=',
-];
+/** Joined entries, longest first, so the most specific prefix wins. */
+const PREFIXES = [...OPTIONS].filter(([, f]) => f & JOINED).sort((a, b) => b[0].length - a[0].length);
+
+/** The table entry for an argument: an exact name, else the longest joined prefix with a value. */
+export function lookupOption(a: string): { name: string; flags: number; joined?: string } | undefined {
+  const exact = OPTIONS.get(a);
+  if (exact !== undefined) return { name: a, flags: exact };
+  for (const [name, flags] of PREFIXES) {
+    if (a.length > name.length && a.startsWith(name)) return { name, flags, joined: a.slice(name.length) };
+  }
+  return undefined;
+}
 
 async function expand(args: string[], cwd: string, depth: number, rsp: Job['responseFiles']): Promise<string[]> {
   const out: string[] = [];
@@ -114,9 +151,8 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     let stackUsage = false;
     for (let i = 0; i < argv.length; i++) {
       const a = argv[i]!;
-      if (UNCACHEABLE_EXACT.has(a) || UNCACHEABLE_PREFIX.some((p) => a.startsWith(p))) {
-        throw new Uncacheable('unsupported-flag', `flag ${a} is not cacheable`);
-      }
+      const opt = lookupOption(a);
+      if (opt && opt.flags & UNCACHEABLE) throw new Uncacheable('unsupported-flag', `flag ${a} is not cacheable`);
       if (a === '-Xclang' && argv[i + 1]?.startsWith('-fthinlto-index=')) {
         tokens.push({ t: 'flag', v: a });
         continue;
@@ -147,14 +183,14 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         tokens.push({ t: 'output', v: '-foptimization-record-file=', path: optRecordFile, role: 'opt-record' });
         continue;
       }
-      if (DROP_SEPARATE.has(a)) {
+      if (opt && opt.flags & DROP) {
+        if (opt.joined !== undefined || !(opt.flags & SEPARATE)) {
+          tokens.push({ t: 'dropped', v: a });
+          continue;
+        }
         const v = argv[++i];
         if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
         tokens.push({ t: 'dropped', v: `${a} ${v}` });
-        continue;
-      }
-      if (DROP_JOINED.some((re) => re.test(a))) {
-        tokens.push({ t: 'dropped', v: a });
         continue;
       }
       // Without a value clang reads ./default.profdata (its content changes a CS-PGO backend object).
@@ -162,12 +198,11 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         tokens.push({ t: 'file', v: a, path: 'default.profdata', role: 'flag-file' });
         continue;
       }
-      const fileFlag = FILE_FLAGS.find((f) => a.startsWith(f) && a.length > f.length);
-      if (fileFlag) {
-        tokens.push({ t: 'file', v: fileFlag, path: a.slice(fileFlag.length), role: 'flag-file' });
+      if (opt && opt.flags & FILE && opt.joined !== undefined) {
+        tokens.push({ t: 'file', v: opt.name, path: opt.joined, role: 'flag-file' });
         continue;
       }
-      if (SEPARATE_VALUE.has(a)) {
+      if (opt && opt.flags & SEPARATE && opt.joined === undefined) {
         const v = argv[++i];
         if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
         tokens.push({ t: 'flag', v: a });

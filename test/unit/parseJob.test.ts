@@ -491,3 +491,13 @@ describe('outputs match what clang-19 writes', () => {
     });
   }
 });
+
+test('option table: every entry is reachable (none shadowed by another) and flag bits are consistent', async () => {
+  const { OPTIONS, OptFlag, lookupOption } = await import('../../src/key/parseJob.js');
+  for (const [name, flags] of OPTIONS) {
+    assert.equal(lookupOption(name)?.name, name, `${name} resolves to itself`);
+    if (flags & OptFlag.JOINED) assert.equal(lookupOption(`${name}x`)?.name, name, `${name}x resolves to ${name}`);
+    if (flags & OptFlag.FILE) assert.ok(flags & OptFlag.JOINED, `${name}: a file-naming entry takes a joined value`);
+    assert.ok(!(flags & OptFlag.DROP && flags & OptFlag.UNCACHEABLE), `${name}: dropped and uncacheable at once`);
+  }
+});
