@@ -1,0 +1,240 @@
+import { join } from 'node:path';
+import { DIGEST_RE, type Digest, Hasher, hashBytes } from '../key/hash.js';
+
+/**
+ * The memo file (docs/memo.md, version 1): what the native client re-checks to serve a hit
+ * without the daemon. Encoded here, decoded by client/memo.c; decodeMemo exists for tests, the
+ * drain and `verify`. Limits are shared with C through the generated client header.
+ */
+
+export const MEMO_MAGIC = Buffer.from('LTOMEMO\x01', 'latin1');
+export const MEMO_MAX_CHECKS = 65_536;
+export const MEMO_MAX_OUTPUTS = 16;
+export const MEMO_MAX_BYTES = 160 << 20;
+export const MEMO_MAX_NAME = 65_536;
+/** Each captured stream; equals the client's capture limit. */
+export const MEMO_MAX_STREAM = 64 << 20;
+
+export const CheckKind = { stat: 1, content: 2, absent: 3, notreg: 4, dir: 5, env: 6 } as const;
+
+export type MemoCheck =
+  | { kind: 'stat'; path: string; dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }
+  | { kind: 'content'; path: string; size: number; digest: Digest }
+  | { kind: 'absent'; path: string }
+  | { kind: 'notreg'; path: string }
+  | { kind: 'dir'; path: string; dev: bigint; ino: bigint; mtimeNs: bigint; ctimeNs: bigint }
+  | { kind: 'env'; name: string; value: string | null };
+
+export interface MemoOutput {
+  /** Absolute. */
+  path: string;
+  digest: Digest;
+  size: number;
+}
+
+export interface Memo {
+  key: string;
+  checks: MemoCheck[];
+  outputs: MemoOutput[];
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export class MemoError extends Error {
+  constructor(message: string) {
+    super(`memo: ${message}`);
+    this.name = 'MemoError';
+  }
+}
+
+/** The memo's file name: digest of the command exactly as the client received it. */
+export function lookupDigest(compiler: string, cwd: string, args: readonly string[]): Digest {
+  const h = new Hasher().update('ltocache-memo-v1\0').update(`${compiler}\0`).update(`${cwd}\0`);
+  for (const a of args) h.update(`${a}\0`);
+  return h.digest();
+}
+
+export function memoDir(cacheDir: string): string {
+  return join(cacheDir, 'memo');
+}
+
+export function memoPath(cacheDir: string, lookup: Digest): string {
+  return join(memoDir(cacheDir), lookup.slice(0, 2), lookup.slice(2));
+}
+
+export function noticeLogPath(cacheDir: string): string {
+  return join(memoDir(cacheDir), 'hits.log');
+}
+
+class Writer {
+  private readonly parts: Buffer[] = [];
+  u8(v: number): void {
+    this.parts.push(Buffer.from([v]));
+  }
+  u32(v: number): void {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v);
+    this.parts.push(b);
+  }
+  u64(v: bigint | number): void {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(v));
+    this.parts.push(b);
+  }
+  bytes(b: Buffer): void {
+    this.u32(b.length);
+    this.parts.push(b);
+  }
+  str(s: string): void {
+    this.bytes(Buffer.from(s, 'utf8'));
+  }
+  hex(d: string): void {
+    if (!DIGEST_RE.test(d)) throw new MemoError(`not a digest: ${d}`);
+    this.parts.push(Buffer.from(d, 'latin1'));
+  }
+  raw(b: Buffer): void {
+    this.parts.push(b);
+  }
+  done(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+}
+
+export function encodeMemo(m: Memo): Buffer {
+  if (m.checks.length > MEMO_MAX_CHECKS) throw new MemoError(`${m.checks.length} checks, limit ${MEMO_MAX_CHECKS}`);
+  if (m.outputs.length < 1 || m.outputs.length > MEMO_MAX_OUTPUTS) throw new MemoError(`${m.outputs.length} outputs`);
+  if (m.stdout.length > MEMO_MAX_STREAM || m.stderr.length > MEMO_MAX_STREAM) throw new MemoError('captured output over the limit');
+  const w = new Writer();
+  w.raw(MEMO_MAGIC);
+  w.hex(m.key);
+  w.u32(m.checks.length);
+  for (const c of m.checks) {
+    w.u8(CheckKind[c.kind]);
+    w.str(c.kind === 'env' ? c.name : c.path);
+    switch (c.kind) {
+      case 'stat':
+        for (const v of [c.dev, c.ino, c.size, c.mtimeNs, c.ctimeNs]) w.u64(v);
+        break;
+      case 'content':
+        w.u64(c.size);
+        w.hex(c.digest);
+        break;
+      case 'dir':
+        for (const v of [c.dev, c.ino, c.mtimeNs, c.ctimeNs]) w.u64(v);
+        break;
+      case 'env':
+        w.u8(c.value === null ? 0 : 1);
+        w.str(c.value ?? '');
+        break;
+      default:
+        break;
+    }
+  }
+  w.u32(m.outputs.length);
+  for (const o of m.outputs) {
+    w.str(o.path);
+    w.hex(o.digest);
+    w.u64(o.size);
+  }
+  w.bytes(m.stdout);
+  w.bytes(m.stderr);
+  const body = w.done();
+  const out = Buffer.concat([body, Buffer.from(hashBytes(body), 'latin1')]);
+  if (out.length > MEMO_MAX_BYTES) throw new MemoError(`memo of ${out.length} bytes over the limit`);
+  return out;
+}
+
+class Reader {
+  at = 0;
+  constructor(private readonly b: Buffer) {}
+  need(n: number): void {
+    if (n > this.b.length - this.at) throw new MemoError(`truncated at byte ${this.at}`);
+  }
+  u8(): number {
+    this.need(1);
+    return this.b[this.at++]!;
+  }
+  u32(): number {
+    this.need(4);
+    const v = this.b.readUInt32LE(this.at);
+    this.at += 4;
+    return v;
+  }
+  u64(): bigint {
+    this.need(8);
+    const v = this.b.readBigUInt64LE(this.at);
+    this.at += 8;
+    return v;
+  }
+  bytes(max: number): Buffer {
+    const n = this.u32();
+    if (n > max) throw new MemoError(`length ${n} over ${max} at byte ${this.at - 4}`);
+    this.need(n);
+    const v = this.b.subarray(this.at, this.at + n);
+    this.at += n;
+    return v;
+  }
+  str(max: number): string {
+    return this.bytes(max).toString('utf8');
+  }
+  hex(): string {
+    this.need(32);
+    const s = this.b.toString('latin1', this.at, this.at + 32);
+    if (!DIGEST_RE.test(s)) throw new MemoError(`bad digest at byte ${this.at}`);
+    this.at += 32;
+    return s;
+  }
+}
+
+export function decodeMemo(b: Buffer): Memo {
+  if (b.length > MEMO_MAX_BYTES) throw new MemoError('over the size limit');
+  if (b.length < MEMO_MAGIC.length + 32 || !b.subarray(0, MEMO_MAGIC.length).equals(MEMO_MAGIC)) throw new MemoError('bad magic or version');
+  const body = b.subarray(0, b.length - 32);
+  if (hashBytes(body) !== b.toString('latin1', b.length - 32)) throw new MemoError('trailer digest mismatch');
+  const r = new Reader(body);
+  r.at = MEMO_MAGIC.length;
+  const key = r.hex();
+  const n = r.u32();
+  if (n > MEMO_MAX_CHECKS) throw new MemoError(`${n} checks over the limit`);
+  const checks: MemoCheck[] = [];
+  for (let i = 0; i < n; i++) {
+    const kind = r.u8();
+    const name = r.str(MEMO_MAX_NAME);
+    switch (kind) {
+      case CheckKind.stat:
+        checks.push({ kind: 'stat', path: name, dev: r.u64(), ino: r.u64(), size: r.u64(), mtimeNs: r.u64(), ctimeNs: r.u64() });
+        break;
+      case CheckKind.content: {
+        const size = r.u64();
+        checks.push({ kind: 'content', path: name, size: Number(size), digest: r.hex() });
+        break;
+      }
+      case CheckKind.absent:
+        checks.push({ kind: 'absent', path: name });
+        break;
+      case CheckKind.notreg:
+        checks.push({ kind: 'notreg', path: name });
+        break;
+      case CheckKind.dir:
+        checks.push({ kind: 'dir', path: name, dev: r.u64(), ino: r.u64(), mtimeNs: r.u64(), ctimeNs: r.u64() });
+        break;
+      case CheckKind.env: {
+        const set = r.u8();
+        if (set > 1) throw new MemoError('bad env flag');
+        const value = r.str(MEMO_MAX_NAME);
+        checks.push({ kind: 'env', name, value: set ? value : null });
+        break;
+      }
+      default:
+        throw new MemoError(`unknown check kind ${kind}`);
+    }
+  }
+  const no = r.u32();
+  if (no < 1 || no > MEMO_MAX_OUTPUTS) throw new MemoError(`${no} outputs`);
+  const outputs: MemoOutput[] = [];
+  for (let i = 0; i < no; i++) outputs.push({ path: r.str(MEMO_MAX_NAME), digest: r.hex(), size: Number(r.u64()) });
+  const stdout = Buffer.from(r.bytes(MEMO_MAX_STREAM));
+  const stderr = Buffer.from(r.bytes(MEMO_MAX_STREAM));
+  if (r.at !== body.length) throw new MemoError(`${body.length - r.at} trailing bytes`);
+  return { key, checks, outputs, stdout, stderr };
+}
