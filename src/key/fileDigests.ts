@@ -27,7 +27,25 @@ function hashSmall(path: string): { digest: Digest; size: number } {
   return { digest: hashBytes(data), size: data.length };
 }
 
-export type FileDigest = { kind: 'file'; digest: Digest; size: number } | { kind: 'absent' } | { kind: 'not-regular' };
+/** What stat saw when a digest was taken: the identity the memo re-checks. */
+export interface StatIdentity {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+/**
+ * `settled`: the file's timestamps were safely older than the moment hashing began (the
+ * racy-timestamp rule), so an unchanged stat identity proves unchanged content.
+ */
+export type FileDigest = { kind: 'file'; digest: Digest; size: number; stat: StatIdentity; settled: boolean } | { kind: 'absent' } | { kind: 'not-regular' };
+
+/** Anything that answers digest questions: the daemon's FileDigests, or a per-job observer of it. */
+export interface DigestSource {
+  digest(absPath: string): Promise<FileDigest>;
+}
 
 /**
  * Content digests memoised by (dev, ino, size, mtime ns, ctime ns). The racy-timestamp rule: a
@@ -35,7 +53,7 @@ export type FileDigest = { kind: 'file'; digest: Digest; size: number } | { kind
  * within the same timestamp tick, so it is hashed but not memoised. Future timestamps (clock jumps)
  * fail the same test and are never memoised.
  */
-export class FileDigests {
+export class FileDigests implements DigestSource {
   private readonly memo = new Map<string, Memo>();
   /** Hashing counters, for tests and stats. */
   hashed = 0;
@@ -52,7 +70,7 @@ export class FileDigests {
     const m = this.memo.get(absPath);
     if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
       this.memoHits++;
-      return { kind: 'file', digest: m.digest, size: Number(st.size) };
+      return { kind: 'file', digest: m.digest, size: Number(st.size), stat: identity(st), settled: true };
     }
     const startedNs = BigInt(Date.now()) * 1_000_000n;
     const { digest, size } = st.size <= SMALL ? hashSmall(absPath) : await hashFile(absPath);
@@ -67,10 +85,14 @@ export class FileDigests {
       if (attempt >= 3) throw new Error(`${absPath} keeps changing while it is hashed`);
       return this.digest(absPath, attempt + 1);
     }
-    return { kind: 'file', digest, size };
+    return { kind: 'file', digest, size, stat: identity(st), settled: unchanged && settled };
   }
 
   get size(): number {
     return this.memo.size;
   }
+}
+
+function identity(st: BigIntStats): StatIdentity {
+  return { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
 }

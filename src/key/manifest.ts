@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import type { FileDigests } from './fileDigests.js';
+import type { DigestSource } from './fileDigests.js';
+import type { ObservingFiles } from './observed.js';
 import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import { readModuleTable } from './moduleTable.js';
@@ -92,20 +93,23 @@ export function keyOf(m: Manifest): string {
 }
 
 export interface KeyContext {
-  files: FileDigests;
+  files: DigestSource;
   toolchains: ToolchainIdentifier;
+  /** When given, every file, directory and environment entry the key reads is recorded in it (for the memo). */
+  observe?: ObservingFiles;
 }
 
 /** Builds the manifest of a parsed job: every input's content, the toolchain and the environment. */
 export async function buildManifest(ctx: KeyContext, job: Job, compiler: string, cwd: string, env: Record<string, string>): Promise<KeyResult> {
   try {
+    const files = ctx.observe ?? ctx.files;
     const need = async (path: string, what: string) => {
-      const d = await ctx.files.digest(resolve(cwd, path));
+      const d = await files.digest(resolve(cwd, path));
       if (d.kind !== 'file') throw new Uncacheable('missing-file', `${what} ${path} is not a readable regular file`);
       return d.digest;
     };
     const outputsAbs = new Set(job.outputs.map((o) => resolve(cwd, o.path)));
-    const toolchain = await ctx.toolchains.identify(compiler, env);
+    const toolchain = await ctx.toolchains.identify(compiler, env, ctx.observe);
     const args: Manifest['args'] = [];
     const dropped: string[] = [];
     let input: Manifest['input'] | undefined;
@@ -126,14 +130,14 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
           break;
         }
         case 'flag': {
-          const files: { path: string; digest: string }[] = [];
+          const named: { path: string; digest: string }[] = [];
           for (const c of fileCandidates(tok.v)) {
             const abs = resolve(cwd, c);
             if (outputsAbs.has(abs)) continue;
-            const d = await ctx.files.digest(abs);
-            if (d.kind === 'file') files.push({ path: c, digest: d.digest });
+            const d = await files.digest(abs);
+            if (d.kind === 'file') named.push({ path: c, digest: d.digest });
           }
-          args.push(files.length ? { a: tok.v, files } : { a: tok.v });
+          args.push(named.length ? { a: tok.v, files: named } : { a: tok.v });
           break;
         }
       }
@@ -141,7 +145,10 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
     if (!input || !index) throw new Uncacheable('bad-args', 'job has no input or no index');
     const asm = await asmFiles(ctx, job, cwd, [input.path, ...index.modules.map((m) => m.path)]);
     const keyEnv: Record<string, string> = {};
-    for (const k of KEY_ENV) if (env[k] !== undefined) keyEnv[k] = env[k]!;
+    for (const k of KEY_ENV) {
+      if (env[k] !== undefined) keyEnv[k] = env[k]!;
+      ctx.observe?.environment(k, env[k]);
+    }
     const manifest: Manifest = {
       v: 1,
       hash: HASH_ALGORITHM,
@@ -215,7 +222,7 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
       if (seen.has(k)) continue;
       seen.add(k);
       if (seen.size > MAX_ASM_FILES) throw new Uncacheable('asm-include-unresolved', `more than ${MAX_ASM_FILES} files read by asm directives`);
-      const d = await ctx.files.digest(resolve(cwd, ref.name));
+      const d = await (ctx.observe ?? ctx.files).digest(resolve(cwd, ref.name));
       if (d.kind === 'not-regular') throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not a regular file`);
       if (d.kind === 'absent') {
         if (searchFlag) throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not relative to cwd and ${searchFlag.v} may add a search path`);
@@ -230,7 +237,7 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
     }
   };
   for (const path of new Set(bitcode)) {
-    const d = await ctx.files.digest(resolve(cwd, path));
+    const d = await (ctx.observe ?? ctx.files).digest(resolve(cwd, path));
     if (d.kind !== 'file') throw new Uncacheable('missing-file', `bitcode ${path} is not a readable regular file`);
     await visit(await scanOnce(resolve(cwd, path), d.digest, 'bitcode', `bitcode ${path}`), path, 0);
   }

@@ -3,7 +3,8 @@ import { realpathSync, statSync } from 'node:fs';
 import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import type { FileDigests } from './fileDigests.js';
+import type { DigestSource } from './fileDigests.js';
+import type { ObservingFiles } from './observed.js';
 import type { Digest } from './hash.js';
 
 const run = promisify(execFile);
@@ -25,6 +26,22 @@ export interface Toolchain {
 export const LOADER_ENV = ['LD_LIBRARY_PATH', 'LD_PRELOAD'] as const;
 
 const CONFIG_DIRS = ['/etc/clang', '/etc/clang19', '/usr/lib/llvm-19/etc'];
+/** The loader's cache: where it finds libraries that no RPATH or LD_LIBRARY_PATH names. */
+const LD_SO_CACHE = '/etc/ld.so.cache';
+
+/** Stat identity of a directory (an entry added or removed changes its mtime), or '-' if absent. */
+function dirState(dir: string): string {
+  try {
+    const st = statSync(dir, { bigint: true, throwIfNoEntry: false });
+    return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : '-';
+  } catch {
+    return '-';
+  }
+}
+
+function configDirs(compiler: string, real: string): string[] {
+  return [...new Set([dirname(real), dirname(compiler), ...CONFIG_DIRS])];
+}
 
 /**
  * Identifies a compiler by content: its resolved executable, the libraries it loads (most of
@@ -34,12 +51,30 @@ const CONFIG_DIRS = ['/etc/clang', '/etc/clang19', '/usr/lib/llvm-19/etc'];
 export class ToolchainIdentifier {
   private readonly memo = new Map<string, Promise<Toolchain>>();
 
-  constructor(private readonly files: FileDigests) {}
+  constructor(private readonly files: DigestSource) {}
 
-  async identify(compiler: string, env: Record<string, string>): Promise<Toolchain> {
+  /**
+   * `observe` (a job's observer) learns everything the identity rests on: the compiler as given,
+   * its libraries and configs, the config directories, the loader cache, PATH for a script.
+   */
+  async identify(compiler: string, env: Record<string, string>, observe?: ObservingFiles): Promise<Toolchain> {
     const real = realpathSync(compiler);
     const st = statSync(real, { bigint: true });
-    const memoKey = JSON.stringify([compiler, real, String(st.dev), String(st.ino), String(st.size), String(st.mtimeNs), String(st.ctimeNs), env.PATH ?? '', ...LOADER_ENV.map((k) => env[k] ?? '')]);
+    const dirs = configDirs(compiler, real);
+    // A config file added next to the compiler, or a new loader cache, changes the identity too.
+    const memoKey = JSON.stringify([
+      compiler,
+      real,
+      String(st.dev),
+      String(st.ino),
+      String(st.size),
+      String(st.mtimeNs),
+      String(st.ctimeNs),
+      env.PATH ?? '',
+      ...LOADER_ENV.map((k) => env[k] ?? ''),
+      ...dirs.map(dirState),
+      dirState(LD_SO_CACHE),
+    ]);
     let p = this.memo.get(memoKey);
     if (!p) {
       p = this.compute(compiler, real, env);
@@ -47,14 +82,21 @@ export class ToolchainIdentifier {
       p.catch(() => this.memo.delete(memoKey));
     }
     const t = await p;
+    const files = observe ?? this.files;
     // Libraries and configs can change under an unchanged executable: re-check their digests
     // (memoised by stat, so this is cheap) and recompute when any moved.
     for (const f of [...t.libs, ...t.configs]) {
-      const d = await this.files.digest(f.path);
+      const d = await files.digest(f.path);
       if (d.kind !== 'file' || d.digest !== f.digest) {
         this.memo.delete(memoKey);
-        return this.identify(compiler, env);
+        return this.identify(compiler, env, observe);
       }
+    }
+    if (observe) {
+      await observe.digest(compiler);
+      await observe.digest(LD_SO_CACHE);
+      for (const dir of dirs) observe.directory(dir);
+      if (t.searchPath !== undefined) observe.environment('PATH', env.PATH);
     }
     return t;
   }
@@ -69,8 +111,7 @@ export class ToolchainIdentifier {
       if (d.kind === 'file') libs.push({ path, digest: d.digest });
     }
     const configs: Toolchain['configs'] = [];
-    const dirs = [...new Set([dirname(real), dirname(compiler), ...CONFIG_DIRS])];
-    for (const dir of dirs) {
+    for (const dir of configDirs(compiler, real)) {
       let names: string[] = [];
       try {
         names = (await readdir(dir)).filter((n) => n.endsWith('.cfg')).sort();

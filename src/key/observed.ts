@@ -1,0 +1,47 @@
+import { type BigIntStats, statSync } from 'node:fs';
+import type { MemoCheck } from '../memo/memoFormat.js';
+import type { DigestSource, FileDigest } from './fileDigests.js';
+
+/**
+ * A per-job view of the daemon's digest source that remembers every path the key builder looked
+ * at and what it saw, as the checks a memo needs (docs/memo.md "Which check the daemon writes").
+ * Paths are absolute. The last observation of a path wins.
+ */
+export class ObservingFiles implements DigestSource {
+  private readonly seen = new Map<string, MemoCheck>();
+  private readonly env = new Map<string, string | null>();
+
+  constructor(private readonly inner: DigestSource) {}
+
+  async digest(absPath: string): Promise<FileDigest> {
+    const d = await this.inner.digest(absPath);
+    if (d.kind === 'absent') this.seen.set(absPath, { kind: 'absent', path: absPath });
+    else if (d.kind === 'not-regular') this.seen.set(absPath, { kind: 'notreg', path: absPath });
+    else if (d.settled) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat });
+    else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest });
+    return d;
+  }
+
+  /** A directory whose entries were listed (an added file changes its mtime), or its absence. */
+  directory(absPath: string): void {
+    let st: BigIntStats | undefined;
+    try {
+      st = statSync(absPath, { bigint: true, throwIfNoEntry: false });
+    } catch {
+      st = undefined;
+    }
+    if (!st) this.seen.set(absPath, { kind: 'absent', path: absPath });
+    else if (!st.isDirectory()) this.seen.set(absPath, { kind: 'notreg', path: absPath });
+    else this.seen.set(absPath, { kind: 'dir', path: absPath, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+  }
+
+  /** An environment variable the key read (undefined = unset). */
+  environment(name: string, value: string | undefined): void {
+    this.env.set(name, value ?? null);
+  }
+
+  checks(): MemoCheck[] {
+    const envChecks: MemoCheck[] = [...this.env].map(([name, value]) => ({ kind: 'env', name, value }));
+    return [...envChecks, ...this.seen.values()];
+  }
+}

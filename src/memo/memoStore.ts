@@ -1,0 +1,111 @@
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Digest } from '../key/hash.js';
+import { encodeMemo, type Memo, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
+
+/** Where a memo's blobs are: the local store's content-addressed files. */
+export type BlobPath = (digest: Digest) => string;
+
+export type MemoNotice = { key: string; lookup: Digest; startMs: number; endMs: number };
+
+/**
+ * The daemon's side of the memo (docs/memo.md): writes memos atomically into private directories,
+ * removes them by key (a `verify` mismatch, a denied key) or all at once (`clear`), and drains the
+ * client's hit notices.
+ */
+export class MemoStore {
+  private readonly byKey = new Map<string, Set<Digest>>();
+  private logOffset = 0;
+  private ready = false;
+
+  constructor(
+    private readonly cacheDir: string,
+    private readonly blobPath: BlobPath,
+  ) {}
+
+  private async ensureDirs(shard: string): Promise<void> {
+    if (!this.ready) {
+      await mkdir(memoDir(this.cacheDir), { recursive: true, mode: 0o700 });
+      this.ready = true;
+    }
+    await mkdir(shard, { recursive: true, mode: 0o700 });
+  }
+
+  /**
+   * Writes the memo for a command unless one of its blobs is not in the local store yet (the
+   * client would only fall back). Returns whether it was written.
+   */
+  async write(lookup: Digest, memo: Memo): Promise<boolean> {
+    for (const o of memo.outputs) {
+      const st = await stat(this.blobPath(o.digest)).catch(() => null);
+      if (!st || !st.isFile() || st.size !== o.size) return false;
+    }
+    const path = memoPath(this.cacheDir, lookup);
+    await this.ensureDirs(dirname(path));
+    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' });
+      await rename(tmp, path);
+    } catch (e) {
+      await unlink(tmp).catch(() => {});
+      throw e;
+    }
+    let set = this.byKey.get(memo.key);
+    if (!set) this.byKey.set(memo.key, (set = new Set()));
+    set.add(lookup);
+    return true;
+  }
+
+  async remove(lookup: Digest): Promise<void> {
+    await unlink(memoPath(this.cacheDir, lookup)).catch(() => {});
+  }
+
+  /** Removes every memo this daemon wrote for a key; others written before a restart name the same key and are found by their blobs' absence or removed by `clear`. */
+  async removeKey(key: string): Promise<void> {
+    const set = this.byKey.get(key);
+    this.byKey.delete(key);
+    for (const lookup of set ?? []) await this.remove(lookup);
+  }
+
+  async clear(): Promise<void> {
+    this.byKey.clear();
+    const dir = memoDir(this.cacheDir);
+    for (const n of await readdir(dir).catch(() => [] as string[])) {
+      if (/^[0-9a-f]{2}$/.test(n)) await rm(join(dir, n), { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Reads the notices appended since the last call. Malformed lines are skipped (a torn append
+   * loses one counter). The log is truncated once it has been read past 1 MiB.
+   */
+  async drain(): Promise<MemoNotice[]> {
+    const path = noticeLogPath(this.cacheDir);
+    const st = await lstat(path).catch(() => null);
+    if (!st || !st.isFile()) return [];
+    if (st.size < this.logOffset) this.logOffset = 0;
+    if (st.size === this.logOffset) return [];
+    const fh = await open(path, 'r+');
+    try {
+      const n = Math.min(st.size - this.logOffset, 4 << 20);
+      const buf = Buffer.alloc(n);
+      const { bytesRead } = await fh.read(buf, 0, n, this.logOffset);
+      const text = buf.toString('latin1', 0, bytesRead);
+      const end = text.lastIndexOf('\n') + 1;
+      this.logOffset += end;
+      const out: MemoNotice[] = [];
+      for (const line of text.slice(0, end).split('\n')) {
+        const m = /^H ([0-9a-f]{32}) ([0-9a-f]{32}) (\d{1,15}) (\d{1,15})$/.exec(line);
+        if (m) out.push({ key: m[1]!, lookup: m[2]!, startMs: Number(m[3]), endMs: Number(m[4]) });
+      }
+      if (this.logOffset > 1 << 20 && this.logOffset === st.size) {
+        await fh.truncate(0);
+        this.logOffset = 0;
+      }
+      return out;
+    } finally {
+      await fh.close();
+    }
+  }
+}
