@@ -1,5 +1,5 @@
 import { basename } from 'node:path';
-import type { JobRecord } from '../daemon/jobLog.js';
+import type { JobRecord } from '../jobLog/jobLog.js';
 
 /** Trace categories, one per job outcome, with the trace viewer's reserved colour names. */
 const CATEGORY: Record<JobRecord['result'], { cat: string; cname: string }> = {

@@ -20,7 +20,7 @@ import { connect } from 'node:net';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { ThinBuild } from '../../src/build/thinBuild.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { askDaemon } from '../../src/cli/controlClient.js';
 import {
   DEFAULT_MAX_FRAME,
