@@ -17,6 +17,7 @@ import { askLog } from './askLog.js';
 import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation } from '../explain/explainJobs.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { processAlive } from '../util/processAlive.js';
+import { VERSION } from '../version.js';
 
 const USAGE = `usage:
   ltocache <compiler> <args...>        run a compile through the cache (native client)
@@ -210,7 +211,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   if (cmd === '--version' || cmd === 'version') {
-    process.stdout.write('ltocache 0.1.0\n');
+    process.stdout.write(`ltocache ${VERSION}\n`);
     return;
   }
   if (cmd === 'config') {

@@ -18,6 +18,7 @@ import type { CacheBackend, Lookup, PutResult, StoredEntry } from '../store/back
 import type { EntryRecord } from '../store/record.js';
 import { packBundle, unpackBundle } from './bundle.js';
 import { CircuitBreaker } from './circuitBreaker.js';
+import { VERSION } from '../version.js';
 
 export const RemoteOptions = z.object({
   url: z.string().regex(/^wss?:\/\/[^\s]+$/, 'remote must be a ws:// or wss:// URL'),
@@ -80,7 +81,7 @@ export class RemoteBackend implements CacheBackend {
       ws.on('unexpected-response', (_req, res) => fail(`server refused the connection: HTTP ${res.statusCode}`));
       ws.on('error', (e) => fail(e.message));
       ws.on('close', () => fail('connection closed'));
-      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: REMOTE_PROTOCOL_VERSION, client: 'ltocache-daemon/0.1.0' })));
+      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: REMOTE_PROTOCOL_VERSION, client: `ltocache-daemon/${VERSION}` })));
       ws.on('message', (data, isBinary) => {
         const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
         if (isBinary) return this.onBinary(buf);
