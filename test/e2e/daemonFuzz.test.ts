@@ -38,8 +38,8 @@ import {
 import { ControlResponse } from '../../src/protocol/control.js';
 import type { StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
-import { fuzz, mutateAll, mutationArb } from './common.js';
-import { DAEMON_REGRESSIONS } from './regressions/daemon.js';
+import { fuzz, mutateAll, mutationArb } from '../fuzz/common.js';
+import { DAEMON_REGRESSIONS } from '../fuzz/regressions/daemon.js';
 
 const DAEMON_MAX_FRAME = 16 << 20;
 
