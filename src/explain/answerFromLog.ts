@@ -1,5 +1,5 @@
-import type { ControlRequest } from '../protocol/control.js';
 import type { JobLog } from '../jobLog/jobLog.js';
+import type { ControlRequest } from '../protocol/control.js';
 import { explainJob, summariseBuild } from './explainJobs.js';
 
 /** The job-log questions of the control protocol, answered from a JobLog (daemon or offline). */

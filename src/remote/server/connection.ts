@@ -44,11 +44,14 @@ export class Connection {
 
   /** Closes the connection after `idleMs` with no message and no request being worked on. */
   armIdle(idleMs: number, ms = idleMs): void {
-    this.idleTimer = setTimeout(() => {
-      const quiet = Date.now() - this.lastActivity;
-      if (this.working > 0 || quiet < idleMs) return this.armIdle(idleMs, this.working > 0 ? idleMs : idleMs - quiet);
-      this.close(CLOSE_CODES.idle, 'idle timeout');
-    }, Math.max(10, ms));
+    this.idleTimer = setTimeout(
+      () => {
+        const quiet = Date.now() - this.lastActivity;
+        if (this.working > 0 || quiet < idleMs) return this.armIdle(idleMs, this.working > 0 ? idleMs : idleMs - quiet);
+        this.close(CLOSE_CODES.idle, 'idle timeout');
+      },
+      Math.max(10, ms),
+    );
   }
 
   /** Accounts bundle bytes held in memory; reading pauses while they exceed `budget`. */

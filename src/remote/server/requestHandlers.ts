@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { encodeBinary, type ErrorCode } from '../../protocol/remote.js';
+import { type ErrorCode, encodeBinary } from '../../protocol/remote.js';
 import { packBundle, unpackBundle } from '../bundle.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';

@@ -2,18 +2,7 @@ import { z } from 'zod';
 import type { LocalStore, StoreSublevel } from '../../store/localStore.js';
 import type { Logger } from '../../util/log.js';
 
-export const COUNTERS = [
-  'hits',
-  'misses',
-  'puts',
-  'puts_refused',
-  'rejected_bundles',
-  'bad_messages',
-  'auth_failures',
-  'evictions',
-  'bytes_served',
-  'bytes_received',
-] as const;
+export const COUNTERS = ['hits', 'misses', 'puts', 'puts_refused', 'rejected_bundles', 'bad_messages', 'auth_failures', 'evictions', 'bytes_served', 'bytes_received'] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
 const STATS_SUBLEVEL = 'server-stats';
