@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ThinBuild } from '../src/build/thinBuild.js';
+import { ThinBuild } from '../src/demo/thinBuild.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
 
 /**

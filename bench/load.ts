@@ -16,8 +16,8 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { ThinBuild } from '../src/build/thinBuild.js';
-import { JobLog } from '../src/daemon/jobLog.js';
+import { ThinBuild } from '../src/demo/thinBuild.js';
+import { JobLog } from '../src/jobLog/jobLog.js';
 import { materialize } from '../src/daemon/materialize.js';
 import { FileDigests } from '../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../src/key/hash.js';

@@ -22,9 +22,9 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, 
 import { readFile, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { delimiter, isAbsolute, join, resolve } from 'node:path';
-import { ThinBuild } from '../src/build/thinBuild.js';
+import { ThinBuild } from '../src/demo/thinBuild.js';
 import { askDaemon } from '../src/cli/controlClient.js';
-import type { JobRecord } from '../src/daemon/jobLog.js';
+import type { JobRecord } from '../src/jobLog/jobLog.js';
 import { FrameDecoder, MAX_REPLY_PAYLOAD, decodeReply, encodeCompileRequest, socketPathFor } from '../src/protocol/clientFrames.js';
 import type { StatsView } from '../src/stats/counters.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';

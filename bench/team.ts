@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { ThinBuild } from '../src/build/thinBuild.js';
+import { ThinBuild } from '../src/demo/thinBuild.js';
 import type { JobExplanation } from '../src/explain/explainJobs.js';
 import { initHash } from '../src/key/hash.js';
 import { RemoteBackend } from '../src/remote/remoteBackend.js';

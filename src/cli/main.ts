@@ -12,11 +12,12 @@ import { askDaemon } from './controlClient.js';
 import { currentStats } from './currentStats.js';
 import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import type { ControlRequest } from '../protocol/control.js';
-import { JobLog, type JobRecord, answerFromLog } from '../daemon/jobLog.js';
+import type { JobRecord } from '../jobLog/jobLog.js';
+import { askLog } from './askLog.js';
 import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation } from '../explain/explainJobs.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { processAlive } from '../util/processAlive.js';
+import { VERSION } from '../version.js';
 
 const USAGE = `usage:
   ltocache <compiler> <args...>        run a compile through the cache (native client)
@@ -171,20 +172,6 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
   throw new UsageError(`daemon: expected start, stop, status or run, got '${sub ?? ''}'`);
 }
 
-/** A job-log question: asked of the running daemon, else answered from the store on disk. */
-export async function askLog(config: Config, req: ControlRequest): Promise<unknown> {
-  const r = await askDaemon(config.dir, req);
-  if (r.kind === 'ok') return r.result;
-  if (r.kind === 'failed') fail(r.error);
-  await initHash();
-  const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
-  try {
-    return await answerFromLog(new JobLog(store, config.build_gap_ms), req);
-  } finally {
-    await store.close();
-  }
-}
-
 function takeOption(args: string[], name: string): string | undefined {
   const i = args.indexOf(name);
   if (i < 0) return undefined;
@@ -224,7 +211,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   if (cmd === '--version' || cmd === 'version') {
-    process.stdout.write('ltocache 0.1.0\n');
+    process.stdout.write(`ltocache ${VERSION}\n`);
     return;
   }
   if (cmd === 'config') {
@@ -247,7 +234,7 @@ export async function main(argv: string[]): Promise<void> {
     case 'trace':
       return trace(config, rest);
     case 'demo': {
-      const { runDemo } = await import('./demo.js');
+      const { runDemo } = await import('../demo/demo.js');
       return runDemo(config);
     }
     default:

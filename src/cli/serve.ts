@@ -1,7 +1,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseSize } from '../config/config.js';
-import { CacheServer } from '../remote/server.js';
+import { CacheServer } from '../remote/server/cacheServer.js';
 import { loadTokensFile } from '../remote/tokens.js';
 import { Logger } from '../util/log.js';
 

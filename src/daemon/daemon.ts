@@ -38,7 +38,8 @@ import { type CompilerRun, runCompiler } from './runCompiler.js';
 import { Semaphore } from './semaphore.js';
 import { ensurePrivateDir } from './socketPath.js';
 import { HotEntries } from './hotEntries.js';
-import { JobLog, type JobResult, answerFromLog } from './jobLog.js';
+import { JobLog, type JobResult } from '../jobLog/jobLog.js';
+import { answerFromLog } from '../explain/answerFromLog.js';
 
 export const VERSION = '0.1.0';
 const STATS_KEY = 'counters';

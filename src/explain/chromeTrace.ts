@@ -1,5 +1,5 @@
 import { basename } from 'node:path';
-import type { JobRecord } from '../daemon/jobLog.js';
+import type { JobRecord } from '../jobLog/jobLog.js';
 
 /** Trace categories, one per job outcome, with the trace viewer's reserved colour names. */
 const CATEGORY: Record<JobRecord['result'], { cat: string; cname: string }> = {
@@ -53,6 +53,6 @@ export function chromeTrace(jobs: JobRecord[]): { traceEvents: TraceEvent[]; dis
     });
   }
   const meta: TraceEvent[] = [{ name: 'process_name', ph: 'M', pid: 1, tid: 0, args: { name: 'ltocache build' } }];
-  slotEnds.forEach((_, i) => meta.push({ name: 'thread_name', ph: 'M', pid: 1, tid: i + 1, args: { name: `slot ${i + 1}` } }));
+  for (let i = 0; i < slotEnds.length; i++) meta.push({ name: 'thread_name', ph: 'M', pid: 1, tid: i + 1, args: { name: `slot ${i + 1}` } });
   return { traceEvents: [...meta, ...events], displayTimeUnit: 'ms', otherData: { generator: 'ltocache', jobs: jobs.length, started: new Date(t0).toISOString() } };
 }

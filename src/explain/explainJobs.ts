@@ -1,5 +1,5 @@
 import { relative } from 'node:path';
-import type { JobLog, JobRecord } from '../daemon/jobLog.js';
+import type { JobLog, JobRecord } from '../jobLog/jobLog.js';
 import { type Cause, explainMiss } from './explainMiss.js';
 
 export interface JobExplanation {
@@ -44,7 +44,7 @@ export interface BuildSummary {
   misses_detail: JobExplanation[];
 }
 
-/** Summarises a build (a burst of jobs, see BUILD_GAP_MS in daemon/jobLog.ts). */
+/** Summarises a build (a burst of jobs, see BUILD_GAP_MS in jobLog/jobLog.ts). */
 export async function summariseBuild(log: JobLog, jobs: JobRecord[], cwdForNames?: string): Promise<BuildSummary> {
   const s: BuildSummary = { jobs: jobs.length, hits: 0, remote_hits: 0, misses: 0, uncacheable: 0, errors: 0, started: null, ended: null, wall_ms: 0, saved_ms: 0, miss_causes: {}, top_changed_modules: [], misses_detail: [] };
   if (!jobs.length) return s;

@@ -23,6 +23,7 @@
  * compiler itself.
  */
 import { z } from 'zod';
+import { stripTrailingSlashes } from '../config/cacheDir.js';
 
 /** Any violation of the wire format. The caller closes the connection (or, for a complete but
  * invalid request, may reply 'P' first: framing is still in sync then). */
@@ -485,36 +486,10 @@ export function socketDirFor(uid: number): string {
   return `/tmp/ltocache-${uid}`;
 }
 
-/** Strips trailing slashes, keeping a lone "/". */
-function stripTrailingSlashes(dir: string): string {
-  let n = dir.length;
-  while (n > 1 && dir[n - 1] === '/') n--;
-  return dir.slice(0, n);
-}
-
 /** Socket path of the daemon serving cacheDir: <socketDirFor(uid)>/<fnv1a64Hex(dir)>.sock,
  * where dir is cacheDir without trailing slashes. cacheDir must be absolute. */
 export function socketPathFor(cacheDir: string, uid: number): string {
   const dir = stripTrailingSlashes(cacheDir);
   if (!dir.startsWith('/')) throw new RangeError(`cache dir '${cacheDir}' is not absolute`);
   return `${socketDirFor(uid)}/${fnv1a64Hex(dir)}.sock`;
-}
-
-/**
- * The cache directory exactly as the C client derives it from its environment:
- * $LTOCACHE_DIR if non-empty, else $XDG_CACHE_HOME/ltocache if XDG_CACHE_HOME is absolute,
- * else $HOME/.cache/ltocache (HOME non-empty); trailing slashes stripped. Returns undefined
- * when the result is not absolute (the client then never contacts a daemon).
- */
-export function clientCacheDir(env: NodeJS.ProcessEnv): string | undefined {
-  const ltocacheDir = env.LTOCACHE_DIR;
-  const xdg = env.XDG_CACHE_HOME;
-  const home = env.HOME;
-  let dir: string;
-  if (ltocacheDir) dir = ltocacheDir;
-  else if (xdg && xdg.startsWith('/')) dir = `${xdg}/ltocache`;
-  else if (home) dir = `${home}/.cache/ltocache`;
-  else return undefined;
-  dir = stripTrailingSlashes(dir);
-  return dir.startsWith('/') ? dir : undefined;
 }

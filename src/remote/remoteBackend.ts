@@ -18,6 +18,8 @@ import type { CacheBackend, Lookup, PutResult, StoredEntry } from '../store/back
 import type { EntryRecord } from '../store/record.js';
 import { packBundle, unpackBundle } from './bundle.js';
 import { CircuitBreaker } from './circuitBreaker.js';
+import type { RemoteFailure } from './remoteFailure.js';
+import { VERSION } from '../version.js';
 
 export const RemoteOptions = z.object({
   url: z.string().regex(/^wss?:\/\/[^\s]+$/, 'remote must be a ws:// or wss:// URL'),
@@ -32,10 +34,29 @@ export const RemoteOptions = z.object({
 });
 export type RemoteOptionsInput = z.input<typeof RemoteOptions>;
 
+/** A failed request: nothing usable came back from the server. */
+type Failed = { type: 'failed'; failure: 'unavailable' | 'timeout' | 'server' | 'protocol'; error: string };
+type Reply = ServerMessage | { type: 'bundle'; bundle: Buffer; entry: EntryRecord } | Failed;
+
+/** A team-tier lookup: its errors say which kind of failure they are. */
+export type RemoteLookup = Exclude<Lookup, { kind: 'error' }> | { kind: 'error'; error: string; corrupt: boolean; failure: RemoteFailure };
+/** A team-tier put: its errors say which kind of failure they are. */
+export type RemotePutResult = Exclude<PutResult, { kind: 'error' }> | { kind: 'error'; error: string; failure: RemoteFailure };
+
 interface Pending {
-  resolve: (m: ServerMessage | { type: 'bundle'; bundle: Buffer; entry: EntryRecord } | { type: 'failed'; error: string }) => void;
+  resolve: (m: Reply) => void;
   timer: NodeJS.Timeout;
   hit?: { entry: EntryRecord; key: string };
+}
+
+/** Connecting failed; `failure` says how. */
+class ConnectError extends Error {
+  constructor(
+    message: string,
+    readonly failure: Failed['failure'],
+  ) {
+    super(message);
+  }
 }
 
 /**
@@ -72,15 +93,15 @@ export class RemoteBackend implements CacheBackend {
       });
       this.ws = ws;
       let welcomed = false;
-      const fail = (why: string) => {
-        if (!welcomed) reject(new Error(why));
-        this.drop(ws, why);
+      const fail = (why: string, failure: Failed['failure'] = 'unavailable') => {
+        if (!welcomed) reject(new ConnectError(why, failure));
+        this.drop(ws, why, failure);
       };
-      const timer = setTimeout(() => fail('handshake timed out'), Math.max(1, deadline - Date.now()));
+      const timer = setTimeout(() => fail('handshake timed out', 'timeout'), Math.max(1, deadline - Date.now()));
       ws.on('unexpected-response', (_req, res) => fail(`server refused the connection: HTTP ${res.statusCode}`));
       ws.on('error', (e) => fail(e.message));
       ws.on('close', () => fail('connection closed'));
-      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: REMOTE_PROTOCOL_VERSION, client: 'ltocache-daemon/0.1.0' })));
+      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: REMOTE_PROTOCOL_VERSION, client: `ltocache-daemon/${VERSION}` })));
       ws.on('message', (data, isBinary) => {
         const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
         if (isBinary) return this.onBinary(buf);
@@ -88,7 +109,7 @@ export class RemoteBackend implements CacheBackend {
         try {
           msg = parseServerMessage(buf.toString('utf8'));
         } catch (e) {
-          return fail((e as Error).message);
+          return fail((e as Error).message, 'protocol');
         }
         if (!welcomed) {
           if (msg.type === 'welcome' && msg.protocol === REMOTE_PROTOCOL_VERSION) {
@@ -97,7 +118,8 @@ export class RemoteBackend implements CacheBackend {
             this.limits = msg.limits;
             this.scope = msg.scope;
             resolve({ scope: msg.scope, limits: msg.limits });
-          } else fail(msg.type === 'error' ? `server: ${msg.message}` : `unexpected ${msg.type} before welcome`);
+          } else if (msg.type === 'error') fail(`server: ${msg.message}`);
+          else fail(`unexpected ${msg.type} before welcome`, 'protocol');
           return;
         }
         this.onText(msg);
@@ -110,7 +132,7 @@ export class RemoteBackend implements CacheBackend {
     return p;
   }
 
-  private drop(ws: WebSocket, why: string): void {
+  private drop(ws: WebSocket, why: string, failure: Failed['failure'] = 'unavailable'): void {
     if (this.ws === ws) {
       this.ws = null;
       this.ready = null;
@@ -123,13 +145,13 @@ export class RemoteBackend implements CacheBackend {
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       this.pending.delete(id);
-      p.resolve({ type: 'failed', error: why });
+      p.resolve({ type: 'failed', failure, error: why });
     }
   }
 
   private onText(msg: ServerMessage): void {
     if (!('id' in msg) || msg.id === undefined) {
-      if (msg.type === 'error' && this.ws) this.drop(this.ws, `server: ${msg.message}`);
+      if (msg.type === 'error' && this.ws) this.drop(this.ws, `server: ${msg.message}`, 'server');
       return;
     }
     const p = this.pending.get(msg.id);
@@ -158,20 +180,20 @@ export class RemoteBackend implements CacheBackend {
     p.resolve({ type: 'bundle', bundle, entry: p.hit.entry });
   }
 
-  private async request(build: (id: number) => { text: string; binary?: Buffer }, timeoutMs: number): Promise<ServerMessage | { type: 'bundle'; bundle: Buffer; entry: EntryRecord } | { type: 'failed'; error: string }> {
+  private async request(build: (id: number) => { text: string; binary?: Buffer }, timeoutMs: number): Promise<Reply> {
     const deadline = Date.now() + timeoutMs;
     try {
       await this.connect(deadline);
     } catch (e) {
-      return { type: 'failed', error: (e as Error).message };
+      return { type: 'failed', failure: e instanceof ConnectError ? e.failure : 'unavailable', error: (e as Error).message };
     }
     const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return { type: 'failed', error: 'not connected' };
+    if (!ws || ws.readyState !== WebSocket.OPEN) return { type: 'failed', failure: 'unavailable', error: 'not connected' };
     const id = this.nextId++ >>> 0;
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        resolve({ type: 'failed', error: `no answer within ${timeoutMs} ms` });
+        resolve({ type: 'failed', failure: 'timeout', error: `no answer within ${timeoutMs} ms` });
       }, Math.max(1, deadline - Date.now()));
       this.pending.set(id, { resolve, timer });
       const { text, binary } = build(id);
@@ -180,31 +202,32 @@ export class RemoteBackend implements CacheBackend {
     });
   }
 
-  async get(key: Digest): Promise<Lookup> {
-    if (!this.breaker.allow()) return { kind: 'error', error: 'team cache skipped: circuit open after failures', corrupt: false };
+  async get(key: Digest): Promise<RemoteLookup> {
+    if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures', corrupt: false };
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'get', id, key }) }), this.o.timeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
-      return { kind: 'error', error: r.error, corrupt: false };
+      return { kind: 'error', failure: r.failure, error: r.error, corrupt: false };
     }
     this.breaker.success();
     if (r.type === 'miss') return { kind: 'miss' };
     if (r.type === 'bundle') {
       const u = await unpackBundle(r.entry, r.bundle, this.limits);
-      if (u.kind === 'rejected') return { kind: 'error', error: `bundle from server rejected: ${u.reason}`, corrupt: true };
+      if (u.kind === 'rejected') return { kind: 'error', failure: 'bad-bundle', error: `bundle from server rejected: ${u.reason}`, corrupt: true };
       return { kind: 'hit', entry: { record: r.entry, files: u.files } };
     }
-    return { kind: 'error', error: r.type === 'error' ? `server: ${r.code}: ${r.message}` : `unexpected reply ${r.type}`, corrupt: false };
+    if (r.type === 'error') return { kind: 'error', failure: 'server', error: `server: ${r.code}: ${r.message}`, corrupt: false };
+    return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}`, corrupt: false };
   }
 
-  async put(key: Digest, entry: StoredEntry): Promise<PutResult> {
+  async put(key: Digest, entry: StoredEntry): Promise<RemotePutResult> {
     if (this.scope === 'read') return { kind: 'refused', reason: 'token has read scope' };
-    if (!this.breaker.allow()) return { kind: 'error', error: 'team cache skipped: circuit open after failures' };
+    if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
     let bundle: Buffer;
     try {
       bundle = await packBundle(entry.record, entry.files);
     } catch (e) {
-      return { kind: 'error', error: (e as Error).message };
+      return { kind: 'error', failure: 'local', error: (e as Error).message };
     }
     // Within the limits the server announced, or it would count the put as a bad message.
     const probe = JSON.stringify({ type: 'put', id: 0xffffffff, key, entry: entry.record, bundleBytes: bundle.length });
@@ -214,12 +237,13 @@ export class RemoteBackend implements CacheBackend {
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length }), binary: bundle }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
-      return { kind: 'error', error: r.error };
+      return { kind: 'error', failure: r.failure, error: r.error };
     }
     this.breaker.success();
     if (r.type === 'stored') return { kind: 'stored' };
     if (r.type === 'error' && r.code === 'forbidden') return { kind: 'refused', reason: r.message };
-    return { kind: 'error', error: r.type === 'error' ? `server: ${r.code}: ${r.message}` : `unexpected reply ${r.type}` };
+    if (r.type === 'error') return { kind: 'error', failure: 'server', error: `server: ${r.code}: ${r.message}` };
+    return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}` };
   }
 
   async has(key: Digest): Promise<boolean> {

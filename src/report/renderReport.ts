@@ -1,4 +1,4 @@
-import type { JobRecord } from '../daemon/jobLog.js';
+import type { JobRecord } from '../jobLog/jobLog.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import type { BuildSummary } from '../explain/explainJobs.js';
 import type { StatsView } from '../stats/counters.js';

@@ -1,4 +1,5 @@
 import type { Digest } from '../key/hash.js';
+import type { RemoteFailure } from '../remote/remoteFailure.js';
 import type { CacheBackend, Lookup, PutResult, StoredEntry } from './backend.js';
 
 /** Never writes: puts are refused, reads pass through. */
@@ -11,10 +12,17 @@ export function readOnly(b: CacheBackend): CacheBackend {
   };
 }
 
-export type TierEvent = { tier: 'local' | 'remote'; op: 'get'; result: Lookup } | { tier: 'local' | 'remote'; op: 'put'; result: PutResult };
+/**
+ * A lookup or put result as a tier reports it. Errors of the team tier carry `failure`
+ * (RemoteBackend sets it on every error); the local tier leaves it out.
+ */
+export type TierLookup = Lookup & { failure?: RemoteFailure };
+export type TierPutResult = PutResult & { failure?: RemoteFailure };
 
-/** The answer of a tiered lookup says which tier served it. */
-export type TieredLookup = Lookup & { tier?: 'local' | 'remote' };
+export type TierEvent = { tier: 'local' | 'remote'; op: 'get'; result: TierLookup } | { tier: 'local' | 'remote'; op: 'put'; result: TierPutResult };
+
+/** The answer of a tiered lookup says which tier served it, and for a team-tier error which failure it was. */
+export type TieredLookup = TierLookup & { tier?: 'local' | 'remote' };
 
 export interface Tiered extends CacheBackend {
   get(key: Digest): Promise<TieredLookup>;
@@ -25,7 +33,7 @@ export interface Tiered extends CacheBackend {
  * written back locally before it is returned; a put goes to both (the remote one is expected to
  * be queued, so it returns at once). Every tier outcome is reported to `observe`.
  */
-export function tiered(local: CacheBackend, remote: CacheBackend, observe: (e: TierEvent) => void = () => {}): Tiered {
+export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Digest): Promise<TierLookup> }, observe: (e: TierEvent) => void = () => {}): Tiered {
   // Remote hits being written back: the write (fsync included) is kept off the hit's path, and
   // a lookup of the same key meanwhile is answered from here.
   const writingBack = new Map<Digest, StoredEntry>();

@@ -13,7 +13,6 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   FrameDecoder,
-  clientCacheDir,
   decodeCompileRequest,
   encodeFrame,
   encodeJson,
@@ -23,6 +22,7 @@ import {
   socketPathFor,
   type CompileRequest,
 } from '../../src/protocol/clientFrames.js';
+import { clientCacheDir } from '../../src/config/cacheDir.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const client = path.join(root, 'bin', 'ltocache');

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { llvmTool } from '../../src/build/thinBuild.js';
+import { llvmTool } from '../../src/demo/thinBuild.js';
 import type { Report } from '../../bench/kernel.js';
 import { FIXTURE, TOP, runAsync, tempDir } from '../support/env.js';
 

@@ -7,7 +7,7 @@ import { syncBuiltinESMExports } from 'node:module';
 import { createServer as createNetServer, connect as netConnect, type Server as NetServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
-import { ThinBuild } from '../../src/build/thinBuild.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { encodePassthrough, socketDirFor, socketPathFor } from '../../src/protocol/clientFrames.js';
 import { DEFAULT_LIMITS, decodeBinary, encodeBinary } from '../../src/protocol/remote.js';

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ThinBuild } from '../../src/build/thinBuild.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';

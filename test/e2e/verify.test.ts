@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ThinBuild } from '../../src/build/thinBuild.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { JobExplanation } from '../../src/explain/explainJobs.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { LocalStore } from '../../src/store/localStore.js';

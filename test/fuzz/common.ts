@@ -1,5 +1,5 @@
 /**
- * Shared harness of the fuzz suite (test/fuzz/*.test.ts; docs/reliability.md "## Fuzzing").
+ * Shared harness of the fuzz suite (test/fuzz/*.test.ts and test/e2e/*Fuzz.test.ts; docs/reliability.md "## Fuzzing").
  *
  * Every property runs through `fuzz()`: fast-check's fc.assert with a fixed seed, a run count
  * and a time limit, so a CI run is deterministic and bounded in count AND time. The seed, the

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ThinBuild } from '../../src/build/thinBuild.js';
+import type { ThinBuild } from '../../src/demo/thinBuild.js';
 
 /** Direct clang (no cache) per (module, flags), computed once each: the reference objects. */
 export class Direct {

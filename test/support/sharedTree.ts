@@ -1,7 +1,7 @@
 import { after, before } from 'node:test';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ThinBuild } from '../../src/build/thinBuild.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { FIXTURE, tempDir } from './env.js';
 
 /**

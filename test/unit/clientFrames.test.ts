@@ -4,7 +4,6 @@ import { randomBytes } from 'node:crypto';
 import {
   FrameDecoder,
   ProtocolError,
-  clientCacheDir,
   decodeCompileRequest,
   decodeJson,
   decodeReply,
@@ -18,6 +17,7 @@ import {
   socketPathFor,
   type CompileRequest,
 } from '../../src/protocol/clientFrames.js';
+import { clientCacheDir } from '../../src/config/cacheDir.js';
 
 const sample: CompileRequest = {
   version: 1,

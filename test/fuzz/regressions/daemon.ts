@@ -1,6 +1,6 @@
 /**
  * Byte streams that once made the daemon misbehave (docs/reliability.md "## Fuzzing"),
- * replayed by test/fuzz/daemon.test.ts against a real daemon on every run.
+ * replayed by test/e2e/daemonFuzz.test.ts against a real daemon on every run.
  */
 export interface DaemonRegression {
   name: string;

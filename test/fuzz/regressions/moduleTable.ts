@@ -1,6 +1,6 @@
 /**
  * Bitstreams that once made a moduleTable/bitstream property fail, or that pin a hostile
- * shape (docs/reliability.md "## Fuzzing"). Replayed by test/fuzz/moduleTable.test.ts, which
+ * shape (docs/reliability.md "## Fuzzing"). Replayed by test/e2e/moduleTableFuzz.test.ts, which
  * checks the outcome kind and the general contract (bit offset in the reason, time bound).
  */
 export const INDEX_REGRESSIONS: { name: string; hex: string; expect: 'ok' | 'invalid' }[] = [

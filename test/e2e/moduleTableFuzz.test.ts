@@ -22,12 +22,12 @@ import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { ThinBuild } from '../../src/build/thinBuild.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { BitstreamError, BitstreamReader } from '../../src/key/bitstream.js';
 import { readIndexParts, readModuleTable, type ModuleEntry } from '../../src/key/moduleTable.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
-import { fuzz, mutateAll, mutationArb, timed } from './common.js';
-import { INDEX_REGRESSIONS } from './regressions/moduleTable.js';
+import { fuzz, mutateAll, mutationArb, timed } from '../fuzz/common.js';
+import { INDEX_REGRESSIONS } from '../fuzz/regressions/moduleTable.js';
 
 // ---------------------------------------------------------------------------------------------
 // An independent bitstream writer

@@ -3,7 +3,6 @@ import { z } from 'zod';
 import { Manifest } from '../key/manifest.js';
 import type { CompileRequest } from '../protocol/clientFrames.js';
 import type { LocalStore } from '../store/localStore.js';
-import type { ControlRequest } from '../protocol/control.js';
 
 export type JobResult = 'hit' | 'remote-hit' | 'miss' | 'uncacheable' | 'error';
 
@@ -162,26 +161,5 @@ export class JobLog {
     }
     if (cur.length && builds.length < limit) builds.push(cur.reverse());
     return builds;
-  }
-}
-
-/** The job-log questions of the control protocol, answered from a JobLog (daemon or offline). */
-export async function answerFromLog(log: JobLog, req: ControlRequest): Promise<unknown> {
-  const { explainJob, summariseBuild } = await import('../explain/explainJobs.js');
-  switch (req.op) {
-    case 'explain': {
-      const job = await log.lastJobFor(req.path);
-      return job ? await explainJob(log, job) : null;
-    }
-    case 'last-build': {
-      const jobs = await log.lastBuild();
-      return { jobs, summary: await summariseBuild(log, jobs) };
-    }
-    case 'builds': {
-      const builds = await log.builds(req.limit);
-      return await Promise.all(builds.map(async (jobs) => ({ summary: await summariseBuild(log, jobs), jobs: jobs.length })));
-    }
-    default:
-      throw new Error(`not a job-log request: ${req.op}`);
   }
 }

@@ -20,7 +20,7 @@ import { connect } from 'node:net';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { ThinBuild } from '../../src/build/thinBuild.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { askDaemon } from '../../src/cli/controlClient.js';
 import {
   DEFAULT_MAX_FRAME,
@@ -38,8 +38,8 @@ import {
 import { ControlResponse } from '../../src/protocol/control.js';
 import type { StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
-import { fuzz, mutateAll, mutationArb } from './common.js';
-import { DAEMON_REGRESSIONS } from './regressions/daemon.js';
+import { fuzz, mutateAll, mutationArb } from '../fuzz/common.js';
+import { DAEMON_REGRESSIONS } from '../fuzz/regressions/daemon.js';
 
 const DAEMON_MAX_FRAME = 16 << 20;
 

@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.js';
-import { ThinBuild } from '../build/thinBuild.js';
+import { currentStats } from '../cli/currentStats.js';
+import { formatStats } from '../stats/formatStats.js';
+import { ThinBuild } from './thinBuild.js';
 
 const TOP = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
@@ -39,7 +41,6 @@ export async function runDemo(config: Config): Promise<void> {
   say(`program output: ${b.runProgram().trim()}`);
   rmSync(work, { recursive: true, force: true });
   say('');
-  const { main } = await import('./main.js');
-  await main(['stats']);
+  say(formatStats(await currentStats(config)));
   if (same !== b.modules.length) process.exitCode = 1;
 }

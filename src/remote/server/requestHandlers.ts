@@ -1,0 +1,132 @@
+import { performance } from 'node:perf_hooks';
+import { type ErrorCode, encodeBinary } from '../../protocol/remote.js';
+import { packBundle, unpackBundle } from '../bundle.js';
+import type { AccessResult } from './accessLog.js';
+import { CLOSE_CODES } from './closeCodes.js';
+import type { Connection, PendingPut } from './connection.js';
+import type { CounterName } from './serverCounters.js';
+import type { ServerState } from './serverState.js';
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+function begin(c: Connection, id: number): void {
+  c.active.add(id);
+  c.working++;
+}
+
+/** Ends a request; while stopping, a connection with nothing left in progress is closed. */
+function end(s: ServerState, c: Connection, id: number): void {
+  c.active.delete(id);
+  c.working--;
+  c.lastActivity = Date.now();
+  if (s.phase === 'stopping' && c.active.size === 0) c.close(CLOSE_CODES.goingAway, 'server shutting down');
+  s.notify();
+}
+
+/** `get`: a hit is sent as `hit` plus the bundle; a corrupt entry (dropped by the store) is a miss. */
+export function handleGet(s: ServerState, c: Connection, id: number, key: string): void {
+  begin(c, id);
+  const t0 = performance.now();
+  const run = async () => {
+    let result: AccessResult = 'miss';
+    let bytes = 0;
+    try {
+      const r = await s.store!.get(key);
+      if (r.kind === 'hit') {
+        const bundle = await packBundle(r.entry.record, r.entry.files);
+        if (bundle.length <= s.options.limits.maxBundleBytes) {
+          s.counters.bump('hits');
+          s.counters.bump('bytes_served', bundle.length);
+          result = 'hit';
+          bytes = bundle.length;
+          s.hold(c, bundle.length);
+          await s.send(c, { type: 'hit', id, key, entry: r.entry.record, bundleBytes: bundle.length }, encodeBinary(id, bundle));
+          s.hold(c, -bundle.length);
+          return;
+        }
+        result = 'miss-too-large';
+      } else if (r.kind === 'error') {
+        if (!r.corrupt) {
+          result = 'error';
+          s.options.log.warn('store read failed', { key, error: r.error });
+          await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
+          return;
+        }
+        s.options.log.warn('corrupt entry dropped', { key, error: r.error });
+      }
+      s.counters.bump('misses');
+      await s.send(c, { type: 'miss', id, key });
+    } catch (e) {
+      result = 'error';
+      s.options.log.error('get failed', { key, error: message(e) });
+      await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
+    } finally {
+      s.access({ op: 'get', token: c.token.name, key, result, bytes, ms: performance.now() - t0, remote: c.remote });
+      end(s, c, id);
+    }
+  };
+  void s.track(run());
+}
+
+/** The bundle of an accepted put: verified against the put's entry, then stored. */
+export function handleBundle(s: ServerState, c: Connection, id: number, p: PendingPut, bundle: Buffer): void {
+  c.working++;
+  s.counters.bump('bytes_received', bundle.length);
+  s.hold(c, bundle.length);
+  const run = async () => {
+    let result: AccessResult = 'stored';
+    try {
+      const reject = async (code: ErrorCode, text: string, counter: CounterName = 'rejected_bundles') => {
+        result = code;
+        s.counters.bump(counter);
+        await s.send(c, { type: 'error', id, code, message: text });
+      };
+      if (bundle.length !== p.bundleBytes) return await reject('bad-bundle', `bundle is ${bundle.length} bytes; the put declared ${p.bundleBytes}`);
+      const u = await unpackBundle(p.entry, bundle, s.options.limits);
+      if (u.kind === 'rejected') return await reject('bad-bundle', u.reason);
+      const r = await s.store!.put(p.key, { record: p.entry, files: u.files });
+      if (r.kind === 'refused') return await reject('bad-bundle', r.reason);
+      if (r.kind === 'error') {
+        result = 'error';
+        s.options.log.warn('store write failed', { key: p.key, error: r.error });
+        return await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not write its store' });
+      }
+      s.counters.bump('puts');
+      await s.send(c, { type: 'stored', id, key: p.key });
+    } catch (e) {
+      result = 'error';
+      s.options.log.error('put failed', { key: p.key, error: message(e) });
+      await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
+    } finally {
+      s.hold(c, -bundle.length);
+      s.access({ op: 'put', token: c.token.name, key: p.key, result, bytes: bundle.length, ms: performance.now() - p.t0, remote: c.remote });
+      end(s, c, id);
+    }
+  };
+  void s.track(run());
+}
+
+/** `admin reset-stats` and `admin clear` (the caller has checked the admin scope). */
+export function handleAdmin(s: ServerState, c: Connection, id: number, what: 'reset-stats' | 'clear', op: string): void {
+  begin(c, id);
+  const t0 = performance.now();
+  const run = async () => {
+    let result: AccessResult = 'ok';
+    try {
+      if (what === 'reset-stats') await s.counters.reset();
+      else await s.store!.clear();
+      s.options.log.info(`admin ${what}`, { token: c.token.name, remote: c.remote });
+      await s.send(c, { type: 'ok', id });
+    } catch (e) {
+      result = 'error';
+      s.options.log.error(`admin ${what} failed`, { error: message(e) });
+      await s.send(c, { type: 'error', id, code: 'internal', message: `admin ${what} failed` });
+    } finally {
+      s.access({ op, token: c.token.name, key: null, result, bytes: 0, ms: performance.now() - t0, remote: c.remote });
+      end(s, c, id);
+    }
+  };
+  void s.track(run());
+}
