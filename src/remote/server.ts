@@ -592,7 +592,7 @@ export class CacheServer {
     if (c.active.has(id)) return this.bad(c, undefined, 'bad-message', `request id ${id} is already in use`, msg.type);
     // A refused put whose bundle never came: the client has moved on and reuses the id.
     c.discard.delete(id);
-    const key = msg.type === 'get' || msg.type === 'put' ? msg.key : null;
+    const key = msg.type === 'get' || msg.type === 'put' || msg.type === 'bad' ? msg.key : null;
     const op = msg.type === 'admin' ? `admin:${msg.op}` : msg.type;
     const refuse = (code: ErrorCode, text: string, result: string = code) => {
       if (msg.type === 'put') this.discardLater(c, id);
@@ -636,6 +636,9 @@ export class CacheServer {
       case 'admin':
         if (!scopeAllows(c.token.scope, 'admin')) return refuse('forbidden', `token '${c.token.name}' has ${c.token.scope} scope; admin ${msg.op} needs admin`);
         return this.onAdmin(c, id, msg.op, op);
+      case 'bad':
+        if (!scopeAllows(c.token.scope, 'write')) return refuse('forbidden', `token '${c.token.name}' has ${c.token.scope} scope; bad needs write`);
+        return this.onBad(c, id, msg.key, op);
     }
   }
 
@@ -749,6 +752,30 @@ export class CacheServer {
         await this.send(c, { type: 'error', id, code: 'internal', message: `admin ${what} failed` });
       } finally {
         this.access({ op, token: c.token.name, key: null, result, bytes: 0, ms: performance.now() - t0, remote: c.remote });
+        this.end(c, id);
+      }
+    };
+    void this.track(run());
+  }
+
+  /** A client's verify found the entry wrong: delete it, so no client is served it again. */
+  private onBad(c: Connection, id: number, key: string, op: string): void {
+    this.begin(c, id);
+    const t0 = performance.now();
+    const run = async () => {
+      let result = 'ok';
+      try {
+        const r = await this.store!.delete(key);
+        if (r.kind === 'error' || r.kind === 'refused') throw new Error(r.kind === 'error' ? r.error : r.reason);
+        result = r.kind;
+        this.options.log.warn('entry reported bad by a client', { key, result, token: c.token.name, remote: c.remote });
+        await this.send(c, { type: 'ok', id });
+      } catch (e) {
+        result = 'error';
+        this.options.log.error('bad report failed', { key, error: message(e) });
+        await this.send(c, { type: 'error', id, code: 'internal', message: 'deleting the entry failed' });
+      } finally {
+        this.access({ op, token: c.token.name, key, result, bytes: 0, ms: performance.now() - t0, remote: c.remote });
         this.end(c, id);
       }
     };

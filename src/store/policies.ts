@@ -1,17 +1,21 @@
 import type { Digest } from '../key/hash.js';
-import type { CacheBackend, Lookup, PutResult, StoredEntry } from './backend.js';
+import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from './backend.js';
 
-/** Never writes: puts are refused, reads pass through. */
+/** Never writes: puts and deletes are refused, reads and touches pass through. */
 export function readOnly(b: CacheBackend): CacheBackend {
   return {
     name: `read-only(${b.name})`,
     get: (k) => b.get(k),
-    has: (k) => b.has(k),
+    touch: (k) => b.touch(k),
     put: async () => ({ kind: 'refused', reason: 'read-only' }),
+    delete: async () => ({ kind: 'refused', reason: 'read-only' }),
   };
 }
 
-export type TierEvent = { tier: 'local' | 'remote'; op: 'get'; result: Lookup } | { tier: 'local' | 'remote'; op: 'put'; result: PutResult };
+export type TierEvent =
+  | { tier: 'local' | 'remote'; op: 'get'; result: Lookup }
+  | { tier: 'local' | 'remote'; op: 'put'; result: PutResult }
+  | { tier: 'local' | 'remote'; op: 'delete'; result: DeleteResult };
 
 /** The answer of a tiered lookup says which tier served it. */
 export type TieredLookup = Lookup & { tier?: 'local' | 'remote' };
@@ -28,31 +32,38 @@ export interface Tiered extends CacheBackend {
 export function tiered(local: CacheBackend, remote: CacheBackend, observe: (e: TierEvent) => void = () => {}): Tiered {
   // Remote hits being written back: the write (fsync included) is kept off the hit's path, and
   // a lookup of the same key meanwhile is answered from here.
-  const writingBack = new Map<Digest, StoredEntry>();
+  const writingBack = new Map<Digest, { entry: StoredEntry; done: Promise<void> }>();
   return {
     name: `tiered(${local.name}, ${remote.name})`,
     async get(key) {
       const pending = writingBack.get(key);
-      if (pending) return { kind: 'hit', entry: pending, tier: 'local' };
+      if (pending) return { kind: 'hit', entry: pending.entry, tier: 'local' };
       const l = await local.get(key);
       observe({ tier: 'local', op: 'get', result: l });
       if (l.kind === 'hit') return { ...l, tier: 'local' };
       const r = await remote.get(key);
       observe({ tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
-      writingBack.set(key, r.entry);
-      void local
+      const done = local
         .put(key, r.entry)
         .then(
           (back) => observe({ tier: 'local', op: 'put', result: back }),
           (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),
         )
         .finally(() => writingBack.delete(key));
+      writingBack.set(key, { entry: r.entry, done });
       return { ...r, tier: 'remote' };
     },
-    async has(key) {
-      return (await local.has(key)) || (await remote.has(key));
+    /** Both tiers; the answer is the local one, as for put. */
+    async delete(key) {
+      // A write-back finishing after the local delete would bring the entry back.
+      await writingBack.get(key)?.done;
+      const [l, r] = await Promise.all([local.delete(key), remote.delete(key)]);
+      observe({ tier: 'local', op: 'delete', result: l });
+      observe({ tier: 'remote', op: 'delete', result: r });
+      return l;
     },
+    touch: (key) => local.touch(key),
     async put(key: Digest, entry: StoredEntry) {
       const l = await local.put(key, entry);
       observe({ tier: 'local', op: 'put', result: l });
