@@ -213,7 +213,7 @@ export class JobPipeline {
     if (!(await this.place(entry, outputs, req))) return null;
     // A hit from memory never reaches the store: without this its LRU age would be its last
     // store read, and the most used entries would be evicted first.
-    if (inMemory) void this.o.cache.touch(key);
+    if (inMemory) this.spawn(this.o.cache.touch(key).catch(() => {}));
     else this.hot.set(key, entry);
     this.maybeVerify(k, entry, outputs, req);
     this.counters.add(Counter.hits);
