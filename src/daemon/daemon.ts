@@ -251,8 +251,9 @@ export class Daemon {
     this.stopping ??= (async () => {
       this.log.info('daemon stopping');
       await this.lifecycle.close();
-      await Promise.race([this.pipeline.idle(), new Promise((r) => setTimeout(r, 5000))]);
-      if (this.uploads) await Promise.race([this.uploads.idle(), new Promise((r) => setTimeout(r, 5000))]);
+      // Verify runs and stores in progress, then queued uploads: each waited for, within bounds.
+      await within(this.pipeline.idle(), 5000);
+      if (this.uploads) await within(this.uploads.idle(), 5000);
       this.remote?.close();
       await this.flushCounters();
       await this.jobLog.flush().catch(() => {});
@@ -282,4 +283,11 @@ async function openStoreWithRecovery(config: Config, log: Logger): Promise<Local
     renameSync(join(dir, 'v1', 'meta'), aside);
     return await LocalStore.open({ dir, maxBytes: config.max_size });
   }
+}
+
+/** Waits for `p`, or `ms` at most. */
+async function within(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
