@@ -18,7 +18,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import { JobLog } from '../src/jobLog/jobLog.js';
-import { materialize } from '../src/daemon/materialize.js';
+import { materialize } from '../src/pipeline/materialize.js';
 import { FileDigests } from '../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../src/key/hash.js';
 import { buildManifest } from '../src/key/manifest.js';

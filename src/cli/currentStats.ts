@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/config.js';
 import { initHash } from '../key/hash.js';
-import { Counters, StatsRecord, type StatsView } from '../stats/counters.js';
+import { Counters, STATS_KEY, STATS_SUBLEVEL, StatsRecord, type StatsView } from '../stats/counters.js';
 import { LocalStore, StoreLockedError } from '../store/localStore.js';
 import { askDaemon } from './controlClient.js';
 
@@ -33,14 +33,14 @@ async function offlineStats(config: Config, zero: boolean): Promise<StatsView> {
   const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size, sweepOnOpen: false });
   try {
     const counters = new Counters();
-    const raw = await store.sublevel('stats').get('counters');
+    const raw = await store.sublevel(STATS_SUBLEVEL).get(STATS_KEY);
     if (raw !== undefined) {
       const parsed = StatsRecord.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
       if (parsed.success) counters.restore(parsed.data);
     }
     if (zero) {
       counters.zero();
-      await store.sublevel('stats').put('counters', JSON.stringify(counters.snapshot()));
+      await store.sublevel(STATS_SUBLEVEL).put(STATS_KEY, JSON.stringify(counters.snapshot()));
     }
     const s = store.summary();
     return counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: config.max_size, daemon_running: false });

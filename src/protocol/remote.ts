@@ -25,6 +25,11 @@ export const ClientMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('stats'), id: Id }),
   /** Liveness check. */
   z.object({ type: z.literal('ping'), id: Id }),
+  /**
+   * The client found this entry wrong (a fresh compile of the job differs): delete it. Answered
+   * by `ok` (also when absent) or `error` (`forbidden` for a read token). Needs write scope.
+   */
+  z.object({ type: z.literal('bad'), id: Id, key: Key }),
   /** Administrative operations. Needs admin scope. */
   z.object({ type: z.literal('admin'), id: Id, op: z.enum(['reset-stats', 'clear']) }),
 ]);
@@ -77,7 +82,7 @@ export const ServerMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('stats'), id: Id, stats: ServerStats }),
   /** Reply to `ping`. */
   z.object({ type: z.literal('pong'), id: Id }),
-  /** An admin operation completed. */
+  /** An admin operation or a `bad` report completed. */
   z.object({ type: z.literal('ok'), id: Id }),
   /** A request failed (`id` present) or the connection is being refused (`id` absent). */
   z.object({ type: z.literal('error'), id: Id.optional(), code: ErrorCode, message: z.string() }),

@@ -14,7 +14,7 @@ import {
   encodeBinary,
   parseServerMessage,
 } from '../protocol/remote.js';
-import type { CacheBackend, Lookup, PutResult, StoredEntry } from '../store/backend.js';
+import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../store/backend.js';
 import type { EntryRecord } from '../store/record.js';
 import { packBundle, unpackBundle } from './bundle.js';
 import { CircuitBreaker } from './circuitBreaker.js';
@@ -246,9 +246,23 @@ export class RemoteBackend implements CacheBackend {
     return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}` };
   }
 
-  async has(key: Digest): Promise<boolean> {
-    return (await this.get(key)).kind === 'hit';
+  /** Reports the entry bad to the server, which deletes it (write scope needed). */
+  async delete(key: Digest): Promise<DeleteResult> {
+    if (this.scope === 'read') return { kind: 'refused', reason: 'token has read scope' };
+    if (!this.breaker.allow()) return { kind: 'error', error: 'team cache skipped: circuit open after failures' };
+    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'bad', id, key }) }), this.o.putTimeoutMs);
+    if (r.type === 'failed') {
+      this.breaker.failure();
+      return { kind: 'error', error: r.error };
+    }
+    this.breaker.success();
+    if (r.type === 'ok') return { kind: 'deleted' };
+    if (r.type === 'error' && r.code === 'forbidden') return { kind: 'refused', reason: r.message };
+    return { kind: 'error', error: r.type === 'error' ? `server: ${r.code}: ${r.message}` : `unexpected reply ${r.type}` };
   }
+
+  /** The server keeps its own LRU from the gets it serves. */
+  async touch(): Promise<void> {}
 
   /** The server's own statistics (any scope). */
   async stats(timeoutMs = 5000): Promise<ServerStats> {

@@ -1,5 +1,5 @@
 import type { Digest } from '../key/hash.js';
-import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
+import type { CacheBackend, DeleteResult, PutResult, StoredEntry } from '../store/backend.js';
 
 /**
  * Background uploads: `put` enqueues and returns at once; a single worker drains the queue into
@@ -22,8 +22,14 @@ export class UploadQueue implements CacheBackend {
   get(key: Digest) {
     return this.target.get(key);
   }
-  has(key: Digest) {
-    return this.target.has(key);
+  touch(key: Digest) {
+    return this.target.touch(key);
+  }
+
+  /** Drops queued uploads of the key (they are what was found bad), then deletes it at once. */
+  delete(key: Digest): Promise<DeleteResult> {
+    for (let i = this.queue.length - 1; i >= 0; i--) if (this.queue[i]!.key === key) this.queue.splice(i, 1);
+    return this.target.delete(key);
   }
 
   async put(key: Digest, entry: StoredEntry): Promise<PutResult> {

@@ -1,28 +1,66 @@
 import { z } from 'zod';
 
-/** Integer counters, persisted across restarts. Names are the `stats --json` field names. */
-export const COUNTERS = [
-  'hits',
-  'misses',
-  'uncacheable',
-  'errors',
-  'remote_hits',
-  'remote_misses',
-  'remote_errors',
-  'uploads',
-  'uploads_dropped',
-  'uploads_refused',
-  'remote_skipped',
-  'bytes_written',
-  'time_saved_ms',
-  'compile_ms',
-  'evictions',
-  'corrupt_blobs',
-  'verify_runs',
-  'verify_mismatches',
-  'verify_skipped',
-] as const;
-export type CounterName = (typeof COUNTERS)[number];
+/** Where the daemon persists its counters: this key of this sublevel of the local store. */
+export const STATS_SUBLEVEL = 'stats';
+export const STATS_KEY = 'counters';
+
+/**
+ * Integer counters, persisted across restarts. The values are the `stats --json` field names and
+ * the persisted names: never rename one.
+ */
+export const Counter = {
+  hits: 'hits',
+  misses: 'misses',
+  uncacheable: 'uncacheable',
+  errors: 'errors',
+  remote_hits: 'remote_hits',
+  remote_misses: 'remote_misses',
+  remote_errors: 'remote_errors',
+  uploads: 'uploads',
+  uploads_dropped: 'uploads_dropped',
+  uploads_refused: 'uploads_refused',
+  remote_skipped: 'remote_skipped',
+  bytes_written: 'bytes_written',
+  time_saved_ms: 'time_saved_ms',
+  compile_ms: 'compile_ms',
+  evictions: 'evictions',
+  corrupt_blobs: 'corrupt_blobs',
+  verify_runs: 'verify_runs',
+  verify_mismatches: 'verify_mismatches',
+  verify_skipped: 'verify_skipped',
+} as const;
+export type CounterName = (typeof Counter)[keyof typeof Counter];
+/** Every counter, in `stats` display order. */
+export const COUNTERS: readonly CounterName[] = Object.values(Counter);
+
+/**
+ * Kinds of `errors`, the keys of `errors_by_kind`. The values are persisted and printed: never
+ * rename one.
+ */
+export const ErrorKind = {
+  /** A malformed frame or request from a client. */
+  protocol: 'protocol',
+  /** A bug: an exception escaped a request handler. */
+  internal: 'internal',
+  /** A stored entry failed verification on read and was dropped. */
+  corrupt_entry: 'corrupt_entry',
+  store_read: 'store_read',
+  store_write: 'store_write',
+  store_refused: 'store_refused',
+  /** A stored entry's outputs are not the ones this job writes. */
+  entry_outputs_mismatch: 'entry_outputs_mismatch',
+  /** A hit's outputs could not be written to the job's paths. */
+  materialize: 'materialize',
+  /** The compiler could not be run. */
+  compile: 'compile',
+  /** clang exited 0 but reported a backend failure or wrote an empty object. */
+  backend_failure_exit_0: 'backend_failure_exit_0',
+  missing_output: 'missing_output',
+  inputs_changed_during_compile: 'inputs_changed_during_compile',
+  /** A verify recompile could not be run. */
+  verify: 'verify',
+} as const;
+export type ErrorKind = (typeof ErrorKind)[keyof typeof ErrorKind];
 
 export const StatsRecord = z.object({
   v: z.literal(1),
@@ -62,11 +100,11 @@ export class Counters {
     return this.c.get(name) ?? 0;
   }
   uncacheableFor(reason: string): void {
-    this.add('uncacheable');
+    this.add(Counter.uncacheable);
     this.uncacheable.set(reason, (this.uncacheable.get(reason) ?? 0) + 1);
   }
-  error(kind: string): void {
-    this.add('errors');
+  error(kind: ErrorKind): void {
+    this.add(Counter.errors);
     this.errorKinds.set(kind, (this.errorKinds.get(kind) ?? 0) + 1);
   }
   zero(): void {

@@ -18,10 +18,22 @@ export type PutResult =
   | { kind: 'refused'; reason: string }
   | { kind: 'error'; error: string };
 
-/** The storage contract both the local store and the team tier implement. */
+export type DeleteResult =
+  | { kind: 'deleted' }
+  | { kind: 'absent' }
+  | { kind: 'refused'; reason: string }
+  | { kind: 'error'; error: string };
+
+/** The storage contract both the local store and the team tier implement. None of these throws. */
 export interface CacheBackend {
   readonly name: string;
   get(key: Digest): Promise<Lookup>;
   put(key: Digest, entry: StoredEntry): Promise<PutResult>;
-  has(key: Digest): Promise<boolean>;
+  /** Removes the entry, so that no later get serves it. */
+  delete(key: Digest): Promise<DeleteResult>;
+  /**
+   * Records an access for eviction order (a hit served without calling get, e.g. from memory).
+   * Cheap: an implementation may rate-limit or batch it, or ignore it when it has no LRU.
+   */
+  touch(key: Digest): Promise<void>;
 }

@@ -2,7 +2,7 @@ import type { AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
 import { z } from 'zod';
 import { type Digest, DIGEST_RE, hashBytes, initHash } from '../key/hash.js';
-import type { CacheBackend, Lookup, PutResult, StoredEntry } from './backend.js';
+import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from './backend.js';
 import { BlobStore } from './blobStore.js';
 import { layoutPaths, prepareLayout, SUBLEVELS } from './layout.js';
 import { EntryRecord } from './record.js';
@@ -127,7 +127,7 @@ interface CheckedEntry {
 
 /**
  * The on-disk cache: records and bookkeeping in LevelDB, outputs as deduplicated blob files.
- * get/put/has never throw. Invariant: every entry in LevelDB points at blobs that were complete
+ * get/put/delete/touch never throw. Invariant: every entry in LevelDB points at blobs that were complete
  * and fsynced before the entry was written; blob files are only deleted under the mutex.
  */
 export class LocalStore implements CacheBackend {
@@ -240,25 +240,19 @@ export class LocalStore implements CacheBackend {
     }
   }
 
-  /** Presence of a record only; blobs are verified by get. */
-  async has(key: Digest): Promise<boolean> {
-    if (!DIGEST_RE.test(key)) return false;
+  /** Removes one entry and the blobs only it referenced. */
+  async delete(key: Digest): Promise<DeleteResult> {
+    if (!DIGEST_RE.test(key)) return { kind: 'refused', reason: badKey(key) };
     try {
-      return (await this.entries.get(key)) !== undefined;
-    } catch {
-      return false;
+      return await this.mutex.run(async () => {
+        const m = new Mutation();
+        const existed = await this.planRemove(m, key);
+        await this.commit(m);
+        return { kind: existed ? 'deleted' : 'absent' };
+      });
+    } catch (e) {
+      return { kind: 'error', error: `local store: ${message(e)}` };
     }
-  }
-
-  /** Removes one entry; true if it existed. */
-  async delete(key: Digest): Promise<boolean> {
-    if (!DIGEST_RE.test(key)) return false;
-    return this.mutex.run(async () => {
-      const m = new Mutation();
-      const existed = await this.planRemove(m, key);
-      await this.commit(m);
-      return existed;
-    });
   }
 
   /**
@@ -352,7 +346,12 @@ export class LocalStore implements CacheBackend {
     };
   }
 
-  private async touch(key: Digest): Promise<void> {
+  /**
+   * Moves the entry to the young end of the LRU order, at most once per `touchIntervalMs`; an
+   * absent key is ignored. Never throws.
+   */
+  async touch(key: Digest): Promise<void> {
+    if (!DIGEST_RE.test(key)) return;
     try {
       const info = await readJson(this.info, key, EntryInfo);
       if (info.kind === 'ok' && this.opts.now() - info.value.atime < this.opts.touchIntervalMs) return;

@@ -1,14 +1,15 @@
 import type { Digest } from '../key/hash.js';
 import type { RemoteFailure } from '../remote/remoteFailure.js';
-import type { CacheBackend, Lookup, PutResult, StoredEntry } from './backend.js';
+import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from './backend.js';
 
-/** Never writes: puts are refused, reads pass through. */
+/** Never writes: puts and deletes are refused, reads and touches pass through. */
 export function readOnly(b: CacheBackend): CacheBackend {
   return {
     name: `read-only(${b.name})`,
     get: (k) => b.get(k),
-    has: (k) => b.has(k),
+    touch: (k) => b.touch(k),
     put: async () => ({ kind: 'refused', reason: 'read-only' }),
+    delete: async () => ({ kind: 'refused', reason: 'read-only' }),
   };
 }
 
@@ -19,7 +20,10 @@ export function readOnly(b: CacheBackend): CacheBackend {
 export type TierLookup = Lookup & { failure?: RemoteFailure };
 export type TierPutResult = PutResult & { failure?: RemoteFailure };
 
-export type TierEvent = { tier: 'local' | 'remote'; op: 'get'; result: TierLookup } | { tier: 'local' | 'remote'; op: 'put'; result: TierPutResult };
+export type TierEvent =
+  | { tier: 'local' | 'remote'; op: 'get'; result: TierLookup }
+  | { tier: 'local' | 'remote'; op: 'put'; result: TierPutResult }
+  | { tier: 'local' | 'remote'; op: 'delete'; result: DeleteResult };
 
 /** The answer of a tiered lookup says which tier served it, and for a team-tier error which failure it was. */
 export type TieredLookup = TierLookup & { tier?: 'local' | 'remote' };
@@ -36,31 +40,38 @@ export interface Tiered extends CacheBackend {
 export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Digest): Promise<TierLookup> }, observe: (e: TierEvent) => void = () => {}): Tiered {
   // Remote hits being written back: the write (fsync included) is kept off the hit's path, and
   // a lookup of the same key meanwhile is answered from here.
-  const writingBack = new Map<Digest, StoredEntry>();
+  const writingBack = new Map<Digest, { entry: StoredEntry; done: Promise<void> }>();
   return {
     name: `tiered(${local.name}, ${remote.name})`,
     async get(key) {
       const pending = writingBack.get(key);
-      if (pending) return { kind: 'hit', entry: pending, tier: 'local' };
+      if (pending) return { kind: 'hit', entry: pending.entry, tier: 'local' };
       const l = await local.get(key);
       observe({ tier: 'local', op: 'get', result: l });
       if (l.kind === 'hit') return { ...l, tier: 'local' };
       const r = await remote.get(key);
       observe({ tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
-      writingBack.set(key, r.entry);
-      void local
+      const done = local
         .put(key, r.entry)
         .then(
           (back) => observe({ tier: 'local', op: 'put', result: back }),
           (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),
         )
         .finally(() => writingBack.delete(key));
+      writingBack.set(key, { entry: r.entry, done });
       return { ...r, tier: 'remote' };
     },
-    async has(key) {
-      return (await local.has(key)) || (await remote.has(key));
+    /** Both tiers; the answer is the local one, as for put. */
+    async delete(key) {
+      // A write-back finishing after the local delete would bring the entry back.
+      await writingBack.get(key)?.done;
+      const [l, r] = await Promise.all([local.delete(key), remote.delete(key)]);
+      observe({ tier: 'local', op: 'delete', result: l });
+      observe({ tier: 'remote', op: 'delete', result: r });
+      return l;
     },
+    touch: (key) => local.touch(key),
     async put(key: Digest, entry: StoredEntry) {
       const l = await local.put(key, entry);
       observe({ tier: 'local', op: 'put', result: l });

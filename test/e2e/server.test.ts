@@ -175,6 +175,12 @@ class Peer {
     return this.reply(id);
   }
 
+  async bad(k: string): Promise<Record<string, any>> {
+    const id = this.id();
+    this.send({ type: 'bad', id, key: k });
+    return this.reply(id);
+  }
+
   async ping(): Promise<void> {
     const id = this.id();
     this.send({ type: 'ping', id });
@@ -359,6 +365,22 @@ test('auth: refused upgrades, read scope, write scope, admin scope', { timeout: 
   assert.equal((await admin.admin('clear')).type, 'ok');
   assert.equal((await admin.stats()).entries, 0);
   assert.equal((await reader.get(key('a'))).type, 'miss');
+});
+
+test("bad: a write token's report deletes the entry; a read token's is refused", { timeout: 30_000 }, async (t) => {
+  const s = await startServer(t, tempDir(t, 'bad'));
+  const writer = await open(t, s.url, SECRETS.write);
+  const reader = await open(t, s.url, SECRETS.read);
+  const e = makeEntry({ obj: randomBytes(3000) });
+  assert.equal((await writer.put(key('bad'), e.record, await packBundle(e.record, e.files))).type, 'stored');
+  const refused = await reader.bad(key('bad'));
+  assert.equal(refused.type, 'error');
+  assert.equal(refused.code, 'forbidden');
+  await assertHit(reader, key('bad'), e);
+  assert.equal((await writer.bad(key('bad'))).type, 'ok');
+  assert.equal((await reader.get(key('bad'))).type, 'miss');
+  assert.equal((await writer.bad(key('never-stored'))).type, 'ok', 'an absent entry is not an error');
+  assert.equal((await writer.stats()).entries, 0);
 });
 
 test('hostile peers are rejected and counted; a well-behaved client is unaffected', { timeout: 60_000 }, async (t) => {

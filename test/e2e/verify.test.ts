@@ -7,6 +7,7 @@ import type { JobExplanation } from '../../src/explain/explainJobs.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+import { ServerProcess, TOKENS } from '../support/server.js';
 
 /** The stale-hit audit (`verify`): background recompiles of hits, byte comparison, purge on mismatch. */
 
@@ -80,5 +81,76 @@ describe('verify = all', () => {
     const direct = b.backend('lonely', { out: 'lonely.direct.o' });
     assert.equal(direct.status, 0);
     assert.ok(readFileSync(join(b.dir, 'lonely.thinlto-native.o')).equals(readFileSync(join(b.dir, 'lonely.direct.o'))));
+  });
+});
+
+describe('verify = all with a team cache', () => {
+  const server = new ServerProcess();
+  const caches: CacheEnv[] = [];
+  let url = '';
+  before(async () => {
+    await initHash();
+    url = await server.start();
+  });
+  after(async () => {
+    for (const c of caches) c.destroy();
+    await server.kill();
+  });
+
+  const teammate = (name: string, verify: string): { cache: CacheEnv; b: ThinBuild } => {
+    const cache = new CacheEnv(name, { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: TOKENS.write, LTOCACHE_REMOTE_RETRY_MS: '300', LTOCACHE_VERIFY: verify });
+    caches.push(cache);
+    cache.start();
+    const b = ThinBuild.fromFixture(FIXTURE, join(tempDir(`checkout-${name}`), name, 'src'));
+    b.frontEnd();
+    b.thinLink();
+    return { cache, b };
+  };
+  const lonely = (t: { cache: CacheEnv; b: ThinBuild }): Buffer => {
+    const r = t.b.backend('lonely', { wrapper: [CLIENT], env: t.cache.env });
+    assert.equal(r.status, 0, r.stderr);
+    return readFileSync(join(t.b.dir, 'lonely.thinlto-native.o'));
+  };
+
+  test('a wrong team entry found by verify is deleted on the server and never served again from the team tier', async () => {
+    const ann = teammate('ann', 'off');
+    for (const m of ann.b.modules) assert.equal(ann.b.backend(m, { wrapper: [CLIENT], env: ann.cache.env }).status, 0);
+    await waitFor('uploads', () => ann.cache.stats().uploads === ann.b.modules.length);
+    const explained = JSON.parse(ann.cache.cli(['explain', join(ann.b.dir, 'lonely.thinlto-native.o'), '--json']).stdout) as JobExplanation;
+    const right = readFileSync(join(ann.b.dir, 'lonely.thinlto-native.o'));
+    const wrong = readFileSync(join(ann.b.dir, 'strx.thinlto-native.o'));
+
+    // Poison the team entry (server stopped: the store has one writer).
+    await server.kill();
+    const store = await LocalStore.open({ dir: join(server.dir, 'data') });
+    const put = await store.put(explained.key!, {
+      record: { v: 1, outputs: [{ name: 'obj', digest: hashBytes(wrong), size: wrong.length }], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: Date.now() },
+      files: new Map([['obj', wrong]]),
+    });
+    assert.equal(put.kind, 'stored');
+    await store.close();
+    url = await server.start(server.port);
+
+    const ben = teammate('ben', 'all');
+    assert.ok(lonely(ben).equals(wrong), 'the poisoned team entry was served (the audit runs after the hit)');
+    assert.equal(ben.cache.stats().remote_hits, 1);
+    await waitFor('the purge', () => readFileSync(join(ben.cache.dir, 'daemon.log'), 'utf8').includes('verify: a served object differs'));
+    const line = readFileSync(join(ben.cache.dir, 'daemon.log'), 'utf8').split('\n').find((l) => l.includes('verify: a served object differs'))!;
+    assert.deepEqual((JSON.parse(line) as { delete: unknown }).delete, { kind: 'deleted' });
+
+    // Another teammate, who does not verify, is no longer served the wrong object by the team cache.
+    const cid = teammate('cid', 'off');
+    assert.ok(lonely(cid).equals(right), 'the server deleted the entry ben reported');
+    assert.equal(cid.cache.stats().remote_hits, 0);
+
+    // ben compiles it again (denied locally and remotely), and only then is it served again.
+    const before = ben.cache.stats();
+    assert.ok(lonely(ben).equals(right));
+    const after1 = ben.cache.stats();
+    assert.equal(after1.misses, before.misses + 1, 'the denied key is compiled');
+    assert.equal(after1.remote_hits, before.remote_hits, 'the team tier is not asked for a denied key');
+    await waitFor('the fresh entry stored', () => ben.cache.stats().bytes_written > before.bytes_written);
+    assert.ok(lonely(ben).equals(right));
+    assert.equal(ben.cache.stats().hits, after1.hits + 1, 'served again once a fresh compile is stored');
   });
 });

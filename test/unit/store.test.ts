@@ -73,14 +73,19 @@ function assertHit(r: Awaited<ReturnType<LocalStore['get']>>, e: StoredEntry): v
 
 const fill = (n: number, byte: number): Buffer => Buffer.alloc(n, byte);
 
-test('put/get round trip, has, summary and layout on disk', async (t) => {
+/** Whether a record is stored for the key, without get's blob checks and LRU touch. */
+async function hasRecord(s: LocalStore, k: string): Promise<boolean> {
+  const entries = (s as unknown as { entries: { get(k: string): Promise<string | undefined> } }).entries;
+  return (await entries.get(k)) !== undefined;
+}
+
+test('put/get round trip, delete, summary and layout on disk', async (t) => {
   const dir = tempDir();
   const s = await openStore(t, { dir });
   const e = entry({ obj: fill(3000, 7), dwo: Buffer.from('dwarf') }, Buffer.from('warning: x\n').toString('base64'));
   assert.deepEqual(await s.get(key(1)), { kind: 'miss' });
-  assert.equal(await s.has(key(1)), false);
+  assert.deepEqual(await s.delete(key(1)), { kind: 'absent' });
   assert.deepEqual(await s.put(key(1), e), { kind: 'stored' });
-  assert.equal(await s.has(key(1)), true);
   assertHit(await s.get(key(1)), e);
   assert.deepEqual(s.summary(), { entries: 1, bytes: 3000 + 5 + recordBytes(e) });
   assert.equal(fs.readFileSync(join(dir, LAYOUT_FILE), 'utf8'), '1\n');
@@ -97,7 +102,7 @@ test('malformed keys and inconsistent entries are refused with a reason', async 
   assert.equal(g.kind === 'error' && g.corrupt, false);
   const p = await s.put('abc', entry({ obj: fill(10, 1) }));
   assert.equal(p.kind, 'refused');
-  assert.equal(await s.has('../../etc'), false);
+  assert.equal((await s.delete('../../etc')).kind, 'refused');
 
   const wrong = entry({ obj: fill(10, 1) });
   wrong.files.set('obj', fill(10, 2));
@@ -145,7 +150,7 @@ test('dedup: entries with identical outputs share one blob; eviction frees it wi
   now = 3_000;
   assert.equal((await s.put(key('C'), C)).kind, 'stored');
   assert.deepEqual(
-    await Promise.all(['A', 'B', 'C'].map((k) => s.has(key(k)))),
+    await Promise.all(['A', 'B', 'C'].map((k) => hasRecord(s, key(k)))),
     [false, true, true],
   );
   assert.ok(fs.existsSync(blobPath(dir, X)), 'shared blob survives while B references it');
@@ -154,7 +159,7 @@ test('dedup: entries with identical outputs share one blob; eviction frees it wi
 
   now = 4_000;
   assert.equal((await s.put(key('D'), D)).kind, 'stored');
-  assert.equal(await s.has(key('B')), false);
+  assert.equal(await hasRecord(s, key('B')), false);
   assert.equal(fs.existsSync(blobPath(dir, X)), false, 'last reference gone → blob deleted');
   assert.deepEqual(listBlobs(dir), [hashBytes(fill(1000, 2)), hashBytes(fill(1000, 3))].sort());
   assert.deepEqual(s.summary(), { entries: 2, bytes: 2000 + rC + rD });
@@ -175,7 +180,7 @@ test('LRU eviction follows last use; touches are throttled to one per interval',
   };
   const present = async () => {
     const names = ['A', 'B', 'C', 'D', 'E', 'F'];
-    const has = await Promise.all(names.map((n) => s.has(key(n))));
+    const has = await Promise.all(names.map((n) => hasRecord(s, key(n))));
     return names.filter((_, i) => has[i]).join('');
   };
 
@@ -197,6 +202,25 @@ test('LRU eviction follows last use; touches are throttled to one per interval',
   assert.equal(listBlobs(dir).length, 3);
 });
 
+test('touch records an access like a hit does: the touched entry survives eviction', async (t) => {
+  const dir = tempDir();
+  let now = 0;
+  const mk = (i: number) => entry({ obj: fill(1000, i) });
+  const S = 1000 + recordBytes(mk(1));
+  const s = await openStore(t, { dir, maxBytes: Math.floor(3.5 * S), now: () => now, touchIntervalMs: 0 });
+  for (const [i, n] of ['A', 'B', 'C'].entries()) {
+    now = 1_000 * (i + 1);
+    assert.equal((await s.put(key(n), mk(i))).kind, 'stored');
+  }
+  now = 10_000;
+  await s.touch(key('A'));
+  await s.touch(key('absent'));
+  await s.touch('not a key');
+  now = 11_000;
+  assert.equal((await s.put(key('D'), mk(4))).kind, 'stored');
+  assert.deepEqual(await Promise.all(['A', 'B', 'C', 'D'].map((n) => hasRecord(s, key(n)))), [true, false, true, true]);
+});
+
 test('a blob with a flipped byte → corrupt error, entry and blobs dropped, then a miss', async (t) => {
   const dir = tempDir();
   const s = await openStore(t, { dir });
@@ -213,7 +237,7 @@ test('a blob with a flipped byte → corrupt error, entry and blobs dropped, the
   assert.equal(r.kind === 'error' && r.corrupt, true);
   assert.match(r.kind === 'error' ? r.error : '', new RegExp(`blob ${hashBytes(obj)} hashes to`));
   assert.equal(s.counters.corruptBlobs, 1);
-  assert.equal(await s.has(key(1)), false);
+  assert.equal(await hasRecord(s, key(1)), false);
   assert.deepEqual(await s.get(key(1)), { kind: 'miss' });
   assert.deepEqual(listBlobs(dir), []);
   assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
@@ -298,7 +322,7 @@ test('the background sweep removes orphan blobs and entries whose blobs are miss
   assert.deepEqual(await s.sweepDone, { orphanBlobs: 1, brokenEntries: 1 });
   assert.equal(fs.existsSync(orphan), false);
   assert.equal(fs.existsSync(stray), true, 'files not named like blobs are left alone');
-  assert.equal(await s.has(key(2)), false);
+  assert.equal(await hasRecord(s, key(2)), false);
   assertHit(await s.get(key(1)), e1);
   assert.deepEqual(s.summary(), { entries: 1, bytes: 1000 + recordBytes(e1) });
   assert.deepEqual(s.counters.orphanBlobsSwept + s.counters.brokenEntriesSwept, 2);
@@ -339,7 +363,7 @@ test('ENOSPC while writing a blob → error result, no leftovers, store still us
   assert.match(r.kind === 'error' ? r.error : '', /ENOSPC/);
   assert.deepEqual(fs.readdirSync(tmp), []);
   assert.deepEqual(listBlobs(dir), [], 'the blob written before the failure is not left behind');
-  assert.equal(await s.has(key(1)), false);
+  assert.equal(await hasRecord(s, key(1)), false);
   assert.equal(s.counters.putErrors, 1);
   assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
 
@@ -349,7 +373,7 @@ test('ENOSPC while writing a blob → error result, no leftovers, store still us
   const g = await s.get(key(1));
   assert.equal(g.kind, 'error');
   assert.equal(g.kind === 'error' && g.corrupt, false);
-  assert.equal(await s.has(key(1)), true, 'an I/O error does not drop the entry');
+  assert.equal(await hasRecord(s, key(1)), true, 'an I/O error does not drop the entry');
   failReads = false;
   assertHit(await s.get(key(1)), e);
 });
@@ -475,7 +499,7 @@ test('clear empties the cache but keeps the layout and sublevel data; an interru
   await db.close();
   const again = await openStore(t, { dir });
   assert.deepEqual(again.summary(), { entries: 0, bytes: 0 });
-  assert.equal(await again.has(key(3)), false);
+  assert.equal(await hasRecord(again, key(3)), false);
   assert.deepEqual(listBlobs(dir), []);
 });
 
@@ -496,7 +520,7 @@ test('concurrent puts, gets and deletes keep reference counts and totals exact',
   for (const [i, e] of es.entries()) assertHit(await s.get(key(i)), e);
 
   const deleted = await Promise.all(es.map((_, i) => s.delete(key(i))));
-  assert.ok(deleted.every(Boolean));
+  assert.ok(deleted.every((d) => d.kind === 'deleted'));
   assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
   assert.deepEqual(listBlobs(dir), []);
 });

@@ -130,3 +130,26 @@ export function handleAdmin(s: ServerState, c: Connection, id: number, what: 're
   };
   void s.track(run());
 }
+
+/** `bad`: a client's verify found the entry wrong (the caller has checked the write scope): delete it, so no client is served it again. */
+export function handleBad(s: ServerState, c: Connection, id: number, key: string, op: string): void {
+  begin(c, id);
+  const t0 = performance.now();
+  const run = async () => {
+    let result: AccessResult = 'ok';
+    try {
+      const r = await s.store!.delete(key);
+      if (r.kind === 'error' || r.kind === 'refused') throw new Error(r.kind === 'error' ? r.error : r.reason);
+      s.options.log.warn('entry reported bad by a client', { key, result: r.kind, token: c.token.name, remote: c.remote });
+      await s.send(c, { type: 'ok', id });
+    } catch (e) {
+      result = 'error';
+      s.options.log.error('bad report failed', { key, error: message(e) });
+      await s.send(c, { type: 'error', id, code: 'internal', message: 'deleting the entry failed' });
+    } finally {
+      s.access({ op, token: c.token.name, key, result, bytes: 0, ms: performance.now() - t0, remote: c.remote });
+      end(s, c, id);
+    }
+  };
+  void s.track(run());
+}

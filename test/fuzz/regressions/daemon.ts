@@ -16,7 +16,7 @@ export const DAEMON_REGRESSIONS: DaemonRegression[] = [
   {
     // Found by 'daemon connections' (seed 14344465): a 'J' frame whose payload is not UTF-8.
     // decodeJson's ProtocolError escaped into dispatch's catch-all: counted as an *internal*
-    // error and answered with a 'P' frame the CLI cannot parse. Fixed in Daemon.dispatch.
+    // error and answered with a 'P' frame the CLI cannot parse. Fixed in dispatch (src/daemon/session.ts).
     name: "'J' frame that is not UTF-8",
     streamHex: '030000004afffe',
     reply: 'J-error',

@@ -1,0 +1,143 @@
+import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { socketDirFor } from '../protocol/clientFrames.js';
+import type { Logger } from '../util/log.js';
+import { ensurePrivateDir } from './socketPath.js';
+
+export interface LifecycleOptions {
+  dir: string;
+  socketPath: string;
+  /** Seconds without jobs before `onIdle` (0 = never). */
+  idleTimeoutS: number;
+  log: Logger;
+  onConnection(sock: Socket): void;
+  onIdle(): void;
+  /** Called every 500 ms; must not throw. */
+  flush(): Promise<void>;
+}
+
+/**
+ * The daemon's process-level duties: the listening socket (and putting it back when its file is
+ * removed), the pid file, the idle timer, the periodic counter flush, and the order of a
+ * shutdown's first steps (stop accepting, drain jobs, drop connections).
+ */
+export class Lifecycle {
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+  private idleTimer: NodeJS.Timeout | null = null;
+  private flushTimer: NodeJS.Timeout | null = null;
+  private socketWatch: NodeJS.Timeout | null = null;
+  private socketIno = -1;
+  private rebinding = false;
+  private closing = false;
+  private active = 0;
+
+  constructor(private readonly o: LifecycleOptions) {}
+
+  get activeJobs(): number {
+    return this.active;
+  }
+
+  async start(): Promise<void> {
+    await ensurePrivateDir(socketDirFor(process.getuid!()), process.getuid!());
+    await this.bindSocket();
+    writeFileSync(this.pidFile, `${process.pid}\n`);
+    this.flushTimer = setInterval(() => void this.o.flush(), 500);
+    this.flushTimer.unref();
+    this.socketWatch = setInterval(() => void this.checkSocket(), 1000);
+    this.socketWatch.unref();
+    this.armIdle();
+  }
+
+  jobStarted(): void {
+    this.active++;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+  }
+
+  jobEnded(): void {
+    this.active--;
+    this.armIdle();
+  }
+
+  private get pidFile(): string {
+    return join(this.o.dir, 'daemon.pid');
+  }
+
+  /** Listens on the socket path; the store lock is held, so a file already there is a dead daemon's. */
+  private async bindSocket(): Promise<void> {
+    await unlink(this.o.socketPath).catch(() => {});
+    const server = createServer((s) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+      this.o.onConnection(s);
+    });
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      server.listen(this.o.socketPath, () => res());
+    });
+    this.server = server;
+    this.socketIno = lstatSync(this.o.socketPath).ino;
+  }
+
+  /**
+   * A removed (or replaced) socket file would make every client start a daemon that cannot take
+   * the lock and then fall back after its start timeout: put the socket back.
+   */
+  private async checkSocket(): Promise<void> {
+    if (this.closing || this.rebinding) return;
+    let ino = -1;
+    try {
+      ino = lstatSync(this.o.socketPath).ino;
+    } catch {
+      // gone
+    }
+    if (ino === this.socketIno) return;
+    this.rebinding = true;
+    this.o.log.warn('socket file removed or replaced; listening again', { socket: this.o.socketPath });
+    const old = this.server;
+    try {
+      // Close first: closing a listening Unix socket unlinks its path, which must not be the new one.
+      old?.close();
+      await ensurePrivateDir(socketDirFor(process.getuid!()), process.getuid!());
+      await this.bindSocket();
+    } catch (e) {
+      this.o.log.error('cannot listen again on the socket', { error: String(e) });
+    } finally {
+      this.rebinding = false;
+    }
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+    if (this.closing || this.o.idleTimeoutS <= 0 || this.active > 0) return;
+    this.idleTimer = setTimeout(() => {
+      this.o.log.info('idle timeout, stopping', { idle_timeout: this.o.idleTimeoutS });
+      this.o.onIdle();
+    }, this.o.idleTimeoutS * 1000);
+  }
+
+  /** Stops the timers and the listener, waits (bounded) for running jobs, then drops every connection. */
+  async close(drainMs = 30_000): Promise<void> {
+    this.closing = true;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.flushTimer) clearInterval(this.flushTimer);
+    if (this.socketWatch) clearInterval(this.socketWatch);
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    const deadline = Date.now() + drainMs;
+    while (this.active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const s of this.sockets) s.destroy();
+  }
+
+  /** Removes the pid file if it is still ours. */
+  removePidFile(): void {
+    try {
+      if (readFileSync(this.pidFile, 'utf8').trim() === String(process.pid)) unlinkSync(this.pidFile);
+    } catch {
+      // no pid file
+    }
+  }
+}

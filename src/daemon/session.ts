@@ -1,0 +1,159 @@
+import type { Socket } from 'node:net';
+import {
+  type CompileRequest,
+  FrameDecoder,
+  ProtocolError,
+  decodeCompileRequest,
+  decodeDone,
+  decodeJson,
+  encodeAck,
+  encodeCompileYourself,
+  encodeJson,
+  encodePassthrough,
+  encodeResult,
+} from '../protocol/clientFrames.js';
+import { ControlRequest, type ControlResponse } from '../protocol/control.js';
+import { ClientCompileError, type JobContext, type JobOutcome } from '../pipeline/jobPipeline.js';
+import type { CompilerRun } from '../pipeline/runCompiler.js';
+import { type Counters, ErrorKind } from '../stats/counters.js';
+import type { Logger } from '../util/log.js';
+
+const MAX_FRAME = 16 << 20;
+
+/** What a session needs from the daemon: the cache logic and the bookkeeping, no sockets. */
+export interface SessionHandlers {
+  counters: Counters;
+  log: Logger;
+  compile(req: CompileRequest, ctx: JobContext): Promise<JobOutcome>;
+  /** Called once the answer to a compile request has been written. */
+  compiled(req: CompileRequest, outcome: JobOutcome, startedAt: number): void;
+  control(req: ControlRequest): Promise<unknown>;
+}
+
+/**
+ * One client connection. The first frame is the request: 'C' a compile, 'J' a control request.
+ * Anything after it is ignored, except the one 'D' frame that answers an 'M' we sent, read with a
+ * fresh decoder from the moment the 'M' is sent.
+ */
+export function runSession(sock: Socket, h: SessionHandlers): void {
+  const abort = new AbortController();
+  let decoder: FrameDecoder | null = new FrameDecoder(MAX_FRAME);
+  let handled = false;
+  let waiter: { res: (b: Buffer) => void; rej: (e: Error) => void } | null = null;
+  const nextFrame = () =>
+    new Promise<Buffer>((res, rej) => {
+      if (abort.signal.aborted) return rej(new Error('client went away'));
+      decoder = new FrameDecoder(MAX_FRAME);
+      waiter = { res, rej };
+    });
+  sock.on('close', () => {
+    abort.abort();
+    const w = waiter;
+    waiter = null;
+    w?.rej(new Error('client went away'));
+  });
+  sock.on('error', () => {});
+  sock.on('data', (chunk: Buffer) => {
+    if (!decoder || (handled && !waiter)) return;
+    let frames: Buffer[];
+    try {
+      frames = decoder.push(chunk);
+    } catch (e) {
+      h.counters.error(ErrorKind.protocol);
+      h.log.warn('bad frame from client', { error: (e as Error).message });
+      sock.destroy();
+      return;
+    }
+    const frame = frames[0];
+    if (!frame) return;
+    if (!handled) {
+      handled = true;
+      decoder = null;
+      void dispatch(frame, sock, abort.signal, nextFrame, h);
+    } else if (waiter) {
+      const w = waiter;
+      waiter = null;
+      decoder = null;
+      w.res(frame);
+    }
+  });
+}
+
+async function dispatch(frame: Buffer, sock: Socket, signal: AbortSignal, nextFrame: () => Promise<Buffer>, h: SessionHandlers): Promise<void> {
+  const type = frame[0];
+  try {
+    if (type === 0x43) {
+      let req: CompileRequest;
+      try {
+        req = decodeCompileRequest(frame);
+      } catch (e) {
+        h.counters.error(ErrorKind.protocol);
+        h.log.warn('malformed compile request', { error: (e as Error).message });
+        sock.end(encodePassthrough(`malformed request: ${(e as Error).message}`));
+        return;
+      }
+      await compile(req, sock, signal, nextFrame, h);
+    } else if (type === 0x4a) {
+      let json: unknown;
+      try {
+        json = decodeJson(frame);
+      } catch (e) {
+        h.counters.error(ErrorKind.protocol);
+        sock.end(encodeJson({ ok: false, error: `bad control request: ${(e as Error).message}` } satisfies ControlResponse));
+        return;
+      }
+      const parsed = ControlRequest.safeParse(json);
+      const reply: ControlResponse = parsed.success
+        ? await h.control(parsed.data).then(
+            (result) => ({ ok: true as const, result }),
+            (e: Error) => ({ ok: false as const, error: e.message }),
+          )
+        : { ok: false, error: `bad control request: ${parsed.error.issues.map((i) => i.message).join('; ')}` };
+      sock.end(encodeJson(reply));
+    } else {
+      h.counters.error(ErrorKind.protocol);
+      sock.destroy();
+    }
+  } catch (e) {
+    h.counters.error(ErrorKind.internal);
+    h.log.error('request failed', { error: (e as Error).stack ?? String(e) });
+    if (!sock.destroyed) sock.end(encodePassthrough('internal error'));
+  }
+}
+
+async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, nextFrame: () => Promise<Buffer>, h: SessionHandlers): Promise<void> {
+  const startedAt = Date.now();
+  // A client that can compile on a miss does so: forking clang from the small client is far
+  // cheaper than from the daemon.
+  const compileOnClient = req.compilesOnMiss
+    ? async (): Promise<CompilerRun> => {
+        const started = performance.now();
+        const next = nextFrame();
+        sock.write(encodeCompileYourself());
+        const frame = await next;
+        try {
+          const d = decodeDone(frame);
+          return { exitCode: d.exit, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
+        } catch (e) {
+          throw e instanceof ProtocolError ? new ClientCompileError(e.message, ErrorKind.protocol) : e;
+        }
+      }
+    : undefined;
+  const outcome = await h.compile(req, { signal, ...(compileOnClient ? { compileOnClient } : {}) });
+  if (signal.aborted) return;
+  switch (outcome.kind) {
+    case 'uncacheable':
+      sock.end(encodePassthrough(`${outcome.reason}: ${outcome.detail}`));
+      break;
+    case 'error':
+      sock.end(encodePassthrough(outcome.error));
+      break;
+    case 'hit':
+      sock.end(encodeResult(0, outcome.stdout, outcome.stderr));
+      break;
+    case 'miss':
+      sock.end(outcome.compiledOnClient ? encodeAck() : encodeResult(outcome.exitCode, outcome.stdout, outcome.stderr));
+      break;
+  }
+  h.compiled(req, outcome, startedAt);
+}

@@ -1,0 +1,382 @@
+import { readFile, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { FileDigests } from '../key/fileDigests.js';
+import { hashBytes } from '../key/hash.js';
+import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
+import { type Job, parseJob } from '../key/parseJob.js';
+import { ToolchainIdentifier } from '../key/toolchain.js';
+import type { CacheBackend, StoredEntry } from '../store/backend.js';
+import type { TieredLookup } from '../store/policies.js';
+import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
+import type { DenyList } from './denyList.js';
+import { HotEntries } from './hotEntries.js';
+import { materialize } from './materialize.js';
+import { type CompilerRun, type RunOptions, runCompiler } from './runCompiler.js';
+import { Semaphore } from './semaphore.js';
+
+/**
+ * Memory budget for entries kept hot. Small on purpose: the page cache keeps hot blobs anyway;
+ * what this saves is the metadata lookup and the re-hashing of a blob read.
+ */
+export const HOT_BYTES = 32 << 20;
+const BACKEND_FAILURE = /Error running ThinLTO backend|Error loading imported file/;
+
+/** One compiler invocation as the client saw it. */
+export interface JobRequest {
+  compiler: string;
+  args: string[];
+  cwd: string;
+  env: Record<string, string>;
+  umask: number;
+}
+
+export interface JobContext {
+  /** Aborted when the requester went away: its outputs are then not wanted. */
+  signal: AbortSignal;
+  /**
+   * Runs the compiler where the request came from, writing the outputs itself. Without it the
+   * pipeline runs the compiler. A rejection with a ClientCompileError is counted as its kind.
+   */
+  compileOnClient?: () => Promise<CompilerRun>;
+}
+
+/** A failure of `compileOnClient` that is not the compiler's (the requester broke the exchange). */
+export class ClientCompileError extends Error {
+  constructor(
+    message: string,
+    readonly errorKind: ErrorKind,
+  ) {
+    super(message);
+  }
+}
+
+interface Keyed {
+  key: string;
+  manifest: Manifest;
+  /** The job's first output path, as given. */
+  output: string;
+}
+
+/** The result of one job, as data: a miss is an outcome, not an exception. */
+export type JobOutcome =
+  /** Outputs written from a stored or just-compiled entry; stdout/stderr are the stored ones. */
+  | (Keyed & { kind: 'hit'; tier: 'memory' | 'local' | 'remote' | 'inflight'; stdout: Buffer; stderr: Buffer; savedMs: number; bytes: number })
+  /** The compiler ran (here, or on the client when `compiledOnClient`), or a shared run failed. */
+  | (Keyed & { kind: 'miss'; exitCode: number; stdout: Buffer; stderr: Buffer; bytes: number; compiledOnClient: boolean })
+  /** Not a job the cache can key; `record` says whether it belongs in the job log. */
+  | { kind: 'uncacheable'; reason: string; detail: string; record: boolean }
+  /** Nothing served and nothing compiled: the requester must run the compiler itself. */
+  | (Partial<Keyed> & { kind: 'error'; error: string; record: boolean });
+
+export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult>;
+
+export interface PipelineOptions {
+  /** The local store, or a tiered/readOnly composition of it. `get` may say which tier served. */
+  cache: CacheBackend;
+  counters: Counters;
+  log: { info(m: string, f?: Record<string, unknown>): void; warn(m: string, f?: Record<string, unknown>): void; error(m: string, f?: Record<string, unknown>): void };
+  /** Concurrent compiles, wherever they run. */
+  jobs: number;
+  /** Share of hits audited by a background recompile (0 … 1). */
+  verifyShare?: number;
+  deny: DenyList;
+  hotBytes?: number;
+  /** Computes the key; defaults to the manifest of src/key. */
+  keyer?: Keyer;
+  runCompiler?: (o: RunOptions) => Promise<CompilerRun>;
+  /** The manifest a key was stored under, for the verify mismatch log. */
+  manifestOf?: (key: string) => Promise<unknown>;
+  random?: () => number;
+}
+
+/** What a finished compile leaves for the jobs waiting on the same key. */
+interface Compiled extends CompilerRun {
+  entry: StoredEntry | null;
+}
+
+type Outputs = { role: string; path: string }[];
+
+/**
+ * parse → key → lookup → compile → store, for one job at a time and many concurrently: identical
+ * concurrent jobs compile once, compiles are bounded by `jobs`, hits may be audited (`verify`).
+ * Knows no transport; reaches storage only through CacheBackend.
+ */
+export class JobPipeline {
+  private readonly compiles: Semaphore;
+  private readonly inflight = new Map<string, Promise<Compiled>>();
+  /** Recently used entries, including results compiled but not yet in the store. */
+  private readonly hot: HotEntries;
+  private readonly keyer: Keyer;
+  private readonly run: (o: RunOptions) => Promise<CompilerRun>;
+  private readonly verifyShare: number;
+  private readonly random: () => number;
+  private readonly background = new Set<Promise<void>>();
+
+  constructor(private readonly o: PipelineOptions) {
+    this.compiles = new Semaphore(o.jobs);
+    this.hot = new HotEntries(o.hotBytes ?? HOT_BYTES);
+    this.verifyShare = o.verifyShare ?? 0;
+    this.random = o.random ?? Math.random;
+    this.run = o.runCompiler ?? runCompiler;
+    if (o.keyer) this.keyer = o.keyer;
+    else {
+      const files = new FileDigests();
+      const ctx = { files, toolchains: new ToolchainIdentifier(files) };
+      this.keyer = (job, req) => buildManifest(ctx, job, req.compiler, req.cwd, req.env);
+    }
+  }
+
+  private get counters(): Counters {
+    return this.o.counters;
+  }
+
+  /** Forgets the entries held in memory (the store was cleared). */
+  clearMemory(): void {
+    this.hot.clear();
+  }
+
+  /** Resolves when the background work started so far (verify runs, stores) has ended. */
+  async idle(): Promise<void> {
+    while (this.background.size) await Promise.all([...this.background]);
+  }
+
+  private spawn(p: Promise<void>): void {
+    this.background.add(p);
+    void p.finally(() => this.background.delete(p));
+  }
+
+  /** Never throws for a cache problem: the outcome says what happened. */
+  async runJob(req: JobRequest, ctx: JobContext): Promise<JobOutcome> {
+    const parsed = await parseJob(req.args, req.cwd);
+    if (parsed.kind === 'uncacheable') {
+      this.counters.uncacheableFor(parsed.reason);
+      return { kind: 'uncacheable', reason: parsed.reason, detail: parsed.detail, record: parsed.reason !== 'not-backend' };
+    }
+    const job = parsed.job;
+    const keyed = await this.keyer(job, req);
+    if (keyed.kind === 'uncacheable') {
+      this.counters.uncacheableFor(keyed.reason);
+      this.o.log.info('uncacheable job', { reason: keyed.reason, detail: keyed.detail, cwd: req.cwd });
+      return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
+    }
+    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path };
+    const served = await this.lookup(k, job.outputs, req);
+    if (served) return served;
+
+    const running = this.inflight.get(k.key);
+    if (running) {
+      const done = await running.catch(() => null);
+      if (done?.entry && (await this.place(done.entry, job.outputs, req))) {
+        this.counters.add(Counter.hits);
+        this.counters.add(Counter.time_saved_ms, done.ms);
+        return { ...k, kind: 'hit', tier: 'inflight', stdout: done.stdout, stderr: done.stderr, savedMs: done.ms, bytes: entryBytes(done.entry) };
+      }
+      if (done && done.exitCode !== 0) {
+        return { ...k, kind: 'miss', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, bytes: 0, compiledOnClient: false };
+      }
+    }
+    // Inputs may change while clang runs (a front end rebuilt meanwhile): store the result only
+    // if the key computed again afterwards is still the one it was compiled under.
+    const stillCurrent = async () => {
+      const again = await this.keyer(job, req);
+      return again.kind === 'key' && again.key === k.key;
+    };
+    const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent);
+    this.inflight.set(k.key, p);
+    try {
+      const done = await p;
+      return { ...k, kind: 'miss', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, bytes: done.entry ? entryBytes(done.entry) : 0, compiledOnClient: !!ctx.compileOnClient };
+    } catch (e) {
+      if (ctx.signal.aborted) return { kind: 'error', error: 'client went away', record: false };
+      this.counters.error(e instanceof ClientCompileError ? e.errorKind : ErrorKind.compile);
+      this.o.log.warn('compile failed to run', { error: String(e) });
+      return { ...k, kind: 'error', error: `cannot run compiler: ${(e as Error).message}`, record: true };
+    } finally {
+      this.inflight.delete(k.key);
+    }
+  }
+
+  private async lookup(k: Keyed, outputs: Outputs, req: JobRequest): Promise<JobOutcome | null> {
+    const { key } = k;
+    if (this.o.deny.has(key)) return null;
+    const inMemory = this.hot.get(key);
+    const found: TieredLookup = inMemory ? { kind: 'hit', entry: inMemory } : await this.o.cache.get(key);
+    if (found.kind === 'error') {
+      this.counters.error(found.corrupt ? ErrorKind.corrupt_entry : ErrorKind.store_read);
+      this.o.log.warn('store read failed; compiling', { key, error: found.error });
+      return null;
+    }
+    if (found.kind === 'miss') return null;
+    // A verify mismatch may have landed while the lookup ran.
+    if (this.o.deny.has(key)) return null;
+    const entry = found.entry;
+    if (!(await this.place(entry, outputs, req))) return null;
+    // A hit from memory never reaches the store: without this its LRU age would be its last
+    // store read, and the most used entries would be evicted first.
+    if (inMemory) this.spawn(this.o.cache.touch(key).catch(() => {}));
+    else this.hot.set(key, entry);
+    this.maybeVerify(k, entry, outputs, req);
+    this.counters.add(Counter.hits);
+    this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
+    const tier = inMemory ? 'memory' : found.tier === 'remote' ? 'remote' : 'local';
+    return {
+      ...k,
+      kind: 'hit',
+      tier,
+      stdout: Buffer.from(entry.record.stdout, 'base64'),
+      stderr: Buffer.from(entry.record.stderr, 'base64'),
+      savedMs: entry.record.compileMs,
+      bytes: entryBytes(entry),
+    };
+  }
+
+  /** Writes a stored entry's files to this job's output paths. False (and counted) when it cannot. */
+  private async place(entry: StoredEntry, outputs: Outputs, req: JobRequest): Promise<boolean> {
+    const roles = new Set(entry.record.outputs.map((o) => o.name));
+    if (roles.size !== outputs.length || !outputs.every((o) => roles.has(o.role))) {
+      this.counters.error(ErrorKind.entry_outputs_mismatch);
+      return false;
+    }
+    try {
+      await materialize(req.cwd, outputs.map((o) => ({ path: o.path, data: entry.files.get(o.role)! })), req.umask);
+      return true;
+    } catch (e) {
+      this.counters.error(ErrorKind.materialize);
+      this.o.log.warn('cannot write outputs; compiling instead', { error: String(e) });
+      return false;
+    }
+  }
+
+  /**
+   * The stale-hit audit (`verify`): for the configured share of hits, compile again in the
+   * background, to a temp file beside the object, and compare bytes and diagnostics. A mismatch
+   * is logged with the manifests and counted; the key is denied (no tier serves it until a fresh
+   * compile is stored) and deleted from every tier that accepts it. Jobs whose -o is not a direct
+   * argument (inside a response file) or that write more than the object (.dwo embeds the object
+   * name) cannot be redirected exactly and are not audited.
+   */
+  private maybeVerify(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest): void {
+    if (this.verifyShare <= 0 || this.random() >= this.verifyShare) return;
+    const oi = req.args.indexOf('-o');
+    if (outputs.length !== 1 || oi < 0 || req.args[oi + 1] !== outputs[0]!.path) {
+      this.counters.add(Counter.verify_skipped);
+      return;
+    }
+    const { key } = k;
+    const target = resolve(req.cwd, outputs[0]!.path);
+    const tmp = join(dirname(target), `.${basename(target)}.ltocache-verify-${process.pid}-${Math.random().toString(36).slice(2)}`);
+    const args = [...req.args];
+    args[oi + 1] = tmp;
+    this.spawn(
+      (async () => {
+        const release = await this.compiles.acquire();
+        try {
+          const run = await this.run({ compiler: req.compiler, args, cwd: req.cwd, env: req.env, umask: req.umask, signal: new AbortController().signal });
+          const fresh = await readFile(tmp).catch(() => null);
+          this.counters.add(Counter.verify_runs);
+          const freshErr = run.stderr.toString('latin1').split(tmp).join(outputs[0]!.path);
+          const storedErr = Buffer.from(entry.record.stderr, 'base64').toString('latin1');
+          const sameObject = fresh !== null && fresh.equals(entry.files.get(outputs[0]!.role)!);
+          const sameStderr = freshErr === storedErr;
+          if (run.exitCode === 0 && sameObject && sameStderr) return;
+          this.counters.add(Counter.verify_mismatches);
+          this.hot.delete(key);
+          await this.o.deny.add(key, 'verify mismatch').catch((e: unknown) => this.o.log.warn('cannot persist the deny list', { key, error: String(e) }));
+          const stored = this.o.manifestOf ? await this.o.manifestOf(key).catch(() => undefined) : undefined;
+          const deleted = await this.o.cache.delete(key);
+          this.o.log.error('verify: a served object differs from a fresh compile; entry purged', {
+            key,
+            output: target,
+            exit: run.exitCode,
+            sameObject,
+            sameStderr,
+            storedManifest: stored ?? null,
+            currentManifest: k.manifest,
+            delete: deleted,
+          });
+        } catch (e) {
+          this.counters.error(ErrorKind.verify);
+          this.o.log.warn('verify run failed', { key, error: String(e) });
+        } finally {
+          release();
+          await unlink(tmp).catch(() => {});
+        }
+      })(),
+    );
+  }
+
+  private async compile(req: JobRequest, outputs: Outputs, key: string, ctx: JobContext, stillCurrent: () => Promise<boolean>): Promise<Compiled> {
+    const { signal } = ctx;
+    // The concurrency limit holds wherever clang runs: a client is told to compile only when a
+    // slot is free.
+    let run: CompilerRun;
+    const release = await this.compiles.acquire();
+    try {
+      if (signal.aborted) throw new Error('client went away');
+      run = ctx.compileOnClient ? await ctx.compileOnClient() : await this.run({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
+    } finally {
+      release();
+    }
+    this.counters.add(Counter.misses);
+    this.counters.add(Counter.compile_ms, run.ms);
+    if (signal.aborted || run.exitCode !== 0) return { ...run, entry: null };
+    let entry: StoredEntry;
+    try {
+      const files = new Map<string, Buffer>();
+      for (const o of outputs) files.set(o.role, await readFile(resolve(req.cwd, o.path)));
+      // clang 19 exits 0 with an empty object when it cannot load an imported module: serve that
+      // run as it is, but never store it.
+      if (BACKEND_FAILURE.test(run.stderr.toString('latin1')) || files.get('obj')!.length === 0) {
+        this.counters.error(ErrorKind.backend_failure_exit_0);
+        this.o.log.warn('compiler reported a backend failure with exit 0; not stored', { key });
+        return { ...run, entry: null };
+      }
+      entry = {
+        record: {
+          v: 1,
+          outputs: outputs.map((o) => ({ name: o.role, digest: hashBytes(files.get(o.role)!), size: files.get(o.role)!.length })),
+          stdout: run.stdout.toString('base64'),
+          stderr: run.stderr.toString('base64'),
+          exitCode: 0,
+          compileMs: Math.round(run.ms),
+          createdAt: Date.now(),
+        },
+        files,
+      };
+    } catch (e) {
+      // An output we expected is not there (a flag we do not model): serve the run, store nothing.
+      this.counters.error(ErrorKind.missing_output);
+      this.o.log.warn('expected output missing after compile; not stored', { key, error: String(e) });
+      return { ...run, entry: null };
+    }
+    if (!(await stillCurrent())) {
+      this.counters.error(ErrorKind.inputs_changed_during_compile);
+      this.o.log.warn('inputs changed while the compiler ran; result served, not stored', { key });
+      return { ...run, entry: null };
+    }
+    this.hot.set(key, entry);
+    this.spawn(this.store(key, entry));
+    return { ...run, entry };
+  }
+
+  /** Stores a fresh compile; once stored, a denied key may be served again. */
+  private async store(key: string, entry: StoredEntry): Promise<void> {
+    try {
+      const r = await this.o.cache.put(key, entry);
+      if (r.kind === 'stored') {
+        this.counters.add(Counter.bytes_written, [...entry.files.values()].reduce((n, b) => n + b.length, 0));
+        if (this.o.deny.has(key)) await this.o.deny.remove(key).catch((e: unknown) => this.o.log.warn('cannot update the deny list', { key, error: String(e) }));
+      } else {
+        this.counters.error(r.kind === 'error' ? ErrorKind.store_write : ErrorKind.store_refused);
+        this.o.log.warn('could not store result', { key, result: r });
+      }
+    } catch (e) {
+      this.counters.error(ErrorKind.store_write);
+      this.o.log.warn('could not store result', { key, error: String(e) });
+    }
+  }
+}
+
+function entryBytes(e: StoredEntry): number {
+  return e.record.outputs.reduce((n, o) => n + o.size, 0);
+}

@@ -1,0 +1,364 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, test, type TestContext } from 'node:test';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import type { KeyResult, Manifest } from '../../src/key/manifest.js';
+import type { Job } from '../../src/key/parseJob.js';
+import { type DenyRecord, DenyList, type DenyStorage } from '../../src/pipeline/denyList.js';
+import { type JobOutcome, JobPipeline, type JobRequest, type PipelineOptions } from '../../src/pipeline/jobPipeline.js';
+import type { CompilerRun, RunOptions } from '../../src/pipeline/runCompiler.js';
+import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../../src/store/backend.js';
+import { LocalStore } from '../../src/store/localStore.js';
+import { readOnly, tiered } from '../../src/store/policies.js';
+import { Counters } from '../../src/stats/counters.js';
+
+/**
+ * The job pipeline in process: a fake compiler (writes bytes chosen by the test), a fake keyer
+ * (the key of a job is a digest of its input path and a per-input version), and CacheBackend
+ * stubs. No LLVM needed: parseJob reads only the argument list.
+ */
+
+await initHash();
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-pipeline-'));
+  dirs.push(d);
+  return d;
+}
+
+const args = (m: string, out = `${m}.native.o`): string[] => ['-O2', '-x', 'ir', '-fno-lto', `-fthinlto-index=${m}.o.thinlto.bc`, '-c', '-o', out, `${m}.o`];
+const request = (cwd: string, m: string, out?: string): JobRequest => ({ compiler: '/usr/bin/clang-fake', args: args(m, out), cwd, env: {}, umask: 0o022 });
+
+/** Keys from the input path and a version the test bumps to model an input change. */
+class FakeKeyer {
+  readonly versions = new Map<string, number>();
+  calls = 0;
+  readonly keyer = async (job: Job): Promise<KeyResult> => {
+    this.calls++;
+    return { kind: 'key', key: this.keyOf(job.input), manifest: { input: job.input } as unknown as Manifest };
+  };
+  keyOf(input: string): string {
+    return hashBytes(`${input}@${this.versions.get(input) ?? 0}`);
+  }
+}
+
+/** Writes `output(input)` to the -o path; `gate` holds every run until the test opens it. */
+class FakeCompiler {
+  runs: RunOptions[] = [];
+  output = (input: string): Buffer => Buffer.from(`object of ${input}`);
+  stderr = Buffer.alloc(0);
+  exitCode = 0;
+  gate: Promise<void> = Promise.resolve();
+  readonly run = async (o: RunOptions): Promise<CompilerRun> => {
+    this.runs.push(o);
+    await this.gate;
+    const out = o.args[o.args.indexOf('-o') + 1]!;
+    fs.writeFileSync(resolve(o.cwd, out), this.output(o.args[o.args.length - 1]!));
+    return { exitCode: this.exitCode, stdout: Buffer.alloc(0), stderr: this.stderr, ms: 50 };
+  };
+}
+
+/** A Map-backed CacheBackend that records every call; `getResult` overrides lookups. */
+class StubBackend implements CacheBackend {
+  readonly entries = new Map<string, StoredEntry>();
+  readonly calls: string[] = [];
+  getResult: ((key: string) => Lookup) | null = null;
+  putResult: PutResult | null = null;
+  constructor(readonly name = 'stub') {}
+  async get(key: string): Promise<Lookup> {
+    this.calls.push(`get ${key}`);
+    if (this.getResult) return this.getResult(key);
+    const e = this.entries.get(key);
+    return e ? { kind: 'hit', entry: e } : { kind: 'miss' };
+  }
+  async put(key: string, entry: StoredEntry): Promise<PutResult> {
+    this.calls.push(`put ${key}`);
+    if (this.putResult) return this.putResult;
+    this.entries.set(key, entry);
+    return { kind: 'stored' };
+  }
+  async delete(key: string): Promise<DeleteResult> {
+    this.calls.push(`delete ${key}`);
+    return this.entries.delete(key) ? { kind: 'deleted' } : { kind: 'absent' };
+  }
+  async touch(key: string): Promise<void> {
+    this.calls.push(`touch ${key}`);
+  }
+  count(op: string): number {
+    return this.calls.filter((c) => c.startsWith(`${op} `)).length;
+  }
+}
+
+class MemoryDenyStorage implements DenyStorage {
+  readonly map = new Map<string, DenyRecord>();
+  async *keys(): AsyncIterable<string> {
+    yield* this.map.keys();
+  }
+  async put(key: string, value: DenyRecord): Promise<void> {
+    this.map.set(key, value);
+  }
+  async del(key: string): Promise<void> {
+    this.map.delete(key);
+  }
+}
+
+const silent = { info() {}, warn() {}, error() {} };
+
+async function setup(opts: Partial<PipelineOptions> & { cache: CacheBackend }, denyStorage: DenyStorage | null = null) {
+  const keyer = new FakeKeyer();
+  const compiler = new FakeCompiler();
+  const counters = new Counters();
+  const deny = await DenyList.load(denyStorage);
+  const pipeline = new JobPipeline({ counters, log: silent, jobs: 4, deny, keyer: keyer.keyer, runCompiler: compiler.run, ...opts });
+  return { keyer, compiler, counters, deny, pipeline };
+}
+
+const live = () => ({ signal: new AbortController().signal });
+
+function entryOf(obj: Buffer): StoredEntry {
+  return {
+    record: { v: 1, outputs: [{ name: 'obj', digest: hashBytes(obj), size: obj.length }], stdout: '', stderr: '', exitCode: 0, compileMs: 7, createdAt: 1 },
+    files: new Map([['obj', obj]]),
+  };
+}
+
+function expectKind<K extends JobOutcome['kind']>(o: JobOutcome, kind: K): Extract<JobOutcome, { kind: K }> {
+  assert.equal(o.kind, kind, JSON.stringify({ ...o, stdout: undefined, stderr: undefined }));
+  return o as Extract<JobOutcome, { kind: K }>;
+}
+
+test('miss → compile → store; then a hit from memory (touching the store) and from the store', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline, compiler, counters, keyer } = await setup({ cache });
+  const miss = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  assert.equal(miss.exitCode, 0);
+  assert.equal(miss.compiledOnClient, false);
+  assert.equal(miss.key, keyer.keyOf('a.o'));
+  assert.equal(miss.output, 'a.native.o');
+  assert.equal(compiler.runs.length, 1);
+  await pipeline.idle();
+  const stored = cache.entries.get(miss.key);
+  assert.ok(stored?.files.get('obj')?.equals(compiler.output('a.o')));
+  assert.equal(counters.get('misses'), 1);
+  assert.ok(counters.get('bytes_written') > 0);
+
+  fs.rmSync(join(cwd, 'a.native.o'));
+  const hot = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'hit');
+  assert.equal(hot.tier, 'memory');
+  await pipeline.idle();
+  assert.equal(cache.count('touch'), 1, 'a hit from memory records the access in the store');
+  assert.ok(fs.readFileSync(join(cwd, 'a.native.o')).equals(compiler.output('a.o')));
+
+  // A fresh pipeline has nothing in memory: the hit comes from the backend.
+  const { pipeline: second } = await setup({ cache });
+  const fromStore = expectKind(await second.runJob(request(cwd, 'a'), live()), 'hit');
+  assert.equal(fromStore.tier, 'local');
+  assert.equal(fromStore.savedMs, stored!.record.compileMs);
+  assert.equal(counters.get('hits'), 1);
+});
+
+test('a compile that fails is served and not stored', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline, compiler } = await setup({ cache });
+  compiler.exitCode = 1;
+  compiler.stderr = Buffer.from('error: boom\n');
+  const miss = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  assert.equal(miss.exitCode, 1);
+  assert.equal(miss.stderr.toString(), 'error: boom\n');
+  await pipeline.idle();
+  assert.equal(cache.count('put'), 0);
+});
+
+test('identical concurrent jobs are compiled once', async () => {
+  const cache = new StubBackend();
+  const { pipeline, compiler, counters } = await setup({ cache });
+  let open!: () => void;
+  compiler.gate = new Promise((r) => (open = r));
+  const cwds = [tempDir(), tempDir(), tempDir()];
+  const running = cwds.map((cwd) => pipeline.runJob(request(cwd, 'a'), live()));
+  await new Promise((r) => setTimeout(r, 50));
+  open();
+  const outcomes = await Promise.all(running);
+  assert.equal(compiler.runs.length, 1);
+  assert.deepEqual(outcomes.map((o) => (o.kind === 'hit' ? `hit:${o.tier}` : o.kind)).sort(), ['hit:inflight', 'hit:inflight', 'miss']);
+  for (const cwd of cwds) assert.ok(fs.readFileSync(join(cwd, 'a.native.o')).equals(compiler.output('a.o')));
+  assert.equal(counters.get('misses'), 1);
+  assert.equal(counters.get('hits'), 2);
+});
+
+test('the client compiles when it offers to, under the same concurrency limit', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline, compiler } = await setup({ cache, jobs: 1 });
+  let clientRuns = 0;
+  const compileOnClient = async (): Promise<CompilerRun> => {
+    clientRuns++;
+    fs.writeFileSync(join(cwd, 'a.native.o'), 'from the client');
+    return { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), ms: 5 };
+  };
+  const miss = expectKind(await pipeline.runJob(request(cwd, 'a'), { ...live(), compileOnClient }), 'miss');
+  assert.equal(miss.compiledOnClient, true);
+  assert.equal(clientRuns, 1);
+  assert.equal(compiler.runs.length, 0);
+  await pipeline.idle();
+  assert.equal(cache.entries.get(miss.key)?.files.get('obj')?.toString(), 'from the client');
+});
+
+test('uncacheable jobs are data, not errors', async () => {
+  const cache = new StubBackend();
+  const { pipeline, counters } = await setup({ cache });
+  const o = expectKind(await pipeline.runJob({ ...request(tempDir(), 'a'), args: ['-c', 'x.c', '-o', 'x.o'] }, live()), 'uncacheable');
+  assert.equal(o.reason, 'not-backend');
+  assert.equal(o.record, false);
+  assert.equal(counters.get('uncacheable'), 1);
+  assert.equal(cache.calls.length, 0);
+});
+
+test('a store read error or a corrupt entry → compile; a store write error is counted, the job still served', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline, compiler, counters } = await setup({ cache });
+  cache.getResult = () => ({ kind: 'error', error: 'disk on fire', corrupt: false });
+  cache.putResult = { kind: 'error', error: 'disk still on fire' };
+  expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  await pipeline.idle();
+  cache.getResult = () => ({ kind: 'error', error: 'bad blob', corrupt: true });
+  expectKind(await pipeline.runJob(request(cwd, 'b'), live()), 'miss');
+  await pipeline.idle();
+  assert.equal(compiler.runs.length, 2);
+  assert.deepEqual(counters.snapshot().errors_by_kind, { store_read: 1, corrupt_entry: 1, store_write: 2 });
+});
+
+test('a compile that cannot run is an error outcome, counted', async () => {
+  const cwd = tempDir();
+  const { pipeline, compiler, counters } = await setup({ cache: new StubBackend() });
+  compiler.gate = Promise.reject(new Error('ENOENT clang'));
+  compiler.gate.catch(() => {});
+  const o = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'error');
+  assert.match(o.error, /cannot run compiler: ENOENT clang/);
+  assert.equal(o.record, true);
+  assert.deepEqual(counters.snapshot().errors_by_kind, { compile: 1 });
+});
+
+test('tiered: a remote hit is served as remote and written back locally; puts go to both tiers', async () => {
+  const cwd = tempDir();
+  const local = new StubBackend('local');
+  const remote = new StubBackend('remote');
+  const { pipeline, keyer } = await setup({ cache: tiered(local, remote) });
+  remote.entries.set(keyer.keyOf('a.o'), entryOf(Buffer.from('remote object')));
+  const hit = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'hit');
+  assert.equal(hit.tier, 'remote');
+  assert.equal(fs.readFileSync(join(cwd, 'a.native.o'), 'utf8'), 'remote object');
+  await new Promise((r) => setTimeout(r, 10));
+  assert.ok(local.entries.has(keyer.keyOf('a.o')), 'written back');
+
+  expectKind(await pipeline.runJob(request(cwd, 'b'), live()), 'miss');
+  await pipeline.idle();
+  assert.ok(local.entries.has(keyer.keyOf('b.o')));
+  assert.ok(remote.entries.has(keyer.keyOf('b.o')));
+});
+
+test('readOnly: reads pass through, puts are refused and counted', async () => {
+  const cwd = tempDir();
+  const inner = new StubBackend();
+  const { pipeline, counters, keyer } = await setup({ cache: readOnly(inner) });
+  inner.entries.set(keyer.keyOf('a.o'), entryOf(Buffer.from('stored')));
+  expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'hit');
+  expectKind(await pipeline.runJob(request(cwd, 'b'), live()), 'miss');
+  await pipeline.idle();
+  assert.equal(inner.count('put'), 0);
+  assert.deepEqual(counters.snapshot().errors_by_kind, { store_refused: 1 });
+});
+
+test('verify mismatch: the key is denied in every tier and deleted from both until a fresh compile is stored', async () => {
+  const cwd = tempDir();
+  const local = new StubBackend('local');
+  const remote = new StubBackend('remote');
+  const storage = new MemoryDenyStorage();
+  const { pipeline, compiler, counters, keyer, deny } = await setup({ cache: tiered(local, remote), verifyShare: 1 }, storage);
+  const key = keyer.keyOf('a.o');
+  const wrong = entryOf(Buffer.from('a stale object'));
+  local.entries.set(key, wrong);
+  remote.entries.set(key, wrong);
+
+  const served = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'hit');
+  assert.equal(served.tier, 'local');
+  await pipeline.idle();
+  assert.equal(counters.get('verify_runs'), 1);
+  assert.equal(counters.get('verify_mismatches'), 1);
+  assert.ok(deny.has(key));
+  assert.ok(storage.map.has(key), 'the deny list is persisted');
+  assert.equal(local.count('delete'), 1);
+  assert.equal(remote.count('delete'), 1, 'the team tier is told');
+  assert.deepEqual(fs.readdirSync(cwd).filter((f) => f.includes('verify')), [], 'the verify temp file is removed');
+
+  // A tier that still has it (another client uploaded it again) is not asked while denied.
+  remote.entries.set(key, wrong);
+  const before = remote.count('get') + local.count('get');
+  let open!: () => void;
+  compiler.gate = new Promise((r) => (open = r));
+  const recompile = pipeline.runJob(request(cwd, 'a'), live());
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(remote.count('get') + local.count('get'), before, 'no tier is read for a denied key');
+  open();
+  const fresh = expectKind(await recompile, 'miss');
+  assert.equal(fresh.key, key);
+  await pipeline.idle();
+  assert.ok(fs.readFileSync(join(cwd, 'a.native.o')).equals(compiler.output('a.o')));
+  assert.equal(deny.has(key), false, 'a stored fresh compile lifts the denial');
+  assert.equal(storage.map.has(key), false);
+  assert.ok(remote.entries.get(key)?.files.get('obj')?.equals(compiler.output('a.o')), 'the fresh compile replaced the team entry');
+
+  // Served again, and this time it verifies.
+  expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'hit');
+  await pipeline.idle();
+  assert.equal(counters.get('verify_mismatches'), 1);
+});
+
+test('a persisted denial survives a restart: the denied key is compiled, not served', async () => {
+  const cwd = tempDir();
+  const storage = new MemoryDenyStorage();
+  const cache = new StubBackend();
+  const { keyer } = await setup({ cache });
+  const key = keyer.keyOf('a.o');
+  cache.entries.set(key, entryOf(Buffer.from('a stale object')));
+  await storage.put(key, { reason: 'verify mismatch', at: 1 });
+  const { pipeline, compiler } = await setup({ cache }, storage);
+  expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  assert.equal(compiler.runs.length, 1);
+  assert.equal(cache.count('get'), 0);
+});
+
+test('LRU: an entry served from memory is touched, so eviction takes the unused ones first', async (t: TestContext) => {
+  const cwd = tempDir();
+  let now = 1_000;
+  const store = await LocalStore.open({ dir: tempDir(), maxBytes: 35_000, now: () => now, touchIntervalMs: 0 });
+  t.after(() => store.close());
+  const { pipeline, compiler, keyer } = await setup({ cache: store });
+  compiler.output = (input) => Buffer.alloc(10_000, input.charCodeAt(0));
+  for (const m of ['a', 'b', 'c']) {
+    now += 1_000;
+    expectKind(await pipeline.runJob(request(cwd, m), live()), 'miss');
+    await pipeline.idle();
+  }
+  for (let i = 0; i < 3; i++) {
+    now += 1_000;
+    assert.equal(expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'hit').tier, 'memory');
+    await pipeline.idle();
+  }
+  now += 1_000;
+  expectKind(await pipeline.runJob(request(cwd, 'd'), live()), 'miss');
+  await pipeline.idle();
+  assert.equal(store.counters.evictions, 1);
+  const present = async (m: string) => (await store.get(keyer.keyOf(`${m}.o`))).kind === 'hit';
+  assert.equal(await present('a'), true, 'the entry used most survives');
+  assert.equal(await present('b'), false, 'the least recently used one is evicted');
+});
