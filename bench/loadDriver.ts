@@ -211,7 +211,7 @@ export async function runJob(spec: JobSpec, ctx: JobContext): Promise<JobResult>
   } else {
     let frame = ctx.frames.get(spec.out);
     if (!frame) {
-      frame = encodeCompileRequest({ version: 1, stderrTty: false, umask: 0o022, compiler: ctx.compilerAbs, cwd: b.dir, args, env: wireEnv(ctx.env) });
+      frame = encodeCompileRequest({ version: 2, stderrTty: false, umask: 0o022, compiler: ctx.compilerAbs, cwd: b.dir, args, env: wireEnv(ctx.env) });
       ctx.frames.set(spec.out, frame);
     }
     reply = await socketCompile(ctx.socket, frame, ctx.timeoutMs);

@@ -20,10 +20,12 @@ import {
   encodeJson,
   encodePassthrough,
   encodeResult,
+  encodeWait,
   socketDirFor,
   socketPathFor,
 } from '../protocol/clientFrames.js';
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
+import { FRAME_COMPILE, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
 import type { StoredEntry } from '../store/backend.js';
 import { LocalStore, StoreLockedError } from '../store/localStore.js';
 import { LayoutError } from '../store/layout.js';
@@ -49,6 +51,7 @@ const BACKEND_FAILURE = /Error running ThinLTO backend|Error loading imported fi
 /** What a finished compile leaves for the jobs waiting on the same key. */
 interface Compiled {
   exitCode: number;
+  signal: number;
   stdout: Buffer;
   stderr: Buffer;
   ms: number;
@@ -261,7 +264,7 @@ export class Daemon {
     const abort = new AbortController();
     // The first frame is the request; anything after it is ignored, except the one 'D' frame that
     // answers our 'M', read with a fresh decoder from the moment the 'M' is sent.
-    let decoder: FrameDecoder | null = new FrameDecoder(16 << 20);
+    let decoder: FrameDecoder | null = new FrameDecoder(MAX_REQUEST_PAYLOAD);
     let handled = false;
     let waiter: { res: (b: Buffer) => void; rej: (e: Error) => void } | null = null;
     const conn: Conn = {
@@ -270,11 +273,15 @@ export class Daemon {
       nextFrame: () =>
         new Promise<Buffer>((res, rej) => {
           if (abort.signal.aborted) return rej(new Error('client went away'));
-          decoder = new FrameDecoder(16 << 20);
+          decoder = new FrameDecoder(MAX_DONE_PAYLOAD);
           waiter = { res, rej };
         }),
     };
+    // While a compile request is in progress, 'W' every KEEPALIVE_INTERVAL_MS tells the client
+    // we are alive; not while the client compiles (we await its 'D') nor after our answer.
+    let keepalive: NodeJS.Timeout | undefined;
     sock.on('close', () => {
+      clearInterval(keepalive);
       this.sockets.delete(sock);
       abort.abort();
       const w = waiter;
@@ -298,6 +305,11 @@ export class Daemon {
       if (!handled) {
         handled = true;
         decoder = null;
+        if (frame[0] === FRAME_COMPILE) {
+          keepalive = setInterval(() => {
+            if (!waiter && !sock.writableEnded && !sock.destroyed) sock.write(encodeWait());
+          }, KEEPALIVE_INTERVAL_MS);
+        }
         void this.dispatch(frame, conn);
       } else if (waiter) {
         const w = waiter;
@@ -401,7 +413,7 @@ export class Daemon {
       } else if (outcome.reported) {
         sock.end(encodeAck());
       } else {
-        sock.end(encodeResult(outcome.exitCode, outcome.stdout, outcome.stderr));
+        sock.end(encodeResult({ exit: outcome.exitCode, signal: outcome.signal ?? 0 }, outcome.stdout, outcome.stderr));
       }
       if (outcome.kind !== 'passthrough' || outcome.record) {
         void this.jobLog
@@ -449,7 +461,7 @@ export class Daemon {
         }
       }
       if (done && done.exitCode !== 0) {
-        return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest };
+        return { kind: 'result', exitCode: done.exitCode, signal: done.signal, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest };
       }
     }
     // Inputs may change while clang runs (a front end rebuilt meanwhile): store the result only
@@ -465,7 +477,7 @@ export class Daemon {
     this.inflight.set(key, p);
     try {
       const done = await p;
-      return { kind: 'result', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest, bytes: done.entry ? entryBytes(done.entry) : 0, reported: !!onClient };
+      return { kind: 'result', exitCode: done.exitCode, signal: done.signal, stdout: done.stdout, stderr: done.stderr, result: 'miss', key, manifest, bytes: done.entry ? entryBytes(done.entry) : 0, reported: !!onClient };
     } catch (e) {
       if (signal.aborted) return { kind: 'passthrough', reason: 'client went away', result: 'error', record: false };
       this.counters.error(e instanceof ProtocolError ? 'protocol' : 'compile');
@@ -571,7 +583,7 @@ export class Daemon {
     const next = conn.nextFrame();
     conn.sock.write(encodeCompileYourself());
     const d = decodeDone(await next);
-    return { exitCode: d.exit, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
+    return { exitCode: d.exit, signal: d.signal, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
   }
 
   private async compile(
@@ -696,7 +708,7 @@ async function openStoreWithRecovery(config: Config, log: Logger): Promise<Local
 
 type Outcome =
   | { kind: 'passthrough'; reason: string; result: JobResult; record: boolean; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string }
-  | { kind: 'result'; exitCode: number; stdout: Buffer; stderr: Buffer; result: JobResult; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string; reported?: boolean };
+  | { kind: 'result'; exitCode: number; signal?: number; stdout: Buffer; stderr: Buffer; result: JobResult; key?: string; manifest?: Manifest; savedMs?: number; bytes?: number; output?: string; reported?: boolean };
 
 /** One client connection: its socket, whether it went away, and the frames it sends after the first. */
 interface Conn {
