@@ -111,15 +111,16 @@ static char *concat3(const char *a, const char *b, const char *c) {
 
 /* Without an exact self identity, a compiler candidate may turn out to be this program again.
  * Before exec'ing one, record "<pid> <dev>:<ino>..." (the pid survives exec; the identities are
- * those skipped so far plus the candidate's): a process that finds its own pid there knows it
- * is that candidate, skips all of them and talks to no daemon (its parent image already did).
+ * the candidate's and those of earlier candidates proven to be us, never a guess from argv[0]):
+ * a process that finds its own pid there knows it is that candidate, skips exactly those and
+ * talks to no daemon (its parent image already did).
  * Only ever set without /proc, and removed on entry, so it never reaches a daemon request. */
 static void set_exec_guard(const char *path) {
     if (skip.exact) return;
     struct stat st;
     char buf[32 + MAX_SKIP * 42];
     int at = snprintf(buf, sizeof buf, "%ld", (long)getpid());
-    for (int i = 0; i < skip.n; i++)
+    for (int i = 0; skip.self_exec && i < skip.n; i++)
         at += snprintf(buf + at, sizeof buf - (size_t)at, " %lu:%lu", (unsigned long)skip.dev[i],
                        (unsigned long)skip.ino[i]);
     if (stat(path, &st) == 0 && skip.n < MAX_SKIP)
