@@ -181,7 +181,7 @@ function refDecode(p: Buffer): RefReq {
     return Buffer.from(s, 'utf8').equals(b) ? s : null;
   };
   if (p.length < 2 || p[0] !== 0x43) return bad('type/short');
-  if (p[1] !== 1) return bad('version');
+  if (p[1] !== 2) return bad('version');
   at = 2;
   const flags = u32();
   if (flags === null || (flags & ~3) !== 0) return bad('flags');
@@ -457,12 +457,13 @@ describe('fuzz: replies', () => {
         fc.uint8Array({ maxLength: 40 }),
         fc.string({ maxLength: 30 }),
         fc.array(mutationArb, { maxLength: 3 }),
-        (exit, out, err, reason, ms) => {
-          const r = decodeReply(encodeResult(exit, Buffer.from(out), Buffer.from(err)).subarray(4));
-          assert.deepEqual(r, { kind: 'result', exit, stdout: Buffer.from(out), stderr: Buffer.from(err) });
+        fc.integer({ min: 0, max: 64 }),
+        (exit, out, err, reason, ms, signal) => {
+          const r = decodeReply(encodeResult({ exit, signal }, Buffer.from(out), Buffer.from(err)).subarray(4));
+          assert.deepEqual(r, { kind: 'result', exit, signal, stdout: Buffer.from(out), stderr: Buffer.from(err) });
           const p = decodeReply(encodePassthrough(reason).subarray(4));
           assert.deepEqual(p, { kind: 'passthrough', reason: Buffer.from(reason, 'utf8').toString('utf8') });
-          for (const frame of [encodeResult(exit, Buffer.from(out), Buffer.from(err)), encodePassthrough(reason)]) {
+          for (const frame of [encodeResult({ exit, signal }, Buffer.from(out), Buffer.from(err)), encodePassthrough(reason)]) {
             const m = mutateAll(frame.subarray(4), ms);
             let got;
             try {
@@ -472,7 +473,7 @@ describe('fuzz: replies', () => {
               continue;
             }
             // Accepted: it re-encodes to the same bytes (the reply format has no slack).
-            const again = got.kind === 'result' ? encodeResult(got.exit, got.stdout, got.stderr) : got.kind === 'passthrough' ? encodePassthrough(got.reason) : encodeCompileYourself();
+            const again = got.kind === 'result' ? encodeResult(got, got.stdout, got.stderr) : got.kind === 'passthrough' ? encodePassthrough(got.reason) : encodeCompileYourself();
             if (got.kind !== 'passthrough' || Buffer.from(got.reason, 'utf8').equals(m.subarray(5))) assert.ok(again.subarray(4).equals(m));
           }
         },
