@@ -102,7 +102,7 @@ async function hitBreakdown(n: number): Promise<[string, string][]> {
   const args = b.backendArgs(m, variant.flags, out);
   const compiler = absoluteCompiler(b.clang);
   const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined && !e[0].includes('=')));
-  const frame = encodeCompileRequest({ version: 1, stderrTty: false, umask: 0o022, compiler, cwd: b.dir, args, env }).subarray(4);
+  const frame = encodeCompileRequest({ version: 2, stderrTty: false, umask: 0o022, compiler, cwd: b.dir, args, env }).subarray(4);
   const files = new FileDigests();
   const toolchains = new ToolchainIdentifier(files);
   const storeDir = tempDir('breakdown-store');

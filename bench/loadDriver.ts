@@ -25,7 +25,7 @@ import { delimiter, isAbsolute, join, resolve } from 'node:path';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import { askDaemon } from '../src/cli/controlClient.js';
 import type { JobRecord } from '../src/jobLog/jobLog.js';
-import { FrameDecoder, MAX_REPLY_PAYLOAD, decodeReply, encodeCompileRequest, socketPathFor } from '../src/protocol/clientFrames.js';
+import { FRAME_WAIT, FrameDecoder, MAX_REPLY_PAYLOAD, decodeReply, encodeCompileRequest, socketPathFor } from '../src/protocol/clientFrames.js';
 import type { StatsView } from '../src/stats/counters.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
 import { ServerProcess, TOKENS } from '../test/support/server.js';
@@ -164,7 +164,8 @@ function socketCompile(socket: string, frame: Buffer, timeoutMs: number): Promis
     sock.on('close', () => finish({ error: 'daemon closed the connection without a reply' }));
     sock.on('data', (chunk: Buffer) => {
       try {
-        const payload = decoder.push(chunk)[0];
+        // 'W' keepalives say the daemon is still working: skip them.
+        const payload = decoder.push(chunk).find((f) => !(f.length === 1 && f[0] === FRAME_WAIT));
         if (!payload) return;
         const reply = decodeReply(payload);
         finish(reply.kind === 'result' ? { exit: reply.exit, stdout: reply.stdout, stderr: reply.stderr } : { error: reply.kind === 'passthrough' ? `passthrough: ${reply.reason}` : `unexpected ${reply.kind}` });
@@ -211,7 +212,7 @@ export async function runJob(spec: JobSpec, ctx: JobContext): Promise<JobResult>
   } else {
     let frame = ctx.frames.get(spec.out);
     if (!frame) {
-      frame = encodeCompileRequest({ version: 1, stderrTty: false, umask: 0o022, compiler: ctx.compilerAbs, cwd: b.dir, args, env: wireEnv(ctx.env) });
+      frame = encodeCompileRequest({ version: 2, stderrTty: false, umask: 0o022, compiler: ctx.compilerAbs, cwd: b.dir, args, env: wireEnv(ctx.env) });
       ctx.frames.set(spec.out, frame);
     }
     reply = await socketCompile(ctx.socket, frame, ctx.timeoutMs);

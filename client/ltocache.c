@@ -20,8 +20,12 @@
  *               compiler is the next executable of that name on PATH that is not this program.
  *
  * Environment: LTOCACHE_DIR, XDG_CACHE_HOME, HOME (cache dir -> socket), LTOCACHE_DISABLE,
- * LTOCACHE_NODE, LTOCACHE_START_TIMEOUT_MS, and LTOCACHE_PRINT_SOCKET=1 (tests only: print the
- * socket path and exit 0).
+ * LTOCACHE_NODE, LTOCACHE_START_TIMEOUT_MS, LTOCACHE_SILENCE_TIMEOUT_MS, LTOCACHE_EXEC_GUARD
+ * (ours: see self_exec_guard()), and LTOCACHE_PRINT_SOCKET=1 (tests only: print the socket path
+ * and exit 0).
+ *
+ * Limits, frame types and the protocol version come from limits.h, generated from
+ * src/protocol/limits.ts.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,21 +45,29 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "limits.h"
+
 extern char **environ;
 
-#define PROTOCOL_VERSION 1u
-#define FLAG_STDERR_TTY 1u
-/* We can run the compiler on a miss ourselves and report the result ('M' → 'D' → 'A'): forking
- * clang from this small process is far cheaper than from the daemon. */
-#define FLAG_COMPILES_ON_MISS 2u
-/* Captured compiler output beyond this is written straight through and not reported. */
-#define MAX_CAPTURE (64u << 20)
-/* The daemon's frame decoder rejects requests above 16 MiB; don't bother sending one. */
-#define MAX_REQUEST_PAYLOAD (16u << 20)
-/* Bound on what we are willing to buffer from the daemon before replaying it. */
-#define MAX_REPLY_PAYLOAD (256u << 20)
-#define DEFAULT_START_TIMEOUT_MS 3000L
 #define CONNECT_RETRY_NS (10L * 1000 * 1000)
+#define GUARD_ENV "LTOCACHE_EXEC_GUARD"
+#define MAX_SKIP 64
+
+/* The SIGCHLD disposition we inherited. We need SIG_DFL for our own waitpid (an inherited
+ * SIG_IGN makes children vanish unreaped: ECHILD); every exec restores the inherited one so the
+ * compiler starts with exactly what we were given. */
+static struct sigaction inherited_sigchld;
+
+/* Executables known to be this program, by device and inode: every symlink or hard link to us
+ * on PATH is skipped. From /proc/self/exe when it is mounted (`exact`); otherwise from argv[0]
+ * resolved the way execvp found it, or, in a process that exec'd itself by mistake, from
+ * LTOCACHE_EXEC_GUARD (see self_exec_guard()). */
+static struct {
+    dev_t dev[MAX_SKIP];
+    ino_t ino[MAX_SKIP];
+    int n, exact, self_exec;
+} skip;
+static const char *argv0 = "";
 
 /* The compiler to run: `path` is what execv gets (resolved, possibly relative), `argv` is the
  * argument vector as the user gave it (argv[0] = compiler name as given), `argc` its length. */
@@ -97,10 +109,32 @@ static char *concat3(const char *a, const char *b, const char *c) {
 /* ---------------------------------------------------------------------------------------- */
 /* Direct exec: the universal fallback                                                       */
 
+/* Without an exact self identity, a compiler candidate may turn out to be this program again.
+ * Before exec'ing one, record "<pid> <dev>:<ino>..." (the pid survives exec; the identities are
+ * the candidate's and those of earlier candidates proven to be us, never a guess from argv[0]):
+ * a process that finds its own pid there knows it is that candidate, skips exactly those and
+ * talks to no daemon (its parent image already did).
+ * Only ever set without /proc, and removed on entry, so it never reaches a daemon request. */
+static void set_exec_guard(const char *path) {
+    if (skip.exact) return;
+    struct stat st;
+    char buf[32 + MAX_SKIP * 42];
+    int at = snprintf(buf, sizeof buf, "%ld", (long)getpid());
+    for (int i = 0; skip.self_exec && i < skip.n; i++)
+        at += snprintf(buf + at, sizeof buf - (size_t)at, " %lu:%lu", (unsigned long)skip.dev[i],
+                       (unsigned long)skip.ino[i]);
+    if (stat(path, &st) == 0 && skip.n < MAX_SKIP)
+        snprintf(buf + at, sizeof buf - (size_t)at, " %lu:%lu", (unsigned long)st.st_dev,
+                 (unsigned long)st.st_ino);
+    setenv(GUARD_ENV, buf, 1);
+}
+
 /* Replace this process with the real compiler, same args/env/stdio. Never returns. The socket
- * (if any) is SOCK_CLOEXEC, and SIGPIPE was never touched (we use MSG_NOSIGNAL), so the
- * compiler inherits exactly what we inherited. */
+ * (if any) is SOCK_CLOEXEC, SIGPIPE was never touched (we use MSG_NOSIGNAL) and SIGCHLD is
+ * restored, so the compiler inherits exactly what we inherited. */
 _Noreturn static void direct_exec(const struct job *j) {
+    set_exec_guard(j->path);
+    sigaction(SIGCHLD, &inherited_sigchld, NULL);
     execv(j->path, j->argv);
     int e = errno;
     fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
@@ -110,22 +144,27 @@ _Noreturn static void direct_exec(const struct job *j) {
 /* ---------------------------------------------------------------------------------------- */
 /* Compiler lookup                                                                           */
 
-/* Identity of this executable, to skip ourselves (and every symlink or hard link to us) when
- * searching PATH. Compared by device+inode, which is what "same realpath" implies and also
- * catches hard links. Returns 0 if /proc/self/exe cannot be stat'ed (then nothing matches). */
-static int self_identity(struct stat *self) {
-    return stat("/proc/self/exe", self) == 0;
+static int is_skipped(const struct stat *st) {
+    for (int i = 0; i < skip.n; i++)
+        if (skip.dev[i] == st->st_dev && skip.ino[i] == st->st_ino) return 1;
+    return 0;
 }
 
-/* Search PATH for an executable regular file called `name` that is not this program.
- * Returns a malloc'd path (relative if PATH has relative entries) or NULL. An empty PATH entry
- * means the current directory, as for execvp. */
+static void add_skip(dev_t dev, ino_t ino) {
+    if (skip.n >= MAX_SKIP) return;
+    skip.dev[skip.n] = dev;
+    skip.ino[skip.n] = ino;
+    skip.n++;
+}
+
+/* First executable regular file called `name` on PATH that is not skipped. Returns a malloc'd
+ * path (relative if PATH has relative entries) or NULL. An empty PATH entry means the current
+ * directory, as for execvp. */
 static char *find_on_path(const char *name) {
     if (!*name || strchr(name, '/')) return NULL;
     const char *path = getenv("PATH");
     if (!path) path = "/usr/local/bin:/usr/bin:/bin";
-    struct stat self, st;
-    int have_self = self_identity(&self);
+    struct stat st;
     for (const char *p = path;; ) {
         const char *colon = strchrnul(p, ':');
         size_t n = (size_t)(colon - p);
@@ -134,13 +173,68 @@ static char *find_on_path(const char *name) {
         free(dir);
         if (cand) {
             if (stat(cand, &st) == 0 && S_ISREG(st.st_mode) && access(cand, X_OK) == 0 &&
-                !(have_self && st.st_dev == self.st_dev && st.st_ino == self.st_ino))
+                !is_skipped(&st))
                 return cand;
             free(cand);
         }
         if (!*colon) return NULL;
         p = colon + 1;
     }
+}
+
+/* Real path of this executable (malloc'd, NULL if unknown): /proc/self/exe, else argv[0]
+ * resolved as execvp would have (as given if it has a '/', else the first match on PATH). */
+static char *self_path(void) {
+    char *p = realpath("/proc/self/exe", NULL);
+    if (p || !*argv0) return p;
+    if (strchr(argv0, '/')) return realpath(argv0, NULL);
+    int n = skip.n;
+    skip.n = 0;
+    char *found = find_on_path(argv0);
+    skip.n = n;
+    p = found ? realpath(found, NULL) : NULL;
+    free(found);
+    return p;
+}
+
+/* Consumes LTOCACHE_EXEC_GUARD (see set_exec_guard()). Returns 1 if this process is a
+ * mistaken exec of itself, having loaded the identities to skip from the guard. */
+static int self_exec_guard(void) {
+    const char *g = getenv(GUARD_ENV);
+    int mine = 0;
+    if (g) {
+        char *end;
+        long pid = strtol(g, &end, 10);
+        if (end != g && pid == (long)getpid()) {
+            mine = 1;
+            for (const char *q = end; *q == ' ';) {
+                unsigned long d = strtoul(q + 1, &end, 10), i;
+                if (*end != ':') break;
+                i = strtoul(end + 1, &end, 10);
+                add_skip((dev_t)d, (ino_t)i);
+                q = end;
+            }
+        }
+        unsetenv(GUARD_ENV);
+    }
+    return mine;
+}
+
+/* Fills `skip` with this program's identity. */
+static void find_self(void) {
+    struct stat st;
+    if (self_exec_guard()) {
+        skip.self_exec = 1;
+        return;
+    }
+    if (stat("/proc/self/exe", &st) == 0) {
+        skip.exact = 1;
+        add_skip(st.st_dev, st.st_ino);
+        return;
+    }
+    char *self = self_path();
+    if (self && stat(self, &st) == 0) add_skip(st.st_dev, st.st_ino);
+    free(self);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -219,9 +313,9 @@ static int try_connect(const struct sockaddr_un *addr) {
 }
 
 /* Path of the TypeScript CLI entry point, relative to the real location of this executable:
- * <dir of realpath(/proc/self/exe)>/../dist/src/cli/main.js. Malloc'd, NULL on failure. */
+ * <dir of self_path()>/../dist/src/cli/main.js. Malloc'd, NULL on failure. */
 static char *cli_path(void) {
-    char *self = realpath("/proc/self/exe", NULL);
+    char *self = self_path();
     if (!self) return NULL;
     char *slash = strrchr(self, '/');
     if (slash) *slash = '\0';
@@ -236,11 +330,15 @@ static const char *node_binary(void) {
 }
 
 /* Start "node <cli> daemon run --background" fully detached (double fork + setsid, stdio on
- * /dev/null, no inherited fds, cwd "/"), and reap the intermediate child so no zombie is left.
- * Several clients may race to do this; the daemon arbitrates with a lock. Best effort. */
-static void spawn_daemon(void) {
+ * /dev/null, cwd "/", no inherited fds but fd 3: the write end of a pipe named by
+ * LTOCACHE_STARTUP_NOTIFY_FD, on which the daemon writes 'R' once it listens or 'L' if another
+ * daemon holds the cache; it closes it otherwise, so EOF without a byte means a failed start).
+ * Reaps the intermediate child so no zombie is left. Returns the read end, or -1. */
+static int spawn_daemon(void) {
     char *cli = cli_path();
-    if (!cli) return;
+    if (!cli) return -1;
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) != 0) { free(cli); return -1; }
     pid_t pid = fork();
     if (pid == 0) {
         setsid();
@@ -251,32 +349,38 @@ static void spawn_daemon(void) {
             dup2(nul, 1);
             dup2(nul, 2);
         }
+        if (pfd[1] == 3) fcntl(3, F_SETFD, 0);
+        else if (dup2(pfd[1], 3) != 3) _exit(127);
 #ifdef SYS_close_range
-        if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
+        if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0)
 #endif
         {
             long max = sysconf(_SC_OPEN_MAX);
             if (max < 0 || max > 1 << 20) max = 1 << 20;
-            for (int fd = 3; fd < max; fd++) close(fd);
+            for (int fd = 4; fd < max; fd++) close(fd);
         }
         if (chdir("/") != 0) { /* keep going: the daemon does not need a particular cwd */ }
+        setenv("LTOCACHE_STARTUP_NOTIFY_FD", "3", 1);
         const char *node = node_binary();
         char *args[] = {(char *)node, cli, "daemon", "run", "--background", NULL};
         execvp(node, args);
         _exit(127);
     }
+    close(pfd[1]);
     if (pid > 0)
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
     free(cli);
+    if (pid < 0) { close(pfd[0]); return -1; }
+    return pfd[0];
 }
 
-static long start_timeout_ms(void) {
-    const char *v = env_nonempty("LTOCACHE_START_TIMEOUT_MS");
-    if (!v) return DEFAULT_START_TIMEOUT_MS;
+static long env_ms(const char *name, long dflt) {
+    const char *v = env_nonempty(name);
+    if (!v) return dflt;
     char *end;
     errno = 0;
     long ms = strtol(v, &end, 10);
-    if (errno || *end || ms < 0 || ms > 600000) return DEFAULT_START_TIMEOUT_MS;
+    if (errno || *end || ms < 0 || ms > 600000) return dflt;
     return ms;
 }
 
@@ -286,25 +390,90 @@ static long long now_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Waits for the daemon's start notification until `deadline`. Returns the byte ('R', 'L', ...),
+ * 0 on EOF (the start failed), -1 on timeout. */
+static int wait_notify(int fd, long long deadline) {
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (left <= 0) return -1;
+        struct pollfd p = {fd, POLLIN, 0};
+        int r = poll(&p, 1, (int)left);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        unsigned char c;
+        ssize_t n = read(fd, &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        return n == 1 ? c : 0;
+    }
+}
+
+/* "<sock_dir>/<hash>.startfail": its mtime is the last failed daemon start for this cache
+ * dir; within START_FAILURE_MEMORY_S of it, jobs do not spawn a daemon. */
+static void start_marker(const struct sockaddr_un *addr, char out[sizeof addr->sun_path + 16]) {
+    size_t n = strlen(addr->sun_path) - strlen(".sock");
+    memcpy(out, addr->sun_path, n);
+    strcpy(out + n, ".startfail");
+}
+
+static int recent_start_failure(const char *marker) {
+    struct stat st;
+    if (lstat(marker, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    time_t now = time(NULL);
+    return st.st_mtime <= now && now - st.st_mtime < (time_t)LTOC_START_FAILURE_MEMORY_S;
+}
+
+/* Best effort; only in a socket directory that is (or that we just made) private. */
+static void record_start_failure(const char *sock_dir, const char *marker) {
+    if (mkdir(sock_dir, 0700) != 0 && errno != EEXIST) return;
+    if (socket_dir_state(sock_dir) != 1) return;
+    int fd = open(marker, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    futimens(fd, NULL);
+    close(fd);
+}
+
 /* Connect to the daemon, starting it if nobody listens. Returns fd >= 0 or -1 (fall back).
- * Bounded: never waits longer than the start timeout. The socket directory is re-validated
- * before every attempt; a missing directory counts as "no daemon yet". */
+ * Bounded: never waits longer than the start timeout, and not at all when the daemon reports
+ * a failed start or one failed recently. The socket directory is re-validated before every
+ * attempt; a missing directory counts as "no daemon yet". The connected socket gets send and
+ * receive timeouts of LTOCACHE_SILENCE_TIMEOUT_MS: a daemon silent that long (no 'W') is stuck. */
 static int connect_daemon(void) {
-    char sock_dir[64];
+    char sock_dir[64], marker[sizeof ((struct sockaddr_un *)0)->sun_path + 16];
     struct sockaddr_un addr;
     if (socket_location(sock_dir, &addr) != 0) return -1;
+    start_marker(&addr, marker);
     long long deadline = 0;
     int started = 0;
     for (;;) {
         int state = socket_dir_state(sock_dir);
         if (state < 0) return -1;
         int r = state ? try_connect(&addr) : -ENOENT;
-        if (r >= 0) return r;
+        if (r >= 0) {
+            long ms = env_ms("LTOCACHE_SILENCE_TIMEOUT_MS", LTOC_DEFAULT_SILENCE_TIMEOUT_MS);
+            struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+            if (ms > 0 && (setsockopt(r, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+                           setsockopt(r, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)) {
+                close(r);
+                return -1;
+            }
+            return r;
+        }
         if (r != -ENOENT && r != -ECONNREFUSED && r != -EAGAIN) return -1;
-        if (!deadline) deadline = now_ms() + start_timeout_ms();
+        if (!deadline) deadline = now_ms() + env_ms("LTOCACHE_START_TIMEOUT_MS", LTOC_DEFAULT_START_TIMEOUT_MS);
         if (!started && r != -EAGAIN) {  /* EAGAIN: a daemon exists, it is just busy */
-            spawn_daemon();
             started = 1;
+            if (recent_start_failure(marker)) return -1;
+            int nfd = spawn_daemon();
+            if (nfd >= 0) {
+                int c = wait_notify(nfd, deadline);
+                close(nfd);
+                if (c == 0) {
+                    record_start_failure(sock_dir, marker);
+                    return -1;
+                }
+                if (c == 'R') unlink(marker);
+            }
+            continue;
         }
         if (now_ms() >= deadline) return -1;
         struct timespec ts = {0, CONNECT_RETRY_NS};
@@ -321,7 +490,7 @@ struct buf {
 
 static void put(struct buf *b, const void *data, size_t n) {
     if (b->failed) return;
-    if (n > MAX_REQUEST_PAYLOAD + 4 - b->len) { b->failed = 1; return; }
+    if (n > LTOC_MAX_REQUEST_PAYLOAD + 4 - b->len) { b->failed = 1; return; }
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n) cap *= 2;
@@ -361,9 +530,9 @@ static int build_request(struct buf *b, const char *abs_compiler, const char *cw
     for (char **e = environ; *e; e++) envc++;
 
     put_u32(b, 0);  /* length placeholder */
-    put_u8(b, 'C');
-    put_u8(b, PROTOCOL_VERSION);
-    put_u32(b, (isatty(2) ? FLAG_STDERR_TTY : 0) | FLAG_COMPILES_ON_MISS);
+    put_u8(b, LTOC_FRAME_COMPILE);
+    put_u8(b, LTOC_PROTOCOL_VERSION);
+    put_u32(b, (isatty(2) ? LTOC_FLAG_STDERR_TTY : 0) | LTOC_FLAG_COMPILES_ON_MISS);
     put_u32(b, (uint32_t)(mask & 0777));
     put_str(b, abs_compiler);
     put_str(b, cwd);
@@ -371,7 +540,7 @@ static int build_request(struct buf *b, const char *abs_compiler, const char *cw
     for (int i = 0; i < nargs; i++) put_str(b, args[i]);
     put_u32(b, (uint32_t)envc);
     for (char **e = environ; *e; e++) put_str(b, *e);
-    if (b->failed || b->len - 4 > MAX_REQUEST_PAYLOAD) return -1;
+    if (b->failed || b->len - 4 > LTOC_MAX_REQUEST_PAYLOAD) return -1;
     uint32_t n = (uint32_t)(b->len - 4);
     unsigned char le[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
                            (unsigned char)(n >> 24)};
@@ -410,12 +579,23 @@ static uint32_t get_u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Reads one complete reply frame. Returns a malloc'd payload and its length, or NULL. */
+/* Reads one complete reply frame, skipping keepalives ('W'). Returns a malloc'd payload and
+ * its length, or NULL (EOF, error, or the socket's receive timeout: a silent daemon). */
 static unsigned char *read_reply(int fd, uint32_t *len) {
-    unsigned char hdr[4];
-    if (read_all(fd, hdr, 4) != 0) return NULL;
-    uint32_t n = get_u32(hdr);
-    if (n == 0 || n > MAX_REPLY_PAYLOAD) return NULL;
+    unsigned char hdr[5];
+    uint32_t n;
+    for (;;) {
+        if (read_all(fd, hdr, 4) != 0) return NULL;
+        n = get_u32(hdr);
+        if (n != 1) break;
+        if (read_all(fd, hdr + 4, 1) != 0) return NULL;
+        if (hdr[4] != LTOC_FRAME_WAIT) {
+            unsigned char *p = malloc(1);
+            if (p) { p[0] = hdr[4]; *len = 1; }
+            return p;
+        }
+    }
+    if (n == 0 || n > LTOC_MAX_REPLY_PAYLOAD) return NULL;
     unsigned char *p = malloc(n);
     if (!p) return NULL;
     if (read_all(fd, p, n) != 0) { free(p); return NULL; }
@@ -423,35 +603,35 @@ static unsigned char *read_reply(int fd, uint32_t *len) {
     return p;
 }
 
-/* Exits the way the compiler did. Statuses 129..192 mean "killed by signal status-128": die
- * of the same signal (no core file: the crash was the compiler's, not ours) so that make and
- * the shell report it the same way. Stop/ignore-by-default signals can't kill us: plain exit. */
-_Noreturn static void exit_like(int status) {
-    if (status > 128 && status <= 128 + 64) {
-        int sig = status - 128;
-        if (sig != SIGSTOP && sig != SIGTSTP && sig != SIGTTIN && sig != SIGTTOU &&
-            sig != SIGCONT && sig != SIGCHLD && sig != SIGURG && sig != SIGWINCH) {
-            struct rlimit no_core = {0, 0};
-            setrlimit(RLIMIT_CORE, &no_core);
-            signal(sig, SIG_DFL);
-            sigset_t set;
-            sigemptyset(&set);
-            sigaddset(&set, sig);
-            sigprocmask(SIG_UNBLOCK, &set, NULL);
-            raise(sig);
-        }
+/* Exits the way the compiler did: killed by signal `sig` (non-zero), die of the same signal
+ * (no core file: the crash was the compiler's, not ours) so that make and the shell report it
+ * the same way; signals that cannot kill us (stop/continue/ignore by default) and otherwise:
+ * exit with `status`. */
+_Noreturn static void exit_like(int status, int sig) {
+    if (sig > 0 && sig <= (int)LTOC_MAX_SIGNAL && sig != SIGSTOP && sig != SIGTSTP &&
+        sig != SIGTTIN && sig != SIGTTOU && sig != SIGCONT && sig != SIGCHLD && sig != SIGURG &&
+        sig != SIGWINCH) {
+        struct rlimit no_core = {0, 0};
+        setrlimit(RLIMIT_CORE, &no_core);
+        signal(sig, SIG_DFL);
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, sig);
+        sigprocmask(SIG_UNBLOCK, &set, NULL);
+        raise(sig);
     }
     exit(status);
 }
 
-/* Replays a well-formed 'R' payload: writes its stdout and stderr bytes and returns the exit
- * status to use. Returns -1, having written nothing, if the payload is malformed (then the
- * caller falls back). Layout: 'R', i32 status (0..255), str stdout, str stderr, nothing else. */
-static int replay_result(const unsigned char *p, uint32_t n) {
-    if (n < 1 + 4 + 4) return -1;
-    int32_t status = (int32_t)get_u32(p + 1);
-    if (status < 0 || status > 255) return -1;
-    size_t at = 5;
+/* Replays a well-formed 'R' payload: writes its stdout and stderr bytes and sets the exit
+ * status and signal to use. Returns -1, having written nothing, if the payload is malformed
+ * (then the caller falls back), else 0. Layout: 'R', i32 status (0..255), i32 signal
+ * (0..MAX_SIGNAL), str stdout, str stderr, nothing else. */
+static int replay_result(const unsigned char *p, uint32_t n, int *status, int *sig) {
+    if (n < LTOC_RESULT_OVERHEAD) return -1;
+    int32_t st = (int32_t)get_u32(p + 1), sg = (int32_t)get_u32(p + 5);
+    if (st < 0 || st > 255 || sg < 0 || sg > (int32_t)LTOC_MAX_SIGNAL) return -1;
+    size_t at = 9;
     uint32_t out_len = get_u32(p + at);
     at += 4;
     if (out_len > n - at || n - at - out_len < 4) return -1;
@@ -464,19 +644,22 @@ static int replay_result(const unsigned char *p, uint32_t n) {
     int ok = write_all(1, out, out_len, 0) == 0;
     if (write_all(2, err, err_len, 0) != 0) ok = 0;
     /* Output we could not deliver must not look like success. */
-    return ok || status != 0 ? status : 1;
+    *status = ok || st != 0 || sg != 0 ? st : 1;
+    *sig = sg;
+    return 0;
 }
 
-/* One captured output stream of the compiler. Past MAX_CAPTURE the bytes so far and all that
- * follow go straight to `fd` (our own stdout/stderr) and the run is not reported. */
+/* One captured output stream of the compiler. Past MAX_OUTPUT_STREAM the bytes so far and all
+ * that follow go straight to `fd` (our own stdout/stderr) and the run is not reported;
+ * `lost` latches when such a write fails. */
 struct capture {
     unsigned char *p;
     size_t len, cap;
-    int fd, through;
+    int fd, through, lost;
 };
 
 static void capture_add(struct capture *c, const unsigned char *d, size_t n) {
-    if (!c->through && c->len + n <= MAX_CAPTURE) {
+    if (!c->through && c->len + n <= LTOC_MAX_OUTPUT_STREAM) {
         if (c->len + n > c->cap) {
             size_t cap = c->cap ? c->cap : 4096;
             while (cap < c->len + n) cap *= 2;
@@ -494,17 +677,18 @@ static void capture_add(struct capture *c, const unsigned char *d, size_t n) {
     }
     if (!c->through) {
         c->through = 1;
-        write_all(c->fd, c->p, c->len, 0);
+        if (write_all(c->fd, c->p, c->len, 0) != 0) c->lost = 1;
         c->len = 0;
     }
-    write_all(c->fd, d, n, 0);
+    if (!c->lost && write_all(c->fd, d, n, 0) != 0) c->lost = 1;
 }
 
 /* Runs the compiler as our child with stdout and stderr captured, and waits for it. Returns 0
- * with its exit status (128+N for signal N), or -1 if it could not be started (nothing ran).
+ * with its exit status (128+N for signal N) and the signal that killed it (0 if none), or -1
+ * if it could not be started (nothing ran).
  * The child dies with us (PR_SET_PDEATHSIG): a client killed by Ctrl-C takes its clang along. */
 static int run_captured(const struct job *j, struct capture *out, struct capture *err,
-                        int *status) {
+                        int *status, int *sig) {
     int po[2], pe[2];
     if (pipe2(po, O_CLOEXEC) != 0) return -1;
     if (pipe2(pe, O_CLOEXEC) != 0) {
@@ -522,6 +706,8 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(1);
         if (dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) _exit(126);
+        set_exec_guard(j->path);
+        sigaction(SIGCHLD, &inherited_sigchld, NULL);
         execv(j->path, j->argv);
         int e = errno;
         fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
@@ -556,7 +742,8 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
     int st = 0;
     while (waitpid(pid, &st, 0) < 0)
         if (errno != EINTR) { st = 1 << 8; break; }
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 1;
+    *sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : *sig ? 128 + *sig : 1;
     return 0;
 }
 
@@ -565,20 +752,20 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
  * answers, so it stores exactly what clang wrote), then replay the output and exit like the
  * compiler. A daemon gone at any point changes nothing for the build. Never returns. */
 _Noreturn static void compile_and_report(int fd, const struct job *j) {
-    struct capture out = {NULL, 0, 0, 1, 0}, err = {NULL, 0, 0, 2, 0};
-    int status = 1;
-    if (run_captured(j, &out, &err, &status) != 0) {
+    struct capture out = {NULL, 0, 0, 1, 0, 0}, err = {NULL, 0, 0, 2, 0, 0};
+    int status = 1, sig = 0;
+    if (run_captured(j, &out, &err, &status, &sig) != 0) {
         close(fd);
         direct_exec(j);
     }
     if (!out.through && !err.through) {
-        unsigned char hdr[4 + 1 + 4 + 4], mid[4];
-        uint32_t total = (uint32_t)(1 + 4 + 4 + out.len + 4 + err.len);
-        uint32_t words[3] = {total, (uint32_t)status, (uint32_t)out.len};
-        for (int w = 0; w < 3; w++)
+        unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
+        uint32_t total = (uint32_t)(LTOC_RESULT_OVERHEAD + out.len + err.len);
+        uint32_t words[4] = {total, (uint32_t)status, (uint32_t)sig, (uint32_t)out.len};
+        for (int w = 0; w < 4; w++)
             for (int k = 0; k < 4; k++)
                 hdr[(w == 0 ? 0 : 1 + 4 * w) + k] = (unsigned char)(words[w] >> (8 * k));
-        hdr[4] = 'D';
+        hdr[4] = LTOC_FRAME_DONE;
         for (int k = 0; k < 4; k++) mid[k] = (unsigned char)(err.len >> (8 * k));
         if (write_all(fd, hdr, sizeof hdr, 1) == 0 && write_all(fd, out.p, out.len, 1) == 0 &&
             write_all(fd, mid, 4, 1) == 0 && write_all(fd, err.p, err.len, 1) == 0) {
@@ -587,9 +774,10 @@ _Noreturn static void compile_and_report(int fd, const struct job *j) {
         }
     }
     close(fd);
-    int ok = write_all(1, out.p, out.len, 0) == 0;
+    int ok = !out.lost && !err.lost && write_all(1, out.p, out.len, 0) == 0;
     if (write_all(2, err.p, err.len, 0) != 0) ok = 0;
-    exit_like(ok || status != 0 ? status : 1);
+    /* Output we could not deliver must not look like success. */
+    exit_like(ok || status != 0 || sig != 0 ? status : 1, sig);
 }
 
 /* getcwd into a malloc'd buffer of sufficient size (POSIX has no getcwd(NULL, 0)).
@@ -623,15 +811,16 @@ static void run_via_daemon(const struct job *j) {
     free(req.p);
     uint32_t n = 0;
     unsigned char *reply = sent ? read_reply(fd, &n) : NULL;
-    if (reply && reply[0] == 'M' && n == 1) {
+    if (reply && reply[0] == LTOC_FRAME_COMPILE_YOURSELF && n == 1) {
         free(reply);
         compile_and_report(fd, j);
     }
     close(fd);
     if (!reply) return;
-    int status = reply[0] == 'R' ? replay_result(reply, n) : -1;
+    int status = 0, sig = 0;
+    int ok = reply[0] == LTOC_FRAME_RESULT && replay_result(reply, n, &status, &sig) == 0;
     free(reply);
-    if (status >= 0) exit_like(status);
+    if (ok) exit_like(status, sig);
     /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or
      * unknown: fall back. The reason string of a 'P' is for the daemon's logs, not ours. */
 }
@@ -682,6 +871,14 @@ int main(int argc, char **argv) {
     const char *p = getenv("LTOCACHE_PRINT_SOCKET");
     if (p && strcmp(p, "1") == 0) print_socket();
 
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGCHLD, &dfl, &inherited_sigchld);
+    if (argc > 0) argv0 = argv[0];
+    find_self();
+
     const char *self_name = argc > 0 ? base_name(argv[0]) : "";
     struct job j;
     const char *given;  /* the compiler name as the user spelled it */
@@ -712,6 +909,6 @@ int main(int argc, char **argv) {
     int backend = 0;
     for (int i = 1; i < j.argc; i++)
         if (starts_with(j.argv[i], "-fthinlto-index=") || j.argv[i][0] == '@') backend = 1;
-    if (backend && !(disable && strcmp(disable, "0") != 0)) run_via_daemon(&j);
+    if (backend && !skip.self_exec && !(disable && strcmp(disable, "0") != 0)) run_via_daemon(&j);
     direct_exec(&j);
 }

@@ -10,7 +10,7 @@ import { LocalStore } from '../store/localStore.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
 import { currentStats } from './currentStats.js';
-import { writeFileSync } from 'node:fs';
+import { closeSync, writeFileSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { JobRecord } from '../jobLog/jobLog.js';
 import { askLog } from './askLog.js';
@@ -41,12 +41,35 @@ function fail(msg: string, code = 1): never {
 
 const CLI_PATH = fileURLToPath(import.meta.url);
 
+/**
+ * The native client's start handshake: it passes the write end of a pipe as fd
+ * $LTOCACHE_STARTUP_NOTIFY_FD and waits for one byte, 'R' (listening) or 'L' (another daemon
+ * holds this cache dir: connect to that one). EOF without a byte (we exited, or never ran)
+ * tells it the start failed, so it compiles at once instead of polling until its timeout.
+ */
+function startupNotifier(): (byte: 'R' | 'L') => void {
+  const fd = Number(process.env.LTOCACHE_STARTUP_NOTIFY_FD);
+  delete process.env.LTOCACHE_STARTUP_NOTIFY_FD;
+  if (!Number.isInteger(fd) || fd < 3) return () => {};
+  return (byte) => {
+    try {
+      writeSync(fd, byte);
+      closeSync(fd);
+    } catch {
+      // the client gave up waiting
+    }
+  };
+}
+
 async function daemonRun(config: Config, background: boolean): Promise<void> {
+  const notify = startupNotifier();
   const d = await Daemon.start(config);
   if (d === 'already-running') {
+    notify('L');
     if (!background) fail(`a daemon is already running for ${config.dir}`);
     return;
   }
+  notify('R');
   const stop = () => void d.stop();
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -11,14 +11,14 @@ import {
   encodeJson,
   encodePassthrough,
   encodeResult,
+  encodeWait,
 } from '../protocol/clientFrames.js';
+import { FRAME_COMPILE, FRAME_JSON, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
 import { ClientCompileError, type JobContext, type JobOutcome } from '../pipeline/jobPipeline.js';
 import type { CompilerRun } from '../pipeline/runCompiler.js';
 import { type Counters, ErrorKind } from '../stats/counters.js';
 import type { Logger } from '../util/log.js';
-
-const MAX_FRAME = 16 << 20;
 
 /** What a session needs from the daemon: the cache logic and the bookkeeping, no sockets. */
 export interface SessionHandlers {
@@ -37,16 +37,21 @@ export interface SessionHandlers {
  */
 export function runSession(sock: Socket, h: SessionHandlers): void {
   const abort = new AbortController();
-  let decoder: FrameDecoder | null = new FrameDecoder(MAX_FRAME);
+  let decoder: FrameDecoder | null = new FrameDecoder(MAX_REQUEST_PAYLOAD);
   let handled = false;
   let waiter: { res: (b: Buffer) => void; rej: (e: Error) => void } | null = null;
   const nextFrame = () =>
     new Promise<Buffer>((res, rej) => {
       if (abort.signal.aborted) return rej(new Error('client went away'));
-      decoder = new FrameDecoder(MAX_FRAME);
+      decoder = new FrameDecoder(MAX_DONE_PAYLOAD);
       waiter = { res, rej };
     });
+  // While a compile request is in progress, 'W' every KEEPALIVE_INTERVAL_MS tells the client we
+  // are alive (its silence timeout then compiles directly); not while the client compiles (we
+  // await its 'D'), nor after our answer.
+  let keepalive: NodeJS.Timeout | undefined;
   sock.on('close', () => {
+    clearInterval(keepalive);
     abort.abort();
     const w = waiter;
     waiter = null;
@@ -69,6 +74,11 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
     if (!handled) {
       handled = true;
       decoder = null;
+      if (frame[0] === FRAME_COMPILE) {
+        keepalive = setInterval(() => {
+          if (!waiter && !sock.writableEnded && !sock.destroyed) sock.write(encodeWait());
+        }, KEEPALIVE_INTERVAL_MS);
+      }
       void dispatch(frame, sock, abort.signal, nextFrame, h);
     } else if (waiter) {
       const w = waiter;
@@ -82,7 +92,7 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
 async function dispatch(frame: Buffer, sock: Socket, signal: AbortSignal, nextFrame: () => Promise<Buffer>, h: SessionHandlers): Promise<void> {
   const type = frame[0];
   try {
-    if (type === 0x43) {
+    if (type === FRAME_COMPILE) {
       let req: CompileRequest;
       try {
         req = decodeCompileRequest(frame);
@@ -93,7 +103,7 @@ async function dispatch(frame: Buffer, sock: Socket, signal: AbortSignal, nextFr
         return;
       }
       await compile(req, sock, signal, nextFrame, h);
-    } else if (type === 0x4a) {
+    } else if (type === FRAME_JSON) {
       let json: unknown;
       try {
         json = decodeJson(frame);
@@ -133,7 +143,7 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
         const frame = await next;
         try {
           const d = decodeDone(frame);
-          return { exitCode: d.exit, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
+          return { exitCode: d.exit, signal: d.signal, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
         } catch (e) {
           throw e instanceof ProtocolError ? new ClientCompileError(e.message, ErrorKind.protocol) : e;
         }
@@ -149,10 +159,10 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
       sock.end(encodePassthrough(outcome.error));
       break;
     case 'hit':
-      sock.end(encodeResult(0, outcome.stdout, outcome.stderr));
+      sock.end(encodeResult({ exit: 0, signal: 0 }, outcome.stdout, outcome.stderr));
       break;
     case 'miss':
-      sock.end(outcome.compiledOnClient ? encodeAck() : encodeResult(outcome.exitCode, outcome.stdout, outcome.stderr));
+      sock.end(outcome.compiledOnClient ? encodeAck() : encodeResult({ exit: outcome.exitCode, signal: outcome.signal }, outcome.stdout, outcome.stderr));
       break;
   }
   h.compiled(req, outcome, startedAt);

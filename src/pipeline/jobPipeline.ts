@@ -62,7 +62,7 @@ export type JobOutcome =
   /** Outputs written from a stored or just-compiled entry; stdout/stderr are the stored ones. */
   | (Keyed & { kind: 'hit'; tier: 'memory' | 'local' | 'remote' | 'inflight'; stdout: Buffer; stderr: Buffer; savedMs: number; bytes: number })
   /** The compiler ran (here, or on the client when `compiledOnClient`), or a shared run failed. */
-  | (Keyed & { kind: 'miss'; exitCode: number; stdout: Buffer; stderr: Buffer; bytes: number; compiledOnClient: boolean })
+  | (Keyed & { kind: 'miss'; exitCode: number; signal: number; stdout: Buffer; stderr: Buffer; bytes: number; compiledOnClient: boolean })
   /** Not a job the cache can key; `record` says whether it belongs in the job log. */
   | { kind: 'uncacheable'; reason: string; detail: string; record: boolean }
   /** Nothing served and nothing compiled: the requester must run the compiler itself. */
@@ -172,7 +172,7 @@ export class JobPipeline {
         return { ...k, kind: 'hit', tier: 'inflight', stdout: done.stdout, stderr: done.stderr, savedMs: done.ms, bytes: entryBytes(done.entry) };
       }
       if (done && done.exitCode !== 0) {
-        return { ...k, kind: 'miss', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, bytes: 0, compiledOnClient: false };
+        return { ...k, kind: 'miss', exitCode: done.exitCode, signal: done.signal, stdout: done.stdout, stderr: done.stderr, bytes: 0, compiledOnClient: false };
       }
     }
     // Inputs may change while clang runs (a front end rebuilt meanwhile): store the result only
@@ -185,7 +185,7 @@ export class JobPipeline {
     this.inflight.set(k.key, p);
     try {
       const done = await p;
-      return { ...k, kind: 'miss', exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr, bytes: done.entry ? entryBytes(done.entry) : 0, compiledOnClient: !!ctx.compileOnClient };
+      return { ...k, kind: 'miss', exitCode: done.exitCode, signal: done.signal, stdout: done.stdout, stderr: done.stderr, bytes: done.entry ? entryBytes(done.entry) : 0, compiledOnClient: !!ctx.compileOnClient };
     } catch (e) {
       if (ctx.signal.aborted) return { kind: 'error', error: 'client went away', record: false };
       this.counters.error(e instanceof ClientCompileError ? e.errorKind : ErrorKind.compile);

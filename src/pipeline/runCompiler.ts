@@ -1,7 +1,12 @@
 import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
 
 export interface CompilerRun {
+  /** Exit status, or 128+N when killed by signal N (so a non-zero test still sees a failure). */
   exitCode: number;
+  /** The signal that killed the compiler, 0 if it exited. Carried to the client apart from
+   * exitCode: a compiler that exits 130 and one killed by SIGINT are replayed differently. */
+  signal: number;
   stdout: Buffer;
   stderr: Buffer;
   ms: number;
@@ -19,8 +24,7 @@ export interface RunOptions {
 
 /**
  * Runs the compiler exactly as the client would have: same argv, cwd, environment and umask
- * (so files clang creates get the modes they would have had). Exit status follows the shell
- * convention: 128 + signal number for a signal death.
+ * (so files clang creates get the modes they would have had).
  */
 export function runCompiler(o: RunOptions): Promise<CompilerRun> {
   return new Promise((resolvePromise, reject) => {
@@ -55,9 +59,9 @@ export function runCompiler(o: RunOptions): Promise<CompilerRun> {
     });
     child.on('close', (code, sig) => {
       o.signal.removeEventListener('abort', kill);
-      const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
-      const exitCode = code ?? 128 + (sig ? (SIGNALS[sig] ?? 1) : 1);
-      resolvePromise({ exitCode, stdout: Buffer.concat(out), stderr: Buffer.concat(err), ms: performance.now() - started });
+      const signal = sig ? constants.signals[sig] : 0;
+      const exitCode = code ?? 128 + signal;
+      resolvePromise({ exitCode, signal, stdout: Buffer.concat(out), stderr: Buffer.concat(err), ms: performance.now() - started });
     });
   });
 }

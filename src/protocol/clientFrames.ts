@@ -5,13 +5,14 @@
  * Framing: every frame is `u32 length` (little-endian) followed by `length` payload bytes;
  * payload byte 0 is the frame type. A `str` is `u32 byte length` + bytes (no terminator).
  *
- *   'C' compile request  client → daemon  u8 'C', u8 version=1, u32 flags, u32 umask,
+ *   'C' compile request  client → daemon  u8 'C', u8 version=2, u32 flags, u32 umask,
  *                                          str compiler, str cwd, u32 argc, argc×str,
  *                                          u32 envc, envc×str ("K=V")
- *   'R' result           daemon → client  u8 'R', i32 exit status, str stdout, str stderr
+ *   'R' result           daemon → client  u8 'R', i32 exit, i32 signal, str stdout, str stderr
  *   'P' passthrough      daemon → client  u8 'P', str reason  (client execs the compiler)
  *   'M' compile yourself daemon → client  u8 'M'  (a miss; only to a client with flag bit 1)
- *   'D' done             client → daemon  u8 'D', i32 exit status, str stdout, str stderr
+ *   'D' done             client → daemon  u8 'D', i32 exit, i32 signal, str stdout, str stderr
+ *   'W' keepalive        daemon → client  u8 'W'  (still working; the client skips it)
  *   'A' acknowledged     daemon → client  u8 'A'  (the result is taken; the client exits)
  *   'J' JSON control     TS CLI ↔ daemon  u8 'J', UTF-8 JSON (never sent by the C client)
  *
@@ -31,24 +32,44 @@ export class ProtocolError extends Error {
   override name = 'ProtocolError';
 }
 
-export const FRAME_COMPILE = 0x43; // 'C'
-export const FRAME_RESULT = 0x52; // 'R'
-export const FRAME_PASSTHROUGH = 0x50; // 'P'
-export const FRAME_JSON = 0x4a; // 'J'
-export const FRAME_COMPILE_YOURSELF = 0x4d; // 'M'
-export const FRAME_DONE = 0x44; // 'D'
-export const FRAME_ACK = 0x41; // 'A'
-export const PROTOCOL_VERSION = 1;
-/** Flag bits of the compile request. */
-export const FLAG_STDERR_TTY = 1;
-/** The client can run the compiler on a miss itself and report back ('M', 'D', 'A'). */
-export const FLAG_COMPILES_ON_MISS = 2;
+import {
+  FLAG_COMPILES_ON_MISS,
+  FLAG_STDERR_TTY,
+  FRAME_ACK,
+  FRAME_COMPILE,
+  FRAME_COMPILE_YOURSELF,
+  FRAME_DONE,
+  FRAME_JSON,
+  FRAME_PASSTHROUGH,
+  FRAME_RESULT,
+  FRAME_WAIT,
+  MAX_DONE_PAYLOAD,
+  MAX_REPLY_PAYLOAD,
+  MAX_REQUEST_PAYLOAD,
+  MAX_SIGNAL,
+  PROTOCOL_VERSION,
+} from './limits.js';
+
+export {
+  FLAG_COMPILES_ON_MISS,
+  FLAG_STDERR_TTY,
+  FRAME_ACK,
+  FRAME_COMPILE,
+  FRAME_COMPILE_YOURSELF,
+  FRAME_DONE,
+  FRAME_JSON,
+  FRAME_PASSTHROUGH,
+  FRAME_RESULT,
+  FRAME_WAIT,
+  MAX_DONE_PAYLOAD,
+  MAX_REPLY_PAYLOAD,
+  MAX_REQUEST_PAYLOAD,
+  PROTOCOL_VERSION,
+};
 const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS;
 
-/** Default cap on a frame payload the daemon accepts (the C client never sends more). */
-export const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
-/** Largest reply payload the C client accepts; larger replies make it fall back. */
-export const MAX_REPLY_PAYLOAD = 256 * 1024 * 1024;
+/** Default cap on a frame payload the daemon accepts: a compile request. */
+export const DEFAULT_MAX_FRAME = MAX_REQUEST_PAYLOAD;
 
 const MAX_U32 = 0xffffffff;
 
@@ -333,24 +354,48 @@ function u32(n: number): Buffer {
 // ---------------------------------------------------------------------------------------------
 // Replies
 
+/** How the compiler ended: `exit` is its exit status (0..255) when `signal` is 0; when it was
+ * killed by signal N, `signal` is N and `exit` is 128+N (the shell's convention, so that any
+ * non-zero test still sees a failure). */
+export interface Termination {
+  exit: number;
+  signal: number;
+}
+
+function checkTermination(t: Termination, fail: (m: string) => never): void {
+  if (!Number.isInteger(t.exit) || t.exit < 0 || t.exit > 255) fail(`exit status ${t.exit} is not in 0..255`);
+  if (!Number.isInteger(t.signal) || t.signal < 0 || t.signal > MAX_SIGNAL) fail(`signal ${t.signal} is not in 0..${MAX_SIGNAL}`);
+}
+
+function rangeError(m: string): never {
+  throw new RangeError(m);
+}
+
+function protocolError(m: string): never {
+  throw new ProtocolError(m);
+}
+
+function resultPayload(type: number, t: Termination, stdout: Buffer, stderr: Buffer): Buffer {
+  const head = Buffer.allocUnsafe(9);
+  head[0] = type;
+  head.writeInt32LE(t.exit, 1);
+  head.writeInt32LE(t.signal, 5);
+  return Buffer.concat([head, u32(stdout.length), stdout, u32(stderr.length), stderr]);
+}
+
 /**
- * Builds a complete 'R' frame. `exit` is the compiler's exit status, or 128+N if it was killed
- * by signal N (the client then dies of signal N). The C client only accepts 0..255, so other
- * values are a RangeError here, as is a payload above MAX_REPLY_PAYLOAD (the client would fall
- * back: reply 'P' instead).
+ * Builds a complete 'R' frame; a bare number is an exit status (no signal). A `signal` makes the client die of that signal; otherwise it
+ * exits with `exit`. Out-of-range values are a RangeError here, as is a payload above
+ * MAX_REPLY_PAYLOAD (the client would fall back: reply 'P' instead).
  */
-export function encodeResult(exit: number, stdout: Buffer, stderr: Buffer): Buffer {
-  if (!Number.isInteger(exit) || exit < 0 || exit > 255) {
-    throw new RangeError(`exit status ${exit} is not in 0..255`);
-  }
-  const size = 1 + 4 + 4 + stdout.length + 4 + stderr.length;
+export function encodeResult(how: number | Termination, stdout: Buffer, stderr: Buffer): Buffer {
+  const t = typeof how === 'number' ? { exit: how, signal: 0 } : how;
+  checkTermination(t, rangeError);
+  const size = 1 + 4 + 4 + 4 + stdout.length + 4 + stderr.length;
   if (size > MAX_REPLY_PAYLOAD) {
     throw new RangeError(`result payload of ${size} bytes exceeds ${MAX_REPLY_PAYLOAD} bytes`);
   }
-  const head = Buffer.allocUnsafe(5);
-  head[0] = FRAME_RESULT;
-  head.writeInt32LE(exit, 1);
-  return encodeFrame(Buffer.concat([head, u32(stdout.length), stdout, u32(stderr.length), stderr]));
+  return encodeFrame(resultPayload(FRAME_RESULT, t, stdout, stderr));
 }
 
 /** Builds a complete 'P' frame: "run the compiler yourself", with a reason for logs. */
@@ -369,53 +414,55 @@ export function encodeAck(): Buffer {
   return encodeFrame(Buffer.from([FRAME_ACK]));
 }
 
-export interface Done {
-  exit: number;
+/** Builds a complete 'W' frame: the job is still in progress. */
+export function encodeWait(): Buffer {
+  return encodeFrame(Buffer.from([FRAME_WAIT]));
+}
+
+export interface Done extends Termination {
   stdout: Buffer;
   stderr: Buffer;
 }
 
 /** Builds a complete 'D' frame (for TS tests acting as the client). */
 export function encodeDone(d: Done): Buffer {
-  const head = Buffer.allocUnsafe(5);
-  head[0] = FRAME_DONE;
-  head.writeInt32LE(d.exit, 1);
-  return encodeFrame(Buffer.concat([head, u32(d.stdout.length), d.stdout, u32(d.stderr.length), d.stderr]));
+  return encodeFrame(resultPayload(FRAME_DONE, d, d.stdout, d.stderr));
 }
 
-/** Parses a 'D' payload: the compiler's status (0..255) and its output. Throws ProtocolError. */
+/** Parses a 'D' payload: how the compiler ended and its output. Throws ProtocolError. */
 export function decodeDone(payload: Buffer): Done {
   typeByte(payload, FRAME_DONE, "done 'D'");
+  if (payload.length > MAX_DONE_PAYLOAD) throw new ProtocolError(`done frame of ${payload.length} bytes exceeds ${MAX_DONE_PAYLOAD}`);
   const r = new Reader(payload);
   r.at = 1;
-  const exit = r.i32('exit status');
-  if (exit < 0 || exit > 255) throw new ProtocolError(`exit status ${exit} is not in 0..255`);
+  const t = { exit: r.i32('exit status'), signal: r.i32('signal') };
+  checkTermination(t, protocolError);
   const stdout = r.bytes('stdout');
   const stderr = r.bytes('stderr');
   r.end('done');
-  return { exit, stdout, stderr };
+  return { ...t, stdout, stderr };
 }
 
 export type Reply =
-  | { kind: 'result'; exit: number; stdout: Buffer; stderr: Buffer }
+  | { kind: 'result'; exit: number; signal: number; stdout: Buffer; stderr: Buffer }
   | { kind: 'passthrough'; reason: string }
   | { kind: 'compile-yourself' };
 
 /**
- * Parses an 'R' or 'P' payload with exactly the C client's acceptance rules (exit in 0..255,
- * no trailing bytes). For tests that act as the client.
+ * Parses an 'R', 'P' or 'M' payload with exactly the C client's acceptance rules (exit in
+ * 0..255, signal in 0..MAX_SIGNAL, no trailing bytes). For tests that act as the client.
  */
 export function decodeReply(payload: Buffer): Reply {
   if (payload.length === 0) throw new ProtocolError('empty reply payload');
   const r = new Reader(payload);
   r.at = 1;
   if (payload[0] === FRAME_RESULT) {
-    const exit = r.i32('exit status');
-    if (exit < 0 || exit > 255) throw new ProtocolError(`exit status ${exit} is not in 0..255`);
+    const t = { exit: r.i32('exit status'), signal: r.i32('signal') };
+    checkTermination(t, protocolError);
     const stdout = r.bytes('stdout');
     const stderr = r.bytes('stderr');
     r.end('result');
-    return { kind: 'result', exit, stdout, stderr };
+    return { kind: 'result', ...t, stdout, stderr };
   }
   if (payload[0] === FRAME_PASSTHROUGH) {
     const reason = r.bytes('reason').toString('utf8');

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DIGEST_RE } from '../key/hash.js';
+import { MAX_OUTPUT_STREAM, base64Length } from '../protocol/limits.js';
 
 /** A file name inside an entry: a plain name, never a path. */
 export const OutputName = z
@@ -19,9 +20,10 @@ export const OutputRecord = z.object({
 export const EntryRecord = z.object({
   v: z.literal(1),
   outputs: z.array(OutputRecord).min(1).max(16),
-  /** base64 of what clang wrote on stdout / stderr, replayed byte for byte. */
-  stdout: z.string().max(16 << 20),
-  stderr: z.string().max(16 << 20),
+  /** base64 of what clang wrote on stdout / stderr, replayed byte for byte; each at most
+   * MAX_OUTPUT_STREAM bytes, as the client captures and reports. */
+  stdout: z.string().max(base64Length(MAX_OUTPUT_STREAM)),
+  stderr: z.string().max(base64Length(MAX_OUTPUT_STREAM)),
   exitCode: z.literal(0),
   compileMs: z.number().nonnegative(),
   createdAt: z.number().int().nonnegative(),

@@ -266,6 +266,24 @@ describe('distributed ThinLTO through ltocache', () => {
     assert.ok(readFileSync(join(b.dir, 'table.thinlto-native.o')).equals(directObjects(b, [], slow).get('table')!));
   });
 
+  test("a job waiting on an identical compile gets keepalives ('W'): it outlasts the client's silence timeout", async () => {
+    const log = join(b.dir, 'compiles-w.log');
+    const slow = join(b.dir, 'slower-clang.sh');
+    writeFileSync(slow, `#!/bin/sh\necho run >> ${log}\nsleep 4\nexec ${b.clang} "$@"\n`);
+    chmodSync(slow, 0o755);
+    b.thinLink();
+    const args = b.backendArgs('lonely');
+    const env = { ...cache.env, LTOCACHE_SILENCE_TIMEOUT_MS: '2500' };
+    const before = cache.stats();
+    const first = runAsync(CLIENT, [slow, ...args], { cwd: b.dir, env });
+    await new Promise((r) => setTimeout(r, 300));
+    const second = runAsync(CLIENT, [slow, ...args], { cwd: b.dir, env });
+    for (const r of await Promise.all([first, second])) assert.equal(r.status, 0, r.stderr);
+    const after = cache.stats();
+    assert.equal(readFileSync(log, 'utf8').trim().split('\n').length, 1, 'the waiting client did not give up and compile');
+    assert.equal(after.hits - before.hits, 1);
+  });
+
   test('an input that changes while clang runs: the result is served but not stored (no stale hit later)', () => {
     const list = join(b.dir, 'race.txt');
     const flag = ['-fbasic-block-sections=list=race.txt'];
@@ -347,4 +365,22 @@ describe('distributed ThinLTO through ltocache', () => {
     const s = cache.stats();
     assert.ok(s.daemon_running);
   });
+});
+
+test('a client with no daemon running starts one through the start handshake and is served by it', () => {
+  const cache = new CacheEnv('handshake');
+  try {
+    const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('handshake-tree'), 'src'));
+    b.frontEnd();
+    b.thinLink();
+    const m = b.modules[0]!;
+    const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
+    assert.equal(r.status, 0, r.stderr);
+    const s = cache.stats();
+    assert.ok(s.daemon_running);
+    assert.equal(s.misses, 1, 'the first job went through the daemon it started');
+    assert.equal(existsSync(join('/tmp', `ltocache-${process.getuid!()}`)), true);
+  } finally {
+    cache.destroy();
+  }
 });

@@ -11,9 +11,16 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
 import {
+  type Done,
   FrameDecoder,
+  MAX_DONE_PAYLOAD,
   decodeCompileRequest,
+  decodeDone,
+  encodeAck,
+  encodeCompileYourself,
+  encodeWait,
   encodeFrame,
   encodeJson,
   encodePassthrough,
@@ -81,21 +88,21 @@ interface RunResult {
 function run(
   cmd: string,
   args: string[],
-  opts: { env: NodeJS.ProcessEnv; cwd?: string; uid?: number; gid?: number },
+  opts: { env: NodeJS.ProcessEnv; cwd?: string; uid?: number; gid?: number; stdoutFd?: number; killAfterMs?: number },
 ): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawn(cmd, args, {
       env: opts.env,
       cwd: opts.cwd ?? tmp,
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['ignore', opts.stdoutFd ?? 'pipe', 'pipe'],
       ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.gid ?? opts.uid } : {}),
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => err.push(d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.stdout?.on('data', (d: Buffer) => out.push(d));
+    child.stderr!.on('data', (d: Buffer) => err.push(d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs ?? 60_000);
     child.on('error', reject);
     child.on('close', (status, signal) => {
       clearTimeout(timer);
@@ -172,6 +179,20 @@ async function withDaemon<T>(cacheDir: string, handler: Handler, body: (d: FakeD
 }
 
 const reply = (frame: Buffer): Handler => (_req, sock) => sock.end(frame);
+
+/** Answers 'M' (a miss: the client compiles), records the client's 'D' and acknowledges it. */
+function compileYourself(dones: Done[]): Handler {
+  return (_req, sock) => {
+    const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
+    sock.on('data', (chunk: Buffer) => {
+      for (const f of dec.push(chunk)) {
+        dones.push(decodeDone(f));
+        sock.end(encodeAck());
+      }
+    });
+    sock.write(encodeCompileYourself());
+  };
+}
 
 /** A backend job whose inputs don't exist: clang-19 fails deterministically (exit 1). */
 const MISSING_JOB = ['-x', 'ir', '-fthinlto-index=nope.o.thinlto.bc', '-c', '-o', 'nope.native.o', 'nope.o'];
@@ -251,13 +272,23 @@ test("reply 'R': output bytes and exit status are exactly the daemon's", async (
   });
 });
 
-test("reply 'R' with 128+N: the client dies of signal N", async () => {
+test("reply 'R' with signal N: the client dies of signal N (no core); exit 128+N stays an exit", async () => {
   const cacheDir = newCacheDir();
-  await withDaemon(cacheDir, reply(encodeResult(128 + 15, Buffer.from('o'), Buffer.from('e'))), async () => {
+  await withDaemon(cacheDir, reply(encodeResult({ exit: 128 + 15, signal: 15 }, Buffer.from('o'), Buffer.from('e'))), async () => {
     const r = await run(client, [COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir) });
     assert.equal(r.signal, 'SIGTERM');
     assert.equal(r.stdout.toString(), 'o');
     assert.equal(r.stderr.toString(), 'e');
+  });
+  await withDaemon(cacheDir, reply(encodeResult({ exit: 139, signal: 11 }, Buffer.alloc(0), Buffer.alloc(0))), async () => {
+    const r = await run('sh', ['-c', 'ulimit -c unlimited 2>/dev/null; cd "$1" && exec "$2" clang-19 "@x"', 'sh', tmp, client], { env: baseEnv(cacheDir) });
+    assert.equal(r.signal, 'SIGSEGV');
+    assert.deepEqual(fs.readdirSync(tmp).filter((f) => /^core/.test(f)), [], 'no core file');
+  });
+  await withDaemon(cacheDir, reply(encodeResult(130, Buffer.alloc(0), Buffer.from('e'))), async () => {
+    const r = await run(client, [COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir) });
+    assert.equal(r.signal, null);
+    assert.equal(r.status, 130);
   });
 });
 
@@ -279,7 +310,7 @@ test('the request carries compiler, cwd, args, umask and env exactly', async () 
     assert.equal(r.status, 0, r.stderr.toString());
     assert.deepEqual(d.errors, []);
     const req = d.requests[0]!;
-    assert.equal(req.version, 1);
+    assert.equal(req.version, 2);
     assert.equal(req.compiler, realCompiler);
     assert.equal(req.cwd, cwd);
     assert.deepEqual(req.args, args);
@@ -507,20 +538,54 @@ test('prefix mode with an unknown compiler: exit 127', async () => {
   assert.equal(r.stderr.toString(), "ltocache: cannot find compiler 'no-such-compiler-xyz' on PATH\n");
 });
 
-test('no daemon: the client starts one, waits at most the timeout, then runs the compiler', async () => {
+const startMarker = (cacheDir: string) => socketPathFor(cacheDir, uid).replace(/\.sock$/, '.startfail');
+
+test('no daemon, and the started one exits without notifying: compile at once, remember the failure', async () => {
   fs.rmSync(recorderLog, { force: true });
   const cacheDir = newCacheDir();
-  const env = baseEnv(cacheDir);
+  const env = baseEnv(cacheDir, { LTOCACHE_START_TIMEOUT_MS: '10000' });
   const ref = await direct(MISSING_JOB, env);
   const r = await run(client, [COMPILER, ...MISSING_JOB], { env });
   assert.equal(r.status, ref.status);
   assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
-  assert.ok(r.ms >= 190, `waited ${r.ms} ms for the daemon`);
-  assert.ok(r.ms < 5000, `gave up in time (${r.ms} ms)`);
-  // The detached starter may still be finishing; give it a moment.
-  for (let i = 0; i < 100 && recorded().length === 0; i++) await new Promise((res) => setTimeout(res, 20));
+  assert.ok(r.ms < 5000, `did not wait for the 10 s start timeout (${r.ms} ms)`);
   const cli = `${fs.realpathSync(root)}/bin/../dist/src/cli/main.js`; // not normalised by the client
   assert.deepEqual(recorded(), [`${cli} daemon run --background`]);
+  assert.ok(fs.existsSync(startMarker(cacheDir)), 'failed start recorded');
+  // Within the memory window, the next job does not try again.
+  const again = await run(client, [COMPILER, ...MISSING_JOB], { env });
+  assert.equal(again.status, ref.status);
+  assert.deepEqual(recorded(), [`${cli} daemon run --background`], 'no second spawn');
+  // A daemon that listens meanwhile is still used.
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.from('CONTACTED'), Buffer.alloc(0))), async (d) => {
+    const used = await run(client, [COMPILER, ...MISSING_JOB], { env });
+    assert.equal(used.stdout.toString(), 'CONTACTED');
+    assert.equal(d.connections, 1);
+  });
+});
+
+test('LTOCACHE_NODE=/nonexistent: the job completes via clang without waiting the start timeout', async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir, { LTOCACHE_NODE: '/nonexistent/node' });
+  delete env.LTOCACHE_START_TIMEOUT_MS; // the default, 3 s
+  const ref = await direct(MISSING_JOB, env);
+  const r = await run(client, [COMPILER, ...MISSING_JOB], { env });
+  assert.equal(r.status, ref.status);
+  assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
+  assert.ok(r.ms < 2000, `gave up at once (${r.ms} ms), not after the 3 s timeout`);
+  assert.ok(fs.existsSync(startMarker(cacheDir)), 'failed start recorded');
+});
+
+test('a started daemon that stays silent: the client waits at most the start timeout', async () => {
+  const cacheDir = newCacheDir();
+  const silent = path.join(tmp, 'silent-node.sh');
+  fs.writeFileSync(silent, '#!/bin/sh\nsleep 3\n', { mode: 0o755 });
+  const env = baseEnv(cacheDir, { LTOCACHE_NODE: silent, LTOCACHE_START_TIMEOUT_MS: '300' });
+  const ref = await direct(MISSING_JOB, env);
+  const r = await run(client, [COMPILER, ...MISSING_JOB], { env });
+  assert.equal(r.status, ref.status);
+  assert.ok(r.ms >= 290, `waited ${r.ms} ms for the daemon`);
+  assert.ok(r.ms < 2500, `gave up in time (${r.ms} ms)`);
 });
 
 test('prefix mode hands CLI sub-commands (and no arguments) to node', async () => {
@@ -550,4 +615,147 @@ test('the socket fd does not leak into the compiler', async () => {
       .filter((l) => Number(/ (\d+) -> /.exec(l)?.[1]) > 2);
     assert.deepEqual(extra, []);
   });
+});
+
+test('inherited SIGCHLD=SIG_IGN: a compile on a miss reports success, and clang inherits SIG_IGN', async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  fs.writeFileSync(path.join(tmp, 'ok.c'), 'int ok(void) { return 42; }\n');
+  fs.writeFileSync(path.join(tmp, 'ok.rsp'), '-c ok.c -o ok.o\n');
+  const ref = await direct(['-c', 'ok.c', '-o', 'ok-ref.o'], env);
+  assert.equal(ref.status, 0);
+  const ignoring = (argv: string[]) => [
+    '-c',
+    'import signal, os, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])',
+    ...argv,
+  ];
+  const dones: Done[] = [];
+  await withDaemon(cacheDir, compileYourself(dones), async () => {
+    const r = await run('python3', ignoring([client, COMPILER, '@ok.rsp']), { env });
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.equal(dones[0]?.exit, 0);
+    assert.ok(fs.readFileSync(path.join(tmp, 'ok.o')).equals(fs.readFileSync(path.join(tmp, 'ok-ref.o'))), 'the right object');
+    // The compiler sees the disposition we inherited (SigIgn bit 17 = SIGCHLD), on a miss...
+    const shown = await run('python3', ignoring([client, '/bin/grep', '-h', 'SigIgn', '/proc/self/status', '@x']), { env });
+    assert.ok((BigInt('0x' + /SigIgn:\s*([0-9a-f]+)/.exec(shown.stdout.toString())![1]) >> 16n) & 1n, shown.stdout.toString());
+  });
+  // ...and on a direct exec.
+  await withDaemon(cacheDir, reply(encodePassthrough('test')), async () => {
+    const shown = await run('python3', ignoring([client, '/bin/grep', '-h', 'SigIgn', '/proc/self/status', '@x']), { env });
+    assert.ok((BigInt('0x' + /SigIgn:\s*([0-9a-f]+)/.exec(shown.stdout.toString())![1]) >> 16n) & 1n, shown.stdout.toString());
+  });
+});
+
+test("compile on a miss: exit 130 is an exit, a SIGSEGV death is a SIGSEGV death ('D' carries both apart)", async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  const dones: Done[] = [];
+  await withDaemon(cacheDir, compileYourself(dones), async () => {
+    const exit130 = await run(client, ['/bin/sh', '-c', 'echo out; echo err >&2; exit 130', '@x'], { env });
+    assert.equal(exit130.signal, null);
+    assert.equal(exit130.status, 130);
+    assert.equal(exit130.stdout.toString(), 'out\n');
+    assert.deepEqual({ exit: dones[0]!.exit, signal: dones[0]!.signal }, { exit: 130, signal: 0 });
+    const segv = await run('sh', ['-c', 'ulimit -c 0; exec "$@"', 'sh', client, '/bin/sh', '-c', 'kill -SEGV $$', '@x'], { env });
+    assert.equal(segv.signal, 'SIGSEGV');
+    assert.deepEqual({ exit: dones[1]!.exit, signal: dones[1]!.signal }, { exit: 139, signal: 11 });
+  });
+});
+
+test('output at MAX_OUTPUT_STREAM is reported; one byte more passes through unreported, intact', async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  for (const n of [MAX_OUTPUT_STREAM, MAX_OUTPUT_STREAM + 1]) {
+    const dones: Done[] = [];
+    await withDaemon(cacheDir, compileYourself(dones), async () => {
+      const r = await run(client, ['/bin/sh', '-c', `head -c ${n} /dev/zero; echo e >&2`, '@x'], { env });
+      assert.equal(r.status, 0, r.stderr.toString());
+      assert.equal(r.stdout.length, n);
+      assert.equal(r.stderr.toString(), 'e\n');
+      if (n === MAX_OUTPUT_STREAM) assert.equal(dones[0]?.stdout.length, n, 'reported in full');
+      else assert.deepEqual(dones, [], 'not reported');
+    });
+  }
+});
+
+test('pass-through output that cannot be written (stdout on /dev/full) is not a success', async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  const full = fs.openSync('/dev/full', 'w');
+  try {
+    for (const n of [MAX_OUTPUT_STREAM + 1, 10]) {
+      await withDaemon(cacheDir, compileYourself([]), async () => {
+        const r = await run(client, ['/bin/sh', '-c', `head -c ${n} /dev/zero`, '@x'], { env, stdoutFd: full });
+        assert.equal(r.status, 1, `${n} bytes undelivered: ${r.stderr.toString()}`);
+      });
+    }
+  } finally {
+    fs.closeSync(full);
+  }
+});
+
+test('a daemon that accepts and never answers: after the silence timeout the client compiles', async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir, { LTOCACHE_SILENCE_TIMEOUT_MS: '500' });
+  const ref = await direct(MISSING_JOB, env);
+  await withDaemon(cacheDir, () => {}, async (d) => {
+    const r = await run(client, [COMPILER, ...MISSING_JOB], { env, killAfterMs: 20_000 });
+    assert.equal(d.connections, 1);
+    assert.equal(r.status, ref.status);
+    assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
+  });
+  // Keepalives ('W') reset the silence timer: an answer after 1.5 s of them is used.
+  const keepalive: Handler = (_req, sock) => {
+    const t = setInterval(() => sock.write(encodeWait()), 200);
+    setTimeout(() => {
+      clearInterval(t);
+      sock.end(encodeResult(0, Buffer.from('AFTER-WAIT'), Buffer.alloc(0)));
+    }, 1500);
+  };
+  await withDaemon(cacheDir, keepalive, async () => {
+    const r = await run(client, [COMPILER, ...MISSING_JOB], { env, killAfterMs: 20_000 });
+    assert.equal(r.status, 0);
+    assert.equal(r.stdout.toString(), 'AFTER-WAIT');
+  });
+});
+
+/** Runs `script` in a private mount namespace with /proc unmounted, or returns null if this
+ * host cannot (not root, no unshare). */
+async function withoutProc(script: string, args: string[], env: NodeJS.ProcessEnv): Promise<RunResult | null> {
+  const probe = await run('unshare', ['-m', 'sh', '-c', 'umount -l /proc && test ! -e /proc/self/exe'], { env });
+  if (probe.status !== 0) return null;
+  return run('unshare', ['-m', 'bash', '-c', `umount -l /proc && ${script}`, 'bash', ...args], { env, killAfterMs: 15_000 });
+}
+
+test('no /proc: masquerade finds the real compiler, never itself; the CLI path still resolves', { skip: uid !== 0 ? 'needs root for unshare -m' : false }, async (t) => {
+  const bin1 = path.join(tmp, 'np1');
+  const bin3 = path.join(tmp, 'np3');
+  fs.mkdirSync(bin1);
+  fs.mkdirSync(bin3);
+  fs.symlinkSync(client, path.join(bin1, COMPILER));
+  fs.copyFileSync(client, path.join(bin3, COMPILER)); // a copy: another inode
+  fs.chmodSync(path.join(bin3, COMPILER), 0o755);
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir, { PATH: `${bin1}:${ORIG_PATH}` });
+  const v = await withoutProc('exec "$1" --version', [path.join(bin1, COMPILER)], env);
+  if (!v) return t.skip('cannot unmount /proc in a private mount namespace here');
+  assert.equal(v.status, 0, v.stderr.toString());
+  assert.match(v.stdout.toString(), /clang version/);
+  // argv[0] naming the real compiler: the self check from argv[0] is wrong, the exec guard
+  // catches the exec of ourselves and moves on.
+  const env3 = baseEnv(cacheDir, { PATH: `${bin3}:${ORIG_PATH}` });
+  const g = await withoutProc('exec -a "$1" "$2" --version', [realCompiler, path.join(bin3, COMPILER)], env3);
+  assert.equal(g!.status, 0, g!.stderr.toString());
+  assert.match(g!.stdout.toString(), /clang version/);
+  // A backend job through the masquerade link reaches the daemon with the real compiler.
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.from('HIT'), Buffer.alloc(0))), async (d) => {
+    const r = await withoutProc('cd "$1" && exec "$2" "$@"', [tmp, path.join(bin1, COMPILER), ...MISSING_JOB], env);
+    assert.equal(r!.stdout.toString(), 'HIT', r!.stderr.toString());
+    assert.equal(d.requests[0]!.compiler, realCompiler);
+    assert.equal(d.requests[0]!.env.LTOCACHE_EXEC_GUARD, undefined);
+  });
+  fs.rmSync(recorderLog, { force: true });
+  const cli = `${fs.realpathSync(root)}/bin/../dist/src/cli/main.js`;
+  const s = await withoutProc('exec "$1" stats', [client], env);
+  assert.equal(s!.stdout.toString(), `recorder:${cli} stats\n`, s!.stderr.toString());
 });

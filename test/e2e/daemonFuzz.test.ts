@@ -194,7 +194,7 @@ describe('fuzz: the daemon over its socket', () => {
     // Base requests: never runnable (the compiler does not exist), so a mutation that stays
     // valid is answered with a passthrough or a result, never by compiling something.
     const req = (args: string[], env: Record<string, string> = { PATH: '/usr/bin:/bin' }): CompileRequest => ({
-      version: 1,
+      version: 2,
       stderrTty: false,
       compilesOnMiss: false,
       umask: 0o022,

@@ -181,7 +181,7 @@ function refDecode(p: Buffer): RefReq {
     return Buffer.from(s, 'utf8').equals(b) ? s : null;
   };
   if (p.length < 2 || p[0] !== 0x43) return bad('type/short');
-  if (p[1] !== 1) return bad('version');
+  if (p[1] !== 2) return bad('version');
   at = 2;
   const flags = u32();
   if (flags === null || (flags & ~3) !== 0) return bad('flags');
@@ -218,7 +218,7 @@ function refDecode(p: Buffer): RefReq {
     Object.defineProperty(env, k, { value: e.slice(eq + 1), enumerable: true, writable: true, configurable: true });
   }
   if (at !== p.length) return bad('trailing');
-  return { ok: true, value: { version: 1, stderrTty: (flags & 1) !== 0, compilesOnMiss: (flags & 2) !== 0, umask, compiler, cwd, args, env }, canonical: !dupes };
+  return { ok: true, value: { version: 2, stderrTty: (flags & 1) !== 0, compilesOnMiss: (flags & 2) !== 0, umask, compiler, cwd, args, env }, canonical: !dupes };
 }
 
 /** Plain-object view for deep comparison (env order is not part of a request's meaning). */
@@ -298,7 +298,7 @@ interface RawRequest {
 }
 const hostileRawRequestArb: fc.Arbitrary<RawRequest> = fc.record({
   type: fc.oneof({ weight: 9, arbitrary: fc.constant(0x43) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }),
-  version: fc.oneof({ weight: 9, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }),
+  version: fc.oneof({ weight: 9, arbitrary: fc.constant(2) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }),
   flags: fc.oneof({ weight: 8, arbitrary: fc.constantFrom(0, 1) }, { weight: 1, arbitrary: fc.nat({ max: 0xffffffff }) }),
   umask: fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 0, max: 0o777 }) }, { weight: 1, arbitrary: fc.nat({ max: 0xffffffff }) }),
   compiler: pathArb,
@@ -324,7 +324,7 @@ const oneHostileFieldArb: fc.Arbitrary<RawRequest> = fc
     fc.option(fc.tuple(fc.constantFrom('compiler', 'cwd', 'arg', 'env', 'flags', 'umask', 'version'), fieldArb, envEntryArb, fc.nat({ max: 0xffffffff })), { freq: 2 }),
   )
   .map(([r, hostile]) => {
-    const out: RawRequest = { type: 0x43, version: 1, ...r };
+    const out: RawRequest = { type: 0x43, version: 2, ...r };
     if (!hostile) return out;
     const [where, field, entry, n] = hostile;
     if (where === 'compiler') out.compiler = field;
@@ -361,7 +361,7 @@ function serialize(r: RawRequest): Buffer {
 
 /** Schema-valid requests (the C client's view of the world). */
 const validRequestArb: fc.Arbitrary<CompileRequest> = fc.record({
-  version: fc.constant(1 as const),
+  version: fc.constant(2 as const),
   stderrTty: fc.boolean(),
   compilesOnMiss: fc.boolean(),
   umask: fc.integer({ min: 0, max: 0o777 }),
@@ -420,7 +420,7 @@ describe('fuzz: decodeCompileRequest', () => {
   });
 
   test('huge counts and lengths are rejected in time linear in the payload', () => {
-    const base = encodeCompileRequest({ version: 1, stderrTty: false, umask: 0o22, compiler: '/c', cwd: '/d', args: [], env: {} }).subarray(4);
+    const base = encodeCompileRequest({ version: 2, stderrTty: false, umask: 0o22, compiler: '/c', cwd: '/d', args: [], env: {} }).subarray(4);
     const argcAt = 1 + 1 + 4 + 4 + 4 + 2 + 4 + 2;
     for (const v of [0xffffffff, 0x40000000, 0x3fffffff, 0x80000000]) {
       const p = Buffer.from(base);
@@ -457,12 +457,13 @@ describe('fuzz: replies', () => {
         fc.uint8Array({ maxLength: 40 }),
         fc.string({ maxLength: 30 }),
         fc.array(mutationArb, { maxLength: 3 }),
-        (exit, out, err, reason, ms) => {
-          const r = decodeReply(encodeResult(exit, Buffer.from(out), Buffer.from(err)).subarray(4));
-          assert.deepEqual(r, { kind: 'result', exit, stdout: Buffer.from(out), stderr: Buffer.from(err) });
+        fc.integer({ min: 0, max: 64 }),
+        (exit, out, err, reason, ms, signal) => {
+          const r = decodeReply(encodeResult({ exit, signal }, Buffer.from(out), Buffer.from(err)).subarray(4));
+          assert.deepEqual(r, { kind: 'result', exit, signal, stdout: Buffer.from(out), stderr: Buffer.from(err) });
           const p = decodeReply(encodePassthrough(reason).subarray(4));
           assert.deepEqual(p, { kind: 'passthrough', reason: Buffer.from(reason, 'utf8').toString('utf8') });
-          for (const frame of [encodeResult(exit, Buffer.from(out), Buffer.from(err)), encodePassthrough(reason)]) {
+          for (const frame of [encodeResult({ exit, signal }, Buffer.from(out), Buffer.from(err)), encodePassthrough(reason)]) {
             const m = mutateAll(frame.subarray(4), ms);
             let got;
             try {
@@ -472,7 +473,7 @@ describe('fuzz: replies', () => {
               continue;
             }
             // Accepted: it re-encodes to the same bytes (the reply format has no slack).
-            const again = got.kind === 'result' ? encodeResult(got.exit, got.stdout, got.stderr) : got.kind === 'passthrough' ? encodePassthrough(got.reason) : encodeCompileYourself();
+            const again = got.kind === 'result' ? encodeResult(got, got.stdout, got.stderr) : got.kind === 'passthrough' ? encodePassthrough(got.reason) : encodeCompileYourself();
             if (got.kind !== 'passthrough' || Buffer.from(got.reason, 'utf8').equals(m.subarray(5))) assert.ok(again.subarray(4).equals(m));
           }
         },

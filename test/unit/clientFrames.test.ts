@@ -20,7 +20,7 @@ import {
 import { clientCacheDir } from '../../src/config/cacheDir.js';
 
 const sample: CompileRequest = {
-  version: 1,
+  version: 2,
   stderrTty: true,
   compilesOnMiss: false,
   umask: 0o022,
@@ -72,7 +72,7 @@ function rawRequest(o: {
     u32(b.length);
     parts.push(b);
   };
-  parts.push(Buffer.from([o.type ?? 0x43, o.version ?? 1]));
+  parts.push(Buffer.from([o.type ?? 0x43, o.version ?? 2]));
   u32(o.flags ?? 0);
   u32(o.umask ?? 0o22);
   str(o.compiler ?? '/usr/bin/clang');
@@ -107,7 +107,7 @@ test('compile request round trip', () => {
 
 test('the raw builder matches the encoder (layout check)', () => {
   const req: CompileRequest = {
-    version: 1,
+    version: 2,
     stderrTty: false,
     compilesOnMiss: false,
     umask: 0o22,
@@ -133,7 +133,7 @@ test('every truncation of a valid request is rejected', () => {
 
 test('malformed requests name what is wrong', () => {
   rejects(() => decodeCompileRequest(rawRequest({ type: 0x52 })), /wrong frame type 0x52/);
-  rejects(() => decodeCompileRequest(rawRequest({ version: 2 })), /unsupported protocol version 2/);
+  rejects(() => decodeCompileRequest(rawRequest({ version: 1 })), /unsupported protocol version 1/);
   rejects(() => decodeCompileRequest(rawRequest({ flags: 6 })), /unknown flag bits/);
   rejects(() => decodeCompileRequest(rawRequest({ umask: 0o1000 })), /invalid compile request.*umask/);
   rejects(() => decodeCompileRequest(rawRequest({ compiler: 'clang' })), /compiler is not an absolute path/);
@@ -234,7 +234,11 @@ test('result and passthrough round trips', () => {
   const out = randomBytes(1000);
   const err = Buffer.from('warning: stack frame size (1032) exceeds limit (1024)\n');
   const r = decodeReply(payloadOf(encodeResult(143, out, err)));
-  assert.deepEqual(r, { kind: 'result', exit: 143, stdout: out, stderr: err });
+  assert.deepEqual(r, { kind: 'result', exit: 143, signal: 0, stdout: out, stderr: err });
+  const killed = decodeReply(payloadOf(encodeResult({ exit: 128 + 11, signal: 11 }, out, err)));
+  assert.deepEqual(killed, { kind: 'result', exit: 139, signal: 11, stdout: out, stderr: err });
+  assert.throws(() => encodeResult({ exit: 0, signal: 65 }, Buffer.alloc(0), Buffer.alloc(0)), RangeError);
+  assert.throws(() => encodeResult({ exit: 0, signal: -1 }, Buffer.alloc(0), Buffer.alloc(0)), RangeError);
   assert.deepEqual(decodeReply(payloadOf(encodePassthrough('miss: remote down ✓'))), {
     kind: 'passthrough',
     reason: 'miss: remote down ✓',
@@ -253,6 +257,9 @@ test('decodeReply applies the C client acceptance rules', () => {
   const neg = Buffer.from(good);
   neg.writeInt32LE(-1, 1);
   rejects(() => decodeReply(neg), /exit status -1/);
+  const badSignal = Buffer.from(good);
+  badSignal.writeInt32LE(65, 5);
+  rejects(() => decodeReply(badSignal), /signal 65/);
   rejects(() => decodeReply(Buffer.from('Qxxxx')), /wrong frame type 0x51/);
   rejects(() => decodeReply(payloadOf(encodeJson({}))), /wrong frame type 0x4a/);
 });

@@ -60,7 +60,7 @@ class FakeCompiler {
     await this.gate;
     const out = o.args[o.args.indexOf('-o') + 1]!;
     fs.writeFileSync(resolve(o.cwd, out), this.output(o.args[o.args.length - 1]!));
-    return { exitCode: this.exitCode, stdout: Buffer.alloc(0), stderr: this.stderr, ms: 50 };
+    return { exitCode: this.exitCode, signal: 0, stdout: Buffer.alloc(0), stderr: this.stderr, ms: 50 };
   };
 }
 
@@ -202,7 +202,7 @@ test('the client compiles when it offers to, under the same concurrency limit', 
   const compileOnClient = async (): Promise<CompilerRun> => {
     clientRuns++;
     fs.writeFileSync(join(cwd, 'a.native.o'), 'from the client');
-    return { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), ms: 5 };
+    return { exitCode: 0, signal: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), ms: 5 };
   };
   const miss = expectKind(await pipeline.runJob(request(cwd, 'a'), { ...live(), compileOnClient }), 'miss');
   assert.equal(miss.compiledOnClient, true);

@@ -1,0 +1,26 @@
+/* Generated from src/protocol/limits.ts by `node dist/src/protocol/limits.js --write
+ * client/limits.h`. Do not edit: change limits.ts and regenerate. */
+#ifndef LTOCACHE_LIMITS_H
+#define LTOCACHE_LIMITS_H
+#define LTOC_PROTOCOL_VERSION 2u
+#define LTOC_FRAME_COMPILE 67u
+#define LTOC_FRAME_RESULT 82u
+#define LTOC_FRAME_PASSTHROUGH 80u
+#define LTOC_FRAME_JSON 74u
+#define LTOC_FRAME_COMPILE_YOURSELF 77u
+#define LTOC_FRAME_DONE 68u
+#define LTOC_FRAME_ACK 65u
+#define LTOC_FRAME_WAIT 87u
+#define LTOC_FLAG_STDERR_TTY 1u
+#define LTOC_FLAG_COMPILES_ON_MISS 2u
+#define LTOC_MAX_REQUEST_PAYLOAD 16777216u
+#define LTOC_MAX_OUTPUT_STREAM 16777216u
+#define LTOC_RESULT_OVERHEAD 17u
+#define LTOC_MAX_DONE_PAYLOAD 33554449u
+#define LTOC_MAX_REPLY_PAYLOAD 268435456u
+#define LTOC_MAX_SIGNAL 64u
+#define LTOC_DEFAULT_START_TIMEOUT_MS 3000u
+#define LTOC_DEFAULT_SILENCE_TIMEOUT_MS 10000u
+#define LTOC_KEEPALIVE_INTERVAL_MS 1000u
+#define LTOC_START_FAILURE_MEMORY_S 30u
+#endif

@@ -1,0 +1,96 @@
+/**
+ * Every constant the native client (client/ltocache.c) and the daemon must agree on, defined
+ * once. client/limits.h is generated from this file (`node dist/src/protocol/limits.js --write
+ * client/limits.h`, run by `npm run build`); test/unit/limits.test.ts fails when the committed
+ * header differs from what this file generates.
+ */
+
+/** Version byte of the 'C' frame. 2: 'R' and 'D' carry the exit status and the signal apart. */
+export const PROTOCOL_VERSION = 2;
+
+export const FRAME_COMPILE = 0x43; // 'C'
+export const FRAME_RESULT = 0x52; // 'R'
+export const FRAME_PASSTHROUGH = 0x50; // 'P'
+export const FRAME_JSON = 0x4a; // 'J'
+export const FRAME_COMPILE_YOURSELF = 0x4d; // 'M'
+export const FRAME_DONE = 0x44; // 'D'
+export const FRAME_ACK = 0x41; // 'A'
+/** Keepalive, daemon → client: the job is still being worked on. */
+export const FRAME_WAIT = 0x57; // 'W'
+
+/** Flag bits of the compile request. */
+export const FLAG_STDERR_TTY = 1;
+/** The client can run the compiler on a miss itself and report back ('M', 'D', 'A'). */
+export const FLAG_COMPILES_ON_MISS = 2;
+
+/** Largest 'C' payload: the client falls back rather than send more; the daemon rejects more. */
+export const MAX_REQUEST_PAYLOAD = 16 * 1024 * 1024;
+/** Largest compiler output per stream (stdout, stderr) that is captured, reported and stored.
+ * Beyond it the client passes the output straight through and reports nothing. */
+export const MAX_OUTPUT_STREAM = 16 * 1024 * 1024;
+/** Size of a 'D' or 'R' payload: type, i32 exit, i32 signal, two length-prefixed streams. */
+export const RESULT_OVERHEAD = 1 + 4 + 4 + 4 + 4;
+/** Largest 'D' payload: both streams at their limit. */
+export const MAX_DONE_PAYLOAD = RESULT_OVERHEAD + 2 * MAX_OUTPUT_STREAM;
+/** Largest reply payload the client buffers; larger replies make it fall back. */
+export const MAX_REPLY_PAYLOAD = 256 * 1024 * 1024;
+/** Largest signal number carried in 'R'/'D'. */
+export const MAX_SIGNAL = 64;
+
+/** Client timing defaults (milliseconds), each overridable through the environment. */
+export const DEFAULT_START_TIMEOUT_MS = 3000; // LTOCACHE_START_TIMEOUT_MS
+export const DEFAULT_SILENCE_TIMEOUT_MS = 10_000; // LTOCACHE_SILENCE_TIMEOUT_MS
+/** The daemon sends 'W' at this interval while a job is in progress (well under the silence
+ * timeout). */
+export const KEEPALIVE_INTERVAL_MS = 1000;
+/** A failed daemon start is remembered this long: later jobs skip the spawn. */
+export const START_FAILURE_MEMORY_S = 30;
+
+/** Length of the base64 text of n bytes. */
+export function base64Length(n: number): number {
+  return 4 * Math.ceil(n / 3);
+}
+
+const ENTRIES: [string, number][] = [
+  ['PROTOCOL_VERSION', PROTOCOL_VERSION],
+  ['FRAME_COMPILE', FRAME_COMPILE],
+  ['FRAME_RESULT', FRAME_RESULT],
+  ['FRAME_PASSTHROUGH', FRAME_PASSTHROUGH],
+  ['FRAME_JSON', FRAME_JSON],
+  ['FRAME_COMPILE_YOURSELF', FRAME_COMPILE_YOURSELF],
+  ['FRAME_DONE', FRAME_DONE],
+  ['FRAME_ACK', FRAME_ACK],
+  ['FRAME_WAIT', FRAME_WAIT],
+  ['FLAG_STDERR_TTY', FLAG_STDERR_TTY],
+  ['FLAG_COMPILES_ON_MISS', FLAG_COMPILES_ON_MISS],
+  ['MAX_REQUEST_PAYLOAD', MAX_REQUEST_PAYLOAD],
+  ['MAX_OUTPUT_STREAM', MAX_OUTPUT_STREAM],
+  ['RESULT_OVERHEAD', RESULT_OVERHEAD],
+  ['MAX_DONE_PAYLOAD', MAX_DONE_PAYLOAD],
+  ['MAX_REPLY_PAYLOAD', MAX_REPLY_PAYLOAD],
+  ['MAX_SIGNAL', MAX_SIGNAL],
+  ['DEFAULT_START_TIMEOUT_MS', DEFAULT_START_TIMEOUT_MS],
+  ['DEFAULT_SILENCE_TIMEOUT_MS', DEFAULT_SILENCE_TIMEOUT_MS],
+  ['KEEPALIVE_INTERVAL_MS', KEEPALIVE_INTERVAL_MS],
+  ['START_FAILURE_MEMORY_S', START_FAILURE_MEMORY_S],
+];
+
+/** The text of client/limits.h. */
+export function limitsHeader(): string {
+  const lines = [
+    '/* Generated from src/protocol/limits.ts by `node dist/src/protocol/limits.js --write',
+    ' * client/limits.h`. Do not edit: change limits.ts and regenerate. */',
+    '#ifndef LTOCACHE_LIMITS_H',
+    '#define LTOCACHE_LIMITS_H',
+    ...ENTRIES.map(([k, v]) => `#define LTOC_${k} ${v}u`),
+    '#endif',
+    '',
+  ];
+  return lines.join('\n');
+}
+
+const { argv } = process;
+if (argv[1]?.endsWith('/protocol/limits.js') && argv[2] === '--write') {
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(argv[3] ?? 'client/limits.h', limitsHeader());
+}
