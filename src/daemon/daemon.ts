@@ -17,6 +17,11 @@ import { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
 import { JobLog, type JobResult } from '../jobLog/jobLog.js';
 import { answerFromLog } from '../explain/answerFromLog.js';
+import { decodeMemo, memoPath } from '../memo/memoFormat.js';
+import { MemoStore } from '../memo/memoStore.js';
+import type { JobRequest } from '../pipeline/jobPipeline.js';
+import { readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Lifecycle } from './lifecycle.js';
 import { runSession } from './session.js';
 
@@ -42,6 +47,10 @@ export class Daemon {
   /** The local store alone, or local then the team tier. */
   private readonly cache: CacheBackend;
   private readonly pipeline: JobPipeline;
+  /** Memos for the native client's fast path; none while `verify` audits hits (every hit must reach us). */
+  private readonly memos: MemoStore | null;
+  /** The last request behind each memo this daemon wrote (bounded), for the job log of memo hits. */
+  private readonly memoRequests = new Map<string, JobRequest>();
   private flushedVersion = -1;
   private stopping: Promise<void> | null = null;
 
@@ -66,13 +75,28 @@ export class Daemon {
       const team = config.remote_mode === 'read-only' ? readOnly(this.remote) : this.uploads;
       this.cache = tiered(store, team, (e) => this.onTier(e));
     } else this.cache = store;
+    const verifyShare = config.verify === 'off' ? 0 : config.verify === 'all' ? 1 : Number(config.verify.slice('sample:'.length));
+    this.memos = verifyShare > 0 ? null : new MemoStore(config.dir, (d) => store.blobPath(d));
+    const memos = this.memos;
     this.pipeline = new JobPipeline({
       cache: this.cache,
       counters: this.counters,
       log,
       jobs: config.jobs,
-      verifyShare: config.verify === 'off' ? 0 : config.verify === 'all' ? 1 : Number(config.verify.slice('sample:'.length)),
+      verifyShare,
       deny,
+      ...(memos
+        ? {
+            memo: {
+              write: (lookup, memo) => memos.write(lookup, memo),
+              removeKey: (key) => memos.removeKey(key),
+              remember: (lookup, req) => {
+                if (this.memoRequests.size >= 20_000) this.memoRequests.clear();
+                this.memoRequests.set(lookup, req);
+              },
+            },
+          }
+        : {}),
       manifestOf: (key) => this.jobLog.manifestOf(key),
     });
     this.lifecycle = new Lifecycle({
@@ -163,7 +187,39 @@ export class Daemon {
     }
   }
 
+  /**
+   * Takes in the native client's hit notices (docs/memo.md): counts them, refreshes their LRU age
+   * and records them in the job log, so stats, eviction, explain and reports see every hit. Also
+   * removes the memos of entries the store has evicted.
+   */
+  private async drainMemos(): Promise<void> {
+    const memos = this.memos;
+    if (!memos) return;
+    for (const key of this.store.evictedKeys.splice(0)) await memos.removeKey(key).catch(() => {});
+    const notices = await memos.drain().catch((e: unknown) => {
+      this.log.warn('cannot read memo hit notices', { error: String(e) });
+      return [];
+    });
+    for (const n of notices) {
+      this.counters.add(Counter.hits);
+      this.counters.add(Counter.memo_hits);
+      void this.cache.touch(n.key).catch(() => {});
+      let req = this.memoRequests.get(n.lookup);
+      let output: string | undefined;
+      if (!req) {
+        const memo = await readFile(memoPath(this.config.dir, n.lookup)).then(decodeMemo, () => null);
+        if (!memo || memo.key !== n.key) continue;
+        output = memo.outputs[0]!.path;
+        req = { compiler: '', args: [], cwd: dirname(output), env: {}, umask: 0o022 };
+      }
+      void this.jobLog
+        .record({ req, startedAt: n.startMs, endedAt: n.endMs, result: 'hit', key: n.key, ...(output ? { output } : {}) })
+        .catch((e) => this.log.warn('cannot record job', { error: String(e) }));
+    }
+  }
+
   async flushCounters(): Promise<void> {
+    await this.drainMemos();
     const c = this.store.counters;
     if (c) {
       // The store counts evictions and corrupt blobs itself; move them into ours.
@@ -232,6 +288,7 @@ export class Daemon {
         return { zeroed: true };
       case 'clear':
         this.pipeline.clearMemory();
+        await this.memos?.clear();
         await this.store.clear();
         return { cleared: true };
       case 'stop':

@@ -28,7 +28,8 @@ export const BUILD_GAP_MS = 10_000;
 const MAX_LOG = 50_000;
 
 interface Recorded {
-  req: CompileRequest;
+  /** Only where the job ran and its arguments are kept. */
+  req: Pick<CompileRequest, 'cwd' | 'args'>;
   startedAt: number;
   endedAt: number;
   result: JobResult;

@@ -4,7 +4,9 @@ import { FileDigests } from '../key/fileDigests.js';
 import { hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
 import { type Job, parseJob } from '../key/parseJob.js';
+import { ObservingFiles } from '../key/observed.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
+import { lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
 import type { CacheBackend, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
 import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
@@ -53,6 +55,8 @@ export class ClientCompileError extends Error {
 interface Keyed {
   key: string;
   manifest: Manifest;
+  /** What the key was computed from, as memo checks (absent when the keyer does not observe). */
+  checks?: MemoCheck[];
   /** The job's first output path, as given. */
   output: string;
 }
@@ -68,7 +72,16 @@ export type JobOutcome =
   /** Nothing served and nothing compiled: the requester must run the compiler itself. */
   | (Partial<Keyed> & { kind: 'error'; error: string; record: boolean });
 
-export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult>;
+/** Computes a job's key; `checks` lists what it read, for the memo (docs/memo.md). */
+export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?: MemoCheck[] }>;
+
+/** Where memos go (src/memo/memoStore.ts): written after a hit or a stored miss, removed with a bad key. */
+export interface MemoSink {
+  write(lookup: string, memo: Memo): Promise<boolean>;
+  removeKey(key: string): Promise<void>;
+  /** The last request seen for a memo, so a hit served from it can be audited (`verify`). */
+  remember?(lookup: string, req: JobRequest): void;
+}
 
 export interface PipelineOptions {
   /** The local store, or a tiered/readOnly composition of it. `get` may say which tier served. */
@@ -87,6 +100,7 @@ export interface PipelineOptions {
   /** The manifest a key was stored under, for the verify mismatch log. */
   manifestOf?: (key: string) => Promise<unknown>;
   random?: () => number;
+  memo?: MemoSink;
 }
 
 /** What a finished compile leaves for the jobs waiting on the same key. */
@@ -121,8 +135,13 @@ export class JobPipeline {
     if (o.keyer) this.keyer = o.keyer;
     else {
       const files = new FileDigests();
-      const ctx = { files, toolchains: new ToolchainIdentifier(files) };
-      this.keyer = (job, req) => buildManifest(ctx, job, req.compiler, req.cwd, req.env);
+      const toolchains = new ToolchainIdentifier(files);
+      this.keyer = async (job, req) => {
+        if (!o.memo) return buildManifest({ files, toolchains }, job, req.compiler, req.cwd, req.env);
+        const observe = new ObservingFiles(files);
+        const r = await buildManifest({ files, toolchains, observe }, job, req.compiler, req.cwd, req.env);
+        return r.kind === 'key' ? { ...r, checks: observe.checks() } : r;
+      };
     }
   }
 
@@ -159,7 +178,7 @@ export class JobPipeline {
       this.o.log.info('uncacheable job', { reason: keyed.reason, detail: keyed.detail, cwd: req.cwd });
       return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
     }
-    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path };
+    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
     const served = await this.lookup(k, job.outputs, req);
     if (served) return served;
 
@@ -179,9 +198,11 @@ export class JobPipeline {
     // if the key computed again afterwards is still the one it was compiled under.
     const stillCurrent = async () => {
       const again = await this.keyer(job, req);
-      return again.kind === 'key' && again.key === k.key;
+      if (again.kind !== 'key' || again.key !== k.key) return false;
+      if (again.checks) k.checks = again.checks;
+      return true;
     };
-    const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent);
+    const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent, (entry) => this.writeMemo(k, entry, job.outputs, req));
     this.inflight.set(k.key, p);
     try {
       const done = await p;
@@ -215,6 +236,7 @@ export class JobPipeline {
     // store read, and the most used entries would be evicted first.
     if (inMemory) this.spawn(this.o.cache.touch(key).catch(() => {}));
     else this.hot.set(key, entry);
+    this.spawn(this.writeMemo(k, entry, outputs, req));
     this.maybeVerify(k, entry, outputs, req);
     this.counters.add(Counter.hits);
     this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
@@ -281,6 +303,7 @@ export class JobPipeline {
           if (run.exitCode === 0 && sameObject && sameStderr) return;
           this.counters.add(Counter.verify_mismatches);
           this.hot.delete(key);
+          await this.o.memo?.removeKey(key).catch(() => {});
           await this.o.deny.add(key, 'verify mismatch').catch((e: unknown) => this.o.log.warn('cannot persist the deny list', { key, error: String(e) }));
           const stored = this.o.manifestOf ? await this.o.manifestOf(key).catch(() => undefined) : undefined;
           const deleted = await this.o.cache.delete(key);
@@ -305,7 +328,14 @@ export class JobPipeline {
     );
   }
 
-  private async compile(req: JobRequest, outputs: Outputs, key: string, ctx: JobContext, stillCurrent: () => Promise<boolean>): Promise<Compiled> {
+  private async compile(
+    req: JobRequest,
+    outputs: Outputs,
+    key: string,
+    ctx: JobContext,
+    stillCurrent: () => Promise<boolean>,
+    stored: (entry: StoredEntry) => Promise<void>,
+  ): Promise<Compiled> {
     const { signal } = ctx;
     // The concurrency limit holds wherever clang runs: a client is told to compile only when a
     // slot is free.
@@ -355,24 +385,59 @@ export class JobPipeline {
       return { ...run, entry: null };
     }
     this.hot.set(key, entry);
-    this.spawn(this.store(key, entry));
+    this.spawn(this.store(key, entry).then((ok) => (ok ? stored(entry) : undefined)));
     return { ...run, entry };
   }
 
-  /** Stores a fresh compile; once stored, a denied key may be served again. */
-  private async store(key: string, entry: StoredEntry): Promise<void> {
+  /** Stores a fresh compile; once stored, a denied key may be served again. True when stored. */
+  private async store(key: string, entry: StoredEntry): Promise<boolean> {
     try {
       const r = await this.o.cache.put(key, entry);
       if (r.kind === 'stored') {
         this.counters.add(Counter.bytes_written, [...entry.files.values()].reduce((n, b) => n + b.length, 0));
         if (this.o.deny.has(key)) await this.o.deny.remove(key).catch((e: unknown) => this.o.log.warn('cannot update the deny list', { key, error: String(e) }));
-      } else {
-        this.counters.error(r.kind === 'error' ? ErrorKind.store_write : ErrorKind.store_refused);
-        this.o.log.warn('could not store result', { key, result: r });
+        return true;
       }
+      this.counters.error(r.kind === 'error' ? ErrorKind.store_write : ErrorKind.store_refused);
+      this.o.log.warn('could not store result', { key, result: r });
     } catch (e) {
       this.counters.error(ErrorKind.store_write);
       this.o.log.warn('could not store result', { key, error: String(e) });
+    }
+    return false;
+  }
+
+  /**
+   * Writes the memo the native client checks before it asks us (docs/memo.md). Only for a key
+   * computed with observed inputs, a whole entry, and a key not denied; a failure only costs the
+   * next run of this command a trip through the daemon.
+   */
+  private async writeMemo(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest): Promise<void> {
+    const sink = this.o.memo;
+    if (!sink || !k.checks || this.o.deny.has(k.key)) return;
+    const byRole = new Map(entry.record.outputs.map((o) => [o.name, o]));
+    const memoOutputs = [];
+    for (const o of outputs) {
+      const rec = byRole.get(o.role);
+      if (!rec) return;
+      memoOutputs.push({ path: resolve(req.cwd, o.path), digest: rec.digest, size: rec.size });
+    }
+    const lookup = lookupDigest(req.compiler, req.cwd, req.args);
+    try {
+      const memo: Memo = {
+        key: k.key,
+        checks: k.checks,
+        outputs: memoOutputs,
+        stdout: Buffer.from(entry.record.stdout, 'base64'),
+        stderr: Buffer.from(entry.record.stderr, 'base64'),
+      };
+      if (await sink.write(lookup, memo)) {
+        this.counters.add(Counter.memos_written);
+        sink.remember?.(lookup, req);
+      }
+    } catch (e) {
+      this.counters.error(ErrorKind.memo_write);
+      this.o.log.warn('cannot write memo', { key: k.key, error: String(e) });
     }
   }
 }

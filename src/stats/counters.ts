@@ -28,6 +28,9 @@ export const Counter = {
   verify_runs: 'verify_runs',
   verify_mismatches: 'verify_mismatches',
   verify_skipped: 'verify_skipped',
+  /** Hits the native client served from a memo without the daemon (also counted in `hits`). */
+  memo_hits: 'memo_hits',
+  memos_written: 'memos_written',
 } as const;
 export type CounterName = (typeof Counter)[keyof typeof Counter];
 /** Every counter, in `stats` display order. */
@@ -57,6 +60,8 @@ export const ErrorKind = {
   backend_failure_exit_0: 'backend_failure_exit_0',
   missing_output: 'missing_output',
   inputs_changed_during_compile: 'inputs_changed_during_compile',
+  /** A memo could not be written (the next run goes through the daemon). */
+  memo_write: 'memo_write',
   /** A verify recompile could not be run. */
   verify: 'verify',
 } as const;

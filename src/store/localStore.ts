@@ -152,6 +152,8 @@ export class LocalStore implements CacheBackend {
   private readonly refs: Sub;
   private readonly meta: Sub;
   private readonly blobs: BlobStore;
+  /** Keys evicted since the owner last emptied this list (the daemon removes their memos). */
+  readonly evictedKeys: string[] = [];
   private bytes = 0;
   private entryCount = 0;
   private closing = false;
@@ -238,6 +240,11 @@ export class LocalStore implements CacheBackend {
       await this.mutex.run(() => this.dropUnreferenced(checked.blobs.map((b) => b.digest))).catch(() => {});
       return { kind: 'error', error: `local store: ${message(e)}` };
     }
+  }
+
+  /** Where a blob's file is: the native client reads blobs here (docs/memo.md). */
+  blobPath(digest: Digest): string {
+    return this.blobs.pathOf(digest);
   }
 
   /** Removes one entry and the blobs only it referenced. */
@@ -410,7 +417,10 @@ export class LocalStore implements CacheBackend {
         m.ops.push({ type: 'del', sublevel: this.lru, key: lk });
         if (info.kind === 'ok') continue;
       }
-      if (await this.planRemove(m, key)) evicted++;
+      if (await this.planRemove(m, key)) {
+        evicted++;
+        if (this.evictedKeys.length < 10_000) this.evictedKeys.push(key);
+      }
     }
     const before = this.bytes;
     await this.commit(m);
