@@ -470,8 +470,8 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
         int wrote = write_all(1, m.out.p, m.out.len) == 0;
         if (write_all(2, m.err.p, m.err.len) != 0) wrote = 0;
         char *line = fmt("H %.32s %s %lld %lld\n", m.key, lookup, start, unix_ms());
-        int log = openat(memo_dir, "hits.log",
-                         O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        int log = openat(memo_dir, "hits.log", O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW |
+                                                   O_CLOEXEC | O_NONBLOCK, 0600);
         /* One write on O_APPEND keeps concurrent notices whole; a lost one loses a counter. */
         if (line && log >= 0) {
             ssize_t w = write(log, line, strlen(line));
