@@ -77,11 +77,12 @@ function scenario(opts: { checks?: boolean } = {}) {
   fs.mkdirSync(cache);
   const marker = path.join(root, 'compiler-ran');
   const compiler = path.join(root, 'fakecc');
-  // Writes "compiled" to the -o file and to the .dwo, leaves the marker.
+  // Writes "compiled" to the -o file and to the .dwo (unless FAKECC_NO_WRITE), leaves the marker.
   fs.writeFileSync(
     compiler,
     `#!/bin/sh\nout=\nprev=\nfor a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\n` +
-      `echo compiled > "$out"; echo compiled > "$out.dwo"; echo ran > '${marker}'\necho compiler-stdout\n`,
+      `[ -n "$FAKECC_NO_WRITE" ] || { echo compiled > "$out"; echo compiled > "$out.dwo"; }\n` +
+      `echo ran > '${marker}'\necho compiler-stdout\n`,
     { mode: 0o755 },
   );
   const statFile = path.join(work, 'stat.o');
@@ -400,4 +401,16 @@ test('a replay write error exits 1 even though the job succeeded', () => {
   });
   assert.equal(fs.existsSync(s.marker), false, r.stderr.toString());
   assert.equal(r.status, 1);
+});
+
+test('no output is replaced unless every output verifies', () => {
+  const s = scenario();
+  for (const o of s.outputs) fs.writeFileSync(o.path, 'old');
+  const p = blobPath(s.cache, s.memo.outputs[1]!.digest);
+  fs.unlinkSync(p);
+  fs.writeFileSync(p, 'x'); // the second output's blob: wrong size and digest
+  const r = s.run({ FAKECC_NO_WRITE: '1' });
+  assert.equal(fs.existsSync(s.marker), true, r.stderr.toString());
+  for (const o of s.outputs) assert.equal(fs.readFileSync(o.path, 'utf8'), 'old', o.path);
+  assert.deepEqual(fs.readdirSync(s.work).filter((n) => n.includes('.ltocache-')), []);
 });
