@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "limits.h"
+#include "memo.h"
 
 extern char **environ;
 
@@ -799,6 +800,9 @@ static void run_via_daemon(const struct job *j) {
     char *cwd = current_dir();
     if (!cwd) return;
     char *abs = j->path[0] == '/' ? strdup(j->path) : concat3(cwd, "/", j->path);
+    char *memo_cache = abs ? cache_dir() : NULL;
+    if (memo_cache) memo_serve(memo_cache, abs, cwd, j->argc - 1, j->argv + 1);
+    free(memo_cache);
     struct buf req = {0};
     int built = abs && build_request(&req, abs, cwd, j->argv + 1, j->argc - 1) == 0;
     free(abs);
@@ -870,6 +874,7 @@ _Noreturn static void print_socket(void) {
 int main(int argc, char **argv) {
     const char *p = getenv("LTOCACHE_PRINT_SOCKET");
     if (p && strcmp(p, "1") == 0) print_socket();
+    memo_print_digest_hook();
 
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);

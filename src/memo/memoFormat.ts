@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { DIGEST_RE, type Digest, Hasher, hashBytes } from '../key/hash.js';
+import { MAX_OUTPUT_STREAM, MEMO_MAX_BYTES, MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS } from '../protocol/limits.js';
 
 /**
  * The memo file (docs/memo.md, version 1): what the native client re-checks to serve a hit
@@ -8,12 +9,9 @@ import { DIGEST_RE, type Digest, Hasher, hashBytes } from '../key/hash.js';
  */
 
 export const MEMO_MAGIC = Buffer.from('LTOMEMO\x01', 'latin1');
-export const MEMO_MAX_CHECKS = 65_536;
-export const MEMO_MAX_OUTPUTS = 16;
-export const MEMO_MAX_BYTES = 160 << 20;
-export const MEMO_MAX_NAME = 65_536;
-/** Each captured stream; equals the client's capture limit. */
-export const MEMO_MAX_STREAM = 64 << 20;
+export { MEMO_MAX_BYTES, MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS } from '../protocol/limits.js';
+/** Each captured stream: the client's capture limit. */
+export const MEMO_MAX_STREAM = MAX_OUTPUT_STREAM;
 
 export const CheckKind = { stat: 1, content: 2, absent: 3, notreg: 4, dir: 5, env: 6 } as const;
 

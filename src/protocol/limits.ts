@@ -46,6 +46,12 @@ export const KEEPALIVE_INTERVAL_MS = 1000;
 /** A failed daemon start is remembered this long: later jobs skip the spawn. */
 export const START_FAILURE_MEMORY_S = 30;
 
+/** Memo files (docs/memo.md): checks, outputs, whole-file size, one name or value. */
+export const MEMO_MAX_CHECKS = 65_536;
+export const MEMO_MAX_OUTPUTS = 16;
+export const MEMO_MAX_BYTES = 160 << 20;
+export const MEMO_MAX_NAME = 65_536;
+
 /** Length of the base64 text of n bytes. */
 export function base64Length(n: number): number {
   return 4 * Math.ceil(n / 3);
@@ -73,6 +79,10 @@ const ENTRIES: [string, number][] = [
   ['DEFAULT_SILENCE_TIMEOUT_MS', DEFAULT_SILENCE_TIMEOUT_MS],
   ['KEEPALIVE_INTERVAL_MS', KEEPALIVE_INTERVAL_MS],
   ['START_FAILURE_MEMORY_S', START_FAILURE_MEMORY_S],
+  ['MEMO_MAX_CHECKS', MEMO_MAX_CHECKS],
+  ['MEMO_MAX_OUTPUTS', MEMO_MAX_OUTPUTS],
+  ['MEMO_MAX_BYTES', MEMO_MAX_BYTES],
+  ['MEMO_MAX_NAME', MEMO_MAX_NAME],
 ];
 
 /** The text of client/limits.h. */

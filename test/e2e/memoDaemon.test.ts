@@ -1,0 +1,177 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
+
+/**
+ * The memo fast path end to end: the real daemon writes memos, the real client serves from them
+ * without the daemon, and every change the key would see sends the job back to the daemon.
+ * Real clang 19 / lld 19; every served object is compared with direct clang.
+ */
+
+const CC = 'clang-19';
+const FLAGS = ['-O2', '--target=x86_64-linux-gnu'];
+const SOURCES: Record<string, string> = {
+  'a.c': 'asm(".pushsection .rodata\\n.incbin \\"blob.dat\\"\\n.popsection\\n");\nint fa(int x) { return x * 3 + 1; }\n',
+  'b.c': 'int fa(int);\nint fb(int x) { return fa(x) + 2; }\n',
+  'blob.dat': 'one\n',
+};
+const MODULES = ['a', 'b'];
+
+function run(cmd: string, args: string[], cwd: string, env?: NodeJS.ProcessEnv) {
+  const r = spawnSync(cmd, args, { cwd, env: env ?? process.env, encoding: 'utf8' });
+  return { status: r.status ?? 128, stderr: r.stderr };
+}
+
+function backendArgs(m: string, out = `${m}.native.o`): string[] {
+  return [...FLAGS, '-x', 'ir', '-fno-lto', `-fthinlto-index=${m}.o.thinlto.bc`, '-c', '-o', out, `${m}.o`];
+}
+
+function memoFiles(cacheDir: string): string[] {
+  const dir = join(cacheDir, 'memo');
+  const out: string[] = [];
+  for (const shard of readdirSync(dir)) if (/^[0-9a-f]{2}$/.test(shard)) for (const f of readdirSync(join(dir, shard))) out.push(join(dir, shard, f));
+  return out;
+}
+
+describe('memo fast path with the real daemon', () => {
+  let cache: CacheEnv;
+  let dir: string;
+  /** No daemon can start (when none runs, a job the fast path does not serve is compiled by clang
+   *  directly; when one runs, it serves the job). Fast-path hits are told apart by their notices. */
+  let noDaemon: NodeJS.ProcessEnv;
+
+  before(() => {
+    cache = new CacheEnv('memo');
+    noDaemon = { ...cache.env, LTOCACHE_NODE: '/nonexistent/node', LTOCACHE_START_TIMEOUT_MS: '300' };
+    cache.start();
+    dir = tempDir('memo');
+    for (const [f, text] of Object.entries(SOURCES)) writeFileSync(join(dir, f), text);
+    for (const m of MODULES) assert.equal(run(CC, [...FLAGS, '-flto=thin', '-c', `${m}.c`, '-o', `${m}.o`], dir).status, 0);
+    // Front-end outputs older than the racy window, as in a real rebuild: STAT checks apply.
+    const old = new Date(Date.now() - 60_000);
+    for (const m of MODULES) utimesSync(join(dir, `${m}.o`), old, old);
+    utimesSync(join(dir, 'blob.dat'), old, old);
+  });
+  after(() => {
+    cache.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function thinLink(cwd = dir): void {
+    const r = run('ld.lld-19', ['-r', '--thinlto-index-only=list', ...MODULES.map((m) => `${m}.o`), '-o', 'out.o'], cwd);
+    assert.equal(r.status, 0, r.stderr);
+  }
+
+  /** Runs every backend job through the client with `env`, checks each object against direct clang. */
+  function jobs(env: NodeJS.ProcessEnv, cwd = dir): void {
+    for (const m of MODULES) {
+      rmSync(join(cwd, `${m}.native.o`), { force: true });
+      const r = run(CLIENT, [CC, ...backendArgs(m)], cwd, env);
+      assert.equal(r.status, 0, `${m}: ${r.stderr}`);
+      assert.equal(run(CC, backendArgs(m, `${m}.direct.o`), cwd).status, 0);
+      assert.ok(readFileSync(join(cwd, `${m}.native.o`)).equals(readFileSync(join(cwd, `${m}.direct.o`))), `${m}: object differs from direct clang`);
+    }
+  }
+
+  function notices(): number {
+    try {
+      return readFileSync(join(cache.dir, 'memo', 'hits.log'), 'latin1').split('\n').filter(Boolean).length;
+    } catch {
+      return 0;
+    }
+  }
+
+  test('a warmed job is served by the fast path while the daemon is stopped and cannot start', () => {
+    thinLink();
+    jobs(cache.env); // cold: misses, memos written after the store
+    thinLink();
+    jobs(cache.env); // daemon-path hits (the index was rewritten: its memo check is by content)
+    assert.equal(memoFiles(cache.dir).length, 2);
+    cache.stop();
+    const before = notices();
+    thinLink();
+    jobs(noDaemon);
+    assert.equal(notices() - before, 2, 'both jobs served from memos');
+    const s = cache.stats(); // starts the daemon again, which drains the notices
+    assert.ok(s.memo_hits >= 2, `memo hits counted once the daemon is back: ${JSON.stringify(s)}`);
+  });
+
+  test('changes the key sees send the job back: content edit of an .incbin file, touch, env, tree elsewhere', () => {
+    cache.start();
+    thinLink();
+    jobs(cache.env);
+    let n = notices();
+    // The .incbin file changes; bitcode and index do not. No daemon: clang must run, not the memo.
+    writeFileSync(join(dir, 'blob.dat'), 'two\n');
+    jobs(noDaemon);
+    assert.equal(notices(), n, 'no fast-path hit after the .incbin file changed');
+    // touch of an input (same content): STAT check fails, the daemon path serves and rewrites the memo.
+    jobs(cache.env);
+    const t = new Date();
+    utimesSync(join(dir, 'b.o'), t, t);
+    n = notices();
+    jobs(noDaemon);
+    assert.equal(notices(), n + 1, 'a was served by its memo, b (touched) was not');
+    // A keyed environment variable.
+    jobs(cache.env);
+    n = notices();
+    jobs({ ...noDaemon, CCC_OVERRIDE_OPTIONS: '+-O1' });
+    assert.equal(notices(), n, 'no fast-path hit with CCC_OVERRIDE_OPTIONS set');
+    // The tree copied elsewhere: another cwd is another command.
+    const copy = tempDir('memo-copy');
+    cpSync(dir, copy, { recursive: true });
+    n = notices();
+    jobs(noDaemon, copy);
+    assert.equal(notices(), n, 'no fast-path hit in another directory');
+    rmSync(copy, { recursive: true, force: true });
+  });
+
+  test('a corrupt or evicted blob, or a memo with the wrong mode, falls back', () => {
+    jobs(cache.env);
+    // This tree's memos, named as the client names them.
+    const memos = MODULES.map((m) => {
+      const r = spawnSync(CLIENT, [CC, ...backendArgs(m)], { cwd: dir, env: { ...cache.env, LTOCACHE_PRINT_LOOKUP: '1' }, encoding: 'utf8' });
+      const lookup = r.stdout.trim();
+      assert.match(lookup, /^[0-9a-f]{32}$/);
+      return join(cache.dir, 'memo', lookup.slice(0, 2), lookup.slice(2));
+    });
+    let n = notices();
+    jobs(noDaemon);
+    assert.equal(notices(), n + 2);
+    // Corrupt every blob in place (same size): the copy verifies the digest and falls back.
+    const blobs = join(cache.dir, 'store', 'v1', 'blobs');
+    const saved = new Map<string, Buffer>();
+    for (const shard of readdirSync(blobs))
+      for (const f of readdirSync(join(blobs, shard))) {
+        const p = join(blobs, shard, f);
+        const data = readFileSync(p);
+        saved.set(p, data);
+        const bad = Buffer.from(data);
+        bad[bad.length >> 1] = (bad[bad.length >> 1] ?? 0) ^ 0xff;
+        writeFileSync(p, bad);
+      }
+    n = notices();
+    jobs(noDaemon);
+    assert.equal(notices(), n, 'no fast-path hit from a corrupt blob');
+    for (const [p, data] of saved) writeFileSync(p, data);
+    // A memo that others could write is not trusted.
+    for (const m of memos) chmodSync(m, 0o666);
+    n = notices();
+    jobs(noDaemon);
+    assert.equal(notices(), n, 'no fast-path hit from a group/other-writable memo');
+    // The daemon served those jobs and writes the memos again, private, after its answer.
+    const deadline = Date.now() + 10_000;
+    while (memos.some((m) => (statSync(m).mode & 0o777) !== 0o600) && Date.now() < deadline) spawnSync('sleep', ['0.05']);
+    for (const m of memos) assert.equal(statSync(m).mode & 0o777, 0o600);
+  });
+
+  test('clear removes the memos', () => {
+    cache.start();
+    assert.ok(memoFiles(cache.dir).length > 0);
+    assert.equal(cache.cli(['clear']).status, 0);
+    assert.equal(memoFiles(cache.dir).length, 0);
+  });
+});

@@ -1,0 +1,37 @@
+/**
+ * Builds the libFuzzer target of the C memo parser (client/fuzz/memo_fuzz.c) and runs
+ * client/fuzz/run.sh: every saved regression, then a short bounded fuzzing run. Skipped, saying
+ * so, only when clang-19 or its fuzzer runtime is missing. LTOCACHE_MEMO_FUZZ_SECONDS sets the
+ * fuzzing time (default 5).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { TOP, tempDir } from '../support/env.js';
+
+function fuzzerMissing(): string | false {
+  const dir = tempDir('fuzz-probe');
+  try {
+    const src = path.join(dir, 'probe.c');
+    fs.writeFileSync(src, '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n');
+    const r = spawnSync(process.env.FUZZ_CC ?? 'clang-19', ['-fsanitize=fuzzer,address', '-o', path.join(dir, 'probe'), src], { encoding: 'utf8' });
+    if (r.error) return `clang-19 not runnable (${r.error.message})`;
+    if (r.status !== 0) return `clang-19 cannot link a libFuzzer target: ${r.stderr.trim().split('\n').slice(-1)[0]}`;
+    return false;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const missing = fuzzerMissing();
+
+test('memo_parse fuzzing: regressions replay and a bounded run finds nothing', { skip: missing || false }, () => {
+  const seconds = process.env.LTOCACHE_MEMO_FUZZ_SECONDS ?? '5';
+  const r = spawnSync('sh', [path.join(TOP, 'client', 'fuzz', 'run.sh'), seconds], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const tail = `${r.stdout}\n${r.stderr}`.split('\n').slice(-40).join('\n');
+  assert.equal(r.status, 0, tail);
+  assert.match(r.stdout, /replaying regressions/, 'the regressions directory was replayed');
+  assert.match(r.stderr, /Done \d+ runs/, tail);
+});

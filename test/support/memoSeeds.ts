@@ -1,0 +1,56 @@
+/**
+ * Seed corpus of the memo_parse fuzzer (client/fuzz): deterministic memos from encodeMemo, each
+ * written whole and as a body without its trailer (the fuzz target appends the right trailer).
+ * Regenerate: node dist/test/support/memoSeeds.js client/fuzz/seeds
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { initHash } from '../../src/key/hash.js';
+import { encodeMemo, type Memo, type MemoCheck } from '../../src/memo/memoFormat.js';
+
+const hex = (c: string) => c.repeat(32);
+
+function checks(): MemoCheck[] {
+  return [
+    { kind: 'stat', path: '/usr/bin/clang-19', dev: 2049n, ino: 131_073n, size: 4096n, mtimeNs: 1_700_000_000_123_456_789n, ctimeNs: 1_700_000_001_000_000_000n },
+    { kind: 'content', path: '/work/obj/a.o.thinlto.bc', size: 1234, digest: hex('a') },
+    { kind: 'absent', path: '/work/include/missing.s' },
+    { kind: 'notreg', path: '/dev/null' },
+    { kind: 'dir', path: '/usr/lib/llvm-19/bin', dev: 2049n, ino: 77n, mtimeNs: 1n, ctimeNs: 2n },
+    { kind: 'env', name: 'CLANG_CONFIG_FILE_SYSTEM_DIR', value: null },
+    { kind: 'env', name: 'LANG', value: 'C.UTF-8' },
+    { kind: 'env', name: 'EMPTY', value: '' },
+  ];
+}
+
+export function memoSeeds(): [string, Buffer][] {
+  const base: Memo = {
+    key: hex('0'),
+    checks: checks(),
+    outputs: [{ path: '/work/obj/a.o', digest: hex('b'), size: 99 }],
+    stdout: Buffer.alloc(0),
+    stderr: Buffer.from('warning: x\n'),
+  };
+  const memos: [string, Memo][] = [
+    ['full', base],
+    ['no-checks', { ...base, checks: [] }],
+    ['two-outputs', { ...base, outputs: [...base.outputs, { path: '/work/obj/a.dwo', digest: hex('c'), size: 0 }] }],
+    ['max-outputs', { ...base, checks: checks().slice(0, 2), outputs: Array.from({ length: 16 }, (_, i) => ({ path: `/o/${i}`, digest: hex('d'), size: i })) }],
+  ];
+  for (const c of checks()) memos.push([`only-${c.kind}-${c.kind === 'env' ? c.name : 'x'}`, { ...base, checks: [c] }]);
+  const out: [string, Buffer][] = [];
+  for (const [name, m] of memos) {
+    const whole = encodeMemo(m);
+    out.push([`${name}.memo`, whole], [`${name}.body`, whole.subarray(0, whole.length - 32)]);
+  }
+  return out;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const dir = process.argv[2];
+  if (!dir) throw new Error('usage: memoSeeds.js <dir>');
+  await initHash();
+  mkdirSync(dir, { recursive: true });
+  for (const [name, b] of memoSeeds()) writeFileSync(join(dir, name), b);
+}
