@@ -36,4 +36,4 @@ complete -c ltocache -n '__fish_seen_subcommand_from serve' -l 'access-log'
 complete -c ltocache -n '__fish_seen_subcommand_from serve' -l 'max-bundle'
 complete -c ltocache -n '__fish_seen_subcommand_from serve' -l 'max-streams'
 complete -c ltocache -n '__fish_seen_subcommand_from serve' -l 'idle-timeout'
-complete -c ltocache -n '__fish_use_subcommand' -a '(__fish_complete_command)' -d compiler
+complete -c ltocache -n '__fish_use_subcommand' -a '(__fish_complete_command | string match "clang*")'

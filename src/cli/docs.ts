@@ -166,7 +166,7 @@ export function fishCompletion(): string {
       L.push(`complete -c ltocache ${c.files ? '' : '-f '}-n ${cond} ${opt}`);
     }
   }
-  L.push(`complete -c ltocache -n '__fish_use_subcommand' -a '(__fish_complete_command)' -d compiler`);
+  L.push(`complete -c ltocache -n '__fish_use_subcommand' -a '(__fish_complete_command | string match "clang*")'`);
   L.push('');
   return L.join('\n');
 }
