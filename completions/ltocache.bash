@@ -4,7 +4,7 @@ _ltocache() {
   local cur=${COMP_WORDS[COMP_CWORD]}
   if [ "$COMP_CWORD" -eq 1 ]; then
     COMPREPLY=($(compgen -W 'stats config clear daemon explain trace report serve demo --version help' -- "$cur") $(compgen -c -- "$cur" | grep '^clang'))
-    return
+    return 0
   fi
   case ${COMP_WORDS[1]} in
     stats) COMPREPLY=($(compgen -W '--json --zero --remote' -- "$cur")) ;;
@@ -18,5 +18,6 @@ _ltocache() {
     clear|demo|--version|help) COMPREPLY=() ;;
     *) if declare -F _command_offset >/dev/null; then _command_offset 1; else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
   esac
+  return 0
 }
 complete -o default -F _ltocache ltocache
