@@ -107,6 +107,13 @@ describe('npm pack + npm install -g', () => {
     assert.match(v.stdout, /^daemon  \S+ \(running, pid \d+\)$/m);
     assert.match(v.stdout, /^layout  \d+ \(store .* has layout \d+\)$/m);
     assert.doesNotMatch(v.stdout, /older/);
+    // A client newer than the running daemon (an upgrade under a live daemon) is told to restart it.
+    const newer = run('ltocache-cli', ['--version'], { env: { ...env, LTOCACHE_CLIENT_VERSION: '999.0.0' } });
+    assert.equal(newer.status, 0, newer.stderr);
+    assert.match(newer.stdout, /the running daemon \(\S+\) is older than the installed client \(999\.0\.0\); restart it: ltocache daemon restart/);
+    const restart = run('ltocache', ['daemon', 'restart'], { env });
+    assert.equal(restart.status, 0, restart.stderr);
+    assert.match(restart.stdout, /daemon stopped\ndaemon started \(pid \d+\)/);
   });
 
   test('the man page is installed and renders', (t) => {
