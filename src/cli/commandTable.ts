@@ -29,7 +29,7 @@ export interface Command {
 /** The prefix form, handled by the native client itself. */
 export const COMPILE_ROW: UsageRow = {
   usage: '<compiler> <args...>',
-  does: 'run a compile through the cache: backend jobs (-fthinlto-index=) go to the daemon, everything else is exec\'ed directly',
+  does: "run a compile through the cache: backend jobs (-fthinlto-index=) go to the daemon, everything else is exec'ed directly",
 };
 
 export const COMMANDS: Command[] = [
@@ -110,7 +110,9 @@ export const COMMANDS: Command[] = [
   {
     name: 'build-client',
     brief: 'build the native client with a C compiler',
-    rows: [{ usage: 'build-client [--out PATH]', does: 'compile the native client from the packaged source (for a platform without a prebuilt one; CC_FOR_CLIENT picks the compiler)' }],
+    rows: [
+      { usage: 'build-client [--out PATH]', does: 'compile the native client from the packaged source (for a platform without a prebuilt one; CC_FOR_CLIENT picks the compiler)' },
+    ],
     words: ['--out'],
     files: true,
     cliOnly: true,

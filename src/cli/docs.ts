@@ -63,16 +63,19 @@ export function manPage(): string {
     '.I command',
     '.RI [ options ]',
     '.SH DESCRIPTION',
-    roff('ltocache caches the backend jobs of distributed ThinLTO (clang -x ir -fthinlto-index=X.thinlto.bc -c -o X.native.o X.o): it hashes each job (input bitcode, index, imported modules, flags, files named by flags, the toolchain, the environment that matters), serves the stored object on a hit and runs the compiler only on a miss. If anything on its side fails, the job runs the compiler as if ltocache were not there.'),
+    roff(
+      'ltocache caches the backend jobs of distributed ThinLTO (clang -x ir -fthinlto-index=X.thinlto.bc -c -o X.native.o X.o): it hashes each job (input bitcode, index, imported modules, flags, files named by flags, the toolchain, the environment that matters), serves the stored object on a hit and runs the compiler only on a miss. If anything on its side fails, the job runs the compiler as if ltocache were not there.',
+    ),
     '.PP',
-    roff('ltocache is a small native client placed in front of the compiler, either as a prefix (ltocache clang-19 ...) or as a symlink named like the compiler. It never starts Node: every compile that is not a backend job is exec\'ed directly; backend jobs go to a long-running daemon over a Unix socket. The first backend job starts the daemon. Commands (below) run the ltocache-cli program under Node; ltocache COMMAND does the same.'),
+    roff(
+      "ltocache is a small native client placed in front of the compiler, either as a prefix (ltocache clang-19 ...) or as a symlink named like the compiler. It never starts Node: every compile that is not a backend job is exec'ed directly; backend jobs go to a long-running daemon over a Unix socket. The first backend job starts the daemon. Commands (below) run the ltocache-cli program under Node; ltocache COMMAND does the same.",
+    ),
     '.SH COMMANDS',
     '.TP',
     `.B ${roff(`ltocache ${COMPILE_ROW.usage}`)}`,
     roff(COMPILE_ROW.does) + '.',
   ];
-  for (const c of COMMANDS)
-    for (const r of c.rows) L.push('.TP', `.B ${roff(`${c.cliOnly ? 'ltocache-cli' : 'ltocache'} ${r.usage}`)}`, roff(r.does) + '.');
+  for (const c of COMMANDS) for (const r of c.rows) L.push('.TP', `.B ${roff(`${c.cliOnly ? 'ltocache-cli' : 'ltocache'} ${r.usage}`)}`, roff(r.does) + '.');
   L.push('.SH ENVIRONMENT');
   for (const [k, v] of CLIENT_ENV) L.push('.TP', `.B ${roff(k)}`, roff(v) + '.');
   L.push(
@@ -82,7 +85,7 @@ export function manPage(): string {
     roff('optional configuration file: key = value lines, # comments (LTOCACHE_CONFIG names another file).'),
     '.TP',
     '.B $LTOCACHE_DIR/daemon.log',
-    'the daemon\'s log.',
+    "the daemon's log.",
     '.SH EXAMPLES',
     '.nf',
     roff('make LLVM=1 CC="ltocache clang" -j$(nproc)      # Linux kernel, CONFIG_LTO_CLANG_THIN_DIST'),
@@ -110,7 +113,7 @@ export function bashCompletion(): string {
   });
   return [
     `# bash completion for ltocache (${GENERATED}).`,
-    '# The first word is a command or a compiler; after a compiler, the compiler\'s own completion.',
+    "# The first word is a command or a compiler; after a compiler, the compiler's own completion.",
     '_ltocache() {',
     '  local cur=${COMP_WORDS[COMP_CWORD]}',
     '  if [ "$COMP_CWORD" -eq 1 ]; then',
@@ -144,7 +147,7 @@ export function zshCompletion(): string {
     ')',
     'if (( CURRENT == 2 )); then',
     "  _describe -t commands 'ltocache command' cmds",
-    "  _path_commands 2>/dev/null || _command_names -e",
+    '  _path_commands 2>/dev/null || _command_names -e',
     '  return',
     'fi',
     'case $words[2] in',

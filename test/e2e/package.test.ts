@@ -1,8 +1,8 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { TOP, tempDir } from '../support/env.js';
 
 /**
@@ -104,8 +104,8 @@ describe('npm pack + npm install -g', () => {
     assert.equal(v.status, 0, v.stderr);
     const version = (JSON.parse(readFileSync(join(TOP, 'package.json'), 'utf8')) as { version: string }).version;
     assert.match(v.stdout, new RegExp(`^client  ${version.replace(/\./g, '\\.')} \\(protocol \\d+\\) `, 'm'));
-    assert.match(v.stdout, /^daemon  \S+ \(running, pid \d+\)$/m);
-    assert.match(v.stdout, /^layout  \d+ \(store .* has layout \d+\)$/m);
+    assert.match(v.stdout, /^daemon {2}\S+ \(running, pid \d+\)$/m);
+    assert.match(v.stdout, /^layout {2}\d+ \(store .* has layout \d+\)$/m);
     assert.doesNotMatch(v.stdout, /older/);
     // A client newer than the running daemon (an upgrade under a live daemon) is told to restart it.
     const newer = run('ltocache-cli', ['--version'], { env: { ...env, LTOCACHE_CLIENT_VERSION: '999.0.0' } });
@@ -118,7 +118,7 @@ describe('npm pack + npm install -g', () => {
 
   test('the man page is installed and renders', (t) => {
     const page = join(prefix, 'share', 'man', 'man1', 'ltocache.1');
-    let r;
+    let r: ReturnType<typeof run>;
     if (has('man')) r = run('man', ['-l', '-P', 'cat', page], { env: { ...env, MANWIDTH: '100' } });
     else if (has('groff')) r = run('groff', ['-man', '-Tutf8', page]);
     else return t.skip('neither man nor groff installed');
@@ -129,14 +129,20 @@ describe('npm pack + npm install -g', () => {
 
   test('bash completion loads and completes commands', () => {
     const f = join(pkgDir, 'completions', 'ltocache.bash');
-    const r = run('bash', ['-c', `source '${f}' && COMP_WORDS=(ltocache st) COMP_CWORD=1 && _ltocache && echo "\${COMPREPLY[*]}" && COMP_WORDS=(ltocache daemon re) COMP_CWORD=2 && _ltocache && echo "\${COMPREPLY[*]}"`]);
+    const r = run('bash', [
+      '-c',
+      `source '${f}' && COMP_WORDS=(ltocache st) COMP_CWORD=1 && _ltocache && echo "\${COMPREPLY[*]}" && COMP_WORDS=(ltocache daemon re) COMP_CWORD=2 && _ltocache && echo "\${COMPREPLY[*]}"`,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split('\n'), ['stats', 'restart']);
   });
 
   test('zsh completion loads', (t) => {
     if (!has('zsh')) return t.skip('zsh not installed');
-    const r = run('zsh', ['-fc', `fpath=('${join(pkgDir, 'completions')}' $fpath); autoload -Uz compinit; compinit -u -d '${join(tmp, 'zcompdump')}'; print -r -- $_comps[ltocache]`]);
+    const r = run('zsh', [
+      '-fc',
+      `fpath=('${join(pkgDir, 'completions')}' $fpath); autoload -Uz compinit; compinit -u -d '${join(tmp, 'zcompdump')}'; print -r -- $_comps[ltocache]`,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), '_ltocache');
   });

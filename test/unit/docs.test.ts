@@ -1,7 +1,7 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { test } from 'node:test';
 import { CLI_WORDS, COMMANDS } from '../../src/cli/commandTable.js';
 import { generatedFiles } from '../../src/cli/docs.js';
 import { compareVersions } from '../../src/cli/main.js';
@@ -11,7 +11,7 @@ test('README command table, man page and completions are what src/cli/commandTab
   for (const [rel, text] of generatedFiles(TOP)) assert.equal(readFileSync(join(TOP, rel), 'utf8'), text, `${rel} is stale: run npm run docs`);
 });
 
-test("every command of the table is one the native client hands to the CLI (is_cli_command)", () => {
+test('every command of the table is one the native client hands to the CLI (is_cli_command)', () => {
   const src = readFileSync(join(TOP, 'client', 'ltocache.c'), 'utf8');
   const m = /static int is_cli_command[^{]*\{[^{]*\{([^}]*)\}/.exec(src);
   assert.ok(m, 'is_cli_command list not found');
