@@ -3,7 +3,7 @@
 # client/fuzz/) into one executable.
 #   CC_FOR_CLIENT         compiler (default cc); a cross compiler builds a prebuilt client
 #   LTOCACHE_CLIENT_OUT   output path (default bin/ltocache); replaced atomically
-#   LTOCACHE_CLIENT_LDFLAGS  extra link flags (build:prebuilt passes -static)
+#   LTOCACHE_CLIENT_LDFLAGS  extra link flags (build:prebuilt passes -static -s)
 # The client's version (LTOCACHE_VERSION) is package.json's "version".
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
