@@ -1,9 +1,18 @@
 #!/bin/sh
-# Builds the native compile client bin/ltocache with the system C compiler and libc only.
+# Builds the native compile client with a C compiler and libc only: every client/*.c (not
+# client/fuzz/) into one executable.
+#   CC_FOR_CLIENT         compiler (default cc); a cross compiler builds a prebuilt client
+#   LTOCACHE_CLIENT_OUT   output path (default bin/ltocache); replaced atomically
+#   LTOCACHE_CLIENT_LDFLAGS  extra link flags (build:prebuilt passes -static -s)
+# The client's version (LTOCACHE_VERSION) is package.json's "version".
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-mkdir -p "$top/bin"
-${CC_FOR_CLIENT:-cc} -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -o "$top/bin/ltocache.tmp" "$here/ltocache.c" \
-  "$here/memo.c" "$here/xxh64.c"
-mv "$top/bin/ltocache.tmp" "$top/bin/ltocache"
+out=${LTOCACHE_CLIENT_OUT:-$top/bin/ltocache}
+version=$(sed -n 's/^  "version": *"\([^"]*\)".*/\1/p' "$top/package.json")
+mkdir -p "$(dirname "$out")"
+# shellcheck disable=SC2086 # LTOCACHE_CLIENT_LDFLAGS is a list of flags
+${CC_FOR_CLIENT:-cc} -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE \
+    -DLTOCACHE_VERSION="\"${version:-unknown}\"" \
+    -o "$out.tmp" "$here"/*.c ${LTOCACHE_CLIENT_LDFLAGS:-}
+mv -f "$out.tmp" "$out"

@@ -314,13 +314,20 @@ static int try_connect(const struct sockaddr_un *addr) {
 }
 
 /* Path of the TypeScript CLI entry point, relative to the real location of this executable:
- * <dir of self_path()>/../dist/src/cli/main.js. Malloc'd, NULL on failure. */
+ * <dir of self_path()>/../dist/src/cli/main.js (bin/ltocache in a checkout, prebuilt/ltocache in
+ * the package), else <dir>/../../dist/src/cli/main.js (prebuilt/<platform>/ltocache run as is).
+ * Malloc'd, NULL on failure. */
 static char *cli_path(void) {
     char *self = self_path();
     if (!self) return NULL;
     char *slash = strrchr(self, '/');
     if (slash) *slash = '\0';
     char *r = concat3(self, "/../dist/src/cli/main.js", "");
+    if (r && access(r, F_OK) != 0) {
+        char *up = concat3(self, "/../../dist/src/cli/main.js", "");
+        if (up && access(up, F_OK) == 0) { free(r); r = up; }
+        else free(up);
+    }
     free(self);
     return r;
 }
@@ -834,10 +841,26 @@ static void run_via_daemon(const struct job *j) {
 static int is_cli_command(const char *a) {
     static const char *const cmds[] = {"stats", "daemon", "config", "clear", "serve",
                                        "explain", "trace", "report", "demo", "help",
-                                       "--help", "--version", "version"};
+                                       "--help", "--version", "version",
+                                       "build-client"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(a, cmds[i]) == 0) return 1;
     return 0;
+}
+
+#ifndef LTOCACHE_VERSION
+#define LTOCACHE_VERSION "unknown"
+#endif
+
+/* `ltocache --version`: our own version first (it needs no Node), then the CLI adds the
+ * daemon's and the store layout's, comparing the daemon with LTOCACHE_CLIENT_VERSION. */
+static void print_client_version(void) {
+    char *self = self_path();
+    printf("client  %s (protocol %u) %s\n", LTOCACHE_VERSION, LTOC_PROTOCOL_VERSION,
+           self ? self : "");
+    fflush(stdout);
+    free(self);
+    setenv("LTOCACHE_CLIENT_VERSION", LTOCACHE_VERSION, 1);
 }
 
 /* Prefix mode without a compiler: run the TypeScript CLI with our arguments. */
@@ -889,6 +912,8 @@ int main(int argc, char **argv) {
     const char *given;  /* the compiler name as the user spelled it */
     int prefix = starts_with(self_name, "ltocache");
     if (prefix) {
+        if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0))
+            print_client_version();
         if (argc < 2 || is_cli_command(argv[1])) exec_cli(argc, argv);
         given = argv[1];
         j.argv = argv + 1;

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } from '../config/config.js';
 import { Daemon } from '../daemon/daemon.js';
@@ -10,7 +10,7 @@ import { LocalStore } from '../store/localStore.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
 import { currentStats } from './currentStats.js';
-import { closeSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { JobRecord } from '../jobLog/jobLog.js';
 import { askLog } from './askLog.js';
@@ -18,19 +18,10 @@ import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation 
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { processAlive } from '../util/processAlive.js';
 import { VERSION } from '../version.js';
+import { usageText } from './commandTable.js';
+import { LAYOUT_FILE, LAYOUT_VERSION } from '../store/layout.js';
 
-const USAGE = `usage:
-  ltocache <compiler> <args...>        run a compile through the cache (native client)
-  ltocache daemon start|stop|status|run
-  ltocache stats [--json] [--zero] [--remote]
-  ltocache serve --dir DIR --tokens FILE [--listen HOST:PORT] [--tls-cert F --tls-key F]
-  ltocache config show
-  ltocache clear
-  ltocache explain PATH [--json]       why the last job for an output hit or missed
-  ltocache explain --last-build [--json]
-  ltocache trace --last-build -o FILE  Chrome trace-event file of the last build
-  ltocache report -o FILE              self-contained HTML report: hit rate, time saved, store, last build
-  ltocache demo                        build a small ThinLTO program twice through the cache`;
+const USAGE = usageText();
 
 class UsageError extends Error {}
 
@@ -165,6 +156,10 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
     process.stdout.write(`daemon started (pid ${now.kind === 'ok' ? (now.result as { pid: number }).pid : '?'})\n`);
     return;
   }
+  if (sub === 'restart') {
+    await daemonCmd(config, ['stop']);
+    return daemonCmd(config, ['start']);
+  }
   if (sub === 'stop') {
     const r = await askDaemon(config.dir, { op: 'stop' }, 5000);
     if (r.kind !== 'ok') {
@@ -192,7 +187,7 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
     process.stdout.write(`daemon running: pid ${s.pid}, up ${(s.uptime_ms / 1000).toFixed(0)} s, ${s.active_jobs} job(s) active\ncache dir ${s.dir}\nsocket    ${s.socket}\n`);
     return;
   }
-  throw new UsageError(`daemon: expected start, stop, status or run, got '${sub ?? ''}'`);
+  throw new UsageError(`daemon: expected start, stop, restart, status or run, got '${sub ?? ''}'`);
 }
 
 function takeOption(args: string[], name: string): string | undefined {
@@ -227,16 +222,72 @@ async function trace(config: Config, args: string[]): Promise<void> {
   process.stdout.write(`wrote ${r.jobs.length} jobs to ${out}\n`);
 }
 
+/** Orders dotted numeric versions; a non-numeric part compares as 0. */
+export function compareVersions(a: string, b: string): number {
+  const pa = a.split(/[.+-]/).map((x) => Number(x) || 0);
+  const pb = b.split(/[.+-]/).map((x) => Number(x) || 0);
+  for (let i = 0; i < Math.max(pa.length, pb.length, 3); i++) {
+    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
+    if (d) return Math.sign(d);
+  }
+  return 0;
+}
+
+/**
+ * `ltocache --version`. Through the native client, the client has already printed its own line
+ * and passes its version as LTOCACHE_CLIENT_VERSION; the daemon it would talk to is compared
+ * with that. Called as ltocache-cli, the comparison is with this CLI's version.
+ */
+async function versions(config: Config): Promise<void> {
+  const client = process.env.LTOCACHE_CLIENT_VERSION;
+  const installed = client ?? VERSION;
+  const out: string[] = [];
+  if (client === undefined) out.push(`cli     ${VERSION} ${CLI_PATH}`);
+  const st = await askDaemon(config.dir, { op: 'status' }, 2000);
+  let older: string | undefined;
+  if (st.kind === 'ok') {
+    const d = st.result as { pid: number; version?: string };
+    const v = d.version ?? 'unknown';
+    out.push(`daemon  ${v} (running, pid ${d.pid})`);
+    if (v === 'unknown' || compareVersions(v, installed) < 0) older = v;
+  } else out.push(`daemon  ${VERSION} (not running; the next backend job starts this version)`);
+  const layoutFile = join(config.dir, 'store', LAYOUT_FILE);
+  let found: string | undefined;
+  try {
+    found = readFileSync(layoutFile, 'utf8').trim();
+  } catch {
+    // no store yet
+  }
+  out.push(`layout  ${LAYOUT_VERSION} (${found === undefined ? `no store yet in ${config.dir}` : `store ${join(config.dir, 'store')} has layout ${found}`})`);
+  if (older !== undefined) out.push(`ltocache: the running daemon (${older}) is older than the installed client (${installed}); restart it: ltocache daemon restart`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+/**
+ * `ltocache-cli build-client [--out PATH]`: compiles the native client from the packaged source
+ * (client/build.sh, CC_FOR_CLIENT or cc) for a platform without a prebuilt one. The default
+ * output is the package's `ltocache` (package.json bin), so the command on PATH becomes it.
+ */
+async function buildClient(args: string[]): Promise<void> {
+  const rest = [...args];
+  const outOpt = takeOption(rest, '--out');
+  if (rest.length) throw new UsageError(`build-client: unknown argument '${rest[0]}'`);
+  const top = resolve(dirname(CLI_PATH), '../../..');
+  const pkg = JSON.parse(readFileSync(join(top, 'package.json'), 'utf8')) as { bin?: Record<string, string> };
+  const out = resolve(outOpt ?? join(top, pkg.bin?.ltocache ?? 'bin/ltocache'));
+  const r = spawnSync('sh', [join(top, 'client', 'build.sh')], { stdio: 'inherit', env: { ...process.env, LTOCACHE_CLIENT_OUT: out } });
+  if (r.status !== 0) fail(`building the client failed (a C compiler is needed: set CC_FOR_CLIENT or install cc)`);
+  process.stdout.write(`built ${out}\n`);
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === 'help' || cmd === '--help') {
     process.stdout.write(USAGE + '\n');
     return;
   }
-  if (cmd === '--version' || cmd === 'version') {
-    process.stdout.write(`ltocache ${VERSION}\n`);
-    return;
-  }
+  if (cmd === '--version' || cmd === 'version') return versions(loadConfig(process.env).config);
+  if (cmd === 'build-client') return buildClient(rest);
   if (cmd === 'config') {
     if (rest[0] !== 'show') throw new UsageError("config: expected 'config show'");
     return configShow(process.env);

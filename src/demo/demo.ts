@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +15,8 @@ const TOP = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
  * served object against a direct clang run, and prints the statistics.
  */
 export async function runDemo(config: Config): Promise<void> {
-  const client = join(TOP, 'bin', 'ltocache');
+  // bin/ltocache in a checkout; prebuilt/ltocache (the package's `ltocache`) when installed.
+  const client = [join(TOP, 'bin', 'ltocache'), join(TOP, 'prebuilt', 'ltocache')].find((p) => existsSync(p)) ?? join(TOP, 'bin', 'ltocache');
   const work = mkdtempSync(join(tmpdir(), 'ltocache-demo-'));
   const b = ThinBuild.fromFixture(join(TOP, 'test', 'fixtures', 'prog'), work);
   const say = (s: string) => process.stdout.write(s + '\n');

@@ -596,8 +596,11 @@ test('prefix mode hands CLI sub-commands (and no arguments) to node', async () =
   assert.equal(s.stdout.toString(), `recorder:${cli} stats --json\n`);
   const bare = await run(client, [], { env });
   assert.equal(bare.stdout.toString(), `recorder:${cli}\n`);
+  // --version: the client prints its own line (no Node needed), then the CLI adds the rest.
   const v = await run(client, ['--version'], { env });
-  assert.equal(v.stdout.toString(), `recorder:${cli} --version\n`);
+  const [own, rest] = v.stdout.toString().split(/(?<=\n)/);
+  assert.match(own!, /^client  \S+ \(protocol \d+\) \/.*\n$/);
+  assert.equal(rest, `recorder:${cli} --version\n`);
 });
 
 test('the socket fd does not leak into the compiler', async () => {

@@ -1,0 +1,137 @@
+/**
+ * The one description of ltocache's commands. The CLI's usage text, the README's command table
+ * (between the `commands` markers), the man page man/ltocache.1 and the bash/zsh/fish completions
+ * are all generated from it (`npm run docs`, see docs.ts); test/unit/docs.test.ts fails when a
+ * generated file differs from what this table gives, and when a top-level command is missing
+ * from the native client's is_cli_command() list.
+ */
+
+/** One usage line: what follows `ltocache`, and what it does (one sentence, no trailing period). */
+export interface UsageRow {
+  usage: string;
+  does: string;
+}
+
+/** A top-level command word. */
+export interface Command {
+  name: string;
+  /** Short description for completion menus. */
+  brief: string;
+  rows: UsageRow[];
+  /** Words completed after the command: sub-commands and options. */
+  words: string[];
+  /** File names are completed too. */
+  files?: boolean;
+  /** Runs where the native client cannot be used (`ltocache-cli` only). */
+  cliOnly?: boolean;
+}
+
+/** The prefix form, handled by the native client itself. */
+export const COMPILE_ROW: UsageRow = {
+  usage: '<compiler> <args...>',
+  does: "run a compile through the cache: backend jobs (-fthinlto-index=) go to the daemon, everything else is exec'ed directly",
+};
+
+export const COMMANDS: Command[] = [
+  {
+    name: 'stats',
+    brief: 'cache statistics',
+    rows: [
+      { usage: 'stats [--json]', does: 'hits, misses, uncacheable by reason, errors by kind, time saved, store size, team-cache counters' },
+      { usage: 'stats --zero', does: 'reset the counters' },
+      { usage: 'stats --remote [--json]', does: "the team server's own counters" },
+    ],
+    words: ['--json', '--zero', '--remote'],
+  },
+  {
+    name: 'config',
+    brief: 'show the effective configuration',
+    rows: [{ usage: 'config show', does: 'every setting, its effective value and where it came from' }],
+    words: ['show'],
+  },
+  {
+    name: 'clear',
+    brief: 'empty the local store',
+    rows: [{ usage: 'clear', does: 'empty the local store' }],
+    words: [],
+  },
+  {
+    name: 'daemon',
+    brief: 'manage the daemon',
+    rows: [
+      { usage: 'daemon start|stop|status|run', does: 'manage the daemon (run stays in the foreground)' },
+      { usage: 'daemon restart', does: 'stop the running daemon and start one from the installed version' },
+    ],
+    words: ['start', 'stop', 'restart', 'status', 'run'],
+  },
+  {
+    name: 'explain',
+    brief: 'why a job hit or missed',
+    rows: [
+      { usage: 'explain PATH [--json]', does: 'why the last job for that output hit or missed (input, named imported module, flag, flag-named file, toolchain, environment)' },
+      { usage: 'explain --last-build [--json]', does: 'the last build: jobs, hits, misses by cause, changed modules that made importers miss' },
+    ],
+    words: ['--last-build', '--json'],
+    files: true,
+  },
+  {
+    name: 'trace',
+    brief: 'Chrome trace of the last build',
+    rows: [{ usage: 'trace --last-build -o FILE', does: 'the last build as a Chrome trace (Perfetto, chrome://tracing)' }],
+    words: ['--last-build', '-o'],
+    files: true,
+  },
+  {
+    name: 'report',
+    brief: 'self-contained HTML report',
+    rows: [{ usage: 'report -o FILE [--builds N]', does: 'one self-contained page: hit rate per build, time saved, store size, miss causes, timeline' }],
+    words: ['-o', '--builds'],
+    files: true,
+  },
+  {
+    name: 'serve',
+    brief: 'run a team cache server',
+    rows: [{ usage: 'serve --dir DIR --tokens FILE [--listen HOST:PORT] [--tls-cert F --tls-key F]', does: 'run a team cache server (see docs/team-cache.md)' }],
+    words: ['--dir', '--tokens', '--listen', '--tls-cert', '--tls-key', '--max-size', '--access-log', '--max-bundle', '--max-streams', '--idle-timeout'],
+    files: true,
+  },
+  {
+    name: 'demo',
+    brief: 'build a small ThinLTO program twice through the cache',
+    rows: [{ usage: 'demo', does: 'build a small ThinLTO program twice through the cache and check every served object (needs clang-19, lld-19)' }],
+    words: [],
+  },
+  {
+    name: '--version',
+    brief: 'client, daemon and store layout versions',
+    rows: [{ usage: '--version', does: "the client's, the running daemon's and the store layout's versions; says when the daemon is older than the client" }],
+    words: [],
+  },
+  {
+    name: 'build-client',
+    brief: 'build the native client with a C compiler',
+    rows: [
+      { usage: 'build-client [--out PATH]', does: 'compile the native client from the packaged source (for a platform without a prebuilt one; CC_FOR_CLIENT picks the compiler)' },
+    ],
+    words: ['--out'],
+    files: true,
+    cliOnly: true,
+  },
+  {
+    name: 'help',
+    brief: 'usage',
+    rows: [{ usage: 'help', does: 'this usage text' }],
+    words: [],
+  },
+];
+
+/** Every command word the native client hands to the CLI (aliases included). */
+export const CLI_WORDS: string[] = [...COMMANDS.map((c) => c.name), '--help', 'version'];
+
+/** The CLI's usage text. */
+export function usageText(): string {
+  const rows = [COMPILE_ROW, ...COMMANDS.flatMap((c) => c.rows)];
+  const w = 40;
+  const line = (r: UsageRow) => (r.usage.length <= w ? `  ltocache ${r.usage.padEnd(w)}  ${r.does}` : `  ltocache ${r.usage}\n  ${' '.repeat(w + 9)}  ${r.does}`);
+  return ['usage:', ...rows.map(line)].join('\n');
+}
