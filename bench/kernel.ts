@@ -55,6 +55,8 @@ export interface Options {
   /** Only write the Makefile (and do the thin link) into --work, for profiling by hand. */
   planOnly: boolean;
   ccache: boolean;
+  /** The ccache executable (e.g. a build of its master branch: ../shared/anchors/ccache). */
+  ccachePath: string;
   edit: { file: string; from: string; to: string };
   /** Run the ltocache daemon with verify=all (every hit recompiled in the background and compared). */
   verify: boolean;
@@ -62,7 +64,7 @@ export interface Options {
 
 const USAGE = `usage: node dist/bench/kernel.js --tree DIR [--runs N] [--json FILE] [--remote]
     [--clang clang-19] [--lld ld.lld-19] [--ar llvm-ar-19] [--llvm-bin /usr/lib/llvm-19/bin]
-    [--jobs 2] [--make make] [--work DIR] [--keep] [--no-ccache] [--plan-only (needs --work)]
+    [--jobs 2] [--make make] [--work DIR] [--keep] [--no-ccache] [--ccache PATH] [--plan-only (needs --work)]
     [--edit FILE --edit-from STRING --edit-to STRING]   (default: kfree_const in mm/util.c)
     [--verify]   ltocache daemon with verify=all: timings include the audit compiles; reports mismatches`;
 
@@ -82,6 +84,7 @@ export function parseArgs(argv: string[]): Options {
     keep: false,
     planOnly: false,
     ccache: true,
+    ccachePath: 'ccache',
     edit: { ...KERNEL_EDIT },
     verify: false,
   };
@@ -107,6 +110,7 @@ export function parseArgs(argv: string[]): Options {
       case '--keep': o.keep = true; break;
       case '--plan-only': o.planOnly = true; break;
       case '--no-ccache': o.ccache = false; break;
+      case '--ccache': o.ccachePath = resolve(val()); break;
       case '--verify': o.verify = true; break;
       case '--edit': o.edit.file = val(); break;
       case '--edit-from': o.edit.from = val(); break;
@@ -491,6 +495,8 @@ interface Sample {
   daemonCpuMs?: number;
   serverCpuMs?: number;
   hits?: number;
+  /** Hits the native client served from a memo, without the daemon. */
+  memoHits?: number;
   misses?: number;
   remoteHits?: number;
   ideal?: number;
@@ -527,7 +533,7 @@ function machine(o: Options, jobs: number): Record<string, string | number> {
   const uname = spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim();
   const clangV = spawnSync(o.clang, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '';
   const lldV = spawnSync(o.lld, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '';
-  const ccacheV = o.ccache ? (spawnSync('ccache', ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0] ?? '' : '';
+  const ccacheV = o.ccache ? (spawnSync(o.ccachePath, ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0] ?? '' : '';
   const release = existsSync(join(o.tree, 'include/config/kernel.release')) ? readFileSync(join(o.tree, 'include/config/kernel.release'), 'utf8').trim() : 'n/a';
   const nproc = spawnSync('nproc', [], { encoding: 'utf8' }).stdout.trim();
   return {
@@ -544,8 +550,8 @@ function machine(o: Options, jobs: number): Record<string, string | number> {
   };
 }
 
-function ccacheStats(env: NodeJS.ProcessEnv): Record<string, number> {
-  const out = must('ccache', ['--print-stats'], { env });
+function ccacheStats(ccache: string, env: NodeJS.ProcessEnv): Record<string, number> {
+  const out = must(ccache, ['--print-stats'], { env });
   const s: Record<string, number> = {};
   for (const line of out.split('\n')) {
     const [k, v] = line.split('\t');
@@ -638,23 +644,24 @@ export async function runBench(o: Options): Promise<Report | null> {
       let noCacheDeterministic = true;
       const verifyTotals = { hits: 0, runs: 0, mismatches: 0 };
       let stderrAllMatch = true;
-      const ccacheOk = o.ccache && spawnSync('ccache', ['--version'], { stdio: 'ignore' }).status === 0;
+      const ccacheOk = o.ccache && spawnSync(o.ccachePath, ['--version'], { stdio: 'ignore' }).status === 0;
       if (o.ccache && !ccacheOk) log('ccache not found: its rows are skipped');
 
-      const ltoRun = (name: string, cache: Ltocache, want: () => Map<string, string | null>, wantStderr: () => string, idealHits?: number, serverPid?: number): void => {
+      const ltoRun = (name: string, cache: Ltocache, want: () => Map<string, string | null>, wantStderr: () => string, idealHits?: number, serverPid?: number, extraEnv: NodeJS.ProcessEnv = {}): void => {
         const s0 = cache.stats();
         const pid = cache.pid();
         const d0 = pid ? pidCpuMs(pid) : NaN;
         const v0 = serverPid ? pidCpuMs(serverPid) : NaN;
-        const t = make(`${CLIENT} ${o.clang}`, cache.env);
+        const t = make(`${CLIENT} ${o.clang}`, { ...cache.env, ...extraEnv });
+        // stats drains the fast path's hit notices: that work is the daemon's share of those hits.
+        const s1 = cache.stats();
         const d1 = pid ? pidCpuMs(pid) : NaN;
         const v1 = serverPid ? pidCpuMs(serverPid) : NaN;
-        const s1 = cache.stats();
         const got = outputs();
         const mm = mismatches(got, want());
         const se = sortedLines(t.stderr) === wantStderr();
         stderrAllMatch &&= se;
-        const sample: Sample = { wallMs: t.wallMs, cpuMs: t.cpuMs, daemonCpuMs: d1 - d0, hits: s1.hits! - s0.hits!, misses: s1.misses! - s0.misses!, remoteHits: s1.remote_hits! - s0.remote_hits!, mismatches: mm, stderrMatches: se };
+        const sample: Sample = { wallMs: t.wallMs, cpuMs: t.cpuMs, daemonCpuMs: d1 - d0, hits: s1.hits! - s0.hits!, memoHits: (s1.memo_hits ?? 0) - (s0.memo_hits ?? 0), misses: s1.misses! - s0.misses!, remoteHits: s1.remote_hits! - s0.remote_hits!, mismatches: mm, stderrMatches: se };
         if (idealHits !== undefined) sample.ideal = idealHits;
         if (serverPid) sample.serverCpuMs = v1 - v0;
         row(name).samples.push(sample);
@@ -707,17 +714,19 @@ export async function runBench(o: Options): Promise<Report | null> {
         ltoRun('ltocache cold', cache, wantRef, wantRefStderr);
         relink();
         ltoRun('ltocache warm', cache, wantRef, wantRefStderr);
+        relink();
+        ltoRun('ltocache warm, daemon path (LTOCACHE_MEMO=0)', cache, wantRef, wantRefStderr, undefined, undefined, { LTOCACHE_MEMO: '0' });
         // ccache cold / warm
         if (ccacheOk) {
           const cdir = join(work, `ccache-${run}`);
           rmSync(cdir, { recursive: true, force: true });
           const env = { ...base, CCACHE_DIR: cdir };
-          must('ccache', ['-z'], { env });
+          must(o.ccachePath, ['-z'], { env });
           for (const name of ['ccache cold', 'ccache warm']) {
             if (name === 'ccache warm') relink();
-            const s0 = ccacheStats(env);
-            const t = make(`ccache ${o.clang}`, env);
-            const s1 = ccacheStats(env);
+            const s0 = ccacheStats(o.ccachePath, env);
+            const t = make(`${o.ccachePath} ${o.clang}`, env);
+            const s1 = ccacheStats(o.ccachePath, env);
             const hit = (s: Record<string, number>) => (s.direct_cache_hit ?? 0) + (s.preprocessed_cache_hit ?? 0);
             const mm = mismatches(outputs(), ref!);
             row(name, 'ccache counts these jobs as "unsupported_source_language" (-x ir)').samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs, hits: hit(s1) - hit(s0), mismatches: mm });
@@ -801,7 +810,7 @@ export async function runBench(o: Options): Promise<Report | null> {
         const hitsStr =
           hitsList[0] === undefined
             ? '—'
-            : [...new Set(hitsList.map((h, i) => `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}`))].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');
+            : [...new Set(hitsList.map((h, i) => `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}${r.samples[i]!.memoHits ? ` (${r.samples[i]!.memoHits} memo)` : ''}`))].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');
         const mmList = r.samples.map((s) => s.mismatches).filter((x): x is number => x !== undefined);
         const dcpu = r.samples.map((s) => s.daemonCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
         const vcpu = r.samples.map((s) => s.serverCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
@@ -863,6 +872,19 @@ export function formatReport(r: Report): string {
     );
   }
   lines.push('');
+  // Per-job costs. Client CPU = make-tree CPU above the floor's (make and sh are in both), per job.
+  const floor = r.rows.find((x) => x.name.startsWith('floor'));
+  const perJob = r.rows.filter((x) => x.name.startsWith('ltocache') && x.daemonCpuMedianMs !== null);
+  if (floor && perJob.length) {
+    lines.push('| per job | client CPU above floor | daemon CPU | daemon-bound job rate (cores model: 1 / daemon CPU per job) |');
+    lines.push('|---|---:|---:|---:|');
+    for (const row of perJob) {
+      const client = (row.cpuMedianMs - floor.cpuMedianMs) / row.jobs;
+      const daemon = row.daemonCpuMedianMs! / row.jobs;
+      lines.push(`| ${row.name} | ${client.toFixed(3)} ms | ${daemon.toFixed(3)} ms | ${daemon > 0 ? Math.round(1000 / daemon).toLocaleString('en-US') : '∞'} jobs/s |`);
+    }
+    lines.push('');
+  }
   lines.push(`thin link (not in any make row; in the lld rows): median ${s(median(r.thinLinkMs))} s over ${r.thinLinkMs.length}`);
   lines.push(`after the edit: ${r.changedJobs.length} of ${r.jobs} jobs changed index or input, ideal hits ${r.ideal}: ${r.changedJobs.join(' ')}`);
   if (r.verify) lines.push(`verify=all: ${r.verify.runs} of ${r.verify.hits} hits recompiled in the background and compared byte for byte; mismatches: ${r.verify.mismatches}`);
