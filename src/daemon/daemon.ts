@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/config.js';
+import { FileDigests } from '../key/fileDigests.js';
 import { initHash } from '../key/hash.js';
 import { type CompileRequest, socketPathFor } from '../protocol/clientFrames.js';
 import type { ControlRequest } from '../protocol/control.js';
@@ -24,6 +25,9 @@ import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Lifecycle } from './lifecycle.js';
 import { runSession } from './session.js';
+
+/** The digest memo saved between runs (toolchain libraries, inputs): cache-schema/file-digests.v1.json. */
+const DIGESTS_FILE = 'digests.json';
 
 /** Store sublevel holding the keys a verify run found wrong (see DenyList). */
 const DENY_SUBLEVEL = 'deny';
@@ -52,6 +56,10 @@ export class Daemon {
   /** The last request behind each memo this daemon wrote (bounded), for the job log of memo hits. */
   private readonly memoRequests = new Map<string, JobRequest>();
   private flushedVersion = -1;
+  /** Content digests by stat identity, kept across restarts in DIGESTS_FILE. */
+  private readonly files = new FileDigests();
+  private savedHashed = -1;
+  private lastDigestSave = 0;
   private stopping: Promise<void> | null = null;
 
   private constructor(
@@ -78,7 +86,9 @@ export class Daemon {
     const verifyShare = config.verify === 'off' ? 0 : config.verify === 'all' ? 1 : Number(config.verify.slice('sample:'.length));
     this.memos = verifyShare > 0 ? null : new MemoStore(config.dir, (d) => store.blobPath(d));
     const memos = this.memos;
+    this.files.load(join(config.dir, DIGESTS_FILE));
     this.pipeline = new JobPipeline({
+      files: this.files,
       cache: this.cache,
       counters: this.counters,
       log,
@@ -218,8 +228,22 @@ export class Daemon {
     }
   }
 
+  /** Saves the digest memo when it grew, at most once a minute unless `force`. */
+  private saveDigests(force: boolean): void {
+    if (this.files.hashed === this.savedHashed) return;
+    if (!force && Date.now() - this.lastDigestSave < 60_000) return;
+    try {
+      this.files.save(join(this.config.dir, DIGESTS_FILE));
+      this.savedHashed = this.files.hashed;
+      this.lastDigestSave = Date.now();
+    } catch (e) {
+      this.log.warn('cannot save the digest memo', { error: String(e) });
+    }
+  }
+
   async flushCounters(): Promise<void> {
     await this.drainMemos();
+    this.saveDigests(false);
     const c = this.store.counters;
     if (c) {
       // The store counts evictions and corrupt blobs itself; move them into ours.
@@ -314,6 +338,7 @@ export class Daemon {
       if (this.uploads) await within(this.uploads.idle(), 5000);
       this.remote?.close();
       await this.flushCounters();
+      this.saveDigests(true);
       await this.jobLog.flush().catch(() => {});
       await this.store.close().catch(() => {});
       this.lifecycle.removePidFile();
@@ -333,13 +358,13 @@ export class Daemon {
 async function openStoreWithRecovery(config: Config, log: Logger): Promise<LocalStore> {
   const dir = join(config.dir, 'store');
   try {
-    return await LocalStore.open({ dir, maxBytes: config.max_size });
+    return await LocalStore.open({ dir, maxBytes: config.max_size, durable: false });
   } catch (e) {
     if (e instanceof StoreLockedError || e instanceof LayoutError || !existsSync(join(dir, 'v1', 'meta'))) throw e;
     const aside = join(dir, 'v1', `meta.corrupt-${Date.now()}`);
     log.error('store metadata unreadable; moving it aside and starting with an empty store', { error: String(e), moved_to: aside });
     renameSync(join(dir, 'v1', 'meta'), aside);
-    return await LocalStore.open({ dir, maxBytes: config.max_size });
+    return await LocalStore.open({ dir, maxBytes: config.max_size, durable: false });
   }
 }
 

@@ -1,5 +1,6 @@
-import { type BigIntStats, readFileSync, statSync } from 'node:fs';
-import { type Digest, hashBytes, hashFile } from './hash.js';
+import { type BigIntStats, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { z } from 'zod';
+import { DIGEST_RE, type Digest, hashBytes, hashFile } from './hash.js';
 
 interface Memo {
   dev: bigint;
@@ -26,6 +27,16 @@ function hashSmall(path: string): { digest: Digest; size: number } {
   const data = readFileSync(path);
   return { digest: hashBytes(data), size: data.length };
 }
+
+/**
+ * The digest memo as saved between daemon runs (cache-schema/file-digests.v1.json): each entry
+ * is trusted again only while the file's stat identity is exactly the recorded one, as in memory.
+ */
+export const SavedDigests = z.object({
+  v: z.literal(1),
+  entries: z.array(z.tuple([z.string(), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(DIGEST_RE)])),
+});
+export type SavedDigests = z.infer<typeof SavedDigests>;
 
 /** What stat saw when a digest was taken: the identity the memo re-checks. */
 export interface StatIdentity {
@@ -90,6 +101,34 @@ export class FileDigests implements DigestSource {
 
   get size(): number {
     return this.memo.size;
+  }
+
+  /** Writes the memo atomically (path.tmp + rename); `limit` keeps the file bounded. */
+  save(path: string, limit = 200_000): void {
+    const entries: SavedDigests['entries'] = [];
+    for (const [p, m] of this.memo) {
+      if (entries.length >= limit) break;
+      entries.push([p, String(m.dev), String(m.ino), String(m.size), String(m.mtimeNs), String(m.ctimeNs), m.digest]);
+    }
+    const tmp = `${path}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify({ v: 1, entries } satisfies SavedDigests), { mode: 0o600 });
+    renameSync(tmp, path);
+  }
+
+  /** Loads a saved memo; an unreadable or invalid file is ignored (digests are recomputed). Returns the entries taken. */
+  load(path: string): number {
+    let parsed: SavedDigests;
+    try {
+      const r = SavedDigests.safeParse(JSON.parse(readFileSync(path, 'utf8')));
+      if (!r.success) return 0;
+      parsed = r.data;
+    } catch {
+      return 0;
+    }
+    for (const [p, dev, ino, size, mtimeNs, ctimeNs, digest] of parsed.entries) {
+      if (!this.memo.has(p)) this.memo.set(p, { dev: BigInt(dev), ino: BigInt(ino), size: BigInt(size), mtimeNs: BigInt(mtimeNs), ctimeNs: BigInt(ctimeNs), digest });
+    }
+    return parsed.entries.length;
   }
 }
 

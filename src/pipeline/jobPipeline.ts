@@ -101,6 +101,8 @@ export interface PipelineOptions {
   manifestOf?: (key: string) => Promise<unknown>;
   random?: () => number;
   memo?: MemoSink;
+  /** The content-digest memo of the default keyer (the daemon saves and reloads it). */
+  files?: FileDigests;
 }
 
 /** What a finished compile leaves for the jobs waiting on the same key. */
@@ -134,7 +136,7 @@ export class JobPipeline {
     this.run = o.runCompiler ?? runCompiler;
     if (o.keyer) this.keyer = o.keyer;
     else {
-      const files = new FileDigests();
+      const files = o.files ?? new FileDigests();
       const toolchains = new ToolchainIdentifier(files);
       this.keyer = async (job, req) => {
         if (!o.memo) return buildManifest({ files, toolchains }, job, req.compiler, req.cwd, req.env);

@@ -1,6 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { SavedDigests } from '../key/fileDigests.js';
 import { Manifest } from '../key/manifest.js';
 import { CompileRequest } from './clientFrames.js';
 import { ControlRequest, ControlResponse } from './control.js';
@@ -18,7 +19,8 @@ export function allSchemas(): Record<string, unknown> {
     'key-manifest.v1.json': gen('ltocache key manifest, version 1', Manifest),
     'store-record.v1.json': gen('ltocache stored entry record, version 1', EntryRecord),
     'stats-record.v1.json': gen('ltocache persisted counters, version 1', StatsRecord),
-    'client-compile-request.v1.json': gen('ltocache client→daemon compile request (decoded binary frame), version 1', CompileRequest),
+    'client-compile-request.v2.json': gen('ltocache client→daemon compile request (decoded binary frame), protocol version 2', CompileRequest),
+    'file-digests.v1.json': gen('ltocache daemon digest memo saved between runs (digests.json), version 1', SavedDigests),
     'control-request.v1.json': gen('ltocache CLI→daemon control request, version 1', ControlRequest),
     'control-response.v1.json': gen('ltocache daemon→CLI control response, version 1', ControlResponse),
     'remote-client-message.v1.json': gen('ltocache team cache: client→server message, protocol 1', ClientMessage),

@@ -15,14 +15,16 @@ function errno(e: unknown): string | undefined {
 }
 
 /**
- * Content-addressed files `blobs/<2 hex>/<30 hex>`. A file appears under its name only
- * complete and fsynced (tmp + fsync + rename), so a crash leaves at worst an orphan in tmp/.
+ * Content-addressed files `blobs/<2 hex>/<30 hex>`. A file appears under its name only complete
+ * (tmp + rename); when `durable`, also fsynced with its directory, so a crash leaves at worst an
+ * orphan in tmp/. Without it a crash may leave a torn blob, which verify-on-read drops.
  */
 export class BlobStore {
   constructor(
     private readonly blobsDir: string,
     private readonly tmpDir: string,
     private readonly fs: StoreFs,
+    private readonly durable = true,
   ) {}
 
   pathOf(digest: Digest): string {
@@ -57,7 +59,7 @@ export class BlobStore {
         if (bytesWritten <= 0) throw new Error(`blob ${digest}: write made no progress at ${off}/${data.length}`);
         off += bytesWritten;
       }
-      await fh.sync();
+      if (this.durable) await fh.sync();
       const { size } = await fh.stat();
       if (size !== data.length) throw new Error(`blob ${digest}: wrote ${size} bytes, expected ${data.length}`);
       await fh.close();
@@ -68,7 +70,7 @@ export class BlobStore {
       await this.fs.unlink(tmp).catch(() => {});
       throw e;
     }
-    await this.syncDir(dirname(dest));
+    if (this.durable) await this.syncDir(dirname(dest));
   }
 
   /** Reads a blob and checks its size and digest. Throws only on I/O errors other than ENOENT. */

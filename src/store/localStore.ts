@@ -170,7 +170,7 @@ export class LocalStore implements CacheBackend {
     this.lru = sub(SUBLEVELS.lru);
     this.refs = sub(SUBLEVELS.refs);
     this.meta = sub(SUBLEVELS.meta);
-    this.blobs = new BlobStore(blobsDir, tmpDir, opts.fs);
+    this.blobs = new BlobStore(blobsDir, tmpDir, opts.fs, opts.durable);
   }
 
   /**

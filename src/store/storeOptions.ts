@@ -50,6 +50,11 @@ export const StoreOptions = z.object({
   touchIntervalMs: z.number().int().nonnegative().default(60_000),
   /** Run the background sweep of orphan blobs and broken entries after open. */
   sweepOnOpen: z.boolean().default(true),
+  /**
+   * fsync each blob and its directory before the entry may point at it. Off for a developer's
+   * local cache (a torn blob after a crash fails verify-on-read and is dropped); on for a server.
+   */
+  durable: z.boolean().default(true),
 });
 export type StoreOptionsInput = z.input<typeof StoreOptions>;
 
@@ -60,6 +65,7 @@ export interface ResolvedStoreOptions {
   now: () => number;
   touchIntervalMs: number;
   sweepOnOpen: boolean;
+  durable: boolean;
 }
 
 export class StoreOptionsError extends Error {
@@ -77,5 +83,6 @@ export function parseStoreOptions(input: unknown): ResolvedStoreOptions {
     now: r.data.now ?? Date.now,
     touchIntervalMs: r.data.touchIntervalMs,
     sweepOnOpen: r.data.sweepOnOpen,
+    durable: r.data.durable,
   };
 }
