@@ -123,6 +123,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
           args.push({ a: tok.v, output: tok.path });
           break;
         case 'file': {
+          if (tok.role === 'index') ctx.observe?.rewritten(resolve(cwd, tok.path));
           const d = await need(tok.path, tok.role === 'input' ? 'input' : tok.role === 'index' ? 'index file' : `file named by ${tok.v}`);
           args.push({ a: tok.v, files: [{ path: tok.path, digest: d }] });
           if (tok.role === 'input') input = { path: tok.path, digest: d };
@@ -154,7 +155,12 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       hash: HASH_ALGORITHM,
       toolchain,
       args,
-      responseFiles: await Promise.all(job.responseFiles.map(async (r) => ({ path: r.path, digest: await need(r.path, 'response file') }))),
+      responseFiles: await Promise.all(
+        job.responseFiles.map(async (r) => {
+          ctx.observe?.rewritten(resolve(cwd, r.path));
+          return { path: r.path, digest: await need(r.path, 'response file') };
+        }),
+      ),
       input,
       index,
       ...(asm.length ? { asm } : {}),

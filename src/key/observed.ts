@@ -10,6 +10,7 @@ import type { DigestSource, FileDigest } from './fileDigests.js';
 export class ObservingFiles implements DigestSource {
   private readonly seen = new Map<string, MemoCheck>();
   private readonly env = new Map<string, string | null>();
+  private readonly byContent = new Set<string>();
 
   constructor(private readonly inner: DigestSource) {}
 
@@ -17,9 +18,17 @@ export class ObservingFiles implements DigestSource {
     const d = await this.inner.digest(absPath);
     if (d.kind === 'absent') this.seen.set(absPath, { kind: 'absent', path: absPath });
     else if (d.kind === 'not-regular') this.seen.set(absPath, { kind: 'notreg', path: absPath });
-    else if (d.settled) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat });
+    else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat });
     else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest });
     return d;
+  }
+
+  /**
+   * A file that builds rewrite with the same bytes (the index, which every thin link writes again;
+   * response files): checked by content, since a stat identity would never match again.
+   */
+  rewritten(absPath: string): void {
+    this.byContent.add(absPath);
   }
 
   /** A directory whose entries were listed (an added file changes its mtime), or its absence. */

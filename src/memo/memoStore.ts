@@ -78,7 +78,7 @@ export class MemoStore {
 
   /**
    * Reads the notices appended since the last call. Malformed lines are skipped (a torn append
-   * loses one counter). The log is truncated once it has been read past 1 MiB.
+   * loses one counter).
    */
   async drain(): Promise<MemoNotice[]> {
     const path = noticeLogPath(this.cacheDir);
@@ -99,7 +99,9 @@ export class MemoStore {
         const m = /^H ([0-9a-f]{32}) ([0-9a-f]{32}) (\d{1,15}) (\d{1,15})$/.exec(line);
         if (m) out.push({ key: m[1]!, lookup: m[2]!, startMs: Number(m[3]), endMs: Number(m[4]) });
       }
-      if (this.logOffset > 1 << 20 && this.logOffset === st.size) {
+      // Emptied once read to its end, so a restarted daemon does not count old notices again. An
+      // append landing between the size check and the truncation is lost: one counter, never an object.
+      if ((await fh.stat()).size === this.logOffset) {
         await fh.truncate(0);
         this.logOffset = 0;
       }
