@@ -30,6 +30,8 @@ const USAGE = `usage:
   ltocache explain --last-build [--json]
   ltocache trace --last-build -o FILE  Chrome trace-event file of the last build
   ltocache report -o FILE              self-contained HTML report: hit rate, time saved, store, last build
+  ltocache distribute FILE.json        LLVM DTLTO distributor (lld --thinlto-distributor=…/bin/ltocache
+                                       --thinlto-distributor-arg=distribute)
   ltocache demo                        build a small ThinLTO program twice through the cache`;
 
 class UsageError extends Error {}
@@ -256,6 +258,15 @@ export async function main(argv: string[]): Promise<void> {
       return (await import('./report.js')).runReport(config, rest);
     case 'trace':
       return trace(config, rest);
+    case 'distribute': {
+      const { runDistribute, DistributeError } = await import('./distribute.js');
+      try {
+        return await runDistribute(config, rest);
+      } catch (e) {
+        if (e instanceof DistributeError) fail(`distribute: ${e.message}`);
+        throw e;
+      }
+    }
     case 'demo': {
       const { runDemo } = await import('../demo/demo.js');
       return runDemo(config);
