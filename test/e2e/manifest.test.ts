@@ -9,7 +9,7 @@ import { hashFile, initHash } from '../../src/key/hash.js';
 import { buildManifest, canonicalJson, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
 import { readIndexParts } from '../../src/key/moduleTable.js';
 import { parseJob } from '../../src/key/parseJob.js';
-import { ToolchainIdentifier } from '../../src/key/toolchain.js';
+import { configDirs, ToolchainIdentifier } from '../../src/key/toolchain.js';
 
 await initHash();
 
@@ -108,6 +108,12 @@ describe('the manifest of a real backend job', () => {
     const llvm = m.toolchain.libs.find((l) => /libLLVM[.-]/.test(l.path));
     assert.ok(llvm, `libLLVM among ${m.toolchain.libs.map((l) => l.path).join(', ')}`);
     assert.equal(llvm.digest, await digestOf(llvm.path));
+  });
+
+  test("the toolchain's config directories follow its LLVM version", async () => {
+    const major = /clang version (\d+)\./.exec(execFileSync(CLANG, ['--version'], { encoding: 'utf8' }))![1]!;
+    const dirs = configDirs(CLANG, fs.realpathSync(CLANG));
+    for (const d of [`/etc/clang${major}`, `/usr/lib/llvm-${major}/etc`, '/etc/clang', fs.realpathSync(CLANG).replace(/\/[^/]+$/, '')]) assert.ok(dirs.includes(d), `${d} among ${dirs.join(', ')}`);
   });
 
   test('keys are deterministic, across contexts and across directories', async () => {
