@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { basename, join } from 'node:path';
-import { CacheEnv, CLIENT, TOP, tempDir } from '../test/support/env.js';
 import { writeSerialDistributor } from '../test/support/dtlto.js';
+import { CacheEnv, CLIENT, TOP, tempDir } from '../test/support/env.js';
 import { ServerProcess, TOKENS } from '../test/support/server.js';
 
 /**
@@ -27,8 +27,20 @@ const RUNS = (() => {
 const DEPS = join(TOP, 'node_modules', 'classic-level', 'deps');
 const LDB = 'leveldb/leveldb-1.20';
 const CFLAGS = [
-  '-flto=thin', '-O2', '-std=c++11', '-pthread', '-fno-builtin-memcmp', '-DLEVELDB_PLATFORM_POSIX=1', '-DOS_LINUX=1', '-DSNAPPY=1', '-DHAVE_CONFIG_H=1',
-  `-I${LDB}`, `-I${LDB}/include`, '-Isnappy/linux', '-Isnappy/snappy', '-w',
+  '-flto=thin',
+  '-O2',
+  '-std=c++11',
+  '-pthread',
+  '-fno-builtin-memcmp',
+  '-DLEVELDB_PLATFORM_POSIX=1',
+  '-DOS_LINUX=1',
+  '-DSNAPPY=1',
+  '-DHAVE_CONFIG_H=1',
+  `-I${LDB}`,
+  `-I${LDB}/include`,
+  '-Isnappy/linux',
+  '-Isnappy/snappy',
+  '-w',
 ];
 /** The one-function edit: Status::ToString's "OK" (util/status.cc). */
 const EDIT = { file: `${LDB}/util/status.cc`, from: 'return "OK";', to: 'return "OK.";' };
@@ -59,15 +71,11 @@ int main(int argc, char **argv) {
 }
 `;
 
+/** The library's sources as its own gyp file lists them for POSIX, the snappy sources, the driver. */
 function sources(dir: string): string[] {
-  const out: string[] = ['main.cc', 'snappy/snappy/snappy.cc', 'snappy/snappy/snappy-sinksource.cc', 'snappy/snappy/snappy-stubs-internal.cc', `${LDB}/port/port_posix.cc`];
-  for (const sub of ['db', 'table', 'util']) {
-    for (const f of readdirSync(join(dir, LDB, sub)).sort()) {
-      if (!f.endsWith('.cc') || /_test|_bench|testharness|testutil|leveldbutil|env_posix_test/.test(f)) continue;
-      out.push(`${LDB}/${sub}/${f}`);
-    }
-  }
-  return out;
+  const gyp = readFileSync(join(dir, 'leveldb', 'leveldb.gyp'), 'utf8');
+  const ldb = [...gyp.matchAll(/"leveldb-<\(ldbversion\)\/([^"]+\.cc)"/g)].map((m) => `${LDB}/${m[1]}`);
+  return ['main.cc', 'snappy/snappy/snappy.cc', 'snappy/snappy/snappy-sinksource.cc', 'snappy/snappy/snappy-stubs-internal.cc', ...new Set(ldb)];
 }
 
 const obj = (src: string) => src.replace(/\.cc$/, '.o');
@@ -114,7 +122,11 @@ async function main(): Promise<void> {
   const serial = writeSerialDistributor(join(root, 'serial-distributor'));
   const link = (extra: string[], env: NodeJS.ProcessEnv = process.env, out = 'prog') =>
     sh(CLANGXX, ['-flto=thin', '-fuse-ld=lld', `--ld-path=${LLD}`, '-O2', '-pthread', ...extra.map((a) => `-Wl,${a}`), ...objs, '-o', out], dir, env);
-  const dtlto = (distributor: string, args: string[]) => [`--thinlto-distributor=${distributor}`, ...args.map((a) => `--thinlto-distributor-arg=${a}`), `--thinlto-remote-compiler=${CLANG}`];
+  const dtlto = (distributor: string, args: string[]) => [
+    `--thinlto-distributor=${distributor}`,
+    ...args.map((a) => `--thinlto-distributor-arg=${a}`),
+    `--thinlto-remote-compiler=${CLANG}`,
+  ];
   const runProg = () => {
     const db = join(root, `db-${Math.random().toString(36).slice(2)}`);
     const r = spawnSync(join(dir, 'prog'), [db], { encoding: 'utf8' });

@@ -5,7 +5,7 @@ import { delimiter, dirname, isAbsolute, join, relative, resolve } from 'node:pa
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.js';
 import { parseJob } from '../key/parseJob.js';
-import { DistFile, distFileError, DTLTO_LIMITS } from '../protocol/dtlto.js';
+import { DistFile, DTLTO_LIMITS, distFileError } from '../protocol/dtlto.js';
 
 /**
  * `ltocache distribute FILE.json`: an LLVM DTLTO distributor. lld runs it in its own cwd as
@@ -108,7 +108,10 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
       inputs.add(abs);
       let ok = checked.get(abs);
       if (ok === undefined) {
-        ok = await stat(abs).then((s) => s.isFile(), () => false);
+        ok = await stat(abs).then(
+          (s) => s.isFile(),
+          () => false,
+        );
         checked.set(abs, ok);
       }
       if (!ok) throw new DistributeError(`${where}: input ${p} does not exist or is not a regular file`);
@@ -126,9 +129,13 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
     for (const o of j.outputs) {
       const abs = resolve(cwd, o);
       if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: output ${o} is outside the linker output's directory ${linkerDir}`);
-      const parentReal = await stat(dirname(abs)).then(() => realpathSync(dirname(abs)), () => null);
+      const parentReal = await stat(dirname(abs)).then(
+        () => realpathSync(dirname(abs)),
+        () => null,
+      );
       if (parentReal === null) throw new DistributeError(`jobs[${n}]: the directory of output ${o} does not exist`);
-      if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal)) throw new DistributeError(`jobs[${n}]: output ${o} resolves outside the linker output's directory (through a symbolic link)`);
+      if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal))
+        throw new DistributeError(`jobs[${n}]: output ${o} resolves outside the linker output's directory (through a symbolic link)`);
       if (inputs.has(abs)) throw new DistributeError(`jobs[${n}]: output ${o} is also an input`);
       if (outputs.has(abs)) throw new DistributeError(`jobs[${n}]: output ${o} is declared twice`);
       outputs.add(abs);
@@ -193,7 +200,10 @@ export async function runDistribution(jobs: PlannedJob[], o: { cwd: string; env:
   }
   for (const job of jobs) {
     for (const out of job.outputs) {
-      const ok = await stat(resolve(o.cwd, out)).then((s) => s.isFile(), () => false);
+      const ok = await stat(resolve(o.cwd, out)).then(
+        (s) => s.isFile(),
+        () => false,
+      );
       if (!ok) {
         process.stderr.write(`ltocache distribute: job ${job.n} did not write its declared output ${out}\n`);
         return 1;
@@ -204,7 +214,8 @@ export async function runDistribution(jobs: PlannedJob[], o: { cwd: string; env:
 }
 
 export async function runDistribute(config: Config, args: string[]): Promise<void> {
-  if (args.length !== 1 || args[0]!.startsWith('-')) throw new DistributeError('usage: ltocache distribute FILE.json (lld: --thinlto-distributor=…/bin/ltocache --thinlto-distributor-arg=distribute)');
+  if (args.length !== 1 || args[0]!.startsWith('-'))
+    throw new DistributeError('usage: ltocache distribute FILE.json (lld: --thinlto-distributor=…/bin/ltocache --thinlto-distributor-arg=distribute)');
   const cwd = process.cwd();
   const client = nativeClient();
   if (!(await executable(client))) throw new DistributeError(`the native client ${client} is missing (run npm run build)`);

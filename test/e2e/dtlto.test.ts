@@ -1,11 +1,11 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
 import { DTLTO_LIMITS } from '../../src/protocol/dtlto.js';
-import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
 import { CLANG22, DtltoTree, run, writeSerialDistributor } from '../support/dtlto.js';
+import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 
 /**
@@ -59,7 +59,10 @@ describe('DTLTO through ltocache (lld 22)', () => {
     const cached = readFileSync(join(t.dir, 'prog'));
     assert.ok(serialLink(join(t.dir, 'idx0')).equals(cached), 'executable differs from the serial distributor link');
     // lld removed its per-link files; nothing else was left beside the output.
-    assert.deepEqual(readdirSync(t.dir).filter((f) => /\.native\.o|dist-file|ltocache-/.test(f)), []);
+    assert.deepEqual(
+      readdirSync(t.dir).filter((f) => /\.native\.o|dist-file|ltocache-/.test(f)),
+      [],
+    );
   });
 
   test('relink: every job hits, no compile; stats, explain --last-build, explain INPUT and trace cover the jobs', async () => {
@@ -92,7 +95,9 @@ describe('DTLTO through ltocache (lld 22)', () => {
     assert.notEqual(expectedAfter, expected);
     const serialBytes = serialLink(join(t.dir, 'idx1'));
     const changed = t.modules.filter(
-      (m) => !readFileSync(join(before, `${m}.o.thinlto.bc`)).equals(readFileSync(join(t.dir, 'idx1', `${m}.o.thinlto.bc`))) || !inputsBefore.get(m)!.equals(readFileSync(join(t.dir, `${m}.o`))),
+      (m) =>
+        !readFileSync(join(before, `${m}.o.thinlto.bc`)).equals(readFileSync(join(t.dir, 'idx1', `${m}.o.thinlto.bc`))) ||
+        !inputsBefore.get(m)!.equals(readFileSync(join(t.dir, `${m}.o`))),
     );
     assert.ok(changed.includes('mathx') && changed.includes('main') && changed.includes('table'), `changed: ${changed}`);
     assert.ok(!changed.includes('hashx') && !changed.includes('lonely'), `changed: ${changed}`);
@@ -159,7 +164,9 @@ describe('DTLTO through ltocache (lld 22)', () => {
     });
     const good = () => ({
       common: { linker_output: 'prog', args: [wrapper, '-c', '-O2'], inputs: [] as string[] },
-      jobs: [{ args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'main.1.9.native.o'], inputs: ['main.o', 'main.o.thinlto.bc', 'mathx.o'], outputs: ['main.1.9.native.o'] }],
+      jobs: [
+        { args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'main.1.9.native.o'], inputs: ['main.o', 'main.o.thinlto.bc', 'mathx.o'], outputs: ['main.1.9.native.o'] },
+      ],
     });
     const listing = () => [...readdirSync(dir), '|', ...readdirSync(outside)].join(' ');
 
@@ -168,10 +175,26 @@ describe('DTLTO through ltocache (lld 22)', () => {
       ['a missing field', (f) => ({ ...f, jobs: [{ args: f.jobs[0]!.args, inputs: f.jobs[0]!.inputs }] }), /jobs\[0\]\.outputs: missing/],
       ['a missing compiler', (f) => ({ ...f, common: { ...f.common, args: ['/nonexistent/clang-22', '-c'] } }), /compiler \/nonexistent\/clang-22 \(common\.args\[0\]\) not found/],
       ['a missing input', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, inputs: ['main.o', 'gone.o'] }] }), /input gone\.o does not exist/],
-      ['an output escaping through ..', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', '../outside/x.o'], outputs: ['../outside/x.o'] }] }), /output \.\.\/outside\/x\.o is outside the linker output's directory/],
-      ['an output given as an absolute path elsewhere', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', join(outside, 'y.o')], outputs: [join(outside, 'y.o')] }] }), /is outside the linker output's directory/],
-      ['an output that is also an input', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'mathx.o'], outputs: ['mathx.o'] }] }), /output mathx\.o is also an input/],
-      ['a -o that is not a declared output', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', '../outside/z.o'] }] }), /-o \.\.\/outside\/z\.o is not one of the job's declared outputs/],
+      [
+        'an output escaping through ..',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', '../outside/x.o'], outputs: ['../outside/x.o'] }] }),
+        /output \.\.\/outside\/x\.o is outside the linker output's directory/,
+      ],
+      [
+        'an output given as an absolute path elsewhere',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', join(outside, 'y.o')], outputs: [join(outside, 'y.o')] }] }),
+        /is outside the linker output's directory/,
+      ],
+      [
+        'an output that is also an input',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'mathx.o'], outputs: ['mathx.o'] }] }),
+        /output mathx\.o is also an input/,
+      ],
+      [
+        'a -o that is not a declared output',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', '../outside/z.o'] }] }),
+        /-o \.\.\/outside\/z\.o is not one of the job's declared outputs/,
+      ],
       ['a NUL byte', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o\u0000', ...f.jobs[0]!.args.slice(1)] }] }), /jobs\[0\]\.args\[0\]: contains a NUL byte/],
       ['too many jobs', (f) => ({ ...f, jobs: Array.from({ length: DTLTO_LIMITS.maxJobs + 1 }, () => f.jobs[0]) }), /jobs: Too big/i],
       ['too many arguments', (f) => ({ ...f, common: { ...f.common, args: [wrapper, ...Array.from({ length: DTLTO_LIMITS.maxArgs }, () => '-O2')] } }), /common\.args: Too big/i],

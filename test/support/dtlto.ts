@@ -82,15 +82,34 @@ export class DtltoTree {
 
   /** Links with lld's own options (`-Wl,--thinlto-distributor=…`); `objects` default to the modules' .o files. */
   linkLld(distributor: string, distributorArgs: string[], o: { out?: string; env?: NodeJS.ProcessEnv; objects?: string[]; extra?: string[] } = {}) {
-    const lld = [`--thinlto-distributor=${distributor}`, ...distributorArgs.map((a) => `--thinlto-distributor-arg=${a}`), `--thinlto-remote-compiler=${CLANG22}`, ...(o.extra ?? [])];
-    return run(CLANG22, ['-flto=thin', '-fuse-ld=lld', `--ld-path=${LLD22}`, ...lld.map((a) => `-Wl,${a}`), ...(o.objects ?? this.modules.map((m) => `${m}.o`)), '-o', o.out ?? 'prog'], this.dir, o.env);
+    const lld = [
+      `--thinlto-distributor=${distributor}`,
+      ...distributorArgs.map((a) => `--thinlto-distributor-arg=${a}`),
+      `--thinlto-remote-compiler=${CLANG22}`,
+      ...(o.extra ?? []),
+    ];
+    return run(
+      CLANG22,
+      ['-flto=thin', '-fuse-ld=lld', `--ld-path=${LLD22}`, ...lld.map((a) => `-Wl,${a}`), ...(o.objects ?? this.modules.map((m) => `${m}.o`)), '-o', o.out ?? 'prog'],
+      this.dir,
+      o.env,
+    );
   }
 
   /** Links with the clang driver's form: `-fthinlto-distributor=… -Xthinlto-distributor=…`. */
   linkDriver(distributor: string, distributorArgs: string[], o: { out?: string; env?: NodeJS.ProcessEnv } = {}) {
     return run(
       CLANG22,
-      ['-flto=thin', '-fuse-ld=lld', `--ld-path=${LLD22}`, `-fthinlto-distributor=${distributor}`, ...distributorArgs.map((a) => `-Xthinlto-distributor=${a}`), ...this.modules.map((m) => `${m}.o`), '-o', o.out ?? 'prog'],
+      [
+        '-flto=thin',
+        '-fuse-ld=lld',
+        `--ld-path=${LLD22}`,
+        `-fthinlto-distributor=${distributor}`,
+        ...distributorArgs.map((a) => `-Xthinlto-distributor=${a}`),
+        ...this.modules.map((m) => `${m}.o`),
+        '-o',
+        o.out ?? 'prog',
+      ],
       this.dir,
       o.env,
     );
