@@ -3,22 +3,18 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } from '../config/config.js';
-import { Daemon } from '../daemon/daemon.js';
-import { initHash } from '../key/hash.js';
 import { formatStats } from '../stats/formatStats.js';
-import { LocalStore } from '../store/localStore.js';
-import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
-import { currentStats } from './currentStats.js';
 import { closeSync, writeFileSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { JobRecord } from '../jobLog/jobLog.js';
-import { askLog } from './askLog.js';
 import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation } from '../explain/explainJobs.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { processAlive } from '../util/processAlive.js';
 import { VERSION } from '../version.js';
 
+// The daemon, the store and the team-cache client are imported where used: `distribute` runs
+// once per link, and its start-up time is on the link's critical path.
 const USAGE = `usage:
   ltocache <compiler> <args...>        run a compile through the cache (native client)
   ltocache daemon start|stop|status|run
@@ -65,6 +61,7 @@ function startupNotifier(): (byte: 'R' | 'L') => void {
 
 async function daemonRun(config: Config, background: boolean): Promise<void> {
   const notify = startupNotifier();
+  const { Daemon } = await import('../daemon/daemon.js');
   const d = await Daemon.start(config);
   if (d === 'already-running') {
     notify('L');
@@ -97,6 +94,7 @@ export async function startDetached(config: Config, timeoutMs = 15_000): Promise
 /** `stats --remote`: the team server's own counters, asked with our token. */
 async function remoteStats(config: Config, json: boolean): Promise<void> {
   if (!config.remote) fail('no remote configured (set remote in the config file or LTOCACHE_REMOTE)', 2);
+  const { RemoteBackend } = await import('../remote/remoteBackend.js');
   const remote = new RemoteBackend({ url: config.remote, token: config.remote_token || 'none', timeoutMs: 5000, ...(config.remote_ca ? { ca: config.remote_ca } : {}) });
   try {
     const s = await remote.stats(5000);
@@ -118,6 +116,7 @@ async function stats(config: Config, args: string[]): Promise<void> {
   const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote');
   if (unknown.length) throw new UsageError(`stats: unknown option ${unknown[0]}`);
   if (args.includes('--remote')) return remoteStats(config, json);
+  const { currentStats } = await import('./currentStats.js');
   const view = await currentStats(config, zero);
   if (zero && !json) {
     process.stdout.write('statistics zeroed\n');
@@ -130,6 +129,8 @@ async function clear(config: Config): Promise<void> {
   const r = await askDaemon(config.dir, { op: 'clear' });
   if (r.kind === 'failed') fail(r.error);
   if (r.kind === 'unreachable') {
+    const { initHash } = await import('../key/hash.js');
+    const { LocalStore } = await import('../store/localStore.js');
     await initHash();
     const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
     await store.clear();
@@ -207,6 +208,7 @@ function takeOption(args: string[], name: string): string | undefined {
 }
 
 async function explain(config: Config, args: string[]): Promise<void> {
+  const { askLog } = await import('./askLog.js');
   const json = args.includes('--json');
   const rest = args.filter((a) => a !== '--json');
   if (rest[0] === '--last-build' && rest.length === 1) {
@@ -224,6 +226,7 @@ async function trace(config: Config, args: string[]): Promise<void> {
   const rest = [...args];
   const out = takeOption(rest, '-o');
   if (rest.length !== 1 || rest[0] !== '--last-build' || !out) throw new UsageError('trace: expected --last-build -o FILE');
+  const { askLog } = await import('./askLog.js');
   const r = (await askLog(config, { op: 'last-build' })) as { jobs: JobRecord[] };
   writeFileSync(out, JSON.stringify(chromeTrace(r.jobs)) + '\n');
   process.stdout.write(`wrote ${r.jobs.length} jobs to ${out}\n`);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
@@ -157,6 +157,7 @@ describe('DTLTO through ltocache (lld 22)', () => {
       mkdirSync(outside);
       for (const m of ['main', 'mathx']) copyFileSync(join(t.dir, `${m}.o`), join(dir, `${m}.o`));
       writeFileSync(join(dir, 'main.o.thinlto.bc'), readFileSync(join(t.dir, 'idx1', 'main.o.thinlto.bc')));
+      symlinkSync(outside, join(dir, 'escape'));
       marker = join(top, 'compiler-ran');
       wrapper = join(top, 'cc');
       writeFileSync(wrapper, `#!/bin/sh\ntouch ${marker}\nexec ${CLANG22} "$@"\n`);
@@ -184,6 +185,11 @@ describe('DTLTO through ltocache (lld 22)', () => {
         'an output given as an absolute path elsewhere',
         (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', join(outside, 'y.o')], outputs: [join(outside, 'y.o')] }] }),
         /is outside the linker output's directory/,
+      ],
+      [
+        'an output through a symbolic link to another directory',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'escape/w.o'], outputs: ['escape/w.o'] }] }),
+        /output escape\/w\.o resolves outside the linker output's directory \(through a symbolic link\)/,
       ],
       [
         'an output that is also an input',
