@@ -180,6 +180,10 @@ async function main(): Promise<void> {
     const warm = Array.from({ length: RUNS }, () => jobsOf(alice, () => link(ltocache, alice.env).ms));
     for (const _ of warm) compare(ref0);
     rows.push({ what: 'DTLTO through ltocache, warm', ms: median(warm.map((w) => w.ms)), jobs: `${Math.min(...warm.map((w) => w.hits))}/${n} hits` });
+    // The fixed cost of a distributor run: bin/ltocache → node → CLI, a file with no jobs.
+    const empty = join(dir, 'empty.dist-file.json');
+    writeFileSync(empty, JSON.stringify({ common: { linker_output: 'prog', args: [CLANG], inputs: [] }, jobs: [] }));
+    rows.push({ what: '  of which: `ltocache distribute` start-up alone (a file with no jobs)', ms: median(Array.from({ length: RUNS }, () => sh(CLIENT, ['distribute', empty], dir, alice.env).ms)) });
     const deadline = Date.now() + 60_000;
     while (alice.stats().uploads < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
     const team = jobsOf(bob, () => link(ltocache, bob.env).ms);
