@@ -2,10 +2,11 @@ import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
 import { DTLTO_LIMITS } from '../../src/protocol/dtlto.js';
 import { CLANG22, DtltoTree, run, writeSerialDistributor } from '../support/dtlto.js';
-import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 
 /**
@@ -83,6 +84,15 @@ describe('DTLTO through ltocache (lld 22)', () => {
     ok(tr, 'trace');
     assert.match(tr.stdout, new RegExp(`wrote ${t.modules.length} jobs`));
     rmSync(traceFile);
+    // The report counts the links as builds: the relink is the last bar, all hits.
+    const reportFile = join(t.dir, 'report.html');
+    ok(cache.cli(['report', '-o', reportFile]), 'report');
+    const html = readFileSync(reportFile, 'utf8');
+    rmSync(reportFile);
+    assert.equal(/id="stat-hits" data-value="(\d+)"/.exec(html)?.[1], String(cache.stats().hits));
+    const bars = [...html.matchAll(/class="build-bar[^"]*"[^>]*data-hits="(\d+)" data-misses="(\d+)"/g)].map((m) => [Number(m[1]), Number(m[2])]);
+    assert.ok(bars.length >= 2, `${bars.length} builds in the report`);
+    assert.deepEqual(bars.at(-1), [t.modules.length, 0]);
   });
 
   test('after a one-function edit only the jobs whose index or input changed compile; explain names the cause', async () => {
@@ -110,6 +120,22 @@ describe('DTLTO through ltocache (lld 22)', () => {
     assert.equal(e.result, 'miss');
     assert.ok(e.causes.length > 0 && !e.causes.some((c) => c.kind === 'first-build'), JSON.stringify(e.causes));
     expected = expectedAfter;
+  });
+
+  test('kbuild-style jobs on clang 19 share the daemon with DTLTO on clang 22', () => {
+    const k = ThinBuild.fromFixture(FIXTURE, join(tempDir('dtlto-kbuild'), 'src'));
+    k.frontEnd();
+    k.thinLink();
+    const run19 = () => {
+      for (const m of k.modules) ok(k.backend(m, { wrapper: [CLIENT], env: cache.env }), `clang-19 backend ${m}`);
+    };
+    assert.deepEqual(delta(cache, run19), { hits: 0, misses: k.modules.length, errors: 0, uncacheable: 0 });
+    k.thinLink();
+    assert.deepEqual(delta(cache, run19), { hits: k.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    assert.deepEqual(
+      delta(cache, () => ok(lldForm(cache.env), 'DTLTO relink')),
+      { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 },
+    );
   });
 
   test('the clang driver form (-fthinlto-distributor= -Xthinlto-distributor=distribute): misses, then hits, identical to serial', () => {
