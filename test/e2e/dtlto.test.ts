@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
-import { DTLTO_LIMITS } from '../../src/protocol/dtlto.js';
+import { DistFile, DTLTO_LIMITS } from '../../src/protocol/dtlto.js';
 import { CLANG22, DtltoTree, run, writeSerialDistributor } from '../support/dtlto.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
@@ -168,6 +168,42 @@ describe('DTLTO through ltocache (lld 22)', () => {
     assert.match(r.stderr, /unknown target CPU 'no-such-cpu'/);
     assert.match(r.stderr, /ltocache distribute: job \d+ \(.*\.native\.o\) failed: the compiler exited with status 1/);
     assert.equal(existsSync(join(t.dir, 'prog.fail')), false);
+  });
+
+  test('the schema accepts the file lld 22 writes, with unknown fields', () => {
+    const capture = join(tempDir('dtlto-capture'), 'capture');
+    const saved = join(dirname(capture), 'dist-file.json');
+    writeFileSync(capture, `#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" ${saved}\nexit 1\n`);
+    chmodSync(capture, 0o755);
+    assert.notEqual(t.linkLld(capture, ['distribute'], { out: 'prog.capture' }).status, 0);
+    const raw = JSON.parse(readFileSync(saved, 'utf8')) as { common: Record<string, unknown>; jobs: Record<string, unknown>[] };
+    const parsed = DistFile.parse(raw);
+    assert.equal(parsed.jobs.length, t.modules.length);
+    assert.equal(parsed.common.args[0], CLANG22);
+    assert.equal(parsed.common.linker_output, 'prog.capture');
+    for (const j of parsed.jobs) assert.match(j.outputs[0]!, /^\w+\.\d+\.\d+\.native\.o$/);
+    DistFile.parse({ ...raw, future: 1, common: { ...raw.common, extra: [] }, jobs: raw.jobs.map((j) => ({ ...j, priority: 3 })) });
+  });
+
+  test('a job that exits 0 without writing its declared output fails the distribution', () => {
+    const dir = join(tempDir('dtlto-nowrite'), 'build');
+    mkdirSync(dir);
+    copyFileSync(join(t.dir, 'hashx.o'), join(dir, 'hashx.o'));
+    writeFileSync(join(dir, 'hashx.o.thinlto.bc'), readFileSync(join(t.dir, 'idx1', 'hashx.o.thinlto.bc')));
+    const liar = join(dir, '..', 'liar-cc');
+    writeFileSync(liar, '#!/bin/sh\nexit 0\n');
+    chmodSync(liar, 0o755);
+    const file = join(dir, 'prog.1.dist-file.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        common: { linker_output: 'prog', args: [liar, '-c', '-O2'], inputs: [] },
+        jobs: [{ args: ['hashx.o', '-fthinlto-index=hashx.o.thinlto.bc', '-o', 'hashx.1.1.native.o'], inputs: ['hashx.o', 'hashx.o.thinlto.bc'], outputs: ['hashx.1.1.native.o'] }],
+      }),
+    );
+    const r = run(CLIENT, ['distribute', file], dir, cache.env);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /job 0 did not write its declared output hashx\.1\.1\.native\.o/);
   });
 
   describe('hostile or malformed distribution files are refused before anything runs', () => {
