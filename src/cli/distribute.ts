@@ -149,7 +149,10 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
     const p = await parseJob(args, cwd);
     if (p.kind === 'job') {
       for (const o of p.job.outputs) {
-        if (!within(linkerDir, resolve(cwd, o.path))) throw new DistributeError(`jobs[${n}]: clang would write ${o.path} outside the linker output's directory`);
+        const abs = resolve(cwd, o.path);
+        if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: clang would write ${o.path} outside the linker output's directory`);
+        // Also a -o inside a response file.
+        if (o.role === 'obj' && !declared.has(abs)) throw new DistributeError(`jobs[${n}]: -o ${o.path} is not one of the job's declared outputs`);
       }
     }
     jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs });

@@ -263,6 +263,14 @@ describe('DTLTO through ltocache (lld 22)', () => {
         (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', '../outside/z.o'] }] }),
         /-o \.\.\/outside\/z\.o is not one of the job's declared outputs/,
       ],
+      [
+        'a -o inside a response file that is not a declared output',
+        (f) => {
+          writeFileSync(join(dir, 'out.rsp'), '-o ../outside/r.o');
+          return { ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '@out.rsp'] }] };
+        },
+        /clang would write \.\.\/outside\/r\.o outside the linker output's directory/,
+      ],
       ['a NUL byte', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o\u0000', ...f.jobs[0]!.args.slice(1)] }] }), /jobs\[0\]\.args\[0\]: contains a NUL byte/],
       ['too many jobs', (f) => ({ ...f, jobs: Array.from({ length: DTLTO_LIMITS.maxJobs + 1 }, () => f.jobs[0]) }), /jobs: Too big/i],
       ['too many arguments', (f) => ({ ...f, common: { ...f.common, args: [wrapper, ...Array.from({ length: DTLTO_LIMITS.maxArgs }, () => '-O2')] } }), /common\.args: Too big/i],
