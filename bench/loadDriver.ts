@@ -7,9 +7,9 @@
  *  - daemon load: N concurrent clients × M jobs through ONE daemon. Clients speak the real client
  *    frame protocol over the daemon's Unix socket (one connection per job, as the C client does);
  *    one job in `nativeEvery` goes through the real bin/ltocache process instead. Jobs are the
- *    fixture's modules × flag variants; every client writes into its own output directory, so
- *    keys differ per client (clients × modules × variants distinct keys: the first use of each
- *    misses, the rest hit). First uses are spread over the run, so misses and hits interleave.
+ *    fixture's modules × flag variants; every client writes into its own output directory, and
+ *    output names are not keyed, so all clients share the modules × variants keys: the first use
+ *    of each misses (identical concurrent jobs compile once), the rest hit.
  *    Every job's exit status, stdout, stderr and object bytes are compared with direct clang.
  *
  *  - team load: D daemons, each with its own cache directory and its own checkout (different
@@ -539,7 +539,7 @@ export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadRep
       jobsPerClient: o.jobs,
       jobsSent: results.length,
       nativeJobs: results.filter((r) => r.spec.native).length,
-      distinctKeys: new Set(results.map((r) => `${r.spec.out}`)).size,
+      distinctKeys: new Set(results.map((r) => refKey(r.spec.module, r.spec.variant))).size,
       wallMs,
       failures: failed.slice(0, 20).map((r) => r.failure!),
       failureCount: failed.length,

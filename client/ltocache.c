@@ -840,7 +840,7 @@ static void run_via_daemon(const struct job *j) {
 
 static int is_cli_command(const char *a) {
     static const char *const cmds[] = {"stats", "daemon", "config", "clear", "serve",
-                                       "explain", "trace", "report", "demo", "help",
+                                       "explain", "trace", "report", "demo", "distribute", "help",
                                        "--help", "--version", "version",
                                        "build-client"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)

@@ -3,7 +3,7 @@
 _ltocache() {
   local cur=${COMP_WORDS[COMP_CWORD]}
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=($(compgen -W 'stats config clear daemon explain trace report serve demo --version help' -- "$cur") $(compgen -c -- "$cur" | grep '^clang'))
+    COMPREPLY=($(compgen -W 'stats config clear daemon explain trace report serve distribute demo --version help' -- "$cur") $(compgen -c -- "$cur" | grep '^clang'))
     return 0
   fi
   case ${COMP_WORDS[1]} in
@@ -14,6 +14,7 @@ _ltocache() {
     trace) COMPREPLY=($(compgen -W '--last-build -o' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     report) COMPREPLY=($(compgen -W '-o --builds' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     serve) COMPREPLY=($(compgen -W '--dir --tokens --listen --tls-cert --tls-key --max-size --access-log --max-bundle --max-streams --idle-timeout' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
+    distribute) COMPREPLY=(); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     build-client) COMPREPLY=($(compgen -W '--out' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     clear|demo|--version|help) COMPREPLY=() ;;
     *) if declare -F _command_offset >/dev/null; then _command_offset 1; else COMPREPLY=($(compgen -f -- "$cur")); fi ;;

@@ -8,6 +8,7 @@ complete -c ltocache -f -n '__fish_use_subcommand' -a 'explain' -d 'why a job hi
 complete -c ltocache -f -n '__fish_use_subcommand' -a 'trace' -d 'Chrome trace of the last build'
 complete -c ltocache -f -n '__fish_use_subcommand' -a 'report' -d 'self-contained HTML report'
 complete -c ltocache -f -n '__fish_use_subcommand' -a 'serve' -d 'run a team cache server'
+complete -c ltocache -f -n '__fish_use_subcommand' -a 'distribute' -d 'LLVM DTLTO distributor'
 complete -c ltocache -f -n '__fish_use_subcommand' -a 'demo' -d 'build a small ThinLTO program twice through the cache'
 complete -c ltocache -f -n '__fish_use_subcommand' -a '--version' -d 'client, daemon and store layout versions'
 complete -c ltocache -f -n '__fish_use_subcommand' -a 'help' -d 'usage'

@@ -96,6 +96,18 @@ export const COMMANDS: Command[] = [
     files: true,
   },
   {
+    name: 'distribute',
+    brief: 'LLVM DTLTO distributor',
+    rows: [
+      {
+        usage: 'distribute FILE.json',
+        does: 'run the backend jobs of an lld DTLTO link through the cache (lld --thinlto-distributor=…/ltocache --thinlto-distributor-arg=distribute; see docs/dtlto.md)',
+      },
+    ],
+    words: [],
+    files: true,
+  },
+  {
     name: 'demo',
     brief: 'build a small ThinLTO program twice through the cache',
     rows: [{ usage: 'demo', does: 'build a small ThinLTO program twice through the cache and check every served object (needs clang-19, lld-19)' }],

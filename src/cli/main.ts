@@ -3,17 +3,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } from '../config/config.js';
-import { Daemon } from '../daemon/daemon.js';
-import { initHash } from '../key/hash.js';
 import { formatStats } from '../stats/formatStats.js';
-import { LocalStore } from '../store/localStore.js';
-import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
-import { currentStats } from './currentStats.js';
 import { closeSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { JobRecord } from '../jobLog/jobLog.js';
-import { askLog } from './askLog.js';
 import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation } from '../explain/explainJobs.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { processAlive } from '../util/processAlive.js';
@@ -21,6 +15,8 @@ import { VERSION } from '../version.js';
 import { usageText } from './commandTable.js';
 import { LAYOUT_FILE, LAYOUT_VERSION } from '../store/layout.js';
 
+// The daemon, the store and the team-cache client are imported where used: `distribute` runs
+// once per link, and its start-up time is on the link's critical path.
 const USAGE = usageText();
 
 class UsageError extends Error {}
@@ -54,6 +50,7 @@ function startupNotifier(): (byte: 'R' | 'L') => void {
 
 async function daemonRun(config: Config, background: boolean): Promise<void> {
   const notify = startupNotifier();
+  const { Daemon } = await import('../daemon/daemon.js');
   const d = await Daemon.start(config);
   if (d === 'already-running') {
     notify('L');
@@ -86,6 +83,7 @@ export async function startDetached(config: Config, timeoutMs = 15_000): Promise
 /** `stats --remote`: the team server's own counters, asked with our token. */
 async function remoteStats(config: Config, json: boolean): Promise<void> {
   if (!config.remote) fail('no remote configured (set remote in the config file or LTOCACHE_REMOTE)', 2);
+  const { RemoteBackend } = await import('../remote/remoteBackend.js');
   const remote = new RemoteBackend({ url: config.remote, token: config.remote_token || 'none', timeoutMs: 5000, ...(config.remote_ca ? { ca: config.remote_ca } : {}) });
   try {
     const s = await remote.stats(5000);
@@ -107,6 +105,7 @@ async function stats(config: Config, args: string[]): Promise<void> {
   const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote');
   if (unknown.length) throw new UsageError(`stats: unknown option ${unknown[0]}`);
   if (args.includes('--remote')) return remoteStats(config, json);
+  const { currentStats } = await import('./currentStats.js');
   const view = await currentStats(config, zero);
   if (zero && !json) {
     process.stdout.write('statistics zeroed\n');
@@ -119,6 +118,8 @@ async function clear(config: Config): Promise<void> {
   const r = await askDaemon(config.dir, { op: 'clear' });
   if (r.kind === 'failed') fail(r.error);
   if (r.kind === 'unreachable') {
+    const { initHash } = await import('../key/hash.js');
+    const { LocalStore } = await import('../store/localStore.js');
     await initHash();
     const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
     await store.clear();
@@ -200,6 +201,7 @@ function takeOption(args: string[], name: string): string | undefined {
 }
 
 async function explain(config: Config, args: string[]): Promise<void> {
+  const { askLog } = await import('./askLog.js');
   const json = args.includes('--json');
   const rest = args.filter((a) => a !== '--json');
   if (rest[0] === '--last-build' && rest.length === 1) {
@@ -217,6 +219,7 @@ async function trace(config: Config, args: string[]): Promise<void> {
   const rest = [...args];
   const out = takeOption(rest, '-o');
   if (rest.length !== 1 || rest[0] !== '--last-build' || !out) throw new UsageError('trace: expected --last-build -o FILE');
+  const { askLog } = await import('./askLog.js');
   const r = (await askLog(config, { op: 'last-build' })) as { jobs: JobRecord[] };
   writeFileSync(out, JSON.stringify(chromeTrace(r.jobs)) + '\n');
   process.stdout.write(`wrote ${r.jobs.length} jobs to ${out}\n`);
@@ -307,6 +310,15 @@ export async function main(argv: string[]): Promise<void> {
       return (await import('./report.js')).runReport(config, rest);
     case 'trace':
       return trace(config, rest);
+    case 'distribute': {
+      const { runDistribute, DistributeError } = await import('./distribute.js');
+      try {
+        return await runDistribute(config, rest);
+      } catch (e) {
+        if (e instanceof DistributeError) fail(`distribute: ${e.message}`);
+        throw e;
+      }
+    }
     case 'demo': {
       const { runDemo } = await import('../demo/demo.js');
       return runDemo(config);

@@ -111,7 +111,7 @@ export function explainMiss(prev: Manifest | null | undefined, cur: Manifest): C
     }
     for (const path of pm.keys()) if (!cm.has(path) && path !== cur.input.path) causes.push({ kind: 'import-removed', module: path, detail: `no longer imports from ${path}` });
     const inputExplains = causes.some((c) => c.kind === 'input');
-    if (causes.length === before && !inputExplains) causes.push({ kind: 'index-summary', detail: `index ${cur.index.path} changed in its summary (import decisions, internalisation, dead-stripping, devirtualisation)` });
+    if (causes.length === before && !inputExplains) causes.push({ kind: 'index-summary', detail: `index ${cur.names?.index ?? cur.index.path} changed in its summary (import decisions, internalisation, dead-stripping, devirtualisation)` });
   } else {
     // Same index bytes: an imported file can still differ on disk (a module built without a hash).
     const pm = new Map(prev.index.modules.map((m) => [m.path, m.digest]));

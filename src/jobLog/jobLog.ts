@@ -58,6 +58,7 @@ export class JobLog {
   private timer: NodeJS.Timeout | null = null;
   private seq = 0;
   private readonly lastByOutput = new Map<string, JobRecord>();
+  private readonly lastByInput = new Map<string, JobRecord>();
   private readonly manifestsWritten = new Set<string>();
   private written = 0;
 
@@ -75,15 +76,25 @@ export class JobLog {
       this.manifestsWritten.add(r.key);
       this.pending.push({ type: 'put', sublevel: 'manifests', key: r.key, value: JSON.stringify(r.manifest) });
     }
+    // The input bitcode identifies a job whose output name changes on every build (DTLTO puts
+    // the linker's PID in it): without an earlier job for the output, the one for the input is
+    // the previous job.
+    const input = r.manifest ? resolve(r.req.cwd, r.manifest.input.path) : undefined;
     let previous = this.lastByOutput.get(output);
     if (!previous) {
       const stored = await this.getJson('outputs', output, OutputHistory);
       previous = stored?.last;
     }
+    if (!previous && input) previous = this.lastByInput.get(input) ?? (await this.getJson('inputs', input, OutputHistory))?.last;
     const rec: JobRecord = { output, cwd: r.req.cwd, key: r.key, result: r.result, reason: r.reason, startedAt: r.startedAt, endedAt: r.endedAt, savedMs: r.savedMs, bytes: r.bytes, prevKey: previous?.key };
     this.lastByOutput.set(output, rec);
     if (this.lastByOutput.size > 100_000) this.lastByOutput.clear();
     this.pending.push({ type: 'put', sublevel: 'outputs', key: output, value: JSON.stringify({ last: rec, previous }) });
+    if (input) {
+      this.lastByInput.set(input, rec);
+      if (this.lastByInput.size > 100_000) this.lastByInput.clear();
+      this.pending.push({ type: 'put', sublevel: 'inputs', key: input, value: JSON.stringify({ last: rec }) });
+    }
     this.pending.push({ type: 'put', sublevel: 'log', key: `${String(r.startedAt).padStart(15, '0')}-${String(this.seq++).padStart(9, '0')}`, value: JSON.stringify(rec) });
     // Best effort: a failed write (a full disk) loses these records, never the daemon (an
     // unhandled rejection here used to kill it).
@@ -127,10 +138,10 @@ export class JobLog {
     return key ? this.getJson('manifests', key, Manifest) : undefined;
   }
 
-  /** The last job recorded for an output path (absolute). */
+  /** The last job recorded for an output path (absolute), else for an input bitcode path. */
   async lastJobFor(path: string): Promise<JobRecord | undefined> {
     await this.flush();
-    return (await this.getJson('outputs', resolve(path), OutputHistory))?.last;
+    return (await this.getJson('outputs', resolve(path), OutputHistory))?.last ?? (await this.getJson('inputs', resolve(path), OutputHistory))?.last;
   }
 
   /** The jobs of the last build. */

@@ -17,7 +17,21 @@ const FileRef = z.object({ path: z.string(), digest });
 /** Environment variables that can change a backend job's output (docs/key.md). */
 export const KEY_ENV = ['CCC_OVERRIDE_OPTIONS', 'CLANG_NO_DEFAULT_CONFIG', 'LD_LIBRARY_PATH', 'LD_PRELOAD', 'COMPILER_PATH'] as const;
 
-/** Key manifest, version 1 (cache-schema/key-manifest.v1.json). Everything in it is keyed except `dropped`. */
+/**
+ * Flags under which an output's name changes the bytes written: the object records the `.dwo`
+ * name (`-gsplit-dwarf`, `-split-dwarf-file`/`-output` through -Xclang), coverage and profile
+ * instrumentation record data-file names derived from it. With any of them present (or any output
+ * besides the object) the output names stay keyed.
+ */
+export const OUTPUT_NAME_MATTERS = /^(-gsplit-dwarf|-split-dwarf|-fprofile-arcs|-ftest-coverage|--coverage|-coverage|-fprofile-generate|-fprofile-instr-generate|-fcs-profile-generate|-fmemory-profile)/;
+
+/** True when the job's output names are part of its key (see OUTPUT_NAME_MATTERS). */
+export function outputNamesKeyed(job: Job): boolean {
+  if (job.outputs.length !== 1) return true;
+  return job.tokens.some((t) => (t.t === 'flag' || t.t === 'dropped') && OUTPUT_NAME_MATTERS.test(t.v));
+}
+
+/** Key manifest, version 1 (cache-schema/key-manifest.v1.json). Everything in it is keyed except `names` and `dropped`. */
 export const Manifest = z.object({
   v: z.literal(1),
   hash: z.literal(HASH_ALGORITHM),
@@ -40,7 +54,10 @@ export const Manifest = z.object({
   ),
   responseFiles: z.array(FileRef),
   input: FileRef,
-  index: FileRef.extend({
+  /** `path` is absent: the index's name does not change the bytes (its content and modules do); it is under `names`. */
+  index: z.object({
+    path: z.string().optional(),
+    digest,
     /** The index's module string table: each module the backend reads, with the index's hash and the file's content. */
     modules: z.array(z.object({ path: z.string(), moduleHash: z.string(), digest })),
   }),
@@ -52,7 +69,10 @@ export const Manifest = z.object({
    */
   asm: z.array(z.object({ directive: z.enum(['incbin', 'include']), name: z.string(), digest: digest.optional() })).optional(),
   env: z.record(z.string(), z.string()),
-  outputs: z.array(z.object({ role: z.string(), path: z.string() })),
+  /** Each output's role; its path only when output names are keyed (outputNamesKeyed), else it is under `names`. */
+  outputs: z.array(z.object({ role: z.string(), path: z.string().optional() })),
+  /** Names that do not change the bytes (the index path; output paths when unkeyed): recorded for explanations, not keyed. */
+  names: z.object({ index: z.string(), outputs: z.array(z.object({ role: z.string(), path: z.string() })) }).optional(),
   /** Arguments on the documented drop list: recorded for explanations, not keyed. */
   dropped: z.array(z.string()),
 });
@@ -88,7 +108,7 @@ export function canonicalJson(v: unknown): string {
 
 /** The cache key: 128 bits of SHA-256 over the canonical manifest without its unkeyed part. */
 export function keyOf(m: Manifest): string {
-  const { dropped: _dropped, ...keyed } = m;
+  const { dropped: _dropped, names: _names, ...keyed } = m;
   return createHash('sha256').update('ltocache-key-v1\0').update(canonicalJson(keyed)).digest('hex').slice(0, 32);
 }
 
@@ -109,25 +129,31 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       return d.digest;
     };
     const outputsAbs = new Set(job.outputs.map((o) => resolve(cwd, o.path)));
+    const namesKeyed = outputNamesKeyed(job);
     const toolchain = await ctx.toolchains.identify(compiler, env, ctx.observe);
     const args: Manifest['args'] = [];
     const dropped: string[] = [];
     let input: Manifest['input'] | undefined;
     let index: Manifest['index'] | undefined;
+    let indexPath = '';
     for (const tok of job.tokens) {
       switch (tok.t) {
         case 'dropped':
           dropped.push(tok.v);
           break;
         case 'output':
-          args.push({ a: tok.v, output: tok.path });
+          args.push(namesKeyed ? { a: tok.v, output: tok.path } : { a: tok.v });
           break;
         case 'file': {
           if (tok.role === 'index') ctx.observe?.rewritten(resolve(cwd, tok.path));
           const d = await need(tok.path, tok.role === 'input' ? 'input' : tok.role === 'index' ? 'index file' : `file named by ${tok.v}`);
-          args.push({ a: tok.v, files: [{ path: tok.path, digest: d }] });
+          // The index's content is keyed under `index`; its name is not.
+          args.push(tok.role === 'index' ? { a: tok.v } : { a: tok.v, files: [{ path: tok.path, digest: d }] });
           if (tok.role === 'input') input = { path: tok.path, digest: d };
-          if (tok.role === 'index') index = { path: tok.path, digest: d, modules: await importedModules(cwd, tok.path, d, need) };
+          if (tok.role === 'index') {
+            indexPath = tok.path;
+            index = { digest: d, modules: await importedModules(cwd, tok.path, d, need) };
+          }
           break;
         }
         case 'flag': {
@@ -165,7 +191,8 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       index,
       ...(asm.length ? { asm } : {}),
       env: keyEnv,
-      outputs: job.outputs,
+      outputs: namesKeyed ? job.outputs : job.outputs.map((o) => ({ role: o.role })),
+      names: { index: indexPath, outputs: job.outputs },
       dropped,
     };
     return { kind: 'key', key: keyOf(manifest), manifest };

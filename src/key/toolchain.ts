@@ -25,7 +25,8 @@ export interface Toolchain {
 /** Environment variables that change which libraries the compiler loads. */
 export const LOADER_ENV = ['LD_LIBRARY_PATH', 'LD_PRELOAD'] as const;
 
-const CONFIG_DIRS = ['/etc/clang', '/etc/clang19', '/usr/lib/llvm-19/etc'];
+/** Config files clang may load by a fixed path (clang 22 names /etc/clang.cfg). */
+const CONFIG_FILES = ['/etc/clang.cfg'];
 /** The loader's cache: where it finds libraries that no RPATH or LD_LIBRARY_PATH names. */
 const LD_SO_CACHE = '/etc/ld.so.cache';
 
@@ -39,8 +40,29 @@ function dirState(dir: string): string {
   }
 }
 
-function configDirs(compiler: string, real: string): string[] {
-  return [...new Set([dirname(real), dirname(compiler), ...CONFIG_DIRS])];
+/** LLVM major versions named by a compiler's paths: `clang-22`, `/usr/lib/llvm-22/bin/clang`. */
+export function llvmMajors(...paths: string[]): string[] {
+  const out = new Set<string>();
+  for (const p of paths) for (const m of p.matchAll(/(?:clang|llvm)-?(\d+)(?:[./]|$)/g)) out.add(m[1]!);
+  return [...out];
+}
+
+/**
+ * Directories clang may load `*.cfg` files from: the executable's directory (as invoked and
+ * resolved), `<llvm prefix>/etc` of the resolved executable, `/etc/clang`, and per LLVM major
+ * version `/etc/clang<major>`, `/etc/clang-<major>`, `/usr/lib/llvm-<major>/etc`.
+ */
+export function configDirs(compiler: string, real: string): string[] {
+  const majors = llvmMajors(basename(compiler), real);
+  return [
+    ...new Set([
+      dirname(real),
+      dirname(compiler),
+      join(dirname(dirname(real)), 'etc'),
+      '/etc/clang',
+      ...majors.flatMap((v) => [`/etc/clang${v}`, `/etc/clang-${v}`, `/usr/lib/llvm-${v}/etc`]),
+    ]),
+  ];
 }
 
 /**
@@ -73,6 +95,7 @@ export class ToolchainIdentifier {
       env.PATH ?? '',
       ...LOADER_ENV.map((k) => env[k] ?? ''),
       ...dirs.map(dirState),
+      ...CONFIG_FILES.map(dirState),
       dirState(LD_SO_CACHE),
     ]);
     let p = this.memo.get(memoKey);
@@ -96,6 +119,7 @@ export class ToolchainIdentifier {
       await observe.digest(compiler);
       await observe.digest(LD_SO_CACHE);
       for (const dir of dirs) observe.directory(dir);
+      for (const f of CONFIG_FILES) await observe.digest(f);
       if (t.searchPath !== undefined) observe.environment('PATH', env.PATH);
     }
     return t;
@@ -122,6 +146,10 @@ export class ToolchainIdentifier {
         const d = await this.files.digest(join(dir, n));
         if (d.kind === 'file') configs.push({ path: join(dir, n), digest: d.digest });
       }
+    }
+    for (const f of CONFIG_FILES) {
+      const d = await this.files.digest(f);
+      if (d.kind === 'file') configs.push({ path: f, digest: d.digest });
     }
     const t: Toolchain = { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs };
     if (target.script) t.searchPath = env.PATH ?? '';

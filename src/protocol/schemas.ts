@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { SavedDigests } from '../key/fileDigests.js';
 import { Manifest } from '../key/manifest.js';
+import { DistFile } from './dtlto.js';
 import { CompileRequest } from './clientFrames.js';
 import { ControlRequest, ControlResponse } from './control.js';
 import { ClientMessage, ServerMessage } from './remote.js';
@@ -24,6 +25,7 @@ export function allSchemas(): Record<string, unknown> {
     'control-request.v1.json': gen('ltocache CLI→daemon control request, version 1', ControlRequest),
     'control-response.v1.json': gen('ltocache daemon→CLI control response, version 1', ControlResponse),
     'remote-client-message.v1.json': gen('ltocache team cache: client→server message, protocol 1', ClientMessage),
+    'dtlto-dist-file.v1.json': gen('LLVM DTLTO distribution file (lld --thinlto-distributor), as ltocache distribute accepts it', DistFile),
     'remote-server-message.v1.json': gen('ltocache team cache: server→client message, protocol 1', ServerMessage),
   };
 }

@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
@@ -175,7 +175,8 @@ describe('distributed ThinLTO through ltocache', () => {
       assert.equal(r.stderr, direct.stderr);
     });
     assert.equal(hit.hits, 1);
-    // and on a miss, through a fresh output name
+    // and on a miss (the store emptied first)
+    assert.equal(cache.cli(['clear']).status, 0);
     const miss = delta(cache, () => {
       const r = b.backend('frame', { wrapper: [CLIENT], env: cache.env, out: 'frame.other.o' });
       assert.equal(r.stderr, direct.stderr);
@@ -195,6 +196,41 @@ describe('distributed ThinLTO through ltocache', () => {
     }
     const s = cache.stats();
     assert.equal(s.entries, entries);
+  });
+
+  test('another output name, with the index copied under another name, hits and equals direct clang', () => {
+    b.thinLink();
+    buildAll(b, cache);
+    const d = delta(cache, () => {
+      for (const m of b.modules) {
+        copyFileSync(join(b.dir, `${m}.o.thinlto.bc`), join(b.dir, `${m}.1.777.native.o.thinlto.bc`));
+        const args = b.backendArgs(m, [], `${m}.1.777.native.o`).map((a) => (a === `-fthinlto-index=${m}.o.thinlto.bc` ? `-fthinlto-index=${m}.1.777.native.o.thinlto.bc` : a));
+        assert.ok(args.includes(`-fthinlto-index=${m}.1.777.native.o.thinlto.bc`), args.join(' '));
+        const r = spawnSync(CLIENT, [b.clang, ...args], { cwd: b.dir, env: cache.env, encoding: 'utf8' });
+        assert.equal(r.status, 0, r.stderr);
+      }
+    });
+    assert.deepEqual(d, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    assertSameObjects(objects(b, (m) => `${m}.1.777.native.o`), directObjects(b));
+  });
+
+  test('with -gsplit-dwarf another output name misses (the object records the .dwo name)', () => {
+    const extra = ['-g', '-gsplit-dwarf'];
+    b.thinLink();
+    buildAll(b, cache, extra);
+    const d = delta(cache, () => {
+      for (const m of b.modules) {
+        const r = b.backend(m, { wrapper: [CLIENT], extra, env: cache.env, out: `${m}.renamed.o` });
+        assert.equal(r.status, 0, r.stderr);
+      }
+    });
+    assert.deepEqual(d, { hits: 0, misses: b.modules.length, errors: 0, uncacheable: 0 });
+    for (const m of b.modules) {
+      const served = readFileSync(join(b.dir, `${m}.renamed.o`));
+      const r = b.backend(m, { extra, out: `${m}.renamed.o` });
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(served.equals(readFileSync(join(b.dir, `${m}.renamed.o`))), `${m}: served object differs from direct clang`);
+    }
   });
 
   test('-gsplit-dwarf restores both the object and the .dwo', () => {

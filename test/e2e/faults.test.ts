@@ -134,6 +134,9 @@ describe('faults', () => {
     const { cache, b, direct } = setup('sigkill');
     const rand = mulberry32(SEED);
     const variants: string[][] = [[], ['-O1'], ['-O3'], ['-ffunction-sections'], ['-march=x86-64-v3']];
+    // Output names are not keyed: a flag that is keyed by its spelling but changes neither the
+    // object nor (without diagnostics) stderr makes each of the 100 jobs a store write of its own.
+    const distinct = (n: number) => `-fmessage-length=${1000 + n}`;
     const jobs: { m: string; extra: string[]; out: string }[] = [];
     let faults = 0;
     let aimed = 0;
@@ -152,7 +155,7 @@ describe('faults', () => {
         const extra = variants[Math.floor(rand() * variants.length)]!;
         const out = `${m}.w${n}.o`;
         jobs.push({ m, extra, out });
-        running.push(runAsync(CLIENT, [b.clang, ...b.backendArgs(m, extra, out)], { cwd: b.dir, env: cache.env }));
+        running.push(runAsync(CLIENT, [b.clang, ...b.backendArgs(m, [...extra, distinct(n)], out)], { cwd: b.dir, env: cache.env }));
       }
       if (rand() < 0.5) {
         // Anywhere: before the first compile, during compiles, after the last reply.
@@ -215,7 +218,7 @@ describe('faults', () => {
     cache.start();
     const s0 = cache.stats();
     for (let i = 0; i < jobs.length; i += 4) {
-      const rs = await Promise.all(jobs.slice(i, i + 4).map((j) => runAsync(CLIENT, [b.clang, ...b.backendArgs(j.m, j.extra, j.out)], { cwd: b.dir, env: cache.env })));
+      const rs = await Promise.all(jobs.slice(i, i + 4).map((j, k) => runAsync(CLIENT, [b.clang, ...b.backendArgs(j.m, [...j.extra, distinct(i + k)], j.out)], { cwd: b.dir, env: cache.env })));
       for (const r of rs) assert.equal(r.status, 0, r.stderr);
     }
     const d = delta(s0, cache.stats());

@@ -9,7 +9,7 @@ import { hashFile, initHash } from '../../src/key/hash.js';
 import { buildManifest, canonicalJson, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
 import { readIndexParts } from '../../src/key/moduleTable.js';
 import { parseJob } from '../../src/key/parseJob.js';
-import { ToolchainIdentifier } from '../../src/key/toolchain.js';
+import { configDirs, ToolchainIdentifier } from '../../src/key/toolchain.js';
 
 await initHash();
 
@@ -75,7 +75,8 @@ describe('the manifest of a real backend job', () => {
     assert.equal(m.v, 1);
     assert.equal(m.hash, 'xxh64x2-128');
     assert.deepEqual(m.input, { path: 'a.o', digest: await digestOf(join(d, 'a.o')) });
-    assert.equal(m.index.path, 'a.o.thinlto.bc');
+    assert.equal(m.index.path, undefined, 'the index name is not keyed');
+    assert.deepEqual(m.names, { index: 'a.o.thinlto.bc', outputs: [{ role: 'obj', path: 'a.thinlto-native.o' }] });
     assert.equal(m.index.digest, await digestOf(join(d, 'a.o.thinlto.bc')));
     const mods = [...m.index.modules].sort((x, y) => x.path.localeCompare(y.path));
     assert.deepEqual(
@@ -86,7 +87,7 @@ describe('the manifest of a real backend job', () => {
     assert.equal(mods[1]!.digest, await digestOf(join(d, 'b.o')));
     for (const x of mods) assert.match(x.moduleHash, /^[0-9a-f]{40}$/);
     assert.notEqual(mods[1]!.moduleHash, '0'.repeat(40));
-    assert.deepEqual(m.outputs, [{ role: 'obj', path: 'a.thinlto-native.o' }]);
+    assert.deepEqual(m.outputs, [{ role: 'obj' }]);
     assert.deepEqual(m.env, {});
     assert.deepEqual(m.dropped, []);
     assert.deepEqual(m.responseFiles, []);
@@ -94,7 +95,8 @@ describe('the manifest of a real backend job', () => {
       m.args.map((a) => a.a),
       ['-O2', '-fno-pie', '-x', 'ir', '-fno-lto', '-Wno-unused-command-line-argument', '-fthinlto-index=', '-c', '-o', ''],
     );
-    assert.deepEqual(m.args[8], { a: '-o', output: 'a.thinlto-native.o' });
+    assert.deepEqual(m.args[6], { a: '-fthinlto-index=' });
+    assert.deepEqual(m.args[8], { a: '-o' });
     assert.deepEqual(m.args[9], { a: '', files: [{ path: 'a.o', digest: m.input.digest }] });
   });
 
@@ -106,6 +108,12 @@ describe('the manifest of a real backend job', () => {
     const llvm = m.toolchain.libs.find((l) => /libLLVM[.-]/.test(l.path));
     assert.ok(llvm, `libLLVM among ${m.toolchain.libs.map((l) => l.path).join(', ')}`);
     assert.equal(llvm.digest, await digestOf(llvm.path));
+  });
+
+  test("the toolchain's config directories follow its LLVM version", async () => {
+    const major = /clang version (\d+)\./.exec(execFileSync(CLANG, ['--version'], { encoding: 'utf8' }))![1]!;
+    const dirs = configDirs(CLANG, fs.realpathSync(CLANG));
+    for (const d of [`/etc/clang${major}`, `/usr/lib/llvm-${major}/etc`, '/etc/clang', fs.realpathSync(CLANG).replace(/\/[^/]+$/, '')]) assert.ok(dirs.includes(d), `${d} among ${dirs.join(', ')}`);
   });
 
   test('keys are deterministic, across contexts and across directories', async () => {
@@ -128,6 +136,7 @@ describe('the manifest of a real backend job', () => {
     const { key: k, manifest: m } = await key(tree());
     assert.equal(keyOf(m), k);
     assert.equal(keyOf({ ...m, dropped: ['-DANYTHING'] }), k);
+    assert.equal(keyOf({ ...m, names: { index: 'elsewhere.bc', outputs: [{ role: 'obj', path: 'x.o' }] } }), k);
     assert.notEqual(keyOf({ ...m, env: { CCC_OVERRIDE_OPTIONS: 'x' } }), k);
   });
 });
@@ -276,6 +285,31 @@ describe('what changes the key', () => {
     fs.writeFileSync(join(d, 'a.thinlto-native.o'), 'another stale output');
     assert.equal((await key(d, args)).key, r.key);
   });
+});
+
+describe('names that do not change the bytes', () => {
+  test('another output name and the index copied under another name: same key', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    fs.copyFileSync(join(d, 'a.o.thinlto.bc'), join(d, 'a.1.4242.native.o.thinlto.bc'));
+    const args = BASE.map((a) => (a === '-fthinlto-index=a.o.thinlto.bc' ? '-fthinlto-index=a.1.4242.native.o.thinlto.bc' : a === 'a.thinlto-native.o' ? 'a.1.4242.native.o' : a));
+    const r = await key(d, args);
+    assert.equal(r.key, k0);
+    assert.deepEqual(r.manifest.names, { index: 'a.1.4242.native.o.thinlto.bc', outputs: [{ role: 'obj', path: 'a.1.4242.native.o' }] });
+    // Absolute names elsewhere too.
+    const abs = BASE.map((a) => (a === '-fthinlto-index=a.o.thinlto.bc' ? `-fthinlto-index=${join(d, 'a.1.4242.native.o.thinlto.bc')}` : a === 'a.thinlto-native.o' ? join(tempDir(), 'x.o') : a));
+    assert.equal((await key(d, abs)).key, k0);
+  });
+
+  for (const flags of [['-g', '-gsplit-dwarf'], ['-fprofile-arcs'], ['-ftest-coverage'], ['--coverage'], ['-fprofile-generate'], ['-fprofile-instr-generate=x.profraw'], ['-fcs-profile-generate'], ['-Xclang', '-split-dwarf-file', '-Xclang', 'a.dwo']]) {
+    test(`${flags.join(' ')}: the output name stays keyed`, async () => {
+      const d = tree();
+      const one = await key(d, [...flags, ...BASE]);
+      assert.ok(one.manifest.outputs.every((o) => o.path !== undefined));
+      const other = await key(d, [...flags, ...BASE.map((a) => (a === 'a.thinlto-native.o' ? 'other.native.o' : a))]);
+      assert.notEqual(other.key, one.key);
+    });
+  }
 });
 
 describe('what does not change the key', () => {

@@ -1,0 +1,341 @@
+import assert from 'node:assert/strict';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
+import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
+import { DistFile, DTLTO_LIMITS } from '../../src/protocol/dtlto.js';
+import { CLANG22, DtltoTree, run, writeSerialDistributor } from '../support/dtlto.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+import { ServerProcess, TOKENS } from '../support/server.js';
+
+/**
+ * LLVM DTLTO (lld 22's --thinlto-distributor) through `bin/ltocache distribute`: the real native
+ * client, daemon, clang-22 and lld-22 on a five-module program with cross-module inlining.
+ */
+
+type Delta = { hits: number; misses: number; errors: number; uncacheable: number };
+
+function delta(cache: CacheEnv, fn: () => void): Delta {
+  const a = cache.stats();
+  fn();
+  const b = cache.stats();
+  return { hits: b.hits - a.hits, misses: b.misses - a.misses, errors: b.errors - a.errors, uncacheable: b.uncacheable - a.uncacheable };
+}
+
+function ok(r: { status: number; stderr: string }, what: string): void {
+  assert.equal(r.status, 0, `${what}: ${r.stderr}`);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('DTLTO through ltocache (lld 22)', () => {
+  let cache: CacheEnv;
+  let t: DtltoTree;
+  let serial: string;
+  let expected: string;
+  const lldForm = (env: NodeJS.ProcessEnv, o: { out?: string; objects?: string[]; extra?: string[] } = {}) => t.linkLld(CLIENT, ['distribute'], { env, ...o });
+  /** A serial link to `prog.serial`, saving each job's index under `saveDir`. */
+  const serialLink = (saveDir: string) => {
+    mkdirSync(saveDir, { recursive: true });
+    ok(t.linkLld(serial, [], { out: 'prog.serial', env: { ...process.env, DTLTO_SAVE_INDEX_DIR: saveDir } }), 'serial link');
+    return readFileSync(join(t.dir, 'prog.serial'));
+  };
+
+  before(() => {
+    cache = new CacheEnv('dtlto', { LTOCACHE_BUILD_GAP_MS: '1500' });
+    cache.start();
+    t = new DtltoTree(join(tempDir('dtlto-tree'), 'proj'));
+    serial = writeSerialDistributor(join(tempDir('dtlto-serial'), 'serial-distributor'));
+    t.frontEnd();
+    expected = t.oracle();
+    assert.match(expected, /^sum=\d+ hash=\d+ table=\d+ lonely=16\n$/);
+  });
+  after(() => cache.destroy());
+
+  test('cold link: every job misses; the program runs; byte-identical to a plain serial distributor', () => {
+    const d = delta(cache, () => ok(lldForm(cache.env), 'link'));
+    assert.deepEqual(d, { hits: 0, misses: t.modules.length, errors: 0, uncacheable: 0 });
+    assert.equal(run(join(t.dir, 'prog'), [], t.dir).stdout, expected);
+    const cached = readFileSync(join(t.dir, 'prog'));
+    assert.ok(serialLink(join(t.dir, 'idx0')).equals(cached), 'executable differs from the serial distributor link');
+    // lld removed its per-link files; nothing else was left beside the output.
+    assert.deepEqual(
+      readdirSync(t.dir).filter((f) => /\.native\.o|dist-file|ltocache-/.test(f)),
+      [],
+    );
+  });
+
+  test('relink: every job hits, no compile; stats, explain --last-build, explain INPUT and trace cover the jobs', async () => {
+    await sleep(1700);
+    const d = delta(cache, () => ok(lldForm(cache.env), 'relink'));
+    assert.deepEqual(d, { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    assert.ok(readFileSync(join(t.dir, 'prog')).equals(readFileSync(join(t.dir, 'prog.serial'))));
+    const last = cache.cli(['explain', '--last-build', '--json']);
+    ok(last, 'explain --last-build');
+    const s = JSON.parse(last.stdout) as BuildSummary;
+    assert.equal(s.jobs, t.modules.length);
+    assert.equal(s.hits, t.modules.length);
+    const e = cache.cli(['explain', join(t.dir, 'main.o'), '--json']);
+    ok(e, 'explain main.o');
+    assert.equal((JSON.parse(e.stdout) as JobExplanation).result, 'hit');
+    const traceFile = join(t.dir, 'trace.json');
+    const tr = cache.cli(['trace', '--last-build', '-o', traceFile]);
+    ok(tr, 'trace');
+    assert.match(tr.stdout, new RegExp(`wrote ${t.modules.length} jobs`));
+    rmSync(traceFile);
+    // The report counts the links as builds: the relink is the last bar, all hits.
+    const reportFile = join(t.dir, 'report.html');
+    ok(cache.cli(['report', '-o', reportFile]), 'report');
+    const html = readFileSync(reportFile, 'utf8');
+    rmSync(reportFile);
+    assert.equal(/id="stat-hits" data-value="(\d+)"/.exec(html)?.[1], String(cache.stats().hits));
+    const bars = [...html.matchAll(/class="build-bar[^"]*"[^>]*data-hits="(\d+)" data-misses="(\d+)"/g)].map((m) => [Number(m[1]), Number(m[2])]);
+    assert.ok(bars.length >= 2, `${bars.length} builds in the report`);
+    assert.deepEqual(bars.at(-1), [t.modules.length, 0]);
+  });
+
+  test('after a one-function edit only the jobs whose index or input changed compile; explain names the cause', async () => {
+    const before = join(t.dir, 'idx0');
+    const src = join(t.dir, 'mathx.c');
+    writeFileSync(src, readFileSync(src, 'utf8').replace('return x * x;', 'return x * x + 1;'));
+    const inputsBefore = new Map(t.modules.map((m) => [m, readFileSync(join(t.dir, `${m}.o`))]));
+    t.frontEnd(['mathx']);
+    const expectedAfter = t.oracle();
+    assert.notEqual(expectedAfter, expected);
+    const serialBytes = serialLink(join(t.dir, 'idx1'));
+    const changed = t.modules.filter(
+      (m) =>
+        !readFileSync(join(before, `${m}.o.thinlto.bc`)).equals(readFileSync(join(t.dir, 'idx1', `${m}.o.thinlto.bc`))) ||
+        !inputsBefore.get(m)!.equals(readFileSync(join(t.dir, `${m}.o`))),
+    );
+    assert.ok(changed.includes('mathx') && changed.includes('main') && changed.includes('table'), `changed: ${changed}`);
+    assert.ok(!changed.includes('hashx') && !changed.includes('lonely'), `changed: ${changed}`);
+    await sleep(1700);
+    const d = delta(cache, () => ok(lldForm(cache.env), 'link after edit'));
+    assert.deepEqual(d, { hits: t.modules.length - changed.length, misses: changed.length, errors: 0, uncacheable: 0 });
+    assert.ok(readFileSync(join(t.dir, 'prog')).equals(serialBytes), 'executable differs from the serial distributor link');
+    assert.equal(run(join(t.dir, 'prog'), [], t.dir).stdout, expectedAfter);
+    const e = JSON.parse(cache.cli(['explain', join(t.dir, 'table.o'), '--json']).stdout) as JobExplanation;
+    assert.equal(e.result, 'miss');
+    assert.ok(e.causes.length > 0 && !e.causes.some((c) => c.kind === 'first-build'), JSON.stringify(e.causes));
+    expected = expectedAfter;
+  });
+
+  test('kbuild-style jobs on clang 19 share the daemon with DTLTO on clang 22', () => {
+    const k = ThinBuild.fromFixture(FIXTURE, join(tempDir('dtlto-kbuild'), 'src'));
+    k.frontEnd();
+    k.thinLink();
+    const run19 = () => {
+      for (const m of k.modules) ok(k.backend(m, { wrapper: [CLIENT], env: cache.env }), `clang-19 backend ${m}`);
+    };
+    assert.deepEqual(delta(cache, run19), { hits: 0, misses: k.modules.length, errors: 0, uncacheable: 0 });
+    k.thinLink();
+    assert.deepEqual(delta(cache, run19), { hits: k.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    assert.deepEqual(
+      delta(cache, () => ok(lldForm(cache.env), 'DTLTO relink')),
+      { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 },
+    );
+  });
+
+  test('the clang driver form (-fthinlto-distributor= -Xthinlto-distributor=distribute): misses, then hits, identical to serial', () => {
+    const cold = delta(cache, () => ok(t.linkDriver(CLIENT, ['distribute'], { env: cache.env, out: 'prog.driver' }), 'driver link'));
+    assert.equal(cold.misses + cold.hits, t.modules.length);
+    assert.equal(cold.errors + cold.uncacheable, 0);
+    const warm = delta(cache, () => ok(t.linkDriver(CLIENT, ['distribute'], { env: cache.env, out: 'prog.driver' }), 'driver relink'));
+    assert.deepEqual(warm, { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    const mine = readFileSync(join(t.dir, 'prog.driver'));
+    ok(t.linkDriver(serial, [], { out: 'prog.driver' }), 'serial driver link');
+    assert.ok(readFileSync(join(t.dir, 'prog.driver')).equals(mine));
+    assert.equal(run(join(t.dir, 'prog.driver'), [], t.dir).stdout, expected);
+  });
+
+  test('an input given by absolute path in another tree works', () => {
+    const lib = join(tempDir('dtlto-lib'), 'lib');
+    mkdirSync(lib);
+    copyFileSync(join(t.dir, 'lonely.o'), join(lib, 'lonely.o'));
+    const objects = [...t.modules.filter((m) => m !== 'lonely').map((m) => `${m}.o`), join(lib, 'lonely.o')];
+    ok(lldForm(cache.env, { objects, out: 'prog.abs' }), 'link with an absolute input');
+    assert.equal(run(join(t.dir, 'prog.abs'), [], t.dir).stdout, expected);
+    const mine = readFileSync(join(t.dir, 'prog.abs'));
+    ok(t.linkLld(serial, [], { objects, out: 'prog.abs' }), 'serial');
+    assert.ok(readFileSync(join(t.dir, 'prog.abs')).equals(mine));
+  });
+
+  test("a failing job fails the link with clang's message and names the job", () => {
+    const r = lldForm(cache.env, { out: 'prog.fail', extra: ['--thinlto-remote-compiler-arg=-march=no-such-cpu'] });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /unknown target CPU 'no-such-cpu'/);
+    assert.match(r.stderr, /ltocache distribute: job \d+ \(.*\.native\.o\) failed: the compiler exited with status 1/);
+    assert.equal(existsSync(join(t.dir, 'prog.fail')), false);
+  });
+
+  test('the schema accepts the file lld 22 writes, with unknown fields', () => {
+    const capture = join(tempDir('dtlto-capture'), 'capture');
+    const saved = join(dirname(capture), 'dist-file.json');
+    writeFileSync(capture, `#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" ${saved}\nexit 1\n`);
+    chmodSync(capture, 0o755);
+    assert.notEqual(t.linkLld(capture, ['distribute'], { out: 'prog.capture' }).status, 0);
+    const raw = JSON.parse(readFileSync(saved, 'utf8')) as { common: Record<string, unknown>; jobs: Record<string, unknown>[] };
+    const parsed = DistFile.parse(raw);
+    assert.equal(parsed.jobs.length, t.modules.length);
+    assert.equal(parsed.common.args[0], CLANG22);
+    assert.equal(parsed.common.linker_output, 'prog.capture');
+    for (const j of parsed.jobs) assert.match(j.outputs[0]!, /^\w+\.\d+\.\d+\.native\.o$/);
+    DistFile.parse({ ...raw, future: 1, common: { ...raw.common, extra: [] }, jobs: raw.jobs.map((j) => ({ ...j, priority: 3 })) });
+  });
+
+  test('a job that exits 0 without writing its declared output fails the distribution', () => {
+    const dir = join(tempDir('dtlto-nowrite'), 'build');
+    mkdirSync(dir);
+    copyFileSync(join(t.dir, 'hashx.o'), join(dir, 'hashx.o'));
+    writeFileSync(join(dir, 'hashx.o.thinlto.bc'), readFileSync(join(t.dir, 'idx1', 'hashx.o.thinlto.bc')));
+    const liar = join(dir, '..', 'liar-cc');
+    writeFileSync(liar, '#!/bin/sh\nexit 0\n');
+    chmodSync(liar, 0o755);
+    const file = join(dir, 'prog.1.dist-file.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        common: { linker_output: 'prog', args: [liar, '-c', '-O2'], inputs: [] },
+        jobs: [{ args: ['hashx.o', '-fthinlto-index=hashx.o.thinlto.bc', '-o', 'hashx.1.1.native.o'], inputs: ['hashx.o', 'hashx.o.thinlto.bc'], outputs: ['hashx.1.1.native.o'] }],
+      }),
+    );
+    const r = run(CLIENT, ['distribute', file], dir, cache.env);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /job 0 did not write its declared output hashx\.1\.1\.native\.o/);
+  });
+
+  describe('hostile or malformed distribution files are refused before anything runs', () => {
+    let dir: string;
+    let outside: string;
+    let marker: string;
+    let wrapper: string;
+    before(() => {
+      const top = tempDir('dtlto-hostile');
+      dir = join(top, 'build');
+      outside = join(top, 'outside');
+      mkdirSync(dir);
+      mkdirSync(outside);
+      for (const m of ['main', 'mathx']) copyFileSync(join(t.dir, `${m}.o`), join(dir, `${m}.o`));
+      writeFileSync(join(dir, 'main.o.thinlto.bc'), readFileSync(join(t.dir, 'idx1', 'main.o.thinlto.bc')));
+      symlinkSync(outside, join(dir, 'escape'));
+      marker = join(top, 'compiler-ran');
+      wrapper = join(top, 'cc');
+      writeFileSync(wrapper, `#!/bin/sh\ntouch ${marker}\nexec ${CLANG22} "$@"\n`);
+      chmodSync(wrapper, 0o755);
+    });
+    const good = () => ({
+      common: { linker_output: 'prog', args: [wrapper, '-c', '-O2'], inputs: [] as string[] },
+      jobs: [
+        { args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'main.1.9.native.o'], inputs: ['main.o', 'main.o.thinlto.bc', 'mathx.o'], outputs: ['main.1.9.native.o'] },
+      ],
+    });
+    const listing = () => [...readdirSync(dir), '|', ...readdirSync(outside)].join(' ');
+
+    const cases: [string, (f: ReturnType<typeof good>) => unknown, RegExp][] = [
+      ['not JSON', () => '{"common": ', /not valid JSON/],
+      ['a missing field', (f) => ({ ...f, jobs: [{ args: f.jobs[0]!.args, inputs: f.jobs[0]!.inputs }] }), /jobs\[0\]\.outputs: missing/],
+      ['a missing compiler', (f) => ({ ...f, common: { ...f.common, args: ['/nonexistent/clang-22', '-c'] } }), /compiler \/nonexistent\/clang-22 \(common\.args\[0\]\) not found/],
+      ['a missing input', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, inputs: ['main.o', 'gone.o'] }] }), /input gone\.o does not exist/],
+      [
+        'an output escaping through ..',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', '../outside/x.o'], outputs: ['../outside/x.o'] }] }),
+        /output \.\.\/outside\/x\.o is outside the linker output's directory/,
+      ],
+      [
+        'an output given as an absolute path elsewhere',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', join(outside, 'y.o')], outputs: [join(outside, 'y.o')] }] }),
+        /is outside the linker output's directory/,
+      ],
+      [
+        'an output through a symbolic link to another directory',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'escape/w.o'], outputs: ['escape/w.o'] }] }),
+        /output escape\/w\.o resolves outside the linker output's directory \(through a symbolic link\)/,
+      ],
+      [
+        'an output that is also an input',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'mathx.o'], outputs: ['mathx.o'] }] }),
+        /output mathx\.o is also an input/,
+      ],
+      [
+        'a -o that is not a declared output',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', '../outside/z.o'] }] }),
+        /-o \.\.\/outside\/z\.o is not one of the job's declared outputs/,
+      ],
+      [
+        'a -o inside a response file that is not a declared output',
+        (f) => {
+          writeFileSync(join(dir, 'out.rsp'), '-o ../outside/r.o');
+          return { ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '@out.rsp'] }] };
+        },
+        /clang would write \.\.\/outside\/r\.o outside the linker output's directory/,
+      ],
+      ['a NUL byte', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o\u0000', ...f.jobs[0]!.args.slice(1)] }] }), /jobs\[0\]\.args\[0\]: contains a NUL byte/],
+      ['too many jobs', (f) => ({ ...f, jobs: Array.from({ length: DTLTO_LIMITS.maxJobs + 1 }, () => f.jobs[0]) }), /jobs: Too big/i],
+      ['too many arguments', (f) => ({ ...f, common: { ...f.common, args: [wrapper, ...Array.from({ length: DTLTO_LIMITS.maxArgs }, () => '-O2')] } }), /common\.args: Too big/i],
+    ];
+    for (const [name, make, message] of cases) {
+      test(name, () => {
+        const file = join(dir, 'prog.9.dist-file.json');
+        const v = make(good());
+        writeFileSync(file, typeof v === 'string' ? v : JSON.stringify(v));
+        const seen = listing();
+        const r = run(CLIENT, ['distribute', file], dir, cache.env);
+        rmSync(file);
+        assert.notEqual(r.status, 0);
+        assert.match(r.stderr, message);
+        assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+        assert.equal(existsSync(marker), false, 'the compiler ran');
+        assert.equal(listing(), seen.replace(' prog.9.dist-file.json', ''), 'something was written');
+      });
+    }
+
+    test('the same file, well formed, runs (the cases above differ from it only in what they break)', () => {
+      const file = join(dir, 'prog.9.dist-file.json');
+      writeFileSync(file, JSON.stringify(good()));
+      const r = run(CLIENT, ['distribute', file], dir, cache.env);
+      ok(r, 'distribute');
+      assert.ok(existsSync(join(dir, 'main.1.9.native.o')));
+      assert.ok(existsSync(marker));
+    });
+  });
+});
+
+describe('DTLTO: two checkouts in different directories share one team server', () => {
+  const server = new ServerProcess();
+  const caches: CacheEnv[] = [];
+  after(async () => {
+    for (const c of caches) c.destroy();
+    await server.kill();
+  });
+
+  test('A links and uploads; B (empty local cache, another directory) gets every job from the team server, byte-identical', async () => {
+    const url = await server.start();
+    const mk = (name: string) => {
+      const c = new CacheEnv(`dtlto-${name}`, { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: TOKENS.write });
+      caches.push(c);
+      c.start();
+      const tree = new DtltoTree(join(tempDir(`dtlto-${name}`), name, 'src', 'proj'));
+      tree.frontEnd();
+      return { c, tree };
+    };
+    const a = mk('alice');
+    const b = mk('bob');
+    ok(a.tree.linkLld(CLIENT, ['distribute'], { env: a.c.env }), 'alice link');
+    const deadline = Date.now() + 15_000;
+    while (a.c.stats().uploads < a.tree.modules.length) {
+      if (Date.now() > deadline) throw new Error('uploads did not finish');
+      await sleep(100);
+    }
+    ok(b.tree.linkLld(CLIENT, ['distribute'], { env: b.c.env }), 'bob link');
+    const s = b.c.stats();
+    assert.equal(s.remote_hits, b.tree.modules.length);
+    assert.equal(s.misses, 0);
+    const mine = readFileSync(join(b.tree.dir, 'prog'));
+    renameSync(join(b.tree.dir, 'prog'), join(b.tree.dir, 'prog.cached'));
+    ok(b.tree.linkLld(writeSerialDistributor(join(b.tree.dir, 'serial')), []), 'serial');
+    assert.ok(readFileSync(join(b.tree.dir, 'prog')).equals(mine));
+    assert.equal(run(join(b.tree.dir, 'prog'), [], b.tree.dir).stdout, b.tree.oracle());
+  });
+});
