@@ -13,6 +13,8 @@ export const KEY_PREFIX = 'ltocache:';
 /** A storage command that takes longer fails (the request becomes a miss or a failed put). */
 const COMMAND_TIMEOUT_MS = 1000;
 const SUMMARY_REFRESH_MS = 5000;
+/** summary() older than this starts a refresh (and answers with what it has). */
+const SUMMARY_STALE_MS = 1000;
 
 export class StorageUrlError extends Error {
   override name = 'StorageUrlError';
@@ -98,6 +100,8 @@ export class RedisStorage implements ServerStorage {
   private evictedBase: number | null = null;
   private evictions = 0;
   private timer: NodeJS.Timeout | null = null;
+  private refreshedAt = 0;
+  private refreshing = false;
 
   private constructor(
     url: string,
@@ -271,12 +275,19 @@ export class RedisStorage implements ServerStorage {
       sums.evicted += infoField(text, 'evicted_keys');
     }
     this.info = sums;
+    this.refreshedAt = Date.now();
     this.evictedBase ??= sums.evicted;
     // Monotonic: a failover resets a master's own count.
     this.evictions = Math.max(this.evictions, sums.evicted - this.evictedBase);
   }
 
   summary(): StorageSummary {
+    if (Date.now() - this.refreshedAt > SUMMARY_STALE_MS && !this.refreshing) {
+      this.refreshing = true;
+      void this.refresh()
+        .catch(() => {})
+        .finally(() => (this.refreshing = false));
+    }
     return { entries: this.info.dbsize, bytes: this.info.used, maxBytes: this.info.max, evictions: this.evictions };
   }
 
