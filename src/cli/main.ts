@@ -6,6 +6,7 @@ import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } fro
 import { Daemon } from '../daemon/daemon.js';
 import { initHash } from '../key/hash.js';
 import { formatStats } from '../stats/formatStats.js';
+import { formatPrometheus } from '../stats/prometheus.js';
 import { LocalStore } from '../store/localStore.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
 import { askDaemon } from './controlClient.js';
@@ -22,7 +23,7 @@ import { VERSION } from '../version.js';
 const USAGE = `usage:
   ltocache <compiler> <args...>        run a compile through the cache (native client)
   ltocache daemon start|stop|status|run
-  ltocache stats [--json] [--zero] [--remote]
+  ltocache stats [--json | --prometheus] [--zero] [--remote]
   ltocache serve --dir DIR --tokens FILE [--listen HOST:PORT] [--tls-cert F --tls-key F]
   ltocache config show
   ltocache clear
@@ -112,16 +113,21 @@ async function remoteStats(config: Config, json: boolean): Promise<void> {
 
 async function stats(config: Config, args: string[]): Promise<void> {
   const json = args.includes('--json');
+  const prometheus = args.includes('--prometheus');
   const zero = args.includes('--zero');
-  const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote');
+  const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote' && a !== '--prometheus');
   if (unknown.length) throw new UsageError(`stats: unknown option ${unknown[0]}`);
-  if (args.includes('--remote')) return remoteStats(config, json);
+  if (json && prometheus) throw new UsageError('stats: --json and --prometheus exclude each other');
+  if (args.includes('--remote')) {
+    if (prometheus) throw new UsageError('stats: for the team server in Prometheus format, scrape its /metrics');
+    return remoteStats(config, json);
+  }
   const view = await currentStats(config, zero);
-  if (zero && !json) {
+  if (zero && !json && !prometheus) {
     process.stdout.write('statistics zeroed\n');
     return;
   }
-  process.stdout.write(json ? JSON.stringify(view) + '\n' : formatStats(view) + '\n');
+  process.stdout.write(prometheus ? formatPrometheus(view) : json ? JSON.stringify(view) + '\n' : formatStats(view) + '\n');
 }
 
 async function clear(config: Config): Promise<void> {

@@ -307,11 +307,13 @@ export class RemoteServer implements CacheBackend {
 /** Failures after which the next server is asked: the server, not the entry, was the problem. */
 const FAIL_OVER: ReadonlySet<RemoteFailure> = new Set(['skipped', 'unavailable', 'timeout', 'server', 'protocol']);
 
-/** FNV-1a over `a` then `b`: the rendezvous score of a server for a key. */
+/** FNV-1a over `a` then `b`, then murmur3's finalizer (FNV alone leaves the high bits biased): the rendezvous score of a server for a key. */
 function score(a: string, b: string): number {
   let h = 0x811c9dc5;
   for (const s of [a, b]) for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
-  return h >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
 }
 
 /**

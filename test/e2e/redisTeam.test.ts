@@ -14,7 +14,7 @@ import { CHUNK_BYTES } from '../../src/remote/storage/redisStorage.js';
 import type { EntryRecord } from '../../src/store/record.js';
 import { tempDir } from '../support/env.js';
 import { RedisCluster, RedisNode } from '../support/redis.js';
-import { ServerProcess, TOKENS as PROCESS_TOKENS } from '../support/server.js';
+import { TOKENS as PROCESS_TOKENS, ServerProcess } from '../support/server.js';
 
 await initHash();
 
@@ -153,7 +153,8 @@ describe('redis standalone', () => {
     const c = client(server.url);
     try {
       const before = await metrics(server);
-      const errs = (m: Map<string, number>, kind: string) => (m.get(`ltocache_server_storage_errors_total{kind="${kind}"}`) ?? 0) - (before.get(`ltocache_server_storage_errors_total{kind="${kind}"}`) ?? 0);
+      const errs = (m: Map<string, number>, kind: string) =>
+        (m.get(`ltocache_server_storage_errors_total{kind="${kind}"}`) ?? 0) - (before.get(`ltocache_server_storage_errors_total{kind="${kind}"}`) ?? 0);
       const kGarbage = newKey();
       redis.cli('set', `ltocache:e:${kGarbage}`, '{"v":1,"outputs":"nope"');
       const kTrunc = newKey();
@@ -389,7 +390,10 @@ describe('redis cluster (3 masters + 3 replicas)', () => {
       for (let i = 0; i < es.length; i++) assert.equal((await w.put(ks[i]!, es[i]!)).kind, 'stored');
       for (let i = 0; i < es.length; i++) await assertHit(both, ks[i]!, es[i]!);
       // Load is spread: both servers were asked.
-      assert.ok(both.servers.every((s) => s.scope !== null), 'both servers connected');
+      assert.ok(
+        both.servers.every((s) => s.scope !== null),
+        'both servers connected',
+      );
       await servers[0]!.kill('SIGKILL');
       for (let i = 0; i < es.length; i++) await assertHit(both, ks[i]!, es[i]!);
       const k = newKey();

@@ -92,7 +92,17 @@ export class RedisCluster {
 
   async start(): Promise<this> {
     for (let i = 0; i < this.masters * 2; i++) {
-      const n = new RedisNode(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '1000', '--cluster-replica-validity-factor', '0', ...this.extra]);
+      const n = new RedisNode([
+        '--cluster-enabled',
+        'yes',
+        '--cluster-config-file',
+        'nodes.conf',
+        '--cluster-node-timeout',
+        '1000',
+        '--cluster-replica-validity-factor',
+        '0',
+        ...this.extra,
+      ]);
       this.nodes.push(n);
       await n.start();
     }

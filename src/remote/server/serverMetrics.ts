@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { COUNTERS, type CounterName } from './serverCounters.js';
 import { STORAGE_ERROR_KINDS, type StorageErrorKind, type StorageSummary } from './serverStorage.js';
 
@@ -39,9 +39,7 @@ export class ServerMetrics {
       bytes_served: 'Bundle bytes sent to clients (bytes out).',
       bytes_received: 'Bundle bytes received from clients (bytes in).',
     };
-    this.events = Object.fromEntries(
-      COUNTERS.map((c) => [c, new Counter({ name: `ltocache_server_${c}_total`, help: help[c], registers })]),
-    ) as Record<CounterName, Counter>;
+    this.events = Object.fromEntries(COUNTERS.map((c) => [c, new Counter({ name: `ltocache_server_${c}_total`, help: help[c], registers })])) as Record<CounterName, Counter>;
     this.storageErrors = new Counter({ name: 'ltocache_server_storage_errors_total', help: 'Storage failures, by kind.', labelNames: ['kind'], registers });
     for (const k of STORAGE_ERROR_KINDS) this.storageErrors.inc({ kind: k }, 0);
     new Gauge({

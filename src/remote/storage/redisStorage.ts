@@ -1,6 +1,6 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import { z } from 'zod';
-import { type Digest, DIGEST_RE, hashBytes } from '../../key/hash.js';
+import { DIGEST_RE, type Digest, hashBytes } from '../../key/hash.js';
 import type { DeleteResult, Lookup, PutResult, StoredEntry } from '../../store/backend.js';
 import { EntryRecord } from '../../store/record.js';
 import type { Logger } from '../../util/log.js';
@@ -72,7 +72,9 @@ function message(e: unknown): string {
 }
 
 function unavailable(e: unknown): boolean {
-  return /timed? ?out|Connection is closed|ECONNREFUSED|ECONNRESET|EPIPE|CLUSTERDOWN|TRYAGAIN|MaxRetriesPerRequest|Failed to refresh slots|None of startup nodes|offline queue|LOADING|MASTERDOWN|Stream isn't writeable/i.test(message(e));
+  return /timed? ?out|Connection is closed|ECONNREFUSED|ECONNRESET|EPIPE|CLUSTERDOWN|TRYAGAIN|MaxRetriesPerRequest|Failed to refresh slots|None of startup nodes|offline queue|LOADING|MASTERDOWN|Stream isn't writeable/i.test(
+    message(e),
+  );
 }
 
 const Info = z.object({ dbsize: z.number(), used: z.number(), max: z.number(), evicted: z.number() });
