@@ -126,7 +126,8 @@ export class RemoteServer implements CacheBackend {
       ws.on('close', () => fail('connection closed'));
       ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: REMOTE_PROTOCOL_VERSION, client: `ltocache-daemon/${VERSION}` })));
       ws.on('message', (data, isBinary) => {
-        const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+        // ws hands out Buffers (binaryType nodebuffer): used as they are, not copied.
+        const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
         if (isBinary) return this.onBinary(buf);
         let msg: ServerMessage;
         try {

@@ -1,14 +1,19 @@
 /** Units of the shared team cache: storage URLs, remote URL lists and their order, the daemon's Prometheus text. */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import * as tar from 'tar-stream';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { packBundle, packedBytes, unpackBundle } from '../../src/remote/bundle.js';
 import { loadConfig } from '../../src/config/config.js';
 import { parseRemoteUrls, RemoteBackend } from '../../src/remote/remoteBackend.js';
 import { parseRedisUrl, redact } from '../../src/remote/storage/redisStorage.js';
 import { Counters } from '../../src/stats/counters.js';
 import { formatPrometheus } from '../../src/stats/prometheus.js';
+import type { EntryRecord } from '../../src/store/record.js';
 
 describe('storage URLs', () => {
   test('standalone, TLS, database, credentials, cluster', () => {
@@ -76,4 +81,23 @@ test('stats --prometheus: parseable text carrying the counters', () => {
   assert.match(text, /^ltocache_daemon_uncacheable_by_reason_total\{reason="no-output \\"x\\""\} 1$/m);
   assert.match(text, /^ltocache_daemon_errors_by_kind_total\{kind="store_read"\} 1$/m);
   assert.match(text, /^ltocache_daemon_store_entries 4$/m);
+});
+
+describe('bundles', () => {
+  test('packBundle writes the bytes tar-stream writes; unpackBundle reads them back as views', async () => {
+    await initHash();
+    for (const sizes of [[0], [1, 511, 512, 513], [100_000, 3]]) {
+      const files = new Map(sizes.map((n, i) => [`out${i}.o`, randomBytes(n)]));
+      const record: EntryRecord = { v: 1, outputs: [...files].map(([name, d]) => ({ name, digest: hashBytes(d), size: d.length })), stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 0 };
+      const pack = tar.pack();
+      const done = packedBytes(pack);
+      for (const [name, d] of files) await new Promise<void>((res, rej) => pack.entry({ name, size: d.length, mode: 0o644, mtime: new Date(0), type: 'file' }, d, (e) => (e ? rej(e) : res())));
+      pack.finalize();
+      const ours = await packBundle(record, files);
+      assert.ok(ours.equals(await done), `sizes ${sizes}`);
+      const u = await unpackBundle(record, ours, { maxBundleBytes: 1 << 30, maxEntries: 16 });
+      assert.equal(u.kind, 'ok');
+      if (u.kind === 'ok') for (const [n, d] of files) assert.ok(u.files.get(n)!.equals(d) && u.files.get(n)!.buffer === ours.buffer);
+    }
+  });
 });
