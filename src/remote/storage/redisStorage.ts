@@ -113,6 +113,7 @@ export class RedisStorage implements ServerStorage {
     this.target = parseRedisUrl(url);
     this.describe = redact(url);
     const t = this.target;
+    // Auto-pipelining: the commands of concurrent requests issued in one tick share one write.
     const common: RedisOptions = {
       commandTimeout: COMMAND_TIMEOUT_MS,
       connectTimeout: 2000,
@@ -124,6 +125,7 @@ export class RedisStorage implements ServerStorage {
     if (t.mode === 'cluster') {
       this.client = new Cluster(t.nodes, {
         redisOptions: common,
+        enableAutoPipelining: true,
         scaleReads: 'master',
         retryDelayOnFailover: 100,
         retryDelayOnClusterDown: 100,
@@ -132,7 +134,7 @@ export class RedisStorage implements ServerStorage {
         clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
       });
     } else {
-      this.client = new Redis({ ...common, host: t.nodes[0]!.host, port: t.nodes[0]!.port, db: t.db, retryStrategy: (times) => Math.min(50 * times, 1000) });
+      this.client = new Redis({ ...common, enableAutoPipelining: true, host: t.nodes[0]!.host, port: t.nodes[0]!.port, db: t.db, retryStrategy: (times) => Math.min(50 * times, 1000) });
     }
     // Reconnection is ioredis's job; its errors arrive here and are already failed commands.
     this.client.on('error', () => {});
