@@ -44,7 +44,7 @@ export const ConfigShape = {
       if (v.trim() === '') return;
       const urls = v.split(/[\s,]+/).filter((u) => u !== '');
       const bad = urls.find((u) => !/^wss?:\/\/[^\s,]+$/.test(u));
-      if (bad !== undefined) ctx.addIssue({ code: 'custom', message: `remote must be ws:// or wss:// URLs (comma- or space-separated); '${bad}' is not` });
+      if (bad !== undefined) ctx.addIssue({ code: 'custom', message: `remote must be a ws:// or wss:// URL, or several (comma- or space-separated); '${bad}' is not` });
       else if (new Set(urls).size !== urls.length) ctx.addIssue({ code: 'custom', message: 'remote names a URL twice' });
     })
     .transform((v) => v.trim())
