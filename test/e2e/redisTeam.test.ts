@@ -5,14 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WebSocket } from 'ws';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { RemoteBackend } from '../../src/remote/remoteBackend.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import { CHUNK_BYTES } from '../../src/remote/storage/redisStorage.js';
 import type { EntryRecord } from '../../src/store/record.js';
-import { tempDir } from '../support/env.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { RedisCluster, RedisNode } from '../support/redis.js';
 import { TOKENS as PROCESS_TOKENS, ServerProcess } from '../support/server.js';
 
@@ -419,6 +422,64 @@ describe('tokens on the directory storage', () => {
       assert.equal((await fetch(`${httpOf(s.url)}/readyz`)).status, 200);
     } finally {
       await s.stop();
+    }
+  });
+});
+
+describe('daemons with two server URLs on one Redis', () => {
+  const redis = new RedisNode();
+  const servers: ServerProcess[] = [];
+  const caches: CacheEnv[] = [];
+  before(async () => {
+    await redis.start();
+    servers.push(new ServerProcess([], redis.url), new ServerProcess([], redis.url));
+    for (const s of servers) await s.start();
+  });
+  after(async () => {
+    for (const c of caches) c.destroy();
+    for (const s of servers) await s.kill();
+    await redis.stop();
+  });
+
+  test('one server killed: the daemons move to the other URL; hits stay byte-identical', async () => {
+    const remote = `${servers[0]!.url},${servers[1]!.url}`;
+    const mate = (name: string) => {
+      const cache = new CacheEnv(name, {
+        LTOCACHE_REMOTE: remote,
+        LTOCACHE_REMOTE_TOKEN: PROCESS_TOKENS.write,
+        LTOCACHE_REMOTE_RETRY_MS: '300',
+        LTOCACHE_REMOTE_TIMEOUT_MS: '2000',
+      });
+      caches.push(cache);
+      cache.start();
+      const b = ThinBuild.fromFixture(FIXTURE, join(tempDir(`redis-checkout-${name}`), name, 'src'));
+      b.frontEnd();
+      b.thinLink();
+      return { cache, b };
+    };
+    const build = (m: { cache: CacheEnv; b: ThinBuild }) => {
+      for (const mod of m.b.modules) {
+        const r = m.b.backend(mod, { wrapper: [CLIENT], env: m.cache.env });
+        assert.equal(r.status, 0, `backend ${mod}: ${r.stderr}`);
+      }
+    };
+    const alice = mate('alice');
+    build(alice);
+    const deadline = Date.now() + 15_000;
+    while (alice.cache.stats().uploads < alice.b.modules.length) {
+      assert.ok(Date.now() < deadline, 'uploads');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await servers[0]!.kill('SIGKILL');
+    const bob = mate('bob');
+    build(bob);
+    const s = bob.cache.stats();
+    assert.equal(s.remote_hits, bob.b.modules.length, JSON.stringify(s));
+    assert.equal(s.misses, 0);
+    for (const mod of bob.b.modules) {
+      const r = bob.b.backend(mod, { out: `${mod}.direct.o` });
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(readFileSync(join(bob.b.dir, `${mod}.direct.o`)).equals(readFileSync(join(bob.b.dir, `${mod}.thinlto-native.o`))), `${mod} differs from direct clang`);
     }
   });
 });

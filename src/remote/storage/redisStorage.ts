@@ -134,7 +134,14 @@ export class RedisStorage implements ServerStorage {
         clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
       });
     } else {
-      this.client = new Redis({ ...common, enableAutoPipelining: true, host: t.nodes[0]!.host, port: t.nodes[0]!.port, db: t.db, retryStrategy: (times) => Math.min(50 * times, 1000) });
+      this.client = new Redis({
+        ...common,
+        enableAutoPipelining: true,
+        host: t.nodes[0]!.host,
+        port: t.nodes[0]!.port,
+        db: t.db,
+        retryStrategy: (times) => Math.min(50 * times, 1000),
+      });
     }
     // Reconnection is ioredis's job; its errors arrive here and are already failed commands.
     this.client.on('error', () => {});
