@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import type { JobExplanation } from '../src/explain/explainJobs.js';
-import { randomBytes } from 'node:crypto';
 import { hashBytes, initHash } from '../src/key/hash.js';
 import { RemoteBackend } from '../src/remote/remoteBackend.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
@@ -57,7 +57,15 @@ function syntheticEntries(n: number) {
     return {
       key: hashBytes(`bench-entry-${i}-${Math.random()}`),
       entry: {
-        record: { v: 1 as const, outputs: [...files].map(([name, d]) => ({ name, digest: hashBytes(d), size: d.length })), stdout: '', stderr: '', exitCode: 0 as const, compileMs: 1, createdAt: 0 },
+        record: {
+          v: 1 as const,
+          outputs: [...files].map(([name, d]) => ({ name, digest: hashBytes(d), size: d.length })),
+          stdout: '',
+          stderr: '',
+          exitCode: 0 as const,
+          compileMs: 1,
+          createdAt: 0,
+        },
         files,
       },
     };
@@ -105,7 +113,11 @@ async function storageRows(): Promise<[string, string, string][]> {
   };
   const rows: [string, string, string][] = [];
   const row = (what: string, r: Awaited<ReturnType<typeof getLoad>>, target = '') => {
-    rows.push([`${what}: gets/s, 8 clients, ${SECONDS} s`, `${r.rate.toFixed(0)} gets/s`, `p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, failures ${r.failures}${target}`]);
+    rows.push([
+      `${what}: gets/s, 8 clients, ${SECONDS} s`,
+      `${r.rate.toFixed(0)} gets/s`,
+      `p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, failures ${r.failures}${target}`,
+    ]);
     if (r.failures) process.exitCode = 1;
   };
   const dir = new ServerProcess();
@@ -229,7 +241,11 @@ async function main(): Promise<void> {
       ['compile (clang-19 direct), per job', `${median(compile).toFixed(1)} ms`, '1.00×'],
       ['local hit (bin/ltocache → daemon), per job', `${median(local).toFixed(1)} ms`, `${(median(local) / median(compile)).toFixed(2)}× of compile`],
       ['remote hit (empty local cache → server), per job', `${median(remote).toFixed(1)} ms`, `${(median(remote) / median(local)).toFixed(2)}× of local hit (target ≤ 3×)`],
-      [`server gets/s, 8 concurrent clients, ${SECONDS} s`, `${(gets / tputSec).toFixed(0)} gets/s`, `p50 ${median(getLat).toFixed(2)} ms, p99 ${pct(getLat, 99).toFixed(2)} ms (target ≥ 200/s)`],
+      [
+        `server gets/s, 8 concurrent clients, ${SECONDS} s`,
+        `${(gets / tputSec).toFixed(0)} gets/s`,
+        `p50 ${median(getLat).toFixed(2)} ms, p99 ${pct(getLat, 99).toFixed(2)} ms (target ≥ 200/s)`,
+      ],
       [`parallel fetch of the whole build (${keys.length} entries, 8 clients)`, `${fetchAll.toFixed(1)} ms`, `${((keys.length / fetchAll) * 1000).toFixed(0)} entries/s`],
     ];
     console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`);
