@@ -6,9 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import * as tar from 'tar-stream';
+import { loadConfig } from '../../src/config/config.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { packBundle, packedBytes, unpackBundle } from '../../src/remote/bundle.js';
-import { loadConfig } from '../../src/config/config.js';
 import { parseRemoteUrls, RemoteBackend } from '../../src/remote/remoteBackend.js';
 import { parseRedisUrl, redact } from '../../src/remote/storage/redisStorage.js';
 import { Counters } from '../../src/stats/counters.js';
@@ -88,10 +88,19 @@ describe('bundles', () => {
     await initHash();
     for (const sizes of [[0], [1, 511, 512, 513], [100_000, 3]]) {
       const files = new Map(sizes.map((n, i) => [`out${i}.o`, randomBytes(n)]));
-      const record: EntryRecord = { v: 1, outputs: [...files].map(([name, d]) => ({ name, digest: hashBytes(d), size: d.length })), stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 0 };
+      const record: EntryRecord = {
+        v: 1,
+        outputs: [...files].map(([name, d]) => ({ name, digest: hashBytes(d), size: d.length })),
+        stdout: '',
+        stderr: '',
+        exitCode: 0,
+        compileMs: 1,
+        createdAt: 0,
+      };
       const pack = tar.pack();
       const done = packedBytes(pack);
-      for (const [name, d] of files) await new Promise<void>((res, rej) => pack.entry({ name, size: d.length, mode: 0o644, mtime: new Date(0), type: 'file' }, d, (e) => (e ? rej(e) : res())));
+      for (const [name, d] of files)
+        await new Promise<void>((res, rej) => pack.entry({ name, size: d.length, mode: 0o644, mtime: new Date(0), type: 'file' }, d, (e) => (e ? rej(e) : res())));
       pack.finalize();
       const ours = await packBundle(record, files);
       assert.ok(ours.equals(await done), `sizes ${sizes}`);
