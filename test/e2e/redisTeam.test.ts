@@ -60,12 +60,12 @@ function httpOf(wsUrl: string): string {
   return wsUrl.replace(/^ws/, 'http');
 }
 
-/** Parses Prometheus text format strictly enough to catch a malformed line; returns `name{labels}` → value. */
+/** Parses Prometheus text format strictly enough to catch a malformed line (values as Go's ParseFloat takes them: NaN in any case); returns `name{labels}` → value. */
 function parseProm(text: string): Map<string, number> {
   const out = new Map<string, number>();
   for (const line of text.split('\n')) {
     if (line === '' || /^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* /.test(line)) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$/.exec(line);
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$/i.exec(line);
     assert.ok(m, `not Prometheus text: ${JSON.stringify(line)}`);
     out.set(`${m[1]}${m[2] ?? ''}`, Number(m[3]));
   }
@@ -99,6 +99,21 @@ async function assertTokensRefused(url: string): Promise<void> {
   assert.equal(await upgradeStatus(url, null), 401, 'missing token');
   assert.equal(await upgradeStatus(url, 'Bearer wrong-secret-0123456789abcdef'), 401, 'wrong token');
   assert.equal(await upgradeStatus(url, `Basic ${SECRETS.write}`), 401, 'wrong scheme');
+}
+
+/** Sends `admin clear` with an admin token and resolves with the reply's type. */
+function adminClear(url: string, secret: string): Promise<string> {
+  return new Promise((res, rej) => {
+    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${secret}` } });
+    ws.once('error', rej);
+    ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: 1, client: 'test' })));
+    ws.on('message', (data) => {
+      const m = JSON.parse(String(data)) as { type: string };
+      if (m.type === 'welcome') return ws.send(JSON.stringify({ type: 'admin', id: 1, op: 'clear' }));
+      ws.close();
+      res(m.type);
+    });
+  });
 }
 
 async function assertHit(c: RemoteBackend, key: string, e: ReturnType<typeof entry>): Promise<void> {
@@ -314,6 +329,13 @@ describe('redis cluster (3 masters + 3 replicas)', () => {
       assert.equal((await w.put(kb, big)).kind, 'stored');
       await assertHit(rd, kb, big);
       for (const u of urls) await assertTokensRefused(u);
+      // admin clear empties every master of this cache's keys, and only those.
+      const m0 = cluster.mastersNow()[0]!;
+      m0.cli('-c', 'set', 'other-app-key', 'kept');
+      assert.equal(await adminClear(urls[1]!, PROCESS_TOKENS.admin), 'ok');
+      for (const k of ks) assert.equal((await rd.get(k)).kind, 'miss');
+      for (const m of cluster.mastersNow()) assert.equal(m.cli('--scan', '--pattern', 'ltocache:*'), '');
+      assert.equal(m0.cli('-c', 'get', 'other-app-key'), 'kept');
     } finally {
       w.close();
       rd.close();
