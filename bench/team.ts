@@ -1,18 +1,22 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import type { JobExplanation } from '../src/explain/explainJobs.js';
-import { initHash } from '../src/key/hash.js';
+import { hashBytes, initHash } from '../src/key/hash.js';
 import { RemoteBackend } from '../src/remote/remoteBackend.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
+import { RedisCluster, RedisNode } from '../test/support/redis.js';
 import { ServerProcess, TOKENS } from '../test/support/server.js';
 
 /**
  * Team-cache benchmark, all rows measured side by side in one run on loopback:
  * per-job wall time of a compile, a local hit and a remote hit (each through the real client),
  * then the server's get throughput with 8 concurrent clients and a parallel fetch of a whole build.
- * Usage: node dist/bench/team.js [--rounds N] [--seconds S]
+ * Then the same get load (8 clients, synthetic entries) against each storage: one server on
+ * --dir, one server on a standalone Redis, two servers on a 3+3 Redis Cluster (each client given
+ * both URLs). Usage: node dist/bench/team.js [--rounds N] [--seconds S] [--storage-only]
  */
 
 const arg = (name: string, dflt: number) => {
@@ -45,7 +49,122 @@ function timeJob(b: ThinBuild, m: string, extra: string[], wrapper: string[] | u
   return t;
 }
 
+/** Entries like the fixture's backend outputs: an object of 8-40 KiB, a third with a .dwo. */
+function syntheticEntries(n: number) {
+  return Array.from({ length: n }, (_, i) => {
+    const files = new Map<string, Buffer>([['obj', randomBytes(8192 + ((i * 7919) % 32768))]]);
+    if (i % 3 === 0) files.set('dwo', randomBytes(4096));
+    return {
+      key: hashBytes(`bench-entry-${i}-${Math.random()}`),
+      entry: {
+        record: {
+          v: 1 as const,
+          outputs: [...files].map(([name, d]) => ({ name, digest: hashBytes(d), size: d.length })),
+          stdout: '',
+          stderr: '',
+          exitCode: 0 as const,
+          compileMs: 1,
+          createdAt: 0,
+        },
+        files,
+      },
+    };
+  });
+}
+
+/** 8 clients, each its own connection(s), gets over `keys` for SECONDS: gets/s, p50, p99, failures. */
+async function getLoad(url: string, keys: string[]): Promise<{ rate: number; p50: number; p99: number; failures: number }> {
+  const clients = Array.from({ length: 8 }, () => new RemoteBackend({ url, token: TOKENS.read, timeoutMs: 5000 }));
+  await Promise.all(clients.map((c) => c.handshake()));
+  for (const c of clients) for (const s of c.servers) await s.handshake();
+  const lat: number[] = [];
+  let gets = 0;
+  let failures = 0;
+  const until = Date.now() + SECONDS * 1000;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    clients.map(async (c, ci) => {
+      let i = ci * 13;
+      while (Date.now() < until) {
+        const t = process.hrtime.bigint();
+        const r = await c.get(keys[i++ % keys.length]!);
+        lat.push(ms(t));
+        if (r.kind === 'hit') gets++;
+        else failures++;
+      }
+    }),
+  );
+  const sec = ms(t0) / 1000;
+  for (const c of clients) c.close();
+  return { rate: gets / sec, p50: median(lat), p99: pct(lat, 99), failures };
+}
+
+/** The storage rows: the same synthetic entries and load on --dir, Redis and a Redis Cluster. */
+async function storageRows(): Promise<[string, string, string][]> {
+  const entries = syntheticEntries(96);
+  const keys = entries.map((e) => e.key);
+  const fill = async (url: string) => {
+    const w = new RemoteBackend({ url, token: TOKENS.write, timeoutMs: 5000, putTimeoutMs: 30_000 });
+    for (const e of entries) {
+      const r = await w.put(e.key, e.entry);
+      if (r.kind !== 'stored') throw new Error(`fill ${url}: ${JSON.stringify(r)}`);
+    }
+    w.close();
+  };
+  const rows: [string, string, string][] = [];
+  const row = (what: string, r: Awaited<ReturnType<typeof getLoad>>, target = '') => {
+    rows.push([
+      `${what}: gets/s, 8 clients, ${SECONDS} s`,
+      `${r.rate.toFixed(0)} gets/s`,
+      `p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, failures ${r.failures}${target}`,
+    ]);
+    if (r.failures) process.exitCode = 1;
+  };
+  const dir = new ServerProcess();
+  const redis = new RedisNode();
+  const cluster = new RedisCluster(3);
+  const onRedis = () => new ServerProcess([], redis.url);
+  const servers: ServerProcess[] = [dir];
+  try {
+    const dirUrl = await dir.start();
+    await fill(dirUrl);
+    row('one server, --dir', await getLoad(dirUrl, keys));
+    await redis.start();
+    const r = onRedis();
+    servers.push(r);
+    const redisUrl = await r.start();
+    await fill(redisUrl);
+    row('one server, Redis standalone', await getLoad(redisUrl, keys));
+    await cluster.start();
+    const c1 = new ServerProcess([], cluster.url);
+    const c2 = new ServerProcess([], cluster.url);
+    servers.push(c1, c2);
+    const both = `${await c1.start()},${await c2.start()}`;
+    await fill(both);
+    row('two servers, Redis Cluster 3+3', await getLoad(both, keys), ' (target ≥ 2,000/s)');
+  } finally {
+    for (const s of servers) await s.kill('SIGTERM');
+    await redis.stop();
+    await cluster.stop();
+  }
+  return rows;
+}
+
+function printTable(rows: [string, string, string][]): void {
+  const w0 = Math.max(...rows.map((r) => r[0].length));
+  const w1 = Math.max(...rows.map((r) => r[1].length));
+  console.log(`| ${'what'.padEnd(w0)} | ${'median'.padEnd(w1)} | ratio |`);
+  console.log(`|${'-'.repeat(w0 + 2)}|${'-'.repeat(w1 + 2)}|---|`);
+  for (const [k, v, r] of rows) console.log(`| ${k.padEnd(w0)} | ${v.padEnd(w1)} | ${r} |`);
+}
+
 async function main(): Promise<void> {
+  if (process.argv.includes('--storage-only')) {
+    await initHash();
+    console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`);
+    printTable(await storageRows());
+    return;
+  }
   await initHash();
   const server = new ServerProcess();
   const url = await server.start();
@@ -122,16 +241,17 @@ async function main(): Promise<void> {
       ['compile (clang-19 direct), per job', `${median(compile).toFixed(1)} ms`, '1.00×'],
       ['local hit (bin/ltocache → daemon), per job', `${median(local).toFixed(1)} ms`, `${(median(local) / median(compile)).toFixed(2)}× of compile`],
       ['remote hit (empty local cache → server), per job', `${median(remote).toFixed(1)} ms`, `${(median(remote) / median(local)).toFixed(2)}× of local hit (target ≤ 3×)`],
-      [`server gets/s, 8 concurrent clients, ${SECONDS} s`, `${(gets / tputSec).toFixed(0)} gets/s`, `p50 ${median(getLat).toFixed(2)} ms, p99 ${pct(getLat, 99).toFixed(2)} ms (target ≥ 200/s)`],
+      [
+        `server gets/s, 8 concurrent clients, ${SECONDS} s`,
+        `${(gets / tputSec).toFixed(0)} gets/s`,
+        `p50 ${median(getLat).toFixed(2)} ms, p99 ${pct(getLat, 99).toFixed(2)} ms (target ≥ 200/s)`,
+      ],
       [`parallel fetch of the whole build (${keys.length} entries, 8 clients)`, `${fetchAll.toFixed(1)} ms`, `${((keys.length / fetchAll) * 1000).toFixed(0)} entries/s`],
     ];
-    const w0 = Math.max(...rows.map((r) => r[0].length));
-    const w1 = Math.max(...rows.map((r) => r[1].length));
     console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`);
     console.log(`jobs: ${b.modules.length} modules × ${ROUNDS} rounds; bob remote_hits=${bs.remote_hits} hits=${bs.hits} misses=${bs.misses}; get failures=${failures}`);
-    console.log(`| ${'what'.padEnd(w0)} | ${'median'.padEnd(w1)} | ratio |`);
-    console.log(`|${'-'.repeat(w0 + 2)}|${'-'.repeat(w1 + 2)}|---|`);
-    for (const [k, v, r] of rows) console.log(`| ${k.padEnd(w0)} | ${v.padEnd(w1)} | ${r} |`);
+    rows.push(...(await storageRows()));
+    printTable(rows);
     if (failures) process.exitCode = 1;
   } finally {
     alice.destroy();

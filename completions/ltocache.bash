@@ -7,7 +7,7 @@ _ltocache() {
     return 0
   fi
   case ${COMP_WORDS[1]} in
-    stats) COMPREPLY=($(compgen -W '--json --zero --remote' -- "$cur")) ;;
+    stats) COMPREPLY=($(compgen -W '--json --zero --remote --prometheus' -- "$cur")) ;;
     config) COMPREPLY=($(compgen -W 'show' -- "$cur")) ;;
     daemon) COMPREPLY=($(compgen -W 'start stop restart status run' -- "$cur")) ;;
     explain) COMPREPLY=($(compgen -W '--last-build --json' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;

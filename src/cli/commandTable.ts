@@ -40,8 +40,9 @@ export const COMMANDS: Command[] = [
       { usage: 'stats [--json]', does: 'hits, misses, uncacheable by reason, errors by kind, time saved, store size, team-cache counters' },
       { usage: 'stats --zero', does: 'reset the counters' },
       { usage: 'stats --remote [--json]', does: "the team server's own counters" },
+      { usage: 'stats --prometheus', does: "the daemon's counters in Prometheus text format (the team server serves its own on /metrics)" },
     ],
-    words: ['--json', '--zero', '--remote'],
+    words: ['--json', '--zero', '--remote', '--prometheus'],
   },
   {
     name: 'config',

@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } from '../config/config.js';
 import { formatStats } from '../stats/formatStats.js';
+import { formatPrometheus } from '../stats/prometheus.js';
 import { askDaemon } from './controlClient.js';
 import { closeSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -101,17 +102,22 @@ async function remoteStats(config: Config, json: boolean): Promise<void> {
 
 async function stats(config: Config, args: string[]): Promise<void> {
   const json = args.includes('--json');
+  const prometheus = args.includes('--prometheus');
   const zero = args.includes('--zero');
-  const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote');
+  const unknown = args.filter((a) => a !== '--json' && a !== '--zero' && a !== '--remote' && a !== '--prometheus');
   if (unknown.length) throw new UsageError(`stats: unknown option ${unknown[0]}`);
-  if (args.includes('--remote')) return remoteStats(config, json);
+  if (json && prometheus) throw new UsageError('stats: --json and --prometheus exclude each other');
+  if (args.includes('--remote')) {
+    if (prometheus) throw new UsageError('stats: for the team server in Prometheus format, scrape its /metrics');
+    return remoteStats(config, json);
+  }
   const { currentStats } = await import('./currentStats.js');
   const view = await currentStats(config, zero);
-  if (zero && !json) {
+  if (zero && !json && !prometheus) {
     process.stdout.write('statistics zeroed\n');
     return;
   }
-  process.stdout.write(json ? JSON.stringify(view) + '\n' : formatStats(view) + '\n');
+  process.stdout.write(prometheus ? formatPrometheus(view) : json ? JSON.stringify(view) + '\n' : formatStats(view) + '\n');
 }
 
 async function clear(config: Config): Promise<void> {

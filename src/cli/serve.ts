@@ -5,20 +5,23 @@ import { CacheServer } from '../remote/server/cacheServer.js';
 import { loadTokensFile } from '../remote/tokens.js';
 import { Logger } from '../util/log.js';
 
-const USAGE = `usage: ltocache serve --dir DIR --tokens FILE [options]
+const USAGE = `usage: ltocache serve (--dir DIR | --storage URL) --tokens FILE [options]
   --listen HOST:PORT     address to listen on (default 127.0.0.1:7717; port 0 picks one)
-  --dir DIR              store directory (required)
-  --max-size SIZE        store size bound, e.g. 50G (default 10G)
+  --dir DIR              store directory, owned by this one process
+  --storage URL          shared storage for any number of servers: redis://[USER:PASS@]HOST:PORT[/DB],
+                         rediss://… (TLS), redis+cluster://HOST:PORT,HOST:PORT,… (Redis Cluster)
+  --max-size SIZE        --dir size bound, e.g. 50G (default 10G; Redis: set maxmemory)
   --tokens FILE          tokens file: NAME SCOPE SECRET per line (required)
   --tls-cert FILE        PEM certificate chain; with --tls-key, serve wss://
   --tls-key FILE         PEM private key
-  --access-log FILE      one JSON line per request (default DIR/access.log)
+  --access-log FILE      one JSON line per request (default DIR/access.log; none with --storage)
   --max-bundle SIZE      largest bundle accepted or served (default 64M)
   --max-streams N        requests in progress per connection (default 32)
   --idle-timeout SECONDS close connections idle this long (default 120)
+GET /healthz, /readyz and /metrics (Prometheus) on the listen address.
 SIGTERM/SIGINT stop gracefully; SIGHUP reloads the tokens file.`;
 
-const VALUE_FLAGS = ['listen', 'dir', 'max-size', 'tokens', 'tls-cert', 'tls-key', 'access-log', 'max-bundle', 'max-streams', 'idle-timeout'] as const;
+const VALUE_FLAGS = ['listen', 'dir', 'storage', 'max-size', 'tokens', 'tls-cert', 'tls-key', 'access-log', 'max-bundle', 'max-streams', 'idle-timeout'] as const;
 type Flag = (typeof VALUE_FLAGS)[number];
 
 class UsageError extends Error {}
@@ -76,10 +79,11 @@ function readPem(flag: string, file: string): Buffer {
 /** Builds the server's options from the command line; throws UsageError or Error. */
 function optionsFrom(argv: string[], log: Logger) {
   const a = parseArgs(argv);
-  if (!a.dir) throw new UsageError('--dir is required');
+  if ((a.dir === undefined) === (a.storage === undefined)) throw new UsageError('one of --dir and --storage is required');
+  if (a.storage !== undefined && a['max-size'] !== undefined) throw new UsageError('--max-size applies to --dir; bound Redis with its maxmemory setting');
   if (!a.tokens) throw new UsageError('--tokens is required');
   if ((a['tls-cert'] === undefined) !== (a['tls-key'] === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
-  const dir = resolve(a.dir);
+  const dir = a.dir === undefined ? undefined : resolve(a.dir);
   const tokensFile = resolve(a.tokens);
   const { host, port } = parseListen(a.listen ?? '127.0.0.1:7717');
   const limits: Record<string, number> = {};
@@ -95,13 +99,13 @@ function optionsFrom(argv: string[], log: Logger) {
   return {
     tokensFile,
     options: {
-      dir,
+      ...(dir !== undefined ? { dir } : { storage: a.storage! }),
       host,
       port,
       ...(a['max-size'] !== undefined ? { maxBytes: size('max-size', a['max-size']) } : {}),
       tokens,
       ...(a['tls-cert'] !== undefined ? { tls: { cert: readPem('tls-cert', a['tls-cert']), key: readPem('tls-key', a['tls-key']!) } } : {}),
-      accessLog: a['access-log'] !== undefined ? resolve(a['access-log']) : join(dir, 'access.log'),
+      accessLog: a['access-log'] !== undefined ? resolve(a['access-log']) : dir !== undefined ? join(dir, 'access.log') : null,
       limits,
       log,
     },

@@ -37,7 +37,18 @@ export const ConfigShape = {
   jobs: intField(1).default(Math.max(1, cpus().length)),
   idle_timeout: intField(0).default(900),
   log_level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
-  remote: z.union([z.literal(''), z.string().regex(/^wss?:\/\/[^\s]+$/, 'remote must be a ws:// or wss:// URL')]).default(''),
+  /** One team server URL, or several serving the same cache, comma- or space-separated. */
+  remote: z
+    .string()
+    .superRefine((v, ctx) => {
+      if (v.trim() === '') return;
+      const urls = v.split(/[\s,]+/).filter((u) => u !== '');
+      const bad = urls.find((u) => !/^wss?:\/\/[^\s,]+$/.test(u));
+      if (bad !== undefined) ctx.addIssue({ code: 'custom', message: `remote must be a ws:// or wss:// URL, or several (comma- or space-separated); '${bad}' is not` });
+      else if (new Set(urls).size !== urls.length) ctx.addIssue({ code: 'custom', message: 'remote names a URL twice' });
+    })
+    .transform((v) => v.trim())
+    .default(''),
   remote_token: z.string().default(''),
   remote_mode: z.enum(['read-only', 'read-write']).default('read-write'),
   remote_ca: z.string().default(''),

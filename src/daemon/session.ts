@@ -20,6 +20,9 @@ import type { CompilerRun } from '../pipeline/runCompiler.js';
 import { type Counters, ErrorKind } from '../stats/counters.js';
 import type { Logger } from '../util/log.js';
 
+/** The abort reason of every session: abort() without one builds a DOMException, stack and all, per connection. */
+const CLIENT_GONE = new Error('client went away');
+
 /** What a session needs from the daemon: the cache logic and the bookkeeping, no sockets. */
 export interface SessionHandlers {
   counters: Counters;
@@ -52,7 +55,7 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
   let keepalive: NodeJS.Timeout | undefined;
   sock.on('close', () => {
     clearInterval(keepalive);
-    abort.abort();
+    abort.abort(CLIENT_GONE);
     const w = waiter;
     waiter = null;
     w?.rej(new Error('client went away'));

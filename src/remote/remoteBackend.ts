@@ -21,8 +21,29 @@ import { CircuitBreaker } from './circuitBreaker.js';
 import type { RemoteFailure } from './remoteFailure.js';
 import { VERSION } from '../version.js';
 
+/** One team server URL. */
+export const REMOTE_URL_RE = /^wss?:\/\/[^\s,]+$/;
+
+/** Splits a `remote` setting into its URLs (comma- or space-separated); throws naming the first bad one. */
+export function parseRemoteUrls(text: string): string[] {
+  const urls = text.split(/[\s,]+/).filter((u) => u !== '');
+  if (urls.length === 0) throw new Error('remote names no URL');
+  for (const u of urls) if (!REMOTE_URL_RE.test(u)) throw new Error(`remote URL '${u}' is not a ws:// or wss:// URL`);
+  if (new Set(urls).size !== urls.length) throw new Error('remote names a URL twice');
+  return urls;
+}
+
+const UrlList = z.string().superRefine((text, ctx) => {
+  try {
+    parseRemoteUrls(text);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+  }
+});
+
 export const RemoteOptions = z.object({
-  url: z.string().regex(/^wss?:\/\/[^\s]+$/, 'remote must be a ws:// or wss:// URL'),
+  /** One URL, or several (comma- or space-separated) serving the same cache. */
+  url: UrlList,
   token: z.string().min(1, 'a token is required'),
   /** PEM file of a CA to trust for wss:// (for a self-signed server certificate). */
   ca: z.string().optional(),
@@ -60,11 +81,11 @@ class ConnectError extends Error {
 }
 
 /**
- * The team tier: a CacheBackend over one websocket connection to `ltocache serve`, with request
+ * One team server: a CacheBackend over one websocket connection to `ltocache serve`, with request
  * ids so concurrent gets share it. Best effort: every failure is data (`error`), and a circuit
  * breaker skips the server for a while after repeated failures.
  */
-export class RemoteBackend implements CacheBackend {
+export class RemoteServer implements CacheBackend {
   readonly name = 'remote';
   private readonly o: z.infer<typeof RemoteOptions>;
   private readonly ca: Buffer | undefined;
@@ -76,8 +97,10 @@ export class RemoteBackend implements CacheBackend {
   readonly breaker: CircuitBreaker;
   scope: Scope | null = null;
 
+  /** `options.url` is a single URL here. */
   constructor(options: RemoteOptionsInput) {
     this.o = RemoteOptions.parse(options);
+    if (parseRemoteUrls(this.o.url).length !== 1) throw new Error('RemoteServer takes one URL; RemoteBackend takes several');
     this.ca = this.o.ca ? readFileSync(this.o.ca) : undefined;
     this.breaker = new CircuitBreaker(this.o.breakerThreshold, this.o.breakerCooldownMs);
   }
@@ -103,7 +126,8 @@ export class RemoteBackend implements CacheBackend {
       ws.on('close', () => fail('connection closed'));
       ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: REMOTE_PROTOCOL_VERSION, client: `ltocache-daemon/${VERSION}` })));
       ws.on('message', (data, isBinary) => {
-        const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+        // ws hands out Buffers (binaryType nodebuffer): used as they are, not copied.
+        const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
         if (isBinary) return this.onBinary(buf);
         let msg: ServerMessage;
         try {
@@ -278,5 +302,114 @@ export class RemoteBackend implements CacheBackend {
 
   close(): void {
     if (this.ws) this.drop(this.ws, 'closed');
+  }
+}
+
+/** Failures after which the next server is asked: the server, not the entry, was the problem. */
+const FAIL_OVER: ReadonlySet<RemoteFailure> = new Set(['skipped', 'unavailable', 'timeout', 'server', 'protocol']);
+
+/** FNV-1a over `a` then `b`, then murmur3's finalizer (FNV alone leaves the high bits biased): the rendezvous score of a server for a key. */
+function score(a: string, b: string): number {
+  let h = 0x811c9dc5;
+  for (const s of [a, b]) for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/**
+ * The team tier over one or more servers of the same cache. Each key has a preferred order of
+ * servers (rendezvous hashing: load spreads evenly, and a key keeps its server while the others
+ * come and go); a request goes to the first whose circuit breaker is closed and moves to the
+ * next when that one fails. A miss or a hit ends the search.
+ */
+export class RemoteBackend implements CacheBackend {
+  readonly name = 'remote';
+  readonly servers: readonly RemoteServer[];
+  private readonly urls: string[];
+
+  constructor(options: RemoteOptionsInput) {
+    const o = RemoteOptions.parse(options);
+    this.urls = parseRemoteUrls(o.url);
+    this.servers = this.urls.map((url) => new RemoteServer({ ...options, url }));
+  }
+
+  /** The servers in the key's preferred order. */
+  order(key: string): RemoteServer[] {
+    return this.servers
+      .map((s, i) => ({ s, w: score(this.urls[i]!, key) }))
+      .sort((x, y) => y.w - x.w)
+      .map((x) => x.s);
+  }
+
+  /** Open when every server's circuit is open. */
+  get breaker(): { readonly open: boolean } {
+    const servers = this.servers;
+    return {
+      get open() {
+        return servers.every((s) => s.breaker.open);
+      },
+    };
+  }
+
+  /** The scope a connected server granted (servers of one cache share their tokens). */
+  get scope(): Scope | null {
+    for (const s of this.servers) if (s.scope) return s.scope;
+    return null;
+  }
+
+  private async each<R extends { kind: string }>(key: string, op: (s: RemoteServer) => Promise<R>, retry: (r: R) => boolean): Promise<R> {
+    let last: R | undefined;
+    for (const s of this.order(key)) {
+      const r = await op(s);
+      if (!retry(r)) return r;
+      // A skipped server is only the answer when every server was skipped.
+      if (!last || !(r.kind === 'error' && (r as { failure?: string }).failure === 'skipped')) last = r;
+    }
+    return last!;
+  }
+
+  get(key: Digest): Promise<RemoteLookup> {
+    return this.each(key, (s) => s.get(key), (r) => r.kind === 'error' && FAIL_OVER.has(r.failure));
+  }
+
+  put(key: Digest, entry: StoredEntry): Promise<RemotePutResult> {
+    return this.each(key, (s) => s.put(key, entry), (r) => r.kind === 'error' && FAIL_OVER.has(r.failure));
+  }
+
+  delete(key: Digest): Promise<DeleteResult> {
+    return this.each(key, (s) => s.delete(key), (r) => r.kind === 'error');
+  }
+
+  async touch(): Promise<void> {}
+
+  /** The first server that answers. */
+  async stats(timeoutMs = 5000): Promise<ServerStats> {
+    let err: unknown;
+    for (const s of this.servers) {
+      try {
+        return await s.stats(timeoutMs);
+      } catch (e) {
+        err = e;
+      }
+    }
+    throw err;
+  }
+
+  /** Scope granted by the first server that accepts the token. */
+  async handshake(timeoutMs = 5000): Promise<Scope> {
+    let err: unknown;
+    for (const s of this.servers) {
+      try {
+        return await s.handshake(timeoutMs);
+      } catch (e) {
+        err = e;
+      }
+    }
+    throw err;
+  }
+
+  close(): void {
+    for (const s of this.servers) s.close();
   }
 }

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { DEFAULT_LIMITS, Limits, Scope } from '../protocol/remote.js';
 import { GIB } from '../store/storeOptions.js';
 import { Logger } from '../util/log.js';
+import { parseRedisUrl } from './storage/redisStorage.js';
 import { MIN_SECRET_LENGTH, type Token } from './tokens.js';
 
 const Pem = z.union([z.string().min(1), z.instanceof(Buffer)]);
@@ -23,8 +24,20 @@ export const TokenList = z
 
 export const ServerOptions = z
   .object({
-    /** Store directory (absolute); created if missing. */
-    dir: z.string().refine(isAbsolute, 'dir must be an absolute path'),
+    /** Store directory (absolute); created if missing. Exactly one of dir and storage. */
+    dir: z.string().refine(isAbsolute, 'dir must be an absolute path').optional(),
+    /** Shared storage URL: redis://, rediss://, redis+cluster:// (see RedisStorage). */
+    storage: z
+      .string()
+      .refine((u) => {
+        try {
+          parseRedisUrl(u);
+          return true;
+        } catch {
+          return false;
+        }
+      }, 'storage must be redis://[USER:PASS@]HOST:PORT[/DB], rediss://… or redis+cluster://HOST:PORT,HOST:PORT,…')
+      .optional(),
     host: z.string().min(1).default('127.0.0.1'),
     /** 0 picks a free port; CacheServer.port tells which. */
     port: z.number().int().min(0).max(65535).default(7717),
@@ -32,7 +45,7 @@ export const ServerOptions = z
     tokens: TokenList,
     /** PEM contents (not paths). Both or neither. */
     tls: z.object({ cert: Pem, key: Pem }).optional(),
-    /** Access log path; undefined → DIR/access.log, null → none. */
+    /** Access log path; undefined → DIR/access.log (none with storage), null → none. */
     accessLog: z.string().nullable().optional(),
     limits: Limits.partial().default({}),
     /** Bad messages on one connection before it is closed. */
@@ -46,11 +59,13 @@ export const ServerOptions = z
     /** Diagnostics (start, stop, internal errors); default: warnings and errors on stderr. */
     log: z.custom<Logger>((v) => v instanceof Logger, 'log must be a Logger').optional(),
   })
-  .strict();
+  .strict()
+  .refine((o) => (o.dir === undefined) !== (o.storage === undefined), 'exactly one of dir and storage is needed');
 export type ServerOptionsInput = z.input<typeof ServerOptions>;
 
 export interface ResolvedServerOptions {
-  dir: string;
+  dir: string | null;
+  storage: string | null;
   host: string;
   port: number;
   maxBytes: number;
@@ -86,13 +101,14 @@ export function parseServerOptions(input: unknown): ResolvedServerOptions {
   if (!r.success) throw new ServerOptionsError(`invalid server options: ${issues(r.error)}`);
   const o = r.data;
   return {
-    dir: o.dir,
+    dir: o.dir ?? null,
+    storage: o.storage ?? null,
     host: o.host,
     port: o.port,
     maxBytes: o.maxBytes,
     tokens: o.tokens,
     tls: o.tls ?? null,
-    accessLog: o.accessLog === undefined ? join(o.dir, 'access.log') : o.accessLog,
+    accessLog: o.accessLog === undefined ? (o.dir ? join(o.dir, 'access.log') : null) : o.accessLog,
     limits: { ...DEFAULT_LIMITS, ...Object.fromEntries(Object.entries(o.limits).filter(([, v]) => v !== undefined)) },
     maxBadMessages: o.maxBadMessages,
     shutdownGraceMs: o.shutdownGraceMs,

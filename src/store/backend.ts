@@ -24,11 +24,19 @@ export type DeleteResult =
   | { kind: 'refused'; reason: string }
   | { kind: 'error'; error: string };
 
+export interface PutOptions {
+  /**
+   * The caller has just checked every file against its record digest (a team-tier hit, verified
+   * on arrival): the store may skip hashing them again. Sizes and names are still checked.
+   */
+  verified?: boolean;
+}
+
 /** The storage contract both the local store and the team tier implement. None of these throws. */
 export interface CacheBackend {
   readonly name: string;
   get(key: Digest): Promise<Lookup>;
-  put(key: Digest, entry: StoredEntry): Promise<PutResult>;
+  put(key: Digest, entry: StoredEntry, options?: PutOptions): Promise<PutResult>;
   /** Removes the entry, so that no later get serves it. */
   delete(key: Digest): Promise<DeleteResult>;
   /**

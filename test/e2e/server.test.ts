@@ -723,7 +723,16 @@ test('serve: argument and start-up errors', { timeout: 30_000 }, async (t) => {
   const run = (args: string[]) => spawnSync(process.execPath, [CLI, 'serve', ...args], { encoding: 'utf8', timeout: 20_000 });
   let r = run(['--tokens', tokensFile]);
   assert.equal(r.status, 2);
-  assert.match(r.stderr, /--dir is required/);
+  assert.match(r.stderr, /one of --dir and --storage is required/);
+  r = run(['--dir', join(dir, 's'), '--storage', 'redis://127.0.0.1:1', '--tokens', tokensFile]);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /one of --dir and --storage is required/);
+  const goodTokens = join(dir, 'good-tokens');
+  writeFileSync(goodTokens, `ci write ${SECRETS.write}\n`, { mode: 0o600 });
+  r = run(['--storage', 'redis://u:hunter2pass@h:1,b:2', '--tokens', goodTokens]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /storage must be redis:\/\//);
+  assert.ok(!r.stderr.includes('hunter2pass'));
   r = run(['--dir', join(dir, 's'), '--tokens', tokensFile, '--listen', 'nope']);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /--listen must be HOST:PORT/);

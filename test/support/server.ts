@@ -16,7 +16,11 @@ export class ServerProcess {
   readonly dir: string;
   readonly tokensFile: string;
 
-  constructor(readonly extraArgs: string[] = []) {
+  /** With `storage` (a redis:// URL) the server uses it instead of a directory of its own. */
+  constructor(
+    readonly extraArgs: string[] = [],
+    readonly storage: string | null = null,
+  ) {
     this.dir = tempDir('server');
     this.tokensFile = join(this.dir, 'tokens');
     writeFileSync(this.tokensFile, `# name scope secret\nci write ${TOKENS.write}\ndev read ${TOKENS.read}\nops admin ${TOKENS.admin}\n`);
@@ -24,7 +28,7 @@ export class ServerProcess {
 
   /** Starts (or restarts, on the same port when it had one) and resolves with the ws:// URL. */
   async start(port = 0): Promise<string> {
-    const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(this.dir, 'data'), '--tokens', this.tokensFile, ...this.extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, ...(this.storage ? ['--storage', this.storage] : ['--dir', join(this.dir, 'data')]), '--tokens', this.tokensFile, ...this.extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { initHash } from '../../key/hash.js';
 import type { ServerStats } from '../../protocol/remote.js';
-import { LocalStore } from '../../store/localStore.js';
+import { openStorage } from '../storage/openStorage.js';
 import { parseServerOptions, parseTokenList, type ResolvedServerOptions, type ServerOptionsInput } from '../serverOptions.js';
 import { type Token, TokenTable } from '../tokens.js';
 import { AccessLog } from './accessLog.js';
@@ -20,7 +20,8 @@ function message(e: unknown): string {
 }
 
 /**
- * The team-cache server: a websocket endpoint (over http or https) in front of a LocalStore.
+ * The team-cache server: a websocket endpoint (over http or https) in front of a ServerStorage
+ * (a `--dir` LocalStore, or Redis shared with other server processes).
  * Authentication happens in the HTTP upgrade; each connection then speaks protocol v1
  * (src/protocol/remote.ts). Nothing a peer sends can throw out of a handler: every failure is an
  * `error` message, a counter, and at worst the closing of that one connection.
@@ -65,7 +66,8 @@ export class CacheServer {
   }
 
   /**
-   * Opens the store (throws StoreLockedError if another process has it), loads the persisted
+   * Opens the storage (throws StoreLockedError if another process has the directory, or an Error
+   * when Redis does not answer), loads the persisted
    * counters, opens the access log and listens. On failure everything opened is closed again.
    */
   start(): Promise<void> {
@@ -80,7 +82,7 @@ export class CacheServer {
     const s = this.s;
     try {
       await initHash();
-      s.store = await LocalStore.open({ dir: o.dir, maxBytes: o.maxBytes });
+      s.store = await openStorage(o, (kind) => s.metrics.storageError(kind), o.log);
       await s.counters.load(s.store);
       s.accessLog = new AccessLog(o.accessLog, o.log);
       s.wss = new WebSocketServer({
@@ -111,7 +113,7 @@ export class CacheServer {
     s.phase = 'running';
     this.flushTimer = setInterval(() => void s.counters.flush(false), o.statsFlushMs);
     this.flushTimer.unref();
-    o.log.info('team cache listening', { url: this.url, dir: o.dir, tokens: s.tokens.size });
+    o.log.info('team cache listening', { url: this.url, storage: s.store!.kind, at: s.store!.describe, tokens: s.tokens.size });
   }
 
   /**

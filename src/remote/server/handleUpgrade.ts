@@ -13,10 +13,38 @@ function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-/** Plain HTTP: `GET /healthz` (200 while running, else 503); anything else is told to upgrade. */
+/** How long `/readyz` waits for the storage to answer. */
+const READY_TIMEOUT_MS = 1000;
+
+/**
+ * Plain HTTP, unauthenticated (nothing here names a key or a token): `GET /healthz` (200 while
+ * running, else 503), `GET /readyz` (200 when running and the storage answers, else 503),
+ * `GET /metrics` (Prometheus text); anything else is told to upgrade.
+ */
 export function handleHttpRequest(s: ServerState, req: http.IncomingMessage, res: http.ServerResponse): void {
-  if (req.method === 'GET' && req.url === '/healthz') {
+  const path = (req.url ?? '').split('?')[0];
+  if (req.method === 'GET' && path === '/healthz') {
     res.writeHead(s.phase === 'running' ? 200 : 503, { 'content-type': 'text/plain' }).end(s.phase === 'running' ? 'ok\n' : 'stopping\n');
+    return;
+  }
+  if (req.method === 'GET' && path === '/readyz') {
+    const store = s.store;
+    if (s.phase !== 'running' || !store) {
+      res.writeHead(503, { 'content-type': 'text/plain' }).end('not running\n');
+      return;
+    }
+    void store.ready(READY_TIMEOUT_MS).then(
+      (ok) => res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ready\n' : 'storage unreachable\n'),
+      () => res.writeHead(503, { 'content-type': 'text/plain' }).end('storage unreachable\n'),
+    );
+    return;
+  }
+  if (req.method === 'GET' && path === '/metrics') {
+    s.counters.syncEvictions();
+    void s.metrics.text().then(
+      (text) => res.writeHead(200, { 'content-type': s.metrics.contentType }).end(text),
+      (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${message(e)}\n`),
+    );
     return;
   }
   res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket', connection: 'Upgrade' }).end('ltocache team cache: connect with a websocket client\n');

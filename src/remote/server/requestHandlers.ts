@@ -48,13 +48,15 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
         }
         result = 'miss-too-large';
       } else if (r.kind === 'error') {
-        if (!r.corrupt) {
+        // A shared storage that is briefly unreachable (a failover) answers misses: the client
+        // compiles instead of counting this server as failed, which another server would not fix.
+        if (!r.corrupt && s.store!.kind !== 'redis') {
           result = 'error';
           s.options.log.warn('store read failed', { key, error: r.error });
           await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
           return;
         }
-        s.options.log.warn('corrupt entry dropped', { key, error: r.error });
+        else s.options.log.warn(r.corrupt ? 'corrupt entry dropped' : 'storage read failed; answered a miss', { key, error: r.error });
       }
       s.counters.bump('misses');
       await s.send(c, { type: 'miss', id, key });

@@ -1,12 +1,10 @@
 import { z } from 'zod';
-import type { LocalStore, StoreSublevel } from '../../store/localStore.js';
 import type { Logger } from '../../util/log.js';
+import type { CounterPersistence, ServerStorage } from './serverStorage.js';
 
 export const COUNTERS = ['hits', 'misses', 'puts', 'puts_refused', 'rejected_bundles', 'bad_messages', 'auth_failures', 'evictions', 'bytes_served', 'bytes_received'] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
-const STATS_SUBLEVEL = 'server-stats';
-const STATS_KEY = 'counters';
 const PersistedStats = z.object({
   v: z.literal(1),
   counters: z.record(z.string(), z.number().int().nonnegative()),
@@ -15,40 +13,46 @@ const PersistedStats = z.object({
 type PersistedStats = z.infer<typeof PersistedStats>;
 
 /**
- * The server's counters, persisted in the store's `server-stats` sublevel: loaded at start,
- * written when changed (serialised writes) and at stop. Evictions are the store's own count,
+ * The server's counters, persisted where the storage keeps them (a `--dir` store's `server-stats`
+ * sublevel; a shared storage keeps none, so each process counts from its start): loaded at start,
+ * written when changed (serialised writes) and at stop. Evictions are the storage's own count,
  * folded in whenever the counters are read or written.
  */
 export class ServerCounters {
   readonly values = Object.fromEntries(COUNTERS.map((c) => [c, 0])) as Record<CounterName, number>;
   since = Date.now();
-  private store: LocalStore | null = null;
-  private db: StoreSublevel<PersistedStats> | null = null;
+  private store: ServerStorage | null = null;
+  private db: CounterPersistence | null = null;
   private storeEvictionsSeen = 0;
   private dirty = false;
   private writing: Promise<void> = Promise.resolve();
 
-  constructor(private readonly log: Pick<Logger, 'warn'>) {}
+  constructor(
+    private readonly log: Pick<Logger, 'warn'>,
+    private readonly onBump: (name: CounterName, n: number) => void = () => {},
+  ) {}
 
   bump(name: CounterName, n = 1): void {
     if (n === 0) return;
     this.values[name] += n;
     this.dirty = true;
+    this.onBump(name, n);
   }
 
   syncEvictions(): void {
-    const seen = this.store?.counters.evictions ?? this.storeEvictionsSeen;
+    const seen = this.store?.summary().evictions ?? this.storeEvictionsSeen;
     if (seen > this.storeEvictionsSeen) this.bump('evictions', seen - this.storeEvictionsSeen);
     this.storeEvictionsSeen = seen;
   }
 
   /** Attaches to the store and loads what it persisted; unreadable or invalid counters start from zero. */
-  async load(store: LocalStore): Promise<void> {
+  async load(store: ServerStorage): Promise<void> {
     this.store = store;
-    this.db = store.sublevel<PersistedStats>(STATS_SUBLEVEL);
+    this.db = store.counters;
+    if (!this.db) return;
     let raw: unknown;
     try {
-      raw = await this.db.get(STATS_KEY);
+      raw = await this.db.get();
     } catch (e) {
       this.log.warn('persisted counters unreadable; starting from zero', { error: e instanceof Error ? e.message : String(e) });
       return;
@@ -70,7 +74,7 @@ export class ServerCounters {
     this.dirty = false;
     const value: PersistedStats = { v: 1, counters: { ...this.values }, since: this.since };
     this.writing = this.writing.then(() =>
-      db.put(STATS_KEY, value).catch((e: unknown) => {
+      db.put(value).catch((e: unknown) => {
         this.dirty = true;
         this.log.warn('could not persist counters', { error: e instanceof Error ? e.message : String(e) });
       }),

@@ -1,11 +1,12 @@
 import { WebSocket, type WebSocketServer } from 'ws';
 import type { ServerMessage, ServerStats } from '../../protocol/remote.js';
-import type { LocalStore } from '../../store/localStore.js';
 import type { ResolvedServerOptions } from '../serverOptions.js';
 import type { TokenTable } from '../tokens.js';
 import type { AccessEntry, AccessLog } from './accessLog.js';
 import type { Connection } from './connection.js';
 import { ServerCounters } from './serverCounters.js';
+import { ServerMetrics } from './serverMetrics.js';
+import type { ServerStorage } from './serverStorage.js';
 
 export type Phase = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -18,10 +19,11 @@ const HELD_BUNDLES = 4;
  */
 export class ServerState {
   phase: Phase = 'new';
-  store: LocalStore | null = null;
+  store: ServerStorage | null = null;
   wss: WebSocketServer | null = null;
   accessLog: AccessLog | null = null;
   readonly counters: ServerCounters;
+  readonly metrics: ServerMetrics;
   readonly conns = new Set<Connection>();
   /** Upgrades authenticated but not yet handed a websocket. */
   upgrading = 0;
@@ -33,21 +35,28 @@ export class ServerState {
     readonly options: ResolvedServerOptions,
     public tokens: TokenTable,
   ) {
-    this.counters = new ServerCounters(options.log);
+    this.metrics = new ServerMetrics(
+      () => (options.storage ? 'redis' : 'dir'),
+      () => this.conns.size,
+      () => this.store?.summary() ?? null,
+    );
+    this.counters = new ServerCounters(options.log, (name, n) => this.metrics.event(name, n));
   }
 
+  /** Logs a request or connection attempt and counts it in the metrics. */
   access(e: AccessEntry): void {
+    this.metrics.request(e.op, e.result, e.ms);
     this.accessLog?.write(e);
   }
 
   /** The counters plus store figures, as the `stats` message carries them. */
   stats(): ServerStats {
     this.counters.syncEvictions();
-    const s = this.store?.summary() ?? { entries: 0, bytes: 0 };
+    const s = this.store?.summary() ?? { entries: 0, bytes: 0, maxBytes: this.options.maxBytes };
     return {
       entries: s.entries,
       bytes: s.bytes,
-      max_bytes: this.options.maxBytes,
+      max_bytes: s.maxBytes,
       ...this.counters.values,
       connected_clients: this.conns.size,
       since: new Date(this.counters.since).toISOString(),

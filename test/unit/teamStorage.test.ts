@@ -1,0 +1,112 @@
+/** Units of the shared team cache: storage URLs, remote URL lists and their order, the daemon's Prometheus text. */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import * as tar from 'tar-stream';
+import { loadConfig } from '../../src/config/config.js';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { packBundle, packedBytes, unpackBundle } from '../../src/remote/bundle.js';
+import { parseRemoteUrls, RemoteBackend } from '../../src/remote/remoteBackend.js';
+import { parseRedisUrl, redact } from '../../src/remote/storage/redisStorage.js';
+import { Counters } from '../../src/stats/counters.js';
+import { formatPrometheus } from '../../src/stats/prometheus.js';
+import type { EntryRecord } from '../../src/store/record.js';
+
+describe('storage URLs', () => {
+  test('standalone, TLS, database, credentials, cluster', () => {
+    assert.deepEqual(parseRedisUrl('redis://127.0.0.1:6380/2'), { mode: 'standalone', tls: false, nodes: [{ host: '127.0.0.1', port: 6380 }], db: 2 });
+    assert.deepEqual(parseRedisUrl('rediss://u:p%40ss@cache.example:6379'), {
+      mode: 'standalone',
+      tls: true,
+      nodes: [{ host: 'cache.example', port: 6379 }],
+      db: 0,
+      username: 'u',
+      password: 'p@ss',
+    });
+    assert.deepEqual(parseRedisUrl('redis://:secret@h').password, 'secret');
+    assert.equal(parseRedisUrl('redis+cluster://a:7000,b:7001,[::1]:7002').nodes.length, 3);
+    assert.equal(parseRedisUrl('rediss+cluster://a:7000').tls, true);
+  });
+  test('malformed URLs are refused without echoing a password', () => {
+    for (const u of ['http://h:1', 'redis://a:1,b:2', 'redis+cluster://a:1/3', 'redis://h:99999', 'redis://', 'redis://u:hunter2@h:1/x']) {
+      assert.throws(
+        () => parseRedisUrl(u),
+        (e: Error) => !e.message.includes('hunter2'),
+        u,
+      );
+    }
+    assert.equal(redact('redis://u:hunter2@h:1'), 'redis://u:***@h:1');
+  });
+});
+
+describe('remote URL lists', () => {
+  test('comma- or space-separated, each validated, no duplicates', () => {
+    assert.deepEqual(parseRemoteUrls('ws://a:1, ws://b:2  wss://c:3'), ['ws://a:1', 'ws://b:2', 'wss://c:3']);
+    assert.throws(() => parseRemoteUrls('ws://a:1,http://b'), /http:\/\/b/);
+    assert.throws(() => parseRemoteUrls('ws://a:1 ws://a:1'), /twice/);
+    const dir = mkdtempSync(join(tmpdir(), 'ltocache-urls-'));
+    assert.equal(loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_REMOTE: 'ws://a:1,ws://b:2' }).config.remote, 'ws://a:1,ws://b:2');
+    assert.throws(() => loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_REMOTE: 'ws://a:1 ftp://b' }), /ftp:\/\/b/);
+  });
+  test('rendezvous order: every server first for about its share of keys, stable per key', () => {
+    const r = new RemoteBackend({ url: 'ws://a:1,ws://b:2,ws://c:3', token: 't' });
+    const first = new Map<unknown, number>();
+    for (let i = 0; i < 3000; i++) {
+      const o = r.order(`key-${i}`);
+      assert.equal(new Set(o).size, 3);
+      assert.equal(r.order(`key-${i}`)[0], o[0]);
+      first.set(o[0], (first.get(o[0]) ?? 0) + 1);
+    }
+    for (const n of first.values()) assert.ok(n > 800 && n < 1200, `share ${n}/3000`);
+    r.close();
+  });
+});
+
+test('stats --prometheus: parseable text carrying the counters', () => {
+  const c = new Counters();
+  c.add('hits', 7);
+  c.add('remote_hits', 3);
+  c.uncacheableFor('no-output "x"');
+  c.error('store_read');
+  const text = formatPrometheus(c.view({ entries: 4, store_bytes: 1000, max_bytes: 2000, daemon_running: true }));
+  for (const line of text.trimEnd().split('\n')) {
+    if (line.startsWith('# ')) assert.match(line, /^# (HELP|TYPE) ltocache_daemon_[a-z_]+ /);
+    else assert.match(line, /^ltocache_daemon_[a-z_]+(\{[a-z]+="(?:[^"\\]|\\.)*"\})? \d+$/);
+  }
+  assert.match(text, /^ltocache_daemon_hits_total 7$/m);
+  assert.match(text, /^ltocache_daemon_remote_hits_total 3$/m);
+  assert.match(text, /^ltocache_daemon_uncacheable_by_reason_total\{reason="no-output \\"x\\""\} 1$/m);
+  assert.match(text, /^ltocache_daemon_errors_by_kind_total\{kind="store_read"\} 1$/m);
+  assert.match(text, /^ltocache_daemon_store_entries 4$/m);
+});
+
+describe('bundles', () => {
+  test('packBundle writes the bytes tar-stream writes; unpackBundle reads them back as views', async () => {
+    await initHash();
+    for (const sizes of [[0], [1, 511, 512, 513], [100_000, 3]]) {
+      const files = new Map(sizes.map((n, i) => [`out${i}.o`, randomBytes(n)]));
+      const record: EntryRecord = {
+        v: 1,
+        outputs: [...files].map(([name, d]) => ({ name, digest: hashBytes(d), size: d.length })),
+        stdout: '',
+        stderr: '',
+        exitCode: 0,
+        compileMs: 1,
+        createdAt: 0,
+      };
+      const pack = tar.pack();
+      const done = packedBytes(pack);
+      for (const [name, d] of files)
+        await new Promise<void>((res, rej) => pack.entry({ name, size: d.length, mode: 0o644, mtime: new Date(0), type: 'file' }, d, (e) => (e ? rej(e) : res())));
+      pack.finalize();
+      const ours = await packBundle(record, files);
+      assert.ok(ours.equals(await done), `sizes ${sizes}`);
+      const u = await unpackBundle(record, ours, { maxBundleBytes: 1 << 30, maxEntries: 16 });
+      assert.equal(u.kind, 'ok');
+      if (u.kind === 'ok') for (const [n, d] of files) assert.ok(u.files.get(n)!.equals(d) && u.files.get(n)!.buffer === ours.buffer);
+    }
+  });
+});
