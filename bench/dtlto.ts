@@ -183,7 +183,10 @@ async function main(): Promise<void> {
     // The fixed cost of a distributor run: bin/ltocache → node → CLI, a file with no jobs.
     const empty = join(dir, 'empty.dist-file.json');
     writeFileSync(empty, JSON.stringify({ common: { linker_output: 'prog', args: [CLANG], inputs: [] }, jobs: [] }));
-    rows.push({ what: '  of which: `ltocache distribute` start-up alone (a file with no jobs)', ms: median(Array.from({ length: RUNS }, () => sh(CLIENT, ['distribute', empty], dir, alice.env).ms)) });
+    rows.push({
+      what: '  of which: `ltocache distribute` start-up alone (a file with no jobs)',
+      ms: median(Array.from({ length: RUNS }, () => sh(CLIENT, ['distribute', empty], dir, alice.env).ms)),
+    });
     const deadline = Date.now() + 60_000;
     while (alice.stats().uploads < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
     const team = jobsOf(bob, () => link(ltocache, bob.env).ms);

@@ -18,9 +18,9 @@
  * scenario. Every scenario is measured in the same invocation, `--runs` times, interleaved.
  * Nothing here is timed except the make (or, for the lld rows, the ld.lld) process.
  */
-import { spawn, spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import { type SpawnSyncOptions, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,27 +96,69 @@ export function parseArgs(argv: string[]): Options {
       return v;
     };
     switch (a) {
-      case '--tree': o.tree = resolve(val()); break;
-      case '--runs': o.runs = Number(val()); break;
-      case '--json': o.json = resolve(val()); break;
-      case '--remote': o.remote = true; break;
-      case '--clang': o.clang = val(); break;
-      case '--lld': o.lld = val(); break;
-      case '--ar': o.ar = val(); break;
-      case '--llvm-bin': o.llvmBin = val(); break;
-      case '--make': o.make = val(); break;
-      case '--jobs': o.jobs = Number(val()); break;
-      case '--work': o.work = resolve(val()); break;
-      case '--keep': o.keep = true; break;
-      case '--plan-only': o.planOnly = true; break;
-      case '--no-ccache': o.ccache = false; break;
-      case '--ccache': o.ccachePath = resolve(val()); break;
-      case '--verify': o.verify = true; break;
-      case '--edit': o.edit.file = val(); break;
-      case '--edit-from': o.edit.from = val(); break;
-      case '--edit-to': o.edit.to = val(); break;
-      case '--help': case '-h': process.stdout.write(USAGE + '\n'); return process.exit(0);
-      default: throw new Error(`unknown argument ${a}\n${USAGE}`);
+      case '--tree':
+        o.tree = resolve(val());
+        break;
+      case '--runs':
+        o.runs = Number(val());
+        break;
+      case '--json':
+        o.json = resolve(val());
+        break;
+      case '--remote':
+        o.remote = true;
+        break;
+      case '--clang':
+        o.clang = val();
+        break;
+      case '--lld':
+        o.lld = val();
+        break;
+      case '--ar':
+        o.ar = val();
+        break;
+      case '--llvm-bin':
+        o.llvmBin = val();
+        break;
+      case '--make':
+        o.make = val();
+        break;
+      case '--jobs':
+        o.jobs = Number(val());
+        break;
+      case '--work':
+        o.work = resolve(val());
+        break;
+      case '--keep':
+        o.keep = true;
+        break;
+      case '--plan-only':
+        o.planOnly = true;
+        break;
+      case '--no-ccache':
+        o.ccache = false;
+        break;
+      case '--ccache':
+        o.ccachePath = resolve(val());
+        break;
+      case '--verify':
+        o.verify = true;
+        break;
+      case '--edit':
+        o.edit.file = val();
+        break;
+      case '--edit-from':
+        o.edit.from = val();
+        break;
+      case '--edit-to':
+        o.edit.to = val();
+        break;
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE + '\n');
+        return process.exit(0);
+      default:
+        throw new Error(`unknown argument ${a}\n${USAGE}`);
     }
   }
   if (!o.tree) throw new Error(`--tree is required\n${USAGE}`);
@@ -324,7 +366,9 @@ function isBitcode(path: string): boolean {
 }
 
 function archiveMembers(o: Options, tree: string, archive: string): string[] {
-  const names = must(o.ar, ['t', archive], { cwd: tree, what: `${o.ar} t ${archive}` }).split('\n').filter(Boolean);
+  const names = must(o.ar, ['t', archive], { cwd: tree, what: `${o.ar} t ${archive}` })
+    .split('\n')
+    .filter(Boolean);
   return names.map((m) => {
     const rel = join(dirname(archive), m);
     return existsSync(join(tree, rel)) ? rel : m;
@@ -517,7 +561,20 @@ export interface Report {
   jobs: number;
   makeJobs: number;
   thinLinkMs: number[];
-  rows: { name: string; jobs: number; wallMinMs: number; wallMedianMs: number; ratio: number | null; hits: string; cpuMedianMs: number; daemonCpuMedianMs: number | null; serverCpuMedianMs: number | null; mismatches: number | null; note?: string; samples: Sample[] }[];
+  rows: {
+    name: string;
+    jobs: number;
+    wallMinMs: number;
+    wallMedianMs: number;
+    ratio: number | null;
+    hits: string;
+    cpuMedianMs: number;
+    daemonCpuMedianMs: number | null;
+    serverCpuMedianMs: number | null;
+    mismatches: number | null;
+    note?: string;
+    samples: Sample[];
+  }[];
   totalMismatches: number;
   changedJobs: string[];
   ideal: number;
@@ -533,7 +590,7 @@ function machine(o: Options, jobs: number): Record<string, string | number> {
   const uname = spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim();
   const clangV = spawnSync(o.clang, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '';
   const lldV = spawnSync(o.lld, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '';
-  const ccacheV = o.ccache ? (spawnSync(o.ccachePath, ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0] ?? '' : '';
+  const ccacheV = o.ccache ? ((spawnSync(o.ccachePath, ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0] ?? '') : '';
   const release = existsSync(join(o.tree, 'include/config/kernel.release')) ? readFileSync(join(o.tree, 'include/config/kernel.release'), 'utf8').trim() : 'n/a';
   const nproc = spawnSync('nproc', [], { encoding: 'utf8' }).stdout.trim();
   return {
@@ -582,7 +639,10 @@ export async function runBench(o: Options): Promise<Report | null> {
     writeMakefile(makefile, jobs);
     log(`${jobs.length} backend jobs, Makefile ${makefile}`);
     if (o.planOnly) {
-      writeFileSync(join(work, 'thinlink.sh'), `cd ${shellQuote(o.tree)} && exec ${[o.lld, ...plan.flags, `--thinlto-index-only=${join(work, 'vmlinux.thinlto-index')}`, `@${join(work, 'vmlinux.thinlink.rsp')}`, '-o', join(work, 'thinlink.tmp.o')].map(shellQuote).join(' ')}\n`);
+      writeFileSync(
+        join(work, 'thinlink.sh'),
+        `cd ${shellQuote(o.tree)} && exec ${[o.lld, ...plan.flags, `--thinlto-index-only=${join(work, 'vmlinux.thinlto-index')}`, `@${join(work, 'vmlinux.thinlink.rsp')}`, '-o', join(work, 'thinlink.tmp.o')].map(shellQuote).join(' ')}\n`,
+      );
       log(`plan only: make -rR -j${o.jobs} -f ${makefile} CC=… in ${o.tree}; thin link: sh ${join(work, 'thinlink.sh')}`);
       return null;
     }
@@ -600,8 +660,14 @@ export async function runBench(o: Options): Promise<Report | null> {
       return t;
     };
     const outputs = (): Map<string, string | null> => new Map(jobs.map((j) => [j.output, fileSha(join(o.tree, j.output))]));
-    const mismatches = (got: Map<string, string | null>, want: Map<string, string | null>): number => jobs.filter((j) => !got.get(j.output) || got.get(j.output) !== want.get(j.output)).length;
-    const sortedLines = (s: string): string => s.split('\n').filter((l) => l && !l.startsWith('  BE ')).sort().join('\n');
+    const mismatches = (got: Map<string, string | null>, want: Map<string, string | null>): number =>
+      jobs.filter((j) => !got.get(j.output) || got.get(j.output) !== want.get(j.output)).length;
+    const sortedLines = (s: string): string =>
+      s
+        .split('\n')
+        .filter((l) => l && !l.startsWith('  BE '))
+        .sort()
+        .join('\n');
     const inputs = (): Map<string, string> => new Map(jobs.map((j) => [j.input, `${fileSha(join(o.tree, j.input))}:${fileSha(join(o.tree, j.index))}`]));
 
     // ---- the edit (prepared, checked, not timed)
@@ -647,7 +713,15 @@ export async function runBench(o: Options): Promise<Report | null> {
       const ccacheOk = o.ccache && spawnSync(o.ccachePath, ['--version'], { stdio: 'ignore' }).status === 0;
       if (o.ccache && !ccacheOk) log('ccache not found: its rows are skipped');
 
-      const ltoRun = (name: string, cache: Ltocache, want: () => Map<string, string | null>, wantStderr: () => string, idealHits?: number, serverPid?: number, extraEnv: NodeJS.ProcessEnv = {}): void => {
+      const ltoRun = (
+        name: string,
+        cache: Ltocache,
+        want: () => Map<string, string | null>,
+        wantStderr: () => string,
+        idealHits?: number,
+        serverPid?: number,
+        extraEnv: NodeJS.ProcessEnv = {},
+      ): void => {
         const s0 = cache.stats();
         const pid = cache.pid();
         const d0 = pid ? pidCpuMs(pid) : NaN;
@@ -661,13 +735,25 @@ export async function runBench(o: Options): Promise<Report | null> {
         const mm = mismatches(got, want());
         const se = sortedLines(t.stderr) === wantStderr();
         stderrAllMatch &&= se;
-        const sample: Sample = { wallMs: t.wallMs, cpuMs: t.cpuMs, daemonCpuMs: d1 - d0, hits: s1.hits! - s0.hits!, memoHits: (s1.memo_hits ?? 0) - (s0.memo_hits ?? 0), misses: s1.misses! - s0.misses!, remoteHits: s1.remote_hits! - s0.remote_hits!, mismatches: mm, stderrMatches: se };
+        const sample: Sample = {
+          wallMs: t.wallMs,
+          cpuMs: t.cpuMs,
+          daemonCpuMs: d1 - d0,
+          hits: s1.hits! - s0.hits!,
+          memoHits: (s1.memo_hits ?? 0) - (s0.memo_hits ?? 0),
+          misses: s1.misses! - s0.misses!,
+          remoteHits: s1.remote_hits! - s0.remote_hits!,
+          mismatches: mm,
+          stderrMatches: se,
+        };
         if (idealHits !== undefined) sample.ideal = idealHits;
         if (serverPid) sample.serverCpuMs = v1 - v0;
         row(name).samples.push(sample);
         const errs = (s1.errors ?? 0) - (s0.errors ?? 0);
         const unc = (s1.uncacheable ?? 0) - (s0.uncacheable ?? 0);
-        log(`${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${sample.hits} hits (${sample.remoteHits} remote), ${sample.misses} misses, ${errs} errors, ${unc} uncacheable, ${mm} mismatches${se ? '' : ', STDERR DIFFERS'}`);
+        log(
+          `${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${sample.hits} hits (${sample.remoteHits} remote), ${sample.misses} misses, ${errs} errors, ${unc} uncacheable, ${mm} mismatches${se ? '' : ', STDERR DIFFERS'}`,
+        );
       };
 
       // Team server: populated once by a writer cache from the unedited tree (not timed).
@@ -729,8 +815,15 @@ export async function runBench(o: Options): Promise<Report | null> {
             const s1 = ccacheStats(o.ccachePath, env);
             const hit = (s: Record<string, number>) => (s.direct_cache_hit ?? 0) + (s.preprocessed_cache_hit ?? 0);
             const mm = mismatches(outputs(), ref!);
-            row(name, 'ccache counts these jobs as "unsupported_source_language" (-x ir)').samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs, hits: hit(s1) - hit(s0), mismatches: mm });
-            log(`${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${hit(s1) - hit(s0)} hits, unsupported_source_language +${(s1.unsupported_source_language ?? 0) - (s0.unsupported_source_language ?? 0)}`);
+            row(name, 'ccache counts these jobs as "unsupported_source_language" (-x ir)').samples.push({
+              wallMs: t.wallMs,
+              cpuMs: t.cpuMs,
+              hits: hit(s1) - hit(s0),
+              mismatches: mm,
+            });
+            log(
+              `${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${hit(s1) - hit(s0)} hits, unsupported_source_language +${(s1.unsupported_source_language ?? 0) - (s0.unsupported_source_language ?? 0)}`,
+            );
           }
           rmSync(cdir, { recursive: true, force: true });
         }
@@ -739,7 +832,17 @@ export async function runBench(o: Options): Promise<Report | null> {
         rmSync(lcache, { recursive: true, force: true });
         const lldRun = (name: string): void => {
           const n0 = lldCacheEntries(lcache);
-          const t = timed(o.lld, [...plan.original.filter((w, i, a) => !w.startsWith('--thinlto-cache-dir') && !w.startsWith('--thinlto-jobs') && w !== '-o' && a[i - 1] !== '-o'), `--thinlto-cache-dir=${lcache}`, `--thinlto-jobs=${o.jobs}`, '-o', join(work, 'lld-vmlinux.o')], { cwd: o.tree, env: base });
+          const t = timed(
+            o.lld,
+            [
+              ...plan.original.filter((w, i, a) => !w.startsWith('--thinlto-cache-dir') && !w.startsWith('--thinlto-jobs') && w !== '-o' && a[i - 1] !== '-o'),
+              `--thinlto-cache-dir=${lcache}`,
+              `--thinlto-jobs=${o.jobs}`,
+              '-o',
+              join(work, 'lld-vmlinux.o'),
+            ],
+            { cwd: o.tree, env: base },
+          );
           if (t.status !== 0) throw new Error(`${name} failed: ${t.stderr.slice(0, 4000)}`);
           const added = lldCacheEntries(lcache) - n0;
           row(name, 'thin link + backends in one ld.lld process; hits = modules − new cache entries').samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs, hits: jobs.length - added });
@@ -786,12 +889,20 @@ export async function runBench(o: Options): Promise<Report | null> {
         // team cache: a new, empty local cache reading from the server (populated from the unedited tree)
         if (server) {
           revertEdit();
-          const dev = new Ltocache(join(work, `cache-dev-${run}`), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read, LTOCACHE_REMOTE_MODE: 'read-only' });
+          const dev = new Ltocache(join(work, `cache-dev-${run}`), base, {
+            LTOCACHE_REMOTE: server.url,
+            LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read,
+            LTOCACHE_REMOTE_MODE: 'read-only',
+          });
           caches.push(dev);
           dev.start();
           ltoRun('ltocache + team server, warm (empty local cache)', dev, wantRef, wantRefStderr, undefined, server.pid);
           dev.destroy();
-          const dev2 = new Ltocache(join(work, `cache-dev2-${run}`), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read, LTOCACHE_REMOTE_MODE: 'read-only' });
+          const dev2 = new Ltocache(join(work, `cache-dev2-${run}`), base, {
+            LTOCACHE_REMOTE: server.url,
+            LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read,
+            LTOCACHE_REMOTE_MODE: 'read-only',
+          });
           caches.push(dev2);
           dev2.start();
           applyEdit();
@@ -810,7 +921,13 @@ export async function runBench(o: Options): Promise<Report | null> {
         const hitsStr =
           hitsList[0] === undefined
             ? '—'
-            : [...new Set(hitsList.map((h, i) => `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}${r.samples[i]!.memoHits ? ` (${r.samples[i]!.memoHits} memo)` : ''}`))].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');
+            : [
+                ...new Set(
+                  hitsList.map(
+                    (h, i) => `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}${r.samples[i]!.memoHits ? ` (${r.samples[i]!.memoHits} memo)` : ''}`,
+                  ),
+                ),
+              ].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');
         const mmList = r.samples.map((s) => s.mismatches).filter((x): x is number => x !== undefined);
         const dcpu = r.samples.map((s) => s.daemonCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
         const vcpu = r.samples.map((s) => s.serverCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
@@ -888,10 +1005,17 @@ export function formatReport(r: Report): string {
   lines.push(`thin link (not in any make row; in the lld rows): median ${s(median(r.thinLinkMs))} s over ${r.thinLinkMs.length}`);
   lines.push(`after the edit: ${r.changedJobs.length} of ${r.jobs} jobs changed index or input, ideal hits ${r.ideal}: ${r.changedJobs.join(' ')}`);
   if (r.verify) lines.push(`verify=all: ${r.verify.runs} of ${r.verify.hits} hits recompiled in the background and compared byte for byte; mismatches: ${r.verify.mismatches}`);
-  lines.push(`byte mismatches of ltocache objects vs direct clang: ${r.totalMismatches}; direct clang deterministic across runs: ${r.noCacheDeterministic ? 'yes' : 'NO'}; stderr of ltocache runs equal to direct clang's (sorted lines): ${r.stderrAllMatch ? 'yes' : 'NO'}`);
+  lines.push(
+    `byte mismatches of ltocache objects vs direct clang: ${r.totalMismatches}; direct clang deterministic across runs: ${r.noCacheDeterministic ? 'yes' : 'NO'}; stderr of ltocache runs equal to direct clang's (sorted lines): ${r.stderrAllMatch ? 'yes' : 'NO'}`,
+  );
   for (const row of r.rows) if (row.note) lines.push(`- ${row.name}: ${row.note}`);
   lines.push('');
-  lines.push('machine: ' + Object.entries(r.machine).map(([k, v]) => `${k}=${v}`).join('; '));
+  lines.push(
+    'machine: ' +
+      Object.entries(r.machine)
+        .map(([k, v]) => `${k}=${v}`)
+        .join('; '),
+  );
   return lines.join('\n');
 }
 

@@ -18,16 +18,29 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import { JobLog } from '../src/jobLog/jobLog.js';
-import { materialize } from '../src/pipeline/materialize.js';
 import { FileDigests } from '../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../src/key/hash.js';
 import { buildManifest } from '../src/key/manifest.js';
 import { parseJob } from '../src/key/parseJob.js';
 import { ToolchainIdentifier } from '../src/key/toolchain.js';
+import { materialize } from '../src/pipeline/materialize.js';
 import { decodeCompileRequest, encodeCompileRequest, encodeResult } from '../src/protocol/clientFrames.js';
 import { LocalStore } from '../src/store/localStore.js';
 import { CacheEnv, FIXTURE, tempDir } from '../test/support/env.js';
-import { type JobResult, type LatencySummary, type JobSpec, absoluteCompiler, destroyCache, jobContext, procSample, referenceObjects, runDaemonLoad, runJob, runTeamLoad, summarise } from './loadDriver.js';
+import {
+  absoluteCompiler,
+  destroyCache,
+  type JobResult,
+  type JobSpec,
+  jobContext,
+  type LatencySummary,
+  procSample,
+  referenceObjects,
+  runDaemonLoad,
+  runJob,
+  runTeamLoad,
+  summarise,
+} from './loadDriver.js';
 
 interface Options {
   clients: number;
@@ -41,7 +54,8 @@ interface Options {
   json: string | null;
 }
 
-const USAGE = 'usage: node dist/bench/load.js [--clients 16] [--jobs 2000] [--native-every 50] [--daemons 8] [--parallel 2] [--no-daemon-load] [--no-team-load] [--hit-breakdown] [--json FILE]';
+const USAGE =
+  'usage: node dist/bench/load.js [--clients 16] [--jobs 2000] [--native-every 50] [--daemons 8] [--parallel 2] [--no-daemon-load] [--no-team-load] [--hit-breakdown] [--json FILE]';
 
 function parseArgs(argv: string[]): Options {
   const o: Options = { clients: 16, jobs: 2000, nativeEvery: 50, daemons: 8, parallel: 2, daemonLoad: true, teamLoad: true, breakdown: false, json: null };
@@ -114,7 +128,18 @@ async function hitBreakdown(n: number): Promise<[string, string][]> {
     if (parsed.kind !== 'job') throw new Error('not a backend job');
     const keyed = await buildManifest({ files, toolchains }, parsed.job, compiler, b.dir, env);
     if (keyed.kind !== 'key') throw new Error(`uncacheable: ${keyed.reason}`);
-    await store.put(keyed.key, { record: { v: 1, outputs: [{ name: 'obj', digest: hashBytes(obj.obj), size: obj.obj.length }], stdout: '', stderr: obj.stderr.toString('base64'), exitCode: 0, compileMs: 50, createdAt: Date.now() }, files: new Map([['obj', obj.obj]]) });
+    await store.put(keyed.key, {
+      record: {
+        v: 1,
+        outputs: [{ name: 'obj', digest: hashBytes(obj.obj), size: obj.obj.length }],
+        stdout: '',
+        stderr: obj.stderr.toString('base64'),
+        exitCode: 0,
+        compileMs: 50,
+        createdAt: Date.now(),
+      },
+      files: new Map([['obj', obj.obj]]),
+    });
     // The digest memo refuses files younger than 2 s (racy timestamps): let them settle.
     await new Promise((r) => setTimeout(r, 2500));
     const steps: [string, () => Promise<unknown> | unknown][] = [
@@ -125,7 +150,21 @@ async function hitBreakdown(n: number): Promise<[string, string][]> {
       ['store get (LevelDB get, blob read + verify)', () => store.get(keyed.key)],
       ['materialize (temp file, write, chmod, rename)', () => materialize(b.dir, [{ path: out, data: obj.obj }], 0o022)],
       ['encode reply', () => encodeResult(0, Buffer.alloc(0), obj.stderr)],
-      ['job log record (3 puts, batched)', () => jobLog.record({ req: decodeCompileRequest(frame), startedAt: Date.now(), endedAt: Date.now(), result: 'hit', key: keyed.key, manifest: keyed.manifest, savedMs: 50, bytes: obj.obj.length, output: out })],
+      [
+        'job log record (3 puts, batched)',
+        () =>
+          jobLog.record({
+            req: decodeCompileRequest(frame),
+            startedAt: Date.now(),
+            endedAt: Date.now(),
+            result: 'hit',
+            key: keyed.key,
+            manifest: keyed.manifest,
+            savedMs: 50,
+            bytes: obj.obj.length,
+            output: out,
+          }),
+      ],
     ];
     let sum = 0;
     let cpuSum = 0;
@@ -171,7 +210,10 @@ async function hitBreakdown(n: number): Promise<[string, string][]> {
     }
     const cpu = procSample(pid)!.cpuMs - cpu0;
     const s = summarise(t);
-    rows.push(['whole hit through the daemon, 1 client, socket (client-side)', `mean ${(s.mean * 1000).toFixed(0)} µs, p50 ${(s.p50 * 1000).toFixed(0)} µs, p99 ${(s.p99 * 1000).toFixed(0)} µs`]);
+    rows.push([
+      'whole hit through the daemon, 1 client, socket (client-side)',
+      `mean ${(s.mean * 1000).toFixed(0)} µs, p50 ${(s.p50 * 1000).toFixed(0)} µs, p99 ${(s.p99 * 1000).toFixed(0)} µs`,
+    ]);
     rows.push(['daemon CPU per hit (user + system, /proc/<pid>/stat)', `${((cpu * 1000) / n).toFixed(0)} µs`]);
   } finally {
     await destroyCache(cache);
@@ -224,8 +266,15 @@ async function main(): Promise<void> {
       ['hit latency, bin/ltocache incl. spawn (ms)', lat(nativeHits)],
       ['hit time inside the daemon, job log (ms)', lat(daemonSideHits)],
       ['daemon peak RSS (sampled VmRSS / VmHWM)', `${(r.peakRssKb / 1024).toFixed(0)} MB / ${(r.hwmKb / 1024).toFixed(0)} MB (${r.rssSamples} samples)`],
-      ['daemon VmRSS at 10% / 50% / 90% / 100% of the run', [0.1, 0.5, 0.9, 1].map((q) => `${((r.rssTimeline[Math.min(r.rssTimeline.length - 1, Math.floor(q * r.rssTimeline.length))]?.[1] ?? 0) / 1024).toFixed(0)}`).join(' / ') + ' MB'],
-      ['daemon CPU: itself / its clang runs', `${(r.daemonCpuMs / 1000).toFixed(1)} s (${((r.daemonCpuMs * 1000) / r.jobsSent).toFixed(0)} µs per job) / ${(r.compilerCpuMs / 1000).toFixed(1)} s (${(r.compilerCpuMs / Math.max(1, r.stats.misses)).toFixed(0)} ms per miss)`],
+      [
+        'daemon VmRSS at 10% / 50% / 90% / 100% of the run',
+        [0.1, 0.5, 0.9, 1].map((q) => `${((r.rssTimeline[Math.min(r.rssTimeline.length - 1, Math.floor(q * r.rssTimeline.length))]?.[1] ?? 0) / 1024).toFixed(0)}`).join(' / ') +
+          ' MB',
+      ],
+      [
+        'daemon CPU: itself / its clang runs',
+        `${(r.daemonCpuMs / 1000).toFixed(1)} s (${((r.daemonCpuMs * 1000) / r.jobsSent).toFixed(0)} µs per job) / ${(r.compilerCpuMs / 1000).toFixed(1)} s (${(r.compilerCpuMs / Math.max(1, r.stats.misses)).toFixed(0)} ms per miss)`,
+      ],
       ['load driver CPU (this process + bin/ltocache children)', `${(r.driverCpuMs / 1000).toFixed(1)} s (${((r.driverCpuMs * 1000) / r.jobsSent).toFixed(0)} µs per job)`],
       ['daemon fds before / after', `${r.fdsBefore} / ${r.fdsAfter}`],
       ['jobs matched in the job log', `${r.classified} of ${r.jobsSent}; daemon result ≠ planned (first use = miss): ${misclassified}`],
@@ -242,7 +291,10 @@ async function main(): Promise<void> {
       const ok = round.results.filter((x) => !x.failure);
       const sum = (k: keyof (typeof round.deltas)[number]) => round.deltas.reduce((n, d) => n + d[k], 0);
       rows.push([`${round.name}: jobs, failures, wrong objects`, `${round.jobs}, ${round.failureCount}, ${round.wrongObjects}`]);
-      rows.push([`${round.name}: hits / remote hits / misses`, `${sum('hits')} / ${sum('remote_hits')} / ${sum('misses')} (remote errors ${sum('remote_errors')}, skipped ${sum('remote_skipped')})`]);
+      rows.push([
+        `${round.name}: hits / remote hits / misses`,
+        `${sum('hits')} / ${sum('remote_hits')} / ${sum('misses')} (remote errors ${sum('remote_errors')}, skipped ${sum('remote_skipped')})`,
+      ]);
       rows.push([`${round.name}: throughput`, `${(round.jobs / (round.wallMs / 1000)).toFixed(0)} jobs/s (${(round.wallMs / 1000).toFixed(2)} s)`]);
       const remote = ok.filter((x) => x.result === 'remote-hit' && !x.spec.native).map((x) => x.ms);
       const local = ok.filter((x) => x.result === 'hit' && !x.spec.native).map((x) => x.ms);
@@ -254,7 +306,9 @@ async function main(): Promise<void> {
     rows.push(['server after round 1: entries / puts', `${r.serverAfterRound1.entries} / ${r.serverAfterRound1.puts}`]);
     rows.push(['server at end: entries / hits / misses / puts', `${r.server.entries} / ${r.server.hits} / ${r.server.misses} / ${r.server.puts}`]);
     rows.push(['peak RSS: a daemon / the server', `${(r.peakDaemonRssKb / 1024).toFixed(0)} MB / ${(r.peakServerRssKb / 1024).toFixed(0)} MB`]);
-    process.stdout.write(`\n## team load: ${r.daemons} daemons, one server, ${r.modules} modules × ${r.variants} variants each, make -j${o.parallel} per daemon\n\n${table(rows)}\n`);
+    process.stdout.write(
+      `\n## team load: ${r.daemons} daemons, one server, ${r.modules} modules × ${r.variants} variants each, make -j${o.parallel} per daemon\n\n${table(rows)}\n`,
+    );
     for (const round of r.rounds) if (round.failures.length) process.stdout.write(`${round.name} failures:\n${round.failures.join('\n')}\n`);
     out.team = { rows, server: r.server, serverAfterRound1: r.serverAfterRound1 };
   }

@@ -18,18 +18,18 @@
  *    then after `ltocache clear` of every local store (round 3: all remote hits).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { delimiter, isAbsolute, join, resolve } from 'node:path';
-import { ThinBuild } from '../src/demo/thinBuild.js';
 import { askDaemon } from '../src/cli/controlClient.js';
+import { ThinBuild } from '../src/demo/thinBuild.js';
 import type { JobRecord } from '../src/jobLog/jobLog.js';
-import { FRAME_WAIT, FrameDecoder, MAX_REPLY_PAYLOAD, decodeReply, encodeCompileRequest, socketPathFor } from '../src/protocol/clientFrames.js';
+import { decodeReply, encodeCompileRequest, FRAME_WAIT, FrameDecoder, MAX_REPLY_PAYLOAD, socketPathFor } from '../src/protocol/clientFrames.js';
 import type { StatsView } from '../src/stats/counters.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
-import { ServerProcess, TOKENS } from '../test/support/server.js';
 import { mulberry32 } from '../test/support/prng.js';
+import { ServerProcess, TOKENS } from '../test/support/server.js';
 
 // ---------------------------------------------------------------------------------------------
 // Jobs and references
@@ -168,7 +168,11 @@ function socketCompile(socket: string, frame: Buffer, timeoutMs: number): Promis
         const payload = decoder.push(chunk).find((f) => !(f.length === 1 && f[0] === FRAME_WAIT));
         if (!payload) return;
         const reply = decodeReply(payload);
-        finish(reply.kind === 'result' ? { exit: reply.exit, stdout: reply.stdout, stderr: reply.stderr } : { error: reply.kind === 'passthrough' ? `passthrough: ${reply.reason}` : `unexpected ${reply.kind}` });
+        finish(
+          reply.kind === 'result'
+            ? { exit: reply.exit, stdout: reply.stdout, stderr: reply.stderr }
+            : { error: reply.kind === 'passthrough' ? `passthrough: ${reply.reason}` : `unexpected ${reply.kind}` },
+        );
       } catch (e) {
         finish({ error: `bad reply: ${(e as Error).message}` });
       }
@@ -226,7 +230,8 @@ export async function runJob(spec: JobSpec, ctx: JobContext): Promise<JobResult>
     return result;
   }
   if (reply.exit !== ref.status) result.failure = `${what}: exit ${reply.exit}, direct clang ${ref.status}; stderr: ${reply.stderr.toString().slice(0, 500)}`;
-  else if (!reply.stderr.equals(ref.stderr)) result.failure = `${what}: stderr differs from direct clang: ${JSON.stringify(reply.stderr.toString().slice(0, 300))} vs ${JSON.stringify(ref.stderr.toString().slice(0, 300))}`;
+  else if (!reply.stderr.equals(ref.stderr))
+    result.failure = `${what}: stderr differs from direct clang: ${JSON.stringify(reply.stderr.toString().slice(0, 300))} vs ${JSON.stringify(ref.stderr.toString().slice(0, 300))}`;
   else if (!reply.stdout.equals(ref.stdout)) result.failure = `${what}: stdout differs from direct clang`;
   else {
     const obj = await readFile(target).catch(() => null);
@@ -301,7 +306,10 @@ export function procSample(pid: number): ProcSample | null {
     }
     // Fields after the parenthesised command name: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    const f = stat
+      .slice(stat.lastIndexOf(')') + 2)
+      .split(' ')
+      .map(Number);
     const cpuMs = ((f[11] ?? 0) + (f[12] ?? 0)) * TICK_MS;
     const childCpuMs = ((f[13] ?? 0) + (f[14] ?? 0)) * TICK_MS;
     return { rssKb: kb('VmRSS'), hwmKb: kb('VmHWM'), fds, cpuMs, childCpuMs };
@@ -364,9 +372,15 @@ export interface LatencySummary {
 
 export function summarise(ms: number[]): LatencySummary {
   const s = [...ms].sort((a, b) => a - b);
-  return { n: s.length, p50: percentile(s, 50), p90: percentile(s, 90), p99: percentile(s, 99), max: s.length ? s[s.length - 1]! : NaN, mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : NaN };
+  return {
+    n: s.length,
+    p50: percentile(s, 50),
+    p90: percentile(s, 90),
+    p99: percentile(s, 99),
+    max: s.length ? s[s.length - 1]! : NaN,
+    mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : NaN,
+  };
 }
-
 
 /**
  * Matches results with the daemon's job log (op `last-build`): for one output path, a client's
@@ -650,7 +664,15 @@ export async function runTeamLoad(o: TeamLoadOptions): Promise<TeamLoadReport> {
       return combos.map((_, i) => {
         const c = combos[(i + shift) % combos.length]!;
         const seq = round * 1000 + i;
-        return { client: d, seq, module: c.module, variant: c.variant, out: `${c.module}.${c.variant.name}.thinlto-native.o`, native: o.nativeEvery > 0 && (i + d) % o.nativeEvery === 0, firstUse: round === 0 };
+        return {
+          client: d,
+          seq,
+          module: c.module,
+          variant: c.variant,
+          out: `${c.module}.${c.variant.name}.thinlto-native.o`,
+          native: o.nativeEvery > 0 && (i + d) % o.nativeEvery === 0,
+          firstUse: round === 0,
+        };
       });
     };
     const rounds: TeamRound[] = [];
@@ -667,7 +689,17 @@ export async function runTeamLoad(o: TeamLoadOptions): Promise<TeamLoadReport> {
       const results = perDaemon.flat();
       const failed = results.filter((r) => r.failure);
       const deltas = afterStats.map((a, d) => Object.fromEntries(DELTA_KEYS.map((k) => [k, a[k] - before[d]![k]])) as TeamRound['deltas'][number]);
-      const r: TeamRound = { name, jobs: results.length, wallMs, results, failures: failed.slice(0, 20).map((f) => f.failure!), failureCount: failed.length, wrongObjects: failed.filter((f) => f.wrongObject).length, deltas, classified };
+      const r: TeamRound = {
+        name,
+        jobs: results.length,
+        wallMs,
+        results,
+        failures: failed.slice(0, 20).map((f) => f.failure!),
+        failureCount: failed.length,
+        wrongObjects: failed.filter((f) => f.wrongObject).length,
+        deltas,
+        classified,
+      };
       rounds.push(r);
       return r;
     };
@@ -681,13 +713,17 @@ export async function runTeamLoad(o: TeamLoadOptions): Promise<TeamLoadReport> {
     const r1 = await runRound('round 1: cold, concurrent (misses, racing uploads, remote hits)', 0);
     const stored = r1.deltas.reduce((n, d) => n + d.misses, 0);
     let uploadsAfterRound1 = 0;
-    await waitFor('round-1 uploads', () => {
-      const s = caches.map((c) => c.stats());
-      uploadsAfterRound1 = s.reduce((n, x) => n + x.uploads, 0);
-      // Every stored miss is one upload attempt: it ends stored, refused, dropped or failed.
-      const settled = s.reduce((n, x) => n + x.uploads + x.uploads_refused + x.uploads_dropped + x.remote_errors, 0);
-      return settled >= stored;
-    }, 60_000);
+    await waitFor(
+      'round-1 uploads',
+      () => {
+        const s = caches.map((c) => c.stats());
+        uploadsAfterRound1 = s.reduce((n, x) => n + x.uploads, 0);
+        // Every stored miss is one upload attempt: it ends stored, refused, dropped or failed.
+        const settled = s.reduce((n, x) => n + x.uploads + x.uploads_refused + x.uploads_dropped + x.remote_errors, 0);
+        return settled >= stored;
+      },
+      60_000,
+    );
     const serverAfterRound1 = remoteStats();
 
     // Round 2: a new thin link (index files rewritten, same content): all local hits.

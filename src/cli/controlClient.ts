@@ -1,5 +1,5 @@
 import { connect } from 'node:net';
-import { FrameDecoder, decodeJson, encodeJson, socketPathFor } from '../protocol/clientFrames.js';
+import { decodeJson, encodeJson, FrameDecoder, socketPathFor } from '../protocol/clientFrames.js';
 import { type ControlRequest, ControlResponse } from '../protocol/control.js';
 
 export type ControlReply = { kind: 'ok'; result: unknown } | { kind: 'failed'; error: string } | { kind: 'unreachable'; error: string };

@@ -115,11 +115,13 @@ export function bashCompletion(): string {
     `# bash completion for ltocache (${GENERATED}).`,
     "# The first word is a command or a compiler; after a compiler, the compiler's own completion.",
     '_ltocache() {',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: bash parameter expansion, not a template
     '  local cur=${COMP_WORDS[COMP_CWORD]}',
     '  if [ "$COMP_CWORD" -eq 1 ]; then',
     `    COMPREPLY=($(compgen -W '${topWords().join(' ')}' -- "$cur") $(compgen -c -- "$cur" | grep '^clang'))`,
     '    return 0',
     '  fi',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: bash parameter expansion, not a template
     '  case ${COMP_WORDS[1]} in',
     ...cases,
     `    ${bare().join('|')}) COMPREPLY=() ;;`,

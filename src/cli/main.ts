@@ -1,20 +1,19 @@
 #!/usr/bin/env node
 import { spawn, spawnSync } from 'node:child_process';
-import { dirname, join } from 'node:path';
+import { closeSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, ConfigShape, loadConfig, type Config, type ConfigKey } from '../config/config.js';
+import { type Config, ConfigError, type ConfigKey, ConfigShape, loadConfig } from '../config/config.js';
+import { chromeTrace } from '../explain/chromeTrace.js';
+import { type BuildSummary, formatBuild, formatExplanation, type JobExplanation } from '../explain/explainJobs.js';
+import type { JobRecord } from '../jobLog/jobLog.js';
 import { formatStats } from '../stats/formatStats.js';
 import { formatPrometheus } from '../stats/prometheus.js';
-import { askDaemon } from './controlClient.js';
-import { closeSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { resolve } from 'node:path';
-import type { JobRecord } from '../jobLog/jobLog.js';
-import { type BuildSummary, type JobExplanation, formatBuild, formatExplanation } from '../explain/explainJobs.js';
-import { chromeTrace } from '../explain/chromeTrace.js';
+import { LAYOUT_FILE, LAYOUT_VERSION } from '../store/layout.js';
 import { processAlive } from '../util/processAlive.js';
 import { VERSION } from '../version.js';
 import { usageText } from './commandTable.js';
-import { LAYOUT_FILE, LAYOUT_VERSION } from '../store/layout.js';
+import { askDaemon } from './controlClient.js';
 
 // The daemon, the store and the team-cache client are imported where used: `distribute` runs
 // once per link, and its start-up time is on the link's critical path.
@@ -91,7 +90,13 @@ async function remoteStats(config: Config, json: boolean): Promise<void> {
     if (json) process.stdout.write(JSON.stringify(s) + '\n');
     else {
       const w = Math.max(...Object.keys(s).map((k) => k.length));
-      process.stdout.write(`team cache ${config.remote}\n` + Object.entries(s).map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n');
+      process.stdout.write(
+        `team cache ${config.remote}\n` +
+          Object.entries(s)
+            .map(([k, v]) => `${k.padEnd(w)}  ${v}`)
+            .join('\n') +
+          '\n',
+      );
     }
   } catch (e) {
     fail(`team cache ${config.remote}: ${(e as Error).message}`);
@@ -136,7 +141,10 @@ async function clear(config: Config): Promise<void> {
 
 function configShow(env: NodeJS.ProcessEnv): void {
   const { config, origins } = loadConfig(env);
-  const rows: [string, string, string][] = [['dir', config.dir, env.LTOCACHE_DIR ? 'env LTOCACHE_DIR' : 'default'], ['config_file', config.configFile, env.LTOCACHE_CONFIG ? 'env LTOCACHE_CONFIG' : 'default']];
+  const rows: [string, string, string][] = [
+    ['dir', config.dir, env.LTOCACHE_DIR ? 'env LTOCACHE_DIR' : 'default'],
+    ['config_file', config.configFile, env.LTOCACHE_CONFIG ? 'env LTOCACHE_CONFIG' : 'default'],
+  ];
   for (const k of Object.keys(ConfigShape) as ConfigKey[]) {
     let v = String(config[k]);
     if (k === 'remote_token' && v) v = '(set, hidden)';
@@ -147,7 +155,6 @@ function configShow(env: NodeJS.ProcessEnv): void {
   const w1 = Math.max(...rows.map((r) => r[1].length));
   for (const [k, v, o] of rows) process.stdout.write(`${k.padEnd(w0)}  ${v.padEnd(w1)}  ${o}\n`);
 }
-
 
 async function daemonCmd(config: Config, args: string[]): Promise<void> {
   const sub = args[0];
@@ -174,7 +181,9 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
       return;
     }
     // Stopped means the process is gone (its store closed), not just the socket.
-    const pid = (r.result as { pid?: number } | undefined)?.pid ?? (await askDaemon(config.dir, { op: 'status' }, 1000).then((x) => (x.kind === 'ok' ? (x.result as { pid: number }).pid : undefined)));
+    const pid =
+      (r.result as { pid?: number } | undefined)?.pid ??
+      (await askDaemon(config.dir, { op: 'status' }, 1000).then((x) => (x.kind === 'ok' ? (x.result as { pid: number }).pid : undefined)));
     const deadline = Date.now() + 40_000;
     while (Date.now() < deadline) {
       const gone = pid === undefined ? (await askDaemon(config.dir, { op: 'status' }, 1000)).kind === 'unreachable' : !processAlive(pid);

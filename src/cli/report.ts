@@ -1,11 +1,11 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
-import type { JobRecord } from '../jobLog/jobLog.js';
 import type { BuildSummary } from '../explain/explainJobs.js';
+import type { JobRecord } from '../jobLog/jobLog.js';
 import { renderReport } from '../report/renderReport.js';
-import { currentStats } from './currentStats.js';
 import { askLog } from './askLog.js';
+import { currentStats } from './currentStats.js';
 
 const REPORT_USAGE = 'usage: ltocache report -o FILE [--builds N]';
 const DEFAULT_BUILDS = 50;

@@ -39,5 +39,5 @@ export function resolveCacheDir(env: NodeJS.ProcessEnv = process.env): string {
  */
 export function clientCacheDir(env: NodeJS.ProcessEnv): string | undefined {
   const dir = cacheDirRule(env, undefined);
-  return dir !== undefined && dir.startsWith('/') ? dir : undefined;
+  return dir?.startsWith('/') ? dir : undefined;
 }

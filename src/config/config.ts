@@ -55,7 +55,10 @@ export const ConfigShape = {
   remote_timeout_ms: intField(1).default(300),
   remote_retry_ms: intField(1).default(10_000),
   upload_queue: intField(0).default(256),
-  verify: z.string().regex(/^(off|all|sample:(0(\.\d+)?|1(\.0+)?))$/, "verify is off, all or sample:<fraction 0..1>").default('off'),
+  verify: z
+    .string()
+    .regex(/^(off|all|sample:(0(\.\d+)?|1(\.0+)?))$/, 'verify is off, all or sample:<fraction 0..1>')
+    .default('off'),
   build_gap_ms: intField(1).default(10_000),
 };
 const ConfigSchema = z.object(ConfigShape).strict();
@@ -79,7 +82,7 @@ export function parseConfigText(text: string, file: string): Record<string, stri
     if (!m) throw new ConfigError(`${file}:${i + 1}: expected 'key = value', got '${raw.trim()}'`);
     const key = m[1]!;
     // Own keys only: `in` also saw Object.prototype, so `constructor = 1` was silently accepted.
-    if (!Object.prototype.hasOwnProperty.call(ConfigShape, key)) throw new ConfigError(`${file}:${i + 1}: unknown setting '${key}' (known: ${Object.keys(ConfigShape).join(', ')})`);
+    if (!Object.hasOwn(ConfigShape, key)) throw new ConfigError(`${file}:${i + 1}: unknown setting '${key}' (known: ${Object.keys(ConfigShape).join(', ')})`);
     out[key] = m[2]!.replace(/^"(.*)"$/, '$1');
   });
   return out;

@@ -1,8 +1,8 @@
 import type { Socket } from 'node:net';
+import { ClientCompileError, type JobContext, type JobOutcome } from '../pipeline/jobPipeline.js';
+import type { CompilerRun } from '../pipeline/runCompiler.js';
 import {
   type CompileRequest,
-  FrameDecoder,
-  ProtocolError,
   decodeCompileRequest,
   decodeDone,
   decodeJson,
@@ -12,11 +12,11 @@ import {
   encodePassthrough,
   encodeResult,
   encodeWait,
+  FrameDecoder,
+  ProtocolError,
 } from '../protocol/clientFrames.js';
-import { FRAME_COMPILE, FRAME_JSON, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
-import { ClientCompileError, type JobContext, type JobOutcome } from '../pipeline/jobPipeline.js';
-import type { CompilerRun } from '../pipeline/runCompiler.js';
+import { FRAME_COMPILE, FRAME_JSON, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
 import { type Counters, ErrorKind } from '../stats/counters.js';
 import type { Logger } from '../util/log.js';
 

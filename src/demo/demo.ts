@@ -2,8 +2,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Config } from '../config/config.js';
 import { currentStats } from '../cli/currentStats.js';
+import type { Config } from '../config/config.js';
 import { formatStats } from '../stats/formatStats.js';
 import { ThinBuild } from './thinBuild.js';
 

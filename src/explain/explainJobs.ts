@@ -14,12 +14,22 @@ export interface JobExplanation {
 
 /** Explains one recorded job: a hit has no causes; a miss is diffed against the previous job. */
 export async function explainJob(log: JobLog, job: JobRecord): Promise<JobExplanation> {
-  const base = { output: job.output, result: job.result, at: new Date(job.startedAt).toISOString(), key: job.key ?? null, previousKey: job.prevKey ?? null, reason: job.reason ?? null };
+  const base = {
+    output: job.output,
+    result: job.result,
+    at: new Date(job.startedAt).toISOString(),
+    key: job.key ?? null,
+    previousKey: job.prevKey ?? null,
+    reason: job.reason ?? null,
+  };
   if (job.result !== 'miss') return { ...base, causes: [] };
   const cur = await log.manifestOf(job.key);
   if (!cur) return { ...base, causes: [] };
   if (job.prevKey && job.prevKey === job.key) {
-    return { ...base, causes: [{ kind: 'not-stored', detail: 'same key as the previous job: the entry was evicted, found corrupt, or the previous compile failed and was not stored' }] };
+    return {
+      ...base,
+      causes: [{ kind: 'not-stored', detail: 'same key as the previous job: the entry was evicted, found corrupt, or the previous compile failed and was not stored' }],
+    };
   }
   const prev = job.prevKey ? await log.manifestOf(job.prevKey) : undefined;
   if (job.prevKey && !prev) return { ...base, causes: [{ kind: 'not-stored', detail: 'the previous manifest is no longer recorded' }] };
@@ -46,7 +56,21 @@ export interface BuildSummary {
 
 /** Summarises a build (a burst of jobs, see BUILD_GAP_MS in jobLog/jobLog.ts). */
 export async function summariseBuild(log: JobLog, jobs: JobRecord[], cwdForNames?: string): Promise<BuildSummary> {
-  const s: BuildSummary = { jobs: jobs.length, hits: 0, remote_hits: 0, misses: 0, uncacheable: 0, errors: 0, started: null, ended: null, wall_ms: 0, saved_ms: 0, miss_causes: {}, top_changed_modules: [], misses_detail: [] };
+  const s: BuildSummary = {
+    jobs: jobs.length,
+    hits: 0,
+    remote_hits: 0,
+    misses: 0,
+    uncacheable: 0,
+    errors: 0,
+    started: null,
+    ended: null,
+    wall_ms: 0,
+    saved_ms: 0,
+    miss_causes: {},
+    top_changed_modules: [],
+    misses_detail: [],
+  };
   if (!jobs.length) return s;
   const start = Math.min(...jobs.map((j) => j.startedAt));
   const end = Math.max(...jobs.map((j) => j.endedAt));
@@ -68,7 +92,10 @@ export async function summariseBuild(log: JobLog, jobs: JobRecord[], cwdForNames
     } else if (j.result === 'uncacheable') s.uncacheable++;
     else s.errors++;
   }
-  s.top_changed_modules = [...modules].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, 10).map(([module, n]) => ({ module: cwdForNames ? relative(cwdForNames, module) || module : module, importers_missed: n }));
+  s.top_changed_modules = [...modules]
+    .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+    .slice(0, 10)
+    .map(([module, n]) => ({ module: cwdForNames ? relative(cwdForNames, module) || module : module, importers_missed: n }));
   return s;
 }
 

@@ -85,14 +85,21 @@ export function explainMiss(prev: Manifest | null | undefined, cur: Manifest): C
   const pt = prev.toolchain;
   const ct = cur.toolchain;
   if (pt.realpath !== ct.realpath || pt.digest !== ct.digest || pt.driver !== ct.driver) {
-    causes.push({ kind: 'toolchain', detail: pt.realpath !== ct.realpath || pt.driver !== ct.driver ? `compiler changed: ${pt.driver} (${pt.realpath}) → ${ct.driver} (${ct.realpath})` : `compiler executable ${ct.realpath} changed content` });
+    causes.push({
+      kind: 'toolchain',
+      detail:
+        pt.realpath !== ct.realpath || pt.driver !== ct.driver
+          ? `compiler changed: ${pt.driver} (${pt.realpath}) → ${ct.driver} (${ct.realpath})`
+          : `compiler executable ${ct.realpath} changed content`,
+    });
   } else {
     const libs = new Map(pt.libs.map((l) => [l.path, l.digest]));
     const changed = ct.libs.filter((l) => libs.get(l.path) !== l.digest).map((l) => l.path);
     const gone = pt.libs.filter((l) => !ct.libs.some((c) => c.path === l.path)).map((l) => l.path);
     if (changed.length || gone.length) causes.push({ kind: 'toolchain', detail: `compiler libraries changed: ${[...changed, ...gone].join(', ')}` });
     const cfg = new Map(pt.configs.map((c) => [c.path, c.digest]));
-    if (ct.configs.length !== pt.configs.length || ct.configs.some((c) => cfg.get(c.path) !== c.digest)) causes.push({ kind: 'toolchain', detail: 'clang configuration files changed' });
+    if (ct.configs.length !== pt.configs.length || ct.configs.some((c) => cfg.get(c.path) !== c.digest))
+      causes.push({ kind: 'toolchain', detail: 'clang configuration files changed' });
   }
   if (prev.input.path !== cur.input.path) causes.push({ kind: 'output-path', detail: `input path changed: ${prev.input.path} → ${cur.input.path}` });
   else if (prev.input.digest !== cur.input.digest) causes.push({ kind: 'input', detail: `input bitcode ${cur.input.path} changed` });
@@ -103,7 +110,8 @@ export function explainMiss(prev: Manifest | null | undefined, cur: Manifest): C
     for (const [path, m] of cm) {
       const old = pm.get(path);
       if (path === cur.input.path) {
-        if (old && old.moduleHash !== m.moduleHash && prev.input.digest === cur.input.digest) causes.push({ kind: 'index-own-hash', detail: `the index records a new module hash for ${path}` });
+        if (old && old.moduleHash !== m.moduleHash && prev.input.digest === cur.input.digest)
+          causes.push({ kind: 'index-own-hash', detail: `the index records a new module hash for ${path}` });
         continue;
       }
       if (!old) causes.push({ kind: 'import-added', module: path, detail: `now imports from ${path}` });
@@ -111,11 +119,17 @@ export function explainMiss(prev: Manifest | null | undefined, cur: Manifest): C
     }
     for (const path of pm.keys()) if (!cm.has(path) && path !== cur.input.path) causes.push({ kind: 'import-removed', module: path, detail: `no longer imports from ${path}` });
     const inputExplains = causes.some((c) => c.kind === 'input');
-    if (causes.length === before && !inputExplains) causes.push({ kind: 'index-summary', detail: `index ${cur.names?.index ?? cur.index.path} changed in its summary (import decisions, internalisation, dead-stripping, devirtualisation)` });
+    if (causes.length === before && !inputExplains)
+      causes.push({
+        kind: 'index-summary',
+        detail: `index ${cur.names?.index ?? cur.index.path} changed in its summary (import decisions, internalisation, dead-stripping, devirtualisation)`,
+      });
   } else {
     // Same index bytes: an imported file can still differ on disk (a module built without a hash).
     const pm = new Map(prev.index.modules.map((m) => [m.path, m.digest]));
-    for (const m of cur.index.modules) if (m.path !== cur.input.path && pm.get(m.path) !== undefined && pm.get(m.path) !== m.digest) causes.push({ kind: 'import-changed', module: m.path, detail: `imported module ${m.path} changed on disk (index unchanged)` });
+    for (const m of cur.index.modules)
+      if (m.path !== cur.input.path && pm.get(m.path) !== undefined && pm.get(m.path) !== m.digest)
+        causes.push({ kind: 'import-changed', module: m.path, detail: `imported module ${m.path} changed on disk (index unchanged)` });
   }
   causes.push(...flagCauses(prev, cur));
   const pf = new Map(prev.args.flatMap((a) => (a.files ?? []).map((f) => [`${a.a}\0${f.path}`, f.digest] as const)));
@@ -127,10 +141,13 @@ export function explainMiss(prev: Manifest | null | undefined, cur: Manifest): C
     }
   }
   const pr = new Map(prev.responseFiles.map((r) => [r.path, r.digest]));
-  for (const r of cur.responseFiles) if (pr.has(r.path) && pr.get(r.path) !== r.digest) causes.push({ kind: 'response-file', file: r.path, detail: `response file ${r.path} changed` });
+  for (const r of cur.responseFiles)
+    if (pr.has(r.path) && pr.get(r.path) !== r.digest) causes.push({ kind: 'response-file', file: r.path, detail: `response file ${r.path} changed` });
   for (const k of new Set([...Object.keys(prev.env), ...Object.keys(cur.env)])) {
-    if (prev.env[k] !== cur.env[k]) causes.push({ kind: 'environment', variable: k, detail: `environment ${k}: ${JSON.stringify(prev.env[k] ?? null)} → ${JSON.stringify(cur.env[k] ?? null)}` });
+    if (prev.env[k] !== cur.env[k])
+      causes.push({ kind: 'environment', variable: k, detail: `environment ${k}: ${JSON.stringify(prev.env[k] ?? null)} → ${JSON.stringify(cur.env[k] ?? null)}` });
   }
-  if (JSON.stringify(prev.outputs) !== JSON.stringify(cur.outputs) && !causes.some((c) => c.kind.startsWith('flag'))) causes.push({ kind: 'output-path', detail: 'outputs changed' });
+  if (JSON.stringify(prev.outputs) !== JSON.stringify(cur.outputs) && !causes.some((c) => c.kind.startsWith('flag')))
+    causes.push({ kind: 'output-path', detail: 'outputs changed' });
   return causes;
 }

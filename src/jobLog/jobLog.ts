@@ -86,7 +86,18 @@ export class JobLog {
       previous = stored?.last;
     }
     if (!previous && input) previous = this.lastByInput.get(input) ?? (await this.getJson('inputs', input, OutputHistory))?.last;
-    const rec: JobRecord = { output, cwd: r.req.cwd, key: r.key, result: r.result, reason: r.reason, startedAt: r.startedAt, endedAt: r.endedAt, savedMs: r.savedMs, bytes: r.bytes, prevKey: previous?.key };
+    const rec: JobRecord = {
+      output,
+      cwd: r.req.cwd,
+      key: r.key,
+      result: r.result,
+      reason: r.reason,
+      startedAt: r.startedAt,
+      endedAt: r.endedAt,
+      savedMs: r.savedMs,
+      bytes: r.bytes,
+      prevKey: previous?.key,
+    };
     this.lastByOutput.set(output, rec);
     if (this.lastByOutput.size > 100_000) this.lastByOutput.clear();
     this.pending.push({ type: 'put', sublevel: 'outputs', key: output, value: JSON.stringify({ last: rec, previous }) });

@@ -52,7 +52,9 @@ export function scanBitcodeAsm(bytes: Uint8Array): AsmScan {
     const r = BitstreamReader.open(bytes);
     // Only these blocks can hold asm; every other block is skipped by its length word.
     const wanted = (id: number, parent: number) =>
-      (parent === -1 && id === MODULE_BLOCK_ID) || (parent === MODULE_BLOCK_ID && (id === FUNCTION_BLOCK_ID || id === CONSTANTS_BLOCK_ID)) || (parent === FUNCTION_BLOCK_ID && id === CONSTANTS_BLOCK_ID);
+      (parent === -1 && id === MODULE_BLOCK_ID) ||
+      (parent === MODULE_BLOCK_ID && (id === FUNCTION_BLOCK_ID || id === CONSTANTS_BLOCK_ID)) ||
+      (parent === FUNCTION_BLOCK_ID && id === CONSTANTS_BLOCK_ID);
     for (;;) {
       const e = r.next();
       if (e.kind === 'eof') break;

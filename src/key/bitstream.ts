@@ -35,10 +35,7 @@ export class BitstreamError extends Error {
   }
 }
 
-export type AbbrevOp =
-  | { kind: 'literal'; value: number }
-  | { kind: 'fixed' | 'vbr'; width: number }
-  | { kind: 'array' | 'char6' | 'blob' };
+export type AbbrevOp = { kind: 'literal'; value: number } | { kind: 'fixed' | 'vbr'; width: number } | { kind: 'array' | 'char6' | 'blob' };
 export type Abbrev = readonly AbbrevOp[];
 
 export type Entry =

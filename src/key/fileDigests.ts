@@ -34,7 +34,17 @@ function hashSmall(path: string): { digest: Digest; size: number } {
  */
 export const SavedDigests = z.object({
   v: z.literal(1),
-  entries: z.array(z.tuple([z.string(), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(/^\d+$/), z.string().regex(DIGEST_RE)])),
+  entries: z.array(
+    z.tuple([
+      z.string(),
+      z.string().regex(/^\d+$/),
+      z.string().regex(/^\d+$/),
+      z.string().regex(/^\d+$/),
+      z.string().regex(/^\d+$/),
+      z.string().regex(/^\d+$/),
+      z.string().regex(DIGEST_RE),
+    ]),
+  ),
 });
 export type SavedDigests = z.infer<typeof SavedDigests>;
 

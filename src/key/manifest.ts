@@ -2,11 +2,11 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import type { DigestSource } from './fileDigests.js';
-import type { ObservingFiles } from './observed.js';
-import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
+import type { DigestSource } from './fileDigests.js';
+import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
 import { readModuleTable } from './moduleTable.js';
+import type { ObservingFiles } from './observed.js';
 import { fileCandidates, type Job } from './parseJob.js';
 import type { ToolchainIdentifier } from './toolchain.js';
 import { Uncacheable, type UncacheableReason } from './uncacheable.js';
@@ -23,7 +23,8 @@ export const KEY_ENV = ['CCC_OVERRIDE_OPTIONS', 'CLANG_NO_DEFAULT_CONFIG', 'LD_L
  * instrumentation record data-file names derived from it. With any of them present (or any output
  * besides the object) the output names stay keyed.
  */
-export const OUTPUT_NAME_MATTERS = /^(-gsplit-dwarf|-split-dwarf|-fprofile-arcs|-ftest-coverage|--coverage|-coverage|-fprofile-generate|-fprofile-instr-generate|-fcs-profile-generate|-fmemory-profile)/;
+export const OUTPUT_NAME_MATTERS =
+  /^(-gsplit-dwarf|-split-dwarf|-fprofile-arcs|-ftest-coverage|--coverage|-coverage|-fprofile-generate|-fprofile-instr-generate|-fcs-profile-generate|-fmemory-profile)/;
 
 /** True when the job's output names are part of its key (see OUTPUT_NAME_MATTERS). */
 export function outputNamesKeyed(job: Job): boolean {
@@ -79,7 +80,6 @@ export const Manifest = z.object({
 export type Manifest = z.infer<typeof Manifest>;
 
 export type KeyResult = { kind: 'key'; key: string; manifest: Manifest } | { kind: 'uncacheable'; reason: UncacheableReason; detail: string };
-
 
 /**
  * Parts of manifests shared between jobs (a toolchain description is one object reused by every
@@ -258,7 +258,8 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
       const d = await (ctx.observe ?? ctx.files).digest(resolve(cwd, ref.name));
       if (d.kind === 'not-regular') throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not a regular file`);
       if (d.kind === 'absent') {
-        if (searchFlag) throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not relative to cwd and ${searchFlag.v} may add a search path`);
+        if (searchFlag)
+          throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not relative to cwd and ${searchFlag.v} may add a search path`);
         out.push({ directive: ref.directive, name: ref.name });
         continue;
       }

@@ -69,15 +69,55 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ['-Wp,-MMD,', JOINED | DROP],
   // Kept, with a separate value that is never taken as an input.
   ...[
-    '-x', '-mllvm', '-Xclang', '-target', '-arch', '-isysroot', '-Xlinker', '-Xassembler', '-Xpreprocessor', '-Xopenmp-target',
-    '-resource-dir', '--param', '-z', '-L', '-l', '-u', '-T', '-F', '-ivfsoverlay', '-B', '--config', '-main-file-name',
-    '-mcode-object-version', '-Xcuda-ptxas', '-Xcuda-fatbinary', '-aux-triple', '-triple', '-target-feature', '-target-cpu',
-    '-mfloat-abi', '--sysroot', '-gcc-toolchain', '--gcc-toolchain', '-dependency-file', '-serialize-diagnostics',
+    '-x',
+    '-mllvm',
+    '-Xclang',
+    '-target',
+    '-arch',
+    '-isysroot',
+    '-Xlinker',
+    '-Xassembler',
+    '-Xpreprocessor',
+    '-Xopenmp-target',
+    '-resource-dir',
+    '--param',
+    '-z',
+    '-L',
+    '-l',
+    '-u',
+    '-T',
+    '-F',
+    '-ivfsoverlay',
+    '-B',
+    '--config',
+    '-main-file-name',
+    '-mcode-object-version',
+    '-Xcuda-ptxas',
+    '-Xcuda-fatbinary',
+    '-aux-triple',
+    '-triple',
+    '-target-feature',
+    '-target-cpu',
+    '-mfloat-abi',
+    '--sysroot',
+    '-gcc-toolchain',
+    '--gcc-toolchain',
+    '-dependency-file',
+    '-serialize-diagnostics',
   ].map((o) => [o, SEPARATE] as [string, number]),
   // Joined values naming a file the backend reads.
   ...[
-    '-fbasic-block-sections=list=', '-fprofile-sample-use=', '-fprofile-use=', '-fprofile-instr-use=', '-fsanitize-ignorelist=',
-    '-fsanitize-blacklist=', '-fprofile-list=', '-fxray-always-instrument=', '-fxray-never-instrument=', '-fxray-attr-list=', '--config=',
+    '-fbasic-block-sections=list=',
+    '-fprofile-sample-use=',
+    '-fprofile-use=',
+    '-fprofile-instr-use=',
+    '-fsanitize-ignorelist=',
+    '-fsanitize-blacklist=',
+    '-fprofile-list=',
+    '-fxray-always-instrument=',
+    '-fxray-never-instrument=',
+    '-fxray-attr-list=',
+    '--config=',
   ].map((o) => [o, JOINED | FILE] as [string, number]),
   // Not a cacheable backend object.
   ...['-E', '-M', '-MM', '-###', '-v', '-fsyntax-only', '-fdriver-only', '--analyze', '-', '-working-directory'].map((o) => [o, UNCACHEABLE] as [string, number]),
@@ -117,7 +157,6 @@ async function expand(args: string[], cwd: string, depth: number, rsp: Job['resp
   }
   return out;
 }
-
 
 /** Where clang 19 puts the split DWARF file for `-c -o X.ext`: X.dwo beside the object. */
 function dwoPathFor(obj: string): string {
@@ -257,4 +296,3 @@ export function fileCandidates(v: string): string[] {
   for (let i = 0; i < v.length; i++) if (v[i] === '=' || v[i] === ',') out.push(v.slice(i + 1));
   return out.filter((p) => p.length > 0 && p.length < 4096);
 }
-

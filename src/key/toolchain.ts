@@ -4,8 +4,8 @@ import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import type { DigestSource } from './fileDigests.js';
-import type { ObservingFiles } from './observed.js';
 import type { Digest } from './hash.js';
+import type { ObservingFiles } from './observed.js';
 
 const run = promisify(execFile);
 

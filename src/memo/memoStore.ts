@@ -39,7 +39,7 @@ export class MemoStore {
   async write(lookup: Digest, memo: Memo): Promise<boolean> {
     for (const o of memo.outputs) {
       const st = await stat(this.blobPath(o.digest)).catch(() => null);
-      if (!st || !st.isFile() || st.size !== o.size) return false;
+      if (!st?.isFile() || st.size !== o.size) return false;
     }
     const path = memoPath(this.cacheDir, lookup);
     await this.ensureDirs(dirname(path));
@@ -83,7 +83,7 @@ export class MemoStore {
   async drain(): Promise<MemoNotice[]> {
     const path = noticeLogPath(this.cacheDir);
     const st = await lstat(path).catch(() => null);
-    if (!st || !st.isFile()) return [];
+    if (!st?.isFile()) return [];
     if (st.size < this.logOffset) this.logOffset = 0;
     if (st.size === this.logOffset) return [];
     const fh = await open(path, 'r+');

@@ -3,13 +3,13 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { FileDigests } from '../key/fileDigests.js';
 import { hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
-import { type Job, parseJob } from '../key/parseJob.js';
 import { ObservingFiles } from '../key/observed.js';
+import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
 import { lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
+import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { CacheBackend, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
-import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { DenyList } from './denyList.js';
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
@@ -208,7 +208,16 @@ export class JobPipeline {
     this.inflight.set(k.key, p);
     try {
       const done = await p;
-      return { ...k, kind: 'miss', exitCode: done.exitCode, signal: done.signal, stdout: done.stdout, stderr: done.stderr, bytes: done.entry ? entryBytes(done.entry) : 0, compiledOnClient: !!ctx.compileOnClient };
+      return {
+        ...k,
+        kind: 'miss',
+        exitCode: done.exitCode,
+        signal: done.signal,
+        stdout: done.stdout,
+        stderr: done.stderr,
+        bytes: done.entry ? entryBytes(done.entry) : 0,
+        compiledOnClient: !!ctx.compileOnClient,
+      };
     } catch (e) {
       if (ctx.signal.aborted) return { kind: 'error', error: 'client went away', record: false };
       this.counters.error(e instanceof ClientCompileError ? e.errorKind : ErrorKind.compile);
@@ -262,7 +271,11 @@ export class JobPipeline {
       return false;
     }
     try {
-      await materialize(req.cwd, outputs.map((o) => ({ path: o.path, data: entry.files.get(o.role)! })), req.umask);
+      await materialize(
+        req.cwd,
+        outputs.map((o) => ({ path: o.path, data: entry.files.get(o.role)! })),
+        req.umask,
+      );
       return true;
     } catch (e) {
       this.counters.error(ErrorKind.materialize);
@@ -300,7 +313,7 @@ export class JobPipeline {
           this.counters.add(Counter.verify_runs);
           const freshErr = run.stderr.toString('latin1').split(tmp).join(outputs[0]!.path);
           const storedErr = Buffer.from(entry.record.stderr, 'base64').toString('latin1');
-          const sameObject = fresh !== null && fresh.equals(entry.files.get(outputs[0]!.role)!);
+          const sameObject = fresh?.equals(entry.files.get(outputs[0]!.role)!);
           const sameStderr = freshErr === storedErr;
           if (run.exitCode === 0 && sameObject && sameStderr) return;
           this.counters.add(Counter.verify_mismatches);
@@ -396,7 +409,10 @@ export class JobPipeline {
     try {
       const r = await this.o.cache.put(key, entry);
       if (r.kind === 'stored') {
-        this.counters.add(Counter.bytes_written, [...entry.files.values()].reduce((n, b) => n + b.length, 0));
+        this.counters.add(
+          Counter.bytes_written,
+          [...entry.files.values()].reduce((n, b) => n + b.length, 0),
+        );
         if (this.o.deny.has(key)) await this.o.deny.remove(key).catch((e: unknown) => this.o.log.warn('cannot update the deny list', { key, error: String(e) }));
         return true;
       }

@@ -1,5 +1,6 @@
-import { spawn } from 'node:child_process';
+import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import { constants } from 'node:os';
+import type { Readable } from 'node:stream';
 
 export interface CompilerRun {
   /** Exit status, or 128+N when killed by signal N (so a non-zero test still sees a failure). */
@@ -31,7 +32,7 @@ export function runCompiler(o: RunOptions): Promise<CompilerRun> {
     const started = performance.now();
     // umask is process-wide; spawn forks synchronously, so the child inherits this value alone.
     const previous = process.umask(o.umask);
-    let child;
+    let child: ChildProcessByStdio<null, Readable, Readable>;
     try {
       child = spawn(o.compiler, o.args, { cwd: o.cwd, env: o.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     } catch (e) {

@@ -66,6 +66,7 @@ export {
   MAX_REQUEST_PAYLOAD,
   PROTOCOL_VERSION,
 };
+
 const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS;
 
 /** Default cap on a frame payload the daemon accepts: a compile request. */
@@ -166,10 +167,8 @@ export class FrameDecoder {
 // ---------------------------------------------------------------------------------------------
 // Compile request
 
-const noNul = (what: string) =>
-  z.string().refine((s) => !s.includes('\0'), { message: `${what} contains a NUL byte` });
-const absolutePath = (what: string) =>
-  noNul(what).refine((s) => s.startsWith('/'), { message: `${what} is not an absolute path` });
+const noNul = (what: string) => z.string().refine((s) => !s.includes('\0'), { message: `${what} contains a NUL byte` });
+const absolutePath = (what: string) => noNul(what).refine((s) => s.startsWith('/'), { message: `${what} is not an absolute path` });
 
 export const CompileRequest = z.object({
   version: z.literal(PROTOCOL_VERSION),
@@ -205,9 +204,7 @@ class Reader {
   }
   need(n: number, field: string): void {
     if (n > this.remaining) {
-      throw new ProtocolError(
-        `truncated at ${field}: need ${n} bytes at offset ${this.at}, have ${this.remaining}`,
-      );
+      throw new ProtocolError(`truncated at ${field}: need ${n} bytes at offset ${this.at}, have ${this.remaining}`);
     }
   }
   u8(field: string): number {
@@ -247,9 +244,7 @@ class Reader {
   count(field: string): number {
     const n = this.u32(field);
     if (n * 4 > this.remaining) {
-      throw new ProtocolError(
-        `${field} ${n} too large: ${this.remaining} bytes remain, each entry needs at least 4`,
-      );
+      throw new ProtocolError(`${field} ${n} too large: ${this.remaining} bytes remain, each entry needs at least 4`);
     }
     return n;
   }
@@ -263,10 +258,7 @@ class Reader {
 function typeByte(payload: Buffer, expected: number, what: string): void {
   if (payload.length === 0) throw new ProtocolError(`empty payload, expected ${what}`);
   if (payload[0] !== expected) {
-    throw new ProtocolError(
-      `wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected ${what} ` +
-        `(0x${expected.toString(16)})`,
-    );
+    throw new ProtocolError(`wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected ${what} ` + `(0x${expected.toString(16)})`);
   }
 }
 
@@ -299,7 +291,7 @@ export function decodeCompileRequest(payload: Buffer): CompileRequest {
     // A plain-object record cannot hold this name faithfully (zod drops it); refuse rather
     // than silently run the compiler with a different environment.
     if (key === '__proto__') throw new ProtocolError(`environment entry ${i} is named __proto__`);
-    if (!Object.prototype.hasOwnProperty.call(env, key)) env[key] = entry.slice(eq + 1);
+    if (!Object.hasOwn(env, key)) env[key] = entry.slice(eq + 1);
   }
   r.end('compile request');
   const parsed = CompileRequest.safeParse({
@@ -314,7 +306,7 @@ export function decodeCompileRequest(payload: Buffer): CompileRequest {
   });
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const where = issue && issue.path.length ? ` (at ${issue.path.join('.')})` : '';
+    const where = issue?.path.length ? ` (at ${issue.path.join('.')})` : '';
     throw new ProtocolError(`invalid compile request: ${issue?.message ?? 'unknown'}${where}`);
   }
   return parsed.data;
@@ -443,10 +435,7 @@ export function decodeDone(payload: Buffer): Done {
   return { ...t, stdout, stderr };
 }
 
-export type Reply =
-  | { kind: 'result'; exit: number; signal: number; stdout: Buffer; stderr: Buffer }
-  | { kind: 'passthrough'; reason: string }
-  | { kind: 'compile-yourself' };
+export type Reply = { kind: 'result'; exit: number; signal: number; stdout: Buffer; stderr: Buffer } | { kind: 'passthrough'; reason: string } | { kind: 'compile-yourself' };
 
 /**
  * Parses an 'R', 'P' or 'M' payload with exactly the C client's acceptance rules (exit in
@@ -473,9 +462,7 @@ export function decodeReply(payload: Buffer): Reply {
     r.end('compile-yourself');
     return { kind: 'compile-yourself' };
   }
-  throw new ProtocolError(
-    `wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R' or 'P'`,
-  );
+  throw new ProtocolError(`wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R' or 'P'`);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,8 +24,5 @@ export const ControlRequest = z.discriminatedUnion('op', [
 ]);
 export type ControlRequest = z.infer<typeof ControlRequest>;
 
-export const ControlResponse = z.union([
-  z.object({ ok: z.literal(true), result: z.unknown() }),
-  z.object({ ok: z.literal(false), error: z.string() }),
-]);
+export const ControlResponse = z.union([z.object({ ok: z.literal(true), result: z.unknown() }), z.object({ ok: z.literal(false), error: z.string() })]);
 export type ControlResponse = z.infer<typeof ControlResponse>;

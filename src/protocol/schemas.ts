@@ -3,12 +3,12 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { SavedDigests } from '../key/fileDigests.js';
 import { Manifest } from '../key/manifest.js';
-import { DistFile } from './dtlto.js';
+import { StatsRecord } from '../stats/counters.js';
+import { EntryRecord } from '../store/record.js';
 import { CompileRequest } from './clientFrames.js';
 import { ControlRequest, ControlResponse } from './control.js';
+import { DistFile } from './dtlto.js';
 import { ClientMessage, ServerMessage } from './remote.js';
-import { EntryRecord } from '../store/record.js';
-import { StatsRecord } from '../stats/counters.js';
 
 /**
  * The versioned schemas in cache-schema/, generated from the zod definitions the code parses

@@ -4,22 +4,22 @@ import { z } from 'zod';
 import type { Digest } from '../key/hash.js';
 import {
   DEFAULT_LIMITS,
+  decodeBinary,
+  encodeBinary,
   type Limits,
+  parseServerMessage,
   REMOTE_PROTOCOL_VERSION,
   RemoteProtocolError,
   type Scope,
   type ServerMessage,
   type ServerStats,
-  decodeBinary,
-  encodeBinary,
-  parseServerMessage,
 } from '../protocol/remote.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../store/backend.js';
 import type { EntryRecord } from '../store/record.js';
+import { VERSION } from '../version.js';
 import { packBundle, unpackBundle } from './bundle.js';
 import { CircuitBreaker } from './circuitBreaker.js';
 import type { RemoteFailure } from './remoteFailure.js';
-import { VERSION } from '../version.js';
 
 /** One team server URL. */
 export const REMOTE_URL_RE = /^wss?:\/\/[^\s,]+$/;
@@ -215,10 +215,13 @@ export class RemoteServer implements CacheBackend {
     if (!ws || ws.readyState !== WebSocket.OPEN) return { type: 'failed', failure: 'unavailable', error: 'not connected' };
     const id = this.nextId++ >>> 0;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        resolve({ type: 'failed', failure: 'timeout', error: `no answer within ${timeoutMs} ms` });
-      }, Math.max(1, deadline - Date.now()));
+      const timer = setTimeout(
+        () => {
+          this.pending.delete(id);
+          resolve({ type: 'failed', failure: 'timeout', error: `no answer within ${timeoutMs} ms` });
+        },
+        Math.max(1, deadline - Date.now()),
+      );
       this.pending.set(id, { resolve, timer });
       const { text, binary } = build(id);
       ws.send(text);
@@ -258,7 +261,10 @@ export class RemoteServer implements CacheBackend {
     if (Buffer.byteLength(probe) > this.limits.maxMessageBytes || bundle.length > this.limits.maxBundleBytes) {
       return { kind: 'refused', reason: `entry exceeds the server's limits (${this.limits.maxMessageBytes} B message, ${this.limits.maxBundleBytes} B bundle)` };
     }
-    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length }), binary: bundle }), this.o.putTimeoutMs);
+    const r = await this.request(
+      (id) => ({ text: JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length }), binary: bundle }),
+      this.o.putTimeoutMs,
+    );
     if (r.type === 'failed') {
       this.breaker.failure();
       return { kind: 'error', failure: r.failure, error: r.error };
@@ -370,15 +376,27 @@ export class RemoteBackend implements CacheBackend {
   }
 
   get(key: Digest): Promise<RemoteLookup> {
-    return this.each(key, (s) => s.get(key), (r) => r.kind === 'error' && FAIL_OVER.has(r.failure));
+    return this.each(
+      key,
+      (s) => s.get(key),
+      (r) => r.kind === 'error' && FAIL_OVER.has(r.failure),
+    );
   }
 
   put(key: Digest, entry: StoredEntry): Promise<RemotePutResult> {
-    return this.each(key, (s) => s.put(key, entry), (r) => r.kind === 'error' && FAIL_OVER.has(r.failure));
+    return this.each(
+      key,
+      (s) => s.put(key, entry),
+      (r) => r.kind === 'error' && FAIL_OVER.has(r.failure),
+    );
   }
 
   delete(key: Digest): Promise<DeleteResult> {
-    return this.each(key, (s) => s.delete(key), (r) => r.kind === 'error');
+    return this.each(
+      key,
+      (s) => s.delete(key),
+      (r) => r.kind === 'error',
+    );
   }
 
   async touch(): Promise<void> {}

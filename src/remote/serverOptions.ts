@@ -41,7 +41,11 @@ export const ServerOptions = z
     host: z.string().min(1).default('127.0.0.1'),
     /** 0 picks a free port; CacheServer.port tells which. */
     port: z.number().int().min(0).max(65535).default(7717),
-    maxBytes: z.number().int().positive().default(10 * GIB),
+    maxBytes: z
+      .number()
+      .int()
+      .positive()
+      .default(10 * GIB),
     tokens: TokenList,
     /** PEM contents (not paths). Both or neither. */
     tls: z.object({ cert: Pem, key: Pem }).optional(),

@@ -1,6 +1,6 @@
-import type { JobRecord } from '../jobLog/jobLog.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import type { BuildSummary } from '../explain/explainJobs.js';
+import type { JobRecord } from '../jobLog/jobLog.js';
 import type { StatsView } from '../stats/counters.js';
 import { formatBytes } from '../stats/formatStats.js';
 
@@ -116,9 +116,11 @@ function num(v: unknown): number {
 
 /** JSON that cannot end its <script> element or open a comment inside it. */
 function jsonForScript(v: unknown): string {
-  return JSON.stringify(v).replace(/</g, '\\u003c').replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
+  return JSON.stringify(v)
+    .replace(/</g, '\\u003c')
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029');
 }
-
 
 function duration(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)} ms`;
@@ -176,7 +178,8 @@ function headline(s: StatsView): string {
   const hits = num(s.hits);
   const misses = num(s.misses);
   const rate = rateOf(hits, misses);
-  const card = (cls: string, label: string, value: string, sub: string) => `<div class="kpi ${cls}"><div class="label">${label}</div><div class="value">${value}</div><div class="sub">${sub}</div></div>`;
+  const card = (cls: string, label: string, value: string, sub: string) =>
+    `<div class="kpi ${cls}"><div class="label">${label}</div><div class="value">${value}</div><div class="sub">${sub}</div></div>`;
   return `<section class="kpis">
   ${card('k-rate', 'hit rate', stat('hit_rate', rate, rate === null ? '–' : pct(rate)), 'of cacheable jobs')}
   ${card('k-hit', 'hits', stat('hits', hits, String(hits)), `${stat('remote_hits', num(s.remote_hits), String(num(s.remote_hits)))} from the team cache`)}
@@ -295,7 +298,9 @@ function missCauses(lastSummary: BuildSummary, builds: ReportData['builds']): st
   const lastCauses = lastSummary.miss_causes ?? {};
   const kinds = new Set([...recent.keys(), ...Object.keys(lastCauses)]);
   if (!kinds.size) return `<table id="miss-causes" class="data"><tbody><tr><td class="muted">no misses in the recorded builds</td></tr></tbody></table>`;
-  const rows = [...kinds].map((k) => ({ k, last: num(lastCauses[k]), recent: recent.get(k) ?? 0 })).sort((a, b) => b.recent - a.recent || b.last - a.last || a.k.localeCompare(b.k));
+  const rows = [...kinds]
+    .map((k) => ({ k, last: num(lastCauses[k]), recent: recent.get(k) ?? 0 }))
+    .sort((a, b) => b.recent - a.recent || b.last - a.last || a.k.localeCompare(b.k));
   const max = Math.max(1, ...rows.map((r) => r.recent));
   const body = rows
     .map(
@@ -358,7 +363,9 @@ function storePanel(s: StatsView): string {
 
 function lastBuildLine(s: BuildSummary): string {
   if (!num(s.jobs)) return 'no build recorded yet';
-  return esc(`${num(s.jobs)} jobs from ${localTime(s.started)} to ${localTime(s.ended)} (${duration(num(s.wall_ms))} wall): ${num(s.hits)} hits (${num(s.remote_hits)} from the team cache), ${num(s.misses)} misses, ${num(s.uncacheable)} uncacheable, ${num(s.errors)} errors; ${duration(num(s.saved_ms))} saved. One row per concurrent slot, as in ltocache trace.`);
+  return esc(
+    `${num(s.jobs)} jobs from ${localTime(s.started)} to ${localTime(s.ended)} (${duration(num(s.wall_ms))} wall): ${num(s.hits)} hits (${num(s.remote_hits)} from the team cache), ${num(s.misses)} misses, ${num(s.uncacheable)} uncacheable, ${num(s.errors)} errors; ${duration(num(s.saved_ms))} saved. One row per concurrent slot, as in ltocache trace.`,
+  );
 }
 
 const RESULTS: { result: JobRecord['result']; label: string }[] = [
@@ -419,7 +426,10 @@ function missesTable(s: BuildSummary): string {
   if (!detail.length) return '';
   const rows = detail
     .slice(0, MAX_MISS_ROWS)
-    .map((e) => `<tr><td><code>${esc(e.output)}</code></td><td>${e.causes.length ? e.causes.map((c) => `<div><code class="kind">${esc(c.kind)}</code> ${esc(c.detail)}</div>`).join('') : `<span class="muted">${esc(e.reason ?? 'no recorded cause')}</span>`}</td></tr>`)
+    .map(
+      (e) =>
+        `<tr><td><code>${esc(e.output)}</code></td><td>${e.causes.length ? e.causes.map((c) => `<div><code class="kind">${esc(c.kind)}</code> ${esc(c.detail)}</div>`).join('') : `<span class="muted">${esc(e.reason ?? 'no recorded cause')}</span>`}</td></tr>`,
+    )
     .join('');
   const more = detail.length > MAX_MISS_ROWS ? `<p class="muted">… and ${detail.length - MAX_MISS_ROWS} more; see <code>ltocache explain --last-build</code>.</p>` : '';
   return `<section class="card"><h2>Misses in the last build</h2><table id="last-misses" class="data"><thead><tr><th>output</th><th>why</th></tr></thead><tbody>${rows}</tbody></table>${more}</section>`;

@@ -8,21 +8,11 @@ export interface StoredEntry {
 }
 
 /** A lookup never throws for a miss: a miss is data. `error` carries what went wrong. */
-export type Lookup =
-  | { kind: 'hit'; entry: StoredEntry }
-  | { kind: 'miss' }
-  | { kind: 'error'; error: string; corrupt: boolean };
+export type Lookup = { kind: 'hit'; entry: StoredEntry } | { kind: 'miss' } | { kind: 'error'; error: string; corrupt: boolean };
 
-export type PutResult =
-  | { kind: 'stored' }
-  | { kind: 'refused'; reason: string }
-  | { kind: 'error'; error: string };
+export type PutResult = { kind: 'stored' } | { kind: 'refused'; reason: string } | { kind: 'error'; error: string };
 
-export type DeleteResult =
-  | { kind: 'deleted' }
-  | { kind: 'absent' }
-  | { kind: 'refused'; reason: string }
-  | { kind: 'error'; error: string };
+export type DeleteResult = { kind: 'deleted' } | { kind: 'absent' } | { kind: 'refused'; reason: string } | { kind: 'error'; error: string };
 
 export interface PutOptions {
   /**

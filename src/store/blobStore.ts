@@ -1,11 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
-import { type Digest, DIGEST_RE, hashBytes } from '../key/hash.js';
-import type { StoreFs, StoreFileHandle } from './storeOptions.js';
+import { DIGEST_RE, type Digest, hashBytes } from '../key/hash.js';
+import type { StoreFileHandle, StoreFs } from './storeOptions.js';
 
-export type BlobCheck =
-  | { ok: true; data: Buffer }
-  | { ok: false; problem: 'missing' | 'size' | 'digest'; detail: string };
+export type BlobCheck = { ok: true; data: Buffer } | { ok: false; problem: 'missing' | 'size' | 'digest'; detail: string };
 
 const SHARD_RE = /^[0-9a-f]{2}$/;
 const REST_RE = /^[0-9a-f]{30}$/;

@@ -78,18 +78,14 @@ export async function prepareLayout(dir: string, opts: PrepareLayoutOptions): Pr
   if (found === undefined) {
     const strays = (await fs.readdir(dir)).filter((n) => !n.startsWith(`${LAYOUT_FILE}.tmp-`));
     if (strays.length > 0) {
-      throw new LayoutError(
-        `${dir} has no ${LAYOUT_FILE} file but is not empty (${strays.slice(0, 3).join(', ')}…); ` +
-          'refusing to initialise a cache over foreign files',
-      );
+      throw new LayoutError(`${dir} has no ${LAYOUT_FILE} file but is not empty (${strays.slice(0, 3).join(', ')}…); ` + 'refusing to initialise a cache over foreign files');
     }
     await writeLayout(dir, fs, version);
     return;
   }
   if (found > version) {
     throw new LayoutError(
-      `${dir} has layout ${found}, written by a newer ltocache; this build supports layout ${version}. ` +
-        'Nothing was changed: use a newer ltocache or another cache directory',
+      `${dir} has layout ${found}, written by a newer ltocache; this build supports layout ${version}. ` + 'Nothing was changed: use a newer ltocache or another cache directory',
     );
   }
   while (found < version) {
@@ -111,9 +107,7 @@ async function readLayout(dir: string, fs: StoreFs): Promise<number | undefined>
   }
   const m = /^\s*([0-9]{1,6})\s*$/.exec(text);
   if (!m?.[1]) {
-    throw new LayoutError(
-      `${join(dir, LAYOUT_FILE)} is not a layout version (expected a number, found ${JSON.stringify(text.slice(0, 40))})`,
-    );
+    throw new LayoutError(`${join(dir, LAYOUT_FILE)} is not a layout version (expected a number, found ${JSON.stringify(text.slice(0, 40))})`);
   }
   return Number(m[1]);
 }

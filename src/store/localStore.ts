@@ -1,7 +1,7 @@
 import type { AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
 import { z } from 'zod';
-import { type Digest, DIGEST_RE, hashBytes, initHash } from '../key/hash.js';
+import { DIGEST_RE, type Digest, hashBytes, initHash } from '../key/hash.js';
 import type { CacheBackend, DeleteResult, Lookup, PutOptions, PutResult, StoredEntry } from './backend.js';
 import { BlobStore } from './blobStore.js';
 import { layoutPaths, prepareLayout, SUBLEVELS } from './layout.js';
@@ -315,9 +315,7 @@ export class LocalStore implements CacheBackend {
     return { record, recordJson, recordBytes, blobs: [...blobs.values()], totalBytes };
   }
 
-  private async readBlobs(
-    record: EntryRecord,
-  ): Promise<{ ok: true; files: Map<string, Buffer> } | { ok: false; bad: { digest: Digest; problem: string; detail: string }[] }> {
+  private async readBlobs(record: EntryRecord): Promise<{ ok: true; files: Map<string, Buffer> } | { ok: false; bad: { digest: Digest; problem: string; detail: string }[] }> {
     const distinct = new Map(record.outputs.map((o) => [o.digest, o.size]));
     const checks = await Promise.all([...distinct].map(async ([d, size]) => [d, await this.blobs.read(d, size)] as const));
     const bad = checks.flatMap(([digest, c]) => (c.ok ? [] : [{ digest, problem: c.problem, detail: c.detail }]));
@@ -463,16 +461,9 @@ export class LocalStore implements CacheBackend {
     const entries = Math.max(0, this.entryCount + m.entriesDelta);
     const ops = [...m.ops];
     for (const [digest, ref] of m.refs) {
-      ops.push(
-        ref.n > 0
-          ? { type: 'put', sublevel: this.refs, key: digest, value: JSON.stringify(ref) }
-          : { type: 'del', sublevel: this.refs, key: digest },
-      );
+      ops.push(ref.n > 0 ? { type: 'put', sublevel: this.refs, key: digest, value: JSON.stringify(ref) } : { type: 'del', sublevel: this.refs, key: digest });
     }
-    ops.push(
-      { type: 'put', sublevel: this.meta, key: 'bytes', value: String(bytes) },
-      { type: 'put', sublevel: this.meta, key: 'entries', value: String(entries) },
-    );
+    ops.push({ type: 'put', sublevel: this.meta, key: 'bytes', value: String(bytes) }, { type: 'put', sublevel: this.meta, key: 'entries', value: String(entries) });
     await this.db.batch(ops);
     this.bytes = bytes;
     this.entryCount = entries;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { DIGEST_RE } from '../key/hash.js';
-import { MAX_OUTPUT_STREAM, base64Length } from '../protocol/limits.js';
+import { base64Length, MAX_OUTPUT_STREAM } from '../protocol/limits.js';
 
 /** A file name inside an entry: a plain name, never a path. */
 export const OutputName = z

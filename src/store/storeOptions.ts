@@ -31,10 +31,7 @@ const FS_KEYS = ['open', 'readFile', 'rename', 'unlink', 'stat', 'mkdir', 'readd
 
 /** A partial seam: missing functions fall back to node:fs/promises. */
 const FsSeam = z.custom<Partial<StoreFs>>(
-  (v) =>
-    typeof v === 'object' &&
-    v !== null &&
-    Object.entries(v).every(([k, f]) => (FS_KEYS as readonly string[]).includes(k) && typeof f === 'function'),
+  (v) => typeof v === 'object' && v !== null && Object.entries(v).every(([k, f]) => (FS_KEYS as readonly string[]).includes(k) && typeof f === 'function'),
   { message: `fs must be an object whose members are among ${FS_KEYS.join(', ')} and are functions` },
 );
 
@@ -42,7 +39,11 @@ export const GIB = 1024 ** 3;
 
 export const StoreOptions = z.object({
   dir: z.string().refine(isAbsolute, 'dir must be an absolute path'),
-  maxBytes: z.number().int().positive().default(10 * GIB),
+  maxBytes: z
+    .number()
+    .int()
+    .positive()
+    .default(10 * GIB),
   fs: FsSeam.optional(),
   /** Clock seam (ms since epoch) for the LRU index. */
   now: z.custom<() => number>((v) => typeof v === 'function', 'now must be a function').optional(),

@@ -1,11 +1,11 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { test } from 'node:test';
 import { BitstreamError, BitstreamReader } from '../../src/key/bitstream.js';
-import { readIndexParts, readModuleTable, type ModuleEntry } from '../../src/key/moduleTable.js';
+import { type ModuleEntry, readIndexParts, readModuleTable } from '../../src/key/moduleTable.js';
 
 const CLANG = process.env.LTOCACHE_TEST_CLANG ?? 'clang-19';
 const LLD = process.env.LTOCACHE_TEST_LLD ?? 'ld.lld-19';
@@ -170,7 +170,7 @@ class Writer {
   bytes(): Uint8Array {
     const out = new Uint8Array(4 + Math.ceil(this.bits.length / 8));
     out.set([0x42, 0x43, 0xc0, 0xde]);
-    this.bits.forEach((b, i) => (out[4 + (i >> 3)]! |= b << (i & 7)));
+    for (const [i, b] of this.bits.entries()) out[4 + (i >> 3)]! |= b << (i & 7);
     return out;
   }
 }
@@ -327,7 +327,10 @@ test('bitcode wrapper header is unwrapped', () => {
 
 test('BLOCKINFO abbrevs, local abbrevs, char6 arrays, unabbreviated records, missing hash', () => {
   const w = new Writer();
-  w.enter(0, 2).record(1, [19]).define([{ lit: 1 }, { vbr: 8 }, 'array', 'char6']).end();
+  w.enter(0, 2)
+    .record(1, [19])
+    .define([{ lit: 1 }, { vbr: 8 }, 'array', 'char6'])
+    .end();
   w.enter(8, 3).record(1, [2]);
   w.enter(19, 3).define([{ lit: 2 }, { fixed: 32 }, { fixed: 32 }, { fixed: 32 }, { fixed: 32 }, { fixed: 32 }]);
   w.abbrev(4).vbr(0, 8).vbr(3, 6);
@@ -352,7 +355,11 @@ test('BLOCKINFO abbrevs, local abbrevs, char6 arrays, unabbreviated records, mis
 test('blobs, fixed and vbr fields through the reader API', () => {
   const w = new Writer();
   w.enter(23, 3).define([{ lit: 1 }, { vbr: 6 }, { fixed: 20 }, 'blob']);
-  w.abbrev(4).vbr(2 ** 52 + 5, 6).fixed(0xfffff, 20).vbr(5, 6).align();
+  w.abbrev(4)
+    .vbr(2 ** 52 + 5, 6)
+    .fixed(0xfffff, 20)
+    .vbr(5, 6)
+    .align();
   for (const b of codes('hello')) w.fixed(b, 8);
   w.align();
   w.abbrev(4).vbr(7, 6).fixed(1, 20).vbr(0, 6).align();
@@ -393,27 +400,92 @@ test('malformed inputs are reported with a reason and a bit offset', () => {
     body(w);
     return w.end().end().bytes();
   };
-  invalid(strtab((w) => w.fixed(3, 3).vbr(1, 6).vbr(1000, 6)), /operand count 1000 exceeds the \d+ bits left/);
+  invalid(
+    strtab((w) => w.fixed(3, 3).vbr(1, 6).vbr(1000, 6)),
+    /operand count 1000 exceeds the \d+ bits left/,
+  );
   const ones = (w: Writer, chunks: number) => {
     for (let i = 0; i < chunks; i++) w.fixed(0x3f, 6);
     return w;
   };
-  invalid(strtab((w) => ones(w.fixed(3, 3).vbr(1, 6).vbr(1, 6), 14)), /unterminated VBR \(more than 64 bits\)/);
-  invalid(strtab((w) => ones(w.fixed(3, 3), 7)), /unterminated VBR \(more than 32 bits\)/);
-  invalid(strtab((w) => w.abbrev(6)), /abbrev id 6 not defined \(0 abbrevs in scope\)/);
-  invalid(strtab((w) => w.define([{ lit: 1 }, 'array', { fixed: 8 }]).abbrev(4).vbr(1e6, 6)), /array length 1000000 exceeds/);
-  invalid(strtab((w) => w.define([{ lit: 1 }, 'blob']).abbrev(4).vbr(1000, 6)), /blob of 1000 bytes runs past/);
-  invalid(strtab((w) => w.define([{ lit: 1 }, 'array', 'blob'])), /array must be second to last/);
-  invalid(strtab((w) => w.define([{ lit: 1 }, { vbr: 33 }])), /width 33 above 32/);
-  invalid(strtab((w) => w.define([{ lit: 1 }, { vbr: 1 }])), /VBR width 1/);
-  invalid(strtab((w) => w.define(['array', 'char6'])), /starts with an array/);
-  invalid(strtab((w) => w.record(2, [1, 2, 3, 4, 5])), /HASH without a preceding/);
-  invalid(strtab((w) => w.record(1, [0, 97]).record(2, [1, 2, 3])), /with 3 words, expected 5/);
-  invalid(strtab((w) => w.record(1, [0, 97]).record(1, [1, 97])), /duplicate module path "a"/);
-  invalid(strtab((w) => w.record(1, [0, 0xff, 0xfe])), /not valid UTF-8/);
-  invalid(strtab((w) => w.record(1, [0, 300])), /above 255/);
-  invalid(strtab((w) => w.record(1, [])), /without a module id/);
-  invalid(new Writer().enter(0, 2).define([{ lit: 1 }]).end().bytes(), /before SETBID/);
+  invalid(
+    strtab((w) => ones(w.fixed(3, 3).vbr(1, 6).vbr(1, 6), 14)),
+    /unterminated VBR \(more than 64 bits\)/,
+  );
+  invalid(
+    strtab((w) => ones(w.fixed(3, 3), 7)),
+    /unterminated VBR \(more than 32 bits\)/,
+  );
+  invalid(
+    strtab((w) => w.abbrev(6)),
+    /abbrev id 6 not defined \(0 abbrevs in scope\)/,
+  );
+  invalid(
+    strtab((w) =>
+      w
+        .define([{ lit: 1 }, 'array', { fixed: 8 }])
+        .abbrev(4)
+        .vbr(1e6, 6),
+    ),
+    /array length 1000000 exceeds/,
+  );
+  invalid(
+    strtab((w) =>
+      w
+        .define([{ lit: 1 }, 'blob'])
+        .abbrev(4)
+        .vbr(1000, 6),
+    ),
+    /blob of 1000 bytes runs past/,
+  );
+  invalid(
+    strtab((w) => w.define([{ lit: 1 }, 'array', 'blob'])),
+    /array must be second to last/,
+  );
+  invalid(
+    strtab((w) => w.define([{ lit: 1 }, { vbr: 33 }])),
+    /width 33 above 32/,
+  );
+  invalid(
+    strtab((w) => w.define([{ lit: 1 }, { vbr: 1 }])),
+    /VBR width 1/,
+  );
+  invalid(
+    strtab((w) => w.define(['array', 'char6'])),
+    /starts with an array/,
+  );
+  invalid(
+    strtab((w) => w.record(2, [1, 2, 3, 4, 5])),
+    /HASH without a preceding/,
+  );
+  invalid(
+    strtab((w) => w.record(1, [0, 97]).record(2, [1, 2, 3])),
+    /with 3 words, expected 5/,
+  );
+  invalid(
+    strtab((w) => w.record(1, [0, 97]).record(1, [1, 97])),
+    /duplicate module path "a"/,
+  );
+  invalid(
+    strtab((w) => w.record(1, [0, 0xff, 0xfe])),
+    /not valid UTF-8/,
+  );
+  invalid(
+    strtab((w) => w.record(1, [0, 300])),
+    /above 255/,
+  );
+  invalid(
+    strtab((w) => w.record(1, [])),
+    /without a module id/,
+  );
+  invalid(
+    new Writer()
+      .enter(0, 2)
+      .define([{ lit: 1 }])
+      .end()
+      .bytes(),
+    /before SETBID/,
+  );
 
   const two = new Writer().enter(19, 3).end().enter(19, 3).end().bytes();
   invalid(two, /second MODULE_STRTAB_BLOCK/);

@@ -1,8 +1,8 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 
@@ -129,7 +129,10 @@ describe('distributed ThinLTO through ltocache', () => {
     assert.equal(second.hits, 0);
     const withSecond = directObjects(b, flag);
     assertSameObjects(objects(b), withSecond);
-    assert.ok(b.modules.some((m) => !withFirst.get(m)!.equals(withSecond.get(m)!)), 'the list content should change some object');
+    assert.ok(
+      b.modules.some((m) => !withFirst.get(m)!.equals(withSecond.get(m)!)),
+      'the list content should change some object',
+    );
   });
 
   test('another compiler (a wrapper script) misses and matches direct clang', () => {
@@ -211,7 +214,10 @@ describe('distributed ThinLTO through ltocache', () => {
       }
     });
     assert.deepEqual(d, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
-    assertSameObjects(objects(b, (m) => `${m}.1.777.native.o`), directObjects(b));
+    assertSameObjects(
+      objects(b, (m) => `${m}.1.777.native.o`),
+      directObjects(b),
+    );
   });
 
   test('with -gsplit-dwarf another output name misses (the object records the .dwo name)', () => {

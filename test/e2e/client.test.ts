@@ -3,33 +3,34 @@
  * clientFrames.ts. The server stands in for the daemon only to exercise the client's side of
  * the wire; "the compiler runs" always means the real clang-19.
  */
-import { after, before, test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
+import { clientCacheDir } from '../../src/config/cacheDir.js';
 import {
+  type CompileRequest,
   type Done,
-  FrameDecoder,
-  MAX_DONE_PAYLOAD,
   decodeCompileRequest,
   decodeDone,
   encodeAck,
   encodeCompileYourself,
-  encodeWait,
   encodeFrame,
   encodeJson,
   encodePassthrough,
   encodeResult,
+  encodeWait,
+  FrameDecoder,
+  MAX_DONE_PAYLOAD,
   socketDirFor,
   socketPathFor,
-  type CompileRequest,
 } from '../../src/protocol/clientFrames.js';
-import { clientCacheDir } from '../../src/config/cacheDir.js';
+import { MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const client = path.join(root, 'bin', 'ltocache');
@@ -85,11 +86,7 @@ interface RunResult {
   ms: number;
 }
 
-function run(
-  cmd: string,
-  args: string[],
-  opts: { env: NodeJS.ProcessEnv; cwd?: string; uid?: number; gid?: number; stdoutFd?: number; killAfterMs?: number },
-): Promise<RunResult> {
+function run(cmd: string, args: string[], opts: { env: NodeJS.ProcessEnv; cwd?: string; uid?: number; gid?: number; stdoutFd?: number; killAfterMs?: number }): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawn(cmd, args, {
@@ -178,7 +175,10 @@ async function withDaemon<T>(cacheDir: string, handler: Handler, body: (d: FakeD
   }
 }
 
-const reply = (frame: Buffer): Handler => (_req, sock) => sock.end(frame);
+const reply =
+  (frame: Buffer): Handler =>
+  (_req, sock) =>
+    sock.end(frame);
 
 /** Answers 'M' (a miss: the client compiles), records the client's 'D' and acknowledges it. */
 function compileYourself(dones: Done[]): Handler {
@@ -283,7 +283,11 @@ test("reply 'R' with signal N: the client dies of signal N (no core); exit 128+N
   await withDaemon(cacheDir, reply(encodeResult({ exit: 139, signal: 11 }, Buffer.alloc(0), Buffer.alloc(0))), async () => {
     const r = await run('sh', ['-c', 'ulimit -c unlimited 2>/dev/null; cd "$1" && exec "$2" clang-19 "@x"', 'sh', tmp, client], { env: baseEnv(cacheDir) });
     assert.equal(r.signal, 'SIGSEGV');
-    assert.deepEqual(fs.readdirSync(tmp).filter((f) => /^core/.test(f)), [], 'no core file');
+    assert.deepEqual(
+      fs.readdirSync(tmp).filter((f) => /^core/.test(f)),
+      [],
+      'no core file',
+    );
   });
   await withDaemon(cacheDir, reply(encodeResult(130, Buffer.alloc(0), Buffer.from('e'))), async () => {
     const r = await run(client, [COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir) });
@@ -360,9 +364,7 @@ test('broken replies: the compiler runs and its real output and status come thro
   hugeHeader.writeUInt32LE(0xffffffff, 0);
   const status300 = Buffer.from(encodeResult(0, Buffer.from('PARTIAL-OUT'), Buffer.alloc(0)));
   status300.writeInt32LE(300, 5);
-  const trailing = encodeFrame(
-    Buffer.concat([encodeResult(0, Buffer.from('PARTIAL-OUT'), Buffer.alloc(0)).subarray(4), Buffer.from('x')]),
-  );
+  const trailing = encodeFrame(Buffer.concat([encodeResult(0, Buffer.from('PARTIAL-OUT'), Buffer.alloc(0)).subarray(4), Buffer.from('x')]));
   const cases: [string, Handler][] = [
     ['garbage', reply(Buffer.from('this is not a frame at all, just garbage bytes'))],
     ['close early', (_req, sock) => sock.destroy()],
@@ -599,7 +601,7 @@ test('prefix mode hands CLI sub-commands (and no arguments) to node', async () =
   // --version: the client prints its own line (no Node needed), then the CLI adds the rest.
   const v = await run(client, ['--version'], { env });
   const [own, rest] = v.stdout.toString().split(/(?<=\n)/);
-  assert.match(own!, /^client  \S+ \(protocol \d+\) \/.*\n$/);
+  assert.match(own!, /^client {2}\S+ \(protocol \d+\) \/.*\n$/);
   assert.equal(rest, `recorder:${cli} --version\n`);
 });
 
@@ -627,11 +629,7 @@ test('inherited SIGCHLD=SIG_IGN: a compile on a miss reports success, and clang 
   fs.writeFileSync(path.join(tmp, 'ok.rsp'), '-c ok.c -o ok.o\n');
   const ref = await direct(['-c', 'ok.c', '-o', 'ok-ref.o'], env);
   assert.equal(ref.status, 0);
-  const ignoring = (argv: string[]) => [
-    '-c',
-    'import signal, os, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])',
-    ...argv,
-  ];
+  const ignoring = (argv: string[]) => ['-c', 'import signal, os, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])', ...argv];
   const dones: Done[] = [];
   await withDaemon(cacheDir, compileYourself(dones), async () => {
     const r = await run('python3', ignoring([client, COMPILER, '@ok.rsp']), { env });
@@ -701,12 +699,16 @@ test('a daemon that accepts and never answers: after the silence timeout the cli
   const cacheDir = newCacheDir();
   const env = baseEnv(cacheDir, { LTOCACHE_SILENCE_TIMEOUT_MS: '500' });
   const ref = await direct(MISSING_JOB, env);
-  await withDaemon(cacheDir, () => {}, async (d) => {
-    const r = await run(client, [COMPILER, ...MISSING_JOB], { env, killAfterMs: 20_000 });
-    assert.equal(d.connections, 1);
-    assert.equal(r.status, ref.status);
-    assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
-  });
+  await withDaemon(
+    cacheDir,
+    () => {},
+    async (d) => {
+      const r = await run(client, [COMPILER, ...MISSING_JOB], { env, killAfterMs: 20_000 });
+      assert.equal(d.connections, 1);
+      assert.equal(r.status, ref.status);
+      assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
+    },
+  );
   // Keepalives ('W') reset the silence timer: an answer after 1.5 s of them is used.
   const keepalive: Handler = (_req, sock) => {
     const t = setInterval(() => sock.write(encodeWait()), 200);

@@ -14,32 +14,33 @@
  * internal error, and it still serves a real distributed-ThinLTO backend job correctly (a miss,
  * then a hit, both byte-identical to direct clang).
  */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { askDaemon } from '../../src/cli/controlClient.js';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
 import {
+  type CompileRequest,
   DEFAULT_MAX_FRAME,
-  FrameDecoder,
-  ProtocolError,
   decodeCompileRequest,
   decodeJson,
   decodeReply,
   encodeCompileRequest,
   encodeFrame,
   encodeJson,
+  FrameDecoder,
+  ProtocolError,
   socketPathFor,
-  type CompileRequest,
 } from '../../src/protocol/clientFrames.js';
 import { ControlResponse } from '../../src/protocol/control.js';
 import type { StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { fuzz, mutateAll, mutationArb } from '../fuzz/common.js';
 import { DAEMON_REGRESSIONS } from '../fuzz/regressions/daemon.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 
 const DAEMON_MAX_FRAME = 16 << 20;
 
@@ -243,35 +244,31 @@ describe('fuzz: the daemon over its socket', () => {
     const r = await fuzz(
       t,
       'daemon connections',
-      fc.asyncProperty(
-        streamArb.filter(harmless),
-        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 4 }),
-        async (stream, cuts) => {
-          const m = model(stream);
-          const x = await exchange(socket, cutAt(stream, cuts), m.expect === 'nothing' ? 50 : 10_000);
-          if (m.expect === 'nothing') {
-            assert.equal(x.reply.length, 0, 'the daemon answered an incomplete frame');
+      fc.asyncProperty(streamArb.filter(harmless), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 4 }), async (stream, cuts) => {
+        const m = model(stream);
+        const x = await exchange(socket, cutAt(stream, cuts), m.expect === 'nothing' ? 50 : 10_000);
+        if (m.expect === 'nothing') {
+          assert.equal(x.reply.length, 0, 'the daemon answered an incomplete frame');
+        } else {
+          assert.ok(x.closedByDaemon, `daemon did not close the connection (expected ${m.expect})`);
+          if (m.expect === 'closed') {
+            assert.equal(x.reply.length, 0, `daemon answered a protocol violation: ${x.reply.toString('hex')}`);
           } else {
-            assert.ok(x.closedByDaemon, `daemon did not close the connection (expected ${m.expect})`);
-            if (m.expect === 'closed') {
-              assert.equal(x.reply.length, 0, `daemon answered a protocol violation: ${x.reply.toString('hex')}`);
+            const dec = new FrameDecoder(DEFAULT_MAX_FRAME);
+            const frames = dec.push(x.reply);
+            dec.end();
+            assert.equal(frames.length, 1, `expected exactly one reply frame, got ${frames.length}`);
+            if (m.expect === 'reply-C') {
+              const reply = decodeReply(frames[0]!);
+              if (m.protocolError) assert.equal(reply.kind, 'passthrough');
             } else {
-              const dec = new FrameDecoder(DEFAULT_MAX_FRAME);
-              const frames = dec.push(x.reply);
-              dec.end();
-              assert.equal(frames.length, 1, `expected exactly one reply frame, got ${frames.length}`);
-              if (m.expect === 'reply-C') {
-                const reply = decodeReply(frames[0]!);
-                if (m.protocolError) assert.equal(reply.kind, 'passthrough');
-              } else {
-                assert.ok(ControlResponse.safeParse(decodeJson(frames[0]!)).success, 'malformed control reply');
-              }
+              assert.ok(ControlResponse.safeParse(decodeJson(frames[0]!)).success, 'malformed control reply');
             }
           }
-          if (m.protocolError) protocolErrors++;
-          seen[m.expect]++;
-        },
-      ),
+        }
+        if (m.protocolError) protocolErrors++;
+        seen[m.expect]++;
+      }),
       { seed: 0xdae111, numRuns: 300, timeLimitMs: 12_000 },
     );
     t.diagnostic(`outcomes: ${JSON.stringify(seen)}; protocol violations sent: ${protocolErrors}`);

@@ -1,7 +1,7 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';

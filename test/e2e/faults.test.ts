@@ -1,23 +1,23 @@
-import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, type TestContext, test } from 'node:test';
 import { Level } from 'level';
-import { ThinBuild } from '../../src/demo/thinBuild.js';
+import type { ThinBuild } from '../../src/demo/thinBuild.js';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { socketPathFor } from '../../src/protocol/clientFrames.js';
+import type { StatsView } from '../../src/stats/counters.js';
 import { layoutPaths, SUBLEVELS } from '../../src/store/layout.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { nodeFs, type StoreFs } from '../../src/store/storeOptions.js';
-import type { StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLI, CLIENT, runAsync, tempDir } from '../support/env.js';
-import { ServerProcess, TOKENS } from '../support/server.js';
 import { processAlive } from '../../src/util/processAlive.js';
-import { mulberry32 } from '../support/prng.js';
-import { sharedTree } from '../support/sharedTree.js';
 import { Direct } from '../support/direct.js';
+import { CacheEnv, CLI, CLIENT, runAsync, tempDir } from '../support/env.js';
+import { mulberry32 } from '../support/prng.js';
+import { ServerProcess, TOKENS } from '../support/server.js';
+import { sharedTree } from '../support/sharedTree.js';
 
 /**
  * Fault injection (issue 5, "Faults"): the daemon SIGKILLed in the middle of store writes, a full
@@ -34,9 +34,7 @@ await initHash();
 
 const SEED = Number(process.env.LTOCACHE_FAULT_SEED ?? 0x5eed1);
 
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 
 async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50): Promise<void> {
   const deadline = Date.now() + ms;
@@ -45,7 +43,6 @@ async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50):
     await sleep(step);
   }
 }
-
 
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   for (const m of b.modules) {
@@ -98,13 +95,18 @@ async function startDaemon(cache: CacheEnv): Promise<number> {
   let exited = false;
   child.on('exit', () => (exited = true));
   const err = () => readFileSync(errFile, 'utf8');
-  await waitFor('the daemon to listen', () => {
-    if (/daemon running/.test(err())) return true;
-    // Lost a race with a daemon a client started: use that one.
-    if (exited && /already running/.test(err())) return true;
-    if (exited) throw new Error(`daemon exited: ${err()}`);
-    return false;
-  }, 20_000, 10);
+  await waitFor(
+    'the daemon to listen',
+    () => {
+      if (/daemon running/.test(err())) return true;
+      // Lost a race with a daemon a client started: use that one.
+      if (exited && /already running/.test(err())) return true;
+      if (exited) throw new Error(`daemon exited: ${err()}`);
+      return false;
+    },
+    20_000,
+    10,
+  );
   const pid = cache.daemonPid();
   assert.ok(pid && processAlive(pid), 'daemon running');
   return pid;
@@ -199,7 +201,10 @@ describe('faults', () => {
         hits++;
         const obj = r.entry.files.get('obj')!;
         assert.equal(hashBytes(obj), r.entry.record.outputs.find((o) => o.name === 'obj')!.digest);
-        assert.ok(known.some((d) => d.equals(obj)), `entry ${k} holds an object no direct compile produced`);
+        assert.ok(
+          known.some((d) => d.equals(obj)),
+          `entry ${k} holds an object no direct compile produced`,
+        );
       }
       assert.equal(store.counters.corruptBlobs + store.counters.corruptRecords, 0);
     } finally {
@@ -218,7 +223,9 @@ describe('faults', () => {
     cache.start();
     const s0 = cache.stats();
     for (let i = 0; i < jobs.length; i += 4) {
-      const rs = await Promise.all(jobs.slice(i, i + 4).map((j, k) => runAsync(CLIENT, [b.clang, ...b.backendArgs(j.m, [...j.extra, distinct(i + k)], j.out)], { cwd: b.dir, env: cache.env })));
+      const rs = await Promise.all(
+        jobs.slice(i, i + 4).map((j, k) => runAsync(CLIENT, [b.clang, ...b.backendArgs(j.m, [...j.extra, distinct(i + k)], j.out)], { cwd: b.dir, env: cache.env })),
+      );
       for (const r of rs) assert.equal(r.status, 0, r.stderr);
     }
     const d = delta(s0, cache.stats());
@@ -300,7 +307,9 @@ describe('faults', () => {
         assert.equal(after.errors, 0, JSON.stringify(after));
         assert.equal(after.hits! + after.misses!, 3 * b.modules.length);
         assert.ok(after.hits! >= b.modules.length, `entries stored before the disk filled still hit: ${JSON.stringify(after)}`);
-        t.diagnostic(`tmpfs=2MiB jobs_while_full=${extras.length * b.modules.length} store_write_errors=${storeErrors} tmp_files_while_full=${tmpWhileFull} after_reopen hits=${after.hits} misses=${after.misses} wrong_objects=0 builds_broken=0`);
+        t.diagnostic(
+          `tmpfs=2MiB jobs_while_full=${extras.length * b.modules.length} store_write_errors=${storeErrors} tmp_files_while_full=${tmpWhileFull} after_reopen hits=${after.hits} misses=${after.misses} wrong_objects=0 builds_broken=0`,
+        );
       } finally {
         cache.stop();
         killDaemon(cache);
@@ -340,7 +349,18 @@ describe('faults', () => {
         for (let at = 0; ; at++) {
           const data = Buffer.from(`object ${at} `.repeat(200));
           const key = hashBytes(`key ${at}`);
-          const entry = { record: { v: 1 as const, outputs: [{ name: 'obj', digest: hashBytes(data), size: data.length }], stdout: '', stderr: '', exitCode: 0 as const, compileMs: 1, createdAt: 1 }, files: new Map([['obj', data]]) };
+          const entry = {
+            record: {
+              v: 1 as const,
+              outputs: [{ name: 'obj', digest: hashBytes(data), size: data.length }],
+              stdout: '',
+              stderr: '',
+              exitCode: 0 as const,
+              compileMs: 1,
+              createdAt: 1,
+            },
+            files: new Map([['obj', data]]),
+          };
           calls = 0;
           failAt = at;
           const r = await store.put(key, entry);
@@ -378,18 +398,31 @@ describe('faults', () => {
     const { cache, b, direct } = setup('meta');
     const meta = layoutPaths(join(cache.dir, 'store')).meta;
     const logFile = join(cache.dir, 'daemon.log');
-    const unreadable = () => (existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('store metadata unreadable')).length : 0);
+    const unreadable = () =>
+      existsSync(logFile)
+        ? readFileSync(logFile, 'utf8')
+            .split('\n')
+            .filter((l) => l.includes('store metadata unreadable')).length
+        : 0;
     cache.start();
     buildAll(b, cache);
     assertMatchesDirect(b, direct);
     const damage: [string, () => void, boolean][] = [
       ['CURRENT overwritten with garbage', () => writeFileSync(join(meta, 'CURRENT'), 'garbage, not a manifest name\n'), true],
-      ['MANIFEST overwritten with garbage', () => {
-        for (const f of readdirSync(meta)) if (f.startsWith('MANIFEST-')) writeFileSync(join(meta, f), Buffer.alloc(4096, 0x5a));
-      }, true],
-      ['every .ldb/.log table truncated', () => {
-        for (const f of readdirSync(meta)) if (/\.(ldb|log)$/.test(f)) writeFileSync(join(meta, f), Buffer.alloc(100, 0xff));
-      }, false],
+      [
+        'MANIFEST overwritten with garbage',
+        () => {
+          for (const f of readdirSync(meta)) if (f.startsWith('MANIFEST-')) writeFileSync(join(meta, f), Buffer.alloc(4096, 0x5a));
+        },
+        true,
+      ],
+      [
+        'every .ldb/.log table truncated',
+        () => {
+          for (const f of readdirSync(meta)) if (/\.(ldb|log)$/.test(f)) writeFileSync(join(meta, f), Buffer.alloc(100, 0xff));
+        },
+        false,
+      ],
       ['meta/ deleted (rm -rf)', () => rmSync(meta, { recursive: true, force: true }), false],
     ];
     let jobs = 0;
@@ -491,11 +524,13 @@ describe('faults', () => {
     writeFileSync(list, B);
     setFuture();
     assert.ok(Math.abs(statSync(list).mtimeMs - jump.getTime()) < 1, 'the same future mtime');
-    const directB = new Map(b.modules.map((m) => {
-      const r = b.backend(m, { extra: flag, out: `${m}.directB.o` });
-      assert.equal(r.status, 0, r.stderr);
-      return [m, readFileSync(join(b.dir, `${m}.directB.o`))];
-    }));
+    const directB = new Map(
+      b.modules.map((m) => {
+        const r = b.backend(m, { extra: flag, out: `${m}.directB.o` });
+        assert.equal(r.status, 0, r.stderr);
+        return [m, readFileSync(join(b.dir, `${m}.directB.o`))];
+      }),
+    );
     setFuture();
     buildAll(b, cache, flag);
     const d = delta(s1, cache.stats());
@@ -515,19 +550,29 @@ describe('faults', () => {
     const alice = setup('upload-alice', remoteEnv(TOKENS.write));
     alice.cache.start();
     const first = [['-O1'], ['-O3'], ['-Os'], ['-march=x86-64-v3']];
-    const second = [['-O1', '-march=x86-64-v2'], ['-O2', '-mtune=skylake']];
+    const second = [
+      ['-O1', '-march=x86-64-v2'],
+      ['-O2', '-mtune=skylake'],
+    ];
     const b = alice.b;
-    const runs = first.flatMap((extra) => b.modules.map((m) => runAsync(CLIENT, [b.clang, ...b.backendArgs(m, extra, `${m}${extra.join('')}.o`)], { cwd: b.dir, env: alice.cache.env })));
+    const runs = first.flatMap((extra) =>
+      b.modules.map((m) => runAsync(CLIENT, [b.clang, ...b.backendArgs(m, extra, `${m}${extra.join('')}.o`)], { cwd: b.dir, env: alice.cache.env })),
+    );
     await waitFor('a few uploads', () => alice.cache.stats().uploads >= 3, 30_000, 20);
     await server.kill('SIGKILL');
     const atKill = alice.cache.stats().uploads;
     for (const r of await Promise.all(runs)) assert.equal(r.status, 0, r.stderr);
     const queued = first.length * b.modules.length;
     // Every queued upload ends stored, dropped or failed (a failed put counts in remote_errors).
-    await waitFor('the upload queue to drain', () => {
-      const s = alice.cache.stats();
-      return s.uploads + s.uploads_dropped + s.remote_errors >= queued;
-    }, 30_000, 200);
+    await waitFor(
+      'the upload queue to drain',
+      () => {
+        const s = alice.cache.stats();
+        return s.uploads + s.uploads_dropped + s.remote_errors >= queued;
+      },
+      30_000,
+      200,
+    );
     const down = alice.cache.stats();
     assert.ok(down.uploads < queued, `the kill came mid-way: ${down.uploads} of ${queued} uploaded`);
     const lost = queued - down.uploads;

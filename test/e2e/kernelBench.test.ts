@@ -1,11 +1,11 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { llvmTool } from '../../src/demo/thinBuild.js';
+import { after, before, describe, test } from 'node:test';
 import type { Report } from '../../bench/kernel.js';
-import { FIXTURE, TOP, runAsync, tempDir } from '../support/env.js';
+import { llvmTool } from '../../src/demo/thinBuild.js';
+import { FIXTURE, runAsync, TOP, tempDir } from '../support/env.js';
 
 /**
  * Smoke test of bench/kernel.ts: the same script, on a tree of the kernel's shape built from the
@@ -50,10 +50,15 @@ function buildTree(tree: string, clang: string, lld: string, ar: string): void {
     rmSync(join(tree, dir, `.${base}.o.d`), { force: true });
     writeFileSync(join(tree, dir, `.${base}.o.cmd`), `savedcmd_${obj}.o := ${cmd}\n\nsource_${obj}.o := ${obj}.c\n`);
   }
-  const core = Object.keys(LAYOUT).filter((o) => !IN_LIB.has(o)).map((o) => `${o}.o`);
+  const core = Object.keys(LAYOUT)
+    .filter((o) => !IN_LIB.has(o))
+    .map((o) => `${o}.o`);
   must(ar, ['cDPrST', 'vmlinux.a', ...core], tree);
   must(ar, ['cDPrST', 'lib/lib.a', ...[...IN_LIB].map((o) => `${o}.o`)], tree);
-  writeFileSync(join(tree, '.vmlinux.o.cmd'), `savedcmd_vmlinux.o := ${lld} -m elf_x86_64 -z noexecstack -mllvm -import-instr-limit=5 --thinlto-cache-dir=.thinlto-cache -r -o vmlinux.o --whole-archive vmlinux.a --no-whole-archive --start-group lib/lib.a --end-group\n`);
+  writeFileSync(
+    join(tree, '.vmlinux.o.cmd'),
+    `savedcmd_vmlinux.o := ${lld} -m elf_x86_64 -z noexecstack -mllvm -import-instr-limit=5 --thinlto-cache-dir=.thinlto-cache -r -o vmlinux.o --whole-archive vmlinux.a --no-whole-archive --start-group lib/lib.a --end-group\n`,
+  );
 }
 
 describe('bench/kernel on a kernel-shaped fixture tree', () => {
@@ -74,9 +79,25 @@ describe('bench/kernel on a kernel-shaped fixture tree', () => {
       process.execPath,
       [
         join(TOP, 'dist', 'bench', 'kernel.js'),
-        '--tree', tree, '--runs', '1', '--json', json, '--remote',
-        '--clang', clang, '--lld', lld, '--ar', ar,
-        '--edit', 'mm/mathx.c', '--edit-from', 'return x * x;', '--edit-to', 'return x * x + 1;',
+        '--tree',
+        tree,
+        '--runs',
+        '1',
+        '--json',
+        json,
+        '--remote',
+        '--clang',
+        clang,
+        '--lld',
+        lld,
+        '--ar',
+        ar,
+        '--edit',
+        'mm/mathx.c',
+        '--edit-from',
+        'return x * x;',
+        '--edit-to',
+        'return x * x + 1;',
       ],
       { cwd: root },
     );
@@ -90,9 +111,25 @@ describe('bench/kernel on a kernel-shaped fixture tree', () => {
     assert.equal(report.jobs, Object.keys(LAYOUT).length);
     assert.match(stdout, /\| scenario \| wall min \| wall median \|/);
     const names = report.rows.map((r) => r.name);
-    for (const want of [/^floor/, /^no cache/, /^ltocache cold$/, /^ltocache warm$/, /^ltocache after edit$/, /^lld in-process ThinLTO cache, cold$/, /^lld in-process ThinLTO cache, warm$/, /team server, warm/, /team server, after edit/]) {
-      assert.ok(names.some((n) => want.test(n)), `no row ${want} in ${names.join(', ')}`);
-      assert.ok(stdout.split('\n').some((l) => l.startsWith('| ') && want.test(l.slice(2).split(' | ')[0]!)), `row ${want} not printed`);
+    for (const want of [
+      /^floor/,
+      /^no cache/,
+      /^ltocache cold$/,
+      /^ltocache warm$/,
+      /^ltocache after edit$/,
+      /^lld in-process ThinLTO cache, cold$/,
+      /^lld in-process ThinLTO cache, warm$/,
+      /team server, warm/,
+      /team server, after edit/,
+    ]) {
+      assert.ok(
+        names.some((n) => want.test(n)),
+        `no row ${want} in ${names.join(', ')}`,
+      );
+      assert.ok(
+        stdout.split('\n').some((l) => l.startsWith('| ') && want.test(l.slice(2).split(' | ')[0]!)),
+        `row ${want} not printed`,
+      );
     }
   });
 

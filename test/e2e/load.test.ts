@@ -1,5 +1,5 @@
-import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
 import { runDaemonLoad, runTeamLoad } from '../../bench/loadDriver.js';
 
 /**
@@ -54,7 +54,9 @@ describe('load', () => {
     const r = await runTeamLoad({ daemons: DAEMONS, parallel: 2, nativeEvery: 3, remoteTimeoutMs: 5000 });
     const jobsPerDaemon = r.modules * r.variants;
     for (const round of r.rounds) {
-      process.stderr.write(`# team load ${round.name}: ${round.jobs} jobs in ${(round.wallMs / 1000).toFixed(1)} s; ${JSON.stringify(round.deltas.map((d) => `${d.hits}h/${d.misses}m/${d.remote_hits}r`))}\n`);
+      process.stderr.write(
+        `# team load ${round.name}: ${round.jobs} jobs in ${(round.wallMs / 1000).toFixed(1)} s; ${JSON.stringify(round.deltas.map((d) => `${d.hits}h/${d.misses}m/${d.remote_hits}r`))}\n`,
+      );
       assert.equal(round.jobs, DAEMONS * jobsPerDaemon, round.name);
       assert.deepEqual(round.failures, [], `${round.name}: ${round.failureCount} failed jobs`);
       assert.equal(round.wrongObjects, 0, round.name);

@@ -113,7 +113,8 @@ describe('the manifest of a real backend job', () => {
   test("the toolchain's config directories follow its LLVM version", async () => {
     const major = /clang version (\d+)\./.exec(execFileSync(CLANG, ['--version'], { encoding: 'utf8' }))![1]!;
     const dirs = configDirs(CLANG, fs.realpathSync(CLANG));
-    for (const d of [`/etc/clang${major}`, `/usr/lib/llvm-${major}/etc`, '/etc/clang', fs.realpathSync(CLANG).replace(/\/[^/]+$/, '')]) assert.ok(dirs.includes(d), `${d} among ${dirs.join(', ')}`);
+    for (const d of [`/etc/clang${major}`, `/usr/lib/llvm-${major}/etc`, '/etc/clang', fs.realpathSync(CLANG).replace(/\/[^/]+$/, '')])
+      assert.ok(dirs.includes(d), `${d} among ${dirs.join(', ')}`);
   });
 
   test('keys are deterministic, across contexts and across directories', async () => {
@@ -183,7 +184,15 @@ describe('what changes the key', () => {
   test('a flag, and the order of two flags', async () => {
     const d = tree();
     const k0 = (await key(d)).key;
-    assert.notEqual((await key(d, BASE.map((a) => (a === '-O2' ? '-O3' : a)))).key, k0);
+    assert.notEqual(
+      (
+        await key(
+          d,
+          BASE.map((a) => (a === '-O2' ? '-O3' : a)),
+        )
+      ).key,
+      k0,
+    );
     assert.notEqual((await key(d, ['-Wframe-larger-than=1024', ...BASE])).key, k0);
     const swapped = ['-fno-pie', '-O2', ...BASE.slice(2)];
     assert.notEqual((await key(d, swapped)).key, k0);
@@ -297,11 +306,22 @@ describe('names that do not change the bytes', () => {
     assert.equal(r.key, k0);
     assert.deepEqual(r.manifest.names, { index: 'a.1.4242.native.o.thinlto.bc', outputs: [{ role: 'obj', path: 'a.1.4242.native.o' }] });
     // Absolute names elsewhere too.
-    const abs = BASE.map((a) => (a === '-fthinlto-index=a.o.thinlto.bc' ? `-fthinlto-index=${join(d, 'a.1.4242.native.o.thinlto.bc')}` : a === 'a.thinlto-native.o' ? join(tempDir(), 'x.o') : a));
+    const abs = BASE.map((a) =>
+      a === '-fthinlto-index=a.o.thinlto.bc' ? `-fthinlto-index=${join(d, 'a.1.4242.native.o.thinlto.bc')}` : a === 'a.thinlto-native.o' ? join(tempDir(), 'x.o') : a,
+    );
     assert.equal((await key(d, abs)).key, k0);
   });
 
-  for (const flags of [['-g', '-gsplit-dwarf'], ['-fprofile-arcs'], ['-ftest-coverage'], ['--coverage'], ['-fprofile-generate'], ['-fprofile-instr-generate=x.profraw'], ['-fcs-profile-generate'], ['-Xclang', '-split-dwarf-file', '-Xclang', 'a.dwo']]) {
+  for (const flags of [
+    ['-g', '-gsplit-dwarf'],
+    ['-fprofile-arcs'],
+    ['-ftest-coverage'],
+    ['--coverage'],
+    ['-fprofile-generate'],
+    ['-fprofile-instr-generate=x.profraw'],
+    ['-fcs-profile-generate'],
+    ['-Xclang', '-split-dwarf-file', '-Xclang', 'a.dwo'],
+  ]) {
     test(`${flags.join(' ')}: the output name stays keyed`, async () => {
       const d = tree();
       const one = await key(d, [...flags, ...BASE]);
@@ -353,7 +373,10 @@ describe('uncacheable', () => {
 
   test('a missing input → missing-file', async () => {
     const d = tree();
-    const r = await keyed(d, BASE.map((a) => (a === 'a.o' ? 'nope.o' : a)));
+    const r = await keyed(
+      d,
+      BASE.map((a) => (a === 'a.o' ? 'nope.o' : a)),
+    );
     assert.equal(r.kind === 'uncacheable' && r.reason, 'missing-file');
   });
 

@@ -4,23 +4,15 @@
  * LTOCACHE_NODE=/nonexistent and a short start timeout make every fallback end in a direct exec of
  * the fake compiler, so "the compiler ran" is exactly "the fast path declined".
  */
-import { after, before, test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { after, before, test } from 'node:test';
 import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
-import {
-  MEMO_MAX_CHECKS,
-  MEMO_MAX_OUTPUTS,
-  encodeMemo,
-  lookupDigest,
-  memoPath,
-  noticeLogPath,
-  type Memo,
-  type MemoCheck,
-} from '../../src/memo/memoFormat.js';
+import { encodeMemo, lookupDigest, MEMO_MAX_CHECKS, MEMO_MAX_OUTPUTS, type Memo, type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { CLIENT, tempDir } from '../support/env.js';
 
 const isRoot = process.getuid!() === 0;
@@ -147,7 +139,11 @@ function assertServed(s: Scenario, r: ReturnType<Scenario['run']>): void {
     assert.deepEqual(fs.readFileSync(o.path), o.content, o.path);
     assert.equal(fs.statSync(o.path).mode & 0o777, mode, o.path);
   }
-  assert.deepEqual(fs.readdirSync(s.work).filter((n) => n.includes('.ltocache-')), [], 'no temp left');
+  assert.deepEqual(
+    fs.readdirSync(s.work).filter((n) => n.includes('.ltocache-')),
+    [],
+    'no temp left',
+  );
 }
 
 function assertFellBack(s: Scenario, r: ReturnType<Scenario['run']>, what: string): void {
@@ -155,7 +151,11 @@ function assertFellBack(s: Scenario, r: ReturnType<Scenario['run']>, what: strin
   assert.equal(r.status, 0, `${what}: ${r.stderr.toString()}`);
   assert.equal(r.stdout.toString(), 'compiler-stdout\n', what);
   for (const o of s.outputs) assert.equal(fs.readFileSync(o.path, 'utf8'), 'compiled\n', `${what}: ${o.path}`);
-  assert.deepEqual(fs.readdirSync(s.work).filter((n) => n.includes('.ltocache-')), [], `${what}: no temp left`);
+  assert.deepEqual(
+    fs.readdirSync(s.work).filter((n) => n.includes('.ltocache-')),
+    [],
+    `${what}: no temp left`,
+  );
   assert.equal(fs.existsSync(noticeLogPath(s.cache)), false, `${what}: no notice`);
 }
 
@@ -187,11 +187,7 @@ test('C and TypeScript agree on content digests (LTOCACHE_PRINT_DIGEST)', async 
 
 test('C and TypeScript agree on the lookup digest (LTOCACHE_PRINT_LOOKUP)', () => {
   const s = scenario();
-  const cases: string[][] = [
-    ['-fthinlto-index=a.thinlto.bc', '-c', 'a.o', '-o', 'b.o'],
-    ['-fthinlto-index=x', 'with space', 'ünïcødé', '', '-o', '/abs/out.o'],
-    ['@rsp'],
-  ];
+  const cases: string[][] = [['-fthinlto-index=a.thinlto.bc', '-c', 'a.o', '-o', 'b.o'], ['-fthinlto-index=x', 'with space', 'ünïcødé', '', '-o', '/abs/out.o'], ['@rsp']];
   for (const args of cases) {
     const r = runClient([s.compiler, ...args], s.work, { ...baseEnv(s.cache), LTOCACHE_PRINT_LOOKUP: '1' });
     assert.equal(r.status, 0, r.stderr.toString());
@@ -264,10 +260,13 @@ const fallbacks: [string, (s: Scenario) => NodeJS.ProcessEnv | void][] = [
   ['ENV unset', () => ({ MEMO_TEST_SET: undefined })],
   ['ENV now set', () => ({ MEMO_TEST_UNSET: '' })],
   ['DIR changed', (s) => fs.writeFileSync(path.join(s.cfgDir, 'clang.cfg'), '')],
-  ['NOTREG now regular', (s) => {
-    const m = { ...s.memo, checks: [...s.memo.checks, { kind: 'notreg' as const, path: s.statFile }] };
-    s.writeMemo(encodeMemo(m));
-  }],
+  [
+    'NOTREG now regular',
+    (s) => {
+      const m = { ...s.memo, checks: [...s.memo.checks, { kind: 'notreg' as const, path: s.statFile }] };
+      s.writeMemo(encodeMemo(m));
+    },
+  ],
   ['blob missing', (s) => fs.unlinkSync(blobPath(s.cache, s.memo.outputs[1]!.digest))],
   [
     'blob corrupt (same size)',
@@ -278,11 +277,14 @@ const fallbacks: [string, (s: Scenario) => NodeJS.ProcessEnv | void][] = [
       fs.writeFileSync(p, b);
     },
   ],
-  ['blob a symlink', (s) => {
-    const p = blobPath(s.cache, s.memo.outputs[0]!.digest);
-    fs.renameSync(p, `${p}.real`);
-    fs.symlinkSync(`${p}.real`, p);
-  }],
+  [
+    'blob a symlink',
+    (s) => {
+      const p = blobPath(s.cache, s.memo.outputs[0]!.digest);
+      fs.renameSync(p, `${p}.real`);
+      fs.symlinkSync(`${p}.real`, p);
+    },
+  ],
   ['memo truncated', (s) => s.writeMemo(fs.readFileSync(s.file).subarray(0, -1))],
   ['memo truncated with a valid trailer', (s) => s.writeMemo(retrail(fs.readFileSync(s.file).subarray(0, -40)))],
   ['memo trailing byte with a valid trailer', (s) => s.writeMemo(retrail(Buffer.concat([fs.readFileSync(s.file).subarray(0, -32), Buffer.from([0])])))],
@@ -412,5 +414,8 @@ test('no output is replaced unless every output verifies', () => {
   const r = s.run({ FAKECC_NO_WRITE: '1' });
   assert.equal(fs.existsSync(s.marker), true, r.stderr.toString());
   for (const o of s.outputs) assert.equal(fs.readFileSync(o.path, 'utf8'), 'old', o.path);
-  assert.deepEqual(fs.readdirSync(s.work).filter((n) => n.includes('.ltocache-')), []);
+  assert.deepEqual(
+    fs.readdirSync(s.work).filter((n) => n.includes('.ltocache-')),
+    [],
+  );
 });

@@ -1,8 +1,8 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
 
 /**
@@ -87,7 +87,9 @@ describe('memo fast path with the real daemon', () => {
   /** Notice lines not drained yet (while no daemon runs). */
   function notices(): number {
     try {
-      return readFileSync(join(cache.dir, 'memo', 'hits.log'), 'latin1').split('\n').filter(Boolean).length;
+      return readFileSync(join(cache.dir, 'memo', 'hits.log'), 'latin1')
+        .split('\n')
+        .filter(Boolean).length;
     } catch {
       return 0;
     }

@@ -4,11 +4,12 @@
  * so, only when clang-19 or its fuzzer runtime is missing. LTOCACHE_MEMO_FUZZ_SECONDS sets the
  * fuzzing time (default 5).
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { test } from 'node:test';
 import { TOP, tempDir } from '../support/env.js';
 
 function fuzzerMissing(): string | false {

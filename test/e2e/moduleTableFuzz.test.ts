@@ -17,17 +17,18 @@
  *     gets exactly clang's own exit code and stderr from bin/ltocache, is counted uncacheable
  *     with reason `bad-index`, and the daemon lives on.
  */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { BitstreamError, BitstreamReader } from '../../src/key/bitstream.js';
-import { readIndexParts, readModuleTable, type ModuleEntry } from '../../src/key/moduleTable.js';
-import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+import { type ModuleEntry, readIndexParts, readModuleTable } from '../../src/key/moduleTable.js';
 import { fuzz, mutateAll, mutationArb, timed } from '../fuzz/common.js';
 import { INDEX_REGRESSIONS } from '../fuzz/regressions/moduleTable.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 
 // ---------------------------------------------------------------------------------------------
 // An independent bitstream writer
@@ -99,13 +100,45 @@ const scalarArb: fc.Arbitrary<Scalar> = fc.oneof(
 const abbrevArb: fc.Arbitrary<Abbrev> = fc.oneof(
   // the shapes LLVM uses for module-table entries
   fc.constantFrom<Abbrev>(
-    [{ k: 'lit', v: 1 }, { k: 'vbr', w: 8 }, { k: 'array', elt: { k: 'fixed', w: 8 } }],
-    [{ k: 'lit', v: 1 }, { k: 'vbr', w: 8 }, { k: 'array', elt: { k: 'fixed', w: 7 } }],
-    [{ k: 'lit', v: 1 }, { k: 'vbr', w: 8 }, { k: 'array', elt: { k: 'char6' } }],
-    [{ k: 'lit', v: 2 }, { k: 'fixed', w: 32 }, { k: 'fixed', w: 32 }, { k: 'fixed', w: 32 }, { k: 'fixed', w: 32 }, { k: 'fixed', w: 32 }],
-    [{ k: 'lit', v: 2 }, { k: 'array', elt: { k: 'vbr', w: 6 } }],
+    [
+      { k: 'lit', v: 1 },
+      { k: 'vbr', w: 8 },
+      { k: 'array', elt: { k: 'fixed', w: 8 } },
+    ],
+    [
+      { k: 'lit', v: 1 },
+      { k: 'vbr', w: 8 },
+      { k: 'array', elt: { k: 'fixed', w: 7 } },
+    ],
+    [
+      { k: 'lit', v: 1 },
+      { k: 'vbr', w: 8 },
+      { k: 'array', elt: { k: 'char6' } },
+    ],
+    [
+      { k: 'lit', v: 2 },
+      { k: 'fixed', w: 32 },
+      { k: 'fixed', w: 32 },
+      { k: 'fixed', w: 32 },
+      { k: 'fixed', w: 32 },
+      { k: 'fixed', w: 32 },
+    ],
+    [
+      { k: 'lit', v: 2 },
+      { k: 'array', elt: { k: 'vbr', w: 6 } },
+    ],
   ),
-  fc.tuple(fc.array(scalarArb, { minLength: 1, maxLength: 4 }), fc.option(fc.oneof(eltArb.map((elt) => ({ k: 'array' as const, elt })), fc.constant({ k: 'blob' as const })))).map(([s, tail]) => (tail ? [...s, tail] : s)),
+  fc
+    .tuple(
+      fc.array(scalarArb, { minLength: 1, maxLength: 4 }),
+      fc.option(
+        fc.oneof(
+          eltArb.map((elt) => ({ k: 'array' as const, elt })),
+          fc.constant({ k: 'blob' as const }),
+        ),
+      ),
+    )
+    .map(([s, tail]) => (tail ? [...s, tail] : s)),
 );
 
 const pathBytesArb: fc.Arbitrary<number[]> = fc.oneof(
@@ -115,15 +148,30 @@ const pathBytesArb: fc.Arbitrary<number[]> = fc.oneof(
   { weight: 1, arbitrary: fc.array(fc.nat({ max: 400 }), { maxLength: 4 }) },
 );
 const recordArb: fc.Arbitrary<Rec> = fc.oneof<fc.Arbitrary<Rec>[]>(
-  fc.record({ t: fc.constant('record' as const), code: fc.constant(1), ops: fc.tuple(fc.nat({ max: 9 }), pathBytesArb).map(([id, p]) => [id, ...p]), blob: fc.constant([]), pick: fc.option(fc.nat(), { freq: 2 }) }),
   fc.record({
     t: fc.constant('record' as const),
-    code: fc.constant(2),
-    ops: fc.oneof({ weight: 6, arbitrary: fc.array(fc.nat({ max: 0xffffffff }), { minLength: 5, maxLength: 5 }) }, { weight: 1, arbitrary: fc.array(fc.oneof(fc.nat({ max: 0xffffffff }), fc.constant(2 ** 40)), { maxLength: 7 }) }),
+    code: fc.constant(1),
+    ops: fc.tuple(fc.nat({ max: 9 }), pathBytesArb).map(([id, p]) => [id, ...p]),
     blob: fc.constant([]),
     pick: fc.option(fc.nat(), { freq: 2 }),
   }),
-  fc.record({ t: fc.constant('record' as const), code: fc.nat({ max: 12 }), ops: fc.array(fc.nat({ max: 1000 }), { maxLength: 5 }), blob: fc.array(fc.nat({ max: 255 }), { maxLength: 9 }), pick: fc.option(fc.nat(), { freq: 2 }) }),
+  fc.record({
+    t: fc.constant('record' as const),
+    code: fc.constant(2),
+    ops: fc.oneof(
+      { weight: 6, arbitrary: fc.array(fc.nat({ max: 0xffffffff }), { minLength: 5, maxLength: 5 }) },
+      { weight: 1, arbitrary: fc.array(fc.oneof(fc.nat({ max: 0xffffffff }), fc.constant(2 ** 40)), { maxLength: 7 }) },
+    ),
+    blob: fc.constant([]),
+    pick: fc.option(fc.nat(), { freq: 2 }),
+  }),
+  fc.record({
+    t: fc.constant('record' as const),
+    code: fc.nat({ max: 12 }),
+    ops: fc.array(fc.nat({ max: 1000 }), { maxLength: 5 }),
+    blob: fc.array(fc.nat({ max: 255 }), { maxLength: 9 }),
+    pick: fc.option(fc.nat(), { freq: 2 }),
+  }),
 );
 const blockIdArb = fc.oneof({ weight: 3, arbitrary: fc.constantFrom(8, 19, 20) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 40 }) });
 const blockInfoArb: fc.Arbitrary<Item> = fc.record({
@@ -475,8 +523,15 @@ describe('fuzz: ThinLTO index reader', () => {
       if (t.kind !== 'ok') continue;
       assert.ok(t.modules.length >= 1);
       const own = f.name.replace(/\.thinlto\.bc$/, '');
-      assert.ok(t.modules.some((m) => m.path === own), `${f.name}: its own module is not in the table`);
-      for (const m of t.modules) assert.ok(b.modules.some((x) => m.path === `${x}.o`), m.path);
+      assert.ok(
+        t.modules.some((m) => m.path === own),
+        `${f.name}: its own module is not in the table`,
+      );
+      for (const m of t.modules)
+        assert.ok(
+          b.modules.some((x) => m.path === `${x}.o`),
+          m.path,
+        );
     }
     // A module's own bitcode has no MODULE_STRTAB_BLOCK.
     for (const f of corpus.filter((c) => c.name.endsWith('.o'))) assert.equal(readModuleTable(f.bytes).kind, 'invalid', f.name);
@@ -520,7 +575,13 @@ describe('fuzz: ThinLTO index reader', () => {
       fc
         .tuple(
           streamArb,
-          fc.array(fc.tuple(fc.nat({ max: 12 }), fc.record({ lengthDelta: fc.integer({ min: -2, max: 2 }), lengthOverride: fc.option(fc.constantFrom(0, 1, 0x7fffffff, 0xffffffff, 0x40000000), { freq: 3 }) })), { maxLength: 2 }),
+          fc.array(
+            fc.tuple(
+              fc.nat({ max: 12 }),
+              fc.record({ lengthDelta: fc.integer({ min: -2, max: 2 }), lengthOverride: fc.option(fc.constantFrom(0, 1, 0x7fffffff, 0xffffffff, 0x40000000), { freq: 3 }) }),
+            ),
+            { maxLength: 2 },
+          ),
           fc.array(fc.tuple(fc.nat(), hostileItem), { maxLength: 2 }),
           fc.array(mutationArb, { maxLength: 2 }),
         )
@@ -570,7 +631,7 @@ describe('fuzz: ThinLTO index reader', () => {
     }
   });
 
-  test('end to end: a garbage -fthinlto-index= file gets clang\'s own answer, counted bad-index', async (t) => {
+  test("end to end: a garbage -fthinlto-index= file gets clang's own answer, counted bad-index", async (t) => {
     const cache = new CacheEnv('fuzz-index');
     try {
       cache.start();

@@ -1,16 +1,16 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { type Browser, chromium, type Page } from 'playwright-core';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
-import type { JobRecord } from '../../src/jobLog/jobLog.js';
 import type { BuildSummary } from '../../src/explain/explainJobs.js';
-import { renderReport, type ReportData } from '../../src/report/renderReport.js';
+import type { JobRecord } from '../../src/jobLog/jobLog.js';
+import { type ReportData, renderReport } from '../../src/report/renderReport.js';
 import { COUNTERS, type StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 import { processAlive } from '../../src/util/processAlive.js';
+import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 
 /**
  * `ltocache report`: three builds through the real client and daemon, then the page in headless
@@ -21,7 +21,6 @@ import { processAlive } from '../../src/util/processAlive.js';
 const CHROMIUM = '/usr/bin/chromium';
 const GAP_MS = 600;
 const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} not found: install Debian's chromium to run the report test`;
-
 
 interface Loaded {
   page: Page;
@@ -138,7 +137,11 @@ describe('report', { skip: SKIP }, () => {
       const rates = (await attrs(page, '#chart-hit-rate rect.build-bar', 'data-hit-rate')).map(Number);
       assert.deepEqual(rates, [0, 1, +(last.hits / (last.hits + last.misses)).toFixed(6)]);
       const hitsPerBuild = (await attrs(page, '#chart-hit-rate rect.build-bar', 'data-hits')).map(Number);
-      assert.equal(hitsPerBuild.reduce((x, y) => x + y, 0), stats.hits, 'a fresh cache: the builds add up to the counters');
+      assert.equal(
+        hitsPerBuild.reduce((x, y) => x + y, 0),
+        stats.hits,
+        'a fresh cache: the builds add up to the counters',
+      );
       assert.equal(await page.locator('#chart-saved rect.saved-bar').count(), 3);
       const saved = (await attrs(page, '#chart-saved rect.saved-bar', 'data-saved-ms')).map(Number);
       assert.equal(saved[0], 0);
@@ -181,13 +184,42 @@ describe('report', { skip: SKIP }, () => {
     const t = Date.parse('2025-01-02T03:04:05Z');
     const job: JobRecord = { output: evil, cwd: '/tmp', key: 'a'.repeat(32), result: 'miss', reason: '<b>bold</b>', startedAt: t, endedAt: t + 1500 };
     const summary: BuildSummary = {
-      jobs: 1, hits: 0, remote_hits: 0, misses: 1, uncacheable: 0, errors: 0, started: new Date(t).toISOString(), ended: new Date(t + 1500).toISOString(), wall_ms: 1500, saved_ms: 0,
+      jobs: 1,
+      hits: 0,
+      remote_hits: 0,
+      misses: 1,
+      uncacheable: 0,
+      errors: 0,
+      started: new Date(t).toISOString(),
+      ended: new Date(t + 1500).toISOString(),
+      wall_ms: 1500,
+      saved_ms: 0,
       miss_causes: { '<i>kind</i>': 1 },
       top_changed_modules: [{ module: evil, importers_missed: 1 }],
-      misses_detail: [{ output: evil, result: 'miss', at: new Date(t).toISOString(), key: null, previousKey: null, reason: null, causes: [{ kind: 'input', detail: `input bitcode ${evil} changed` }] }],
+      misses_detail: [
+        {
+          output: evil,
+          result: 'miss',
+          at: new Date(t).toISOString(),
+          key: null,
+          previousKey: null,
+          reason: null,
+          causes: [{ kind: 'input', detail: `input bitcode ${evil} changed` }],
+        },
+      ],
     };
     const zeros = Object.fromEntries(COUNTERS.map((c) => [c, 0])) as Record<(typeof COUNTERS)[number], number>;
-    const stats: StatsView = { ...zeros, misses: 1, entries: 1, store_bytes: 10, max_bytes: 100, uncacheable_by_reason: { [evil]: 2 }, errors_by_kind: {}, since: new Date(t).toISOString(), daemon_running: false };
+    const stats: StatsView = {
+      ...zeros,
+      misses: 1,
+      entries: 1,
+      store_bytes: 10,
+      max_bytes: 100,
+      uncacheable_by_reason: { [evil]: 2 },
+      errors_by_kind: {},
+      since: new Date(t).toISOString(),
+      daemon_running: false,
+    };
     const html = renderReport({ generated: new Date(t).toISOString(), cacheDir: evil, stats, builds: [{ summary, jobs: 1 }], lastBuild: { jobs: [job], summary } });
     assert.ok(!html.includes('<img') && !html.includes('<i>') && !html.includes('<b>bold'), 'raw markup from data reached the page');
     assert.equal(html.match(/<script/g)?.length, 1, 'only the JSON data block is a script element');
@@ -209,7 +241,13 @@ describe('report', { skip: SKIP }, () => {
     }
 
     // No builds yet: the charts are there, empty, and say so.
-    const empty = renderReport({ generated: new Date(t).toISOString(), cacheDir: '/c', stats, builds: [], lastBuild: { jobs: [], summary: { ...summary, jobs: 0, misses: 0, miss_causes: {}, top_changed_modules: [], misses_detail: [] } } });
+    const empty = renderReport({
+      generated: new Date(t).toISOString(),
+      cacheDir: '/c',
+      stats,
+      builds: [],
+      lastBuild: { jobs: [], summary: { ...summary, jobs: 0, misses: 0, miss_causes: {}, top_changed_modules: [], misses_detail: [] } },
+    });
     for (const id of ['chart-hit-rate', 'chart-saved', 'chart-timeline', 'miss-causes']) assert.ok(empty.includes(`id="${id}"`), id);
     assert.ok(!/<rect class="build-bar/.test(empty) && !/<rect class="job /.test(empty));
   });

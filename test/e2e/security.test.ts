@@ -1,26 +1,26 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import crypto, { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
-import { createServer as createNetServer, connect as netConnect, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createNetServer, type Server as NetServer, connect as netConnect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
-import { ThinBuild } from '../../src/demo/thinBuild.js';
+import type { ThinBuild } from '../../src/demo/thinBuild.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { encodePassthrough, socketDirFor, socketPathFor } from '../../src/protocol/clientFrames.js';
 import { DEFAULT_LIMITS, decodeBinary, encodeBinary } from '../../src/protocol/remote.js';
 import { unpackBundle } from '../../src/remote/bundle.js';
-import { TokenTable, parseTokens } from '../../src/remote/tokens.js';
-import type { EntryRecord } from '../../src/store/record.js';
+import { parseTokens, TokenTable } from '../../src/remote/tokens.js';
 import type { StatsView } from '../../src/stats/counters.js';
-import { CacheEnv, CLI, CLIENT, runAsync, tempDir, TOP } from '../support/env.js';
-import { ServerProcess, TOKENS } from '../support/server.js';
+import type { EntryRecord } from '../../src/store/record.js';
 import { processAlive } from '../../src/util/processAlive.js';
-import { rawTar } from '../support/rawTar.js';
-import { sharedTree } from '../support/sharedTree.js';
 import { Direct } from '../support/direct.js';
+import { CacheEnv, CLI, CLIENT, runAsync, TOP, tempDir } from '../support/env.js';
+import { rawTar } from '../support/rawTar.js';
+import { ServerProcess, TOKENS } from '../support/server.js';
+import { sharedTree } from '../support/sharedTree.js';
 
 /**
  * Security (issue 5, "Security"): the private socket directory, secrets never logged, constant-time
@@ -43,14 +43,12 @@ async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50):
   }
 }
 
-
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   for (const m of b.modules) {
     const r = b.backend(m, { wrapper: [CLIENT], extra, env: cache.env });
     assert.equal(r.status, 0, `backend ${m}: ${r.stderr}`);
   }
 }
-
 
 const { tree: sharedBase, cleanup } = sharedTree('sec-tree');
 
@@ -140,7 +138,9 @@ describe('the socket directory is private', () => {
     t.diagnostic(`probe_user=${user} connect_attempts=${attempts} eacces=${attempts} reached_daemon=0`);
   });
 
-  test('a socket directory owned by someone else, group/other-accessible or a symlink: the client never connects (direct exec), the daemon refuses it', { timeout: 60_000 }, async (t) => {
+  test('a socket directory owned by someone else, group/other-accessible or a symlink: the client never connects (direct exec), the daemon refuses it', {
+    timeout: 60_000,
+  }, async (t) => {
     if (!IS_ROOT) return t.skip('needs root to create a throwaway user and plant a directory it does not own');
     if (!user) return t.skip('useradd failed; cannot create the probe user');
     // The probe user's own checkout and cache dir.
@@ -237,7 +237,9 @@ describe('secrets never logged', () => {
     cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
     const tokensFile = join(dir, 'tokens');
     writeFileSync(tokensFile, `ci write ${TOKENS.write}\ndev read ${TOKENS.read}\nops admin ${TOKENS.admin}\n`, { mode: 0o600 });
-    const child: ChildProcess = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--dir', join(dir, 'data'), '--tokens', tokensFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child: ChildProcess = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--dir', join(dir, 'data'), '--tokens', tokensFile], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     cleanup.push(() => void child.kill('SIGKILL'));
     let out = '';
     let err = '';
@@ -294,7 +296,20 @@ describe('secrets never logged', () => {
     const key = hashBytes('security-test-key');
     for (const [secret, msgs] of [
       [TOKENS.write, [hello, { type: 'get', id: 1, key }, { type: 'ping', id: 2 }]],
-      [TOKENS.read, [hello, { type: 'get', id: 1, key }, { type: 'put', id: 2, key, entry: { v: 1, outputs: [{ name: 'obj', digest: key, size: 1 }], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 1 }, bundleBytes: 1 }]],
+      [
+        TOKENS.read,
+        [
+          hello,
+          { type: 'get', id: 1, key },
+          {
+            type: 'put',
+            id: 2,
+            key,
+            entry: { v: 1, outputs: [{ name: 'obj', digest: key, size: 1 }], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 1 },
+            bundleBytes: 1,
+          },
+        ],
+      ],
       [TOKENS.admin, [hello, { type: 'admin', id: 1, op: 'reset-stats' }, { type: 'stats', id: 2 }]],
     ] as const) {
       const ws = await open({ authorization: `Bearer ${secret}` });
@@ -345,11 +360,20 @@ describe('secrets never logged', () => {
         checks++;
       }
     }
-    const lines = access.trim().split('\n').map((l) => JSON.parse(l) as { token: string | null; op: string; result: string });
-    for (const name of ['ci', 'dev', 'ops']) assert.ok(lines.some((l) => l.token === name), `access log names token ${name}`);
+    const lines = access
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { token: string | null; op: string; result: string });
+    for (const name of ['ci', 'dev', 'ops'])
+      assert.ok(
+        lines.some((l) => l.token === name),
+        `access log names token ${name}`,
+      );
     assert.ok(lines.filter((l) => l.op === 'connect' && l.token === null && (l.result === 'bad-token' || l.result === 'no-token')).length >= refused);
     assert.ok(lines.some((l) => l.op === 'put' && l.token === 'dev' && l.result === 'forbidden'));
-    t.diagnostic(`auth_refused=${refused} auth_accepted=${accepted} bad_reloads=2 daemons=2 secrets=${every.length} logs_checked=${texts.length} secret_checks=${checks} secrets_found=0`);
+    t.diagnostic(
+      `auth_refused=${refused} auth_accepted=${accepted} bad_reloads=2 daemons=2 secrets=${every.length} logs_checked=${texts.length} secret_checks=${checks} secrets_found=0`,
+    );
   });
 });
 
@@ -382,7 +406,7 @@ describe('tokens compared in constant time', () => {
         for (const [a, b] of calls) assert.deepEqual([a, b], [32, 32], 'digests of equal length, whatever the secret length');
         tried++;
       };
-      secrets.forEach((s, i) => check(s, `t${i}`));
+      for (const [i, s] of secrets.entries()) check(s, `t${i}`);
       const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
       for (const s of secrets) {
         for (let at = 0; at < s.length; at++) {
@@ -402,16 +426,25 @@ describe('tokens compared in constant time', () => {
       syncBuiltinESMExports();
     }
     assert.ok(tried > 150);
-    t.diagnostic(`tokens=${secrets.length} secrets_tried=${tried} (valid ${secrets.length}, near misses ${tried - secrets.length}) comparisons_per_call=${secrets.length} digest_bytes=32 wrong_accepted=0`);
+    t.diagnostic(
+      `tokens=${secrets.length} secrets_tried=${tried} (valid ${secrets.length}, near misses ${tried - secrets.length}) comparisons_per_call=${secrets.length} digest_bytes=32 wrong_accepted=0`,
+    );
   });
 });
 
 // ---------------------------------------------------------------------------------------------
 // 10. Bundles from a hostile server
 
-
 function record(outputs: { name: string; data: Buffer }[]): EntryRecord {
-  return { v: 1, outputs: outputs.map((o) => ({ name: o.name, digest: hashBytes(o.data), size: o.data.length })), stdout: '', stderr: '', exitCode: 0, compileMs: 100, createdAt: Date.now() };
+  return {
+    v: 1,
+    outputs: outputs.map((o) => ({ name: o.name, digest: hashBytes(o.data), size: o.data.length })),
+    stdout: '',
+    stderr: '',
+    exitCode: 0,
+    compileMs: 100,
+    createdAt: Date.now(),
+  };
 }
 
 /** Speaks protocol v1 well enough to serve whatever `answer` returns for each get. */
@@ -455,7 +488,9 @@ function listing(dir: string): string[] {
 }
 
 describe('bundles from a hostile team server', () => {
-  test('a bundle with ../, an absolute path, links, extra or wrong files is rejected, counted, compiled instead; no file appears outside the declared outputs', { timeout: 90_000 }, async (t) => {
+  test('a bundle with ../, an absolute path, links, extra or wrong files is rejected, counted, compiled instead; no file appears outside the declared outputs', {
+    timeout: 90_000,
+  }, async (t) => {
     const hostile = new HostileServer();
     cleanup.push(() => hostile.close());
     const url = await hostile.ready();
@@ -472,21 +507,96 @@ describe('bundles from a hostile team server', () => {
     const ok = (extra: Partial<EntryRecord> = {}) => ({ ...record([{ name: 'obj', data: obj }]), ...extra });
     type Case = { name: string; record: EntryRecord | string; bundle: Buffer; counted: 'remote' | 'mismatch' };
     const cases: Case[] = [
-      { name: '../evil beside obj', record: ok(), bundle: await rawTar([{ name: 'obj', data: obj }, { name: '../evil', data: evil }]), counted: 'remote' },
+      {
+        name: '../evil beside obj',
+        record: ok(),
+        bundle: await rawTar([
+          { name: 'obj', data: obj },
+          { name: '../evil', data: evil },
+        ]),
+        counted: 'remote',
+      },
       { name: 'obj named ../../obj', record: ok(), bundle: await rawTar([{ name: '../../obj', data: obj }]), counted: 'remote' },
-      { name: 'an absolute path', record: ok(), bundle: await rawTar([{ name: 'obj', data: obj }, { name: abs, data: evil }]), counted: 'remote' },
+      {
+        name: 'an absolute path',
+        record: ok(),
+        bundle: await rawTar([
+          { name: 'obj', data: obj },
+          { name: abs, data: evil },
+        ]),
+        counted: 'remote',
+      },
       { name: 'obj as an absolute path', record: ok(), bundle: await rawTar([{ name: join(b.dir, `${m}.thinlto-native.o`), data: obj }]), counted: 'remote' },
       { name: 'obj a symlink to /etc/passwd', record: ok(), bundle: await rawTar([{ name: 'obj', type: 'symlink', linkname: '/etc/passwd' }]), counted: 'remote' },
-      { name: 'a symlink beside obj', record: ok(), bundle: await rawTar([{ name: 'obj', data: obj }, { name: 'evil-link', type: 'symlink', linkname: abs }]), counted: 'remote' },
+      {
+        name: 'a symlink beside obj',
+        record: ok(),
+        bundle: await rawTar([
+          { name: 'obj', data: obj },
+          { name: 'evil-link', type: 'symlink', linkname: abs },
+        ]),
+        counted: 'remote',
+      },
       { name: 'obj a hard link', record: ok(), bundle: await rawTar([{ name: 'obj', type: 'link', linkname: '../evil' }]), counted: 'remote' },
-      { name: 'obj a directory', record: ok(), bundle: await rawTar([{ name: 'obj', type: 'directory' }, { name: 'obj', data: obj }]), counted: 'remote' },
-      { name: 'an extra undeclared file', record: ok(), bundle: await rawTar([{ name: 'obj', data: obj }, { name: 'evil', data: evil }]), counted: 'remote' },
-      { name: 'obj twice', record: ok(), bundle: await rawTar([{ name: 'obj', data: obj }, { name: 'obj', data: other.subarray(0, obj.length) }]), counted: 'remote' },
-      { name: 'content not matching the declared digest', record: ok(), bundle: await rawTar([{ name: 'obj', data: Buffer.concat([obj.subarray(0, 64), Buffer.from([obj[64]! ^ 1]), obj.subarray(65)]) }]), counted: 'remote' },
+      {
+        name: 'obj a directory',
+        record: ok(),
+        bundle: await rawTar([
+          { name: 'obj', type: 'directory' },
+          { name: 'obj', data: obj },
+        ]),
+        counted: 'remote',
+      },
+      {
+        name: 'an extra undeclared file',
+        record: ok(),
+        bundle: await rawTar([
+          { name: 'obj', data: obj },
+          { name: 'evil', data: evil },
+        ]),
+        counted: 'remote',
+      },
+      {
+        name: 'obj twice',
+        record: ok(),
+        bundle: await rawTar([
+          { name: 'obj', data: obj },
+          { name: 'obj', data: other.subarray(0, obj.length) },
+        ]),
+        counted: 'remote',
+      },
+      {
+        name: 'content not matching the declared digest',
+        record: ok(),
+        bundle: await rawTar([{ name: 'obj', data: Buffer.concat([obj.subarray(0, 64), Buffer.from([obj[64]! ^ 1]), obj.subarray(65)]) }]),
+        counted: 'remote',
+      },
       { name: 'garbage instead of a tar', record: ok(), bundle: randomBytes(2048), counted: 'remote' },
-      { name: 'a record naming ../evil (schema)', record: JSON.stringify({ type: 'hit', id: 0, key: '', entry: { ...record([{ name: 'obj', data: obj }]), outputs: [{ name: '../evil', digest: hashBytes(evil), size: evil.length }] }, bundleBytes: 10 }), bundle: await rawTar([{ name: '../evil', data: evil }]), counted: 'remote' },
+      {
+        name: 'a record naming ../evil (schema)',
+        record: JSON.stringify({
+          type: 'hit',
+          id: 0,
+          key: '',
+          entry: { ...record([{ name: 'obj', data: obj }]), outputs: [{ name: '../evil', digest: hashBytes(evil), size: evil.length }] },
+          bundleBytes: 10,
+        }),
+        bundle: await rawTar([{ name: '../evil', data: evil }]),
+        counted: 'remote',
+      },
       { name: 'a bundle above the 64 MiB frame limit', record: ok(), bundle: Buffer.alloc(DEFAULT_LIMITS.maxBundleBytes + 1024), counted: 'remote' },
-      { name: 'a well-formed bundle declaring an extra output', record: record([{ name: 'obj', data: obj }, { name: 'evil', data: evil }]), bundle: await rawTar([{ name: 'obj', data: obj }, { name: 'evil', data: evil }]), counted: 'mismatch' },
+      {
+        name: 'a well-formed bundle declaring an extra output',
+        record: record([
+          { name: 'obj', data: obj },
+          { name: 'evil', data: evil },
+        ]),
+        bundle: await rawTar([
+          { name: 'obj', data: obj },
+          { name: 'evil', data: evil },
+        ]),
+        counted: 'mismatch',
+      },
     ];
     const parent = dirname(b.dir);
     const before = { dir: listing(b.dir), parent: listing(parent), watch: listing(watch), root: listing('/') };
@@ -532,7 +642,9 @@ describe('bundles from a hostile team server', () => {
     assert.equal(s1.remote_hits - s0.remote_hits, 1, 'control: a well-formed bundle is a remote hit');
     assert.ok(readFileSync(join(b.dir, `${m}.control.o`)).equals(obj));
     assert.ok(!existsSync('/evil') && !existsSync(abs));
-    t.diagnostic(`hostile_bundles=${cases.length} rejected_remote_errors=${remoteCounted} rejected_output_mismatch=${mismatchCounted} files_outside_outputs=0 wrong_objects=0 builds_broken=0 control_remote_hits=1`);
+    t.diagnostic(
+      `hostile_bundles=${cases.length} rejected_remote_errors=${remoteCounted} rejected_output_mismatch=${mismatchCounted} files_outside_outputs=0 wrong_objects=0 builds_broken=0 control_remote_hits=1`,
+    );
   });
 
   test('trust model: a writer is trusted for content; verify=all audits a poisoned hit, logs and purges it locally', { timeout: 60_000 }, async (t) => {
@@ -610,7 +722,9 @@ function hugeFrame(opcode: number, len: bigint): Buffer {
 }
 
 describe('limits under a flood', () => {
-  test('200 hostile connections (oversize frames, junk, bad auth, slowloris): the server stays up, memory bounded, a legitimate client keeps getting hits', { timeout: 120_000 }, async (t) => {
+  test('200 hostile connections (oversize frames, junk, bad auth, slowloris): the server stays up, memory bounded, a legitimate client keeps getting hits', {
+    timeout: 120_000,
+  }, async (t) => {
     const server = new ServerProcess(['--max-bundle', '4M', '--idle-timeout', '60']);
     cleanup.push(() => server.kill().then(() => rmSync(server.dir, { recursive: true, force: true })));
     const url = await server.start();
@@ -771,7 +885,7 @@ describe('limits under a flood', () => {
     const st = (inbox.find((m) => !('binary' in m) && m.id === statsId) as { stats: Record<string, number> }).stats;
     clearInterval(sampler);
     const rss1 = rssKiB(pid);
-    for (const h of held) (h instanceof WebSocket ? h.terminate() : h.destroy());
+    for (const h of held) h instanceof WebSocket ? h.terminate() : h.destroy();
     legit.close();
     const growthMiB = (rssMax - rss0) / 1024;
     assert.ok(growthMiB < 256, `server RSS grew by ${growthMiB.toFixed(1)} MiB during the flood`);

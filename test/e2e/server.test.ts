@@ -3,17 +3,17 @@
  * persistence across restarts, auth, hostile peers, TLS and graceful SIGTERM of a child process.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { connect as netConnect } from 'node:net';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { test, type TestContext } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { WebSocket, type ClientOptions } from 'ws';
+import { type ClientOptions, WebSocket } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
-import { decodeBinary, encodeBinary, type ErrorCode, type ServerStats } from '../../src/protocol/remote.js';
+import { decodeBinary, type ErrorCode, encodeBinary, type ServerStats } from '../../src/protocol/remote.js';
 import { packBundle, unpackBundle } from '../../src/remote/bundle.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import { CLOSE_CODES } from '../../src/remote/server/closeCodes.js';
@@ -64,7 +64,6 @@ function makeEntry(files: Record<string, Buffer>): { record: EntryRecord; files:
     files: new Map(Object.entries(files)),
   };
 }
-
 
 type Inbound = { kind: 'text'; msg: Record<string, any> } | { kind: 'binary'; id: number; bundle: Buffer };
 
@@ -245,11 +244,13 @@ test('put then get round trip, out-of-order gets, stats, access log, restart kee
   assert.ok(served.equals(bundle1), 'served bundle is byte-identical to the uploaded one');
 
   // Many gets on one connection, answered as they complete.
-  const others = await Promise.all([2, 3, 4].map(async (n) => {
-    const e = makeEntry({ obj: randomBytes(1000 * n) });
-    assert.equal((await writer.put(key(n), e.record, await packBundle(e.record, e.files))).type, 'stored');
-    return e;
-  }));
+  const others = await Promise.all(
+    [2, 3, 4].map(async (n) => {
+      const e = makeEntry({ obj: randomBytes(1000 * n) });
+      assert.equal((await writer.put(key(n), e.record, await packBundle(e.record, e.files))).type, 'stored');
+      return e;
+    }),
+  );
   const ids: number[] = [];
   const keys = [1, 2, 3, 4, 5, 6, 1, 2];
   for (const n of keys) {
@@ -279,7 +280,10 @@ test('put then get round trip, out-of-order gets, stats, access log, restart kee
 
   const log = readFileSync(join(dir, 'access.log'), 'utf8');
   for (const secret of Object.values(SECRETS)) assert.ok(!log.includes(secret), 'a secret leaked into the access log');
-  const lines = log.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const lines = log
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   const put = lines.find((l) => l.op === 'put');
   assert.deepEqual(Object.keys(put!).sort(), ['bytes', 'key', 'ms', 'op', 'remote', 'result', 'time', 'token']);
   assert.deepEqual({ token: put!.token, key: put!.key, result: put!.result, bytes: put!.bytes }, { token: 'ci', key: key(1), result: 'stored', bytes: bundle1.length });
@@ -480,10 +484,31 @@ test('hostile peers are rejected and counted; a well-behaved client is unaffecte
     ['a ../x name', good1.record, await rawTar([{ name: '../x', data: obj }])],
     ['an absolute name', good1.record, await rawTar([{ name: '/tmp/obj', data: obj }])],
     ['a symlink entry', good1.record, await rawTar([{ name: 'obj', type: 'symlink', linkname: '/etc/passwd' }])],
-    ['a directory entry', good1.record, await rawTar([{ name: 'obj', type: 'directory' }, { name: 'obj', data: obj }])],
-    ['an extra undeclared file', good1.record, await rawTar([{ name: 'obj', data: obj }, { name: 'extra', data: Buffer.from('x') }])],
+    [
+      'a directory entry',
+      good1.record,
+      await rawTar([
+        { name: 'obj', type: 'directory' },
+        { name: 'obj', data: obj },
+      ]),
+    ],
+    [
+      'an extra undeclared file',
+      good1.record,
+      await rawTar([
+        { name: 'obj', data: obj },
+        { name: 'extra', data: Buffer.from('x') },
+      ]),
+    ],
     ['a declared file missing', makeEntry({ obj, dwo: Buffer.from('d') }).record, validBundle],
-    ['a duplicated file', good1.record, await rawTar([{ name: 'obj', data: obj }, { name: 'obj', data: obj }])],
+    [
+      'a duplicated file',
+      good1.record,
+      await rawTar([
+        { name: 'obj', data: obj },
+        { name: 'obj', data: obj },
+      ]),
+    ],
     ['a wrong size', good1.record, await rawTar([{ name: 'obj', data: obj.subarray(0, 2900) }])],
     ['a wrong content hash', { ...good1.record, outputs: [{ ...good1.record.outputs[0]!, digest: hashBytes('something else') }] }, validBundle],
     ['bytes not matching the declared digest', good1.record, await rawTar([{ name: 'obj', data: Buffer.concat([obj.subarray(0, 100), Buffer.from('X'), obj.subarray(101)]) }])],
@@ -616,7 +641,23 @@ test('TLS: wss round trip with the CA; a client without it fails', { timeout: 60
   const dir = tempDir(t, 'tls');
   const gen = spawnSync(
     'openssl',
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-days', '2', '-keyout', 'k.pem', '-out', 'c.pem'],
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-days',
+      '2',
+      '-keyout',
+      'k.pem',
+      '-out',
+      'c.pem',
+    ],
     { cwd: dir, encoding: 'utf8' },
   );
   assert.equal(gen.status, 0, gen.stderr);

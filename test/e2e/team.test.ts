@@ -1,7 +1,7 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';

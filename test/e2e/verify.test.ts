@@ -1,7 +1,7 @@
-import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { JobExplanation } from '../../src/explain/explainJobs.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
@@ -135,7 +135,9 @@ describe('verify = all with a team cache', () => {
     assert.ok(lonely(ben).equals(wrong), 'the poisoned team entry was served (the audit runs after the hit)');
     assert.equal(ben.cache.stats().remote_hits, 1);
     await waitFor('the purge', () => readFileSync(join(ben.cache.dir, 'daemon.log'), 'utf8').includes('verify: a served object differs'));
-    const line = readFileSync(join(ben.cache.dir, 'daemon.log'), 'utf8').split('\n').find((l) => l.includes('verify: a served object differs'))!;
+    const line = readFileSync(join(ben.cache.dir, 'daemon.log'), 'utf8')
+      .split('\n')
+      .find((l) => l.includes('verify: a served object differs'))!;
     assert.deepEqual((JSON.parse(line) as { delete: unknown }).delete, { kind: 'deleted' });
 
     // Another teammate, who does not verify, is no longer served the wrong object by the team cache.

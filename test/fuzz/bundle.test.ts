@@ -14,12 +14,13 @@
  *    fields (size, typeflag, name, magic, base-256 sizes) rewritten *with a recomputed
  *    checksum* so the damage gets past tar-stream's header check.
  */
-import { before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import * as tar from 'tar-stream';
+import { before, describe, test } from 'node:test';
 import fc from 'fast-check';
+import * as tar from 'tar-stream';
 import { hashBytes, initHash } from '../../src/key/hash.js';
-import { packBundle, packedBytes, unpackBundle, type BundleLimits, type Unpacked } from '../../src/remote/bundle.js';
+import { type BundleLimits, packBundle, packedBytes, type Unpacked, unpackBundle } from '../../src/remote/bundle.js';
 import type { EntryRecord } from '../../src/store/record.js';
 import { fuzz, mutateAll, mutationArb, timedAsync } from './common.js';
 import { BUNDLE_REGRESSIONS } from './regressions/bundle.js';
@@ -87,8 +88,14 @@ const modelEntryArb: fc.Arbitrary<ModelEntry> = fc.record({
     { weight: 12, arbitrary: fc.constant('file' as const) },
     { weight: 1, arbitrary: fc.constantFrom('symlink', 'link', 'directory', 'character-device', 'block-device', 'fifo', 'contiguous-file') as fc.Arbitrary<EntryType> },
   ),
-  content: fc.oneof({ weight: 12, arbitrary: fc.constant('right' as const) }, { weight: 1, arbitrary: fc.constantFrom('flipped', 'short', 'long', 'other') as fc.Arbitrary<ModelEntry['content']> }),
-  pax: fc.oneof({ weight: 8, arbitrary: fc.constant('none' as const) }, { weight: 1, arbitrary: fc.constantFrom('carry', 'override-evil', 'override-good') as fc.Arbitrary<ModelEntry['pax']> }),
+  content: fc.oneof(
+    { weight: 12, arbitrary: fc.constant('right' as const) },
+    { weight: 1, arbitrary: fc.constantFrom('flipped', 'short', 'long', 'other') as fc.Arbitrary<ModelEntry['content']> },
+  ),
+  pax: fc.oneof(
+    { weight: 8, arbitrary: fc.constant('none' as const) },
+    { weight: 1, arbitrary: fc.constantFrom('carry', 'override-evil', 'override-good') as fc.Arbitrary<ModelEntry['pax']> },
+  ),
   carriesData: fc.boolean(),
 });
 
@@ -101,7 +108,10 @@ const editArb: fc.Arbitrary<Edit> = fc.oneof(
     index: fc.nat(),
     patch: fc.oneof(
       fc.record({ name: fc.constantFrom('../x', '/abs', 'a/b', 'slash', 'dot', 'other-declared', 'undeclared') as fc.Arbitrary<ModelEntry['name']> }),
-      fc.record({ type: fc.constantFrom('symlink', 'link', 'directory', 'character-device', 'block-device', 'fifo', 'contiguous-file') as fc.Arbitrary<EntryType>, carriesData: fc.boolean() }),
+      fc.record({
+        type: fc.constantFrom('symlink', 'link', 'directory', 'character-device', 'block-device', 'fifo', 'contiguous-file') as fc.Arbitrary<EntryType>,
+        carriesData: fc.boolean(),
+      }),
       fc.record({ content: fc.constantFrom('flipped', 'short', 'long', 'other') as fc.Arbitrary<ModelEntry['content']> }),
       fc.record({ pax: fc.constantFrom('carry', 'override-evil', 'override-good') as fc.Arbitrary<ModelEntry['pax']> }),
     ),
@@ -109,7 +119,14 @@ const editArb: fc.Arbitrary<Edit> = fc.oneof(
 );
 
 const TYPEFLAG: Record<EntryType, number> = {
-  file: 0x30, link: 0x31, symlink: 0x32, 'character-device': 0x33, 'block-device': 0x34, directory: 0x35, fifo: 0x36, 'contiguous-file': 0x37,
+  file: 0x30,
+  link: 0x31,
+  symlink: 0x32,
+  'character-device': 0x33,
+  'block-device': 0x34,
+  directory: 0x35,
+  fifo: 0x36,
+  'contiguous-file': 0x37,
 };
 
 interface Built {
@@ -218,9 +235,18 @@ type HeaderEdit =
   | { field: 'magic'; value: string }
   | { field: 'raw'; at: number; value: number };
 const headerEditArb: fc.Arbitrary<HeaderEdit> = fc.oneof(
-  fc.record({ field: fc.constant('size' as const), value: fc.oneof(fc.constantFrom('77777777777', '00000000000', '-1', 'zzzz', '1e3', ' 17', '0000000001\0'), fc.nat({ max: 1 << 20 }).map((n) => n.toString(8).padStart(11, '0'))) }),
+  fc.record({
+    field: fc.constant('size' as const),
+    value: fc.oneof(
+      fc.constantFrom('77777777777', '00000000000', '-1', 'zzzz', '1e3', ' 17', '0000000001\0'),
+      fc.nat({ max: 1 << 20 }).map((n) => n.toString(8).padStart(11, '0')),
+    ),
+  }),
   fc.record({ field: fc.constant('size256' as const), value: fc.oneof(fc.constantFrom(0, 1, 2 ** 40, 2 ** 53, -1), fc.nat()) }),
-  fc.record({ field: fc.constant('type' as const), value: fc.oneof(fc.constantFrom(0, 0x30, 0x31, 0x32, 0x35, 0x37, 0x4c, 0x4b, 0x78, 0x67, 0x53, 0x56), fc.integer({ min: 0, max: 255 })) }),
+  fc.record({
+    field: fc.constant('type' as const),
+    value: fc.oneof(fc.constantFrom(0, 0x30, 0x31, 0x32, 0x35, 0x37, 0x4c, 0x4b, 0x78, 0x67, 0x53, 0x56), fc.integer({ min: 0, max: 255 })),
+  }),
   fc.record({ field: fc.constant('name' as const), value: fc.constantFrom('../x', '/abs', 'a/b', '', 'obj/', 'obj\0x', '\u00ff\u00fe', 'PaxHeader') }),
   fc.record({ field: fc.constant('magic' as const), value: fc.constantFrom('ustar  \0', 'ustar\x0000', 'xxxxxx00', '\0\0\0\0\0\0\0\0') }),
   fc.record({ field: fc.constant('raw' as const), at: fc.nat({ max: 511 }), value: fc.integer({ min: 0, max: 255 }) }),
@@ -295,7 +321,10 @@ describe('fuzz: unpackBundle', () => {
           // miss conforming by exactly one thing: the sharpest test of each check)
           { weight: 3, arbitrary: fc.array(editArb, { maxLength: 2 }).map((edits) => ({ free: null, edits })) },
         ),
-        fc.oneof({ weight: 3, arbitrary: fc.constant(GENEROUS) }, { weight: 1, arbitrary: fc.record({ maxBundleBytes: fc.integer({ min: 512, max: 8192 }), maxEntries: fc.integer({ min: 1, max: 6 }) }) }),
+        fc.oneof(
+          { weight: 3, arbitrary: fc.constant(GENEROUS) },
+          { weight: 1, arbitrary: fc.record({ maxBundleBytes: fc.integer({ min: 512, max: 8192 }), maxEntries: fc.integer({ min: 1, max: 6 }) }) },
+        ),
         fc.nat(),
         async (files, plan, limits, rot) => {
           let entries: ModelEntry[];

@@ -11,22 +11,23 @@
  *    no other exception; bounded time.
  *  - decodeReply: the client's acceptance rules, same style.
  */
-import { describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import {
   CompileRequest,
-  FrameDecoder,
-  ProtocolError,
   decodeCompileRequest,
   decodeJson,
   decodeReply,
   encodeCompileRequest,
+  encodeCompileYourself,
   encodeFrame,
   encodeJson,
   encodePassthrough,
-  encodeCompileYourself,
   encodeResult,
+  FrameDecoder,
+  ProtocolError,
 } from '../../src/protocol/clientFrames.js';
 import { expectThrows, fuzz, mutateAll, mutationArb, timed } from './common.js';
 import { FRAME_REGRESSIONS, REQUEST_REGRESSIONS } from './regressions/clientFrames.js';
@@ -257,7 +258,10 @@ function checkPayload(payload: Buffer): 'ok' | 'rejected' {
     if (!sameBytes) {
       assert.deepEqual(view(decodeCompileRequest(again.subarray(4))), view(value));
       assert.equal(again.length - 4, payload.length, 're-encoding changed the size');
-      assert.ok(Object.keys(value.env).some((k) => /^(0|[1-9]\d*)$/.test(k)), 're-encoding differs without an env reorder');
+      assert.ok(
+        Object.keys(value.env).some((k) => /^(0|[1-9]\d*)$/.test(k)),
+        're-encoding differs without an env reorder',
+      );
     }
   } else {
     assert.deepEqual(view(decodeCompileRequest(again.subarray(4))), view(value));
@@ -271,15 +275,12 @@ const fieldArb: fc.Arbitrary<Buffer> = fc.oneof(
   { weight: 2, arbitrary: fc.uint8Array({ maxLength: 12 }).map((a) => Buffer.from(a)) },
   {
     weight: 2,
-    arbitrary: fc.constantFrom(
-      '\0', 'a\0b', '\xc0\x80', '\xed\xa0\x80', '\xef\xbb\xbf', '\xf4\x90\x80\x80', '\xe2\x82', '\xef\xbf\xbd', '\xff',
-    ).map((s) => Buffer.from(s, 'latin1')),
+    arbitrary: fc
+      .constantFrom('\0', 'a\0b', '\xc0\x80', '\xed\xa0\x80', '\xef\xbb\xbf', '\xf4\x90\x80\x80', '\xe2\x82', '\xef\xbf\xbd', '\xff')
+      .map((s) => Buffer.from(s, 'latin1')),
   },
 );
-const pathArb: fc.Arbitrary<Buffer> = fc.oneof(
-  { weight: 5, arbitrary: fieldArb.map((b) => Buffer.concat([Buffer.from('/'), b])) },
-  { weight: 1, arbitrary: fieldArb },
-);
+const pathArb: fc.Arbitrary<Buffer> = fc.oneof({ weight: 5, arbitrary: fieldArb.map((b) => Buffer.concat([Buffer.from('/'), b])) }, { weight: 1, arbitrary: fieldArb });
 const envEntryArb: fc.Arbitrary<Buffer> = fc.oneof(
   { weight: 6, arbitrary: fc.tuple(fc.constantFrom('PATH', 'HOME', 'A', '0', '1', '10', 'x y', 'Ü'), fieldArb).map(([k, v]) => Buffer.concat([Buffer.from(`${k}=`), v])) },
   { weight: 1, arbitrary: fc.constantFrom('=x', 'NOEQ', '__proto__=1', 'constructor=1', '=', 'A==', 'A=\0').map((s) => Buffer.from(s)) },
@@ -313,7 +314,10 @@ const oneHostileFieldArb: fc.Arbitrary<RawRequest> = fc
     fc.record({
       compiler: fc.string({ maxLength: 10 }).map((s) => Buffer.from(`/${s.replaceAll('\0', '')}`)),
       cwd: fc.string({ maxLength: 10 }).map((s) => Buffer.from(`/${s.replaceAll('\0', '')}`)),
-      args: fc.array(fc.string({ unit: 'binary', maxLength: 10 }).map((s) => Buffer.from(s.replaceAll('\0', ''))), { maxLength: 6 }),
+      args: fc.array(
+        fc.string({ unit: 'binary', maxLength: 10 }).map((s) => Buffer.from(s.replaceAll('\0', ''))),
+        { maxLength: 6 },
+      ),
       env: fc.array(
         fc.tuple(fc.constantFrom('PATH', 'HOME', 'A', '0', '1', '10', 'x y', 'Ü'), fc.string({ maxLength: 8 })).map(([k, v]) => Buffer.from(`${k}=${v.replaceAll('\0', '')}`)),
         { maxLength: 6 },
@@ -367,7 +371,10 @@ const validRequestArb: fc.Arbitrary<CompileRequest> = fc.record({
   umask: fc.integer({ min: 0, max: 0o777 }),
   compiler: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),
   cwd: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),
-  args: fc.array(fc.string({ unit: 'binary', maxLength: 16 }).map((s) => s.replaceAll('\0', '')), { maxLength: 8 }),
+  args: fc.array(
+    fc.string({ unit: 'binary', maxLength: 16 }).map((s) => s.replaceAll('\0', '')),
+    { maxLength: 8 },
+  ),
   env: fc.dictionary(
     fc.string({ unit: 'binary', minLength: 1, maxLength: 8 }).filter((k) => !k.includes('=') && !k.includes('\0') && k !== '__proto__'),
     fc.string({ unit: 'binary', maxLength: 12 }).map((s) => s.replaceAll('\0', '')),
@@ -465,7 +472,7 @@ describe('fuzz: replies', () => {
           assert.deepEqual(p, { kind: 'passthrough', reason: Buffer.from(reason, 'utf8').toString('utf8') });
           for (const frame of [encodeResult({ exit, signal }, Buffer.from(out), Buffer.from(err)), encodePassthrough(reason)]) {
             const m = mutateAll(frame.subarray(4), ms);
-            let got;
+            let got: ReturnType<typeof decodeReply> | undefined;
             try {
               got = decodeReply(m);
             } catch (e) {

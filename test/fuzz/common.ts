@@ -50,12 +50,7 @@ process.on('exit', () => {
  * fc.assert with the suite's bounds. `prop` is an fc.property or fc.asyncProperty. Returns how
  * many runs were made; a failure throws with fast-check's report plus a replay hint.
  */
-export async function fuzz<Ts>(
-  t: TestContext | undefined,
-  name: string,
-  prop: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>,
-  o: FuzzOptions,
-): Promise<FuzzResult> {
+export async function fuzz<Ts>(t: TestContext | undefined, name: string, prop: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>, o: FuzzOptions): Promise<FuzzResult> {
   const seed = envSeed !== undefined ? Number(envSeed) : o.seed;
   const numRuns = Math.max(1, Math.round(o.numRuns * SCALE));
   const interruptAfterTimeLimit = Math.round(o.timeLimitMs * SCALE);
@@ -159,7 +154,12 @@ export const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
     at: fc.double({ min: 0, max: 1, noNaN: true }),
     value: fc.oneof(fc.constantFrom(0, 1, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff, 0x01000000, 0xffff), fc.nat({ max: 0xffffffff })),
   }),
-  fc.record({ op: fc.constant('splice' as const), from: fc.double({ min: 0, max: 1, noNaN: true }), to: fc.double({ min: 0, max: 1, noNaN: true }), n: fc.integer({ min: 1, max: 64 }) }),
+  fc.record({
+    op: fc.constant('splice' as const),
+    from: fc.double({ min: 0, max: 1, noNaN: true }),
+    to: fc.double({ min: 0, max: 1, noNaN: true }),
+    n: fc.integer({ min: 1, max: 64 }),
+  }),
 );
 
 function pos(frac: number, len: number): number {

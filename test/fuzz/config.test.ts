@@ -12,12 +12,13 @@
  *    at or above their minimum, enums in range) and whose origins say where each value came
  *    from, or a ConfigError naming the config file or the LTOCACHE_* variable at fault.
  */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { ConfigError, ConfigShape, loadConfig, parseConfigText, type ConfigKey } from '../../src/config/config.js';
+import { ConfigError, type ConfigKey, ConfigShape, loadConfig, parseConfigText } from '../../src/config/config.js';
 import { tempDir } from '../support/env.js';
 import { fuzz, timed } from './common.js';
 import { CONFIG_REGRESSIONS } from './regressions/config.js';
@@ -78,7 +79,7 @@ function checkText(text: string): void {
     return;
   }
   for (const [k, v] of Object.entries(out)) {
-    assert.ok(Object.prototype.hasOwnProperty.call(ConfigShape, k), `unknown setting '${k}' accepted silently`);
+    assert.ok(Object.hasOwn(ConfigShape, k), `unknown setting '${k}' accepted silently`);
     assert.equal(typeof v, 'string');
   }
   assert.equal(Object.getPrototypeOf(out), Object.prototype, 'prototype of the result was replaced');
@@ -87,9 +88,26 @@ function checkText(text: string): void {
 
 const hostileLine = fc.oneof(
   fc.constantFrom(
-    'constructor = 1', '__proto__ = x', 'prototype = 1', 'tostring = 1', 'hasownproperty = 1', '__definegetter__ = 1',
-    'max_size = 1\u2028x', 'max_size = 10G # a\u2028b', 'jobs = 4 #\rnote', 'jobs\0 = 4', '= 4', 'jobs =', 'JOBS = 4', 'jobs == 4',
-    'remote = "ws://h"x"', 'log_level = "debug', '#'.repeat(1000), ' '.repeat(1000) + 'x', 'a'.repeat(5000) + ' = 1', `jobs = ${'9'.repeat(400)}`,
+    'constructor = 1',
+    '__proto__ = x',
+    'prototype = 1',
+    'tostring = 1',
+    'hasownproperty = 1',
+    '__definegetter__ = 1',
+    'max_size = 1\u2028x',
+    'max_size = 10G # a\u2028b',
+    'jobs = 4 #\rnote',
+    'jobs\0 = 4',
+    '= 4',
+    'jobs =',
+    'JOBS = 4',
+    'jobs == 4',
+    'remote = "ws://h"x"',
+    'log_level = "debug',
+    '#'.repeat(1000),
+    ' '.repeat(1000) + 'x',
+    'a'.repeat(5000) + ' = 1',
+    `jobs = ${'9'.repeat(400)}`,
   ),
   fc.tuple(fc.constantFrom(...KEYS, 'constructor', '__proto__', 'valueof'), fc.string({ unit: 'binary', maxLength: 12 })).map(([k, v]) => `${k} = ${v}`),
   fc.string({ unit: 'binary', maxLength: 30 }),
@@ -115,7 +133,15 @@ describe('fuzz: configuration', () => {
       fc.property(
         fc.oneof(
           fc.string({ unit: 'binary', maxLength: 200 }),
-          fc.array(fc.oneof(hostileLine, lineArb.map((l) => render([l], false).text)), { maxLength: 8 }).map((ls) => ls.join('\n')),
+          fc
+            .array(
+              fc.oneof(
+                hostileLine,
+                lineArb.map((l) => render([l], false).text),
+              ),
+              { maxLength: 8 },
+            )
+            .map((ls) => ls.join('\n')),
         ),
         (text) => checkText(text),
       ),
@@ -149,7 +175,26 @@ describe('fuzz: configuration', () => {
       build_gap_ms: fc.integer({ min: 1, max: 1e6 }).map(String),
     };
     const hostileValue = fc.oneof(
-      fc.constantFrom('', '0', '-1', '1.5', '99999999999T', '9'.repeat(400), '1e3', '0x10', 'Infinity', 'NaN', ' 8 ', 'loud', 'http://x', 'ws://a b', 'sample:2', '__proto__', 'constructor', '0.0001K'),
+      fc.constantFrom(
+        '',
+        '0',
+        '-1',
+        '1.5',
+        '99999999999T',
+        '9'.repeat(400),
+        '1e3',
+        '0x10',
+        'Infinity',
+        'NaN',
+        ' 8 ',
+        'loud',
+        'http://x',
+        'ws://a b',
+        'sample:2',
+        '__proto__',
+        'constructor',
+        '0.0001K',
+      ),
       fc.string({ unit: 'binary', maxLength: 10 }),
     );
     const settingArb = fc.constantFrom(...KEYS).chain((k) => fc.tuple(fc.constant(k), fc.oneof({ weight: 4, arbitrary: validFor[k] }, { weight: 1, arbitrary: hostileValue })));
@@ -189,7 +234,7 @@ describe('fuzz: configuration', () => {
           if (e.config === 'missing') env.LTOCACHE_CONFIG = join(dir, 'nope.conf');
           if (e.config === 'directory') env.LTOCACHE_CONFIG = join(root, 'a-directory');
           for (const [k, v] of Object.entries(e.vars)) env[`LTOCACHE_${k.toUpperCase()}`] = v;
-          let loaded;
+          let loaded: ReturnType<typeof loadConfig> | undefined;
           try {
             loaded = timed('loadConfig', 200, () => loadConfig(env));
           } catch (err) {
@@ -203,14 +248,21 @@ describe('fuzz: configuration', () => {
           kinds.ok++;
           const { config, origins } = loaded;
           assert.ok(Number.isSafeInteger(config.max_size) && config.max_size > 0, `max_size ${config.max_size}`);
-          for (const [k, min] of [['jobs', 1], ['idle_timeout', 0], ['remote_timeout_ms', 1], ['remote_retry_ms', 1], ['upload_queue', 0], ['build_gap_ms', 1]] as const) {
+          for (const [k, min] of [
+            ['jobs', 1],
+            ['idle_timeout', 0],
+            ['remote_timeout_ms', 1],
+            ['remote_retry_ms', 1],
+            ['upload_queue', 0],
+            ['build_gap_ms', 1],
+          ] as const) {
             assert.ok(Number.isSafeInteger(config[k]) && config[k] >= min, `${k} = ${config[k]}`);
           }
           assert.ok(['error', 'warn', 'info', 'debug'].includes(config.log_level));
           assert.ok(['read-only', 'read-write'].includes(config.remote_mode));
           assert.ok(config.remote === '' || /^wss?:\/\/\S+$/.test(config.remote));
           assert.ok(config.dir.startsWith('/') && (config.dir === '/' || !config.dir.endsWith('/')));
-          const fileValues = e.config === 'missing' || e.config === 'directory' || e.dir === 'unset-home' && e.config === 'default' ? {} : parseConfigText(e.fileText, file);
+          const fileValues = e.config === 'missing' || e.config === 'directory' || (e.dir === 'unset-home' && e.config === 'default') ? {} : parseConfigText(e.fileText, file);
           for (const k of KEYS) {
             const ev = env[`LTOCACHE_${k.toUpperCase()}`];
             const want = ev !== undefined && ev !== '' ? 'env' : k in fileValues ? 'file' : 'default';

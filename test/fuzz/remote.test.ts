@@ -10,18 +10,11 @@
  *  - decodeBinary on arbitrary buffers: RemoteProtocolError exactly when shorter than 4 bytes,
  *    otherwise encodeBinary(id, bundle) gives back the input.
  */
-import { describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import {
-  ClientMessage,
-  RemoteProtocolError,
-  ServerMessage,
-  decodeBinary,
-  encodeBinary,
-  parseClientMessage,
-  parseServerMessage,
-} from '../../src/protocol/remote.js';
+import { ClientMessage, decodeBinary, encodeBinary, parseClientMessage, parseServerMessage, RemoteProtocolError, ServerMessage } from '../../src/protocol/remote.js';
 import { expectThrows, fuzz, mutateAll, mutationArb, timed } from './common.js';
 import { REMOTE_REGRESSIONS } from './regressions/remote.js';
 
@@ -48,9 +41,21 @@ const clientMsgArb: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
 );
 const positive = fc.integer({ min: 1, max: 2 ** 31 });
 const statsArb = fc.record({
-  entries: fc.integer(), bytes: fc.integer(), max_bytes: fc.integer(), hits: fc.integer(), misses: fc.integer(), puts: fc.integer(),
-  puts_refused: fc.integer(), rejected_bundles: fc.integer(), bad_messages: fc.integer(), auth_failures: fc.integer(),
-  connected_clients: fc.integer(), evictions: fc.integer(), bytes_served: fc.integer(), bytes_received: fc.integer(), since: fc.string(),
+  entries: fc.integer(),
+  bytes: fc.integer(),
+  max_bytes: fc.integer(),
+  hits: fc.integer(),
+  misses: fc.integer(),
+  puts: fc.integer(),
+  puts_refused: fc.integer(),
+  rejected_bundles: fc.integer(),
+  bad_messages: fc.integer(),
+  auth_failures: fc.integer(),
+  connected_clients: fc.integer(),
+  evictions: fc.integer(),
+  bytes_served: fc.integer(),
+  bytes_received: fc.integer(),
+  since: fc.string(),
 });
 const serverMsgArb: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
   fc.record({
@@ -78,25 +83,62 @@ const serverMsgArb: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
 const hostileValue: fc.Arbitrary<unknown> = fc.oneof(
   fc.jsonValue({ maxDepth: 2 }),
   fc.constantFrom(
-    -1, -0, 0.5, 2 ** 32, 2 ** 53, 2 ** 53 + 2, 1e308, 0xffffffff, null, '', '0', [], {}, true,
-    '__proto__', 'constructor', 'toString', 'hasOwnProperty', 'hello', 'put', 'hit', 'error',
-    'A'.repeat(32), '0'.repeat(31), '0'.repeat(33), '../x', { __proto__: null },
+    -1,
+    -0,
+    0.5,
+    2 ** 32,
+    2 ** 53,
+    2 ** 53 + 2,
+    1e308,
+    0xffffffff,
+    null,
+    '',
+    '0',
+    [],
+    {},
+    true,
+    '__proto__',
+    'constructor',
+    'toString',
+    'hasOwnProperty',
+    'hello',
+    'put',
+    'hit',
+    'error',
+    'A'.repeat(32),
+    '0'.repeat(31),
+    '0'.repeat(33),
+    '../x',
+    { __proto__: null },
   ),
 );
 const fieldName = fc.constantFrom(
-  'type', 'id', 'key', 'entry', 'bundleBytes', 'protocol', 'client', 'op', 'scope', 'limits', 'stats', 'code', 'message',
-  '__proto__', 'constructor', 'extra',
+  'type',
+  'id',
+  'key',
+  'entry',
+  'bundleBytes',
+  'protocol',
+  'client',
+  'op',
+  'scope',
+  'limits',
+  'stats',
+  'code',
+  'message',
+  '__proto__',
+  'constructor',
+  'extra',
 );
 
-type ObjMutation =
-  | { op: 'set'; path: string[]; value: unknown }
-  | { op: 'delete'; path: string[] }
-  | { op: 'swap'; a: string; b: string };
+type ObjMutation = { op: 'set'; path: string[]; value: unknown } | { op: 'delete'; path: string[] } | { op: 'swap'; a: string; b: string };
 const objMutationArb: fc.Arbitrary<ObjMutation> = fc.oneof(
   fc.record({ op: fc.constant('set' as const), path: fc.array(fieldName, { minLength: 1, maxLength: 1 }), value: hostileValue }),
   fc.record({
     op: fc.constant('set' as const),
-    path: fc.tuple(fc.constantFrom('entry', 'limits', 'stats'), fc.constantFrom('v', 'outputs', 'stdout', 'exitCode', 'compileMs', 'maxEntries', 'hits', 'since')).map((t) => [...t]),
+    path: fc
+      .tuple(fc.constantFrom('entry', 'limits', 'stats'), fc.constantFrom('v', 'outputs', 'stdout', 'exitCode', 'compileMs', 'maxEntries', 'hits', 'since'))
+      .map((t) => [...t]),
     value: hostileValue,
   }),
   fc.record({ op: fc.constant('delete' as const), path: fc.array(fieldName, { minLength: 1, maxLength: 1 }) }),
@@ -138,12 +180,12 @@ function isSubObject(out: unknown, input: unknown, path = '(root)'): void {
   if (out !== null && typeof out === 'object' && !Array.isArray(out)) {
     assert.ok(input !== null && typeof input === 'object' && !Array.isArray(input), `${path}: object from non-object`);
     for (const [k, v] of Object.entries(out)) {
-      assert.ok(Object.prototype.hasOwnProperty.call(input, k), `${path}.${k} invented`);
+      assert.ok(Object.hasOwn(input, k), `${path}.${k} invented`);
       isSubObject(v, (input as Record<string, unknown>)[k], `${path}.${k}`);
     }
   } else if (Array.isArray(out)) {
     assert.ok(Array.isArray(input) && input.length === out.length, `${path}: array changed`);
-    out.forEach((v, i) => isSubObject(v, (input as unknown[])[i], `${path}[${i}]`));
+    for (const [i, v] of out.entries()) isSubObject(v, (input as unknown[])[i], `${path}[${i}]`);
   } else {
     assert.ok(Object.is(out, input), `${path}: ${String(out)} vs ${String(input)}`);
   }
@@ -207,7 +249,16 @@ describe('fuzz: remote protocol messages', () => {
           fc.string({ unit: 'binary', maxLength: 60 }),
           fc.json({ maxDepth: 4 }),
           fc.anything({ maxDepth: 3 }).map((v) => JSON.stringify(v) ?? 'undefined'),
-          fc.constantFrom('[', '{'.repeat(1000), '['.repeat(2000), `{"type":"hello","protocol":1,"client":${'['.repeat(3000)}${']'.repeat(3000)}}`, '"\\ud800"', '1e999', '{"type":"__proto__"}', '{"type":"constructor","id":1}'),
+          fc.constantFrom(
+            '[',
+            '{'.repeat(1000),
+            '['.repeat(2000),
+            `{"type":"hello","protocol":1,"client":${'['.repeat(3000)}${']'.repeat(3000)}}`,
+            '"\\ud800"',
+            '1e999',
+            '{"type":"__proto__"}',
+            '{"type":"constructor","id":1}',
+          ),
         ),
         (text) => void checkText(text),
       ),
@@ -220,18 +271,13 @@ describe('fuzz: remote protocol messages', () => {
     const r = await fuzz(
       t,
       'remote mutated messages',
-      fc.property(
-        fc.oneof(clientMsgArb, serverMsgArb),
-        fc.array(objMutationArb, { minLength: 1, maxLength: 3 }),
-        fc.array(mutationArb, { maxLength: 2 }),
-        (msg, objMs, byteMs) => {
-          const mutated = JSON.stringify(applyObj(msg, objMs));
-          if (checkText(mutated) > 0) accepted++;
-          // text-level edits on top (most make it non-JSON; some land in strings and numbers)
-          const edited = mutateAll(Buffer.from(mutated, 'utf8'), byteMs).toString('utf8');
-          checkText(edited);
-        },
-      ),
+      fc.property(fc.oneof(clientMsgArb, serverMsgArb), fc.array(objMutationArb, { minLength: 1, maxLength: 3 }), fc.array(mutationArb, { maxLength: 2 }), (msg, objMs, byteMs) => {
+        const mutated = JSON.stringify(applyObj(msg, objMs));
+        if (checkText(mutated) > 0) accepted++;
+        // text-level edits on top (most make it non-JSON; some land in strings and numbers)
+        const edited = mutateAll(Buffer.from(mutated, 'utf8'), byteMs).toString('utf8');
+        checkText(edited);
+      }),
       { seed: 0x7e0003, numRuns: 4000, timeLimitMs: 2_500 },
     );
     t.diagnostic(`accepted after mutation: ${accepted} of ${r.runs}`);

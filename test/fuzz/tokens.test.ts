@@ -11,10 +11,11 @@
  *  - parseBearer: `Bearer <secret>` gives the secret back; anything else gives null or a
  *    string without whitespace.
  */
-import { describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { MIN_SECRET_LENGTH, TokensError, parseBearer, parseTokens, type Token } from '../../src/remote/tokens.js';
+import { MIN_SECRET_LENGTH, parseBearer, parseTokens, type Token, TokensError } from '../../src/remote/tokens.js';
 import { fuzz, timed } from './common.js';
 import { TOKENS_REGRESSIONS } from './regressions/tokens.js';
 
@@ -58,7 +59,12 @@ function render(tokens: Token[], layouts: Layout[], crlf: boolean): string {
 
 /** Fields of the text as the parser splits them: [third fields (secrets), all other fields]. */
 function fieldsIn(text: string): { secrets: string[]; others: string[] } {
-  const rows = text.split(/\r?\n/).map((l) => l.replace(/(^|\s)#.*$/, '').trim().split(/\s+/));
+  const rows = text.split(/\r?\n/).map((l) =>
+    l
+      .replace(/(^|\s)#.*$/, '')
+      .trim()
+      .split(/\s+/),
+  );
   return { secrets: rows.filter((f) => f.length >= 3).map((f) => f[2]!), others: rows.flatMap((f) => [f[0] ?? '', f[1] ?? '', ...f.slice(3)]) };
 }
 
@@ -95,12 +101,22 @@ function check(text: string): 'ok' | 'error' {
 }
 
 type Fault =
-  | { f: 'short-secret' } | { f: 'bad-scope'; scope: string } | { f: 'bad-char'; ch: string; field: 0 | 1 | 2 }
-  | { f: 'dup-name' } | { f: 'dup-secret' } | { f: 'drop-field'; field: 0 | 1 | 2 } | { f: 'extra-field' } | { f: 'swap' };
+  | { f: 'short-secret' }
+  | { f: 'bad-scope'; scope: string }
+  | { f: 'bad-char'; ch: string; field: 0 | 1 | 2 }
+  | { f: 'dup-name' }
+  | { f: 'dup-secret' }
+  | { f: 'drop-field'; field: 0 | 1 | 2 }
+  | { f: 'extra-field' }
+  | { f: 'swap' };
 const faultArb: fc.Arbitrary<Fault> = fc.oneof(
   fc.constant({ f: 'short-secret' as const }),
   fc.record({ f: fc.constant('bad-scope' as const), scope: fc.constantFrom('Read', 'ADMIN', 'readwrite', 'owner', '') }),
-  fc.record({ f: fc.constant('bad-char' as const), ch: fc.constantFrom('!', '=', '"', '\u00e9', '\0', '\u00a0', '$', '*'), field: fc.constantFrom(0 as const, 1 as const, 2 as const) }),
+  fc.record({
+    f: fc.constant('bad-char' as const),
+    ch: fc.constantFrom('!', '=', '"', '\u00e9', '\0', '\u00a0', '$', '*'),
+    field: fc.constantFrom(0 as const, 1 as const, 2 as const),
+  }),
   fc.constant({ f: 'dup-name' as const }),
   fc.constant({ f: 'dup-secret' as const }),
   fc.record({ f: fc.constant('drop-field' as const), field: fc.constantFrom(0 as const, 1 as const, 2 as const) }),
@@ -149,7 +165,10 @@ describe('fuzz: tokens file', () => {
       'tokens (exact)',
       fc.property(tokensArb, fc.array(layoutArb, { maxLength: 4 }), fc.boolean(), (tokens, layouts, crlf) => {
         const text = render(tokens, layouts, crlf);
-        assert.deepEqual(parseTokens(text, FILE), tokens.map((x) => ({ name: x.name, scope: x.scope, secret: x.secret })));
+        assert.deepEqual(
+          parseTokens(text, FILE),
+          tokens.map((x) => ({ name: x.name, scope: x.scope, secret: x.secret })),
+        );
       }),
       { seed: 0x70c001, numRuns: 3000, timeLimitMs: 1_500 },
     );
@@ -160,10 +179,15 @@ describe('fuzz: tokens file', () => {
     const r = await fuzz(
       t,
       'tokens (faults)',
-      fc.property(tokensArb.filter((ts) => ts.length > 0), fc.nat(), faultArb, (tokens, at, fault) => {
-        const text = faulty(tokens, at, fault);
-        if (check(text) === 'error') errors++;
-      }),
+      fc.property(
+        tokensArb.filter((ts) => ts.length > 0),
+        fc.nat(),
+        faultArb,
+        (tokens, at, fault) => {
+          const text = faulty(tokens, at, fault);
+          if (check(text) === 'error') errors++;
+        },
+      ),
       { seed: 0x70c002, numRuns: 3000, timeLimitMs: 1_500 },
     );
     assert.ok(errors > r.runs / 2, `${errors} of ${r.runs} faults reported`);
@@ -176,7 +200,15 @@ describe('fuzz: tokens file', () => {
       fc.property(
         fc.oneof(
           fc.string({ unit: 'binary', maxLength: 200 }),
-          fc.array(fc.oneof(fc.string({ unit: 'binary', maxLength: 40 }), tokensArb.map((ts) => render(ts, [], false))), { maxLength: 5 }).map((l) => l.join('\n')),
+          fc
+            .array(
+              fc.oneof(
+                fc.string({ unit: 'binary', maxLength: 40 }),
+                tokensArb.map((ts) => render(ts, [], false)),
+              ),
+              { maxLength: 5 },
+            )
+            .map((l) => l.join('\n')),
           fc.constantFrom(' '.repeat(2_000) + 'x', '#'.repeat(2_000), 'a '.repeat(1_000), `n read ${'a'.repeat(5_000)}`),
         ),
         (text) => void check(text),

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, tempDir } from './env.js';
@@ -28,7 +28,20 @@ export class ServerProcess {
 
   /** Starts (or restarts, on the same port when it had one) and resolves with the ws:// URL. */
   async start(port = 0): Promise<string> {
-    const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, ...(this.storage ? ['--storage', this.storage] : ['--dir', join(this.dir, 'data')]), '--tokens', this.tokensFile, ...this.extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'serve',
+        '--listen',
+        `127.0.0.1:${port}`,
+        ...(this.storage ? ['--storage', this.storage] : ['--dir', join(this.dir, 'data')]),
+        '--tokens',
+        this.tokensFile,
+        ...this.extraArgs,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     this.child = child;
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));

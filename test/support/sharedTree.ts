@@ -1,6 +1,6 @@
-import { after, before } from 'node:test';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { FIXTURE, tempDir } from './env.js';
 

@@ -1,9 +1,9 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { test } from 'node:test';
+import { clientCacheDir } from '../../src/config/cacheDir.js';
 import {
-  FrameDecoder,
-  ProtocolError,
+  type CompileRequest,
   decodeCompileRequest,
   decodeJson,
   decodeReply,
@@ -12,12 +12,12 @@ import {
   encodeJson,
   encodePassthrough,
   encodeResult,
+  FrameDecoder,
   fnv1a64Hex,
+  ProtocolError,
   socketDirFor,
   socketPathFor,
-  type CompileRequest,
 } from '../../src/protocol/clientFrames.js';
-import { clientCacheDir } from '../../src/config/cacheDir.js';
 
 const sample: CompileRequest = {
   version: 2,
@@ -26,19 +26,8 @@ const sample: CompileRequest = {
   umask: 0o022,
   compiler: '/usr/bin/clang-19',
   cwd: '/home/u/linux',
-  args: [
-    '-x',
-    'ir',
-    '-fthinlto-index=mm/util.o.thinlto.bc',
-    '',
-    'with space',
-    'ünïcødé ✓',
-    '-c',
-    '-o',
-    'mm/util.thinlto-native.o',
-    'mm/util.o',
-  ],
-  env: { PATH: '/usr/bin:/bin', EMPTY: '', KV: 'a=b=c', 'ÜNI': 'ü' },
+  args: ['-x', 'ir', '-fthinlto-index=mm/util.o.thinlto.bc', '', 'with space', 'ünïcødé ✓', '-c', '-o', 'mm/util.thinlto-native.o', 'mm/util.o'],
+  env: { PATH: '/usr/bin:/bin', EMPTY: '', KV: 'a=b=c', ÜNI: 'ü' },
 };
 
 /** Strips the u32 length prefix of a frame produced by an encoder, checking it. */
@@ -142,10 +131,7 @@ test('malformed requests name what is wrong', () => {
   rejects(() => decodeCompileRequest(rawRequest({ env: ['NOEQUALS'] })), /entry 0 is not of the form K=V/);
   rejects(() => decodeCompileRequest(rawRequest({ env: ['=x'] })), /not of the form K=V/);
   rejects(() => decodeCompileRequest(rawRequest({ env: ['__proto__=x'] })), /__proto__/);
-  rejects(
-    () => decodeCompileRequest(rawRequest({ args: [Buffer.from([0x66, 0xff, 0x6f])] })),
-    /argument 0 is not valid UTF-8/,
-  );
+  rejects(() => decodeCompileRequest(rawRequest({ args: [Buffer.from([0x66, 0xff, 0x6f])] })), /argument 0 is not valid UTF-8/);
 });
 
 test('NUL bytes in strings are rejected', () => {

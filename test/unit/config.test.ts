@@ -240,8 +240,14 @@ describe('parseConfigText', () => {
   });
 
   test('errors name the given file and the 1-based line', () => {
-    assert.throws(() => parseConfigText('\n\nJobs = 2', 'my.conf'), (e: unknown) => e instanceof ConfigError && e.message.startsWith("my.conf:3: expected 'key = value'"));
-    assert.throws(() => parseConfigText('# c\nnope = 1', 'my.conf'), (e: unknown) => e instanceof ConfigError && e.message.startsWith("my.conf:2: unknown setting 'nope'"));
+    assert.throws(
+      () => parseConfigText('\n\nJobs = 2', 'my.conf'),
+      (e: unknown) => e instanceof ConfigError && e.message.startsWith("my.conf:3: expected 'key = value'"),
+    );
+    assert.throws(
+      () => parseConfigText('# c\nnope = 1', 'my.conf'),
+      (e: unknown) => e instanceof ConfigError && e.message.startsWith("my.conf:2: unknown setting 'nope'"),
+    );
   });
 });
 

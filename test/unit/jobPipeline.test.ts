@@ -2,17 +2,17 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { after, test, type TestContext } from 'node:test';
+import { after, type TestContext, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import type { KeyResult, Manifest } from '../../src/key/manifest.js';
 import type { Job } from '../../src/key/parseJob.js';
-import { type DenyRecord, DenyList, type DenyStorage } from '../../src/pipeline/denyList.js';
+import { DenyList, type DenyRecord, type DenyStorage } from '../../src/pipeline/denyList.js';
 import { type JobOutcome, JobPipeline, type JobRequest, type PipelineOptions } from '../../src/pipeline/jobPipeline.js';
 import type { CompilerRun, RunOptions } from '../../src/pipeline/runCompiler.js';
+import { Counters } from '../../src/stats/counters.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../../src/store/backend.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { readOnly, tiered } from '../../src/store/policies.js';
-import { Counters } from '../../src/stats/counters.js';
 
 /**
  * The job pipeline in process: a fake compiler (writes bytes chosen by the test), a fake keyer
@@ -298,7 +298,11 @@ test('verify mismatch: the key is denied in every tier and deleted from both unt
   assert.ok(storage.map.has(key), 'the deny list is persisted');
   assert.equal(local.count('delete'), 1);
   assert.equal(remote.count('delete'), 1, 'the team tier is told');
-  assert.deepEqual(fs.readdirSync(cwd).filter((f) => f.includes('verify')), [], 'the verify temp file is removed');
+  assert.deepEqual(
+    fs.readdirSync(cwd).filter((f) => f.includes('verify')),
+    [],
+    'the verify temp file is removed',
+  );
 
   // A tier that still has it (another client uploaded it again) is not asked while denied.
   remote.entries.set(key, wrong);

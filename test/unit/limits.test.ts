@@ -1,18 +1,11 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FrameDecoder, ProtocolError, decodeDone, encodeDone } from '../../src/protocol/clientFrames.js';
-import {
-  MAX_DONE_PAYLOAD,
-  MAX_OUTPUT_STREAM,
-  MAX_REQUEST_PAYLOAD,
-  RESULT_OVERHEAD,
-  base64Length,
-  limitsHeader,
-} from '../../src/protocol/limits.js';
-import { EntryRecord } from '../../src/store/record.js';
+import { test } from 'node:test';
 import { runCompiler } from '../../src/pipeline/runCompiler.js';
+import { decodeDone, encodeDone, FrameDecoder, ProtocolError } from '../../src/protocol/clientFrames.js';
+import { base64Length, limitsHeader, MAX_DONE_PAYLOAD, MAX_OUTPUT_STREAM, MAX_REQUEST_PAYLOAD, RESULT_OVERHEAD } from '../../src/protocol/limits.js';
+import { EntryRecord } from '../../src/store/record.js';
 import { TOP } from '../support/env.js';
 
 test('client/limits.h is what src/protocol/limits.ts generates (npm run build regenerates it)', () => {

@@ -139,7 +139,12 @@ describe('parseJob: the kernel backend shape', () => {
   test('separate-value flags never make their value an input', async () => {
     const j = await job(['-mllvm', '-x', '-target', 'x86_64-linux-gnu', '--param', 'inline-unit-growth=20', ...tail('m')]);
     assert.equal(j.input, 'm.o');
-    assert.deepEqual(filesOf(j).filter((f) => f.role === 'input').map((f) => f.path), ['m.o']);
+    assert.deepEqual(
+      filesOf(j)
+        .filter((f) => f.role === 'input')
+        .map((f) => f.path),
+      ['m.o'],
+    );
     assert.deepEqual(flagsOf(j).slice(0, 6), ['-mllvm', '-x', '-target', 'x86_64-linux-gnu', '--param', 'inline-unit-growth=20']);
   });
 
@@ -212,7 +217,10 @@ describe('parseJob: outputs', () => {
       { role: 'dwo', path: 'dir/m.thinlto-native.dwo' },
     ]);
     const k = await job(['-gsplit-dwarf=split', '-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'out/m', 'm.o']);
-    assert.deepEqual(k.outputs.map((o) => o.path), ['out/m', 'out/m.dwo']);
+    assert.deepEqual(
+      k.outputs.map((o) => o.path),
+      ['out/m', 'out/m.dwo'],
+    );
   });
 
   test('-gsplit-dwarf=single or -gno-split-dwarf last: no dwo', async () => {
@@ -221,7 +229,10 @@ describe('parseJob: outputs', () => {
       assert.deepEqual(j.outputs, [{ role: 'obj', path: 'm.thinlto-native.o' }], flags.join(' '));
     }
     const j = await job(['-g', '-gno-split-dwarf', '-gsplit-dwarf', ...tail('m')]);
-    assert.deepEqual(j.outputs.map((o) => o.role), ['obj', 'dwo']);
+    assert.deepEqual(
+      j.outputs.map((o) => o.role),
+      ['obj', 'dwo'],
+    );
   });
 
   test('-fstack-usage adds .su; -fsave-optimization-record adds .opt.yaml; -foptimization-record-file names it', async () => {
@@ -247,16 +258,18 @@ describe('parseJob: outputs', () => {
 
   test('all together, in a fixed order', async () => {
     const j = await job(['-g', '-gsplit-dwarf', '-fstack-usage', '-fsave-optimization-record', ...tail('m')]);
-    assert.deepEqual(j.outputs.map((o) => `${o.role}:${o.path}`), [
-      'obj:m.thinlto-native.o',
-      'dwo:m.thinlto-native.dwo',
-      'su:m.thinlto-native.su',
-      'opt-record:m.thinlto-native.opt.yaml',
-    ]);
+    assert.deepEqual(
+      j.outputs.map((o) => `${o.role}:${o.path}`),
+      ['obj:m.thinlto-native.o', 'dwo:m.thinlto-native.dwo', 'su:m.thinlto-native.su', 'opt-record:m.thinlto-native.opt.yaml'],
+    );
   });
 
   test('-emit-llvm (in either order with -c) writes no .dwo and no .su', async () => {
-    for (const mode of [['-c', '-emit-llvm'], ['-emit-llvm', '-c'], ['-S', '-emit-llvm']]) {
+    for (const mode of [
+      ['-c', '-emit-llvm'],
+      ['-emit-llvm', '-c'],
+      ['-S', '-emit-llvm'],
+    ]) {
       const j = await job(['-g', '-gsplit-dwarf', '-fstack-usage', '-fthinlto-index=m.o.thinlto.bc', ...mode, '-o', 'm.bc', 'm.o']);
       assert.deepEqual(j.outputs, [{ role: 'obj', path: 'm.bc' }], mode.join(' '));
     }
@@ -270,7 +283,10 @@ describe('parseJob: outputs', () => {
     ]);
     // -S wins over -c, but with -c present the .dwo follows -o.
     const k = await job(['-g', '-gsplit-dwarf', '-fthinlto-index=m.o.thinlto.bc', '-c', '-S', '-o', 'out/m.s', 'm.o']);
-    assert.deepEqual(k.outputs.map((o) => o.path), ['out/m.s', 'out/m.dwo']);
+    assert.deepEqual(
+      k.outputs.map((o) => o.path),
+      ['out/m.s', 'out/m.dwo'],
+    );
   });
 
   test('two outputs at one path are uncacheable', async () => {
@@ -354,7 +370,10 @@ describe('response files', () => {
     const j = await job(['@q.rsp'], cwd);
     assert.equal(j.input, 'my input.o');
     assert.deepEqual(j.outputs, [{ role: 'obj', path: 'out dir/m.native.o' }]);
-    assert.deepEqual(filesOf(j).find((f) => f.role === 'flag-file'), { t: 'file', v: '-fprofile-sample-use=', path: 'my prof.txt', role: 'flag-file' });
+    assert.deepEqual(
+      filesOf(j).find((f) => f.role === 'flag-file'),
+      { t: 'file', v: '-fprofile-sample-use=', path: 'my prof.txt', role: 'flag-file' },
+    );
   });
 
   test('unreadable response file → rsp-unreadable', async () => {

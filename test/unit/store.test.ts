@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { after, test, type TestContext } from 'node:test';
+import { after, type TestContext, test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Level } from 'level';
 import { hashBytes, initHash } from '../../src/key/hash.js';
@@ -11,7 +11,7 @@ import type { StoredEntry } from '../../src/store/backend.js';
 import { LAYOUT_FILE, LayoutError, layoutPaths, prepareLayout, SUBLEVELS } from '../../src/store/layout.js';
 import { LocalStore, StoreLockedError } from '../../src/store/localStore.js';
 import { EntryRecord } from '../../src/store/record.js';
-import { nodeFs, type StoreFs, type StoreOptionsInput, StoreOptionsError } from '../../src/store/storeOptions.js';
+import { nodeFs, type StoreFs, StoreOptionsError, type StoreOptionsInput } from '../../src/store/storeOptions.js';
 
 await initHash();
 
@@ -149,10 +149,7 @@ test('dedup: entries with identical outputs share one blob; eviction frees it wi
   assert.ok(afterC > maxBytes && afterC - rA <= maxBytes * 0.9, 'test sizes precondition');
   now = 3_000;
   assert.equal((await s.put(key('C'), C)).kind, 'stored');
-  assert.deepEqual(
-    await Promise.all(['A', 'B', 'C'].map((k) => hasRecord(s, key(k)))),
-    [false, true, true],
-  );
+  assert.deepEqual(await Promise.all(['A', 'B', 'C'].map((k) => hasRecord(s, key(k)))), [false, true, true]);
   assert.ok(fs.existsSync(blobPath(dir, X)), 'shared blob survives while B references it');
   assertHit(await s.get(key('B')), B);
   assert.deepEqual(s.summary(), { entries: 2, bytes: afterC - rA });

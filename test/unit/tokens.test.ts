@@ -3,22 +3,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { loadTokensFile, parseBearer, parseTokens, scopeAllows, TokenTable, TokensError } from '../../src/remote/tokens.js';
+import { loadTokensFile, parseBearer, parseTokens, scopeAllows, TokensError, TokenTable } from '../../src/remote/tokens.js';
 
 const A = 'aaaaaaaaaaaaaaaa1';
 const B = 'bbbbbbbbbbbbbbbb2';
 const C = 'cccccccccccccccc3';
 
 test('parses NAME SCOPE SECRET lines with comments and blank lines', () => {
-  const text = [
-    '# team tokens',
-    '',
-    `ci    write  ${A}`,
-    `  alice read ${B}   # laptop`,
-    `ops admin ${C}`,
-    '   ',
-    '#disabled read dddddddddddddddd',
-  ].join('\n');
+  const text = ['# team tokens', '', `ci    write  ${A}`, `  alice read ${B}   # laptop`, `ops admin ${C}`, '   ', '#disabled read dddddddddddddddd'].join('\n');
   assert.deepEqual(parseTokens(text, 'tok'), [
     { name: 'ci', scope: 'write', secret: A },
     { name: 'alice', scope: 'read', secret: B },

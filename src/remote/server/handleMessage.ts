@@ -4,8 +4,7 @@ import { scopeAllows } from '../tokens.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
 import type { Connection } from './connection.js';
-import { handleAdmin,
-  handleBad, handleBundle, handleGet } from './requestHandlers.js';
+import { handleAdmin, handleBad, handleBundle, handleGet } from './requestHandlers.js';
 import type { ServerState } from './serverState.js';
 
 function message(e: unknown): string {

@@ -55,8 +55,7 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
           s.options.log.warn('store read failed', { key, error: r.error });
           await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
           return;
-        }
-        else s.options.log.warn(r.corrupt ? 'corrupt entry dropped' : 'storage read failed; answered a miss', { key, error: r.error });
+        } else s.options.log.warn(r.corrupt ? 'corrupt entry dropped' : 'storage read failed; answered a miss', { key, error: r.error });
       }
       s.counters.bump('misses');
       await s.send(c, { type: 'miss', id, key });

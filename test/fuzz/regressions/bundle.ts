@@ -8,11 +8,7 @@ export interface BundleRegression {
   /** The declared files: [name, content hex]. */
   files: [string, string][];
   /** Header rewrites: which entry (0-based, in file order), which field, the new value. */
-  edits: ({ entry: number } & (
-    | { field: 'size'; value: string }
-    | { field: 'type'; value: number }
-    | { field: 'name'; value: string }
-  ))[];
+  edits: ({ entry: number } & ({ field: 'size'; value: string } | { field: 'type'; value: number } | { field: 'name'; value: string }))[];
   expect: 'ok' | 'rejected';
 }
 
@@ -23,7 +19,10 @@ export const BUNDLE_REGRESSIONS: BundleRegression[] = [
     // that 'end' to move on, so the promise never settled (a peer could pin a stream slot and
     // the buffered bundle forever). Fixed in unpackBundle: a rejection stops the extraction.
     name: 'directory entry with a non-zero size',
-    files: [['a', '029315c10003'], ['x9999', '73']],
+    files: [
+      ['a', '029315c10003'],
+      ['x9999', '73'],
+    ],
     edits: [
       { entry: 0, field: 'type', value: 0x35 },
       { entry: 0, field: 'size', value: '00000037441' },
@@ -53,7 +52,10 @@ export const BUNDLE_REGRESSIONS: BundleRegression[] = [
   },
   {
     name: 'unedited',
-    files: [['obj', '010203'], ['dwo', '']],
+    files: [
+      ['obj', '010203'],
+      ['dwo', ''],
+    ],
     edits: [],
     expect: 'ok',
   },

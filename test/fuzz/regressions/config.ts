@@ -2,9 +2,7 @@
  * Configuration inputs that once made a config property fail (docs/reliability.md
  * "## Fuzzing"). Replayed by test/fuzz/config.test.ts.
  */
-export type ConfigRegression =
-  | { kind: 'text'; name: string; text: string }
-  | { kind: 'env'; name: string; env: Record<string, string>; expectError: boolean };
+export type ConfigRegression = { kind: 'text'; name: string; text: string } | { kind: 'env'; name: string; env: Record<string, string>; expectError: boolean };
 
 export const CONFIG_REGRESSIONS: ConfigRegression[] = [
   // Found by 'config text (arbitrary)' (seed 12644354): `key in ConfigShape` also matched
