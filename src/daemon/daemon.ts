@@ -27,6 +27,8 @@ import { runSession } from './session.js';
 
 /** The digest memo saved between runs (toolchain libraries, inputs): cache-schema/file-digests.v1.json. */
 const DIGESTS_FILE = 'digests.json';
+/** Where in the stats sublevel the read position of the memo hit-notice log is kept. */
+const MEMO_LOG_OFFSET_KEY = 'memo-log-offset';
 
 /** Store sublevel holding the keys a verify run found wrong (see DenyList). */
 const DENY_SUBLEVEL = 'deny';
@@ -191,6 +193,8 @@ export class Daemon {
         if (parsed.success) this.counters.restore(parsed.data);
         else this.log.warn('stored counters invalid; starting from zero', { issues: parsed.error.message });
       }
+      const offset = await this.store.sublevel(STATS_SUBLEVEL).get(MEMO_LOG_OFFSET_KEY);
+      if (this.memos && typeof offset === 'string' && /^\d{1,15}$/.test(offset)) this.memos.logOffset = Number(offset);
     } catch (e) {
       this.log.warn('cannot read stored counters', { error: String(e) });
     }
@@ -221,7 +225,7 @@ export class Daemon {
         output = memo.outputs[0]!.path;
         req = { compiler: '', args: [], cwd: dirname(output), env: {}, umask: 0o022 };
       }
-      void this.jobLog
+      await this.jobLog
         .record({ req, startedAt: n.startMs, endedAt: n.endMs, result: 'hit', key: n.key, ...(output ? { output } : {}) })
         .catch((e) => this.log.warn('cannot record job', { error: String(e) }));
     }
@@ -254,7 +258,11 @@ export class Daemon {
     if (this.counters.version === this.flushedVersion) return;
     const v = this.counters.version;
     try {
-      await this.store.sublevel(STATS_SUBLEVEL).put(STATS_KEY, JSON.stringify(this.counters.snapshot()));
+      const stats = this.store.sublevel(STATS_SUBLEVEL);
+      await stats.put(STATS_KEY, JSON.stringify(this.counters.snapshot()));
+      // Counted notices and how far their log was read move together (a crash in between may
+      // count a few once more or lose them: counters, never objects).
+      if (this.memos) await stats.put(MEMO_LOG_OFFSET_KEY, String(this.memos.logOffset));
       this.flushedVersion = v;
     } catch (e) {
       this.log.warn('cannot persist counters', { error: String(e) });
@@ -318,6 +326,8 @@ export class Daemon {
         setImmediate(() => void this.stop());
         return { stopping: true, pid: process.pid };
       default:
+        // Fast-path hits reach the job log through their notices: take them in first.
+        await this.drainMemos();
         return answerFromLog(this.jobLog, req);
     }
   }

@@ -16,7 +16,10 @@ export type MemoNotice = { key: string; lookup: Digest; startMs: number; endMs: 
  */
 export class MemoStore {
   private readonly byKey = new Map<string, Set<Digest>>();
-  private logOffset = 0;
+  /** Bytes of the live notice log already read. */
+  logOffset = 0;
+  /** Bytes of the log renamed aside already read, while it waits for its last appends. */
+  private asideOffset: number | null = null;
   private ready = false;
 
   constructor(
@@ -77,37 +80,72 @@ export class MemoStore {
   }
 
   /**
-   * Reads the notices appended since the last call. Malformed lines are skipped (a torn append
-   * loses one counter).
+   * Reads the notices appended since the last call; `logOffset` (persisted by the owner) says how
+   * far the log has been read, so a restarted daemon does not count a notice twice. The live log
+   * is never truncated under the clients' appends: past ROTATE_BYTES it is renamed aside and what
+   * was still appended to it is read at the next drain. Malformed lines are skipped (a torn append
+   * loses one counter, never an object).
    */
   async drain(): Promise<MemoNotice[]> {
     const path = noticeLogPath(this.cacheDir);
-    const st = await lstat(path).catch(() => null);
-    if (!st?.isFile()) return [];
-    if (st.size < this.logOffset) this.logOffset = 0;
-    if (st.size === this.logOffset) return [];
-    const fh = await open(path, 'r+');
-    try {
-      const n = Math.min(st.size - this.logOffset, 4 << 20);
-      const buf = Buffer.alloc(n);
-      const { bytesRead } = await fh.read(buf, 0, n, this.logOffset);
-      const text = buf.toString('latin1', 0, bytesRead);
-      const end = text.lastIndexOf('\n') + 1;
-      this.logOffset += end;
-      const out: MemoNotice[] = [];
-      for (const line of text.slice(0, end).split('\n')) {
-        const m = /^H ([0-9a-f]{32}) ([0-9a-f]{32}) (\d{1,15}) (\d{1,15})$/.exec(line);
-        if (m) out.push({ key: m[1]!, lookup: m[2]!, startMs: Number(m[3]), endMs: Number(m[4]) });
-      }
-      // Emptied once read to its end, so a restarted daemon does not count old notices again. An
-      // append landing between the size check and the truncation is lost: one counter, never an object.
-      if ((await fh.stat()).size === this.logOffset) {
-        await fh.truncate(0);
-        this.logOffset = 0;
-      }
-      return out;
-    } finally {
-      await fh.close();
+    const aside = `${path}.old`;
+    const out: MemoNotice[] = [];
+    if (this.asideOffset !== null) {
+      const r = await readFrom(aside, this.asideOffset);
+      if (r) out.push(...parseNotices(r.text));
+      await unlink(aside).catch(() => {});
+      this.asideOffset = null;
     }
+    const st = await lstat(path).catch(() => null);
+    if (!st || !st.isFile()) return out;
+    if (st.size < this.logOffset) this.logOffset = 0;
+    const r = await readFrom(path, this.logOffset);
+    if (r) {
+      this.logOffset += r.consumed;
+      out.push(...parseNotices(r.text));
+    }
+    if (this.logOffset >= ROTATE_BYTES) {
+      await rename(path, aside).then(
+        () => {
+          this.asideOffset = this.logOffset;
+          this.logOffset = 0;
+        },
+        () => {},
+      );
+    }
+    return out;
   }
+}
+
+const ROTATE_BYTES = 1 << 20;
+/** At most this much of the log is read per drain; the rest waits for the next. */
+const MAX_READ = 4 << 20;
+
+/** Reads whole lines from `offset`: the text and how many bytes it spans. Null if unreadable. */
+async function readFrom(path: string, offset: number): Promise<{ text: string; consumed: number } | null> {
+  let fh: Awaited<ReturnType<typeof open>> | undefined;
+  try {
+    fh = await open(path, 'r');
+    const size = (await fh.stat()).size;
+    const n = Math.max(0, Math.min(size - offset, MAX_READ));
+    if (n === 0) return { text: '', consumed: 0 };
+    const buf = Buffer.alloc(n);
+    const { bytesRead } = await fh.read(buf, 0, n, offset);
+    const text = buf.toString('latin1', 0, bytesRead);
+    const end = text.lastIndexOf('\n') + 1;
+    return { text: text.slice(0, end), consumed: end };
+  } catch {
+    return null;
+  } finally {
+    await fh?.close().catch(() => {});
+  }
+}
+
+function parseNotices(text: string): MemoNotice[] {
+  const out: MemoNotice[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^H ([0-9a-f]{32}) ([0-9a-f]{32}) (\d{1,15}) (\d{1,15})$/.exec(line);
+    if (m) out.push({ key: m[1]!, lookup: m[2]!, startMs: Number(m[3]), endMs: Number(m[4]) });
+  }
+  return out;
 }

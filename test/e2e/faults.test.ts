@@ -395,7 +395,9 @@ describe('faults', () => {
   });
 
   test('the store LevelDB corrupted or deleted: the daemon re-initialises with a clear log line, builds never break', { timeout: 90_000 }, async (t) => {
-    const { cache, b, direct } = setup('meta');
+    // The memo fast path would serve these jobs without ever reopening the store: this test is about
+    // the daemon's recovery, so every job takes the daemon path.
+    const { cache, b, direct } = setup('meta', { LTOCACHE_MEMO: '0' });
     const meta = layoutPaths(join(cache.dir, 'store')).meta;
     const logFile = join(cache.dir, 'daemon.log');
     const unreadable = () =>
