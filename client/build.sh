@@ -4,6 +4,7 @@
 #   CC_FOR_CLIENT         compiler (default cc); a cross compiler builds a prebuilt client
 #   LTOCACHE_CLIENT_OUT   output path (default bin/ltocache); replaced atomically
 #   LTOCACHE_CLIENT_LDFLAGS  extra link flags (build:prebuilt passes -static -s)
+#   LTOCACHE_CLIENT_CFLAGS   extra compile flags (bench/hitPath.ts passes -DLTOCACHE_MEMO_TIMING)
 # The client's version (LTOCACHE_VERSION) is package.json's "version".
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,8 +12,8 @@ top=$(dirname "$here")
 out=${LTOCACHE_CLIENT_OUT:-$top/bin/ltocache}
 version=$(sed -n 's/^  "version": *"\([^"]*\)".*/\1/p' "$top/package.json")
 mkdir -p "$(dirname "$out")"
-# shellcheck disable=SC2086 # LTOCACHE_CLIENT_LDFLAGS is a list of flags
-${CC_FOR_CLIENT:-cc} -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE \
+# shellcheck disable=SC2086 # LTOCACHE_CLIENT_CFLAGS and LTOCACHE_CLIENT_LDFLAGS are lists of flags
+${CC_FOR_CLIENT:-cc} -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE ${LTOCACHE_CLIENT_CFLAGS:-} \
     -DLTOCACHE_VERSION="\"${version:-unknown}\"" \
     -o "$out.tmp" "$here"/*.c ${LTOCACHE_CLIENT_LDFLAGS:-}
 mv -f "$out.tmp" "$out"

@@ -421,6 +421,33 @@ static int stage_output(const char *cache_dir, const struct memo_output *o, unsi
 /* ---------------------------------------------------------------------------------------- */
 /* The fast path                                                                             */
 
+#ifdef LTOCACHE_MEMO_TIMING
+/* Benchmark build only (bench/hitPath.ts): the fast path's phase times, in ns, printed as one
+ * stderr line on a hit. Phases: lookup digest, memo open+read+parse, checks, blob copy+verify,
+ * rename, stdout/stderr replay + notice. */
+enum { TM_START, TM_LOOKUP, TM_READ, TM_CHECKS, TM_COPY, TM_RENAME, TM_NOTICE, TM_N };
+static uint64_t tm[TM_N];
+#define TM_MARK(i) (tm[i] = tm_now())
+static uint64_t tm_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return ns(t);
+}
+static void tm_print(uint32_t nchecks) {
+    fprintf(stderr,
+            "ltocache-memo-timing lookup=%llu read=%llu checks=%llu copy=%llu rename=%llu "
+            "notice=%llu nchecks=%u\n",
+            (unsigned long long)(tm[TM_LOOKUP] - tm[TM_START]),
+            (unsigned long long)(tm[TM_READ] - tm[TM_LOOKUP]),
+            (unsigned long long)(tm[TM_CHECKS] - tm[TM_READ]),
+            (unsigned long long)(tm[TM_COPY] - tm[TM_CHECKS]),
+            (unsigned long long)(tm[TM_RENAME] - tm[TM_COPY]),
+            (unsigned long long)(tm[TM_NOTICE] - tm[TM_RENAME]), nchecks);
+}
+#else
+#define TM_MARK(i) ((void)0)
+#endif
+
 static long long unix_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -430,6 +457,7 @@ static long long unix_ms(void) {
 int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
                char **argv) {
     char lookup[DIGEST_HEX_LEN + 1];
+    TM_MARK(TM_START);
     memo_lookup_digest(compiler_abs, cwd, argc, argv, lookup);
     const char *p = getenv("LTOCACHE_PRINT_LOOKUP");
     if (p && strcmp(p, "1") == 0) {
@@ -439,6 +467,7 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
     const char *off = getenv("LTOCACHE_MEMO");
     if (off && strcmp(off, "0") == 0) return -1;
     long long start = unix_ms();
+    TM_MARK(TM_LOOKUP);
 
     int root = open(cache_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root < 0) return -1;
@@ -454,11 +483,14 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
     memset(staged, 0, sizeof staged);
     int ok = buf && memo_parse(buf, len, &m) == 0;
     if (!ok) goto out;
+    TM_MARK(TM_READ);
     chunk = malloc(COPY_CHUNK);
     ok = chunk != NULL;
     for (uint32_t i = 0; ok && i < m.nchecks; i++) ok = run_check(&m.checks[i], chunk) == 0;
+    TM_MARK(TM_CHECKS);
     for (uint32_t i = 0; ok && i < m.noutputs; i++)
         ok = stage_output(cache_dir, &m.outputs[i], i, chunk, &staged[i]) == 0;
+    TM_MARK(TM_COPY);
     for (uint32_t i = 0; ok && i < m.noutputs; i++) {
         ok = rename(staged[i].temp, staged[i].path) == 0;
         if (ok) {
@@ -466,6 +498,7 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
             staged[i].temp = NULL;
         }
     }
+    TM_MARK(TM_RENAME);
     if (ok) {
         int wrote = write_all(1, m.out.p, m.out.len) == 0;
         if (write_all(2, m.err.p, m.err.len) != 0) wrote = 0;
@@ -479,6 +512,10 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
         }
         if (log >= 0) close(log);
         free(line);
+        TM_MARK(TM_NOTICE);
+#ifdef LTOCACHE_MEMO_TIMING
+        tm_print(m.nchecks);
+#endif
         exit(wrote ? 0 : 1);
     }
     memo_free(&m);
