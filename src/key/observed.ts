@@ -1,6 +1,7 @@
-import { type BigIntStats, statSync } from 'node:fs';
+import { type BigIntStats, readFileSync, statSync } from 'node:fs';
 import type { MemoCheck } from '../memo/memoFormat.js';
 import type { DigestSource, FileDigest } from './fileDigests.js';
+import { hashBytes } from './hash.js';
 
 /**
  * A per-job view of the daemon's digest source that remembers every path the key builder looked
@@ -53,4 +54,49 @@ export class ObservingFiles implements DigestSource {
     const envChecks: MemoCheck[] = [...this.env].map(([name, value]) => ({ kind: 'env', name, value }));
     return [...envChecks, ...this.seen.values()];
   }
+}
+
+/**
+ * Whether every observation still holds now (the same test the native client applies to a memo):
+ * then the key computed from them is unchanged, without computing it again. `env` is the job's.
+ */
+export function checksHold(checks: readonly MemoCheck[], env: Record<string, string>): boolean {
+  for (const c of checks) {
+    if (c.kind === 'env') {
+      if ((env[c.name] ?? null) !== c.value) return false;
+      continue;
+    }
+    let st: BigIntStats | undefined;
+    try {
+      st = statSync(c.path, { bigint: true, throwIfNoEntry: false });
+    } catch {
+      st = undefined;
+    }
+    switch (c.kind) {
+      case 'absent':
+        if (st) return false;
+        break;
+      case 'notreg':
+        if (!st || st.isFile()) return false;
+        break;
+      case 'stat':
+        if (!st || !st.isFile() || st.dev !== c.dev || st.ino !== c.ino || st.size !== c.size || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs) return false;
+        break;
+      case 'dir':
+        if (!st || !st.isDirectory() || st.dev !== c.dev || st.ino !== c.ino || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs) return false;
+        break;
+      case 'content': {
+        if (!st || !st.isFile() || Number(st.size) !== c.size) return false;
+        let data: Buffer;
+        try {
+          data = readFileSync(c.path);
+        } catch {
+          return false;
+        }
+        if (hashBytes(data) !== c.digest) return false;
+        break;
+      }
+    }
+  }
+  return true;
 }

@@ -21,6 +21,8 @@ export class MemoStore {
   /** Bytes of the log renamed aside already read, while it waits for its last appends. */
   private asideOffset: number | null = null;
   private ready = false;
+  /** Shard directories made by this process (`clear` removes them). */
+  private readonly shards = new Set<string>();
 
   constructor(
     private readonly cacheDir: string,
@@ -28,11 +30,13 @@ export class MemoStore {
   ) {}
 
   private async ensureDirs(shard: string): Promise<void> {
+    if (this.shards.has(shard)) return;
     if (!this.ready) {
       await mkdir(memoDir(this.cacheDir), { recursive: true, mode: 0o700 });
       this.ready = true;
     }
     await mkdir(shard, { recursive: true, mode: 0o700 });
+    this.shards.add(shard);
   }
 
   /**
@@ -73,6 +77,7 @@ export class MemoStore {
 
   async clear(): Promise<void> {
     this.byKey.clear();
+    this.shards.clear();
     const dir = memoDir(this.cacheDir);
     for (const n of await readdir(dir).catch(() => [] as string[])) {
       if (/^[0-9a-f]{2}$/.test(n)) await rm(join(dir, n), { recursive: true, force: true });

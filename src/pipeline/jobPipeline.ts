@@ -3,7 +3,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { FileDigests } from '../key/fileDigests.js';
 import { hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
-import { ObservingFiles } from '../key/observed.js';
+import { checksHold, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
 import { lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
@@ -199,6 +199,10 @@ export class JobPipeline {
     // Inputs may change while clang runs (a front end rebuilt meanwhile): store the result only
     // if the key computed again afterwards is still the one it was compiled under.
     const stillCurrent = async () => {
+      // What the key was computed from, re-checked by stat identity (content for files written
+      // just before), so the key is normally computed once. A check can fail without a key change
+      // (a config directory that is also the output directory): then the key is computed again.
+      if (k.checks && checksHold(k.checks, req.env)) return true;
       const again = await this.keyer(job, req);
       if (again.kind !== 'key' || again.key !== k.key) return false;
       if (again.checks) k.checks = again.checks;

@@ -25,6 +25,9 @@ export class BlobStore {
     private readonly durable = true,
   ) {}
 
+  /** Shard directories this process has created (or found): each is made once, not per write. */
+  private readonly shardsMade = new Set<string>();
+
   pathOf(digest: Digest): string {
     return join(this.blobsDir, digest.slice(0, 2), digest.slice(2));
   }
@@ -50,19 +53,29 @@ export class BlobStore {
     const tmp = join(this.tmpDir, `${digest}.${randomBytes(8).toString('hex')}`);
     let fh: StoreFileHandle | undefined;
     try {
-      await this.fs.mkdir(dirname(dest), { recursive: true });
+      if (!this.shardsMade.has(dirname(dest))) {
+        await this.fs.mkdir(dirname(dest), { recursive: true });
+        this.shardsMade.add(dirname(dest));
+      }
       fh = await this.fs.open(tmp, 'wx');
       for (let off = 0; off < data.length; ) {
         const { bytesWritten } = await fh.write(data, off, data.length - off, off);
         if (bytesWritten <= 0) throw new Error(`blob ${digest}: write made no progress at ${off}/${data.length}`);
         off += bytesWritten;
       }
-      if (this.durable) await fh.sync();
-      const { size } = await fh.stat();
-      if (size !== data.length) throw new Error(`blob ${digest}: wrote ${size} bytes, expected ${data.length}`);
+      if (this.durable) {
+        await fh.sync();
+        const { size } = await fh.stat();
+        if (size !== data.length) throw new Error(`blob ${digest}: wrote ${size} bytes, expected ${data.length}`);
+      }
       await fh.close();
       fh = undefined;
-      await this.fs.rename(tmp, dest);
+      await this.fs.rename(tmp, dest).catch(async (e: unknown) => {
+        // The shard directory went away under us (removed by hand): make it again, once.
+        if (errno(e) !== 'ENOENT') throw e;
+        await this.fs.mkdir(dirname(dest), { recursive: true });
+        await this.fs.rename(tmp, dest);
+      });
     } catch (e) {
       await fh?.close().catch(() => {});
       await this.fs.unlink(tmp).catch(() => {});
@@ -122,6 +135,7 @@ export class BlobStore {
 
   /** Deletes every blob file. tmp/ is left to the writes in flight that own its files. */
   async removeAll(): Promise<void> {
+    this.shardsMade.clear();
     for (const n of await this.fs.readdir(this.blobsDir)) {
       await this.fs.rm(join(this.blobsDir, n), { recursive: true, force: true });
     }
