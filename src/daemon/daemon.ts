@@ -283,6 +283,7 @@ export class Daemon {
     const err: Buffer[] = [];
     const refuse = (message: string): DistributionReply => ({ exit: 1, stdout: Buffer.alloc(0), stderr: Buffer.from(`ltocache: distribute: ${message}\n`) });
     if (req.args.length !== 1 || req.args[0]!.startsWith('-')) return refuse(DISTRIBUTE_USAGE);
+    const started = performance.now();
     let jobs: PlannedJob[];
     try {
       ({ jobs } = await planDistribution(req.args[0]!, req.cwd, req.env));
@@ -290,11 +291,12 @@ export class Daemon {
       if (e instanceof DistributeError) return refuse(e.message);
       throw e;
     }
+    const planned = performance.now();
     const runOne = async (job: PlannedJob): Promise<JobRun> => {
       if (signal.aborted) return { code: 1, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
       const jr: JobRequest = { compiler: resolve(req.cwd, job.argv[0]!), args: job.argv.slice(1), cwd: req.cwd, env: req.env, umask: req.umask };
       const startedAt = Date.now();
-      const o = await this.compile(jr, { signal });
+      const o = await this.compile(jr, { signal, memo: false });
       this.recordJob(jr, o, startedAt);
       if (o.kind === 'hit') return { code: 0, signal: null, stdout: o.stdout, stderr: o.stderr };
       if (o.kind === 'miss') return { code: o.exitCode, signal: signalName(o.signal), stdout: o.stdout, stderr: o.stderr };
@@ -315,6 +317,7 @@ export class Daemon {
       run: runOne,
       write: (stream, b) => (stream === 'stdout' ? out : err).push(b),
     });
+    this.log.info('distribution', { cwd: req.cwd, jobs: jobs.length, exit, plan_ms: Math.round(planned - started), ms: Math.round(performance.now() - started) });
     return { exit, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
   }
 
