@@ -95,7 +95,7 @@ describe('DTLTO through ltocache (lld 22)', () => {
     assert.deepEqual(bars.at(-1), [t.modules.length, 0]);
   });
 
-  test('the warm relink is the daemon\'s alone: no Node process for the distributor (LTOCACHE_NODE=/nonexistent), byte-identical', () => {
+  test("the warm relink is the daemon's alone: no Node process for the distributor (LTOCACHE_NODE=/nonexistent), byte-identical", () => {
     const env = { ...cache.env, LTOCACHE_NODE: '/nonexistent' };
     const d = delta(cache, () => ok(lldForm(env, { out: 'prog.native' }), 'relink without node'));
     assert.deepEqual(d, { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 });
@@ -201,7 +201,11 @@ describe('DTLTO through ltocache (lld 22)', () => {
     // The same through the Node CLI (the fallback): the same line for the first job (how many
     // others started before the failure stopped the queue depends on the parallelism).
     const viaNode = lldForm({ ...cache.env, LTOCACHE_DISABLE: '1' }, { out: 'prog.fail', extra: ['--thinlto-remote-compiler-arg=-march=no-such-cpu'] });
-    const mine = (e: string) => e.split('\n').filter((l) => l.startsWith('ltocache distribute:')).map((l) => l.replace(/\.\d+\.\d+\.native\.o/g, '.N.native.o').replace(/\S+\.dist-file\.json|\d+\.native/g, ''));
+    const mine = (e: string) =>
+      e
+        .split('\n')
+        .filter((l) => l.startsWith('ltocache distribute:'))
+        .map((l) => l.replace(/\.\d+\.\d+\.native\.o/g, '.N.native.o').replace(/\S+\.dist-file\.json|\d+\.native/g, ''));
     assert.notEqual(viaNode.status, 0);
     assert.match(viaNode.stderr, /unknown target CPU 'no-such-cpu'/);
     assert.equal(mine(viaNode.stderr)[0], mine(r.stderr)[0]);

@@ -102,7 +102,10 @@ test("distribution request 'T': the 'C' layout with the compiler \"distribute\";
   assert.equal(payload[0], 0x54);
   const decoded = decodeDistributeRequest(payload);
   assert.deepEqual({ ...decoded, env: { ...decoded.env } }, req);
-  assert.deepEqual(payload, rawRequest({ type: 0x54, flags: 1, umask: 0o022, compiler: 'distribute', cwd: sample.cwd, args: req.args, env: Object.entries(sample.env).map(([k, v]) => `${k}=${v}`) }));
+  assert.deepEqual(
+    payload,
+    rawRequest({ type: 0x54, flags: 1, umask: 0o022, compiler: 'distribute', cwd: sample.cwd, args: req.args, env: Object.entries(sample.env).map(([k, v]) => `${k}=${v}`) }),
+  );
   rejects(() => decodeDistributeRequest(rawRequest({ type: 0x54, compiler: '/usr/bin/clang' })), /invalid distribution request 'T'.*compiler/);
   rejects(() => decodeDistributeRequest(payloadOf(encodeCompileRequest(sample))), /expected distribution request 'T'/);
   rejects(() => decodeCompileRequest(payload), /expected compile request 'C'/);
