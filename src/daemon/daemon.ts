@@ -13,6 +13,7 @@ import { DenyList, type DenyRecord } from '../pipeline/denyList.js';
 import type { JobRequest } from '../pipeline/jobPipeline.js';
 import { type JobOutcome, JobPipeline } from '../pipeline/jobPipeline.js';
 import { runCompiler } from '../pipeline/runCompiler.js';
+import { Semaphore } from '../pipeline/semaphore.js';
 import { type DistributeRequest, socketPathFor } from '../protocol/clientFrames.js';
 import type { ControlRequest } from '../protocol/control.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
@@ -62,6 +63,8 @@ export class Daemon {
   private savedHashed = -1;
   private lastDigestSave = 0;
   private stopping: Promise<void> | null = null;
+  /** Compiles a distribution runs outside the pipeline (jobs it cannot key), `jobs` at a time. */
+  private readonly directRuns: Semaphore;
 
   private constructor(
     readonly config: Config,
@@ -71,6 +74,7 @@ export class Daemon {
   ) {
     this.socketPath = socketPathFor(config.dir, process.getuid!());
     this.jobLog = new JobLog(store, config.build_gap_ms);
+    this.directRuns = new Semaphore(config.jobs);
     this.stopped = new Promise((r) => (this.markStopped = r));
     if (config.remote) {
       this.remote = new RemoteBackend({
@@ -300,6 +304,7 @@ export class Daemon {
       this.recordJob(jr, o, startedAt);
       if (o.kind === 'hit') return { code: 0, signal: null, stdout: o.stdout, stderr: o.stderr };
       if (o.kind === 'miss') return { code: o.exitCode, signal: signalName(o.signal), stdout: o.stdout, stderr: o.stderr };
+      const release = await this.directRuns.acquire();
       this.lifecycle.jobStarted();
       try {
         const r = await runCompiler({ ...jr, signal });
@@ -308,6 +313,7 @@ export class Daemon {
         return { code: 127, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.from(`ltocache: cannot execute '${jr.compiler}': ${(e as Error).message}\n`) };
       } finally {
         this.lifecycle.jobEnded();
+        release();
       }
     };
     // Hits cost I/O, not CPU, and the pipeline bounds compiles by `jobs` itself.
