@@ -180,11 +180,11 @@ async function main(): Promise<void> {
     const warm = Array.from({ length: RUNS }, () => jobsOf(alice, () => link(ltocache, alice.env).ms));
     for (const _ of warm) compare(ref0);
     rows.push({ what: 'DTLTO through ltocache, warm', ms: median(warm.map((w) => w.ms)), jobs: `${Math.min(...warm.map((w) => w.hits))}/${n} hits` });
-    // The fixed cost of a distributor run: bin/ltocache → node → CLI, a file with no jobs.
+    // The fixed cost of a distributor run: bin/ltocache → daemon ('T') → reply, a file with no jobs.
     const empty = join(dir, 'empty.dist-file.json');
     writeFileSync(empty, JSON.stringify({ common: { linker_output: 'prog', args: [CLANG], inputs: [] }, jobs: [] }));
     rows.push({
-      what: '  of which: `ltocache distribute` start-up alone (a file with no jobs)',
+      what: '  of which: `ltocache distribute` fixed cost alone (client → daemon → reply, a file with no jobs)',
       ms: median(Array.from({ length: RUNS }, () => sh(CLIENT, ['distribute', empty], dir, alice.env).ms)),
     });
     const deadline = Date.now() + 60_000;

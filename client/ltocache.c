@@ -15,7 +15,10 @@
  *
  * Modes (decided by basename(argv[0])):
  *   prefix:     "ltocache <compiler> <args...>"; "ltocache" alone or with a CLI sub-command
- *               (stats, daemon, ...) execs the TypeScript CLI under node instead.
+ *               (stats, daemon, ...) execs the TypeScript CLI under node instead, except
+ *               "ltocache distribute ..." (lld's DTLTO distributor), which is first handed to the
+ *               daemon whole (one 'T' frame, answered like a compile) and runs the CLI only when
+ *               the daemon cannot take it.
  *   masquerade: a symlink named like the compiler (clang, clang-19, ...) pointing here; the real
  *               compiler is the next executable of that name on PATH that is not this program.
  *
@@ -529,20 +532,21 @@ static void put_str(struct buf *b, const char *s) {
     put(b, s, n);
 }
 
-/* Builds the whole 'C' frame (length prefix included). Returns 0, or -1 (fall back). */
-static int build_request(struct buf *b, const char *abs_compiler, const char *cwd, char **args,
-                         int nargs) {
+/* Builds a whole request frame (length prefix included): 'C' for a compile, 'T' for a DTLTO
+ * distribution (same layout; `compiler` is then "distribute"). Returns 0, or -1 (fall back). */
+static int build_request(struct buf *b, unsigned type, uint32_t flags, const char *compiler,
+                         const char *cwd, char **args, int nargs) {
     mode_t mask = umask(0);
     umask(mask);
     size_t envc = 0;
     for (char **e = environ; *e; e++) envc++;
 
     put_u32(b, 0);  /* length placeholder */
-    put_u8(b, LTOC_FRAME_COMPILE);
+    put_u8(b, type);
     put_u8(b, LTOC_PROTOCOL_VERSION);
-    put_u32(b, (isatty(2) ? LTOC_FLAG_STDERR_TTY : 0) | LTOC_FLAG_COMPILES_ON_MISS);
+    put_u32(b, (isatty(2) ? LTOC_FLAG_STDERR_TTY : 0) | flags);
     put_u32(b, (uint32_t)(mask & 0777));
-    put_str(b, abs_compiler);
+    put_str(b, compiler);
     put_str(b, cwd);
     put_u32(b, (uint32_t)nargs);
     for (int i = 0; i < nargs; i++) put_str(b, args[i]);
@@ -811,7 +815,8 @@ static void run_via_daemon(const struct job *j) {
     if (memo_cache) memo_serve(memo_cache, abs, cwd, j->argc - 1, j->argv + 1);
     free(memo_cache);
     struct buf req = {0};
-    int built = abs && build_request(&req, abs, cwd, j->argv + 1, j->argc - 1) == 0;
+    int built = abs && build_request(&req, LTOC_FRAME_COMPILE, LTOC_FLAG_COMPILES_ON_MISS, abs, cwd,
+                                     j->argv + 1, j->argc - 1) == 0;
     free(abs);
     free(cwd);
     if (!built) { free(req.p); return; }
@@ -834,6 +839,31 @@ static void run_via_daemon(const struct job *j) {
     if (ok) exit_like(status, sig);
     /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or
      * unknown: fall back. The reason string of a 'P' is for the daemon's logs, not ours. */
+}
+
+/* `ltocache distribute ARGS...` (lld's DTLTO distributor): hands the whole distribution to the
+ * daemon in one 'T' frame and replays its 'R' (the daemon reads the file and runs every job).
+ * Returns only when the caller must fall back to the Node CLI: no daemon, 'P', anything else. */
+static void distribute_via_daemon(int argc, char **argv) {
+    char *cwd = current_dir();
+    if (!cwd) return;
+    struct buf req = {0};
+    int built = build_request(&req, LTOC_FRAME_DISTRIBUTE, 0, "distribute", cwd, argv + 2,
+                              argc - 2) == 0;
+    free(cwd);
+    if (!built) { free(req.p); return; }
+    int fd = connect_daemon();
+    if (fd < 0) { free(req.p); return; }
+    int sent = write_all(fd, req.p, req.len, 1) == 0;
+    free(req.p);
+    uint32_t n = 0;
+    unsigned char *reply = sent ? read_reply(fd, &n) : NULL;
+    close(fd);
+    if (!reply) return;
+    int status = 0, sig = 0;
+    int ok = reply[0] == LTOC_FRAME_RESULT && replay_result(reply, n, &status, &sig) == 0;
+    free(reply);
+    if (ok) exit_like(status, sig);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -914,6 +944,10 @@ int main(int argc, char **argv) {
     if (prefix) {
         if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0))
             print_client_version();
+        if (argc >= 2 && strcmp(argv[1], "distribute") == 0 && !skip.self_exec) {
+            const char *off = env_nonempty("LTOCACHE_DISABLE");
+            if (!(off && strcmp(off, "0") != 0)) distribute_via_daemon(argc, argv);
+        }
         if (argc < 2 || is_cli_command(argv[1])) exec_cli(argc, argv);
         given = argv[1];
         j.argv = argv + 1;

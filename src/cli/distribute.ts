@@ -1,173 +1,27 @@
 import { spawn } from 'node:child_process';
-import { constants, realpathSync } from 'node:fs';
-import { access, readFile, stat } from 'node:fs/promises';
-import { delimiter, dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.js';
-import { parseJob } from '../key/parseJob.js';
-import { DistFile, DTLTO_LIMITS, distFileError } from '../protocol/dtlto.js';
+import { DISTRIBUTE_USAGE, DistributeError, executable, type JobRun, planDistribution, runDistribution } from '../dtlto/distribution.js';
 
 /**
- * `ltocache distribute FILE.json`: an LLVM DTLTO distributor. lld runs it in its own cwd as
- * `EXE [--thinlto-distributor-arg…] FILE.json`, waits, and links the objects the jobs wrote.
- * Each job (`common.args + job.args`) runs through the native client, so it takes the path every
- * backend job takes (memo, daemon key and lookup, team cache, compile on a miss, identical jobs
- * once); one Node process per link, not per job.
+ * `ltocache distribute FILE.json` in Node: an LLVM DTLTO distributor. lld runs it in its own cwd
+ * as `EXE [--thinlto-distributor-arg…] FILE.json`, waits, and links the objects the jobs wrote.
+ * The native client normally hands the whole distribution to the daemon ('T', docs/dtlto.md);
+ * this path serves when the daemon cannot. Each job (`common.args + job.args`) runs through the
+ * native client, so it takes the path every backend job takes (memo, daemon, team cache, compile
+ * on a miss, or the compiler directly when there is no daemon).
  */
 
-export class DistributeError extends Error {}
+export { DistributeError };
 
 /** The native client beside this CLI: `<top>/bin/ltocache`, from dist/src/cli/. */
 export function nativeClient(): string {
   return join(dirname(realpathSync(fileURLToPath(import.meta.url))), '..', '..', '..', 'bin', 'ltocache');
 }
 
-export interface PlannedJob {
-  n: number;
-  argv: string[];
-  outputs: string[];
-}
-
-async function executable(p: string): Promise<boolean> {
-  try {
-    await access(p, constants.X_OK);
-    return (await stat(p)).isFile();
-  } catch {
-    return false;
-  }
-}
-
-async function findCompiler(name: string, cwd: string, env: NodeJS.ProcessEnv): Promise<string | null> {
-  if (name.includes('/')) return (await executable(resolve(cwd, name))) ? name : null;
-  for (const dir of (env.PATH ?? '').split(delimiter)) {
-    if (dir && (await executable(join(dir, name)))) return join(dir, name);
-  }
-  return null;
-}
-
-/** Inside `dir` (not `dir` itself), by path: no `..` escape, not elsewhere when absolute. */
-function within(dir: string, abs: string): boolean {
-  const rel = relative(dir, abs);
-  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
-}
-
-/** `-o X` / `-oX` values in a command line. */
-function outputFlags(args: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (a === '-o') out.push(args[++i] ?? '');
-    else if (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob')) out.push(a.slice(2));
-  }
-  return out;
-}
-
-/**
- * Reads and checks a distribution file without running or writing anything. Refuses (one line
- * naming the problem): malformed JSON, a missing or mistyped field, sizes over DTLTO_LIMITS, NUL
- * bytes, a missing compiler or input, an output outside the linker output's directory (by `..`,
- * an absolute path elsewhere, or a symlinked directory), an output that is also an input or
- * declared twice, a `-o` (or a derived output such as a `.dwo`) that is not a declared output.
- */
-export async function planDistribution(file: string, cwd: string, env: NodeJS.ProcessEnv): Promise<{ compiler: string; jobs: PlannedJob[] }> {
-  let text: string;
-  try {
-    const st = await stat(file);
-    if (st.size > DTLTO_LIMITS.maxFileBytes) throw new DistributeError(`${file}: ${st.size} bytes; the limit is ${DTLTO_LIMITS.maxFileBytes}`);
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    if (e instanceof DistributeError) throw e;
-    throw new DistributeError(`cannot read ${file}: ${(e as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new DistributeError(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
-  const parsed = DistFile.safeParse(raw);
-  if (!parsed.success) throw new DistributeError(`${file}: ${distFileError(parsed.error)}`);
-  const d = parsed.data;
-
-  const compilerName = d.common.args[0]!;
-  const compiler = await findCompiler(compilerName, cwd, env);
-  if (!compiler) throw new DistributeError(`compiler ${compilerName} (common.args[0]) not found or not executable`);
-
-  const linkerDir = dirname(resolve(cwd, d.common.linker_output));
-  let linkerDirReal: string;
-  try {
-    linkerDirReal = realpathSync(linkerDir);
-  } catch {
-    throw new DistributeError(`the linker output's directory ${linkerDir} does not exist`);
-  }
-  const inputs = new Set<string>();
-  const checked = new Map<string, boolean>();
-  const addInputs = async (list: string[], where: string) => {
-    for (const p of list) {
-      const abs = resolve(cwd, p);
-      inputs.add(abs);
-      let ok = checked.get(abs);
-      if (ok === undefined) {
-        ok = await stat(abs).then(
-          (s) => s.isFile(),
-          () => false,
-        );
-        checked.set(abs, ok);
-      }
-      if (!ok) throw new DistributeError(`${where}: input ${p} does not exist or is not a regular file`);
-    }
-  };
-  await addInputs(d.common.inputs ?? [], 'common.inputs');
-  for (const [n, j] of d.jobs.entries()) await addInputs(j.inputs, `jobs[${n}]`);
-  inputs.add(resolve(cwd, d.common.linker_output));
-  inputs.add(resolve(cwd, file));
-
-  const outputs = new Set<string>();
-  const jobs: PlannedJob[] = [];
-  for (const [n, j] of d.jobs.entries()) {
-    const declared = new Set<string>();
-    for (const o of j.outputs) {
-      const abs = resolve(cwd, o);
-      if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: output ${o} is outside the linker output's directory ${linkerDir}`);
-      const parentReal = await stat(dirname(abs)).then(
-        () => realpathSync(dirname(abs)),
-        () => null,
-      );
-      if (parentReal === null) throw new DistributeError(`jobs[${n}]: the directory of output ${o} does not exist`);
-      if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal))
-        throw new DistributeError(`jobs[${n}]: output ${o} resolves outside the linker output's directory (through a symbolic link)`);
-      if (inputs.has(abs)) throw new DistributeError(`jobs[${n}]: output ${o} is also an input`);
-      if (outputs.has(abs)) throw new DistributeError(`jobs[${n}]: output ${o} is declared twice`);
-      outputs.add(abs);
-      declared.add(abs);
-    }
-    const args = [...d.common.args.slice(1), ...j.args];
-    for (const o of outputFlags(args)) {
-      if (!declared.has(resolve(cwd, o))) throw new DistributeError(`jobs[${n}]: -o ${o} is not one of the job's declared outputs`);
-    }
-    // Outputs clang derives from -o (.dwo, .su, optimisation records) must stay beside the declared ones.
-    const p = await parseJob(args, cwd);
-    if (p.kind === 'job') {
-      for (const o of p.job.outputs) {
-        const abs = resolve(cwd, o.path);
-        if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: clang would write ${o.path} outside the linker output's directory`);
-        // Also a -o inside a response file.
-        if (o.role === 'obj' && !declared.has(abs)) throw new DistributeError(`jobs[${n}]: -o ${o.path} is not one of the job's declared outputs`);
-      }
-    }
-    jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs });
-  }
-  return { compiler, jobs };
-}
-
-interface JobResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: Buffer;
-  stderr: Buffer;
-}
-
-function runThroughClient(client: string, argv: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<JobResult> {
+function runThroughClient(client: string, argv: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<JobRun> {
   return new Promise((res) => {
     const c = spawn(client, argv, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
@@ -179,50 +33,16 @@ function runThroughClient(client: string, argv: string[], cwd: string, env: Node
   });
 }
 
-/** Runs a planned distribution; resolves with the exit status for lld (0: every job wrote its outputs). */
-export async function runDistribution(jobs: PlannedJob[], o: { cwd: string; env: NodeJS.ProcessEnv; parallel: number; client: string }): Promise<number> {
-  let next = 0;
-  const failed: { job: PlannedJob; r: JobResult }[] = [];
-  const worker = async () => {
-    while (next < jobs.length && failed.length === 0) {
-      const job = jobs[next++]!;
-      const r = await runThroughClient(o.client, job.argv, o.cwd, o.env);
-      // Each job's output is written whole, so parallel jobs never interleave their diagnostics.
-      if (r.stdout.length) process.stdout.write(r.stdout);
-      if (r.stderr.length) process.stderr.write(r.stderr);
-      if (r.code !== 0) failed.push({ job, r });
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(o.parallel, jobs.length)) }, worker));
-  if (failed.length) {
-    for (const { job, r } of failed) {
-      const how = r.signal ? `was killed by ${r.signal}` : `exited with status ${r.code}`;
-      process.stderr.write(`ltocache distribute: job ${job.n} (${job.outputs.join(', ')}) failed: the compiler ${how}: ${job.argv.join(' ')}\n`);
-    }
-    return 1;
-  }
-  for (const job of jobs) {
-    for (const out of job.outputs) {
-      const ok = await stat(resolve(o.cwd, out)).then(
-        (s) => s.isFile(),
-        () => false,
-      );
-      if (!ok) {
-        process.stderr.write(`ltocache distribute: job ${job.n} did not write its declared output ${out}\n`);
-        return 1;
-      }
-    }
-  }
-  return 0;
-}
-
 export async function runDistribute(config: Config, args: string[]): Promise<void> {
-  if (args.length !== 1 || args[0]!.startsWith('-'))
-    throw new DistributeError('usage: ltocache distribute FILE.json (lld: --thinlto-distributor=…/bin/ltocache --thinlto-distributor-arg=distribute)');
+  if (args.length !== 1 || args[0]!.startsWith('-')) throw new DistributeError(DISTRIBUTE_USAGE);
   const cwd = process.cwd();
   const client = nativeClient();
   if (!(await executable(client))) throw new DistributeError(`the native client ${client} is missing (run npm run build)`);
   const { jobs } = await planDistribution(args[0]!, cwd, process.env);
-  const status = await runDistribution(jobs, { cwd, env: process.env, parallel: config.jobs, client });
-  process.exitCode = status;
+  process.exitCode = await runDistribution(jobs, {
+    cwd,
+    parallel: config.jobs,
+    run: (job) => runThroughClient(client, job.argv, cwd, process.env),
+    write: (stream, b) => (stream === 'stdout' ? process.stdout : process.stderr).write(b),
+  });
 }

@@ -1,7 +1,8 @@
 import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
+import { DISTRIBUTE_USAGE, DistributeError, type JobRun, type PlannedJob, planDistribution, runDistribution, signalName } from '../dtlto/distribution.js';
 import { answerFromLog } from '../explain/answerFromLog.js';
 import { JobLog, type JobResult } from '../jobLog/jobLog.js';
 import { FileDigests } from '../key/fileDigests.js';
@@ -11,7 +12,9 @@ import { MemoStore } from '../memo/memoStore.js';
 import { DenyList, type DenyRecord } from '../pipeline/denyList.js';
 import type { JobRequest } from '../pipeline/jobPipeline.js';
 import { type JobOutcome, JobPipeline } from '../pipeline/jobPipeline.js';
-import { type CompileRequest, socketPathFor } from '../protocol/clientFrames.js';
+import { runCompiler } from '../pipeline/runCompiler.js';
+import { Semaphore } from '../pipeline/semaphore.js';
+import { type DistributeRequest, socketPathFor } from '../protocol/clientFrames.js';
 import type { ControlRequest } from '../protocol/control.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
 import { UploadQueue } from '../remote/uploadQueue.js';
@@ -23,7 +26,7 @@ import { readOnly, type TierEvent, tiered } from '../store/policies.js';
 import { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
 import { Lifecycle } from './lifecycle.js';
-import { runSession } from './session.js';
+import { type DistributionReply, runSession } from './session.js';
 
 /** The digest memo saved between runs (toolchain libraries, inputs): cache-schema/file-digests.v1.json. */
 const DIGESTS_FILE = 'digests.json';
@@ -62,6 +65,8 @@ export class Daemon {
   private savedHashed = -1;
   private lastDigestSave = 0;
   private stopping: Promise<void> | null = null;
+  /** Compiles a distribution runs outside the pipeline (jobs it cannot key), `jobs` at a time. */
+  private readonly directRuns: Semaphore;
 
   private constructor(
     readonly config: Config,
@@ -71,6 +76,7 @@ export class Daemon {
   ) {
     this.socketPath = socketPathFor(config.dir, process.getuid!());
     this.jobLog = new JobLog(store, config.build_gap_ms);
+    this.directRuns = new Semaphore(config.jobs);
     this.stopped = new Promise((r) => (this.markStopped = r));
     if (config.remote) {
       this.remote = new RemoteBackend({
@@ -122,6 +128,7 @@ export class Daemon {
           compile: (req, ctx) => this.compile(req, ctx),
           compiled: (req, outcome, startedAt) => this.recordJob(req, outcome, startedAt),
           control: (req) => this.control(req),
+          distribute: (req, signal) => this.distribute(req, signal),
         }),
       onIdle: () => void this.stop(),
       flush: () => this.flushCounters(),
@@ -269,7 +276,7 @@ export class Daemon {
     }
   }
 
-  private async compile(req: CompileRequest, ctx: Parameters<JobPipeline['runJob']>[1]): Promise<JobOutcome> {
+  private async compile(req: JobRequest, ctx: Parameters<JobPipeline['runJob']>[1]): Promise<JobOutcome> {
     this.lifecycle.jobStarted();
     try {
       return await this.pipeline.runJob(req, ctx);
@@ -278,7 +285,57 @@ export class Daemon {
     }
   }
 
-  private recordJob(req: CompileRequest, o: JobOutcome, startedAt: number): void {
+  /**
+   * A whole DTLTO distribution in this process: the checks of `ltocache distribute`, then every
+   * job through the pipeline (a hit is materialized, a miss compiled here under the `jobs` limit)
+   * and recorded like a compile. A job the pipeline cannot serve or key runs the compiler here.
+   */
+  private async distribute(req: DistributeRequest, signal: AbortSignal): Promise<DistributionReply> {
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const refuse = (message: string): DistributionReply => ({ exit: 1, stdout: Buffer.alloc(0), stderr: Buffer.from(`ltocache: distribute: ${message}\n`) });
+    if (req.args.length !== 1 || req.args[0]!.startsWith('-')) return refuse(DISTRIBUTE_USAGE);
+    const started = performance.now();
+    let jobs: PlannedJob[];
+    try {
+      ({ jobs } = await planDistribution(req.args[0]!, req.cwd, req.env));
+    } catch (e) {
+      if (e instanceof DistributeError) return refuse(e.message);
+      throw e;
+    }
+    const planned = performance.now();
+    const runOne = async (job: PlannedJob): Promise<JobRun> => {
+      if (signal.aborted) return { code: 1, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+      const jr: JobRequest = { compiler: resolve(req.cwd, job.argv[0]!), args: job.argv.slice(1), cwd: req.cwd, env: req.env, umask: req.umask };
+      const startedAt = Date.now();
+      const o = await this.compile(jr, { signal, memo: false });
+      this.recordJob(jr, o, startedAt);
+      if (o.kind === 'hit') return { code: 0, signal: null, stdout: o.stdout, stderr: o.stderr };
+      if (o.kind === 'miss') return { code: o.exitCode, signal: signalName(o.signal), stdout: o.stdout, stderr: o.stderr };
+      const release = await this.directRuns.acquire();
+      this.lifecycle.jobStarted();
+      try {
+        const r = await runCompiler({ ...jr, signal });
+        return { code: r.exitCode, signal: signalName(r.signal), stdout: r.stdout, stderr: r.stderr };
+      } catch (e) {
+        return { code: 127, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.from(`ltocache: cannot execute '${jr.compiler}': ${(e as Error).message}\n`) };
+      } finally {
+        this.lifecycle.jobEnded();
+        release();
+      }
+    };
+    // Hits cost I/O, not CPU, and the pipeline bounds compiles by `jobs` itself.
+    const exit = await runDistribution(jobs, {
+      cwd: req.cwd,
+      parallel: this.config.jobs * 4,
+      run: runOne,
+      write: (stream, b) => (stream === 'stdout' ? out : err).push(b),
+    });
+    this.log.info('distribution', { cwd: req.cwd, jobs: jobs.length, exit, plan_ms: Math.round(planned - started), ms: Math.round(performance.now() - started) });
+    return { exit, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+  }
+
+  private recordJob(req: JobRequest, o: JobOutcome, startedAt: number): void {
     if ((o.kind === 'uncacheable' || o.kind === 'error') && !o.record) return;
     const result: JobResult = o.kind === 'hit' ? (o.tier === 'remote' ? 'remote-hit' : 'hit') : o.kind;
     const reason = o.kind === 'uncacheable' ? `${o.reason}: ${o.detail}` : o.kind === 'error' ? o.error : undefined;

@@ -3,7 +3,9 @@ import { ClientCompileError, type JobContext, type JobOutcome } from '../pipelin
 import type { CompilerRun } from '../pipeline/runCompiler.js';
 import {
   type CompileRequest,
+  type DistributeRequest,
   decodeCompileRequest,
+  decodeDistributeRequest,
   decodeDone,
   decodeJson,
   encodeAck,
@@ -16,7 +18,7 @@ import {
   ProtocolError,
 } from '../protocol/clientFrames.js';
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
-import { FRAME_COMPILE, FRAME_JSON, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
+import { FRAME_COMPILE, FRAME_DISTRIBUTE, FRAME_JSON, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
 import { type Counters, ErrorKind } from '../stats/counters.js';
 import type { Logger } from '../util/log.js';
 
@@ -31,10 +33,20 @@ export interface SessionHandlers {
   /** Called once the answer to a compile request has been written. */
   compiled(req: CompileRequest, outcome: JobOutcome, startedAt: number): void;
   control(req: ControlRequest): Promise<unknown>;
+  /** Runs a whole DTLTO distribution; resolves with what the client replays. */
+  distribute(req: DistributeRequest, signal: AbortSignal): Promise<DistributionReply>;
+}
+
+/** What the distributor prints and how it exits. */
+export interface DistributionReply {
+  exit: number;
+  stdout: Buffer;
+  stderr: Buffer;
 }
 
 /**
- * One client connection. The first frame is the request: 'C' a compile, 'J' a control request.
+ * One client connection. The first frame is the request: 'C' a compile, 'T' a DTLTO distribution,
+ * 'J' a control request.
  * Anything after it is ignored, except the one 'D' frame that answers an 'M' we sent, read with a
  * fresh decoder from the moment the 'M' is sent.
  */
@@ -49,7 +61,7 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
       decoder = new FrameDecoder(MAX_DONE_PAYLOAD);
       waiter = { res, rej };
     });
-  // While a compile request is in progress, 'W' every KEEPALIVE_INTERVAL_MS tells the client we
+  // While a compile or distribution request is in progress, 'W' every KEEPALIVE_INTERVAL_MS tells the client we
   // are alive (its silence timeout then compiles directly); not while the client compiles (we
   // await its 'D'), nor after our answer.
   let keepalive: NodeJS.Timeout | undefined;
@@ -77,7 +89,7 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
     if (!handled) {
       handled = true;
       decoder = null;
-      if (frame[0] === FRAME_COMPILE) {
+      if (frame[0] === FRAME_COMPILE || frame[0] === FRAME_DISTRIBUTE) {
         keepalive = setInterval(() => {
           if (!waiter && !sock.writableEnded && !sock.destroyed) sock.write(encodeWait());
         }, KEEPALIVE_INTERVAL_MS);
@@ -106,6 +118,18 @@ async function dispatch(frame: Buffer, sock: Socket, signal: AbortSignal, nextFr
         return;
       }
       await compile(req, sock, signal, nextFrame, h);
+    } else if (type === FRAME_DISTRIBUTE) {
+      let req: DistributeRequest;
+      try {
+        req = decodeDistributeRequest(frame);
+      } catch (e) {
+        h.counters.error(ErrorKind.protocol);
+        h.log.warn('malformed distribution request', { error: (e as Error).message });
+        sock.end(encodePassthrough(`malformed request: ${(e as Error).message}`));
+        return;
+      }
+      const r = await h.distribute(req, signal);
+      if (!signal.aborted) sock.end(encodeResult({ exit: r.exit, signal: 0 }, r.stdout, r.stderr));
     } else if (type === FRAME_JSON) {
       let json: unknown;
       try {

@@ -40,6 +40,9 @@ export interface JobContext {
    * pipeline runs the compiler. A rejection with a ClientCompileError is counted as its kind.
    */
   compileOnClient?: () => Promise<CompilerRun>;
+  /** False when no client will ever check a memo for this command (a distribution run by the
+   * daemon, whose output names change every link): then none is written. */
+  memo?: boolean;
 }
 
 /** A failure of `compileOnClient` that is not the compiler's (the requester broke the exchange). */
@@ -180,7 +183,8 @@ export class JobPipeline {
       this.o.log.info('uncacheable job', { reason: keyed.reason, detail: keyed.detail, cwd: req.cwd });
       return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
     }
-    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
+    const memo = ctx.memo !== false;
+    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(memo && keyed.checks ? { checks: keyed.checks } : {}) };
     const served = await this.lookup(k, job.outputs, req);
     if (served) return served;
 
@@ -205,7 +209,7 @@ export class JobPipeline {
       if (k.checks && checksHold(k.checks, req.env)) return true;
       const again = await this.keyer(job, req);
       if (again.kind !== 'key' || again.key !== k.key) return false;
-      if (again.checks) k.checks = again.checks;
+      if (memo && again.checks) k.checks = again.checks;
       return true;
     };
     const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent, (entry) => this.writeMemo(k, entry, job.outputs, req));

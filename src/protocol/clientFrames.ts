@@ -15,6 +15,9 @@
  *   'W' keepalive        daemon → client  u8 'W'  (still working; the client skips it)
  *   'A' acknowledged     daemon → client  u8 'A'  (the result is taken; the client exits)
  *   'J' JSON control     TS CLI ↔ daemon  u8 'J', UTF-8 JSON (never sent by the C client)
+ *   'T' distribution     client → daemon  the 'C' layout with type 'T', compiler "distribute"
+ *                                          and args = the distributor's arguments (FILE.json);
+ *                                          answered with 'R' (or 'P': the client runs the CLI)
  *
  * Byte strings: on the wire, args, env entries and paths are arbitrary bytes (Unix argv).
  * Here they are decoded as UTF-8 *strictly*: a request whose strings are not valid UTF-8 is
@@ -38,6 +41,7 @@ import {
   FRAME_ACK,
   FRAME_COMPILE,
   FRAME_COMPILE_YOURSELF,
+  FRAME_DISTRIBUTE,
   FRAME_DONE,
   FRAME_JSON,
   FRAME_PASSTHROUGH,
@@ -56,6 +60,7 @@ export {
   FRAME_ACK,
   FRAME_COMPILE,
   FRAME_COMPILE_YOURSELF,
+  FRAME_DISTRIBUTE,
   FRAME_DONE,
   FRAME_JSON,
   FRAME_PASSTHROUGH,
@@ -262,9 +267,23 @@ function typeByte(payload: Buffer, expected: number, what: string): void {
   }
 }
 
+/** A whole DTLTO distribution ('T'): the compile request's fields, the compiler being the
+ * distributor's name and the arguments the distributor's (the distribution file). */
+export const DistributeRequest = CompileRequest.extend({ compiler: z.literal('distribute') });
+export type DistributeRequest = z.infer<typeof DistributeRequest>;
+
 /** Parses a 'C' payload (without the length prefix). Throws ProtocolError on anything wrong. */
 export function decodeCompileRequest(payload: Buffer): CompileRequest {
-  typeByte(payload, FRAME_COMPILE, "compile request 'C'");
+  return decodeRequest(payload, FRAME_COMPILE, "compile request 'C'", CompileRequest);
+}
+
+/** Parses a 'T' payload (without the length prefix). Throws ProtocolError on anything wrong. */
+export function decodeDistributeRequest(payload: Buffer): DistributeRequest {
+  return decodeRequest(payload, FRAME_DISTRIBUTE, "distribution request 'T'", DistributeRequest);
+}
+
+function decodeRequest<S extends typeof CompileRequest | typeof DistributeRequest>(payload: Buffer, type: number, what: string, schema: S): z.infer<S> {
+  typeByte(payload, type, what);
   const r = new Reader(payload);
   r.at = 1;
   const version = r.u8('version');
@@ -293,8 +312,8 @@ export function decodeCompileRequest(payload: Buffer): CompileRequest {
     if (key === '__proto__') throw new ProtocolError(`environment entry ${i} is named __proto__`);
     if (!Object.hasOwn(env, key)) env[key] = entry.slice(eq + 1);
   }
-  r.end('compile request');
-  const parsed = CompileRequest.safeParse({
+  r.end(what);
+  const parsed = schema.safeParse({
     version,
     stderrTty: (flags & FLAG_STDERR_TTY) !== 0,
     compilesOnMiss: (flags & FLAG_COMPILES_ON_MISS) !== 0,
@@ -307,18 +326,26 @@ export function decodeCompileRequest(payload: Buffer): CompileRequest {
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const where = issue?.path.length ? ` (at ${issue.path.join('.')})` : '';
-    throw new ProtocolError(`invalid compile request: ${issue?.message ?? 'unknown'}${where}`);
+    throw new ProtocolError(`invalid ${what}: ${issue?.message ?? 'unknown'}${where}`);
   }
-  return parsed.data;
+  return parsed.data as z.infer<S>;
 }
 
 /** Builds a complete 'C' frame (length prefix included): lets TypeScript tests act as the C
  * client. Validates with the schema first. */
 export function encodeCompileRequest(req: z.input<typeof CompileRequest>): Buffer {
-  const v = CompileRequest.parse(req);
+  return encodeRequest(FRAME_COMPILE, CompileRequest.parse(req));
+}
+
+/** Builds a complete 'T' frame (length prefix included), as the C client does for `distribute`. */
+export function encodeDistributeRequest(req: z.input<typeof DistributeRequest>): Buffer {
+  return encodeRequest(FRAME_DISTRIBUTE, DistributeRequest.parse(req));
+}
+
+function encodeRequest(type: number, v: CompileRequest): Buffer {
   const parts: Buffer[] = [];
   const head = Buffer.alloc(10);
-  head[0] = FRAME_COMPILE;
+  head[0] = type;
   head[1] = v.version;
   head.writeUInt32LE((v.stderrTty ? FLAG_STDERR_TTY : 0) | (v.compilesOnMiss ? FLAG_COMPILES_ON_MISS : 0), 2);
   head.writeUInt32LE(v.umask, 6);

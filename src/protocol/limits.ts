@@ -17,6 +17,9 @@ export const FRAME_DONE = 0x44; // 'D'
 export const FRAME_ACK = 0x41; // 'A'
 /** Keepalive, daemon → client: the job is still being worked on. */
 export const FRAME_WAIT = 0x57; // 'W'
+/** A whole DTLTO distribution, client → daemon: the 'C' layout with the compiler `distribute`
+ * and the distributor's arguments; answered with one 'R' (or 'P': the client runs the Node CLI). */
+export const FRAME_DISTRIBUTE = 0x54; // 'T'
 
 /** Flag bits of the compile request. */
 export const FLAG_STDERR_TTY = 1;
@@ -67,6 +70,7 @@ const ENTRIES: [string, number][] = [
   ['FRAME_DONE', FRAME_DONE],
   ['FRAME_ACK', FRAME_ACK],
   ['FRAME_WAIT', FRAME_WAIT],
+  ['FRAME_DISTRIBUTE', FRAME_DISTRIBUTE],
   ['FLAG_STDERR_TTY', FLAG_STDERR_TTY],
   ['FLAG_COMPILES_ON_MISS', FLAG_COMPILES_ON_MISS],
   ['MAX_REQUEST_PAYLOAD', MAX_REQUEST_PAYLOAD],

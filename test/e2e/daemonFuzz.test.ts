@@ -27,9 +27,11 @@ import {
   type CompileRequest,
   DEFAULT_MAX_FRAME,
   decodeCompileRequest,
+  decodeDistributeRequest,
   decodeJson,
   decodeReply,
   encodeCompileRequest,
+  encodeDistributeRequest,
   encodeFrame,
   encodeJson,
   FrameDecoder,
@@ -56,6 +58,16 @@ function model(stream: Buffer): { expect: Expect; protocolError: boolean } {
   if (frame[0] === 0x43) {
     try {
       decodeCompileRequest(frame);
+      return { expect: 'reply-C', protocolError: false };
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) throw e;
+      return { expect: 'reply-C', protocolError: true };
+    }
+  }
+  if (frame[0] === 0x54) {
+    // A 'T' (distribution) request is decoded like a 'C' one; a malformed one is answered 'P'.
+    try {
+      decodeDistributeRequest(frame);
       return { expect: 'reply-C', protocolError: false };
     } catch (e) {
       if (!(e instanceof ProtocolError)) throw e;
@@ -209,7 +221,10 @@ describe('fuzz: the daemon over its socket', () => {
       req(['-O2', '-x', 'ir', '-fno-lto', '-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'm.native.o', 'm.o']),
       req(['@args.rsp', '-fthinlto-index=m.o.thinlto.bc', '-o', 'sub/m.native.o', 'm.o'], { A: '1', PATH: '/bin' }),
       req([]),
-    ].map((r) => encodeCompileRequest(r));
+    ]
+      .map((r) => encodeCompileRequest(r))
+      // A distribution request naming no file: refused with an 'R', mutated into a 'P'.
+      .concat(encodeDistributeRequest({ ...req(['/nonexistent/ltocache-fuzz/prog.dist-file.json']), compiler: 'distribute' }));
     const controls = [{ op: 'stats' }, { op: 'status' }, { op: 'explain', path: '/nonexistent/x.o' }, { op: 'builds', limit: 3 }, { op: 'last-build' }].map((c) => encodeJson(c));
 
     const streamArb: fc.Arbitrary<Buffer> = fc.oneof(

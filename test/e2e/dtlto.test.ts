@@ -95,6 +95,36 @@ describe('DTLTO through ltocache (lld 22)', () => {
     assert.deepEqual(bars.at(-1), [t.modules.length, 0]);
   });
 
+  test("the warm relink is the daemon's alone: no Node process for the distributor (LTOCACHE_NODE=/nonexistent), byte-identical", () => {
+    const env = { ...cache.env, LTOCACHE_NODE: '/nonexistent' };
+    const d = delta(cache, () => ok(lldForm(env, { out: 'prog.native' }), 'relink without node'));
+    assert.deepEqual(d, { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    assert.ok(readFileSync(join(t.dir, 'prog.native')).equals(readFileSync(join(t.dir, 'prog.serial'))));
+    rmSync(join(t.dir, 'prog.native'));
+  });
+
+  test('with no daemon and none able to start, the link still succeeds through the Node CLI, byte-identical', () => {
+    const top = tempDir('dtlto-nodaemon');
+    // A regular file where the store directory goes: every daemon start fails.
+    writeFileSync(join(top, 'store'), '');
+    const env = { ...process.env, LTOCACHE_DIR: top, LTOCACHE_START_TIMEOUT_MS: '10000' };
+    ok(lldForm(env, { out: 'prog.nodaemon' }), 'link without a daemon');
+    assert.ok(readFileSync(join(t.dir, 'prog.nodaemon')).equals(readFileSync(join(t.dir, 'prog.serial'))));
+    assert.equal(existsSync(join(top, 'daemon.pid')), false);
+    rmSync(join(t.dir, 'prog.nodaemon'));
+  });
+
+  test('with no daemon and no Node, the link fails at once with a clear message', () => {
+    const top = tempDir('dtlto-nonode');
+    const env = { ...process.env, LTOCACHE_DIR: top, LTOCACHE_NODE: '/nonexistent', LTOCACHE_START_TIMEOUT_MS: '10000' };
+    const started = Date.now();
+    const r = lldForm(env, { out: 'prog.nonode' });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /ltocache: cannot run '\/nonexistent'/);
+    assert.ok(Date.now() - started < 8000, `took ${Date.now() - started} ms`);
+    assert.equal(existsSync(join(t.dir, 'prog.nonode')), false);
+  });
+
   test('after a one-function edit only the jobs whose index or input changed compile; explain names the cause', async () => {
     const before = join(t.dir, 'idx0');
     const src = join(t.dir, 'mathx.c');
@@ -168,6 +198,18 @@ describe('DTLTO through ltocache (lld 22)', () => {
     assert.match(r.stderr, /unknown target CPU 'no-such-cpu'/);
     assert.match(r.stderr, /ltocache distribute: job \d+ \(.*\.native\.o\) failed: the compiler exited with status 1/);
     assert.equal(existsSync(join(t.dir, 'prog.fail')), false);
+    // The same through the Node CLI (the fallback): the same line for the first job (how many
+    // others started before the failure stopped the queue depends on the parallelism).
+    const viaNode = lldForm({ ...cache.env, LTOCACHE_DISABLE: '1' }, { out: 'prog.fail', extra: ['--thinlto-remote-compiler-arg=-march=no-such-cpu'] });
+    const mine = (e: string) =>
+      e
+        .split('\n')
+        .filter((l) => l.startsWith('ltocache distribute:'))
+        .map((l) => l.replace(/\.\d+\.\d+\.native\.o/g, '.N.native.o').replace(/\S+\.dist-file\.json|\d+\.native/g, ''));
+    assert.notEqual(viaNode.status, 0);
+    assert.match(viaNode.stderr, /unknown target CPU 'no-such-cpu'/);
+    assert.equal(mine(viaNode.stderr)[0], mine(r.stderr)[0]);
+    assert.match(mine(r.stderr)[0] ?? '', /^ltocache distribute: job 0 /);
   });
 
   test('the schema accepts the file lld 22 writes, with unknown fields', () => {
@@ -290,6 +332,20 @@ describe('DTLTO through ltocache (lld 22)', () => {
         assert.equal(listing(), seen.replace(' prog.9.dist-file.json', ''), 'something was written');
       });
     }
+
+    test('the daemon and the Node CLI (LTOCACHE_DISABLE=1) refuse a malformed file with the same line', () => {
+      const file = join(dir, 'prog.9.dist-file.json');
+      writeFileSync(file, '{"common": ');
+      const viaDaemon = run(CLIENT, ['distribute', file], dir, cache.env);
+      const viaNode = run(CLIENT, ['distribute', file], dir, { ...cache.env, LTOCACHE_DISABLE: '1' });
+      const viaDaemonNoNode = run(CLIENT, ['distribute', file], dir, { ...cache.env, LTOCACHE_NODE: '/nonexistent' });
+      rmSync(file);
+      assert.match(viaDaemon.stderr, /^ltocache: distribute: .*not valid JSON/);
+      assert.equal(viaNode.stderr, viaDaemon.stderr);
+      assert.equal(viaDaemonNoNode.stderr, viaDaemon.stderr);
+      assert.equal(viaNode.status, viaDaemon.status);
+      assert.notEqual(viaDaemon.status, 0);
+    });
 
     test('the same file, well formed, runs (the cases above differ from it only in what they break)', () => {
       const file = join(dir, 'prog.9.dist-file.json');

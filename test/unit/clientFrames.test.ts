@@ -5,9 +5,11 @@ import { clientCacheDir } from '../../src/config/cacheDir.js';
 import {
   type CompileRequest,
   decodeCompileRequest,
+  decodeDistributeRequest,
   decodeJson,
   decodeReply,
   encodeCompileRequest,
+  encodeDistributeRequest,
   encodeFrame,
   encodeJson,
   encodePassthrough,
@@ -92,6 +94,21 @@ test('compile request round trip', () => {
   assert.equal(plain.stderrTty, false);
   assert.deepEqual(plain.args, []);
   assert.deepEqual({ ...plain.env }, {});
+});
+
+test("distribution request 'T': the 'C' layout with the compiler \"distribute\"; neither frame is taken for the other", () => {
+  const req = { ...sample, compiler: 'distribute' as const, args: ['prog.1.dist-file.json'] };
+  const payload = payloadOf(encodeDistributeRequest(req));
+  assert.equal(payload[0], 0x54);
+  const decoded = decodeDistributeRequest(payload);
+  assert.deepEqual({ ...decoded, env: { ...decoded.env } }, req);
+  assert.deepEqual(
+    payload,
+    rawRequest({ type: 0x54, flags: 1, umask: 0o022, compiler: 'distribute', cwd: sample.cwd, args: req.args, env: Object.entries(sample.env).map(([k, v]) => `${k}=${v}`) }),
+  );
+  rejects(() => decodeDistributeRequest(rawRequest({ type: 0x54, compiler: '/usr/bin/clang' })), /invalid distribution request 'T'.*compiler/);
+  rejects(() => decodeDistributeRequest(payloadOf(encodeCompileRequest(sample))), /expected distribution request 'T'/);
+  rejects(() => decodeCompileRequest(payload), /expected compile request 'C'/);
 });
 
 test('the raw builder matches the encoder (layout check)', () => {
