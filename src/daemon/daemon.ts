@@ -58,7 +58,7 @@ export class Daemon {
   /** Memos for the native client's fast path; none while `verify` audits hits (every hit must reach us). */
   private readonly memos: MemoStore | null;
   /** The last request behind each memo this daemon wrote (bounded), for the job log of memo hits. */
-  private readonly memoRequests = new Map<string, JobRequest>();
+  private readonly memoRequests = new Map<string, { req: JobRequest; savedMs: number }>();
   private flushedVersion = -1;
   /** Content digests by stat identity, kept across restarts in DIGESTS_FILE. */
   private readonly files = new FileDigests();
@@ -107,9 +107,9 @@ export class Daemon {
             memo: {
               write: (lookup, memo) => memos.write(lookup, memo),
               removeKey: (key) => memos.removeKey(key),
-              remember: (lookup, req) => {
+              remember: (lookup, req, savedMs) => {
                 if (this.memoRequests.size >= 20_000) this.memoRequests.clear();
-                this.memoRequests.set(lookup, req);
+                this.memoRequests.set(lookup, { req, savedMs });
               },
             },
           }
@@ -224,8 +224,10 @@ export class Daemon {
       this.counters.add(Counter.hits);
       this.counters.add(Counter.memo_hits);
       void this.cache.touch(n.key).catch(() => {});
-      let req = this.memoRequests.get(n.lookup);
+      const known = this.memoRequests.get(n.lookup);
+      let req = known?.req;
       let output: string | undefined;
+      if (known) this.counters.add(Counter.time_saved_ms, known.savedMs);
       if (!req) {
         const memo = await readFile(memoPath(this.config.dir, n.lookup)).then(decodeMemo, () => null);
         if (!memo || memo.key !== n.key) continue;
@@ -233,7 +235,7 @@ export class Daemon {
         req = { compiler: '', args: [], cwd: dirname(output), env: {}, umask: 0o022 };
       }
       await this.jobLog
-        .record({ req, startedAt: n.startMs, endedAt: n.endMs, result: 'hit', key: n.key, ...(output ? { output } : {}) })
+        .record({ req, startedAt: n.startMs, endedAt: n.endMs, result: 'hit', key: n.key, ...(known ? { savedMs: known.savedMs } : {}), ...(output ? { output } : {}) })
         .catch((e) => this.log.warn('cannot record job', { error: String(e) }));
     }
   }

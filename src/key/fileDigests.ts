@@ -1,4 +1,4 @@
-import { type BigIntStats, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { type BigIntStats, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { z } from 'zod';
 import { DIGEST_RE, type Digest, hashBytes, hashFile } from './hash.js';
 
@@ -121,8 +121,13 @@ export class FileDigests implements DigestSource {
       entries.push([p, String(m.dev), String(m.ino), String(m.size), String(m.mtimeNs), String(m.ctimeNs), m.digest]);
     }
     const tmp = `${path}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify({ v: 1, entries } satisfies SavedDigests), { mode: 0o600 });
-    renameSync(tmp, path);
+    try {
+      writeFileSync(tmp, JSON.stringify({ v: 1, entries } satisfies SavedDigests), { mode: 0o600 });
+      renameSync(tmp, path);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      throw e;
+    }
   }
 
   /** Loads a saved memo; an unreadable or invalid file is ignored (digests are recomputed). Returns the entries taken. */

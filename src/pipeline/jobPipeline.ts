@@ -82,8 +82,8 @@ export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?
 export interface MemoSink {
   write(lookup: string, memo: Memo): Promise<boolean>;
   removeKey(key: string): Promise<void>;
-  /** The last request seen for a memo, so a hit served from it can be audited (`verify`). */
-  remember?(lookup: string, req: JobRequest): void;
+  /** The last request seen for a memo and its entry's compile time, for the job log and `time_saved_ms` of hits served from it. */
+  remember?(lookup: string, req: JobRequest, savedMs: number): void;
 }
 
 export interface PipelineOptions {
@@ -459,7 +459,7 @@ export class JobPipeline {
       };
       if (await sink.write(lookup, memo)) {
         this.counters.add(Counter.memos_written);
-        sink.remember?.(lookup, req);
+        sink.remember?.(lookup, req, entry.record.compileMs);
       }
     } catch (e) {
       this.counters.error(ErrorKind.memo_write);

@@ -613,7 +613,9 @@ describe('bundles from a hostile team server', () => {
       const s0: StatsView = cache.stats();
       const gets = hostile.gets;
       // Asynchronously: the hostile server lives in this process and must keep answering.
-      const r = await runAsync(CLIENT, [b.clang, ...b.backendArgs(m, [], out)], { cwd: b.dir, env: cache.env });
+      // The output name is not keyed: a per-case diagnostics flag (no effect on the object) gives
+      // each case its own key, so each lookup reaches the hostile server.
+      const r = await runAsync(CLIENT, [b.clang, ...b.backendArgs(m, [`-fmessage-length=${100 + i}`], out)], { cwd: b.dir, env: cache.env });
       assert.equal(r.status, 0, `${c.name}: ${r.stderr}`);
       assert.ok(readFileSync(join(b.dir, out)).equals(obj), `${c.name}: the object is not direct clang's`);
       const s1 = cache.stats();
