@@ -18,6 +18,11 @@ function errno(e: unknown): string | undefined {
  * orphan in tmp/. Without it a crash may leave a torn blob, which verify-on-read drops.
  */
 export class BlobStore {
+  /** Shard directories known to exist; emptied when blob files or directories are deleted. */
+  private readonly dirs = new Set<string>();
+  /** Counts the deletions of blob files: unchanged, a file written since is still there. */
+  removals = 0;
+
   constructor(
     private readonly blobsDir: string,
     private readonly tmpDir: string,
@@ -48,27 +53,42 @@ export class BlobStore {
     if (await this.present(digest, data.length)) return;
     const dest = this.pathOf(digest);
     const tmp = join(this.tmpDir, `${digest}.${randomBytes(8).toString('hex')}`);
+    const dir = dirname(dest);
     let fh: StoreFileHandle | undefined;
     try {
-      await this.fs.mkdir(dirname(dest), { recursive: true });
       fh = await this.fs.open(tmp, 'wx');
       for (let off = 0; off < data.length; ) {
         const { bytesWritten } = await fh.write(data, off, data.length - off, off);
         if (bytesWritten <= 0) throw new Error(`blob ${digest}: write made no progress at ${off}/${data.length}`);
         off += bytesWritten;
       }
-      if (this.durable) await fh.sync();
-      const { size } = await fh.stat();
-      if (size !== data.length) throw new Error(`blob ${digest}: wrote ${size} bytes, expected ${data.length}`);
+      if (this.durable) {
+        await fh.sync();
+        const { size } = await fh.stat();
+        if (size !== data.length) throw new Error(`blob ${digest}: wrote ${size} bytes, expected ${data.length}`);
+      }
       await fh.close();
       fh = undefined;
-      await this.fs.rename(tmp, dest);
+      if (!this.dirs.has(dir)) {
+        await this.fs.mkdir(dir, { recursive: true });
+        this.dirs.add(dir);
+      }
+      try {
+        await this.fs.rename(tmp, dest);
+      } catch (e) {
+        // The shard directory went away behind our back: make it again, once.
+        if (errno(e) !== 'ENOENT') throw e;
+        this.dirs.delete(dir);
+        await this.fs.mkdir(dir, { recursive: true });
+        this.dirs.add(dir);
+        await this.fs.rename(tmp, dest);
+      }
     } catch (e) {
       await fh?.close().catch(() => {});
       await this.fs.unlink(tmp).catch(() => {});
       throw e;
     }
-    if (this.durable) await this.syncDir(dirname(dest));
+    if (this.durable) await this.syncDir(dir);
   }
 
   /** Reads a blob and checks its size and digest. Throws only on I/O errors other than ENOENT. */
@@ -90,6 +110,7 @@ export class BlobStore {
 
   /** Idempotent: a missing file is not an error. */
   async remove(digest: Digest): Promise<void> {
+    this.removals++;
     try {
       await this.fs.unlink(this.pathOf(digest));
     } catch (e) {
@@ -122,6 +143,8 @@ export class BlobStore {
 
   /** Deletes every blob file. tmp/ is left to the writes in flight that own its files. */
   async removeAll(): Promise<void> {
+    this.removals++;
+    this.dirs.clear();
     for (const n of await this.fs.readdir(this.blobsDir)) {
       await this.fs.rm(join(this.blobsDir, n), { recursive: true, force: true });
     }

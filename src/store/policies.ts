@@ -33,7 +33,7 @@ export interface Tiered extends CacheBackend {
 }
 
 /**
- * Local first, then the team tier. A remote hit (already verified by the remote backend) is
+ * Local first, then the team tier. A remote hit (files verified and record parsed by the remote backend) is
  * written back locally before it is returned; a put goes to both (the remote one is expected to
  * be queued, so it returns at once). Every tier outcome is reported to `observe`.
  */
@@ -52,9 +52,10 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
       const r = await remote.get(key);
       observe({ tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
-      // The team tier checked every file against its digest on arrival: not hashed again.
+      // The team tier checked every file against its digest and parsed the record on arrival:
+      // neither is done again.
       const done = local
-        .put(key, r.entry, { verified: true })
+        .put(key, r.entry, { verified: true, parsed: true })
         .then(
           (back) => observe({ tier: 'local', op: 'put', result: back }),
           (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),
