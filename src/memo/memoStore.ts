@@ -18,6 +18,8 @@ export class MemoStore {
   private readonly byKey = new Map<string, Set<Digest>>();
   private logOffset = 0;
   private ready = false;
+  /** Shard directories made since the last clear(). */
+  private readonly shards = new Set<string>();
 
   constructor(
     private readonly cacheDir: string,
@@ -29,7 +31,9 @@ export class MemoStore {
       await mkdir(memoDir(this.cacheDir), { recursive: true, mode: 0o700 });
       this.ready = true;
     }
+    if (this.shards.has(shard)) return;
     await mkdir(shard, { recursive: true, mode: 0o700 });
+    this.shards.add(shard);
   }
 
   /**
@@ -45,7 +49,13 @@ export class MemoStore {
     await this.ensureDirs(dirname(path));
     const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
     try {
-      await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' });
+      await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' }).catch(async (e: NodeJS.ErrnoException) => {
+        // The shard directory was removed behind our back: make it again, once.
+        if (e.code !== 'ENOENT') throw e;
+        this.shards.delete(dirname(path));
+        await this.ensureDirs(dirname(path));
+        await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' });
+      });
       await rename(tmp, path);
     } catch (e) {
       await unlink(tmp).catch(() => {});
@@ -70,6 +80,7 @@ export class MemoStore {
 
   async clear(): Promise<void> {
     this.byKey.clear();
+    this.shards.clear();
     const dir = memoDir(this.cacheDir);
     for (const n of await readdir(dir).catch(() => [] as string[])) {
       if (/^[0-9a-f]{2}$/.test(n)) await rm(join(dir, n), { recursive: true, force: true });
