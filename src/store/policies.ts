@@ -38,8 +38,9 @@ export interface Tiered extends CacheBackend {
  * be queued, so it returns at once). Every tier outcome is reported to `observe`.
  */
 export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Digest): Promise<TierLookup> }, observe: (e: TierEvent) => void = () => {}): Tiered {
-  // Remote hits being written back: the write (fsync included) is kept off the hit's path, and
-  // a lookup of the same key meanwhile is answered from here.
+  // Remote hits being written back: the write is not awaited by the hit (a small blob's file may
+  // be written before the hit returns, when the store writes it synchronously), and a lookup of
+  // the same key meanwhile is answered from here.
   const writingBack = new Map<Digest, { entry: StoredEntry; done: Promise<void> }>();
   return {
     name: `tiered(${local.name}, ${remote.name})`,
