@@ -52,7 +52,13 @@ export class MemoStore {
     await this.ensureDirs(dirname(path));
     const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
     try {
-      await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' });
+      await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' }).catch(async (e: NodeJS.ErrnoException) => {
+        // The shard directory was removed behind our back: make it again, once.
+        if (e.code !== 'ENOENT') throw e;
+        this.shards.delete(dirname(path));
+        await this.ensureDirs(dirname(path));
+        await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' });
+      });
       await rename(tmp, path);
     } catch (e) {
       await unlink(tmp).catch(() => {});

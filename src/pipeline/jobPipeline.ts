@@ -255,7 +255,9 @@ export class JobPipeline {
     // store read, and the most used entries would be evicted first.
     if (inMemory) this.spawn(this.o.cache.touch(key).catch(() => {}));
     else this.hot.set(key, entry);
-    this.spawn(this.writeMemo(k, entry, outputs, req));
+    const stdout = fromBase64(entry.record.stdout);
+    const stderr = fromBase64(entry.record.stderr);
+    this.spawn(this.writeMemo(k, entry, outputs, req, { stdout, stderr }));
     this.maybeVerify(k, entry, outputs, req);
     this.counters.add(Counter.hits);
     this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
@@ -264,8 +266,8 @@ export class JobPipeline {
       ...k,
       kind: 'hit',
       tier,
-      stdout: Buffer.from(entry.record.stdout, 'base64'),
-      stderr: Buffer.from(entry.record.stderr, 'base64'),
+      stdout,
+      stderr,
       savedMs: entry.record.compileMs,
       bytes: entryBytes(entry),
     };
@@ -438,7 +440,7 @@ export class JobPipeline {
    * computed with observed inputs, a whole entry, and a key not denied; a failure only costs the
    * next run of this command a trip through the daemon.
    */
-  private async writeMemo(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest): Promise<void> {
+  private async writeMemo(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest, decoded?: { stdout: Buffer; stderr: Buffer }): Promise<void> {
     const sink = this.o.memo;
     if (!sink || !k.checks || this.o.deny.has(k.key)) return;
     const byRole = new Map(entry.record.outputs.map((o) => [o.name, o]));
@@ -454,8 +456,8 @@ export class JobPipeline {
         key: k.key,
         checks: k.checks,
         outputs: memoOutputs,
-        stdout: Buffer.from(entry.record.stdout, 'base64'),
-        stderr: Buffer.from(entry.record.stderr, 'base64'),
+        stdout: decoded?.stdout ?? fromBase64(entry.record.stdout),
+        stderr: decoded?.stderr ?? fromBase64(entry.record.stderr),
       };
       if (await sink.write(lookup, memo)) {
         this.counters.add(Counter.memos_written);
@@ -466,6 +468,13 @@ export class JobPipeline {
       this.o.log.warn('cannot write memo', { key: k.key, error: String(e) });
     }
   }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** A record's stdout or stderr; the usual empty one costs no decoding. Callers only read it. */
+function fromBase64(text: string): Buffer {
+  return text === '' ? EMPTY : Buffer.from(text, 'base64');
 }
 
 function entryBytes(e: StoredEntry): number {

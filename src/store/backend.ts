@@ -20,6 +20,11 @@ export interface PutOptions {
    * on arrival): the store may skip hashing them again. Sizes and names are still checked.
    */
   verified?: boolean;
+  /**
+   * The record is the output of the EntryRecord schema (a team-tier hit parsed on arrival): the
+   * store need not validate it again. Names, sizes and the size budget are still checked.
+   */
+  parsed?: boolean;
 }
 
 /** The storage contract both the local store and the team tier implement. None of these throws. */

@@ -1,10 +1,13 @@
 import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { DIGEST_RE, type Digest, hashBytes } from '../key/hash.js';
-import type { StoreFileHandle, StoreFs } from './storeOptions.js';
+import { nodeFs, type StoreFileHandle, type StoreFs } from './storeOptions.js';
 
 export type BlobCheck = { ok: true; data: Buffer } | { ok: false; problem: 'missing' | 'size' | 'digest'; detail: string };
 
+/** Blobs up to this size are written synchronously when nothing is fsynced (see writeSmall). */
+const SMALL = 1 << 20;
 const SHARD_RE = /^[0-9a-f]{2}$/;
 const REST_RE = /^[0-9a-f]{30}$/;
 
@@ -18,15 +21,17 @@ function errno(e: unknown): string | undefined {
  * orphan in tmp/. Without it a crash may leave a torn blob, which verify-on-read drops.
  */
 export class BlobStore {
+  /** Shard directories known to exist; emptied when blob files or directories are deleted. */
+  private readonly dirs = new Set<string>();
+  /** Counts the deletions of blob files: unchanged, a file written since is still there. */
+  removals = 0;
+
   constructor(
     private readonly blobsDir: string,
     private readonly tmpDir: string,
     private readonly fs: StoreFs,
     private readonly durable = true,
   ) {}
-
-  /** Shard directories this process has created (or found): each is made once, not per write. */
-  private readonly shardsMade = new Set<string>();
 
   pathOf(digest: Digest): string {
     return join(this.blobsDir, digest.slice(0, 2), digest.slice(2));
@@ -48,15 +53,13 @@ export class BlobStore {
    * leaving no temp file behind.
    */
   async write(digest: Digest, data: Uint8Array): Promise<void> {
+    if (!this.durable && this.fs === nodeFs && data.length <= SMALL) return this.writeSmall(digest, data);
     if (await this.present(digest, data.length)) return;
     const dest = this.pathOf(digest);
     const tmp = join(this.tmpDir, `${digest}.${randomBytes(8).toString('hex')}`);
+    const dir = dirname(dest);
     let fh: StoreFileHandle | undefined;
     try {
-      if (!this.shardsMade.has(dirname(dest))) {
-        await this.fs.mkdir(dirname(dest), { recursive: true });
-        this.shardsMade.add(dirname(dest));
-      }
       fh = await this.fs.open(tmp, 'wx');
       for (let off = 0; off < data.length; ) {
         const { bytesWritten } = await fh.write(data, off, data.length - off, off);
@@ -70,18 +73,81 @@ export class BlobStore {
       }
       await fh.close();
       fh = undefined;
-      await this.fs.rename(tmp, dest).catch(async (e: unknown) => {
-        // The shard directory went away under us (removed by hand): make it again, once.
-        if (errno(e) !== 'ENOENT') throw e;
-        await this.fs.mkdir(dirname(dest), { recursive: true });
+      if (!this.dirs.has(dir)) {
+        await this.fs.mkdir(dir, { recursive: true });
+        this.dirs.add(dir);
+      }
+      try {
         await this.fs.rename(tmp, dest);
-      });
+      } catch (e) {
+        // The shard directory went away behind our back: make it again, once.
+        if (errno(e) !== 'ENOENT') throw e;
+        this.dirs.delete(dir);
+        await this.fs.mkdir(dir, { recursive: true });
+        this.dirs.add(dir);
+        await this.fs.rename(tmp, dest);
+      }
     } catch (e) {
       await fh?.close().catch(() => {});
       await this.fs.unlink(tmp).catch(() => {});
       throw e;
     }
-    if (this.durable) await this.syncDir(dirname(dest));
+    if (this.durable) await this.syncDir(dir);
+  }
+
+  /**
+   * write() for a small blob without fsync, on the real file system: a copy into the page cache,
+   * cheaper done synchronously than through five thread-pool round trips, and too short to hold
+   * up the event loop. Same contract as write().
+   */
+  private writeSmall(digest: Digest, data: Uint8Array): void {
+    const dest = this.pathOf(digest);
+    try {
+      if (statSync(dest).size === data.length) return;
+    } catch (e) {
+      if (errno(e) !== 'ENOENT') throw e;
+    }
+    const dir = dirname(dest);
+    const tmp = join(this.tmpDir, `${digest}.${randomBytes(8).toString('hex')}`);
+    let fd: number | undefined;
+    try {
+      fd = openSync(tmp, 'wx');
+      for (let off = 0; off < data.length; ) {
+        const n = writeSync(fd, data, off, data.length - off, off);
+        if (n <= 0) throw new Error(`blob ${digest}: write made no progress at ${off}/${data.length}`);
+        off += n;
+      }
+      closeSync(fd);
+      fd = undefined;
+      if (!this.dirs.has(dir)) {
+        mkdirSync(dir, { recursive: true });
+        this.dirs.add(dir);
+      }
+      try {
+        renameSync(tmp, dest);
+      } catch (e) {
+        // The shard directory went away behind our back: make it again, once.
+        if (errno(e) !== 'ENOENT') throw e;
+        this.dirs.delete(dir);
+        mkdirSync(dir, { recursive: true });
+        this.dirs.add(dir);
+        renameSync(tmp, dest);
+      }
+    } catch (e) {
+      if (fd !== undefined) {
+        try {
+          closeSync(fd);
+        } catch {
+          // already failed
+        }
+      }
+      try {
+        unlinkSync(tmp);
+      } catch {
+        // never created, or already renamed
+      }
+      throw e;
+    }
   }
 
   /** Reads a blob and checks its size and digest. Throws only on I/O errors other than ENOENT. */
@@ -103,6 +169,7 @@ export class BlobStore {
 
   /** Idempotent: a missing file is not an error. */
   async remove(digest: Digest): Promise<void> {
+    this.removals++;
     try {
       await this.fs.unlink(this.pathOf(digest));
     } catch (e) {
@@ -135,7 +202,8 @@ export class BlobStore {
 
   /** Deletes every blob file. tmp/ is left to the writes in flight that own its files. */
   async removeAll(): Promise<void> {
-    this.shardsMade.clear();
+    this.removals++;
+    this.dirs.clear();
     for (const n of await this.fs.readdir(this.blobsDir)) {
       await this.fs.rm(join(this.blobsDir, n), { recursive: true, force: true });
     }

@@ -90,6 +90,17 @@ function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** A stored ref (JSON), or none when absent or unreadable: the count starts again from zero. */
+function parseRef(raw: string | undefined, size: number): BlobRef {
+  if (raw === undefined) return { n: 0, size };
+  try {
+    const r = BlobRef.safeParse(JSON.parse(raw));
+    return r.success ? r.data : { n: 0, size };
+  } catch {
+    return { n: 0, size };
+  }
+}
+
 function lruKey(atime: number, key: string): string {
   return `${String(atime).padStart(15, '0')}:${key}`;
 }
@@ -228,12 +239,14 @@ export class LocalStore implements CacheBackend {
   /** Refuses (never throws) a malformed key, a record failing validation, or files not matching it. */
   async put(key: Digest, entry: StoredEntry, options: PutOptions = {}): Promise<PutResult> {
     if (!DIGEST_RE.test(key)) return { kind: 'refused', reason: badKey(key) };
-    const checked = this.check(entry, options.verified === true);
+    const checked = this.check(entry, options.verified === true, options.parsed === true);
     if (typeof checked === 'string') return { kind: 'refused', reason: checked };
     try {
-      // Blob I/O outside the mutex; commitPut re-checks presence under it.
+      // Blob I/O outside the mutex; commitPut writes again under it if a blob file was deleted
+      // meanwhile (any deletion counts: the generation is taken before the first write).
+      const removals = this.blobs.removals;
       for (const b of checked.blobs) await this.blobs.write(b.digest, b.data);
-      await this.mutex.run(() => this.commitPut(key, checked));
+      await this.mutex.run(() => this.commitPut(key, checked, removals));
       return { kind: 'stored' };
     } catch (e) {
       this.counters.putErrors++;
@@ -289,10 +302,14 @@ export class LocalStore implements CacheBackend {
     await this.db.close();
   }
 
-  private check(entry: StoredEntry, verified: boolean): CheckedEntry | string {
-    const parsed = EntryRecord.safeParse(entry?.record);
-    if (!parsed.success) return `invalid record: ${z.prettifyError(parsed.error)}`;
-    const record = parsed.data;
+  private check(entry: StoredEntry, verified: boolean, trusted: boolean): CheckedEntry | string {
+    let record: EntryRecord;
+    if (trusted && entry?.record) record = entry.record;
+    else {
+      const parsed = EntryRecord.safeParse(entry?.record);
+      if (!parsed.success) return `invalid record: ${z.prettifyError(parsed.error)}`;
+      record = parsed.data;
+    }
     const names = new Set(record.outputs.map((o) => o.name));
     if (names.size !== record.outputs.length) return 'record lists an output name twice';
     if (!(entry.files instanceof Map)) return 'files must be a Map';
@@ -378,12 +395,16 @@ export class LocalStore implements CacheBackend {
     ] as BatchOp[]);
   }
 
-  private async commitPut(key: Digest, c: CheckedEntry): Promise<void> {
+  /** `removals`: the blob store's deletion count before the blobs were written outside the mutex. */
+  private async commitPut(key: Digest, c: CheckedEntry, removals: number): Promise<void> {
     const m = new Mutation();
-    await this.planRemove(m, key);
-    for (const b of c.blobs) {
+    // The old entry's bookkeeping and the new blobs' refs in one round of reads; a ref the
+    // removal touched is taken from `m`, which has it.
+    const [, stored] = await Promise.all([this.planRemove(m, key), this.refs.getMany(c.blobs.map((b) => b.digest))]);
+    for (const [i, b] of c.blobs.entries()) {
       // The pre-mutex write may have been undone by a concurrent deletion; rewrite if so.
-      await this.blobs.write(b.digest, b.data);
+      if (this.blobs.removals !== removals) await this.blobs.write(b.digest, b.data);
+      if (!m.refs.has(b.digest)) m.refs.set(b.digest, parseRef(stored[i], b.size));
       await this.addRef(m, b.digest, b.size, +1);
     }
     const now = this.opts.now();

@@ -33,13 +33,14 @@ export interface Tiered extends CacheBackend {
 }
 
 /**
- * Local first, then the team tier. A remote hit (already verified by the remote backend) is
+ * Local first, then the team tier. A remote hit (files verified and record parsed by the remote backend) is
  * written back locally before it is returned; a put goes to both (the remote one is expected to
  * be queued, so it returns at once). Every tier outcome is reported to `observe`.
  */
 export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Digest): Promise<TierLookup> }, observe: (e: TierEvent) => void = () => {}): Tiered {
-  // Remote hits being written back: the write (fsync included) is kept off the hit's path, and
-  // a lookup of the same key meanwhile is answered from here.
+  // Remote hits being written back: the write is not awaited by the hit (a small blob's file may
+  // be written before the hit returns, when the store writes it synchronously), and a lookup of
+  // the same key meanwhile is answered from here.
   const writingBack = new Map<Digest, { entry: StoredEntry; done: Promise<void> }>();
   return {
     name: `tiered(${local.name}, ${remote.name})`,
@@ -52,9 +53,10 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
       const r = await remote.get(key);
       observe({ tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
-      // The team tier checked every file against its digest on arrival: not hashed again.
+      // The team tier checked every file against its digest and parsed the record on arrival:
+      // neither is done again.
       const done = local
-        .put(key, r.entry, { verified: true })
+        .put(key, r.entry, { verified: true, parsed: true })
         .then(
           (back) => observe({ tier: 'local', op: 'put', result: back }),
           (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),

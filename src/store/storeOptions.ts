@@ -80,7 +80,7 @@ export function parseStoreOptions(input: unknown): ResolvedStoreOptions {
   return {
     dir: r.data.dir,
     maxBytes: r.data.maxBytes,
-    fs: { ...nodeFs, ...r.data.fs },
+    fs: r.data.fs ? { ...nodeFs, ...r.data.fs } : nodeFs,
     now: r.data.now ?? Date.now,
     touchIntervalMs: r.data.touchIntervalMs,
     sweepOnOpen: r.data.sweepOnOpen,

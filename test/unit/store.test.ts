@@ -521,3 +521,34 @@ test('concurrent puts, gets and deletes keep reference counts and totals exact',
   assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
   assert.deepEqual(listBlobs(dir), []);
 });
+
+test('a blob shard directory removed behind the store is made again on the next put', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir, sweepOnOpen: false, durable: false });
+  const a = entry({ obj: Buffer.from('first blob') });
+  assert.equal((await s.put(key('shard-1'), a)).kind, 'stored');
+  fs.rmSync(join(blobPath(dir, 'first blob'), '..'), { recursive: true, force: true });
+  const b = entry({ obj: Buffer.from('first blob') });
+  b.record.compileMs = 13;
+  assert.equal((await s.put(key('shard-2'), b)).kind, 'stored');
+  const got = await s.get(key('shard-2'));
+  assert.equal(got.kind, 'hit');
+  assert.deepEqual(got.kind === 'hit' && got.entry.files.get('obj'), Buffer.from('first blob'));
+});
+
+test('a put of shared blobs keeps reference counts right when both entries are written at once', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir, sweepOnOpen: false, durable: false });
+  const shared = Buffer.from('shared blob');
+  const [r1, r2] = await Promise.all([
+    s.put(key('ref-1'), entry({ obj: shared }), { verified: true, parsed: true }),
+    s.put(key('ref-2'), entry({ obj: shared, dwo: Buffer.from('own') }), { verified: true, parsed: true }),
+  ]);
+  assert.equal(r1.kind, 'stored');
+  assert.equal(r2.kind, 'stored');
+  assert.equal((await s.delete(key('ref-1'))).kind, 'deleted');
+  assert.ok(fs.existsSync(blobPath(dir, shared)), 'still referenced by ref-2');
+  assert.equal((await s.delete(key('ref-2'))).kind, 'deleted');
+  assert.ok(!fs.existsSync(blobPath(dir, shared)));
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+});
