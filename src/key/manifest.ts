@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
@@ -208,7 +208,7 @@ const tables = new Map<string, ReturnType<typeof readModuleTable>>();
 async function importedModules(cwd: string, indexPath: string, indexDigest: string, need: (p: string, what: string) => Promise<string>): Promise<Manifest['index']['modules']> {
   let table = tables.get(indexDigest);
   if (!table) {
-    const bytes = await readFile(resolve(cwd, indexPath));
+    const bytes = readFileSync(resolve(cwd, indexPath));
     if (hashBytes(bytes) !== indexDigest) throw new Uncacheable('racy-index', `index ${indexPath} changed while it was read`);
     table = readModuleTable(bytes);
     if (tables.size >= 20_000) tables.clear();
@@ -232,7 +232,7 @@ async function scanOnce(absPath: string, digest: string, kind: 'bitcode' | 'text
   const k = `${kind}:${digest}`;
   const hit = asmScans.get(k);
   if (hit) return hit;
-  const bytes = await readFile(absPath);
+  const bytes = readFileSync(absPath);
   if (hashBytes(bytes) !== digest) throw new Uncacheable('racy-input', `${what} changed while it was read`);
   const scan = kind === 'bitcode' ? scanBitcodeAsm(bytes) : directivesInText(bytes.toString('latin1'));
   if (asmScans.size >= 50_000) asmScans.clear();

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { lstat, mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Digest } from '../key/hash.js';
 import { encodeMemo, type Memo, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
@@ -44,24 +45,29 @@ export class MemoStore {
    * client would only fall back). Returns whether it was written.
    */
   async write(lookup: Digest, memo: Memo): Promise<boolean> {
+    // Synchronous file calls: a few small files, and each thread-pool round trip would cost the
+    // daemon's one thread more than the call itself.
     for (const o of memo.outputs) {
-      const st = await stat(this.blobPath(o.digest)).catch(() => null);
+      const st = statSync(this.blobPath(o.digest), { throwIfNoEntry: false });
       if (!st?.isFile() || st.size !== o.size) return false;
     }
     const path = memoPath(this.cacheDir, lookup);
     await this.ensureDirs(dirname(path));
     const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const bytes = encodeMemo(memo);
     try {
-      await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' }).catch(async (e: NodeJS.ErrnoException) => {
+      try {
+        writeFileSync(tmp, bytes, { mode: 0o600, flag: 'wx' });
+      } catch (e) {
         // The shard directory was removed behind our back: make it again, once.
-        if (e.code !== 'ENOENT') throw e;
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
         this.shards.delete(dirname(path));
         await this.ensureDirs(dirname(path));
-        await writeFile(tmp, encodeMemo(memo), { mode: 0o600, flag: 'wx' });
-      });
-      await rename(tmp, path);
+        writeFileSync(tmp, bytes, { mode: 0o600, flag: 'wx' });
+      }
+      renameSync(tmp, path);
     } catch (e) {
-      await unlink(tmp).catch(() => {});
+      rmSync(tmp, { force: true });
       throw e;
     }
     let set = this.byKey.get(memo.key);

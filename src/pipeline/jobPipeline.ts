@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FileDigests } from '../key/fileDigests.js';
@@ -378,7 +379,9 @@ export class JobPipeline {
     let entry: StoredEntry;
     try {
       const files = new Map<string, Buffer>();
-      for (const o of outputs) files.set(o.role, await readFile(resolve(req.cwd, o.path)));
+      // Synchronous: the outputs were just written and are in the page cache; a thread-pool round
+      // trip per file costs the daemon more CPU than the read.
+      for (const o of outputs) files.set(o.role, readFileSync(resolve(req.cwd, o.path)));
       // clang 19 exits 0 with an empty object when it cannot load an imported module: serve that
       // run as it is, but never store it.
       if (BACKEND_FAILURE.test(run.stderr.toString('latin1')) || files.get('obj')!.length === 0) {
