@@ -373,7 +373,9 @@ static int spawn_daemon(void) {
         if (chdir("/") != 0) { /* keep going: the daemon does not need a particular cwd */ }
         setenv("LTOCACHE_STARTUP_NOTIFY_FD", "3", 1);
         const char *node = node_binary();
-        char *args[] = {(char *)node, cli, "daemon", "run", "--background", NULL};
+        char semi[48];
+        snprintf(semi, sizeof semi, "--max-semi-space-size=%u", (unsigned)LTOC_DAEMON_SEMI_SPACE_MB);
+        char *args[] = {(char *)node, semi, cli, "daemon", "run", "--background", NULL};
         execvp(node, args);
         _exit(127);
     }

@@ -21,7 +21,7 @@ import { Semaphore } from './semaphore.js';
  * Memory budget for entries kept hot. Small on purpose: the page cache keeps hot blobs anyway;
  * what this saves is the metadata lookup and the re-hashing of a blob read.
  */
-export const HOT_BYTES = 32 << 20;
+export const HOT_BYTES = 8 << 20;
 const BACKEND_FAILURE = /Error running ThinLTO backend|Error loading imported file/;
 
 /** One compiler invocation as the client saw it. */

@@ -55,6 +55,14 @@ export const MEMO_MAX_OUTPUTS = 16;
 export const MEMO_MAX_BYTES = 160 << 20;
 export const MEMO_MAX_NAME = 65_536;
 
+/**
+ * V8 young-generation semi-space of the daemon, in MiB (`--max-semi-space-size`), passed by every
+ * launcher (client, CLI, systemd unit): the default 16 MiB lets per-job garbage grow the daemon's
+ * RSS by ≈ 45 MB; 2 MiB keeps it ≈ 30 MB lower for a few more cheap scavenges (docs/benchmarks.md,
+ * daemon memory).
+ */
+export const DAEMON_SEMI_SPACE_MB = 2;
+
 /** Length of the base64 text of n bytes. */
 export function base64Length(n: number): number {
   return 4 * Math.ceil(n / 3);
@@ -87,6 +95,7 @@ const ENTRIES: [string, number][] = [
   ['MEMO_MAX_OUTPUTS', MEMO_MAX_OUTPUTS],
   ['MEMO_MAX_BYTES', MEMO_MAX_BYTES],
   ['MEMO_MAX_NAME', MEMO_MAX_NAME],
+  ['DAEMON_SEMI_SPACE_MB', DAEMON_SEMI_SPACE_MB],
 ];
 
 /** The text of client/limits.h. */

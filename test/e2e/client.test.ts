@@ -30,7 +30,7 @@ import {
   socketDirFor,
   socketPathFor,
 } from '../../src/protocol/clientFrames.js';
-import { MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
+import { DAEMON_SEMI_SPACE_MB, MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const client = path.join(root, 'bin', 'ltocache');
@@ -552,12 +552,12 @@ test('no daemon, and the started one exits without notifying: compile at once, r
   assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
   assert.ok(r.ms < 5000, `did not wait for the 10 s start timeout (${r.ms} ms)`);
   const cli = `${fs.realpathSync(root)}/bin/../dist/src/cli/main.js`; // not normalised by the client
-  assert.deepEqual(recorded(), [`${cli} daemon run --background`]);
+  assert.deepEqual(recorded(), [`--max-semi-space-size=${DAEMON_SEMI_SPACE_MB} ${cli} daemon run --background`]);
   assert.ok(fs.existsSync(startMarker(cacheDir)), 'failed start recorded');
   // Within the memory window, the next job does not try again.
   const again = await run(client, [COMPILER, ...MISSING_JOB], { env });
   assert.equal(again.status, ref.status);
-  assert.deepEqual(recorded(), [`${cli} daemon run --background`], 'no second spawn');
+  assert.deepEqual(recorded(), [`--max-semi-space-size=${DAEMON_SEMI_SPACE_MB} ${cli} daemon run --background`], 'no second spawn');
   // A daemon that listens meanwhile is still used.
   await withDaemon(cacheDir, reply(encodeResult(0, Buffer.from('CONTACTED'), Buffer.alloc(0))), async (d) => {
     const used = await run(client, [COMPILER, ...MISSING_JOB], { env });
