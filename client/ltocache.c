@@ -807,6 +807,26 @@ static char *current_dir(void) {
     return NULL;
 }
 
+/* Connects to the daemon (starting it if needed), sends the whole request (freed here) and reads
+ * the first reply frame. Returns the malloc'd reply payload and its length, or NULL; `*fd` is the
+ * open connection (the caller closes it), or -1. */
+static unsigned char *send_request(struct buf *req, int *fd, uint32_t *n) {
+    *fd = connect_daemon();
+    if (*fd < 0) { free(req->p); return NULL; }
+    int sent = write_all(*fd, req->p, req->len, 1) == 0;
+    free(req->p);
+    return sent ? read_reply(*fd, n) : NULL;
+}
+
+/* Replays an 'R' reply and exits like it; returns (after freeing it) for anything else. */
+static void replay_or_return(unsigned char *reply, uint32_t n) {
+    if (!reply) return;
+    int status = 0, sig = 0;
+    int ok = reply[0] == LTOC_FRAME_RESULT && replay_result(reply, n, &status, &sig) == 0;
+    free(reply);
+    if (ok) exit_like(status, sig);
+}
+
 /* Hands a backend job to the daemon. Returns only when the caller must fall back. */
 static void run_via_daemon(const struct job *j) {
     /* The daemon runs the compiler itself, from another cwd: send an absolute path. */
@@ -823,22 +843,15 @@ static void run_via_daemon(const struct job *j) {
     free(cwd);
     if (!built) { free(req.p); return; }
 
-    int fd = connect_daemon();
-    if (fd < 0) { free(req.p); return; }
-    int sent = write_all(fd, req.p, req.len, 1) == 0;
-    free(req.p);
+    int fd = -1;
     uint32_t n = 0;
-    unsigned char *reply = sent ? read_reply(fd, &n) : NULL;
+    unsigned char *reply = send_request(&req, &fd, &n);
     if (reply && reply[0] == LTOC_FRAME_COMPILE_YOURSELF && n == 1) {
         free(reply);
         compile_and_report(fd, j);
     }
-    close(fd);
-    if (!reply) return;
-    int status = 0, sig = 0;
-    int ok = reply[0] == LTOC_FRAME_RESULT && replay_result(reply, n, &status, &sig) == 0;
-    free(reply);
-    if (ok) exit_like(status, sig);
+    if (fd >= 0) close(fd);
+    replay_or_return(reply, n);
     /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or
      * unknown: fall back. The reason string of a 'P' is for the daemon's logs, not ours. */
 }
@@ -854,18 +867,11 @@ static void distribute_via_daemon(int argc, char **argv) {
                               argc - 2) == 0;
     free(cwd);
     if (!built) { free(req.p); return; }
-    int fd = connect_daemon();
-    if (fd < 0) { free(req.p); return; }
-    int sent = write_all(fd, req.p, req.len, 1) == 0;
-    free(req.p);
+    int fd = -1;
     uint32_t n = 0;
-    unsigned char *reply = sent ? read_reply(fd, &n) : NULL;
-    close(fd);
-    if (!reply) return;
-    int status = 0, sig = 0;
-    int ok = reply[0] == LTOC_FRAME_RESULT && replay_result(reply, n, &status, &sig) == 0;
-    free(reply);
-    if (ok) exit_like(status, sig);
+    unsigned char *reply = send_request(&req, &fd, &n);
+    if (fd >= 0) close(fd);
+    replay_or_return(reply, n);
 }
 
 /* ---------------------------------------------------------------------------------------- */
