@@ -60,6 +60,7 @@ export class Daemon {
   /** The last request behind each memo this daemon wrote (bounded), for the job log of memo hits. */
   private readonly memoRequests = new Map<string, { req: JobRequest; savedMs: number }>();
   private flushedVersion = -1;
+  private memoDrain: Promise<void> = Promise.resolve();
   /** Content digests by stat identity, kept across restarts in DIGESTS_FILE. */
   private readonly files = new FileDigests();
   private savedHashed = -1;
@@ -212,7 +213,14 @@ export class Daemon {
    * and records them in the job log, so stats, eviction, explain and reports see every hit. Also
    * removes the memos of entries the store has evicted.
    */
-  private async drainMemos(): Promise<void> {
+  private drainMemos(): Promise<void> {
+    // One after another: a `stats` answer must include every notice an earlier drain took in.
+    const run = this.memoDrain.then(() => this.drainMemosOnce());
+    this.memoDrain = run.catch(() => {});
+    return run;
+  }
+
+  private async drainMemosOnce(): Promise<void> {
     const memos = this.memos;
     if (!memos) return;
     for (const key of this.store.evictedKeys.splice(0)) await memos.removeKey(key).catch(() => {});

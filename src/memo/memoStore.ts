@@ -22,6 +22,8 @@ export class MemoStore {
   /** Bytes of the log renamed aside already read, while it waits for its last appends. */
   private asideOffset: number | null = null;
   private ready = false;
+  /** The drain in progress, if any (drains run one after another). */
+  private draining: Promise<void> = Promise.resolve();
   /** Shard directories made by this process (`clear` removes them). */
   private readonly shards = new Set<string>();
 
@@ -103,7 +105,17 @@ export class MemoStore {
    * was still appended to it is read at the next drain. Malformed lines are skipped (a torn append
    * loses one counter, never an object).
    */
-  async drain(): Promise<MemoNotice[]> {
+  drain(): Promise<MemoNotice[]> {
+    // One drain at a time: two overlapping reads from the same offset would count notices twice.
+    const run = this.draining.then(() => this.drainOnce());
+    this.draining = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
+  private async drainOnce(): Promise<MemoNotice[]> {
     const path = noticeLogPath(this.cacheDir);
     const aside = `${path}.old`;
     const out: MemoNotice[] = [];
