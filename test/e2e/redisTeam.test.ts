@@ -352,8 +352,18 @@ describe('redis cluster (3 masters + 3 replicas)', () => {
         assert.equal((await cs[i % 2]!.put(k, e)).kind, 'stored');
         written.push([k, e]);
       }
-      // Let the replicas catch up before the kill.
-      for (const m of cluster.mastersNow()) m.cli('wait', '1', '2000');
+      // Let the replicas catch up before the kill: WAIT only covers the calling connection's own
+      // writes, so compare each master's replication offset with its replica's acknowledged one.
+      const deadline = Date.now() + 20_000;
+      for (const m of cluster.mastersNow()) {
+        for (;;) {
+          const info = m.cli('info', 'replication');
+          const master = Number(/master_repl_offset:(\d+)/.exec(info)?.[1] ?? NaN);
+          const replica = Number(/slave0:[^\n]*offset=(\d+)/.exec(info)?.[1] ?? NaN);
+          if (replica >= master || Date.now() > deadline) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
       const victim = cluster.mastersNow()[0]!;
       let stop = false;
       const seen = { hit: 0, miss: 0, other: [] as string[] };
