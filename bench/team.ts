@@ -77,6 +77,13 @@ async function getLoad(url: string, keys: string[]): Promise<{ rate: number; p50
   const clients = Array.from({ length: 8 }, () => new RemoteBackend({ url, token: TOKENS.read, timeoutMs: 5000 }));
   await Promise.all(clients.map((c) => c.handshake()));
   for (const c of clients) for (const s of c.servers) await s.handshake();
+  const { lat, gets, failures, sec } = await timedGets(clients, keys, 13);
+  for (const c of clients) c.close();
+  return { rate: gets / sec, p50: median(lat), p99: pct(lat, 99), failures };
+}
+
+/** Every client gets keys in turn (client ci starting at ci × `stride`) for SECONDS: latencies, hits, failures, elapsed s. */
+async function timedGets(clients: RemoteBackend[], keys: string[], stride: number): Promise<{ lat: number[]; gets: number; failures: number; sec: number }> {
   const lat: number[] = [];
   let gets = 0;
   let failures = 0;
@@ -84,7 +91,7 @@ async function getLoad(url: string, keys: string[]): Promise<{ rate: number; p50
   const t0 = process.hrtime.bigint();
   await Promise.all(
     clients.map(async (c, ci) => {
-      let i = ci * 13;
+      let i = ci * stride;
       while (Date.now() < until) {
         const t = process.hrtime.bigint();
         const r = await c.get(keys[i++ % keys.length]!);
@@ -94,9 +101,7 @@ async function getLoad(url: string, keys: string[]): Promise<{ rate: number; p50
       }
     }),
   );
-  const sec = ms(t0) / 1000;
-  for (const c of clients) c.close();
-  return { rate: gets / sec, p50: median(lat), p99: pct(lat, 99), failures };
+  return { lat, gets, failures, sec: ms(t0) / 1000 };
 }
 
 /** The storage rows: the same synthetic entries and load on --dir, Redis and a Redis Cluster. */
@@ -206,24 +211,9 @@ async function main(): Promise<void> {
     // Server throughput: 8 concurrent clients, each its own connection, gets for SECONDS.
     const clients = Array.from({ length: 8 }, () => new RemoteBackend({ url, token: TOKENS.read, timeoutMs: 5000 }));
     await Promise.all(clients.map((c) => c.handshake()));
-    const getLat: number[] = [];
-    let gets = 0;
-    let failures = 0;
-    const until = Date.now() + SECONDS * 1000;
-    const t0 = process.hrtime.bigint();
-    await Promise.all(
-      clients.map(async (c, ci) => {
-        let i = ci;
-        while (Date.now() < until) {
-          const t = process.hrtime.bigint();
-          const r = await c.get(keys[i++ % keys.length]!);
-          getLat.push(ms(t));
-          if (r.kind === 'hit') gets++;
-          else failures++;
-        }
-      }),
-    );
-    const tputSec = ms(t0) / 1000;
+    const timed = await timedGets(clients, keys, 1);
+    const { lat: getLat, gets, sec: tputSec } = timed;
+    let { failures } = timed;
     // A whole build fetched in parallel (every entry once, 8 clients).
     const t1 = process.hrtime.bigint();
     let next = 0;

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tempDir } from './env.js';
+import { killChild } from './server.js';
 
 export const REDIS_SERVER = '/usr/bin/redis-server';
 export const REDIS_CLI = '/usr/bin/redis-cli';
@@ -67,12 +68,7 @@ export class RedisNode {
   }
 
   kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    const c = this.child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
-    return new Promise((r) => {
-      c.once('exit', () => r());
-      c.kill(signal);
-    });
+    return killChild(this.child, signal);
   }
 
   async stop(): Promise<void> {

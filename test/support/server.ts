@@ -69,11 +69,15 @@ export class ServerProcess {
   }
 
   kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    const c = this.child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
-    return new Promise((r) => {
-      c.once('exit', () => r());
-      c.kill(signal);
-    });
+    return killChild(this.child, signal);
   }
+}
+
+/** Signals a child process and resolves once it has exited (at once if it already has). */
+export function killChild(c: ChildProcess | null | undefined, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  if (!c || c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => {
+    c.once('exit', () => r());
+    c.kill(signal);
+  });
 }
