@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { Digest } from '../key/hash.js';
+import { type Digest, hashBytes } from '../key/hash.js';
 import { encodeMemo, type Memo, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
 
 /** Where a memo's blobs are: the local store's content-addressed files. */
@@ -17,6 +17,8 @@ export type MemoNotice = { key: string; lookup: Digest; startMs: number; endMs: 
  */
 export class MemoStore {
   private readonly byKey = new Map<string, Set<Digest>>();
+  /** Content digest of the memo this process last wrote for each lookup (bounded). */
+  private readonly written = new Map<Digest, Digest>();
   /** Bytes of the live notice log already read. */
   logOffset = 0;
   /** Bytes of the log renamed aside already read, while it waits for its last appends. */
@@ -44,19 +46,26 @@ export class MemoStore {
 
   /**
    * Writes the memo for a command unless one of its blobs is not in the local store yet (the
-   * client would only fall back). Returns whether it was written.
+   * client would only fall back), or the same memo is already in place.
    */
-  async write(lookup: Digest, memo: Memo): Promise<boolean> {
+  async write(lookup: Digest, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'> {
     // Synchronous file calls: a few small files, and each thread-pool round trip would cost the
     // daemon's one thread more than the call itself.
     for (const o of memo.outputs) {
       const st = statSync(this.blobPath(o.digest), { throwIfNoEntry: false });
-      if (!st?.isFile() || st.size !== o.size) return false;
+      if (!st?.isFile() || st.size !== o.size) return 'no-blob';
     }
     const path = memoPath(this.cacheDir, lookup);
+    const bytes = encodeMemo(memo);
+    // A daemon-path hit of a command whose memo is already these bytes, private and ours (the
+    // client skipped it by choice, `LTOCACHE_MEMO=0`, or raced us) needs no second write.
+    const digest = hashBytes(bytes);
+    if (this.written.get(lookup) === digest) {
+      const st = statSync(path, { throwIfNoEntry: false });
+      if (st?.isFile() && st.size === bytes.length && (st.mode & 0o777) === 0o600 && st.uid === process.getuid?.()) return 'unchanged';
+    }
     await this.ensureDirs(dirname(path));
     const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    const bytes = encodeMemo(memo);
     try {
       try {
         writeFileSync(tmp, bytes, { mode: 0o600, flag: 'wx' });
@@ -72,13 +81,16 @@ export class MemoStore {
       rmSync(tmp, { force: true });
       throw e;
     }
+    if (this.written.size >= 50_000) this.written.clear();
+    this.written.set(lookup, digest);
     let set = this.byKey.get(memo.key);
     if (!set) this.byKey.set(memo.key, (set = new Set()));
     set.add(lookup);
-    return true;
+    return 'written';
   }
 
   async remove(lookup: Digest): Promise<void> {
+    this.written.delete(lookup);
     await unlink(memoPath(this.cacheDir, lookup)).catch(() => {});
   }
 
@@ -91,6 +103,7 @@ export class MemoStore {
 
   async clear(): Promise<void> {
     this.byKey.clear();
+    this.written.clear();
     this.shards.clear();
     const dir = memoDir(this.cacheDir);
     for (const n of await readdir(dir).catch(() => [] as string[])) {

@@ -81,7 +81,8 @@ export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?
 
 /** Where memos go (src/memo/memoStore.ts): written after a hit or a stored miss, removed with a bad key. */
 export interface MemoSink {
-  write(lookup: string, memo: Memo): Promise<boolean>;
+  /** `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored yet. */
+  write(lookup: string, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'>;
   removeKey(key: string): Promise<void>;
   /** The last request seen for a memo and its entry's compile time, for the job log and `time_saved_ms` of hits served from it. */
   remember?(lookup: string, req: JobRequest, savedMs: number): void;
@@ -462,8 +463,9 @@ export class JobPipeline {
         stdout: decoded?.stdout ?? fromBase64(entry.record.stdout),
         stderr: decoded?.stderr ?? fromBase64(entry.record.stderr),
       };
-      if (await sink.write(lookup, memo)) {
-        this.counters.add(Counter.memos_written);
+      const r = await sink.write(lookup, memo);
+      if (r !== 'no-blob') {
+        if (r === 'written') this.counters.add(Counter.memos_written);
         sink.remember?.(lookup, req, entry.record.compileMs);
       }
     } catch (e) {
