@@ -176,21 +176,31 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
         }
       }
     : undefined;
-  const outcome = await h.compile(req, { signal, ...(compileOnClient ? { compileOnClient } : {}) });
-  if (signal.aborted) return;
-  switch (outcome.kind) {
-    case 'uncacheable':
-      sock.end(encodePassthrough(`${outcome.reason}: ${outcome.detail}`));
-      break;
-    case 'error':
-      sock.end(encodePassthrough(outcome.error));
-      break;
-    case 'hit':
-      sock.end(encodeResult({ exit: 0, signal: 0 }, outcome.stdout, outcome.stderr));
-      break;
-    case 'miss':
-      sock.end(outcome.compiledOnClient ? encodeAck() : encodeResult({ exit: outcome.exitCode, signal: outcome.signal }, outcome.stdout, outcome.stderr));
-      break;
-  }
+  // The client may exit as soon as its outputs are read: hashing and storing do not need it.
+  let acked = false;
+  const released = () => {
+    if (acked || signal.aborted) return;
+    acked = true;
+    sock.end(encodeAck());
+  };
+  const outcome = await h.compile(req, { signal, ...(compileOnClient ? { compileOnClient, released } : {}) });
+  if (signal.aborted && !acked) return;
+  // Once acknowledged, the client has its answer (its own compile's status): nothing more is sent.
+  if (!acked)
+    switch (outcome.kind) {
+      case 'uncacheable':
+        sock.end(encodePassthrough(`${outcome.reason}: ${outcome.detail}`));
+        break;
+      case 'error':
+        sock.end(encodePassthrough(outcome.error));
+        break;
+      case 'hit':
+        sock.end(encodeResult({ exit: 0, signal: 0 }, outcome.stdout, outcome.stderr));
+        break;
+      case 'miss':
+        if (!outcome.compiledOnClient) sock.end(encodeResult({ exit: outcome.exitCode, signal: outcome.signal }, outcome.stdout, outcome.stderr));
+        else released();
+        break;
+    }
   h.compiled(req, outcome, startedAt);
 }

@@ -41,6 +41,12 @@ export interface JobContext {
    * pipeline runs the compiler. A rejection with a ClientCompileError is counted as its kind.
    */
   compileOnClient?: () => Promise<CompilerRun>;
+  /**
+   * Called at most once, as soon as nothing more is needed from the requester's files: after a
+   * compile on the client, once its outputs' bytes are in memory. The requester may exit then (its
+   * outputs may change after); hashing, the input re-check and storing go on without it.
+   */
+  released?: () => void;
   /** False when no client will ever check a memo for this command (a distribution run by the
    * daemon, whose output names change every link): then none is written. */
   memo?: boolean;
@@ -376,13 +382,20 @@ export class JobPipeline {
     }
     this.counters.add(Counter.misses);
     this.counters.add(Counter.compile_ms, run.ms);
-    if (signal.aborted || run.exitCode !== 0) return { ...run, entry: null };
+    if (signal.aborted || run.exitCode !== 0) {
+      ctx.released?.();
+      return { ...run, entry: null };
+    }
     let entry: StoredEntry;
     try {
       const files = new Map<string, Buffer>();
       // Synchronous: the outputs were just written and are in the page cache; a thread-pool round
       // trip per file costs the daemon more CPU than the read.
-      for (const o of outputs) files.set(o.role, readFileSync(resolve(req.cwd, o.path)));
+      try {
+        for (const o of outputs) files.set(o.role, readFileSync(resolve(req.cwd, o.path)));
+      } finally {
+        ctx.released?.();
+      }
       // clang 19 exits 0 with an empty object when it cannot load an imported module: serve that
       // run as it is, but never store it.
       if (BACKEND_FAILURE.test(run.stderr.toString('latin1')) || files.get('obj')!.length === 0) {
