@@ -2,7 +2,7 @@
 /**
  * Real-kernel benchmark of the ThinLTO backend phase.
  *
- *   node dist/bench/kernel.js --tree DIR [--runs 3] [--json out.json] [--remote]
+ *   node dist/bench/kernel.js --tree DIR [--runs 3] [--json out.json] [--remote] [--remote-cluster]
  *
  * DIR is a Linux tree already built with CONFIG_LTO_CLANG_THIN (see docs/benchmarks.md). Linux
  * 6.12 has no CONFIG_LTO_CLANG_THIN_DIST, so this emulates it the way the later upstream support
@@ -17,6 +17,12 @@
  * (make → sh → compiler), and `make -j2` of that Makefile is what is timed, with $(CC) set per
  * scenario. Every scenario is measured in the same invocation, `--runs` times, interleaved.
  * Nothing here is timed except the make (or, for the lld rows, the ld.lld) process.
+ *
+ * Team rows (a daemon with an empty local cache reading from team servers populated beforehand
+ * by a writer daemon from the unedited tree): `--remote` runs them against one `ltocache serve
+ * --dir`; `--remote-cluster` against two `ltocache serve --storage redis+cluster://…` processes
+ * on a Redis Cluster on loopback (test/support/redis.ts: 3 masters + 3 replicas, no persistence,
+ * temp dirs), the daemons given both URLs. With both options both sets of rows are measured.
  */
 import { type SpawnSyncOptions, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -24,6 +30,8 @@ import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, 
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { RedisCluster } from '../test/support/redis.js';
+import { killChild } from '../test/support/server.js';
 
 // ---------------------------------------------------------------------------------------------
 // Paths and options
@@ -44,6 +52,8 @@ export interface Options {
   runs: number;
   json: string | null;
   remote: boolean;
+  /** Team rows through two `ltocache serve` processes on a Redis Cluster (as well as --remote's, if given). */
+  remoteCluster: boolean;
   clang: string;
   lld: string;
   ar: string;
@@ -62,11 +72,15 @@ export interface Options {
   verify: boolean;
 }
 
-const USAGE = `usage: node dist/bench/kernel.js --tree DIR [--runs N] [--json FILE] [--remote]
+const USAGE = `usage: node dist/bench/kernel.js --tree DIR [--runs N] [--json FILE] [--remote] [--remote-cluster]
     [--clang clang-19] [--lld ld.lld-19] [--ar llvm-ar-19] [--llvm-bin /usr/lib/llvm-19/bin]
     [--jobs 2] [--make make] [--work DIR] [--keep] [--no-ccache] [--ccache PATH] [--plan-only (needs --work)]
     [--edit FILE --edit-from STRING --edit-to STRING]   (default: kfree_const in mm/util.c)
-    [--verify]   ltocache daemon with verify=all: timings include the audit compiles; reports mismatches`;
+    [--verify]   ltocache daemon with verify=all: timings include the audit compiles; reports mismatches
+  --remote           team rows: one \`ltocache serve --dir\` populated by a writer daemon, read by an empty one
+  --remote-cluster   team rows through a Redis Cluster on loopback (3 masters + 3 replicas, /usr/bin/redis-server)
+                     and two \`ltocache serve --storage redis+cluster://…\` on it, the daemons given both URLs;
+                     with --remote too, both sets of team rows`;
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = {
@@ -74,6 +88,7 @@ export function parseArgs(argv: string[]): Options {
     runs: 3,
     json: null,
     remote: false,
+    remoteCluster: false,
     clang: 'clang-19',
     lld: 'ld.lld-19',
     ar: 'llvm-ar-19',
@@ -107,6 +122,9 @@ export function parseArgs(argv: string[]): Options {
         break;
       case '--remote':
         o.remote = true;
+        break;
+      case '--remote-cluster':
+        o.remoteCluster = true;
         break;
       case '--clang':
         o.clang = val();
@@ -504,30 +522,80 @@ class Ltocache {
 interface TeamServer {
   url: string;
   pid: number;
-  stop(): void;
+  /** SIGTERM, and SIGKILL if it has not exited 10 s later; resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
+/** The team rows' server side: the URL(s) the daemons are given, the processes whose CPU is counted. */
+interface Team {
+  /** Row names: `${label}, warm (empty local cache)` and `${label}, after edit (empty local cache)`. */
+  label: string;
+  /** LTOCACHE_REMOTE: one URL, or several comma-separated. */
+  url: string;
+  /** Server-side processes whose CPU the rows report as "+ server". */
+  pids: number[];
+  note?: string;
 }
 
 const TEAM_TOKENS = { write: 'bench-writer-0123456789abcdef0123', read: 'bench-reader-0123456789abcdef0123', admin: 'bench-admin-0123456789abcdef01234' };
 
-async function startServer(work: string, base: NodeJS.ProcessEnv): Promise<TeamServer> {
-  const dir = join(work, 'server');
+/** Writes the team tokens file (one file for every server of a cache) and returns its path. */
+function writeTeamTokens(path: string): string {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, `ci write ${TEAM_TOKENS.write}\ndev read ${TEAM_TOKENS.read}\nops admin ${TEAM_TOKENS.admin}\n`, { mode: 0o600 });
+  return path;
+}
+
+/** One `ltocache serve` on a loopback port: on `storage` (a redis… URL) or else on DIR/data; its log is DIR/serve.log. */
+async function startServer(dir: string, tokens: string, base: NodeJS.ProcessEnv, storage?: string): Promise<TeamServer> {
   mkdirSync(dir, { recursive: true });
-  const tokens = join(dir, 'tokens');
-  writeFileSync(tokens, `ci write ${TEAM_TOKENS.write}\ndev read ${TEAM_TOKENS.read}\nops admin ${TEAM_TOKENS.admin}\n`, { mode: 0o600 });
   const logPath = join(dir, 'serve.log');
   const fd = openSync(logPath, 'w');
   // Output to a file, never a pipe: this process blocks in spawnSync while the server runs.
-  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--dir', join(dir, 'data'), '--tokens', tokens], { stdio: ['ignore', fd, fd], env: base });
+  const store = storage ? ['--storage', storage] : ['--dir', join(dir, 'data')];
+  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', ...store, '--tokens', tokens], { stdio: ['ignore', fd, fd], env: base });
   closeSync(fd);
+  const stop = async (): Promise<void> => {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), 10_000)));
+    const how = await Promise.race([killChild(child, 'SIGTERM'), late]);
+    clearTimeout(timer);
+    if (how === 'late') await killChild(child, 'SIGKILL');
+  };
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
     const m = /listening on (wss?:\/\/\S+)/.exec(readFileSync(logPath, 'utf8'));
-    if (m) return { url: m[1]!, pid: child.pid!, stop: () => child.kill('SIGTERM') };
+    if (m) return { url: m[1]!, pid: child.pid!, stop };
     if (child.exitCode !== null) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  child.kill('SIGKILL');
+  await killChild(child, 'SIGKILL');
   throw new Error(`team server did not start: ${readFileSync(logPath, 'utf8').slice(0, 2000)}`);
+}
+
+/**
+ * The --remote-cluster backend: a Redis Cluster on loopback and two `ltocache serve` on it (one
+ * tokens file). Whatever has started is registered in `cleanup` before anything can fail.
+ */
+async function startClusterTeam(work: string, base: NodeJS.ProcessEnv, cleanup: (() => Promise<void>)[]): Promise<Team> {
+  const cluster = new RedisCluster(3);
+  cleanup.push(() => cluster.stop());
+  await cluster.start();
+  log(`redis cluster ${cluster.url}`);
+  const tokens = writeTeamTokens(join(work, 'cluster-servers', 'tokens'));
+  const servers: TeamServer[] = [];
+  for (const i of [1, 2]) {
+    const s = await startServer(join(work, 'cluster-servers', `serve-${i}`), tokens, base, cluster.url);
+    cleanup.push(() => s.stop());
+    servers.push(s);
+  }
+  const redisPids = cluster.nodes.map((n) => n.child!.pid!);
+  return {
+    label: 'ltocache + team (2 servers, Redis Cluster)',
+    url: servers.map((s) => s.url).join(','),
+    pids: [...servers.map((s) => s.pid), ...redisPids],
+    note: `LTOCACHE_REMOTE names both servers (${servers.length} × ltocache serve --storage redis+cluster://, Redis Cluster of 3 masters + 3 replicas on loopback); server CPU = both ltocache serve + the ${redisPids.length} redis-server processes`,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -626,7 +694,8 @@ export async function runBench(o: Options): Promise<Report | null> {
   const work = o.work ?? mkdtempSync(join(tmpdir(), 'ltocache-kbench-'));
   mkdirSync(work, { recursive: true });
   log(`work dir ${work}`);
-  const servers: TeamServer[] = [];
+  /** Stops the team servers and the Redis Cluster; run last first, in the outer finally. */
+  const cleanup: (() => Promise<void>)[] = [];
   const caches: Ltocache[] = [];
   try {
     // ---- job list (not timed)
@@ -719,18 +788,19 @@ export async function runBench(o: Options): Promise<Report | null> {
         want: () => Map<string, string | null>,
         wantStderr: () => string,
         idealHits?: number,
-        serverPid?: number,
+        serverPids: number[] = [],
         extraEnv: NodeJS.ProcessEnv = {},
       ): void => {
         const s0 = cache.stats();
         const pid = cache.pid();
         const d0 = pid ? pidCpuMs(pid) : NaN;
-        const v0 = serverPid ? pidCpuMs(serverPid) : NaN;
+        const serverCpu = (): number => serverPids.reduce((n, p) => n + pidCpuMs(p), 0);
+        const v0 = serverCpu();
         const t = make(`${CLIENT} ${o.clang}`, { ...cache.env, ...extraEnv });
         // stats drains the fast path's hit notices: that work is the daemon's share of those hits.
         const s1 = cache.stats();
         const d1 = pid ? pidCpuMs(pid) : NaN;
-        const v1 = serverPid ? pidCpuMs(serverPid) : NaN;
+        const v1 = serverCpu();
         const got = outputs();
         const mm = mismatches(got, want());
         const se = sortedLines(t.stderr) === wantStderr();
@@ -747,7 +817,7 @@ export async function runBench(o: Options): Promise<Report | null> {
           stderrMatches: se,
         };
         if (idealHits !== undefined) sample.ideal = idealHits;
-        if (serverPid) sample.serverCpuMs = v1 - v0;
+        if (serverPids.length) sample.serverCpuMs = v1 - v0;
         row(name).samples.push(sample);
         const errs = (s1.errors ?? 0) - (s0.errors ?? 0);
         const unc = (s1.uncacheable ?? 0) - (s0.uncacheable ?? 0);
@@ -756,19 +826,24 @@ export async function runBench(o: Options): Promise<Report | null> {
         );
       };
 
-      // Team server: populated once by a writer cache from the unedited tree (not timed).
-      let server: TeamServer | null = null;
+      // Team servers: --remote's on --dir, --remote-cluster's on a Redis Cluster; each populated
+      // once by a writer cache from the unedited tree (not timed).
+      const teams: Team[] = [];
       if (o.remote) {
-        server = await startServer(work, base);
-        servers.push(server);
-        log(`team server ${server.url}`);
-        const writer = new Ltocache(join(work, 'cache-writer'), base, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.write });
+        const server = await startServer(join(work, 'server'), writeTeamTokens(join(work, 'server', 'tokens')), base);
+        cleanup.push(() => server.stop());
+        teams.push({ label: 'ltocache + team server', url: server.url, pids: [server.pid] });
+      }
+      if (o.remoteCluster) teams.push(await startClusterTeam(work, base, cleanup));
+      for (const team of teams) {
+        log(`${team.label}: ${team.url}`);
+        const writer = new Ltocache(join(work, 'cache-writer'), base, { LTOCACHE_REMOTE: team.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.write });
         caches.push(writer);
         writer.start();
         make(`${CLIENT} ${o.clang}`, writer.env);
         writer.stop();
         const ws = writer.stats();
-        log(`team server populated: ${ws.uploads} uploads of ${ws.misses} compiles (${ws.uploads_dropped} dropped, ${ws.uploads_refused} refused, ${ws.remote_errors} errors)`);
+        log(`${team.label} populated: ${ws.uploads} uploads of ${ws.misses} compiles (${ws.uploads_dropped} dropped, ${ws.uploads_refused} refused, ${ws.remote_errors} errors)`);
         writer.destroy();
       }
 
@@ -886,27 +961,21 @@ export async function runBench(o: Options): Promise<Report | null> {
         cache.destroy();
         rmSync(lcache, { recursive: true, force: true });
 
-        // team cache: a new, empty local cache reading from the server (populated from the unedited tree)
-        if (server) {
+        // team cache: a new, empty local cache reading from the server(s) (populated from the unedited tree)
+        for (const [t, team] of teams.entries()) {
           revertEdit();
-          const dev = new Ltocache(join(work, `cache-dev-${run}`), base, {
-            LTOCACHE_REMOTE: server.url,
-            LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read,
-            LTOCACHE_REMOTE_MODE: 'read-only',
-          });
+          const devEnv = { LTOCACHE_REMOTE: team.url, LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read, LTOCACHE_REMOTE_MODE: 'read-only' };
+          const dev = new Ltocache(join(work, `cache-dev-${run}-${t}`), base, devEnv);
           caches.push(dev);
           dev.start();
-          ltoRun('ltocache + team server, warm (empty local cache)', dev, wantRef, wantRefStderr, undefined, server.pid);
+          row(`${team.label}, warm (empty local cache)`, team.note);
+          ltoRun(`${team.label}, warm (empty local cache)`, dev, wantRef, wantRefStderr, undefined, team.pids);
           dev.destroy();
-          const dev2 = new Ltocache(join(work, `cache-dev2-${run}`), base, {
-            LTOCACHE_REMOTE: server.url,
-            LTOCACHE_REMOTE_TOKEN: TEAM_TOKENS.read,
-            LTOCACHE_REMOTE_MODE: 'read-only',
-          });
+          const dev2 = new Ltocache(join(work, `cache-dev2-${run}-${t}`), base, devEnv);
           caches.push(dev2);
           dev2.start();
           applyEdit();
-          ltoRun('ltocache + team server, after edit (empty local cache)', dev2, wantAfter, wantAfterStderr, ideal, server.pid);
+          ltoRun(`${team.label}, after edit (empty local cache)`, dev2, wantAfter, wantAfterStderr, ideal, team.pids);
           dev2.destroy();
         }
         revertEdit();
@@ -971,7 +1040,7 @@ export async function runBench(o: Options): Promise<Report | null> {
     }
   } finally {
     for (const c of caches) c.destroy();
-    for (const s of servers) s.stop();
+    for (const stop of cleanup.reverse()) await stop().catch((e: Error) => log(`cleanup: ${e.message}`));
     if (!o.keep && !o.work) rmSync(work, { recursive: true, force: true });
   }
 }
