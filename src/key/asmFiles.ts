@@ -76,9 +76,13 @@ export function scanBitcodeAsm(bytes: Uint8Array): AsmScan {
         r.skipRecord(e.abbrevId);
         continue;
       }
+      const code = r.peekCode(e.abbrevId);
+      const isAsm = block === MODULE_BLOCK_ID ? code === MODULE_CODE_ASM : INLINEASM_CODES.has(code);
+      if (!isAsm) {
+        r.skipRecord(e.abbrevId);
+        continue;
+      }
       const rec = r.readRecord(e.abbrevId);
-      const isAsm = block === MODULE_BLOCK_ID ? rec.code === MODULE_CODE_ASM : INLINEASM_CODES.has(rec.code);
-      if (!isAsm) continue;
       const found = directivesInText(opsText(rec.ops));
       if (found.kind === 'unsure') return found;
       refs.push(...found.refs);

@@ -200,8 +200,8 @@ export class BitstreamReader {
       const code = this.vbr(6, 32);
       const n = this.count(this.vbr(6, 32), 6, 'operand count');
       this.charge(n + 1);
-      const ops: number[] = [];
-      for (let i = 0; i < n; i++) ops.push(this.vbr(6, 64));
+      const ops: number[] = new Array(n);
+      for (let i = 0; i < n; i++) ops[i] = this.vbr6();
       return { code, ops };
     }
     const abbrev = this.abbrev(abbrevId);
@@ -224,6 +224,17 @@ export class BitstreamReader {
     }
     const code = ops.shift()!; // readAbbrev guarantees the first op is scalar
     return blob === undefined ? { code, ops } : { code, ops, blob };
+  }
+
+  /** After a 'record' entry: its code, leaving the record to readRecord or skipRecord. */
+  peekCode(abbrevId: number): number {
+    const at = this.pos;
+    try {
+      // readAbbrev guarantees an abbreviation's first operand (the code) is scalar.
+      return abbrevId === UNABBREV_RECORD ? this.vbr(6, 32) : this.scalar(this.abbrev(abbrevId)[0]!);
+    } finally {
+      this.pos = at;
+    }
   }
 
   /** After a 'record' entry: moves past the record, decoding only what the skip needs. */
@@ -430,9 +441,33 @@ export class BitstreamReader {
     return low + high * 2 ** lowBits;
   }
 
+  /** vbr(6, 64) with integer arithmetic while the value fits 30 bits: unabbreviated operands (an
+   *  inline asm string is one per character) are most of what a scan decodes. */
+  private vbr6(): number {
+    const start = this.pos;
+    const end = this.scope().end;
+    const b = this.bytes;
+    let value = 0;
+    for (let shift = 0; shift < 30; shift += 5) {
+      const at = this.pos;
+      if (at + 6 > end) break;
+      const i = at >>> 3;
+      const chunk = ((b[i]! | ((b[i + 1] ?? 0) << 8)) >>> (at & 7)) & 63;
+      this.pos = at + 6;
+      value |= (chunk & 31) << shift;
+      if (chunk < 32) return value;
+    }
+    this.pos = start;
+    return this.vbr(6, 64);
+  }
+
   private vbr(width: number, maxBits: number): number {
     const start = this.pos;
     const hi = 2 ** (width - 1);
+    // Most values fit one chunk.
+    const first = this.read(width);
+    if (first < hi) return first;
+    this.pos = start;
     let value = 0;
     for (let shift = 0; ; shift += width - 1) {
       if (shift >= maxBits) this.fail(`unterminated VBR (more than ${maxBits} bits)`, start);
