@@ -139,7 +139,8 @@ export class JobLog {
   }
 
   private async getJson<T>(sublevel: string, key: string, schema: z.ZodType<T>): Promise<T | undefined> {
-    const raw = await this.store.sublevel(sublevel).get(key);
+    // Synchronous: a small read from LevelDB's cache costs less than a thread-pool round trip.
+    const raw = this.store.sublevel(sublevel).getSync(key);
     if (raw === undefined) return undefined;
     const parsed = schema.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
     return parsed.success ? parsed.data : undefined;

@@ -1,9 +1,36 @@
 import { randomBytes } from 'node:crypto';
-import { renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { encodeMemo, type Memo, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
+
+/** A regular file of `size` bytes, mode 0600, ours: what the client accepts as a memo. */
+function privateFile(st: Stats, size: number): boolean {
+  return st.isFile() && st.size === size && (st.mode & 0o777) === 0o600 && st.uid === process.getuid?.();
+}
+
+/**
+ * Whether the memo at `path` is already these bytes (a memo written before a restart): reading a
+ * small file costs less than writing and renaming it again.
+ */
+function sameFile(path: string, bytes: Buffer): boolean {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    if (!privateFile(fstatSync(fd), bytes.length)) return false;
+    const got = Buffer.allocUnsafe(bytes.length);
+    return readSync(fd, got, 0, got.length, 0) === got.length && got.equals(bytes);
+  } catch {
+    return false;
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /** Where a memo's blobs are: the local store's content-addressed files. */
 export type BlobPath = (digest: Digest) => string;
@@ -60,9 +87,9 @@ export class MemoStore {
     // A daemon-path hit of a command whose memo is already these bytes, private and ours (the
     // client skipped it by choice, `LTOCACHE_MEMO=0`, or raced us) needs no second write.
     const digest = hashBytes(bytes);
-    if (this.written.get(lookup) === digest) {
-      const st = statSync(path, { throwIfNoEntry: false });
-      if (st?.isFile() && st.size === bytes.length && (st.mode & 0o777) === 0o600 && st.uid === process.getuid?.()) return 'unchanged';
+    if (this.written.get(lookup) === digest ? this.inPlace(path, bytes.length) : sameFile(path, bytes)) {
+      this.remember(lookup, digest, memo.key);
+      return 'unchanged';
     }
     await this.ensureDirs(dirname(path));
     const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -81,12 +108,21 @@ export class MemoStore {
       rmSync(tmp, { force: true });
       throw e;
     }
+    this.remember(lookup, digest, memo.key);
+    return 'written';
+  }
+
+  private inPlace(path: string, size: number): boolean {
+    const st = statSync(path, { throwIfNoEntry: false });
+    return !!st && privateFile(st, size);
+  }
+
+  private remember(lookup: Digest, digest: Digest, key: string): void {
     if (this.written.size >= 50_000) this.written.clear();
     this.written.set(lookup, digest);
-    let set = this.byKey.get(memo.key);
-    if (!set) this.byKey.set(memo.key, (set = new Set()));
+    let set = this.byKey.get(key);
+    if (!set) this.byKey.set(key, (set = new Set()));
     set.add(lookup);
-    return 'written';
   }
 
   async remove(lookup: Digest): Promise<void> {

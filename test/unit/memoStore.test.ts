@@ -1,0 +1,78 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { type Memo, memoPath } from '../../src/memo/memoFormat.js';
+import { MemoStore } from '../../src/memo/memoStore.js';
+
+await initHash();
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A cache directory with one stored blob, and a memo that names it. */
+function setup(): { dir: string; store: () => MemoStore; memo: Memo; lookup: string } {
+  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-memostore-'));
+  dirs.push(dir);
+  const blobs = join(dir, 'blobs');
+  fs.mkdirSync(blobs);
+  const obj = Buffer.from('object bytes');
+  const digest = hashBytes(obj);
+  fs.writeFileSync(join(blobs, digest), obj);
+  const memo: Memo = {
+    key: hashBytes(Buffer.from('a key')),
+    checks: [{ kind: 'env', name: 'LTOCACHE_TEST', value: null }],
+    outputs: [{ path: join(dir, 'out.o'), digest, size: obj.length }],
+    stdout: Buffer.alloc(0),
+    stderr: Buffer.from('warning\n'),
+  };
+  return { dir, store: () => new MemoStore(dir, (d) => join(blobs, d)), memo, lookup: hashBytes(Buffer.from('a command')) };
+}
+
+test('a memo already on disk with the same bytes is not written again by a restarted daemon', async () => {
+  const { dir, store, memo, lookup } = setup();
+  assert.equal(await store().write(lookup, memo), 'written');
+  const before = fs.statSync(memoPath(dir, lookup));
+  // A new MemoStore is a daemon after a restart: it has no memory of what it wrote.
+  const again = store();
+  assert.equal(await again.write(lookup, memo), 'unchanged');
+  const after = fs.statSync(memoPath(dir, lookup));
+  assert.equal(after.ino, before.ino, 'the memo file was replaced');
+  // It still knows the memo belongs to the key: removing the key removes it.
+  await again.removeKey(memo.key);
+  assert.equal(fs.existsSync(memoPath(dir, lookup)), false);
+});
+
+test('a memo on disk with other bytes, another mode or a symlink in its place is written again', async () => {
+  const { dir, store, memo, lookup } = setup();
+  const s = store();
+  assert.equal(await s.write(lookup, memo), 'written');
+  const path = memoPath(dir, lookup);
+
+  const other = { ...memo, stderr: Buffer.from('another warning\n') };
+  assert.equal(await store().write(lookup, other), 'written');
+  assert.equal(await store().write(lookup, memo), 'written');
+
+  fs.chmodSync(path, 0o644);
+  assert.equal(await store().write(lookup, memo), 'written');
+  assert.equal(fs.statSync(path).mode & 0o777, 0o600);
+
+  const target = join(dir, 'elsewhere');
+  fs.copyFileSync(path, target);
+  fs.chmodSync(target, 0o600);
+  fs.rmSync(path);
+  fs.symlinkSync(target, path);
+  assert.equal(await store().write(lookup, memo), 'written');
+  assert.equal(fs.lstatSync(path).isFile(), true);
+});
+
+test('no memo is written while a blob it names is not stored', async () => {
+  const { dir, store, memo, lookup } = setup();
+  const missing = { ...memo, outputs: [{ ...memo.outputs[0]!, digest: hashBytes(Buffer.from('not stored')) }] };
+  assert.equal(await store().write(lookup, missing), 'no-blob');
+  assert.equal(fs.existsSync(memoPath(dir, lookup)), false);
+});
