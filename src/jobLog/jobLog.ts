@@ -139,8 +139,10 @@ export class JobLog {
   }
 
   private async getJson<T>(sublevel: string, key: string, schema: z.ZodType<T>): Promise<T | undefined> {
-    // Synchronous: a small read from LevelDB's cache costs less than a thread-pool round trip.
-    const raw = this.store.sublevel(sublevel).getSync(key);
+    // Synchronous once open (getSync does not wait for a deferred open): a small read from
+    // LevelDB's cache costs less than a thread-pool round trip.
+    const sub = this.store.sublevel(sublevel);
+    const raw = sub.status === 'open' ? sub.getSync(key) : await sub.get(key);
     if (raw === undefined) return undefined;
     const parsed = schema.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
     return parsed.success ? parsed.data : undefined;
