@@ -342,6 +342,7 @@ export class RemoteBackend implements CacheBackend {
 
   /** The servers in the key's preferred order. */
   order(key: string): RemoteServer[] {
+    if (this.servers.length === 1) return [this.servers[0]!];
     return this.servers
       .map((s, i) => ({ s, w: score(this.urls[i]!, key) }))
       .sort((x, y) => y.w - x.w)

@@ -15,6 +15,10 @@ function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
 }
 
+/** Temp names are unique in this process by the counter, and against other processes by the tag. */
+const TMP_TAG = randomBytes(6).toString('hex');
+let tmpCount = 0;
+
 /**
  * Content-addressed files `blobs/<2 hex>/<30 hex>`. A file appears under its name only complete
  * (tmp + rename); when `durable`, also fsynced with its directory, so a crash leaves at worst an
@@ -56,7 +60,7 @@ export class BlobStore {
     if (!this.durable && this.fs === nodeFs && data.length <= SMALL) return this.writeSmall(digest, data);
     if (await this.present(digest, data.length)) return;
     const dest = this.pathOf(digest);
-    const tmp = join(this.tmpDir, `${digest}.${randomBytes(8).toString('hex')}`);
+    const tmp = this.tmpPath(digest);
     const dir = dirname(dest);
     let fh: StoreFileHandle | undefined;
     try {
@@ -102,13 +106,10 @@ export class BlobStore {
    */
   private writeSmall(digest: Digest, data: Uint8Array): void {
     const dest = this.pathOf(digest);
-    try {
-      if (statSync(dest).size === data.length) return;
-    } catch (e) {
-      if (errno(e) !== 'ENOENT') throw e;
-    }
+    // No exception for the usual answer (absent): building one costs more than the stat.
+    if (statSync(dest, { throwIfNoEntry: false })?.size === data.length) return;
     const dir = dirname(dest);
-    const tmp = join(this.tmpDir, `${digest}.${randomBytes(8).toString('hex')}`);
+    const tmp = this.tmpPath(digest);
     let fd: number | undefined;
     try {
       fd = openSync(tmp, 'wx');
@@ -200,13 +201,32 @@ export class BlobStore {
     return names.length;
   }
 
-  /** Deletes every blob file. tmp/ is left to the writes in flight that own its files. */
+  /**
+   * Deletes every blob file. The shard directories stay, so that the puts after a clear make
+   * none again; anything else in blobs/ goes. tmp/ is left to the writes in flight that own its
+   * files.
+   */
   async removeAll(): Promise<void> {
     this.removals++;
-    this.dirs.clear();
     for (const n of await this.fs.readdir(this.blobsDir)) {
-      await this.fs.rm(join(this.blobsDir, n), { recursive: true, force: true });
+      const path = join(this.blobsDir, n);
+      let files: string[] | null = null;
+      if (SHARD_RE.test(n)) {
+        try {
+          files = await this.fs.readdir(path);
+        } catch (e) {
+          if (errno(e) !== 'ENOTDIR' && errno(e) !== 'ENOENT') throw e;
+        }
+      }
+      if (files === null) {
+        this.dirs.delete(path);
+        await this.fs.rm(path, { recursive: true, force: true });
+      } else for (const f of files) await this.fs.rm(join(path, f), { recursive: true, force: true });
     }
+  }
+
+  private tmpPath(digest: Digest): string {
+    return join(this.tmpDir, `${digest}.${TMP_TAG}-${(tmpCount++).toString(36)}`);
   }
 
   /** Makes the rename that created a blob durable before LevelDB may point at it. */

@@ -73,8 +73,13 @@ export interface StoreSummary {
 
 type Read<T> = { kind: 'absent' } | { kind: 'invalid'; detail: string } | { kind: 'ok'; value: T };
 
-async function readJson<T>(sub: Sub, key: string, schema: z.ZodType<T>): Promise<Read<T>> {
-  const raw = await sub.get(key);
+/**
+ * Point reads of the store's LevelDB are synchronous: a key is in the memtable or a cached block
+ * (a few µs), while an asynchronous get costs a thread-pool round trip of ~40 µs of CPU across
+ * two threads. A read that misses the caches blocks the event loop for one block read.
+ */
+function readJson<T>(sub: Sub, key: string, schema: z.ZodType<T>): Read<T> {
+  const raw = sub.getSync(key);
   if (raw === undefined) return { kind: 'absent' };
   let parsed: unknown;
   try {
@@ -163,6 +168,7 @@ export class LocalStore implements CacheBackend {
   private readonly refs: Sub;
   private readonly meta: Sub;
   private readonly blobs: BlobStore;
+  private readonly appSublevels = new Map<string, StoreSublevel<unknown>>();
   /** Keys evicted since the owner last emptied this list (the daemon removes their memos). */
   readonly evictedKeys: string[] = [];
   private bytes = 0;
@@ -220,7 +226,7 @@ export class LocalStore implements CacheBackend {
   async get(key: Digest): Promise<Lookup> {
     if (!DIGEST_RE.test(key)) return { kind: 'error', corrupt: false, error: badKey(key) };
     try {
-      const found = await readJson(this.entries, key, EntryRecord);
+      const found = readJson(this.entries, key, EntryRecord);
       if (found.kind === 'absent') return { kind: 'miss' };
       if (found.kind === 'ok') {
         const files = await this.readBlobs(found.value);
@@ -266,7 +272,7 @@ export class LocalStore implements CacheBackend {
     try {
       return await this.mutex.run(async () => {
         const m = new Mutation();
-        const existed = await this.planRemove(m, key);
+        const existed = this.planRemove(m, key);
         await this.commit(m);
         return { kind: existed ? 'deleted' : 'absent' };
       });
@@ -287,10 +293,19 @@ export class LocalStore implements CacheBackend {
     return { entries: this.entryCount, bytes: this.bytes };
   }
 
-  /** A JSON-valued sublevel for other components' data (stats, manifests) in this LevelDB. */
+  /**
+   * A JSON-valued sublevel for other components' data (stats, manifests) in this LevelDB. One
+   * object per name for the store's life: callers ask for it on every flush, and making one
+   * costs more than the writes of a small flush.
+   */
   sublevel<V>(name: string): StoreSublevel<V> {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) throw new Error(`invalid sublevel name ${JSON.stringify(name)}`);
-    return this.db.sublevel<string, V>([SUBLEVELS.app, name], { valueEncoding: 'json' });
+    let sub = this.appSublevels.get(name);
+    if (!sub) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) throw new Error(`invalid sublevel name ${JSON.stringify(name)}`);
+      sub = this.db.sublevel<string, unknown>([SUBLEVELS.app, name], { valueEncoding: 'json' });
+      this.appSublevels.set(name, sub);
+    }
+    return sub as StoreSublevel<V>;
   }
 
   /** Stops the sweep, waits for queued mutations, releases the lock. Idempotent. */
@@ -342,11 +357,11 @@ export class LocalStore implements CacheBackend {
   }
 
   private async getLocked(key: Digest): Promise<Lookup> {
-    const found = await readJson(this.entries, key, EntryRecord);
+    const found = readJson(this.entries, key, EntryRecord);
     if (found.kind === 'absent') return { kind: 'miss' };
     const m = new Mutation();
     if (found.kind === 'invalid') {
-      await this.planRemove(m, key);
+      this.planRemove(m, key);
       await this.commit(m);
       this.counters.corruptRecords++;
       return { kind: 'error', corrupt: true, error: `local store: record ${key} is invalid, dropped: ${found.detail}` };
@@ -358,7 +373,7 @@ export class LocalStore implements CacheBackend {
     }
     // A bad blob file must go too: a later put of the same digest would otherwise keep it.
     for (const b of files.bad) if (b.problem !== 'missing') await this.blobs.remove(b.digest);
-    await this.planRemove(m, key);
+    this.planRemove(m, key);
     await this.commit(m);
     this.counters.corruptBlobs++;
     return {
@@ -375,7 +390,7 @@ export class LocalStore implements CacheBackend {
   async touch(key: Digest): Promise<void> {
     if (!DIGEST_RE.test(key)) return;
     try {
-      const info = await readJson(this.info, key, EntryInfo);
+      const info = readJson(this.info, key, EntryInfo);
       if (info.kind === 'ok' && this.opts.now() - info.value.atime < this.opts.touchIntervalMs) return;
       await this.mutex.run(() => this.touchLocked(key));
     } catch {
@@ -384,7 +399,7 @@ export class LocalStore implements CacheBackend {
   }
 
   private async touchLocked(key: Digest): Promise<void> {
-    const info = await readJson(this.info, key, EntryInfo);
+    const info = readJson(this.info, key, EntryInfo);
     if (info.kind !== 'ok') return;
     const now = this.opts.now();
     if (now - info.value.atime < this.opts.touchIntervalMs) return;
@@ -398,14 +413,13 @@ export class LocalStore implements CacheBackend {
   /** `removals`: the blob store's deletion count before the blobs were written outside the mutex. */
   private async commitPut(key: Digest, c: CheckedEntry, removals: number): Promise<void> {
     const m = new Mutation();
-    // The old entry's bookkeeping and the new blobs' refs in one round of reads; a ref the
-    // removal touched is taken from `m`, which has it.
-    const [, stored] = await Promise.all([this.planRemove(m, key), this.refs.getMany(c.blobs.map((b) => b.digest))]);
-    for (const [i, b] of c.blobs.entries()) {
+    // A key a lookup just found absent is read again here: under the mutex it is the truth, and
+    // a concurrent put of the same key may have committed since (synchronous reads, cheap).
+    this.planRemove(m, key);
+    for (const b of c.blobs) {
       // The pre-mutex write may have been undone by a concurrent deletion; rewrite if so.
       if (this.blobs.removals !== removals) await this.blobs.write(b.digest, b.data);
-      if (!m.refs.has(b.digest)) m.refs.set(b.digest, parseRef(stored[i], b.size));
-      await this.addRef(m, b.digest, b.size, +1);
+      this.addRef(m, b.digest, b.size, +1);
     }
     const now = this.opts.now();
     const info: EntryInfo = { atime: now, bytes: c.recordBytes, blobs: c.blobs.map((b) => ({ digest: b.digest, size: b.size })) };
@@ -431,12 +445,12 @@ export class LocalStore implements CacheBackend {
     let evicted = 0;
     for await (const [lk, key] of this.lru.iterator()) {
       if (this.bytes + m.bytesDelta <= target) break;
-      const info = await readJson(this.info, key, EntryInfo);
+      const info = readJson(this.info, key, EntryInfo);
       if (info.kind !== 'ok' || lruKey(info.value.atime, key) !== lk) {
         m.ops.push({ type: 'del', sublevel: this.lru, key: lk });
         if (info.kind === 'ok') continue;
       }
-      if (await this.planRemove(m, key)) {
+      if (this.planRemove(m, key)) {
         evicted++;
         if (this.evictedKeys.length < 10_000) this.evictedKeys.push(key);
       }
@@ -447,10 +461,11 @@ export class LocalStore implements CacheBackend {
     this.counters.evictedBytes += before - this.bytes;
   }
 
-  /** Adds the removal of `key` to `m`; false if there was nothing to remove. */
-  private async planRemove(m: Mutation, key: string): Promise<boolean> {
+  /** Adds the removal of `key` to `m`; false if there was nothing to remove. Call under the mutex. */
+  private planRemove(m: Mutation, key: string): boolean {
     if (m.removed.has(key)) return false;
-    const [record, info] = await Promise.all([this.entries.get(key), readJson(this.info, key, EntryInfo)]);
+    const record = this.entries.getSync(key);
+    const info = readJson(this.info, key, EntryInfo);
     if (record === undefined && info.kind === 'absent') return false;
     m.removed.add(key);
     m.ops.push({ type: 'del', sublevel: this.entries, key }, { type: 'del', sublevel: this.info, key });
@@ -458,17 +473,15 @@ export class LocalStore implements CacheBackend {
     if (info.kind === 'ok') {
       m.ops.push({ type: 'del', sublevel: this.lru, key: lruKey(info.value.atime, key) });
       m.bytesDelta -= info.value.bytes;
-      for (const b of info.value.blobs) await this.addRef(m, b.digest, b.size, -1);
+      for (const b of info.value.blobs) this.addRef(m, b.digest, b.size, -1);
     }
     return true;
   }
 
-  private async addRef(m: Mutation, digest: Digest, size: number, delta: 1 | -1): Promise<void> {
+  /** A blob's count as `m` leaves it (read from LevelDB the first time `m` touches it), plus `delta`. */
+  private addRef(m: Mutation, digest: Digest, size: number, delta: 1 | -1): void {
     let cur = m.refs.get(digest);
-    if (!cur) {
-      const stored = await readJson<BlobRef>(this.refs, digest, BlobRef);
-      cur = stored.kind === 'ok' ? stored.value : { n: 0, size };
-    }
+    if (!cur) cur = parseRef(this.refs.getSync(digest), size);
     const n = Math.max(0, cur.n + delta);
     if (cur.n === 0 && n > 0) m.bytesDelta += size;
     if (cur.n > 0 && n === 0) m.bytesDelta -= cur.size;
@@ -546,7 +559,7 @@ export class LocalStore implements CacheBackend {
   }
 
   private async dropIfBroken(key: string): Promise<boolean> {
-    const found = await readJson(this.entries, key, EntryRecord);
+    const found = readJson(this.entries, key, EntryRecord);
     if (found.kind === 'absent') return false;
     if (found.kind === 'ok') {
       let intact = true;
@@ -554,7 +567,7 @@ export class LocalStore implements CacheBackend {
       if (intact) return false;
     }
     const m = new Mutation();
-    await this.planRemove(m, key);
+    this.planRemove(m, key);
     await this.commit(m);
     return true;
   }

@@ -552,3 +552,60 @@ test('a put of shared blobs keeps reference counts right when both entries are w
   assert.ok(!fs.existsSync(blobPath(dir, shared)));
   assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
 });
+
+test('a put replacing an entry that shares a blob with it moves each count once: shared kept, old-only freed, new-only added', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir, sweepOnOpen: false, durable: false });
+  const shared = fill(3000, 0x5a);
+  const k = key('replace-shared');
+  // A lookup finds the key absent, then another put of it commits before the write-back: the
+  // write-back's commit must see that entry and release its references.
+  assert.deepEqual(await s.get(k), { kind: 'miss' });
+  const old = entry({ obj: shared, dwo: fill(200, 1) });
+  assert.equal((await s.put(k, old)).kind, 'stored');
+  const next = entry({ obj: shared, dwo: fill(300, 2) });
+  assert.equal((await s.put(k, next, { verified: true, parsed: true })).kind, 'stored');
+  assert.deepEqual(s.summary(), { entries: 1, bytes: 3000 + 300 + recordBytes(next) });
+  assert.ok(!fs.existsSync(blobPath(dir, fill(200, 1))), 'the old entry alone referenced it');
+  assertHit(await s.get(k), next);
+  // Both at once, then a third: the totals end as if they ran one after another.
+  const [a, b] = await Promise.all([s.put(k, old, { verified: true, parsed: true }), s.put(k, next, { verified: true, parsed: true })]);
+  assert.equal(a.kind, 'stored');
+  assert.equal(b.kind, 'stored');
+  const got = await s.get(k);
+  const last = got.kind === 'hit' && got.entry.files.get('dwo')!.length === 200 ? old : next;
+  assertHit(got, last);
+  assert.deepEqual(s.summary(), { entries: 1, bytes: 3000 + last.files.get('dwo')!.length + recordBytes(last) });
+  assert.equal(listBlobs(dir).length, 2);
+  assert.equal((await s.delete(k)).kind, 'deleted');
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+  assert.deepEqual(listBlobs(dir), []);
+});
+
+test('clear keeps the blob shard directories and removes anything else in blobs/; puts after it store as before', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir, sweepOnOpen: false, durable: false });
+  const e1 = entry({ obj: Buffer.from('before the clear') });
+  assert.equal((await s.put(key('c-1'), e1)).kind, 'stored');
+  const shard = join(blobPath(dir, 'before the clear'), '..');
+  const stray = join(layoutPaths(dir).blobs, 'not-a-shard');
+  fs.mkdirSync(join(stray, 'inner'), { recursive: true });
+  await s.clear();
+  assert.deepEqual(fs.readdirSync(shard), [], 'the shard directory stays, empty');
+  assert.ok(!fs.existsSync(stray));
+  assert.deepEqual(await s.get(key('c-1')), { kind: 'miss' });
+  assert.equal((await s.put(key('c-1'), e1)).kind, 'stored');
+  assertHit(await s.get(key('c-1')), e1);
+  // A shard directory removed after the clear is made again.
+  await s.clear();
+  fs.rmSync(shard, { recursive: true, force: true });
+  assert.equal((await s.put(key('c-2'), e1)).kind, 'stored');
+  assertHit(await s.get(key('c-2')), e1);
+});
+
+test('sublevel() hands out one object per name', async (t) => {
+  const s = await openStore(t, { dir: tempDir(), sweepOnOpen: false });
+  assert.equal(s.sublevel('stats'), s.sublevel('stats'));
+  assert.notEqual(s.sublevel('stats'), s.sublevel('log'));
+  assert.throws(() => s.sublevel('../x'), /invalid sublevel name/);
+});
