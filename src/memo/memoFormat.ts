@@ -64,37 +64,56 @@ export function noticeLogPath(cacheDir: string): string {
   return join(memoDir(cacheDir), 'hits.log');
 }
 
+/** Appends into one growing buffer: a memo has ~60 checks, and a Buffer per field was the
+ *  daemon's largest source of garbage per job. */
 class Writer {
-  private readonly parts: Buffer[] = [];
+  private buf = Buffer.allocUnsafe(4096);
+  private n = 0;
+  /** Reserves k bytes and returns their offset; the buffer may be replaced, so callers read
+   *  `this.buf` only after calling it. */
+  private room(k: number): number {
+    if (this.n + k > this.buf.length) {
+      const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.n + k));
+      this.buf.copy(next, 0, 0, this.n);
+      this.buf = next;
+    }
+    const at = this.n;
+    this.n += k;
+    return at;
+  }
   u8(v: number): void {
-    this.parts.push(Buffer.from([v]));
+    const at = this.room(1);
+    this.buf[at] = v;
   }
   u32(v: number): void {
-    const b = Buffer.alloc(4);
-    b.writeUInt32LE(v);
-    this.parts.push(b);
+    const at = this.room(4);
+    this.buf.writeUInt32LE(v, at);
   }
   u64(v: bigint | number): void {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(BigInt(v));
-    this.parts.push(b);
+    const at = this.room(8);
+    this.buf.writeBigUInt64LE(typeof v === 'bigint' ? v : BigInt(v), at);
   }
   bytes(b: Buffer): void {
     this.u32(b.length);
-    this.parts.push(b);
+    this.raw(b);
   }
   str(s: string): void {
-    this.bytes(Buffer.from(s, 'utf8'));
+    const len = Buffer.byteLength(s, 'utf8');
+    this.u32(len);
+    const at = this.room(len);
+    this.buf.write(s, at, len, 'utf8');
   }
   hex(d: string): void {
     if (!DIGEST_RE.test(d)) throw new MemoError(`not a digest: ${d}`);
-    this.parts.push(Buffer.from(d, 'latin1'));
+    const at = this.room(d.length);
+    this.buf.write(d, at, d.length, 'latin1');
   }
   raw(b: Buffer): void {
-    this.parts.push(b);
+    const at = this.room(b.length);
+    b.copy(this.buf, at);
   }
   done(): Buffer {
-    return Buffer.concat(this.parts);
+    return this.buf.subarray(0, this.n);
   }
 }
 

@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { closeSync, constants, fstatSync, openSync, readSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
+import { tempSuffix } from '../util/tempSuffix.js';
 import { encodeMemo, type Memo, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
 
 /** A regular file of `size` bytes, mode 0600, ours: what the client accepts as a memo. */
@@ -92,7 +92,7 @@ export class MemoStore {
       return 'unchanged';
     }
     await this.ensureDirs(dirname(path));
-    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const tmp = `${path}.tmp-${tempSuffix()}`;
     try {
       try {
         writeFileSync(tmp, bytes, { mode: 0o600, flag: 'wx' });

@@ -1,6 +1,6 @@
-import { randomBytes } from 'node:crypto';
 import { closeSync, fchmodSync, fstatSync, openSync, readSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
+import { tempSuffix } from '../util/tempSuffix.js';
 
 /**
  * Puts each output at its path atomically: a temp file in the same directory, the mode clang
@@ -17,7 +17,7 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
       utimesSync(target, now, now);
       continue;
     }
-    const tmp = join(dirname(target), `.${basename(target)}.ltocache-${randomBytes(6).toString('hex')}`);
+    const tmp = join(dirname(target), `.${basename(target)}.ltocache-${tempSuffix()}`);
     // Synchronous on purpose: objects are small and these calls cost less than thread-pool hops.
     const fd = openSync(tmp, 'wx', 0o600);
     try {

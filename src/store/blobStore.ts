@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { DIGEST_RE, type Digest, hashBytes } from '../key/hash.js';
+import { tempSuffix } from '../util/tempSuffix.js';
 import { nodeFs, type StoreFileHandle, type StoreFs } from './storeOptions.js';
 
 export type BlobCheck = { ok: true; data: Buffer } | { ok: false; problem: 'missing' | 'size' | 'digest'; detail: string };
@@ -14,10 +14,6 @@ const REST_RE = /^[0-9a-f]{30}$/;
 function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
 }
-
-/** Temp names are unique in this process by the counter, and against other processes by the tag. */
-const TMP_TAG = randomBytes(6).toString('hex');
-let tmpCount = 0;
 
 /**
  * Content-addressed files `blobs/<2 hex>/<30 hex>`. A file appears under its name only complete
@@ -226,7 +222,7 @@ export class BlobStore {
   }
 
   private tmpPath(digest: Digest): string {
-    return join(this.tmpDir, `${digest}.${TMP_TAG}-${(tmpCount++).toString(36)}`);
+    return join(this.tmpDir, `${digest}.${tempSuffix()}`);
   }
 
   /** Makes the rename that created a blob durable before LevelDB may point at it. */

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
-import { type Memo, memoPath } from '../../src/memo/memoFormat.js';
+import { decodeMemo, encodeMemo, type Memo, memoPath } from '../../src/memo/memoFormat.js';
 import { MemoStore } from '../../src/memo/memoStore.js';
 
 await initHash();
@@ -75,4 +75,31 @@ test('no memo is written while a blob it names is not stored', async () => {
   const missing = { ...memo, outputs: [{ ...memo.outputs[0]!, digest: hashBytes(Buffer.from('not stored')) }] };
   assert.equal(await store().write(lookup, missing), 'no-blob');
   assert.equal(fs.existsSync(memoPath(dir, lookup)), false);
+});
+
+test('a memo larger than the encoder first reserves round-trips field for field', () => {
+  const { memo } = setup();
+  const checks: Memo['checks'] = [];
+  for (let i = 0; i < 200; i++) {
+    checks.push({
+      kind: 'stat',
+      path: `/some/long/path/to/an/imported/module/number/${i}.o`,
+      dev: 2049n,
+      ino: BigInt(1000 + i),
+      size: 123456n,
+      mtimeNs: 1_700_000_000_123_456_789n,
+      ctimeNs: 1_700_000_000_987_654_321n,
+    });
+    checks.push({ kind: 'content', path: `/idx/${i}.thinlto.bc`, size: i, digest: hashBytes(Buffer.from(String(i))) });
+  }
+  checks.push(
+    { kind: 'env', name: 'CCC_OVERRIDE_OPTIONS', value: 'ünïcode value' },
+    { kind: 'absent', path: '/etc/clang' },
+    { kind: 'dir', path: '/usr/bin', dev: 1n, ino: 2n, mtimeNs: 3n, ctimeNs: 4n },
+  );
+  const big: Memo = { ...memo, checks, stderr: Buffer.alloc(9000, 0x41) };
+  const bytes = encodeMemo(big);
+  assert.ok(bytes.length > 4096 * 4);
+  const back = decodeMemo(bytes);
+  assert.deepEqual(back, big);
 });
