@@ -32,14 +32,19 @@ export class ObservingFiles implements DigestSource {
     this.byContent.add(absPath);
   }
 
-  /** A directory whose entries were listed (an added file changes its mtime), or its absence. */
-  directory(absPath: string): void {
+  /**
+   * A directory whose entries were listed (an added file changes its mtime), or its absence.
+   * `known` is a stat the caller already took of it (undefined: absent).
+   */
+  directory(absPath: string, known?: { st: BigIntStats | undefined }): void {
     let st: BigIntStats | undefined;
-    try {
-      st = statSync(absPath, { bigint: true, throwIfNoEntry: false });
-    } catch {
-      st = undefined;
-    }
+    if (known) st = known.st;
+    else
+      try {
+        st = statSync(absPath, { bigint: true, throwIfNoEntry: false });
+      } catch {
+        st = undefined;
+      }
     if (!st) this.seen.set(absPath, { kind: 'absent', path: absPath });
     else if (!st.isDirectory()) this.seen.set(absPath, { kind: 'notreg', path: absPath });
     else this.seen.set(absPath, { kind: 'dir', path: absPath, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });

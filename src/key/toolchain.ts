@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { realpathSync, statSync } from 'node:fs';
+import { type BigIntStats, realpathSync, statSync } from 'node:fs';
 import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -30,14 +30,18 @@ const CONFIG_FILES = ['/etc/clang.cfg'];
 /** The loader's cache: where it finds libraries that no RPATH or LD_LIBRARY_PATH names. */
 const LD_SO_CACHE = '/etc/ld.so.cache';
 
-/** Stat identity of a directory (an entry added or removed changes its mtime), or '-' if absent. */
-function dirState(dir: string): string {
+/** A directory's stat, or undefined if absent or unreadable. */
+function dirStat(dir: string): BigIntStats | undefined {
   try {
-    const st = statSync(dir, { bigint: true, throwIfNoEntry: false });
-    return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : '-';
+    return statSync(dir, { bigint: true, throwIfNoEntry: false });
   } catch {
-    return '-';
+    return undefined;
   }
+}
+
+/** Stat identity of a directory (an entry added or removed changes its mtime), or '-' if absent. */
+function dirState(st: BigIntStats | undefined): string {
+  return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : '-';
 }
 
 /** LLVM major versions named by a compiler's paths: `clang-22`, `/usr/lib/llvm-22/bin/clang`. */
@@ -83,6 +87,8 @@ export class ToolchainIdentifier {
     const real = realpathSync(compiler);
     const st = statSync(real, { bigint: true });
     const dirs = configDirs(compiler, real);
+    // One stat per directory serves both the memo key and the job's observations.
+    const dirStats = dirs.map(dirStat);
     // A config file added next to the compiler, or a new loader cache, changes the identity too.
     const memoKey = JSON.stringify([
       compiler,
@@ -94,9 +100,9 @@ export class ToolchainIdentifier {
       String(st.ctimeNs),
       env.PATH ?? '',
       ...LOADER_ENV.map((k) => env[k] ?? ''),
-      ...dirs.map(dirState),
-      ...CONFIG_FILES.map(dirState),
-      dirState(LD_SO_CACHE),
+      ...dirStats.map(dirState),
+      ...CONFIG_FILES.map((f) => dirState(dirStat(f))),
+      dirState(dirStat(LD_SO_CACHE)),
     ]);
     let p = this.memo.get(memoKey);
     if (!p) {
@@ -118,7 +124,7 @@ export class ToolchainIdentifier {
     if (observe) {
       await observe.digest(compiler);
       await observe.digest(LD_SO_CACHE);
-      for (const dir of dirs) observe.directory(dir);
+      dirs.forEach((dir, i) => observe.directory(dir, { st: dirStats[i] }));
       for (const f of CONFIG_FILES) await observe.digest(f);
       if (t.searchPath !== undefined) observe.environment('PATH', env.PATH);
     }
