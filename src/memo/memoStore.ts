@@ -1,5 +1,5 @@
-import { closeSync, constants, fstatSync, openSync, readSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
+import { lstat, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { tempSuffix } from '../util/tempSuffix.js';
@@ -61,13 +61,14 @@ export class MemoStore {
     private readonly blobPath: BlobPath,
   ) {}
 
-  private async ensureDirs(shard: string): Promise<void> {
+  /** Synchronous: at most 257 calls per process, each cheaper than a thread-pool round trip. */
+  private ensureDirs(shard: string): void {
     if (this.shards.has(shard)) return;
     if (!this.ready) {
-      await mkdir(memoDir(this.cacheDir), { recursive: true, mode: 0o700 });
+      mkdirSync(memoDir(this.cacheDir), { recursive: true, mode: 0o700 });
       this.ready = true;
     }
-    await mkdir(shard, { recursive: true, mode: 0o700 });
+    mkdirSync(shard, { recursive: true, mode: 0o700 });
     this.shards.add(shard);
   }
 
@@ -91,7 +92,7 @@ export class MemoStore {
       this.remember(lookup, digest, memo.key);
       return 'unchanged';
     }
-    await this.ensureDirs(dirname(path));
+    this.ensureDirs(dirname(path));
     const tmp = `${path}.tmp-${tempSuffix()}`;
     try {
       try {
@@ -100,7 +101,7 @@ export class MemoStore {
         // The shard directory was removed behind our back: make it again, once.
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
         this.shards.delete(dirname(path));
-        await this.ensureDirs(dirname(path));
+        this.ensureDirs(dirname(path));
         writeFileSync(tmp, bytes, { mode: 0o600, flag: 'wx' });
       }
       renameSync(tmp, path);
