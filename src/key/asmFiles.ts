@@ -39,12 +39,6 @@ export function directivesInText(text: string): AsmScan {
   return { kind: 'ok', refs };
 }
 
-function opsText(ops: readonly number[]): string {
-  let s = '';
-  for (const v of ops) s += String.fromCharCode(v >= 0 && v < 256 ? v : 0);
-  return s;
-}
-
 /** Walks every module in a bitcode file (a split LTO unit holds two) for module and inline asm. */
 export function scanBitcodeAsm(bytes: Uint8Array): AsmScan {
   const refs: AsmDirective[] = [];
@@ -82,8 +76,7 @@ export function scanBitcodeAsm(bytes: Uint8Array): AsmScan {
         r.skipRecord(e.abbrevId);
         continue;
       }
-      const rec = r.readRecord(e.abbrevId);
-      const found = directivesInText(opsText(rec.ops));
+      const found = directivesInText(r.readRecordText(e.abbrevId).text);
       if (found.kind === 'unsure') return found;
       refs.push(...found.refs);
     }

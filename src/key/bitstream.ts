@@ -78,6 +78,8 @@ const CHAR6 = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._'
 
 export class BitstreamReader {
   private pos: number;
+  /** Reused by readRecordText. */
+  private scratch = Buffer.allocUnsafe(4096);
   private readonly scopes: Scope[];
   private blockInfo = new Map<number, Abbrev[]>();
   private work: number;
@@ -224,6 +226,27 @@ export class BitstreamReader {
     }
     const code = ops.shift()!; // readAbbrev guarantees the first op is scalar
     return blob === undefined ? { code, ops } : { code, ops, blob };
+  }
+
+  /**
+   * After a 'record' entry: decodes the record with each operand as one byte (values above 255
+   * become 0), as latin1 text: a long string record (an inline asm string is one operand per
+   * character) costs one string, not an array of numbers.
+   */
+  readRecordText(abbrevId: number): { code: number; text: string } {
+    if (abbrevId !== UNABBREV_RECORD) {
+      const rec = this.readRecord(abbrevId);
+      return { code: rec.code, text: Buffer.from(rec.ops.map((v) => (v >= 0 && v < 256 ? v : 0))).toString('latin1') };
+    }
+    const code = this.vbr(6, 32);
+    const n = this.count(this.vbr(6, 32), 6, 'operand count');
+    this.charge(n + 1);
+    if (this.scratch.length < n) this.scratch = Buffer.allocUnsafe(Math.max(n, this.scratch.length * 2));
+    for (let i = 0; i < n; i++) {
+      const v = this.vbr6();
+      this.scratch[i] = v < 256 ? v : 0;
+    }
+    return { code, text: this.scratch.toString('latin1', 0, n) };
   }
 
   /** After a 'record' entry: its code, leaving the record to readRecord or skipRecord. */

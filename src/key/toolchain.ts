@@ -124,7 +124,7 @@ export class ToolchainIdentifier {
     if (observe) {
       await observe.digest(compiler);
       await observe.digest(LD_SO_CACHE);
-      dirs.forEach((dir, i) => observe.directory(dir, { st: dirStats[i] }));
+      for (const [i, dir] of dirs.entries()) observe.directory(dir, { st: dirStats[i] });
       for (const f of CONFIG_FILES) await observe.digest(f);
       if (t.searchPath !== undefined) observe.environment('PATH', env.PATH);
     }
