@@ -374,6 +374,11 @@ static int spawn_daemon(void) {
         setenv("LTOCACHE_STARTUP_NOTIFY_FD", "3", 1);
         const char *node = node_binary();
         char semi[48];
+        if (!getenv("MALLOC_ARENA_MAX")) {
+            char arenas[24];
+            snprintf(arenas, sizeof arenas, "%u", (unsigned)LTOC_DAEMON_MALLOC_ARENA_MAX);
+            setenv("MALLOC_ARENA_MAX", arenas, 1);
+        }
         snprintf(semi, sizeof semi, "--max-semi-space-size=%u", (unsigned)LTOC_DAEMON_SEMI_SPACE_MB);
         char *args[] = {(char *)node, semi, cli, "daemon", "run", "--background", NULL};
         execvp(node, args);

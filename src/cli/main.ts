@@ -7,7 +7,7 @@ import { type Config, ConfigError, type ConfigKey, ConfigShape, loadConfig } fro
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { type BuildSummary, formatBuild, formatExplanation, type JobExplanation } from '../explain/explainJobs.js';
 import type { JobRecord } from '../jobLog/jobLog.js';
-import { DAEMON_SEMI_SPACE_MB } from '../protocol/limits.js';
+import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB } from '../protocol/limits.js';
 import { formatStats } from '../stats/formatStats.js';
 import { formatPrometheus } from '../stats/prometheus.js';
 import { LAYOUT_FILE, LAYOUT_VERSION } from '../store/layout.js';
@@ -73,7 +73,7 @@ export async function startDetached(config: Config, timeoutMs = 15_000): Promise
   const child = spawn(process.execPath, [`--max-semi-space-size=${DAEMON_SEMI_SPACE_MB}`, CLI_PATH, 'daemon', 'run', '--background'], {
     detached: true,
     stdio: 'ignore',
-    env: process.env,
+    env: process.env.MALLOC_ARENA_MAX ? process.env : { ...process.env, MALLOC_ARENA_MAX: String(DAEMON_MALLOC_ARENA_MAX) },
   });
   child.unref();
   const deadline = Date.now() + timeoutMs;

@@ -63,6 +63,14 @@ export const MEMO_MAX_NAME = 65_536;
  */
 export const DAEMON_SEMI_SPACE_MB = 2;
 
+/**
+ * glibc `MALLOC_ARENA_MAX` in the daemon's environment, set by every launcher unless the user set
+ * it: the thread pool's (LevelDB, file I/O) per-thread malloc arenas otherwise hold ≈ 20 MB after
+ * a few thousand daemon-path hits (docs/benchmarks.md, daemon memory). The daemon never passes
+ * its own environment to a compiler (jobs run with the client's).
+ */
+export const DAEMON_MALLOC_ARENA_MAX = 2;
+
 /** Length of the base64 text of n bytes. */
 export function base64Length(n: number): number {
   return 4 * Math.ceil(n / 3);
@@ -96,6 +104,7 @@ const ENTRIES: [string, number][] = [
   ['MEMO_MAX_BYTES', MEMO_MAX_BYTES],
   ['MEMO_MAX_NAME', MEMO_MAX_NAME],
   ['DAEMON_SEMI_SPACE_MB', DAEMON_SEMI_SPACE_MB],
+  ['DAEMON_MALLOC_ARENA_MAX', DAEMON_MALLOC_ARENA_MAX],
 ];
 
 /** The text of client/limits.h. */

@@ -30,7 +30,7 @@ import {
   socketDirFor,
   socketPathFor,
 } from '../../src/protocol/clientFrames.js';
-import { DAEMON_SEMI_SPACE_MB, MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
+import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB, MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const client = path.join(root, 'bin', 'ltocache');
@@ -41,6 +41,8 @@ const ORIG_PATH = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
 let tmp: string;
 let recorder: string; // stand-in for $LTOCACHE_NODE: records its arguments, starts nothing
 let recorderLog: string;
+/** MALLOC_ARENA_MAX as each run of the fake node saw it. */
+let arenaLog: string;
 let realCompiler: string;
 
 function findOnPath(name: string, searchPath: string): string | undefined {
@@ -203,7 +205,8 @@ before(() => {
   tmp = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-e2e-')));
   recorderLog = path.join(tmp, 'recorder.log');
   recorder = path.join(tmp, 'fake-node.sh');
-  fs.writeFileSync(recorder, `#!/bin/sh\nprintf '%s\\n' "$*" >> '${recorderLog}'\nprintf 'recorder:%s\\n' "$*"\n`, {
+  arenaLog = path.join(tmp, 'arena.log');
+  fs.writeFileSync(recorder, `#!/bin/sh\nprintf '%s\\n' "$*" >> '${recorderLog}'\nprintf '%s\\n' "\${MALLOC_ARENA_MAX-unset}" >> '${arenaLog}'\nprintf 'recorder:%s\\n' "$*"\n`, {
     mode: 0o755,
   });
   fs.writeFileSync(path.join(tmp, 'warn.c'), '#warning "hello from ltocache test"\nint f(void) { return 1; }\n');
@@ -544,6 +547,7 @@ const startMarker = (cacheDir: string) => socketPathFor(cacheDir, uid).replace(/
 
 test('no daemon, and the started one exits without notifying: compile at once, remember the failure', async () => {
   fs.rmSync(recorderLog, { force: true });
+  fs.rmSync(arenaLog, { force: true });
   const cacheDir = newCacheDir();
   const env = baseEnv(cacheDir, { LTOCACHE_START_TIMEOUT_MS: '10000' });
   const ref = await direct(MISSING_JOB, env);
@@ -554,6 +558,8 @@ test('no daemon, and the started one exits without notifying: compile at once, r
   const cli = `${fs.realpathSync(root)}/bin/../dist/src/cli/main.js`; // not normalised by the client
   assert.deepEqual(recorded(), [`--max-semi-space-size=${DAEMON_SEMI_SPACE_MB} ${cli} daemon run --background`]);
   assert.ok(fs.existsSync(startMarker(cacheDir)), 'failed start recorded');
+  // The daemon gets the launcher's malloc arena limit; a user's own setting wins.
+  assert.deepEqual(fs.readFileSync(arenaLog, 'utf8').split('\n').filter(Boolean), [String(DAEMON_MALLOC_ARENA_MAX)]);
   // Within the memory window, the next job does not try again.
   const again = await run(client, [COMPILER, ...MISSING_JOB], { env });
   assert.equal(again.status, ref.status);
@@ -564,6 +570,14 @@ test('no daemon, and the started one exits without notifying: compile at once, r
     assert.equal(used.stdout.toString(), 'CONTACTED');
     assert.equal(d.connections, 1);
   });
+});
+
+test("a user's MALLOC_ARENA_MAX reaches the daemon unchanged", async () => {
+  fs.rmSync(arenaLog, { force: true });
+  const env = baseEnv(newCacheDir(), { LTOCACHE_START_TIMEOUT_MS: '10000', MALLOC_ARENA_MAX: '8' });
+  const r = await run(client, [COMPILER, ...MISSING_JOB], { env });
+  assert.equal(r.status, (await direct(MISSING_JOB, env)).status);
+  assert.deepEqual(fs.readFileSync(arenaLog, 'utf8').split('\n').filter(Boolean), ['8']);
 });
 
 test('LTOCACHE_NODE=/nonexistent: the job completes via clang without waiting the start timeout', async () => {
