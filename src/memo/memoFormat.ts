@@ -64,7 +64,7 @@ export function noticeLogPath(cacheDir: string): string {
   return join(memoDir(cacheDir), 'hits.log');
 }
 
-/** Appends into one growing buffer: a memo has ~60 checks, and a Buffer per field was the
+/** Appends into one growing buffer: a memo has ~60 checks, and a Buffer per field would be the
  *  daemon's largest source of garbage per job. */
 class Writer {
   private buf = Buffer.allocUnsafe(4096);

@@ -285,7 +285,7 @@ export function decodeDistributeRequest(payload: Buffer): DistributeRequest {
 /**
  * The schemas without `env`: the decoder below already guarantees what the schema says of it (the
  * reader refuses NULs, the name is the non-empty text before the first "="), and re-validating
- * ~50 entries per job was a large share of the daemon's garbage per job.
+ * ~50 entries per job would be a large share of the daemon's garbage per job.
  */
 const WITHOUT_ENV = new Map<unknown, z.ZodTypeAny>([
   [CompileRequest, CompileRequest.omit({ env: true })],
