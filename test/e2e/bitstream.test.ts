@@ -306,6 +306,55 @@ test('the generic reader walks a full bitcode object (BLOCKINFO, function blocks
   invalid(fs.readFileSync(file), /no MODULE_STRTAB_BLOCK/);
 });
 
+test('peekCode, readRecordText and skipRecord agree with readRecord on every record of real bitcode', () => {
+  const fx = fixture();
+  // Inline and module asm (one operand per character, many above 31: two VBR6 chunks), 64-bit
+  // constants (operands past the 30-bit fast path), strings and arrays.
+  const src = [
+    'asm(".globl probe_sym\\nprobe_sym: .quad 0x123456789abcdef0");',
+    'static const char msg[] = "a string constant with ~ and \\x7f and \\xff bytes";',
+    'unsigned long long big(unsigned long long x) { return x * 0xfedcba9876543210ULL + 0x7fffffffffffffffULL; }',
+    'int with_asm(int x) { int y; __asm__ volatile("movl %1, %0\\n\\taddl $12345, %0 # a comment ~~~" : "=r"(y) : "r"(x)); return y + msg[x & 7]; }',
+  ].join('\n');
+  fs.writeFileSync(path.join(fx.dir, 'asmrec.c'), `${src}\n`);
+  run(CLANG, ['-O2', '-flto=thin', '-c', 'asmrec.c', '-o', 'asmrec.o'], fx.dir);
+  const bytes = fs.readFileSync(path.join(fx.dir, 'asmrec.o'));
+  const a = BitstreamReader.open(bytes);
+  const b = BitstreamReader.open(bytes);
+  const c = BitstreamReader.open(bytes);
+  let records = 0;
+  let multiChunk = 0;
+  let wide = 0;
+  for (;;) {
+    const [ea, eb, ec] = [a.next(), b.next(), c.next()];
+    assert.deepEqual(eb, ea);
+    assert.deepEqual(ec, ea);
+    if (ea.kind === 'eof') break;
+    if (ea.kind === 'block') {
+      a.enterBlock(ea);
+      b.enterBlock(ea);
+      c.enterBlock(ea);
+      continue;
+    }
+    if (ea.kind !== 'record') continue;
+    records++;
+    const code = b.peekCode(ea.abbrevId);
+    assert.equal(c.peekCode(ea.abbrevId), code);
+    const rec = a.readRecord(ea.abbrevId);
+    assert.equal(code, rec.code);
+    const text = b.readRecordText(ea.abbrevId);
+    assert.equal(text.code, rec.code);
+    assert.equal(text.text, Buffer.from(rec.ops.map((v) => (v >= 0 && v < 256 ? v : 0))).toString('latin1'));
+    c.skipRecord(ea.abbrevId);
+    assert.equal(b.bit, a.bit);
+    assert.equal(c.bit, a.bit);
+    if (rec.ops.some((v) => v >= 32)) multiChunk++;
+    if (rec.ops.some((v) => v >= 2 ** 30)) wide++;
+  }
+  assert.ok(records > 100, `${records} records`);
+  assert.ok(multiChunk > 10 && wide > 0, `records with operands of two or more chunks: ${multiChunk}, past 30 bits: ${wide}`);
+});
+
 test('bitcode wrapper header is unwrapped', () => {
   const inner = fs.readFileSync(fixture().index('main.o'));
   const header = Buffer.alloc(20);
