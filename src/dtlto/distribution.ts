@@ -1,4 +1,4 @@
-import { constants, realpathSync } from 'node:fs';
+import { constants, realpathSync, statSync } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { delimiter, dirname, isAbsolute, join, relative, resolve } from 'node:path';
@@ -20,6 +20,24 @@ export interface PlannedJob {
   n: number;
   argv: string[];
   outputs: string[];
+}
+
+// Synchronous file checks: a distribution checks ~2 paths per job, and a thread-pool round trip
+// each costs the daemon more CPU than the stat.
+function isFile(p: string): boolean {
+  try {
+    return statSync(p, { throwIfNoEntry: false })?.isFile() ?? false;
+  } catch {
+    return false;
+  }
+}
+
+function realpathOrNull(p: string): string | null {
+  try {
+    return realpathSync(p);
+  } catch {
+    return null;
+  }
 }
 
 export async function executable(p: string): Promise<boolean> {
@@ -102,10 +120,7 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
       inputs.add(abs);
       let ok = checked.get(abs);
       if (ok === undefined) {
-        ok = await stat(abs).then(
-          (s) => s.isFile(),
-          () => false,
-        );
+        ok = isFile(abs);
         checked.set(abs, ok);
       }
       if (!ok) throw new DistributeError(`${where}: input ${p} does not exist or is not a regular file`);
@@ -123,10 +138,7 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
     for (const o of j.outputs) {
       const abs = resolve(cwd, o);
       if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: output ${o} is outside the linker output's directory ${linkerDir}`);
-      const parentReal = await stat(dirname(abs)).then(
-        () => realpathSync(dirname(abs)),
-        () => null,
-      );
+      const parentReal = realpathOrNull(dirname(abs));
       if (parentReal === null) throw new DistributeError(`jobs[${n}]: the directory of output ${o} does not exist`);
       if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal))
         throw new DistributeError(`jobs[${n}]: output ${o} resolves outside the linker output's directory (through a symbolic link)`);
@@ -213,11 +225,7 @@ export async function runDistribution(jobs: PlannedJob[], o: RunDistributionOpti
   }
   for (const job of jobs) {
     for (const out of job.outputs) {
-      const ok = await stat(resolve(o.cwd, out)).then(
-        (s) => s.isFile(),
-        () => false,
-      );
-      if (!ok) {
+      if (!isFile(resolve(o.cwd, out))) {
         o.write('stderr', Buffer.from(`ltocache distribute: job ${job.n} did not write its declared output ${out}\n`));
         return 1;
       }
