@@ -1,7 +1,8 @@
-import { closeSync, constants, fstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
 import { lstat, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
+import { holdsBytes } from '../util/holdsBytes.js';
 import { tempSuffix } from '../util/tempSuffix.js';
 import { encodeMemo, type Memo, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
 
@@ -15,20 +16,10 @@ function privateFile(st: Stats, size: number): boolean {
  * small file costs less than writing and renaming it again.
  */
 function sameFile(path: string, bytes: Buffer): boolean {
-  let fd: number;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    return holdsBytes(path, bytes, (st) => privateFile(st, bytes.length), true);
   } catch {
     return false;
-  }
-  try {
-    if (!privateFile(fstatSync(fd), bytes.length)) return false;
-    const got = Buffer.allocUnsafe(bytes.length);
-    return readSync(fd, got, 0, got.length, 0) === got.length && got.equals(bytes);
-  } catch {
-    return false;
-  } finally {
-    closeSync(fd);
   }
 }
 

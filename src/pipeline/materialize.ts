@@ -1,5 +1,6 @@
-import { closeSync, fchmodSync, fstatSync, openSync, readSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { closeSync, fchmodSync, openSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
+import { holdsBytes } from '../util/holdsBytes.js';
 import { tempSuffix } from '../util/tempSuffix.js';
 
 /**
@@ -12,7 +13,8 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
   const mode = 0o666 & ~umask;
   for (const o of outputs) {
     const target = resolve(cwd, o.path);
-    if (sameFile(target, o.data, mode)) {
+    // Already there: a regular file with this mode, no other hard link, exactly these bytes.
+    if (holdsBytes(target, o.data, (st) => (st.mode & 0o7777) === mode && st.nlink === 1)) {
       const now = new Date();
       utimesSync(target, now, now);
       continue;
@@ -34,29 +36,5 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
       rmSync(tmp, { force: true });
       throw e;
     }
-  }
-}
-
-/** Is `path` a regular file, not hard-linked elsewhere, with exactly `data` and `mode`? */
-function sameFile(path: string, data: Buffer, mode: number): boolean {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch {
-    return false;
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile() || st.size !== data.length || (st.mode & 0o7777) !== mode || st.nlink !== 1) return false;
-    const buf = Buffer.allocUnsafe(data.length);
-    let off = 0;
-    while (off < buf.length) {
-      const n = readSync(fd, buf, off, buf.length - off, off);
-      if (n === 0) return false;
-      off += n;
-    }
-    return buf.equals(data);
-  } finally {
-    closeSync(fd);
   }
 }
