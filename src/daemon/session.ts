@@ -106,28 +106,24 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
 
 async function dispatch(frame: Buffer, sock: Socket, signal: AbortSignal, nextFrame: () => Promise<Buffer>, h: SessionHandlers): Promise<void> {
   const type = frame[0];
+  /** The request, or null once a malformed one has been counted, logged and refused. */
+  const decoded = <T>(decode: (f: Buffer) => T, what: string): T | null => {
+    try {
+      return decode(frame);
+    } catch (e) {
+      h.counters.error(ErrorKind.protocol);
+      h.log.warn(`malformed ${what}`, { error: (e as Error).message });
+      sock.end(encodePassthrough(`malformed request: ${(e as Error).message}`));
+      return null;
+    }
+  };
   try {
     if (type === FRAME_COMPILE) {
-      let req: CompileRequest;
-      try {
-        req = decodeCompileRequest(frame);
-      } catch (e) {
-        h.counters.error(ErrorKind.protocol);
-        h.log.warn('malformed compile request', { error: (e as Error).message });
-        sock.end(encodePassthrough(`malformed request: ${(e as Error).message}`));
-        return;
-      }
-      await compile(req, sock, signal, nextFrame, h);
+      const req = decoded(decodeCompileRequest, 'compile request');
+      if (req) await compile(req, sock, signal, nextFrame, h);
     } else if (type === FRAME_DISTRIBUTE) {
-      let req: DistributeRequest;
-      try {
-        req = decodeDistributeRequest(frame);
-      } catch (e) {
-        h.counters.error(ErrorKind.protocol);
-        h.log.warn('malformed distribution request', { error: (e as Error).message });
-        sock.end(encodePassthrough(`malformed request: ${(e as Error).message}`));
-        return;
-      }
+      const req = decoded(decodeDistributeRequest, 'distribution request');
+      if (!req) return;
       const r = await h.distribute(req, signal);
       if (!signal.aborted) sock.end(encodeResult({ exit: r.exit, signal: 0 }, r.stdout, r.stderr));
     } else if (type === FRAME_JSON) {
