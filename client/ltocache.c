@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "limits.h"
+#include "io.h"
 #include "memo.h"
 
 extern char **environ;
@@ -564,21 +565,6 @@ static int build_request(struct buf *b, unsigned type, uint32_t flags, const cha
     unsigned char le[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
                            (unsigned char)(n >> 24)};
     memcpy(b->p, le, 4);
-    return 0;
-}
-
-/* Full write; MSG_NOSIGNAL on sockets so a vanished daemon is an EPIPE, not a SIGPIPE death.
- * Returns 0 or -1. */
-static int write_all(int fd, const unsigned char *p, size_t n, int is_socket) {
-    while (n > 0) {
-        ssize_t w = is_socket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
     return 0;
 }
 

@@ -4,6 +4,8 @@
  */
 #include "memo.h"
 
+#include "io.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -354,16 +356,6 @@ static char *fmt(const char *f, ...) {
     return r < 0 ? NULL : s;
 }
 
-static int write_all(int fd, const unsigned char *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 /* Copies the output's blob into a new temp file beside it, verifying digest and size. Fills
  * s (s->temp only once the temp exists). Returns 0, or -1. */
@@ -409,7 +401,7 @@ static int stage_output(const char *cache_dir, const struct memo_output *o, unsi
         if (r == 0) break;
         digest128_update(&d, chunk, (size_t)r);
         total += (uint64_t)r;
-        if (total > o->size || write_all(out, chunk, (size_t)r) != 0) { ok = 0; break; }
+        if (total > o->size || write_all(out, chunk, (size_t)r, 0) != 0) { ok = 0; break; }
     }
     close(in);
     if (close(out) != 0) ok = 0;
@@ -500,8 +492,8 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
     }
     TM_MARK(TM_RENAME);
     if (ok) {
-        int wrote = write_all(1, m.out.p, m.out.len) == 0;
-        if (write_all(2, m.err.p, m.err.len) != 0) wrote = 0;
+        int wrote = write_all(1, m.out.p, m.out.len, 0) == 0;
+        if (write_all(2, m.err.p, m.err.len, 0) != 0) wrote = 0;
         char *line = fmt("H %.32s %s %lld %lld\n", m.key, lookup, start, unix_ms());
         int log = openat(memo_dir, "hits.log", O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW |
                                                    O_CLOEXEC | O_NONBLOCK, 0600);
