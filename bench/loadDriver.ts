@@ -128,6 +128,12 @@ export interface JobResult {
   daemonMs?: number;
 }
 
+/** The first 20 failure texts, how many jobs failed, and how many of those got a wrong object. */
+function failureSummary(results: JobResult[]): { failures: string[]; failureCount: number; wrongObjects: number } {
+  const failed = results.filter((r) => r.failure);
+  return { failures: failed.slice(0, 20).map((r) => r.failure!), failureCount: failed.length, wrongObjects: failed.filter((r) => r.wrongObject).length };
+}
+
 export interface JobContext {
   b: ThinBuild;
   env: NodeJS.ProcessEnv;
@@ -547,7 +553,6 @@ export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadRep
     const classified = o.jobLog ? await annotateFromJobLog(cache.dir, b.dir, results, since) : 0;
     let leftovers = 0;
     for (let c = 0; c < o.clients; c++) leftovers += readdirSync(join(b.dir, 'load-out', `c${String(c).padStart(2, '0')}`)).filter((f) => f.includes('.ltocache-')).length;
-    const failed = results.filter((r) => r.failure);
     return {
       clients: o.clients,
       jobsPerClient: o.jobs,
@@ -555,9 +560,7 @@ export async function runDaemonLoad(o: DaemonLoadOptions): Promise<DaemonLoadRep
       nativeJobs: results.filter((r) => r.spec.native).length,
       distinctKeys: new Set(results.map((r) => refKey(r.spec.module, r.spec.variant))).size,
       wallMs,
-      failures: failed.slice(0, 20).map((r) => r.failure!),
-      failureCount: failed.length,
-      wrongObjects: failed.filter((r) => r.wrongObject).length,
+      ...failureSummary(results),
       results,
       stats,
       daemonPid: pid,
@@ -687,16 +690,13 @@ export async function runTeamLoad(o: TeamLoadOptions): Promise<TeamLoadReport> {
       let classified = 0;
       if (o.jobLog) for (let d = 0; d < caches.length; d++) classified += await annotateFromJobLog(caches[d]!.dir, builds[d]!.dir, perDaemon[d]!, since);
       const results = perDaemon.flat();
-      const failed = results.filter((r) => r.failure);
       const deltas = afterStats.map((a, d) => Object.fromEntries(DELTA_KEYS.map((k) => [k, a[k] - before[d]![k]])) as TeamRound['deltas'][number]);
       const r: TeamRound = {
         name,
         jobs: results.length,
         wallMs,
         results,
-        failures: failed.slice(0, 20).map((f) => f.failure!),
-        failureCount: failed.length,
-        wrongObjects: failed.filter((f) => f.wrongObject).length,
+        ...failureSummary(results),
         deltas,
         classified,
       };
