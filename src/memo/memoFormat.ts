@@ -66,7 +66,7 @@ export function noticeLogPath(cacheDir: string): string {
 
 /** Appends into one growing buffer: a memo has ~60 checks, and a Buffer per field would be the
  *  daemon's largest source of garbage per job. */
-class Writer {
+export class Writer {
   private buf = Buffer.allocUnsafe(4096);
   private n = 0;
   /** Reserves k bytes and returns their offset; the buffer may be replaced, so callers read
@@ -117,15 +117,10 @@ class Writer {
   }
 }
 
-export function encodeMemo(m: Memo): Buffer {
-  if (m.checks.length > MEMO_MAX_CHECKS) throw new MemoError(`${m.checks.length} checks, limit ${MEMO_MAX_CHECKS}`);
-  if (m.outputs.length < 1 || m.outputs.length > MEMO_MAX_OUTPUTS) throw new MemoError(`${m.outputs.length} outputs`);
-  if (m.stdout.length > MEMO_MAX_STREAM || m.stderr.length > MEMO_MAX_STREAM) throw new MemoError('captured output over the limit');
-  const w = new Writer();
-  w.raw(MEMO_MAGIC);
-  w.hex(m.key);
-  w.u32(m.checks.length);
-  for (const c of m.checks) {
+/** The check list, as memo v1 and distribution memos encode it. */
+export function writeChecks(w: Writer, checks: readonly MemoCheck[]): void {
+  w.u32(checks.length);
+  for (const c of checks) {
     w.u8(CheckKind[c.kind]);
     w.str(c.kind === 'env' ? c.name : c.path);
     switch (c.kind) {
@@ -147,21 +142,40 @@ export function encodeMemo(m: Memo): Buffer {
         break;
     }
   }
-  w.u32(m.outputs.length);
-  for (const o of m.outputs) {
+}
+
+export function writeOutputs(w: Writer, outputs: readonly MemoOutput[]): void {
+  w.u32(outputs.length);
+  for (const o of outputs) {
     w.str(o.path);
     w.hex(o.digest);
     w.u64(o.size);
   }
+}
+
+/** `body` followed by the digest of its bytes. */
+export function withTrailer(body: Buffer): Buffer {
+  return Buffer.concat([body, Buffer.from(hashBytes(body), 'latin1')]);
+}
+
+export function encodeMemo(m: Memo): Buffer {
+  if (m.checks.length > MEMO_MAX_CHECKS) throw new MemoError(`${m.checks.length} checks, limit ${MEMO_MAX_CHECKS}`);
+  if (m.outputs.length < 1 || m.outputs.length > MEMO_MAX_OUTPUTS) throw new MemoError(`${m.outputs.length} outputs`);
+  if (m.stdout.length > MEMO_MAX_STREAM || m.stderr.length > MEMO_MAX_STREAM) throw new MemoError('captured output over the limit');
+  const w = new Writer();
+  w.raw(MEMO_MAGIC);
+  w.hex(m.key);
+  writeChecks(w, m.checks);
+  writeOutputs(w, m.outputs);
   w.bytes(m.stdout);
   w.bytes(m.stderr);
   const body = w.done();
-  const out = Buffer.concat([body, Buffer.from(hashBytes(body), 'latin1')]);
+  const out = withTrailer(body);
   if (out.length > MEMO_MAX_BYTES) throw new MemoError(`memo of ${out.length} bytes over the limit`);
   return out;
 }
 
-class Reader {
+export class Reader {
   at = 0;
   constructor(private readonly b: Buffer) {}
   need(n: number): void {
@@ -203,16 +217,10 @@ class Reader {
   }
 }
 
-export function decodeMemo(b: Buffer): Memo {
-  if (b.length > MEMO_MAX_BYTES) throw new MemoError('over the size limit');
-  if (b.length < MEMO_MAGIC.length + 32 || !b.subarray(0, MEMO_MAGIC.length).equals(MEMO_MAGIC)) throw new MemoError('bad magic or version');
-  const body = b.subarray(0, b.length - 32);
-  if (hashBytes(body) !== b.toString('latin1', b.length - 32)) throw new MemoError('trailer digest mismatch');
-  const r = new Reader(body);
-  r.at = MEMO_MAGIC.length;
-  const key = r.hex();
+/** Reads what writeChecks wrote; at most `max` checks. */
+export function readChecks(r: Reader, max: number): MemoCheck[] {
   const n = r.u32();
-  if (n > MEMO_MAX_CHECKS) throw new MemoError(`${n} checks over the limit`);
+  if (n > max) throw new MemoError(`${n} checks over the limit`);
   const checks: MemoCheck[] = [];
   for (let i = 0; i < n; i++) {
     const kind = r.u8();
@@ -246,10 +254,33 @@ export function decodeMemo(b: Buffer): Memo {
         throw new MemoError(`unknown check kind ${kind}`);
     }
   }
+  return checks;
+}
+
+export function readOutputs(r: Reader): MemoOutput[] {
   const no = r.u32();
   if (no < 1 || no > MEMO_MAX_OUTPUTS) throw new MemoError(`${no} outputs`);
   const outputs: MemoOutput[] = [];
   for (let i = 0; i < no; i++) outputs.push({ path: r.str(MEMO_MAX_NAME), digest: r.hex(), size: Number(r.u64()) });
+  return outputs;
+}
+
+/** The body of a memo file whose trailer digest is right, or a MemoError. */
+export function checkedBody(b: Buffer, magic: Buffer): Buffer {
+  if (b.length > MEMO_MAX_BYTES) throw new MemoError('over the size limit');
+  if (b.length < magic.length + 32 || !b.subarray(0, magic.length).equals(magic)) throw new MemoError('bad magic or version');
+  const body = b.subarray(0, b.length - 32);
+  if (hashBytes(body) !== b.toString('latin1', b.length - 32)) throw new MemoError('trailer digest mismatch');
+  return body;
+}
+
+export function decodeMemo(b: Buffer): Memo {
+  const body = checkedBody(b, MEMO_MAGIC);
+  const r = new Reader(body);
+  r.at = MEMO_MAGIC.length;
+  const key = r.hex();
+  const checks = readChecks(r, MEMO_MAX_CHECKS);
+  const outputs = readOutputs(r);
   const stdout = Buffer.from(r.bytes(MEMO_MAX_STREAM));
   const stderr = Buffer.from(r.bytes(MEMO_MAX_STREAM));
   if (r.at !== body.length) throw new MemoError(`${body.length - r.at} trailing bytes`);

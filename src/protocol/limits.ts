@@ -54,6 +54,12 @@ export const MEMO_MAX_CHECKS = 65_536;
 export const MEMO_MAX_OUTPUTS = 16;
 export const MEMO_MAX_BYTES = 160 << 20;
 export const MEMO_MAX_NAME = 65_536;
+/** Distribution memos (docs/dtlto.md, cache-schema/distmemo.v1.md): jobs and checks of one file
+ * (as many jobs as a distribution file may hold; its size is MEMO_MAX_BYTES too). */
+export const DIST_MEMO_MAX_JOBS = 100_000;
+export const DIST_MEMO_MAX_CHECKS = 1_000_000;
+/** A distribution file larger than this is not looked up in the memo (the daemon reads it). */
+export const DIST_MEMO_MAX_FILE = 64 << 20;
 
 /**
  * V8 young-generation semi-space of the daemon, in MiB (`--max-semi-space-size`), passed by every
@@ -103,6 +109,9 @@ const ENTRIES: [string, number][] = [
   ['MEMO_MAX_OUTPUTS', MEMO_MAX_OUTPUTS],
   ['MEMO_MAX_BYTES', MEMO_MAX_BYTES],
   ['MEMO_MAX_NAME', MEMO_MAX_NAME],
+  ['DIST_MEMO_MAX_JOBS', DIST_MEMO_MAX_JOBS],
+  ['DIST_MEMO_MAX_CHECKS', DIST_MEMO_MAX_CHECKS],
+  ['DIST_MEMO_MAX_FILE', DIST_MEMO_MAX_FILE],
   ['DAEMON_SEMI_SPACE_MB', DAEMON_SEMI_SPACE_MB],
   ['DAEMON_MALLOC_ARENA_MAX', DAEMON_MALLOC_ARENA_MAX],
 ];
