@@ -2,11 +2,13 @@ import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
-import { DISTRIBUTE_USAGE, DistributeError, type JobRun, type PlannedJob, planDistribution, runDistribution, signalName } from '../dtlto/distribution.js';
+import { assembleDistMemo, DistMemoCollector } from '../dtlto/assembleDistMemo.js';
+import { DISTRIBUTE_USAGE, DistributeError, type JobRun, type PlannedDistribution, type PlannedJob, planDistribution, runDistribution, signalName } from '../dtlto/distribution.js';
 import { answerFromLog } from '../explain/answerFromLog.js';
 import { JobLog, type JobResult } from '../jobLog/jobLog.js';
 import { FileDigests } from '../key/fileDigests.js';
 import { initHash } from '../key/hash.js';
+import { keyedPart } from '../key/manifest.js';
 import { decodeMemo, memoPath } from '../memo/memoFormat.js';
 import { MemoStore } from '../memo/memoStore.js';
 import { DenyList, type DenyRecord } from '../pipeline/denyList.js';
@@ -18,7 +20,7 @@ import { type DistributeRequest, socketPathFor } from '../protocol/clientFrames.
 import type { ControlRequest } from '../protocol/control.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
 import { UploadQueue } from '../remote/uploadQueue.js';
-import { Counter, Counters, STATS_KEY, STATS_SUBLEVEL, StatsRecord, type StatsView } from '../stats/counters.js';
+import { Counter, Counters, ErrorKind, STATS_KEY, STATS_SUBLEVEL, StatsRecord, type StatsView } from '../stats/counters.js';
 import type { CacheBackend } from '../store/backend.js';
 import { LayoutError } from '../store/layout.js';
 import { LocalStore, StoreLockedError } from '../store/localStore.js';
@@ -306,19 +308,21 @@ export class Daemon {
     const refuse = (message: string): DistributionReply => ({ exit: 1, stdout: Buffer.alloc(0), stderr: Buffer.from(`ltocache: distribute: ${message}\n`) });
     if (req.args.length !== 1 || req.args[0]!.startsWith('-')) return refuse(DISTRIBUTE_USAGE);
     const started = performance.now();
-    let jobs: PlannedJob[];
+    let plan: PlannedDistribution;
     try {
-      ({ jobs } = await planDistribution(req.args[0]!, req.cwd, req.env));
+      plan = await planDistribution(req.args[0]!, req.cwd, req.env);
     } catch (e) {
       if (e instanceof DistributeError) return refuse(e.message);
       throw e;
     }
     const planned = performance.now();
+    const memos = new DistMemoCollector(plan.jobs.length);
     const runOne = async (job: PlannedJob): Promise<JobRun> => {
       if (signal.aborted) return { code: 1, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
       const jr: JobRequest = { compiler: resolve(req.cwd, job.argv[0]!), args: job.argv.slice(1), cwd: req.cwd, env: req.env, umask: req.umask };
       const startedAt = Date.now();
-      const o = await this.compile(jr, { signal, memo: false });
+      const o = await this.compile(jr, this.memos ? { signal, collectMemo: (memo, lookup) => memos.add(job, memo, lookup) } : { signal, memo: false });
+      if (o.kind === 'hit' || o.kind === 'miss') memos.keyed(job, keyedPart(o.manifest));
       this.recordJob(jr, o, startedAt);
       if (o.kind === 'hit') return { code: 0, signal: null, stdout: o.stdout, stderr: o.stderr };
       if (o.kind === 'miss') return { code: o.exitCode, signal: signalName(o.signal), stdout: o.stdout, stderr: o.stderr };
@@ -335,14 +339,38 @@ export class Daemon {
       }
     };
     // Hits cost I/O, not CPU, and the pipeline bounds compiles by `jobs` itself.
-    const exit = await runDistribution(jobs, {
+    const exit = await runDistribution(plan.jobs, {
       cwd: req.cwd,
       parallel: this.config.jobs * 4,
       run: runOne,
       write: (stream, b) => (stream === 'stdout' ? out : err).push(b),
     });
-    this.log.info('distribution', { cwd: req.cwd, jobs: jobs.length, exit, plan_ms: Math.round(planned - started), ms: Math.round(performance.now() - started) });
+    this.log.info('distribution', { cwd: req.cwd, jobs: plan.jobs.length, exit, plan_ms: Math.round(planned - started), ms: Math.round(performance.now() - started) });
+    if (exit === 0 && this.memos) void this.memoizeDistribution(req, plan, memos);
     return { exit, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+  }
+
+  /**
+   * Writes the distribution memo of a link whose every job succeeded (docs/dtlto.md), once every
+   * job's memo is in (a miss's after its blobs are stored), or as soon as the pipeline is idle.
+   */
+  private async memoizeDistribution(req: DistributeRequest, plan: PlannedDistribution, memos: DistMemoCollector): Promise<void> {
+    const store = this.memos;
+    if (!store) return;
+    await Promise.race([memos.complete, this.pipeline.idle()]);
+    const r = assembleDistMemo({ cwd: req.cwd, fileArg: req.args[0]!, bytes: plan.bytes, compilerName: plan.compilerName, jobs: memos.jobs() });
+    if (r.kind === 'skip') {
+      this.log.info('no distribution memo', { cwd: req.cwd, reason: r.reason });
+      return;
+    }
+    try {
+      const w = await store.writeDist(r.lookup, r.memo);
+      if (w === 'written') this.counters.add(Counter.dist_memos_written);
+      else if (w === 'no-blob') this.log.info('no distribution memo', { cwd: req.cwd, reason: 'a blob is not stored' });
+    } catch (e) {
+      this.counters.error(ErrorKind.memo_write);
+      this.log.warn('cannot write distribution memo', { error: String(e) });
+    }
   }
 
   private recordJob(req: JobRequest, o: JobOutcome, startedAt: number): void {

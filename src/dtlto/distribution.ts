@@ -20,6 +20,17 @@ export interface PlannedJob {
   n: number;
   argv: string[];
   outputs: string[];
+  /** The job's and the common inputs, absolute. */
+  inputs: string[];
+}
+
+export interface PlannedDistribution {
+  compiler: string;
+  /** `common.args[0]` as the file spells it. */
+  compilerName: string;
+  jobs: PlannedJob[];
+  /** The file's bytes, as read (the distribution memo is found by them). */
+  bytes: Buffer;
 }
 
 // Synchronous file checks: a distribution checks ~2 paths per job, and a thread-pool round trip
@@ -81,12 +92,14 @@ function outputFlags(args: string[]): string[] {
  * an absolute path elsewhere, or a symlinked directory), an output that is also an input or
  * declared twice, a `-o` (or a derived output such as a `.dwo`) that is not a declared output.
  */
-export async function planDistribution(file: string, cwd: string, env: NodeJS.ProcessEnv): Promise<{ compiler: string; jobs: PlannedJob[] }> {
+export async function planDistribution(file: string, cwd: string, env: NodeJS.ProcessEnv): Promise<PlannedDistribution> {
   let text: string;
+  let bytes: Buffer;
   try {
     const st = await stat(resolve(cwd, file));
     if (st.size > DTLTO_LIMITS.maxFileBytes) throw new DistributeError(`${file}: ${st.size} bytes; the limit is ${DTLTO_LIMITS.maxFileBytes}`);
-    text = await readFile(resolve(cwd, file), 'utf8');
+    bytes = await readFile(resolve(cwd, file));
+    text = bytes.toString('utf8');
   } catch (e) {
     if (e instanceof DistributeError) throw e;
     throw new DistributeError(`cannot read ${file}: ${(e as Error).message}`);
@@ -126,6 +139,7 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
       if (!ok) throw new DistributeError(`${where}: input ${p} does not exist or is not a regular file`);
     }
   };
+  const commonInputs = (d.common.inputs ?? []).map((p) => resolve(cwd, p));
   await addInputs(d.common.inputs ?? [], 'common.inputs');
   for (const [n, j] of d.jobs.entries()) await addInputs(j.inputs, `jobs[${n}]`);
   inputs.add(resolve(cwd, d.common.linker_output));
@@ -161,9 +175,9 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
         if (o.role === 'obj' && !declared.has(abs)) throw new DistributeError(`jobs[${n}]: -o ${o.path} is not one of the job's declared outputs`);
       }
     }
-    jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs });
+    jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs, inputs: [...commonInputs, ...j.inputs.map((p) => resolve(cwd, p))] });
   }
-  return { compiler, jobs };
+  return { compiler, compilerName, jobs, bytes };
 }
 
 /** How one job ended: `signal` is the name of the signal that killed the compiler, if one did. */

@@ -106,10 +106,15 @@ export function canonicalJson(v: unknown): string {
   return out;
 }
 
+/** The manifest without its unkeyed part (`dropped`, `names`): what the key is computed from. */
+export function keyedPart(m: Manifest): Omit<Manifest, 'dropped' | 'names'> {
+  const { dropped: _dropped, names: _names, ...keyed } = m;
+  return keyed;
+}
+
 /** The cache key: 128 bits of SHA-256 over the canonical manifest without its unkeyed part. */
 export function keyOf(m: Manifest): string {
-  const { dropped: _dropped, names: _names, ...keyed } = m;
-  return createHash('sha256').update('ltocache-key-v1\0').update(canonicalJson(keyed)).digest('hex').slice(0, 32);
+  return createHash('sha256').update('ltocache-key-v1\0').update(canonicalJson(keyedPart(m))).digest('hex').slice(0, 32);
 }
 
 export interface KeyContext {

@@ -4,7 +4,8 @@ import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { holdsBytes } from '../util/holdsBytes.js';
 import { tempSuffix } from '../util/tempSuffix.js';
-import { encodeMemo, type Memo, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
+import { type DistMemo, encodeDistMemo } from './distMemo.js';
+import { encodeMemo, type Memo, type MemoOutput, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
 
 /** A regular file of `size` bytes, mode 0600, ours: what the client accepts as a memo. */
 function privateFile(st: Stats, size: number): boolean {
@@ -68,19 +69,33 @@ export class MemoStore {
    * client would only fall back), or the same memo is already in place.
    */
   async write(lookup: Digest, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'> {
+    return this.writeBytes(lookup, memo.outputs, () => encodeMemo(memo), [memo.key]);
+  }
+
+  /** Writes a distribution memo (docs/dtlto.md); removed with any of its jobs' keys. */
+  async writeDist(lookup: Digest, memo: DistMemo): Promise<'written' | 'unchanged' | 'no-blob'> {
+    return this.writeBytes(
+      lookup,
+      memo.jobs.flatMap((j) => j.outputs),
+      () => encodeDistMemo(memo),
+      memo.jobs.map((j) => j.key),
+    );
+  }
+
+  private async writeBytes(lookup: Digest, outputs: readonly MemoOutput[], encode: () => Buffer, keys: readonly string[]): Promise<'written' | 'unchanged' | 'no-blob'> {
     // Synchronous file calls: a few small files, and each thread-pool round trip would cost the
     // daemon's one thread more than the call itself.
-    for (const o of memo.outputs) {
+    for (const o of outputs) {
       const st = statSync(this.blobPath(o.digest), { throwIfNoEntry: false });
       if (!st?.isFile() || st.size !== o.size) return 'no-blob';
     }
     const path = memoPath(this.cacheDir, lookup);
-    const bytes = encodeMemo(memo);
+    const bytes = encode();
     // A daemon-path hit of a command whose memo is already these bytes, private and ours (the
     // client skipped it by choice, `LTOCACHE_MEMO=0`, or raced us) needs no second write.
     const digest = hashBytes(bytes);
     if (this.written.get(lookup) === digest ? this.inPlace(path, bytes.length) : sameFile(path, bytes)) {
-      this.remember(lookup, digest, memo.key);
+      this.remember(lookup, digest, keys);
       return 'unchanged';
     }
     this.ensureDirs(dirname(path));
@@ -100,7 +115,7 @@ export class MemoStore {
       rmSync(tmp, { force: true });
       throw e;
     }
-    this.remember(lookup, digest, memo.key);
+    this.remember(lookup, digest, keys);
     return 'written';
   }
 
@@ -109,12 +124,14 @@ export class MemoStore {
     return !!st && privateFile(st, size);
   }
 
-  private remember(lookup: Digest, digest: Digest, key: string): void {
+  private remember(lookup: Digest, digest: Digest, keys: readonly string[]): void {
     if (this.written.size >= 50_000) this.written.clear();
     this.written.set(lookup, digest);
-    let set = this.byKey.get(key);
-    if (!set) this.byKey.set(key, (set = new Set()));
-    set.add(lookup);
+    for (const key of keys) {
+      let set = this.byKey.get(key);
+      if (!set) this.byKey.set(key, (set = new Set()));
+      set.add(lookup);
+    }
   }
 
   async remove(lookup: Digest): Promise<void> {

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FileDigests } from '../key/fileDigests.js';
-import { hashBytes } from '../key/hash.js';
+import { type Digest, hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
 import { checksHold, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
@@ -50,6 +50,9 @@ export interface JobContext {
   /** False when no client will ever check a memo for this command (a distribution run by the
    * daemon, whose output names change every link): then none is written. */
   memo?: boolean;
+  /** Receives this job's memo instead of the memo store (a distribution gathers its jobs' memos
+   * into one, docs/dtlto.md); called only once the memo's blobs are stored. */
+  collectMemo?: (memo: Memo, lookup: Digest) => void;
 }
 
 /** A failure of `compileOnClient` that is not the compiler's (the requester broke the exchange). */
@@ -193,7 +196,7 @@ export class JobPipeline {
     }
     const memo = ctx.memo !== false;
     const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(memo && keyed.checks ? { checks: keyed.checks } : {}) };
-    const served = await this.lookup(k, job.outputs, req);
+    const served = await this.lookup(k, job.outputs, req, ctx.collectMemo);
     if (served) return served;
 
     const running = this.inflight.get(k.key);
@@ -220,7 +223,7 @@ export class JobPipeline {
       if (memo && again.checks) k.checks = again.checks;
       return true;
     };
-    const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent, (entry) => this.writeMemo(k, entry, job.outputs, req));
+    const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent, (entry) => this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo));
     this.inflight.set(k.key, p);
     try {
       const done = await p;
@@ -244,7 +247,7 @@ export class JobPipeline {
     }
   }
 
-  private async lookup(k: Keyed, outputs: Outputs, req: JobRequest): Promise<JobOutcome | null> {
+  private async lookup(k: Keyed, outputs: Outputs, req: JobRequest, collect?: JobContext['collectMemo']): Promise<JobOutcome | null> {
     const { key } = k;
     if (this.o.deny.has(key)) return null;
     const inMemory = this.hot.get(key);
@@ -265,7 +268,7 @@ export class JobPipeline {
     else this.hot.set(key, entry);
     const stdout = fromBase64(entry.record.stdout);
     const stderr = fromBase64(entry.record.stderr);
-    this.spawn(this.writeMemo(k, entry, outputs, req, { stdout, stderr }));
+    this.spawn(this.writeMemo(k, entry, outputs, req, { stdout, stderr }, collect));
     this.maybeVerify(k, entry, outputs, req);
     this.counters.add(Counter.hits);
     this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
@@ -457,7 +460,14 @@ export class JobPipeline {
    * computed with observed inputs, a whole entry, and a key not denied; a failure only costs the
    * next run of this command a trip through the daemon.
    */
-  private async writeMemo(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest, decoded?: { stdout: Buffer; stderr: Buffer }): Promise<void> {
+  private async writeMemo(
+    k: Keyed,
+    entry: StoredEntry,
+    outputs: Outputs,
+    req: JobRequest,
+    decoded?: { stdout: Buffer; stderr: Buffer },
+    collect?: JobContext['collectMemo'],
+  ): Promise<void> {
     const sink = this.o.memo;
     if (!sink || !k.checks || this.o.deny.has(k.key)) return;
     const byRole = new Map(entry.record.outputs.map((o) => [o.name, o]));
@@ -476,6 +486,11 @@ export class JobPipeline {
         stdout: decoded?.stdout ?? fromBase64(entry.record.stdout),
         stderr: decoded?.stderr ?? fromBase64(entry.record.stderr),
       };
+      if (collect) {
+        sink.remember?.(lookup, req, entry.record.compileMs);
+        collect(memo, lookup);
+        return;
+      }
       const r = await sink.write(lookup, memo);
       if (r !== 'no-blob') {
         if (r === 'written') this.counters.add(Counter.memos_written);

@@ -31,6 +31,8 @@ export const Counter = {
   /** Hits the native client served from a memo without the daemon (also counted in `hits`). */
   memo_hits: 'memo_hits',
   memos_written: 'memos_written',
+  /** Distribution memos written (docs/dtlto.md): a relink the native client can serve whole. */
+  dist_memos_written: 'dist_memos_written',
 } as const;
 export type CounterName = (typeof Counter)[keyof typeof Counter];
 /** Every counter, in `stats` display order. */
