@@ -114,7 +114,11 @@ export function keyedPart(m: Manifest): Omit<Manifest, 'dropped' | 'names'> {
 
 /** The cache key: 128 bits of SHA-256 over the canonical manifest without its unkeyed part. */
 export function keyOf(m: Manifest): string {
-  return createHash('sha256').update('ltocache-key-v1\0').update(canonicalJson(keyedPart(m))).digest('hex').slice(0, 32);
+  return createHash('sha256')
+    .update('ltocache-key-v1\0')
+    .update(canonicalJson(keyedPart(m)))
+    .digest('hex')
+    .slice(0, 32);
 }
 
 export interface KeyContext {
