@@ -103,6 +103,32 @@ describe('DTLTO through ltocache (lld 22)', () => {
     rmSync(join(t.dir, 'prog.native'));
   });
 
+  test('a relink is served whole from the distribution memo while the daemon is stopped and cannot start; counted once it is back', () => {
+    const s0 = cache.stats();
+    assert.ok(s0.dist_memos_written >= 1, `a distribution memo was written: ${JSON.stringify(s0)}`);
+    // With the fast path off, the daemon serves the relink (the memo stays unused).
+    const viaDaemon = delta(cache, () => ok(lldForm({ ...cache.env, LTOCACHE_MEMO: '0' }), 'relink, fast path off'));
+    assert.deepEqual(viaDaemon, { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    assert.equal(cache.stats().memo_hits, s0.memo_hits);
+    cache.stop();
+    const noDaemon = { ...cache.env, LTOCACHE_NODE: '/nonexistent/node', LTOCACHE_START_TIMEOUT_MS: '300' };
+    rmSync(join(t.dir, 'prog'));
+    ok(lldForm(noDaemon), 'relink with no daemon and none able to start');
+    assert.ok(readFileSync(join(t.dir, 'prog')).equals(readFileSync(join(t.dir, 'prog.serial'))), 'executable differs from the serial link');
+    assert.equal(run(join(t.dir, 'prog'), [], t.dir).stdout, expected);
+    assert.equal(existsSync(join(cache.dir, 'daemon.pid')), false, 'no daemon was started');
+    assert.deepEqual(
+      readdirSync(t.dir).filter((f) => /\.native\.o|dist-file|ltocache-/.test(f)),
+      [],
+      'nothing left beside the output',
+    );
+    cache.start(); // drains the notices
+    const s = cache.stats();
+    assert.equal(s.memo_hits - s0.memo_hits, t.modules.length, `each job counted once: ${JSON.stringify(s)}`);
+    assert.equal(s.hits - s0.hits, 2 * t.modules.length);
+    assert.equal(s.misses, s0.misses);
+  });
+
   test('with no daemon and none able to start, the link still succeeds through the Node CLI, byte-identical', () => {
     const top = tempDir('dtlto-nodaemon');
     // A regular file where the store directory goes: every daemon start fails.
