@@ -16,9 +16,10 @@
  * Modes (decided by basename(argv[0])):
  *   prefix:     "ltocache <compiler> <args...>"; "ltocache" alone or with a CLI sub-command
  *               (stats, daemon, ...) execs the TypeScript CLI under node instead, except
- *               "ltocache distribute ..." (lld's DTLTO distributor), which is first handed to the
- *               daemon whole (one 'T' frame, answered like a compile) and runs the CLI only when
- *               the daemon cannot take it.
+ *               "ltocache distribute ..." (lld's DTLTO distributor), which is first served from
+ *               its distribution memo (distmemo.c) if it can be, else handed to the daemon whole
+ *               (one 'T' frame, answered like a compile), and runs the CLI only when the daemon
+ *               cannot take it.
  *   masquerade: a symlink named like the compiler (clang, clang-19, ...) pointing here; the real
  *               compiler is the next executable of that name on PATH that is not this program.
  *
@@ -50,6 +51,7 @@
 
 #include "limits.h"
 #include "io.h"
+#include "distmemo.h"
 #include "memo.h"
 
 extern char **environ;
@@ -865,6 +867,16 @@ static void distribute_via_daemon(int argc, char **argv) {
     replay_or_return(reply, n);
 }
 
+/* `ltocache distribute FILE.json`: first the distribution memo (client/distmemo.c), under the
+ * same cache dir as the job memos. Exits when it serves; returns for the daemon path. */
+static void dist_memo_fast_path(const char *file_arg) {
+    char *cwd = current_dir();
+    char *cache = cwd ? cache_dir() : NULL;
+    if (cache) dist_memo_serve(cache, cwd, file_arg);
+    free(cache);
+    free(cwd);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 static int is_cli_command(const char *a) {
@@ -945,7 +957,10 @@ int main(int argc, char **argv) {
             print_client_version();
         if (argc >= 2 && strcmp(argv[1], "distribute") == 0 && !skip.self_exec) {
             const char *off = env_nonempty("LTOCACHE_DISABLE");
-            if (!(off && strcmp(off, "0") != 0)) distribute_via_daemon(argc, argv);
+            if (!(off && strcmp(off, "0") != 0)) {
+                if (argc == 3) dist_memo_fast_path(argv[2]);
+                distribute_via_daemon(argc, argv);
+            }
         }
         if (argc < 2 || is_cli_command(argv[1])) exec_cli(argc, argv);
         given = argv[1];

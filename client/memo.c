@@ -5,6 +5,7 @@
 #include "memo.h"
 
 #include "io.h"
+#include "memo_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,18 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define COPY_CHUNK (1u << 20)
-
 /* ---------------------------------------------------------------------------------------- */
 /* Parser                                                                                    */
-
-/* Bounds-checked reader: `at` never exceeds `len`; after any failed read `bad` latches and
- * every further read yields zeros. */
-struct rd {
-    const unsigned char *p;
-    size_t len, at;
-    int bad;
-};
 
 static int rd_need(struct rd *r, size_t n) {
     if (r->bad || n > r->len - r->at) {
@@ -42,7 +33,7 @@ static unsigned rd_u8(struct rd *r) {
     return r->p[r->at++];
 }
 
-static uint32_t rd_u32(struct rd *r) {
+uint32_t rd_u32(struct rd *r) {
     if (!rd_need(r, 4)) return 0;
     const unsigned char *q = r->p + r->at;
     r->at += 4;
@@ -57,7 +48,7 @@ static uint64_t rd_u64(struct rd *r) {
     return v;
 }
 
-static void rd_bytes(struct rd *r, uint32_t max, struct memo_bytes *out) {
+void rd_bytes(struct rd *r, uint32_t max, struct memo_bytes *out) {
     uint32_t n = rd_u32(r);
     out->p = NULL;
     out->len = 0;
@@ -74,7 +65,7 @@ static int is_hex32(const unsigned char *p) {
     return 1;
 }
 
-static const char *rd_hex(struct rd *r) {
+const char *rd_hex(struct rd *r) {
     if (!rd_need(r, DIGEST_HEX_LEN)) return NULL;
     const unsigned char *q = r->p + r->at;
     if (!is_hex32(q)) {
@@ -89,68 +80,81 @@ static const char *rd_hex(struct rd *r) {
  * before allocating for them. */
 #define MIN_CHECK_BYTES 5u
 
-int memo_parse(const unsigned char *buf, size_t len, struct memo *m) {
-    memset(m, 0, sizeof *m);
+int rd_start(struct rd *r, const unsigned char *buf, size_t len, const char *magic) {
     if (!buf || len > MEMO_MAX_BYTES || len < MEMO_MAGIC_LEN + DIGEST_HEX_LEN) return -1;
-    if (memcmp(buf, MEMO_MAGIC, MEMO_MAGIC_LEN) != 0) return -1;
+    if (memcmp(buf, magic, MEMO_MAGIC_LEN) != 0) return -1;
     size_t body = len - DIGEST_HEX_LEN;
     char trailer[DIGEST_HEX_LEN + 1];
     digest128_bytes_hex(buf, body, trailer);
     if (memcmp(trailer, buf + body, DIGEST_HEX_LEN) != 0) return -1;
+    *r = (struct rd){buf, body, MEMO_MAGIC_LEN, 0};
+    return 0;
+}
 
-    struct rd r = {buf, body, MEMO_MAGIC_LEN, 0};
-    m->key = rd_hex(&r);
-    uint32_t n = rd_u32(&r);
-    if (r.bad || n > MEMO_MAX_CHECKS || (size_t)n > (r.len - r.at) / MIN_CHECK_BYTES) return -1;
-    m->checks = calloc(n ? n : 1, sizeof *m->checks);
-    if (!m->checks) return -1;
-    m->nchecks = n;
-    for (uint32_t i = 0; i < n && !r.bad; i++) {
-        struct memo_check *c = &m->checks[i];
-        c->kind = rd_u8(&r);
-        rd_bytes(&r, MEMO_MAX_NAME, &c->name);
+int rd_checks(struct rd *r, uint32_t max, struct memo_check **checks, uint32_t *count) {
+    uint32_t n = rd_u32(r);
+    if (r->bad || n > max || (size_t)n > (r->len - r->at) / MIN_CHECK_BYTES) return -1;
+    *checks = calloc(n ? n : 1, sizeof **checks);
+    if (!*checks) return -1;
+    *count = n;
+    for (uint32_t i = 0; i < n && !r->bad; i++) {
+        struct memo_check *c = &(*checks)[i];
+        c->kind = rd_u8(r);
+        rd_bytes(r, MEMO_MAX_NAME, &c->name);
         switch (c->kind) {
         case MEMO_STAT:
-            c->dev = rd_u64(&r);
-            c->ino = rd_u64(&r);
-            c->size = rd_u64(&r);
-            c->mtime_ns = rd_u64(&r);
-            c->ctime_ns = rd_u64(&r);
+            c->dev = rd_u64(r);
+            c->ino = rd_u64(r);
+            c->size = rd_u64(r);
+            c->mtime_ns = rd_u64(r);
+            c->ctime_ns = rd_u64(r);
             break;
         case MEMO_CONTENT:
-            c->size = rd_u64(&r);
-            c->digest = rd_hex(&r);
+            c->size = rd_u64(r);
+            c->digest = rd_hex(r);
             break;
         case MEMO_ABSENT:
         case MEMO_NOTREG:
             break;
         case MEMO_DIR:
-            c->dev = rd_u64(&r);
-            c->ino = rd_u64(&r);
-            c->mtime_ns = rd_u64(&r);
-            c->ctime_ns = rd_u64(&r);
+            c->dev = rd_u64(r);
+            c->ino = rd_u64(r);
+            c->mtime_ns = rd_u64(r);
+            c->ctime_ns = rd_u64(r);
             break;
         case MEMO_ENV: {
-            unsigned set = rd_u8(&r);
-            if (set > 1) r.bad = 1;
+            unsigned set = rd_u8(r);
+            if (set > 1) r->bad = 1;
             c->env_set = (int)set;
-            rd_bytes(&r, MEMO_MAX_NAME, &c->value);
+            rd_bytes(r, MEMO_MAX_NAME, &c->value);
             break;
         }
         default:
-            r.bad = 1;
+            r->bad = 1;
             break;
         }
     }
-    uint32_t no = rd_u32(&r);
-    if (no < 1 || no > MEMO_MAX_OUTPUTS) r.bad = 1;
-    for (uint32_t i = 0; i < no && !r.bad; i++) {
-        struct memo_output *o = &m->outputs[i];
-        rd_bytes(&r, MEMO_MAX_NAME, &o->path);
-        o->digest = rd_hex(&r);
-        o->size = rd_u64(&r);
+    return 0;
+}
+
+uint32_t rd_outputs(struct rd *r, struct memo_output *out) {
+    uint32_t no = rd_u32(r);
+    if (no < 1 || no > MEMO_MAX_OUTPUTS) r->bad = 1;
+    for (uint32_t i = 0; i < no && !r->bad; i++) {
+        rd_bytes(r, MEMO_MAX_NAME, &out[i].path);
+        out[i].digest = rd_hex(r);
+        out[i].size = rd_u64(r);
     }
-    m->noutputs = r.bad ? 0 : no;
+    return r->bad ? 0 : no;
+}
+
+int memo_parse(const unsigned char *buf, size_t len, struct memo *m) {
+    memset(m, 0, sizeof *m);
+    struct rd r;
+    if (rd_start(&r, buf, len, MEMO_MAGIC) != 0) return -1;
+    m->key = rd_hex(&r);
+    if (rd_checks(&r, MEMO_MAX_CHECKS, &m->checks, &m->nchecks) != 0) return -1;
+    m->noutputs = rd_outputs(&r, m->outputs);
     rd_bytes(&r, MEMO_MAX_STREAM, &m->out);
     rd_bytes(&r, MEMO_MAX_STREAM, &m->err);
     if (r.bad || r.at != r.len) {
@@ -225,14 +229,25 @@ void memo_print_digest_hook(void) {
 /* ---------------------------------------------------------------------------------------- */
 /* Checks                                                                                    */
 
-/* NUL-terminated copy of a name, or NULL if it holds a NUL byte (no file or variable can be
- * named so) or memory runs out. */
-static char *cstr(struct memo_bytes b) {
+char *memo_name(struct memo_bytes b, const char *token) {
     if (b.len && memchr(b.p, 0, b.len)) return NULL;
-    char *s = malloc((size_t)b.len + 1);
+    size_t tl = token ? strlen(token) : 0, n = b.len;
+    for (uint32_t i = 0; token && i < b.len; i++) {
+        if (b.p[i] != MEMO_TOKEN_BYTE) continue;
+        if (!tl) return NULL;  /* a placeholder with no token to put there */
+        n += tl - 1;
+    }
+    char *s = malloc(n + 1), *q = s;
     if (!s) return NULL;
-    if (b.len) memcpy(s, b.p, b.len);
-    s[b.len] = '\0';
+    for (uint32_t i = 0; i < b.len; i++) {
+        if (token && b.p[i] == MEMO_TOKEN_BYTE) {
+            memcpy(q, token, tl);
+            q += tl;
+        } else {
+            *q++ = (char)b.p[i];
+        }
+    }
+    *q = '\0';
     return s;
 }
 
@@ -253,9 +268,9 @@ static int check_content(const char *path, const struct memo_check *c, unsigned 
     return ok ? 0 : -1;
 }
 
-/* Returns 0 when the check passes. */
-static int run_check(const struct memo_check *c, unsigned char *chunk) {
-    char *name = cstr(c->name);
+/* Returns 0 when the check passes. ENV names are used as they are, other names get the token. */
+static int run_check(const struct memo_check *c, const char *token, unsigned char *chunk) {
+    char *name = memo_name(c->name, c->kind == MEMO_ENV ? NULL : token);
     if (!name) return -1;
     int ok = 0;
     struct stat st;
@@ -289,11 +304,17 @@ static int run_check(const struct memo_check *c, unsigned char *chunk) {
     return ok ? 0 : -1;
 }
 
+int memo_run_checks(const struct memo_check *c, uint32_t n, const char *token,
+                    unsigned char *chunk) {
+    for (uint32_t i = 0; i < n; i++)
+        if (run_check(&c[i], token, chunk) != 0) return -1;
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Reading the memo                                                                          */
 
-/* A directory (not a symlink) owned by us with no group/other permission bits, opened. */
-static int open_private_dir(int at, const char *name) {
+int open_private_dir(int at, const char *name) {
     int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return -1;
     struct stat st;
@@ -305,8 +326,24 @@ static int open_private_dir(int at, const char *name) {
     return fd;
 }
 
-/* Reads the memo named `lookup` under the open memo directory. Returns a malloc'd buffer. */
-static unsigned char *read_memo(int memo_dir, const char *lookup, size_t *len) {
+unsigned char *read_exact(int fd, size_t n) {
+    unsigned char *buf = malloc(n + 1);
+    if (!buf) return NULL;
+    size_t got = 0;
+    while (got < n + 1) {
+        ssize_t r = read(fd, buf + got, n + 1 - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    if (got != n) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+unsigned char *read_memo(int memo_dir, const char *lookup, size_t *len) {
     char shard[3] = {lookup[0], lookup[1], '\0'};
     int sd = open_private_dir(memo_dir, shard);
     if (sd < 0) return NULL;
@@ -315,39 +352,18 @@ static unsigned char *read_memo(int memo_dir, const char *lookup, size_t *len) {
     if (fd < 0) return NULL;
     struct stat st;
     unsigned char *buf = NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != getuid() ||
-        (st.st_mode & 022) != 0 || st.st_size <= 0 || (uint64_t)st.st_size > MEMO_MAX_BYTES)
-        goto fail;
-    size_t n = (size_t)st.st_size, got = 0;
-    buf = malloc(n + 1);
-    if (!buf) goto fail;
-    /* One byte more than expected must read as EOF: the memo did not change under us. */
-    while (got < n + 1) {
-        ssize_t r = read(fd, buf + got, n + 1 - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    if (got != n) goto fail;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == getuid() &&
+        (st.st_mode & 022) == 0 && st.st_size > 0 && (uint64_t)st.st_size <= MEMO_MAX_BYTES)
+        buf = read_exact(fd, (size_t)st.st_size);  /* the memo did not change under us */
     close(fd);
-    *len = n;
+    if (buf) *len = (size_t)st.st_size;
     return buf;
-fail:
-    free(buf);
-    close(fd);
-    return NULL;
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Outputs                                                                                   */
 
-struct staged {
-    char *path;  /* the output */
-    char *temp;  /* created by us beside it; unlinked unless renamed */
-};
-
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...) {
+char *fmt(const char *f, ...) {
     va_list ap;
     va_start(ap, f);
     char *s = NULL;
@@ -356,12 +372,9 @@ static char *fmt(const char *f, ...) {
     return r < 0 ? NULL : s;
 }
 
-
-/* Copies the output's blob into a new temp file beside it, verifying digest and size. Fills
- * s (s->temp only once the temp exists). Returns 0, or -1. */
-static int stage_output(const char *cache_dir, const struct memo_output *o, unsigned n,
-                        unsigned char *chunk, struct staged *s) {
-    s->path = cstr(o->path);
+int stage_output(const char *cache_dir, const struct memo_output *o, const char *token,
+                 unsigned n, unsigned char *chunk, struct staged *s) {
+    s->path = memo_name(o->path, token);
     if (!s->path || s->path[0] != '/') return -1;
     const char *slash = strrchr(s->path, '/');
     const char *base = slash + 1;
@@ -410,6 +423,24 @@ static int stage_output(const char *cache_dir, const struct memo_output *o, unsi
     return ok && total == o->size && memcmp(hex, o->digest, DIGEST_HEX_LEN) == 0 ? 0 : -1;
 }
 
+int commit_staged(struct staged *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (rename(s[i].temp, s[i].path) != 0) return -1;
+        free(s[i].temp);
+        s[i].temp = NULL;
+    }
+    return 0;
+}
+
+void unstage(struct staged *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (s[i].temp) unlink(s[i].temp);
+        free(s[i].temp);
+        free(s[i].path);
+        s[i].temp = s[i].path = NULL;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* The fast path                                                                             */
 
@@ -440,10 +471,20 @@ static void tm_print(uint32_t nchecks) {
 #define TM_MARK(i) ((void)0)
 #endif
 
-static long long unix_ms(void) {
+long long unix_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void append_notices(int memo_dir, const char *text, size_t len) {
+    int log = openat(memo_dir, "hits.log",
+                     O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+    if (log < 0) return;
+    /* One write on O_APPEND keeps concurrent notices whole; a lost one loses a counter. */
+    ssize_t w = write(log, text, len);
+    (void)w;
+    close(log);
 }
 
 int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
@@ -477,32 +518,18 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
     if (!ok) goto out;
     TM_MARK(TM_READ);
     chunk = malloc(COPY_CHUNK);
-    ok = chunk != NULL;
-    for (uint32_t i = 0; ok && i < m.nchecks; i++) ok = run_check(&m.checks[i], chunk) == 0;
+    ok = chunk && memo_run_checks(m.checks, m.nchecks, NULL, chunk) == 0;
     TM_MARK(TM_CHECKS);
     for (uint32_t i = 0; ok && i < m.noutputs; i++)
-        ok = stage_output(cache_dir, &m.outputs[i], i, chunk, &staged[i]) == 0;
+        ok = stage_output(cache_dir, &m.outputs[i], NULL, i, chunk, &staged[i]) == 0;
     TM_MARK(TM_COPY);
-    for (uint32_t i = 0; ok && i < m.noutputs; i++) {
-        ok = rename(staged[i].temp, staged[i].path) == 0;
-        if (ok) {
-            free(staged[i].temp);
-            staged[i].temp = NULL;
-        }
-    }
+    ok = ok && commit_staged(staged, m.noutputs) == 0;
     TM_MARK(TM_RENAME);
     if (ok) {
         int wrote = write_all(1, m.out.p, m.out.len, 0) == 0;
         if (write_all(2, m.err.p, m.err.len, 0) != 0) wrote = 0;
         char *line = fmt("H %.32s %s %lld %lld\n", m.key, lookup, start, unix_ms());
-        int log = openat(memo_dir, "hits.log", O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW |
-                                                   O_CLOEXEC | O_NONBLOCK, 0600);
-        /* One write on O_APPEND keeps concurrent notices whole; a lost one loses a counter. */
-        if (line && log >= 0) {
-            ssize_t w = write(log, line, strlen(line));
-            (void)w;
-        }
-        if (log >= 0) close(log);
+        if (line) append_notices(memo_dir, line, strlen(line));
         free(line);
         TM_MARK(TM_NOTICE);
 #ifdef LTOCACHE_MEMO_TIMING
@@ -512,11 +539,7 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
     }
     memo_free(&m);
 out:
-    for (unsigned i = 0; i < MEMO_MAX_OUTPUTS; i++) {
-        if (staged[i].temp) unlink(staged[i].temp);
-        free(staged[i].temp);
-        free(staged[i].path);
-    }
+    unstage(staged, MEMO_MAX_OUTPUTS);
     free(chunk);
     free(buf);
     close(memo_dir);

@@ -1,8 +1,10 @@
 /*
- * libFuzzer target for memo_parse (docs/memo.md, format v1). Each input is tried twice: as a
- * whole memo file, and as a memo body with its correct trailer appended, so that mutations reach
- * the structure parser instead of stopping at the trailer check. A memo that parses must
- * re-encode to exactly the bytes it came from, and every range it refers to must lie inside them.
+ * libFuzzer target for memo_parse (docs/memo.md, format v1) and dist_memo_parse
+ * (cache-schema/distmemo.v1.md): an input starting with the distribution memo's magic goes to
+ * the latter, every other input to the former. Each input is tried twice: as a whole memo file,
+ * and as a memo body with its correct trailer appended, so that mutations reach the structure
+ * parser instead of stopping at the trailer check. A memo that parses must re-encode to exactly
+ * the bytes it came from, and every range it refers to must lie inside them.
  *
  * Build and run: client/fuzz/run.sh [seconds].
  */
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../distmemo.h"
 #include "../memo.h"
 
 #define REQUIRE(c) do { if (!(c)) abort(); } while (0)
@@ -49,68 +52,120 @@ static void put_hex(struct enc *e, const unsigned char *buf, size_t len, const c
     put(e, h, DIGEST_HEX_LEN);
 }
 
-static void try_parse(const unsigned char *buf, size_t len) {
-    struct memo m;
-    if (memo_parse(buf, len, &m) != 0) return;
-    REQUIRE(m.nchecks <= MEMO_MAX_CHECKS);
-    REQUIRE(m.noutputs >= 1 && m.noutputs <= MEMO_MAX_OUTPUTS);
-    REQUIRE(m.out.len <= MEMO_MAX_STREAM && m.err.len <= MEMO_MAX_STREAM);
-    struct enc e = {malloc(len), 0, len};
-    REQUIRE(e.p);
-    put(&e, MEMO_MAGIC, MEMO_MAGIC_LEN);
-    put_hex(&e, buf, len, m.key);
-    put_le(&e, m.nchecks, 4);
-    for (uint32_t i = 0; i < m.nchecks; i++) {
-        const struct memo_check *c = &m.checks[i];
+static void put_checks(struct enc *e, const unsigned char *buf, size_t len,
+                       const struct memo_check *checks, uint32_t n) {
+    put_le(e, n, 4);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct memo_check *c = &checks[i];
         REQUIRE(c->name.len <= MEMO_MAX_NAME);
-        put_le(&e, c->kind, 1);
-        put_bytes(&e, buf, len, c->name);
+        put_le(e, c->kind, 1);
+        put_bytes(e, buf, len, c->name);
         switch (c->kind) {
         case MEMO_STAT:
-            put_le(&e, c->dev, 8);
-            put_le(&e, c->ino, 8);
-            put_le(&e, c->size, 8);
-            put_le(&e, c->mtime_ns, 8);
-            put_le(&e, c->ctime_ns, 8);
+            put_le(e, c->dev, 8);
+            put_le(e, c->ino, 8);
+            put_le(e, c->size, 8);
+            put_le(e, c->mtime_ns, 8);
+            put_le(e, c->ctime_ns, 8);
             break;
         case MEMO_CONTENT:
-            put_le(&e, c->size, 8);
-            put_hex(&e, buf, len, c->digest);
+            put_le(e, c->size, 8);
+            put_hex(e, buf, len, c->digest);
             break;
         case MEMO_ABSENT:
         case MEMO_NOTREG:
             break;
         case MEMO_DIR:
-            put_le(&e, c->dev, 8);
-            put_le(&e, c->ino, 8);
-            put_le(&e, c->mtime_ns, 8);
-            put_le(&e, c->ctime_ns, 8);
+            put_le(e, c->dev, 8);
+            put_le(e, c->ino, 8);
+            put_le(e, c->mtime_ns, 8);
+            put_le(e, c->ctime_ns, 8);
             break;
         case MEMO_ENV:
             REQUIRE(c->env_set == 0 || c->env_set == 1);
             REQUIRE(c->value.len <= MEMO_MAX_NAME);
-            put_le(&e, (uint64_t)c->env_set, 1);
-            put_bytes(&e, buf, len, c->value);
+            put_le(e, (uint64_t)c->env_set, 1);
+            put_bytes(e, buf, len, c->value);
             break;
         default:
             abort();
         }
     }
-    put_le(&e, m.noutputs, 4);
-    for (uint32_t i = 0; i < m.noutputs; i++) {
-        REQUIRE(m.outputs[i].path.len <= MEMO_MAX_NAME);
-        put_bytes(&e, buf, len, m.outputs[i].path);
-        put_hex(&e, buf, len, m.outputs[i].digest);
-        put_le(&e, m.outputs[i].size, 8);
+}
+
+static void put_outputs(struct enc *e, const unsigned char *buf, size_t len,
+                        const struct memo_output *o, uint32_t n) {
+    REQUIRE(n >= 1 && n <= MEMO_MAX_OUTPUTS);
+    put_le(e, n, 4);
+    for (uint32_t i = 0; i < n; i++) {
+        REQUIRE(o[i].path.len <= MEMO_MAX_NAME);
+        put_bytes(e, buf, len, o[i].path);
+        put_hex(e, buf, len, o[i].digest);
+        put_le(e, o[i].size, 8);
     }
-    put_bytes(&e, buf, len, m.out);
-    put_bytes(&e, buf, len, m.err);
+}
+
+static void put_streams(struct enc *e, const unsigned char *buf, size_t len,
+                        struct memo_bytes out, struct memo_bytes err) {
+    REQUIRE(out.len <= MEMO_MAX_STREAM && err.len <= MEMO_MAX_STREAM);
+    put_bytes(e, buf, len, out);
+    put_bytes(e, buf, len, err);
+}
+
+/* Appends the trailer and requires the re-encoding to be exactly buf[0..len); frees it. */
+static void finish(struct enc *e, const unsigned char *buf, size_t len) {
     char trailer[DIGEST_HEX_LEN + 1];
-    digest128_bytes_hex(e.p, e.len, trailer);
-    put(&e, trailer, DIGEST_HEX_LEN);
-    REQUIRE(e.len == len && memcmp(e.p, buf, len) == 0);
-    free(e.p);
+    digest128_bytes_hex(e->p, e->len, trailer);
+    put(e, trailer, DIGEST_HEX_LEN);
+    REQUIRE(e->len == len && memcmp(e->p, buf, len) == 0);
+    free(e->p);
+}
+
+static void try_memo(const unsigned char *buf, size_t len) {
+    struct memo m;
+    if (memo_parse(buf, len, &m) != 0) return;
+    REQUIRE(m.nchecks <= MEMO_MAX_CHECKS);
+    struct enc e = {malloc(len), 0, len};
+    REQUIRE(e.p);
+    put(&e, MEMO_MAGIC, MEMO_MAGIC_LEN);
+    put_hex(&e, buf, len, m.key);
+    put_checks(&e, buf, len, m.checks, m.nchecks);
+    put_outputs(&e, buf, len, m.outputs, m.noutputs);
+    put_streams(&e, buf, len, m.out, m.err);
+    finish(&e, buf, len);
     memo_free(&m);
+}
+
+static void try_dist(const unsigned char *buf, size_t len) {
+    struct dist_memo m;
+    if (dist_memo_parse(buf, len, &m) != 0) return;
+    REQUIRE(m.nchecks <= DIST_MEMO_MAX_CHECKS);
+    REQUIRE(m.njobs >= 1 && m.njobs <= DIST_MEMO_MAX_JOBS);
+    struct enc e = {malloc(len), 0, len};
+    REQUIRE(e.p);
+    put(&e, DIST_MEMO_MAGIC, MEMO_MAGIC_LEN);
+    put_checks(&e, buf, len, m.checks, m.nchecks);
+    put_le(&e, m.njobs, 4);
+    uint32_t next = 0;
+    for (uint32_t i = 0; i < m.njobs; i++) {
+        const struct dist_memo_job *j = &m.jobs[i];
+        put_hex(&e, buf, len, j->key);
+        put_hex(&e, buf, len, j->lookup);
+        REQUIRE(j->first_output == next && j->noutputs <= m.noutputs - next);
+        put_outputs(&e, buf, len, m.outputs + j->first_output, j->noutputs);
+        next += j->noutputs;
+        put_streams(&e, buf, len, j->out, j->err);
+    }
+    REQUIRE(next == m.noutputs);
+    finish(&e, buf, len);
+    dist_memo_free(&m);
+}
+
+static void try_parse(const unsigned char *buf, size_t len) {
+    if (len >= MEMO_MAGIC_LEN && memcmp(buf, DIST_MEMO_MAGIC, MEMO_MAGIC_LEN) == 0)
+        try_dist(buf, len);
+    else
+        try_memo(buf, len);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -1,8 +1,9 @@
 /**
- * Builds the libFuzzer target of the C memo parser (client/fuzz/memo_fuzz.c) and runs
- * client/fuzz/run.sh: every saved regression, then a short bounded fuzzing run. Skipped, saying
- * so, only when clang-19 or its fuzzer runtime is missing. LTOCACHE_MEMO_FUZZ_SECONDS sets the
- * fuzzing time (default 5).
+ * Builds the libFuzzer target of the C memo parsers (client/fuzz/memo_fuzz.c: memo_parse and
+ * dist_memo_parse) and runs client/fuzz/run.sh: every saved regression, then a short bounded
+ * fuzzing run. Skipped, saying so, only when clang-19 or its fuzzer runtime is missing.
+ * LTOCACHE_MEMO_FUZZ_SECONDS sets the fuzzing time (default 5). The committed seeds must be what
+ * test/support/memoSeeds.ts generates.
  */
 
 import assert from 'node:assert/strict';
@@ -10,7 +11,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { initHash } from '../../src/key/hash.js';
 import { TOP, tempDir } from '../support/env.js';
+import { memoSeeds } from '../support/memoSeeds.js';
 
 function fuzzerMissing(): string | false {
   const dir = tempDir('fuzz-probe');
@@ -28,7 +31,15 @@ function fuzzerMissing(): string | false {
 
 const missing = fuzzerMissing();
 
-test('memo_parse fuzzing: regressions replay and a bounded run finds nothing', { skip: missing || false }, () => {
+test('the committed seeds are what memoSeeds generates (node dist/test/support/memoSeeds.js client/fuzz/seeds)', async () => {
+  await initHash();
+  const dir = path.join(TOP, 'client', 'fuzz', 'seeds');
+  const want = new Map(memoSeeds());
+  assert.deepEqual(fs.readdirSync(dir).sort(), [...want.keys()].sort());
+  for (const [name, b] of want) assert.ok(fs.readFileSync(path.join(dir, name)).equals(b), name);
+});
+
+test('memo_parse and dist_memo_parse fuzzing: regressions replay and a bounded run finds nothing', { skip: missing || false }, () => {
   const seconds = process.env.LTOCACHE_MEMO_FUZZ_SECONDS ?? '5';
   const r = spawnSync('sh', [path.join(TOP, 'client', 'fuzz', 'run.sh'), seconds], { encoding: 'utf8', maxBuffer: 64 << 20 });
   const tail = `${r.stdout}\n${r.stderr}`.split('\n').slice(-40).join('\n');

@@ -1,12 +1,14 @@
 /**
- * Seed corpus of the memo_parse fuzzer (client/fuzz): deterministic memos from encodeMemo, each
- * written whole and as a body without its trailer (the fuzz target appends the right trailer).
+ * Seed corpus of the memo_parse / dist_memo_parse fuzzer (client/fuzz): deterministic memos from
+ * encodeMemo and distribution memos (`dist-*`) from encodeDistMemo, each written whole and as a
+ * body without its trailer (the fuzz target appends the right trailer).
  * Regenerate: node dist/test/support/memoSeeds.js client/fuzz/seeds
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { initHash } from '../../src/key/hash.js';
+import { type DistMemo, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { encodeMemo, type Memo, type MemoCheck } from '../../src/memo/memoFormat.js';
 
 const hex = (c: string) => c.repeat(32);
@@ -40,11 +42,32 @@ export function memoSeeds(): [string, Buffer][] {
   ];
   for (const c of checks()) memos.push([`only-${c.kind}-${c.kind === 'env' ? c.name : 'x'}`, { ...base, checks: [c] }]);
   const out: [string, Buffer][] = [];
-  for (const [name, m] of memos) {
-    const whole = encodeMemo(m);
-    out.push([`${name}.memo`, whole], [`${name}.body`, whole.subarray(0, whole.length - 32)]);
-  }
+  const push = (name: string, whole: Buffer) => out.push([`${name}.memo`, whole], [`${name}.body`, whole.subarray(0, whole.length - 32)]);
+  for (const [name, m] of memos) push(name, encodeMemo(m));
+  for (const [name, m] of distSeeds(base)) push(name, encodeDistMemo(m));
   return out;
+}
+
+/** Distribution memos: token placeholders (\x01) in check names and output paths, one and several jobs. */
+function distSeeds(base: Memo): [string, DistMemo][] {
+  const job = (i: number, outputs = 1) => ({
+    key: hex(String(i % 10)),
+    lookup: hex('e'),
+    outputs: Array.from({ length: outputs }, (_, k) => ({ path: `/work/obj/m${i}.1.\x01.native.o${k ? `.${k}` : ''}`, digest: hex('f'), size: 100 + k })),
+    stdout: Buffer.from(i % 2 ? `job ${i}\n` : ''),
+    stderr: Buffer.from(i % 3 ? '' : 'warning: y\n'),
+  });
+  const tokenChecks: MemoCheck[] = [
+    { kind: 'content', path: '/work/obj/m0.1.\x01.native.o.thinlto.bc', size: 77, digest: hex('a') },
+    { kind: 'absent', path: '/work/obj/\x01/\x01.s' },
+    { kind: 'env', name: 'LANG', value: 'C.\x01' },
+  ];
+  return [
+    ['dist-one', { checks: [], jobs: [job(0)] }],
+    ['dist-full', { checks: [...base.checks, ...tokenChecks], jobs: [job(0), job(1, 2), job(2)] }],
+    ['dist-max-outputs', { checks: tokenChecks, jobs: [job(3, 16), job(4, 16)] }],
+    ['dist-many-jobs', { checks: checks().slice(0, 2), jobs: Array.from({ length: 40 }, (_, i) => job(i)) }],
+  ];
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
