@@ -60,7 +60,7 @@ export class Daemon {
   /** Memos for the native client's fast path; none while `verify` audits hits (every hit must reach us). */
   private readonly memos: MemoStore | null;
   /** The last request behind each memo this daemon wrote (bounded), for the job log of memo hits. */
-  private readonly memoRequests = new Map<string, { req: JobRequest; savedMs: number }>();
+  private readonly memoRequests = new Map<string, { req: JobRequest; savedMs: number; input: string }>();
   private flushedVersion = -1;
   private memoDrain: Promise<void> = Promise.resolve();
   /** Content digests by stat identity, kept across restarts in DIGESTS_FILE. */
@@ -110,9 +110,9 @@ export class Daemon {
             memo: {
               write: (lookup, memo) => memos.write(lookup, memo),
               removeKey: (key) => memos.removeKey(key),
-              remember: (lookup, req, savedMs) => {
+              remember: (lookup, req, savedMs, input) => {
                 if (this.memoRequests.size >= 20_000) this.memoRequests.clear();
-                this.memoRequests.set(lookup, { req, savedMs });
+                this.memoRequests.set(lookup, { req, savedMs, input });
               },
             },
           }
@@ -245,7 +245,7 @@ export class Daemon {
         req = { compiler: '', args: [], cwd: dirname(output), env: {}, umask: 0o022 };
       }
       await this.jobLog
-        .record({ req, startedAt: n.startMs, endedAt: n.endMs, result: 'hit', key: n.key, ...(known ? { savedMs: known.savedMs } : {}), ...(output ? { output } : {}) })
+        .record({ req, startedAt: n.startMs, endedAt: n.endMs, result: 'hit', key: n.key, ...(known ? { savedMs: known.savedMs, input: known.input } : {}), ...(output ? { output } : {}) })
         .catch((e) => this.log.warn('cannot record job', { error: String(e) }));
     }
   }

@@ -40,6 +40,8 @@ interface Recorded {
   bytes?: number | undefined;
   /** The object path as the job named it, when the job could be parsed. */
   output?: string | undefined;
+  /** The input bitcode path as the manifest names it, when there is no manifest (a memo hit). */
+  input?: string | undefined;
 }
 
 /** Best-effort output of a job that could not be parsed (for the log only). */
@@ -79,7 +81,8 @@ export class JobLog {
     // The input bitcode identifies a job whose output name changes on every build (DTLTO puts
     // the linker's PID in it): without an earlier job for the output, the one for the input is
     // the previous job.
-    const input = r.manifest ? resolve(r.req.cwd, r.manifest.input.path) : undefined;
+    const inputPath = r.manifest?.input.path ?? r.input;
+    const input = inputPath ? resolve(r.req.cwd, inputPath) : undefined;
     let previous = this.lastByOutput.get(output);
     if (!previous) {
       const stored = await this.getJson('outputs', output, OutputHistory);

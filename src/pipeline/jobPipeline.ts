@@ -93,8 +93,9 @@ export interface MemoSink {
   /** `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored yet. */
   write(lookup: string, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'>;
   removeKey(key: string): Promise<void>;
-  /** The last request seen for a memo and its entry's compile time, for the job log and `time_saved_ms` of hits served from it. */
-  remember?(lookup: string, req: JobRequest, savedMs: number): void;
+  /** The last request seen for a memo, its entry's compile time and its input bitcode path (as
+   * the manifest names it), for the job log and `time_saved_ms` of hits served from it. */
+  remember?(lookup: string, req: JobRequest, savedMs: number, input: string): void;
 }
 
 export interface PipelineOptions {
@@ -487,14 +488,14 @@ export class JobPipeline {
         stderr: decoded?.stderr ?? fromBase64(entry.record.stderr),
       };
       if (collect) {
-        sink.remember?.(lookup, req, entry.record.compileMs);
+        sink.remember?.(lookup, req, entry.record.compileMs, k.manifest.input.path);
         collect(memo, lookup);
         return;
       }
       const r = await sink.write(lookup, memo);
       if (r !== 'no-blob') {
         if (r === 'written') this.counters.add(Counter.memos_written);
-        sink.remember?.(lookup, req, entry.record.compileMs);
+        sink.remember?.(lookup, req, entry.record.compileMs, k.manifest.input.path);
       }
     } catch (e) {
       this.counters.error(ErrorKind.memo_write);
