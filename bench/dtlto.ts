@@ -183,11 +183,19 @@ async function main(): Promise<void> {
     const warm = Array.from({ length: RUNS }, () => jobsOf(alice, () => link(ltocache, alice.env).ms));
     for (const _ of warm) compare(ref0);
     const fast = Math.min(...warm.map((w) => w.memoHits));
-    rows.push({ what: 'DTLTO through ltocache, warm (distribution memo: the client serves every job)', ms: median(warm.map((w) => w.ms)), jobs: `${Math.min(...warm.map((w) => w.hits))}/${n} hits, ${fast} by the client` });
+    rows.push({
+      what: 'DTLTO through ltocache, warm (distribution memo: the client serves every job)',
+      ms: median(warm.map((w) => w.ms)),
+      jobs: `${Math.min(...warm.map((w) => w.hits))}/${n} hits, ${fast} by the client`,
+    });
     const daemonPath = { ...alice.env, LTOCACHE_MEMO: '0' };
     const warmDaemon = Array.from({ length: RUNS }, () => jobsOf(alice, () => link(ltocache, daemonPath).ms));
     for (const _ of warmDaemon) compare(ref0);
-    rows.push({ what: '  the same, fast path off (LTOCACHE_MEMO=0: every job through the daemon)', ms: median(warmDaemon.map((w) => w.ms)), jobs: `${Math.min(...warmDaemon.map((w) => w.hits))}/${n} hits` });
+    rows.push({
+      what: '  the same, fast path off (LTOCACHE_MEMO=0: every job through the daemon)',
+      ms: median(warmDaemon.map((w) => w.ms)),
+      jobs: `${Math.min(...warmDaemon.map((w) => w.hits))}/${n} hits`,
+    });
     // The fixed cost of a distributor run: bin/ltocache → daemon ('T') → reply, a file with no jobs.
     const empty = join(dir, 'empty.dist-file.json');
     writeFileSync(empty, JSON.stringify({ common: { linker_output: 'prog', args: [CLANG], inputs: [] }, jobs: [] }));

@@ -245,7 +245,15 @@ export class Daemon {
         req = { compiler: '', args: [], cwd: dirname(output), env: {}, umask: 0o022 };
       }
       await this.jobLog
-        .record({ req, startedAt: n.startMs, endedAt: n.endMs, result: 'hit', key: n.key, ...(known ? { savedMs: known.savedMs, input: known.input } : {}), ...(output ? { output } : {}) })
+        .record({
+          req,
+          startedAt: n.startMs,
+          endedAt: n.endMs,
+          result: 'hit',
+          key: n.key,
+          ...(known ? { savedMs: known.savedMs, input: known.input } : {}),
+          ...(output ? { output } : {}),
+        })
         .catch((e) => this.log.warn('cannot record job', { error: String(e) }));
     }
   }
