@@ -35,6 +35,9 @@ const DIGESTS_FILE = 'digests.json';
 /** Where in the stats sublevel the read position of the memo hit-notice log is kept. */
 const MEMO_LOG_OFFSET_KEY = 'memo-log-offset';
 
+/** A distribution memo waits this long, this many times, for blobs still being written back. */
+const DIST_MEMO_BLOB_WAIT_MS = 200;
+const DIST_MEMO_BLOB_RETRIES = 10;
 /** Store sublevel holding the keys a verify run found wrong (see DenyList). */
 const DENY_SUBLEVEL = 'deny';
 
@@ -372,7 +375,13 @@ export class Daemon {
       return;
     }
     try {
-      const w = await store.writeDist(r.lookup, r.memo);
+      // Team-cache hits are written back to the local store after they are served: give them a
+      // moment, so that a teammate's second link is the client's already.
+      let w = await store.writeDist(r.lookup, r.memo);
+      for (let i = 0; i < DIST_MEMO_BLOB_RETRIES && w === 'no-blob'; i++) {
+        await new Promise((res) => setTimeout(res, DIST_MEMO_BLOB_WAIT_MS).unref());
+        w = await store.writeDist(r.lookup, r.memo);
+      }
       if (w === 'written') this.counters.add(Counter.dist_memos_written);
       else if (w === 'no-blob') this.log.info('no distribution memo', { cwd: req.cwd, reason: 'a blob is not stored' });
     } catch (e) {

@@ -419,5 +419,14 @@ describe('DTLTO: two checkouts in different directories share one team server', 
     ok(b.tree.linkLld(writeSerialDistributor(join(b.tree.dir, 'serial')), []), 'serial');
     assert.ok(readFileSync(join(b.tree.dir, 'prog')).equals(mine));
     assert.equal(run(join(b.tree.dir, 'prog'), [], b.tree.dir).stdout, b.tree.oracle());
+    // B's link from the team cache left a distribution memo once the write-backs were done: its
+    // next link is served by the client.
+    const memoWritten = Date.now() + 5_000;
+    while (b.c.stats().dist_memos_written < 1 && Date.now() < memoWritten) await sleep(100);
+    const before = b.c.stats();
+    ok(b.tree.linkLld(CLIENT, ['distribute'], { env: b.c.env }), 'bob relink');
+    const after = b.c.stats();
+    assert.equal(after.memo_hits - before.memo_hits, b.tree.modules.length, `served by the client: ${JSON.stringify(after)}`);
+    assert.ok(readFileSync(join(b.tree.dir, 'prog')).equals(mine));
   });
 });
