@@ -19,6 +19,9 @@ export const UNABBREV_RECORD = 3;
 export const BLOCKINFO_BLOCK_ID = 0;
 const BLOCKINFO_CODE_SETBID = 1;
 
+/** 2^i for every shift a VBR read takes (V8 compiles a variable `2 ** i` to a `pow` call). */
+const POW2: readonly number[] = Array.from({ length: 65 }, (_, i) => 2 ** i);
+
 /** LLVM's BitstreamCursor::MaxChunkSize: the widest fixed field or VBR chunk it accepts. */
 const MAX_CHUNK = 32;
 const TOP_LEVEL_ABBREV_WIDTH = 2;
@@ -461,7 +464,7 @@ export class BitstreamReader {
     if (n < lowBits) return (low & ((1 << n) - 1)) >>> 0;
     if (n === lowBits) return low;
     const high = (b[i + 4] ?? 0) & ((1 << (n - lowBits)) - 1);
-    return low + high * 2 ** lowBits;
+    return low + high * POW2[lowBits]!;
   }
 
   /** vbr(6, 64) with integer arithmetic while the value fits 30 bits: unabbreviated operands (an
@@ -486,7 +489,7 @@ export class BitstreamReader {
 
   private vbr(width: number, maxBits: number): number {
     const start = this.pos;
-    const hi = 2 ** (width - 1);
+    const hi = POW2[width - 1]!;
     // Most values fit one chunk.
     const first = this.read(width);
     if (first < hi) return first;
@@ -495,7 +498,7 @@ export class BitstreamReader {
     for (let shift = 0; ; shift += width - 1) {
       if (shift >= maxBits) this.fail(`unterminated VBR (more than ${maxBits} bits)`, start);
       const chunk = this.read(width);
-      value += (chunk % hi) * 2 ** shift;
+      value += (chunk % hi) * POW2[shift]!;
       if (chunk < hi) break;
     }
     if (maxBits <= 32 && value > 0xffffffff) this.fail('VBR value exceeds 32 bits', start);
