@@ -357,6 +357,20 @@ for (const [what, mutate, extra] of fallbacks) {
   });
 }
 
+const isRoot = process.getuid!() === 0;
+
+test('falls back: memo file not owned by us', { skip: !isRoot && 'needs root to chown the memo to nobody' }, () => {
+  const s = scenario();
+  fs.chownSync(s.file, 65534, 65534);
+  assertFellBack(s, s.run(), 'not owned');
+});
+
+test('falls back: memo dir not owned by us', { skip: !isRoot && 'needs root to chown the memo dir to nobody' }, () => {
+  const s = scenario();
+  fs.chownSync(path.join(s.cache, 'memo'), 65534, 65534);
+  assertFellBack(s, s.run(), 'dir not owned');
+});
+
 test('falls back: a placeholder in a name when the file name has no token', () => {
   const s = scenario();
   const arg = 'plain.dist-file.json';
