@@ -186,10 +186,7 @@ int dist_memo_serve(const char *cache_dir, const char *cwd, const char *file_arg
     }
     long long start = unix_ms();
 
-    int root = open(cache_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (root < 0) return -1;
-    int memo_dir = open_private_dir(root, "memo");
-    close(root);
+    int memo_dir = open_memo_dir(cache_dir);
     if (memo_dir < 0) return -1;
 
     size_t len = 0;

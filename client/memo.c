@@ -326,6 +326,14 @@ int open_private_dir(int at, const char *name) {
     return fd;
 }
 
+int open_memo_dir(const char *cache_dir) {
+    int root = open(cache_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) return -1;
+    int memo_dir = open_private_dir(root, "memo");
+    close(root);
+    return memo_dir;
+}
+
 unsigned char *read_exact(int fd, size_t n) {
     unsigned char *buf = malloc(n + 1);
     if (!buf) return NULL;
@@ -502,10 +510,7 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
     long long start = unix_ms();
     TM_MARK(TM_LOOKUP);
 
-    int root = open(cache_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (root < 0) return -1;
-    int memo_dir = open_private_dir(root, "memo");
-    close(root);
+    int memo_dir = open_memo_dir(cache_dir);
     if (memo_dir < 0) return -1;
 
     size_t len = 0;

@@ -47,6 +47,8 @@ int memo_run_checks(const struct memo_check *c, uint32_t n, const char *token,
 
 /* A directory (not a symlink) owned by us with no group/other permission bits, opened. */
 int open_private_dir(int at, const char *name);
+/* `<cache_dir>/memo`, opened under the rules of open_private_dir; -1 if it does not qualify. */
+int open_memo_dir(const char *cache_dir);
 /* Reads exactly n bytes of fd into a malloc'd buffer; one byte more must read as EOF (the file
  * did not grow under us). NULL on any failure. */
 unsigned char *read_exact(int fd, size_t n);

@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
 import { encodeMemo, lookupDigest, MEMO_MAX_CHECKS, MEMO_MAX_OUTPUTS, type Memo, type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { CLIENT, tempDir } from '../support/env.js';
+import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, retrail, runClient, writeBlob } from '../support/memoClient.js';
 
 const isRoot = process.getuid!() === 0;
 let tmp: string;
@@ -26,37 +27,6 @@ before(async () => {
 after(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
-
-function baseEnv(cache: string): NodeJS.ProcessEnv {
-  return {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    LTOCACHE_DIR: cache,
-    LTOCACHE_START_TIMEOUT_MS: '200',
-    LTOCACHE_NODE: '/nonexistent',
-  };
-}
-
-function runClient(args: string[], cwd: string, env: NodeJS.ProcessEnv) {
-  const r = spawnSync(CLIENT, args, { cwd, env, maxBuffer: 64 << 20 });
-  if (r.error) throw r.error;
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function retrail(body: Buffer): Buffer {
-  return Buffer.concat([body, Buffer.from(hashBytes(body), 'latin1')]);
-}
-
-function writeBlob(cache: string, content: Buffer): string {
-  const d = hashBytes(content);
-  const dir = path.join(cache, 'store', 'v1', 'blobs', d.slice(0, 2));
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, d.slice(2)), content);
-  return d;
-}
-
-function blobPath(cache: string, d: string): string {
-  return path.join(cache, 'store', 'v1', 'blobs', d.slice(0, 2), d.slice(2));
-}
 
 let seq = 0;
 
@@ -285,19 +255,7 @@ const fallbacks: [string, (s: Scenario) => NodeJS.ProcessEnv | void][] = [
       fs.symlinkSync(`${p}.real`, p);
     },
   ],
-  ['memo truncated', (s) => s.writeMemo(fs.readFileSync(s.file).subarray(0, -1))],
-  ['memo truncated with a valid trailer', (s) => s.writeMemo(retrail(fs.readFileSync(s.file).subarray(0, -40)))],
-  ['memo trailing byte with a valid trailer', (s) => s.writeMemo(retrail(Buffer.concat([fs.readFileSync(s.file).subarray(0, -32), Buffer.from([0])])))],
-  ['memo garbage', (s) => s.writeMemo(randomBytes(4000))],
-  ['memo empty', (s) => s.writeMemo(Buffer.alloc(0))],
-  [
-    'memo wrong trailer',
-    (s) => {
-      const b = fs.readFileSync(s.file);
-      b[b.length - 1] = b[b.length - 1] === 0x30 ? 0x31 : 0x30;
-      s.writeMemo(b);
-    },
-  ],
+  ...HOSTILE_MEMO_BYTES.map(([what, f]): [string, (s: Scenario) => void] => [what, (s) => s.writeMemo(f(fs.readFileSync(s.file)))]),
   [
     'memo oversized check count',
     (s) => {

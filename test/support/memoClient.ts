@@ -1,0 +1,60 @@
+/**
+ * Shared by the client fast-path tests (test/e2e/memoClient.test.ts, distMemoClient.test.ts): a
+ * hand-built cache directory and the native client run against it with no daemon able to start.
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { hashBytes } from '../../src/key/hash.js';
+import { CLIENT } from './env.js';
+
+/** The client's environment: this cache, and a daemon that cannot start (the fallback is visible). */
+export function baseEnv(cache: string): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    LTOCACHE_DIR: cache,
+    LTOCACHE_START_TIMEOUT_MS: '200',
+    LTOCACHE_NODE: '/nonexistent',
+  };
+}
+
+export function runClient(args: string[], cwd: string, env: NodeJS.ProcessEnv) {
+  const r = spawnSync(CLIENT, args, { cwd, env, maxBuffer: 64 << 20 });
+  if (r.error) throw r.error;
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A memo body with its trailer digest appended (for memos edited by hand). */
+export function retrail(body: Buffer): Buffer {
+  return Buffer.concat([body, Buffer.from(hashBytes(body), 'latin1')]);
+}
+
+export function blobPath(cache: string, d: string): string {
+  return path.join(cache, 'store', 'v1', 'blobs', d.slice(0, 2), d.slice(2));
+}
+
+/** Stores `content` as a blob of the local store; returns its digest. */
+export function writeBlob(cache: string, content: Buffer): string {
+  const d = hashBytes(content);
+  fs.mkdirSync(path.dirname(blobPath(cache, d)), { recursive: true });
+  fs.writeFileSync(blobPath(cache, d), content);
+  return d;
+}
+
+/** Hostile rewrites of a memo file's bytes that every memo reader must refuse whole. */
+export const HOSTILE_MEMO_BYTES: [string, (memo: Buffer) => Buffer][] = [
+  ['memo truncated', (b) => b.subarray(0, -1)],
+  ['memo truncated with a valid trailer', (b) => retrail(b.subarray(0, -40))],
+  ['memo trailing byte with a valid trailer', (b) => retrail(Buffer.concat([b.subarray(0, -32), Buffer.from([0])]))],
+  ['memo garbage', () => randomBytes(4000)],
+  ['memo empty', () => Buffer.alloc(0)],
+  [
+    'memo wrong trailer',
+    (b) => {
+      const c = Buffer.from(b);
+      c[c.length - 1] = c[c.length - 1] === 0x30 ? 0x31 : 0x30;
+      return c;
+    },
+  ],
+];
