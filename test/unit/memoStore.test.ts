@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
+import { decodeDistMemo } from '../../src/memo/distMemo.js';
 import { decodeMemo, encodeMemo, type Memo, memoPath } from '../../src/memo/memoFormat.js';
 import { MemoStore } from '../../src/memo/memoStore.js';
 
@@ -102,4 +103,21 @@ test('a memo larger than the encoder first reserves round-trips field for field'
   assert.ok(bytes.length > 4096 * 4);
   const back = decodeMemo(bytes);
   assert.deepEqual(back, big);
+});
+
+test('a distribution memo is removed with any of its jobs keys, and not written while a blob is missing', async () => {
+  const { dir, store, memo } = setup();
+  const s = store();
+  const lookup = hashBytes(Buffer.from('a distribution'));
+  const job = (key: string) => ({ key, lookup: hashBytes(Buffer.from(`job ${key}`)), outputs: memo.outputs, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) });
+  const k1 = hashBytes(Buffer.from('key one'));
+  const k2 = hashBytes(Buffer.from('key two'));
+  const dist = { checks: memo.checks, jobs: [job(k1), job(k2)] };
+  assert.equal(await s.writeDist(lookup, dist), 'written');
+  assert.deepEqual(decodeDistMemo(fs.readFileSync(memoPath(dir, lookup))), dist);
+  await s.removeKey(k2);
+  assert.equal(fs.existsSync(memoPath(dir, lookup)), false, 'evicting one job removes the whole distribution memo');
+  const missing = { ...dist, jobs: [job(k1), { ...job(k2), outputs: [{ ...memo.outputs[0]!, digest: hashBytes(Buffer.from('not stored')) }] }] };
+  assert.equal(await s.writeDist(lookup, missing), 'no-blob');
+  assert.equal(fs.existsSync(memoPath(dir, lookup)), false);
 });
