@@ -332,7 +332,7 @@ export class Daemon {
       if (signal.aborted) return { code: 1, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
       const jr: JobRequest = { compiler: resolve(req.cwd, job.argv[0]!), args: job.argv.slice(1), cwd: req.cwd, env: req.env, umask: req.umask };
       const startedAt = Date.now();
-      const o = await this.compile(jr, this.memos ? { signal, collectMemo: (memo, lookup) => memos.add(job, memo, lookup) } : { signal, memo: false });
+      const o = await this.compile(jr, { signal, collectMemo: (memo, lookup) => memos.add(job, memo, lookup) });
       if (o.kind === 'hit' || o.kind === 'miss') memos.keyed(job, keyedPart(o.manifest));
       this.recordJob(jr, o, startedAt);
       if (o.kind === 'hit') return { code: 0, signal: null, stdout: o.stdout, stderr: o.stderr };

@@ -47,11 +47,10 @@ export interface JobContext {
    * outputs may change after); hashing, the input re-check and storing go on without it.
    */
   released?: () => void;
-  /** False when no client will ever check a memo for this command (a distribution run by the
-   * daemon, whose output names change every link): then none is written. */
-  memo?: boolean;
   /** Receives this job's memo instead of the memo store (a distribution gathers its jobs' memos
-   * into one, docs/dtlto.md); called only once the memo's blobs are stored. */
+   * into one, docs/dtlto.md): for a hit once it is served, for a miss once its blobs are stored
+   * (a team-cache hit's blobs may still be being written back). Never called without a memo
+   * store. */
   collectMemo?: (memo: Memo, lookup: Digest) => void;
 }
 
@@ -195,8 +194,7 @@ export class JobPipeline {
       this.o.log.info('uncacheable job', { reason: keyed.reason, detail: keyed.detail, cwd: req.cwd });
       return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
     }
-    const memo = ctx.memo !== false;
-    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(memo && keyed.checks ? { checks: keyed.checks } : {}) };
+    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
     const served = await this.lookup(k, job.outputs, req, ctx.collectMemo);
     if (served) return served;
 
@@ -221,7 +219,7 @@ export class JobPipeline {
       if (k.checks && checksHold(k.checks, req.env)) return true;
       const again = await this.keyer(job, req);
       if (again.kind !== 'key' || again.key !== k.key) return false;
-      if (memo && again.checks) k.checks = again.checks;
+      if (again.checks) k.checks = again.checks;
       return true;
     };
     const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent, (entry) => this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo));
