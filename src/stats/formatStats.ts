@@ -25,6 +25,7 @@ export function formatStats(s: StatsView): string {
     ['since', s.since],
     ['hits', `${s.hits}  (${rate} of cacheable jobs)`],
     ['  from team cache', String(s.remote_hits)],
+    ['  by the client alone', `${s.memo_hits} (memos written: ${s.memos_written} jobs, ${s.dist_memos_written} DTLTO links)`],
     ['misses', String(s.misses)],
     ['uncacheable', String(s.uncacheable)],
     ...Object.entries(s.uncacheable_by_reason).map(([k, v]) => [`  ${k}`, String(v)] as [string, string]),

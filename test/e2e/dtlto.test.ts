@@ -125,6 +125,7 @@ describe('DTLTO through ltocache (lld 22)', () => {
     cache.start(); // drains the notices
     const s = cache.stats();
     assert.equal(s.memo_hits - s0.memo_hits, t.modules.length, `each job counted once: ${JSON.stringify(s)}`);
+    assert.match(cache.cli(['stats']).stdout, new RegExp(`by the client alone +${s.memo_hits} \\(memos written: \\d+ jobs, ${s.dist_memos_written} DTLTO links\\)`));
     assert.equal(s.hits - s0.hits, 2 * t.modules.length);
     assert.equal(s.misses, s0.misses);
   });
