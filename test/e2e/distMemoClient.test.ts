@@ -16,7 +16,7 @@ import { hashBytes, initHash } from '../../src/key/hash.js';
 import { type DistMemo, distLookupDigest, distToken, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { CLIENT, tempDir } from '../support/env.js';
-import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, retrail, runClient, writeBlob } from '../support/memoClient.js';
+import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, IS_ROOT, NOT_OURS, retrailed, runClient, writeBlob } from '../support/memoClient.js';
 
 let tmp: string;
 
@@ -273,28 +273,11 @@ const fallbacks: [string, (s: Scenario) => void, NodeJS.ProcessEnv?][] = [
   ...HOSTILE_MEMO_BYTES.map(([what, f]): [string, (s: Scenario) => void] => [what, (s) => s.writeMemo(f(fs.readFileSync(s.file)))]),
   [
     'memo job count 0',
-    (s) => {
-      const body = Buffer.from(encodeDistMemo({ ...s.memo, checks: [] }).subarray(0, -32));
-      body.writeUInt32LE(0, 12); // magic, nchecks = 0, then njobs
-      s.writeMemo(retrail(body));
-    },
+    // magic, nchecks = 0, then njobs
+    (s) => s.writeMemo(retrailed(encodeDistMemo({ ...s.memo, checks: [] }), (b) => b.writeUInt32LE(0, 12))),
   ],
-  [
-    'memo job count over what the file holds',
-    (s) => {
-      const body = Buffer.from(encodeDistMemo({ ...s.memo, checks: [] }).subarray(0, -32));
-      body.writeUInt32LE(3, 12);
-      s.writeMemo(retrail(body));
-    },
-  ],
-  [
-    'memo of job memo format (magic LTOMEMO)',
-    (s) => {
-      const body = Buffer.from(fs.readFileSync(s.file).subarray(0, -32));
-      body.write('LTOMEMO', 0, 'latin1');
-      s.writeMemo(retrail(body));
-    },
-  ],
+  ['memo job count over what the file holds', (s) => s.writeMemo(retrailed(encodeDistMemo({ ...s.memo, checks: [] }), (b) => b.writeUInt32LE(3, 12)))],
+  ['memo of job memo format (magic LTOMEMO)', (s) => s.writeMemo(retrailed(fs.readFileSync(s.file), (b) => b.write('LTOMEMO', 0, 'latin1')))],
   [
     'distribution file holds a 0x01 byte',
     (s) => {
@@ -315,19 +298,13 @@ for (const [what, mutate, extra] of fallbacks) {
   });
 }
 
-const isRoot = process.getuid!() === 0;
-
-test('falls back: memo file not owned by us', { skip: !isRoot && 'needs root to chown the memo to nobody' }, () => {
-  const s = scenario();
-  fs.chownSync(s.file, 65534, 65534);
-  assertFellBack(s, s.run(), 'not owned');
-});
-
-test('falls back: memo dir not owned by us', { skip: !isRoot && 'needs root to chown the memo dir to nobody' }, () => {
-  const s = scenario();
-  fs.chownSync(path.join(s.cache, 'memo'), 65534, 65534);
-  assertFellBack(s, s.run(), 'dir not owned');
-});
+for (const [what, hand] of NOT_OURS) {
+  test(`falls back: ${what}`, { skip: !IS_ROOT && 'needs root to chown to nobody' }, () => {
+    const s = scenario();
+    hand(s.cache, s.file);
+    assertFellBack(s, s.run(), what);
+  });
+}
 
 test('falls back: a placeholder in a name when the file name has no token', () => {
   const s = scenario();

@@ -14,9 +14,8 @@ import { after, before, test } from 'node:test';
 import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
 import { encodeMemo, lookupDigest, MEMO_MAX_CHECKS, MEMO_MAX_OUTPUTS, type Memo, type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { CLIENT, tempDir } from '../support/env.js';
-import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, retrail, runClient, writeBlob } from '../support/memoClient.js';
+import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, IS_ROOT, NOT_OURS, retrailed, runClient, writeBlob } from '../support/memoClient.js';
 
-const isRoot = process.getuid!() === 0;
 let tmp: string;
 
 before(async () => {
@@ -256,54 +255,31 @@ const fallbacks: [string, (s: Scenario) => NodeJS.ProcessEnv | void][] = [
     },
   ],
   ...HOSTILE_MEMO_BYTES.map(([what, f]): [string, (s: Scenario) => void] => [what, (s) => s.writeMemo(f(fs.readFileSync(s.file)))]),
-  [
-    'memo oversized check count',
-    (s) => {
-      const body = Buffer.from(fs.readFileSync(s.file).subarray(0, -32));
-      body.writeUInt32LE(MEMO_MAX_CHECKS + 1, 40);
-      s.writeMemo(retrail(body));
-    },
-  ],
-  [
-    'memo output count over the limit',
-    (s) => {
-      const m = { ...s.memo, checks: [] };
-      const body = Buffer.from(encodeMemo(m).subarray(0, -32));
-      body.writeUInt32LE(MEMO_MAX_OUTPUTS + 1, 44);
-      s.writeMemo(retrail(body));
-    },
-  ],
-  [
-    'memo output count 0',
-    (s) => {
-      const body = Buffer.from(encodeMemo({ ...s.memo, checks: [] }).subarray(0, -32));
-      body.writeUInt32LE(0, 44);
-      s.writeMemo(retrail(body));
-    },
-  ],
+  ['memo oversized check count', (s) => s.writeMemo(retrailed(fs.readFileSync(s.file), (b) => b.writeUInt32LE(MEMO_MAX_CHECKS + 1, 40)))],
+  ['memo output count over the limit', (s) => s.writeMemo(retrailed(encodeMemo({ ...s.memo, checks: [] }), (b) => b.writeUInt32LE(MEMO_MAX_OUTPUTS + 1, 44)))],
+  ['memo output count 0', (s) => s.writeMemo(retrailed(encodeMemo({ ...s.memo, checks: [] }), (b) => b.writeUInt32LE(0, 44)))],
   [
     'memo name length over the limit',
-    (s) => {
-      const body = Buffer.from(fs.readFileSync(s.file).subarray(0, -32));
-      body.writeUInt32LE(0x7fffffff, 45); // first check's name length
-      s.writeMemo(retrail(body));
-    },
+    // first check's name length
+    (s) => s.writeMemo(retrailed(fs.readFileSync(s.file), (b) => b.writeUInt32LE(0x7fffffff, 45))),
   ],
   [
     'memo unknown check kind',
-    (s) => {
-      const body = Buffer.from(fs.readFileSync(s.file).subarray(0, -32));
-      body[44] = 9;
-      s.writeMemo(retrail(body));
-    },
+    (s) =>
+      s.writeMemo(
+        retrailed(fs.readFileSync(s.file), (b) => {
+          b[44] = 9;
+        }),
+      ),
   ],
   [
     'memo uppercase hex key',
-    (s) => {
-      const body = Buffer.from(fs.readFileSync(s.file).subarray(0, -32));
-      body[8] = 'A'.charCodeAt(0);
-      s.writeMemo(retrail(body));
-    },
+    (s) =>
+      s.writeMemo(
+        retrailed(fs.readFileSync(s.file), (b) => {
+          b[8] = 'A'.charCodeAt(0);
+        }),
+      ),
   ],
   ['memo dir group-writable', (s) => fs.chmodSync(path.join(s.cache, 'memo'), 0o720)],
   ['shard dir other-readable', (s) => fs.chmodSync(path.dirname(s.file), 0o704)],
@@ -341,17 +317,13 @@ for (const [what, mutate] of fallbacks) {
   });
 }
 
-test('falls back: memo file not owned by us', { skip: !isRoot && 'needs root to chown the memo to nobody' }, () => {
-  const s = scenario();
-  fs.chownSync(s.file, 65534, 65534);
-  assertFellBack(s, s.run(), 'not owned');
-});
-
-test('falls back: memo dir not owned by us', { skip: !isRoot && 'needs root to chown the memo dir to nobody' }, () => {
-  const s = scenario();
-  fs.chownSync(path.join(s.cache, 'memo'), 65534, 65534);
-  assertFellBack(s, s.run(), 'dir not owned');
-});
+for (const [what, hand] of NOT_OURS) {
+  test(`falls back: ${what}`, { skip: !IS_ROOT && 'needs root to chown to nobody' }, () => {
+    const s = scenario();
+    hand(s.cache, s.file);
+    assertFellBack(s, s.run(), what);
+  });
+}
 
 test('a replay write error exits 1 even though the job succeeded', () => {
   const s = scenario();

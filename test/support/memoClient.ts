@@ -30,6 +30,14 @@ export function retrail(body: Buffer): Buffer {
   return Buffer.concat([body, Buffer.from(hashBytes(body), 'latin1')]);
 }
 
+/** `memo` (a whole memo file) with its body edited in place by `edit` and its trailer made right
+ * again: a memo that passes the trailer check and must fail on what `edit` did. */
+export function retrailed(memo: Buffer, edit: (body: Buffer) => void): Buffer {
+  const body = Buffer.from(memo.subarray(0, -32));
+  edit(body);
+  return retrail(body);
+}
+
 export function blobPath(cache: string, d: string): string {
   return path.join(cache, 'store', 'v1', 'blobs', d.slice(0, 2), d.slice(2));
 }
@@ -57,4 +65,13 @@ export const HOSTILE_MEMO_BYTES: [string, (memo: Buffer) => Buffer][] = [
       return c;
     },
   ],
+];
+
+/** chown needs root: the memo rules' "owned by us" cases run only then. */
+export const IS_ROOT = process.getuid!() === 0;
+
+/** A memo file or the memo directory handed to `nobody`: the client must not trust either. */
+export const NOT_OURS: [string, (cache: string, memoFile: string) => void][] = [
+  ['memo file not owned by us', (_cache, memoFile) => fs.chownSync(memoFile, 65534, 65534)],
+  ['memo dir not owned by us', (cache) => fs.chownSync(path.join(cache, 'memo'), 65534, 65534)],
 ];
