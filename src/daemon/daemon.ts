@@ -369,7 +369,7 @@ export class Daemon {
     const store = this.memos;
     if (!store) return;
     await Promise.race([memos.complete, this.pipeline.idle()]);
-    const r = assembleDistMemo({ cwd: req.cwd, fileArg: req.args[0]!, bytes: plan.bytes, compilerName: plan.compilerName, jobs: memos.jobs() });
+    const r = assembleDistMemo({ cwd: req.cwd, fileArg: req.args[0]!, bytes: plan.bytes, compilerName: plan.compilerName, commonInputs: plan.commonInputs, jobs: memos.jobs() });
     if (r.kind === 'skip') {
       this.log.info('no distribution memo', { cwd: req.cwd, reason: r.reason });
       return;

@@ -8,7 +8,7 @@ export interface MemoisedJob {
   lookup: Digest;
   /** What the job's key was computed from (the keyed part of its manifest). */
   keyed: unknown;
-  /** The file's inputs for the job (common and its own), absolute. */
+  /** The job's own inputs in the file, absolute. */
   inputs: readonly string[];
 }
 
@@ -40,7 +40,15 @@ function observed(c: MemoCheck): string {
  * - the compiler is a path, not a name looked up on PATH (the lookup does not cover PATH).
  * Jobs that observed one name differently (a file changed during the link) leave no memo.
  */
-export function assembleDistMemo(o: { cwd: string; fileArg: string; bytes: Buffer; compilerName: string; jobs: readonly (MemoisedJob | undefined)[] }): DistMemoPlan {
+export function assembleDistMemo(o: {
+  cwd: string;
+  fileArg: string;
+  bytes: Buffer;
+  compilerName: string;
+  /** `common.inputs`, absolute. */
+  commonInputs: readonly string[];
+  jobs: readonly (MemoisedJob | undefined)[];
+}): DistMemoPlan {
   const skip = (reason: string): DistMemoPlan => ({ kind: 'skip', reason });
   if (o.jobs.length === 0) return skip('no jobs');
   if (!o.compilerName.includes('/')) return skip('the compiler is looked up on PATH');
@@ -77,10 +85,8 @@ export function assembleDistMemo(o: { cwd: string; fileArg: string; bytes: Buffe
     }
     jobs.push({ key: j.memo.key, lookup: j.lookup, outputs, stdout: j.memo.stdout, stderr: j.memo.stderr });
   }
-  for (const j of o.jobs) {
-    for (const input of j!.inputs) {
-      if (holdsToken(input) && !checkedPaths.has(norm(input))) return skip(`input ${input} names the link's token and no key read it`);
-    }
+  for (const input of [...o.commonInputs, ...o.jobs.flatMap((j) => j!.inputs)]) {
+    if (holdsToken(input) && !checkedPaths.has(norm(input))) return skip(`input ${input} names the link's token and no key read it`);
   }
   return { kind: 'memo', lookup: distLookupDigest(o.cwd, o.bytes, token), memo: { checks: [...checks.values()], jobs } };
 }

@@ -20,7 +20,7 @@ export interface PlannedJob {
   n: number;
   argv: string[];
   outputs: string[];
-  /** The job's and the common inputs, absolute. */
+  /** The job's own inputs, absolute. */
   inputs: string[];
 }
 
@@ -29,6 +29,8 @@ export interface PlannedDistribution {
   /** `common.args[0]` as the file spells it. */
   compilerName: string;
   jobs: PlannedJob[];
+  /** `common.inputs`, absolute. */
+  commonInputs: string[];
   /** The file's bytes, as read (the distribution memo is found by them). */
   bytes: Buffer;
 }
@@ -175,9 +177,9 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
         if (o.role === 'obj' && !declared.has(abs)) throw new DistributeError(`jobs[${n}]: -o ${o.path} is not one of the job's declared outputs`);
       }
     }
-    jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs, inputs: [...commonInputs, ...j.inputs.map((p) => resolve(cwd, p))] });
+    jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs, inputs: j.inputs.map((p) => resolve(cwd, p)) });
   }
-  return { compiler, compilerName, jobs, bytes };
+  return { compiler, compilerName, jobs, commonInputs, bytes };
 }
 
 /** How one job ended: `signal` is the name of the signal that killed the compiler, if one did. */

@@ -33,7 +33,7 @@ const SUFFIX = '.dist-file.json';
 /** The token of a distribution file argument (lld's PID in `prog.<PID>.dist-file.json`), or null. */
 export function distToken(fileArg: string): string | null {
   const base = basename(fileArg);
-  if (!base.endsWith(SUFFIX) || base.includes('/')) return null;
+  if (!base.endsWith(SUFFIX)) return null;
   const m = /^.+\.([0-9]{1,19})$/s.exec(base.slice(0, -SUFFIX.length));
   return m ? m[1]! : null;
 }

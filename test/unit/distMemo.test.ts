@@ -56,7 +56,13 @@ function job(n: number, token: string, over: Partial<MemoisedJob> = {}): Memoise
   return { memo: memo(n, token), lookup: d(`lookup${n}`), keyed: { inputs: [`m${n}.o`] }, inputs: [`/w/m${n}.o`, `/w/m${n}.1.${token}.native.o.thinlto.bc`], ...over };
 }
 
-const base = { cwd: '/w', fileArg: 'prog.12345.dist-file.json', bytes: Buffer.from('{"x":"m0.1.12345.native.o"}'), compilerName: '/usr/bin/clang-22' };
+const base = {
+  cwd: '/w',
+  fileArg: 'prog.12345.dist-file.json',
+  bytes: Buffer.from('{"x":"m0.1.12345.native.o"}'),
+  compilerName: '/usr/bin/clang-22',
+  commonInputs: [] as string[],
+};
 
 test('assembleDistMemo: shared checks once, token names normalised, jobs in order', () => {
   const r = assembleDistMemo({ ...base, jobs: [job(0, '12345'), job(1, '12345')] });
@@ -94,6 +100,7 @@ test('assembleDistMemo: no memo whenever renaming the token could change what is
   envChanged.memo = { ...envChanged.memo, checks: [{ kind: 'env', name: 'LTOCACHE_X', value: '1' }] };
   assert.match(reason({ jobs: [job(0, '12345'), envChanged] }), /saw LTOCACHE_X differently/);
   assert.match(reason({ jobs: [job(0, '12345', { inputs: ['/w/lib.12345.a'] })] }), /input \/w\/lib\.12345\.a names the link's token/);
+  assert.match(reason({ commonInputs: ['/w/prof.12345.data'] }), /input \/w\/prof\.12345\.data names the link's token/);
   const odd = job(0, '12345');
   odd.memo = { ...odd.memo, outputs: [{ path: '/w/\x01.o', digest: d('o'), size: 1 }] };
   assert.match(reason({ jobs: [odd] }), /output path holds a 0x01 byte/);
