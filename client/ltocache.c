@@ -53,6 +53,7 @@
 #include "io.h"
 #include "distmemo.h"
 #include "memo.h"
+#include "storeback.h"
 
 extern char **environ;
 
@@ -754,16 +755,47 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
     return 0;
 }
 
-/* The daemon answered 'M' (a miss): run the compiler here, report its status and output in a
- * 'D' frame, wait for the daemon's acknowledgement (it reads the output files before it
- * answers, so it stores exactly what clang wrote), then replay the output and exit like the
- * compiler. A daemon gone at any point changes nothing for the build. Never returns. */
-_Noreturn static void compile_and_report(int fd, const struct job *j) {
+/* Reports outputs stored by us after an 'S': u8 'E', u8 memo written, u32 n, n x (digest, u64
+ * size). The daemon needs nothing more from us: no acknowledgement is awaited. */
+static void report_stored(int fd, const struct stored_outputs *st) {
+    struct buf b = {0};
+    put_u32(&b, 0);
+    put_u8(&b, LTOC_FRAME_STORED);
+    put_u8(&b, st->memo_written ? 1 : 0);
+    put_u32(&b, st->n);
+    for (uint32_t i = 0; i < st->n; i++) {
+        put(&b, st->digest[i], DIGEST_HEX_LEN);
+        put_u32(&b, (uint32_t)st->size[i]);
+        put_u32(&b, (uint32_t)(st->size[i] >> 32));
+    }
+    if (b.p && !b.failed) {
+        uint32_t n = (uint32_t)(b.len - 4);
+        for (int k = 0; k < 4; k++) b.p[k] = (unsigned char)(n >> (8 * k));
+        write_all(fd, b.p, b.len, 1);
+    }
+    free(b.p);
+}
+
+/* The daemon answered 'M' or 'S' (a miss): run the compiler here. After 'S' (tmpl is its memo),
+ * a clean run with no output is stored by us (storeback.h) and reported with 'E'; otherwise the
+ * status and output go back in a 'D' frame and we wait for the daemon's acknowledgement (it reads
+ * the output files before it answers, so it stores exactly what clang wrote). Then replay the
+ * output and exit like the compiler. A daemon gone at any point changes nothing for the build.
+ * Never returns. */
+_Noreturn static void compile_and_report(int fd, const struct job *j, unsigned char *tmpl,
+                                         size_t tlen, const char *cache, const char *lookup) {
     struct capture out = {NULL, 0, 0, 1, 0, 0}, err = {NULL, 0, 0, 2, 0, 0};
     int status = 1, sig = 0;
     if (run_captured(j, &out, &err, &status, &sig) != 0) {
         close(fd);
         direct_exec(j);
+    }
+    struct stored_outputs st;
+    if (tmpl && cache && status == 0 && sig == 0 && !out.through && !err.through &&
+        out.len == 0 && err.len == 0 && store_outputs(cache, lookup, tmpl, tlen, &st) == 0) {
+        report_stored(fd, &st);
+        close(fd);
+        exit_like(0, 0);
     }
     if (!out.through && !err.through) {
         unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
@@ -827,22 +859,30 @@ static void run_via_daemon(const struct job *j) {
     if (!cwd) return;
     char *abs = j->path[0] == '/' ? strdup(j->path) : concat3(cwd, "/", j->path);
     char *memo_cache = abs ? cache_dir() : NULL;
-    if (memo_cache) memo_serve(memo_cache, abs, cwd, j->argc - 1, j->argv + 1);
-    free(memo_cache);
+    char lookup[DIGEST_HEX_LEN + 1] = "";
+    if (memo_cache) {
+        memo_serve(memo_cache, abs, cwd, j->argc - 1, j->argv + 1);
+        memo_lookup_digest(abs, cwd, j->argc - 1, j->argv + 1, lookup);
+    }
     struct buf req = {0};
-    int built = abs && build_request(&req, LTOC_FRAME_COMPILE, LTOC_FLAG_COMPILES_ON_MISS, abs, cwd,
-                                     j->argv + 1, j->argc - 1) == 0;
+    uint32_t flags = LTOC_FLAG_COMPILES_ON_MISS | (memo_cache ? LTOC_FLAG_STORES_ON_MISS : 0);
+    int built = abs && build_request(&req, LTOC_FRAME_COMPILE, flags, abs, cwd, j->argv + 1,
+                                     j->argc - 1) == 0;
     free(abs);
     free(cwd);
-    if (!built) { free(req.p); return; }
+    if (!built) { free(req.p); free(memo_cache); return; }
 
     int fd = -1;
     uint32_t n = 0;
     unsigned char *reply = send_request(&req, &fd, &n);
     if (reply && reply[0] == LTOC_FRAME_COMPILE_YOURSELF && n == 1) {
         free(reply);
-        compile_and_report(fd, j);
+        compile_and_report(fd, j, NULL, 0, NULL, NULL);
     }
+    /* 'S' carries the memo to store under (u8 'S' then the memo file's bytes). */
+    if (reply && reply[0] == LTOC_FRAME_STORE_YOURSELF && n > 1 && memo_cache)
+        compile_and_report(fd, j, reply + 1, n - 1, memo_cache, lookup);
+    free(memo_cache);
     if (fd >= 0) close(fd);
     replay_or_return(reply, n);
     /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or

@@ -113,6 +113,8 @@ export class Daemon {
             memo: {
               write: (lookup, memo) => memos.write(lookup, memo),
               removeKey: (key) => memos.removeKey(key),
+              remove: (lookup) => memos.remove(lookup),
+              adopted: (lookup, key) => memos.adopted(lookup, key),
               remember: (lookup, req, savedMs, input) => {
                 if (this.memoRequests.size >= 20_000) this.memoRequests.clear();
                 this.memoRequests.set(lookup, { req, savedMs, input });

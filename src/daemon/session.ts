@@ -8,22 +8,25 @@ import {
   decodeDistributeRequest,
   decodeDone,
   decodeJson,
+  decodeStored,
   encodeAck,
   encodeCompileYourself,
   encodeJson,
   encodePassthrough,
   encodeResult,
+  encodeStoreYourself,
   encodeWait,
   FrameDecoder,
   ProtocolError,
 } from '../protocol/clientFrames.js';
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
-import { FRAME_COMPILE, FRAME_DISTRIBUTE, FRAME_JSON, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
+import { FRAME_COMPILE, FRAME_DISTRIBUTE, FRAME_JSON, FRAME_STORED, KEEPALIVE_INTERVAL_MS, MAX_DONE_PAYLOAD, MAX_REQUEST_PAYLOAD } from '../protocol/limits.js';
 import { type Counters, ErrorKind } from '../stats/counters.js';
 import type { Logger } from '../util/log.js';
 
 /** The abort reason of every session: abort() without one builds a DOMException, stack and all, per connection. */
 const CLIENT_GONE = new Error('client went away');
+const EMPTY = Buffer.alloc(0);
 
 /** What a session needs from the daemon: the cache logic and the bookkeeping, no sockets. */
 export interface SessionHandlers {
@@ -156,22 +159,6 @@ async function dispatch(frame: Buffer, sock: Socket, signal: AbortSignal, nextFr
 
 async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, nextFrame: () => Promise<Buffer>, h: SessionHandlers): Promise<void> {
   const startedAt = Date.now();
-  // A client that can compile on a miss does so: forking clang from the small client is far
-  // cheaper than from the daemon.
-  const compileOnClient = req.compilesOnMiss
-    ? async (): Promise<CompilerRun> => {
-        const started = performance.now();
-        const next = nextFrame();
-        sock.write(encodeCompileYourself());
-        const frame = await next;
-        try {
-          const d = decodeDone(frame);
-          return { exitCode: d.exit, signal: d.signal, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
-        } catch (e) {
-          throw e instanceof ProtocolError ? new ClientCompileError(e.message, ErrorKind.protocol) : e;
-        }
-      }
-    : undefined;
   // The client may exit as soon as its outputs are read: hashing and storing do not need it.
   let acked = false;
   const released = () => {
@@ -179,7 +166,29 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
     acked = true;
     sock.end(encodeAck());
   };
-  const outcome = await h.compile(req, { signal, ...(compileOnClient ? { compileOnClient, released } : {}) });
+  // A client that can compile on a miss does so: forking clang from the small client is far
+  // cheaper than from the daemon. Given a memo, a client that can store does so too.
+  const compileOnClient = req.compilesOnMiss
+    ? async (storeMemo?: Buffer): Promise<CompilerRun> => {
+        const started = performance.now();
+        const next = nextFrame();
+        sock.write(storeMemo && req.storesOnMiss ? encodeStoreYourself(storeMemo) : encodeCompileYourself());
+        const frame = await next;
+        try {
+          if (frame[0] === FRAME_STORED && storeMemo && req.storesOnMiss) {
+            const s = decodeStored(frame);
+            // The client has its answer and has gone: no 'A'.
+            acked = true;
+            return { exitCode: 0, signal: 0, stdout: EMPTY, stderr: EMPTY, ms: performance.now() - started, stored: s };
+          }
+          const d = decodeDone(frame);
+          return { exitCode: d.exit, signal: d.signal, stdout: d.stdout, stderr: d.stderr, ms: performance.now() - started };
+        } catch (e) {
+          throw e instanceof ProtocolError ? new ClientCompileError(e.message, ErrorKind.protocol) : e;
+        }
+      }
+    : undefined;
+  const outcome = await h.compile(req, { signal, ...(compileOnClient ? { compileOnClient, released, clientStores: req.storesOnMiss } : {}) });
   if (signal.aborted && !acked) return;
   // Once acknowledged, the client has its answer (its own compile's status): nothing more is sent.
   if (!acked)

@@ -11,7 +11,10 @@ interface Memo {
   digest: Digest;
 }
 
-const SMALL = 1n << 20n;
+/** Files up to this size are read whole, synchronously (bitcode is in the page cache). */
+const SMALL = 16n << 20n;
+/** The bytes of the files hashed last are kept for `recent` (the asm scan reads them next). */
+const RECENT_FILES = 8;
 
 function statOrAbsent(path: string): BigIntStats | undefined {
   try {
@@ -23,9 +26,9 @@ function statOrAbsent(path: string): BigIntStats | undefined {
   }
 }
 
-function hashSmall(path: string): { digest: Digest; size: number } {
+function hashSmall(path: string): { digest: Digest; size: number; data: Buffer } {
   const data = readFileSync(path);
-  return { digest: hashBytes(data), size: data.length };
+  return { digest: hashBytes(data), size: data.length, data };
 }
 
 /**
@@ -66,6 +69,9 @@ export type FileDigest = { kind: 'file'; digest: Digest; size: number; stat: Sta
 /** Anything that answers digest questions: the daemon's FileDigests, or a per-job observer of it. */
 export interface DigestSource {
   digest(absPath: string): Promise<FileDigest>;
+  /** The bytes that hashed to `digest` at this path, if still held: a reader that needs the
+   * content of a file just digested takes it here instead of reading (and hashing) it again. */
+  recent?(absPath: string, digest: Digest): Buffer | undefined;
 }
 
 /**
@@ -76,6 +82,7 @@ export interface DigestSource {
  */
 export class FileDigests implements DigestSource {
   private readonly memo = new Map<string, Memo>();
+  private readonly recentBytes = new Map<string, { digest: Digest; data: Buffer }>();
   /** Hashing counters, for tests and stats. */
   hashed = 0;
   memoHits = 0;
@@ -94,8 +101,14 @@ export class FileDigests implements DigestSource {
       return { kind: 'file', digest: m.digest, size: Number(st.size), stat: identity(st), settled: true };
     }
     const startedNs = BigInt(Date.now()) * 1_000_000n;
-    const { digest, size } = st.size <= SMALL ? hashSmall(absPath) : await hashFile(absPath);
+    const read: { digest: Digest; size: number; data?: Buffer } = st.size <= SMALL ? hashSmall(absPath) : await hashFile(absPath);
+    const { digest, size } = read;
     this.hashed++;
+    if (read.data) {
+      this.recentBytes.delete(absPath);
+      if (this.recentBytes.size >= RECENT_FILES) this.recentBytes.delete(this.recentBytes.keys().next().value as string);
+      this.recentBytes.set(absPath, { digest, data: read.data });
+    }
     const after = statOrAbsent(absPath);
     const unchanged = !!after && after.size === st.size && after.mtimeNs === st.mtimeNs && after.ctimeNs === st.ctimeNs && after.ino === st.ino;
     const settled = st.mtimeNs < startedNs - this.racyWindowNs && st.ctimeNs < startedNs - this.racyWindowNs;
@@ -107,6 +120,11 @@ export class FileDigests implements DigestSource {
       return this.digest(absPath, attempt + 1);
     }
     return { kind: 'file', digest, size, stat: identity(st), settled: unchanged && settled };
+  }
+
+  recent(absPath: string, digest: Digest): Buffer | undefined {
+    const r = this.recentBytes.get(absPath);
+    return r?.digest === digest ? r.data : undefined;
   }
 
   get size(): number {

@@ -161,7 +161,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
           if (tok.role === 'input') input = { path: tok.path, digest: d };
           if (tok.role === 'index') {
             indexPath = tok.path;
-            index = { digest: d, modules: await importedModules(cwd, tok.path, d, need) };
+            index = { digest: d, modules: await importedModules(files, cwd, tok.path, d, need) };
           }
           break;
         }
@@ -214,11 +214,20 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
 /** Module tables by index digest: the thin link rewrites every index, mostly with equal bytes. */
 const tables = new Map<string, ReturnType<typeof readModuleTable>>();
 
-async function importedModules(cwd: string, indexPath: string, indexDigest: string, need: (p: string, what: string) => Promise<string>): Promise<Manifest['index']['modules']> {
+async function importedModules(
+  files: DigestSource,
+  cwd: string,
+  indexPath: string,
+  indexDigest: string,
+  need: (p: string, what: string) => Promise<string>,
+): Promise<Manifest['index']['modules']> {
   let table = tables.get(indexDigest);
   if (!table) {
-    const bytes = readFileSync(resolve(cwd, indexPath));
-    if (hashBytes(bytes) !== indexDigest) throw new Uncacheable('racy-index', `index ${indexPath} changed while it was read`);
+    let bytes = files.recent?.(resolve(cwd, indexPath), indexDigest);
+    if (!bytes) {
+      bytes = readFileSync(resolve(cwd, indexPath));
+      if (hashBytes(bytes) !== indexDigest) throw new Uncacheable('racy-index', `index ${indexPath} changed while it was read`);
+    }
     table = readModuleTable(bytes);
     if (tables.size >= 20_000) tables.clear();
     tables.set(indexDigest, table);
@@ -237,12 +246,15 @@ const MAX_INCLUDE_DEPTH = 16;
  *  to cwd could resolve elsewhere). */
 const ASM_SEARCH_FLAG = /^(-Wa,|-Xassembler$|-I|-i(system|quote|dirafter|prefix|withprefix|sysroot)|--sysroot)/;
 
-async function scanOnce(absPath: string, digest: string, kind: 'bitcode' | 'text', what: string): Promise<AsmScan> {
+async function scanOnce(files: DigestSource, absPath: string, digest: string, kind: 'bitcode' | 'text', what: string): Promise<AsmScan> {
   const k = `${kind}:${digest}`;
   const hit = asmScans.get(k);
   if (hit) return hit;
-  const bytes = readFileSync(absPath);
-  if (hashBytes(bytes) !== digest) throw new Uncacheable('racy-input', `${what} changed while it was read`);
+  let bytes = files.recent?.(absPath, digest);
+  if (!bytes) {
+    bytes = readFileSync(absPath);
+    if (hashBytes(bytes) !== digest) throw new Uncacheable('racy-input', `${what} changed while it was read`);
+  }
   const scan = kind === 'bitcode' ? scanBitcodeAsm(bytes) : directivesInText(bytes.toString('latin1'));
   if (asmScans.size >= 50_000) asmScans.clear();
   asmScans.set(k, scan);
@@ -275,14 +287,14 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
       out.push({ directive: ref.directive, name: ref.name, digest: d.digest });
       if (ref.directive === 'include') {
         if (depth >= MAX_INCLUDE_DEPTH) throw new Uncacheable('asm-include-unresolved', `.include nested deeper than ${MAX_INCLUDE_DEPTH}`);
-        await visit(await scanOnce(resolve(cwd, ref.name), d.digest, 'text', `file ${ref.name}`), ref.name, depth + 1);
+        await visit(await scanOnce(ctx.observe ?? ctx.files, resolve(cwd, ref.name), d.digest, 'text', `file ${ref.name}`), ref.name, depth + 1);
       }
     }
   };
   for (const path of new Set(bitcode)) {
     const d = await (ctx.observe ?? ctx.files).digest(resolve(cwd, path));
     if (d.kind !== 'file') throw new Uncacheable('missing-file', `bitcode ${path} is not a readable regular file`);
-    await visit(await scanOnce(resolve(cwd, path), d.digest, 'bitcode', `bitcode ${path}`), path, 0);
+    await visit(await scanOnce(ctx.observe ?? ctx.files, resolve(cwd, path), d.digest, 'bitcode', `bitcode ${path}`), path, 0);
   }
   return out;
 }

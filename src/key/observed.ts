@@ -24,6 +24,10 @@ export class ObservingFiles implements DigestSource {
     return d;
   }
 
+  recent(absPath: string, digest: string): Buffer | undefined {
+    return this.inner.recent?.(absPath, digest);
+  }
+
   /**
    * A file that builds rewrite with the same bytes (the index, which every thin link writes again;
    * response files): checked by content, since a stat identity would never match again.

@@ -134,6 +134,14 @@ export class MemoStore {
     }
   }
 
+  /** A memo the client wrote itself after a miss (docs/protocol.md, 'S'): removed with its key. */
+  adopted(lookup: Digest, key: string): void {
+    this.written.delete(lookup);
+    let set = this.byKey.get(key);
+    if (!set) this.byKey.set(key, (set = new Set()));
+    set.add(lookup);
+  }
+
   async remove(lookup: Digest): Promise<void> {
     this.written.delete(lookup);
     await unlink(memoPath(this.cacheDir, lookup)).catch(() => {});

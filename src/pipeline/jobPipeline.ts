@@ -7,10 +7,11 @@ import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js
 import { checksHold, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
-import { lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
+import { encodeMemo, lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
 import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
-import type { CacheBackend, StoredEntry } from '../store/backend.js';
+import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
+import type { EntryRecord } from '../store/record.js';
 import type { DenyList } from './denyList.js';
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
@@ -39,8 +40,12 @@ export interface JobContext {
   /**
    * Runs the compiler where the request came from, writing the outputs itself. Without it the
    * pipeline runs the compiler. A rejection with a ClientCompileError is counted as its kind.
+   * Given `storeMemo` (only when `clientStores`), a requester may also store a clean run as blobs
+   * and write that memo with their digests (docs/protocol.md, 'S'); the run then says `stored`.
    */
-  compileOnClient?: () => Promise<CompilerRun>;
+  compileOnClient?: (storeMemo?: Buffer) => Promise<CompilerRun>;
+  /** The requester can store a clean run itself (it must also have compileOnClient). */
+  clientStores?: boolean;
   /**
    * Called at most once, as soon as nothing more is needed from the requester's files: after a
    * compile on the client, once its outputs' bytes are in memory. The requester may exit then (its
@@ -92,6 +97,10 @@ export interface MemoSink {
   /** `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored yet. */
   write(lookup: string, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'>;
   removeKey(key: string): Promise<void>;
+  /** Removes the memo named `lookup`. */
+  remove(lookup: string): Promise<void>;
+  /** A memo the requester wrote under `lookup` for `key` (removed with the key from now on). */
+  adopted?(lookup: string, key: string): void;
   /** The last request seen for a memo, its entry's compile time and its input bitcode path (as
    * the manifest names it), for the job log and `time_saved_ms` of hits served from it. */
   remember?(lookup: string, req: JobRequest, savedMs: number, input: string): void;
@@ -121,8 +130,13 @@ export interface PipelineOptions {
 
 /** What a finished compile leaves for the jobs waiting on the same key. */
 interface Compiled extends CompilerRun {
+  /** The entry, files in memory; null when not stored, or stored by the requester (`adopted`). */
   entry: StoredEntry | null;
+  /** Stored in the local store by the requester: waiting jobs look it up there. */
+  adopted?: boolean;
 }
+
+const ZERO_DIGEST = '0'.repeat(32);
 
 type Outputs = { role: string; path: string }[];
 
@@ -201,6 +215,10 @@ export class JobPipeline {
     const running = this.inflight.get(k.key);
     if (running) {
       const done = await running.catch(() => null);
+      if (done?.adopted) {
+        const again = await this.lookup(k, job.outputs, req, ctx.collectMemo);
+        if (again) return again.kind === 'hit' ? { ...again, tier: 'inflight' } : again;
+      }
       if (done?.entry && (await this.place(done.entry, job.outputs, req))) {
         this.counters.add(Counter.hits);
         this.counters.add(Counter.time_saved_ms, done.ms);
@@ -222,7 +240,16 @@ export class JobPipeline {
       if (again.checks) k.checks = again.checks;
       return true;
     };
-    const p = this.compile(req, job.outputs, k.key, ctx, stillCurrent, (entry) => this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo));
+    const storeMemo = ctx.clientStores && ctx.compileOnClient ? this.storeMemo(k, job.outputs, req, ctx) : undefined;
+    const p = this.compile(
+      req,
+      job.outputs,
+      k.key,
+      ctx,
+      stillCurrent,
+      (entry) => this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo),
+      storeMemo && { memo: storeMemo, adopt: (run) => this.adopt(k, job.outputs, req, run) },
+    );
     this.inflight.set(k.key, p);
     try {
       const done = await p;
@@ -370,6 +397,7 @@ export class JobPipeline {
     ctx: JobContext,
     stillCurrent: () => Promise<boolean>,
     stored: (entry: StoredEntry) => Promise<void>,
+    byClient?: { memo: Buffer; adopt: (run: CompilerRun & { stored: NonNullable<CompilerRun['stored']> }) => Promise<boolean> },
   ): Promise<Compiled> {
     const { signal } = ctx;
     // The concurrency limit holds wherever clang runs: a client is told to compile only when a
@@ -378,12 +406,17 @@ export class JobPipeline {
     const release = await this.compiles.acquire();
     try {
       if (signal.aborted) throw new Error('client went away');
-      run = ctx.compileOnClient ? await ctx.compileOnClient() : await this.run({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
+      run = ctx.compileOnClient
+        ? await ctx.compileOnClient(byClient?.memo)
+        : await this.run({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
     } finally {
       release();
     }
     this.counters.add(Counter.misses);
     this.counters.add(Counter.compile_ms, run.ms);
+    // Stored by the requester, which has gone: the entry is committed even though the
+    // connection has closed.
+    if (run.stored && byClient) return { ...run, entry: null, adopted: await byClient.adopt({ ...run, stored: run.stored }) };
     if (signal.aborted || run.exitCode !== 0) {
       ctx.released?.();
       return { ...run, entry: null };
@@ -452,6 +485,68 @@ export class JobPipeline {
       this.o.log.warn('could not store result', { key, error: String(e) });
     }
     return false;
+  }
+
+  /**
+   * The memo a requester that stores its own clean run writes (docs/protocol.md, 'S'): this
+   * job's, with zero output digests the requester fills in. Only where writeMemo would write one
+   * and the cache can adopt blobs the requester wrote.
+   */
+  private storeMemo(k: Keyed, outputs: Outputs, req: JobRequest, ctx: JobContext): Buffer | undefined {
+    if (!this.o.memo || !k.checks || !this.o.cache.adopt || ctx.collectMemo || this.o.deny.has(k.key)) return undefined;
+    try {
+      return encodeMemo({
+        key: k.key,
+        checks: k.checks,
+        outputs: outputs.map((o) => ({ path: resolve(req.cwd, o.path), digest: ZERO_DIGEST, size: 0 })),
+        stdout: EMPTY,
+        stderr: EMPTY,
+      });
+    } catch {
+      // Over a memo limit: the requester reports with 'D' and the pipeline stores as before.
+      return undefined;
+    }
+  }
+
+  /**
+   * Commits the entry of a run the requester stored itself; its memo is kept only if the entry
+   * is. The requester re-checked every input after the compile, so the key still holds.
+   */
+  private async adopt(k: Keyed, outputs: Outputs, req: JobRequest, run: CompilerRun & { stored: NonNullable<CompilerRun['stored']> }): Promise<boolean> {
+    const { stored } = run;
+    const sink = this.o.memo!;
+    const lookup = lookupDigest(req.compiler, req.cwd, req.args);
+    const record: EntryRecord = {
+      v: 1,
+      outputs: outputs.map((o, i) => ({ name: o.role, digest: stored.outputs[i]?.digest ?? '', size: stored.outputs[i]?.size ?? 0 })),
+      stdout: '',
+      stderr: '',
+      exitCode: 0,
+      compileMs: Math.round(run.ms),
+      createdAt: Date.now(),
+    };
+    const r =
+      stored.outputs.length === outputs.length
+        ? await this.o.cache.adopt!(k.key, record).catch((e: Error): PutResult => ({ kind: 'error', error: e.message }))
+        : ({ kind: 'refused', reason: `${stored.outputs.length} outputs reported, ${outputs.length} expected` } as const);
+    if (r.kind !== 'stored') {
+      this.counters.error(r.kind === 'error' ? ErrorKind.store_write : ErrorKind.store_refused);
+      this.o.log.warn('could not store the result the client stored', { key: k.key, result: r });
+      if (stored.memoWritten) await sink.remove(lookup).catch(() => {});
+      return false;
+    }
+    this.counters.add(Counter.misses_stored_by_client);
+    this.counters.add(
+      Counter.bytes_written,
+      record.outputs.reduce((n, o) => n + o.size, 0),
+    );
+    if (this.o.deny.has(k.key)) await this.o.deny.remove(k.key).catch((e: unknown) => this.o.log.warn('cannot update the deny list', { key: k.key, error: String(e) }));
+    if (stored.memoWritten) {
+      sink.adopted?.(lookup, k.key);
+      this.counters.add(Counter.memos_written);
+      sink.remember?.(lookup, req, record.compileMs, k.manifest.input.path);
+    } else await this.writeMemo(k, { record, files: new Map() }, outputs, req);
+    return true;
   }
 
   /**

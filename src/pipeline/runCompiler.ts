@@ -11,6 +11,9 @@ export interface CompilerRun {
   stdout: Buffer;
   stderr: Buffer;
   ms: number;
+  /** A clean run whose outputs the requester stored as blobs itself ('E', docs/protocol.md),
+   * in the order of the memo it was sent; stdout and stderr were empty. */
+  stored?: { outputs: { digest: string; size: number }[]; memoWritten: boolean };
 }
 
 export interface RunOptions {

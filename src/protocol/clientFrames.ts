@@ -11,7 +11,11 @@
  *   'R' result           daemon → client  u8 'R', i32 exit, i32 signal, str stdout, str stderr
  *   'P' passthrough      daemon → client  u8 'P', str reason  (client execs the compiler)
  *   'M' compile yourself daemon → client  u8 'M'  (a miss; only to a client with flag bit 1)
+ *   'S' store it yourself daemon → client u8 'S', a memo file (memo.v1) with zero output digests
+ *                                          (a miss; only to a client with flag bits 1 and 2)
  *   'D' done             client → daemon  u8 'D', i32 exit, i32 signal, str stdout, str stderr
+ *   'E' stored           client → daemon  u8 'E', u8 memo written, u32 n, n×(32 hex, u64 size)
+ *                                          (after 'S': a clean run the client stored; no 'A')
  *   'W' keepalive        daemon → client  u8 'W'  (still working; the client skips it)
  *   'A' acknowledged     daemon → client  u8 'A'  (the result is taken; the client exits)
  *   'J' JSON control     TS CLI ↔ daemon  u8 'J', UTF-8 JSON (never sent by the C client)
@@ -38,6 +42,7 @@ export class ProtocolError extends Error {
 import {
   FLAG_COMPILES_ON_MISS,
   FLAG_STDERR_TTY,
+  FLAG_STORES_ON_MISS,
   FRAME_ACK,
   FRAME_COMPILE,
   FRAME_COMPILE_YOURSELF,
@@ -46,17 +51,22 @@ import {
   FRAME_JSON,
   FRAME_PASSTHROUGH,
   FRAME_RESULT,
+  FRAME_STORE_YOURSELF,
+  FRAME_STORED,
   FRAME_WAIT,
   MAX_DONE_PAYLOAD,
   MAX_REPLY_PAYLOAD,
   MAX_REQUEST_PAYLOAD,
   MAX_SIGNAL,
+  MEMO_MAX_OUTPUTS,
   PROTOCOL_VERSION,
+  storedPayloadSize,
 } from './limits.js';
 
 export {
   FLAG_COMPILES_ON_MISS,
   FLAG_STDERR_TTY,
+  FLAG_STORES_ON_MISS,
   FRAME_ACK,
   FRAME_COMPILE,
   FRAME_COMPILE_YOURSELF,
@@ -65,6 +75,8 @@ export {
   FRAME_JSON,
   FRAME_PASSTHROUGH,
   FRAME_RESULT,
+  FRAME_STORE_YOURSELF,
+  FRAME_STORED,
   FRAME_WAIT,
   MAX_DONE_PAYLOAD,
   MAX_REPLY_PAYLOAD,
@@ -72,7 +84,7 @@ export {
   PROTOCOL_VERSION,
 };
 
-const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS;
+const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS | FLAG_STORES_ON_MISS;
 
 /** Default cap on a frame payload the daemon accepts: a compile request. */
 export const DEFAULT_MAX_FRAME = MAX_REQUEST_PAYLOAD;
@@ -181,6 +193,9 @@ export const CompileRequest = z.object({
   stderrTty: z.boolean(),
   /** Bit 1 of the flags: the client runs the compiler itself on a miss when told 'M'. */
   compilesOnMiss: z.boolean().default(false),
+  /** Bit 2 of the flags: the client can also store a clean miss itself when told 'S' (it is
+   * told only if it compiles on a miss, bit 1). */
+  storesOnMiss: z.boolean().default(false),
   umask: z.number().int().min(0).max(0o777),
   /** Absolute path of the real compiler (not resolved through symlinks). */
   compiler: absolutePath('compiler'),
@@ -327,6 +342,7 @@ function decodeRequest<S extends typeof CompileRequest | typeof DistributeReques
     version,
     stderrTty: (flags & FLAG_STDERR_TTY) !== 0,
     compilesOnMiss: (flags & FLAG_COMPILES_ON_MISS) !== 0,
+    storesOnMiss: (flags & FLAG_STORES_ON_MISS) !== 0,
     umask,
     compiler,
     cwd,
@@ -356,7 +372,7 @@ function encodeRequest(type: number, v: CompileRequest): Buffer {
   const head = Buffer.alloc(10);
   head[0] = type;
   head[1] = v.version;
-  head.writeUInt32LE((v.stderrTty ? FLAG_STDERR_TTY : 0) | (v.compilesOnMiss ? FLAG_COMPILES_ON_MISS : 0), 2);
+  head.writeUInt32LE((v.stderrTty ? FLAG_STDERR_TTY : 0) | (v.compilesOnMiss ? FLAG_COMPILES_ON_MISS : 0) | (v.storesOnMiss ? FLAG_STORES_ON_MISS : 0), 2);
   head.writeUInt32LE(v.umask, 6);
   parts.push(head);
   const str = (s: string) => {
@@ -437,6 +453,56 @@ export function encodeCompileYourself(): Buffer {
   return encodeFrame(Buffer.from([FRAME_COMPILE_YOURSELF]));
 }
 
+/** Builds a complete 'S' frame: "a miss: compile, and store a clean run under this memo". */
+export function encodeStoreYourself(memo: Buffer): Buffer {
+  if (1 + memo.length > MAX_REPLY_PAYLOAD) throw new RangeError(`memo of ${memo.length} bytes does not fit a reply`);
+  return encodeFrame(Buffer.concat([Buffer.from([FRAME_STORE_YOURSELF]), memo]));
+}
+
+/** What an 'E' frame reports: each output's blob, in the memo's output order. */
+export interface Stored {
+  memoWritten: boolean;
+  outputs: { digest: string; size: number }[];
+}
+
+const HEX32 = /^[0-9a-f]{32}$/;
+
+/** Builds a complete 'E' frame (for TS tests acting as the client). */
+export function encodeStored(s: Stored): Buffer {
+  const b = Buffer.alloc(storedPayloadSize(s.outputs.length));
+  b[0] = FRAME_STORED;
+  b[1] = s.memoWritten ? 1 : 0;
+  b.writeUInt32LE(s.outputs.length, 2);
+  s.outputs.forEach((o, i) => {
+    const at = 6 + i * 40;
+    b.write(o.digest, at, 'latin1');
+    b.writeBigUInt64LE(BigInt(o.size), at + 32);
+  });
+  return encodeFrame(b);
+}
+
+/** Parses an 'E' payload. Throws ProtocolError for a bad count, digest, size or length. */
+export function decodeStored(payload: Buffer): Stored {
+  typeByte(payload, FRAME_STORED, "stored 'E'");
+  const r = new Reader(payload);
+  r.at = 1;
+  const written = r.u8('memo written');
+  if (written > 1) throw new ProtocolError(`memo written flag ${written} is not 0 or 1`);
+  const n = r.u32('output count');
+  if (n < 1 || n > MEMO_MAX_OUTPUTS) throw new ProtocolError(`output count ${n} is not in 1..${MEMO_MAX_OUTPUTS}`);
+  if (payload.length !== storedPayloadSize(n)) throw new ProtocolError(`stored frame of ${payload.length} bytes, expected ${storedPayloadSize(n)} for ${n} outputs`);
+  const outputs: Stored['outputs'] = [];
+  for (let i = 0; i < n; i++) {
+    const at = 6 + i * 40;
+    const digest = payload.toString('latin1', at, at + 32);
+    if (!HEX32.test(digest)) throw new ProtocolError(`output ${i}: digest is not 32 lowercase hex digits`);
+    const size = payload.readBigUInt64LE(at + 32);
+    if (size < 1n || size > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError(`output ${i}: size ${size} out of range`);
+    outputs.push({ digest, size: Number(size) });
+  }
+  return { memoWritten: written === 1, outputs };
+}
+
 /** Builds a complete 'A' frame: the daemon has taken the reported result. */
 export function encodeAck(): Buffer {
   return encodeFrame(Buffer.from([FRAME_ACK]));
@@ -471,10 +537,14 @@ export function decodeDone(payload: Buffer): Done {
   return { ...t, stdout, stderr };
 }
 
-export type Reply = { kind: 'result'; exit: number; signal: number; stdout: Buffer; stderr: Buffer } | { kind: 'passthrough'; reason: string } | { kind: 'compile-yourself' };
+export type Reply =
+  | { kind: 'result'; exit: number; signal: number; stdout: Buffer; stderr: Buffer }
+  | { kind: 'passthrough'; reason: string }
+  | { kind: 'compile-yourself' }
+  | { kind: 'store-yourself'; memo: Buffer };
 
 /**
- * Parses an 'R', 'P' or 'M' payload with exactly the C client's acceptance rules (exit in
+ * Parses an 'R', 'P', 'M' or 'S' payload with exactly the C client's acceptance rules (exit in
  * 0..255, signal in 0..MAX_SIGNAL, no trailing bytes). For tests that act as the client.
  */
 export function decodeReply(payload: Buffer): Reply {
@@ -498,7 +568,8 @@ export function decodeReply(payload: Buffer): Reply {
     r.end('compile-yourself');
     return { kind: 'compile-yourself' };
   }
-  throw new ProtocolError(`wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R' or 'P'`);
+  if (payload[0] === FRAME_STORE_YOURSELF && payload.length > 1) return { kind: 'store-yourself', memo: payload.subarray(1) };
+  throw new ProtocolError(`wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R', 'P', 'M' or 'S'`);
 }
 
 // ---------------------------------------------------------------------------------------------

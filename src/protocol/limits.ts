@@ -20,11 +20,18 @@ export const FRAME_WAIT = 0x57; // 'W'
 /** A whole DTLTO distribution, client → daemon: the 'C' layout with the compiler `distribute`
  * and the distributor's arguments; answered with one 'R' (or 'P': the client runs the Node CLI). */
 export const FRAME_DISTRIBUTE = 0x54; // 'T'
+/** A miss the client stores itself, daemon → client: u8 'S' then a memo file (memo.v1) whose
+ * output digests and sizes are zero; answered with 'E' (stored) or 'D' (docs/protocol.md). */
+export const FRAME_STORE_YOURSELF = 0x53; // 'S'
+/** client → daemon after 'S': u8 'E', u8 memo written, u32 n, n × (32 hex digest, u64 size). */
+export const FRAME_STORED = 0x45; // 'E'
 
 /** Flag bits of the compile request. */
 export const FLAG_STDERR_TTY = 1;
 /** The client can run the compiler on a miss itself and report back ('M', 'D', 'A'). */
 export const FLAG_COMPILES_ON_MISS = 2;
+/** With FLAG_COMPILES_ON_MISS: the client can also store a clean miss itself ('S', 'E'). */
+export const FLAG_STORES_ON_MISS = 4;
 
 /** Largest 'C' payload: the client falls back rather than send more; the daemon rejects more. */
 export const MAX_REQUEST_PAYLOAD = 16 * 1024 * 1024;
@@ -37,6 +44,10 @@ export const RESULT_OVERHEAD = 1 + 4 + 4 + 4 + 4;
 export const MAX_DONE_PAYLOAD = RESULT_OVERHEAD + 2 * MAX_OUTPUT_STREAM;
 /** Largest reply payload the client buffers; larger replies make it fall back. */
 export const MAX_REPLY_PAYLOAD = 256 * 1024 * 1024;
+/** Size of an 'E' payload reporting n outputs. */
+export function storedPayloadSize(n: number): number {
+  return 1 + 1 + 4 + n * (32 + 8);
+}
 /** Largest signal number carried in 'R'/'D'. */
 export const MAX_SIGNAL = 64;
 
@@ -93,8 +104,11 @@ const ENTRIES: [string, number][] = [
   ['FRAME_ACK', FRAME_ACK],
   ['FRAME_WAIT', FRAME_WAIT],
   ['FRAME_DISTRIBUTE', FRAME_DISTRIBUTE],
+  ['FRAME_STORE_YOURSELF', FRAME_STORE_YOURSELF],
+  ['FRAME_STORED', FRAME_STORED],
   ['FLAG_STDERR_TTY', FLAG_STDERR_TTY],
   ['FLAG_COMPILES_ON_MISS', FLAG_COMPILES_ON_MISS],
+  ['FLAG_STORES_ON_MISS', FLAG_STORES_ON_MISS],
   ['MAX_REQUEST_PAYLOAD', MAX_REQUEST_PAYLOAD],
   ['MAX_OUTPUT_STREAM', MAX_OUTPUT_STREAM],
   ['RESULT_OVERHEAD', RESULT_OVERHEAD],

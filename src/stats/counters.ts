@@ -33,6 +33,8 @@ export const Counter = {
   memos_written: 'memos_written',
   /** Distribution memos written (docs/dtlto.md): a relink the native client can serve whole. */
   dist_memos_written: 'dist_memos_written',
+  /** Misses whose outputs the native client stored itself (docs/protocol.md, 'S'; also in `misses`). */
+  misses_stored_by_client: 'misses_stored_by_client',
 } as const;
 export type CounterName = (typeof Counter)[keyof typeof Counter];
 /** Every counter, in `stats` display order. */

@@ -27,6 +27,7 @@ export function formatStats(s: StatsView): string {
     ['  from team cache', String(s.remote_hits)],
     ['  by the client alone', `${s.memo_hits} (memos written: ${s.memos_written} jobs, ${s.dist_memos_written} DTLTO links)`],
     ['misses', String(s.misses)],
+    ['  stored by the client', String(s.misses_stored_by_client)],
     ['uncacheable', String(s.uncacheable)],
     ...Object.entries(s.uncacheable_by_reason).map(([k, v]) => [`  ${k}`, String(v)] as [string, string]),
     ['errors', String(s.errors)],

@@ -39,4 +39,10 @@ export interface CacheBackend {
    * Cheap: an implementation may rate-limit or batch it, or ignore it when it has no LRU.
    */
   touch(key: Digest): Promise<void>;
+  /**
+   * Stores an entry whose blob files a trusted writer (the native client, after 'S') already put
+   * in the local store's blob directory, content-addressed by the digests in `record`. Refused
+   * when a blob is not there with its size. Absent where no such directory exists.
+   */
+  adopt?(key: Digest, record: EntryRecord): Promise<PutResult>;
 }

@@ -125,6 +125,10 @@ class Mutex {
 }
 
 /** Metadata changes gathered for one LevelDB batch; `refs` holds the new count of every touched blob. */
+/** The data of an adopted blob: never written (commitPut rewrites only after a deletion, and an
+ * adoption checks presence under the same mutex). */
+const NO_DATA = Buffer.alloc(0);
+
 class Mutation {
   readonly ops: BatchOp[] = [];
   readonly refs = new Map<Digest, { n: number; size: number }>();
@@ -257,6 +261,38 @@ export class LocalStore implements CacheBackend {
     } catch (e) {
       this.counters.putErrors++;
       await this.mutex.run(() => this.dropUnreferenced(checked.blobs.map((b) => b.digest))).catch(() => {});
+      return { kind: 'error', error: `local store: ${message(e)}` };
+    }
+  }
+
+  /**
+   * put() of an entry whose blobs a trusted writer already stored under their digests (the native
+   * client after 'S', docs/protocol.md): the files are not read or hashed again, only checked
+   * for presence and size, under the mutex so that no deletion can come between.
+   */
+  async adopt(key: Digest, record: EntryRecord): Promise<PutResult> {
+    if (!DIGEST_RE.test(key)) return { kind: 'refused', reason: badKey(key) };
+    const parsed = EntryRecord.safeParse(record);
+    if (!parsed.success) return { kind: 'refused', reason: `invalid record: ${z.prettifyError(parsed.error)}` };
+    const names = new Set(parsed.data.outputs.map((o) => o.name));
+    if (names.size !== parsed.data.outputs.length) return { kind: 'refused', reason: 'record lists an output name twice' };
+    const blobs = [...new Map(parsed.data.outputs.map((o) => [o.digest, { digest: o.digest, size: o.size, data: NO_DATA }])).values()];
+    const recordJson = JSON.stringify(parsed.data);
+    const recordBytes = Buffer.byteLength(recordJson);
+    const totalBytes = blobs.reduce((n, b) => n + b.size, recordBytes);
+    if (totalBytes > this.opts.maxBytes * EVICT_TO) {
+      return { kind: 'refused', reason: `entry of ${totalBytes} bytes exceeds ${EVICT_TO * 100}% of the cache size (${this.opts.maxBytes})` };
+    }
+    try {
+      return await this.mutex.run(async () => {
+        for (const b of blobs) {
+          if (!(await this.blobs.present(b.digest, b.size))) return { kind: 'refused', reason: `blob ${b.digest} is not in the store with ${b.size} bytes` };
+        }
+        await this.commitPut(key, { record: parsed.data, recordJson, recordBytes, blobs, totalBytes }, this.blobs.removals);
+        return { kind: 'stored' };
+      });
+    } catch (e) {
+      this.counters.putErrors++;
       return { kind: 'error', error: `local store: ${message(e)}` };
     }
   }

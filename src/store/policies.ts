@@ -1,6 +1,7 @@
 import type { Digest } from '../key/hash.js';
 import type { RemoteFailure } from '../remote/remoteFailure.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from './backend.js';
+import type { EntryRecord } from './record.js';
 
 /** Never writes: puts and deletes are refused, reads and touches pass through. */
 export function readOnly(b: CacheBackend): CacheBackend {
@@ -75,6 +76,22 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
       return l;
     },
     touch: (key) => local.touch(key),
+    ...(local.adopt
+      ? {
+          /** Local adoption; the team tier gets the files read back from the local blobs. */
+          async adopt(key: Digest, record: EntryRecord) {
+            const l = await local.adopt!(key, record);
+            observe({ tier: 'local', op: 'put', result: l });
+            if (l.kind !== 'stored') return l;
+            const found = await local.get(key);
+            if (found.kind === 'hit') {
+              const r = await remote.put(key, found.entry);
+              observe({ tier: 'remote', op: 'put', result: r });
+            }
+            return l;
+          },
+        }
+      : {}),
     async put(key: Digest, entry: StoredEntry) {
       const l = await local.put(key, entry);
       observe({ tier: 'local', op: 'put', result: l });

@@ -13,18 +13,24 @@ import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { clientCacheDir } from '../../src/config/cacheDir.js';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { decodeMemo, encodeMemo, lookupDigest, type MemoCheck, memoPath } from '../../src/memo/memoFormat.js';
 import {
   type CompileRequest,
   type Done,
   decodeCompileRequest,
   decodeDone,
+  decodeStored,
   encodeAck,
   encodeCompileYourself,
   encodeFrame,
   encodeJson,
   encodePassthrough,
   encodeResult,
+  encodeStoreYourself,
   encodeWait,
+  FRAME_DONE,
+  FRAME_STORED,
   FrameDecoder,
   MAX_DONE_PAYLOAD,
   socketDirFor,
@@ -777,4 +783,97 @@ test('no /proc: masquerade finds the real compiler, never itself; the CLI path s
   const cli = `${fs.realpathSync(root)}/bin/../dist/src/cli/main.js`;
   const s = await withoutProc('exec "$1" stats', [client], env);
   assert.equal(s!.stdout.toString(), `recorder:${cli} stats\n`, s!.stderr.toString());
+});
+
+/** Answers 'S' with `memo`; records what the client sends back ('E', or 'D', which it acknowledges). */
+function storeYourself(memo: Buffer, got: Buffer[]): Handler {
+  return (_req, sock) => {
+    const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
+    sock.on('data', (chunk: Buffer) => {
+      for (const f of dec.push(chunk)) {
+        got.push(f);
+        if (f[0] === FRAME_DONE) sock.end(encodeAck());
+      }
+    });
+    sock.write(encodeStoreYourself(memo));
+  };
+}
+
+test("'S': a clean run is stored by the client (blob, memo) and reported with 'E'; any doubt reports with 'D'", async () => {
+  await initHash();
+  const ZERO = '0'.repeat(32);
+  const KEY = 'ab'.repeat(16);
+  const input = path.join(tmp, 'store-input.bc');
+  fs.writeFileSync(input, 'index bytes');
+  const inputCheck: MemoCheck = { kind: 'content', path: input, size: 11, digest: hashBytes('index bytes') };
+  const out = path.join(tmp, 'stored.o');
+  const memoOf = (checks: MemoCheck[]) => encodeMemo({ key: KEY, checks, outputs: [{ path: out, digest: ZERO, size: 0 }], stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) });
+  /** The job: a "compiler" writing `script`'s output; a backend job to the client (-fthinlto-index=). */
+  const job = (script: string) => ['/bin/sh', '-c', script, out, '-fthinlto-index=store-input.bc'];
+  const prepared = () => {
+    const cacheDir = newCacheDir();
+    // What the daemon makes when it opens the store.
+    for (const d of ['tmp', 'blobs']) fs.mkdirSync(path.join(cacheDir, 'store', 'v1', d), { recursive: true });
+    return cacheDir;
+  };
+  const blobs = (cacheDir: string) => fs.readdirSync(path.join(cacheDir, 'store', 'v1', 'blobs'), { recursive: true }).filter((f) => String(f).length === 33);
+
+  // Stored: the blob holds the output's bytes, the memo is the template with the digest filled in.
+  {
+    const cacheDir = prepared();
+    const got: Buffer[] = [];
+    const args = job('printf obj-bytes > "$0"');
+    await withDaemon(cacheDir, storeYourself(memoOf([inputCheck]), got), async () => {
+      const r = await run(client, args, { env: baseEnv(cacheDir) });
+      assert.equal(r.status, 0, r.stderr.toString());
+    });
+    assert.equal(got.length, 1);
+    assert.equal(got[0]![0], FRAME_STORED);
+    const digest = hashBytes('obj-bytes');
+    assert.deepEqual(decodeStored(got[0]!), { memoWritten: true, outputs: [{ digest, size: 9 }] });
+    assert.equal(fs.readFileSync(path.join(cacheDir, 'store', 'v1', 'blobs', digest.slice(0, 2), digest.slice(2)), 'latin1'), 'obj-bytes');
+    assert.deepEqual(fs.readdirSync(path.join(cacheDir, 'store', 'v1', 'tmp')), [], 'no temp left');
+    const memoFile = memoPath(cacheDir, lookupDigest('/bin/sh', tmp, args.slice(1)));
+    assert.equal(fs.statSync(memoFile).mode & 0o777, 0o600);
+    const memo = decodeMemo(fs.readFileSync(memoFile));
+    assert.equal(memo.key, KEY);
+    assert.deepEqual(memo.outputs, [{ path: out, digest, size: 9 }]);
+    assert.deepEqual(memo.checks, [inputCheck]);
+  }
+  // Blobs stored, memo not: a memo directory others may read is not ours to write into.
+  {
+    const cacheDir = prepared();
+    fs.mkdirSync(path.join(cacheDir, 'memo'), { mode: 0o755 });
+    fs.chmodSync(path.join(cacheDir, 'memo'), 0o755);
+    const got: Buffer[] = [];
+    await withDaemon(cacheDir, storeYourself(memoOf([inputCheck]), got), async () => {
+      assert.equal((await run(client, job('printf obj-bytes > "$0"'), { env: baseEnv(cacheDir) })).status, 0);
+    });
+    assert.equal(got[0]![0], FRAME_STORED);
+    assert.equal(decodeStored(got[0]!).memoWritten, false);
+    assert.deepEqual(fs.readdirSync(path.join(cacheDir, 'memo')), []);
+  }
+  // Each doubt: 'D' with the run's real status and output, nothing stored.
+  const doubts: [string, Buffer, string, number][] = [
+    ['an input changed while the compiler ran', memoOf([{ ...inputCheck, digest: hashBytes('other bytes') }]), 'printf obj > "$0"', 0],
+    ['stderr is not empty', memoOf([inputCheck]), 'printf obj > "$0"; echo warning >&2', 0],
+    ['the output is empty', memoOf([inputCheck]), ': > "$0"', 0],
+    ['no output written', memoOf([inputCheck]), 'rm -f "$0"', 0],
+    ['the compiler failed', memoOf([inputCheck]), 'printf obj > "$0"; exit 3', 3],
+    ['a truncated memo', memoOf([inputCheck]).subarray(0, 40), 'printf obj > "$0"', 0],
+    ['a memo with a wrong trailer', Buffer.concat([memoOf([inputCheck]).subarray(0, -1), Buffer.from('x')]), 'printf obj > "$0"', 0],
+  ];
+  for (const [what, memo, script, status] of doubts) {
+    const cacheDir = prepared();
+    const got: Buffer[] = [];
+    await withDaemon(cacheDir, storeYourself(memo, got), async () => {
+      const r = await run(client, job(script), { env: baseEnv(cacheDir) });
+      assert.equal(r.status, status, `${what}: ${r.stderr}`);
+    });
+    assert.equal(got.length, 1, what);
+    assert.equal(got[0]![0], FRAME_DONE, `${what}: reported with 'D'`);
+    assert.equal(decodeDone(got[0]!).exit, status, what);
+    assert.deepEqual(blobs(cacheDir), [], `${what}: no blob`);
+    assert.ok(!fs.existsSync(path.join(cacheDir, 'memo')), `${what}: no memo`);
+  }
 });

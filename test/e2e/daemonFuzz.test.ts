@@ -210,6 +210,7 @@ describe('fuzz: the daemon over its socket', () => {
       version: 2,
       stderrTty: false,
       compilesOnMiss: false,
+      storesOnMiss: false,
       umask: 0o022,
       compiler: '/nonexistent/ltocache-fuzz/clang-19',
       cwd: work,

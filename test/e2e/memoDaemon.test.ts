@@ -189,6 +189,33 @@ describe('memo fast path with the real daemon', () => {
     for (const m of memos) assert.equal(statSync(m).mode & 0o777, 0o600);
   });
 
+  test("a cold job is stored by the client ('S'): its entry is in the store and its memo serves the next run without the daemon", () => {
+    const fresh = new CacheEnv('memo-storeback');
+    try {
+      fresh.start();
+      thinLink();
+      jobs(fresh.env);
+      const s = fresh.stats();
+      assert.equal(s.misses, 2);
+      assert.equal(s.misses_stored_by_client, 2, `both misses stored by the client: ${JSON.stringify(s)}`);
+      assert.equal(s.memos_written, 2);
+      assert.equal(s.entries, 2);
+      assert.equal(memoFiles(fresh.dir).length, 2);
+      // A daemon-path hit reads the entries the client's blobs back (digests verified on read).
+      thinLink();
+      jobs({ ...fresh.env, LTOCACHE_MEMO: '0' });
+      assert.equal(fresh.stats().hits, 2);
+      fresh.stop();
+      const log = join(fresh.dir, 'memo', 'hits.log');
+      const before = readFileSync(log, { encoding: 'latin1', flag: 'a+' }).split('\n').filter(Boolean).length;
+      thinLink();
+      jobs({ ...fresh.env, LTOCACHE_NODE: '/nonexistent/node', LTOCACHE_START_TIMEOUT_MS: '300' });
+      assert.equal(readFileSync(log, 'latin1').split('\n').filter(Boolean).length - before, 2, 'both served from the memos the client wrote');
+    } finally {
+      fresh.destroy();
+    }
+  });
+
   test('clear removes the memos', () => {
     cache.start();
     assert.ok(memoFiles(cache.dir).length > 0);

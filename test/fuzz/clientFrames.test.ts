@@ -26,6 +26,7 @@ import {
   encodeJson,
   encodePassthrough,
   encodeResult,
+  encodeStoreYourself,
   FrameDecoder,
   ProtocolError,
 } from '../../src/protocol/clientFrames.js';
@@ -185,7 +186,7 @@ function refDecode(p: Buffer): RefReq {
   if (p[1] !== 2) return bad('version');
   at = 2;
   const flags = u32();
-  if (flags === null || (flags & ~3) !== 0) return bad('flags');
+  if (flags === null || (flags & ~7) !== 0) return bad('flags');
   const umask = u32();
   if (umask === null || umask > 0o777) return bad('umask');
   const compiler = str();
@@ -219,7 +220,11 @@ function refDecode(p: Buffer): RefReq {
     Object.defineProperty(env, k, { value: e.slice(eq + 1), enumerable: true, writable: true, configurable: true });
   }
   if (at !== p.length) return bad('trailing');
-  return { ok: true, value: { version: 2, stderrTty: (flags & 1) !== 0, compilesOnMiss: (flags & 2) !== 0, umask, compiler, cwd, args, env }, canonical: !dupes };
+  return {
+    ok: true,
+    value: { version: 2, stderrTty: (flags & 1) !== 0, compilesOnMiss: (flags & 2) !== 0, storesOnMiss: (flags & 4) !== 0, umask, compiler, cwd, args, env },
+    canonical: !dupes,
+  };
 }
 
 /** Plain-object view for deep comparison (env order is not part of a request's meaning). */
@@ -368,6 +373,7 @@ const validRequestArb: fc.Arbitrary<CompileRequest> = fc.record({
   version: fc.constant(2 as const),
   stderrTty: fc.boolean(),
   compilesOnMiss: fc.boolean(),
+  storesOnMiss: fc.boolean(),
   umask: fc.integer({ min: 0, max: 0o777 }),
   compiler: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),
   cwd: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),
@@ -480,7 +486,14 @@ describe('fuzz: replies', () => {
               continue;
             }
             // Accepted: it re-encodes to the same bytes (the reply format has no slack).
-            const again = got.kind === 'result' ? encodeResult(got, got.stdout, got.stderr) : got.kind === 'passthrough' ? encodePassthrough(got.reason) : encodeCompileYourself();
+            const again =
+              got.kind === 'result'
+                ? encodeResult(got, got.stdout, got.stderr)
+                : got.kind === 'passthrough'
+                  ? encodePassthrough(got.reason)
+                  : got.kind === 'store-yourself'
+                    ? encodeStoreYourself(got.memo)
+                    : encodeCompileYourself();
             if (got.kind !== 'passthrough' || Buffer.from(got.reason, 'utf8').equals(m.subarray(5))) assert.ok(again.subarray(4).equals(m));
           }
         },

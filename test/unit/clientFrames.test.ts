@@ -8,12 +8,15 @@ import {
   decodeDistributeRequest,
   decodeJson,
   decodeReply,
+  decodeStored,
   encodeCompileRequest,
   encodeDistributeRequest,
   encodeFrame,
   encodeJson,
   encodePassthrough,
   encodeResult,
+  encodeStored,
+  encodeStoreYourself,
   FrameDecoder,
   fnv1a64Hex,
   ProtocolError,
@@ -25,6 +28,7 @@ const sample: CompileRequest = {
   version: 2,
   stderrTty: true,
   compilesOnMiss: false,
+  storesOnMiss: false,
   umask: 0o022,
   compiler: '/usr/bin/clang-19',
   cwd: '/home/u/linux',
@@ -116,6 +120,7 @@ test('the raw builder matches the encoder (layout check)', () => {
     version: 2,
     stderrTty: false,
     compilesOnMiss: false,
+    storesOnMiss: false,
     umask: 0o22,
     compiler: '/usr/bin/clang',
     cwd: '/tmp',
@@ -140,7 +145,7 @@ test('every truncation of a valid request is rejected', () => {
 test('malformed requests name what is wrong', () => {
   rejects(() => decodeCompileRequest(rawRequest({ type: 0x52 })), /wrong frame type 0x52/);
   rejects(() => decodeCompileRequest(rawRequest({ version: 1 })), /unsupported protocol version 1/);
-  rejects(() => decodeCompileRequest(rawRequest({ flags: 6 })), /unknown flag bits/);
+  rejects(() => decodeCompileRequest(rawRequest({ flags: 10 })), /unknown flag bits/);
   rejects(() => decodeCompileRequest(rawRequest({ umask: 0o1000 })), /invalid compile request.*umask/);
   rejects(() => decodeCompileRequest(rawRequest({ compiler: 'clang' })), /compiler is not an absolute path/);
   rejects(() => decodeCompileRequest(rawRequest({ cwd: 'rel/dir' })), /cwd is not an absolute path/);
@@ -265,6 +270,36 @@ test('decodeReply applies the C client acceptance rules', () => {
   rejects(() => decodeReply(badSignal), /signal 65/);
   rejects(() => decodeReply(Buffer.from('Qxxxx')), /wrong frame type 0x51/);
   rejects(() => decodeReply(payloadOf(encodeJson({}))), /wrong frame type 0x4a/);
+});
+
+test("'S' carries a memo whole; 'E' round-trips and every malformed field is named", () => {
+  const memo = Buffer.from('LTOMEMO\x01 any bytes');
+  assert.deepEqual(decodeReply(payloadOf(encodeStoreYourself(memo))), { kind: 'store-yourself', memo });
+  rejects(() => decodeReply(Buffer.from('S')), /wrong frame type 0x53/);
+  const stored = {
+    memoWritten: true,
+    outputs: [
+      { digest: 'a'.repeat(32), size: 12_288 },
+      { digest: '0123456789abcdef0123456789abcdef', size: 2 ** 40 },
+    ],
+  };
+  const good = payloadOf(encodeStored(stored));
+  assert.deepEqual(decodeStored(good), stored);
+  assert.equal(decodeStored(payloadOf(encodeStored({ ...stored, memoWritten: false }))).memoWritten, false);
+  for (let n = 0; n < good.length; n++) assert.throws(() => decodeStored(good.subarray(0, n)), ProtocolError, `prefix ${n}`);
+  rejects(() => decodeStored(Buffer.concat([good, Buffer.from([0])])), /stored frame of 87 bytes, expected 86/);
+  const edit = (at: number, bytes: number[] | string) => {
+    const b = Buffer.from(good);
+    (typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : Buffer.from(bytes)).copy(b, at);
+    return b;
+  };
+  rejects(() => decodeStored(edit(1, [2])), /memo written flag 2/);
+  rejects(() => decodeStored(edit(2, [0, 0, 0, 0])), /output count 0/);
+  rejects(() => decodeStored(edit(2, [17, 0, 0, 0])), /output count 17/);
+  rejects(() => decodeStored(edit(6, 'A')), /output 0: digest/);
+  rejects(() => decodeStored(edit(6 + 32, [0, 0, 0, 0, 0, 0, 0, 0])), /output 0: size 0/);
+  rejects(() => decodeStored(edit(46 + 32, [0, 0, 0, 0, 0, 0, 0, 0x80])), /output 1: size \d+ out of range/);
+  rejects(() => decodeStored(payloadOf(encodeResult(0, Buffer.alloc(0), Buffer.alloc(0)))), /expected stored 'E'/);
 });
 
 test('JSON frames', () => {

@@ -93,6 +93,32 @@ test('put/get round trip, delete, summary and layout on disk', async (t) => {
   assert.deepEqual(fs.readdirSync(layoutPaths(dir).tmp), []);
 });
 
+test('adopt: an entry whose blobs a writer already stored is committed without rewriting them; a missing or short blob is refused', async (t) => {
+  const dir = tempDir();
+  const s = await openStore(t, { dir });
+  const e = entry({ obj: fill(3000, 9) });
+  const writeBlob = (data: Buffer, name = data) => {
+    const p = blobPath(dir, name);
+    fs.mkdirSync(join(p, '..'), { recursive: true });
+    fs.writeFileSync(p, data);
+  };
+  assert.deepEqual(await s.adopt(key('a'), e.record), { kind: 'refused', reason: `blob ${e.record.outputs[0]!.digest} is not in the store with 3000 bytes` });
+  writeBlob(fill(2999, 9), fill(3000, 9));
+  assert.equal((await s.adopt(key('a'), e.record)).kind, 'refused', 'a blob of the wrong size');
+  assert.equal(await hasRecord(s, key('a')), false);
+  writeBlob(fill(3000, 9));
+  const inode = fs.statSync(blobPath(dir, fill(3000, 9))).ino;
+  assert.deepEqual(await s.adopt(key('a'), e.record), { kind: 'stored' });
+  assert.equal(fs.statSync(blobPath(dir, fill(3000, 9))).ino, inode, 'the blob file is the one the writer made');
+  assertHit(await s.get(key('a')), e);
+  assert.deepEqual(s.summary(), { entries: 1, bytes: 3000 + recordBytes(e) });
+  // Accounted like a put: the blob goes with its last entry.
+  assert.deepEqual(await s.delete(key('a')), { kind: 'deleted' });
+  assert.deepEqual(listBlobs(dir), []);
+  assert.equal((await s.adopt('ABC', e.record)).kind, 'refused');
+  assert.equal((await s.adopt(key('b'), { ...e.record, exitCode: 1 } as unknown as EntryRecord)).kind, 'refused');
+});
+
 test('malformed keys and inconsistent entries are refused with a reason', async (t) => {
   const dir = tempDir();
   const s = await openStore(t, { dir, maxBytes: 10_000 });

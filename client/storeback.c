@@ -1,0 +1,125 @@
+/*
+ * Store-back of a miss compiled by the client (storeback.h). Every failure returns -1 and the
+ * caller reports the run with 'D', so the daemon reads the outputs itself.
+ */
+#include "storeback.h"
+
+#include "io.h"
+#include "memo_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Copies the output o into the store's tmp/, hashing while copying, then renames it to its
+ * blob name (an existing blob of that name has the same bytes). */
+static int store_blob(const char *cache_dir, const struct memo_output *o, unsigned i,
+                      unsigned char *chunk, char hex[DIGEST_HEX_LEN + 1], uint64_t *size) {
+    char *path = memo_name(o->path, NULL);
+    int in = path && path[0] == '/' ? open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+                                    : -1;
+    free(path);
+    struct stat st;
+    if (in < 0 || fstat(in, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+        if (in >= 0) close(in);
+        return -1;
+    }
+    char *tmp = fmt("%s/store/v1/tmp/client-%ld-%u", cache_dir, (long)getpid(), i);
+    int out = tmp ? open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
+    if (out < 0) {
+        close(in);
+        free(tmp);
+        return -1;
+    }
+    struct digest128 d;
+    digest128_init(&d);
+    uint64_t total = 0;
+    int ok = 1;
+    for (;;) {
+        ssize_t r = read(in, chunk, COPY_CHUNK);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) { ok = 0; break; }
+        if (r == 0) break;
+        digest128_update(&d, chunk, (size_t)r);
+        total += (uint64_t)r;
+        if (write_all(out, chunk, (size_t)r, 0) != 0) { ok = 0; break; }
+    }
+    close(in);
+    if (close(out) != 0) ok = 0;
+    digest128_hex(&d, hex);
+    *size = total;
+    char *shard = ok && total > 0 ? fmt("%s/store/v1/blobs/%.2s", cache_dir, hex) : NULL;
+    char *blob = shard ? fmt("%s/%.30s", shard, hex + 2) : NULL;
+    ok = blob != NULL;
+    if (ok && rename(tmp, blob) != 0)
+        ok = errno == ENOENT && (mkdir(shard, 0700) == 0 || errno == EEXIST) &&
+             rename(tmp, blob) == 0;
+    if (!ok) unlink(tmp);
+    free(tmp);
+    free(shard);
+    free(blob);
+    return ok ? 0 : -1;
+}
+
+/* Writes the memo atomically as memo/<lookup[0..2]>/<lookup[2..]>, private like the daemon's. */
+static int write_memo(const char *cache_dir, const char *lookup, const unsigned char *b,
+                      size_t len) {
+    char *dir = fmt("%s/memo", cache_dir);
+    int made = dir && (mkdir(dir, 0700) == 0 || errno == EEXIST);
+    free(dir);
+    int memo_dir = made ? open_memo_dir(cache_dir) : -1;
+    if (memo_dir < 0) return -1;
+    char shard_name[3] = {lookup[0], lookup[1], 0};
+    int shard = mkdirat(memo_dir, shard_name, 0700) == 0 || errno == EEXIST
+                    ? open_private_dir(memo_dir, shard_name)
+                    : -1;
+    close(memo_dir);
+    if (shard < 0) return -1;
+    char *tmp = fmt("%s.tmp-c%ld", lookup + 2, (long)getpid());
+    int fd = tmp ? openat(shard, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
+    int ok = fd >= 0 && fchmod(fd, 0600) == 0 && write_all(fd, b, len, 0) == 0;
+    if (fd >= 0 && close(fd) != 0) ok = 0;
+    if (fd >= 0 && (!ok || renameat(shard, tmp, shard, lookup + 2) != 0)) {
+        unlinkat(shard, tmp, 0);
+        ok = 0;
+    }
+    free(tmp);
+    close(shard);
+    return ok ? 0 : -1;
+}
+
+static void put_u64_le(unsigned char *p, uint64_t v) {
+    for (int k = 0; k < 8; k++) p[k] = (unsigned char)(v >> (8 * k));
+}
+
+int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl, size_t len,
+                  struct stored_outputs *out) {
+    struct memo m;
+    if (memo_parse(tmpl, len, &m) != 0) return -1;
+    int rc = -1;
+    unsigned char *chunk = malloc(COPY_CHUNK);
+    if (!chunk || m.out.len || m.err.len || memo_run_checks(m.checks, m.nchecks, NULL, chunk) != 0)
+        goto done;
+    for (uint32_t i = 0; i < m.noutputs; i++) {
+        if (store_blob(cache_dir, &m.outputs[i], i, chunk, out->digest[i], &out->size[i]) != 0)
+            goto done;
+        /* The digest and its u64 size sit side by side in the buffer (memo.v1.md). */
+        unsigned char *at = tmpl + (m.outputs[i].digest - (const char *)tmpl);
+        memcpy(at, out->digest[i], DIGEST_HEX_LEN);
+        put_u64_le(at + DIGEST_HEX_LEN, out->size[i]);
+    }
+    out->n = m.noutputs;
+    char trailer[DIGEST_HEX_LEN + 1];
+    digest128_bytes_hex(tmpl, len - DIGEST_HEX_LEN, trailer);
+    memcpy(tmpl + len - DIGEST_HEX_LEN, trailer, DIGEST_HEX_LEN);
+    out->memo_written = write_memo(cache_dir, lookup, tmpl, len) == 0;
+    rc = 0;
+done:
+    free(chunk);
+    memo_free(&m);
+    return rc;
+}
