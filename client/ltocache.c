@@ -864,13 +864,14 @@ static void run_via_daemon(const struct job *j) {
         memo_serve(memo_cache, abs, cwd, j->argc - 1, j->argv + 1);
         memo_lookup_digest(abs, cwd, j->argc - 1, j->argv + 1, lookup);
     }
+    /* LTOCACHE_MEMO=0 (the daemon path, for benchmarks) also leaves storing to the daemon. */
+    const char *memo_env = getenv("LTOCACHE_MEMO");
+    int stores = memo_cache && !(memo_env && strcmp(memo_env, "0") == 0);
     struct buf req = {0};
-    uint32_t flags = LTOC_FLAG_COMPILES_ON_MISS | (memo_cache ? LTOC_FLAG_STORES_ON_MISS : 0);
+    uint32_t flags = LTOC_FLAG_COMPILES_ON_MISS | (stores ? LTOC_FLAG_STORES_ON_MISS : 0);
     int built = abs && build_request(&req, LTOC_FRAME_COMPILE, flags, abs, cwd, j->argv + 1,
                                      j->argc - 1) == 0;
-    free(abs);
-    free(cwd);
-    if (!built) { free(req.p); free(memo_cache); return; }
+    if (!built) { free(req.p); free(memo_cache); free(abs); free(cwd); return; }
 
     int fd = -1;
     uint32_t n = 0;
@@ -880,11 +881,24 @@ static void run_via_daemon(const struct job *j) {
         compile_and_report(fd, j, NULL, 0, NULL, NULL);
     }
     /* 'S' carries the memo to store under (u8 'S' then the memo file's bytes). */
-    if (reply && reply[0] == LTOC_FRAME_STORE_YOURSELF && n > 1 && memo_cache)
+    if (reply && reply[0] == LTOC_FRAME_STORE_YOURSELF && n > 1 && stores)
         compile_and_report(fd, j, reply + 1, n - 1, memo_cache, lookup);
+    /* 'H': a team-cache hit to store, then serve from the memo it carries; if that cannot be
+     * done, the compiler runs (nothing was replaced). */
+    if (reply && reply[0] == LTOC_FRAME_HIT_STORE && stores) {
+        struct stored_outputs st;
+        if (store_fetched(memo_cache, lookup, reply + 1, n - 1, &st) == 0) {
+            report_stored(fd, &st);
+            close(fd);
+            memo_serve_counted(memo_cache, abs, cwd, j->argc - 1, j->argv + 1);
+        }
+        close(fd);
+        direct_exec(j);
+    }
     free(memo_cache);
+    free(abs);
+    free(cwd);
     if (fd >= 0) close(fd);
-    replay_or_return(reply, n);
     /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or
      * unknown: fall back. The reason string of a 'P' is for the daemon's logs, not ours. */
 }

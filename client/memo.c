@@ -495,8 +495,21 @@ void append_notices(int memo_dir, const char *text, size_t len) {
     close(log);
 }
 
+static int serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
+                 char **argv, int notice);
+
 int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
                char **argv) {
+    return serve(cache_dir, compiler_abs, cwd, argc, argv, 1);
+}
+
+int memo_serve_counted(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
+                       char **argv) {
+    return serve(cache_dir, compiler_abs, cwd, argc, argv, 0);
+}
+
+static int serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
+                 char **argv, int notice) {
     char lookup[DIGEST_HEX_LEN + 1];
     TM_MARK(TM_START);
     memo_lookup_digest(compiler_abs, cwd, argc, argv, lookup);
@@ -533,7 +546,7 @@ int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd,
     if (ok) {
         int wrote = write_all(1, m.out.p, m.out.len, 0) == 0;
         if (write_all(2, m.err.p, m.err.len, 0) != 0) wrote = 0;
-        char *line = fmt("H %.32s %s %lld %lld\n", m.key, lookup, start, unix_ms());
+        char *line = notice ? fmt("H %.32s %s %lld %lld\n", m.key, lookup, start, unix_ms()) : NULL;
         if (line) append_notices(memo_dir, line, strlen(line));
         free(line);
         TM_MARK(TM_NOTICE);

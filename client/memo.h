@@ -81,6 +81,9 @@ int memo_file_digest(const char *path, char out[DIGEST_HEX_LEN + 1], uint64_t *s
  * Test hook: LTOCACHE_PRINT_LOOKUP=1 prints the lookup digest and exits 0. */
 int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
                char **argv);
+/* memo_serve without the hit notice: for a hit the daemon has counted already ('H'). */
+int memo_serve_counted(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
+                       char **argv);
 
 /* Test hook: with LTOCACHE_PRINT_DIGEST=<file> set, prints that file's content digest and exits
  * 0 (1 if it cannot be read); otherwise returns. */

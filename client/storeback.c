@@ -15,6 +15,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Renames the temp blob `tmp` (whole, digest `hex`) to its blob name, making the shard directory
+ * if it is missing. Unlinks the temp on failure. */
+static int place_blob(const char *cache_dir, const char *tmp, const char *hex) {
+    char *shard = fmt("%s/store/v1/blobs/%.2s", cache_dir, hex);
+    char *blob = shard ? fmt("%s/%.30s", shard, hex + 2) : NULL;
+    int ok = blob != NULL;
+    if (ok && rename(tmp, blob) != 0)
+        ok = errno == ENOENT && (mkdir(shard, 0700) == 0 || errno == EEXIST) &&
+             rename(tmp, blob) == 0;
+    if (!ok) unlink(tmp);
+    free(shard);
+    free(blob);
+    return ok ? 0 : -1;
+}
+
 /* Copies the output o into the store's tmp/, hashing while copying, then renames it to its
  * blob name (an existing blob of that name has the same bytes). */
 static int store_blob(const char *cache_dir, const struct memo_output *o, unsigned i,
@@ -52,17 +67,10 @@ static int store_blob(const char *cache_dir, const struct memo_output *o, unsign
     if (close(out) != 0) ok = 0;
     digest128_hex(&d, hex);
     *size = total;
-    char *shard = ok && total > 0 ? fmt("%s/store/v1/blobs/%.2s", cache_dir, hex) : NULL;
-    char *blob = shard ? fmt("%s/%.30s", shard, hex + 2) : NULL;
-    ok = blob != NULL;
-    if (ok && rename(tmp, blob) != 0)
-        ok = errno == ENOENT && (mkdir(shard, 0700) == 0 || errno == EEXIST) &&
-             rename(tmp, blob) == 0;
-    if (!ok) unlink(tmp);
+    if (!ok || total == 0) unlink(tmp);
+    else ok = place_blob(cache_dir, tmp, hex) == 0;
     free(tmp);
-    free(shard);
-    free(blob);
-    return ok ? 0 : -1;
+    return ok && total > 0 ? 0 : -1;
 }
 
 /* Writes the memo atomically as memo/<lookup[0..2]>/<lookup[2..]>, private like the daemon's. */
@@ -120,6 +128,48 @@ int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl
     rc = 0;
 done:
     free(chunk);
+    memo_free(&m);
+    return rc;
+}
+
+static uint32_t get_u32_le(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+int store_fetched(const char *cache_dir, const char *lookup, const unsigned char *p, size_t n,
+                  struct stored_outputs *out) {
+    if (n < 4 || get_u32_le(p) > n - 4) return -1;
+    size_t mlen = get_u32_le(p);
+    const unsigned char *memo = p + 4;
+    struct memo m;
+    if (memo_parse(memo, mlen, &m) != 0) return -1;
+    int rc = -1;
+    size_t at = 4 + mlen;
+    for (uint32_t i = 0; i < m.noutputs; i++) {
+        if (n - at < 4) goto done;
+        size_t len = get_u32_le(p + at);
+        at += 4;
+        if (len > n - at || len != m.outputs[i].size || len == 0) goto done;
+        char hex[DIGEST_HEX_LEN + 1];
+        digest128_bytes_hex(p + at, len, hex);
+        if (memcmp(hex, m.outputs[i].digest, DIGEST_HEX_LEN) != 0) goto done;
+        char *tmp = fmt("%s/store/v1/tmp/client-%ld-%u", cache_dir, (long)getpid(), i);
+        int fd = tmp ? open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
+        int ok = fd >= 0 && write_all(fd, p + at, len, 0) == 0;
+        if (fd >= 0 && close(fd) != 0) ok = 0;
+        if (fd >= 0 && !ok) unlink(tmp);
+        ok = ok && place_blob(cache_dir, tmp, hex) == 0;
+        free(tmp);
+        if (!ok) goto done;
+        memcpy(out->digest[i], hex, sizeof hex);
+        out->size[i] = len;
+        at += len;
+    }
+    if (at != n) goto done;
+    out->n = m.noutputs;
+    out->memo_written = write_memo(cache_dir, lookup, memo, mlen) == 0;
+    rc = 0;
+done:
     memo_free(&m);
     return rc;
 }

@@ -29,4 +29,12 @@ struct stored_outputs {
 int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl, size_t len,
                   struct stored_outputs *out);
 
+/* After 'H' (a team-cache hit the daemon hands over): p[0..n) is u32 memo length, the memo (its
+ * outputs' digests and sizes filled in), then for each output u32 length and its bytes. Each
+ * output's bytes must have the memo's size and digest; they are stored as blobs, and the memo is
+ * written. Returns 0 (then *out is filled), or -1 when the payload is not exactly that or a write
+ * fails. The caller then serves the job from the memo like the fast path. */
+int store_fetched(const char *cache_dir, const char *lookup, const unsigned char *p, size_t n,
+                  struct stored_outputs *out);
+
 #endif

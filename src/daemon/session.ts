@@ -11,6 +11,7 @@ import {
   decodeStored,
   encodeAck,
   encodeCompileYourself,
+  encodeHitStore,
   encodeJson,
   encodePassthrough,
   encodeResult,
@@ -188,7 +189,27 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
         }
       }
     : undefined;
-  const outcome = await h.compile(req, { signal, ...(compileOnClient ? { compileOnClient, released, clientStores: req.storesOnMiss } : {}) });
+  // A team-cache hit the client stores and serves itself: it answers 'E', or goes away (then it
+  // compiles, and nothing was stored).
+  const serveOnClient = async (memo: Buffer, files: readonly Buffer[]) => {
+    const next = nextFrame();
+    acked = true;
+    sock.write(encodeHitStore(memo, files));
+    try {
+      const frame = await next;
+      return frame[0] === FRAME_STORED ? decodeStored(frame) : null;
+    } catch (e) {
+      if (e instanceof ProtocolError) h.counters.error(ErrorKind.protocol);
+      return null;
+    } finally {
+      sock.end();
+    }
+  };
+  const outcome = await h.compile(req, {
+    signal,
+    ...(compileOnClient ? { compileOnClient, released } : {}),
+    ...(compileOnClient && req.storesOnMiss ? { clientStores: true, serveOnClient } : {}),
+  });
   if (signal.aborted && !acked) return;
   // Once acknowledged, the client has its answer (its own compile's status): nothing more is sent.
   if (!acked)

@@ -47,6 +47,12 @@ export interface JobContext {
   /** The requester can store a clean run itself (it must also have compileOnClient). */
   clientStores?: boolean;
   /**
+   * Hands a team-cache hit to the requester, which stores the files as blobs, writes the memo
+   * and serves itself from it ('H', docs/protocol.md). Resolves with what it stored, or null when
+   * it did not (it then runs the compiler itself). Either way the job is the requester's.
+   */
+  serveOnClient?: (memo: Buffer, files: readonly Buffer[]) => Promise<{ memoWritten: boolean; outputs: { digest: string; size: number }[] } | null>;
+  /**
    * Called at most once, as soon as nothing more is needed from the requester's files: after a
    * compile on the client, once its outputs' bytes are in memory. The requester may exit then (its
    * outputs may change after); hashing, the input re-check and storing go on without it.
@@ -209,14 +215,14 @@ export class JobPipeline {
       return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
     }
     const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
-    const served = await this.lookup(k, job.outputs, req, ctx.collectMemo);
+    const served = await this.lookup(k, job.outputs, req, ctx);
     if (served) return served;
 
     const running = this.inflight.get(k.key);
     if (running) {
       const done = await running.catch(() => null);
       if (done?.adopted) {
-        const again = await this.lookup(k, job.outputs, req, ctx.collectMemo);
+        const again = await this.lookup(k, job.outputs, req, ctx);
         if (again) return again.kind === 'hit' ? { ...again, tier: 'inflight' } : again;
       }
       if (done?.entry && (await this.place(done.entry, job.outputs, req))) {
@@ -273,20 +279,42 @@ export class JobPipeline {
     }
   }
 
-  private async lookup(k: Keyed, outputs: Outputs, req: JobRequest, collect?: JobContext['collectMemo']): Promise<JobOutcome | null> {
+  private async lookup(k: Keyed, outputs: Outputs, req: JobRequest, ctx: Pick<JobContext, 'collectMemo' | 'serveOnClient'>): Promise<JobOutcome | null> {
     const { key } = k;
+    const collect = ctx.collectMemo;
     if (this.o.deny.has(key)) return null;
     const inMemory = this.hot.get(key);
-    const found: TieredLookup = inMemory ? { kind: 'hit', entry: inMemory } : await this.o.cache.get(key);
+    const defer = !!ctx.serveOnClient && !!this.o.cache.writeBack;
+    const found: TieredLookup = inMemory ? { kind: 'hit', entry: inMemory } : await this.o.cache.get(key, defer ? { deferWriteBack: true } : undefined);
     if (found.kind === 'error') {
       this.counters.error(found.corrupt ? ErrorKind.corrupt_entry : ErrorKind.store_read);
       this.o.log.warn('store read failed; compiling', { key, error: found.error });
       return null;
     }
     if (found.kind === 'miss') return null;
-    // A verify mismatch may have landed while the lookup ran.
-    if (this.o.deny.has(key)) return null;
     const entry = found.entry;
+    const writeBack = () => {
+      if (defer && found.tier === 'remote') this.spawn(this.o.cache.writeBack!(key, entry));
+    };
+    // A verify mismatch may have landed while the lookup ran.
+    if (this.o.deny.has(key)) {
+      writeBack();
+      return null;
+    }
+    if (defer && found.tier === 'remote' && (await this.handOver(k, entry, outputs, req, ctx.serveOnClient!))) {
+      this.counters.add(Counter.hits);
+      this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
+      return {
+        ...k,
+        kind: 'hit',
+        tier: 'remote',
+        stdout: fromBase64(entry.record.stdout),
+        stderr: fromBase64(entry.record.stderr),
+        savedMs: entry.record.compileMs,
+        bytes: entryBytes(entry),
+      };
+    }
+    writeBack();
     if (!(await this.place(entry, outputs, req))) return null;
     // A hit from memory never reaches the store: without this its LRU age would be its last
     // store read, and the most used entries would be evicted first.
@@ -485,6 +513,44 @@ export class JobPipeline {
       this.o.log.warn('could not store result', { key, error: String(e) });
     }
     return false;
+  }
+
+  /**
+   * A team-cache hit handed to the requester ('H'): it writes the blobs (the write-back) and the
+   * memo, and serves itself from them. False, with nothing sent, when no memo can be made for
+   * it; the caller then writes back and serves as for any hit. True once handed over, whatever
+   * the requester then did: without its report, the write-back is done here.
+   */
+  private async handOver(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest, serve: NonNullable<JobContext['serveOnClient']>): Promise<boolean> {
+    const sink = this.o.memo;
+    if (!sink || !k.checks || !this.o.cache.adopt) return false;
+    const byRole = new Map(entry.record.outputs.map((o) => [o.name, o]));
+    if (byRole.size !== outputs.length || !outputs.every((o) => byRole.has(o.role))) return false;
+    const memoOutputs = outputs.map((o) => ({ path: resolve(req.cwd, o.path), digest: byRole.get(o.role)!.digest, size: byRole.get(o.role)!.size }));
+    let memo: Buffer;
+    try {
+      memo = encodeMemo({ key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(entry.record.stdout), stderr: fromBase64(entry.record.stderr) });
+    } catch {
+      return false;
+    }
+    const stored = await serve(
+      memo,
+      outputs.map((o) => entry.files.get(o.role)!),
+    );
+    const lookup = lookupDigest(req.compiler, req.cwd, req.args);
+    const same = stored?.outputs.length === memoOutputs.length && stored.outputs.every((s, i) => s.digest === memoOutputs[i]!.digest && s.size === memoOutputs[i]!.size);
+    const r = same ? await this.o.cache.adopt(k.key, entry.record, { nearestOnly: true }).catch((e: Error): PutResult => ({ kind: 'error', error: e.message })) : null;
+    if (r?.kind === 'stored') {
+      if (stored!.memoWritten) {
+        sink.adopted?.(lookup, k.key);
+        this.counters.add(Counter.memos_written);
+        sink.remember?.(lookup, req, entry.record.compileMs, k.manifest.input.path);
+      } else this.spawn(this.writeMemo(k, entry, outputs, req));
+      return true;
+    }
+    if (stored?.memoWritten) await sink.remove(lookup).catch(() => {});
+    this.spawn(this.o.cache.writeBack!(k.key, entry).then(() => this.writeMemo(k, entry, outputs, req)));
+    return true;
   }
 
   /**

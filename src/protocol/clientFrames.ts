@@ -14,8 +14,10 @@
  *   'S' store it yourself daemon → client u8 'S', a memo file (memo.v1) with zero output digests
  *                                          (a miss; only to a client with flag bits 1 and 2)
  *   'D' done             client → daemon  u8 'D', i32 exit, i32 signal, str stdout, str stderr
+ *   'H' hit, store it    daemon → client  u8 'H', u32 memo length, memo (filled in), per output
+ *                                          u32 length + bytes (a team-cache hit; flag bit 2)
  *   'E' stored           client → daemon  u8 'E', u8 memo written, u32 n, n×(32 hex, u64 size)
- *                                          (after 'S': a clean run the client stored; no 'A')
+ *                                          (after 'S' or 'H': what the client stored; no 'A')
  *   'W' keepalive        daemon → client  u8 'W'  (still working; the client skips it)
  *   'A' acknowledged     daemon → client  u8 'A'  (the result is taken; the client exits)
  *   'J' JSON control     TS CLI ↔ daemon  u8 'J', UTF-8 JSON (never sent by the C client)
@@ -48,6 +50,7 @@ import {
   FRAME_COMPILE_YOURSELF,
   FRAME_DISTRIBUTE,
   FRAME_DONE,
+  FRAME_HIT_STORE,
   FRAME_JSON,
   FRAME_PASSTHROUGH,
   FRAME_RESULT,
@@ -457,6 +460,15 @@ export function encodeCompileYourself(): Buffer {
 export function encodeStoreYourself(memo: Buffer): Buffer {
   if (1 + memo.length > MAX_REPLY_PAYLOAD) throw new RangeError(`memo of ${memo.length} bytes does not fit a reply`);
   return encodeFrame(Buffer.concat([Buffer.from([FRAME_STORE_YOURSELF]), memo]));
+}
+
+/** Builds a complete 'H' frame: a hit the client stores (blobs, memo) and serves from the memo. */
+export function encodeHitStore(memo: Buffer, files: readonly Buffer[]): Buffer {
+  const parts: Buffer[] = [Buffer.from([FRAME_HIT_STORE]), u32(memo.length), memo];
+  for (const f of files) parts.push(u32(f.length), f);
+  const size = parts.reduce((n, b) => n + b.length, 0);
+  if (size > MAX_REPLY_PAYLOAD) throw new RangeError(`hit of ${size} bytes does not fit a reply`);
+  return encodeFrame(Buffer.concat(parts, size));
 }
 
 /** What an 'E' frame reports: each output's blob, in the memo's output order. */

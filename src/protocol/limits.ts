@@ -23,14 +23,18 @@ export const FRAME_DISTRIBUTE = 0x54; // 'T'
 /** A miss the client stores itself, daemon → client: u8 'S' then a memo file (memo.v1) whose
  * output digests and sizes are zero; answered with 'E' (stored) or 'D' (docs/protocol.md). */
 export const FRAME_STORE_YOURSELF = 0x53; // 'S'
-/** client → daemon after 'S': u8 'E', u8 memo written, u32 n, n × (32 hex digest, u64 size). */
+/** client → daemon after 'S' or 'H': u8 'E', u8 memo written, u32 n, n × (32 hex digest, u64 size). */
 export const FRAME_STORED = 0x45; // 'E'
+/** A team-cache hit the client stores and serves itself, daemon → client: u8 'H', u32 memo
+ * length, the memo (filled in), then per output u32 length + bytes; answered with 'E'. */
+export const FRAME_HIT_STORE = 0x48; // 'H'
 
 /** Flag bits of the compile request. */
 export const FLAG_STDERR_TTY = 1;
 /** The client can run the compiler on a miss itself and report back ('M', 'D', 'A'). */
 export const FLAG_COMPILES_ON_MISS = 2;
-/** With FLAG_COMPILES_ON_MISS: the client can also store a clean miss itself ('S', 'E'). */
+/** With FLAG_COMPILES_ON_MISS: the client can also store a clean miss ('S', 'E') and a
+ * team-cache hit ('H', 'E') itself. */
 export const FLAG_STORES_ON_MISS = 4;
 
 /** Largest 'C' payload: the client falls back rather than send more; the daemon rejects more. */
@@ -106,6 +110,7 @@ const ENTRIES: [string, number][] = [
   ['FRAME_DISTRIBUTE', FRAME_DISTRIBUTE],
   ['FRAME_STORE_YOURSELF', FRAME_STORE_YOURSELF],
   ['FRAME_STORED', FRAME_STORED],
+  ['FRAME_HIT_STORE', FRAME_HIT_STORE],
   ['FLAG_STDERR_TTY', FLAG_STDERR_TTY],
   ['FLAG_COMPILES_ON_MISS', FLAG_COMPILES_ON_MISS],
   ['FLAG_STORES_ON_MISS', FLAG_STORES_ON_MISS],

@@ -27,10 +27,25 @@ export interface PutOptions {
   parsed?: boolean;
 }
 
+export interface AdoptOptions {
+  /** The entry came from a farther tier (a team-cache hit): adopt it in the nearest tier only. */
+  nearestOnly?: boolean;
+}
+
+export interface GetOptions {
+  /**
+   * A composition that copies a hit from a farther tier into a nearer one (tiered) leaves that
+   * copy to the caller, which either adopts the entry itself or calls `writeBack`.
+   */
+  deferWriteBack?: boolean;
+}
+
 /** The storage contract both the local store and the team tier implement. None of these throws. */
 export interface CacheBackend {
   readonly name: string;
-  get(key: Digest): Promise<Lookup>;
+  get(key: Digest, options?: GetOptions): Promise<Lookup>;
+  /** The copy a `deferWriteBack` get left out: the entry into the nearest tier only. */
+  writeBack?(key: Digest, entry: StoredEntry): Promise<void>;
   put(key: Digest, entry: StoredEntry, options?: PutOptions): Promise<PutResult>;
   /** Removes the entry, so that no later get serves it. */
   delete(key: Digest): Promise<DeleteResult>;
@@ -44,5 +59,5 @@ export interface CacheBackend {
    * in the local store's blob directory, content-addressed by the digests in `record`. Refused
    * when a blob is not there with its size. Absent where no such directory exists.
    */
-  adopt?(key: Digest, record: EntryRecord): Promise<PutResult>;
+  adopt?(key: Digest, record: EntryRecord, options?: AdoptOptions): Promise<PutResult>;
 }

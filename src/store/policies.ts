@@ -1,13 +1,13 @@
 import type { Digest } from '../key/hash.js';
 import type { RemoteFailure } from '../remote/remoteFailure.js';
-import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from './backend.js';
+import type { AdoptOptions, CacheBackend, DeleteResult, GetOptions, Lookup, PutResult, StoredEntry } from './backend.js';
 import type { EntryRecord } from './record.js';
 
 /** Never writes: puts and deletes are refused, reads and touches pass through. */
 export function readOnly(b: CacheBackend): CacheBackend {
   return {
     name: `read-only(${b.name})`,
-    get: (k) => b.get(k),
+    get: (k, o) => b.get(k, o),
     touch: (k) => b.touch(k),
     put: async () => ({ kind: 'refused', reason: 'read-only' }),
     delete: async () => ({ kind: 'refused', reason: 'read-only' }),
@@ -30,7 +30,8 @@ export type TierEvent =
 export type TieredLookup = TierLookup & { tier?: 'local' | 'remote' };
 
 export interface Tiered extends CacheBackend {
-  get(key: Digest): Promise<TieredLookup>;
+  get(key: Digest, options?: GetOptions): Promise<TieredLookup>;
+  writeBack(key: Digest, entry: StoredEntry): Promise<void>;
 }
 
 /**
@@ -43,9 +44,22 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
   // be written before the hit returns, when the store writes it synchronously), and a lookup of
   // the same key meanwhile is answered from here.
   const writingBack = new Map<Digest, { entry: StoredEntry; done: Promise<void> }>();
+  const writeBack = (key: Digest, entry: StoredEntry): Promise<void> => {
+    // The team tier checked every file against its digest and parsed the record on arrival:
+    // neither is done again.
+    const done = local
+      .put(key, entry, { verified: true, parsed: true })
+      .then(
+        (back) => observe({ tier: 'local', op: 'put', result: back }),
+        (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),
+      )
+      .finally(() => writingBack.delete(key));
+    writingBack.set(key, { entry, done });
+    return done;
+  };
   return {
     name: `tiered(${local.name}, ${remote.name})`,
-    async get(key) {
+    async get(key, options) {
       const pending = writingBack.get(key);
       if (pending) return { kind: 'hit', entry: pending.entry, tier: 'local' };
       const l = await local.get(key);
@@ -54,18 +68,10 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
       const r = await remote.get(key);
       observe({ tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
-      // The team tier checked every file against its digest and parsed the record on arrival:
-      // neither is done again.
-      const done = local
-        .put(key, r.entry, { verified: true, parsed: true })
-        .then(
-          (back) => observe({ tier: 'local', op: 'put', result: back }),
-          (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),
-        )
-        .finally(() => writingBack.delete(key));
-      writingBack.set(key, { entry: r.entry, done });
+      if (!options?.deferWriteBack) void writeBack(key, r.entry);
       return { ...r, tier: 'remote' };
     },
+    writeBack,
     /** Both tiers; the answer is the local one, as for put. */
     async delete(key) {
       // A write-back finishing after the local delete would bring the entry back.
@@ -79,10 +85,10 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
     ...(local.adopt
       ? {
           /** Local adoption; the team tier gets the files read back from the local blobs. */
-          async adopt(key: Digest, record: EntryRecord) {
+          async adopt(key: Digest, record: EntryRecord, options?: AdoptOptions) {
             const l = await local.adopt!(key, record);
             observe({ tier: 'local', op: 'put', result: l });
-            if (l.kind !== 'stored') return l;
+            if (l.kind !== 'stored' || options?.nearestOnly) return l;
             const found = await local.get(key);
             if (found.kind === 'hit') {
               const r = await remote.put(key, found.entry);

@@ -24,6 +24,7 @@ import {
   encodeAck,
   encodeCompileYourself,
   encodeFrame,
+  encodeHitStore,
   encodeJson,
   encodePassthrough,
   encodeResult,
@@ -874,6 +875,72 @@ test("'S': a clean run is stored by the client (blob, memo) and reported with 'E
     assert.equal(got[0]![0], FRAME_DONE, `${what}: reported with 'D'`);
     assert.equal(decodeDone(got[0]!).exit, status, what);
     assert.deepEqual(blobs(cacheDir), [], `${what}: no blob`);
+    assert.ok(!fs.existsSync(path.join(cacheDir, 'memo')), `${what}: no memo`);
+  }
+});
+
+test("'H': a team-cache hit is stored by the client (blob, memo), reported with 'E' and served from the memo; a bad payload compiles instead", async () => {
+  await initHash();
+  const KEY = 'cd'.repeat(16);
+  const input = path.join(tmp, 'hit-input.bc');
+  fs.writeFileSync(input, 'index');
+  const out = path.join(tmp, 'hit.o');
+  const bytes = Buffer.from('object from the team');
+  const memoFor = (data: Buffer, stderr = '') =>
+    encodeMemo({
+      key: KEY,
+      checks: [{ kind: 'content', path: input, size: 5, digest: hashBytes('index') }],
+      outputs: [{ path: out, digest: hashBytes(data), size: data.length }],
+      stdout: Buffer.alloc(0),
+      stderr: Buffer.from(stderr),
+    });
+  // The "compiler" writes other bytes: whatever it leaves shows whether it ran.
+  const args = ['/bin/sh', '-c', 'printf compiled > "$0"', out, '-fthinlto-index=hit-input.bc'];
+  const hitStore =
+    (frame: Buffer, got: Buffer[]): Handler =>
+    (_req, sock) => {
+      const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
+      sock.on('data', (chunk: Buffer) => got.push(...dec.push(chunk)));
+      sock.write(frame);
+    };
+  const prepared = () => {
+    const cacheDir = newCacheDir();
+    for (const d of ['tmp', 'blobs']) fs.mkdirSync(path.join(cacheDir, 'store', 'v1', d), { recursive: true });
+    return cacheDir;
+  };
+  {
+    const cacheDir = prepared();
+    const got: Buffer[] = [];
+    fs.rmSync(out, { force: true });
+    await withDaemon(cacheDir, hitStore(encodeHitStore(memoFor(bytes, 'warning: kept\n'), [bytes]), got), async () => {
+      const r = await run(client, args, { env: baseEnv(cacheDir) });
+      assert.equal(r.status, 0, r.stderr.toString());
+      assert.equal(r.stderr.toString(), 'warning: kept\n', 'the stored stderr is replayed');
+    });
+    assert.ok(fs.readFileSync(out).equals(bytes), 'served from the memo');
+    assert.equal(got.length, 1);
+    assert.deepEqual(decodeStored(got[0]!), { memoWritten: true, outputs: [{ digest: hashBytes(bytes), size: bytes.length }] });
+    const d = hashBytes(bytes);
+    assert.ok(fs.readFileSync(path.join(cacheDir, 'store', 'v1', 'blobs', d.slice(0, 2), d.slice(2))).equals(bytes));
+    assert.ok(fs.readFileSync(memoPath(cacheDir, lookupDigest('/bin/sh', tmp, args.slice(1)))).equals(memoFor(bytes, 'warning: kept\n')));
+    assert.ok(!fs.existsSync(path.join(cacheDir, 'memo', 'hits.log')), 'no notice: the daemon counted this hit');
+  }
+  // Bytes that do not match the memo, a short payload, trailing bytes: nothing stored, the compiler runs.
+  const bad: [string, Buffer][] = [
+    ['bytes not matching the digest', encodeHitStore(memoFor(bytes), [Buffer.from('object from the tean')])],
+    ['a missing output', encodeHitStore(memoFor(bytes), [])],
+    ['trailing bytes', encodeHitStore(memoFor(bytes), [bytes, Buffer.from('x')])],
+    ['a truncated memo', encodeHitStore(memoFor(bytes).subarray(0, 30), [bytes])],
+  ];
+  for (const [what, frame] of bad) {
+    const cacheDir = prepared();
+    const got: Buffer[] = [];
+    fs.rmSync(out, { force: true });
+    await withDaemon(cacheDir, hitStore(frame, got), async () => {
+      assert.equal((await run(client, args, { env: baseEnv(cacheDir) })).status, 0, what);
+    });
+    assert.equal(fs.readFileSync(out, 'latin1'), 'compiled', `${what}: the compiler ran`);
+    assert.deepEqual(got, [], `${what}: nothing reported`);
     assert.ok(!fs.existsSync(path.join(cacheDir, 'memo')), `${what}: no memo`);
   }
 });

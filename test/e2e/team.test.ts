@@ -73,6 +73,9 @@ describe('team cache', () => {
     s = bob.cache.stats();
     assert.equal(s.hits, 2 * bob.b.modules.length);
     assert.equal(s.remote_hits, bob.b.modules.length, 'the rebuild is served locally');
+    assert.equal(s.memo_hits, bob.b.modules.length, "the rebuild is served by the memos the client wrote for the team-cache hits ('H')");
+    assert.equal(s.entries, bob.b.modules.length, 'each team-cache hit is in the local store');
+    assertMatchesDirect(bob.b);
     const remote = JSON.parse(bob.cache.cli(['stats', '--remote', '--json']).stdout) as Record<string, number>;
     assert.ok(remote.entries! >= a.b.modules.length);
     assert.ok(remote.hits! >= bob.b.modules.length);
