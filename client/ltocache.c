@@ -899,6 +899,7 @@ static void run_via_daemon(const struct job *j) {
     free(abs);
     free(cwd);
     if (fd >= 0) close(fd);
+    replay_or_return(reply, n);
     /* 'P' (passthrough: the daemon asks us to run the compiler), or anything malformed or
      * unknown: fall back. The reason string of a 'P' is for the daemon's logs, not ours. */
 }
