@@ -296,11 +296,8 @@ export class JobPipeline {
     const writeBack = () => {
       if (defer && found.tier === 'remote') this.spawn(this.o.cache.writeBack!(key, entry));
     };
-    // A verify mismatch may have landed while the lookup ran.
-    if (this.o.deny.has(key)) {
-      writeBack();
-      return null;
-    }
+    // A verify mismatch may have landed while the lookup ran (then nothing is written back).
+    if (this.o.deny.has(key)) return null;
     if (defer && found.tier === 'remote' && (await this.handOver(k, entry, outputs, req, ctx.serveOnClient!))) {
       this.counters.add(Counter.hits);
       this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
