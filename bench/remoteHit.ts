@@ -7,10 +7,13 @@ import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../test/support/env.js'
 import { ServerProcess, TOKENS } from '../test/support/server.js';
 
 /**
- * Daemon CPU per remote hit against per local hit, side by side in one run: a teammate uploads
- * every job, then a second daemon with an empty local store serves them from the team server
- * (remote hits, written back locally), then again from its store (local hits). CPU from /proc
- * of the daemon only, so the client, the server and other load hardly count. An untimed first
+ * Daemon CPU per remote hit and per miss, with the client storing (the default: 'H' for a
+ * team-cache hit, 'S' for a miss, docs/protocol.md) and with the daemon storing
+ * (`LTOCACHE_MEMO=0`), side by side in one run, rounds alternating the two. A teammate uploads
+ * every job; a second daemon with an empty local store then serves them from the team server
+ * (remote hits, written back locally), then again from its store (local hits); a third daemon
+ * with no team cache compiles them (misses; its store cleared every round). CPU from /proc of
+ * the daemon only, so the client, the server and other load hardly count. An untimed first
  * round keeps the daemon's one-time start-up work out of the rows; `--warmup N` adds N untimed
  * rounds like the timed ones, so that V8 has compiled the hot code (its optimizing compiler
  * runs on other threads of the daemon, and a daemon does that once in its life, not per hit).
@@ -99,48 +102,73 @@ try {
   for (let k = 0; k < 200 && alice.stats().uploads < total; k++) await new Promise((r) => setTimeout(r, 100));
   // One untimed round first: what a daemon does once in its life (identifying the toolchain,
   // hashing its binaries, connecting to the server) is no part of a remote hit's cost.
+  const carol = new CacheEnv('rh-carol');
+  carol.start();
+  const c = ThinBuild.fromFixture(FIXTURE, join(tempDir('rh-c'), 'src'));
+  c.frontEnd();
+  c.thinLink();
+  /** The two ways of storing: by the client (default), by the daemon. */
+  const MODES = [
+    { name: 'stored by the client', env: {} },
+    { name: 'stored by the daemon (LTOCACHE_MEMO=0)', env: { LTOCACHE_MEMO: '0' } },
+  ];
+  // One untimed round first: what a daemon does once in its life (identifying the toolchain,
+  // hashing its binaries, connecting to the server) is no part of a remote hit's cost.
   for (const m of b.modules) job(b, bob.env, m, VARIANTS[0]!);
+  for (const m of c.modules) job(c, carol.env, m, VARIANTS[0]!);
   const pid = bob.daemonPid()!;
-  const remoteThreads = new Map<string, number>();
-  let remoteCpu = 0;
-  let localCpu = 0;
-  let n = 0;
+  const carolPid = carol.daemonPid()!;
+  const rows = new Map<string, { cpu: number; n: number; threads: Map<string, number> }>();
+  const add = (row: string, cpu: number, n: number, t0?: Map<string, number>, t1?: Map<string, number>) => {
+    const r = rows.get(row) ?? { cpu: 0, n: 0, threads: new Map<string, number>() };
+    r.cpu += cpu;
+    r.n += n;
+    if (t0 && t1) for (const [k, x] of t1) r.threads.set(k, (r.threads.get(k) ?? 0) + x - (t0.get(k) ?? 0));
+    rows.set(row, r);
+  };
   for (let r = -WARMUP; r < ROUNDS; r++) {
-    bob.cli(['clear']);
-    // LevelDB's compaction after the clear runs on the daemon's threads: let it finish first.
-    await new Promise((res) => setTimeout(res, 400));
     const v = VARIANTS[(r + WARMUP) % VARIANTS.length]!;
-    let c0 = cpuMs(pid);
-    const t0 = threadCpu(pid);
-    for (const m of b.modules) job(b, bob.env, m, v);
-    // Write-backs finish off the hit path; their CPU is the remote hit's too.
-    await new Promise((res) => setTimeout(res, 100));
-    if (r < 0) {
-      for (const m of b.modules) job(b, bob.env, m, v);
-      continue;
+    const order = r % 2 === 0 ? MODES : [...MODES].reverse();
+    for (const mode of order) {
+      const bobEnv = { ...bob.env, ...mode.env };
+      bob.cli(['clear']);
+      carol.cli(['clear']);
+      // LevelDB's compaction after the clear runs on the daemon's threads: let it finish first.
+      await new Promise((res) => setTimeout(res, 400));
+      let c0 = cpuMs(pid);
+      let t0 = threadCpu(pid);
+      for (const m of b.modules) job(b, bobEnv, m, v);
+      // Write-backs finish off the hit path; their CPU is the remote hit's too.
+      await new Promise((res) => setTimeout(res, 100));
+      if (r >= 0) add(`remote hit, ${mode.name}`, cpuMs(pid) - c0, b.modules.length, t0, threadCpu(pid));
+      c0 = cpuMs(pid);
+      for (const m of b.modules) job(b, bobEnv, m, v);
+      if (r >= 0) add(`local hit after it, ${mode.name}`, cpuMs(pid) - c0, b.modules.length);
+      const carolEnv = { ...carol.env, ...mode.env };
+      c0 = cpuMs(carolPid);
+      t0 = threadCpu(carolPid);
+      for (const m of c.modules) job(c, carolEnv, m, v);
+      await new Promise((res) => setTimeout(res, 100));
+      if (r >= 0) add(`miss, ${mode.name}`, cpuMs(carolPid) - c0, c.modules.length, t0, threadCpu(carolPid));
     }
-    remoteCpu += cpuMs(pid) - c0;
-    for (const [k, x] of threadCpu(pid)) remoteThreads.set(k, (remoteThreads.get(k) ?? 0) + x - (t0.get(k) ?? 0));
-    c0 = cpuMs(pid);
-    for (const m of b.modules) job(b, bob.env, m, v);
-    localCpu += cpuMs(pid) - c0;
-    n += b.modules.length;
   }
   const s = bob.stats();
-  console.log(`| daemon CPU (${n} jobs each after ${WARMUP} + 1 untimed rounds, /proc, 10 ms ticks) | ms per job |`);
-  console.log('|---|---|');
-  console.log(`| remote hit (empty local store → team server, written back) | ${(remoteCpu / n).toFixed(2)} |`);
-  console.log(`| local hit (the same jobs again) | ${(localCpu / n).toFixed(2)} |`);
-  console.log(`| remote hit minus local hit | ${((remoteCpu - localCpu) / n).toFixed(2)} |`);
-  console.log(
-    `remote hits, daemon CPU by thread (ms per job): ${[...remoteThreads]
-      .filter(([, x]) => x > 0)
-      .map(([k, x]) => `${k} ${(x / n).toFixed(2)}`)
-      .join(', ')}`,
-  );
-  console.log(`bob: remote_hits=${s.remote_hits} hits=${s.hits} misses=${s.misses} remote_errors=${s.remote_errors}`);
-  // Every job of every round was a remote hit, the untimed ones too.
-  if (s.misses > 0 || s.remote_hits !== (ROUNDS + WARMUP + 1) * b.modules.length) process.exitCode = 1;
+  const n = rows.values().next().value?.n ?? 0;
+  console.log(`| daemon CPU (${n} jobs per row after ${WARMUP} + 1 untimed rounds, /proc, 10 ms ticks) | ms per job | main thread | other threads |`);
+  console.log('|---|---:|---:|---:|');
+  for (const [name, r] of rows) {
+    const main = (r.threads.get('main user') ?? 0) + (r.threads.get('main sys') ?? 0);
+    const other = (r.threads.get('other threads user') ?? 0) + (r.threads.get('other threads sys') ?? 0);
+    const split = r.threads.size ? `${(main / r.n).toFixed(2)} | ${(other / r.n).toFixed(2)}` : '— | —';
+    console.log(`| ${name} | ${(r.cpu / r.n).toFixed(2)} | ${split} |`);
+  }
+  const ratio = (a: string, b: string) => (rows.get(b)!.cpu > 0 ? (rows.get(a)!.cpu / rows.get(b)!.cpu).toFixed(2) : '-');
+  console.log(`client storing / daemon storing: remote hit ${ratio(`remote hit, ${MODES[0]!.name}`, `remote hit, ${MODES[1]!.name}`)} ×, miss ${ratio(`miss, ${MODES[0]!.name}`, `miss, ${MODES[1]!.name}`)} ×`);
+  const cs = carol.stats();
+  console.log(`bob: remote_hits=${s.remote_hits} hits=${s.hits} memo_hits=${s.memo_hits} misses=${s.misses} remote_errors=${s.remote_errors}; carol: misses=${cs.misses} stored by the client=${cs.misses_stored_by_client}`);
+  carol.destroy();
+  // Every remote round's jobs were remote hits, the untimed ones too.
+  if (s.misses > 0 || s.remote_hits !== (2 * (ROUNDS + WARMUP) + 1) * b.modules.length) process.exitCode = 1;
 } finally {
   alice.destroy();
   bob.destroy();
