@@ -184,30 +184,11 @@ void memo_lookup_digest(const char *compiler_abs, const char *cwd, int argc, cha
     digest128_hex(&d, out);
 }
 
-/* Hashes the rest of fd; returns 0 with the digest and byte count, or -1 on a read error. */
-static int digest_fd(int fd, unsigned char *chunk, char out[DIGEST_HEX_LEN + 1],
-                     uint64_t *size) {
-    struct digest128 d;
-    digest128_init(&d);
-    uint64_t total = 0;
-    for (;;) {
-        ssize_t r = read(fd, chunk, COPY_CHUNK);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return -1;
-        if (r == 0) break;
-        digest128_update(&d, chunk, (size_t)r);
-        total += (uint64_t)r;
-    }
-    digest128_hex(&d, out);
-    *size = total;
-    return 0;
-}
-
 int memo_file_digest(const char *path, char out[DIGEST_HEX_LEN + 1], uint64_t *size) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return -1;
     unsigned char *chunk = malloc(COPY_CHUNK);
-    int r = chunk ? digest_fd(fd, chunk, out, size) : -1;
+    int r = chunk ? copy_hashing(fd, -1, chunk, UINT64_MAX, out, size) : -1;
     free(chunk);
     close(fd);
     return r;
@@ -262,7 +243,7 @@ static int check_content(const char *path, const struct memo_check *c, unsigned 
     char hex[DIGEST_HEX_LEN + 1];
     uint64_t size = 0;
     int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == c->size &&
-             digest_fd(fd, chunk, hex, &size) == 0 && size == c->size &&
+             copy_hashing(fd, -1, chunk, UINT64_MAX, hex, &size) == 0 && size == c->size &&
              memcmp(hex, c->digest, DIGEST_HEX_LEN) == 0;
     close(fd);
     return ok ? 0 : -1;
@@ -380,6 +361,28 @@ char *fmt(const char *f, ...) {
     return r < 0 ? NULL : s;
 }
 
+int copy_hashing(int in, int out, unsigned char *chunk, uint64_t limit,
+                 char hex[DIGEST_HEX_LEN + 1], uint64_t *total) {
+    struct digest128 d;
+    digest128_init(&d);
+    *total = 0;
+    int ok = 1;
+    for (;;) {
+        ssize_t r = read(in, chunk, COPY_CHUNK);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) { ok = 0; break; }
+        if (r == 0) break;
+        digest128_update(&d, chunk, (size_t)r);
+        *total += (uint64_t)r;
+        if (*total > limit || (out >= 0 && write_all(out, chunk, (size_t)r, 0) != 0)) {
+            ok = 0;
+            break;
+        }
+    }
+    digest128_hex(&d, hex);
+    return ok ? 0 : -1;
+}
+
 int stage_output(const char *cache_dir, const struct memo_output *o, const char *token,
                  unsigned n, unsigned char *chunk, struct staged *s) {
     s->path = memo_name(o->path, token);
@@ -411,23 +414,11 @@ int stage_output(const char *cache_dir, const struct memo_output *o, const char 
         return -1;
     }
     s->temp = temp;
-    struct digest128 d;
-    digest128_init(&d);
+    char hex[DIGEST_HEX_LEN + 1];
     uint64_t total = 0;
-    int ok = 1;
-    for (;;) {
-        ssize_t r = read(in, chunk, COPY_CHUNK);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) { ok = 0; break; }
-        if (r == 0) break;
-        digest128_update(&d, chunk, (size_t)r);
-        total += (uint64_t)r;
-        if (total > o->size || write_all(out, chunk, (size_t)r, 0) != 0) { ok = 0; break; }
-    }
+    int ok = copy_hashing(in, out, chunk, o->size, hex, &total) == 0;
     close(in);
     if (close(out) != 0) ok = 0;
-    char hex[DIGEST_HEX_LEN + 1];
-    digest128_hex(&d, hex);
     return ok && total == o->size && memcmp(hex, o->digest, DIGEST_HEX_LEN) == 0 ? 0 : -1;
 }
 

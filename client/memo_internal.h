@@ -61,6 +61,13 @@ struct staged {
     char *temp;  /* created by us beside it; unlinked unless renamed */
 };
 
+/* Copies the rest of `in` to `out` (none if out < 0) through `chunk` (COPY_CHUNK bytes), hashing
+ * what it reads.
+ * Returns 0 with the content digest and the byte count, or -1 on a read or write error or once
+ * more than `limit` bytes were read. */
+int copy_hashing(int in, int out, unsigned char *chunk, uint64_t limit,
+                 char hex[DIGEST_HEX_LEN + 1], uint64_t *total);
+
 /* Copies the output's blob into a new temp file beside it (named with `n`, unique within this
  * process's run), verifying digest and size. Fills s (s->temp only once the temp exists).
  * Returns 0, or -1. */

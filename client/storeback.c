@@ -50,22 +50,10 @@ static int store_blob(const char *cache_dir, const struct memo_output *o, unsign
         free(tmp);
         return -1;
     }
-    struct digest128 d;
-    digest128_init(&d);
     uint64_t total = 0;
-    int ok = 1;
-    for (;;) {
-        ssize_t r = read(in, chunk, COPY_CHUNK);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) { ok = 0; break; }
-        if (r == 0) break;
-        digest128_update(&d, chunk, (size_t)r);
-        total += (uint64_t)r;
-        if (write_all(out, chunk, (size_t)r, 0) != 0) { ok = 0; break; }
-    }
+    int ok = copy_hashing(in, out, chunk, UINT64_MAX, hex, &total) == 0;
     close(in);
     if (close(out) != 0) ok = 0;
-    digest128_hex(&d, hex);
     *size = total;
     if (!ok || total == 0) unlink(tmp);
     else ok = place_blob(cache_dir, tmp, hex) == 0;
