@@ -163,9 +163,13 @@ try {
     console.log(`| ${name} | ${(r.cpu / r.n).toFixed(2)} | ${split} |`);
   }
   const ratio = (a: string, b: string) => (rows.get(b)!.cpu > 0 ? (rows.get(a)!.cpu / rows.get(b)!.cpu).toFixed(2) : '-');
-  console.log(`client storing / daemon storing: remote hit ${ratio(`remote hit, ${MODES[0]!.name}`, `remote hit, ${MODES[1]!.name}`)} ×, miss ${ratio(`miss, ${MODES[0]!.name}`, `miss, ${MODES[1]!.name}`)} ×`);
+  console.log(
+    `client storing / daemon storing: remote hit ${ratio(`remote hit, ${MODES[0]!.name}`, `remote hit, ${MODES[1]!.name}`)} ×, miss ${ratio(`miss, ${MODES[0]!.name}`, `miss, ${MODES[1]!.name}`)} ×`,
+  );
   const cs = carol.stats();
-  console.log(`bob: remote_hits=${s.remote_hits} hits=${s.hits} memo_hits=${s.memo_hits} misses=${s.misses} remote_errors=${s.remote_errors}; carol: misses=${cs.misses} stored by the client=${cs.misses_stored_by_client}`);
+  console.log(
+    `bob: remote_hits=${s.remote_hits} hits=${s.hits} memo_hits=${s.memo_hits} misses=${s.misses} remote_errors=${s.remote_errors}; carol: misses=${cs.misses} stored by the client=${cs.misses_stored_by_client}`,
+  );
   carol.destroy();
   // Every remote round's jobs were remote hits, the untimed ones too.
   if (s.misses > 0 || s.remote_hits !== (2 * (ROUNDS + WARMUP) + 1) * b.modules.length) process.exitCode = 1;

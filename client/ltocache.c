@@ -53,6 +53,7 @@
 #include "io.h"
 #include "distmemo.h"
 #include "memo.h"
+#include "reply.h"
 #include "storeback.h"
 
 extern char **environ;
@@ -636,24 +637,13 @@ _Noreturn static void exit_like(int status, int sig) {
  * (then the caller falls back), else 0. Layout: 'R', i32 status (0..255), i32 signal
  * (0..MAX_SIGNAL), str stdout, str stderr, nothing else. */
 static int replay_result(const unsigned char *p, uint32_t n, int *status, int *sig) {
-    if (n < LTOC_RESULT_OVERHEAD) return -1;
-    int32_t st = (int32_t)get_u32(p + 1), sg = (int32_t)get_u32(p + 5);
-    if (st < 0 || st > 255 || sg < 0 || sg > (int32_t)LTOC_MAX_SIGNAL) return -1;
-    size_t at = 9;
-    uint32_t out_len = get_u32(p + at);
-    at += 4;
-    if (out_len > n - at || n - at - out_len < 4) return -1;
-    const unsigned char *out = p + at;
-    at += out_len;
-    uint32_t err_len = get_u32(p + at);
-    at += 4;
-    if (err_len != n - at) return -1;  /* exact: no trailing bytes */
-    const unsigned char *err = p + at;
-    int ok = write_all(1, out, out_len, 0) == 0;
-    if (write_all(2, err, err_len, 0) != 0) ok = 0;
+    struct reply_result r;
+    if (reply_parse_result(p, n, &r) != 0) return -1;
+    int ok = write_all(1, r.out.p, r.out.len, 0) == 0;
+    if (write_all(2, r.err.p, r.err.len, 0) != 0) ok = 0;
     /* Output we could not deliver must not look like success. */
-    *status = ok || st != 0 || sg != 0 ? st : 1;
-    *sig = sg;
+    *status = ok || r.status != 0 || r.sig != 0 ? r.status : 1;
+    *sig = r.sig;
     return 0;
 }
 
@@ -847,7 +837,7 @@ static unsigned char *send_request(struct buf *req, int *fd, uint32_t *n) {
 static void replay_or_return(unsigned char *reply, uint32_t n) {
     if (!reply) return;
     int status = 0, sig = 0;
-    int ok = reply[0] == LTOC_FRAME_RESULT && replay_result(reply, n, &status, &sig) == 0;
+    int ok = replay_result(reply, n, &status, &sig) == 0;
     free(reply);
     if (ok) exit_like(status, sig);
 }

@@ -6,6 +6,7 @@
 
 #include "io.h"
 #include "memo_internal.h"
+#include "reply.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -120,42 +121,27 @@ done:
     return rc;
 }
 
-static uint32_t get_u32_le(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 int store_fetched(const char *cache_dir, const char *lookup, const unsigned char *p, size_t n,
                   struct stored_outputs *out) {
-    if (n < 4 || get_u32_le(p) > n - 4) return -1;
-    size_t mlen = get_u32_le(p);
-    const unsigned char *memo = p + 4;
     struct memo m;
-    if (memo_parse(memo, mlen, &m) != 0) return -1;
+    struct memo_bytes memo, files[MEMO_MAX_OUTPUTS];
+    if (reply_parse_hit(p, n, &m, &memo, files) != 0) return -1;
     int rc = -1;
-    size_t at = 4 + mlen;
     for (uint32_t i = 0; i < m.noutputs; i++) {
-        if (n - at < 4) goto done;
-        size_t len = get_u32_le(p + at);
-        at += 4;
-        if (len > n - at || len != m.outputs[i].size || len == 0) goto done;
-        char hex[DIGEST_HEX_LEN + 1];
-        digest128_bytes_hex(p + at, len, hex);
-        if (memcmp(hex, m.outputs[i].digest, DIGEST_HEX_LEN) != 0) goto done;
         char *tmp = fmt("%s/store/v1/tmp/client-%ld-%u", cache_dir, (long)getpid(), i);
         int fd = tmp ? open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
-        int ok = fd >= 0 && write_all(fd, p + at, len, 0) == 0;
+        int ok = fd >= 0 && write_all(fd, files[i].p, files[i].len, 0) == 0;
         if (fd >= 0 && close(fd) != 0) ok = 0;
         if (fd >= 0 && !ok) unlink(tmp);
-        ok = ok && place_blob(cache_dir, tmp, hex) == 0;
+        ok = ok && place_blob(cache_dir, tmp, m.outputs[i].digest) == 0;
         free(tmp);
         if (!ok) goto done;
-        memcpy(out->digest[i], hex, sizeof hex);
-        out->size[i] = len;
-        at += len;
+        memcpy(out->digest[i], m.outputs[i].digest, DIGEST_HEX_LEN);
+        out->digest[i][DIGEST_HEX_LEN] = 0;
+        out->size[i] = files[i].len;
     }
-    if (at != n) goto done;
     out->n = m.noutputs;
-    out->memo_written = write_memo(cache_dir, lookup, memo, mlen) == 0;
+    out->memo_written = write_memo(cache_dir, lookup, memo.p, memo.len) == 0;
     rc = 0;
 done:
     memo_free(&m);

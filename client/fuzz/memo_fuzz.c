@@ -1,7 +1,10 @@
 /*
- * libFuzzer target for memo_parse (docs/memo.md, format v1) and dist_memo_parse
- * (cache-schema/distmemo.v1.md): an input starting with the distribution memo's magic goes to
- * the latter, every other input to the former. Each input is tried twice: as a whole memo file,
+ * libFuzzer target for memo_parse (docs/memo.md, format v1), dist_memo_parse
+ * (cache-schema/distmemo.v1.md) and the client's reply decoders (client/reply.h): an input
+ * starting with the distribution memo's magic goes to dist_memo_parse, one starting with 'R' to
+ * reply_parse_result, one starting with 'H' to reply_parse_hit (after that byte), every other
+ * input to memo_parse. A reply that parses must lie inside the input; an 'R' must re-encode to it
+ * and an 'H''s files must hash to its memo's digests. Each input is tried twice: as a whole memo file,
  * and as a memo body with its correct trailer appended, so that mutations reach the structure
  * parser instead of stopping at the trailer check. A memo that parses must re-encode to exactly
  * the bytes it came from, and every range it refers to must lie inside them.
@@ -14,6 +17,7 @@
 
 #include "../distmemo.h"
 #include "../memo.h"
+#include "../reply.h"
 
 #define REQUIRE(c) do { if (!(c)) abort(); } while (0)
 
@@ -161,9 +165,42 @@ static void try_dist(const unsigned char *buf, size_t len) {
     dist_memo_free(&m);
 }
 
+static void try_result(const unsigned char *buf, size_t len) {
+    struct reply_result r;
+    if (reply_parse_result(buf, len, &r) != 0) return;
+    REQUIRE(r.status >= 0 && r.status <= 255 && r.sig >= 0 && r.sig <= (int)LTOC_MAX_SIGNAL);
+    struct enc e = {malloc(len), 0, len};
+    REQUIRE(e.p);
+    put(&e, buf, 1);
+    put_le(&e, (uint64_t)r.status, 4);
+    put_le(&e, (uint64_t)r.sig, 4);
+    put_bytes(&e, buf, len, r.out);
+    put_bytes(&e, buf, len, r.err);
+    REQUIRE(e.len == len && memcmp(e.p, buf, len) == 0);
+    free(e.p);
+}
+
+static void try_hit(const unsigned char *buf, size_t len) {
+    struct memo m;
+    struct memo_bytes memo, files[MEMO_MAX_OUTPUTS];
+    if (reply_parse_hit(buf, len, &m, &memo, files) != 0) return;
+    inside(buf, len, memo.p, memo.len);
+    for (uint32_t i = 0; i < m.noutputs; i++) {
+        inside(buf, len, files[i].p, files[i].len);
+        char hex[DIGEST_HEX_LEN + 1];
+        digest128_bytes_hex(files[i].p, files[i].len, hex);
+        REQUIRE(files[i].len == m.outputs[i].size && memcmp(hex, m.outputs[i].digest, DIGEST_HEX_LEN) == 0);
+    }
+    memo_free(&m);
+}
+
 static void try_parse(const unsigned char *buf, size_t len) {
     if (len >= MEMO_MAGIC_LEN && memcmp(buf, DIST_MEMO_MAGIC, MEMO_MAGIC_LEN) == 0)
         try_dist(buf, len);
+    else if (len && buf[0] == LTOC_FRAME_RESULT)
+        try_result(buf, len);
+    else if (len && buf[0] == LTOC_FRAME_HIT_STORE)
+        try_hit(buf + 1, len - 1);
     else
         try_memo(buf, len);
 }

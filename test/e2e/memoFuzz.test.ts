@@ -1,6 +1,6 @@
 /**
- * Builds the libFuzzer target of the C memo parsers (client/fuzz/memo_fuzz.c: memo_parse and
- * dist_memo_parse) and runs client/fuzz/run.sh: every saved regression, then a short bounded
+ * Builds the libFuzzer target of the C memo parsers and reply decoders (client/fuzz/memo_fuzz.c:
+ * memo_parse, dist_memo_parse, reply_parse_result, reply_parse_hit) and runs client/fuzz/run.sh: every saved regression, then a short bounded
  * fuzzing run. Skipped, saying so, only when clang-19 or its fuzzer runtime is missing.
  * LTOCACHE_MEMO_FUZZ_SECONDS sets the fuzzing time (default 5). The committed seeds must be what
  * test/support/memoSeeds.ts generates.
@@ -39,7 +39,7 @@ test('the committed seeds are what memoSeeds generates (node dist/test/support/m
   for (const [name, b] of want) assert.ok(fs.readFileSync(path.join(dir, name)).equals(b), name);
 });
 
-test('memo_parse and dist_memo_parse fuzzing: regressions replay and a bounded run finds nothing', { skip: missing || false }, () => {
+test('memo_parse, dist_memo_parse and reply decoder fuzzing: regressions replay and a bounded run finds nothing', { skip: missing || false }, () => {
   const seconds = process.env.LTOCACHE_MEMO_FUZZ_SECONDS ?? '5';
   const r = spawnSync('sh', [path.join(TOP, 'client', 'fuzz', 'run.sh'), seconds], { encoding: 'utf8', maxBuffer: 64 << 20 });
   const tail = `${r.stdout}\n${r.stderr}`.split('\n').slice(-40).join('\n');

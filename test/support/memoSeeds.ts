@@ -1,15 +1,17 @@
 /**
- * Seed corpus of the memo_parse / dist_memo_parse fuzzer (client/fuzz): deterministic memos from
- * encodeMemo and distribution memos (`dist-*`) from encodeDistMemo, each written whole and as a
- * body without its trailer (the fuzz target appends the right trailer).
+ * Seed corpus of the memo_parse / dist_memo_parse / reply fuzzer (client/fuzz): deterministic memos
+ * from encodeMemo and distribution memos (`dist-*`) from encodeDistMemo, each written whole and as
+ * a body without its trailer (the fuzz target appends the right trailer), and an 'R' and an 'H'
+ * reply payload (`reply-*`).
  * Regenerate: node dist/test/support/memoSeeds.js client/fuzz/seeds
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { initHash } from '../../src/key/hash.js';
+import { hashBytes, initHash } from '../../src/key/hash.js';
 import { type DistMemo, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { encodeMemo, type Memo, type MemoCheck } from '../../src/memo/memoFormat.js';
+import { encodeHitStore, encodeResult } from '../../src/protocol/clientFrames.js';
 
 const hex = (c: string) => c.repeat(32);
 
@@ -45,6 +47,11 @@ export function memoSeeds(): [string, Buffer][] {
   const push = (name: string, whole: Buffer) => out.push([`${name}.memo`, whole], [`${name}.body`, whole.subarray(0, whole.length - 32)]);
   for (const [name, m] of memos) push(name, encodeMemo(m));
   for (const [name, m] of distSeeds(base)) push(name, encodeDistMemo(m));
+  // Reply payloads the client decodes ('R', 'H'; the fuzz target tells them apart by the type byte).
+  out.push(['reply-result', encodeResult({ exit: 1, signal: 0 }, Buffer.from('out\n'), Buffer.from('warning: x\n')).subarray(4)]);
+  const files = [Buffer.from('object bytes'), Buffer.from('dwarf')];
+  const hit = encodeMemo({ ...base, outputs: files.map((f, i) => ({ path: `/work/obj/h.${i}`, digest: hashBytes(f), size: f.length })) });
+  out.push(['reply-hit', encodeHitStore(hit, files).subarray(4)]);
   return out;
 }
 

@@ -1,0 +1,29 @@
+/*
+ * The daemon's replies as the client decodes them (docs/protocol.md): pure functions, no I/O,
+ * fuzzed with the memo parsers (client/fuzz/memo_fuzz.c).
+ */
+#ifndef LTOCACHE_REPLY_H
+#define LTOCACHE_REPLY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "memo.h"
+
+struct reply_result {
+    int status, sig;
+    struct memo_bytes out, err;  /* inside the payload */
+};
+
+/* An 'R' payload p[0..n) (type byte included): 0 with *r, or -1 for anything that is not exactly
+ * an 'R' (status in 0..255, signal in 0..MAX_SIGNAL, both streams inside, nothing after). */
+int reply_parse_result(const unsigned char *p, size_t n, struct reply_result *r);
+
+/* An 'H' payload after its type byte, p[0..n): u32 memo length, the memo, then for each of its
+ * outputs u32 length and bytes, nothing after. 0 when the memo parses (into *m: memo_free it; its
+ * bytes are *memo) and each output's bytes (files[i]) have the memo's size (not 0) and digest;
+ * -1 otherwise (nothing to free). */
+int reply_parse_hit(const unsigned char *p, size_t n, struct memo *m, struct memo_bytes *memo,
+                    struct memo_bytes files[MEMO_MAX_OUTPUTS]);
+
+#endif
