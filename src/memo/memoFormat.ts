@@ -47,9 +47,8 @@ export class MemoError extends Error {
 
 /** The memo's file name: digest of the command exactly as the client received it. */
 export function lookupDigest(compiler: string, cwd: string, args: readonly string[]): Digest {
-  const h = new Hasher().update('ltocache-memo-v1\0').update(`${compiler}\0`).update(`${cwd}\0`);
-  for (const a of args) h.update(`${a}\0`);
-  return h.digest();
+  // One update: the hasher's cost is per call (a copy into wasm memory), not per byte.
+  return new Hasher().update(`ltocache-memo-v1\0${compiler}\0${cwd}\0${args.length ? `${args.join('\0')}\0` : ''}`).digest();
 }
 
 export function memoDir(cacheDir: string): string {
