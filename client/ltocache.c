@@ -842,6 +842,14 @@ static void replay_or_return(unsigned char *reply, uint32_t n) {
     if (ok) exit_like(status, sig);
 }
 
+/* A 'P' whose reason says the daemon does not know a flag bit we set (docs/protocol.md). */
+static int unknown_flag_refusal(const unsigned char *reply, uint32_t n) {
+    static const char reason[] = "malformed request: unknown flag bits";
+    size_t k = sizeof reason - 1;
+    return reply && n >= 5 + k && reply[0] == LTOC_FRAME_PASSTHROUGH && get_u32(reply + 1) == n - 5 &&
+           memcmp(reply + 5, reason, k) == 0;
+}
+
 /* Hands a backend job to the daemon. Returns only when the caller must fall back. */
 static void run_via_daemon(const struct job *j) {
     /* The daemon runs the compiler itself, from another cwd: send an absolute path. */
@@ -866,6 +874,22 @@ static void run_via_daemon(const struct job *j) {
     int fd = -1;
     uint32_t n = 0;
     unsigned char *reply = send_request(&req, &fd, &n);
+    /* A daemon older than flag bit 2 (still running across an upgrade) refuses it by name:
+     * ask again without it rather than lose the cache until that daemon exits. */
+    if (stores && unknown_flag_refusal(reply, n)) {
+        free(reply);
+        reply = NULL;
+        close(fd);
+        stores = 0;
+        req = (struct buf){0};
+        if (build_request(&req, LTOC_FRAME_COMPILE, LTOC_FLAG_COMPILES_ON_MISS, abs, cwd,
+                          j->argv + 1, j->argc - 1) == 0)
+            reply = send_request(&req, &fd, &n);
+        else {
+            free(req.p);
+            fd = -1;
+        }
+    }
     if (reply && reply[0] == LTOC_FRAME_COMPILE_YOURSELF && n == 1) {
         free(reply);
         compile_and_report(fd, j, NULL, 0, NULL, NULL);

@@ -944,3 +944,33 @@ test("'H': a team-cache hit is stored by the client (blob, memo), reported with 
     assert.ok(!fs.existsSync(path.join(cacheDir, 'memo')), `${what}: no memo`);
   }
 });
+
+test('a daemon that does not know flag bit 2 refuses it by name: the client asks again without it', async () => {
+  const cacheDir = newCacheDir();
+  const seen: number[] = [];
+  const handler: Handler = (req, sock) => {
+    seen.push(req.storesOnMiss ? 1 : 0);
+    // What a daemon from before bit 2 answers (its decoder's message after "malformed request: ").
+    if (req.storesOnMiss) sock.end(encodePassthrough('malformed request: unknown flag bits 0x6'));
+    else sock.end(encodeResult(0, Buffer.from('served\n'), Buffer.alloc(0)));
+  };
+  await withDaemon(cacheDir, handler, async () => {
+    const r = await run(client, [COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir) });
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.equal(r.stdout.toString(), 'served\n');
+  });
+  assert.deepEqual(seen, [1, 0]);
+  // Any other passthrough is final: the compiler runs (and fails on the missing input).
+  const seen2: number[] = [];
+  await withDaemon(
+    cacheDir,
+    (req, sock) => {
+      seen2.push(req.storesOnMiss ? 1 : 0);
+      sock.end(encodePassthrough('uncacheable: not a backend job'));
+    },
+    async () => {
+      assert.equal((await run(client, [COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir) })).status, 1);
+    },
+  );
+  assert.deepEqual(seen2, [1]);
+});

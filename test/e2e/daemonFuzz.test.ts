@@ -177,6 +177,26 @@ describe('fuzz: the daemon over its socket', () => {
     rmSync(join(b.dir, '..'), { recursive: true, force: true });
   });
 
+  test("an unknown flag bit is refused with the reason a client retries on ('malformed request: unknown flag bits')", async () => {
+    const socket = socketPathFor(cache.dir, process.getuid!());
+    const frame = encodeCompileRequest({
+      version: 2,
+      stderrTty: false,
+      compilesOnMiss: true,
+      storesOnMiss: true,
+      umask: 0o22,
+      compiler: '/usr/bin/true',
+      cwd: work,
+      args: ['-x', 'ir'],
+      env: {},
+    });
+    frame.writeUInt32LE(frame.readUInt32LE(6) | 0x80, 6);
+    const x = await exchange(socket, [frame], 10_000);
+    const reply = decodeReply(new FrameDecoder(DEFAULT_MAX_FRAME).push(x.reply)[0]!);
+    assert.equal(reply.kind, 'passthrough');
+    assert.match(reply.kind === 'passthrough' ? reply.reason : '', /^malformed request: unknown flag bits 0x86$/);
+  });
+
   test('regressions: streams that once misbehaved', async () => {
     const socket = socketPathFor(cache.dir, process.getuid!());
     for (const r of DAEMON_REGRESSIONS) {
