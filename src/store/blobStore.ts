@@ -47,6 +47,16 @@ export class BlobStore {
     }
   }
 
+  /** The blob file's modification time in ms, or -Infinity when it is not there. */
+  async modifiedMs(digest: Digest): Promise<number> {
+    try {
+      return (await this.fs.stat(this.pathOf(digest))).mtimeMs;
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return Number.NEGATIVE_INFINITY;
+      throw e;
+    }
+  }
+
   /**
    * Stores `data` under `digest`; the caller has checked hashBytes(data) === digest.
    * Skips the write when a file of the right size is already there. Throws on I/O errors,

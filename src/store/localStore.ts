@@ -544,11 +544,13 @@ export class LocalStore implements CacheBackend {
   }
 
   /** Deletes those of `digests` no entry references; returns how many. Call under the mutex. */
-  private async dropUnreferenced(digests: Digest[]): Promise<number> {
+  /** Removes the blobs no entry references; with `olderThanMs`, only those modified before it. */
+  private async dropUnreferenced(digests: Digest[], olderThanMs?: number): Promise<number> {
     const refs = await this.refs.getMany(digests);
     let dropped = 0;
     for (const [i, d] of digests.entries()) {
       if (refs[i] !== undefined) continue;
+      if (olderThanMs !== undefined && (await this.blobs.modifiedMs(d)) >= olderThanMs) continue;
       await this.blobs.remove(d);
       dropped++;
     }
@@ -581,9 +583,12 @@ export class LocalStore implements CacheBackend {
         if (this.closing) return report;
         if (await this.mutex.run(() => this.dropIfBroken(key))) report.brokenEntries++;
       }
+      // A blob written since the sweep began may be one a client stored for an adoption still on
+      // its way (docs/protocol.md, 'S'): only older orphans go.
+      const began = this.opts.now();
       for await (const digests of this.blobs.shards()) {
         if (this.closing) return report;
-        report.orphanBlobs += await this.mutex.run(() => this.dropUnreferenced(digests));
+        report.orphanBlobs += await this.mutex.run(() => this.dropUnreferenced(digests, began));
       }
     } catch (e) {
       if (!this.closing) report.error = message(e);

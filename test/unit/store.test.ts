@@ -96,6 +96,9 @@ test('put/get round trip, delete, summary and layout on disk', async (t) => {
 test('adopt: an entry whose blobs a writer already stored is committed without rewriting them; a missing or short blob is refused', async (t) => {
   const dir = tempDir();
   const s = await openStore(t, { dir });
+  // Blobs planted before the start-up sweep has run are orphans it may remove (as it would a
+  // client's blob not adopted yet: the adoption is then refused).
+  await s.sweepDone;
   const e = entry({ obj: fill(3000, 9) });
   const writeBlob = (data: Buffer, name = data) => {
     const p = blobPath(dir, name);
@@ -340,10 +343,18 @@ test('the background sweep removes orphan blobs and entries whose blobs are miss
   fs.writeFileSync(orphan, 'orphan');
   const stray = join(layoutPaths(dir).blobs, 'README');
   fs.writeFileSync(stray, 'not a blob');
+  // Unreferenced but modified after the sweep began (dated ahead here): a client's blob whose
+  // adoption is on its way. It stays.
+  const fresh = blobPath(dir, 'fresh');
+  fs.mkdirSync(join(fresh, '..'), { recursive: true });
+  fs.writeFileSync(fresh, 'fresh');
+  const ahead = new Date(Date.now() + 60_000);
+  fs.utimesSync(fresh, ahead, ahead);
 
   const s = await openStore(t, { dir });
   assert.deepEqual(await s.sweepDone, { orphanBlobs: 1, brokenEntries: 1 });
   assert.equal(fs.existsSync(orphan), false);
+  assert.equal(fs.existsSync(fresh), true, 'a blob newer than the sweep is left for its adoption');
   assert.equal(fs.existsSync(stray), true, 'files not named like blobs are left alone');
   assert.equal(await hasRecord(s, key(2)), false);
   assertHit(await s.get(key(1)), e1);
