@@ -122,7 +122,11 @@ export class JobLog {
     this.pending = [];
     if (!ops.length) return;
     const bySub = new Map<string, typeof ops>();
-    for (const op of ops) bySub.set(op.sublevel, [...(bySub.get(op.sublevel) ?? []), op]);
+    for (const op of ops) {
+      const list = bySub.get(op.sublevel);
+      if (list) list.push(op);
+      else bySub.set(op.sublevel, [op]);
+    }
     for (const [name, list] of bySub) {
       await this.store.sublevel(name).batch(list.map((o) => ({ type: 'put' as const, key: o.key, value: o.value })));
     }

@@ -173,6 +173,8 @@ export class LocalStore implements CacheBackend {
   private readonly meta: Sub;
   private readonly blobs: BlobStore;
   private readonly appSublevels = new Map<string, StoreSublevel<unknown>>();
+  /** Last-use times written to `info` by this process, for touches within the interval. */
+  private readonly recentUse = new Map<Digest, number>();
   /** Keys evicted since the owner last emptied this list (the daemon removes their memos). */
   readonly evictedKeys: string[] = [];
   private bytes = 0;
@@ -425,13 +427,26 @@ export class LocalStore implements CacheBackend {
    */
   async touch(key: Digest): Promise<void> {
     if (!DIGEST_RE.test(key)) return;
+    // Most touches come within the interval of the entry's last use (a build's hits, drained in
+    // batches): answered from memory, without reading and validating the entry's bookkeeping.
+    const recent = this.recentUse.get(key);
+    if (recent !== undefined && this.opts.now() - recent < this.opts.touchIntervalMs) return;
     try {
       const info = readJson(this.info, key, EntryInfo);
-      if (info.kind === 'ok' && this.opts.now() - info.value.atime < this.opts.touchIntervalMs) return;
+      if (info.kind === 'ok' && this.opts.now() - info.value.atime < this.opts.touchIntervalMs) {
+        this.noteUse(key, info.value.atime);
+        return;
+      }
       await this.mutex.run(() => this.touchLocked(key));
     } catch {
       // A lost LRU update only ages the entry; the hit itself is verified.
     }
+  }
+
+  /** Remembers the last-use time written for `key` (bounded; a forgotten one is read again). */
+  private noteUse(key: Digest, atime: number): void {
+    if (this.recentUse.size >= 100_000) this.recentUse.clear();
+    this.recentUse.set(key, atime);
   }
 
   private async touchLocked(key: Digest): Promise<void> {
@@ -439,6 +454,7 @@ export class LocalStore implements CacheBackend {
     if (info.kind !== 'ok') return;
     const now = this.opts.now();
     if (now - info.value.atime < this.opts.touchIntervalMs) return;
+    this.noteUse(key, now);
     await this.db.batch([
       { type: 'del', sublevel: this.lru, key: lruKey(info.value.atime, key) },
       { type: 'put', sublevel: this.lru, key: lruKey(now, key), value: key },
@@ -467,6 +483,7 @@ export class LocalStore implements CacheBackend {
     m.bytesDelta += c.recordBytes;
     m.entriesDelta += 1;
     await this.commit(m);
+    this.noteUse(key, now);
     try {
       await this.evictIfNeeded();
     } catch {
@@ -558,6 +575,7 @@ export class LocalStore implements CacheBackend {
   }
 
   private async clearLocked(): Promise<void> {
+    this.recentUse.clear();
     await this.meta.put('clearing', '1');
     for (const s of [this.entries, this.info, this.lru, this.refs]) await s.clear();
     await this.blobs.removeAll();
