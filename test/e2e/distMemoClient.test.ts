@@ -16,7 +16,7 @@ import { hashBytes, initHash } from '../../src/key/hash.js';
 import { type DistMemo, distLookupDigest, distToken, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { CLIENT, tempDir } from '../support/env.js';
-import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, IS_ROOT, NOT_OURS, retrailed, runClient, writeBlob } from '../support/memoClient.js';
+import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, notOursFallbackTests, retrailed, runClient, writeBlob } from '../support/memoClient.js';
 
 let tmp: string;
 
@@ -298,13 +298,7 @@ for (const [what, mutate, extra] of fallbacks) {
   });
 }
 
-for (const [what, hand] of NOT_OURS) {
-  test(`falls back: ${what}`, { skip: !IS_ROOT && 'needs root to chown to nobody' }, () => {
-    const s = scenario();
-    hand(s.cache, s.file);
-    assertFellBack(s, s.run(), what);
-  });
-}
+notOursFallbackTests(scenario, (s, what) => assertFellBack(s, s.run(), what));
 
 test('falls back: a placeholder in a name when the file name has no token', () => {
   const s = scenario();

@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
 import { encodeMemo, lookupDigest, MEMO_MAX_CHECKS, MEMO_MAX_OUTPUTS, type Memo, type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { CLIENT, tempDir } from '../support/env.js';
-import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, IS_ROOT, NOT_OURS, retrailed, runClient, writeBlob } from '../support/memoClient.js';
+import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, notOursFallbackTests, retrailed, runClient, writeBlob } from '../support/memoClient.js';
 
 let tmp: string;
 
@@ -317,13 +317,7 @@ for (const [what, mutate] of fallbacks) {
   });
 }
 
-for (const [what, hand] of NOT_OURS) {
-  test(`falls back: ${what}`, { skip: !IS_ROOT && 'needs root to chown to nobody' }, () => {
-    const s = scenario();
-    hand(s.cache, s.file);
-    assertFellBack(s, s.run(), what);
-  });
-}
+notOursFallbackTests(scenario, (s, what) => assertFellBack(s, s.run(), what));
 
 test('a replay write error exits 1 even though the job succeeded', () => {
   const s = scenario();

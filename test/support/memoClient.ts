@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { test } from 'node:test';
 import { hashBytes } from '../../src/key/hash.js';
 import { CLIENT } from './env.js';
 
@@ -68,10 +69,24 @@ export const HOSTILE_MEMO_BYTES: [string, (memo: Buffer) => Buffer][] = [
 ];
 
 /** chown needs root: the memo rules' "owned by us" cases run only then. */
-export const IS_ROOT = process.getuid!() === 0;
+const IS_ROOT = process.getuid!() === 0;
 
 /** A memo file or the memo directory handed to `nobody`: the client must not trust either. */
-export const NOT_OURS: [string, (cache: string, memoFile: string) => void][] = [
+const NOT_OURS: [string, (cache: string, memoFile: string) => void][] = [
   ['memo file not owned by us', (_cache, memoFile) => fs.chownSync(memoFile, 65534, 65534)],
   ['memo dir not owned by us', (cache) => fs.chownSync(path.join(cache, 'memo'), 65534, 65534)],
 ];
+
+/**
+ * Registers one test per NOT_OURS case: a fresh scenario, its memo (`file`, under `cache`) handed
+ * to `nobody`, then `fellBack` asserts the client declined it.
+ */
+export function notOursFallbackTests<S extends { cache: string; file: string }>(scenario: () => S, fellBack: (s: S, what: string) => void): void {
+  for (const [what, hand] of NOT_OURS) {
+    test(`falls back: ${what}`, { skip: !IS_ROOT && 'needs root to chown to nobody' }, () => {
+      const s = scenario();
+      hand(s.cache, s.file);
+      fellBack(s, what);
+    });
+  }
+}
