@@ -31,6 +31,13 @@ static int place_blob(const char *cache_dir, const char *tmp, const char *hex) {
     return ok ? 0 : -1;
 }
 
+/* Creates the store's temp file for this process's blob number i (private, O_EXCL; the daemon
+ * empties tmp/ when it opens the store). Returns the fd with *tmp its malloc'd path, or -1. */
+static int open_blob_temp(const char *cache_dir, unsigned i, char **tmp) {
+    *tmp = fmt("%s/store/v1/tmp/client-%ld-%u", cache_dir, (long)getpid(), i);
+    return *tmp ? open(*tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
+}
+
 /* Copies the output o into the store's tmp/, hashing while copying, then renames it to its
  * blob name (an existing blob of that name has the same bytes). */
 static int store_blob(const char *cache_dir, const struct memo_output *o, unsigned i,
@@ -44,8 +51,8 @@ static int store_blob(const char *cache_dir, const struct memo_output *o, unsign
         if (in >= 0) close(in);
         return -1;
     }
-    char *tmp = fmt("%s/store/v1/tmp/client-%ld-%u", cache_dir, (long)getpid(), i);
-    int out = tmp ? open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
+    char *tmp = NULL;
+    int out = open_blob_temp(cache_dir, i, &tmp);
     if (out < 0) {
         close(in);
         free(tmp);
@@ -128,8 +135,8 @@ int store_fetched(const char *cache_dir, const char *lookup, const unsigned char
     if (reply_parse_hit(p, n, &m, &memo, files) != 0) return -1;
     int rc = -1;
     for (uint32_t i = 0; i < m.noutputs; i++) {
-        char *tmp = fmt("%s/store/v1/tmp/client-%ld-%u", cache_dir, (long)getpid(), i);
-        int fd = tmp ? open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
+        char *tmp = NULL;
+        int fd = open_blob_temp(cache_dir, i, &tmp);
         int ok = fd >= 0 && write_all(fd, files[i].p, files[i].len, 0) == 0;
         if (fd >= 0 && close(fd) != 0) ok = 0;
         if (fd >= 0 && !ok) unlink(tmp);

@@ -491,16 +491,18 @@ export class JobPipeline {
     return { ...run, entry };
   }
 
+  /** A fresh compile's entry is in the store: its bytes are counted and a denied key may be served again. */
+  private async newlyStored(key: string, bytes: number): Promise<void> {
+    this.counters.add(Counter.bytes_written, bytes);
+    if (this.o.deny.has(key)) await this.o.deny.remove(key).catch((e: unknown) => this.o.log.warn('cannot update the deny list', { key, error: String(e) }));
+  }
+
   /** Stores a fresh compile; once stored, a denied key may be served again. True when stored. */
   private async store(key: string, entry: StoredEntry): Promise<boolean> {
     try {
       const r = await this.o.cache.put(key, entry);
       if (r.kind === 'stored') {
-        this.counters.add(
-          Counter.bytes_written,
-          [...entry.files.values()].reduce((n, b) => n + b.length, 0),
-        );
-        if (this.o.deny.has(key)) await this.o.deny.remove(key).catch((e: unknown) => this.o.log.warn('cannot update the deny list', { key, error: String(e) }));
+        await this.newlyStored(key, entryBytes(entry));
         return true;
       }
       this.counters.error(r.kind === 'error' ? ErrorKind.store_write : ErrorKind.store_refused);
@@ -599,11 +601,7 @@ export class JobPipeline {
       return false;
     }
     this.counters.add(Counter.misses_stored_by_client);
-    this.counters.add(
-      Counter.bytes_written,
-      record.outputs.reduce((n, o) => n + o.size, 0),
-    );
-    if (this.o.deny.has(k.key)) await this.o.deny.remove(k.key).catch((e: unknown) => this.o.log.warn('cannot update the deny list', { key: k.key, error: String(e) }));
+    await this.newlyStored(k.key, entryBytes({ record }));
     if (stored.memoWritten) {
       sink.adopted?.(lookup, k.key);
       this.counters.add(Counter.memos_written);
@@ -667,6 +665,6 @@ function fromBase64(text: string): Buffer {
   return text === '' ? EMPTY : Buffer.from(text, 'base64');
 }
 
-function entryBytes(e: StoredEntry): number {
+function entryBytes(e: Pick<StoredEntry, 'record'>): number {
   return e.record.outputs.reduce((n, o) => n + o.size, 0);
 }
