@@ -7,7 +7,7 @@ import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js
 import { checksHold, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
-import { encodeMemo, lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
+import { encodeMemo, lookupDigest, type Memo, type MemoCheck, type MemoOutput } from '../memo/memoFormat.js';
 import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
@@ -523,9 +523,8 @@ export class JobPipeline {
   private async handOver(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest, serve: NonNullable<JobContext['serveOnClient']>): Promise<boolean> {
     const sink = this.o.memo;
     if (!sink || !k.checks || !this.o.cache.adopt) return false;
-    const byRole = new Map(entry.record.outputs.map((o) => [o.name, o]));
-    if (byRole.size !== outputs.length || !outputs.every((o) => byRole.has(o.role))) return false;
-    const memoOutputs = outputs.map((o) => ({ path: resolve(req.cwd, o.path), digest: byRole.get(o.role)!.digest, size: byRole.get(o.role)!.size }));
+    const memoOutputs = entry.record.outputs.length === outputs.length ? memoOutputsOf(entry.record, outputs, req.cwd) : null;
+    if (!memoOutputs) return false;
     let memo: Buffer;
     try {
       memo = encodeMemo({ key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(entry.record.stdout), stderr: fromBase64(entry.record.stderr) });
@@ -625,13 +624,8 @@ export class JobPipeline {
   ): Promise<void> {
     const sink = this.o.memo;
     if (!sink || !k.checks || this.o.deny.has(k.key)) return;
-    const byRole = new Map(entry.record.outputs.map((o) => [o.name, o]));
-    const memoOutputs = [];
-    for (const o of outputs) {
-      const rec = byRole.get(o.role);
-      if (!rec) return;
-      memoOutputs.push({ path: resolve(req.cwd, o.path), digest: rec.digest, size: rec.size });
-    }
+    const memoOutputs = memoOutputsOf(entry.record, outputs, req.cwd);
+    if (!memoOutputs) return;
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
     try {
       const memo: Memo = {
@@ -663,6 +657,18 @@ const EMPTY = Buffer.alloc(0);
 /** A record's stdout or stderr; the usual empty one costs no decoding. Callers only read it. */
 function fromBase64(text: string): Buffer {
   return text === '' ? EMPTY : Buffer.from(text, 'base64');
+}
+
+/** A memo's outputs: each of the job's output paths with its blob in `record`; null if one has none. */
+function memoOutputsOf(record: EntryRecord, outputs: Outputs, cwd: string): MemoOutput[] | null {
+  const byRole = new Map(record.outputs.map((o) => [o.name, o]));
+  const out: MemoOutput[] = [];
+  for (const o of outputs) {
+    const rec = byRole.get(o.role);
+    if (!rec) return null;
+    out.push({ path: resolve(cwd, o.path), digest: rec.digest, size: rec.size });
+  }
+  return out;
 }
 
 function entryBytes(e: Pick<StoredEntry, 'record'>): number {
