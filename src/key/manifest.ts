@@ -167,7 +167,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
         }
         case 'flag': {
           const named: { path: string; digest: string }[] = [];
-          for (const c of fileCandidates(tok.v)) {
+          for (const c of tok.setting ? [] : fileCandidates(tok.v)) {
             const abs = resolve(cwd, c);
             if (outputsAbs.has(abs)) continue;
             const d = await files.digest(abs);

@@ -5,7 +5,8 @@ import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 
 /** A token of the command line as the key sees it. */
 export type Token =
-  | { t: 'flag'; v: string }
+  /** `setting`: the option table says this token never names a file clang reads (no candidates). */
+  | { t: 'flag'; v: string; setting?: true }
   /** A token naming a file whose content the key covers (`path` is as written). */
   | { t: 'file'; v: string; path: string; role: 'input' | 'index' | 'flag-file' | 'maybe-file' }
   /** A token naming an output; only its spelling goes into the key. */
@@ -39,8 +40,11 @@ export const OptFlag = {
   UNCACHEABLE: 8,
   /** The joined value names a file whose content the key covers. */
   FILE: 16,
+  /** The value (joined, or the next argument with SEPARATE) is a setting clang never opens as a
+   * file: kept by spelling, no file candidates are looked up for it. */
+  SETTING: 32,
 } as const;
-const { SEPARATE, JOINED, DROP, UNCACHEABLE, FILE } = OptFlag;
+const { SEPARATE, JOINED, DROP, UNCACHEABLE, FILE, SETTING } = OptFlag;
 
 /**
  * Every option the key knows. Options not listed are kept in the key by spelling, and any file
@@ -67,13 +71,49 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ['-std=', JOINED | DROP],
   ['-Wp,-MD,', JOINED | DROP],
   ['-Wp,-MMD,', JOINED | DROP],
+  // Kept; the separate value is a setting (a language, a target, a feature), never a file.
+  ...['-x', '-target', '-arch', '-triple', '-aux-triple', '-target-cpu', '-target-feature', '-mfloat-abi', '-mcode-object-version'].map(
+    (o) => [o, SEPARATE | SETTING] as [string, number],
+  ),
+  // Kept; the joined value is a setting clang never opens. `-W<warning>` covers `-Werror=X` and
+  // `-Wframe-larger-than=N`; the pass-through forms below it stay candidates (longer prefixes win).
+  ...[
+    '-W',
+    '--target=',
+    '-march=',
+    '-mtune=',
+    '-mcpu=',
+    '-mcmodel=',
+    '-mstack-alignment=',
+    '-mpreferred-stack-boundary=',
+    '-mstack-protector-guard=',
+    '-mstack-protector-guard-reg=',
+    '-mstack-protector-guard-offset=',
+    '-mindirect-branch=',
+    '-mfunction-return=',
+    '-mharden-sls=',
+    '-mregparm=',
+    '-falign-functions=',
+    '-falign-loops=',
+    '-falign-jumps=',
+    '-falign-labels=',
+    '-fcf-protection=',
+    '-ftrivial-auto-var-init=',
+    '-fstrict-flex-arrays=',
+    '-fzero-call-used-regs=',
+    '-fpatchable-function-entry=',
+    '-fsanitize=',
+    '-fvisibility=',
+    '-flto=',
+    '-fmacro-prefix-map=',
+    '-ffile-prefix-map=',
+    '-fdebug-prefix-map=',
+  ].map((o) => [o, JOINED | SETTING] as [string, number]),
+  ...['-Wa,', '-Wl,', '-Wp,'].map((o) => [o, JOINED] as [string, number]),
   // Kept, with a separate value that is never taken as an input.
   ...[
-    '-x',
     '-mllvm',
     '-Xclang',
-    '-target',
-    '-arch',
     '-isysroot',
     '-Xlinker',
     '-Xassembler',
@@ -91,14 +131,8 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
     '-B',
     '--config',
     '-main-file-name',
-    '-mcode-object-version',
     '-Xcuda-ptxas',
     '-Xcuda-fatbinary',
-    '-aux-triple',
-    '-triple',
-    '-target-feature',
-    '-target-cpu',
-    '-mfloat-abi',
     '--sysroot',
     '-gcc-toolchain',
     '--gcc-toolchain',
@@ -245,11 +279,11 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         const v = argv[++i];
         if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
         tokens.push({ t: 'flag', v: a });
-        tokens.push({ t: 'flag', v });
+        tokens.push(opt.flags & SETTING ? { t: 'flag', v, setting: true } : { t: 'flag', v });
         continue;
       }
       if (a.startsWith('-')) {
-        tokens.push({ t: 'flag', v: a });
+        tokens.push(opt && opt.flags & SETTING && opt.joined !== undefined ? { t: 'flag', v: a, setting: true } : { t: 'flag', v: a });
         continue;
       }
       positional.push(a);

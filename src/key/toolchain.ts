@@ -84,7 +84,7 @@ export class ToolchainIdentifier {
    * its libraries and configs, the config directories, the loader cache, PATH for a script.
    */
   async identify(compiler: string, env: Record<string, string>, observe?: ObservingFiles): Promise<Toolchain> {
-    const real = realpathSync(compiler);
+    const real = realpathSync.native(compiler);
     const st = statSync(real, { bigint: true });
     const dirs = configDirs(compiler, real);
     // One stat per directory serves both the memo key and the job's observations.

@@ -285,6 +285,29 @@ describe('what changes the key', () => {
     assert.deepEqual(r.manifest.args[1], { a: '-some-opt=data.txt' });
   });
 
+  test('a setting (-Werror=X, --target=T, -x ir) is keyed by spelling; a pass-through value (-Wa,F) still names its file', async () => {
+    const d = tree();
+    for (const f of ['return-type', 'x86_64-linux-gnu', 'ir', 'generic', 'data.s']) fs.writeFileSync(join(d, f), f);
+    const args = ['-Werror=return-type', '--target=x86_64-linux-gnu', '-mtune=generic', '-Wa,data.s', ...BASE];
+    const r = await key(d, args);
+    assert.deepEqual(r.manifest.args.slice(0, 4), [
+      { a: '-Werror=return-type' },
+      { a: '--target=x86_64-linux-gnu' },
+      { a: '-mtune=generic' },
+      { a: '-Wa,data.s', files: [{ path: 'data.s', digest: await digestOf(join(d, 'data.s')) }] },
+    ]);
+    assert.ok(
+      r.manifest.args.some((x) => x.a === 'ir' && x.files === undefined),
+      '-x ir: the language is no file',
+    );
+    // Editing a file that only shares a setting's name changes nothing; the pass-through file does.
+    fs.writeFileSync(join(d, 'return-type'), 'edited');
+    fs.writeFileSync(join(d, 'ir'), 'edited');
+    assert.equal((await key(d, args)).key, r.key);
+    fs.writeFileSync(join(d, 'data.s'), 'edited');
+    assert.notEqual((await key(d, args)).key, r.key);
+  });
+
   test("a flag naming the job's own output does not hash it", async () => {
     const d = tree();
     fs.writeFileSync(join(d, 'a.thinlto-native.o'), 'stale output');

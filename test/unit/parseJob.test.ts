@@ -462,5 +462,9 @@ test('option table: every entry is reachable (none shadowed by another) and flag
     if (flags & OptFlag.JOINED) assert.equal(lookupOption(`${name}x`)?.name, name, `${name}x resolves to ${name}`);
     if (flags & OptFlag.FILE) assert.ok(flags & OptFlag.JOINED, `${name}: a file-naming entry takes a joined value`);
     assert.ok(!(flags & OptFlag.DROP && flags & OptFlag.UNCACHEABLE), `${name}: dropped and uncacheable at once`);
+    if (flags & OptFlag.SETTING) {
+      assert.ok(!(flags & (OptFlag.FILE | OptFlag.DROP | OptFlag.UNCACHEABLE)), `${name}: a setting is kept and names no file`);
+      assert.ok(flags & (OptFlag.JOINED | OptFlag.SEPARATE), `${name}: a setting has a value`);
+    }
   }
 });
