@@ -11,7 +11,9 @@ import { CacheEnv, CLIENT, FIXTURE, TOP, tempDir } from '../test/support/env.js'
  * shell's `times` (user + system of its waited-for children), daemon CPU per hit from /proc
  * (`stats` is called before each reading so the fast path's hit notices are drained and counted).
  * The fast path's phases come from a client built with -DLTOCACHE_MEMO_TIMING; syscall counts
- * per job from `strace -f -c` when strace is installed.
+ * per job from `strace -f -c` when strace is installed. When the client is built with musl-gcc
+ * (client/build.sh's default where installed), a row with the same client built against glibc
+ * (`CC_FOR_CLIENT=cc`) shows what the C library's start-up costs per job.
  * Usage: node dist/bench/hitPath.js [--jobs N] [--strace-jobs N]
  */
 function arg(name: string, dflt: number): number {
@@ -42,6 +44,7 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const cache = new CacheEnv('hitpath');
 const work = tempDir('hitpath');
 const timingClient = join(TOP, 'bin', 'ltocache-memo-timing');
+const glibcClient = join(TOP, 'bin', 'ltocache-glibc');
 cache.start();
 try {
   const b = ThinBuild.fromFixture(FIXTURE, join(work, 'src'));
@@ -81,11 +84,18 @@ try {
   const fast = measure(CLIENT);
   const slow = measure(CLIENT, { LTOCACHE_MEMO: '0' });
 
-  const build = spawnSync('sh', [join(TOP, 'client', 'build.sh')], {
-    env: { ...process.env, LTOCACHE_CLIENT_CFLAGS: '-DLTOCACHE_MEMO_TIMING', LTOCACHE_CLIENT_OUT: timingClient },
-    encoding: 'utf8',
-  });
-  if (build.status !== 0) throw new Error(`timing client build failed: ${build.stderr}`);
+  const buildClient = (out: string, env: Record<string, string>) => {
+    const r = spawnSync('sh', [join(TOP, 'client', 'build.sh')], { env: { ...process.env, ...env, LTOCACHE_CLIENT_OUT: out }, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`client build for ${out} failed: ${r.stderr}`);
+  };
+  // client/build.sh's rule for the default client.
+  const muslBuilt = !process.env.CC_FOR_CLIENT && spawnSync('sh', ['-c', 'command -v musl-gcc'], { stdio: 'ignore' }).status === 0;
+  let glibc: ReturnType<typeof measure> | undefined;
+  if (muslBuilt) {
+    buildClient(glibcClient, { CC_FOR_CLIENT: 'cc' });
+    glibc = measure(glibcClient);
+  }
+  buildClient(timingClient, { LTOCACHE_CLIENT_CFLAGS: '-DLTOCACHE_MEMO_TIMING' });
   const timed = measure(timingClient);
   const phases = new Map<string, number[]>();
   let nchecks = 0;
@@ -139,6 +149,7 @@ try {
   console.log(row('/bin/true as the client', floor, '–'));
   console.log(row(`fast path (memo hits ${fast.memoHits}/${N})`, fast, fast.daemon.toFixed(3)));
   console.log(row(`daemon path, \`LTOCACHE_MEMO=0\` (hits ${slow.hits}/${N}, memo hits ${slow.memoHits})`, slow, slow.daemon.toFixed(3)));
+  if (glibc) console.log(row(`fast path, the same client built against glibc (memo hits ${glibc.memoHits}/${N})`, glibc, glibc.daemon.toFixed(3)));
   console.log(row(`fast path, client built with \`-DLTOCACHE_MEMO_TIMING\` (memo hits ${timed.memoHits}/${N})`, timed, timed.daemon.toFixed(3)));
   const names: Record<string, string> = {
     lookup: 'lookup digest',
@@ -163,5 +174,6 @@ try {
 } finally {
   cache.destroy();
   rmSync(timingClient, { force: true });
+  rmSync(glibcClient, { force: true });
   rmSync(work, { recursive: true, force: true });
 }
