@@ -3,6 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
 import { type Config, ConfigError, type ConfigKey, ConfigShape, loadConfig } from '../config/config.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { type BuildSummary, formatBuild, formatExplanation, type JobExplanation } from '../explain/explainJobs.js';
@@ -49,7 +50,16 @@ function startupNotifier(): (byte: 'R' | 'L') => void {
   };
 }
 
+/**
+ * V8 flags the daemon sets for itself (every launcher gets them; later compilations read them).
+ * Without inlining, V8's optimizing compiler spends about a tenth less CPU warming up over a
+ * fresh daemon's first few hundred jobs, where its compile threads compete with clang; jobs run
+ * no slower once warm (docs/benchmarks.md, "JIT warm-up").
+ */
+export const DAEMON_V8_FLAGS = ['--no-turbo-inlining'] as const;
+
 async function daemonRun(config: Config, background: boolean): Promise<void> {
+  for (const f of DAEMON_V8_FLAGS) setFlagsFromString(f);
   const notify = startupNotifier();
   const { Daemon } = await import('../daemon/daemon.js');
   const d = await Daemon.start(config);
