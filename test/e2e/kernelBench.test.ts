@@ -117,6 +117,7 @@ describe('bench/kernel on a kernel-shaped fixture tree', () => {
       /^ltocache cold$/,
       /^ltocache warm$/,
       /^ltocache after edit$/,
+      /^ltocache cold, daemon already warm/,
       /^lld in-process ThinLTO cache, cold$/,
       /^lld in-process ThinLTO cache, warm$/,
       /team server, warm/,
@@ -140,6 +141,10 @@ describe('bench/kernel on a kernel-shaped fixture tree', () => {
     const row = (name: string) => report.rows.find((r) => r.name === name)!;
     assert.equal(row('ltocache cold').samples[0]!.hits, 0);
     assert.equal(row('ltocache warm').samples[0]!.hits, report.jobs);
+    // A cleared store and touched inputs: every job is a miss again in the same daemon.
+    const again = report.rows.find((r) => r.name.startsWith('ltocache cold, daemon already warm'))!.samples[0]!;
+    assert.equal(again.hits, 0);
+    assert.equal(again.misses, report.jobs);
     assert.equal(row('lld in-process ThinLTO cache, warm').samples[0]!.hits, report.jobs);
   });
 
