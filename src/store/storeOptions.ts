@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { z } from 'zod';
@@ -25,7 +26,14 @@ export interface StoreFs {
   rm(path: string, options: { recursive: true; force: true }): Promise<void>;
 }
 
-export const nodeFs: StoreFs = fsp;
+/**
+ * node:fs/promises, except `stat`: a blob's presence is asked on every adoption, and a synchronous
+ * stat of a local file costs less than a round trip through the thread pool.
+ */
+export const nodeFs: StoreFs = {
+  ...fsp,
+  stat: async (path) => statSync(path),
+};
 
 const FS_KEYS = ['open', 'readFile', 'rename', 'unlink', 'stat', 'mkdir', 'readdir', 'rm'] as const;
 
