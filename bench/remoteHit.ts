@@ -14,9 +14,10 @@ import { ServerProcess, TOKENS } from '../test/support/server.js';
  * (remote hits, written back locally), then again from its store (local hits); a third daemon
  * with no team cache compiles them (misses; its store cleared every round). CPU from /proc of
  * the daemon only, so the client, the server and other load hardly count. An untimed first
- * round keeps the daemon's one-time start-up work out of the rows; `--warmup N` adds N untimed
- * rounds like the timed ones, so that V8 has compiled the hot code (its optimizing compiler
- * runs on other threads of the daemon, and a daemon does that once in its life, not per hit).
+ * round keeps the daemon's one-time start-up work out of the rows; `--warmup N` (default 150)
+ * adds N untimed rounds like the timed ones, so that V8 has compiled the hot code (its optimizing
+ * compiler runs on other threads of the daemon, and a daemon does that once in its life, not per
+ * hit).
  * Usage: node dist/bench/remoteHit.js [--rounds N] [--warmup N] [--cpu-prof-dir DIR [--cpu-prof-interval µs]]
  */
 const arg = (name: string, def: number) => {
@@ -24,7 +25,9 @@ const arg = (name: string, def: number) => {
   return i > 0 ? Number(process.argv[i + 1]) : def;
 };
 const ROUNDS = arg('--rounds', 40);
-const WARMUP = arg('--warmup', 0);
+/** V8 needs ≈ 1,000 jobs through a daemon before its cost per job stops falling
+ * (docs/benchmarks.md, "JIT warm-up"); each round sends it 24 jobs, 12 of them remote hits. */
+const WARMUP = arg('--warmup', 150);
 const p = process.argv.indexOf('--cpu-prof-dir');
 /** With --cpu-prof-dir DIR, the second daemon writes a V8 CPU profile there when it stops. */
 const PROFILE_DIR = p > 0 ? process.argv[p + 1]! : null;

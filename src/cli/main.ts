@@ -298,7 +298,7 @@ async function versions(config: Config): Promise<void> {
 
 /**
  * `ltocache-cli build-client [--out PATH]`: compiles the native client from the packaged source
- * (client/build.sh, CC_FOR_CLIENT or cc) for a platform without a prebuilt one. The default
+ * (client/build.sh: CC_FOR_CLIENT, else musl-gcc when installed, else cc) for a platform without a prebuilt one. The default
  * output is the package's `ltocache` (package.json bin), so the command on PATH becomes it.
  */
 async function buildClient(args: string[]): Promise<void> {
