@@ -140,6 +140,12 @@ export function explainMiss(prev: Manifest | null | undefined, cur: Manifest): C
       if (d !== undefined && d !== f.digest) causes.push({ kind: 'flag-file', file: f.path, detail: `content of ${f.path} (named by ${a.a || 'an argument'}) changed` });
     }
   }
+  // Only where both jobs keyed them: turning a sanitizer on or off is already a flag cause.
+  if (prev.resources && cur.resources && JSON.stringify(prev.resources) !== JSON.stringify(cur.resources))
+    causes.push({ kind: 'toolchain', detail: "the resource directory's share/ files keyed under -fsanitize= changed" });
+  // With the same input bytes (else the input's change explains it).
+  if (prev.input.digest === cur.input.digest && JSON.stringify(prev.asm ?? []) !== JSON.stringify(cur.asm ?? []))
+    causes.push({ kind: 'input', detail: 'a file read by .incbin/.include in the bitcode changed, appeared or went away' });
   const pr = new Map(prev.responseFiles.map((r) => [r.path, r.digest]));
   for (const r of cur.responseFiles)
     if (pr.has(r.path) && pr.get(r.path) !== r.digest) causes.push({ kind: 'response-file', file: r.path, detail: `response file ${r.path} changed` });

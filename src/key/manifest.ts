@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import type { DigestSource } from './fileDigests.js';
@@ -69,6 +69,13 @@ export const Manifest = z.object({
    * when it appears). Omitted when there are none.
    */
   asm: z.array(z.object({ directive: z.enum(['incbin', 'include']), name: z.string(), digest: digest.optional() })).optional(),
+  /**
+   * Files clang reads from a resource directory's `share/` without being told: the sanitizers'
+   * default ignorelists (`asan_ignorelist.txt`, …), which a backend job opens under
+   * `-fsanitize=`. Present only when an argument starts with `-fsanitize=`: every regular file of
+   * `share/` in every resource directory the job may use (see sanitizerResources).
+   */
+  resources: z.array(FileRef).optional(),
   env: z.record(z.string(), z.string()),
   /** Each output's role; its path only when output names are keyed (outputNamesKeyed), else it is under `names`. */
   outputs: z.array(z.object({ role: z.string(), path: z.string().optional() })),
@@ -180,6 +187,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
     }
     if (!input || !index) throw new Uncacheable('bad-args', 'job has no input or no index');
     const asm = await asmFiles(ctx, job, cwd, [input.path, ...index.modules.map((m) => m.path)]);
+    const resources = await sanitizerResources(ctx, job, cwd, toolchain.realpath);
     const keyEnv: Record<string, string> = {};
     for (const k of KEY_ENV) {
       if (env[k] !== undefined) keyEnv[k] = env[k]!;
@@ -199,6 +207,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       input,
       index,
       ...(asm.length ? { asm } : {}),
+      ...(resources ? { resources } : {}),
       env: keyEnv,
       outputs: namesKeyed ? job.outputs : job.outputs.map((o) => ({ role: o.role })),
       names: { index: indexPath, outputs: job.outputs },
@@ -209,6 +218,48 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
     if (e instanceof Uncacheable) return { kind: 'uncacheable', reason: e.reason, detail: e.detail };
     return { kind: 'uncacheable', reason: 'key-error', detail: (e as Error).message };
   }
+}
+
+function listDir(path: string): string[] {
+  try {
+    return readdirSync(path).sort();
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The `resources` of a job that turns a sanitizer on (undefined for any other job, whose key
+ * stays as it was). Resource directories: each `-resource-dir`'s value, and every version
+ * directory of `<prefix>/lib/clang/` beside the resolved executable (the driver's default; all
+ * versions present, since which one it picks is not ours to guess). None found (a wrapper script,
+ * an unusual layout): uncacheable. The directories listed are observed, so a file added to
+ * `share/` changes the memo's checks as well as the key.
+ */
+async function sanitizerResources(ctx: KeyContext, job: Job, cwd: string, realpath: string): Promise<Manifest['resources']> {
+  if (!job.tokens.some((t) => t.t === 'flag' && t.v.startsWith('-fsanitize='))) return undefined;
+  const dirs = new Set<string>();
+  for (const [i, t] of job.tokens.entries()) {
+    if (t.t !== 'flag') continue;
+    if (t.v.startsWith('-resource-dir=')) dirs.add(resolve(cwd, t.v.slice('-resource-dir='.length)));
+    const next = job.tokens[i + 1];
+    if (t.v === '-resource-dir' && next?.t === 'flag') dirs.add(resolve(cwd, next.v));
+  }
+  const clangLib = join(dirname(dirname(realpath)), 'lib', 'clang');
+  ctx.observe?.directory(clangLib);
+  for (const v of listDir(clangLib)) dirs.add(join(clangLib, v));
+  if (dirs.size === 0) throw new Uncacheable('sanitizer-resources-unknown', `-fsanitize= and no resource directory found beside ${realpath}`);
+  const files = ctx.observe ?? ctx.files;
+  const out: NonNullable<Manifest['resources']> = [];
+  for (const dir of [...dirs].sort()) {
+    const share = join(dir, 'share');
+    ctx.observe?.directory(share);
+    for (const name of listDir(share)) {
+      const d = await files.digest(join(share, name));
+      if (d.kind === 'file') out.push({ path: join(share, name), digest: d.digest });
+    }
+  }
+  return out;
 }
 
 /** Module tables by index digest: the thin link rewrites every index, mostly with equal bytes. */

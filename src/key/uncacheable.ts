@@ -18,6 +18,7 @@ export const UNCACHEABLE_REASONS = [
   'racy-index',
   'racy-input',
   'asm-include-unresolved',
+  'sanitizer-resources-unknown',
   'key-error',
 ] as const;
 export type UncacheableReason = (typeof UNCACHEABLE_REASONS)[number];

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
@@ -107,6 +107,18 @@ describe('explain and trace', () => {
     const e = explain('strx');
     assert.deepEqual(kinds(e), ['flag-file']);
     assert.ok(e.causes[0] && 'file' in e.causes[0] && e.causes[0].file === 'bbs.txt');
+  });
+
+  test("under -fsanitize=, an edited ignorelist in the resource directory's share/ is a toolchain cause", async () => {
+    const share = join(b.dir, 'res', 'share');
+    mkdirSync(share, { recursive: true });
+    writeFileSync(join(share, 'asan_ignorelist.txt'), 'fun:one\n');
+    const args = ['-fsanitize=address', '-resource-dir', 'res'];
+    await build(args);
+    writeFileSync(join(share, 'asan_ignorelist.txt'), 'fun:two\n');
+    await build(args);
+    const e = explain('strx');
+    assert.deepEqual(kinds(e), ['toolchain'], JSON.stringify(e.causes));
   });
 
   test('toolchain and environment changes are reported as such', async () => {

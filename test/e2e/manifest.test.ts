@@ -268,6 +268,9 @@ describe('what changes the key', () => {
     // Another wrapper with other content at the same path: another key.
     fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${CLANG} -O1 "$@"\n`, { mode: 0o755 });
     assert.notEqual((await key(d, BASE, ENV, wrapper)).key, wrapped.key);
+    // Through a script, which resource directory clang uses is not known: a sanitizer job is uncacheable.
+    const san = await keyed(d, ['-fsanitize=address', ...BASE], ENV, wrapper);
+    assert.equal(san.kind === 'uncacheable' && san.reason, 'sanitizer-resources-unknown');
   });
 
   test('a flag whose =suffix names an existing file records its digest', async () => {
@@ -306,6 +309,33 @@ describe('what changes the key', () => {
     assert.equal((await key(d, args)).key, r.key);
     fs.writeFileSync(join(d, 'data.s'), 'edited');
     assert.notEqual((await key(d, args)).key, r.key);
+  });
+
+  test("-fsanitize= keys the resource directory's share/ files (the ignorelists clang opens unasked); other jobs do not", async () => {
+    const d = tree();
+    const plain = await key(d);
+    assert.equal(plain.manifest.resources, undefined);
+    // The driver's default resource directory, beside the resolved executable.
+    const asan = await key(d, ['-fsanitize=address', ...BASE]);
+    const shared = (asan.manifest.resources ?? []).map((r) => r.path);
+    assert.ok(
+      shared.some((p) => p.endsWith('/share/asan_ignorelist.txt')),
+      `asan_ignorelist.txt keyed: ${shared.join(', ')}`,
+    );
+    // A -resource-dir of our own: its share/ is keyed, and editing a file there changes the key.
+    const res = join(d, 'res');
+    fs.mkdirSync(join(res, 'share'), { recursive: true });
+    fs.writeFileSync(join(res, 'share', 'asan_ignorelist.txt'), 'fun:one\n');
+    const args = ['-fsanitize=address', '-resource-dir', 'res', ...BASE];
+    const before = await key(d, args);
+    assert.ok(before.manifest.resources!.some((r) => r.path === join(res, 'share', 'asan_ignorelist.txt')));
+    fs.writeFileSync(join(res, 'share', 'asan_ignorelist.txt'), 'fun:two\n');
+    assert.notEqual((await key(d, args)).key, before.key);
+    fs.writeFileSync(join(res, 'share', 'cfi_ignorelist.txt'), 'fun:x\n');
+    assert.ok(
+      (await key(d, args)).manifest.resources!.some((r) => r.path.endsWith('cfi_ignorelist.txt')),
+      'a file added to share/ is keyed',
+    );
   });
 
   test("a flag naming the job's own output does not hash it", async () => {
