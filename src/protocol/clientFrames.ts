@@ -300,6 +300,32 @@ export function decodeDistributeRequest(payload: Buffer): DistributeRequest {
   return decodeRequest(payload, FRAME_DISTRIBUTE, "distribution request 'T'", DistributeRequest);
 }
 
+/**
+ * The environments of recent requests, by their exact encoded bytes (the env section runs to the
+ * end of the payload). A build sends the same environment with every job: a request whose
+ * section is byte-equal to one of these gets the same decoded object, frozen since requests
+ * share it, without decoding ~100 strings again or keeping a copy per job.
+ */
+const RECENT_ENVS = 4;
+const recentEnvs: { bytes: Buffer; env: Readonly<Record<string, string>> }[] = [];
+
+function recentEnv(bytes: Buffer): Record<string, string> | undefined {
+  for (const [i, e] of recentEnvs.entries()) {
+    if (e.bytes.equals(bytes)) {
+      if (i > 0) recentEnvs.unshift(...recentEnvs.splice(i, 1));
+      return e.env as Record<string, string>;
+    }
+  }
+  return undefined;
+}
+
+function rememberEnv(bytes: Buffer, env: Record<string, string>): Record<string, string> {
+  Object.freeze(env);
+  recentEnvs.unshift({ bytes: Buffer.from(bytes), env });
+  recentEnvs.length = Math.min(recentEnvs.length, RECENT_ENVS);
+  return env;
+}
+
 /** Decodes a 'C' or 'T' payload; the result satisfies `schema` (the fuzz tests hold it to that). */
 function decodeRequest<S extends typeof CompileRequest | typeof DistributeRequest>(payload: Buffer, type: number, what: string, schema: S): z.infer<S> {
   typeByte(payload, type, what);
@@ -319,19 +345,25 @@ function decodeRequest<S extends typeof CompileRequest | typeof DistributeReques
   const argc = r.count('argc');
   const args: string[] = [];
   for (let i = 0; i < argc; i++) args.push(r.text(`argument ${i}`));
-  const envc = r.count('envc');
-  const env: Record<string, string> = Object.create(null);
-  for (let i = 0; i < envc; i++) {
-    const entry = r.text(`environment entry ${i}`);
-    const eq = entry.indexOf('=');
-    if (eq <= 0) throw new ProtocolError(`environment entry ${i} is not of the form K=V`);
-    const key = entry.slice(0, eq);
-    // A plain-object record cannot hold this name faithfully (zod drops it); refuse rather
-    // than silently run the compiler with a different environment.
-    if (key === '__proto__') throw new ProtocolError(`environment entry ${i} is named __proto__`);
-    if (!Object.hasOwn(env, key)) env[key] = entry.slice(eq + 1);
+  const envBytes = payload.subarray(r.at);
+  let env = recentEnv(envBytes);
+  if (env) r.at = payload.length;
+  else {
+    const envc = r.count('envc');
+    const decoded: Record<string, string> = Object.create(null);
+    for (let i = 0; i < envc; i++) {
+      const entry = r.text(`environment entry ${i}`);
+      const eq = entry.indexOf('=');
+      if (eq <= 0) throw new ProtocolError(`environment entry ${i} is not of the form K=V`);
+      const key = entry.slice(0, eq);
+      // A plain-object record cannot hold this name faithfully (zod drops it); refuse rather
+      // than silently run the compiler with a different environment.
+      if (key === '__proto__') throw new ProtocolError(`environment entry ${i} is named __proto__`);
+      if (!Object.hasOwn(decoded, key)) decoded[key] = entry.slice(eq + 1);
+    }
+    r.end(what);
+    env = rememberEnv(envBytes, decoded);
   }
-  r.end(what);
   // What the schema says beyond the reader's own checks (NULs, UTF-8, counts), checked directly:
   // this runs for every job, and a zod pass over ~100 arguments is a visible share of a miss.
   const invalid = (m: string) => new ProtocolError(`invalid ${what}: ${m}`);

@@ -180,6 +180,22 @@ test('duplicate environment names: first wins, like getenv', () => {
   assert.deepEqual({ ...req.env }, { A: '1', B: '2' });
 });
 
+test('requests with byte-equal environments share one frozen decoded environment; any other byte decodes anew', () => {
+  const a = decodeCompileRequest(payloadOf(encodeCompileRequest({ ...sample, args: ['-c'] })));
+  const b = decodeCompileRequest(payloadOf(encodeCompileRequest({ ...sample, args: ['-S'], cwd: '/elsewhere' })));
+  assert.equal(a.env, b.env, 'one object for the same environment');
+  assert.ok(Object.isFrozen(a.env));
+  assert.deepEqual(b.args, ['-S']);
+  assert.equal(b.cwd, '/elsewhere');
+  const c = decodeCompileRequest(payloadOf(encodeCompileRequest({ ...sample, env: { ...sample.env, EXTRA: '1' } })));
+  assert.notEqual(c.env, a.env);
+  assert.equal(c.env.EXTRA, '1');
+  // A malformed environment is refused even right after a valid one was remembered.
+  decodeCompileRequest(rawRequest({ env: ['A=1'] }));
+  rejects(() => decodeCompileRequest(rawRequest({ env: ['A=1', 'bad'] })), /environment entry 1 is not of the form K=V/);
+  rejects(() => decodeCompileRequest(rawRequest({ env: ['A=1'], trailing: Buffer.from('x') })), /trailing bytes/);
+});
+
 test('FrameDecoder: one byte at a time, and many frames in one chunk', () => {
   const frames = [
     encodeCompileRequest(sample),
