@@ -287,7 +287,26 @@ function childCpuMs(): number {
   return (Number(rest[13]) + Number(rest[14])) * TICK_MS;
 }
 
+/**
+ * CPU ms of a process: the run time of its threads from `/proc/<pid>/task/<tid>/schedstat`
+ * (nanoseconds), so a warm row's few milliseconds are not rounded to 10 ms ticks; without
+ * schedstat, user + system from `/proc/<pid>/stat` in ticks. A thread that has ended is missing
+ * from the former: the daemon's and the servers' threads live as long as their process.
+ */
 function pidCpuMs(pid: number): number {
+  try {
+    let ns = 0;
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // The thread ended between the listing and the read.
+      }
+    }
+    if (Number.isFinite(ns) && ns > 0) return ns / 1e6;
+  } catch {
+    // No schedstat: ticks below.
+  }
   try {
     const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
