@@ -293,25 +293,24 @@ export class JobPipeline {
     }
     if (found.kind === 'miss') return null;
     const entry = found.entry;
-    const writeBack = () => {
-      if (defer && found.tier === 'remote') this.spawn(this.o.cache.writeBack!(key, entry));
-    };
     // A verify mismatch may have landed while the lookup ran (then nothing is written back).
     if (this.o.deny.has(key)) return null;
-    if (defer && found.tier === 'remote' && (await this.handOver(k, entry, outputs, req, ctx.serveOnClient!))) {
-      this.counters.add(Counter.hits);
-      this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
-      return {
-        ...k,
-        kind: 'hit',
-        tier: 'remote',
-        stdout: fromBase64(entry.record.stdout),
-        stderr: fromBase64(entry.record.stderr),
-        savedMs: entry.record.compileMs,
-        bytes: entryBytes(entry),
-      };
+    if (defer && found.tier === 'remote') {
+      if (await this.handOver(k, entry, outputs, req, ctx.serveOnClient!)) {
+        this.counters.add(Counter.hits);
+        this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
+        return {
+          ...k,
+          kind: 'hit',
+          tier: 'remote',
+          stdout: fromBase64(entry.record.stdout),
+          stderr: fromBase64(entry.record.stderr),
+          savedMs: entry.record.compileMs,
+          bytes: entryBytes(entry),
+        };
+      }
+      this.spawn(this.o.cache.writeBack!(key, entry));
     }
-    writeBack();
     if (!(await this.place(entry, outputs, req))) return null;
     // A hit from memory never reaches the store: without this its LRU age would be its last
     // store read, and the most used entries would be evicted first.
@@ -521,8 +520,7 @@ export class JobPipeline {
    * the requester then did: without its report, the write-back is done here.
    */
   private async handOver(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest, serve: NonNullable<JobContext['serveOnClient']>): Promise<boolean> {
-    const sink = this.o.memo;
-    if (!sink || !k.checks || !this.o.cache.adopt) return false;
+    if (!this.o.memo || !k.checks || !this.o.cache.adopt) return false;
     const memoOutputs = entry.record.outputs.length === outputs.length ? memoOutputsOf(entry.record, outputs, req.cwd) : null;
     if (!memoOutputs) return false;
     let memo: Buffer;
@@ -535,18 +533,13 @@ export class JobPipeline {
       memo,
       outputs.map((o) => entry.files.get(o.role)!),
     );
-    const lookup = lookupDigest(req.compiler, req.cwd, req.args);
     const same = stored?.outputs.length === memoOutputs.length && stored.outputs.every((s, i) => s.digest === memoOutputs[i]!.digest && s.size === memoOutputs[i]!.size);
     const r = same ? await this.o.cache.adopt(k.key, entry.record, { nearestOnly: true }).catch((e: Error): PutResult => ({ kind: 'error', error: e.message })) : null;
     if (r?.kind === 'stored') {
-      if (stored!.memoWritten) {
-        sink.adopted?.(lookup, k.key);
-        this.counters.add(Counter.memos_written);
-        sink.remember?.(lookup, req, entry.record.compileMs, k.manifest.input.path);
-      } else this.spawn(this.writeMemo(k, entry, outputs, req));
+      if (!this.takeClientMemo(k, req, stored!, entry.record.compileMs)) this.spawn(this.writeMemo(k, entry, outputs, req));
       return true;
     }
-    if (stored?.memoWritten) await sink.remove(lookup).catch(() => {});
+    await this.dropClientMemo(req, stored);
     this.spawn(this.o.cache.writeBack!(k.key, entry).then(() => this.writeMemo(k, entry, outputs, req)));
     return true;
   }
@@ -578,8 +571,6 @@ export class JobPipeline {
    */
   private async adopt(k: Keyed, outputs: Outputs, req: JobRequest, run: CompilerRun & { stored: NonNullable<CompilerRun['stored']> }): Promise<boolean> {
     const { stored } = run;
-    const sink = this.o.memo!;
-    const lookup = lookupDigest(req.compiler, req.cwd, req.args);
     const record: EntryRecord = {
       v: 1,
       outputs: outputs.map((o, i) => ({ name: o.role, digest: stored.outputs[i]?.digest ?? '', size: stored.outputs[i]?.size ?? 0 })),
@@ -596,17 +587,33 @@ export class JobPipeline {
     if (r.kind !== 'stored') {
       this.counters.error(r.kind === 'error' ? ErrorKind.store_write : ErrorKind.store_refused);
       this.o.log.warn('could not store the result the client stored', { key: k.key, result: r });
-      if (stored.memoWritten) await sink.remove(lookup).catch(() => {});
+      await this.dropClientMemo(req, stored);
       return false;
     }
     this.counters.add(Counter.misses_stored_by_client);
     await this.newlyStored(k.key, entryBytes({ record }));
-    if (stored.memoWritten) {
-      sink.adopted?.(lookup, k.key);
-      this.counters.add(Counter.memos_written);
-      sink.remember?.(lookup, req, record.compileMs, k.manifest.input.path);
-    } else await this.writeMemo(k, { record, files: new Map() }, outputs, req);
+    if (!this.takeClientMemo(k, req, stored, record.compileMs)) await this.writeMemo(k, { record, files: new Map() }, outputs, req);
     return true;
+  }
+
+  /**
+   * The memo the requester reported writing ('E'), now that the entry it names is stored: it is
+   * removed with the key from here on, and its request is remembered for the hits it serves.
+   * False when the requester wrote none.
+   */
+  private takeClientMemo(k: Keyed, req: JobRequest, stored: { memoWritten: boolean }, savedMs: number): boolean {
+    if (!stored.memoWritten) return false;
+    const sink = this.o.memo!;
+    const lookup = lookupDigest(req.compiler, req.cwd, req.args);
+    sink.adopted?.(lookup, k.key);
+    this.counters.add(Counter.memos_written);
+    sink.remember?.(lookup, req, savedMs, k.manifest.input.path);
+    return true;
+  }
+
+  /** The memo the requester reported writing for an entry that was not stored: it must not stay. */
+  private async dropClientMemo(req: JobRequest, stored: { memoWritten: boolean } | null): Promise<void> {
+    if (stored?.memoWritten) await this.o.memo!.remove(lookupDigest(req.compiler, req.cwd, req.args)).catch(() => {});
   }
 
   /**

@@ -124,11 +124,11 @@ class Mutex {
   }
 }
 
-/** Metadata changes gathered for one LevelDB batch; `refs` holds the new count of every touched blob. */
 /** The data of an adopted blob: never written (commitPut rewrites only after a deletion, and an
  * adoption checks presence under the same mutex). */
 const NO_DATA = Buffer.alloc(0);
 
+/** Metadata changes gathered for one LevelDB batch; `refs` holds the new count of every touched blob. */
 class Mutation {
   readonly ops: BatchOp[] = [];
   readonly refs = new Map<Digest, { n: number; size: number }>();
@@ -560,8 +560,10 @@ export class LocalStore implements CacheBackend {
     }
   }
 
-  /** Deletes those of `digests` no entry references; returns how many. Call under the mutex. */
-  /** Removes the blobs no entry references; with `olderThanMs`, only those modified before it. */
+  /**
+   * Deletes those of `digests` no entry references, with `olderThanMs` only those modified before
+   * it; returns how many. Call under the mutex.
+   */
   private async dropUnreferenced(digests: Digest[], olderThanMs?: number): Promise<number> {
     const refs = await this.refs.getMany(digests);
     let dropped = 0;
