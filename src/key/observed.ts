@@ -19,7 +19,7 @@ export class ObservingFiles implements DigestSource {
     const d = await this.inner.digest(absPath);
     if (d.kind === 'absent') this.seen.set(absPath, { kind: 'absent', path: absPath });
     else if (d.kind === 'not-regular') this.seen.set(absPath, { kind: 'notreg', path: absPath });
-    else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat });
+    else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat, digest: d.digest });
     else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest });
     return d;
   }

@@ -16,7 +16,8 @@ export const MEMO_MAX_STREAM = MAX_OUTPUT_STREAM;
 export const CheckKind = { stat: 1, content: 2, absent: 3, notreg: 4, dir: 5, env: 6 } as const;
 
 export type MemoCheck =
-  | { kind: 'stat'; path: string; dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }
+  /** `digest`: the content the identity stood for when the daemon made the check (not encoded). */
+  | { kind: 'stat'; path: string; dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint; digest?: Digest }
   | { kind: 'content'; path: string; size: number; digest: Digest }
   | { kind: 'absent'; path: string }
   | { kind: 'notreg'; path: string }

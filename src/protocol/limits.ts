@@ -69,6 +69,10 @@ export const MEMO_MAX_CHECKS = 65_536;
 export const MEMO_MAX_OUTPUTS = 16;
 export const MEMO_MAX_BYTES = 160 << 20;
 export const MEMO_MAX_NAME = 65_536;
+/** A team memo (src/memo/teamMemo.ts): sent base64 in one JSON message of the team protocol. */
+export const TEAM_MEMO_MAX_BYTES = 512 << 10;
+/** Team memos one `scope` reply carries at most (its bytes are also bounded by the bundle limit). */
+export const SCOPE_MAX_MEMOS = 20_000;
 /** Distribution memos (docs/dtlto.md, cache-schema/distmemo.v1.md): jobs and checks of one file
  * (as many jobs as a distribution file may hold; its size is MEMO_MAX_BYTES too). */
 export const DIST_MEMO_MAX_JOBS = 100_000;

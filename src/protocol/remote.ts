@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { DIGEST_RE } from '../key/hash.js';
 import { EntryRecord } from '../store/record.js';
+import { base64Length, SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from './limits.js';
 
 /**
  * The team-cache wire contract (websocket), version 1. JSON text messages carry control; each
@@ -30,6 +31,14 @@ export const ClientMessage = z.discriminatedUnion('type', [
    * by `ok` (also when absent) or `error` (`forbidden` for a read token). Needs write scope.
    */
   z.object({ type: z.literal('bad'), id: Id, key: Key }),
+  /**
+   * Share the team memo (src/memo/teamMemo.ts, base64) of an entry this client stored, under the
+   * scope of its command. The server validates it and keeps the newest memo per (scope, lookup).
+   * Answered by `ok` or `error` (`bad-message` for an invalid memo). Needs write scope.
+   */
+  z.object({ type: z.literal('memo'), id: Id, scope: Key, memo: z.string().min(1).max(base64Length(TEAM_MEMO_MAX_BYTES)) }),
+  /** The team memos of a scope: answered by `memos` (then one binary message) or `error`. */
+  z.object({ type: z.literal('scope'), id: Id, scope: Key }),
   /** Administrative operations. Needs admin scope. */
   z.object({ type: z.literal('admin'), id: Id, op: z.enum(['reset-stats', 'clear']) }),
 ]);
@@ -80,6 +89,11 @@ export const ServerMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('stored'), id: Id, key: Key }),
   /** Reply to `stats`. */
   z.object({ type: z.literal('stats'), id: Id, stats: ServerStats }),
+  /**
+   * Reply to `scope`: `count` team memos (at most SCOPE_MAX_MEMOS) follow as one binary message
+   * with the same id, `bundleBytes` long: each a u32 LE length, then the memo.
+   */
+  z.object({ type: z.literal('memos'), id: Id, scope: Key, count: z.number().int().nonnegative().max(SCOPE_MAX_MEMOS), bundleBytes: BundleBytes }),
   /** Reply to `ping`. */
   z.object({ type: z.literal('pong'), id: Id }),
   /** An admin operation or a `bad` report completed. */
@@ -120,6 +134,33 @@ export function encodeBinary(id: number, bundle: Buffer): Buffer {
 export function decodeBinary(data: Buffer): { id: number; bundle: Buffer } {
   if (data.length < 4) throw new RemoteProtocolError('binary message shorter than its 4-byte id');
   return { id: data.readUInt32LE(0), bundle: data.subarray(4) };
+}
+
+/** The binary message of a `memos` reply: each memo as a u32 LE length, then its bytes. */
+export function encodeMemoList(memos: readonly Buffer[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const m of memos) {
+    const head = Buffer.alloc(4);
+    head.writeUInt32LE(m.length, 0);
+    parts.push(head, m);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Splits a `memos` payload; throws RemoteProtocolError unless it holds exactly `count` memos, each within the limit. */
+export function decodeMemoList(data: Buffer, count: number): Buffer[] {
+  const out: Buffer[] = [];
+  let at = 0;
+  while (at < data.length) {
+    if (data.length - at < 4) throw new RemoteProtocolError('memo list: truncated length');
+    const n = data.readUInt32LE(at);
+    at += 4;
+    if (n > TEAM_MEMO_MAX_BYTES || n > data.length - at) throw new RemoteProtocolError(`memo list: memo of ${n} bytes does not fit`);
+    out.push(data.subarray(at, at + n));
+    at += n;
+  }
+  if (out.length !== count) throw new RemoteProtocolError(`memo list: ${out.length} memos, ${count} announced`);
+  return out;
 }
 
 /** Defaults both ends use unless configured otherwise. */

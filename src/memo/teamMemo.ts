@@ -1,0 +1,267 @@
+import { type BigIntStats, readdirSync, statSync } from 'node:fs';
+import { type Digest, Hasher } from '../key/hash.js';
+import { MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
+import { checkedBody, MEMO_MAX_STREAM, type Memo, type MemoCheck, MemoError, Reader, Writer, withTrailer } from './memoFormat.js';
+
+/**
+ * The team memo (cache-schema/teammemo.v1.md): a memo made portable, so that a teammate's daemon
+ * can turn it into a memo of its own machine (docs/team-cache.md "Prefetch"). Every check that a
+ * local memo makes by stat identity is made here by content, and a directory check by the names
+ * it lists: nothing in it depends on one machine's inodes or timestamps.
+ */
+export const TEAM_MEMO_MAGIC = Buffer.from('LTOTEAM\x01', 'latin1');
+
+const Kind = { content: 2, absent: 3, notreg: 4, env: 6, dirlist: 7 } as const;
+
+export type TeamCheck =
+  | { kind: 'content'; path: string; size: number; digest: Digest }
+  | { kind: 'absent'; path: string }
+  | { kind: 'notreg'; path: string }
+  /** A directory whose entries are exactly these names (digest of the sorted names). */
+  | { kind: 'dirlist'; path: string; digest: Digest }
+  | { kind: 'env'; name: string; value: string | null };
+
+export interface TeamOutput {
+  role: string;
+  /** Absolute. */
+  path: string;
+  digest: Digest;
+  size: number;
+}
+
+export interface TeamMemo {
+  /** The memo's name: lookupDigest of the command (src/memo/memoFormat.ts). */
+  lookup: Digest;
+  key: Digest;
+  checks: TeamCheck[];
+  outputs: TeamOutput[];
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+/**
+ * The scope a team memo is shared under: the commands one build runs (the same compiler as given,
+ * the same directory). A daemon asks for a scope's memos when its first job of the scope misses.
+ */
+export function scopeDigest(compiler: string, cwd: string): Digest {
+  return new Hasher().update(`ltocache-scope-v1\0${compiler}\0${cwd}\0`).digest();
+}
+
+/** Digest of a directory's entry names, sorted. */
+export function listingDigest(names: readonly string[]): Digest {
+  return new Hasher().update(`${[...names].sort().join('\0')}\0`).digest();
+}
+
+export function encodeTeamMemo(m: TeamMemo): Buffer {
+  if (m.checks.length > MEMO_MAX_CHECKS) throw new MemoError(`${m.checks.length} checks, limit ${MEMO_MAX_CHECKS}`);
+  if (m.outputs.length < 1 || m.outputs.length > MEMO_MAX_OUTPUTS) throw new MemoError(`${m.outputs.length} outputs`);
+  const w = new Writer();
+  w.raw(TEAM_MEMO_MAGIC);
+  w.hex(m.lookup);
+  w.hex(m.key);
+  w.u32(m.checks.length);
+  for (const c of m.checks) {
+    w.u8(Kind[c.kind]);
+    w.str(c.kind === 'env' ? c.name : c.path);
+    if (c.kind === 'content') {
+      w.u64(c.size);
+      w.hex(c.digest);
+    } else if (c.kind === 'dirlist') w.hex(c.digest);
+    else if (c.kind === 'env') {
+      w.u8(c.value === null ? 0 : 1);
+      w.str(c.value ?? '');
+    }
+  }
+  w.u32(m.outputs.length);
+  for (const o of m.outputs) {
+    w.str(o.role);
+    w.str(o.path);
+    w.hex(o.digest);
+    w.u64(o.size);
+  }
+  w.bytes(m.stdout);
+  w.bytes(m.stderr);
+  const out = withTrailer(w.done());
+  if (out.length > TEAM_MEMO_MAX_BYTES) throw new MemoError(`team memo of ${out.length} bytes over the limit`);
+  return out;
+}
+
+/** Decodes and validates a team memo (it comes from the network): a MemoError names what is wrong. */
+export function decodeTeamMemo(b: Buffer): TeamMemo {
+  if (b.length > TEAM_MEMO_MAX_BYTES) throw new MemoError('team memo over the size limit');
+  const body = checkedBody(b, TEAM_MEMO_MAGIC);
+  const r = new Reader(body);
+  r.at = TEAM_MEMO_MAGIC.length;
+  const lookup = r.hex();
+  const key = r.hex();
+  const n = r.u32();
+  if (n > MEMO_MAX_CHECKS) throw new MemoError(`${n} checks over the limit`);
+  const checks: TeamCheck[] = [];
+  for (let i = 0; i < n; i++) {
+    const kind = r.u8();
+    const name = r.str(MEMO_MAX_NAME);
+    if (kind !== Kind.env && !name.startsWith('/')) throw new MemoError(`check of a relative path '${name}'`);
+    switch (kind) {
+      case Kind.content: {
+        const size = r.u64();
+        if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MemoError('bad size');
+        checks.push({ kind: 'content', path: name, size: Number(size), digest: r.hex() });
+        break;
+      }
+      case Kind.absent:
+        checks.push({ kind: 'absent', path: name });
+        break;
+      case Kind.notreg:
+        checks.push({ kind: 'notreg', path: name });
+        break;
+      case Kind.dirlist:
+        checks.push({ kind: 'dirlist', path: name, digest: r.hex() });
+        break;
+      case Kind.env: {
+        const set = r.u8();
+        if (set > 1) throw new MemoError('bad env flag');
+        const value = r.str(MEMO_MAX_NAME);
+        checks.push({ kind: 'env', name, value: set ? value : null });
+        break;
+      }
+      default:
+        throw new MemoError(`unknown team check kind ${kind}`);
+    }
+  }
+  const no = r.u32();
+  if (no < 1 || no > MEMO_MAX_OUTPUTS) throw new MemoError(`${no} outputs`);
+  const outputs: TeamOutput[] = [];
+  for (let i = 0; i < no; i++) {
+    const role = r.str(MEMO_MAX_NAME);
+    const path = r.str(MEMO_MAX_NAME);
+    if (!path.startsWith('/')) throw new MemoError(`relative output path '${path}'`);
+    const digest = r.hex();
+    const size = r.u64();
+    if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MemoError('bad output size');
+    outputs.push({ role, path, digest, size: Number(size) });
+  }
+  const stdout = Buffer.from(r.bytes(MEMO_MAX_STREAM));
+  const stderr = Buffer.from(r.bytes(MEMO_MAX_STREAM));
+  if (r.at !== body.length) throw new MemoError(`${body.length - r.at} trailing bytes`);
+  // A memo that checks no file could be served to any command of its name: not accepted.
+  if (!checks.some((c) => c.kind === 'content')) throw new MemoError('team memo checks no file content');
+  return { lookup, key, checks, outputs, stdout, stderr };
+}
+
+function statOrUndefined(path: string): BigIntStats | undefined {
+  try {
+    return statSync(path, { bigint: true, throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
+}
+
+/** The names a directory lists now, if its stat identity is still `c`'s (else null: it changed). */
+function listingIfUnchanged(path: string, before: { dev: bigint; ino: bigint; mtimeNs: bigint; ctimeNs: bigint }): Digest | null {
+  let names: string[];
+  try {
+    names = readdirSync(path);
+  } catch {
+    return null;
+  }
+  const after = statOrUndefined(path);
+  if (!after?.isDirectory() || after.dev !== before.dev || after.ino !== before.ino || after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs) return null;
+  return listingDigest(names);
+}
+
+/**
+ * The team memo of a memo this daemon wrote, or null when one of its checks cannot be made
+ * portable: a stat check without the digest it stood for, a directory that changed since.
+ * Listings are memoised by the directory's stat identity (the toolchain's few directories recur
+ * in every job).
+ */
+export class TeamMemoMaker {
+  private readonly listings = new Map<string, Digest>();
+
+  make(lookup: Digest, memo: Memo, roles: readonly string[]): TeamMemo | null {
+    if (roles.length !== memo.outputs.length) return null;
+    const checks: TeamCheck[] = [];
+    for (const c of memo.checks) {
+      switch (c.kind) {
+        case 'stat':
+          if (!c.digest) return null;
+          checks.push({ kind: 'content', path: c.path, size: Number(c.size), digest: c.digest });
+          break;
+        case 'dir': {
+          const id = `${c.path}\0${c.dev}:${c.ino}:${c.mtimeNs}:${c.ctimeNs}`;
+          let d = this.listings.get(id);
+          if (!d) {
+            const got = listingIfUnchanged(c.path, c);
+            if (!got) return null;
+            if (this.listings.size >= 4096) this.listings.clear();
+            this.listings.set(id, got);
+            d = got;
+          }
+          checks.push({ kind: 'dirlist', path: c.path, digest: d });
+          break;
+        }
+        default:
+          checks.push(c);
+      }
+    }
+    return { lookup, key: memo.key, checks, outputs: memo.outputs.map((o, i) => ({ role: roles[i]!, ...o })), stdout: memo.stdout, stderr: memo.stderr };
+  }
+}
+
+/** What localising a team memo needs of the daemon's file digests (src/key/fileDigests.ts). */
+export interface LocalFiles {
+  digest(
+    absPath: string,
+  ): Promise<
+    | { kind: 'file'; digest: Digest; size: number; stat: { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }; settled: boolean }
+    | { kind: 'absent' }
+    | { kind: 'not-regular' }
+  >;
+}
+
+/** A directory's timestamps must be this much older than now before its identity stands for its listing. */
+const DIR_SETTLED_NS = 2_000_000_000n;
+
+/**
+ * This machine's memo for a team memo: every check holds here now, each made the way this
+ * daemon's own memos make it (a stat identity where the file is settled, else its content). Null,
+ * with the reason, when one does not hold. Environment checks are kept: the command's environment
+ * is checked when it is served.
+ */
+export async function localise(t: TeamMemo, files: LocalFiles, nowNs: bigint = BigInt(Date.now()) * 1_000_000n): Promise<{ memo: Memo } | { why: string }> {
+  const checks: MemoCheck[] = [];
+  for (const c of t.checks) {
+    switch (c.kind) {
+      case 'env':
+        checks.push(c);
+        break;
+      case 'content': {
+        const d = await files.digest(c.path);
+        if (d.kind !== 'file' || d.size !== c.size || d.digest !== c.digest) return { why: `${c.path} differs` };
+        checks.push(d.settled ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest } : c);
+        break;
+      }
+      case 'absent': {
+        const d = await files.digest(c.path);
+        if (d.kind !== 'absent') return { why: `${c.path} exists` };
+        checks.push(c);
+        break;
+      }
+      case 'notreg': {
+        const d = await files.digest(c.path);
+        if (d.kind !== 'not-regular') return { why: `${c.path} is a regular file or absent` };
+        checks.push(c);
+        break;
+      }
+      case 'dirlist': {
+        const st = statOrUndefined(c.path);
+        if (!st?.isDirectory()) return { why: `${c.path} is not a directory` };
+        if (st.mtimeNs > nowNs - DIR_SETTLED_NS || st.ctimeNs > nowNs - DIR_SETTLED_NS) return { why: `${c.path} changed just now` };
+        if (listingIfUnchanged(c.path, st) !== c.digest) return { why: `${c.path} lists other entries` };
+        checks.push({ kind: 'dir', path: c.path, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+        break;
+      }
+    }
+  }
+  return { memo: { key: t.key, checks, outputs: t.outputs.map(({ path, digest, size }) => ({ path, digest, size })), stdout: t.stdout, stderr: t.stderr } };
+}
