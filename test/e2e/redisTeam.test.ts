@@ -1,7 +1,8 @@
 /**
  * The team cache on shared Redis storage, against real `redis-server` processes on loopback:
  * standalone and a 3-master + 3-replica cluster, several servers on one storage, eviction, a
- * master killed mid-run, a server killed under a two-URL client, planted garbage, /metrics.
+ * master killed mid-run, a server killed under a two-URL client, planted garbage, /metrics, team
+ * memos (hashes by scope).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -11,9 +12,12 @@ import { after, before, describe, test } from 'node:test';
 import { WebSocket } from 'ws';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
+import { encodeTeamMemo } from '../../src/memo/teamMemo.js';
+import { decodeBinary, decodeMemoList } from '../../src/protocol/remote.js';
 import { RemoteBackend } from '../../src/remote/remoteBackend.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
-import { CHUNK_BYTES } from '../../src/remote/storage/redisStorage.js';
+import type { StorageErrorKind } from '../../src/remote/server/serverStorage.js';
+import { CHUNK_BYTES, RedisStorage } from '../../src/remote/storage/redisStorage.js';
 import type { EntryRecord } from '../../src/store/record.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { RedisCluster, RedisNode } from '../support/redis.js';
@@ -114,6 +118,87 @@ function adminClear(url: string, secret: string): Promise<string> {
       res(m.type);
     });
   });
+}
+
+/** Sends one request (id 1) after the handshake; resolves with the reply and, for `memos`, the memos of its binary message. */
+type TeamReply = { type: string; id?: number; code?: string; count?: number };
+
+function teamRequest(url: string, secret: string, msg: Record<string, unknown>): Promise<{ reply: TeamReply; memos?: Buffer[] }> {
+  return new Promise((res, rej) => {
+    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${secret}` } });
+    let reply: TeamReply | null = null;
+    const done = (r: { reply: TeamReply; memos?: Buffer[] }) => {
+      ws.close();
+      res(r);
+    };
+    ws.once('error', rej);
+    ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: 1, client: 'test' })));
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) {
+        const b = decodeBinary(data as Buffer);
+        return done({ reply: reply!, memos: decodeMemoList(b.bundle, reply!.count!) });
+      }
+      const m = JSON.parse(String(data)) as TeamReply;
+      if (m.type === 'welcome') return ws.send(JSON.stringify({ ...msg, id: 1 }));
+      if (m.type === 'memos') reply = m;
+      else done({ reply: m });
+    });
+  });
+}
+
+function teamMemo(lookup: string, stdout = ''): Buffer {
+  return encodeTeamMemo({
+    lookup,
+    key: newKey(),
+    checks: [{ kind: 'content', path: '/x', size: 1, digest: 'a'.repeat(32) }],
+    outputs: [{ role: 'obj', path: '/o.o', digest: 'b'.repeat(32), size: 3 }],
+    stdout: Buffer.from(stdout),
+    stderr: Buffer.alloc(0),
+  });
+}
+
+const sortedHex = (bs: readonly Buffer[]) => bs.map((b) => b.toString('hex')).sort();
+
+/**
+ * putMemo / scopeMemos of a RedisStorage on `url`: byte-identical, the newest memo per lookup,
+ * scopes apart, `max` (HSCAN past it), one hash per scope; clear removes them. No storage error.
+ */
+async function memoRoundTrip(url: string, keysOf: (pattern: string) => string[]): Promise<void> {
+  const errors: StorageErrorKind[] = [];
+  const s = await RedisStorage.open(url, (k) => errors.push(k), { warn: () => {} });
+  try {
+    const [a, b] = [newKey(), newKey()];
+    const l1 = newKey();
+    const binary = (n: number) => Buffer.concat([Buffer.from([0, 255, 13, 10, n]), randomBytes(200)]);
+    const [a1, a1b, b1] = [binary(1), binary(2), binary(3)];
+    assert.deepEqual(await s.putMemo(a, l1, a1), { kind: 'stored' });
+    assert.deepEqual(await s.putMemo(b, l1, b1), { kind: 'stored' });
+    assert.deepEqual(await s.putMemo(a, l1, a1b), { kind: 'stored' });
+    const many = Array.from({ length: 2500 }, (_, i) => binary(i & 0xff));
+    await Promise.all(many.map((m) => s.putMemo(a, newKey(), m)));
+    const all = await s.scopeMemos(a, 10_000);
+    assert.equal(all.kind, 'memos');
+    if (all.kind === 'memos') assert.deepEqual(sortedHex(all.memos), sortedHex([a1b, ...many]), 'the newer memo of l1 replaced the older');
+    assert.deepEqual(await s.scopeMemos(b, 10), { kind: 'memos', memos: [b1] });
+    assert.deepEqual(await s.scopeMemos(newKey(), 10), { kind: 'memos', memos: [] });
+    for (const max of [1, 1000, 2500]) {
+      const some = await s.scopeMemos(a, max);
+      assert.equal(some.kind, 'memos');
+      if (some.kind !== 'memos') continue;
+      assert.equal(some.memos.length, max);
+      assert.equal(new Set(sortedHex(some.memos)).size, max, 'no memo twice');
+      const known = new Set(sortedHex([a1b, ...many]));
+      for (const m of some.memos) assert.ok(known.has(m.toString('hex')));
+    }
+    assert.deepEqual(keysOf(`ltocache:m:{${a}}`), [`ltocache:m:{${a}}`]);
+    await s.clear();
+    assert.deepEqual(await s.scopeMemos(a, 10), { kind: 'memos', memos: [] });
+    assert.deepEqual(await s.scopeMemos(b, 10), { kind: 'memos', memos: [] });
+    assert.deepEqual(keysOf('ltocache:m:*'), []);
+    assert.deepEqual(errors, []);
+  } finally {
+    await s.close();
+  }
 }
 
 async function assertHit(c: RemoteBackend, key: string, e: ReturnType<typeof entry>): Promise<void> {
@@ -265,6 +350,31 @@ describe('redis standalone', () => {
   });
 });
 
+describe('team memos on redis standalone', () => {
+  test('putMemo / scopeMemos round trip; memo and scope through a server', async () => {
+    const r = new RedisNode();
+    await r.start();
+    const s = await startServer(r.url);
+    try {
+      await memoRoundTrip(r.url, (pattern) => r.cli('--scan', '--pattern', pattern).split('\n').filter(Boolean));
+      const scope = newKey();
+      const m = teamMemo(newKey(), 'through the server');
+      assert.deepEqual((await teamRequest(s.url, SECRETS.write, { type: 'memo', scope, memo: m.toString('base64') })).reply, { type: 'ok', id: 1 });
+      assert.equal(r.cli('type', `ltocache:m:{${scope}}`), 'hash');
+      const got = await teamRequest(s.url, SECRETS.read, { type: 'scope', scope });
+      assert.equal(got.reply.count, 1);
+      assert.ok(got.memos![0]!.equals(m));
+      const m2 = await metrics(s);
+      assert.equal(m2.get('ltocache_server_memos_stored_total'), 1);
+      assert.equal(m2.get('ltocache_server_memos_served_total'), 1);
+      assert.equal(m2.get('ltocache_server_rejected_memos_total'), 0);
+    } finally {
+      await s.stop();
+      await r.stop();
+    }
+  });
+});
+
 describe('redis eviction', () => {
   test('under a small maxmemory with allkeys-lru only whole entries are served', async () => {
     const r = new RedisNode(['--maxmemory', '4mb', '--maxmemory-policy', 'allkeys-lru', '--maxmemory-samples', '10']);
@@ -340,6 +450,23 @@ describe('redis cluster (3 masters + 3 replicas)', () => {
       w.close();
       rd.close();
     }
+  });
+
+  test('team memos: putMemo / scopeMemos over the cluster; a memo stored through one server is served by the other', async () => {
+    await memoRoundTrip(cluster.url, (pattern) =>
+      cluster
+        .mastersNow()
+        .flatMap((n) => n.cli('--scan', '--pattern', pattern).split('\n'))
+        .filter(Boolean),
+    );
+    const scope = newKey();
+    const ms = [teamMemo(newKey(), 'one'), teamMemo(newKey(), 'two')];
+    for (const m of ms) assert.equal((await teamRequest(urls[0]!, PROCESS_TOKENS.write, { type: 'memo', scope, memo: m.toString('base64') })).reply.type, 'ok');
+    const got = await teamRequest(urls[1]!, PROCESS_TOKENS.read, { type: 'scope', scope });
+    assert.equal(got.reply.count, 2);
+    assert.deepEqual(sortedHex(got.memos!), sortedHex(ms));
+    const refused = await teamRequest(urls[1]!, PROCESS_TOKENS.read, { type: 'memo', scope, memo: ms[0]!.toString('base64') });
+    assert.equal(refused.reply.code, 'forbidden');
   });
 
   test('a master killed mid-run: hits or misses only, never a wrong object; recovers without restarts', async () => {

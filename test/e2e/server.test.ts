@@ -13,7 +13,9 @@ import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type ClientOptions, WebSocket } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
-import { decodeBinary, type ErrorCode, encodeBinary, type ServerStats } from '../../src/protocol/remote.js';
+import { withTrailer } from '../../src/memo/memoFormat.js';
+import { encodeTeamMemo, type TeamCheck } from '../../src/memo/teamMemo.js';
+import { decodeBinary, decodeMemoList, type ErrorCode, encodeBinary, type ServerStats } from '../../src/protocol/remote.js';
 import { packBundle, unpackBundle } from '../../src/remote/bundle.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import { CLOSE_CODES } from '../../src/remote/server/closeCodes.js';
@@ -178,6 +180,24 @@ class Peer {
     const id = this.id();
     this.send({ type: 'bad', id, key: k });
     return this.reply(id);
+  }
+
+  memo(scope: string, memo: Buffer | string): Promise<Record<string, any>> {
+    const id = this.id();
+    this.send({ type: 'memo', id, scope, memo: typeof memo === 'string' ? memo : memo.toString('base64') });
+    return this.reply(id);
+  }
+
+  /** A `scope` request: the `memos` reply's memos, or the error. */
+  async scope(scope: string): Promise<{ type: string; code?: string; memos?: Buffer[] }> {
+    const id = this.id();
+    this.send({ type: 'scope', id, scope });
+    const r = await this.reply(id);
+    if (r.type !== 'memos') return { type: r.type, code: r.code };
+    assert.equal(r.scope, scope);
+    const b = (await this.take((m) => m.kind === 'binary' && m.id === id, `memo list ${id}`)) as { bundle: Buffer };
+    assert.equal(b.bundle.length, r.bundleBytes);
+    return { type: 'memos', memos: decodeMemoList(b.bundle, r.count) };
   }
 
   async ping(): Promise<void> {
@@ -385,6 +405,117 @@ test("bad: a write token's report deletes the entry; a read token's is refused",
   assert.equal((await reader.get(key('bad'))).type, 'miss');
   assert.equal((await writer.bad(key('never-stored'))).type, 'ok', 'an absent entry is not an error');
   assert.equal((await writer.stats()).entries, 0);
+});
+
+/** A valid team memo of `lookup`; `stdout` makes memos of one lookup differ (and sets the size). */
+function teamMemo(lookup: string, stdout = '', checks: TeamCheck[] = [{ kind: 'content', path: '/x', size: 1, digest: 'a'.repeat(32) }]): Buffer {
+  return encodeTeamMemo({
+    lookup,
+    key: key(`k-${lookup}`),
+    checks,
+    outputs: [{ role: 'obj', path: '/o.o', digest: 'b'.repeat(32), size: 3 }],
+    stdout: Buffer.from(stdout),
+    stderr: Buffer.alloc(0),
+  });
+}
+
+test('team memos: stored with a write token, served byte-identical to a read token; invalid memos rejected and counted; bounds; /metrics', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t, 'memos');
+  const s1 = new CacheServer({ dir, port: 0, tokens: TOKENS });
+  await s1.start();
+  let stopped = false;
+  t.after(() => (stopped ? undefined : s1.stop()));
+  const writer = await open(t, s1.url, SECRETS.write);
+  const reader = await open(t, s1.url, SECRETS.read);
+  const scope = hashBytes('scope-1');
+  const other = hashBytes('scope-2');
+  const sorted = (bs: Buffer[] | undefined) => (bs ?? []).map((b) => b.toString('hex')).sort();
+
+  const m1 = teamMemo(key('l1'), 'first');
+  const m1b = teamMemo(key('l1'), 'second, newer');
+  const m2 = teamMemo(key('l2'));
+  const o1 = teamMemo(key('l1'), 'other scope');
+  for (const [sc, m] of [
+    [scope, m1],
+    [scope, m2],
+    [other, o1],
+    [scope, m1b],
+  ] as const)
+    assert.deepEqual(await writer.memo(sc, m), { type: 'ok', id: writer.id() - 1 });
+  const got = await reader.scope(scope);
+  assert.equal(got.type, 'memos');
+  assert.deepEqual(sorted(got.memos), sorted([m1b, m2]), 'byte-identical, the newer memo of l1 replacing the older');
+  assert.deepEqual(sorted((await reader.scope(other)).memos), sorted([o1]));
+  assert.deepEqual(await reader.scope(hashBytes('never used')), { type: 'memos', memos: [] });
+
+  const refused = await reader.memo(scope, teamMemo(key('l3')));
+  assert.deepEqual({ type: refused.type, code: refused.code }, { type: 'error', code: 'forbidden' });
+
+  // Invalid memos: each answered bad-message and counted; the connection stays usable.
+  const body = Buffer.from(m2.subarray(0, m2.length - 32));
+  body[0]! ^= 0xff;
+  const wrongTrailer = Buffer.from(m2);
+  wrongTrailer[wrongTrailer.length - 1] = wrongTrailer[wrongTrailer.length - 1] === 0x30 ? 0x31 : 0x30;
+  const invalid: [string, Buffer | string][] = [
+    ['garbage base64', '!!!! not base64 at all ~~~~'],
+    ['truncated', m2.subarray(0, m2.length - 7)],
+    ['wrong trailer digest', wrongTrailer],
+    ['wrong magic', withTrailer(body)],
+    ['no content check', teamMemo(key('l4'), '', [{ kind: 'absent', path: '/nothing' }])],
+  ];
+  for (const [what, m] of invalid) {
+    const r = await writer.memo(scope, m);
+    assert.deepEqual({ type: r.type, code: r.code }, { type: 'error', code: 'bad-message' }, what);
+  }
+  await writer.ping();
+  assert.equal((await writer.memo(scope, teamMemo(key('l5')))).type, 'ok');
+  assert.equal((await reader.scope(scope)).memos?.length, 3);
+
+  const st = await reader.stats();
+  assert.deepEqual({ stored: st.memos_stored, served: st.memos_served, rejected: st.rejected_memos, bad: st.bad_messages }, { stored: 5, served: 2 + 1 + 3, rejected: 5, bad: 0 });
+
+  const metrics = await (await fetch(`${s1.url.replace(/^ws/, 'http')}/metrics`)).text();
+  for (const line of [
+    'ltocache_server_memos_stored_total 5',
+    'ltocache_server_memos_served_total 6',
+    'ltocache_server_rejected_memos_total 5',
+    'ltocache_server_requests_total{type="memo",result="stored"} 5',
+    'ltocache_server_requests_total{type="memo",result="forbidden"} 1',
+    'ltocache_server_requests_total{type="memo",result="bad-message"} 5',
+    'ltocache_server_requests_total{type="scope",result="ok"} 4',
+  ])
+    assert.ok(metrics.split('\n').includes(line), `/metrics lacks ${line}`);
+
+  writer.close();
+  reader.close();
+  stopped = true;
+  await s1.stop();
+  const log = readFileSync(join(dir, 'access.log'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.deepEqual(
+    log.filter((l) => l.op === 'memo' && l.result === 'stored').map((l) => l.key),
+    [scope, scope, other, scope, scope],
+  );
+  assert.equal(log.filter((l) => l.op === 'scope' && l.key === scope).length, 2);
+
+  // Kept across a restart; a payload bound of three of the largest memo (four of the others exceed it) serves three; counters carry over.
+  assert.ok(3 * (4 + m1b.length) < 4 * (4 + m2.length));
+  const s2 = await startServer(t, dir, { limits: { maxBundleBytes: 3 * (4 + m1b.length) } });
+  const w2 = await open(t, s2.url, SECRETS.write);
+  for (let i = 6; i < 10; i++) assert.equal((await w2.memo(scope, teamMemo(key(`l${i}`)))).type, 'ok');
+  const bounded = await w2.scope(scope);
+  assert.equal(bounded.memos?.length, 3);
+  const all = [m1b, m2, ...[5, 6, 7, 8, 9].map((i) => teamMemo(key(`l${i}`)))];
+  for (const m of bounded.memos!) assert.ok(all.some((x) => x.equals(m)));
+  assert.deepEqual(sorted((await w2.scope(other)).memos), sorted([o1]));
+  const st2 = await w2.stats();
+  assert.deepEqual({ stored: st2.memos_stored, served: st2.memos_served, rejected: st2.rejected_memos }, { stored: 9, served: 6 + 3 + 1, rejected: 5 });
+
+  const admin = await open(t, s2.url, SECRETS.admin);
+  assert.equal((await admin.admin('clear')).type, 'ok');
+  assert.deepEqual(await w2.scope(scope), { type: 'memos', memos: [] });
 });
 
 test('hostile peers are rejected and counted; a well-behaved client is unaffected', { timeout: 60_000 }, async (t) => {

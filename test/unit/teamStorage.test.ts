@@ -1,7 +1,7 @@
-/** Units of the shared team cache: storage URLs, remote URL lists and their order, the daemon's Prometheus text. */
+/** Units of the shared team cache: storage URLs, remote URL lists and their order, the daemon's Prometheus text, team memos in a `--dir` storage. */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -10,6 +10,8 @@ import { loadConfig } from '../../src/config/config.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { packBundle, packedBytes, unpackBundle } from '../../src/remote/bundle.js';
 import { parseRemoteUrls, RemoteBackend } from '../../src/remote/remoteBackend.js';
+import type { StorageErrorKind } from '../../src/remote/server/serverStorage.js';
+import { DirStorage } from '../../src/remote/storage/dirStorage.js';
 import { parseRedisUrl, redact } from '../../src/remote/storage/redisStorage.js';
 import { Counters } from '../../src/stats/counters.js';
 import { formatPrometheus } from '../../src/stats/prometheus.js';
@@ -107,6 +109,65 @@ describe('bundles', () => {
       const u = await unpackBundle(record, ours, { maxBundleBytes: 1 << 30, maxEntries: 16 });
       assert.equal(u.kind, 'ok');
       if (u.kind === 'ok') for (const [n, d] of files) assert.ok(u.files.get(n)!.equals(d) && u.files.get(n)!.buffer === ours.buffer);
+    }
+  });
+});
+
+describe('team memos in a --dir storage', () => {
+  const digest = (n: string) => hashBytes(`team-memo-storage-${n}`);
+  const sorted = (bs: Buffer[]) => bs.map((b) => b.toString('hex')).sort();
+
+  test('putMemo / scopeMemos: byte-identical, newest per lookup, scopes apart, max, kept across reopen, cleared', async () => {
+    await initHash();
+    const dir = mkdtempSync(join(tmpdir(), 'ltocache-team-memos-'));
+    const errors: StorageErrorKind[] = [];
+    let s = await DirStorage.open(dir, 1 << 30, (k) => errors.push(k));
+    try {
+      // Adjacent scopes: a range that overran its scope would pick up the other's memos.
+      const a = `${'0'.repeat(31)}1`;
+      const b = `${'0'.repeat(31)}2`;
+      const [l1, l2, l3] = [digest('l1'), digest('l2'), digest('l3')];
+      const m = (n: number) => Buffer.concat([Buffer.from([0, 255, n]), randomBytes(100 + n)]);
+      const [a1, a2, a1b, b1] = [m(1), m(2), m(3), m(4)];
+      for (const [scope, lookup, memo] of [
+        [a, l1, a1],
+        [a, l2, a2],
+        [b, l1, b1],
+        [a, l1, a1b],
+      ] as const)
+        assert.deepEqual(await s.putMemo(scope, lookup, memo), { kind: 'stored' });
+      const got = await s.scopeMemos(a, 100);
+      assert.equal(got.kind, 'memos');
+      if (got.kind === 'memos') assert.deepEqual(sorted(got.memos), sorted([a1b, a2]), 'the newer memo of l1 replaced the older');
+      assert.deepEqual(await s.scopeMemos(b, 100), { kind: 'memos', memos: [b1] });
+      assert.deepEqual(await s.scopeMemos(digest('unknown'), 100), { kind: 'memos', memos: [] });
+      assert.deepEqual(await s.scopeMemos(a, 0), { kind: 'memos', memos: [] });
+
+      const c = digest('c');
+      const many = Array.from({ length: 7 }, (_, i) => m(10 + i));
+      for (const [i, memo] of many.entries()) assert.equal((await s.putMemo(c, digest(`c-${i}`), memo)).kind, 'stored');
+      const three = await s.scopeMemos(c, 3);
+      assert.equal(three.kind, 'memos');
+      if (three.kind === 'memos') {
+        assert.equal(three.memos.length, 3);
+        for (const x of three.memos) assert.ok(many.some((y) => y.equals(x)));
+      }
+      assert.equal(((await s.scopeMemos(c, 20_000)) as { memos: Buffer[] }).memos.length, 7);
+
+      assert.equal((await s.putMemo('not-a-digest', l1, a1)).kind, 'error');
+      assert.equal((await s.scopeMemos('NOT-A-DIGEST', 1)).kind, 'error');
+
+      await s.close();
+      s = await DirStorage.open(dir, 1 << 30, (k) => errors.push(k));
+      assert.deepEqual(await s.scopeMemos(b, 100), { kind: 'memos', memos: [b1] });
+      await s.clear();
+      for (const scope of [a, b, c]) assert.deepEqual(await s.scopeMemos(scope, 100), { kind: 'memos', memos: [] });
+      assert.equal((await s.putMemo(a, l3, a1)).kind, 'stored');
+      assert.deepEqual(await s.scopeMemos(a, 100), { kind: 'memos', memos: [a1] });
+      assert.deepEqual(errors, []);
+    } finally {
+      await s.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

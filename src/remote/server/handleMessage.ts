@@ -4,7 +4,7 @@ import { scopeAllows } from '../tokens.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
 import type { Connection } from './connection.js';
-import { handleAdmin, handleBad, handleBundle, handleGet } from './requestHandlers.js';
+import { handleAdmin, handleBad, handleBundle, handleGet, handleMemo, handleScope } from './requestHandlers.js';
 import type { ServerState } from './serverState.js';
 
 function message(e: unknown): string {
@@ -76,7 +76,8 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
   if (c.active.has(id)) return bad(s, c, undefined, 'bad-message', `request id ${id} is already in use`, msg.type);
   // A refused put whose bundle never came: the client has moved on and reuses the id.
   c.discard.delete(id);
-  const key = msg.type === 'get' || msg.type === 'put' || msg.type === 'bad' ? msg.key : null;
+  // The access log's `key` of a team memo request is its scope.
+  const key = msg.type === 'get' || msg.type === 'put' || msg.type === 'bad' ? msg.key : msg.type === 'memo' || msg.type === 'scope' ? msg.scope : null;
   const op = msg.type === 'admin' ? `admin:${msg.op}` : msg.type;
   const refuse = (code: ErrorCode, text: string, result: AccessResult = code) => {
     if (msg.type === 'put') discardLater(s, c, id);
@@ -120,6 +121,11 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
     case 'bad':
       if (!scopeAllows(c.token.scope, 'write')) return refuse('forbidden', `token '${c.token.name}' has ${c.token.scope} scope; bad needs write`);
       return handleBad(s, c, id, msg.key, op);
+    case 'memo':
+      if (!scopeAllows(c.token.scope, 'write')) return refuse('forbidden', `token '${c.token.name}' has ${c.token.scope} scope; memo needs write`);
+      return handleMemo(s, c, id, msg.scope, msg.memo, op);
+    case 'scope':
+      return handleScope(s, c, id, msg.scope, op);
     case 'admin':
       if (!scopeAllows(c.token.scope, 'admin')) return refuse('forbidden', `token '${c.token.name}' has ${c.token.scope} scope; admin ${msg.op} needs admin`);
       return handleAdmin(s, c, id, msg.op, op);

@@ -1,5 +1,7 @@
 import { performance } from 'node:perf_hooks';
-import { type ErrorCode, encodeBinary } from '../../protocol/remote.js';
+import { decodeTeamMemo } from '../../memo/teamMemo.js';
+import { SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from '../../protocol/limits.js';
+import { type ErrorCode, encodeBinary, encodeMemoList } from '../../protocol/remote.js';
 import { packBundle, unpackBundle } from '../bundle.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
@@ -149,6 +151,93 @@ export function handleBad(s: ServerState, c: Connection, id: number, key: string
       await s.send(c, { type: 'error', id, code: 'internal', message: 'deleting the entry failed' });
     } finally {
       s.access({ op, token: c.token.name, key, result, bytes: 0, ms: performance.now() - t0, remote: c.remote });
+      end(s, c, id);
+    }
+  };
+  void s.track(run());
+}
+
+/**
+ * `memo` (the caller has checked the write scope): a valid team memo is stored as the newest of
+ * its (scope, lookup); an invalid one is answered `bad-message`, the connection stays usable.
+ */
+export function handleMemo(s: ServerState, c: Connection, id: number, scope: string, text: string, op: string): void {
+  begin(c, id);
+  const t0 = performance.now();
+  const run = async () => {
+    let result: AccessResult = 'stored';
+    const memo = Buffer.from(text, 'base64');
+    try {
+      let lookup: string;
+      try {
+        // Buffer.from skips what is not base64; only text that is exactly the memo's encoding is taken.
+        if (memo.toString('base64') !== text) throw new Error('memo is not base64');
+        lookup = decodeTeamMemo(memo).lookup;
+      } catch (e) {
+        result = 'bad-message';
+        s.counters.bump('rejected_memos');
+        await s.send(c, { type: 'error', id, code: 'bad-message', message: `invalid team memo: ${message(e)}` });
+        return;
+      }
+      const r = await s.store!.putMemo(scope, lookup, memo);
+      if (r.kind === 'error') {
+        result = 'error';
+        s.options.log.warn('team memo write failed', { scope, error: r.error });
+        await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not write its store' });
+        return;
+      }
+      s.counters.bump('memos_stored');
+      await s.send(c, { type: 'ok', id });
+    } catch (e) {
+      result = 'error';
+      s.options.log.error('memo failed', { scope, error: message(e) });
+      await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
+    } finally {
+      s.access({ op, token: c.token.name, key: scope, result, bytes: memo.length, ms: performance.now() - t0, remote: c.remote });
+      end(s, c, id);
+    }
+  };
+  void s.track(run());
+}
+
+/**
+ * `scope`: the scope's team memos as `memos` plus one binary message, at most SCOPE_MAX_MEMOS of
+ * them and at most maxBundleBytes of payload (memos past the first that does not fit are left out).
+ */
+export function handleScope(s: ServerState, c: Connection, id: number, scope: string, op: string): void {
+  begin(c, id);
+  const t0 = performance.now();
+  const run = async () => {
+    let result: AccessResult = 'ok';
+    let bytes = 0;
+    try {
+      const r = await s.store!.scopeMemos(scope, SCOPE_MAX_MEMOS);
+      if (r.kind === 'error') {
+        result = 'error';
+        s.options.log.warn('team memo read failed', { scope, error: r.error });
+        await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
+        return;
+      }
+      const max = s.options.limits.maxBundleBytes;
+      const memos: Buffer[] = [];
+      for (const m of r.memos) {
+        // A value no client would accept (planted in a shared storage) is not sent.
+        if (m.length === 0 || m.length > TEAM_MEMO_MAX_BYTES) continue;
+        if (memos.length >= SCOPE_MAX_MEMOS || bytes + 4 + m.length > max) break;
+        memos.push(m);
+        bytes += 4 + m.length;
+      }
+      const payload = encodeMemoList(memos);
+      s.counters.bump('memos_served', memos.length);
+      s.hold(c, payload.length);
+      await s.send(c, { type: 'memos', id, scope, count: memos.length, bundleBytes: payload.length }, encodeBinary(id, payload));
+      s.hold(c, -payload.length);
+    } catch (e) {
+      result = 'error';
+      s.options.log.error('scope failed', { scope, error: message(e) });
+      await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
+    } finally {
+      s.access({ op, token: c.token.name, key: scope, result, bytes, ms: performance.now() - t0, remote: c.remote });
       end(s, c, id);
     }
   };

@@ -2,7 +2,21 @@ import { z } from 'zod';
 import type { Logger } from '../../util/log.js';
 import type { CounterPersistence, ServerStorage } from './serverStorage.js';
 
-export const COUNTERS = ['hits', 'misses', 'puts', 'puts_refused', 'rejected_bundles', 'bad_messages', 'auth_failures', 'evictions', 'bytes_served', 'bytes_received'] as const;
+export const COUNTERS = [
+  'hits',
+  'misses',
+  'puts',
+  'puts_refused',
+  'rejected_bundles',
+  'bad_messages',
+  'auth_failures',
+  'evictions',
+  'bytes_served',
+  'bytes_received',
+  'memos_stored',
+  'memos_served',
+  'rejected_memos',
+] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
 const PersistedStats = z.object({

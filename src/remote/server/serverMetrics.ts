@@ -3,7 +3,7 @@ import { COUNTERS, type CounterName } from './serverCounters.js';
 import { STORAGE_ERROR_KINDS, type StorageErrorKind, type StorageSummary } from './serverStorage.js';
 
 /** Ops of the access log that are requests (connect and invalid frames are counted elsewhere). */
-const REQUEST_OPS = new Set(['get', 'put', 'bad', 'stats', 'ping', 'hello', 'admin:clear', 'admin:reset-stats']);
+const REQUEST_OPS = new Set(['get', 'put', 'bad', 'memo', 'scope', 'stats', 'ping', 'hello', 'admin:clear', 'admin:reset-stats']);
 
 /**
  * The server's Prometheus metrics (`GET /metrics`), one registry per server. Counters count from
@@ -38,6 +38,9 @@ export class ServerMetrics {
       evictions: 'Entries (dir) or keys (Redis) the storage evicted.',
       bytes_served: 'Bundle bytes sent to clients (bytes out).',
       bytes_received: 'Bundle bytes received from clients (bytes in).',
+      memos_stored: 'Team memos stored.',
+      memos_served: 'Team memos sent in scope replies.',
+      rejected_memos: 'Team memos rejected as invalid.',
     };
     this.events = Object.fromEntries(COUNTERS.map((c) => [c, new Counter({ name: `ltocache_server_${c}_total`, help: help[c], registers })])) as Record<CounterName, Counter>;
     this.storageErrors = new Counter({ name: 'ltocache_server_storage_errors_total', help: 'Storage failures, by kind.', labelNames: ['kind'], registers });

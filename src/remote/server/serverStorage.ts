@@ -45,7 +45,11 @@ export interface ServerStorage {
   get(key: Digest): Promise<Lookup>;
   put(key: Digest, entry: StoredEntry): Promise<PutResult>;
   delete(key: Digest): Promise<DeleteResult>;
-  /** Removes every entry and blob of this cache (nothing else the storage holds). Throws on failure. */
+  /** Keeps `memo` as the team memo of (scope, lookup), replacing an older one. */
+  putMemo(scope: Digest, lookup: Digest, memo: Buffer): Promise<{ kind: 'stored' } | { kind: 'error'; error: string }>;
+  /** The scope's team memos, newest-first where the storage knows the order, at most `max`. */
+  scopeMemos(scope: Digest, max: number): Promise<{ kind: 'memos'; memos: Buffer[] } | { kind: 'error'; error: string }>;
+  /** Removes every entry, blob and team memo of this cache (nothing else the storage holds). Throws on failure. */
   clear(): Promise<void>;
   /** Cheap: cached figures, refreshed in the background where counting costs a round trip. */
   summary(): StorageSummary;

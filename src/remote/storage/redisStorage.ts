@@ -61,6 +61,10 @@ export function parseRedisUrl(url: string): RedisTarget {
 }
 
 const entryKey = (key: Digest) => `${KEY_PREFIX}e:${key}`;
+/** One hash per scope (field: lookup, value: the team memo); the scope is the hash tag. */
+const memoKey = (scope: Digest) => `${KEY_PREFIX}m:{${scope}}`;
+/** HSCAN's COUNT hint when a scope holds more memos than one reply may carry. */
+const MEMO_SCAN_COUNT = 1000;
 /** One key per chunk; the digest is the hash tag, so a blob's chunks share a slot (one MGET reads them all). */
 const chunkKeys = (digest: Digest, size: number): string[] => {
   const n = Math.max(1, Math.ceil(size / CHUNK_BYTES));
@@ -90,7 +94,8 @@ function infoField(text: string, name: string): number {
  * beyond connections). Layout: `ltocache:e:KEY` holds the record JSON; `ltocache:b:{DIGEST}:I`
  * holds chunk I of a blob, content-addressed and so shared by every entry with that output.
  * Eviction is Redis's own (maxmemory + allkeys-lru): an evicted blob or record makes the entries
- * using it misses.
+ * using it misses. `ltocache:m:{SCOPE}` is a hash of the scope's team memos by lookup, evicted
+ * as a whole.
  */
 export class RedisStorage implements ServerStorage {
   readonly kind = 'redis';
@@ -256,6 +261,42 @@ export class RedisStorage implements ServerStorage {
       return (await this.client.del(entryKey(key))) > 0 ? { kind: 'deleted' } : { kind: 'absent' };
     } catch (e) {
       this.fail(e, 'write');
+      return { kind: 'error', error: `redis: ${message(e)}` };
+    }
+  }
+
+  async putMemo(scope: Digest, lookup: Digest, memo: Buffer): Promise<{ kind: 'stored' } | { kind: 'error'; error: string }> {
+    if (!DIGEST_RE.test(scope) || !DIGEST_RE.test(lookup)) return { kind: 'error', error: 'malformed scope or lookup' };
+    try {
+      await this.client.hset(memoKey(scope), lookup, memo);
+      return { kind: 'stored' };
+    } catch (e) {
+      this.fail(e, 'write');
+      return { kind: 'error', error: `redis: ${message(e)}` };
+    }
+  }
+
+  /** In no particular order (a hash keeps none). */
+  async scopeMemos(scope: Digest, max: number): Promise<{ kind: 'memos'; memos: Buffer[] } | { kind: 'error'; error: string }> {
+    if (!DIGEST_RE.test(scope)) return { kind: 'error', error: 'malformed scope' };
+    if (max <= 0) return { kind: 'memos', memos: [] };
+    const key = memoKey(scope);
+    try {
+      const n = await this.client.hlen(key);
+      if (n === 0) return { kind: 'memos', memos: [] };
+      // The hash may grow between HLEN and HGETALL: the slice keeps the bound.
+      if (n <= max) return { kind: 'memos', memos: Object.values(await this.client.hgetallBuffer(key)).slice(0, max) };
+      // HSCAN may return a field twice: collected by field.
+      const got = new Map<string, Buffer>();
+      let cursor = '0';
+      do {
+        const [next, flat] = await this.client.hscanBuffer(key, cursor, 'COUNT', MEMO_SCAN_COUNT);
+        cursor = next.toString('latin1');
+        for (let i = 0; i + 1 < flat.length && got.size < max; i += 2) got.set(flat[i]!.toString('latin1'), flat[i + 1]!);
+      } while (cursor !== '0' && got.size < max);
+      return { kind: 'memos', memos: [...got.values()] };
+    } catch (e) {
+      this.fail(e, 'read');
       return { kind: 'error', error: `redis: ${message(e)}` };
     }
   }
