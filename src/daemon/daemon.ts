@@ -92,7 +92,14 @@ export class Daemon {
         breakerCooldownMs: config.remote_retry_ms,
         ...(config.remote_ca ? { ca: config.remote_ca } : {}),
       });
-      this.uploads = new UploadQueue(this.remote, config.upload_queue, (r) => this.onUpload(r));
+      this.uploads = new UploadQueue(
+        this.remote,
+        config.upload_queue,
+        (r) => this.onUpload(r),
+        (r) => {
+          if (r.kind === 'error') this.log.warn('cannot share a team memo', { error: r.error });
+        },
+      );
       const team = config.remote_mode === 'read-only' ? readOnly(this.remote) : this.uploads;
       this.cache = tiered(store, team, (e) => this.onTier(e));
     } else this.cache = store;
@@ -123,6 +130,7 @@ export class Daemon {
           }
         : {}),
       manifestOf: (key) => this.jobLog.manifestOf(key),
+      prefetch: !!config.remote && config.remote_prefetch === 'on',
     });
     this.lifecycle = new Lifecycle({
       dir: config.dir,
@@ -335,7 +343,7 @@ export class Daemon {
       const jr: JobRequest = { compiler: resolve(req.cwd, job.argv[0]!), args: job.argv.slice(1), cwd: req.cwd, env: req.env, umask: req.umask };
       const startedAt = Date.now();
       const o = await this.compile(jr, { signal, collectMemo: (memo, lookup) => memos.add(job, memo, lookup) });
-      if (o.kind === 'hit' || o.kind === 'miss') memos.keyed(job, keyedPart(o.manifest));
+      if ((o.kind === 'hit' || o.kind === 'miss') && o.manifest) memos.keyed(job, keyedPart(o.manifest));
       this.recordJob(jr, o, startedAt);
       if (o.kind === 'hit') return { code: 0, signal: null, stdout: o.stdout, stderr: o.stderr };
       if (o.kind === 'miss') return { code: o.exitCode, signal: signalName(o.signal), stdout: o.stdout, stderr: o.stderr };

@@ -11,9 +11,12 @@ import { checkedBody, MEMO_MAX_STREAM, type Memo, type MemoCheck, MemoError, Rea
  */
 export const TEAM_MEMO_MAGIC = Buffer.from('LTOTEAM\x01', 'latin1');
 
-const Kind = { content: 2, absent: 3, notreg: 4, env: 6, dirlist: 7 } as const;
+const Kind = { content: 2, absent: 3, notreg: 4, env: 6, dirlist: 7, file: 8 } as const;
 
 export type TeamCheck =
+  /** A file the origin checked by stat identity: here too, where it is settled. */
+  | { kind: 'file'; path: string; size: number; digest: Digest }
+  /** A file checked by content wherever it is (rewritten with the same bytes by every build). */
   | { kind: 'content'; path: string; size: number; digest: Digest }
   | { kind: 'absent'; path: string }
   | { kind: 'notreg'; path: string }
@@ -63,7 +66,7 @@ export function encodeTeamMemo(m: TeamMemo): Buffer {
   for (const c of m.checks) {
     w.u8(Kind[c.kind]);
     w.str(c.kind === 'env' ? c.name : c.path);
-    if (c.kind === 'content') {
+    if (c.kind === 'content' || c.kind === 'file') {
       w.u64(c.size);
       w.hex(c.digest);
     } else if (c.kind === 'dirlist') w.hex(c.digest);
@@ -87,6 +90,14 @@ export function encodeTeamMemo(m: TeamMemo): Buffer {
 }
 
 /** Decodes and validates a team memo (it comes from the network): a MemoError names what is wrong. */
+/** The lookup a team memo names, read without decoding it (null if it is too short to name one). */
+export function teamMemoLookup(b: Buffer): Digest | null {
+  const at = TEAM_MEMO_MAGIC.length;
+  if (b.length < at + 32) return null;
+  const s = b.toString('latin1', at, at + 32);
+  return /^[0-9a-f]{32}$/.test(s) ? s : null;
+}
+
 export function decodeTeamMemo(b: Buffer): TeamMemo {
   if (b.length > TEAM_MEMO_MAX_BYTES) throw new MemoError('team memo over the size limit');
   const body = checkedBody(b, TEAM_MEMO_MAGIC);
@@ -102,10 +113,11 @@ export function decodeTeamMemo(b: Buffer): TeamMemo {
     const name = r.str(MEMO_MAX_NAME);
     if (kind !== Kind.env && !name.startsWith('/')) throw new MemoError(`check of a relative path '${name}'`);
     switch (kind) {
-      case Kind.content: {
+      case Kind.content:
+      case Kind.file: {
         const size = r.u64();
         if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MemoError('bad size');
-        checks.push({ kind: 'content', path: name, size: Number(size), digest: r.hex() });
+        checks.push({ kind: kind === Kind.file ? 'file' : 'content', path: name, size: Number(size), digest: r.hex() });
         break;
       }
       case Kind.absent:
@@ -144,7 +156,7 @@ export function decodeTeamMemo(b: Buffer): TeamMemo {
   const stderr = Buffer.from(r.bytes(MEMO_MAX_STREAM));
   if (r.at !== body.length) throw new MemoError(`${body.length - r.at} trailing bytes`);
   // A memo that checks no file could be served to any command of its name: not accepted.
-  if (!checks.some((c) => c.kind === 'content')) throw new MemoError('team memo checks no file content');
+  if (!checks.some((c) => c.kind === 'content' || c.kind === 'file')) throw new MemoError('team memo checks no file content');
   return { lookup, key, checks, outputs, stdout, stderr };
 }
 
@@ -185,7 +197,7 @@ export class TeamMemoMaker {
       switch (c.kind) {
         case 'stat':
           if (!c.digest) return null;
-          checks.push({ kind: 'content', path: c.path, size: Number(c.size), digest: c.digest });
+          checks.push({ kind: 'file', path: c.path, size: Number(c.size), digest: c.digest });
           break;
         case 'dir': {
           const id = `${c.path}\0${c.dev}:${c.ino}:${c.mtimeNs}:${c.ctimeNs}`;
@@ -235,10 +247,13 @@ export async function localise(t: TeamMemo, files: LocalFiles, nowNs: bigint = B
       case 'env':
         checks.push(c);
         break;
+      case 'file':
       case 'content': {
         const d = await files.digest(c.path);
         if (d.kind !== 'file' || d.size !== c.size || d.digest !== c.digest) return { why: `${c.path} differs` };
-        checks.push(d.settled ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest } : c);
+        checks.push(
+          c.kind === 'file' && d.settled ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest } : { kind: 'content', path: c.path, size: c.size, digest: c.digest },
+        );
         break;
       }
       case 'absent': {

@@ -8,6 +8,7 @@ import { checksHold, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
 import { encodeMemo, lookupDigest, type Memo, type MemoCheck, type MemoOutput } from '../memo/memoFormat.js';
+import { encodeTeamMemo, scopeDigest, TeamMemoMaker } from '../memo/teamMemo.js';
 import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
@@ -17,6 +18,7 @@ import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
 import { type CompilerRun, type RunOptions, runCompiler } from './runCompiler.js';
 import { Semaphore } from './semaphore.js';
+import { type Prepared, TeamPrefetch } from './teamPrefetch.js';
 
 /**
  * Memory budget for entries kept hot. Small on purpose: the page cache keeps hot blobs anyway;
@@ -86,8 +88,19 @@ interface Keyed {
 
 /** The result of one job, as data: a miss is an outcome, not an exception. */
 export type JobOutcome =
-  /** Outputs written from a stored or just-compiled entry; stdout/stderr are the stored ones. */
-  | (Keyed & { kind: 'hit'; tier: 'memory' | 'local' | 'remote' | 'inflight'; stdout: Buffer; stderr: Buffer; savedMs: number; bytes: number })
+  /**
+   * Outputs written from a stored or just-compiled entry; stdout/stderr are the stored ones.
+   * Without `manifest` when served from a prefetched team memo (the job was not keyed here).
+   */
+  | (Omit<Keyed, 'manifest'> & {
+      manifest?: Manifest;
+      kind: 'hit';
+      tier: 'memory' | 'local' | 'remote' | 'inflight';
+      stdout: Buffer;
+      stderr: Buffer;
+      savedMs: number;
+      bytes: number;
+    })
   /** The compiler ran (here, or on the client when `compiledOnClient`), or a shared run failed. */
   | (Keyed & { kind: 'miss'; exitCode: number; signal: number; stdout: Buffer; stderr: Buffer; bytes: number; compiledOnClient: boolean })
   /** Not a job the cache can key; `record` says whether it belongs in the job log. */
@@ -132,6 +145,11 @@ export interface PipelineOptions {
   memo?: MemoSink;
   /** The content-digest memo of the default keyer (the daemon saves and reloads it). */
   files?: FileDigests;
+  /**
+   * Share team memos of stored misses and prefetch a scope's team memos when its first job
+   * arrives (docs/team-cache.md "Prefetch"). Needs `memo` and a cache with team memos.
+   */
+  prefetch?: boolean;
 }
 
 /** What a finished compile leaves for the jobs waiting on the same key. */
@@ -161,6 +179,8 @@ export class JobPipeline {
   private readonly verifyShare: number;
   private readonly random: () => number;
   private readonly background = new Set<Promise<void>>();
+  private readonly prefetch: TeamPrefetch | null = null;
+  private readonly teamMemos = new TeamMemoMaker();
 
   constructor(private readonly o: PipelineOptions) {
     this.compiles = new Semaphore(o.jobs);
@@ -168,9 +188,27 @@ export class JobPipeline {
     this.verifyShare = o.verifyShare ?? 0;
     this.random = o.random ?? Math.random;
     this.run = o.runCompiler ?? runCompiler;
+    const files = o.files ?? new FileDigests();
+    const memo = o.memo;
+    const cache = o.cache;
+    if (o.prefetch && memo && cache.scopeMemos && cache.writeBack && !this.verifyShare) {
+      this.prefetch = new TeamPrefetch({
+        scopeMemos: (scope) => cache.scopeMemos!(scope),
+        fetchEntry: async (key) => {
+          if (o.deny.has(key)) return false;
+          const found = await cache.get(key, { deferWriteBack: true });
+          if (found.kind !== 'hit') return false;
+          if ((found as TieredLookup).tier === 'remote') await cache.writeBack!(key, found.entry);
+          return true;
+        },
+        writeMemo: (lookup, m) => memo.write(lookup, m),
+        files,
+        counters: o.counters,
+        log: o.log,
+      });
+    }
     if (o.keyer) this.keyer = o.keyer;
     else {
-      const files = o.files ?? new FileDigests();
       const toolchains = new ToolchainIdentifier(files);
       this.keyer = async (job, req) => {
         if (!o.memo) return buildManifest({ files, toolchains }, job, req.compiler, req.cwd, req.env);
@@ -200,8 +238,18 @@ export class JobPipeline {
     void p.finally(() => this.background.delete(p));
   }
 
+  /** Resolves when the team prefetches started so far are done. */
+  async prefetched(): Promise<void> {
+    await this.prefetch?.idle();
+  }
+
   /** Never throws for a cache problem: the outcome says what happened. */
   async runJob(req: JobRequest, ctx: JobContext): Promise<JobOutcome> {
+    if (this.prefetch && !ctx.collectMemo) {
+      const p = await this.prefetch.find(req);
+      const served = p && (await this.serveFromTeamMemo(p, req));
+      if (served) return served;
+    }
     const parsed = await parseJob(req.args, req.cwd);
     if (parsed.kind === 'uncacheable') {
       this.counters.uncacheableFor(parsed.reason);
@@ -253,7 +301,10 @@ export class JobPipeline {
       k.key,
       ctx,
       stillCurrent,
-      (entry) => this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo),
+      async (entry) => {
+        await this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo);
+        if (!ctx.collectMemo) this.share(k, entry.record, job.outputs, req);
+      },
       storeMemo && { memo: storeMemo, adopt: (run) => this.adopt(k, job.outputs, req, run) },
     );
     this.inflight.set(k.key, p);
@@ -277,6 +328,54 @@ export class JobPipeline {
     } finally {
       this.inflight.delete(k.key);
     }
+  }
+
+  /**
+   * A prefetched team memo of this command: its checks are made again now (they held when it was
+   * localised) and the entry it names, now local, is placed. Null to go the usual way.
+   */
+  private async serveFromTeamMemo(p: Prepared, req: JobRequest): Promise<JobOutcome | null> {
+    if (this.o.deny.has(p.key) || !checksHold(p.memo.checks, req.env)) return null;
+    const found = await this.o.cache.get(p.key);
+    if (found.kind !== 'hit') return null;
+    const outputs = p.roles.map((role, i) => ({ role, path: p.memo.outputs[i]!.path }));
+    if (!(await this.place(found.entry, outputs, req))) return null;
+    const { record } = found.entry;
+    this.counters.add(Counter.hits);
+    this.counters.add(Counter.time_saved_ms, record.compileMs);
+    return {
+      key: p.key,
+      output: outputs[0]!.path,
+      kind: 'hit',
+      tier: 'remote',
+      stdout: p.memo.stdout,
+      stderr: p.memo.stderr,
+      savedMs: record.compileMs,
+      bytes: entryBytes(found.entry),
+    };
+  }
+
+  /** Queues the team memo of a miss just stored, for teammates' prefetch. */
+  private share(k: Keyed, record: EntryRecord, outputs: Outputs, req: JobRequest): void {
+    const cache = this.o.cache;
+    if (!this.prefetch || !cache.shareMemo || !k.checks || this.o.deny.has(k.key)) return;
+    const memoOutputs = memoOutputsOf(record, outputs, req.cwd);
+    if (!memoOutputs) return;
+    const memo: Memo = { key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(record.stdout), stderr: fromBase64(record.stderr) };
+    const team = this.teamMemos.make(
+      lookupDigest(req.compiler, req.cwd, req.args),
+      memo,
+      outputs.map((o) => o.role),
+    );
+    if (!team) return;
+    let bytes: Buffer;
+    try {
+      bytes = encodeTeamMemo(team);
+    } catch {
+      return;
+    }
+    this.counters.add(Counter.team_memos_shared);
+    void cache.shareMemo(scopeDigest(req.compiler, req.cwd), bytes);
   }
 
   private async lookup(k: Keyed, outputs: Outputs, req: JobRequest, ctx: Pick<JobContext, 'collectMemo' | 'serveOnClient'>): Promise<JobOutcome | null> {
@@ -593,6 +692,7 @@ export class JobPipeline {
     this.counters.add(Counter.misses_stored_by_client);
     await this.newlyStored(k.key, entryBytes({ record }));
     if (!this.takeClientMemo(k, req, stored, record.compileMs)) await this.writeMemo(k, { record, files: new Map() }, outputs, req);
+    this.share(k, record, outputs, req);
     return true;
   }
 

@@ -74,6 +74,9 @@ export const ServerStats = z.object({
   evictions: z.number().int(),
   bytes_served: z.number().int(),
   bytes_received: z.number().int(),
+  memos_stored: z.number().int(),
+  memos_served: z.number().int(),
+  rejected_memos: z.number().int(),
   since: z.string(),
 });
 export type ServerStats = z.infer<typeof ServerStats>;

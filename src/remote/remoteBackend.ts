@@ -5,6 +5,7 @@ import type { Digest } from '../key/hash.js';
 import {
   DEFAULT_LIMITS,
   decodeBinary,
+  decodeMemoList,
   encodeBinary,
   type Limits,
   parseServerMessage,
@@ -57,10 +58,12 @@ export type RemoteOptionsInput = z.input<typeof RemoteOptions>;
 
 /** A failed request: nothing usable came back from the server. */
 type Failed = { type: 'failed'; failure: 'unavailable' | 'timeout' | 'server' | 'protocol'; error: string };
-type Reply = ServerMessage | { type: 'bundle'; bundle: Buffer; entry: EntryRecord } | Failed;
+type Reply = ServerMessage | { type: 'bundle'; bundle: Buffer; entry: EntryRecord } | { type: 'memo-list'; memos: Buffer[] } | Failed;
 
 /** A team-tier lookup: its errors say which kind of failure they are. */
 export type RemoteLookup = Exclude<Lookup, { kind: 'error' }> | { kind: 'error'; error: string; corrupt: boolean; failure: RemoteFailure };
+/** A scope's team memos, or why not. */
+export type ScopeMemos = { kind: 'memos'; memos: Buffer[] } | { kind: 'error'; error: string; failure: RemoteFailure };
 /** A team-tier put: its errors say which kind of failure they are. */
 export type RemotePutResult = Exclude<PutResult, { kind: 'error' }> | { kind: 'error'; error: string; failure: RemoteFailure };
 
@@ -68,6 +71,8 @@ interface Pending {
   resolve: (m: Reply) => void;
   timer: NodeJS.Timeout;
   hit?: { entry: EntryRecord; key: string };
+  /** A `memos` reply whose list is the next binary message. */
+  memos?: { count: number };
 }
 
 /** Connecting failed; `failure` says how. */
@@ -184,6 +189,10 @@ export class RemoteServer implements CacheBackend {
       p.hit = { entry: msg.entry, key: msg.key };
       return;
     }
+    if (msg.type === 'memos') {
+      p.memos = { count: msg.count };
+      return;
+    }
     this.pending.delete(msg.id);
     clearTimeout(p.timer);
     p.resolve(msg);
@@ -198,10 +207,15 @@ export class RemoteServer implements CacheBackend {
       return;
     }
     const p = this.pending.get(id);
-    if (!p?.hit) return;
+    if (!p?.hit && !p?.memos) return;
     this.pending.delete(id);
     clearTimeout(p.timer);
-    p.resolve({ type: 'bundle', bundle, entry: p.hit.entry });
+    if (p.hit) return p.resolve({ type: 'bundle', bundle, entry: p.hit.entry });
+    try {
+      p.resolve({ type: 'memo-list', memos: decodeMemoList(bundle, p.memos!.count) });
+    } catch (e) {
+      p.resolve({ type: 'failed', failure: 'protocol', error: (e as Error).message });
+    }
   }
 
   private async request(build: (id: number) => { text: string; binary?: Buffer }, timeoutMs: number): Promise<Reply> {
@@ -276,6 +290,37 @@ export class RemoteServer implements CacheBackend {
     return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}` };
   }
 
+  /** Shares the team memo of an entry this daemon stored (write scope needed). */
+  async putMemo(scope: Digest, memo: Buffer): Promise<RemotePutResult> {
+    if (this.scope === 'read') return { kind: 'refused', reason: 'token has read scope' };
+    if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
+    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'memo', id, scope, memo: memo.toString('base64') }) }), this.o.putTimeoutMs);
+    if (r.type === 'failed') {
+      this.breaker.failure();
+      return { kind: 'error', failure: r.failure, error: r.error };
+    }
+    this.breaker.success();
+    if (r.type === 'ok') return { kind: 'stored' };
+    if (r.type === 'error' && r.code === 'forbidden') return { kind: 'refused', reason: r.message };
+    if (r.type === 'error') return { kind: 'error', failure: 'server', error: `server: ${r.code}: ${r.message}` };
+    return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}` };
+  }
+
+  /** The team memos of a scope (any scope of token). */
+  async fetchScope(scope: Digest, timeoutMs: number): Promise<ScopeMemos> {
+    if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
+    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'scope', id, scope }) }), timeoutMs);
+    if (r.type === 'failed') {
+      this.breaker.failure();
+      return { kind: 'error', failure: r.failure, error: r.error };
+    }
+    this.breaker.success();
+    if (r.type === 'memo-list') return { kind: 'memos', memos: r.memos };
+    // A server from before team memos answers `bad-message`.
+    if (r.type === 'error') return { kind: 'error', failure: 'server', error: `server: ${r.code}: ${r.message}` };
+    return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}` };
+  }
+
   /** Reports the entry bad to the server, which deletes it (write scope needed). */
   async delete(key: Digest): Promise<DeleteResult> {
     if (this.scope === 'read') return { kind: 'refused', reason: 'token has read scope' };
@@ -310,6 +355,9 @@ export class RemoteServer implements CacheBackend {
     if (this.ws) this.drop(this.ws, 'closed');
   }
 }
+
+/** A scope's memos can be megabytes: more time than one get. */
+const SCOPE_TIMEOUT_MS = 5000;
 
 /** Failures after which the next server is asked: the server, not the entry, was the problem. */
 const FAIL_OVER: ReadonlySet<RemoteFailure> = new Set(['skipped', 'unavailable', 'timeout', 'server', 'protocol']);
@@ -398,6 +446,28 @@ export class RemoteBackend implements CacheBackend {
       (s) => s.delete(key),
       (r) => r.kind === 'error',
     );
+  }
+
+  putMemo(scope: Digest, memo: Buffer): Promise<RemotePutResult> {
+    return this.each(
+      scope,
+      (s) => s.putMemo(scope, memo),
+      (r) => r.kind === 'error' && FAIL_OVER.has(r.failure),
+    );
+  }
+
+  fetchScope(scope: Digest, timeoutMs = SCOPE_TIMEOUT_MS): Promise<ScopeMemos> {
+    return this.each(
+      scope,
+      (s) => s.fetchScope(scope, timeoutMs),
+      (r) => r.kind === 'error' && FAIL_OVER.has(r.failure),
+    );
+  }
+
+  /** CacheBackend's view: the memos, or null on any failure. */
+  async scopeMemos(scope: Digest): Promise<Buffer[] | null> {
+    const r = await this.fetchScope(scope);
+    return r.kind === 'memos' ? r.memos : null;
   }
 
   async touch(): Promise<void> {}

@@ -7,14 +7,16 @@ import type { CacheBackend, DeleteResult, PutResult, StoredEntry } from '../stor
  */
 export class UploadQueue implements CacheBackend {
   readonly name: string;
-  private readonly queue: { key: Digest; entry: StoredEntry }[] = [];
+  /** Entries, and team memos queued after the entry they describe (one worker keeps the order). */
+  private readonly queue: ({ key: Digest; entry: StoredEntry } | { key: Digest; memo: Buffer })[] = [];
   private running = false;
   private idleWaiters: (() => void)[] = [];
 
   constructor(
-    private readonly target: CacheBackend,
+    private readonly target: CacheBackend & { putMemo?(scope: Digest, memo: Buffer): Promise<PutResult> },
     private readonly capacity: number,
     private readonly onResult: (r: PutResult | { kind: 'dropped' }) => void,
+    private readonly onMemo?: (r: PutResult) => void,
   ) {
     this.name = `queued(${target.name})`;
   }
@@ -25,10 +27,13 @@ export class UploadQueue implements CacheBackend {
   touch(key: Digest) {
     return this.target.touch(key);
   }
+  async scopeMemos(scope: Digest): Promise<Buffer[] | null> {
+    return (await this.target.scopeMemos?.(scope)) ?? null;
+  }
 
   /** Drops queued uploads of the key (they are what was found bad), then deletes it at once. */
   delete(key: Digest): Promise<DeleteResult> {
-    for (let i = this.queue.length - 1; i >= 0; i--) if (this.queue[i]!.key === key) this.queue.splice(i, 1);
+    for (let i = this.queue.length - 1; i >= 0; i--) if (this.queue[i]!.key === key && 'entry' in this.queue[i]!) this.queue.splice(i, 1);
     return this.target.delete(key);
   }
 
@@ -42,17 +47,25 @@ export class UploadQueue implements CacheBackend {
     return { kind: 'stored' };
   }
 
+  /** Queues a team memo behind the uploads queued so far; dropped silently when the queue is full. */
+  async shareMemo(scope: Digest, memo: Buffer): Promise<void> {
+    if (!this.target.putMemo || this.queue.length >= this.capacity) return;
+    this.queue.push({ key: scope, memo });
+    if (!this.running) void this.drain();
+  }
+
   private async drain(): Promise<void> {
     this.running = true;
     while (this.queue.length) {
       const job = this.queue.shift()!;
       let r: PutResult;
       try {
-        r = await this.target.put(job.key, job.entry);
+        r = 'memo' in job ? await this.target.putMemo!(job.key, job.memo) : await this.target.put(job.key, job.entry);
       } catch (e) {
         r = { kind: 'error', error: (e as Error).message };
       }
-      this.onResult(r);
+      if ('memo' in job) this.onMemo?.(r);
+      else this.onResult(r);
     }
     this.running = false;
     for (const w of this.idleWaiters.splice(0)) w();

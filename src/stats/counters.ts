@@ -35,6 +35,14 @@ export const Counter = {
   dist_memos_written: 'dist_memos_written',
   /** Misses whose outputs the native client stored itself (docs/protocol.md, 'S'; also in `misses`). */
   misses_stored_by_client: 'misses_stored_by_client',
+  /** Team memos of stored misses sent to the team cache (docs/team-cache.md "Prefetch"). */
+  team_memos_shared: 'team_memos_shared',
+  /** Team memos fetched whose checks held here: entry written back and memo written. */
+  team_memos_prefetched: 'team_memos_prefetched',
+  /** Team memos fetched whose checks did not hold here, or whose entry the team cache lacked. */
+  team_memos_unusable: 'team_memos_unusable',
+  /** Team memos fetched that were not valid team memos. */
+  team_memos_rejected: 'team_memos_rejected',
 } as const;
 export type CounterName = (typeof Counter)[keyof typeof Counter];
 /** Every counter, in `stats` display order. */

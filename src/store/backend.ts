@@ -60,4 +60,11 @@ export interface CacheBackend {
    * when a blob is not there with its size. Absent where no such directory exists.
    */
   adopt?(key: Digest, record: EntryRecord, options?: AdoptOptions): Promise<PutResult>;
+  /**
+   * Shares the team memo (src/memo/teamMemo.ts) of an entry just put, after that put. Best
+   * effort; absent on a tier that keeps no team memos.
+   */
+  shareMemo?(scope: Digest, memo: Buffer): Promise<void>;
+  /** The team memos shared under a scope; null when the tier could not answer. */
+  scopeMemos?(scope: Digest): Promise<Buffer[] | null>;
 }

@@ -9,6 +9,7 @@ export function readOnly(b: CacheBackend): CacheBackend {
     name: `read-only(${b.name})`,
     get: (k, o) => b.get(k, o),
     touch: (k) => b.touch(k),
+    ...(b.scopeMemos ? { scopeMemos: (scope: Digest) => b.scopeMemos!(scope) } : {}),
     put: async () => ({ kind: 'refused', reason: 'read-only' }),
     delete: async () => ({ kind: 'refused', reason: 'read-only' }),
   };
@@ -82,6 +83,8 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
       return l;
     },
     touch: (key) => local.touch(key),
+    ...(remote.shareMemo ? { shareMemo: (scope: Digest, memo: Buffer) => remote.shareMemo!(scope, memo) } : {}),
+    ...(remote.scopeMemos ? { scopeMemos: (scope: Digest) => remote.scopeMemos!(scope) } : {}),
     ...(local.adopt
       ? {
           /** Local adoption; the team tier gets the files read back from the local blobs. */

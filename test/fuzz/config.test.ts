@@ -171,6 +171,7 @@ describe('fuzz: configuration', () => {
       remote_timeout_ms: fc.integer({ min: 1, max: 1e6 }).map(String),
       remote_retry_ms: fc.integer({ min: 1, max: 1e6 }).map(String),
       upload_queue: fc.nat({ max: 1e6 }).map(String),
+      remote_prefetch: fc.constantFrom('on', 'off'),
       verify: fc.constantFrom('off', 'all', 'sample:0.5', 'sample:1', 'sample:0'),
       build_gap_ms: fc.integer({ min: 1, max: 1e6 }).map(String),
     };

@@ -1,0 +1,112 @@
+import assert from 'node:assert/strict';
+import { appendFileSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+import { ServerProcess, TOKENS } from '../support/server.js';
+
+/**
+ * Team prefetch (docs/team-cache.md "Prefetch") with real parts: a real `ltocache serve`, real
+ * daemons with separate cache directories standing for two machines that build the same checkout
+ * path (a CI fleet), real clang. The second machine's first job fetches the scope's team memos;
+ * the rest of its build is served by the native client alone.
+ */
+
+function buildAll(b: ThinBuild, cache: CacheEnv, modules = b.modules): void {
+  for (const m of modules) {
+    const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
+    assert.equal(r.status, 0, `backend ${m}: ${r.stderr}`);
+  }
+}
+
+function assertMatchesDirect(b: ThinBuild): void {
+  for (const m of b.modules) {
+    const r = b.backend(m, { out: `${m}.direct.o` });
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(readFileSync(join(b.dir, `${m}.direct.o`)).equals(readFileSync(join(b.dir, `${m}.thinlto-native.o`))), `${m} differs from direct clang`);
+  }
+}
+
+async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('team prefetch', () => {
+  const server = new ServerProcess();
+  const caches: CacheEnv[] = [];
+  let url = '';
+  let b: ThinBuild;
+  before(async () => {
+    url = await server.start();
+    b = ThinBuild.fromFixture(FIXTURE, join(tempDir('prefetch-checkout'), 'linux'));
+    b.frontEnd();
+    b.thinLink();
+  });
+  after(async () => {
+    for (const c of caches) c.destroy();
+    await server.kill();
+  });
+
+  const machine = (name: string, token: string = TOKENS.write, extra: Record<string, string> = {}) => {
+    const cache = new CacheEnv(name, { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: token, LTOCACHE_REMOTE_RETRY_MS: '300', ...extra });
+    caches.push(cache);
+    cache.start();
+    return cache;
+  };
+
+  test('a second machine on the same path: one job through the daemon, the rest from prefetched memos, byte-identical', async () => {
+    const n = b.modules.length;
+    const first = machine('first');
+    buildAll(b, first);
+    await waitFor('uploads and team memos', () => {
+      const s = first.stats();
+      return s.uploads === n && s.team_memos_shared === n;
+    });
+    await waitFor('the server to hold the memos', () => (JSON.parse(first.cli(['stats', '--remote', '--json']).stdout) as Record<string, number>).memos_stored! >= n);
+    b.thinLink();
+    const second = machine('second');
+    buildAll(b, second, b.modules.slice(0, 1));
+    await waitFor('the prefetch', () => second.stats().team_memos_prefetched === n);
+    buildAll(b, second, b.modules.slice(1));
+    const s = second.stats();
+    assert.equal(s.misses, 0, JSON.stringify(s));
+    assert.equal(s.hits, n);
+    assert.equal(s.team_memos_unusable + s.team_memos_rejected, 0);
+    assert.equal(s.memo_hits, n - 1, `the client served all but the first job from prefetched memos: ${JSON.stringify(s)}`);
+    assert.equal(s.entries, n, 'the prefetched entries are in the local store');
+    assertMatchesDirect(b);
+  });
+
+  test('an input that differs here: its memo is not used, the job compiles, every object equals direct clang', async () => {
+    const n = b.modules.length;
+    const edited = 'mathx';
+    appendFileSync(join(b.dir, `${edited}.c`), '\nint ltocache_prefetch_probe(int x) { return x * 7; }\n');
+    b.frontEnd([edited]);
+    b.thinLink();
+    const third = machine('third');
+    buildAll(b, third);
+    const s = third.stats();
+    assert.equal(s.hits + s.misses, n);
+    assert.ok(s.misses >= 1, `the edited module compiles: ${JSON.stringify(s)}`);
+    assert.ok(s.team_memos_unusable >= 1, `its team memo did not hold here: ${JSON.stringify(s)}`);
+    assert.equal(s.team_memos_prefetched + s.team_memos_unusable, n);
+    assertMatchesDirect(b);
+    await waitFor('uploads of the new misses', () => third.stats().uploads === s.misses);
+  });
+
+  test('prefetch off: no team memo is fetched', async () => {
+    const n = b.modules.length;
+    b.thinLink();
+    const off = machine('off', TOKENS.write, { LTOCACHE_REMOTE_PREFETCH: 'off' });
+    buildAll(b, off);
+    const s = off.stats();
+    assert.equal(s.team_memos_prefetched, 0);
+    assert.equal(s.remote_hits, n, 'served as team-cache hits, one by one');
+    assertMatchesDirect(b);
+  });
+});

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { FileDigests } from '../../src/key/fileDigests.js';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { checksHold, ObservingFiles } from '../../src/key/observed.js';
+import { type Memo, withTrailer } from '../../src/memo/memoFormat.js';
+import { decodeTeamMemo, encodeTeamMemo, localise, type TeamMemo, TeamMemoMaker, teamMemoLookup } from '../../src/memo/teamMemo.js';
+
+await initHash();
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A directory standing for a build tree, its timestamps in the past (settled). */
+function tree(): { dir: string; input: string; index: string; cfgDir: string } {
+  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-teammemo-'));
+  dirs.push(dir);
+  const input = join(dir, 'a.o');
+  const index = join(dir, 'a.o.thinlto.bc');
+  const cfgDir = join(dir, 'etc');
+  fs.writeFileSync(input, 'bitcode of a');
+  fs.writeFileSync(index, 'index of a');
+  fs.mkdirSync(cfgDir);
+  fs.writeFileSync(join(cfgDir, 'x.txt'), 'not a cfg');
+  const past = new Date(Date.now() - 60_000);
+  for (const p of [input, index, cfgDir]) fs.utimesSync(p, past, past);
+  return { dir, input, index, cfgDir };
+}
+
+/** The memo this daemon would write for a job that read `input` (by stat), `index` (by content), listed `cfgDir`. */
+async function localMemo(t: ReturnType<typeof tree>): Promise<Memo> {
+  const observe = new ObservingFiles(SETTLED());
+  observe.rewritten(t.index);
+  await observe.digest(t.input);
+  await observe.digest(t.index);
+  await observe.digest(join(t.dir, 'absent.cfg'));
+  observe.directory(t.cfgDir);
+  observe.environment('LD_PRELOAD', undefined);
+  return {
+    key: hashBytes(Buffer.from('key')),
+    checks: observe.checks(),
+    outputs: [{ path: join(t.dir, 'a.native.o'), digest: hashBytes(Buffer.from('obj')), size: 3 }],
+    stdout: Buffer.alloc(0),
+    stderr: Buffer.from('warning: x\n'),
+  };
+}
+
+/** Digests that count every file as settled (a racy window reaching into the future): the test's files were written just now. */
+const SETTLED = () => new FileDigests(-60_000_000_000n);
+const LOOKUP = hashBytes(Buffer.from('command'));
+/** "Now" for localising: far enough ahead that the test's directories (ctime just now) count as settled. */
+const LATER = BigInt(Date.now() + 60_000) * 1_000_000n;
+
+test('a local memo becomes a team memo without stat identities, and back into a memo that holds here', async () => {
+  const t = tree();
+  const memo = await localMemo(t);
+  assert.ok(memo.checks.some((c) => c.kind === 'stat'));
+  assert.ok(memo.checks.some((c) => c.kind === 'dir'));
+  const team = new TeamMemoMaker().make(LOOKUP, memo, ['obj'])!;
+  assert.ok(team);
+  assert.deepEqual(team.checks.map((c) => c.kind).sort(), ['absent', 'content', 'dirlist', 'env', 'file']);
+  const bytes = encodeTeamMemo(team);
+  assert.equal(teamMemoLookup(bytes), LOOKUP);
+  const back = decodeTeamMemo(bytes);
+  assert.deepEqual(back, team);
+  const local = await localise(back, SETTLED(), LATER);
+  assert.ok('memo' in local, 'why' in local ? local.why : '');
+  // The file the origin checked by stat is checked by stat here; the index stays a content check.
+  const byPath = new Map(local.memo.checks.filter((c) => c.kind !== 'env').map((c) => [(c as { path: string }).path, c.kind]));
+  assert.equal(byPath.get(t.input), 'stat');
+  assert.equal(byPath.get(t.index), 'content');
+  assert.equal(byPath.get(t.cfgDir), 'dir');
+  assert.ok(checksHold(local.memo.checks, {}));
+  assert.equal(local.memo.key, memo.key);
+  assert.deepEqual(local.memo.outputs, memo.outputs);
+});
+
+test('localising fails when a file differs, an absent file exists, or a directory lists another entry', async () => {
+  for (const change of ['content', 'absent', 'listing', 'env-kept'] as const) {
+    const t = tree();
+    const team = new TeamMemoMaker().make(LOOKUP, await localMemo(t), ['obj'])!;
+    if (change === 'content') fs.writeFileSync(t.input, 'bitcode of b');
+    if (change === 'absent') fs.writeFileSync(join(t.dir, 'absent.cfg'), '-O3');
+    if (change === 'listing') {
+      fs.writeFileSync(join(t.cfgDir, 'new.cfg'), '-O3');
+      const past = new Date(Date.now() - 60_000);
+      fs.utimesSync(t.cfgDir, past, past);
+    }
+    const local = await localise(team, SETTLED(), LATER);
+    if (change === 'env-kept') {
+      assert.ok('memo' in local);
+      // The environment is the command's: checked when served, not when localised.
+      assert.equal(checksHold(local.memo.checks, { LD_PRELOAD: '/x.so' }), false);
+      assert.equal(checksHold(local.memo.checks, {}), true);
+    } else assert.ok('why' in local, `${change}: ${JSON.stringify(local)}`);
+  }
+});
+
+test('a directory changed within the last seconds is not trusted by its identity', async () => {
+  const t = tree();
+  const team = new TeamMemoMaker().make(LOOKUP, await localMemo(t), ['obj'])!;
+  fs.utimesSync(t.cfgDir, new Date(), new Date());
+  const local = await localise(team, SETTLED());
+  assert.ok('why' in local && /just now/.test(local.why));
+});
+
+test('no team memo from a stat check without its digest, or a directory changed since it was listed', async () => {
+  const t = tree();
+  const memo = await localMemo(t);
+  const stripped: Memo = { ...memo, checks: memo.checks.map((c) => (c.kind === 'stat' ? { ...c, digest: undefined } : c)) };
+  assert.equal(new TeamMemoMaker().make(LOOKUP, stripped, ['obj']), null);
+  fs.writeFileSync(join(t.cfgDir, 'late.txt'), 'x');
+  assert.equal(new TeamMemoMaker().make(LOOKUP, memo, ['obj']), null);
+  assert.equal(new TeamMemoMaker().make(LOOKUP, memo, ['obj', 'dwo']), null, 'roles must match the outputs');
+});
+
+test('hostile team memos are refused with a clear error', async () => {
+  const t = tree();
+  const team = new TeamMemoMaker().make(LOOKUP, await localMemo(t), ['obj'])!;
+  const good = encodeTeamMemo(team);
+  const cases: [string, Buffer, RegExp][] = [
+    ['empty', Buffer.alloc(0), /magic/],
+    ['truncated', good.subarray(0, good.length - 40), /trailer|truncated/],
+    ['a flipped byte', Buffer.from(good.map((v, i) => (i === 60 ? v ^ 1 : v))), /trailer/],
+    ['a local memo', Buffer.concat([Buffer.from('LTOMEMO\x01', 'latin1'), good.subarray(8)]), /magic/],
+    ['over the size limit', Buffer.alloc((512 << 10) + 1), /size limit/],
+  ];
+  for (const [what, bytes, re] of cases) assert.throws(() => decodeTeamMemo(bytes), re, what);
+  const noFile: TeamMemo = { ...team, checks: team.checks.filter((c) => c.kind !== 'file' && c.kind !== 'content') };
+  assert.throws(() => decodeTeamMemo(encodeTeamMemo(noFile)), /checks no file content/);
+  const relative: TeamMemo = { ...team, checks: [...team.checks, { kind: 'absent', path: 'rel/x' }] };
+  assert.throws(() => decodeTeamMemo(encodeTeamMemo(relative)), /relative path/);
+  // Oversized counts inside a validly trailed body.
+  const body = Buffer.from(good.subarray(0, good.length - 32));
+  body.writeUInt32LE(0xffffffff, 8 + 64);
+  assert.throws(() => decodeTeamMemo(withTrailer(body)), /over the limit/);
+});
