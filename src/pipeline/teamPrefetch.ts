@@ -6,7 +6,7 @@ import { Counter, type Counters } from '../stats/counters.js';
 /** A scope's team memos are asked for again when one of its jobs reaches the daemon this long after the last time. */
 export const PREFETCH_REFRESH_MS = 10 * 60_000;
 /** How long a job waits for its scope's team memos before it goes the usual way. */
-const LIST_WAIT_MS = 2000;
+const LIST_WAIT_MS = 1000;
 /** Team memos prepared at once in the background (each waits mostly on the team cache). */
 const PARALLEL = 8;
 
