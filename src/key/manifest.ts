@@ -6,6 +6,7 @@ import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import type { DigestSource } from './fileDigests.js';
 import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
 import { readModuleTable } from './moduleTable.js';
+import { asksNative, nativeCpu } from './nativeCpu.js';
 import type { ObservingFiles } from './observed.js';
 import { fileCandidates, type Job } from './parseJob.js';
 import type { ToolchainIdentifier } from './toolchain.js';
@@ -76,6 +77,12 @@ export const Manifest = z.object({
    * `share/` in every resource directory the job may use (see sanitizerResources).
    */
   resources: z.array(FileRef).optional(),
+  /**
+   * What `-march=native` (`-mcpu=`, `-mtune=`) resolves to on the machine that keyed the job: the
+   * cc1 CPU options of `clang -###` (see nativeCpu). Present only for such jobs; their memos are
+   * never shared with teammates (the check would be this machine's CPU).
+   */
+  native: z.array(z.string()).optional(),
   env: z.record(z.string(), z.string()),
   /** Each output's role; its path only when output names are keyed (outputNamesKeyed), else it is under `names`. */
   outputs: z.array(z.object({ role: z.string(), path: z.string().optional() })),
@@ -188,6 +195,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
     if (!input || !index) throw new Uncacheable('bad-args', 'job has no input or no index');
     const asm = await asmFiles(ctx, job, cwd, [input.path, ...index.modules.map((m) => m.path)]);
     const resources = await sanitizerResources(ctx, job, cwd, toolchain.realpath);
+    const native = asksNative(job) ? await nativeCpu(job, compiler, toolchain.digest, cwd, env) : undefined;
     const keyEnv: Record<string, string> = {};
     for (const k of KEY_ENV) {
       if (env[k] !== undefined) keyEnv[k] = env[k]!;
@@ -208,6 +216,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       index,
       ...(asm.length ? { asm } : {}),
       ...(resources ? { resources } : {}),
+      ...(native ? { native } : {}),
       env: keyEnv,
       outputs: namesKeyed ? job.outputs : job.outputs.map((o) => ({ role: o.role })),
       names: { index: indexPath, outputs: job.outputs },

@@ -19,6 +19,7 @@ export const UNCACHEABLE_REASONS = [
   'racy-input',
   'asm-include-unresolved',
   'sanitizer-resources-unknown',
+  'native-cpu-unknown',
   'key-error',
 ] as const;
 export type UncacheableReason = (typeof UNCACHEABLE_REASONS)[number];

@@ -114,7 +114,7 @@ export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?
 /** Where memos go (src/memo/memoStore.ts): written after a hit or a stored miss, removed with a bad key. */
 export interface MemoSink {
   /** `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored yet. */
-  write(lookup: string, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'>;
+  write(lookup: string, memo: Memo, options?: { background?: boolean }): Promise<'written' | 'unchanged' | 'no-blob'>;
   removeKey(key: string): Promise<void>;
   /** Removes the memo named `lookup`. */
   remove(lookup: string): Promise<void>;
@@ -198,10 +198,10 @@ export class JobPipeline {
           if (o.deny.has(key)) return false;
           const found = await cache.get(key, { deferWriteBack: true });
           if (found.kind !== 'hit') return false;
-          if ((found as TieredLookup).tier === 'remote') await cache.writeBack!(key, found.entry);
+          if ((found as TieredLookup).tier === 'remote') await cache.writeBack!(key, found.entry, { background: true });
           return true;
         },
-        writeMemo: (lookup, m) => memo.write(lookup, m),
+        writeMemo: (lookup, m) => memo.write(lookup, m, { background: true }),
         files,
         counters: o.counters,
         log: o.log,
@@ -358,7 +358,8 @@ export class JobPipeline {
   /** Queues the team memo of a miss just stored, for teammates' prefetch. */
   private share(k: Keyed, record: EntryRecord, outputs: Outputs, req: JobRequest): void {
     const cache = this.o.cache;
-    if (!this.prefetch || !cache.shareMemo || !k.checks || this.o.deny.has(k.key)) return;
+    // A key with the host's CPU in it holds on this machine only: its memo checks no CPU.
+    if (!this.prefetch || !cache.shareMemo || !k.checks || k.manifest.native || this.o.deny.has(k.key)) return;
     const memoOutputs = memoOutputsOf(record, outputs, req.cwd);
     if (!memoOutputs) return;
     const memo: Memo = { key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(record.stdout), stderr: fromBase64(record.stderr) };

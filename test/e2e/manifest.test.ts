@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -271,6 +271,26 @@ describe('what changes the key', () => {
     // Through a script, which resource directory clang uses is not known: a sanitizer job is uncacheable.
     const san = await keyed(d, ['-fsanitize=address', ...BASE], ENV, wrapper);
     assert.equal(san.kind === 'uncacheable' && san.reason, 'sanitizer-resources-unknown');
+  });
+
+  test('-march=native keys what the driver resolves native to on this machine; no answer is uncacheable', async () => {
+    const d = tree();
+    assert.equal((await key(d)).manifest.native, undefined, 'other jobs keep their keys');
+    const r = await key(d, ['-march=native', ...BASE]);
+    const own = spawnSync(CLANG, ['-march=native', '-###', '-x', 'c', '-c', '/dev/null', '-o', '/dev/null'], { encoding: 'utf8' }).stderr;
+    const cpu = /"-target-cpu" "([^"]+)"/.exec(own)?.[1];
+    assert.ok(cpu, own);
+    assert.ok(r.manifest.native?.includes(`-target-cpu ${cpu}`), JSON.stringify(r.manifest.native));
+    assert.ok(r.manifest.native!.some((w) => w.startsWith('-target-feature ')), 'the CPU features are keyed too');
+    assert.ok((await key(d, ['-mtune=native', ...BASE])).manifest.native!.some((w) => w.startsWith('-tune-cpu ')));
+    // A driver that answers with another CPU gives that CPU to the key; one that names none: uncacheable.
+    const fake = join(tempDir(), 'clang-fake-cpu');
+    fs.writeFileSync(fake, `#!/bin/sh\nfor a; do [ "$a" = "-###" ] && { echo ' "/x/clang" "-cc1" "-target-cpu" "othercpu"' >&2; exit 0; }; done\nexec ${CLANG} "$@"\n`, { mode: 0o755 });
+    assert.deepEqual((await key(d, ['-march=native', ...BASE], ENV, fake)).manifest.native, ['-target-cpu othercpu']);
+    const mute = join(tempDir(), 'clang-mute');
+    fs.writeFileSync(mute, `#!/bin/sh\nfor a; do [ "$a" = "-###" ] && exit 0; done\nexec ${CLANG} "$@"\n`, { mode: 0o755 });
+    const u = await keyed(d, ['-march=native', ...BASE], ENV, mute);
+    assert.equal(u.kind === 'uncacheable' && u.reason, 'native-cpu-unknown');
   });
 
   test('a flag whose =suffix names an existing file records its digest', async () => {
