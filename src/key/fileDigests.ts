@@ -83,6 +83,9 @@ export interface DigestSource {
 export class FileDigests implements DigestSource {
   private readonly memo = new Map<string, Memo>();
   private readonly recentBytes = new Map<string, { digest: Digest; data: Buffer }>();
+  /** Large files being hashed, by path and stat identity: concurrent askers (the first jobs of a
+   * fresh daemon, a prefetch's parallel memos) share one pass over a 100 MB library. */
+  private readonly hashing = new Map<string, Promise<{ digest: Digest; size: number; startedNs: bigint }>>();
   /** Hashing counters, for tests and stats. */
   hashed = 0;
   memoHits = 0;
@@ -100,8 +103,24 @@ export class FileDigests implements DigestSource {
       this.memoHits++;
       return { kind: 'file', digest: m.digest, size: Number(st.size), stat: identity(st), settled: true };
     }
-    const startedNs = BigInt(Date.now()) * 1_000_000n;
-    const read: { digest: Digest; size: number; data?: Buffer } = st.size <= SMALL ? hashSmall(absPath) : await hashFile(absPath);
+    let startedNs = BigInt(Date.now()) * 1_000_000n;
+    let read: { digest: Digest; size: number; data?: Buffer };
+    if (st.size <= SMALL) read = hashSmall(absPath);
+    else {
+      const id = `${absPath}\0${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      let p = this.hashing.get(id);
+      if (!p) {
+        const began = startedNs;
+        p = hashFile(absPath)
+          .then((r) => ({ ...r, startedNs: began }))
+          .finally(() => this.hashing.delete(id));
+        this.hashing.set(id, p);
+      }
+      const shared = await p;
+      // The racy-timestamp rule is judged from when that pass began.
+      startedNs = shared.startedNs;
+      read = shared;
+    }
     const { digest, size } = read;
     this.hashed++;
     if (read.data) {

@@ -181,43 +181,49 @@ function listingIfUnchanged(path: string, before: { dev: bigint; ino: bigint; mt
   return listingDigest(names);
 }
 
+/** Listings by directory and stat identity: every memo of a build checks the same few directories. */
+const listings = new Map<string, Digest>();
+
+/** The listing digest of a directory whose stat identity is `st`, or null when it no longer is. */
+function listingOf(path: string, st: { dev: bigint; ino: bigint; mtimeNs: bigint; ctimeNs: bigint }): Digest | null {
+  const id = `${path}\0${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}`;
+  let d = listings.get(id);
+  if (!d) {
+    const got = listingIfUnchanged(path, st);
+    if (!got) return null;
+    if (listings.size >= 4096) listings.clear();
+    listings.set(id, got);
+    d = got;
+  }
+  return d;
+}
+
 /**
  * The team memo of a memo this daemon wrote, or null when one of its checks cannot be made
  * portable: a stat check without the digest it stood for, a directory that changed since.
  * Listings are memoised by the directory's stat identity (the toolchain's few directories recur
  * in every job).
  */
-export class TeamMemoMaker {
-  private readonly listings = new Map<string, Digest>();
-
-  make(lookup: Digest, memo: Memo, roles: readonly string[]): TeamMemo | null {
-    if (roles.length !== memo.outputs.length) return null;
-    const checks: TeamCheck[] = [];
-    for (const c of memo.checks) {
-      switch (c.kind) {
-        case 'stat':
-          if (!c.digest) return null;
-          checks.push({ kind: 'file', path: c.path, size: Number(c.size), digest: c.digest });
-          break;
-        case 'dir': {
-          const id = `${c.path}\0${c.dev}:${c.ino}:${c.mtimeNs}:${c.ctimeNs}`;
-          let d = this.listings.get(id);
-          if (!d) {
-            const got = listingIfUnchanged(c.path, c);
-            if (!got) return null;
-            if (this.listings.size >= 4096) this.listings.clear();
-            this.listings.set(id, got);
-            d = got;
-          }
-          checks.push({ kind: 'dirlist', path: c.path, digest: d });
-          break;
-        }
-        default:
-          checks.push(c);
+export function teamMemoOf(lookup: Digest, memo: Memo, roles: readonly string[]): TeamMemo | null {
+  if (roles.length !== memo.outputs.length) return null;
+  const checks: TeamCheck[] = [];
+  for (const c of memo.checks) {
+    switch (c.kind) {
+      case 'stat':
+        if (!c.digest) return null;
+        checks.push({ kind: 'file', path: c.path, size: Number(c.size), digest: c.digest });
+        break;
+      case 'dir': {
+        const d = listingOf(c.path, c);
+        if (!d) return null;
+        checks.push({ kind: 'dirlist', path: c.path, digest: d });
+        break;
       }
+      default:
+        checks.push(c);
     }
-    return { lookup, key: memo.key, checks, outputs: memo.outputs.map((o, i) => ({ role: roles[i]!, ...o })), stdout: memo.stdout, stderr: memo.stderr };
   }
+  return { lookup, key: memo.key, checks, outputs: memo.outputs.map((o, i) => ({ role: roles[i]!, ...o })), stdout: memo.stdout, stderr: memo.stderr };
 }
 
 /** What localising a team memo needs of the daemon's file digests (src/key/fileDigests.ts). */
@@ -272,7 +278,9 @@ export async function localise(t: TeamMemo, files: LocalFiles, nowNs: bigint = B
         const st = statOrUndefined(c.path);
         if (!st?.isDirectory()) return { why: `${c.path} is not a directory` };
         if (st.mtimeNs > nowNs - DIR_SETTLED_NS || st.ctimeNs > nowNs - DIR_SETTLED_NS) return { why: `${c.path} changed just now` };
-        if (listingIfUnchanged(c.path, st) !== c.digest) return { why: `${c.path} lists other entries` };
+        const listed = listingOf(c.path, st);
+        if (!listed) return { why: `${c.path} changed while listed` };
+        if (listed !== c.digest) return { why: `${c.path} lists other entries` };
         checks.push({ kind: 'dir', path: c.path, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
         break;
       }

@@ -8,7 +8,7 @@ import { checksHold, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
 import { encodeMemo, lookupDigest, type Memo, type MemoCheck, type MemoOutput } from '../memo/memoFormat.js';
-import { encodeTeamMemo, scopeDigest, TeamMemoMaker } from '../memo/teamMemo.js';
+import { encodeTeamMemo, scopeDigest, teamMemoOf } from '../memo/teamMemo.js';
 import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
@@ -180,7 +180,6 @@ export class JobPipeline {
   private readonly random: () => number;
   private readonly background = new Set<Promise<void>>();
   private readonly prefetch: TeamPrefetch | null = null;
-  private readonly teamMemos = new TeamMemoMaker();
 
   constructor(private readonly o: PipelineOptions) {
     this.compiles = new Semaphore(o.jobs);
@@ -363,7 +362,7 @@ export class JobPipeline {
     const memoOutputs = memoOutputsOf(record, outputs, req.cwd);
     if (!memoOutputs) return;
     const memo: Memo = { key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(record.stdout), stderr: fromBase64(record.stderr) };
-    const team = this.teamMemos.make(
+    const team = teamMemoOf(
       lookupDigest(req.compiler, req.cwd, req.args),
       memo,
       outputs.map((o) => o.role),

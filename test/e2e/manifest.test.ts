@@ -281,11 +281,16 @@ describe('what changes the key', () => {
     const cpu = /"-target-cpu" "([^"]+)"/.exec(own)?.[1];
     assert.ok(cpu, own);
     assert.ok(r.manifest.native?.includes(`-target-cpu ${cpu}`), JSON.stringify(r.manifest.native));
-    assert.ok(r.manifest.native!.some((w) => w.startsWith('-target-feature ')), 'the CPU features are keyed too');
+    assert.ok(
+      r.manifest.native!.some((w) => w.startsWith('-target-feature ')),
+      'the CPU features are keyed too',
+    );
     assert.ok((await key(d, ['-mtune=native', ...BASE])).manifest.native!.some((w) => w.startsWith('-tune-cpu ')));
     // A driver that answers with another CPU gives that CPU to the key; one that names none: uncacheable.
     const fake = join(tempDir(), 'clang-fake-cpu');
-    fs.writeFileSync(fake, `#!/bin/sh\nfor a; do [ "$a" = "-###" ] && { echo ' "/x/clang" "-cc1" "-target-cpu" "othercpu"' >&2; exit 0; }; done\nexec ${CLANG} "$@"\n`, { mode: 0o755 });
+    fs.writeFileSync(fake, `#!/bin/sh\nfor a; do [ "$a" = "-###" ] && { echo ' "/x/clang" "-cc1" "-target-cpu" "othercpu"' >&2; exit 0; }; done\nexec ${CLANG} "$@"\n`, {
+      mode: 0o755,
+    });
     assert.deepEqual((await key(d, ['-march=native', ...BASE], ENV, fake)).manifest.native, ['-target-cpu othercpu']);
     const mute = join(tempDir(), 'clang-mute');
     fs.writeFileSync(mute, `#!/bin/sh\nfor a; do [ "$a" = "-###" ] && exit 0; done\nexec ${CLANG} "$@"\n`, { mode: 0o755 });

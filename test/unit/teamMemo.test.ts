@@ -7,7 +7,7 @@ import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { checksHold, ObservingFiles } from '../../src/key/observed.js';
 import { type Memo, withTrailer } from '../../src/memo/memoFormat.js';
-import { decodeTeamMemo, encodeTeamMemo, localise, type TeamMemo, TeamMemoMaker, teamMemoLookup } from '../../src/memo/teamMemo.js';
+import { decodeTeamMemo, encodeTeamMemo, localise, type TeamMemo, teamMemoLookup, teamMemoOf } from '../../src/memo/teamMemo.js';
 
 await initHash();
 
@@ -61,7 +61,7 @@ test('a local memo becomes a team memo without stat identities, and back into a 
   const memo = await localMemo(t);
   assert.ok(memo.checks.some((c) => c.kind === 'stat'));
   assert.ok(memo.checks.some((c) => c.kind === 'dir'));
-  const team = new TeamMemoMaker().make(LOOKUP, memo, ['obj'])!;
+  const team = teamMemoOf(LOOKUP, memo, ['obj'])!;
   assert.ok(team);
   assert.deepEqual(team.checks.map((c) => c.kind).sort(), ['absent', 'content', 'dirlist', 'env', 'file']);
   const bytes = encodeTeamMemo(team);
@@ -83,7 +83,7 @@ test('a local memo becomes a team memo without stat identities, and back into a 
 test('localising fails when a file differs, an absent file exists, or a directory lists another entry', async () => {
   for (const change of ['content', 'absent', 'listing', 'env-kept'] as const) {
     const t = tree();
-    const team = new TeamMemoMaker().make(LOOKUP, await localMemo(t), ['obj'])!;
+    const team = teamMemoOf(LOOKUP, await localMemo(t), ['obj'])!;
     if (change === 'content') fs.writeFileSync(t.input, 'bitcode of b');
     if (change === 'absent') fs.writeFileSync(join(t.dir, 'absent.cfg'), '-O3');
     if (change === 'listing') {
@@ -103,7 +103,7 @@ test('localising fails when a file differs, an absent file exists, or a director
 
 test('a directory changed within the last seconds is not trusted by its identity', async () => {
   const t = tree();
-  const team = new TeamMemoMaker().make(LOOKUP, await localMemo(t), ['obj'])!;
+  const team = teamMemoOf(LOOKUP, await localMemo(t), ['obj'])!;
   fs.utimesSync(t.cfgDir, new Date(), new Date());
   const local = await localise(team, SETTLED());
   assert.ok('why' in local && /just now/.test(local.why));
@@ -113,15 +113,15 @@ test('no team memo from a stat check without its digest, or a directory changed 
   const t = tree();
   const memo = await localMemo(t);
   const stripped: Memo = { ...memo, checks: memo.checks.map((c) => (c.kind === 'stat' ? { ...c, digest: undefined } : c)) };
-  assert.equal(new TeamMemoMaker().make(LOOKUP, stripped, ['obj']), null);
+  assert.equal(teamMemoOf(LOOKUP, stripped, ['obj']), null);
   fs.writeFileSync(join(t.cfgDir, 'late.txt'), 'x');
-  assert.equal(new TeamMemoMaker().make(LOOKUP, memo, ['obj']), null);
-  assert.equal(new TeamMemoMaker().make(LOOKUP, memo, ['obj', 'dwo']), null, 'roles must match the outputs');
+  assert.equal(teamMemoOf(LOOKUP, memo, ['obj']), null);
+  assert.equal(teamMemoOf(LOOKUP, memo, ['obj', 'dwo']), null, 'roles must match the outputs');
 });
 
 test('hostile team memos are refused with a clear error', async () => {
   const t = tree();
-  const team = new TeamMemoMaker().make(LOOKUP, await localMemo(t), ['obj'])!;
+  const team = teamMemoOf(LOOKUP, await localMemo(t), ['obj'])!;
   const good = encodeTeamMemo(team);
   const cases: [string, Buffer, RegExp][] = [
     ['empty', Buffer.alloc(0), /magic/],
