@@ -225,6 +225,8 @@ export class JobPipeline {
   /** Forgets the entries held in memory (the store was cleared). */
   clearMemory(): void {
     this.hot.clear();
+    // What was prefetched is gone with the store: the next job of a scope fetches again.
+    this.prefetch?.forget();
   }
 
   /** Resolves when the background work started so far (verify runs, stores) has ended. */

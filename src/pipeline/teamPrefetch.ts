@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { Digest } from '../key/hash.js';
 import { lookupDigest, type Memo, MemoError } from '../memo/memoFormat.js';
 import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoLookup } from '../memo/teamMemo.js';
@@ -32,6 +33,8 @@ export interface PrefetchDeps {
 interface Item {
   bytes: Buffer;
   result?: Promise<Prepared | null>;
+  /** Why it could not be used, once known. */
+  why?: string;
 }
 
 interface ScopeState {
@@ -57,8 +60,10 @@ export class TeamPrefetch {
     const scope = scopeDigest(req.compiler, req.cwd);
     let s = this.scopes.get(scope);
     if (!s || Date.now() - s.at > PREFETCH_REFRESH_MS) {
-      s = { at: Date.now(), items: this.fetch(scope) };
-      this.scopes.set(scope, s);
+      const state: ScopeState = { at: Date.now(), items: Promise.resolve(new Map()) };
+      state.items = this.fetch(scope, state);
+      this.scopes.set(scope, state);
+      s = state;
     }
     let timer: NodeJS.Timeout | undefined;
     const items = await Promise.race([s.items, new Promise<null>((r) => (timer = setTimeout(() => r(null), LIST_WAIT_MS)))]);
@@ -67,12 +72,17 @@ export class TeamPrefetch {
     return item ? this.prepare(item) : null;
   }
 
+  /** Forgets every scope fetched (the local store was cleared). Preparations under way finish. */
+  forget(): void {
+    this.scopes.clear();
+  }
+
   /** Resolves when every scope fetched so far has been prepared (for tests and benchmarks). */
   async idle(): Promise<void> {
     for (const s of this.scopes.values()) await s.items.then((m) => Promise.all([...m.values()].map((i) => i.result)));
   }
 
-  private async fetch(scope: Digest): Promise<Map<Digest, Item>> {
+  private async fetch(scope: Digest, state: ScopeState): Promise<Map<Digest, Item>> {
     const items = new Map<Digest, Item>();
     const raw = await this.d.scopeMemos(scope).catch(() => null);
     if (!raw?.length) return items;
@@ -81,7 +91,7 @@ export class TeamPrefetch {
       if (lookup) items.set(lookup, { bytes });
       else this.d.counters.add(Counter.team_memos_rejected);
     }
-    this.d.log.info('team prefetch', { scope, memos: items.size });
+    const t0 = performance.now();
     const list = [...items.values()];
     let next = 0;
     const worker = async () => {
@@ -89,33 +99,51 @@ export class TeamPrefetch {
     };
     // Once all are prepared the memos are on disk: the list is let go.
     void Promise.all(Array.from({ length: PARALLEL }, worker)).then(() => {
-      const s = this.scopes.get(scope);
-      if (s) s.items = Promise.resolve(new Map());
+      state.items = Promise.resolve(new Map());
+      const unusable = list.filter((i) => i.why);
+      this.d.log.info('team prefetch', {
+        scope,
+        memos: list.length,
+        prefetched: list.length - unusable.length,
+        ms: Math.round(performance.now() - t0),
+        ...(unusable.length ? { first_unusable: unusable[0]!.why } : {}),
+      });
     });
     return items;
   }
 
   private prepare(item: Item): Promise<Prepared | null> {
-    item.result ??= this.localiseAndFetch(item.bytes).catch((e: unknown) => {
+    item.result ??= this.localiseAndFetch(item).catch((e: unknown) => {
+      item.why = `failed: ${String(e)}`;
       this.d.log.warn('team prefetch failed for a memo', { error: String(e) });
       return null;
     });
     return item.result;
   }
 
-  private async localiseAndFetch(bytes: Buffer): Promise<Prepared | null> {
+  private async localiseAndFetch(item: Item): Promise<Prepared | null> {
     const { counters } = this.d;
     let team: ReturnType<typeof decodeTeamMemo>;
     try {
-      team = decodeTeamMemo(bytes);
+      team = decodeTeamMemo(item.bytes);
     } catch (e) {
       if (!(e instanceof MemoError)) throw e;
+      item.why = e.message;
       counters.add(Counter.team_memos_rejected);
       this.d.log.warn('team memo rejected', { error: e.message });
       return null;
     }
     const local = await localise(team, this.d.files);
-    if ('why' in local || !(await this.d.fetchEntry(team.key)) || (await this.d.writeMemo(team.lookup, local.memo)) === 'no-blob') {
+    const why =
+      'why' in local
+        ? local.why
+        : !(await this.d.fetchEntry(team.key))
+          ? 'entry not in the team cache'
+          : (await this.d.writeMemo(team.lookup, local.memo)) === 'no-blob'
+            ? 'entry not written back'
+            : null;
+    if (why || 'why' in local) {
+      item.why = why ?? 'unusable';
       counters.add(Counter.team_memos_unusable);
       return null;
     }

@@ -38,6 +38,8 @@ const clientMsgArb: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
   fc.record({ type: fc.constant('stats'), id: idArb }),
   fc.record({ type: fc.constant('ping'), id: idArb }),
   fc.record({ type: fc.constant('admin'), id: idArb, op: fc.constantFrom('reset-stats', 'clear') }),
+  fc.record({ type: fc.constant('memo'), id: idArb, scope: keyArb, memo: fc.base64String({ minLength: 4, maxLength: 400 }) }),
+  fc.record({ type: fc.constant('scope'), id: idArb, scope: keyArb }),
 );
 const positive = fc.integer({ min: 1, max: 2 ** 31 });
 const statsArb = fc.record({
@@ -55,6 +57,9 @@ const statsArb = fc.record({
   evictions: fc.integer(),
   bytes_served: fc.integer(),
   bytes_received: fc.integer(),
+  memos_stored: fc.integer(),
+  memos_served: fc.integer(),
+  rejected_memos: fc.integer(),
   since: fc.string(),
 });
 const serverMsgArb: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
@@ -68,6 +73,7 @@ const serverMsgArb: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
   fc.record({ type: fc.constantFrom('miss', 'stored'), id: idArb, key: keyArb }),
   fc.record({ type: fc.constant('stats'), id: idArb, stats: statsArb }),
   fc.record({ type: fc.constantFrom('pong', 'ok'), id: idArb }),
+  fc.record({ type: fc.constant('memos'), id: idArb, scope: keyArb, count: fc.nat({ max: 20_000 }), bundleBytes: fc.nat() }),
   fc.record(
     {
       type: fc.constant('error'),
