@@ -99,6 +99,17 @@ describe('team prefetch', () => {
     await waitFor('uploads of the new misses', () => third.stats().uploads === s.misses);
   });
 
+  test('a -march=native job is uploaded but its memo is not shared (it would not check the CPU)', async () => {
+    const w = machine('native');
+    const m = b.modules[0]!;
+    const r = b.backend(m, { wrapper: [CLIENT], env: w.env, extra: ['-march=native'] });
+    assert.equal(r.status, 0, r.stderr);
+    const plain = b.backend(b.modules[1]!, { wrapper: [CLIENT], env: w.env, extra: ['-march=x86-64-v2'] });
+    assert.equal(plain.status, 0, plain.stderr);
+    await waitFor('both uploads', () => w.stats().uploads === 2);
+    assert.equal(w.stats().team_memos_shared, 1, 'only the job without native shares its memo');
+  });
+
   test('prefetch off: no team memo is fetched', async () => {
     const n = b.modules.length;
     b.thinLink();
