@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+import { RedisNode } from '../support/redis.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 
 /**
@@ -118,6 +119,62 @@ describe('team prefetch', () => {
     const s = off.stats();
     assert.equal(s.team_memos_prefetched, 0);
     assert.equal(s.remote_hits, n, 'served as team-cache hits, one by one');
+    assertMatchesDirect(b);
+  });
+});
+
+describe('team prefetch through Redis, with planted garbage and a lost entry', () => {
+  const redis = new RedisNode();
+  let server: ServerProcess;
+  const caches: CacheEnv[] = [];
+  before(async () => {
+    await redis.start();
+    server = new ServerProcess([], redis.url);
+    await server.start();
+  });
+  after(async () => {
+    for (const c of caches) c.destroy();
+    await server.kill();
+    await redis.stop();
+  });
+
+  test('garbage memos are rejected and counted, a memo whose entry is gone is unusable; every object equals direct clang', async () => {
+    const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('prefetch-redis'), 'linux'));
+    b.frontEnd();
+    b.thinLink();
+    const n = b.modules.length;
+    const machine = (name: string) => {
+      const cache = new CacheEnv(name, { LTOCACHE_REMOTE: server.url, LTOCACHE_REMOTE_TOKEN: TOKENS.write, LTOCACHE_REMOTE_RETRY_MS: '300' });
+      caches.push(cache);
+      cache.start();
+      return cache;
+    };
+    const writer = machine('redis-writer');
+    buildAll(b, writer);
+    await waitFor('uploads and team memos', () => {
+      const s = writer.stats();
+      return s.uploads === n && s.team_memos_shared === n;
+    });
+    // One build, one scope: the only memo hash in this Redis.
+    const scopes = () => redis.cli('--scan', '--pattern', 'ltocache:m:*').split('\n').filter(Boolean);
+    await waitFor('the memos in Redis', () => scopes().length === 1 && Number(redis.cli('hlen', scopes()[0]!)) === n);
+    const hash = scopes()[0]!;
+    // A value too short to name a memo, and one that names a lookup but is no valid memo.
+    redis.cli('hset', hash, 'f'.repeat(32), 'garbage');
+    redis.cli('hset', hash, 'e'.repeat(32), `LTOTEAM\x01${'e'.repeat(32)}${'junk'.repeat(20)}`);
+    // One entry lost (evicted): its memo is still there.
+    const entryKey = redis.cli('--scan', '--pattern', 'ltocache:e:*').split('\n').filter(Boolean)[0]!;
+    redis.cli('del', entryKey);
+    b.thinLink();
+    const reader = machine('redis-reader');
+    buildAll(b, reader);
+    const s = reader.stats();
+    assert.equal(s.hits + s.misses, n, JSON.stringify(s));
+    assert.equal(s.misses, 1, 'the job whose entry was lost compiles');
+    assert.equal(s.team_memos_rejected, 2, JSON.stringify(s));
+    assert.equal(s.team_memos_unusable, 1);
+    assert.equal(s.team_memos_prefetched, n - 1);
+    assert.equal(s.errors, 0);
     assertMatchesDirect(b);
   });
 });
