@@ -118,7 +118,7 @@ export class Daemon {
       ...(memos
         ? {
             memo: {
-              write: (lookup, memo, options) => memos.write(lookup, memo, options),
+              write: (lookup, memo) => memos.write(lookup, memo),
               removeKey: (key) => memos.removeKey(key),
               remove: (lookup) => memos.remove(lookup),
               adopted: (lookup, key) => memos.adopted(lookup, key),

@@ -1,5 +1,5 @@
 import { mkdirSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { lstat, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { holdsBytes } from '../util/holdsBytes.js';
@@ -68,34 +68,8 @@ export class MemoStore {
    * Writes the memo for a command unless one of its blobs is not in the local store yet (the
    * client would only fall back), or the same memo is already in place.
    */
-  /** `background`: nobody waits on it (a team prefetch): written through the thread pool. */
-  async write(lookup: Digest, memo: Memo, options?: { background?: boolean }): Promise<'written' | 'unchanged' | 'no-blob'> {
-    if (options?.background) return this.writeInBackground(lookup, memo);
+  async write(lookup: Digest, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'> {
     return this.writeBytes(lookup, memo.outputs, () => encodeMemo(memo), [memo.key]);
-  }
-
-  private async writeInBackground(lookup: Digest, memo: Memo): Promise<'written' | 'no-blob'> {
-    for (const o of memo.outputs) {
-      const st = await lstat(this.blobPath(o.digest)).catch(() => null);
-      if (!st?.isFile() || st.size !== o.size) return 'no-blob';
-    }
-    const path = memoPath(this.cacheDir, lookup);
-    const bytes = encodeMemo(memo);
-    const shard = dirname(path);
-    if (!this.shards.has(shard)) {
-      await mkdir(shard, { recursive: true, mode: 0o700 });
-      this.shards.add(shard);
-    }
-    const tmp = `${path}.tmp-${tempSuffix()}`;
-    try {
-      await writeFile(tmp, bytes, { mode: 0o600, flag: 'wx' });
-      await rename(tmp, path);
-    } catch (e) {
-      await rm(tmp, { force: true });
-      throw e;
-    }
-    this.remember(lookup, hashBytes(bytes), [memo.key]);
-    return 'written';
   }
 
   /** Writes a distribution memo (docs/dtlto.md); removed with any of its jobs' keys. */

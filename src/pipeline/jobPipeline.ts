@@ -18,7 +18,7 @@ import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
 import { type CompilerRun, type RunOptions, runCompiler } from './runCompiler.js';
 import { Semaphore } from './semaphore.js';
-import { type Prepared, TeamPrefetch } from './teamPrefetch.js';
+import { TeamPrefetch } from './teamPrefetch.js';
 
 /**
  * Memory budget for entries kept hot. Small on purpose: the page cache keeps hot blobs anyway;
@@ -79,7 +79,10 @@ export class ClientCompileError extends Error {
 
 interface Keyed {
   key: string;
-  manifest: Manifest;
+  /** Absent when the key came from a team memo (docs/team-cache.md "Team memos"): not keyed here. */
+  manifest?: Manifest;
+  /** The input bitcode's path, as the job names it. */
+  input: string;
   /** What the key was computed from, as memo checks (absent when the keyer does not observe). */
   checks?: MemoCheck[];
   /** The job's first output path, as given. */
@@ -88,12 +91,8 @@ interface Keyed {
 
 /** The result of one job, as data: a miss is an outcome, not an exception. */
 export type JobOutcome =
-  /**
-   * Outputs written from a stored or just-compiled entry; stdout/stderr are the stored ones.
-   * Without `manifest` when served from a prefetched team memo (the job was not keyed here).
-   */
-  | (Omit<Keyed, 'manifest'> & {
-      manifest?: Manifest;
+  /** Outputs written from a stored or just-compiled entry; stdout/stderr are the stored ones. */
+  | (Keyed & {
       kind: 'hit';
       tier: 'memory' | 'local' | 'remote' | 'inflight';
       stdout: Buffer;
@@ -114,7 +113,7 @@ export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?
 /** Where memos go (src/memo/memoStore.ts): written after a hit or a stored miss, removed with a bad key. */
 export interface MemoSink {
   /** `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored yet. */
-  write(lookup: string, memo: Memo, options?: { background?: boolean }): Promise<'written' | 'unchanged' | 'no-blob'>;
+  write(lookup: string, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'>;
   removeKey(key: string): Promise<void>;
   /** Removes the memo named `lookup`. */
   remove(lookup: string): Promise<void>;
@@ -146,8 +145,8 @@ export interface PipelineOptions {
   /** The content-digest memo of the default keyer (the daemon saves and reloads it). */
   files?: FileDigests;
   /**
-   * Share team memos of stored misses and prefetch a scope's team memos when its first job
-   * arrives (docs/team-cache.md "Prefetch"). Needs `memo` and a cache with team memos.
+   * Share team memos of stored misses, and fetch a scope's team memos when its first job
+   * arrives (docs/team-cache.md "Team memos"). Needs `memo` and a cache with team memos.
    */
   prefetch?: boolean;
 }
@@ -193,14 +192,6 @@ export class JobPipeline {
     if (o.prefetch && memo && cache.scopeMemos && cache.writeBack && !this.verifyShare) {
       this.prefetch = new TeamPrefetch({
         scopeMemos: (scope) => cache.scopeMemos!(scope),
-        fetchEntry: async (key) => {
-          if (o.deny.has(key)) return false;
-          const found = await cache.get(key, { deferWriteBack: true });
-          if (found.kind !== 'hit') return false;
-          if ((found as TieredLookup).tier === 'remote') await cache.writeBack!(key, found.entry, { background: true });
-          return true;
-        },
-        writeMemo: (lookup, m) => memo.write(lookup, m, { background: true }),
         files,
         counters: o.counters,
         log: o.log,
@@ -239,16 +230,10 @@ export class JobPipeline {
     void p.finally(() => this.background.delete(p));
   }
 
-  /** Resolves when the team prefetches started so far are done. */
-  async prefetched(): Promise<void> {
-    await this.prefetch?.idle();
-  }
-
   /** Never throws for a cache problem: the outcome says what happened. */
   async runJob(req: JobRequest, ctx: JobContext): Promise<JobOutcome> {
     if (this.prefetch && !ctx.collectMemo) {
-      const p = await this.prefetch.find(req);
-      const served = p && (await this.serveFromTeamMemo(p, req));
+      const served = await this.fromTeamMemo(req, ctx);
       if (served) return served;
     }
     const parsed = await parseJob(req.args, req.cwd);
@@ -263,7 +248,7 @@ export class JobPipeline {
       this.o.log.info('uncacheable job', { reason: keyed.reason, detail: keyed.detail, cwd: req.cwd });
       return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
     }
-    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
+    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, input: job.input, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
     const served = await this.lookup(k, job.outputs, req, ctx);
     if (served) return served;
 
@@ -332,35 +317,36 @@ export class JobPipeline {
   }
 
   /**
-   * A prefetched team memo of this command: its checks are made again now (they held when it was
-   * localised) and the entry it names, now local, is placed. Null to go the usual way.
+   * A job whose team memo holds here: its key and checks are the localised memo's, so the job
+   * is looked up without being keyed (a team-cache hit is handed to the client, which stores it
+   * and writes the memo). Null when there is none, it does not describe this job's outputs or
+   * environment, or no tier has the entry: the job then goes the usual way.
    */
-  private async serveFromTeamMemo(p: Prepared, req: JobRequest): Promise<JobOutcome | null> {
-    if (this.o.deny.has(p.key) || !checksHold(p.memo.checks, req.env)) return null;
-    const found = await this.o.cache.get(p.key);
-    if (found.kind !== 'hit') return null;
-    const outputs = p.roles.map((role, i) => ({ role, path: p.memo.outputs[i]!.path }));
-    if (!(await this.place(found.entry, outputs, req))) return null;
-    const { record } = found.entry;
-    this.counters.add(Counter.hits);
-    this.counters.add(Counter.time_saved_ms, record.compileMs);
-    return {
-      key: p.key,
-      output: outputs[0]!.path,
-      kind: 'hit',
-      tier: 'remote',
-      stdout: p.memo.stdout,
-      stderr: p.memo.stderr,
-      savedMs: record.compileMs,
-      bytes: entryBytes(found.entry),
-    };
+  private async fromTeamMemo(req: JobRequest, ctx: JobContext): Promise<JobOutcome | null> {
+    const t = await this.prefetch!.claim(req);
+    if (!t) return null;
+    const parsed = await parseJob(req.args, req.cwd);
+    if (parsed.kind !== 'job') return null;
+    const { job } = parsed;
+    const { memo } = t;
+    const same = job.outputs.length === t.roles.length && job.outputs.every((o, i) => o.role === t.roles[i] && resolve(req.cwd, o.path) === memo.outputs[i]!.path);
+    const envHolds = memo.checks.every((c) => c.kind !== 'env' || (req.env[c.name] ?? null) === c.value);
+    if (!same || !envHolds) {
+      this.counters.add(Counter.team_memos_unusable);
+      return null;
+    }
+    const k: Keyed = { key: memo.key, checks: memo.checks, input: job.input, output: job.outputs[0]!.path };
+    const served = await this.lookup(k, job.outputs, req, ctx);
+    if (served?.kind === 'hit') this.counters.add(Counter.team_memo_hits);
+    else this.counters.add(Counter.team_memos_unusable);
+    return served;
   }
 
   /** Queues the team memo of a miss just stored, for teammates' prefetch. */
   private share(k: Keyed, record: EntryRecord, outputs: Outputs, req: JobRequest): void {
     const cache = this.o.cache;
     // A key with the host's CPU in it holds on this machine only: its memo checks no CPU.
-    if (!this.prefetch || !cache.shareMemo || !k.checks || k.manifest.native || this.o.deny.has(k.key)) return;
+    if (!this.prefetch || !cache.shareMemo || !k.checks || !k.manifest || k.manifest.native || this.o.deny.has(k.key)) return;
     const memoOutputs = memoOutputsOf(record, outputs, req.cwd);
     if (!memoOutputs) return;
     const memo: Memo = { key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(record.stdout), stderr: fromBase64(record.stderr) };
@@ -709,7 +695,7 @@ export class JobPipeline {
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
     sink.adopted?.(lookup, k.key);
     this.counters.add(Counter.memos_written);
-    sink.remember?.(lookup, req, savedMs, k.manifest.input.path);
+    sink.remember?.(lookup, req, savedMs, k.input);
     return true;
   }
 
@@ -745,14 +731,14 @@ export class JobPipeline {
         stderr: decoded?.stderr ?? fromBase64(entry.record.stderr),
       };
       if (collect) {
-        sink.remember?.(lookup, req, entry.record.compileMs, k.manifest.input.path);
+        sink.remember?.(lookup, req, entry.record.compileMs, k.input);
         collect(memo, lookup);
         return;
       }
       const r = await sink.write(lookup, memo);
       if (r !== 'no-blob') {
         if (r === 'written') this.counters.add(Counter.memos_written);
-        sink.remember?.(lookup, req, entry.record.compileMs, k.manifest.input.path);
+        sink.remember?.(lookup, req, entry.record.compileMs, k.input);
       }
     } catch (e) {
       this.counters.error(ErrorKind.memo_write);

@@ -35,11 +35,11 @@ export const Counter = {
   dist_memos_written: 'dist_memos_written',
   /** Misses whose outputs the native client stored itself (docs/protocol.md, 'S'; also in `misses`). */
   misses_stored_by_client: 'misses_stored_by_client',
-  /** Team memos of stored misses sent to the team cache (docs/team-cache.md "Prefetch"). */
+  /** Team memos of stored misses sent to the team cache (docs/team-cache.md "Team memos"). */
   team_memos_shared: 'team_memos_shared',
-  /** Team memos fetched whose checks held here: entry written back and memo written. */
-  team_memos_prefetched: 'team_memos_prefetched',
-  /** Team memos fetched whose checks did not hold here, or whose entry the team cache lacked. */
+  /** Hits whose key came from a teammate's team memo, without keying the job here (also in `hits`). */
+  team_memo_hits: 'team_memo_hits',
+  /** Team memos claimed by a job that did not serve it: a check failed here, or no tier had the entry. */
   team_memos_unusable: 'team_memos_unusable',
   /** Team memos fetched that were not valid team memos. */
   team_memos_rejected: 'team_memos_rejected',

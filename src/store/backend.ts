@@ -25,11 +25,6 @@ export interface PutOptions {
    * store need not validate it again. Names, sizes and the size budget are still checked.
    */
   parsed?: boolean;
-  /**
-   * Nobody waits on this write (a team prefetch): files go through the thread pool, keeping the
-   * caller's thread free, instead of the synchronous calls that are cheaper for a waiting job.
-   */
-  background?: boolean;
 }
 
 export interface AdoptOptions {
@@ -50,7 +45,7 @@ export interface CacheBackend {
   readonly name: string;
   get(key: Digest, options?: GetOptions): Promise<Lookup>;
   /** The copy a `deferWriteBack` get left out: the entry into the nearest tier only. */
-  writeBack?(key: Digest, entry: StoredEntry, options?: Pick<PutOptions, 'background'>): Promise<void>;
+  writeBack?(key: Digest, entry: StoredEntry): Promise<void>;
   put(key: Digest, entry: StoredEntry, options?: PutOptions): Promise<PutResult>;
   /** Removes the entry, so that no later get serves it. */
   delete(key: Digest): Promise<DeleteResult>;

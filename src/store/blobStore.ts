@@ -62,8 +62,8 @@ export class BlobStore {
    * Skips the write when a file of the right size is already there. Throws on I/O errors,
    * leaving no temp file behind.
    */
-  async write(digest: Digest, data: Uint8Array, background = false): Promise<void> {
-    if (!background && !this.durable && this.fs === nodeFs && data.length <= SMALL) return this.writeSmall(digest, data);
+  async write(digest: Digest, data: Uint8Array): Promise<void> {
+    if (!this.durable && this.fs === nodeFs && data.length <= SMALL) return this.writeSmall(digest, data);
     if (await this.present(digest, data.length)) return;
     const dest = this.pathOf(digest);
     const tmp = this.tmpPath(digest);

@@ -257,7 +257,7 @@ export class LocalStore implements CacheBackend {
       // Blob I/O outside the mutex; commitPut writes again under it if a blob file was deleted
       // meanwhile (any deletion counts: the generation is taken before the first write).
       const removals = this.blobs.removals;
-      for (const b of checked.blobs) await this.blobs.write(b.digest, b.data, options.background);
+      for (const b of checked.blobs) await this.blobs.write(b.digest, b.data);
       await this.mutex.run(() => this.commitPut(key, checked, removals));
       return { kind: 'stored' };
     } catch (e) {

@@ -1,6 +1,6 @@
 import type { Digest } from '../key/hash.js';
 import type { RemoteFailure } from '../remote/remoteFailure.js';
-import type { AdoptOptions, CacheBackend, DeleteResult, GetOptions, Lookup, PutOptions, PutResult, StoredEntry } from './backend.js';
+import type { AdoptOptions, CacheBackend, DeleteResult, GetOptions, Lookup, PutResult, StoredEntry } from './backend.js';
 import type { EntryRecord } from './record.js';
 
 /** Never writes: puts and deletes are refused, reads and touches pass through. */
@@ -32,7 +32,7 @@ export type TieredLookup = TierLookup & { tier?: 'local' | 'remote' };
 
 export interface Tiered extends CacheBackend {
   get(key: Digest, options?: GetOptions): Promise<TieredLookup>;
-  writeBack(key: Digest, entry: StoredEntry, options?: Pick<PutOptions, 'background'>): Promise<void>;
+  writeBack(key: Digest, entry: StoredEntry): Promise<void>;
 }
 
 /**
@@ -45,11 +45,11 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
   // be written before the hit returns, when the store writes it synchronously), and a lookup of
   // the same key meanwhile is answered from here.
   const writingBack = new Map<Digest, { entry: StoredEntry; done: Promise<void> }>();
-  const writeBack = (key: Digest, entry: StoredEntry, options?: Pick<PutOptions, 'background'>): Promise<void> => {
+  const writeBack = (key: Digest, entry: StoredEntry): Promise<void> => {
     // The team tier checked every file against its digest and parsed the record on arrival:
     // neither is done again.
     const done = local
-      .put(key, entry, { verified: true, parsed: true, ...options })
+      .put(key, entry, { verified: true, parsed: true })
       .then(
         (back) => observe({ tier: 'local', op: 'put', result: back }),
         (e: Error) => observe({ tier: 'local', op: 'put', result: { kind: 'error', error: e.message } }),
