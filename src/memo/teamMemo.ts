@@ -90,12 +90,20 @@ export function encodeTeamMemo(m: TeamMemo): Buffer {
 }
 
 /** Decodes and validates a team memo (it comes from the network): a MemoError names what is wrong. */
-/** The lookup a team memo names, read without decoding it (null if it is too short to name one). */
-export function teamMemoLookup(b: Buffer): Digest | null {
-  const at = TEAM_MEMO_MAGIC.length;
+function hexAt(b: Buffer, at: number): Digest | null {
   if (b.length < at + 32) return null;
   const s = b.toString('latin1', at, at + 32);
   return /^[0-9a-f]{32}$/.test(s) ? s : null;
+}
+
+/** The lookup a team memo names, read without decoding it (null if it is too short to name one). */
+export function teamMemoLookup(b: Buffer): Digest | null {
+  return hexAt(b, TEAM_MEMO_MAGIC.length);
+}
+
+/** The key a team memo names, read without decoding it (the memo is validated when claimed). */
+export function teamMemoKey(b: Buffer): Digest | null {
+  return hexAt(b, TEAM_MEMO_MAGIC.length + 32);
 }
 
 export function decodeTeamMemo(b: Buffer): TeamMemo {

@@ -192,6 +192,7 @@ export class JobPipeline {
     if (o.prefetch && memo && cache.scopeMemos && cache.writeBack && !this.verifyShare) {
       this.prefetch = new TeamPrefetch({
         scopeMemos: (scope) => cache.scopeMemos!(scope),
+        getEntry: (key) => (o.deny.has(key) ? Promise.resolve({ kind: 'miss' }) : cache.get(key, { deferWriteBack: true })),
         files,
         counters: o.counters,
         log: o.log,
@@ -336,9 +337,11 @@ export class JobPipeline {
       return null;
     }
     const k: Keyed = { key: memo.key, checks: memo.checks, input: job.input, output: job.outputs[0]!.path };
-    const served = await this.lookup(k, job.outputs, req, ctx);
-    if (served?.kind === 'hit') this.counters.add(Counter.team_memo_hits);
-    else this.counters.add(Counter.team_memos_unusable);
+    const served = await this.lookup(k, job.outputs, req, ctx, t.entry);
+    if (served?.kind === 'hit') {
+      this.counters.add(Counter.team_memo_hits);
+      if (served.tier === 'remote') this.prefetch!.fromTeam(req);
+    } else this.counters.add(Counter.team_memos_unusable);
     return served;
   }
 
@@ -366,13 +369,22 @@ export class JobPipeline {
     void cache.shareMemo(scopeDigest(req.compiler, req.cwd), bytes);
   }
 
-  private async lookup(k: Keyed, outputs: Outputs, req: JobRequest, ctx: Pick<JobContext, 'collectMemo' | 'serveOnClient'>): Promise<JobOutcome | null> {
+  /** `ahead`: the entry's lookup made ahead of the job (a team-tier hit is then not written back yet). */
+  private async lookup(
+    k: Keyed,
+    outputs: Outputs,
+    req: JobRequest,
+    ctx: Pick<JobContext, 'collectMemo' | 'serveOnClient'>,
+    ahead?: Promise<TieredLookup>,
+  ): Promise<JobOutcome | null> {
     const { key } = k;
     const collect = ctx.collectMemo;
     if (this.o.deny.has(key)) return null;
     const inMemory = this.hot.get(key);
     const defer = !!ctx.serveOnClient && !!this.o.cache.writeBack;
-    const found: TieredLookup = inMemory ? { kind: 'hit', entry: inMemory } : await this.o.cache.get(key, defer ? { deferWriteBack: true } : undefined);
+    let found: TieredLookup = inMemory ? { kind: 'hit', entry: inMemory } : ahead ? await ahead : await this.o.cache.get(key, defer ? { deferWriteBack: true } : undefined);
+    // Fetched ahead and gone wrong since (a failover): asked again now.
+    if (found.kind !== 'hit' && ahead && !inMemory) found = await this.o.cache.get(key, defer ? { deferWriteBack: true } : undefined);
     if (found.kind === 'error') {
       this.counters.error(found.corrupt ? ErrorKind.corrupt_entry : ErrorKind.store_read);
       this.o.log.warn('store read failed; compiling', { key, error: found.error });
@@ -397,7 +409,7 @@ export class JobPipeline {
         };
       }
       this.spawn(this.o.cache.writeBack!(key, entry));
-    }
+    } else if (ahead && found.tier === 'remote') this.spawn(this.o.cache.writeBack!(key, entry));
     if (!(await this.place(entry, outputs, req))) return null;
     // A hit from memory never reaches the store: without this its LRU age would be its last
     // store read, and the most used entries would be evicted first.

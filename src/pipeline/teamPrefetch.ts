@@ -1,33 +1,55 @@
 import { performance } from 'node:perf_hooks';
 import type { Digest } from '../key/hash.js';
 import { lookupDigest, type Memo, MemoError } from '../memo/memoFormat.js';
-import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoLookup } from '../memo/teamMemo.js';
+import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoKey, teamMemoLookup } from '../memo/teamMemo.js';
 import { Counter, type Counters } from '../stats/counters.js';
+import type { TieredLookup } from '../store/policies.js';
 
 /** A scope's team memos are asked for again when one of its jobs reaches the daemon this long after the last time. */
 export const PREFETCH_REFRESH_MS = 10 * 60_000;
 /** How long a job waits for its scope's team memos before it goes the usual way. */
 const LIST_WAIT_MS = 1000;
+/** Entries fetched ahead of the jobs that will claim them, at once. */
+const AHEAD_PARALLEL = 4;
+/** Bytes of entries fetched ahead and not claimed yet, at most. */
+export const AHEAD_BYTES = 64 << 20;
+/** Entries fetched ahead and still unclaimed this long after the last claim are let go. */
+const AHEAD_IDLE_MS = 30_000;
 
 /** A team memo made this machine's: every check held here when it was localised. */
 export interface Localised {
   memo: Memo;
   /** The entry's output roles, in the memo's output order. */
   roles: string[];
+  /** The entry's lookup, when it was fetched ahead (a team-tier hit not yet written back). */
+  entry?: Promise<TieredLookup>;
 }
 
 export interface PrefetchDeps {
   /** The team memos shared under a scope; null when the team cache could not answer. */
   scopeMemos(scope: Digest): Promise<Buffer[] | null>;
+  /** Looks an entry up in every tier, leaving a team-tier hit unwritten (the claimer decides). */
+  getEntry(key: Digest): Promise<TieredLookup>;
   files: LocalFiles;
   counters: Counters;
   log: { warn(m: string, f?: Record<string, unknown>): void; info(m: string, f?: Record<string, unknown>): void };
 }
 
+interface Item {
+  bytes: Buffer;
+  /** The entry, once fetching it ahead has begun. */
+  entry?: Promise<TieredLookup>;
+  /** Its bytes while held unclaimed. */
+  held?: number;
+  claimed?: boolean;
+}
+
 interface ScopeState {
   at: number;
+  /** Fetching entries ahead has begun. */
+  ahead?: boolean;
   /** The scope's team memos by lookup, each taken out by the first job that claims it. */
-  items: Promise<Map<Digest, Buffer>>;
+  items: Promise<Map<Digest, Item>>;
 }
 
 /**
@@ -38,6 +60,12 @@ interface ScopeState {
  */
 export class TeamPrefetch {
   private readonly scopes = new Map<Digest, ScopeState>();
+  /** Bytes of entries fetched ahead and not claimed. */
+  private heldBytes = 0;
+  private readonly heldItems = new Set<Item>();
+  /** Wakes the fetchers waiting for held bytes to fall under AHEAD_BYTES. */
+  private wake: (() => void) | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly d: PrefetchDeps) {}
 
@@ -54,29 +82,93 @@ export class TeamPrefetch {
     clearTimeout(timer);
     if (!items?.size) return null;
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
-    const bytes = items.get(lookup);
-    if (!bytes) return null;
+    const item = items.get(lookup);
+    if (!item) return null;
     items.delete(lookup);
-    return this.localise(bytes);
+    item.claimed = true;
+    this.release(item);
+    this.touchIdle();
+    const local = await this.localise(item.bytes);
+    return local && item.entry ? { ...local, entry: item.entry } : local;
   }
 
-  /** Forgets every scope fetched (the local store was cleared). */
+  /**
+   * A claimed memo's entry came from the team cache: this machine lacks the scope's entries, so
+   * the rest are fetched ahead of their jobs (once per fetch of the scope's memos).
+   */
+  fromTeam(req: { compiler: string; cwd: string }): void {
+    const s = this.scopes.get(scopeDigest(req.compiler, req.cwd));
+    if (!s || s.ahead) return;
+    s.ahead = true;
+    void s.items.then((items) => this.fetchAhead([...items.values()]));
+  }
+
+  /** Forgets every scope fetched and every entry held (the local store was cleared). */
   forget(): void {
     this.scopes.clear();
+    for (const i of [...this.heldItems]) this.release(i);
   }
 
-  private async fetch(scope: Digest): Promise<Map<Digest, Buffer>> {
+  private release(item: Item): void {
+    if (item.held === undefined) return;
+    this.heldBytes -= item.held;
+    item.held = undefined;
+    this.heldItems.delete(item);
+    this.wake?.();
+  }
+
+  /** Lets go of unclaimed entries once the build seems over. */
+  private touchIdle(): void {
+    if (this.idleTimer) this.idleTimer.refresh();
+    else {
+      this.idleTimer = setTimeout(() => {
+        this.idleTimer = null;
+        for (const i of [...this.heldItems]) {
+          this.release(i);
+          i.entry = undefined;
+        }
+      }, AHEAD_IDLE_MS);
+      this.idleTimer.unref();
+    }
+  }
+
+  private async fetch(scope: Digest): Promise<Map<Digest, Item>> {
     const t0 = performance.now();
-    const items = new Map<Digest, Buffer>();
+    const items = new Map<Digest, Item>();
     const raw = await this.d.scopeMemos(scope).catch(() => null);
     if (!raw?.length) return items;
     for (const bytes of raw) {
       const lookup = teamMemoLookup(bytes);
-      if (lookup) items.set(lookup, bytes);
+      if (lookup) items.set(lookup, { bytes });
       else this.d.counters.add(Counter.team_memos_rejected);
     }
     this.d.log.info('team memos fetched', { scope, memos: items.size, ms: Math.round(performance.now() - t0) });
     return items;
+  }
+
+  /**
+   * Fetches the entries the memos name ahead of the jobs that will claim them, so that a job does
+   * not wait for the team cache; at most AHEAD_BYTES held unclaimed.
+   */
+  private async fetchAhead(list: Item[]): Promise<void> {
+    let next = 0;
+    const worker = async () => {
+      while (next < list.length) {
+        const item = list[next++]!;
+        if (item.claimed) continue;
+        while (this.heldBytes > AHEAD_BYTES) await new Promise<void>((r) => (this.wake = r));
+        const key = teamMemoKey(item.bytes);
+        if (!key) continue;
+        item.entry = this.d.getEntry(key).catch((e: Error): TieredLookup => ({ kind: 'error', error: e.message, corrupt: false }));
+        const r = await item.entry;
+        if (r.kind === 'hit' && !item.claimed) {
+          item.held = [...r.entry.files.values()].reduce((n, b) => n + b.length, 0);
+          this.heldBytes += item.held;
+          this.heldItems.add(item);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: AHEAD_PARALLEL }, worker));
   }
 
   private async localise(bytes: Buffer): Promise<Localised | null> {
