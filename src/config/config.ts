@@ -55,7 +55,7 @@ export const ConfigShape = {
   remote_timeout_ms: intField(1).default(300),
   remote_retry_ms: intField(1).default(10_000),
   upload_queue: intField(0).default(256),
-  /** Share team memos and prefetch a build's entries from the team cache (docs/team-cache.md "Prefetch"). */
+  /** Share team memos and prefetch a build's entries from the team cache (docs/team-cache.md "Team memos"). */
   remote_prefetch: z.enum(['on', 'off']).default('on'),
   verify: z
     .string()

@@ -5,7 +5,7 @@ import { checkedBody, MEMO_MAX_STREAM, type Memo, type MemoCheck, MemoError, Rea
 
 /**
  * The team memo (cache-schema/teammemo.v1.md): a memo made portable, so that a teammate's daemon
- * can turn it into a memo of its own machine (docs/team-cache.md "Prefetch"). Every check that a
+ * can turn it into a memo of its own machine (docs/team-cache.md "Team memos"). Every check that a
  * local memo makes by stat identity is made here by content, and a directory check by the names
  * it lists: nothing in it depends on one machine's inodes or timestamps.
  */
