@@ -630,6 +630,8 @@ interface Sample {
   memoHits?: number;
   misses?: number;
   remoteHits?: number;
+  /** Hits whose key came from a teammate's team memo (not keyed by this daemon). */
+  teamMemoHits?: number;
   ideal?: number;
   mismatches?: number;
   stderrMatches?: boolean;
@@ -832,6 +834,7 @@ export async function runBench(o: Options): Promise<Report | null> {
           memoHits: (s1.memo_hits ?? 0) - (s0.memo_hits ?? 0),
           misses: s1.misses! - s0.misses!,
           remoteHits: s1.remote_hits! - s0.remote_hits!,
+          teamMemoHits: (s1.team_memo_hits ?? 0) - (s0.team_memo_hits ?? 0),
           mismatches: mm,
           stderrMatches: se,
         };
@@ -1024,7 +1027,8 @@ export async function runBench(o: Options): Promise<Report | null> {
             : [
                 ...new Set(
                   hitsList.map(
-                    (h, i) => `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}${r.samples[i]!.memoHits ? ` (${r.samples[i]!.memoHits} memo)` : ''}`,
+                    (h, i) =>
+                      `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}${r.samples[i]!.memoHits ? ` (${r.samples[i]!.memoHits} memo)` : ''}${r.samples[i]!.teamMemoHits ? ` (${r.samples[i]!.teamMemoHits} team memo)` : ''}`,
                   ),
                 ),
               ].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');

@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Digest } from '../key/hash.js';
 import { lookupDigest, type Memo, MemoError } from '../memo/memoFormat.js';
-import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoKey, teamMemoLookup } from '../memo/teamMemo.js';
+import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoLookup } from '../memo/teamMemo.js';
 import { Counter, type Counters } from '../stats/counters.js';
 import type { TieredLookup } from '../store/policies.js';
 
@@ -63,8 +63,8 @@ export class TeamPrefetch {
   /** Bytes of entries fetched ahead and not claimed. */
   private heldBytes = 0;
   private readonly heldItems = new Set<Item>();
-  /** Wakes the fetchers waiting for held bytes to fall under AHEAD_BYTES. */
-  private wake: (() => void) | null = null;
+  /** Fetchers waiting for held bytes to fall under AHEAD_BYTES. */
+  private waiting: (() => void)[] = [];
   private idleTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly d: PrefetchDeps) {}
@@ -114,7 +114,7 @@ export class TeamPrefetch {
     this.heldBytes -= item.held;
     item.held = undefined;
     this.heldItems.delete(item);
-    this.wake?.();
+    for (const w of this.waiting.splice(0)) w();
   }
 
   /** Lets go of unclaimed entries once the build seems over. */
@@ -156,9 +156,12 @@ export class TeamPrefetch {
       while (next < list.length) {
         const item = list[next++]!;
         if (item.claimed) continue;
-        while (this.heldBytes > AHEAD_BYTES) await new Promise<void>((r) => (this.wake = r));
-        const key = teamMemoKey(item.bytes);
-        if (!key) continue;
+        while (this.heldBytes > AHEAD_BYTES) await new Promise<void>((r) => this.waiting.push(r));
+        // Only entries whose memos hold here: a memo of an edited job would fetch for nothing.
+        // (The claim localises again: files may change in between.)
+        const local = await this.check(item.bytes);
+        if (!('memo' in local) || item.claimed) continue;
+        const key = local.memo.key;
         item.entry = this.d.getEntry(key).catch((e: Error): TieredLookup => ({ kind: 'error', error: e.message, corrupt: false }));
         const r = await item.entry;
         if (r.kind === 'hit' && !item.claimed) {
@@ -171,23 +174,29 @@ export class TeamPrefetch {
     await Promise.all(Array.from({ length: AHEAD_PARALLEL }, worker));
   }
 
+  /** The claim's localisation: counted and logged when the memo is invalid or does not hold. */
   private async localise(bytes: Buffer): Promise<Localised | null> {
-    const { counters } = this.d;
+    const r = await this.check(bytes);
+    if ('memo' in r) return r;
+    if (r.why === 'invalid') this.d.counters.add(Counter.team_memos_rejected);
+    else {
+      this.d.counters.add(Counter.team_memos_unusable);
+      this.d.log.info('team memo does not hold here', { why: r.why });
+    }
+    return null;
+  }
+
+  private async check(bytes: Buffer): Promise<Localised | { why: string }> {
     let team: ReturnType<typeof decodeTeamMemo>;
     try {
       team = decodeTeamMemo(bytes);
     } catch (e) {
       if (!(e instanceof MemoError)) throw e;
-      counters.add(Counter.team_memos_rejected);
       this.d.log.warn('team memo rejected', { error: e.message });
-      return null;
+      return { why: 'invalid' };
     }
     const local = await localise(team, this.d.files);
-    if ('why' in local) {
-      counters.add(Counter.team_memos_unusable);
-      this.d.log.info('team memo does not hold here', { lookup: team.lookup, why: local.why });
-      return null;
-    }
+    if ('why' in local) return local;
     return { memo: local.memo, roles: team.outputs.map((o) => o.role) };
   }
 }
