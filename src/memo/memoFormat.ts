@@ -117,30 +117,52 @@ export class Writer {
   }
 }
 
+/** The checks memo v1 and team memos (src/memo/teamMemo.ts) encode alike: same kind codes, same fields. */
+export type SharedCheck = Extract<MemoCheck, { kind: 'content' | 'absent' | 'notreg' | 'env' }>;
+
+/** A shared check's fields, after its kind and name. */
+export function writeSharedFields(w: Writer, c: SharedCheck): void {
+  if (c.kind === 'content') {
+    w.u64(c.size);
+    w.hex(c.digest);
+  } else if (c.kind === 'env') {
+    w.u8(c.value === null ? 0 : 1);
+    w.str(c.value ?? '');
+  }
+}
+
+/** The shared check of this kind, its fields read; null for a kind that is not shared. */
+export function readSharedCheck(r: Reader, kind: number, name: string): SharedCheck | null {
+  switch (kind) {
+    case CheckKind.content: {
+      const size = r.u64();
+      if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MemoError('bad size');
+      return { kind: 'content', path: name, size: Number(size), digest: r.hex() };
+    }
+    case CheckKind.absent:
+      return { kind: 'absent', path: name };
+    case CheckKind.notreg:
+      return { kind: 'notreg', path: name };
+    case CheckKind.env: {
+      const set = r.u8();
+      if (set > 1) throw new MemoError('bad env flag');
+      const value = r.str(MEMO_MAX_NAME);
+      return { kind: 'env', name, value: set ? value : null };
+    }
+    default:
+      return null;
+  }
+}
+
 /** The check list, as memo v1 and distribution memos encode it. */
 export function writeChecks(w: Writer, checks: readonly MemoCheck[]): void {
   w.u32(checks.length);
   for (const c of checks) {
     w.u8(CheckKind[c.kind]);
     w.str(c.kind === 'env' ? c.name : c.path);
-    switch (c.kind) {
-      case 'stat':
-        for (const v of [c.dev, c.ino, c.size, c.mtimeNs, c.ctimeNs]) w.u64(v);
-        break;
-      case 'content':
-        w.u64(c.size);
-        w.hex(c.digest);
-        break;
-      case 'dir':
-        for (const v of [c.dev, c.ino, c.mtimeNs, c.ctimeNs]) w.u64(v);
-        break;
-      case 'env':
-        w.u8(c.value === null ? 0 : 1);
-        w.str(c.value ?? '');
-        break;
-      default:
-        break;
-    }
+    if (c.kind === 'stat') for (const v of [c.dev, c.ino, c.size, c.mtimeNs, c.ctimeNs]) w.u64(v);
+    else if (c.kind === 'dir') for (const v of [c.dev, c.ino, c.mtimeNs, c.ctimeNs]) w.u64(v);
+    else writeSharedFields(w, c);
   }
 }
 
@@ -225,33 +247,12 @@ export function readChecks(r: Reader, max: number): MemoCheck[] {
   for (let i = 0; i < n; i++) {
     const kind = r.u8();
     const name = r.str(MEMO_MAX_NAME);
-    switch (kind) {
-      case CheckKind.stat:
-        checks.push({ kind: 'stat', path: name, dev: r.u64(), ino: r.u64(), size: r.u64(), mtimeNs: r.u64(), ctimeNs: r.u64() });
-        break;
-      case CheckKind.content: {
-        const size = r.u64();
-        checks.push({ kind: 'content', path: name, size: Number(size), digest: r.hex() });
-        break;
-      }
-      case CheckKind.absent:
-        checks.push({ kind: 'absent', path: name });
-        break;
-      case CheckKind.notreg:
-        checks.push({ kind: 'notreg', path: name });
-        break;
-      case CheckKind.dir:
-        checks.push({ kind: 'dir', path: name, dev: r.u64(), ino: r.u64(), mtimeNs: r.u64(), ctimeNs: r.u64() });
-        break;
-      case CheckKind.env: {
-        const set = r.u8();
-        if (set > 1) throw new MemoError('bad env flag');
-        const value = r.str(MEMO_MAX_NAME);
-        checks.push({ kind: 'env', name, value: set ? value : null });
-        break;
-      }
-      default:
-        throw new MemoError(`unknown check kind ${kind}`);
+    if (kind === CheckKind.stat) checks.push({ kind: 'stat', path: name, dev: r.u64(), ino: r.u64(), size: r.u64(), mtimeNs: r.u64(), ctimeNs: r.u64() });
+    else if (kind === CheckKind.dir) checks.push({ kind: 'dir', path: name, dev: r.u64(), ino: r.u64(), mtimeNs: r.u64(), ctimeNs: r.u64() });
+    else {
+      const c = readSharedCheck(r, kind, name);
+      if (!c) throw new MemoError(`unknown check kind ${kind}`);
+      checks.push(c);
     }
   }
   return checks;

@@ -1,7 +1,20 @@
 import { type BigIntStats, readdirSync, statSync } from 'node:fs';
 import { type Digest, Hasher } from '../key/hash.js';
 import { MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
-import { checkedBody, MEMO_MAX_STREAM, type Memo, type MemoCheck, MemoError, Reader, Writer, withTrailer } from './memoFormat.js';
+import {
+  CheckKind,
+  checkedBody,
+  MEMO_MAX_STREAM,
+  type Memo,
+  type MemoCheck,
+  MemoError,
+  Reader,
+  readSharedCheck,
+  type SharedCheck,
+  Writer,
+  withTrailer,
+  writeSharedFields,
+} from './memoFormat.js';
 
 /**
  * The team memo (cache-schema/teammemo.v1.md): a memo made portable, so that a teammate's daemon
@@ -11,7 +24,8 @@ import { checkedBody, MEMO_MAX_STREAM, type Memo, type MemoCheck, MemoError, Rea
  */
 export const TEAM_MEMO_MAGIC = Buffer.from('LTOTEAM\x01', 'latin1');
 
-const Kind = { content: 2, absent: 3, notreg: 4, env: 6, dirlist: 7, file: 8 } as const;
+/** CONTENT, ABSENT, NOTREG and ENV are memo v1's codes and fields (readSharedCheck). */
+const Kind = { content: CheckKind.content, absent: CheckKind.absent, notreg: CheckKind.notreg, env: CheckKind.env, dirlist: 7, file: 8 } as const;
 
 export type TeamCheck =
   /** A file the origin checked by stat identity: here too, where it is settled. */
@@ -66,14 +80,9 @@ export function encodeTeamMemo(m: TeamMemo): Buffer {
   for (const c of m.checks) {
     w.u8(Kind[c.kind]);
     w.str(c.kind === 'env' ? c.name : c.path);
-    if (c.kind === 'content' || c.kind === 'file') {
-      w.u64(c.size);
-      w.hex(c.digest);
-    } else if (c.kind === 'dirlist') w.hex(c.digest);
-    else if (c.kind === 'env') {
-      w.u8(c.value === null ? 0 : 1);
-      w.str(c.value ?? '');
-    }
+    if (c.kind === 'file') writeSharedFields(w, { ...c, kind: 'content' });
+    else if (c.kind === 'dirlist') w.hex(c.digest);
+    else writeSharedFields(w, c);
   }
   w.u32(m.outputs.length);
   for (const o of m.outputs) {
@@ -89,7 +98,6 @@ export function encodeTeamMemo(m: TeamMemo): Buffer {
   return out;
 }
 
-/** Decodes and validates a team memo (it comes from the network): a MemoError names what is wrong. */
 function hexAt(b: Buffer, at: number): Digest | null {
   if (b.length < at + 32) return null;
   const s = b.toString('latin1', at, at + 32);
@@ -106,6 +114,7 @@ export function teamMemoKey(b: Buffer): Digest | null {
   return hexAt(b, TEAM_MEMO_MAGIC.length + 32);
 }
 
+/** Decodes and validates a team memo (it comes from the network): a MemoError names what is wrong. */
 export function decodeTeamMemo(b: Buffer): TeamMemo {
   if (b.length > TEAM_MEMO_MAX_BYTES) throw new MemoError('team memo over the size limit');
   const body = checkedBody(b, TEAM_MEMO_MAGIC);
@@ -120,32 +129,12 @@ export function decodeTeamMemo(b: Buffer): TeamMemo {
     const kind = r.u8();
     const name = r.str(MEMO_MAX_NAME);
     if (kind !== Kind.env && !name.startsWith('/')) throw new MemoError(`check of a relative path '${name}'`);
-    switch (kind) {
-      case Kind.content:
-      case Kind.file: {
-        const size = r.u64();
-        if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MemoError('bad size');
-        checks.push({ kind: kind === Kind.file ? 'file' : 'content', path: name, size: Number(size), digest: r.hex() });
-        break;
-      }
-      case Kind.absent:
-        checks.push({ kind: 'absent', path: name });
-        break;
-      case Kind.notreg:
-        checks.push({ kind: 'notreg', path: name });
-        break;
-      case Kind.dirlist:
-        checks.push({ kind: 'dirlist', path: name, digest: r.hex() });
-        break;
-      case Kind.env: {
-        const set = r.u8();
-        if (set > 1) throw new MemoError('bad env flag');
-        const value = r.str(MEMO_MAX_NAME);
-        checks.push({ kind: 'env', name, value: set ? value : null });
-        break;
-      }
-      default:
-        throw new MemoError(`unknown team check kind ${kind}`);
+    if (kind === Kind.dirlist) checks.push({ kind: 'dirlist', path: name, digest: r.hex() });
+    else if (kind === Kind.file) checks.push({ ...(readSharedCheck(r, Kind.content, name) as Extract<SharedCheck, { kind: 'content' }>), kind: 'file' });
+    else {
+      const c = readSharedCheck(r, kind, name);
+      if (!c) throw new MemoError(`unknown team check kind ${kind}`);
+      checks.push(c);
     }
   }
   const no = r.u32();

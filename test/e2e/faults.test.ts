@@ -18,6 +18,7 @@ import { CacheEnv, CLI, CLIENT, runAsync, tempDir } from '../support/env.js';
 import { mulberry32 } from '../support/prng.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 import { sharedTree } from '../support/sharedTree.js';
+import { waitFor } from '../support/waitFor.js';
 
 /**
  * Fault injection (issue 5, "Faults"): the daemon SIGKILLed in the middle of store writes, a full
@@ -35,14 +36,6 @@ await initHash();
 const SEED = Number(process.env.LTOCACHE_FAULT_SEED ?? 0x5eed1);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(step);
-  }
-}
 
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   for (const m of b.modules) {

@@ -21,6 +21,7 @@ import { CacheEnv, CLI, CLIENT, runAsync, TOP, tempDir } from '../support/env.js
 import { rawTar } from '../support/rawTar.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 import { sharedTree } from '../support/sharedTree.js';
+import { waitFor } from '../support/waitFor.js';
 
 /**
  * Security (issue 5, "Security"): the private socket directory, secrets never logged, constant-time
@@ -34,14 +35,6 @@ await initHash();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const IS_ROOT = process.getuid?.() === 0;
-
-async function waitFor(what: string, fn: () => boolean, ms = 15_000, step = 50): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(step);
-  }
-}
 
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   for (const m of b.modules) {

@@ -6,6 +6,7 @@ import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { StatsView } from '../../src/stats/counters.js';
 import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
+import { waitFor } from '../support/waitFor.js';
 
 /**
  * Two teammates sharing a real `ltocache serve` on loopback, each with a real daemon, a separate
@@ -24,14 +25,6 @@ function assertMatchesDirect(b: ThinBuild, extra: string[] = []): void {
     const r = b.backend(m, { extra, out: `${m}.direct.o` });
     assert.equal(r.status, 0, r.stderr);
     assert.ok(readFileSync(join(b.dir, `${m}.direct.o`)).equals(readFileSync(join(b.dir, `${m}.thinlto-native.o`))), `${m} differs from direct clang`);
-  }
-}
-
-async function waitFor(what: string, fn: () => boolean, ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

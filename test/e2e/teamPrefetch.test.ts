@@ -6,6 +6,7 @@ import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { RedisNode } from '../support/redis.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
+import { waitFor } from '../support/waitFor.js';
 
 /**
  * Team prefetch (docs/team-cache.md "Prefetch") with real parts: a real `ltocache serve`, real
@@ -26,14 +27,6 @@ function assertMatchesDirect(b: ThinBuild): void {
     const r = b.backend(m, { out: `${m}.direct.o` });
     assert.equal(r.status, 0, r.stderr);
     assert.ok(readFileSync(join(b.dir, `${m}.direct.o`)).equals(readFileSync(join(b.dir, `${m}.thinlto-native.o`))), `${m} differs from direct clang`);
-  }
-}
-
-async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

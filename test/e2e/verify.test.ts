@@ -8,16 +8,9 @@ import { hashBytes, initHash } from '../../src/key/hash.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
+import { waitFor } from '../support/waitFor.js';
 
 /** The stale-hit audit (`verify`): background recompiles of hits, byte comparison, purge on mismatch. */
-
-async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('verify = all', () => {
   let cache: CacheEnv;
