@@ -10,6 +10,8 @@ import { base64Length, SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from './limits.js'
  * unauthenticated peer never reaches these messages. Schemas: cache-schema/remote-protocol.v1.json.
  */
 export const REMOTE_PROTOCOL_VERSION = 1;
+/** What a server announces in `welcome` when it keeps team memos (`memo` and `scope` messages). */
+export const FEATURE_TEAM_MEMOS = 'team-memos';
 
 const Id = z.number().int().nonnegative().max(0xffffffff);
 const Key = z.string().regex(DIGEST_RE, 'key must be 32 lowercase hex digits');
@@ -82,8 +84,12 @@ export const ServerStats = z.object({
 export type ServerStats = z.infer<typeof ServerStats>;
 
 export const ServerMessage = z.discriminatedUnion('type', [
-  /** Reply to `hello`: the version spoken, this token's scope, and the limits the server enforces. */
-  z.object({ type: z.literal('welcome'), protocol: z.number().int(), scope: Scope, limits: Limits }),
+  /**
+   * Reply to `hello`: the version spoken, this token's scope, the limits the server enforces and
+   * the optional messages it understands (`team-memos`: `memo` and `scope`). A client sends an
+   * optional message only to a server that names it: one from before it would count it bad.
+   */
+  z.object({ type: z.literal('welcome'), protocol: z.number().int(), scope: Scope, limits: Limits, features: z.array(z.string().max(64)).max(64).optional() }),
   /** Entry found; its bundle (bundleBytes long) follows as a binary message with the same id. */
   z.object({ type: z.literal('hit'), id: Id, key: Key, entry: EntryRecord, bundleBytes: BundleBytes }),
   /** Entry not found. */

@@ -7,6 +7,7 @@ import {
   decodeBinary,
   decodeMemoList,
   encodeBinary,
+  FEATURE_TEAM_MEMOS,
   type Limits,
   parseServerMessage,
   REMOTE_PROTOCOL_VERSION,
@@ -101,6 +102,8 @@ export class RemoteServer implements CacheBackend {
   private limits: Limits = DEFAULT_LIMITS;
   readonly breaker: CircuitBreaker;
   scope: Scope | null = null;
+  /** The server announced team memos in its welcome (FEATURE_TEAM_MEMOS). */
+  teamMemos = false;
 
   /** `options.url` is a single URL here. */
   constructor(options: RemoteOptionsInput) {
@@ -146,6 +149,7 @@ export class RemoteServer implements CacheBackend {
             clearTimeout(timer);
             this.limits = msg.limits;
             this.scope = msg.scope;
+            this.teamMemos = msg.features?.includes(FEATURE_TEAM_MEMOS) ?? false;
             resolve({ scope: msg.scope, limits: msg.limits });
           } else if (msg.type === 'error') fail(`server: ${msg.message}`);
           else fail(`unexpected ${msg.type} before welcome`, 'protocol');
@@ -243,6 +247,17 @@ export class RemoteServer implements CacheBackend {
     });
   }
 
+  /** Connects if needed, so that the welcome's features are known; the failure, if it could not. */
+  private async connected(timeoutMs: number): Promise<{ kind: 'error'; failure: RemoteFailure; error: string } | null> {
+    try {
+      await this.connect(Date.now() + timeoutMs);
+      return null;
+    } catch (e) {
+      this.breaker.failure();
+      return { kind: 'error', failure: e instanceof ConnectError ? e.failure : 'unavailable', error: (e as Error).message };
+    }
+  }
+
   async get(key: Digest): Promise<RemoteLookup> {
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures', corrupt: false };
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'get', id, key }) }), this.o.timeoutMs);
@@ -294,6 +309,9 @@ export class RemoteServer implements CacheBackend {
   async putMemo(scope: Digest, memo: Buffer): Promise<RemotePutResult> {
     if (this.scope === 'read') return { kind: 'refused', reason: 'token has read scope' };
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
+    const connected = await this.connected(this.o.putTimeoutMs);
+    if (connected) return connected;
+    if (!this.teamMemos) return { kind: 'refused', reason: 'the server keeps no team memos' };
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'memo', id, scope, memo: memo.toString('base64') }) }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
@@ -309,6 +327,9 @@ export class RemoteServer implements CacheBackend {
   /** The team memos of a scope (any scope of token). */
   async fetchScope(scope: Digest, timeoutMs: number): Promise<ScopeMemos> {
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
+    const connected = await this.connected(timeoutMs);
+    if (connected) return connected;
+    if (!this.teamMemos) return { kind: 'memos', memos: [] };
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'scope', id, scope }) }), timeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();

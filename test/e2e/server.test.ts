@@ -255,7 +255,7 @@ test('put then get round trip, out-of-order gets, stats, access log, restart kee
   assert.match(s1.url, /^ws:\/\/127\.0\.0\.1:\d+$/);
   const writer = await connect(s1.url, SECRETS.write);
   const w = await writer.hello();
-  assert.deepEqual(w, { type: 'welcome', protocol: 1, scope: 'write', limits: s1.limits });
+  assert.deepEqual(w, { type: 'welcome', protocol: 1, scope: 'write', limits: s1.limits, features: ['team-memos'] });
 
   const e1 = makeEntry({ obj: randomBytes(300_000), dwo: randomBytes(10_000) });
   const bundle1 = await packBundle(e1.record, e1.files);

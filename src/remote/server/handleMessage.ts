@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { type ClientMessage, decodeBinary, type ErrorCode, parseClientMessage, REMOTE_PROTOCOL_VERSION } from '../../protocol/remote.js';
+import { type ClientMessage, decodeBinary, type ErrorCode, FEATURE_TEAM_MEMOS, parseClientMessage, REMOTE_PROTOCOL_VERSION } from '../../protocol/remote.js';
 import { scopeAllows } from '../tokens.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
@@ -68,7 +68,7 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
     }
     c.hello = true;
     s.access({ op: 'hello', token: c.token.name, key: null, result: 'welcome', bytes: 0, ms: 0, remote: c.remote });
-    s.send(c, { type: 'welcome', protocol: REMOTE_PROTOCOL_VERSION, scope: c.token.scope, limits: s.options.limits });
+    s.send(c, { type: 'welcome', protocol: REMOTE_PROTOCOL_VERSION, scope: c.token.scope, limits: s.options.limits, features: [FEATURE_TEAM_MEMOS] });
     return;
   }
   if (msg.type === 'hello') return bad(s, c, undefined, 'bad-message', 'hello was already received on this connection');
