@@ -233,16 +233,16 @@ export class JobPipeline {
 
   /** Never throws for a cache problem: the outcome says what happened. */
   async runJob(req: JobRequest, ctx: JobContext): Promise<JobOutcome> {
-    if (this.prefetch && !ctx.collectMemo) {
-      const served = await this.fromTeamMemo(req, ctx);
-      if (served) return served;
-    }
     const parsed = await parseJob(req.args, req.cwd);
     if (parsed.kind === 'uncacheable') {
       this.counters.uncacheableFor(parsed.reason);
       return { kind: 'uncacheable', reason: parsed.reason, detail: parsed.detail, record: parsed.reason !== 'not-backend' };
     }
     const job = parsed.job;
+    if (this.prefetch && !ctx.collectMemo) {
+      const served = await this.fromTeamMemo(job, req, ctx);
+      if (served) return served;
+    }
     const keyed = await this.keyer(job, req);
     if (keyed.kind === 'uncacheable') {
       this.counters.uncacheableFor(keyed.reason);
@@ -323,12 +323,9 @@ export class JobPipeline {
    * and writes the memo). Null when there is none, it does not describe this job's outputs or
    * environment, or no tier has the entry: the job then goes the usual way.
    */
-  private async fromTeamMemo(req: JobRequest, ctx: JobContext): Promise<JobOutcome | null> {
+  private async fromTeamMemo(job: Job, req: JobRequest, ctx: JobContext): Promise<JobOutcome | null> {
     const t = await this.prefetch!.claim(req);
     if (!t) return null;
-    const parsed = await parseJob(req.args, req.cwd);
-    if (parsed.kind !== 'job') return null;
-    const { job } = parsed;
     const { memo } = t;
     const same = job.outputs.length === t.roles.length && job.outputs.every((o, i) => o.role === t.roles[i] && resolve(req.cwd, o.path) === memo.outputs[i]!.path);
     const envHolds = memo.checks.every((c) => c.kind !== 'env' || (req.env[c.name] ?? null) === c.value);
