@@ -250,14 +250,14 @@ export class JobPipeline {
       return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
     }
     const k: Keyed = { key: keyed.key, manifest: keyed.manifest, input: job.input, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
-    const served = await this.lookup(k, job.outputs, req, ctx);
+    const served = await this.lookup(k, job, req, ctx);
     if (served) return served;
 
     const running = this.inflight.get(k.key);
     if (running) {
       const done = await running.catch(() => null);
       if (done?.adopted) {
-        const again = await this.lookup(k, job.outputs, req, ctx);
+        const again = await this.lookup(k, job, req, ctx);
         if (again) return again.kind === 'hit' ? { ...again, tier: 'inflight' } : again;
       }
       if (done?.entry && (await this.place(done.entry, job.outputs, req))) {
@@ -334,7 +334,7 @@ export class JobPipeline {
       return null;
     }
     const k: Keyed = { key: memo.key, checks: memo.checks, input: job.input, output: job.outputs[0]!.path };
-    const served = await this.lookup(k, job.outputs, req, ctx, t.entry);
+    const served = await this.lookup(k, job, req, ctx, t.entry);
     if (served?.kind === 'hit') {
       this.counters.add(Counter.team_memo_hits);
       if (served.tier === 'remote') this.prefetch!.fromTeam(req);
@@ -367,14 +367,9 @@ export class JobPipeline {
   }
 
   /** `ahead`: the entry's lookup made ahead of the job (a team-tier hit is then not written back yet). */
-  private async lookup(
-    k: Keyed,
-    outputs: Outputs,
-    req: JobRequest,
-    ctx: Pick<JobContext, 'collectMemo' | 'serveOnClient'>,
-    ahead?: Promise<TieredLookup>,
-  ): Promise<JobOutcome | null> {
+  private async lookup(k: Keyed, job: Job, req: JobRequest, ctx: Pick<JobContext, 'collectMemo' | 'serveOnClient'>, ahead?: Promise<TieredLookup>): Promise<JobOutcome | null> {
     const { key } = k;
+    const { outputs } = job;
     const collect = ctx.collectMemo;
     if (this.o.deny.has(key)) return null;
     const inMemory = this.hot.get(key);
@@ -415,7 +410,7 @@ export class JobPipeline {
     const stdout = fromBase64(entry.record.stdout);
     const stderr = fromBase64(entry.record.stderr);
     this.spawn(this.writeMemo(k, entry, outputs, req, { stdout, stderr }, collect));
-    this.maybeVerify(k, entry, outputs, req);
+    this.maybeVerify(k, entry, outputs, req, job);
     this.counters.add(Counter.hits);
     this.counters.add(Counter.time_saved_ms, entry.record.compileMs);
     const tier = inMemory ? 'memory' : found.tier === 'remote' ? 'remote' : 'local';
@@ -459,7 +454,7 @@ export class JobPipeline {
    * argument (inside a response file) or that write more than the object (.dwo embeds the object
    * name) cannot be redirected exactly and are not audited.
    */
-  private maybeVerify(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest): void {
+  private maybeVerify(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest, job: Job): void {
     if (this.verifyShare <= 0 || this.random() >= this.verifyShare) return;
     const oi = req.args.indexOf('-o');
     if (outputs.length !== 1 || oi < 0 || req.args[oi + 1] !== outputs[0]!.path) {
@@ -477,12 +472,23 @@ export class JobPipeline {
         try {
           const run = await this.run({ compiler: req.compiler, args, cwd: req.cwd, env: req.env, umask: req.umask, signal: new AbortController().signal });
           const fresh = await readFile(tmp).catch(() => null);
-          this.counters.add(Counter.verify_runs);
           const freshErr = run.stderr.toString('latin1').split(tmp).join(outputs[0]!.path);
           const storedErr = Buffer.from(entry.record.stderr, 'base64').toString('latin1');
           const sameObject = fresh?.equals(entry.files.get(outputs[0]!.role)!);
           const sameStderr = freshErr === storedErr;
-          if (run.exitCode === 0 && sameObject && sameStderr) return;
+          if (run.exitCode === 0 && sameObject && sameStderr) {
+            this.counters.add(Counter.verify_runs);
+            return;
+          }
+          // The audit compiled the inputs as they are now; if they changed since the hit (a build
+          // went on editing), the comparison says nothing about the entry.
+          const now = await this.keyer(job, req).catch(() => null);
+          if (now?.kind !== 'key' || now.key !== key) {
+            this.counters.add(Counter.verify_skipped);
+            this.o.log.info('verify: inputs changed since the hit; not compared', { key, output: target });
+            return;
+          }
+          this.counters.add(Counter.verify_runs);
           this.counters.add(Counter.verify_mismatches);
           this.hot.delete(key);
           await this.o.memo?.removeKey(key).catch(() => {});

@@ -327,6 +327,27 @@ test('verify mismatch: the key is denied in every tier and deleted from both unt
   assert.equal(counters.get('verify_mismatches'), 1);
 });
 
+test('verify: an audit whose inputs changed since the hit is skipped, not a mismatch', async () => {
+  const cwd = tempDir();
+  const local = new StubBackend('local');
+  const { pipeline, compiler, counters, keyer, deny } = await setup({ cache: local, verifyShare: 1 });
+  const key = keyer.keyOf('a.o');
+  local.entries.set(key, entryOf(compiler.output('a.o')));
+  let open!: () => void;
+  compiler.gate = new Promise((r) => (open = r));
+  expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'hit');
+  // The build goes on: the input changes while the audit compiles, which then sees other bytes.
+  keyer.versions.set('a.o', 1);
+  compiler.output = (input) => Buffer.from(`edited object of ${input}`);
+  open();
+  await pipeline.idle();
+  assert.equal(counters.get('verify_mismatches'), 0);
+  assert.equal(counters.get('verify_skipped'), 1);
+  assert.equal(counters.get('verify_runs'), 0);
+  assert.equal(deny.has(key), false, 'the entry is not purged');
+  assert.equal(local.count('delete'), 0);
+});
+
 test('a persisted denial survives a restart: the denied key is compiled, not served', async () => {
   const cwd = tempDir();
   const storage = new MemoryDenyStorage();
