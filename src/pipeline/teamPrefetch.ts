@@ -13,8 +13,9 @@ const LIST_WAIT_MS = 1000;
 const AHEAD_PARALLEL = 4;
 /** Bytes of entries fetched ahead and not claimed yet, at most. */
 export const AHEAD_BYTES = 64 << 20;
-/** Entries fetched ahead and still unclaimed this long after the last claim are let go. */
-const AHEAD_IDLE_MS = 30_000;
+/** This long after a job last asked, the build is taken as over: entries fetched ahead and the
+ * scopes' memo lists (up to a bundle's 64 MiB each) are let go; the next job fetches again. */
+const IDLE_MS = 30_000;
 
 /** A team memo made this machine's: every check held here when it was localised. */
 export interface Localised {
@@ -71,6 +72,7 @@ export class TeamPrefetch {
 
   /** This command's team memo, localised, or null (none shared, or it does not hold here). */
   async claim(req: { compiler: string; cwd: string; args: readonly string[] }): Promise<Localised | null> {
+    this.touchIdle();
     const scope = scopeDigest(req.compiler, req.cwd);
     let s = this.scopes.get(scope);
     if (!s || Date.now() - s.at > PREFETCH_REFRESH_MS) {
@@ -87,7 +89,6 @@ export class TeamPrefetch {
     items.delete(lookup);
     item.claimed = true;
     this.release(item);
-    this.touchIdle();
     const local = await this.localise(item.bytes);
     return local && item.entry ? { ...local, entry: item.entry } : local;
   }
@@ -97,16 +98,20 @@ export class TeamPrefetch {
    * the rest are fetched ahead of their jobs (once per fetch of the scope's memos).
    */
   fromTeam(req: { compiler: string; cwd: string }): void {
-    const s = this.scopes.get(scopeDigest(req.compiler, req.cwd));
+    const scope = scopeDigest(req.compiler, req.cwd);
+    const s = this.scopes.get(scope);
     if (!s || s.ahead) return;
     s.ahead = true;
-    void s.items.then((items) => this.fetchAhead([...items.values()]));
+    void s.items.then((items) => this.fetchAhead([...items.values()], () => this.scopes.get(scope) === s));
   }
 
-  /** Forgets every scope fetched and every entry held (the local store was cleared). */
+  /** Forgets every scope fetched and every entry held (the local store was cleared, or the build is over). */
   forget(): void {
     this.scopes.clear();
-    for (const i of [...this.heldItems]) this.release(i);
+    for (const i of [...this.heldItems]) {
+      this.release(i);
+      i.entry = undefined;
+    }
   }
 
   private release(item: Item): void {
@@ -117,17 +122,14 @@ export class TeamPrefetch {
     for (const w of this.waiting.splice(0)) w();
   }
 
-  /** Lets go of unclaimed entries once the build seems over. */
+  /** Lets go of what the build needed once it seems over. */
   private touchIdle(): void {
     if (this.idleTimer) this.idleTimer.refresh();
     else {
       this.idleTimer = setTimeout(() => {
         this.idleTimer = null;
-        for (const i of [...this.heldItems]) {
-          this.release(i);
-          i.entry = undefined;
-        }
-      }, AHEAD_IDLE_MS);
+        this.forget();
+      }, IDLE_MS);
       this.idleTimer.unref();
     }
   }
@@ -150,10 +152,11 @@ export class TeamPrefetch {
    * Fetches the entries the memos name ahead of the jobs that will claim them, so that a job does
    * not wait for the team cache; at most AHEAD_BYTES held unclaimed.
    */
-  private async fetchAhead(list: Item[]): Promise<void> {
+  private async fetchAhead(list: Item[], current: () => boolean): Promise<void> {
     let next = 0;
     const worker = async () => {
-      while (next < list.length) {
+      // Stops once the scope is forgotten (cleared, refreshed, or the build is over).
+      while (next < list.length && current()) {
         const item = list[next++]!;
         if (item.claimed) continue;
         while (this.heldBytes > AHEAD_BYTES) await new Promise<void>((r) => this.waiting.push(r));

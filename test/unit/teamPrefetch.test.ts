@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { FileDigests } from '../../src/key/fileDigests.js';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { lookupDigest } from '../../src/memo/memoFormat.js';
+import { encodeTeamMemo, scopeDigest } from '../../src/memo/teamMemo.js';
+import { TeamPrefetch } from '../../src/pipeline/teamPrefetch.js';
+import { Counters } from '../../src/stats/counters.js';
+import type { TieredLookup } from '../../src/store/policies.js';
+
+await initHash();
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+const silent = { info() {}, warn() {} };
+const COMPILER = '/usr/bin/clang-x';
+
+/**
+ * TeamPrefetch against a stub team tier (the LLVM-free tier): one scope request per scope, each
+ * memo claimed once, a memo that does not hold here counted, an invalid one rejected, entries
+ * fetched ahead only once a claimed memo's entry came from the team cache and only for memos
+ * that hold here.
+ */
+function setup() {
+  const cwd = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
+  dirs.push(cwd);
+  const input = (m: string) => join(cwd, `${m}.o`);
+  for (const m of ['a', 'b', 'c']) fs.writeFileSync(input(m), `bitcode of ${m}`);
+  const args = (m: string) => ['-c', '-o', `${m}.native.o`, `${m}.o`];
+  const key = (m: string) => hashBytes(Buffer.from(`key of ${m}`));
+  const memo = (m: string, digestOf = m) =>
+    encodeTeamMemo({
+      lookup: lookupDigest(COMPILER, cwd, args(m)),
+      key: key(m),
+      checks: [{ kind: 'content', path: input(m), size: `bitcode of ${digestOf}`.length, digest: hashBytes(Buffer.from(`bitcode of ${digestOf}`)) }],
+      outputs: [{ role: 'obj', path: join(cwd, `${m}.native.o`), digest: hashBytes(Buffer.from('obj')), size: 3 }],
+      stdout: Buffer.alloc(0),
+      stderr: Buffer.alloc(0),
+    });
+  const scopes: string[] = [];
+  const gets: string[] = [];
+  let list: Buffer[] = [];
+  const counters = new Counters();
+  const p = new TeamPrefetch({
+    scopeMemos: async (scope) => {
+      scopes.push(scope);
+      return list;
+    },
+    getEntry: async (k): Promise<TieredLookup> => {
+      gets.push(k);
+      return {
+        kind: 'hit',
+        tier: 'remote',
+        entry: { record: { v: 1, outputs: [], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 0 }, files: new Map([['obj', Buffer.from('obj')]]) },
+      };
+    },
+    files: new FileDigests(),
+    counters,
+    log: silent,
+  });
+  const req = (m: string) => ({ compiler: COMPILER, cwd, args: args(m) });
+  return { cwd, p, req, key, memo, scopes, gets, counters, setList: (l: Buffer[]) => (list = l) };
+}
+
+test('one scope request per scope; each memo claimed once; unusable and invalid memos counted', async () => {
+  const t = setup();
+  const stale = t.memo('b', 'an older b');
+  const invalid = Buffer.concat([t.memo('c').subarray(0, 60), Buffer.from('junk')]);
+  t.setList([t.memo('a'), stale, invalid, Buffer.from('short')]);
+  const a = await t.p.claim(t.req('a'));
+  assert.equal(a?.memo.key, t.key('a'));
+  assert.equal(a?.roles[0], 'obj');
+  assert.equal(await t.p.claim(t.req('a')), null, 'a memo is claimed once');
+  assert.equal(await t.p.claim(t.req('b')), null, 'a memo whose input differs here');
+  assert.equal(await t.p.claim(t.req('c')), null, 'an invalid memo');
+  assert.deepEqual(t.scopes, [scopeDigest(COMPILER, t.cwd)], 'the scope was asked for once');
+  assert.equal(t.counters.get('team_memos_unusable'), 1);
+  assert.equal(t.counters.get('team_memos_rejected'), 2, 'the invalid memo, and the one too short to name a lookup');
+  t.p.forget();
+  t.setList([]);
+  assert.equal(await t.p.claim(t.req('a')), null);
+  assert.equal(t.scopes.length, 2, 'forgotten: asked for again');
+});
+
+test('entries are fetched ahead only after a team-cache hit, and only for memos that hold here', async () => {
+  const t = setup();
+  t.setList([t.memo('a'), t.memo('b', 'an older b'), t.memo('c')]);
+  const a = await t.p.claim(t.req('a'));
+  assert.ok(a);
+  assert.deepEqual(t.gets, [], 'nothing fetched before the first team-cache hit');
+  t.p.fromTeam(t.req('a'));
+  for (let i = 0; i < 50 && t.gets.length < 1; i++) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(t.gets, [t.key('c')], 'b does not hold here; a was claimed already');
+  const c = await t.p.claim(t.req('c'));
+  assert.ok(c?.entry, "c's entry comes with its claim");
+  assert.equal((await c.entry).kind, 'hit');
+  t.p.forget();
+});
