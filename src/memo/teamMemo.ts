@@ -58,10 +58,13 @@ export interface TeamMemo {
 
 /**
  * The scope a team memo is shared under: the commands one build runs (the same compiler as given,
- * the same directory). A daemon asks for a scope's memos when its first job of the scope misses.
+ * resolving to the same executable path, in the same directory). A daemon asks for a scope's
+ * memos when its first job of the scope misses. The resolved path is in it because the libraries
+ * the loader maps are found relative to it (`$ORIGIN`): the same binary installed under another
+ * prefix may load other libraries than the ones a memo checks.
  */
-export function scopeDigest(compiler: string, cwd: string): Digest {
-  return new Hasher().update(`ltocache-scope-v1\0${compiler}\0${cwd}\0`).digest();
+export function scopeDigest(compiler: string, realpath: string, cwd: string): Digest {
+  return new Hasher().update(`ltocache-scope-v2\0${compiler}\0${realpath}\0${cwd}\0`).digest();
 }
 
 /** Digest of a directory's entry names, sorted. */

@@ -217,7 +217,7 @@ export class JobPipeline {
   /** Forgets the entries held in memory (the store was cleared). */
   clearMemory(): void {
     this.hot.clear();
-    // What was prefetched is gone with the store: the next job of a scope fetches again.
+    // The entries a scope's memos named are gone with the store: the next job of a scope fetches again.
     this.prefetch?.forget();
   }
 
@@ -363,7 +363,7 @@ export class JobPipeline {
       return;
     }
     this.counters.add(Counter.team_memos_shared);
-    void cache.shareMemo(scopeDigest(req.compiler, req.cwd), bytes);
+    void cache.shareMemo(scopeDigest(req.compiler, k.manifest.toolchain.realpath, req.cwd), bytes);
   }
 
   /** `ahead`: the entry's lookup made ahead of the job (a team-tier hit is then not written back yet). */

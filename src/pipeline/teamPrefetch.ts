@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Digest } from '../key/hash.js';
 import { lookupDigest, type Memo, MemoError } from '../memo/memoFormat.js';
@@ -16,6 +17,15 @@ export const AHEAD_BYTES = 64 << 20;
 /** This long after a job last asked, the build is taken as over: entries fetched ahead and the
  * scopes' memo lists (up to a bundle's 64 MiB each) are let go; the next job fetches again. */
 const IDLE_MS = 30_000;
+
+/** A command's scope here (scopeDigest), or null when its compiler cannot be resolved. */
+export function scopeOf(req: { compiler: string; cwd: string }): Digest | null {
+  try {
+    return scopeDigest(req.compiler, realpathSync.native(req.compiler), req.cwd);
+  } catch {
+    return null;
+  }
+}
 
 /** A team memo made this machine's: every check held here when it was localised. */
 export interface Localised {
@@ -73,7 +83,8 @@ export class TeamPrefetch {
   /** This command's team memo, localised, or null (none shared, or it does not hold here). */
   async claim(req: { compiler: string; cwd: string; args: readonly string[] }): Promise<Localised | null> {
     this.touchIdle();
-    const scope = scopeDigest(req.compiler, req.cwd);
+    const scope = scopeOf(req);
+    if (!scope) return null;
     let s = this.scopes.get(scope);
     if (!s || Date.now() - s.at > PREFETCH_REFRESH_MS) {
       s = { at: Date.now(), items: this.fetch(scope) };
@@ -98,7 +109,8 @@ export class TeamPrefetch {
    * the rest are fetched ahead of their jobs (once per fetch of the scope's memos).
    */
   fromTeam(req: { compiler: string; cwd: string }): void {
-    const scope = scopeDigest(req.compiler, req.cwd);
+    const scope = scopeOf(req);
+    if (!scope) return;
     const s = this.scopes.get(scope);
     if (!s || s.ahead) return;
     s.ahead = true;

@@ -19,7 +19,8 @@ after(() => {
 });
 
 const silent = { info() {}, warn() {} };
-const COMPILER = '/usr/bin/clang-x';
+/** Any executable that exists: the scope names its resolved path. */
+const COMPILER = process.execPath;
 
 /**
  * TeamPrefetch against a stub team tier (the LLVM-free tier): one scope request per scope, each
@@ -79,7 +80,7 @@ test('one scope request per scope; each memo claimed once; unusable and invalid 
   assert.equal(await t.p.claim(t.req('a')), null, 'a memo is claimed once');
   assert.equal(await t.p.claim(t.req('b')), null, 'a memo whose input differs here');
   assert.equal(await t.p.claim(t.req('c')), null, 'an invalid memo');
-  assert.deepEqual(t.scopes, [scopeDigest(COMPILER, t.cwd)], 'the scope was asked for once');
+  assert.deepEqual(t.scopes, [scopeDigest(COMPILER, fs.realpathSync(COMPILER), t.cwd)], 'the scope was asked for once');
   assert.equal(t.counters.get('team_memos_unusable'), 1);
   assert.equal(t.counters.get('team_memos_rejected'), 2, 'the invalid memo, and the one too short to name a lookup');
   t.p.forget();
@@ -102,4 +103,33 @@ test('entries are fetched ahead only after a team-cache hit, and only for memos 
   assert.ok(c?.entry, "c's entry comes with its claim");
   assert.equal((await c.entry).kind, 'hit');
   t.p.forget();
+});
+
+test('the scope names the resolved compiler: a compiler path that now resolves elsewhere sees none of its memos', async () => {
+  const t = setup();
+  const link = join(t.cwd, 'cc');
+  fs.symlinkSync('/bin/true', link);
+  const asked: string[] = [];
+  const p = new TeamPrefetch({
+    scopeMemos: async (scope) => {
+      asked.push(scope);
+      return [];
+    },
+    getEntry: async () => ({ kind: 'miss' }),
+    files: new FileDigests(),
+    counters: new Counters(),
+    log: silent,
+  });
+  await p.claim({ compiler: link, cwd: t.cwd, args: [] });
+  fs.rmSync(link);
+  fs.symlinkSync('/bin/false', link);
+  p.forget();
+  await p.claim({ compiler: link, cwd: t.cwd, args: [] });
+  assert.deepEqual(asked, [scopeDigest(link, fs.realpathSync('/bin/true'), t.cwd), scopeDigest(link, fs.realpathSync('/bin/false'), t.cwd)]);
+  assert.notEqual(asked[0], asked[1]);
+  // A compiler that does not resolve has no scope: nothing is asked.
+  fs.rmSync(link);
+  p.forget();
+  assert.equal(await p.claim({ compiler: link, cwd: t.cwd, args: [] }), null);
+  assert.equal(asked.length, 2);
 });
