@@ -65,6 +65,11 @@ export class ObservingFiles implements DigestSource {
   }
 }
 
+/** Whether an environment check holds for a job's environment. */
+export function envCheckHolds(c: Extract<MemoCheck, { kind: 'env' }>, env: Record<string, string>): boolean {
+  return (env[c.name] ?? null) === c.value;
+}
+
 /**
  * Whether every observation still holds now (the same test the native client applies to a memo):
  * then the key computed from them is unchanged, without computing it again. `env` is the job's.
@@ -72,7 +77,7 @@ export class ObservingFiles implements DigestSource {
 export function checksHold(checks: readonly MemoCheck[], env: Record<string, string>): boolean {
   for (const c of checks) {
     if (c.kind === 'env') {
-      if ((env[c.name] ?? null) !== c.value) return false;
+      if (!envCheckHolds(c, env)) return false;
       continue;
     }
     let st: BigIntStats | undefined;

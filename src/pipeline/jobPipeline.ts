@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { FileDigests } from '../key/fileDigests.js';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
-import { checksHold, ObservingFiles } from '../key/observed.js';
+import { checksHold, envCheckHolds, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
 import { encodeMemo, lookupDigest, type Memo, type MemoCheck, type MemoOutput } from '../memo/memoFormat.js';
@@ -328,7 +328,7 @@ export class JobPipeline {
     if (!t) return null;
     const { memo } = t;
     const same = job.outputs.length === t.roles.length && job.outputs.every((o, i) => o.role === t.roles[i] && resolve(req.cwd, o.path) === memo.outputs[i]!.path);
-    const envHolds = memo.checks.every((c) => c.kind !== 'env' || (req.env[c.name] ?? null) === c.value);
+    const envHolds = memo.checks.every((c) => c.kind !== 'env' || envCheckHolds(c, req.env));
     if (!same || !envHolds) {
       this.counters.add(Counter.team_memos_unusable);
       return null;
