@@ -73,6 +73,9 @@ export const MEMO_MAX_NAME = 65_536;
 export const TEAM_MEMO_MAX_BYTES = 512 << 10;
 /** Team memos one `scope` reply carries at most (its bytes are also bounded by the bundle limit). */
 export const SCOPE_MAX_MEMOS = 20_000;
+/** A team pack (cache-schema/teampack.v1.md): memos and blobs it indexes at most. */
+export const TEAM_PACK_MAX_MEMOS = SCOPE_MAX_MEMOS;
+export const TEAM_PACK_MAX_BLOBS = SCOPE_MAX_MEMOS * MEMO_MAX_OUTPUTS;
 /** Distribution memos (docs/dtlto.md, cache-schema/distmemo.v1.md): jobs and checks of one file
  * (as many jobs as a distribution file may hold; its size is MEMO_MAX_BYTES too). */
 export const DIST_MEMO_MAX_JOBS = 100_000;
@@ -132,6 +135,8 @@ const ENTRIES: [string, number][] = [
   ['MEMO_MAX_OUTPUTS', MEMO_MAX_OUTPUTS],
   ['MEMO_MAX_BYTES', MEMO_MAX_BYTES],
   ['MEMO_MAX_NAME', MEMO_MAX_NAME],
+  ['TEAM_PACK_MAX_MEMOS', TEAM_PACK_MAX_MEMOS],
+  ['TEAM_PACK_MAX_BLOBS', TEAM_PACK_MAX_BLOBS],
   ['DIST_MEMO_MAX_JOBS', DIST_MEMO_MAX_JOBS],
   ['DIST_MEMO_MAX_CHECKS', DIST_MEMO_MAX_CHECKS],
   ['DIST_MEMO_MAX_FILE', DIST_MEMO_MAX_FILE],
