@@ -7,13 +7,14 @@ import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js
 import { checksHold, envCheckHolds, ObservingFiles } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
-import { encodeMemo, lookupDigest, type Memo, type MemoCheck, type MemoOutput } from '../memo/memoFormat.js';
+import { encodeMemo, lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
 import { encodeTeamMemo, scopeDigest, teamMemoOf } from '../memo/teamMemo.js';
 import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
 import type { EntryRecord } from '../store/record.js';
 import type { DenyList } from './denyList.js';
+import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
 import { type CompilerRun, type RunOptions, runCompiler } from './runCompiler.js';
@@ -160,8 +161,7 @@ interface Compiled extends CompilerRun {
 }
 
 const ZERO_DIGEST = '0'.repeat(32);
-
-type Outputs = { role: string; path: string }[];
+const NO_OUTPUT = Buffer.alloc(0);
 
 /**
  * parse → key → lookup → compile → store, for one job at a time and many concurrently: identical
@@ -347,9 +347,8 @@ export class JobPipeline {
     const cache = this.o.cache;
     // A key with the host's CPU in it holds on this machine only: its memo checks no CPU.
     if (!this.prefetch || !cache.shareMemo || !k.checks || !k.manifest || k.manifest.native || this.o.deny.has(k.key)) return;
-    const memoOutputs = memoOutputsOf(record, outputs, req.cwd);
-    if (!memoOutputs) return;
-    const memo: Memo = { key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(record.stdout), stderr: fromBase64(record.stderr) };
+    const memo = entryMemo(k.key, k.checks, record, outputs, req.cwd);
+    if (!memo) return;
     const team = teamMemoOf(
       lookupDigest(req.compiler, req.cwd, req.args),
       memo,
@@ -623,11 +622,12 @@ export class JobPipeline {
    */
   private async handOver(k: Keyed, entry: StoredEntry, outputs: Outputs, req: JobRequest, serve: NonNullable<JobContext['serveOnClient']>): Promise<boolean> {
     if (!this.o.memo || !k.checks || !this.o.cache.adopt) return false;
-    const memoOutputs = entry.record.outputs.length === outputs.length ? memoOutputsOf(entry.record, outputs, req.cwd) : null;
-    if (!memoOutputs) return false;
+    const made = entry.record.outputs.length === outputs.length ? entryMemo(k.key, k.checks, entry.record, outputs, req.cwd) : null;
+    if (!made) return false;
+    const memoOutputs = made.outputs;
     let memo: Buffer;
     try {
-      memo = encodeMemo({ key: k.key, checks: k.checks, outputs: memoOutputs, stdout: fromBase64(entry.record.stdout), stderr: fromBase64(entry.record.stderr) });
+      memo = encodeMemo(made);
     } catch {
       return false;
     }
@@ -658,8 +658,8 @@ export class JobPipeline {
         key: k.key,
         checks: k.checks,
         outputs: outputs.map((o) => ({ path: resolve(req.cwd, o.path), digest: ZERO_DIGEST, size: 0 })),
-        stdout: EMPTY,
-        stderr: EMPTY,
+        stdout: NO_OUTPUT,
+        stderr: NO_OUTPUT,
       });
     } catch {
       // Over a memo limit: the requester reports with 'D' and the pipeline stores as before.
@@ -734,17 +734,11 @@ export class JobPipeline {
   ): Promise<void> {
     const sink = this.o.memo;
     if (!sink || !k.checks || this.o.deny.has(k.key)) return;
-    const memoOutputs = memoOutputsOf(entry.record, outputs, req.cwd);
-    if (!memoOutputs) return;
+    const made = entryMemo(k.key, k.checks, entry.record, outputs, req.cwd);
+    if (!made) return;
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
     try {
-      const memo: Memo = {
-        key: k.key,
-        checks: k.checks,
-        outputs: memoOutputs,
-        stdout: decoded?.stdout ?? fromBase64(entry.record.stdout),
-        stderr: decoded?.stderr ?? fromBase64(entry.record.stderr),
-      };
+      const memo: Memo = decoded ? { ...made, ...decoded } : made;
       if (collect) {
         sink.remember?.(lookup, req, entry.record.compileMs, k.input);
         collect(memo, lookup);
@@ -760,27 +754,4 @@ export class JobPipeline {
       this.o.log.warn('cannot write memo', { key: k.key, error: String(e) });
     }
   }
-}
-
-const EMPTY = Buffer.alloc(0);
-
-/** A record's stdout or stderr; the usual empty one costs no decoding. Callers only read it. */
-function fromBase64(text: string): Buffer {
-  return text === '' ? EMPTY : Buffer.from(text, 'base64');
-}
-
-/** A memo's outputs: each of the job's output paths with its blob in `record`; null if one has none. */
-function memoOutputsOf(record: EntryRecord, outputs: Outputs, cwd: string): MemoOutput[] | null {
-  const byRole = new Map(record.outputs.map((o) => [o.name, o]));
-  const out: MemoOutput[] = [];
-  for (const o of outputs) {
-    const rec = byRole.get(o.role);
-    if (!rec) return null;
-    out.push({ path: resolve(cwd, o.path), digest: rec.digest, size: rec.size });
-  }
-  return out;
-}
-
-function entryBytes(e: Pick<StoredEntry, 'record'>): number {
-  return e.record.outputs.reduce((n, o) => n + o.size, 0);
 }
