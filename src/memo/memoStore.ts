@@ -6,6 +6,7 @@ import { holdsBytes } from '../util/holdsBytes.js';
 import { tempSuffix } from '../util/tempSuffix.js';
 import { type DistMemo, encodeDistMemo } from './distMemo.js';
 import { encodeMemo, type Memo, type MemoOutput, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
+import { teamPackPath } from './teamPack.js';
 
 /** A regular file of `size` bytes, mode 0600, ours: what the client accepts as a memo. */
 function privateFile(st: Stats, size: number): boolean {
@@ -27,7 +28,8 @@ function sameFile(path: string, bytes: Buffer): boolean {
 /** Where a memo's blobs are: the local store's content-addressed files. */
 export type BlobPath = (digest: Digest) => string;
 
-export type MemoNotice = { key: string; lookup: Digest; startMs: number; endMs: number };
+/** `pack`: the client served the hit from the team pack (a `P` line), not from a memo file (`H`). */
+export type MemoNotice = { key: string; lookup: Digest; startMs: number; endMs: number; pack: boolean };
 
 /**
  * The daemon's side of the memo (docs/memo.md): writes memos atomically into private directories,
@@ -56,12 +58,54 @@ export class MemoStore {
   /** Synchronous: at most 257 calls per process, each cheaper than a thread-pool round trip. */
   private ensureDirs(shard: string): void {
     if (this.shards.has(shard)) return;
-    if (!this.ready) {
-      mkdirSync(memoDir(this.cacheDir), { recursive: true, mode: 0o700 });
-      this.ready = true;
-    }
+    this.ensureMemoDir();
     mkdirSync(shard, { recursive: true, mode: 0o700 });
     this.shards.add(shard);
+  }
+
+  private ensureMemoDir(): void {
+    if (this.ready) return;
+    mkdirSync(memoDir(this.cacheDir), { recursive: true, mode: 0o700 });
+    this.ready = true;
+  }
+
+  /**
+   * Replaces the team pack (cache-schema/teampack.v1.md) with these pieces (encodeTeamPack's),
+   * atomically: a client sees the old pack or the new one whole, never a partial one.
+   */
+  async writePack(pieces: Buffer[]): Promise<void> {
+    const path = teamPackPath(this.cacheDir);
+    const tmp = `${path}.tmp-${tempSuffix()}`;
+    const create = () => open(tmp, 'wx', 0o600);
+    this.ensureMemoDir();
+    let fh: Awaited<ReturnType<typeof open>> | undefined;
+    try {
+      try {
+        fh = await create();
+      } catch (e) {
+        // The memo directory was removed behind our back: make it again, once.
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        this.ready = false;
+        this.ensureMemoDir();
+        fh = await create();
+      }
+      const want = pieces.reduce((n, p) => n + p.length, 0);
+      const { bytesWritten } = await fh.writev(pieces);
+      if (bytesWritten !== want) throw new Error(`team pack: wrote ${bytesWritten} of ${want} bytes`);
+      await fh.close();
+      fh = undefined;
+      await rename(tmp, path);
+    } catch (e) {
+      await fh?.close().catch(() => {});
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  async removePack(): Promise<void> {
+    await unlink(teamPackPath(this.cacheDir)).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
   }
 
   /**
@@ -162,6 +206,7 @@ export class MemoStore {
     for (const n of await readdir(dir).catch(() => [] as string[])) {
       if (/^[0-9a-f]{2}$/.test(n)) await rm(join(dir, n), { recursive: true, force: true });
     }
+    await this.removePack();
   }
 
   /**
@@ -239,8 +284,8 @@ async function readFrom(path: string, offset: number): Promise<{ text: string; c
 function parseNotices(text: string): MemoNotice[] {
   const out: MemoNotice[] = [];
   for (const line of text.split('\n')) {
-    const m = /^H ([0-9a-f]{32}) ([0-9a-f]{32}) (\d{1,15}) (\d{1,15})$/.exec(line);
-    if (m) out.push({ key: m[1]!, lookup: m[2]!, startMs: Number(m[3]), endMs: Number(m[4]) });
+    const m = /^([HP]) ([0-9a-f]{32}) ([0-9a-f]{32}) (\d{1,15}) (\d{1,15})$/.exec(line);
+    if (m) out.push({ key: m[2]!, lookup: m[3]!, startMs: Number(m[4]), endMs: Number(m[5]), pack: m[1] === 'P' });
   }
   return out;
 }

@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { decodeDistMemo } from '../../src/memo/distMemo.js';
-import { decodeMemo, encodeMemo, type Memo, memoPath } from '../../src/memo/memoFormat.js';
+import { decodeMemo, encodeMemo, type Memo, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { MemoStore } from '../../src/memo/memoStore.js';
+import { decodeTeamPack, encodeTeamPack, teamPackPath } from '../../src/memo/teamPack.js';
 
 await initHash();
 
@@ -119,5 +120,55 @@ test('a distribution memo is removed with any of its jobs keys, and not written 
   assert.equal(fs.existsSync(memoPath(dir, lookup)), false, 'evicting one job removes the whole distribution memo');
   const missing = { ...dist, jobs: [job(k1), { ...job(k2), outputs: [{ ...memo.outputs[0]!, digest: hashBytes(Buffer.from('not stored')) }] }] };
   assert.equal(await s.writeDist(lookup, missing), 'no-blob');
+  assert.equal(fs.existsSync(memoPath(dir, lookup)), false);
+});
+
+test('drain parses P lines (served from the team pack) as well as H lines', async () => {
+  const { dir, store } = setup();
+  const s = store();
+  fs.mkdirSync(join(dir, 'memo'), { mode: 0o700 });
+  const k = 'ab'.repeat(16);
+  const l = 'cd'.repeat(16);
+  fs.writeFileSync(noticeLogPath(dir), `H ${k} ${l} 1 2\nP ${k} ${l} 3 4\nQ ${k} ${l} 5 6\nP ${k} ${l} 7\n`);
+  assert.deepEqual(await s.drain(), [
+    { key: k, lookup: l, startMs: 1, endMs: 2, pack: false },
+    { key: k, lookup: l, startMs: 3, endMs: 4, pack: true },
+  ]);
+});
+
+test('writePack writes the team pack 0600, replaces it whole, and removePack and clear remove it', async () => {
+  const { dir, store, memo, lookup } = setup();
+  const s = store();
+  const path = teamPackPath(dir);
+  const blob = Buffer.from('object bytes');
+  const first = encodeTeamPack([{ lookup, memo: encodeMemo(memo) }], [{ digest: hashBytes(blob), bytes: blob }]);
+  await s.writePack(first);
+  assert.equal(fs.statSync(join(dir, 'memo')).mode & 0o777, 0o700);
+  assert.equal(fs.statSync(path).mode & 0o777, 0o600);
+  assert.deepEqual(fs.readFileSync(path), Buffer.concat(first));
+  assert.equal(decodeTeamPack(fs.readFileSync(path)).memos.size, 1);
+
+  const before = fs.statSync(path).ino;
+  const second = encodeTeamPack([], []);
+  await s.writePack(second);
+  assert.deepEqual(fs.readFileSync(path), Buffer.concat(second));
+  assert.notEqual(fs.statSync(path).ino, before, 'replaced by a rename, not rewritten in place');
+  assert.deepEqual(
+    fs.readdirSync(join(dir, 'memo')).filter((n) => n !== 'team.pack'),
+    [],
+    'no temp left',
+  );
+
+  await s.removePack();
+  assert.equal(fs.existsSync(path), false);
+  await s.removePack();
+
+  // The memo directory removed behind the store's back is made again.
+  fs.rmSync(join(dir, 'memo'), { recursive: true });
+  await s.writePack(first);
+  assert.equal(fs.existsSync(path), true);
+  assert.equal(await s.write(lookup, memo), 'written');
+  await s.clear();
+  assert.equal(fs.existsSync(path), false);
   assert.equal(fs.existsSync(memoPath(dir, lookup)), false);
 });
