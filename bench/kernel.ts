@@ -632,6 +632,8 @@ interface Sample {
   remoteHits?: number;
   /** Hits whose key came from a teammate's team memo (not keyed by this daemon). */
   teamMemoHits?: number;
+  /** Hits the native client served from a team pack (also in memoHits). */
+  teamPackHits?: number;
   ideal?: number;
   mismatches?: number;
   stderrMatches?: boolean;
@@ -835,6 +837,7 @@ export async function runBench(o: Options): Promise<Report | null> {
           misses: s1.misses! - s0.misses!,
           remoteHits: s1.remote_hits! - s0.remote_hits!,
           teamMemoHits: (s1.team_memo_hits ?? 0) - (s0.team_memo_hits ?? 0),
+          teamPackHits: (s1.team_pack_hits ?? 0) - (s0.team_pack_hits ?? 0),
           mismatches: mm,
           stderrMatches: se,
         };
@@ -1028,7 +1031,7 @@ export async function runBench(o: Options): Promise<Report | null> {
                 ...new Set(
                   hitsList.map(
                     (h, i) =>
-                      `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}${r.samples[i]!.memoHits ? ` (${r.samples[i]!.memoHits} memo)` : ''}${r.samples[i]!.teamMemoHits ? ` (${r.samples[i]!.teamMemoHits} team memo)` : ''}`,
+                      `${h}${r.samples[i]!.remoteHits ? ` (${r.samples[i]!.remoteHits} remote)` : ''}${r.samples[i]!.memoHits ? ` (${r.samples[i]!.memoHits} memo)` : ''}${r.samples[i]!.teamMemoHits ? ` (${r.samples[i]!.teamMemoHits} team memo)` : ''}${r.samples[i]!.teamPackHits ? ` (${r.samples[i]!.teamPackHits} team pack)` : ''}`,
                   ),
                 ),
               ].join(', ') + (r.samples[0]!.ideal !== undefined ? ` (ideal ${r.samples[0]!.ideal})` : '');

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
@@ -11,6 +11,7 @@ import { initHash } from '../key/hash.js';
 import { keyedPart } from '../key/manifest.js';
 import { decodeMemo, memoPath } from '../memo/memoFormat.js';
 import { MemoStore } from '../memo/memoStore.js';
+import { teamPackPath } from '../memo/teamPack.js';
 import { DenyList, type DenyRecord } from '../pipeline/denyList.js';
 import type { JobRequest } from '../pipeline/jobPipeline.js';
 import { type JobOutcome, JobPipeline } from '../pipeline/jobPipeline.js';
@@ -106,6 +107,8 @@ export class Daemon {
     const verifyShare = config.verify === 'off' ? 0 : config.verify === 'all' ? 1 : Number(config.verify.slice('sample:'.length));
     this.memos = verifyShare > 0 ? null : new MemoStore(config.dir, (d) => store.blobPath(d));
     const memos = this.memos;
+    // A team pack left by an earlier daemon holds memos of keys this one cannot remove by key.
+    if (memos) rmSync(teamPackPath(config.dir), { force: true });
     this.files.load(join(config.dir, DIGESTS_FILE));
     this.pipeline = new JobPipeline({
       files: this.files,
@@ -121,6 +124,8 @@ export class Daemon {
               write: (lookup, memo) => memos.write(lookup, memo),
               removeKey: (key) => memos.removeKey(key),
               remove: (lookup) => memos.remove(lookup),
+              writePack: (pieces, keys) => memos.writePack(pieces, keys),
+              removePack: () => memos.removePack(),
               adopted: (lookup, key) => memos.adopted(lookup, key),
               remember: (lookup, req, savedMs, input) => {
                 if (this.memoRequests.size >= 20_000) this.memoRequests.clear();
@@ -243,16 +248,18 @@ export class Daemon {
       this.log.warn('cannot read memo hit notices', { error: String(e) });
       return [];
     });
+    if (notices.length) this.pipeline.noticed();
     for (const n of notices) {
       this.counters.add(Counter.hits);
       this.counters.add(Counter.memo_hits);
+      if (n.pack) this.counters.add(Counter.team_pack_hits);
       void this.cache.touch(n.key).catch(() => {});
       const known = this.memoRequests.get(n.lookup);
       let req = known?.req;
       let output: string | undefined;
       if (known) this.counters.add(Counter.time_saved_ms, known.savedMs);
       if (!req) {
-        const memo = await readFile(memoPath(this.config.dir, n.lookup)).then(decodeMemo, () => null);
+        const memo = (n.pack && this.pipeline.packedMemo(n.lookup)) || (await readFile(memoPath(this.config.dir, n.lookup)).then(decodeMemo, () => null));
         if (!memo || memo.key !== n.key) continue;
         output = memo.outputs[0]!.path;
         req = { compiler: '', args: [], cwd: dirname(output), env: {}, umask: 0o022 };
@@ -466,6 +473,8 @@ export class Daemon {
       await this.lifecycle.close();
       // Verify runs and stores in progress, then queued uploads: each waited for, within bounds.
       await within(this.pipeline.idle(), 5000);
+      // An adoption under way ends first; one not begun is dropped with the pack at the next start.
+      await within(this.pipeline.packAdopted(), 5000);
       if (this.uploads) await within(this.uploads.idle(), 5000);
       this.remote?.close();
       await this.flushCounters();

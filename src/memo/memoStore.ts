@@ -47,6 +47,8 @@ export class MemoStore {
   private ready = false;
   /** The drain in progress, if any (drains run one after another). */
   private draining: Promise<void> = Promise.resolve();
+  /** Keys of the memos in the team pack this process wrote last: removing one removes the pack. */
+  private packKeys = new Set<string>();
   /** Shard directories made by this process (`clear` removes them). */
   private readonly shards = new Set<string>();
 
@@ -71,9 +73,10 @@ export class MemoStore {
 
   /**
    * Replaces the team pack (cache-schema/teampack.v1.md) with these pieces (encodeTeamPack's),
-   * atomically: a client sees the old pack or the new one whole, never a partial one.
+   * atomically: a client sees the old pack or the new one whole, never a partial one. `keys`
+   * are the keys its memos name: removing any of them (removeKey) removes the pack.
    */
-  async writePack(pieces: Buffer[]): Promise<void> {
+  async writePack(pieces: Buffer[], keys: readonly string[] = []): Promise<void> {
     const path = teamPackPath(this.cacheDir);
     const tmp = `${path}.tmp-${tempSuffix()}`;
     const create = () => open(tmp, 'wx', 0o600);
@@ -95,6 +98,7 @@ export class MemoStore {
       await fh.close();
       fh = undefined;
       await rename(tmp, path);
+      this.packKeys = new Set(keys);
     } catch (e) {
       await fh?.close().catch(() => {});
       await rm(tmp, { force: true });
@@ -103,6 +107,7 @@ export class MemoStore {
   }
 
   async removePack(): Promise<void> {
+    this.packKeys.clear();
     await unlink(teamPackPath(this.cacheDir)).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== 'ENOENT') throw e;
     });
@@ -193,6 +198,7 @@ export class MemoStore {
 
   /** Removes every memo this daemon wrote for a key; others written before a restart name the same key and are found by their blobs' absence or removed by `clear`. */
   async removeKey(key: string): Promise<void> {
+    if (this.packKeys.has(key)) await this.removePack();
     const set = this.byKey.get(key);
     this.byKey.delete(key);
     for (const lookup of set ?? []) await this.remove(lookup);

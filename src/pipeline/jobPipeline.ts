@@ -118,6 +118,9 @@ export interface MemoSink {
   removeKey(key: string): Promise<void>;
   /** Removes the memo named `lookup`. */
   remove(lookup: string): Promise<void>;
+  /** Replaces the team pack (cache-schema/teampack.v1.md), which holds memos of `keys`; removed with any of them. */
+  writePack?(pieces: Buffer[], keys: readonly string[]): Promise<void>;
+  removePack?(): Promise<void>;
   /** A memo the requester wrote under `lookup` for `key` (removed with the key from now on). */
   adopted?(lookup: string, key: string): void;
   /** The last request seen for a memo, its entry's compile time and its input bitcode path (as
@@ -196,6 +199,19 @@ export class JobPipeline {
         files,
         counters: o.counters,
         log: o.log,
+        ...(memo.writePack && memo.removePack && cache.writeBack
+          ? {
+              pack: {
+                write: (pieces, keys) => memo.writePack!(pieces, keys),
+                remove: () => memo.removePack!(),
+                adopt: async ({ lookup, memo: m, entry }) => {
+                  if (o.deny.has(m.key)) return;
+                  await cache.writeBack!(m.key, entry);
+                  if ((await memo.write(lookup, m)) === 'written') o.counters.add(Counter.memos_written);
+                },
+              },
+            }
+          : {}),
       });
     }
     if (o.keyer) this.keyer = o.keyer;
@@ -212,6 +228,21 @@ export class JobPipeline {
 
   private get counters(): Counters {
     return this.o.counters;
+  }
+
+  /** Fast-path hits were noticed: the build goes on, so the team pack is kept a while longer. */
+  noticed(): void {
+    this.prefetch?.touch();
+  }
+
+  /** The memo of `lookup` in the team pack, while its entries are held. */
+  packedMemo(lookup: string): Memo | undefined {
+    return this.prefetch?.packedMemo(lookup);
+  }
+
+  /** Resolves when the team pack's adoption, if one is under way, has ended. */
+  packAdopted(): Promise<void> {
+    return this.prefetch?.adopted() ?? Promise.resolve();
   }
 
   /** Forgets the entries held in memory (the store was cleared). */

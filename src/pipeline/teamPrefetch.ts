@@ -1,22 +1,29 @@
 import { realpathSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Digest } from '../key/hash.js';
-import { lookupDigest, type Memo, MemoError } from '../memo/memoFormat.js';
+import { encodeMemo, lookupDigest, type Memo, MemoError } from '../memo/memoFormat.js';
 import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoLookup } from '../memo/teamMemo.js';
+import { encodeTeamPack } from '../memo/teamPack.js';
 import { Counter, type Counters } from '../stats/counters.js';
+import type { StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
+import { entryBytes, entryMemo } from './entryMemo.js';
 
 /** A scope's team memos are asked for again when one of its jobs reaches the daemon this long after the last time. */
 export const PREFETCH_REFRESH_MS = 10 * 60_000;
 /** How long a job waits for its scope's team memos before it goes the usual way. */
 const LIST_WAIT_MS = 1000;
 /** Entries fetched ahead of the jobs that will claim them, at once. */
-const AHEAD_PARALLEL = 4;
-/** Bytes of entries fetched ahead and not claimed yet, at most. */
+const AHEAD_PARALLEL = 8;
+/** Bytes of entries one fetch ahead takes at most (held in memory until the pack is adopted). */
 export const AHEAD_BYTES = 64 << 20;
-/** This long after a job last asked, the build is taken as over: entries fetched ahead and the
- * scopes' memo lists (up to a bundle's 64 MiB each) are let go; the next job fetches again. */
+/** How long a job of a scope whose entries are being fetched ahead waits for them. */
+const AHEAD_WAIT_MS = 10_000;
+/** This long after a job last asked, the build is taken as over: the scopes' memo lists (up to a
+ * bundle's 64 MiB each) are let go; the next job fetches again. */
 const IDLE_MS = 30_000;
+/** This long after the last job or fast-path hit, the team pack's entries are adopted. */
+export const ADOPT_IDLE_MS = 2000;
 
 /** A command's scope here (scopeDigest), or null when its compiler cannot be resolved. */
 export function scopeOf(req: { compiler: string; cwd: string }): Digest | null {
@@ -36,11 +43,28 @@ export interface Localised {
   entry?: Promise<TieredLookup>;
 }
 
+/** An entry fetched ahead and put in the team pack, with this machine's memo for it. */
+export interface PackedEntry {
+  lookup: Digest;
+  memo: Memo;
+  entry: StoredEntry;
+}
+
 export interface PrefetchDeps {
   /** The team memos shared under a scope; null when the team cache could not answer. */
   scopeMemos(scope: Digest): Promise<Buffer[] | null>;
   /** Looks an entry up in every tier, leaving a team-tier hit unwritten (the claimer decides). */
   getEntry(key: Digest): Promise<TieredLookup>;
+  /** The team pack file (cache-schema/teampack.v1.md); without it, entries fetched ahead stay in memory only. */
+  pack?: {
+    /** Replaces the pack with these bytes, holding memos of these keys. */
+    write(pieces: Buffer[], keys: readonly string[]): Promise<void>;
+    remove(): Promise<void>;
+    /** Writes a packed entry into the local store and its memo file. */
+    adopt(p: PackedEntry): Promise<void>;
+  };
+  /** Quiet time before the pack is adopted (default ADOPT_IDLE_MS). */
+  adoptAfterMs?: number;
   files: LocalFiles;
   counters: Counters;
   log: { warn(m: string, f?: Record<string, unknown>): void; info(m: string, f?: Record<string, unknown>): void };
@@ -50,15 +74,13 @@ interface Item {
   bytes: Buffer;
   /** The entry, once fetching it ahead has begun. */
   entry?: Promise<TieredLookup>;
-  /** Its bytes while held unclaimed. */
-  held?: number;
   claimed?: boolean;
 }
 
 interface ScopeState {
   at: number;
-  /** Fetching entries ahead has begun. */
-  ahead?: boolean;
+  /** Fetching the scope's entries ahead: begun, and ended (pack written) when settled. */
+  ahead?: Promise<void>;
   /** The scope's team memos by lookup, each taken out by the first job that claims it. */
   items: Promise<Map<Digest, Item>>;
 }
@@ -68,21 +90,26 @@ interface ScopeState {
  * directory) that reaches the daemon fetches the scope's team memos in one request. A job whose
  * command has one claims it: the memo is localised (its checks made again on this machine's
  * files) and, if every check holds, gives the job's key and checks without keying it here.
+ *
+ * Once a claimed memo's entry came from the team cache, the entries of the scope's other memos
+ * that hold here are fetched ahead and written, with their memos, into one team pack file the
+ * native client serves from (docs/team-cache.md "Team packs"); jobs of the scope that reach the
+ * daemon meanwhile wait for it. When the build is over the pack's entries are adopted: written
+ * into the local store with memo files of their own, and the pack removed.
  */
 export class TeamPrefetch {
   private readonly scopes = new Map<Digest, ScopeState>();
-  /** Bytes of entries fetched ahead and not claimed. */
-  private heldBytes = 0;
-  private readonly heldItems = new Set<Item>();
-  /** Fetchers waiting for held bytes to fall under AHEAD_BYTES. */
-  private waiting: (() => void)[] = [];
+  /** The entries of the pack written last, until adopted or dropped. */
+  private packed: PackedEntry[] = [];
+  private adopting: Promise<void> = Promise.resolve();
   private idleTimer: NodeJS.Timeout | null = null;
+  private adoptTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly d: PrefetchDeps) {}
 
   /** This command's team memo, localised, or null (none shared, or it does not hold here). */
   async claim(req: { compiler: string; cwd: string; args: readonly string[] }): Promise<Localised | null> {
-    this.touchIdle();
+    this.touch();
     const scope = scopeOf(req);
     if (!scope) return null;
     let s = this.scopes.get(scope);
@@ -90,60 +117,73 @@ export class TeamPrefetch {
       s = { at: Date.now(), items: this.fetch(scope) };
       this.scopes.set(scope, s);
     }
-    let timer: NodeJS.Timeout | undefined;
-    const items = await Promise.race([s.items, new Promise<null>((r) => (timer = setTimeout(() => r(null), LIST_WAIT_MS)))]);
-    clearTimeout(timer);
+    const items = await settled(s.items, LIST_WAIT_MS);
     if (!items?.size) return null;
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
-    const item = items.get(lookup);
+    let item = items.get(lookup);
     if (!item) return null;
+    // Its entry is likely on its way with the rest: one wait here instead of a fetch of its own.
+    if (s.ahead && !item.entry) {
+      await settled(s.ahead, AHEAD_WAIT_MS);
+      item = items.get(lookup);
+      if (!item) return null;
+    }
     items.delete(lookup);
     item.claimed = true;
-    this.release(item);
     const local = await this.localise(item.bytes);
     return local && item.entry ? { ...local, entry: item.entry } : local;
   }
 
   /**
    * A claimed memo's entry came from the team cache: this machine lacks the scope's entries, so
-   * the rest are fetched ahead of their jobs (once per fetch of the scope's memos).
+   * the rest are fetched ahead of their jobs and packed (once per fetch of the scope's memos).
    */
   fromTeam(req: { compiler: string; cwd: string }): void {
     const scope = scopeOf(req);
     if (!scope) return;
     const s = this.scopes.get(scope);
     if (!s || s.ahead) return;
-    s.ahead = true;
-    void s.items.then((items) => this.fetchAhead([...items.values()], () => this.scopes.get(scope) === s));
+    s.ahead = s.items
+      .then((items) => this.fetchAhead([...items], () => this.scopes.get(scope) === s))
+      .catch((e: unknown) => this.d.log.warn('cannot fetch team entries ahead', { error: String(e) }));
   }
 
-  /** Forgets every scope fetched and every entry held (the local store was cleared, or the build is over). */
-  forget(): void {
-    this.scopes.clear();
-    for (const i of [...this.heldItems]) {
-      this.release(i);
-      i.entry = undefined;
-    }
-  }
-
-  private release(item: Item): void {
-    if (item.held === undefined) return;
-    this.heldBytes -= item.held;
-    item.held = undefined;
-    this.heldItems.delete(item);
-    for (const w of this.waiting.splice(0)) w();
-  }
-
-  /** Lets go of what the build needed once it seems over. */
-  private touchIdle(): void {
+  /** The build goes on (a fast-path hit was noticed): the pack is not adopted yet. */
+  touch(): void {
     if (this.idleTimer) this.idleTimer.refresh();
     else {
       this.idleTimer = setTimeout(() => {
         this.idleTimer = null;
-        this.forget();
+        this.scopes.clear();
       }, IDLE_MS);
       this.idleTimer.unref();
     }
+    this.adoptTimer?.refresh();
+  }
+
+  /** Forgets every scope fetched and the pack's entries, unadopted (the local store was cleared). */
+  forget(): void {
+    this.scopes.clear();
+    this.dropPack();
+  }
+
+  /** The memo of `lookup` in the pack, while its entries are held. */
+  packedMemo(lookup: Digest): Memo | undefined {
+    return this.packed.find((p) => p.lookup === lookup)?.memo;
+  }
+
+  /** Resolves when the pack's adoption, if one is under way, has ended. */
+  adopted(): Promise<void> {
+    return this.adopting;
+  }
+
+  /** Lets go of the pack's entries, unadopted; the file goes with them. */
+  dropPack(): void {
+    if (this.adoptTimer) clearTimeout(this.adoptTimer);
+    this.adoptTimer = null;
+    if (!this.packed.length) return;
+    this.packed = [];
+    void this.d.pack?.remove().catch(() => {});
   }
 
   private async fetch(scope: Digest): Promise<Map<Digest, Item>> {
@@ -161,17 +201,19 @@ export class TeamPrefetch {
   }
 
   /**
-   * Fetches the entries the memos name ahead of the jobs that will claim them, so that a job does
-   * not wait for the team cache; at most AHEAD_BYTES held unclaimed.
+   * Fetches the entries the memos name ahead of the jobs that will claim them (up to AHEAD_BYTES),
+   * then writes those it got into the team pack, each with this machine's memo.
    */
-  private async fetchAhead(list: Item[], current: () => boolean): Promise<void> {
+  private async fetchAhead(list: [Digest, Item][], current: () => boolean): Promise<void> {
+    const t0 = performance.now();
+    const packed: PackedEntry[] = [];
+    let bytes = 0;
     let next = 0;
     const worker = async () => {
       // Stops once the scope is forgotten (cleared, refreshed, or the build is over).
-      while (next < list.length && current()) {
-        const item = list[next++]!;
+      while (next < list.length && bytes < AHEAD_BYTES && current()) {
+        const [lookup, item] = list[next++]!;
         if (item.claimed) continue;
-        while (this.heldBytes > AHEAD_BYTES) await new Promise<void>((r) => this.waiting.push(r));
         // Only entries whose memos hold here: a memo of an edited job would fetch for nothing.
         // (The claim localises again: files may change in between.)
         const local = await this.check(item.bytes);
@@ -179,14 +221,66 @@ export class TeamPrefetch {
         const key = local.memo.key;
         item.entry = this.d.getEntry(key).catch((e: Error): TieredLookup => ({ kind: 'error', error: e.message, corrupt: false }));
         const r = await item.entry;
-        if (r.kind === 'hit' && !item.claimed) {
-          item.held = [...r.entry.files.values()].reduce((n, b) => n + b.length, 0);
-          this.heldBytes += item.held;
-          this.heldItems.add(item);
-        }
+        if (r.kind !== 'hit') continue;
+        bytes += entryBytes(r.entry);
+        const roles = local.roles.map((role, i) => ({ role, path: local.memo.outputs[i]!.path }));
+        const memo = r.entry.record.outputs.length === roles.length ? entryMemo(key, local.memo.checks, r.entry.record, roles, '/') : null;
+        if (memo) packed.push({ lookup, memo, entry: r.entry });
       }
     };
     await Promise.all(Array.from({ length: AHEAD_PARALLEL }, worker));
+    if (!packed.length || !current() || !this.d.pack) return;
+    await this.adoptPack();
+    const blobs = packed.flatMap((p) => p.entry.record.outputs.map((o) => ({ digest: o.digest, bytes: p.entry.files.get(o.name)! })));
+    let pieces: Buffer[];
+    try {
+      pieces = encodeTeamPack(
+        packed.map((p) => ({ lookup: p.lookup, memo: encodeMemo(p.memo) })),
+        blobs,
+      );
+    } catch (e) {
+      this.d.log.warn('cannot make a team pack', { error: String(e) });
+      return;
+    }
+    if (!current()) return;
+    await this.d.pack.write(
+      pieces,
+      packed.map((p) => p.memo.key),
+    );
+    this.packed = packed;
+    this.d.counters.add(Counter.team_pack_entries, packed.length);
+    this.d.log.info('team pack written', { entries: packed.length, bytes, ms: Math.round(performance.now() - t0) });
+    this.adoptTimer = setTimeout(() => void this.adoptPack(), this.d.adoptAfterMs ?? ADOPT_IDLE_MS);
+    this.adoptTimer.unref();
+  }
+
+  /** Writes the pack's entries into the local store with memo files of their own, then removes the pack. */
+  private adoptPack(): Promise<void> {
+    const run = this.adopting.then(async () => {
+      if (this.adoptTimer) clearTimeout(this.adoptTimer);
+      this.adoptTimer = null;
+      const list = this.packed;
+      if (!list.length || !this.d.pack) return;
+      const t0 = performance.now();
+      let n = 0;
+      for (const p of list) {
+        // Dropped meanwhile (cleared, a key denied): nothing more goes into the store from it.
+        if (this.packed !== list) return;
+        try {
+          await this.d.pack.adopt(p);
+          n++;
+        } catch (e) {
+          this.d.log.warn('cannot adopt a team pack entry', { key: p.memo.key, error: String(e) });
+        }
+      }
+      if (this.packed !== list) return;
+      this.packed = [];
+      await this.d.pack.remove().catch(() => {});
+      this.d.counters.add(Counter.team_pack_adopted, n);
+      this.d.log.info('team pack adopted', { entries: n, ms: Math.round(performance.now() - t0) });
+    });
+    this.adopting = run.catch(() => {});
+    return this.adopting;
   }
 
   /** The claim's localisation: counted and logged when the memo is invalid or does not hold. */
@@ -213,5 +307,15 @@ export class TeamPrefetch {
     const local = await localise(team, this.d.files);
     if ('why' in local) return local;
     return { memo: local.memo, roles: team.outputs.map((o) => o.role) };
+  }
+}
+
+/** The promise's value, or null when it has not settled within `ms`. */
+async function settled<T>(p: Promise<T>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<null>((r) => (timer = setTimeout(() => r(null), ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
-import { lookupDigest } from '../../src/memo/memoFormat.js';
+import { decodeMemo, lookupDigest } from '../../src/memo/memoFormat.js';
 import { encodeTeamMemo, scopeDigest } from '../../src/memo/teamMemo.js';
-import { TeamPrefetch } from '../../src/pipeline/teamPrefetch.js';
+import { decodeTeamPack } from '../../src/memo/teamPack.js';
+import { type PackedEntry, TeamPrefetch } from '../../src/pipeline/teamPrefetch.js';
 import { Counters } from '../../src/stats/counters.js';
 import type { TieredLookup } from '../../src/store/policies.js';
 
@@ -48,7 +49,16 @@ function setup() {
   const gets: string[] = [];
   let list: Buffer[] = [];
   const counters = new Counters();
+  const packs: { pieces: Buffer[]; keys: readonly string[] }[] = [];
+  const adopted: PackedEntry[] = [];
+  let removed = 0;
   const p = new TeamPrefetch({
+    pack: {
+      write: async (pieces, keys) => void packs.push({ pieces, keys }),
+      remove: async () => void removed++,
+      adopt: async (e) => void adopted.push(e),
+    },
+    adoptAfterMs: 150,
     scopeMemos: async (scope) => {
       scopes.push(scope);
       return list;
@@ -58,7 +68,18 @@ function setup() {
       return {
         kind: 'hit',
         tier: 'remote',
-        entry: { record: { v: 1, outputs: [], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 0 }, files: new Map([['obj', Buffer.from('obj')]]) },
+        entry: {
+          record: {
+            v: 1,
+            outputs: [{ name: 'obj', digest: hashBytes(Buffer.from('obj')), size: 3 }],
+            stdout: '',
+            stderr: Buffer.from('warning\n').toString('base64'),
+            exitCode: 0,
+            compileMs: 1,
+            createdAt: 0,
+          },
+          files: new Map([['obj', Buffer.from('obj')]]),
+        },
       };
     },
     files: new FileDigests(),
@@ -66,7 +87,7 @@ function setup() {
     log: silent,
   });
   const req = (m: string) => ({ compiler: COMPILER, cwd, args: args(m) });
-  return { cwd, p, req, key, memo, scopes, gets, counters, setList: (l: Buffer[]) => (list = l) };
+  return { cwd, p, req, key, memo, scopes, gets, counters, packs, adopted, removed: () => removed, setList: (l: Buffer[]) => (list = l) };
 }
 
 test('one scope request per scope; each memo claimed once; unusable and invalid memos counted', async () => {
@@ -103,6 +124,63 @@ test('entries are fetched ahead only after a team-cache hit, and only for memos 
   assert.ok(c?.entry, "c's entry comes with its claim");
   assert.equal((await c.entry).kind, 'hit');
   t.p.forget();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('entries fetched ahead go into one team pack; a job arriving meanwhile waits for them; the pack is adopted once quiet', async () => {
+  const t = setup();
+  fs.writeFileSync(join(t.cwd, 'd.o'), 'bitcode of d');
+  t.setList([t.memo('a'), t.memo('b', 'an older b'), t.memo('c'), t.memo('d')]);
+  assert.ok(await t.p.claim(t.req('a')));
+  t.p.fromTeam(t.req('a'));
+  // c's job reaches the daemon while its entry is being fetched ahead: it waits, no fetch of its own.
+  const c = await t.p.claim(t.req('c'));
+  assert.equal(c?.memo.key, t.key('c'));
+  assert.ok(c?.entry);
+  assert.deepEqual([...t.gets].sort(), [t.key('c'), t.key('d')].sort(), 'each entry fetched once; b does not hold here, a was claimed');
+  assert.equal(t.packs.length, 1);
+  assert.deepEqual([...t.packs[0]!.keys].sort(), [t.key('c'), t.key('d')].sort());
+  const pack = decodeTeamPack(Buffer.concat(t.packs[0]!.pieces));
+  assert.equal(pack.blobs.size, 1, 'one blob, stored once');
+  for (const m of ['c', 'd']) {
+    const memo = decodeMemo(pack.memos.get(lookupDigest(COMPILER, t.cwd, t.req(m).args))!);
+    assert.equal(memo.key, t.key(m));
+    assert.deepEqual(memo.outputs, [{ path: join(t.cwd, `${m}.native.o`), digest: hashBytes(Buffer.from('obj')), size: 3 }]);
+    assert.equal(memo.stderr.toString(), 'warning\n', "the entry's stderr");
+    assert.ok(
+      memo.checks.some((k) => 'path' in k && k.path === join(t.cwd, `${m}.o`)),
+      'the localised checks',
+    );
+  }
+  assert.equal(t.counters.get('team_pack_entries'), 2);
+  assert.equal(t.p.packedMemo(lookupDigest(COMPILER, t.cwd, t.req('d').args))?.key, t.key('d'));
+  // Fast-path hits keep coming: not adopted yet.
+  for (let i = 0; i < 4; i++) {
+    await sleep(60);
+    t.p.touch();
+  }
+  assert.equal(t.adopted.length, 0, 'adopted only once quiet');
+  await sleep(250);
+  await t.p.adopted();
+  assert.deepEqual(t.adopted.map((e) => e.memo.key).sort(), [t.key('c'), t.key('d')].sort());
+  assert.equal(t.removed(), 1, 'the pack removed once adopted');
+  assert.equal(t.counters.get('team_pack_adopted'), 2);
+  assert.equal(t.p.packedMemo(lookupDigest(COMPILER, t.cwd, t.req('d').args)), undefined);
+  t.p.forget();
+});
+
+test('a cleared store drops the pack unadopted', async () => {
+  const t = setup();
+  t.setList([t.memo('a'), t.memo('c')]);
+  assert.ok(await t.p.claim(t.req('a')));
+  t.p.fromTeam(t.req('a'));
+  for (let i = 0; i < 100 && !t.packs.length; i++) await sleep(10);
+  assert.equal(t.packs.length, 1);
+  t.p.forget();
+  assert.equal(t.removed(), 1);
+  await sleep(250);
+  assert.equal(t.adopted.length, 0);
 });
 
 test('the scope names the resolved compiler: a compiler path that now resolves elsewhere sees none of its memos', async () => {
