@@ -293,6 +293,26 @@ function childCpuMs(): number {
  * schedstat, user + system from `/proc/<pid>/stat` in ticks. A thread that has ended is missing
  * from the former: the daemon's and the servers' threads live as long as their process.
  */
+/**
+ * Waits (≤ 20 s) until the daemon has adopted its team pack, which it does once the build has
+ * been quiet for 2 s, and records the daemon CPU that took in the row's last sample.
+ */
+function awaitAdoption(cache: Ltocache, r: Row): void {
+  const pid = cache.pid();
+  const sample = r.samples.at(-1);
+  if (!pid || !sample) return;
+  const c0 = pidCpuMs(pid);
+  let st = cache.stats();
+  const want = st.team_pack_entries ?? 0;
+  if (!want) return;
+  const until = Date.now() + 20_000;
+  while ((st.team_pack_adopted ?? 0) < want && Date.now() < until) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+    st = cache.stats();
+  }
+  sample.adoption = { entries: st.team_pack_adopted ?? 0, daemonCpuMs: pidCpuMs(pid) - c0 };
+}
+
 function pidCpuMs(pid: number): number {
   try {
     let ns = 0;
@@ -637,6 +657,8 @@ interface Sample {
   ideal?: number;
   mismatches?: number;
   stderrMatches?: boolean;
+  /** Team rows: the team pack's adoption once the build was quiet (not in daemonCpuMs). */
+  adoption?: { entries: number; daemonCpuMs: number };
 }
 
 interface Row {
@@ -1007,12 +1029,14 @@ export async function runBench(o: Options): Promise<Report | null> {
           dev.start();
           row(`${team.label}, warm (empty local cache)`, team.note);
           ltoRun(`${team.label}, warm (empty local cache)`, dev, wantRef, wantRefStderr, undefined, team.pids);
+          awaitAdoption(dev, row(`${team.label}, warm (empty local cache)`));
           dev.destroy();
           const dev2 = new Ltocache(join(work, `cache-dev2-${run}-${t}`), base, devEnv);
           caches.push(dev2);
           dev2.start();
           applyEdit();
           ltoRun(`${team.label}, after edit (empty local cache)`, dev2, wantAfter, wantAfterStderr, ideal, team.pids);
+          awaitAdoption(dev2, row(`${team.label}, after edit (empty local cache)`));
           dev2.destroy();
         }
         revertEdit();
@@ -1116,6 +1140,15 @@ export function formatReport(r: Report): string {
     `byte mismatches of ltocache objects vs direct clang: ${r.totalMismatches}; direct clang deterministic across runs: ${r.noCacheDeterministic ? 'yes' : 'NO'}; stderr of ltocache runs equal to direct clang's (sorted lines): ${r.stderrAllMatch ? 'yes' : 'NO'}`,
   );
   for (const row of r.rows) if (row.note) lines.push(`- ${row.name}: ${row.note}`);
+  for (const row of r.rows) {
+    const a = row.samples.flatMap((x) => (x.adoption ? [x.adoption] : []));
+    if (!a.length) continue;
+    const ms = median(a.map((x) => x.daemonCpuMs));
+    const n = median(a.map((x) => x.entries));
+    lines.push(
+      `- ${row.name}: team pack adopted once the build was quiet (not in the row's daemon CPU): median ${n} entries, ${ms.toFixed(0)} ms of daemon CPU (${n ? (ms / n).toFixed(2) : '—'} ms per entry)`,
+    );
+  }
   lines.push('');
   lines.push(
     'machine: ' +
