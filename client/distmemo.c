@@ -190,7 +190,7 @@ int dist_memo_serve(const char *cache_dir, const char *cwd, const char *file_arg
     if (memo_dir < 0) return -1;
 
     size_t len = 0;
-    unsigned char *buf = read_memo(memo_dir, lookup, &len);
+    unsigned char *buf = read_memo(memo_dir, lookup, &len, NULL);
     struct dist_memo m;
     memset(&m, 0, sizeof m);
     int ok = buf && dist_memo_parse(buf, len, &m) == 0;
@@ -199,7 +199,7 @@ int dist_memo_serve(const char *cache_dir, const char *cwd, const char *file_arg
     struct staged *staged = ok ? calloc(m.noutputs, sizeof *staged) : NULL;
     /* Temp names carry the output's index in the whole distribution: unique in this run. */
     for (uint32_t i = 0; staged && ok && i < m.noutputs; i++)
-        ok = stage_output(cache_dir, &m.outputs[i], token, i, chunk, &staged[i]) == 0;
+        ok = stage_output(cache_dir, &m.outputs[i], token, NULL, i, chunk, &staged[i]) == 0;
     ok = staged && ok && commit_staged(staged, m.noutputs) == 0;
     if (ok) exit(replay(&m, memo_dir, start) == 0 ? 0 : 1);
     if (staged) unstage(staged, m.noutputs);

@@ -40,7 +40,7 @@ uint32_t rd_u32(struct rd *r) {
     return (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
 }
 
-static uint64_t rd_u64(struct rd *r) {
+uint64_t rd_u64(struct rd *r) {
     if (!rd_need(r, 8)) return 0;
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = v << 8 | r->p[r->at + (size_t)i];
@@ -188,7 +188,7 @@ int memo_file_digest(const char *path, char out[DIGEST_HEX_LEN + 1], uint64_t *s
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return -1;
     unsigned char *chunk = malloc(COPY_CHUNK);
-    int r = chunk ? copy_hashing(fd, -1, chunk, UINT64_MAX, out, size) : -1;
+    int r = chunk ? copy_hashing(fd, -1, -1, chunk, UINT64_MAX, out, size) : -1;
     free(chunk);
     close(fd);
     return r;
@@ -243,7 +243,7 @@ static int check_content(const char *path, const struct memo_check *c, unsigned 
     char hex[DIGEST_HEX_LEN + 1];
     uint64_t size = 0;
     int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == c->size &&
-             copy_hashing(fd, -1, chunk, UINT64_MAX, hex, &size) == 0 && size == c->size &&
+             copy_hashing(fd, -1, -1, chunk, UINT64_MAX, hex, &size) == 0 && size == c->size &&
              memcmp(hex, c->digest, DIGEST_HEX_LEN) == 0;
     close(fd);
     return ok ? 0 : -1;
@@ -302,6 +302,7 @@ int open_private_dir(int at, const char *name) {
     if (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != getuid() ||
         (st.st_mode & 077) != 0) {
         close(fd);
+        errno = EACCES;
         return -1;
     }
     return fd;
@@ -332,12 +333,13 @@ unsigned char *read_exact(int fd, size_t n) {
     return buf;
 }
 
-unsigned char *read_memo(int memo_dir, const char *lookup, size_t *len) {
+unsigned char *read_memo(int memo_dir, const char *lookup, size_t *len, int *absent) {
     char shard[3] = {lookup[0], lookup[1], '\0'};
+    if (absent) *absent = 0;
     int sd = open_private_dir(memo_dir, shard);
-    if (sd < 0) return NULL;
-    int fd = openat(sd, lookup + 2, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-    close(sd);
+    int fd = sd < 0 ? -1 : openat(sd, lookup + 2, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0 && absent) *absent = errno == ENOENT;
+    if (sd >= 0) close(sd);
     if (fd < 0) return NULL;
     struct stat st;
     unsigned char *buf = NULL;
@@ -361,14 +363,18 @@ char *fmt(const char *f, ...) {
     return r < 0 ? NULL : s;
 }
 
-int copy_hashing(int in, int out, unsigned char *chunk, uint64_t limit,
+int copy_hashing(int in, int64_t at, int out, unsigned char *chunk, uint64_t limit,
                  char hex[DIGEST_HEX_LEN + 1], uint64_t *total) {
     struct digest128 d;
     digest128_init(&d);
     *total = 0;
     int ok = 1;
     for (;;) {
-        ssize_t r = read(in, chunk, COPY_CHUNK);
+        size_t want = COPY_CHUNK;
+        if (at >= 0 && limit - *total < want) want = (size_t)(limit - *total);
+        if (want == 0) break;
+        ssize_t r = at < 0 ? read(in, chunk, want)
+                           : pread(in, chunk, want, (off_t)((uint64_t)at + *total));
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) { ok = 0; break; }
         if (r == 0) break;
@@ -384,7 +390,8 @@ int copy_hashing(int in, int out, unsigned char *chunk, uint64_t limit,
 }
 
 int stage_output(const char *cache_dir, const struct memo_output *o, const char *token,
-                 unsigned n, unsigned char *chunk, struct staged *s) {
+                 const struct team_pack *pack, unsigned n, unsigned char *chunk,
+                 struct staged *s) {
     s->path = memo_name(o->path, token);
     if (!s->path || s->path[0] != '/') return -1;
     const char *slash = strrchr(s->path, '/');
@@ -398,26 +405,34 @@ int stage_output(const char *cache_dir, const struct memo_output *o, const char 
         free(temp);
         return -1;
     }
-    int in = open(blob, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    int own = open(blob, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    int missing = own < 0 && errno == ENOENT;
     free(blob);
+    /* The store's blob, whole (at < 0); or the pack's copy, at its offset. */
+    int in = own;
+    int64_t at = -1;
+    uint64_t found = 0;
     struct stat st;
-    if (in < 0 || fstat(in, &st) != 0 || !S_ISREG(st.st_mode) ||
-        (uint64_t)st.st_size != o->size) {
-        if (in >= 0) close(in);
+    if (missing && pack && pack_find_blob(pack, o->digest, o->size, &found) == 0) {
+        in = pack->fd;
+        at = (int64_t)found;
+    } else if (own < 0 || fstat(own, &st) != 0 || !S_ISREG(st.st_mode) ||
+               (uint64_t)st.st_size != o->size) {
+        if (own >= 0) close(own);
         free(temp);
         return -1;
     }
     int out = open(temp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);
     if (out < 0) {
-        close(in);
+        if (own >= 0) close(own);
         free(temp);
         return -1;
     }
     s->temp = temp;
     char hex[DIGEST_HEX_LEN + 1];
     uint64_t total = 0;
-    int ok = copy_hashing(in, out, chunk, o->size, hex, &total) == 0;
-    close(in);
+    int ok = copy_hashing(in, at, out, chunk, o->size, hex, &total) == 0;
+    if (own >= 0) close(own);
     if (close(out) != 0) ok = 0;
     return ok && total == o->size && memcmp(hex, o->digest, DIGEST_HEX_LEN) == 0 ? 0 : -1;
 }
@@ -518,7 +533,16 @@ static int serve(const char *cache_dir, const char *compiler_abs, const char *cw
     if (memo_dir < 0) return -1;
 
     size_t len = 0;
-    unsigned char *buf = read_memo(memo_dir, lookup, &len);
+    int absent = 0;
+    unsigned char *buf = read_memo(memo_dir, lookup, &len, &absent);
+    /* The team pack only stands in for a memo file that is not there: a memo file that fails is
+     * a doubt, and the daemon path resolves it. */
+    struct team_pack pack = {.fd = -1};
+    if (!buf && absent && pack_open(memo_dir, &pack) == 0)
+        buf = pack_read_memo(&pack, lookup, &len);
+    /* Set only when the memo came from the pack; then its blobs may too. A memo file's blobs are
+     * in the store (the daemon writes the memo only after them). */
+    const struct team_pack *from = buf && pack.fd >= 0 ? &pack : NULL;
     struct memo m;
     unsigned char *chunk = NULL;
     struct staged staged[MEMO_MAX_OUTPUTS];
@@ -530,14 +554,16 @@ static int serve(const char *cache_dir, const char *compiler_abs, const char *cw
     ok = chunk && memo_run_checks(m.checks, m.nchecks, NULL, chunk) == 0;
     TM_MARK(TM_CHECKS);
     for (uint32_t i = 0; ok && i < m.noutputs; i++)
-        ok = stage_output(cache_dir, &m.outputs[i], NULL, i, chunk, &staged[i]) == 0;
+        ok = stage_output(cache_dir, &m.outputs[i], NULL, from, i, chunk, &staged[i]) == 0;
     TM_MARK(TM_COPY);
     ok = ok && commit_staged(staged, m.noutputs) == 0;
     TM_MARK(TM_RENAME);
     if (ok) {
         int wrote = write_all(1, m.out.p, m.out.len, 0) == 0;
         if (write_all(2, m.err.p, m.err.len, 0) != 0) wrote = 0;
-        char *line = notice ? fmt("H %.32s %s %lld %lld\n", m.key, lookup, start, unix_ms()) : NULL;
+        char *line = notice ? fmt("%c %.32s %s %lld %lld\n", from ? 'P' : 'H', m.key, lookup,
+                                  start, unix_ms())
+                            : NULL;
         if (line) append_notices(memo_dir, line, strlen(line));
         free(line);
         TM_MARK(TM_NOTICE);
@@ -551,6 +577,7 @@ out:
     unstage(staged, MEMO_MAX_OUTPUTS);
     free(chunk);
     free(buf);
+    pack_close(&pack);
     close(memo_dir);
     return -1;
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "memo.h"
+#include "pack.h"
 
 #define COPY_CHUNK (1u << 20)
 
@@ -21,6 +22,7 @@ struct rd {
 };
 
 uint32_t rd_u32(struct rd *r);
+uint64_t rd_u64(struct rd *r);
 void rd_bytes(struct rd *r, uint32_t max, struct memo_bytes *out);
 const char *rd_hex(struct rd *r);
 
@@ -45,7 +47,8 @@ char *memo_name(struct memo_bytes b, const char *token);
 int memo_run_checks(const struct memo_check *c, uint32_t n, const char *token,
                     unsigned char *chunk);
 
-/* A directory (not a symlink) owned by us with no group/other permission bits, opened. */
+/* A directory (not a symlink) owned by us with no group/other permission bits, opened; -1 with
+ * errno ENOENT only when there is none. */
 int open_private_dir(int at, const char *name);
 /* `<cache_dir>/memo`, opened under the rules of open_private_dir; -1 if it does not qualify. */
 int open_memo_dir(const char *cache_dir);
@@ -53,26 +56,29 @@ int open_memo_dir(const char *cache_dir);
  * did not grow under us). NULL on any failure. */
 unsigned char *read_exact(int fd, size_t n);
 /* Reads the memo file named `lookup` under the open memo directory (docs/memo.md rules).
- * Returns a malloc'd buffer. */
-unsigned char *read_memo(int memo_dir, const char *lookup, size_t *len);
+ * Returns a malloc'd buffer, or NULL; then *absent (if not NULL) says whether the reason was that
+ * the file or its shard directory does not exist. */
+unsigned char *read_memo(int memo_dir, const char *lookup, size_t *len, int *absent);
 
 struct staged {
     char *path;  /* the output */
     char *temp;  /* created by us beside it; unlinked unless renamed */
 };
 
-/* Copies the rest of `in` to `out` (none if out < 0) through `chunk` (COPY_CHUNK bytes), hashing
- * what it reads.
- * Returns 0 with the content digest and the byte count, or -1 on a read or write error or once
- * more than `limit` bytes were read. */
-int copy_hashing(int in, int out, unsigned char *chunk, uint64_t limit,
+/* Copies `in` to `out` (none if out < 0) through `chunk` (COPY_CHUNK bytes), hashing what it
+ * reads: with at < 0 the rest of `in` from its position, failing once more than `limit` bytes
+ * were read; with at >= 0 at most `limit` bytes from offset `at` (pread, to EOF if sooner).
+ * Returns 0 with the content digest and the byte count, or -1 on a read or write error. */
+int copy_hashing(int in, int64_t at, int out, unsigned char *chunk, uint64_t limit,
                  char hex[DIGEST_HEX_LEN + 1], uint64_t *total);
 
 /* Copies the output's blob into a new temp file beside it (named with `n`, unique within this
- * process's run), verifying digest and size. Fills s (s->temp only once the temp exists).
+ * process's run), verifying digest and size. The blob is the store's file, or, when the store has
+ * none and `pack` is not NULL, the pack's copy. Fills s (s->temp only once the temp exists).
  * Returns 0, or -1. */
 int stage_output(const char *cache_dir, const struct memo_output *o, const char *token,
-                 unsigned n, unsigned char *chunk, struct staged *s);
+                 const struct team_pack *pack, unsigned n, unsigned char *chunk,
+                 struct staged *s);
 /* Renames every temp over its output, in order. Returns 0, or -1 at the first failure; the
  * temps not renamed stay in s for unstage. */
 int commit_staged(struct staged *s, size_t n);

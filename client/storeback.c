@@ -59,7 +59,7 @@ static int store_blob(const char *cache_dir, const struct memo_output *o, unsign
         return -1;
     }
     uint64_t total = 0;
-    int ok = copy_hashing(in, out, chunk, UINT64_MAX, hex, &total) == 0;
+    int ok = copy_hashing(in, -1, out, chunk, UINT64_MAX, hex, &total) == 0;
     close(in);
     if (close(out) != 0) ok = 0;
     *size = total;
