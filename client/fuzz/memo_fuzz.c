@@ -1,7 +1,11 @@
 /*
  * libFuzzer target for memo_parse (docs/memo.md, format v1), dist_memo_parse
- * (cache-schema/distmemo.v1.md) and the client's reply decoders (client/reply.h): an input
- * starting with the distribution memo's magic goes to dist_memo_parse, one starting with 'R' to
+ * (cache-schema/distmemo.v1.md), the team pack reader (client/pack.h, cache-schema/teampack.v1.md)
+ * and the client's reply decoders (client/reply.h): an input starting with the distribution
+ * memo's magic goes to dist_memo_parse, one starting with the team pack's magic is written to a
+ * memfd and looked up (memos and blobs its own indexes name, and absent ones: whatever is found
+ * must lie inside the input after its indexes, and a blob must hash as it is copied), one
+ * starting with 'R' to
  * reply_parse_result, one starting with 'H' to reply_parse_hit (after that byte), every other
  * input to memo_parse. A reply that parses must lie inside the input; an 'R' must re-encode to it
  * and an 'H''s files must hash to its memo's digests. Each input is tried twice: as a whole memo file,
@@ -14,9 +18,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../distmemo.h"
 #include "../memo.h"
+#include "../memo_internal.h"
+#include "../pack.h"
 #include "../reply.h"
 
 #define REQUIRE(c) do { if (!(c)) abort(); } while (0)
@@ -194,9 +203,77 @@ static void try_hit(const unsigned char *buf, size_t len) {
     memo_free(&m);
 }
 
+static uint64_t le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+/* The blob `digest` of `size` bytes, looked up in the pack made of buf[0..len); when found, its
+ * range lies after the indexes and inside the input, and copying it hashes its bytes there. */
+static void pack_blob(const struct team_pack *p, const unsigned char *buf, size_t len,
+                      const char *digest, uint64_t size, unsigned char *chunk) {
+    uint64_t at = 0;
+    if (pack_find_blob(p, digest, size, &at) != 0) return;
+    REQUIRE(at >= p->index_end && at <= len && size <= len - at);
+    char hex[DIGEST_HEX_LEN + 1], want[DIGEST_HEX_LEN + 1];
+    uint64_t total = 0;
+    REQUIRE(copy_hashing(p->fd, (int64_t)at, -1, chunk, size, hex, &total) == 0);
+    digest128_bytes_hex(buf + at, (size_t)size, want);
+    REQUIRE(total == size && memcmp(hex, want, DIGEST_HEX_LEN) == 0);
+}
+
+/* The memo of `lookup`: when found, its record (the lookup, then the memo) lies inside the input
+ * after the indexes; a memo that parses has its outputs' blobs looked up. */
+static void pack_memo(const struct team_pack *p, const unsigned char *buf, size_t len,
+                      const char *lookup, unsigned char *chunk) {
+    size_t n = 0;
+    unsigned char *m = pack_read_memo(p, lookup, &n);
+    if (!m) return;
+    REQUIRE(n >= 1 && n <= MEMO_MAX_BYTES && n <= len - p->index_end);
+    int inside_input = 0;
+    for (size_t at = (size_t)p->index_end; !inside_input && at + DIGEST_HEX_LEN + n <= len; at++)
+        inside_input = memcmp(buf + at, lookup, DIGEST_HEX_LEN) == 0 &&
+                       memcmp(buf + at + DIGEST_HEX_LEN, m, n) == 0;
+    REQUIRE(inside_input);
+    struct memo memo;
+    if (memo_parse(m, n, &memo) == 0) {
+        for (uint32_t i = 0; i < memo.noutputs; i++)
+            pack_blob(p, buf, len, memo.outputs[i].digest, memo.outputs[i].size, chunk);
+        memo_free(&memo);
+    }
+    free(m);
+}
+
+static void try_pack(const unsigned char *buf, size_t len) {
+    static unsigned char *chunk;
+    if (!chunk) REQUIRE((chunk = malloc(COPY_CHUNK)) != NULL);
+    int fd = memfd_create("team.pack", MFD_CLOEXEC);
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, buf, len) == (ssize_t)len && fchmod(fd, 0600) == 0);
+    struct team_pack p;
+    if (pack_open_fd(fd, &p) != 0) return;
+    REQUIRE(p.index_end <= len && p.size == len);
+    static const char absent[] = "0123456789abcdef0123456789abcdef";
+    pack_memo(&p, buf, len, absent, chunk);
+    pack_blob(&p, buf, len, absent, 0, chunk);
+    uint64_t blobs = 16 + 44 * (uint64_t)p.nmemos;
+    uint32_t picks[3] = {0, p.nmemos / 2, p.nmemos - 1};
+    for (int k = 0; k < 3 && p.nmemos; k++)
+        pack_memo(&p, buf, len, (const char *)buf + 16 + 44 * (uint64_t)picks[k], chunk);
+    uint32_t bpicks[3] = {0, p.nblobs / 2, p.nblobs - 1};
+    for (int k = 0; k < 3 && p.nblobs; k++) {
+        const unsigned char *e = buf + blobs + 48 * (uint64_t)bpicks[k];
+        pack_blob(&p, buf, len, (const char *)e, le64(e + 40), chunk);
+    }
+    pack_close(&p);
+}
+
 static void try_parse(const unsigned char *buf, size_t len) {
     if (len >= MEMO_MAGIC_LEN && memcmp(buf, DIST_MEMO_MAGIC, MEMO_MAGIC_LEN) == 0)
         try_dist(buf, len);
+    else if (len >= MEMO_MAGIC_LEN && memcmp(buf, TEAM_PACK_MAGIC, MEMO_MAGIC_LEN) == 0)
+        try_pack(buf, len);
     else if (len && buf[0] == LTOC_FRAME_RESULT)
         try_result(buf, len);
     else if (len && buf[0] == LTOC_FRAME_HIT_STORE)

@@ -1,8 +1,8 @@
 /**
  * Seed corpus of the memo_parse / dist_memo_parse / reply fuzzer (client/fuzz): deterministic memos
  * from encodeMemo and distribution memos (`dist-*`) from encodeDistMemo, each written whole and as
- * a body without its trailer (the fuzz target appends the right trailer), and an 'R' and an 'H'
- * reply payload (`reply-*`).
+ * a body without its trailer (the fuzz target appends the right trailer), an 'R' and an 'H'
+ * reply payload (`reply-*`), and team packs from encodeTeamPack (`pack-*`).
  * Regenerate: node dist/test/support/memoSeeds.js client/fuzz/seeds
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -11,6 +11,7 @@ import { pathToFileURL } from 'node:url';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { type DistMemo, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { encodeMemo, type Memo, type MemoCheck } from '../../src/memo/memoFormat.js';
+import { encodeTeamPack, type PackBlob } from '../../src/memo/teamPack.js';
 import { encodeHitStore, encodeResult } from '../../src/protocol/clientFrames.js';
 
 const hex = (c: string) => c.repeat(32);
@@ -52,7 +53,25 @@ export function memoSeeds(): [string, Buffer][] {
   const files = [Buffer.from('object bytes'), Buffer.from('dwarf')];
   const hit = encodeMemo({ ...base, outputs: files.map((f, i) => ({ path: `/work/obj/h.${i}`, digest: hashBytes(f), size: f.length })) });
   out.push(['reply-hit', encodeHitStore(hit, files).subarray(4)]);
+  out.push(...packSeeds(base));
   return out;
+}
+
+/** Team packs: empty, memos only, and memos whose outputs' blobs are in the pack (one shared). */
+function packSeeds(base: Memo): [string, Buffer][] {
+  const blobs: PackBlob[] = ['object a', 'object b', '', 'dwarf'].map((t) => ({ digest: hashBytes(t), bytes: Buffer.from(t) }));
+  const memo = (i: number, outs: PackBlob[]) => ({
+    lookup: hashBytes(`lookup ${i}`),
+    memo: encodeMemo({ ...base, checks: checks().slice(0, i % 3), outputs: outs.map((b, k) => ({ path: `/work/obj/p${i}.${k}`, digest: b.digest, size: b.bytes.length })) }),
+  });
+  const memos = [memo(0, [blobs[0]!]), memo(1, [blobs[1]!, blobs[2]!]), memo(2, [blobs[0]!, blobs[3]!])];
+  const pack = (m: typeof memos, b: PackBlob[]) => Buffer.concat(encodeTeamPack(m, b));
+  return [
+    ['pack-empty', pack([], [])],
+    ['pack-memos-only', pack(memos.slice(0, 2), [])],
+    ['pack-full', pack(memos, blobs)],
+    ['pack-blobs-only', pack([], blobs)],
+  ];
 }
 
 /** Distribution memos: token placeholders (\x01) in check names and output paths, one and several jobs. */
