@@ -203,12 +203,6 @@ static void try_hit(const unsigned char *buf, size_t len) {
     memo_free(&m);
 }
 
-static uint64_t le64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
-
 /* The blob `digest` of `size` bytes, looked up in the pack made of buf[0..len); when found, its
  * range lies after the indexes and inside the input, and copying it hashes its bytes there. */
 static void pack_blob(const struct team_pack *p, const unsigned char *buf, size_t len,
@@ -264,7 +258,8 @@ static void try_pack(const unsigned char *buf, size_t len) {
     uint32_t bpicks[3] = {0, p.nblobs / 2, p.nblobs - 1};
     for (int k = 0; k < 3 && p.nblobs; k++) {
         const unsigned char *e = buf + blobs + 48 * (uint64_t)bpicks[k];
-        pack_blob(&p, buf, len, (const char *)e, le64(e + 40), chunk);
+        struct rd r = {e, 48, 40, 0};
+        pack_blob(&p, buf, len, (const char *)e, rd_u64(&r), chunk);
     }
     pack_close(&p);
 }

@@ -15,10 +15,8 @@ import { encodeMemo, lookupDigest, type Memo, memoPath, noticeLogPath } from '..
 import { encodeTeamPack, type PackBlob, type PackMemo, teamPackPath } from '../../src/memo/teamPack.js';
 import { tempDir } from '../support/env.js';
 import { baseEnv, blobPath, runClient, writeBlob } from '../support/memoClient.js';
+import { HEADER, MEMO_ENTRY, packLayout } from '../support/teamPackLayout.js';
 
-const HEADER = 16;
-const MEMO_ENTRY = 44;
-const BLOB_ENTRY = 48;
 const IS_ROOT = process.getuid!() === 0;
 
 let tmp: string;
@@ -108,27 +106,19 @@ function scenario() {
 
 type Scenario = ReturnType<typeof scenario>;
 
-/** Where the job's memo index entry, its record and each output's blob index entry are. */
+/** Where the job's memo index entry, its record and each output's blob (by output index) are. */
 function layout(s: Scenario) {
-  const b = s.bytes;
-  const nmemos = b.readUInt32LE(8);
-  const nblobs = b.readUInt32LE(12);
-  const blobIndex = HEADER + MEMO_ENTRY * nmemos;
-  const find = (base: number, n: number, width: number, hex: string) => {
-    for (let i = 0; i < n; i++) if (b.toString('latin1', base + width * i, base + width * i + 32) === hex) return i;
-    throw new Error(`${hex} not in the index`);
-  };
-  const memoIndex = find(HEADER, nmemos, MEMO_ENTRY, s.lookup);
-  const memoEntry = HEADER + MEMO_ENTRY * memoIndex;
-  const blobEntry = (i: number) => blobIndex + BLOB_ENTRY * find(blobIndex, nblobs, BLOB_ENTRY, s.memo.outputs[i]!.digest);
+  const l = packLayout(s.bytes);
+  const memoEntry = l.memoEntry(s.lookup);
+  const record = l.record(s.lookup);
+  const digest = (i: number) => s.memo.outputs[i]!.digest;
   return {
-    nmemos,
-    memoIndex,
+    memoIndex: (memoEntry - HEADER) / MEMO_ENTRY,
     memoEntry,
-    record: Number(b.readBigUInt64LE(memoEntry + 32)),
-    recordLength: b.readUInt32LE(memoEntry + 40),
-    blobEntry,
-    blobOffset: (i: number) => Number(b.readBigUInt64LE(blobEntry(i) + 32)),
+    record: record.offset,
+    recordLength: record.length,
+    blobEntry: (i: number) => l.blobEntry(digest(i)),
+    blobOffset: (i: number) => l.blobOffset(digest(i)),
   };
 }
 

@@ -5,12 +5,9 @@ import { encodeMemo, type Memo, MemoError } from '../../src/memo/memoFormat.js';
 import { decodeTeamPack, encodeTeamPack, type PackBlob, type PackMemo, TEAM_PACK_MAGIC, teamPackPath } from '../../src/memo/teamPack.js';
 import { TEAM_PACK_MAX_BLOBS, TEAM_PACK_MAX_MEMOS } from '../../src/protocol/limits.js';
 import { retrail } from '../support/memoClient.js';
+import { BLOB_ENTRY, HEADER, MEMO_ENTRY, packLayout } from '../support/teamPackLayout.js';
 
 await initHash();
-
-const HEADER = 16;
-const MEMO_ENTRY = 44;
-const BLOB_ENTRY = 48;
 
 function blob(text: string): PackBlob {
   const bytes = Buffer.from(text);
@@ -65,12 +62,9 @@ test('teamPackPath is in the memo directory', () => {
   assert.equal(teamPackPath('/c'), '/c/memo/team.pack');
 });
 
-/** Offsets of the first memo and blob index entries, and of the first record, in `b`. */
+/** The layout of `b`, and the offset of the first memo index entry's record. */
 function layout(b: Buffer) {
-  const nmemos = b.readUInt32LE(8);
-  const nblobs = b.readUInt32LE(12);
-  const blobIndex = HEADER + MEMO_ENTRY * nmemos;
-  return { nmemos, nblobs, blobIndex, indexEnd: blobIndex + BLOB_ENTRY * nblobs, firstRecord: Number(b.readBigUInt64LE(HEADER + 32)) };
+  return { ...packLayout(b), firstRecord: Number(b.readBigUInt64LE(HEADER + 32)) };
 }
 
 const edits: [string, (b: Buffer) => Buffer][] = [
