@@ -246,45 +246,70 @@ const DIR_SETTLED_NS = 2_000_000_000n;
  * with the reason, when one does not hold. Environment checks are kept: the command's environment
  * is checked when it is served.
  */
-export async function localise(t: TeamMemo, files: LocalFiles, nowNs: bigint = BigInt(Date.now()) * 1_000_000n): Promise<{ memo: Memo } | { why: string }> {
+export async function localise(
+  t: TeamMemo,
+  files: LocalFiles,
+  nowNs: bigint = BigInt(Date.now()) * 1_000_000n,
+  seen?: Map<string, MemoCheck | { why: string }>,
+): Promise<{ memo: Memo } | { why: string }> {
   const checks: MemoCheck[] = [];
   for (const c of t.checks) {
-    switch (c.kind) {
-      case 'env':
-        checks.push(c);
-        break;
-      case 'file':
-      case 'content': {
-        const d = await files.digest(c.path);
-        if (d.kind !== 'file' || d.size !== c.size || d.digest !== c.digest) return { why: `${c.path} differs` };
-        checks.push(
-          c.kind === 'file' && d.settled ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest } : { kind: 'content', path: c.path, size: c.size, digest: c.digest },
-        );
-        break;
-      }
-      case 'absent': {
-        const d = await files.digest(c.path);
-        if (d.kind !== 'absent') return { why: `${c.path} exists` };
-        checks.push(c);
-        break;
-      }
-      case 'notreg': {
-        const d = await files.digest(c.path);
-        if (d.kind !== 'not-regular') return { why: `${c.path} is a regular file or absent` };
-        checks.push(c);
-        break;
-      }
-      case 'dirlist': {
-        const st = statOrUndefined(c.path);
-        if (!st?.isDirectory()) return { why: `${c.path} is not a directory` };
-        if (st.mtimeNs > nowNs - DIR_SETTLED_NS || st.ctimeNs > nowNs - DIR_SETTLED_NS) return { why: `${c.path} changed just now` };
-        const listed = listingOf(c.path, st);
-        if (!listed) return { why: `${c.path} changed while listed` };
-        if (listed !== c.digest) return { why: `${c.path} lists other entries` };
-        checks.push({ kind: 'dir', path: c.path, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
-        break;
-      }
+    // A check made for an earlier memo of the same batch stands: what was seen then is what the
+    // memo records, and the client checks it again.
+    const id = seen && c.kind !== 'env' ? checkId(c) : '';
+    const made = id ? seen!.get(id) : undefined;
+    if (made) {
+      if ('why' in made) return made;
+      checks.push(made);
+      continue;
     }
+    const n = checks.length;
+    const r = await localiseCheck(c, files, nowNs, checks);
+    if (id) seen!.set(id, r ?? checks[n]!);
+    if (r) return r;
   }
   return { memo: { key: t.key, checks, outputs: t.outputs.map(({ path, digest, size }) => ({ path, digest, size })), stdout: t.stdout, stderr: t.stderr } };
+}
+
+function checkId(c: Exclude<TeamCheck, { kind: 'env' }>): string {
+  return `${c.kind}\0${c.path}\0${'size' in c ? c.size : ''}\0${'digest' in c ? c.digest : ''}`;
+}
+
+/** Makes one check of a team memo on this machine: pushed to `checks`, or the reason it does not hold. */
+async function localiseCheck(c: TeamCheck, files: LocalFiles, nowNs: bigint, checks: MemoCheck[]): Promise<{ why: string } | null> {
+  switch (c.kind) {
+    case 'env':
+      checks.push(c);
+      break;
+    case 'file':
+    case 'content': {
+      const d = await files.digest(c.path);
+      if (d.kind !== 'file' || d.size !== c.size || d.digest !== c.digest) return { why: `${c.path} differs` };
+      checks.push(c.kind === 'file' && d.settled ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest } : { kind: 'content', path: c.path, size: c.size, digest: c.digest });
+      break;
+    }
+    case 'absent': {
+      const d = await files.digest(c.path);
+      if (d.kind !== 'absent') return { why: `${c.path} exists` };
+      checks.push(c);
+      break;
+    }
+    case 'notreg': {
+      const d = await files.digest(c.path);
+      if (d.kind !== 'not-regular') return { why: `${c.path} is a regular file or absent` };
+      checks.push(c);
+      break;
+    }
+    case 'dirlist': {
+      const st = statOrUndefined(c.path);
+      if (!st?.isDirectory()) return { why: `${c.path} is not a directory` };
+      if (st.mtimeNs > nowNs - DIR_SETTLED_NS || st.ctimeNs > nowNs - DIR_SETTLED_NS) return { why: `${c.path} changed just now` };
+      const listed = listingOf(c.path, st);
+      if (!listed) return { why: `${c.path} changed while listed` };
+      if (listed !== c.digest) return { why: `${c.path} lists other entries` };
+      checks.push({ kind: 'dir', path: c.path, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+      break;
+    }
+  }
+  return null;
 }

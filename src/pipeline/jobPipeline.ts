@@ -196,6 +196,7 @@ export class JobPipeline {
       this.prefetch = new TeamPrefetch({
         scopeMemos: (scope) => cache.scopeMemos!(scope),
         getEntry: (key) => (o.deny.has(key) ? Promise.resolve({ kind: 'miss' }) : cache.get(key, { deferWriteBack: true })),
+        isLocal: async (key) => (await cache.get(key, { nearestOnly: true })).kind === 'hit',
         files,
         counters: o.counters,
         log: o.log,

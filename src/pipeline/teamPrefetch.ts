@@ -1,8 +1,8 @@
 import { realpathSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Digest } from '../key/hash.js';
-import { encodeMemo, lookupDigest, type Memo, MemoError } from '../memo/memoFormat.js';
-import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoLookup } from '../memo/teamMemo.js';
+import { encodeMemo, lookupDigest, type Memo, type MemoCheck, MemoError } from '../memo/memoFormat.js';
+import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoKey, teamMemoLookup } from '../memo/teamMemo.js';
 import { encodeTeamPack } from '../memo/teamPack.js';
 import { Counter, type Counters } from '../stats/counters.js';
 import type { StoredEntry } from '../store/backend.js';
@@ -14,7 +14,7 @@ export const PREFETCH_REFRESH_MS = 10 * 60_000;
 /** How long a job waits for its scope's team memos before it goes the usual way. */
 const LIST_WAIT_MS = 1000;
 /** Entries fetched ahead of the jobs that will claim them, at once. */
-const AHEAD_PARALLEL = 8;
+const AHEAD_PARALLEL = 32;
 /** Bytes of entries one fetch ahead takes at most (held in memory until the pack is adopted). */
 export const AHEAD_BYTES = 64 << 20;
 /** How long a job of a scope whose entries are being fetched ahead waits for them. */
@@ -55,6 +55,8 @@ export interface PrefetchDeps {
   scopeMemos(scope: Digest): Promise<Buffer[] | null>;
   /** Looks an entry up in every tier, leaving a team-tier hit unwritten (the claimer decides). */
   getEntry(key: Digest): Promise<TieredLookup>;
+  /** Whether the local store has the entry. */
+  isLocal?(key: Digest): Promise<boolean>;
   /** The team pack file (cache-schema/teampack.v1.md); without it, entries fetched ahead stay in memory only. */
   pack?: {
     /** Replaces the pack with these bytes, holding memos of these keys. */
@@ -79,6 +81,8 @@ interface Item {
 
 interface ScopeState {
   at: number;
+  /** The first claim of this fetch has looked whether this machine lacks the scope's entries. */
+  probed?: boolean;
   /** Fetching the scope's entries ahead: begun, and ended (pack written) when settled. */
   ahead?: Promise<void>;
   /** The scope's team memos by lookup, each taken out by the first job that claims it. */
@@ -91,8 +95,8 @@ interface ScopeState {
  * command has one claims it: the memo is localised (its checks made again on this machine's
  * files) and, if every check holds, gives the job's key and checks without keying it here.
  *
- * Once a claimed memo's entry came from the team cache, the entries of the scope's other memos
- * that hold here are fetched ahead and written, with their memos, into one team pack file the
+ * Once the first claimed memo's entry is not in the local store (or a claimed memo's entry came
+ * from the team cache), the entries of the scope's other memos that hold here are fetched ahead and written, with their memos, into one team pack file the
  * native client serves from (docs/team-cache.md "Team packs"); jobs of the scope that reach the
  * daemon meanwhile wait for it. When the build is over the pack's entries are adopted: written
  * into the local store with memo files of their own, and the pack removed.
@@ -122,6 +126,13 @@ export class TeamPrefetch {
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
     let item = items.get(lookup);
     if (!item) return null;
+    // A first claim whose entry is not here: this machine lacks the scope's entries, so they are
+    // fetched ahead at once, with this job's among them.
+    if (!s.probed && !s.ahead && this.d.isLocal) {
+      s.probed = true;
+      const key = teamMemoKey(item.bytes);
+      if (key && !(await this.d.isLocal(key).catch(() => true))) this.startAhead(scope, s);
+    }
     // Its entry is likely on its way with the rest: one wait here instead of a fetch of its own.
     if (s.ahead && !item.entry) {
       await settled(s.ahead, AHEAD_WAIT_MS);
@@ -142,7 +153,11 @@ export class TeamPrefetch {
     const scope = scopeOf(req);
     if (!scope) return;
     const s = this.scopes.get(scope);
-    if (!s || s.ahead) return;
+    if (s) this.startAhead(scope, s);
+  }
+
+  private startAhead(scope: Digest, s: ScopeState): void {
+    if (s.ahead) return;
     s.ahead = s.items
       .then((items) => this.fetchAhead([...items], () => this.scopes.get(scope) === s))
       .catch((e: unknown) => this.d.log.warn('cannot fetch team entries ahead', { error: String(e) }));
@@ -207,6 +222,8 @@ export class TeamPrefetch {
   private async fetchAhead(list: [Digest, Item][], current: () => boolean): Promise<void> {
     const t0 = performance.now();
     const packed: PackedEntry[] = [];
+    // One look at each file for the whole batch: the toolchain's files recur in every memo.
+    const seen = new Map<string, MemoCheck | { why: string }>();
     let bytes = 0;
     let next = 0;
     const worker = async () => {
@@ -216,7 +233,7 @@ export class TeamPrefetch {
         if (item.claimed) continue;
         // Only entries whose memos hold here: a memo of an edited job would fetch for nothing.
         // (The claim localises again: files may change in between.)
-        const local = await this.check(item.bytes);
+        const local = await this.check(item.bytes, seen);
         if (!('memo' in local) || item.claimed) continue;
         const key = local.memo.key;
         item.entry = this.d.getEntry(key).catch((e: Error): TieredLookup => ({ kind: 'error', error: e.message, corrupt: false }));
@@ -295,7 +312,7 @@ export class TeamPrefetch {
     return null;
   }
 
-  private async check(bytes: Buffer): Promise<Localised | { why: string }> {
+  private async check(bytes: Buffer, seen?: Map<string, MemoCheck | { why: string }>): Promise<Localised | { why: string }> {
     let team: ReturnType<typeof decodeTeamMemo>;
     try {
       team = decodeTeamMemo(bytes);
@@ -304,7 +321,7 @@ export class TeamPrefetch {
       this.d.log.warn('team memo rejected', { error: e.message });
       return { why: 'invalid' };
     }
-    const local = await localise(team, this.d.files);
+    const local = await localise(team, this.d.files, undefined, seen);
     if ('why' in local) return local;
     return { memo: local.memo, roles: team.outputs.map((o) => o.role) };
   }

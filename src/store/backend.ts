@@ -38,6 +38,8 @@ export interface GetOptions {
    * copy to the caller, which either adopts the entry itself or calls `writeBack`.
    */
   deferWriteBack?: boolean;
+  /** Only the nearest tier is asked (a composition that has several). */
+  nearestOnly?: boolean;
 }
 
 /** The storage contract both the local store and the team tier implement. None of these throws. */

@@ -66,6 +66,7 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
       const l = await local.get(key);
       observe({ tier: 'local', op: 'get', result: l });
       if (l.kind === 'hit') return { ...l, tier: 'local' };
+      if (options?.nearestOnly) return l;
       const r = await remote.get(key);
       observe({ tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;

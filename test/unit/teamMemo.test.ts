@@ -101,6 +101,29 @@ test('localising fails when a file differs, an absent file exists, or a director
   }
 });
 
+test('a batch localises each check once: the first result, held or not, stands for every memo of the batch', async () => {
+  const t = tree();
+  const team = teamMemoOf(LOOKUP, await localMemo(t), ['obj'])!;
+  const files = SETTLED();
+  let asked = 0;
+  const counting = { digest: (p: string) => (asked++, files.digest(p)) };
+  const seen = new Map();
+  const first = await localise(team, counting, LATER, seen);
+  assert.ok('memo' in first);
+  const once = asked;
+  const second = await localise(team, counting, LATER, seen);
+  assert.equal(asked, once, 'no file looked at again');
+  assert.deepEqual(second, first);
+  // Outside a batch the file is looked at again, and an edit is seen.
+  fs.writeFileSync(t.input, 'bitcode of b');
+  assert.ok('why' in (await localise(team, counting, LATER)));
+  const failing = new Map();
+  assert.ok('why' in (await localise(team, counting, LATER, failing)));
+  const after = asked;
+  assert.ok('why' in (await localise(team, counting, LATER, failing)), 'a check that failed fails for the batch');
+  assert.ok(asked - after < once, 'the failed check is not made again');
+});
+
 test('a directory changed within the last seconds is not trusted by its identity', async () => {
   const t = tree();
   const team = teamMemoOf(LOOKUP, await localMemo(t), ['obj'])!;

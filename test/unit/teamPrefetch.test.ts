@@ -29,7 +29,7 @@ const COMPILER = process.execPath;
  * fetched ahead only once a claimed memo's entry came from the team cache and only for memos
  * that hold here.
  */
-function setup() {
+function setup(isLocal?: (key: string) => Promise<boolean>) {
   const cwd = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
   dirs.push(cwd);
   const input = (m: string) => join(cwd, `${m}.o`);
@@ -59,6 +59,7 @@ function setup() {
       adopt: async (e) => void adopted.push(e),
     },
     adoptAfterMs: 150,
+    ...(isLocal ? { isLocal } : {}),
     scopeMemos: async (scope) => {
       scopes.push(scope);
       return list;
@@ -168,6 +169,29 @@ test('entries fetched ahead go into one team pack; a job arriving meanwhile wait
   assert.equal(t.counters.get('team_pack_adopted'), 2);
   assert.equal(t.p.packedMemo(lookupDigest(COMPILER, t.cwd, t.req('d').args)), undefined);
   t.p.forget();
+});
+
+test('the first claim whose entry is not here starts fetching ahead at once, its own entry among the rest', async () => {
+  const asked: string[] = [];
+  const t = setup(async (k) => {
+    asked.push(k);
+    return false;
+  });
+  t.setList([t.memo('a'), t.memo('c')]);
+  const a = await t.p.claim(t.req('a'));
+  assert.deepEqual(asked, [t.key('a')], "one look at the local store, for the first claim's key");
+  assert.ok(a?.entry, 'the first job is handed its entry fetched ahead');
+  assert.deepEqual([...t.gets].sort(), [t.key('a'), t.key('c')].sort());
+  assert.equal(t.packs.length, 1, 'packed without any fromTeam');
+  await t.p.claim(t.req('c'));
+  assert.equal(asked.length, 1, 'asked once per fetch of the scope');
+  t.p.forget();
+
+  const local = setup(async () => true);
+  local.setList([local.memo('a'), local.memo('c')]);
+  assert.ok(await local.p.claim(local.req('a')));
+  assert.deepEqual(local.gets, [], 'an entry already here: nothing fetched ahead');
+  local.p.forget();
 });
 
 test('a cleared store drops the pack unadopted', async () => {
