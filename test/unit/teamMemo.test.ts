@@ -106,7 +106,12 @@ test('a batch localises each check once: the first result, held or not, stands f
   const team = teamMemoOf(LOOKUP, await localMemo(t), ['obj'])!;
   const files = SETTLED();
   let asked = 0;
-  const counting = { digest: (p: string) => (asked++, files.digest(p)) };
+  const counting = {
+    digest: (p: string) => {
+      asked++;
+      return files.digest(p);
+    },
+  };
   const seen = new Map();
   const first = await localise(team, counting, LATER, seen);
   assert.ok('memo' in first);
