@@ -3,6 +3,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import { CacheEnv, CLIENT, FIXTURE, TOP, tempDir } from '../test/support/env.js';
+import { processCpuMs } from './procStat.js';
 
 /**
  * Cost of a local hit, fast path (memo, docs/memo.md) and daemon path (LTOCACHE_MEMO=0) side by
@@ -22,11 +23,6 @@ function arg(name: string, dflt: number): number {
 }
 const N = arg('--jobs', 600);
 const STRACE_N = arg('--strace-jobs', 100);
-
-function cpuMs(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-}
 
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
@@ -70,10 +66,10 @@ try {
   const measure = (ltc: string, extra: Record<string, string> = {}) => {
     const pid = cache.daemonPid()!;
     const s0 = cache.stats();
-    const c0 = cpuMs(pid);
+    const c0 = processCpuMs(pid);
     const r = runJobs(ltc, extra);
     const s1 = cache.stats();
-    const daemon = (cpuMs(pid) - c0) / N;
+    const daemon = (processCpuMs(pid) - c0) / N;
     return { ...r, daemon, hits: s1.hits - s0.hits, memoHits: s1.memo_hits - s0.memo_hits, misses: s1.misses - s0.misses };
   };
 

@@ -32,6 +32,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RedisCluster } from '../test/support/redis.js';
 import { killChild } from '../test/support/server.js';
+import { processCpuMs, ticksCpuMs } from './procStat.js';
 
 // ---------------------------------------------------------------------------------------------
 // Paths and options
@@ -278,21 +279,6 @@ interface Timed {
   stderr: string;
 }
 
-const TICK_MS = 10; // USER_HZ is 100 on Linux
-
-function childCpuMs(): number {
-  const f = readFileSync('/proc/self/stat', 'utf8');
-  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  // fields after ")": state(3) ... cutime is field 16, cstime 17 → index 13, 14 in `rest`
-  return (Number(rest[13]) + Number(rest[14])) * TICK_MS;
-}
-
-/**
- * CPU ms of a process: the run time of its threads from `/proc/<pid>/task/<tid>/schedstat`
- * (nanoseconds), so a warm row's few milliseconds are not rounded to 10 ms ticks; without
- * schedstat, user + system from `/proc/<pid>/stat` in ticks. A thread that has ended is missing
- * from the former: the daemon's and the servers' threads live as long as their process.
- */
 /**
  * Waits (≤ 20 s) until the daemon has adopted its team pack, which it does once the build has
  * been quiet for 2 s, and records the daemon CPU that took in the row's last sample.
@@ -301,7 +287,7 @@ function awaitAdoption(cache: Ltocache, r: Row): void {
   const pid = cache.pid();
   const sample = r.samples.at(-1);
   if (!pid || !sample) return;
-  const c0 = pidCpuMs(pid);
+  const c0 = processCpuMs(pid);
   let st = cache.stats();
   const want = st.team_pack_entries ?? 0;
   if (!want) return;
@@ -310,38 +296,15 @@ function awaitAdoption(cache: Ltocache, r: Row): void {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
     st = cache.stats();
   }
-  sample.adoption = { entries: st.team_pack_adopted ?? 0, daemonCpuMs: pidCpuMs(pid) - c0 };
-}
-
-function pidCpuMs(pid: number): number {
-  try {
-    let ns = 0;
-    for (const t of readdirSync(`/proc/${pid}/task`)) {
-      try {
-        ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
-      } catch {
-        // The thread ended between the listing and the read.
-      }
-    }
-    if (Number.isFinite(ns) && ns > 0) return ns / 1e6;
-  } catch {
-    // No schedstat: ticks below.
-  }
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-    return (Number(rest[11]) + Number(rest[12])) * TICK_MS;
-  } catch {
-    return NaN;
-  }
+  sample.adoption = { entries: st.team_pack_adopted ?? 0, daemonCpuMs: processCpuMs(pid) - c0 };
 }
 
 function timed(cmd: string, args: string[], opts: SpawnSyncOptions): Timed {
-  const cpu0 = childCpuMs();
+  const cpu0 = ticksCpuMs('self', true);
   const t0 = process.hrtime.bigint();
   const r = spawnSync(cmd, args, { ...opts, stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 256 << 20 });
   const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
-  const cpuMs = childCpuMs() - cpu0;
+  const cpuMs = ticksCpuMs('self', true) - cpu0;
   if (r.error) throw r.error;
   return { wallMs, cpuMs, status: r.status ?? 128, stderr: r.stderr?.toString() ?? '' };
 }
@@ -838,13 +801,13 @@ export async function runBench(o: Options): Promise<Report | null> {
       ): void => {
         const s0 = cache.stats();
         const pid = cache.pid();
-        const d0 = pid ? pidCpuMs(pid) : NaN;
-        const serverCpu = (): number => serverPids.reduce((n, p) => n + pidCpuMs(p), 0);
+        const d0 = pid ? processCpuMs(pid) : NaN;
+        const serverCpu = (): number => serverPids.reduce((n, p) => n + processCpuMs(p), 0);
         const v0 = serverCpu();
         const t = make(`${CLIENT} ${o.clang}`, { ...cache.env, ...extraEnv });
         // stats drains the fast path's hit notices: that work is the daemon's share of those hits.
         const s1 = cache.stats();
-        const d1 = pid ? pidCpuMs(pid) : NaN;
+        const d1 = pid ? processCpuMs(pid) : NaN;
         const v1 = serverCpu();
         const got = outputs();
         const mm = mismatches(got, want());

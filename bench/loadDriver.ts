@@ -30,6 +30,7 @@ import type { StatsView } from '../src/stats/counters.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
 import { mulberry32 } from '../test/support/prng.js';
 import { ServerProcess, TOKENS } from '../test/support/server.js';
+import { statFields, TICK_MS } from './procStat.js';
 
 // ---------------------------------------------------------------------------------------------
 // Jobs and references
@@ -298,8 +299,6 @@ export interface ProcSample {
   childCpuMs: number;
 }
 
-const TICK_MS = 10; // sysconf(_SC_CLK_TCK) = 100 on Linux
-
 export function procSample(pid: number): ProcSample | null {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -310,12 +309,7 @@ export function procSample(pid: number): ProcSample | null {
     } catch {
       // not ours to read
     }
-    // Fields after the parenthesised command name: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat
-      .slice(stat.lastIndexOf(')') + 2)
-      .split(' ')
-      .map(Number);
+    const f = statFields(pid);
     const cpuMs = ((f[11] ?? 0) + (f[12] ?? 0)) * TICK_MS;
     const childCpuMs = ((f[13] ?? 0) + (f[14] ?? 0)) * TICK_MS;
     return { rssKb: kb('VmRSS'), hwmKb: kb('VmHWM'), fds, cpuMs, childCpuMs };

@@ -1,10 +1,11 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import { DAEMON_SEMI_SPACE_MB } from '../src/protocol/limits.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../test/support/env.js';
 import { ServerProcess, TOKENS } from '../test/support/server.js';
+import { processCpuMs, statFields, TICK_MS } from './procStat.js';
 
 /**
  * Daemon CPU per remote hit and per miss, with the client storing (the default: 'H' for a
@@ -44,21 +45,15 @@ function threadCpu(pid: number): Map<string, number> {
   const out = new Map<string, number>();
   for (const t of readdirSync(`/proc/${pid}/task`)) {
     try {
-      const raw = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const f = statFields(pid, t);
       const comm = Number(t) === pid ? 'main' : 'other threads';
-      const f = raw.slice(raw.lastIndexOf(') ') + 2).split(' ');
-      out.set(`${comm} user`, (out.get(`${comm} user`) ?? 0) + Number(f[11]) * 10);
-      out.set(`${comm} sys`, (out.get(`${comm} sys`) ?? 0) + Number(f[12]) * 10);
+      out.set(`${comm} user`, (out.get(`${comm} user`) ?? 0) + f[11]! * TICK_MS);
+      out.set(`${comm} sys`, (out.get(`${comm} sys`) ?? 0) + f[12]! * TICK_MS);
     } catch {
       // The thread ended.
     }
   }
   return out;
-}
-
-function cpuMs(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
 }
 
 const server = new ServerProcess();
@@ -138,21 +133,21 @@ try {
       carol.cli(['clear']);
       // LevelDB's compaction after the clear runs on the daemon's threads: let it finish first.
       await new Promise((res) => setTimeout(res, 400));
-      let c0 = cpuMs(pid);
+      let c0 = processCpuMs(pid);
       let t0 = threadCpu(pid);
       for (const m of b.modules) job(b, bobEnv, m, v);
       // Write-backs finish off the hit path; their CPU is the remote hit's too.
       await new Promise((res) => setTimeout(res, 100));
-      if (r >= 0) add(`remote hit, ${mode.name}`, cpuMs(pid) - c0, b.modules.length, t0, threadCpu(pid));
-      c0 = cpuMs(pid);
+      if (r >= 0) add(`remote hit, ${mode.name}`, processCpuMs(pid) - c0, b.modules.length, t0, threadCpu(pid));
+      c0 = processCpuMs(pid);
       for (const m of b.modules) job(b, bobEnv, m, v);
-      if (r >= 0) add(`local hit after it, ${mode.name}`, cpuMs(pid) - c0, b.modules.length);
+      if (r >= 0) add(`local hit after it, ${mode.name}`, processCpuMs(pid) - c0, b.modules.length);
       const carolEnv = { ...carol.env, ...mode.env };
-      c0 = cpuMs(carolPid);
+      c0 = processCpuMs(carolPid);
       t0 = threadCpu(carolPid);
       for (const m of c.modules) job(c, carolEnv, m, v);
       await new Promise((res) => setTimeout(res, 100));
-      if (r >= 0) add(`miss, ${mode.name}`, cpuMs(carolPid) - c0, c.modules.length, t0, threadCpu(carolPid));
+      if (r >= 0) add(`miss, ${mode.name}`, processCpuMs(carolPid) - c0, c.modules.length, t0, threadCpu(carolPid));
     }
   }
   const s = bob.stats();
