@@ -17,7 +17,7 @@ import type { DenyList } from './denyList.js';
 import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
-import { type CompilerRun, type RunOptions, runCompiler } from './runCompiler.js';
+import { type CompilerRun, type RequesterStored, type RunOptions, runCompiler } from './runCompiler.js';
 import { Semaphore } from './semaphore.js';
 import { TeamPrefetch } from './teamPrefetch.js';
 
@@ -54,7 +54,7 @@ export interface JobContext {
    * and serves itself from it ('H', docs/protocol.md). Resolves with what it stored, or null when
    * it did not (it then runs the compiler itself). Either way the job is the requester's.
    */
-  serveOnClient?: (memo: Buffer, files: readonly Buffer[]) => Promise<{ memoWritten: boolean; outputs: { digest: string; size: number }[] } | null>;
+  serveOnClient?: (memo: Buffer, files: readonly Buffer[]) => Promise<RequesterStored | null>;
   /**
    * Called at most once, as soon as nothing more is needed from the requester's files: after a
    * compile on the client, once its outputs' bytes are in memory. The requester may exit then (its
@@ -736,7 +736,7 @@ export class JobPipeline {
    * removed with the key from here on, and its request is remembered for the hits it serves.
    * False when the requester wrote none.
    */
-  private takeClientMemo(k: Keyed, req: JobRequest, stored: { memoWritten: boolean }, savedMs: number): boolean {
+  private takeClientMemo(k: Keyed, req: JobRequest, stored: Pick<RequesterStored, 'memoWritten'>, savedMs: number): boolean {
     if (!stored.memoWritten) return false;
     const sink = this.o.memo!;
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
@@ -747,7 +747,7 @@ export class JobPipeline {
   }
 
   /** The memo the requester reported writing for an entry that was not stored: it must not stay. */
-  private async dropClientMemo(req: JobRequest, stored: { memoWritten: boolean } | null): Promise<void> {
+  private async dropClientMemo(req: JobRequest, stored: Pick<RequesterStored, 'memoWritten'> | null): Promise<void> {
     if (stored?.memoWritten) await this.o.memo!.remove(lookupDigest(req.compiler, req.cwd, req.args)).catch(() => {});
   }
 

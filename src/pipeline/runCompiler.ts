@@ -11,9 +11,18 @@ export interface CompilerRun {
   stdout: Buffer;
   stderr: Buffer;
   ms: number;
-  /** A clean run whose outputs the requester stored as blobs itself ('E', docs/protocol.md),
-   * in the order of the memo it was sent; stdout and stderr were empty. */
-  stored?: { outputs: { digest: string; size: number }[]; memoWritten: boolean };
+  /** A clean run whose outputs the requester stored as blobs itself; stdout and stderr were empty. */
+  stored?: RequesterStored;
+}
+
+/**
+ * What a requester reports having stored ('E', docs/protocol.md): each output's blob, in the
+ * order of the memo it was sent, and whether it wrote that memo. The session maps the wire's
+ * `Stored` onto it: the pipeline knows no transport.
+ */
+export interface RequesterStored {
+  outputs: { digest: string; size: number }[];
+  memoWritten: boolean;
 }
 
 export interface RunOptions {
