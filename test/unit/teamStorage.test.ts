@@ -15,6 +15,7 @@ import { DirStorage } from '../../src/remote/storage/dirStorage.js';
 import { parseRedisUrl, redact } from '../../src/remote/storage/redisStorage.js';
 import { Counters } from '../../src/stats/counters.js';
 import { formatPrometheus } from '../../src/stats/prometheus.js';
+import { LocalStore } from '../../src/store/localStore.js';
 import type { EntryRecord } from '../../src/store/record.js';
 
 describe('storage URLs', () => {
@@ -165,6 +166,55 @@ describe('team memos in a --dir storage', () => {
       assert.equal((await s.putMemo(a, l3, a1)).kind, 'stored');
       assert.deepEqual(await s.scopeMemos(a, 100), { kind: 'memos', memos: [a1] });
       assert.deepEqual(errors, []);
+    } finally {
+      await s.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+  test('memos beyond their budget (1/8 of --max-size, at least 4 MiB): the least recently used scopes go whole; the accounting survives a restart and counts memos kept before it', async () => {
+    await initHash();
+    const dir = mkdtempSync(join(tmpdir(), 'ltocache-team-memo-budget-'));
+    const MiB = 1 << 20;
+    const memo = (n: number) => Buffer.alloc(MiB, n);
+    const [a, b, c, d, old] = ['a', 'b', 'c', 'd', 'old'].map(digest) as [string, string, string, string, string];
+    const count = async (st: DirStorage, scope: string) => ((await st.scopeMemos(scope, 100)) as { memos: Buffer[] }).memos.length;
+    const tick = () => new Promise((r) => setTimeout(r, 5));
+    // A memo kept by a server from before scopes were accounted.
+    const raw = await LocalStore.open({ dir, maxBytes: 1 << 20 });
+    await raw.sublevel<Buffer>('team-memos').put(`${old}${digest('old-1')}`, memo(9), { valueEncoding: 'buffer' });
+    await raw.close();
+    let s = await DirStorage.open(dir, 1 << 20, () => {});
+    try {
+      assert.equal(s.memoBudget, 4 * MiB);
+      // Reading a scope's memos counts as using it: only empty scopes are read until the end of a phase.
+      await tick();
+      for (const [scope, n] of [
+        [a, 1],
+        [a, 2],
+        [b, 3],
+        [c, 4],
+      ] as const) {
+        assert.equal((await s.putMemo(scope, digest(`${scope}-${n}`), memo(n))).kind, 'stored');
+        await tick();
+      }
+      assert.equal(await count(s, old), 0, '5 MiB: the oldest scope went first');
+      await s.scopeMemos(a, 100);
+      await tick();
+      assert.equal((await s.putMemo(d, digest('d-1'), memo(5))).kind, 'stored');
+      assert.equal(await count(s, b), 0, 'then b: a was read since it was written');
+      assert.equal(await count(s, a), 2);
+      await s.close();
+      s = await DirStorage.open(dir, 1 << 20, () => {});
+      await tick();
+      assert.equal((await s.putMemo(d, digest('d-2'), memo(6))).kind, 'stored');
+      assert.equal(await count(s, c), 0, 'after a restart, c: used before a and d');
+      assert.equal(await count(s, a), 2);
+      assert.equal(await count(s, d), 2);
+      // Replacing a memo counts its new size only: nothing goes.
+      assert.equal((await s.putMemo(d, digest('d-2'), memo(7))).kind, 'stored');
+      assert.equal(await count(s, a), 2);
+      assert.equal(await count(s, d), 2);
+      assert.equal((await s.putMemo(a, digest('huge'), Buffer.alloc(5 * MiB))).kind, 'error', 'a memo larger than the budget');
     } finally {
       await s.close();
       rmSync(dir, { recursive: true, force: true });
