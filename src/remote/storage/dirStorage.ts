@@ -23,6 +23,11 @@ interface ScopeUse {
   bytes: number;
 }
 
+/** A parsed number that is a count, or 0 (NaN, negative, infinite). */
+function countOrZero(n: number | undefined): number {
+  return n !== undefined && Number.isFinite(n) && n > 0 ? n : 0;
+}
+
 function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
@@ -64,7 +69,7 @@ export class DirStorage implements ServerStorage {
   private async loadScopes(): Promise<void> {
     for await (const [scope, text] of this.scopes.iterator(TEXT)) {
       const [at, bytes] = String(text).split(' ').map(Number);
-      const u = { at: at! >= 0 ? at! : 0, bytes: bytes! >= 0 ? bytes! : 0 };
+      const u = { at: countOrZero(at), bytes: countOrZero(bytes) };
       this.scopeUse.set(scope, u);
       this.memoBytes += u.bytes;
     }
