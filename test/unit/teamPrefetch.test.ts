@@ -29,7 +29,7 @@ const COMPILER = process.execPath;
  * fetched ahead only once a claimed memo's entry came from the team cache and only for memos
  * that hold here.
  */
-function setup(isLocal?: (key: string) => Promise<boolean>) {
+function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Promise<void>) {
   const cwd = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
   dirs.push(cwd);
   const input = (m: string) => join(cwd, `${m}.o`);
@@ -54,7 +54,10 @@ function setup(isLocal?: (key: string) => Promise<boolean>) {
   let removed = 0;
   const p = new TeamPrefetch({
     pack: {
-      write: async (pieces, keys) => void packs.push({ pieces, keys }),
+      write: async (pieces, keys) => {
+        await packWrite?.();
+        packs.push({ pieces, keys });
+      },
       remove: async () => void removed++,
       adopt: async (e) => void adopted.push(e),
     },
@@ -192,6 +195,23 @@ test('the first claim whose entry is not here starts fetching ahead at once, its
   assert.ok(await local.p.claim(local.req('a')));
   assert.deepEqual(local.gets, [], 'an entry already here: nothing fetched ahead');
   local.p.forget();
+});
+
+test('a pack that cannot be written (a full disk): the jobs are still handed the entries fetched ahead', async () => {
+  const t = setup(undefined, async () => {
+    throw new Error('ENOSPC: no space left on device');
+  });
+  t.setList([t.memo('a'), t.memo('c')]);
+  assert.ok(await t.p.claim(t.req('a')));
+  t.p.fromTeam(t.req('a'));
+  const c = await t.p.claim(t.req('c'));
+  assert.equal((await c?.entry)?.kind, 'hit', "c's entry, fetched ahead");
+  assert.deepEqual(t.gets, [t.key('c')], 'fetched once');
+  assert.equal(t.packs.length, 0);
+  assert.equal(t.counters.get('team_pack_entries'), 0);
+  await new Promise((r) => setTimeout(r, 250));
+  assert.equal(t.adopted.length, 0, 'nothing to adopt');
+  t.p.forget();
 });
 
 test('a cleared store drops the pack unadopted', async () => {
