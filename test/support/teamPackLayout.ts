@@ -31,3 +31,16 @@ export function packLayout(b: Buffer) {
     blobOffset: (digest: string) => Number(b.readBigUInt64LE(blobEntry(digest) + 32)),
   };
 }
+
+/** Flips bits of the byte at `at`. */
+export function flipByte(b: Buffer, at: number, mask = 1): void {
+  b[at] = b[at]! ^ mask;
+}
+
+/** Swaps the first two entries of an index of `width`-byte entries at `at` (putting it out of order). */
+export function swapFirstEntries(b: Buffer, at: number, width: number): Buffer {
+  const first = Buffer.from(b.subarray(at, at + width));
+  b.copy(b, at, at + width, at + 2 * width);
+  first.copy(b, at + width);
+  return b;
+}

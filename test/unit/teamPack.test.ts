@@ -5,7 +5,7 @@ import { encodeMemo, type Memo, MemoError } from '../../src/memo/memoFormat.js';
 import { decodeTeamPack, encodeTeamPack, type PackBlob, type PackMemo, TEAM_PACK_MAGIC, teamPackPath } from '../../src/memo/teamPack.js';
 import { TEAM_PACK_MAX_BLOBS, TEAM_PACK_MAX_MEMOS } from '../../src/protocol/limits.js';
 import { retrail } from '../support/memoClient.js';
-import { BLOB_ENTRY, HEADER, MEMO_ENTRY, packLayout } from '../support/teamPackLayout.js';
+import { BLOB_ENTRY, flipByte, HEADER, MEMO_ENTRY, packLayout, swapFirstEntries } from '../support/teamPackLayout.js';
 
 await initHash();
 
@@ -93,25 +93,8 @@ const edits: [string, (b: Buffer) => Buffer][] = [
       return b;
     },
   ],
-  [
-    'memo index out of order',
-    (b) => {
-      const first = Buffer.from(b.subarray(HEADER, HEADER + MEMO_ENTRY));
-      b.copy(b, HEADER, HEADER + MEMO_ENTRY, HEADER + 2 * MEMO_ENTRY);
-      first.copy(b, HEADER + MEMO_ENTRY);
-      return b;
-    },
-  ],
-  [
-    'blob index out of order',
-    (b) => {
-      const at = layout(b).blobIndex;
-      const first = Buffer.from(b.subarray(at, at + BLOB_ENTRY));
-      b.copy(b, at, at + BLOB_ENTRY, at + 2 * BLOB_ENTRY);
-      first.copy(b, at + BLOB_ENTRY);
-      return b;
-    },
-  ],
+  ['memo index out of order', (b) => swapFirstEntries(b, HEADER, MEMO_ENTRY)],
+  ['blob index out of order', (b) => swapFirstEntries(b, layout(b).blobIndex, BLOB_ENTRY)],
   [
     'memo offset inside the indexes',
     (b) => {
@@ -159,7 +142,7 @@ const edits: [string, (b: Buffer) => Buffer][] = [
     'corrupt memo',
     (b) => {
       const at = layout(b).firstRecord + 32 + 20;
-      b[at] = b[at]! ^ 1;
+      flipByte(b, at);
       return b;
     },
   ],
