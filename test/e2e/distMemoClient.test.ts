@@ -11,23 +11,14 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { after, before, test } from 'node:test';
-import { hashBytes, initHash } from '../../src/key/hash.js';
+import { test } from 'node:test';
+import { hashBytes } from '../../src/key/hash.js';
 import { type DistMemo, distLookupDigest, distToken, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
-import { CLIENT, tempDir } from '../support/env.js';
-import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, notOursFallbackTests, retrailed, runClient, writeBlob } from '../support/memoClient.js';
+import { CLIENT } from '../support/env.js';
+import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, notOursFallbackTests, retrailed, runClient, scenarioRoots, writeBlob } from '../support/memoClient.js';
 
-let tmp: string;
-
-before(async () => {
-  await initHash();
-  tmp = fs.realpathSync(tempDir('dist-memo-client'));
-});
-
-after(() => {
-  fs.rmSync(tmp, { recursive: true, force: true });
-});
+const roots = scenarioRoots('dist-memo-client');
 
 /** Writes `memo` where the client looks for the distribution file `fileArg` (relative to work). */
 function writeMemoFor(cache: string, work: string, fileArg: string, memo: Buffer): string {
@@ -53,11 +44,9 @@ function distText(token: string): string {
 }
 
 const T = '\x01';
-let seq = 0;
-
 /** A work dir with a distribution file of token 12345, token-named inputs, blobs and a memo of two jobs that passes. */
 function scenario() {
-  const root = path.join(tmp, `s${++seq}`);
+  const root = roots.next();
   const work = path.join(root, 'work');
   const cache = path.join(root, 'cache');
   fs.mkdirSync(work, { recursive: true });

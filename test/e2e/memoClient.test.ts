@@ -10,28 +10,17 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { after, before, test } from 'node:test';
-import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
+import { test } from 'node:test';
+import { hashBytes, hashFile } from '../../src/key/hash.js';
 import { encodeMemo, lookupDigest, MEMO_MAX_CHECKS, MEMO_MAX_OUTPUTS, type Memo, type MemoCheck, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
-import { CLIENT, tempDir } from '../support/env.js';
-import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, notOursFallbackTests, retrailed, runClient, writeBlob } from '../support/memoClient.js';
+import { CLIENT } from '../support/env.js';
+import { baseEnv, blobPath, HOSTILE_MEMO_BYTES, notOursFallbackTests, retrailed, runClient, scenarioRoots, writeBlob } from '../support/memoClient.js';
 
-let tmp: string;
-
-before(async () => {
-  await initHash();
-  tmp = fs.realpathSync(tempDir('memo-client'));
-});
-
-after(() => {
-  fs.rmSync(tmp, { recursive: true, force: true });
-});
-
-let seq = 0;
+const roots = scenarioRoots('memo-client');
 
 /** A work dir with inputs of every check kind, a fake compiler, blobs and a memo that passes. */
 function scenario(opts: { checks?: boolean } = {}) {
-  const root = path.join(tmp, `s${++seq}`);
+  const root = roots.next();
   const work = path.join(root, 'work');
   const cache = path.join(root, 'cache');
   fs.mkdirSync(work, { recursive: true });
@@ -129,7 +118,7 @@ function assertFellBack(s: Scenario, r: ReturnType<Scenario['run']>, what: strin
 }
 
 test('C and TypeScript agree on content digests (LTOCACHE_PRINT_DIGEST)', async () => {
-  const dir = path.join(tmp, 'digests');
+  const dir = path.join(roots.dir(), 'digests');
   fs.mkdirSync(dir);
   const cases: [string, Buffer][] = [
     ['empty', Buffer.alloc(0)],

@@ -9,28 +9,16 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { after, before, test } from 'node:test';
-import { hashBytes, initHash } from '../../src/key/hash.js';
+import { test } from 'node:test';
+import { hashBytes } from '../../src/key/hash.js';
 import { encodeMemo, lookupDigest, type Memo, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { encodeTeamPack, type PackBlob, type PackMemo, teamPackPath } from '../../src/memo/teamPack.js';
-import { tempDir } from '../support/env.js';
-import { baseEnv, blobPath, runClient, writeBlob } from '../support/memoClient.js';
-import { HEADER, MEMO_ENTRY, packLayout } from '../support/teamPackLayout.js';
+import { baseEnv, blobPath, runClient, scenarioRoots, writeBlob } from '../support/memoClient.js';
+import { flipByte, HEADER, MEMO_ENTRY, packLayout } from '../support/teamPackLayout.js';
 
 const IS_ROOT = process.getuid!() === 0;
 
-let tmp: string;
-
-before(async () => {
-  await initHash();
-  tmp = fs.realpathSync(tempDir('pack-client'));
-});
-
-after(() => {
-  fs.rmSync(tmp, { recursive: true, force: true });
-});
-
-let seq = 0;
+const roots = scenarioRoots('pack-client');
 
 /** Unrelated memos and blobs around the job's, so that lookups search real indexes; the lowest
  *  and highest lookups are theirs. */
@@ -56,7 +44,7 @@ function neighbours(): { memos: PackMemo[]; blobs: PackBlob[] } {
 /** A work dir with checked inputs, a fake compiler, and a pack holding the job's memo and blobs
  *  (none of them in the store, no memo file). */
 function scenario() {
-  const root = path.join(tmp, `s${++seq}`);
+  const root = roots.next();
   const work = path.join(root, 'work');
   const cache = path.join(root, 'cache');
   fs.mkdirSync(work, { recursive: true });
@@ -177,7 +165,7 @@ test("a blob in the store is used before the pack's copy, the pack's copy otherw
   s.writePack(
     edited(s, (b) => {
       const at = layout(s).blobOffset(0) + 100;
-      b[at] = b[at]! ^ 0xff;
+      flipByte(b, at, 0xff);
     }),
   );
   writeBlob(s.cache, s.outputs[0]!.content);
@@ -304,26 +292,8 @@ const fallbacks: [string, (s: Scenario) => void][] = [
         }),
       ),
   ],
-  [
-    'memo in the pack corrupt',
-    (s) =>
-      s.writePack(
-        edited(s, (b) => {
-          const at = layout(s).record + 32 + 60;
-          b[at] = b[at]! ^ 1;
-        }),
-      ),
-  ],
-  [
-    'blob bytes flipped in the pack',
-    (s) =>
-      s.writePack(
-        edited(s, (b) => {
-          const at = layout(s).blobOffset(0) + 199_000;
-          b[at] = b[at]! ^ 0x10;
-        }),
-      ),
-  ],
+  ['memo in the pack corrupt', (s) => s.writePack(edited(s, (b) => flipByte(b, layout(s).record + 32 + 60)))],
+  ['blob bytes flipped in the pack', (s) => s.writePack(edited(s, (b) => flipByte(b, layout(s).blobOffset(0) + 199_000, 0x10)))],
   [
     "blob size in the index differs from the memo's",
     (s) =>

@@ -6,9 +6,24 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { test } from 'node:test';
-import { hashBytes } from '../../src/key/hash.js';
-import { CLIENT } from './env.js';
+import { after, before, test } from 'node:test';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { CLIENT, tempDir } from './env.js';
+
+/**
+ * A temp directory for a test file's scenarios, made (with the hash initialised) before its
+ * tests and removed after them: `next()` names a fresh subdirectory of it.
+ */
+export function scenarioRoots(prefix: string): { next(): string; dir(): string } {
+  let root = '';
+  let seq = 0;
+  before(async () => {
+    await initHash();
+    root = fs.realpathSync(tempDir(prefix));
+  });
+  after(() => fs.rmSync(root, { recursive: true, force: true }));
+  return { next: () => path.join(root, `s${++seq}`), dir: () => root };
+}
 
 /** The client's environment: this cache, and a daemon that cannot start (the fallback is visible). */
 export function baseEnv(cache: string): NodeJS.ProcessEnv {
