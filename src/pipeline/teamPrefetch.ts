@@ -96,10 +96,11 @@ interface ScopeState {
  * files) and, if every check holds, gives the job's key and checks without keying it here.
  *
  * Once the first claimed memo's entry is not in the local store (or a claimed memo's entry came
- * from the team cache), the entries of the scope's other memos that hold here are fetched ahead and written, with their memos, into one team pack file the
- * native client serves from (docs/team-cache.md "Team packs"); jobs of the scope that reach the
- * daemon meanwhile wait for it. When the build is over the pack's entries are adopted: written
- * into the local store with memo files of their own, and the pack removed.
+ * from the team cache), the entries of the scope's other memos that hold here are fetched ahead
+ * and written, with their memos, into one team pack file the native client serves from
+ * (docs/team-cache.md "Team memos", steps 4 and 5); jobs of the scope that reach the daemon
+ * meanwhile wait for them. When the build is over the pack's entries are adopted: written into
+ * the local store with memo files of their own, and the pack removed.
  */
 export class TeamPrefetch {
   private readonly scopes = new Map<Digest, ScopeState>();

@@ -43,7 +43,7 @@ export const Counter = {
   team_memos_unusable: 'team_memos_unusable',
   /** Team memos fetched that were not valid team memos. */
   team_memos_rejected: 'team_memos_rejected',
-  /** Entries written into a team pack (docs/team-cache.md "Team packs"): fetched ahead with their memos in one file. */
+  /** Entries written into a team pack (docs/team-cache.md "Team memos", step 4): fetched ahead with their memos in one file. */
   team_pack_entries: 'team_pack_entries',
   /** Hits the native client served from a team pack without the daemon (also in `hits` and `memo_hits`). */
   team_pack_hits: 'team_pack_hits',
