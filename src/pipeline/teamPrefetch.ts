@@ -17,8 +17,10 @@ const LIST_WAIT_MS = 1000;
 const AHEAD_PARALLEL = 32;
 /** Bytes of entries one fetch ahead takes at most (held in memory until the pack is adopted). */
 export const AHEAD_BYTES = 64 << 20;
-/** How long a job of a scope whose entries are being fetched ahead waits for them. */
-const AHEAD_WAIT_MS = 10_000;
+/** For this long after fetching ahead began, a job of the scope whose entry it has not reached
+ * yet waits for it; later ones fetch their own (a build that needs few of a scope's entries is not
+ * held up by a long batch). */
+export const AHEAD_WAIT_MS = 2000;
 /** This long after a job last asked, the build is taken as over: the scopes' memo lists (up to a
  * bundle's 64 MiB each) are let go; the next job fetches again. */
 const IDLE_MS = 30_000;
@@ -67,6 +69,8 @@ export interface PrefetchDeps {
   };
   /** Quiet time before the pack is adopted (default ADOPT_IDLE_MS). */
   adoptAfterMs?: number;
+  /** How long jobs wait for fetching ahead (default AHEAD_WAIT_MS). */
+  aheadWaitMs?: number;
   files: LocalFiles;
   counters: Counters;
   log: { warn(m: string, f?: Record<string, unknown>): void; info(m: string, f?: Record<string, unknown>): void };
@@ -85,6 +89,8 @@ interface ScopeState {
   probed?: boolean;
   /** Fetching the scope's entries ahead: begun, and ended (pack written) when settled. */
   ahead?: Promise<void>;
+  /** Until when (ms) jobs wait for fetching ahead rather than fetch their own entry. */
+  waitUntil?: number;
   /** The scope's team memos by lookup, each taken out by the first job that claims it. */
   items: Promise<Map<Digest, Item>>;
 }
@@ -135,8 +141,9 @@ export class TeamPrefetch {
       if (key && !(await this.d.isLocal(key).catch(() => true))) this.startAhead(scope, s);
     }
     // Its entry is likely on its way with the rest: one wait here instead of a fetch of its own.
-    if (s.ahead && !item.entry) {
-      await settled(s.ahead, AHEAD_WAIT_MS);
+    const patience = (s.waitUntil ?? 0) - Date.now();
+    if (s.ahead && !item.entry && patience > 0) {
+      await settled(s.ahead, patience);
       item = items.get(lookup);
       if (!item) return null;
     }
@@ -159,6 +166,7 @@ export class TeamPrefetch {
 
   private startAhead(scope: Digest, s: ScopeState): void {
     if (s.ahead) return;
+    s.waitUntil = Date.now() + (this.d.aheadWaitMs ?? AHEAD_WAIT_MS);
     s.ahead = s.items
       .then((items) => this.fetchAhead([...items], () => this.scopes.get(scope) === s))
       .catch((e: unknown) => this.d.log.warn('cannot fetch team entries ahead', { error: String(e) }));

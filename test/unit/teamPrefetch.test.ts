@@ -214,6 +214,38 @@ test('a pack that cannot be written (a full disk): the jobs are still handed the
   t.p.forget();
 });
 
+test('jobs wait for fetching ahead only for a while: past it they fetch their own entry', async () => {
+  const t = setup();
+  const names = Array.from({ length: 40 }, (_, i) => `m${i}`);
+  for (const m of names) fs.writeFileSync(join(t.cwd, `${m}.o`), `bitcode of ${m}`);
+  const slowGets: string[] = [];
+  const p = new TeamPrefetch({
+    scopeMemos: async () => names.map((m) => t.memo(m)),
+    // Slow enough that the last memos' entries are not begun within the jobs' patience.
+    getEntry: async (k): Promise<TieredLookup> => {
+      slowGets.push(k);
+      await new Promise((r) => setTimeout(r, 400));
+      return { kind: 'miss' };
+    },
+    isLocal: async () => false,
+    aheadWaitMs: 150,
+    files: new FileDigests(),
+    counters: new Counters(),
+    log: silent,
+  });
+  const t0 = performance.now();
+  const first = await p.claim(t.req('m0'));
+  assert.ok(first?.entry, 'the first job is handed the entry fetched ahead with the rest');
+  const last = await p.claim(t.req('m39'));
+  const ms = performance.now() - t0;
+  assert.ok(last && !last.entry, 'not reached by the batch in time: the job fetches its own');
+  assert.ok(ms < 380, `the jobs waited ${ms.toFixed(0)} ms in all, not for the whole batch`);
+  await new Promise((r) => setTimeout(r, 900));
+  assert.ok(slowGets.includes(t.key('m38')), 'the batch went on past the first 32');
+  assert.ok(!slowGets.includes(t.key('m39')), 'the batch does not fetch an entry claimed meanwhile');
+  p.forget();
+});
+
 test('a cleared store drops the pack unadopted', async () => {
   const t = setup();
   t.setList([t.memo('a'), t.memo('c')]);
