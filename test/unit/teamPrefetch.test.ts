@@ -239,7 +239,7 @@ test('jobs wait for fetching ahead only for a while: past it they fetch their ow
   const last = await p.claim(t.req('m39'));
   const ms = performance.now() - t0;
   assert.ok(last && !last.entry, 'not reached by the batch in time: the job fetches its own');
-  assert.ok(ms < 380, `the jobs waited ${ms.toFixed(0)} ms in all, not for the whole batch`);
+  assert.ok(ms < 700, `the jobs waited ${ms.toFixed(0)} ms in all, not for the whole batch (two rounds of 400 ms)`);
   await new Promise((r) => setTimeout(r, 900));
   assert.ok(slowGets.includes(t.key('m38')), 'the batch went on past the first 32');
   assert.ok(!slowGets.includes(t.key('m39')), 'the batch does not fetch an entry claimed meanwhile');
