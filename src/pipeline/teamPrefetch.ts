@@ -110,8 +110,8 @@ interface ScopeState {
  */
 export class TeamPrefetch {
   private readonly scopes = new Map<Digest, ScopeState>();
-  /** The entries of the pack written last, until adopted or dropped. */
-  private packed: PackedEntry[] = [];
+  /** The entries of the pack written last by lookup (each fast-path hit of the pack asks for its memo), until adopted or dropped. */
+  private packed = new Map<Digest, PackedEntry>();
   private adopting: Promise<void> = Promise.resolve();
   private idleTimer: NodeJS.Timeout | null = null;
   private adoptTimer: NodeJS.Timeout | null = null;
@@ -193,7 +193,7 @@ export class TeamPrefetch {
 
   /** The memo of `lookup` in the pack, while its entries are held. */
   packedMemo(lookup: Digest): Memo | undefined {
-    return this.packed.find((p) => p.lookup === lookup)?.memo;
+    return this.packed.get(lookup)?.memo;
   }
 
   /** Resolves when the pack's adoption, if one is under way, has ended. */
@@ -205,8 +205,8 @@ export class TeamPrefetch {
   dropPack(): void {
     if (this.adoptTimer) clearTimeout(this.adoptTimer);
     this.adoptTimer = null;
-    if (!this.packed.length) return;
-    this.packed = [];
+    if (!this.packed.size) return;
+    this.packed = new Map();
     void this.d.pack?.remove().catch(() => {});
   }
 
@@ -273,7 +273,7 @@ export class TeamPrefetch {
       pieces,
       packed.map((p) => p.memo.key),
     );
-    this.packed = packed;
+    this.packed = new Map(packed.map((p) => [p.lookup, p]));
     this.d.counters.add(Counter.team_pack_entries, packed.length);
     this.d.log.info('team pack written', { entries: packed.length, bytes, ms: Math.round(performance.now() - t0) });
     this.adoptTimer = setTimeout(() => void this.adoptPack(), this.d.adoptAfterMs ?? ADOPT_IDLE_MS);
@@ -286,10 +286,10 @@ export class TeamPrefetch {
       if (this.adoptTimer) clearTimeout(this.adoptTimer);
       this.adoptTimer = null;
       const list = this.packed;
-      if (!list.length || !this.d.pack) return;
+      if (!list.size || !this.d.pack) return;
       const t0 = performance.now();
       let n = 0;
-      for (const p of list) {
+      for (const p of list.values()) {
         // Dropped meanwhile (cleared, a key denied): nothing more goes into the store from it.
         if (this.packed !== list) return;
         try {
@@ -300,7 +300,7 @@ export class TeamPrefetch {
         }
       }
       if (this.packed !== list) return;
-      this.packed = [];
+      this.packed = new Map();
       await this.d.pack.remove().catch(() => {});
       this.d.counters.add(Counter.team_pack_adopted, n);
       this.d.log.info('team pack adopted', { entries: n, ms: Math.round(performance.now() - t0) });
