@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
@@ -11,7 +11,6 @@ import { initHash } from '../key/hash.js';
 import { keyedPart } from '../key/manifest.js';
 import { decodeMemo, memoPath } from '../memo/memoFormat.js';
 import { MemoStore } from '../memo/memoStore.js';
-import { teamPackPath } from '../memo/teamPack.js';
 import { DenyList, type DenyRecord } from '../pipeline/denyList.js';
 import type { JobRequest } from '../pipeline/jobPipeline.js';
 import { type JobOutcome, JobPipeline } from '../pipeline/jobPipeline.js';
@@ -107,8 +106,7 @@ export class Daemon {
     const verifyShare = config.verify === 'off' ? 0 : config.verify === 'all' ? 1 : Number(config.verify.slice('sample:'.length));
     this.memos = verifyShare > 0 ? null : new MemoStore(config.dir, (d) => store.blobPath(d));
     const memos = this.memos;
-    // A team pack left by an earlier daemon holds memos of keys this one cannot remove by key.
-    if (memos) rmSync(teamPackPath(config.dir), { force: true });
+    memos?.removeStalePack();
     this.files.load(join(config.dir, DIGESTS_FILE));
     this.pipeline = new JobPipeline({
       files: this.files,

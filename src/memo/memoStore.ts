@@ -106,6 +106,11 @@ export class MemoStore {
     }
   }
 
+  /** Removes a pack left by an earlier process, which holds memos of keys this one cannot remove by key. */
+  removeStalePack(): void {
+    rmSync(teamPackPath(this.cacheDir), { force: true });
+  }
+
   async removePack(): Promise<void> {
     this.packKeys.clear();
     await unlink(teamPackPath(this.cacheDir)).catch((e: NodeJS.ErrnoException) => {

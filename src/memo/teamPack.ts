@@ -6,7 +6,7 @@ import { decodeMemo, MemoError, memoDir, Reader, Writer } from './memoFormat.js'
 /**
  * The team pack (cache-schema/teampack.v1.md): many memos and their blobs in one file, so that a
  * machine's first build from the team cache creates one file instead of two per job. Encoded
- * here, read by client/pack.c; decodeTeamPack exists for tests and `verify`.
+ * here, read by client/pack.c; decodeTeamPack reads one whole, for tests.
  */
 
 export const TEAM_PACK_MAGIC = Buffer.from('LTOPACK\x01', 'latin1');
