@@ -241,9 +241,9 @@ export class JobPipeline {
     return this.prefetch?.packedMemo(lookup);
   }
 
-  /** Resolves when the team pack's adoption, if one is under way, has ended. */
-  packAdopted(): Promise<void> {
-    return this.prefetch?.adopted() ?? Promise.resolve();
+  /** Adopts the team pack now, if one is held (the daemon stops), within `ms`; see TeamPrefetch.adoptNow. */
+  adoptPackNow(ms: number): Promise<void> {
+    return this.prefetch?.adoptNow(ms) ?? Promise.resolve();
   }
 
   /** Forgets the entries held in memory (the store was cleared). */

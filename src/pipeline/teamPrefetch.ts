@@ -201,6 +201,23 @@ export class TeamPrefetch {
     return this.adopting;
   }
 
+  /**
+   * The daemon stops: the pack's entries are adopted now rather than after the quiet time (a CI
+   * job that stops the daemon right after its build keeps them in the cache directory it saves).
+   * Past `ms` the rest is dropped with the file, and the entries stay in the team cache.
+   */
+  async adoptNow(ms: number): Promise<void> {
+    if (!this.packed.size) return this.adopting;
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([this.adoptPack().then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), ms)))]);
+    clearTimeout(timer);
+    if (late) {
+      this.d.log.warn('daemon stopping: team pack not fully adopted in time; the rest is dropped', { ms });
+      this.dropPack();
+      await this.adopting;
+    }
+  }
+
   /** Lets go of the pack's entries, unadopted; the file goes with them. */
   dropPack(): void {
     if (this.adoptTimer) clearTimeout(this.adoptTimer);

@@ -90,6 +90,28 @@ describe('team prefetch', () => {
     assertMatchesDirect(b);
   });
 
+  test('a daemon stopped right after the build adopts the team pack first: the entries are in its store, the rebuild needs no daemon', async () => {
+    const n = b.modules.length;
+    b.thinLink();
+    const m = machine('stopped-early');
+    buildAll(b, m);
+    // Within the quiet time before adoption (2 s): the pack is still there when the daemon stops.
+    assert.ok(existsSync(join(m.dir, 'memo', 'team.pack')), 'the pack is written and not adopted yet');
+    m.stop();
+    assert.ok(!existsSync(join(m.dir, 'memo', 'team.pack')), 'the pack is gone');
+    m.start();
+    const s = m.stats();
+    assert.ok(s.team_pack_entries >= n - 2, JSON.stringify(s));
+    assert.equal(s.team_pack_adopted, s.team_pack_entries, `adopted at stop: ${JSON.stringify(s)}`);
+    assert.equal(s.entries, n, 'every entry is in the local store');
+    b.thinLink();
+    buildAll(b, m);
+    const s2 = m.stats();
+    assert.equal(s2.memo_hits - s.memo_hits, n, `served from memo files alone: ${JSON.stringify(s2)}`);
+    assert.equal(s2.misses, 0);
+    assertMatchesDirect(b);
+  });
+
   test('an input that differs here: its memo is not used, the job compiles, every object equals direct clang', async () => {
     const n = b.modules.length;
     const edited = 'mathx';

@@ -29,7 +29,7 @@ const COMPILER = process.execPath;
  * fetched ahead only once a claimed memo's entry came from the team cache and only for memos
  * that hold here.
  */
-function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Promise<void>) {
+function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Promise<void>, adoptHook?: () => Promise<void>) {
   const cwd = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
   dirs.push(cwd);
   const input = (m: string) => join(cwd, `${m}.o`);
@@ -59,7 +59,10 @@ function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Pr
         packs.push({ pieces, keys });
       },
       remove: async () => void removed++,
-      adopt: async (e) => void adopted.push(e),
+      adopt: async (e) => {
+        await adoptHook?.();
+        adopted.push(e);
+      },
     },
     adoptAfterMs: 150,
     ...(isLocal ? { isLocal } : {}),
@@ -244,6 +247,44 @@ test('jobs wait for fetching ahead only for a while: past it they fetch their ow
   assert.ok(slowGets.includes(t.key('m38')), 'the batch went on past the first 32');
   assert.ok(!slowGets.includes(t.key('m39')), 'the batch does not fetch an entry claimed meanwhile');
   p.forget();
+});
+
+test('a stopping daemon adopts the pack at once; past its bound the rest is dropped with the file', async () => {
+  const t = setup();
+  t.setList([t.memo('a'), t.memo('c')]);
+  assert.ok(await t.p.claim(t.req('a')));
+  t.p.fromTeam(t.req('a'));
+  for (let i = 0; i < 100 && !t.packs.length; i++) await sleep(10);
+  assert.equal(t.packs.length, 1);
+  await t.p.adoptNow(5000);
+  assert.deepEqual(
+    t.adopted.map((e) => e.memo.key),
+    [t.key('c')],
+    'adopted without waiting for the quiet time',
+  );
+  assert.equal(t.removed(), 1, 'the pack removed once adopted');
+  await t.p.adoptNow(5000);
+  assert.equal(t.adopted.length, 1, 'nothing more to adopt');
+  t.p.forget();
+
+  // Each adoption takes 300 ms: past a 100 ms bound the pack is dropped, the store gets no more.
+  const slow = setup(undefined, undefined, () => sleep(300));
+  fs.writeFileSync(join(slow.cwd, 'd.o'), 'bitcode of d');
+  slow.setList([slow.memo('a'), slow.memo('c'), slow.memo('d')]);
+  assert.ok(await slow.p.claim(slow.req('a')));
+  slow.p.fromTeam(slow.req('a'));
+  for (let i = 0; i < 100 && !slow.packs.length; i++) await sleep(10);
+  assert.deepEqual([...slow.packs[0]!.keys].sort(), [slow.key('c'), slow.key('d')].sort());
+  const t0 = performance.now();
+  await slow.p.adoptNow(100);
+  const ms = performance.now() - t0;
+  assert.ok(ms < 500, `stopped after the entry being adopted (${ms.toFixed(0)} ms)`);
+  assert.equal(slow.adopted.length, 1, 'the entry under way finished; the other was not begun');
+  assert.equal(slow.removed(), 1, 'the pack file dropped');
+  assert.equal(slow.p.packedMemo(lookupDigest(COMPILER, slow.cwd, slow.req('d').args)), undefined);
+  await sleep(400);
+  assert.equal(slow.adopted.length, 1, 'no adoption afterwards');
+  slow.p.forget();
 });
 
 test('a cleared store drops the pack unadopted', async () => {
