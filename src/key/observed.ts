@@ -12,11 +12,19 @@ export class ObservingFiles implements DigestSource {
   private readonly seen = new Map<string, MemoCheck>();
   private readonly env = new Map<string, string | null>();
   private readonly byContent = new Set<string>();
+  private readonly results = new Map<string, FileDigest>();
 
   constructor(private readonly inner: DigestSource) {}
 
   async digest(absPath: string): Promise<FileDigest> {
-    const d = await this.inner.digest(absPath);
+    // One look per path and job: the key and the asm scan both ask for every imported module,
+    // and what the job's key and memo record is one observation of each file anyway.
+    let d = this.results.get(absPath);
+    if (!d) {
+      d = await this.inner.digest(absPath);
+      this.results.set(absPath, d);
+    }
+    // Recorded again on a repeat: the path may have been marked rewritten in between.
     if (d.kind === 'absent') this.seen.set(absPath, { kind: 'absent', path: absPath });
     else if (d.kind === 'not-regular') this.seen.set(absPath, { kind: 'notreg', path: absPath });
     else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat, digest: d.digest });

@@ -6,6 +6,7 @@ import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
+import { ObservingFiles } from '../../src/key/observed.js';
 
 await initHash();
 
@@ -209,3 +210,34 @@ test('a directory or a device → not-regular; a symlink to a file → its conte
 function pick(d: Awaited<ReturnType<FileDigests['digest']>>): unknown {
   return d.kind === 'file' ? { kind: d.kind, digest: d.digest, size: d.size } : d;
 }
+
+test("a job's observer asks the digest source once per path, and a path marked rewritten since is recorded by content", async () => {
+  const dir = tempDir();
+  const a = join(dir, 'a.o');
+  const b = join(dir, 'b.o');
+  writeOld(a, 'bitcode a');
+  writeOld(b, 'bitcode b');
+  const inner = new FileDigests(SHORT_WINDOW_NS);
+  await sleep(SETTLE_MS);
+  const asked: string[] = [];
+  const observe = new ObservingFiles({
+    digest: (p) => {
+      asked.push(p);
+      return inner.digest(p);
+    },
+  });
+  const first = await observe.digest(a);
+  // Changed behind the job's back: the job's key and memo keep the one observation it made.
+  fs.writeFileSync(a, 'bitcode A, edited');
+  assert.deepEqual(await observe.digest(a), first);
+  await observe.digest(b);
+  observe.rewritten(b);
+  await observe.digest(b);
+  assert.deepEqual(asked, [a, b], 'each path asked for once');
+  const checks = observe.checks();
+  assert.equal(checks.find((c) => 'path' in c && c.path === a)?.kind, 'stat');
+  assert.equal(checks.find((c) => 'path' in c && c.path === b)?.kind, 'content', 'marked rewritten after its first look');
+  // The memo's stat check of `a` is what the native client and checksHold test next: it fails now.
+  const statCheck = checks.find((c) => 'path' in c && c.path === a);
+  assert.ok(statCheck && statCheck.kind === 'stat' && statCheck.digest === hashBytes(Buffer.from('bitcode a')));
+});
