@@ -268,7 +268,9 @@ test('a stopping daemon adopts the pack at once; past its bound the rest is drop
   t.p.forget();
 
   // Each adoption takes 300 ms: past a 100 ms bound the pack is dropped, the store gets no more.
-  const slow = setup(undefined, undefined, () => sleep(300));
+  const slow = setup(undefined, undefined, async () => {
+    await sleep(300);
+  });
   fs.writeFileSync(join(slow.cwd, 'd.o'), 'bitcode of d');
   slow.setList([slow.memo('a'), slow.memo('c'), slow.memo('d')]);
   assert.ok(await slow.p.claim(slow.req('a')));
