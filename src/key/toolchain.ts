@@ -132,14 +132,16 @@ export class ToolchainIdentifier {
   }
 
   private async compute(compiler: string, real: string, env: Record<string, string>): Promise<Toolchain> {
-    const self = await this.files.digest(real);
-    if (self.kind !== 'file') throw new Error(`compiler ${real} is not a regular file`);
-    const libs: Toolchain['libs'] = [];
+    // All at once: a fresh daemon's first jobs wait for this, and the libraries (libLLVM alone is
+    // over 100 MB) are read through the thread pool while earlier ones are hashed.
+    const selfDigest = this.files.digest(real);
+    selfDigest.catch(() => {}); // awaited below; not left unhandled if listing the libraries fails first
     const target = await loaderTarget(real);
-    for (const path of await loadedLibraries(target.binary, env)) {
-      const d = await this.files.digest(path);
-      if (d.kind === 'file') libs.push({ path, digest: d.digest });
-    }
+    const paths = await loadedLibraries(target.binary, env);
+    const [self, ...digests] = await Promise.all([selfDigest, ...paths.map((path) => this.files.digest(path))]);
+    if (self!.kind !== 'file') throw new Error(`compiler ${real} is not a regular file`);
+    const libs: Toolchain['libs'] = [];
+    for (const [i, d] of digests.entries()) if (d.kind === 'file') libs.push({ path: paths[i]!, digest: d.digest });
     const configs: Toolchain['configs'] = [];
     for (const dir of configDirs(compiler, real)) {
       let names: string[] = [];
