@@ -35,17 +35,20 @@ function writeOld(path: string, data: string | Buffer): Date {
 test('the digest is hashFile of the content, with the size', async () => {
   const d = tempDir();
   const p = join(d, 'f.bin');
-  const data = Buffer.alloc(3 << 20);
+  // Three whole 1 MiB chunks and a partial one: hashFile reads the next chunk while hashing this one.
+  const data = Buffer.alloc((3 << 20) + 123);
   for (let i = 0; i < data.length; i++) data[i] = (i * 31) & 0xff;
   fs.writeFileSync(p, data);
   const fd = new FileDigests();
   const r = await fd.digest(p);
+  assert.deepEqual(await hashFile(p), { digest: hashBytes(data), size: data.length });
   assert.deepEqual(pick(r), { kind: 'file', digest: (await hashFile(p)).digest, size: data.length });
   assert.equal(r.kind === 'file' && r.digest, hashBytes(data));
   assert.match(r.kind === 'file' ? r.digest : '', /^[0-9a-f]{32}$/);
   // An empty file has a digest too.
   fs.writeFileSync(join(d, 'empty'), '');
   assert.deepEqual(pick(await fd.digest(join(d, 'empty'))), { kind: 'file', digest: hashBytes(''), size: 0 });
+  assert.deepEqual(await hashFile(join(d, 'empty')), { digest: hashBytes(''), size: 0 });
 });
 
 test('an old unchanged file is memoised: the second call is a memo hit', async () => {
