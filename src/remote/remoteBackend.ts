@@ -99,6 +99,13 @@ export class RemoteServer implements CacheBackend {
   private ready: Promise<{ scope: Scope; limits: Limits }> | null = null;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  /**
+   * Requests sent on this connection and not answered yet, timed-out ones included: the server
+   * counts each until it answers, and refuses one beyond its `maxStreams` (`too-many-streams`,
+   * which it also counts as a bad message). A request waits for a free stream instead.
+   */
+  private readonly streams = new Set<number>();
+  private readonly streamWaiters: { go: () => void }[] = [];
   private limits: Limits = DEFAULT_LIMITS;
   readonly breaker: CircuitBreaker;
   scope: Scope | null = null;
@@ -180,6 +187,45 @@ export class RemoteServer implements CacheBackend {
       this.pending.delete(id);
       p.resolve({ type: 'failed', failure, error: why });
     }
+    // A new connection starts with every stream free; the waiters find this one gone (and free
+    // the stream they were given).
+    this.streams.clear();
+    for (const w of this.streamWaiters.splice(0)) w.go();
+  }
+
+  /** The request `id` has its final answer: its stream is free for the next waiter. */
+  private answered(id: number): void {
+    if (this.streams.delete(id)) this.streamWaiters.shift()?.go();
+  }
+
+  /**
+   * Takes a stream for request `id` as soon as fewer than the server's maxStreams requests are in
+   * flight (taken at once, not after an await, so concurrent requests cannot all see the same free
+   * one); false at the deadline.
+   */
+  private takeStream(id: number, deadline: number): Promise<boolean> {
+    if (this.streams.size < this.limits.maxStreams && !this.streamWaiters.length) {
+      this.streams.add(id);
+      return Promise.resolve(true);
+    }
+    return new Promise((resolve) => {
+      const w = {
+        go: () => {
+          clearTimeout(timer);
+          this.streams.add(id);
+          resolve(true);
+        },
+      };
+      const timer = setTimeout(
+        () => {
+          const i = this.streamWaiters.indexOf(w);
+          if (i >= 0) this.streamWaiters.splice(i, 1);
+          resolve(false);
+        },
+        Math.max(1, deadline - Date.now()),
+      );
+      this.streamWaiters.push(w);
+    });
   }
 
   private onText(msg: ServerMessage): void {
@@ -187,6 +233,8 @@ export class RemoteServer implements CacheBackend {
       if (msg.type === 'error' && this.ws) this.drop(this.ws, `server: ${msg.message}`, 'server');
       return;
     }
+    // 'hit' and 'memos' are followed by their bundle; any other answer is the last one.
+    if (msg.type !== 'hit' && msg.type !== 'memos') this.answered(msg.id);
     const p = this.pending.get(msg.id);
     if (!p) return;
     if (msg.type === 'hit') {
@@ -210,6 +258,7 @@ export class RemoteServer implements CacheBackend {
     } catch {
       return;
     }
+    this.answered(id);
     const p = this.pending.get(id);
     if (!p?.hit && !p?.memos) return;
     this.pending.delete(id);
@@ -229,9 +278,13 @@ export class RemoteServer implements CacheBackend {
     } catch (e) {
       return { type: 'failed', failure: e instanceof ConnectError ? e.failure : 'unavailable', error: (e as Error).message };
     }
-    const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return { type: 'failed', failure: 'unavailable', error: 'not connected' };
     const id = this.nextId++ >>> 0;
+    if (!(await this.takeStream(id, deadline))) return { type: 'failed', failure: 'timeout', error: `no free stream on the connection within ${timeoutMs} ms` };
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      this.answered(id);
+      return { type: 'failed', failure: 'unavailable', error: 'not connected' };
+    }
     return new Promise((resolve) => {
       const timer = setTimeout(
         () => {
