@@ -20,8 +20,13 @@ const BundleBytes = z.number().int().nonnegative();
 export const ClientMessage = z.discriminatedUnion('type', [
   /** First message on a connection: the protocol version the client speaks. */
   z.object({ type: z.literal('hello'), protocol: z.number().int(), client: z.string().max(200) }),
-  /** Look an entry up; answered by `hit` (then its bundle), `miss` or `error`. */
-  z.object({ type: z.literal('get'), id: Id, key: Key }),
+  /**
+   * Look an entry up; answered by `hit` (then its bundle), `miss` or `error`. `maxBundleBytes`:
+   * the largest bundle the client reads (a daemon's WebSocket refuses larger messages, closing
+   * the connection); an entry whose bundle is larger is answered `miss`, as one over the
+   * server's own limit is. Servers from before it ignore the field.
+   */
+  z.object({ type: z.literal('get'), id: Id, key: Key, maxBundleBytes: z.number().int().positive().optional() }),
   /** Store an entry; the bundle follows as a binary message with the same id. Needs write scope. */
   z.object({ type: z.literal('put'), id: Id, key: Key, entry: EntryRecord, bundleBytes: BundleBytes }),
   /** The server's counters and store summary. */
@@ -172,10 +177,17 @@ export function decodeMemoList(data: Buffer, count: number): Buffer[] {
   return out;
 }
 
+/**
+ * The largest bundle a daemon reads: its WebSocket refuses any larger message (closing the
+ * connection), which bounds what a server, hostile or configured with a larger `maxBundleBytes`,
+ * can make it buffer. It neither puts nor asks for a larger bundle.
+ */
+export const DAEMON_MAX_BUNDLE_BYTES = 64 << 20;
+
 /** Defaults both ends use unless configured otherwise. */
 export const DEFAULT_LIMITS: Limits = {
   maxMessageBytes: 1 << 20,
-  maxBundleBytes: 64 << 20,
+  maxBundleBytes: DAEMON_MAX_BUNDLE_BYTES,
   maxEntries: 16,
   maxStreams: 32,
   idleTimeoutMs: 120_000,

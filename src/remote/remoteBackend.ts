@@ -3,6 +3,7 @@ import WebSocket from 'ws';
 import { z } from 'zod';
 import type { Digest } from '../key/hash.js';
 import {
+  DAEMON_MAX_BUNDLE_BYTES,
   DEFAULT_LIMITS,
   decodeBinary,
   decodeMemoList,
@@ -54,6 +55,8 @@ export const RemoteOptions = z.object({
   putTimeoutMs: z.number().int().positive().default(15_000),
   breakerThreshold: z.number().int().positive().default(2),
   breakerCooldownMs: z.number().int().positive().default(10_000),
+  /** The largest bundle read or put (tests lower it). */
+  maxBundleBytes: z.number().int().positive().max(DAEMON_MAX_BUNDLE_BYTES).default(DAEMON_MAX_BUNDLE_BYTES),
 });
 export type RemoteOptionsInput = z.input<typeof RemoteOptions>;
 
@@ -126,7 +129,7 @@ export class RemoteServer implements CacheBackend {
       const ws = new WebSocket(this.o.url, {
         headers: { authorization: `Bearer ${this.o.token}` },
         handshakeTimeout: Math.max(1, deadline - Date.now()),
-        maxPayload: DEFAULT_LIMITS.maxBundleBytes + 4,
+        maxPayload: this.o.maxBundleBytes + 4,
         ...(this.ca ? { ca: this.ca } : {}),
       });
       this.ws = ws;
@@ -313,7 +316,7 @@ export class RemoteServer implements CacheBackend {
 
   async get(key: Digest): Promise<RemoteLookup> {
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures', corrupt: false };
-    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'get', id, key }) }), this.o.timeoutMs);
+    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'get', id, key, maxBundleBytes: this.o.maxBundleBytes }) }), this.o.timeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
       return { kind: 'error', failure: r.failure, error: r.error, corrupt: false };
@@ -338,11 +341,13 @@ export class RemoteServer implements CacheBackend {
     } catch (e) {
       return { kind: 'error', failure: 'local', error: (e as Error).message };
     }
-    // Within the limits the server announced, or it would count the put as a bad message.
+    // Within the limits the server announced, or it would count the put as a bad message; and
+    // within what a daemon reads, or teammates' gets of it would only ever be misses.
     const probe = JSON.stringify({ type: 'put', id: 0xffffffff, key, entry: entry.record, bundleBytes: bundle.length });
     if (Buffer.byteLength(probe) > this.limits.maxMessageBytes || bundle.length > this.limits.maxBundleBytes) {
       return { kind: 'refused', reason: `entry exceeds the server's limits (${this.limits.maxMessageBytes} B message, ${this.limits.maxBundleBytes} B bundle)` };
     }
+    if (bundle.length > this.o.maxBundleBytes) return { kind: 'refused', reason: `bundle of ${bundle.length} bytes exceeds the ${this.o.maxBundleBytes} bytes a daemon reads` };
     const r = await this.request(
       (id) => ({ text: JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length }), binary: bundle }),
       this.o.putTimeoutMs,

@@ -91,7 +91,7 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
   }
   switch (msg.type) {
     case 'get':
-      return handleGet(s, c, id, msg.key);
+      return handleGet(s, c, id, msg.key, msg.maxBundleBytes);
     case 'put': {
       if (!scopeAllows(c.token.scope, 'write')) {
         s.counters.bump('puts_refused');

@@ -28,7 +28,8 @@ function end(s: ServerState, c: Connection, id: number): void {
 }
 
 /** `get`: a hit is sent as `hit` plus the bundle; a corrupt entry (dropped by the store) is a miss. */
-export function handleGet(s: ServerState, c: Connection, id: number, key: string): void {
+/** `clientMax`: the largest bundle the client says it reads (absent from older clients). */
+export function handleGet(s: ServerState, c: Connection, id: number, key: string, clientMax?: number): void {
   begin(c, id);
   const t0 = performance.now();
   const run = async () => {
@@ -38,7 +39,7 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
       const r = await s.store!.get(key);
       if (r.kind === 'hit') {
         const bundle = await packBundle(r.entry.record, r.entry.files);
-        if (bundle.length <= s.options.limits.maxBundleBytes) {
+        if (bundle.length <= Math.min(s.options.limits.maxBundleBytes, clientMax ?? Number.POSITIVE_INFINITY)) {
           s.counters.bump('hits');
           s.counters.bump('bytes_served', bundle.length);
           result = 'hit';

@@ -1,0 +1,87 @@
+/**
+ * The daemon's side of the team server's limits, against a real server: a burst of concurrent
+ * requests waits for a free stream (`maxStreams`) instead of being refused, and bundles larger
+ * than a daemon reads are neither put nor sent to it (a server may allow larger ones).
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { hashBytes, initHash } from '../../src/key/hash.js';
+import { RemoteBackend } from '../../src/remote/remoteBackend.js';
+import { CacheServer } from '../../src/remote/server/cacheServer.js';
+import type { StoredEntry } from '../../src/store/backend.js';
+
+await initHash();
+
+const SECRET = 'write-secret-0123456789';
+
+function entry(n: number, size = 3000): StoredEntry {
+  const obj = randomBytes(size + n);
+  return {
+    record: { v: 1, outputs: [{ name: 'obj', digest: hashBytes(obj), size: obj.length }], stdout: '', stderr: '', exitCode: 0, compileMs: 10, createdAt: 1_700_000_000_000 },
+    files: new Map([['obj', obj]]),
+  };
+}
+
+test('more concurrent requests than the server allows per connection queue for a stream; none is refused', { timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ltocache-streams-'));
+  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxStreams: 2 } });
+  await s.start();
+  const r = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
+  t.after(async () => {
+    r.close();
+    await s.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const N = 24;
+  const entries = Array.from({ length: N }, (_, i) => entry(i));
+  const keys = entries.map((_, i) => hashBytes(`job-${i}`));
+  const puts = await Promise.all(entries.map((e, i) => r.put(keys[i]!, e)));
+  assert.deepEqual(
+    puts.map((p) => p.kind),
+    Array(N).fill('stored'),
+    JSON.stringify(puts.filter((p) => p.kind !== 'stored')),
+  );
+  const gets = await Promise.all(keys.map((k) => r.get(k)));
+  for (const [i, g] of gets.entries()) {
+    assert.equal(g.kind, 'hit', `get ${i}: ${JSON.stringify(g)}`);
+    if (g.kind === 'hit') assert.ok(g.entry.files.get('obj')!.equals(entries[i]!.files.get('obj')!));
+  }
+  const st = await r.stats();
+  assert.equal(st.bad_messages, 0, 'no request was refused as over the limit');
+  assert.equal(r.breaker.open, false);
+});
+
+test('an entry larger than a daemon reads is a miss for it, not a closed connection; it does not put one', { timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ltocache-bundles-'));
+  // The server takes bundles up to 1 MiB; the reader here reads 64 KiB (a daemon's 64 MiB, scaled).
+  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxBundleBytes: 1 << 20 } });
+  await s.start();
+  const writer = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
+  const reader = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000, maxBundleBytes: 64 << 10 });
+  t.after(async () => {
+    writer.close();
+    reader.close();
+    await s.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const big = entry(0, 200 << 10);
+  const small = entry(0, 10 << 10);
+  const [bigKey, smallKey, refusedKey] = ['big', 'small', 'refused'].map((n) => hashBytes(n));
+  assert.equal((await writer.put(bigKey!, big)).kind, 'stored');
+  assert.equal((await writer.put(smallKey!, small)).kind, 'stored');
+  const refused = await reader.put(refusedKey!, entry(1, 100 << 10));
+  assert.equal(refused.kind, 'refused');
+  assert.match(refused.kind === 'refused' ? refused.reason : '', /a daemon reads/);
+  const [tooBig, fine] = await Promise.all([reader.get(bigKey!), reader.get(smallKey!)]);
+  assert.equal(tooBig.kind, 'miss', JSON.stringify(tooBig));
+  assert.equal(fine.kind, 'hit', JSON.stringify(fine));
+  assert.equal((await writer.get(bigKey!)).kind, 'hit', 'a client that reads it gets it');
+  assert.equal((await reader.get(refusedKey!)).kind, 'miss', 'the refused put sent nothing');
+  const st = await reader.stats();
+  assert.equal(st.bad_messages, 0);
+  assert.equal(reader.breaker.open, false);
+});
