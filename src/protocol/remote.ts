@@ -44,8 +44,11 @@ export const ClientMessage = z.discriminatedUnion('type', [
    * Answered by `ok` or `error` (`bad-message` for an invalid memo). Needs write scope.
    */
   z.object({ type: z.literal('memo'), id: Id, scope: Key, memo: z.string().min(1).max(base64Length(TEAM_MEMO_MAX_BYTES)) }),
-  /** The team memos of a scope: answered by `memos` (then one binary message) or `error`. */
-  z.object({ type: z.literal('scope'), id: Id, scope: Key }),
+  /**
+   * The team memos of a scope: answered by `memos` (then one binary message) or `error`.
+   * `maxBundleBytes` as for `get`: the list stops before that many bytes of payload.
+   */
+  z.object({ type: z.literal('scope'), id: Id, scope: Key, maxBundleBytes: z.number().int().positive().optional() }),
   /** Administrative operations. Needs admin scope. */
   z.object({ type: z.literal('admin'), id: Id, op: z.enum(['reset-stats', 'clear']) }),
 ]);

@@ -370,7 +370,12 @@ export class RemoteServer implements CacheBackend {
     const connected = await this.connected(this.o.putTimeoutMs);
     if (connected) return connected;
     if (!this.teamMemos) return { kind: 'refused', reason: 'the server keeps no team memos' };
-    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'memo', id, scope, memo: memo.toString('base64') }) }), this.o.putTimeoutMs);
+    const text = (id: number) => JSON.stringify({ type: 'memo', id, scope, memo: memo.toString('base64') });
+    // Over the server's text limit it would be refused and counted as a bad message (and enough
+    // of those close the connection).
+    if (Buffer.byteLength(text(0xffffffff)) > this.limits.maxMessageBytes)
+      return { kind: 'refused', reason: `memo exceeds the server's ${this.limits.maxMessageBytes} B message limit` };
+    const r = await this.request((id) => ({ text: text(id) }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
       return { kind: 'error', failure: r.failure, error: r.error };
@@ -388,7 +393,7 @@ export class RemoteServer implements CacheBackend {
     const connected = await this.connected(timeoutMs);
     if (connected) return connected;
     if (!this.teamMemos) return { kind: 'memos', memos: [] };
-    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'scope', id, scope }) }), timeoutMs);
+    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'scope', id, scope, maxBundleBytes: this.o.maxBundleBytes }) }), timeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
       return { kind: 'error', failure: r.failure, error: r.error };

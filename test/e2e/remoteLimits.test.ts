@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
+import { encodeTeamMemo } from '../../src/memo/teamMemo.js';
 import { RemoteBackend } from '../../src/remote/remoteBackend.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import type { StoredEntry } from '../../src/store/backend.js';
@@ -84,4 +85,45 @@ test('an entry larger than a daemon reads is a miss for it, not a closed connect
   const st = await reader.stats();
   assert.equal(st.bad_messages, 0);
   assert.equal(reader.breaker.open, false);
+});
+
+function teamMemo(n: number, padding: number): Buffer {
+  return encodeTeamMemo({
+    lookup: hashBytes(`lookup-${n}`),
+    key: hashBytes(`key-${n}`),
+    checks: [{ kind: 'content', path: `/tree/m${n}.o`, size: 1, digest: hashBytes(`m${n}`) }],
+    outputs: [{ role: 'obj', path: `/tree/m${n}.native.o`, digest: hashBytes(`o${n}`), size: 3 }],
+    stdout: Buffer.from('x'.repeat(padding)),
+    stderr: Buffer.alloc(0),
+  });
+}
+
+test('a team memo list stops short of what a daemon reads; a memo over the text limit is refused before it is sent', { timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ltocache-memolimits-'));
+  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxBundleBytes: 1 << 20, maxMessageBytes: 16 << 10 } });
+  await s.start();
+  const writer = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
+  const reader = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000, maxBundleBytes: 64 << 10 });
+  t.after(async () => {
+    writer.close();
+    reader.close();
+    await s.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const scope = hashBytes('scope');
+  const memos = Array.from({ length: 20 }, (_, i) => teamMemo(i, 10_000));
+  for (const m of memos) assert.equal((await writer.putMemo(scope, m)).kind, 'stored');
+  // 27 KB of base64 in a 16 KiB message: refused here, never sent.
+  const big = await writer.putMemo(scope, teamMemo(99, 20_000));
+  assert.equal(big.kind, 'refused', JSON.stringify(big));
+  assert.equal((await writer.scopeMemos(scope))?.length, 20, 'a client reading 64 MiB gets all 20 (about 200 KB)');
+  const got = await reader.scopeMemos(scope);
+  assert.ok(got, 'the list came');
+  assert.ok(got.length > 0 && got.length < 20, `${got.length} memos`);
+  assert.ok(got.reduce((n, m) => n + 4 + m.length, 4) <= 64 << 10);
+  for (const m of got) assert.ok(memos.some((x) => x.equals(m)));
+  const st = await reader.stats();
+  assert.equal(st.bad_messages, 0);
+  assert.equal(reader.breaker.open, false);
+  assert.equal(writer.breaker.open, false);
 });

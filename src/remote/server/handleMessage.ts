@@ -125,7 +125,7 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
       if (!scopeAllows(c.token.scope, 'write')) return refuse('forbidden', `token '${c.token.name}' has ${c.token.scope} scope; memo needs write`);
       return handleMemo(s, c, id, msg.scope, msg.memo, op);
     case 'scope':
-      return handleScope(s, c, id, msg.scope, op);
+      return handleScope(s, c, id, msg.scope, op, msg.maxBundleBytes);
     case 'admin':
       if (!scopeAllows(c.token.scope, 'admin')) return refuse('forbidden', `token '${c.token.name}' has ${c.token.scope} scope; admin ${msg.op} needs admin`);
       return handleAdmin(s, c, id, msg.op, op);

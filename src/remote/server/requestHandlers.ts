@@ -205,7 +205,8 @@ export function handleMemo(s: ServerState, c: Connection, id: number, scope: str
  * `scope`: the scope's team memos as `memos` plus one binary message, at most SCOPE_MAX_MEMOS of
  * them and at most maxBundleBytes of payload (memos past the first that does not fit are left out).
  */
-export function handleScope(s: ServerState, c: Connection, id: number, scope: string, op: string): void {
+/** `clientMax`: the largest bundle the client says it reads (absent from older clients). */
+export function handleScope(s: ServerState, c: Connection, id: number, scope: string, op: string, clientMax?: number): void {
   begin(c, id);
   const t0 = performance.now();
   const run = async () => {
@@ -219,7 +220,7 @@ export function handleScope(s: ServerState, c: Connection, id: number, scope: st
         await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
         return;
       }
-      const max = s.options.limits.maxBundleBytes;
+      const max = Math.min(s.options.limits.maxBundleBytes, clientMax ?? Number.POSITIVE_INFINITY);
       const memos: Buffer[] = [];
       for (const m of r.memos) {
         // A value no client would accept (planted in a shared storage) is not sent.
