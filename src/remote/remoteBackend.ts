@@ -348,6 +348,8 @@ export class RemoteServer implements CacheBackend {
       return { kind: 'refused', reason: `entry exceeds the server's limits (${this.limits.maxMessageBytes} B message, ${this.limits.maxBundleBytes} B bundle)` };
     }
     if (bundle.length > this.o.maxBundleBytes) return { kind: 'refused', reason: `bundle of ${bundle.length} bytes exceeds the ${this.o.maxBundleBytes} bytes a daemon reads` };
+    if (entry.record.outputs.length > this.limits.maxEntries)
+      return { kind: 'refused', reason: `entry of ${entry.record.outputs.length} outputs exceeds the server's ${this.limits.maxEntries}` };
     const r = await this.request(
       (id) => ({ text: JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length }), binary: bundle }),
       this.o.putTimeoutMs,

@@ -59,7 +59,7 @@ test('more concurrent requests than the server allows per connection queue for a
 test('an entry larger than a daemon reads is a miss for it, not a closed connection; it does not put one', { timeout: 60_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ltocache-bundles-'));
   // The server takes bundles up to 1 MiB; the reader here reads 64 KiB (a daemon's 64 MiB, scaled).
-  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxBundleBytes: 1 << 20 } });
+  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxBundleBytes: 1 << 20, maxEntries: 1 } });
   await s.start();
   const writer = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
   const reader = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000, maxBundleBytes: 64 << 10 });
@@ -74,6 +74,12 @@ test('an entry larger than a daemon reads is a miss for it, not a closed connect
   const [bigKey, smallKey, refusedKey] = ['big', 'small', 'refused'].map((n) => hashBytes(n));
   assert.equal((await writer.put(bigKey!, big)).kind, 'stored');
   assert.equal((await writer.put(smallKey!, small)).kind, 'stored');
+  // An entry of more outputs than the server takes is refused here, not sent to be rejected.
+  const two = entry(2);
+  two.record.outputs.push({ ...two.record.outputs[0]!, name: 'dwo' });
+  two.files.set('dwo', two.files.get('obj')!);
+  const tooMany = await writer.put(hashBytes('two'), two);
+  assert.equal(tooMany.kind, 'refused', JSON.stringify(tooMany));
   const refused = await reader.put(refusedKey!, entry(1, 100 << 10));
   assert.equal(refused.kind, 'refused');
   assert.match(refused.kind === 'refused' ? refused.reason : '', /a daemon reads/);
@@ -84,6 +90,7 @@ test('an entry larger than a daemon reads is a miss for it, not a closed connect
   assert.equal((await reader.get(refusedKey!)).kind, 'miss', 'the refused put sent nothing');
   const st = await reader.stats();
   assert.equal(st.bad_messages, 0);
+  assert.equal(st.rejected_bundles, 0, 'nothing was sent to be rejected');
   assert.equal(reader.breaker.open, false);
 });
 
