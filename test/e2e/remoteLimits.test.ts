@@ -8,9 +8,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { encodeTeamMemo } from '../../src/memo/teamMemo.js';
+import type { Limits } from '../../src/protocol/remote.js';
 import { RemoteBackend } from '../../src/remote/remoteBackend.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import type { StoredEntry } from '../../src/store/backend.js';
@@ -27,16 +28,28 @@ function entry(n: number, size = 3000): StoredEntry {
   };
 }
 
-test('more concurrent requests than the server allows per connection queue for a stream; none is refused', { timeout: 60_000 }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-streams-'));
-  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxStreams: 2 } });
+/**
+ * A real server with `limits` in a fresh directory, a writer client (a daemon's bounds) and a
+ * reader that reads bundles of at most 64 KiB (a daemon's 64 MiB, scaled down); all stopped and
+ * removed after the test.
+ */
+async function setUp(t: TestContext, limits: Partial<Limits>): Promise<{ s: CacheServer; writer: RemoteBackend; reader: RemoteBackend }> {
+  const dir = mkdtempSync(join(tmpdir(), 'ltocache-limits-'));
+  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits });
   await s.start();
-  const r = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
+  const writer = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
+  const reader = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000, maxBundleBytes: 64 << 10 });
   t.after(async () => {
-    r.close();
+    writer.close();
+    reader.close();
     await s.stop();
     rmSync(dir, { recursive: true, force: true });
   });
+  return { s, writer, reader };
+}
+
+test('more concurrent requests than the server allows per connection queue for a stream; none is refused', { timeout: 60_000 }, async (t) => {
+  const { writer: r } = await setUp(t, { maxStreams: 2 });
   const N = 24;
   const entries = Array.from({ length: N }, (_, i) => entry(i));
   const keys = entries.map((_, i) => hashBytes(`job-${i}`));
@@ -57,18 +70,8 @@ test('more concurrent requests than the server allows per connection queue for a
 });
 
 test('an entry larger than a daemon reads is a miss for it, not a closed connection; it does not put one', { timeout: 60_000 }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-bundles-'));
-  // The server takes bundles up to 1 MiB; the reader here reads 64 KiB (a daemon's 64 MiB, scaled).
-  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxBundleBytes: 1 << 20, maxEntries: 1 } });
-  await s.start();
-  const writer = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
-  const reader = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000, maxBundleBytes: 64 << 10 });
-  t.after(async () => {
-    writer.close();
-    reader.close();
-    await s.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  // The server takes bundles up to 1 MiB, the reader reads 64 KiB.
+  const { writer, reader } = await setUp(t, { maxBundleBytes: 1 << 20, maxEntries: 1 });
   const big = entry(0, 200 << 10);
   const small = entry(0, 10 << 10);
   const [bigKey, smallKey, refusedKey] = ['big', 'small', 'refused'].map((n) => hashBytes(n));
@@ -106,17 +109,7 @@ function teamMemo(n: number, padding: number): Buffer {
 }
 
 test('a team memo list stops short of what a daemon reads; a memo over the text limit is refused before it is sent', { timeout: 60_000 }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-memolimits-'));
-  const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits: { maxBundleBytes: 1 << 20, maxMessageBytes: 16 << 10 } });
-  await s.start();
-  const writer = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });
-  const reader = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000, maxBundleBytes: 64 << 10 });
-  t.after(async () => {
-    writer.close();
-    reader.close();
-    await s.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const { writer, reader } = await setUp(t, { maxBundleBytes: 1 << 20, maxMessageBytes: 16 << 10 });
   const scope = hashBytes('scope');
   const memos = Array.from({ length: 20 }, (_, i) => teamMemo(i, 10_000));
   for (const m of memos) assert.equal((await writer.putMemo(scope, m)).kind, 'stored');
