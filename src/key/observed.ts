@@ -102,13 +102,13 @@ export function checksHold(checks: readonly MemoCheck[], env: Record<string, str
         if (!st || st.isFile()) return false;
         break;
       case 'stat':
-        if (!st || !st.isFile() || st.dev !== c.dev || st.ino !== c.ino || st.size !== c.size || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs) return false;
+        if (!st?.isFile() || st.dev !== c.dev || st.ino !== c.ino || st.size !== c.size || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs) return false;
         break;
       case 'dir':
-        if (!st || !st.isDirectory() || st.dev !== c.dev || st.ino !== c.ino || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs) return false;
+        if (!st?.isDirectory() || st.dev !== c.dev || st.ino !== c.ino || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs) return false;
         break;
       case 'content': {
-        if (!st || !st.isFile() || Number(st.size) !== c.size) return false;
+        if (!st?.isFile() || Number(st.size) !== c.size) return false;
         let data: Buffer;
         try {
           data = readFileSync(c.path);

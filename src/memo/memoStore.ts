@@ -248,7 +248,7 @@ export class MemoStore {
       this.asideOffset = null;
     }
     const st = await lstat(path).catch(() => null);
-    if (!st || !st.isFile()) return out;
+    if (!st?.isFile()) return out;
     if (st.size < this.logOffset) this.logOffset = 0;
     const r = await readFrom(path, this.logOffset);
     if (r) {
