@@ -17,6 +17,9 @@ const Id = z.number().int().nonnegative().max(0xffffffff);
 const Key = z.string().regex(DIGEST_RE, 'key must be 32 lowercase hex digits');
 const BundleBytes = z.number().int().nonnegative();
 
+/** The largest bundle the client reads (`get`, `scope`); absent from clients before it. */
+const ClientMaxBundle = z.number().int().positive().optional();
+
 export const ClientMessage = z.discriminatedUnion('type', [
   /** First message on a connection: the protocol version the client speaks. */
   z.object({ type: z.literal('hello'), protocol: z.number().int(), client: z.string().max(200) }),
@@ -26,7 +29,7 @@ export const ClientMessage = z.discriminatedUnion('type', [
    * the connection); an entry whose bundle is larger is answered `miss`, as one over the
    * server's own limit is. Servers from before it ignore the field.
    */
-  z.object({ type: z.literal('get'), id: Id, key: Key, maxBundleBytes: z.number().int().positive().optional() }),
+  z.object({ type: z.literal('get'), id: Id, key: Key, maxBundleBytes: ClientMaxBundle }),
   /** Store an entry; the bundle follows as a binary message with the same id. Needs write scope. */
   z.object({ type: z.literal('put'), id: Id, key: Key, entry: EntryRecord, bundleBytes: BundleBytes }),
   /** The server's counters and store summary. */
@@ -48,7 +51,7 @@ export const ClientMessage = z.discriminatedUnion('type', [
    * The team memos of a scope: answered by `memos` (then one binary message) or `error`.
    * `maxBundleBytes` as for `get`: the list stops before that many bytes of payload.
    */
-  z.object({ type: z.literal('scope'), id: Id, scope: Key, maxBundleBytes: z.number().int().positive().optional() }),
+  z.object({ type: z.literal('scope'), id: Id, scope: Key, maxBundleBytes: ClientMaxBundle }),
   /** Administrative operations. Needs admin scope. */
   z.object({ type: z.literal('admin'), id: Id, op: z.enum(['reset-stats', 'clear']) }),
 ]);

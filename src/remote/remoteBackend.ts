@@ -196,6 +196,11 @@ export class RemoteServer implements CacheBackend {
     for (const w of this.streamWaiters.splice(0)) w.go();
   }
 
+  /** Whether the text message `text` builds would exceed the server's limit, with the widest id. */
+  private overTextLimit(text: (id: number) => string): boolean {
+    return Buffer.byteLength(text(0xffffffff)) > this.limits.maxMessageBytes;
+  }
+
   /** The request `id` has its final answer: its stream is free for the next waiter. */
   private answered(id: number): void {
     if (this.streams.delete(id)) this.streamWaiters.shift()?.go();
@@ -335,6 +340,8 @@ export class RemoteServer implements CacheBackend {
   async put(key: Digest, entry: StoredEntry): Promise<RemotePutResult> {
     if (this.scope === 'read') return { kind: 'refused', reason: 'token has read scope' };
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
+    if (entry.record.outputs.length > this.limits.maxEntries)
+      return { kind: 'refused', reason: `entry of ${entry.record.outputs.length} outputs exceeds the server's ${this.limits.maxEntries}` };
     let bundle: Buffer;
     try {
       bundle = await packBundle(entry.record, entry.files);
@@ -343,17 +350,12 @@ export class RemoteServer implements CacheBackend {
     }
     // Within the limits the server announced, or it would count the put as a bad message; and
     // within what a daemon reads, or teammates' gets of it would only ever be misses.
-    const probe = JSON.stringify({ type: 'put', id: 0xffffffff, key, entry: entry.record, bundleBytes: bundle.length });
-    if (Buffer.byteLength(probe) > this.limits.maxMessageBytes || bundle.length > this.limits.maxBundleBytes) {
+    const text = (id: number) => JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length });
+    if (this.overTextLimit(text) || bundle.length > this.limits.maxBundleBytes) {
       return { kind: 'refused', reason: `entry exceeds the server's limits (${this.limits.maxMessageBytes} B message, ${this.limits.maxBundleBytes} B bundle)` };
     }
     if (bundle.length > this.o.maxBundleBytes) return { kind: 'refused', reason: `bundle of ${bundle.length} bytes exceeds the ${this.o.maxBundleBytes} bytes a daemon reads` };
-    if (entry.record.outputs.length > this.limits.maxEntries)
-      return { kind: 'refused', reason: `entry of ${entry.record.outputs.length} outputs exceeds the server's ${this.limits.maxEntries}` };
-    const r = await this.request(
-      (id) => ({ text: JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length }), binary: bundle }),
-      this.o.putTimeoutMs,
-    );
+    const r = await this.request((id) => ({ text: text(id), binary: bundle }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
       return { kind: 'error', failure: r.failure, error: r.error };
@@ -375,8 +377,7 @@ export class RemoteServer implements CacheBackend {
     const text = (id: number) => JSON.stringify({ type: 'memo', id, scope, memo: memo.toString('base64') });
     // Over the server's text limit it would be refused and counted as a bad message (and enough
     // of those close the connection).
-    if (Buffer.byteLength(text(0xffffffff)) > this.limits.maxMessageBytes)
-      return { kind: 'refused', reason: `memo exceeds the server's ${this.limits.maxMessageBytes} B message limit` };
+    if (this.overTextLimit(text)) return { kind: 'refused', reason: `memo exceeds the server's ${this.limits.maxMessageBytes} B message limit` };
     const r = await this.request((id) => ({ text: text(id) }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();

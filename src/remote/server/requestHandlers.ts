@@ -27,8 +27,15 @@ function end(s: ServerState, c: Connection, id: number): void {
   s.notify();
 }
 
-/** `get`: a hit is sent as `hit` plus the bundle; a corrupt entry (dropped by the store) is a miss. */
-/** `clientMax`: the largest bundle the client says it reads (absent from older clients). */
+/** The largest bundle sent on a request: the server's limit, or the client's (`clientMax`, absent from older clients) if smaller. */
+function bundleLimit(s: ServerState, clientMax: number | undefined): number {
+  return Math.min(s.options.limits.maxBundleBytes, clientMax ?? Number.POSITIVE_INFINITY);
+}
+
+/**
+ * `get`: a hit is sent as `hit` plus the bundle; a corrupt entry (dropped by the store) is a miss,
+ * and so is one whose bundle is over bundleLimit.
+ */
 export function handleGet(s: ServerState, c: Connection, id: number, key: string, clientMax?: number): void {
   begin(c, id);
   const t0 = performance.now();
@@ -39,7 +46,7 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
       const r = await s.store!.get(key);
       if (r.kind === 'hit') {
         const bundle = await packBundle(r.entry.record, r.entry.files);
-        if (bundle.length <= Math.min(s.options.limits.maxBundleBytes, clientMax ?? Number.POSITIVE_INFINITY)) {
+        if (bundle.length <= bundleLimit(s, clientMax)) {
           s.counters.bump('hits');
           s.counters.bump('bytes_served', bundle.length);
           result = 'hit';
@@ -203,9 +210,8 @@ export function handleMemo(s: ServerState, c: Connection, id: number, scope: str
 
 /**
  * `scope`: the scope's team memos as `memos` plus one binary message, at most SCOPE_MAX_MEMOS of
- * them and at most maxBundleBytes of payload (memos past the first that does not fit are left out).
+ * them and at most bundleLimit bytes of payload (memos past the first that does not fit are left out).
  */
-/** `clientMax`: the largest bundle the client says it reads (absent from older clients). */
 export function handleScope(s: ServerState, c: Connection, id: number, scope: string, op: string, clientMax?: number): void {
   begin(c, id);
   const t0 = performance.now();
@@ -220,7 +226,7 @@ export function handleScope(s: ServerState, c: Connection, id: number, scope: st
         await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
         return;
       }
-      const max = Math.min(s.options.limits.maxBundleBytes, clientMax ?? Number.POSITIVE_INFINITY);
+      const max = bundleLimit(s, clientMax);
       const memos: Buffer[] = [];
       for (const m of r.memos) {
         // A value no client would accept (planted in a shared storage) is not sent.
