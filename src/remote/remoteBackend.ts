@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import { z } from 'zod';
 import type { Digest } from '../key/hash.js';
@@ -109,6 +110,8 @@ export class RemoteServer implements CacheBackend {
    */
   private readonly streams = new Set<number>();
   private readonly streamWaiters: { go: () => void }[] = [];
+  /** When the current connection last brought a message (performance.now()). */
+  private heardAt = 0;
   private limits: Limits = DEFAULT_LIMITS;
   readonly breaker: CircuitBreaker;
   scope: Scope | null = null;
@@ -144,6 +147,7 @@ export class RemoteServer implements CacheBackend {
       ws.on('close', () => fail('connection closed'));
       ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: REMOTE_PROTOCOL_VERSION, client: `ltocache-daemon/${VERSION}` })));
       ws.on('message', (data, isBinary) => {
+        if (this.ws === ws) this.heardAt = performance.now();
         // ws hands out Buffers (binaryType nodebuffer): used as they are, not copied.
         const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
         if (isBinary) return this.onBinary(buf);
@@ -199,6 +203,18 @@ export class RemoteServer implements CacheBackend {
   /** Whether the text message `text` builds would exceed the server's limit, with the widest id. */
   private overTextLimit(text: (id: number) => string): boolean {
     return Buffer.byteLength(text(0xffffffff)) > this.limits.maxMessageBytes;
+  }
+
+  /**
+   * A request gave up (no answer, or no free stream) after the server had sent nothing since
+   * `since`: the connection is taken as dead and dropped, so the next request connects afresh. A
+   * peer gone without a FIN, or a server whose storage hangs, answers nothing; its requests keep
+   * their streams, and once they hold all of them every later request would wait out its timeout
+   * on this connection for as long as the daemon runs. A server that answers anything meanwhile is
+   * slow, not gone, and keeps the connection.
+   */
+  private stalled(ws: WebSocket | null, since: number): void {
+    if (ws && this.ws === ws && this.heardAt < since) this.drop(ws, `nothing from the server for ${Math.round(performance.now() - since)} ms with requests outstanding`, 'timeout');
   }
 
   /** The request `id` has its final answer: its stream is free for the next waiter. */
@@ -287,17 +303,24 @@ export class RemoteServer implements CacheBackend {
       return { type: 'failed', failure: e instanceof ConnectError ? e.failure : 'unavailable', error: (e as Error).message };
     }
     const id = this.nextId++ >>> 0;
-    if (!(await this.takeStream(id, deadline))) return { type: 'failed', failure: 'timeout', error: `no free stream on the connection within ${timeoutMs} ms` };
+    const waitFrom = performance.now();
+    const waitingOn = this.ws;
+    if (!(await this.takeStream(id, deadline))) {
+      this.stalled(waitingOn, waitFrom);
+      return { type: 'failed', failure: 'timeout', error: `no free stream on the connection within ${timeoutMs} ms` };
+    }
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) {
       this.answered(id);
       return { type: 'failed', failure: 'unavailable', error: 'not connected' };
     }
+    const sentAt = performance.now();
     return new Promise((resolve) => {
       const timer = setTimeout(
         () => {
           this.pending.delete(id);
           resolve({ type: 'failed', failure: 'timeout', error: `no answer within ${timeoutMs} ms` });
+          this.stalled(ws, sentAt);
         },
         Math.max(1, deadline - Date.now()),
       );

@@ -63,3 +63,73 @@ test('a server that announces them gets both, and its memo list is read', async 
     await s.close();
   }
 });
+
+/**
+ * A stand-in that welcomes every connection (two streams each) and answers `get` with a miss only
+ * while `answering`: until then it is a server whose storage hangs, or a peer gone without a FIN.
+ */
+async function silentStandIn(): Promise<{ url: string; connections: () => number; answer: () => void; close: () => Promise<void> }> {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  let connections = 0;
+  let answering = false;
+  wss.on('connection', (ws) => {
+    connections++;
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) return;
+      const m = JSON.parse(String(data)) as { type: string; id?: number; key?: string };
+      if (m.type === 'hello') ws.send(JSON.stringify({ type: 'welcome', protocol: 1, scope: 'read', limits: { ...DEFAULT_LIMITS, maxStreams: 2 } }));
+      else if (m.type === 'get' && answering) ws.send(JSON.stringify({ type: 'miss', id: m.id, key: m.key }));
+    });
+  });
+  const { port } = wss.address() as AddressInfo;
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    connections: () => connections,
+    answer: () => {
+      answering = true;
+    },
+    close: () =>
+      new Promise((r) => {
+        for (const c of wss.clients) c.terminate();
+        wss.close(() => r());
+      }),
+  };
+}
+
+test('a connection that answered nothing for a whole timeout is dropped: the next request connects afresh', async () => {
+  const s = await silentStandIn();
+  const r = new RemoteBackend({ url: s.url, token: 't', timeoutMs: 300, breakerThreshold: 100 });
+  try {
+    // Both streams go to requests the server never answers.
+    const [a, b] = await Promise.all([r.get(hashBytes('a')), r.get(hashBytes('b'))]);
+    assert.equal(a.kind, 'error');
+    assert.equal(b.kind, 'error');
+    s.answer();
+    // On the old connection this request would wait out its timeout for a stream that never frees.
+    assert.deepEqual(await r.get(hashBytes('c')), { kind: 'miss' });
+    assert.equal(s.connections(), 2);
+  } finally {
+    r.close();
+    await s.close();
+  }
+});
+
+test('a server that answers something meanwhile keeps its connection', async () => {
+  const s = await silentStandIn();
+  const r = new RemoteBackend({ url: s.url, token: 't', timeoutMs: 300, breakerThreshold: 100 });
+  try {
+    const stuck = r.get(hashBytes('a'));
+    await new Promise((go) => setTimeout(go, 100));
+    s.answer();
+    assert.deepEqual(await r.get(hashBytes('b')), { kind: 'miss' });
+    // The first request was sent before the server went on answering: it times out, but the
+    // server has been heard from since, so the connection stays.
+    assert.equal((await stuck).kind, 'error');
+    assert.deepEqual(await r.get(hashBytes('c')), { kind: 'miss' });
+    assert.equal(s.connections(), 1);
+  } finally {
+    r.close();
+    await s.close();
+  }
+});
