@@ -8,6 +8,7 @@
 
 #include "io.h"
 #include "memo_internal.h"
+#include "verifyconf.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -184,6 +185,7 @@ int dist_memo_serve(const char *cache_dir, const char *cwd, const char *file_arg
         printf("%s\n", lookup);
         exit(0);
     }
+    if (verify_configured(cache_dir)) return -1;
     long long start = unix_ms();
 
     int memo_dir = open_memo_dir(cache_dir);

@@ -6,6 +6,7 @@
 
 #include "io.h"
 #include "memo_internal.h"
+#include "verifyconf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -526,6 +527,7 @@ static int serve(const char *cache_dir, const char *compiler_abs, const char *cw
     }
     const char *off = getenv("LTOCACHE_MEMO");
     if (off && strcmp(off, "0") == 0) return -1;
+    if (verify_configured(cache_dir)) return -1;
     long long start = unix_ms();
     TM_MARK(TM_LOOKUP);
 

@@ -14,7 +14,7 @@ build="$here/build"
 mkdir -p "$build" "$here/regressions"
 "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE \
-  -o "$build/memo_fuzz" "$here/memo_fuzz.c" "$here/../memo.c" "$here/../pack.c" "$here/../distmemo.c" "$here/../reply.c" "$here/../io.c" "$here/../xxh64.c"
+  -o "$build/memo_fuzz" "$here/memo_fuzz.c" "$here/../memo.c" "$here/../pack.c" "$here/../distmemo.c" "$here/../reply.c" "$here/../io.c" "$here/../verifyconf.c" "$here/../xxh64.c"
 
 if [ -n "$(ls -A "$here/regressions" 2>/dev/null | grep -v '^README')" ]; then
   echo "memo_fuzz: replaying regressions/"

@@ -63,8 +63,14 @@ export class Daemon {
   /** The local store alone, or local then the team tier. */
   private readonly cache: CacheBackend;
   private readonly pipeline: JobPipeline;
-  /** Memos for the native client's fast path; none while `verify` audits hits (every hit must reach us). */
-  private readonly memos: MemoStore | null;
+  /** The memo directory: notices, removals, `clear`. */
+  private readonly memos: MemoStore;
+  /**
+   * Whether memos are written. Not while `verify` audits hits: every hit must then reach the
+   * daemon, so it writes none and removes those of earlier runs when it starts (the client also
+   * skips its fast path when it sees `verify` on: client/verifyconf.c).
+   */
+  private readonly writesMemos: boolean;
   /** The last request behind each memo this daemon wrote (bounded), for the job log of memo hits. */
   private readonly memoRequests = new Map<string, { req: JobRequest; savedMs: number; input: string }>();
   private flushedVersion = -1;
@@ -107,9 +113,10 @@ export class Daemon {
       this.cache = tiered(store, team, (e) => this.onTier(e));
     } else this.cache = store;
     const verifyShare = config.verify === 'off' ? 0 : config.verify === 'all' ? 1 : Number(config.verify.slice('sample:'.length));
-    this.memos = verifyShare > 0 ? null : new MemoStore(config.dir, (d) => store.blobPath(d));
+    this.memos = new MemoStore(config.dir, (d) => store.blobPath(d));
+    this.writesMemos = verifyShare === 0;
     const memos = this.memos;
-    memos?.removeStalePack();
+    memos.removeStalePack();
     this.files.load(join(config.dir, DIGESTS_FILE));
     this.pipeline = new JobPipeline({
       files: this.files,
@@ -119,7 +126,7 @@ export class Daemon {
       jobs: config.jobs,
       verifyShare,
       deny,
-      ...(memos
+      ...(this.writesMemos
         ? {
             memo: {
               write: (lookup, memo) => memos.write(lookup, memo),
@@ -205,6 +212,7 @@ export class Daemon {
       const deny = await DenyList.load(store.sublevel<DenyRecord>(DENY_SUBLEVEL), (e) => log.warn('cannot read the deny list; starting empty', { error: String(e) }));
       d = new Daemon(config, store, log, deny);
       await d.restoreCounters();
+      if (!d.writesMemos) await d.removeMemos();
       await d.lifecycle.start();
     } catch (e) {
       await store.close();
@@ -212,6 +220,16 @@ export class Daemon {
     }
     log.info('daemon started', { pid: process.pid, socket: d.socketPath, dir: config.dir, jobs: config.jobs });
     return d;
+  }
+
+  /** `verify` is on: the fast path must find nothing to serve from (memos of earlier runs, a team pack). */
+  private async removeMemos(): Promise<void> {
+    try {
+      await this.memos.clear();
+      this.log.info('verify is on: memos removed, none written while it is', { verify: this.config.verify });
+    } catch (e) {
+      this.log.warn('verify is on but the memos could not all be removed', { error: String(e) });
+    }
   }
 
   private async restoreCounters(): Promise<void> {
@@ -223,7 +241,7 @@ export class Daemon {
         else this.log.warn('stored counters invalid; starting from zero', { issues: parsed.error.message });
       }
       const offset = await this.store.sublevel(STATS_SUBLEVEL).get(MEMO_LOG_OFFSET_KEY);
-      if (this.memos && typeof offset === 'string' && /^\d{1,15}$/.test(offset)) this.memos.logOffset = Number(offset);
+      if (typeof offset === 'string' && /^\d{1,15}$/.test(offset)) this.memos.logOffset = Number(offset);
     } catch (e) {
       this.log.warn('cannot read stored counters', { error: String(e) });
     }
@@ -243,7 +261,6 @@ export class Daemon {
 
   private async drainMemosOnce(): Promise<void> {
     const memos = this.memos;
-    if (!memos) return;
     for (const key of this.store.evictedKeys.splice(0)) await memos.removeKey(key).catch(() => {});
     const notices = await memos.drain().catch((e: unknown) => {
       this.log.warn('cannot read memo hit notices', { error: String(e) });
@@ -310,7 +327,7 @@ export class Daemon {
       await stats.put(STATS_KEY, JSON.stringify(this.counters.snapshot()));
       // Counted notices and how far their log was read move together (a crash in between may
       // count a few once more or lose them: counters, never objects).
-      if (this.memos) await stats.put(MEMO_LOG_OFFSET_KEY, String(this.memos.logOffset));
+      await stats.put(MEMO_LOG_OFFSET_KEY, String(this.memos.logOffset));
       this.flushedVersion = v;
     } catch (e) {
       this.log.warn('cannot persist counters', { error: String(e) });
@@ -375,7 +392,7 @@ export class Daemon {
       write: (stream, b) => (stream === 'stdout' ? out : err).push(b),
     });
     this.log.info('distribution', { cwd: req.cwd, jobs: plan.jobs.length, exit, plan_ms: Math.round(planned - started), ms: Math.round(performance.now() - started) });
-    if (exit === 0 && this.memos) void this.memoizeDistribution(req, plan, memos);
+    if (exit === 0 && this.writesMemos) void this.memoizeDistribution(req, plan, memos);
     return { exit, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
   }
 
@@ -385,7 +402,6 @@ export class Daemon {
    */
   private async memoizeDistribution(req: DistributeRequest, plan: PlannedDistribution, memos: DistMemoCollector): Promise<void> {
     const store = this.memos;
-    if (!store) return;
     await Promise.race([memos.complete, this.pipeline.idle()]);
     const r = assembleDistMemo({ cwd: req.cwd, fileArg: req.args[0]!, bytes: plan.bytes, compilerName: plan.compilerName, commonInputs: plan.commonInputs, jobs: memos.jobs() });
     if (r.kind === 'skip') {
@@ -449,7 +465,7 @@ export class Daemon {
         return { zeroed: true };
       case 'clear':
         this.pipeline.clearMemory();
-        await this.memos?.clear();
+        await this.memos.clear();
         await this.store.clear();
         return { cleared: true };
       case 'stop':

@@ -4,6 +4,7 @@ import { chmodSync, cpSync, readdirSync, readFileSync, rmSync, statSync, utimesS
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
+import { waitFor } from '../support/waitFor.js';
 
 /**
  * The memo fast path end to end: the real daemon writes memos, the real client serves from them
@@ -214,6 +215,54 @@ describe('memo fast path with the real daemon', () => {
     } finally {
       fresh.destroy();
     }
+  });
+
+  test('with verify on, the fast path serves nothing and a daemon removes the memos when it starts', async () => {
+    cache.start();
+    thinLink();
+    jobs(cache.env);
+    assert.ok(memoFiles(cache.dir).length >= 2);
+    cache.stop();
+    const conf = join(cache.dir, 'ltocache.conf');
+    const served = (env: NodeJS.ProcessEnv, config?: string): number => {
+      if (config === undefined) rmSync(conf, { force: true });
+      else writeFileSync(conf, config);
+      const before = notices();
+      thinLink();
+      jobs(env);
+      return notices() - before;
+    };
+    // No daemon can start: a job the fast path does not serve is compiled by clang directly.
+    assert.equal(served({ ...noDaemon, LTOCACHE_VERIFY: 'all' }), 0, 'LTOCACHE_VERIFY=all');
+    assert.equal(served({ ...noDaemon, LTOCACHE_VERIFY: 'sample:0.1' }), 0, 'LTOCACHE_VERIFY=sample');
+    assert.equal(served(noDaemon, '# audit\r\nverify = all   # every hit\r\n'), 0, 'verify = all in the config file');
+    assert.equal(served(noDaemon, 'verify = off\nverify = "all"\n'), 0, 'the last line wins');
+    assert.equal(served(noDaemon, 'verify=\n'), 0, 'a malformed line is a doubt');
+    assert.equal(served({ ...noDaemon, LTOCACHE_CONFIG: join(dir, 'missing.conf') }), 0, 'LTOCACHE_CONFIG naming a missing file');
+    assert.equal(served({ ...noDaemon, LTOCACHE_VERIFY: 'off' }, 'verify = all\n'), 2, 'the environment wins over the file');
+    assert.equal(served(noDaemon, 'verify_later = all\n# verify = all\nverify = "off"\n'), 2, 'off, other keys and comments');
+    assert.equal(served(noDaemon), 2, 'no config file');
+    // A daemon started with verify on removes every memo: hits reach it and are audited.
+    writeFileSync(conf, 'verify = all\n');
+    const runs0 = cache.stats().verify_runs;
+    cache.start();
+    assert.equal(memoFiles(cache.dir).length, 0);
+    const hits0 = cache.stats().hits;
+    thinLink();
+    jobs(cache.env);
+    await waitFor('the audits', () => cache.stats().verify_runs - runs0 >= 2);
+    const s = cache.stats();
+    assert.equal(s.hits - hits0, 2);
+    assert.equal(s.verify_runs - runs0, 2, `every hit audited: ${JSON.stringify(s)}`);
+    assert.equal(s.verify_mismatches, 0);
+    assert.equal(memoFiles(cache.dir).length, 0, 'no memo written while verify is on');
+    cache.stop();
+    rmSync(conf);
+    // Verify off again: the daemon's hits write memos again.
+    cache.start();
+    thinLink();
+    jobs(cache.env);
+    assert.equal(memoFiles(cache.dir).length, 2);
   });
 
   test('clear removes the memos', () => {
