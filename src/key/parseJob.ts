@@ -158,6 +158,9 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ...['-save-temps', '-ftime-trace', '-ccc-', '-fcrash-diagnostics', '-fmodules-cache-path', '-fproc-stat-report', '-fdump-', '-MJ', '-working-directory='].map(
     (o) => [o, JOINED | UNCACHEABLE] as [string, number],
   ),
+  // Directories clang searches for default config files (`clang.cfg`, `<triple>-clang.cfg`, …)
+  // and `--config=` names: the key lists only the compiler's own config directories.
+  ...['--config-user-dir=', '--config-system-dir='].map((o) => [o, JOINED | UNCACHEABLE] as [string, number]),
 ]);
 
 /** Joined entries, longest first, so the most specific prefix wins. */

@@ -312,6 +312,8 @@ describe('parseJob: uncacheable', () => {
     ['-ftime-trace', ['-ftime-trace', ...tail('m')], 'unsupported-flag'],
     ['-ftime-trace=dir', ['-ftime-trace=dir', ...tail('m')], 'unsupported-flag'],
     ['-###', ['-###', ...tail('m')], 'unsupported-flag'],
+    ['--config-user-dir=', ['--config-user-dir=/tmp/cfg', ...tail('m')], 'unsupported-flag'],
+    ['--config-system-dir=', ['--config-system-dir=/usr/lib/llvm-19/bin', ...tail('m')], 'unsupported-flag'],
     ['-v', ['-v', ...tail('m')], 'unsupported-flag'],
     ['stdin input', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'm.native.o', '-'], 'unsupported-flag'],
     ['two -fthinlto-index', ['-fthinlto-index=a.bc', ...tail('m')], 'multiple-index'],
