@@ -61,6 +61,18 @@ export interface StatIdentity {
 }
 
 /**
+ * The racy-timestamp window (docs/key.md "Memoised file hashes"): a file or directory changed in
+ * the same timestamp tick as it was read keeps its stat identity, so an identity stands for what
+ * was read only once its mtime and ctime are this much older than the moment of reading.
+ */
+export const RACY_WINDOW_NS = 2_000_000_000n;
+
+/** Whether `st` (mtime, ctime) was settled at `nowNs`: both older than RACY_WINDOW_NS. */
+export function settledAt(st: { mtimeNs: bigint; ctimeNs: bigint }, nowNs: bigint): boolean {
+  return st.mtimeNs < nowNs - RACY_WINDOW_NS && st.ctimeNs < nowNs - RACY_WINDOW_NS;
+}
+
+/**
  * `settled`: the file's timestamps were safely older than the moment hashing began (the
  * racy-timestamp rule), so an unchanged stat identity proves unchanged content.
  */
@@ -90,7 +102,7 @@ export class FileDigests implements DigestSource {
   hashed = 0;
   memoHits = 0;
 
-  constructor(private readonly racyWindowNs: bigint = 2_000_000_000n) {}
+  constructor(private readonly racyWindowNs: bigint = RACY_WINDOW_NS) {}
 
   async digest(absPath: string, attempt = 0): Promise<FileDigest> {
     // Synchronous stat and small reads: these files are in the page cache, and a round trip

@@ -1,6 +1,6 @@
 import { type BigIntStats, readFileSync, statSync } from 'node:fs';
 import type { MemoCheck } from '../memo/memoFormat.js';
-import type { DigestSource, FileDigest } from './fileDigests.js';
+import { type DigestSource, type FileDigest, settledAt } from './fileDigests.js';
 import { hashBytes } from './hash.js';
 
 /**
@@ -13,6 +13,8 @@ export class ObservingFiles implements DigestSource {
   private readonly env = new Map<string, string | null>();
   private readonly byContent = new Set<string>();
   private readonly results = new Map<string, FileDigest>();
+  /** A directory observed within the racy window of its last change (see memoable). */
+  private unsettledDir = false;
 
   constructor(private readonly inner: DigestSource) {}
 
@@ -26,8 +28,10 @@ export class ObservingFiles implements DigestSource {
     }
     // Recorded again on a repeat: the path may have been marked rewritten in between.
     if (d.kind === 'absent') this.seen.set(absPath, { kind: 'absent', path: absPath });
-    else if (d.kind === 'not-regular') this.seen.set(absPath, { kind: 'notreg', path: absPath });
-    else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat, digest: d.digest });
+    else if (d.kind === 'not-regular') {
+      // A directory's listing check already says it is not a regular file, and more.
+      if (this.seen.get(absPath)?.kind !== 'dir') this.seen.set(absPath, { kind: 'notreg', path: absPath });
+    } else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat, digest: d.digest });
     else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest });
     return d;
   }
@@ -59,7 +63,19 @@ export class ObservingFiles implements DigestSource {
       }
     if (!st) this.seen.set(absPath, { kind: 'absent', path: absPath });
     else if (!st.isDirectory()) this.seen.set(absPath, { kind: 'notreg', path: absPath });
-    else this.seen.set(absPath, { kind: 'dir', path: absPath, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+    else {
+      if (!settledAt(st, BigInt(Date.now()) * 1_000_000n)) this.unsettledDir = true;
+      this.seen.set(absPath, { kind: 'dir', path: absPath, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+    }
+  }
+
+  /**
+   * Whether the checks may stand for this job in a memo. Not when a directory was observed within
+   * the racy window of its last change: an entry added in the same timestamp tick leaves its
+   * identity as it was, and a directory has no content check to fall back on (a file has).
+   */
+  memoable(): boolean {
+    return !this.unsettledDir;
   }
 
   /** An environment variable the key read (undefined = unset). */

@@ -3,7 +3,7 @@ import { type BigIntStats, realpathSync, statSync } from 'node:fs';
 import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import type { DigestSource } from './fileDigests.js';
+import { type DigestSource, settledAt } from './fileDigests.js';
 import type { Digest } from './hash.js';
 import type { ObservingFiles } from './observed.js';
 
@@ -76,6 +76,8 @@ export function configDirs(compiler: string, real: string): string[] {
  */
 export class ToolchainIdentifier {
   private readonly memo = new Map<string, Promise<Toolchain>>();
+  /** Identities computed rather than taken from the memo, for tests. */
+  computed = 0;
 
   constructor(private readonly files: DigestSource) {}
 
@@ -89,6 +91,7 @@ export class ToolchainIdentifier {
     const dirs = configDirs(compiler, real);
     // One stat per directory serves both the memo key and the job's observations.
     const dirStats = dirs.map(dirStat);
+    const loaderCache = dirStat(LD_SO_CACHE);
     // A config file added next to the compiler, or a new loader cache, changes the identity too.
     const memoKey = JSON.stringify([
       compiler,
@@ -102,19 +105,26 @@ export class ToolchainIdentifier {
       ...LOADER_ENV.map((k) => env[k] ?? ''),
       ...dirStats.map(dirState),
       ...CONFIG_FILES.map((f) => dirState(dirStat(f))),
-      dirState(dirStat(LD_SO_CACHE)),
+      dirState(loaderCache),
     ]);
-    let p = this.memo.get(memoKey);
+    // The identities stand for what was read only once settled: a config file added in the same
+    // timestamp tick as the listing leaves its directory's identity as it was.
+    const nowNs = BigInt(Date.now()) * 1_000_000n;
+    const settled = [st, loaderCache, ...dirStats].every((d) => !d || settledAt(d, nowNs));
+    let p = settled ? this.memo.get(memoKey) : undefined;
     if (!p) {
       p = this.compute(compiler, real, env);
-      this.memo.set(memoKey, p);
-      p.catch(() => this.memo.delete(memoKey));
+      if (settled) {
+        this.memo.set(memoKey, p);
+        p.catch(() => this.memo.delete(memoKey));
+      }
     }
     const t = await p;
     const files = observe ?? this.files;
-    // Libraries and configs can change under an unchanged executable: re-check their digests
-    // (memoised by stat, so this is cheap) and recompute when any moved.
-    for (const f of [...t.libs, ...t.configs]) {
+    // Libraries, configs and the executable itself can change under a memo key that did not
+    // (in place within a timestamp tick): re-check their digests (memoised by stat, so this is
+    // cheap) and recompute when any moved.
+    for (const f of [{ path: real, digest: t.digest }, ...t.libs, ...t.configs]) {
       const d = await files.digest(f.path);
       if (d.kind !== 'file' || d.digest !== f.digest) {
         this.memo.delete(memoKey);
@@ -132,6 +142,7 @@ export class ToolchainIdentifier {
   }
 
   private async compute(compiler: string, real: string, env: Record<string, string>): Promise<Toolchain> {
+    this.computed++;
     // All at once: a fresh daemon's first jobs wait for this, and the libraries (libLLVM alone is
     // over 100 MB) are read through the thread pool while earlier ones are hashed.
     const selfDigest = this.files.digest(real);

@@ -1,4 +1,5 @@
 import { type BigIntStats, readdirSync, statSync } from 'node:fs';
+import { settledAt } from '../key/fileDigests.js';
 import { type Digest, Hasher } from '../key/hash.js';
 import { MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
 import {
@@ -237,9 +238,6 @@ export interface LocalFiles {
   >;
 }
 
-/** A directory's timestamps must be this much older than now before its identity stands for its listing. */
-const DIR_SETTLED_NS = 2_000_000_000n;
-
 /**
  * This machine's memo for a team memo: every check holds here now, each made the way this
  * daemon's own memos make it (a stat identity where the file is settled, else its content). Null,
@@ -303,7 +301,7 @@ async function localiseCheck(c: TeamCheck, files: LocalFiles, nowNs: bigint, che
     case 'dirlist': {
       const st = statOrUndefined(c.path);
       if (!st?.isDirectory()) return { why: `${c.path} is not a directory` };
-      if (st.mtimeNs > nowNs - DIR_SETTLED_NS || st.ctimeNs > nowNs - DIR_SETTLED_NS) return { why: `${c.path} changed just now` };
+      if (!settledAt(st, nowNs)) return { why: `${c.path} changed just now` };
       const listed = listingOf(c.path, st);
       if (!listed) return { why: `${c.path} changed while listed` };
       if (listed !== c.digest) return { why: `${c.path} lists other entries` };

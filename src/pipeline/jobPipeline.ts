@@ -222,7 +222,8 @@ export class JobPipeline {
         if (!o.memo) return buildManifest({ files, toolchains }, job, req.compiler, req.cwd, req.env);
         const observe = new ObservingFiles(files);
         const r = await buildManifest({ files, toolchains, observe }, job, req.compiler, req.cwd, req.env);
-        return r.kind === 'key' ? { ...r, checks: observe.checks() } : r;
+        // Without checks the job is served and stored as usual, with no memo (and re-keyed after its compile).
+        return r.kind === 'key' && observe.memoable() ? { ...r, checks: observe.checks() } : r;
       };
     }
   }

@@ -8,6 +8,7 @@ import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashFile, initHash } from '../../src/key/hash.js';
 import { buildManifest, canonicalJson, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
 import { readIndexParts } from '../../src/key/moduleTable.js';
+import { ObservingFiles } from '../../src/key/observed.js';
 import { parseJob } from '../../src/key/parseJob.js';
 import { configDirs, ToolchainIdentifier } from '../../src/key/toolchain.js';
 
@@ -115,6 +116,35 @@ describe('the manifest of a real backend job', () => {
     const dirs = configDirs(CLANG, fs.realpathSync(CLANG));
     for (const d of [`/etc/clang${major}`, `/usr/lib/llvm-${major}/etc`, '/etc/clang', fs.realpathSync(CLANG).replace(/\/[^/]+$/, '')])
       assert.ok(dirs.includes(d), `${d} among ${dirs.join(', ')}`);
+  });
+
+  test('a toolchain is memoised, and a job gets memo checks, only once the directories they rest on have settled', async () => {
+    // The compiler as a symlink in a directory made just now: clang looks for config files there,
+    // and one added in the same timestamp tick as the listing would leave its identity as it was.
+    const bin = tempDir();
+    const cc = join(bin, CLANG.split('/').pop()!);
+    fs.symlinkSync(fs.realpathSync(CLANG), cc);
+    const d = tree();
+    const f = new FileDigests();
+    const toolchains = new ToolchainIdentifier(f);
+    const p = await parseJob(BASE, d);
+    if (p.kind !== 'job') assert.fail(p.detail);
+    const keyOnce = async (): Promise<ObservingFiles> => {
+      const observe = new ObservingFiles(f);
+      const r = await buildManifest({ files: f, toolchains, observe }, p.job, cc, d, ENV);
+      assert.equal(r.kind, 'key');
+      return observe;
+    };
+    const fresh = await keyOnce();
+    await keyOnce();
+    assert.equal(toolchains.computed, 2, 'not memoised while a config directory changed just now');
+    assert.equal(fresh.memoable(), false);
+    assert.ok(fresh.checks().some((c) => c.kind === 'dir' && c.path === bin));
+    await new Promise((r) => setTimeout(r, 2200));
+    const settled = await keyOnce();
+    await keyOnce();
+    assert.equal(toolchains.computed, 3, 'memoised once settled');
+    assert.equal(settled.memoable(), true);
   });
 
   test('keys are deterministic, across contexts and across directories', async () => {

@@ -244,3 +244,16 @@ test("a job's observer asks the digest source once per path, and a path marked r
   const statCheck = checks.find((c) => 'path' in c && c.path === a);
   assert.ok(statCheck && statCheck.kind === 'stat' && statCheck.digest === hashBytes(Buffer.from('bitcode a')));
 });
+
+test("a directory's listing check is not replaced by a later look at the same path as a file", async () => {
+  const dir = tempDir();
+  const observe = new ObservingFiles(new FileDigests(SHORT_WINDOW_NS));
+  observe.directory(dir);
+  // A flag whose value names the directory: probed as a file candidate, it is not a regular file.
+  assert.equal((await observe.digest(dir)).kind, 'not-regular');
+  assert.deepEqual(
+    observe.checks().map((c) => c.kind),
+    ['dir'],
+  );
+  assert.equal(observe.memoable(), false, 'made just now: its identity does not yet stand for its listing');
+});
