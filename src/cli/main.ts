@@ -146,8 +146,11 @@ async function clear(config: Config): Promise<void> {
   if (r.kind === 'unreachable') {
     const { initHash } = await import('../key/hash.js');
     const { LocalStore } = await import('../store/localStore.js');
+    const { MemoStore } = await import('../memo/memoStore.js');
     await initHash();
     const store = await LocalStore.open({ dir: join(config.dir, 'store'), maxBytes: config.max_size });
+    // The memos too: a team pack carries its own blobs and would go on serving.
+    await new MemoStore(config.dir, (d) => store.blobPath(d)).clear();
     await store.clear();
     await store.close();
   }

@@ -129,7 +129,7 @@ export class Daemon {
       ...(this.writesMemos
         ? {
             memo: {
-              write: (lookup, memo) => memos.write(lookup, memo),
+              write: (lookup, memo, unlessNewerThanMs) => memos.write(lookup, memo, unlessNewerThanMs),
               removeKey: (key) => memos.removeKey(key),
               remove: (lookup) => memos.remove(lookup),
               writePack: (pieces, keys) => memos.writePack(pieces, keys),

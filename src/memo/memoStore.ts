@@ -1,4 +1,4 @@
-import { mkdirSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, renameSync, rmSync, type Stats, statSync, writeFileSync } from 'node:fs';
 import { lstat, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
@@ -120,9 +120,14 @@ export class MemoStore {
 
   /**
    * Writes the memo for a command unless one of its blobs is not in the local store yet (the
-   * client would only fall back), or the same memo is already in place.
+   * client would only fall back), the same memo is already in place, or (given
+   * `unlessNewerThanMs`) the memo file in place was written after that time.
    */
-  async write(lookup: Digest, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'> {
+  async write(lookup: Digest, memo: Memo, unlessNewerThanMs?: number): Promise<'written' | 'unchanged' | 'no-blob' | 'newer'> {
+    if (unlessNewerThanMs !== undefined) {
+      const st = lstatSync(memoPath(this.cacheDir, lookup), { throwIfNoEntry: false });
+      if (st?.isFile() && st.mtimeMs > unlessNewerThanMs) return 'newer';
+    }
     return this.writeBytes(lookup, memo.outputs, () => encodeMemo(memo), [memo.key]);
   }
 

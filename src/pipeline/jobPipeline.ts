@@ -113,8 +113,11 @@ export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?
 
 /** Where memos go (src/memo/memoStore.ts): written after a hit or a stored miss, removed with a bad key. */
 export interface MemoSink {
-  /** `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored yet. */
-  write(lookup: string, memo: Memo): Promise<'written' | 'unchanged' | 'no-blob'>;
+  /**
+   * `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored
+   * yet; `newer`: not written, the memo file in place was written after `unlessNewerThanMs`.
+   */
+  write(lookup: string, memo: Memo, unlessNewerThanMs?: number): Promise<'written' | 'unchanged' | 'no-blob' | 'newer'>;
   removeKey(key: string): Promise<void>;
   /** Removes the memo named `lookup`. */
   remove(lookup: string): Promise<void>;
@@ -205,10 +208,11 @@ export class JobPipeline {
               pack: {
                 write: (pieces, keys) => memo.writePack!(pieces, keys),
                 remove: () => memo.removePack!(),
-                adopt: async ({ lookup, memo: m, entry }) => {
+                adopt: async ({ lookup, memo: m, entry, packedAtMs }) => {
                   if (o.deny.has(m.key)) return;
                   await cache.writeBack!(m.key, entry);
-                  if ((await memo.write(lookup, m)) === 'written') o.counters.add(Counter.memos_written);
+                  // A memo file written since the pack (the job compiled anew) knows better.
+                  if ((await memo.write(lookup, m, packedAtMs)) === 'written') o.counters.add(Counter.memos_written);
                 },
               },
             }

@@ -50,6 +50,8 @@ export interface PackedEntry {
   lookup: Digest;
   memo: Memo;
   entry: StoredEntry;
+  /** When the pack holding it was written (ms since the epoch). */
+  packedAtMs?: number;
 }
 
 export interface PrefetchDeps {
@@ -113,6 +115,8 @@ export class TeamPrefetch {
   /** The entries of the pack written last by lookup (each fast-path hit of the pack asks for its memo), until adopted or dropped. */
   private packed = new Map<Digest, PackedEntry>();
   private adopting: Promise<void> = Promise.resolve();
+  /** Pack writes, one at a time: two scopes fetched ahead at once must not replace each other's pack unadopted. */
+  private packing: Promise<void> = Promise.resolve();
   private idleTimer: NodeJS.Timeout | null = null;
   private adoptTimer: NodeJS.Timeout | null = null;
 
@@ -273,7 +277,16 @@ export class TeamPrefetch {
     };
     await Promise.all(Array.from({ length: AHEAD_PARALLEL }, worker));
     if (!packed.length || !current() || !this.d.pack) return;
+    const run = this.packing.then(() => this.writePack(packed, bytes, t0, current));
+    this.packing = run.catch(() => {});
+    await run;
+  }
+
+  /** Adopts the pack held (another scope's), then writes `packed` as the pack. */
+  private async writePack(packed: PackedEntry[], bytes: number, t0: number, current: () => boolean): Promise<void> {
+    const pack = this.d.pack!;
     await this.adoptPack();
+    if (!current()) return;
     const blobs = packed.flatMap((p) => p.entry.record.outputs.map((o) => ({ digest: o.digest, bytes: p.entry.files.get(o.name)! })));
     let pieces: Buffer[];
     try {
@@ -286,10 +299,18 @@ export class TeamPrefetch {
       return;
     }
     if (!current()) return;
-    await this.d.pack.write(
+    await pack.write(
       pieces,
       packed.map((p) => p.memo.key),
     );
+    // Forgotten while it was written (`clear`): the file may have landed after the clear removed
+    // the old one, and nothing of it may serve.
+    if (!current()) {
+      await pack.remove().catch(() => {});
+      return;
+    }
+    const packedAtMs = Date.now();
+    for (const p of packed) p.packedAtMs = packedAtMs;
     this.packed = new Map(packed.map((p) => [p.lookup, p]));
     this.d.counters.add(Counter.team_pack_entries, packed.length);
     this.d.log.info('team pack written', { entries: packed.length, bytes, ms: Math.round(performance.now() - t0) });

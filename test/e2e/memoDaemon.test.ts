@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, cpSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
@@ -265,10 +265,22 @@ describe('memo fast path with the real daemon', () => {
     assert.equal(memoFiles(cache.dir).length, 2);
   });
 
-  test('clear removes the memos', () => {
+  test('clear removes the memos, and the team pack, with or without a daemon', () => {
     cache.start();
     assert.ok(memoFiles(cache.dir).length > 0);
     assert.equal(cache.cli(['clear']).status, 0);
     assert.equal(memoFiles(cache.dir).length, 0);
+    // No daemon: the store is cleared in place, and the memos with it. A team pack left by a daemon
+    // that was killed before adopting it carries its own blobs: it must go too.
+    thinLink();
+    jobs(cache.env);
+    assert.ok(memoFiles(cache.dir).length > 0);
+    cache.stop();
+    const pack = join(cache.dir, 'memo', 'team.pack');
+    writeFileSync(pack, 'a team pack');
+    const r = cache.cli(['clear']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(memoFiles(cache.dir).length, 0);
+    assert.equal(existsSync(pack), false);
   });
 });

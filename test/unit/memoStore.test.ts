@@ -72,6 +72,19 @@ test('a memo on disk with other bytes, another mode or a symlink in its place is
   assert.equal(fs.lstatSync(path).isFile(), true);
 });
 
+test('a memo file written after a given time is not replaced by an older memo (a team pack adopted late)', async () => {
+  const { dir, store, memo, lookup } = setup();
+  const packedAt = Date.now() - 60_000;
+  const newer = { ...memo, stderr: Buffer.from('compiled anew\n') };
+  assert.equal(await store().write(lookup, newer), 'written');
+  assert.equal(await store().write(lookup, memo, packedAt), 'newer');
+  assert.equal(decodeMemo(fs.readFileSync(memoPath(dir, lookup))).stderr.toString(), 'compiled anew\n');
+  // A memo file from before the pack is replaced.
+  const old = new Date(packedAt - 60_000);
+  fs.utimesSync(memoPath(dir, lookup), old, old);
+  assert.equal(await store().write(lookup, memo, packedAt), 'written');
+});
+
 test('no memo is written while a blob it names is not stored', async () => {
   const { dir, store, memo, lookup } = setup();
   const missing = { ...memo, outputs: [{ ...memo.outputs[0]!, digest: hashBytes(Buffer.from('not stored')) }] };

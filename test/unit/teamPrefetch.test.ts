@@ -30,24 +30,30 @@ const COMPILER = process.execPath;
  * that hold here.
  */
 function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Promise<void>, adoptHook?: () => Promise<void>) {
-  const cwd = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
-  dirs.push(cwd);
-  const input = (m: string) => join(cwd, `${m}.o`);
-  for (const m of ['a', 'b', 'c']) fs.writeFileSync(input(m), `bitcode of ${m}`);
+  const tree = () => {
+    const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
+    dirs.push(d);
+    for (const m of ['a', 'b', 'c']) fs.writeFileSync(join(d, `${m}.o`), `bitcode of ${m}`);
+    return d;
+  };
+  const cwd = tree();
   const args = (m: string) => ['-c', '-o', `${m}.native.o`, `${m}.o`];
-  const key = (m: string) => hashBytes(Buffer.from(`key of ${m}`));
-  const memo = (m: string, digestOf = m) =>
+  /** Keys differ between trees (another tree, another job). */
+  const key = (m: string, at = cwd) => hashBytes(Buffer.from(`key of ${m}${at === cwd ? '' : ` in ${at}`}`));
+  const memo = (m: string, digestOf = m, at = cwd) =>
     encodeTeamMemo({
-      lookup: lookupDigest(COMPILER, cwd, args(m)),
-      key: key(m),
-      checks: [{ kind: 'content', path: input(m), size: `bitcode of ${digestOf}`.length, digest: hashBytes(Buffer.from(`bitcode of ${digestOf}`)) }],
-      outputs: [{ role: 'obj', path: join(cwd, `${m}.native.o`), digest: hashBytes(Buffer.from('obj')), size: 3 }],
+      lookup: lookupDigest(COMPILER, at, args(m)),
+      key: key(m, at),
+      checks: [{ kind: 'content', path: join(at, `${m}.o`), size: `bitcode of ${digestOf}`.length, digest: hashBytes(Buffer.from(`bitcode of ${digestOf}`)) }],
+      outputs: [{ role: 'obj', path: join(at, `${m}.native.o`), digest: hashBytes(Buffer.from('obj')), size: 3 }],
       stdout: Buffer.alloc(0),
       stderr: Buffer.alloc(0),
     });
   const scopes: string[] = [];
   const gets: string[] = [];
   let list: Buffer[] = [];
+  /** Lists by scope, where one is set; else `list`. */
+  const lists = new Map<string, Buffer[]>();
   const counters = new Counters();
   const packs: { pieces: Buffer[]; keys: readonly string[] }[] = [];
   const adopted: PackedEntry[] = [];
@@ -68,7 +74,7 @@ function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Pr
     ...(isLocal ? { isLocal } : {}),
     scopeMemos: async (scope) => {
       scopes.push(scope);
-      return list;
+      return lists.get(scope) ?? list;
     },
     getEntry: async (k): Promise<TieredLookup> => {
       gets.push(k);
@@ -93,8 +99,23 @@ function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Pr
     counters,
     log: silent,
   });
-  const req = (m: string) => ({ compiler: COMPILER, cwd, args: args(m) });
-  return { cwd, p, req, key, memo, scopes, gets, counters, packs, adopted, removed: () => removed, setList: (l: Buffer[]) => (list = l) };
+  const req = (m: string, at = cwd) => ({ compiler: COMPILER, cwd: at, args: args(m) });
+  return {
+    cwd,
+    tree,
+    p,
+    req,
+    key,
+    memo,
+    scopes,
+    gets,
+    counters,
+    packs,
+    adopted,
+    removed: () => removed,
+    setList: (l: Buffer[]) => (list = l),
+    setScopeList: (at: string, l: Buffer[]) => lists.set(scopeDigest(COMPILER, fs.realpathSync(COMPILER), at), l),
+  };
 }
 
 test('one scope request per scope; each memo claimed once; unusable and invalid memos counted', async () => {
@@ -300,6 +321,61 @@ test('a cleared store drops the pack unadopted', async () => {
   assert.equal(t.removed(), 1);
   await sleep(250);
   assert.equal(t.adopted.length, 0);
+});
+
+test('a store cleared while the pack is being written: the file is removed once it lands, and nothing of it serves or is adopted', async () => {
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  let writing!: () => void;
+  const started = new Promise<void>((r) => (writing = r));
+  const t = setup(undefined, () => {
+    writing();
+    return held;
+  });
+  t.setList([t.memo('a'), t.memo('c')]);
+  assert.ok(await t.p.claim(t.req('a')));
+  t.p.fromTeam(t.req('a'));
+  await started;
+  t.p.forget();
+  release();
+  for (let i = 0; i < 100 && !t.removed(); i++) await sleep(10);
+  assert.equal(t.packs.length, 1, 'written');
+  assert.equal(t.removed(), 1, 'and removed');
+  assert.equal(t.p.packedMemo(lookupDigest(COMPILER, t.cwd, t.req('c').args)), undefined);
+  await sleep(250);
+  assert.equal(t.adopted.length, 0);
+});
+
+test('two scopes fetched ahead at once: the first pack is adopted before the second replaces it', async () => {
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  let writes = 0;
+  const t = setup(undefined, async () => {
+    if (writes++ === 0) await held;
+  });
+  const other = t.tree();
+  t.setScopeList(t.cwd, [t.memo('a'), t.memo('c')]);
+  t.setScopeList(other, [t.memo('a', 'a', other), t.memo('c', 'c', other)]);
+  for (const at of [t.cwd, other]) {
+    assert.ok(await t.p.claim(t.req('a', at)));
+    t.p.fromTeam(t.req('a', at));
+  }
+  for (let i = 0; i < 100 && writes < 1; i++) await sleep(10);
+  await sleep(50);
+  assert.equal(writes, 1, 'the second pack waits for the first');
+  release();
+  for (let i = 0; i < 100 && t.packs.length < 2; i++) await sleep(10);
+  assert.equal(t.packs.length, 2);
+  assert.deepEqual(
+    t.adopted.map((e) => e.memo.key),
+    [t.key('c')],
+    "the first pack's entry, adopted before the second was written",
+  );
+  assert.equal(t.p.packedMemo(lookupDigest(COMPILER, other, t.req('c', other).args))?.key, t.key('c', other));
+  await sleep(250);
+  await t.p.adopted();
+  assert.deepEqual(t.adopted.map((e) => e.memo.key).sort(), [t.key('c'), t.key('c', other)].sort());
+  t.p.forget();
 });
 
 test('the scope names the resolved compiler: a compiler path that now resolves elsewhere sees none of its memos', async () => {
