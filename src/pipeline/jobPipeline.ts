@@ -302,9 +302,8 @@ export class JobPipeline {
         this.counters.add(Counter.time_saved_ms, done.ms);
         return { ...k, kind: 'hit', tier: 'inflight', stdout: done.stdout, stderr: done.stderr, savedMs: done.ms, bytes: entryBytes(done.entry) };
       }
-      if (done && done.exitCode !== 0) {
-        return { ...k, kind: 'miss', exitCode: done.exitCode, signal: done.signal, stdout: done.stdout, stderr: done.stderr, bytes: 0, compiledOnClient: false };
-      }
+      // A failure is not shared: it may be the other command's own (its output directory, a
+      // signal), and the key leaves output names and directories out. This job compiles itself.
     }
     // Inputs may change while clang runs (a front end rebuilt meanwhile): store the result only
     // if the key computed again afterwards is still the one it was compiled under.

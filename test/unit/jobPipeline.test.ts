@@ -54,13 +54,16 @@ class FakeCompiler {
   output = (input: string): Buffer => Buffer.from(`object of ${input}`);
   stderr = Buffer.alloc(0);
   exitCode = 0;
+  /** Overrides exitCode for run n (0-based), when set. */
+  exitOf: ((n: number) => number) | null = null;
   gate: Promise<void> = Promise.resolve();
   readonly run = async (o: RunOptions): Promise<CompilerRun> => {
-    this.runs.push(o);
+    const n = this.runs.push(o) - 1;
     await this.gate;
     const out = o.args[o.args.indexOf('-o') + 1]!;
     fs.writeFileSync(resolve(o.cwd, out), this.output(o.args[o.args.length - 1]!));
-    return { exitCode: this.exitCode, signal: 0, stdout: Buffer.alloc(0), stderr: this.stderr, ms: 50 };
+    const exitCode = this.exitOf ? this.exitOf(n) : this.exitCode;
+    return { exitCode, signal: 0, stdout: Buffer.alloc(0), stderr: exitCode ? this.stderr : Buffer.alloc(0), ms: 50 };
   };
 }
 
@@ -192,6 +195,30 @@ test('identical concurrent jobs are compiled once', async () => {
   for (const cwd of cwds) assert.ok(fs.readFileSync(join(cwd, 'a.native.o')).equals(compiler.output('a.o')));
   assert.equal(counters.get('misses'), 1);
   assert.equal(counters.get('hits'), 2);
+});
+
+test("a job waiting on the same key's compile compiles itself when that compile fails: the failure may be the other command's own", async () => {
+  const cache = new StubBackend();
+  const { pipeline, compiler } = await setup({ cache });
+  let open!: () => void;
+  compiler.gate = new Promise((r) => (open = r));
+  // The first command fails for a reason of its own (its output directory, an OOM kill): the key
+  // leaves the output name and the directory out, so the second command has the same key.
+  compiler.exitOf = (n) => (n === 0 ? 1 : 0);
+  compiler.stderr = Buffer.from("error: unable to open output file 'elsewhere/a.native.o'\n");
+  const [first, second] = [tempDir(), tempDir()];
+  const a = pipeline.runJob(request(first, 'a'), live());
+  await new Promise((r) => setTimeout(r, 20));
+  const b = pipeline.runJob(request(second, 'a', 'b.native.o'), live());
+  await new Promise((r) => setTimeout(r, 20));
+  open();
+  const [ra, rb] = await Promise.all([a, b]);
+  assert.equal(expectKind(ra, 'miss').exitCode, 1);
+  const mb = expectKind(rb, 'miss');
+  assert.equal(mb.exitCode, 0, `the second command compiled itself: ${mb.stderr}`);
+  assert.equal(mb.stderr.length, 0);
+  assert.equal(compiler.runs.length, 2);
+  assert.ok(fs.readFileSync(join(second, 'b.native.o')).equals(compiler.output('a.o')));
 });
 
 test('the client compiles when it offers to, under the same concurrency limit', async () => {
