@@ -282,6 +282,42 @@ test("reply 'R': output bytes and exit status are exactly the daemon's", async (
   });
 });
 
+test("reply 'R' to a non-blocking stderr pipe read slowly: every byte arrives and the exit status is the daemon's", async () => {
+  // A Node-based driver (`npm run build | tee log`) can leave its children a non-blocking pipe;
+  // clang's own output waits when it is full, so the replay must too.
+  const stderr = Buffer.alloc(256 << 10, 'warning: remark\n');
+  const cacheDir = newCacheDir();
+  const fifo = path.join(tmp, `stderr-${seq++}.fifo`);
+  execFileSync('mkfifo', [fifo]);
+  const rfd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  const wfd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+  await withDaemon(cacheDir, reply(encodeResult(0, Buffer.alloc(0), stderr)), async () => {
+    // libuv makes a child's stdio blocking again, so perl (perl-base is essential in Debian) sets
+    // O_NONBLOCK on the pipe's description and execs the client.
+    const nonblocking = 'use Fcntl; fcntl(STDERR, F_SETFL, fcntl(STDERR, F_GETFL, 0) | O_NONBLOCK) or die; exec @ARGV or die';
+    const child = spawn('perl', ['-e', nonblocking, client, COMPILER, ...MISSING_JOB], { env: baseEnv(cacheDir), stdio: ['ignore', 'ignore', wfd] });
+    fs.closeSync(wfd);
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    // Not read for a while: the pipe (64 KiB) fills and the client's writes get EAGAIN.
+    await new Promise((r) => setTimeout(r, 300));
+    const got: Buffer[] = [];
+    const buf = Buffer.alloc(1 << 16);
+    for (let eof = false; !eof; ) {
+      try {
+        const n = fs.readSync(rfd, buf);
+        if (n === 0) eof = true;
+        else got.push(Buffer.from(buf.subarray(0, n)));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    fs.closeSync(rfd);
+    assert.equal(await exited, 0);
+    assert.ok(Buffer.concat(got).equals(stderr), `${Buffer.concat(got).length} of ${stderr.length} bytes`);
+  });
+});
+
 test("reply 'R' with signal N: the client dies of signal N (no core); exit 128+N stays an exit", async () => {
   const cacheDir = newCacheDir();
   await withDaemon(cacheDir, reply(encodeResult({ exit: 128 + 15, signal: 15 }, Buffer.from('o'), Buffer.from('e'))), async () => {
