@@ -126,10 +126,13 @@ export class Lifecycle {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     if (this.flushTimer) clearInterval(this.flushTimer);
     if (this.socketWatch) clearInterval(this.socketWatch);
-    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    // Stops accepting at once; the callback comes only once every connection has ended, so the
+    // drain below must not wait for it (a client still compiling would hold the stop unbounded).
+    const closed = new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     const deadline = Date.now() + drainMs;
     while (this.active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     for (const s of this.sockets) s.destroy();
+    await closed;
   }
 
   /** Removes the pid file if it is still ours. */
