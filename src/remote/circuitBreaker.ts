@@ -32,6 +32,11 @@ export class CircuitBreaker {
     this.cooldown = this.baseCooldownMs;
   }
 
+  /** The request let through ended without asking the dependency (refused locally): the next may probe. */
+  release(): void {
+    this.probing = false;
+  }
+
   failure(): void {
     this.failures++;
     if (this.probing) this.cooldown = Math.min(this.cooldown * 2, this.maxCooldownMs);

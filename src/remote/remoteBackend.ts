@@ -138,6 +138,7 @@ export class RemoteServer implements CacheBackend {
       this.ws = ws;
       let welcomed = false;
       const fail = (why: string, failure: Failed['failure'] = 'unavailable') => {
+        clearTimeout(timer);
         if (!welcomed) reject(new ConnectError(why, failure));
         this.drop(ws, why, failure);
       };
@@ -180,15 +181,16 @@ export class RemoteServer implements CacheBackend {
   }
 
   private drop(ws: WebSocket, why: string, failure: Failed['failure'] = 'unavailable'): void {
-    if (this.ws === ws) {
-      this.ws = null;
-      this.ready = null;
-    }
     try {
       ws.terminate();
     } catch {
       // already closed
     }
+    // A connection dropped before: every request on it was failed then, and those pending now
+    // (and the streams they hold) are the current connection's.
+    if (this.ws !== ws) return;
+    this.ws = null;
+    this.ready = null;
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       this.pending.delete(id);
@@ -362,22 +364,29 @@ export class RemoteServer implements CacheBackend {
 
   async put(key: Digest, entry: StoredEntry): Promise<RemotePutResult> {
     if (this.scope === 'read') return { kind: 'refused', reason: 'token has read scope' };
-    if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
     if (entry.record.outputs.length > this.limits.maxEntries)
       return { kind: 'refused', reason: `entry of ${entry.record.outputs.length} outputs exceeds the server's ${this.limits.maxEntries}` };
+    if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
+    // Every way out below that does not ask the server releases the breaker's probe (else it
+    // would stay taken, and the team cache skipped until the daemon restarts).
     let bundle: Buffer;
     try {
       bundle = await packBundle(entry.record, entry.files);
     } catch (e) {
+      this.breaker.release();
       return { kind: 'error', failure: 'local', error: (e as Error).message };
     }
     // Within the limits the server announced, or it would count the put as a bad message; and
     // within what a daemon reads, or teammates' gets of it would only ever be misses.
     const text = (id: number) => JSON.stringify({ type: 'put', id, key, entry: entry.record, bundleBytes: bundle.length });
     if (this.overTextLimit(text) || bundle.length > this.limits.maxBundleBytes) {
+      this.breaker.release();
       return { kind: 'refused', reason: `entry exceeds the server's limits (${this.limits.maxMessageBytes} B message, ${this.limits.maxBundleBytes} B bundle)` };
     }
-    if (bundle.length > this.o.maxBundleBytes) return { kind: 'refused', reason: `bundle of ${bundle.length} bytes exceeds the ${this.o.maxBundleBytes} bytes a daemon reads` };
+    if (bundle.length > this.o.maxBundleBytes) {
+      this.breaker.release();
+      return { kind: 'refused', reason: `bundle of ${bundle.length} bytes exceeds the ${this.o.maxBundleBytes} bytes a daemon reads` };
+    }
     const r = await this.request((id) => ({ text: text(id), binary: bundle }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
@@ -396,11 +405,18 @@ export class RemoteServer implements CacheBackend {
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
     const connected = await this.connected(this.o.putTimeoutMs);
     if (connected) return connected;
-    if (!this.teamMemos) return { kind: 'refused', reason: 'the server keeps no team memos' };
+    if (!this.teamMemos) {
+      // It welcomed us: it is up.
+      this.breaker.success();
+      return { kind: 'refused', reason: 'the server keeps no team memos' };
+    }
     const text = (id: number) => JSON.stringify({ type: 'memo', id, scope, memo: memo.toString('base64') });
     // Over the server's text limit it would be refused and counted as a bad message (and enough
     // of those close the connection).
-    if (this.overTextLimit(text)) return { kind: 'refused', reason: `memo exceeds the server's ${this.limits.maxMessageBytes} B message limit` };
+    if (this.overTextLimit(text)) {
+      this.breaker.release();
+      return { kind: 'refused', reason: `memo exceeds the server's ${this.limits.maxMessageBytes} B message limit` };
+    }
     const r = await this.request((id) => ({ text: text(id) }), this.o.putTimeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
@@ -418,7 +434,10 @@ export class RemoteServer implements CacheBackend {
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures' };
     const connected = await this.connected(timeoutMs);
     if (connected) return connected;
-    if (!this.teamMemos) return { kind: 'memos', memos: [] };
+    if (!this.teamMemos) {
+      this.breaker.success();
+      return { kind: 'memos', memos: [] };
+    }
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'scope', id, scope, maxBundleBytes: this.o.maxBundleBytes }) }), timeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();

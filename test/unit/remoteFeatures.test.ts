@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { WebSocketServer } from 'ws';
@@ -65,11 +66,15 @@ test('a server that announces them gets both, and its memo list is read', async 
 });
 
 /**
- * A stand-in that welcomes every connection (two streams each) and answers `get` with a miss only
- * while `answering`: until then it is a server whose storage hangs, or a peer gone without a FIN.
+ * A stand-in that welcomes every connection (two streams each, `scope`) and answers `get` with a
+ * miss, `delayMs` later, only while `answering`: until then it is a server whose storage hangs, or
+ * a peer gone without a FIN. While `refusing`, it refuses the WebSocket upgrade with HTTP 503.
  */
-async function silentStandIn(): Promise<{ url: string; connections: () => number; answer: () => void; close: () => Promise<void> }> {
-  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+async function silentStandIn(
+  o: { scope?: string; delayMs?: number } = {},
+): Promise<{ url: string; connections: () => number; answer: () => void; refuse: (on: boolean) => void; close: () => Promise<void> }> {
+  let refusing = false;
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', verifyClient: (_info, cb) => (refusing ? cb(false, 503) : cb(true)) });
   await new Promise<void>((r) => wss.once('listening', () => r()));
   let connections = 0;
   let answering = false;
@@ -78,8 +83,8 @@ async function silentStandIn(): Promise<{ url: string; connections: () => number
     ws.on('message', (data, isBinary) => {
       if (isBinary) return;
       const m = JSON.parse(String(data)) as { type: string; id?: number; key?: string };
-      if (m.type === 'hello') ws.send(JSON.stringify({ type: 'welcome', protocol: 1, scope: 'read', limits: { ...DEFAULT_LIMITS, maxStreams: 2 } }));
-      else if (m.type === 'get' && answering) ws.send(JSON.stringify({ type: 'miss', id: m.id, key: m.key }));
+      if (m.type === 'hello') ws.send(JSON.stringify({ type: 'welcome', protocol: 1, scope: o.scope ?? 'read', limits: { ...DEFAULT_LIMITS, maxStreams: 2 } }));
+      else if (m.type === 'get' && answering) setTimeout(() => ws.send(JSON.stringify({ type: 'miss', id: m.id, key: m.key })), o.delayMs ?? 0);
     });
   });
   const { port } = wss.address() as AddressInfo;
@@ -88,6 +93,9 @@ async function silentStandIn(): Promise<{ url: string; connections: () => number
     connections: () => connections,
     answer: () => {
       answering = true;
+    },
+    refuse: (on) => {
+      refusing = on;
     },
     close: () =>
       new Promise((r) => {
@@ -128,6 +136,46 @@ test('a server that answers something meanwhile keeps its connection', async () 
     assert.equal((await stuck).kind, 'error');
     assert.deepEqual(await r.get(hashBytes('c')), { kind: 'miss' });
     assert.equal(s.connections(), 1);
+  } finally {
+    r.close();
+    await s.close();
+  }
+});
+
+test("a request refused before it reaches the server gives the breaker's probe back", async () => {
+  const s = await silentStandIn({ scope: 'write' });
+  const r = new RemoteBackend({ url: s.url, token: 't', timeoutMs: 200, breakerThreshold: 2, breakerCooldownMs: 100, maxBundleBytes: 1024 });
+  try {
+    for (const k of ['a', 'b']) assert.equal((await r.get(hashBytes(k))).kind, 'error');
+    assert.equal((await r.get(hashBytes('c'))).kind, 'error', 'open: skipped');
+    await new Promise((go) => setTimeout(go, 150));
+    // The probe after the cool-down is a put of a bundle larger than a daemon reads: refused here.
+    const big = randomBytes(4096);
+    const put = await r.put(hashBytes('big'), {
+      record: { v: 1, outputs: [{ name: 'obj', digest: hashBytes(big), size: big.length }], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 0 },
+      files: new Map([['obj', big]]),
+    });
+    assert.equal(put.kind, 'refused');
+    s.answer();
+    // The next request probes: before the fix the probe stayed taken and every request was skipped.
+    assert.deepEqual(await r.get(hashBytes('d')), { kind: 'miss' });
+    assert.equal(r.breaker.open, false);
+  } finally {
+    r.close();
+    await s.close();
+  }
+});
+
+test("a refused connection's handshake timer does not fail requests on the next connection", async () => {
+  const s = await silentStandIn({ scope: 'write', delayMs: 600 });
+  const r = new RemoteBackend({ url: s.url, token: 't', timeoutMs: 3000, putTimeoutMs: 300, breakerThreshold: 100 });
+  try {
+    s.refuse(true);
+    assert.equal((await r.putMemo(hashBytes('scope'), Buffer.from('m'))).kind, 'error', 'HTTP 503');
+    s.refuse(false);
+    s.answer();
+    // Answered 600 ms later, on a new connection: the refused one's 300 ms timer fires meanwhile.
+    assert.deepEqual(await r.get(hashBytes('a')), { kind: 'miss' });
   } finally {
     r.close();
     await s.close();
