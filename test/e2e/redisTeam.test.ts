@@ -273,12 +273,21 @@ describe('redis standalone', () => {
       const eMissing = entry({ obj: randomBytes(10_000) });
       assert.equal((await c.put(kMissing, eMissing)).kind, 'stored');
       redis.cli('del', `ltocache:b:{${eMissing.record.outputs[0]!.digest}}:0`);
-      for (const k of [kGarbage, kTrunc, kShort, kMissing]) assert.equal((await c.get(k)).kind, 'miss', k);
+      // A record that names an intact blob with another size: the record is corrupt, not the blob,
+      // which another entry shares.
+      const kShared = newKey();
+      const eShared = entry({ obj: randomBytes(12_000) });
+      assert.equal((await c.put(kShared, eShared)).kind, 'stored');
+      const kWrongSize = newKey();
+      const o = eShared.record.outputs[0]!;
+      redis.cli('set', `ltocache:e:${kWrongSize}`, JSON.stringify({ ...eShared.record, outputs: [{ ...o, size: o.size + 1 }] }));
+      for (const k of [kGarbage, kTrunc, kShort, kMissing, kWrongSize]) assert.equal((await c.get(k)).kind, 'miss', k);
       // Dropped: the records are gone, and so is each corrupt blob (a put rewrites it whole).
-      for (const k of [kGarbage, kTrunc, kShort, kMissing]) assert.equal(redis.cli('exists', `ltocache:e:${k}`), '0');
+      for (const k of [kGarbage, kTrunc, kShort, kMissing, kWrongSize]) assert.equal(redis.cli('exists', `ltocache:e:${k}`), '0');
       assert.equal(redis.cli('exists', blobKey), '0');
+      await assertHit(c, kShared, eShared);
       const m = await metrics(server);
-      assert.equal(errs(m, 'corrupt_record'), 1);
+      assert.equal(errs(m, 'corrupt_record'), 2);
       assert.equal(errs(m, 'corrupt_blob'), 2);
       assert.equal(errs(m, 'missing_blob'), 1);
       assert.equal((await c.put(kTrunc, eTrunc)).kind, 'stored');
@@ -565,6 +574,28 @@ describe('redis cluster (3 masters + 3 replicas)', () => {
     } finally {
       both.close();
       w.close();
+    }
+  });
+
+  // Last: it stops the cluster.
+  test('every node gone: storage operations still answer, within their bound', { timeout: 30_000 }, async () => {
+    const errors: StorageErrorKind[] = [];
+    const s = await RedisStorage.open(cluster.url, (k) => errors.push(k), { warn: () => {} });
+    try {
+      const k = newKey();
+      const e = entry({ obj: randomBytes(1000) });
+      assert.equal((await s.put(k, e)).kind, 'stored');
+      await cluster.stop();
+      const t0 = Date.now();
+      // Queued by the Cluster client while it reconnects, with no timeout of their own.
+      const [got, put, memos] = await Promise.all([s.get(k), s.put(newKey(), e), s.scopeMemos(newKey(), 10)]);
+      assert.equal(got.kind, 'error');
+      assert.equal(put.kind, 'error');
+      assert.equal(memos.kind, 'error');
+      assert.ok(Date.now() - t0 < 8000, `answered after ${Date.now() - t0} ms`);
+      assert.ok(errors.includes('unavailable'), errors.join(','));
+    } finally {
+      await s.close();
     }
   });
 });

@@ -12,6 +12,12 @@ export const CHUNK_BYTES = 4 << 20;
 export const KEY_PREFIX = 'ltocache:';
 /** A storage command that takes longer fails (the request becomes a miss or a failed put). */
 const COMMAND_TIMEOUT_MS = 1000;
+/**
+ * Bound of one storage operation (several commands). A Cluster whose every node is unreachable
+ * keeps commands in its own offline queue, where `commandTimeout` does not apply: without this
+ * bound a request would never be answered, holding its stream and its bundle.
+ */
+const OP_TIMEOUT_MS = 3 * COMMAND_TIMEOUT_MS;
 const SUMMARY_REFRESH_MS = 5000;
 /** summary() older than this starts a refresh (and answers with what it has). */
 const SUMMARY_STALE_MS = 1000;
@@ -160,7 +166,7 @@ export class RedisStorage implements ServerStorage {
     let last = '';
     while (Date.now() < deadline) {
       try {
-        await s.client.ping();
+        await s.bounded(() => s.client.ping());
         await s.refresh();
         s.timer = setInterval(() => void s.refresh().catch(() => {}), SUMMARY_REFRESH_MS);
         s.timer.unref();
@@ -174,6 +180,15 @@ export class RedisStorage implements ServerStorage {
     throw new Error(`storage ${s.describe} is not reachable: ${last}`);
   }
 
+  /** `op`'s result, or a rejection (a timeout, counted unavailable) after OP_TIMEOUT_MS; `op` is not cancelled. */
+  private bounded<T>(op: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out: no answer from ${this.describe} within ${OP_TIMEOUT_MS} ms`)), OP_TIMEOUT_MS);
+    });
+    return Promise.race([op(), late]).finally(() => clearTimeout(timer));
+  }
+
   private fail(e: unknown, kind: 'read' | 'write'): StorageErrorKind {
     const k: StorageErrorKind = unavailable(e) ? 'unavailable' : kind;
     this.onError(k);
@@ -183,37 +198,45 @@ export class RedisStorage implements ServerStorage {
   async get(key: Digest): Promise<Lookup> {
     if (!DIGEST_RE.test(key)) return { kind: 'error', corrupt: false, error: `malformed cache key` };
     try {
-      const raw = await this.client.get(entryKey(key));
-      if (raw === null) return { kind: 'miss' };
-      let record: EntryRecord;
-      try {
-        record = EntryRecord.parse(JSON.parse(raw));
-      } catch (e) {
-        return await this.drop(key, 'corrupt_record', `record is invalid: ${message(e).slice(0, 200)}`, []);
-      }
-      const distinct = new Map(record.outputs.map((o) => [o.digest, o.size]));
-      const read = await Promise.all(
-        [...distinct].map(async ([digest, size]) => {
-          const keys = chunkKeys(digest, size);
-          const parts = await this.client.mgetBuffer(...keys);
-          if (parts.some((p) => p === null)) return { digest, keys, problem: 'missing_blob' as const };
-          const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts as Buffer[]);
-          if (data.length !== size || hashBytes(data) !== digest) return { digest, keys, problem: 'corrupt_blob' as const };
-          return { digest, keys, data };
-        }),
-      );
-      const bad = read.filter((r) => !('data' in r));
-      if (bad.length > 0) {
-        const b = bad[0] as { digest: string; problem: 'missing_blob' | 'corrupt_blob' };
-        const corruptKeys = bad.flatMap((r) => ('problem' in r && r.problem === 'corrupt_blob' ? r.keys : []));
-        return await this.drop(key, b.problem, `blob ${b.digest} is ${b.problem === 'missing_blob' ? 'missing' : 'corrupt'}`, corruptKeys);
-      }
-      const byDigest = new Map(read.map((r) => [r.digest, (r as { data: Buffer }).data]));
-      return { kind: 'hit', entry: { record, files: new Map(record.outputs.map((o) => [o.name, byDigest.get(o.digest)!])) } };
+      return await this.bounded(() => this.read(key));
     } catch (e) {
       this.fail(e, 'read');
       return { kind: 'error', corrupt: false, error: `redis: ${message(e)}` };
     }
+  }
+
+  private async read(key: Digest): Promise<Lookup> {
+    const raw = await this.client.get(entryKey(key));
+    if (raw === null) return { kind: 'miss' };
+    let record: EntryRecord;
+    try {
+      record = EntryRecord.parse(JSON.parse(raw));
+    } catch (e) {
+      return await this.drop(key, 'corrupt_record', `record is invalid: ${message(e).slice(0, 200)}`, []);
+    }
+    const distinct = new Map(record.outputs.map((o) => [o.digest, o.size]));
+    const read = await Promise.all(
+      [...distinct].map(async ([digest, size]) => {
+        const keys = chunkKeys(digest, size);
+        const parts = await this.client.mgetBuffer(...keys);
+        if (parts.some((p) => p === null)) return { digest, keys, problem: 'missing_blob' as const };
+        const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts as Buffer[]);
+        // Intact (it hashes to its digest) but not the size the record says: the record is what is
+        // corrupt, and the blob stays for the other entries that share it.
+        if (hashBytes(data) === digest && data.length !== size) return { digest, keys, problem: 'corrupt_record' as const };
+        if (data.length !== size || hashBytes(data) !== digest) return { digest, keys, problem: 'corrupt_blob' as const };
+        return { digest, keys, data };
+      }),
+    );
+    const bad = read.filter((r) => !('data' in r));
+    if (bad.length > 0) {
+      const b = bad[0] as { digest: string; problem: 'missing_blob' | 'corrupt_blob' | 'corrupt_record' };
+      const corruptKeys = bad.flatMap((r) => ('problem' in r && r.problem === 'corrupt_blob' ? r.keys : []));
+      const what = { missing_blob: 'is missing', corrupt_blob: 'is corrupt', corrupt_record: 'has another size than the record says' }[b.problem];
+      return await this.drop(key, b.problem, `blob ${b.digest} ${what}`, corruptKeys);
+    }
+    const byDigest = new Map(read.map((r) => [r.digest, (r as { data: Buffer }).data]));
+    return { kind: 'hit', entry: { record, files: new Map(record.outputs.map((o) => [o.name, byDigest.get(o.digest)!])) } };
   }
 
   /** Counts the problem and deletes the entry (and corrupt blob chunks, so a later put rewrites them). */
@@ -237,16 +260,18 @@ export class RedisStorage implements ServerStorage {
       blobs.set(o.digest, data);
     }
     try {
-      await Promise.all(
-        [...blobs].map(async ([digest, data]) => {
-          const keys = chunkKeys(digest, data.length);
-          // Deduplicated: a blob whose every chunk is there is not sent again.
-          if ((await this.client.exists(...keys)) === keys.length) return;
-          await Promise.all(keys.map((k, i) => this.client.set(k, data.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES))));
-        }),
-      );
-      // Last: the entry becomes visible only once every blob it names is stored.
-      await this.client.set(entryKey(key), JSON.stringify(record));
+      await this.bounded(async () => {
+        await Promise.all(
+          [...blobs].map(async ([digest, data]) => {
+            const keys = chunkKeys(digest, data.length);
+            // Deduplicated: a blob whose every chunk is there is not sent again.
+            if ((await this.client.exists(...keys)) === keys.length) return;
+            await Promise.all(keys.map((k, i) => this.client.set(k, data.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES))));
+          }),
+        );
+        // Last: the entry becomes visible only once every blob it names is stored.
+        await this.client.set(entryKey(key), JSON.stringify(record));
+      });
       return { kind: 'stored' };
     } catch (e) {
       this.fail(e, 'write');
@@ -258,7 +283,7 @@ export class RedisStorage implements ServerStorage {
   async delete(key: Digest): Promise<DeleteResult> {
     if (!DIGEST_RE.test(key)) return { kind: 'refused', reason: 'malformed cache key' };
     try {
-      return (await this.client.del(entryKey(key))) > 0 ? { kind: 'deleted' } : { kind: 'absent' };
+      return (await this.bounded(() => this.client.del(entryKey(key)))) > 0 ? { kind: 'deleted' } : { kind: 'absent' };
     } catch (e) {
       this.fail(e, 'write');
       return { kind: 'error', error: `redis: ${message(e)}` };
@@ -268,7 +293,7 @@ export class RedisStorage implements ServerStorage {
   async putMemo(scope: Digest, lookup: Digest, memo: Buffer): Promise<{ kind: 'stored' } | { kind: 'error'; error: string }> {
     if (!DIGEST_RE.test(scope) || !DIGEST_RE.test(lookup)) return { kind: 'error', error: 'malformed scope or lookup' };
     try {
-      await this.client.hset(memoKey(scope), lookup, memo);
+      await this.bounded(() => this.client.hset(memoKey(scope), lookup, memo));
       return { kind: 'stored' };
     } catch (e) {
       this.fail(e, 'write');
@@ -282,23 +307,27 @@ export class RedisStorage implements ServerStorage {
     if (max <= 0) return { kind: 'memos', memos: [] };
     const key = memoKey(scope);
     try {
-      const n = await this.client.hlen(key);
-      if (n === 0) return { kind: 'memos', memos: [] };
-      // The hash may grow between HLEN and HGETALL: the slice keeps the bound.
-      if (n <= max) return { kind: 'memos', memos: Object.values(await this.client.hgetallBuffer(key)).slice(0, max) };
-      // HSCAN may return a field twice: collected by field.
-      const got = new Map<string, Buffer>();
-      let cursor = '0';
-      do {
-        const [next, flat] = await this.client.hscanBuffer(key, cursor, 'COUNT', MEMO_SCAN_COUNT);
-        cursor = next.toString('latin1');
-        for (let i = 0; i + 1 < flat.length && got.size < max; i += 2) got.set(flat[i]!.toString('latin1'), flat[i + 1]!);
-      } while (cursor !== '0' && got.size < max);
-      return { kind: 'memos', memos: [...got.values()] };
+      return await this.bounded(() => this.memosOf(key, max));
     } catch (e) {
       this.fail(e, 'read');
       return { kind: 'error', error: `redis: ${message(e)}` };
     }
+  }
+
+  private async memosOf(key: string, max: number): Promise<{ kind: 'memos'; memos: Buffer[] }> {
+    const n = await this.client.hlen(key);
+    if (n === 0) return { kind: 'memos', memos: [] };
+    // The hash may grow between HLEN and HGETALL: the slice keeps the bound.
+    if (n <= max) return { kind: 'memos', memos: Object.values(await this.client.hgetallBuffer(key)).slice(0, max) };
+    // HSCAN may return a field twice: collected by field.
+    const got = new Map<string, Buffer>();
+    let cursor = '0';
+    do {
+      const [next, flat] = await this.client.hscanBuffer(key, cursor, 'COUNT', MEMO_SCAN_COUNT);
+      cursor = next.toString('latin1');
+      for (let i = 0; i + 1 < flat.length && got.size < max; i += 2) got.set(flat[i]!.toString('latin1'), flat[i + 1]!);
+    } while (cursor !== '0' && got.size < max);
+    return { kind: 'memos', memos: [...got.values()] };
   }
 
   private masters(): Redis[] {
@@ -320,7 +349,7 @@ export class RedisStorage implements ServerStorage {
   private async refresh(): Promise<void> {
     const sums = { dbsize: 0, used: 0, max: 0, evicted: 0 };
     for (const node of this.masters()) {
-      const [size, text] = await Promise.all([node.dbsize(), node.info()]);
+      const [size, text] = await this.bounded(() => Promise.all([node.dbsize(), node.info()]));
       sums.dbsize += size;
       sums.used += infoField(text, 'used_memory');
       sums.max += infoField(text, 'maxmemory');
@@ -360,6 +389,6 @@ export class RedisStorage implements ServerStorage {
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.client.quit().catch(() => this.client.disconnect());
+    await this.bounded(() => this.client.quit()).catch(() => this.client.disconnect());
   }
 }
