@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
+import { WebSocket } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { encodeTeamMemo } from '../../src/memo/teamMemo.js';
 import type { Limits } from '../../src/protocol/remote.js';
@@ -126,4 +127,28 @@ test('a team memo list stops short of what a daemon reads; a memo over the text 
   assert.equal(st.bad_messages, 0);
   assert.equal(reader.breaker.open, false);
   assert.equal(writer.breaker.open, false);
+});
+
+test('a peer that reads nothing is closed after the idle timeout, and its answers are let go', { timeout: 60_000 }, async (t) => {
+  const { s, writer } = await setUp(t, { idleTimeoutMs: 500 });
+  const e = entry(0, 1 << 20);
+  const key = hashBytes('an entry for a peer that reads nothing');
+  assert.equal((await writer.put(key, e)).kind, 'stored');
+  writer.close();
+  for (let i = 0; i < 100 && s.stats().connected_clients > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  const ws = new WebSocket(s.url, { headers: { authorization: `Bearer ${SECRET}` } });
+  t.after(() => ws.terminate());
+  ws.on('error', () => {});
+  await new Promise((r) => ws.once('open', r));
+  const welcome = new Promise((r) => ws.once('message', r));
+  ws.send(JSON.stringify({ type: 'hello', protocol: 1, client: 'a peer that stops reading' }));
+  await welcome;
+  // Far more answer bytes (32 MiB) than the loopback socket buffers take, then nothing read.
+  ws.pause();
+  for (let i = 1; i <= 32; i++) ws.send(JSON.stringify({ type: 'get', id: i, key }));
+  for (let i = 0; i < 50 && s.stats().connected_clients === 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(s.stats().connected_clients, 1);
+  const t0 = Date.now();
+  while (s.stats().connected_clients > 0 && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(s.stats().connected_clients, 0, 'closed: it would otherwise hold 32 answers for as long as it lives');
 });

@@ -42,11 +42,21 @@ export class Connection {
     this.ws.close(code, reason);
   }
 
-  /** Closes the connection after `idleMs` with no message and no request being worked on. */
+  /**
+   * Closes the connection after `idleMs` with no message and no request being worked on; and one
+   * whose peer reads nothing: `idleMs` with no message from it, no answer of ours flushed to the
+   * socket, and answers waiting to go out (they hold their bundles until then).
+   */
   armIdle(idleMs: number, ms = idleMs): void {
     this.idleTimer = setTimeout(
       () => {
         const quiet = Date.now() - this.lastActivity;
+        if (quiet >= idleMs && this.working > 0 && this.ws.bufferedAmount > 0) {
+          this.close(CLOSE_CODES.idle, 'peer reads nothing');
+          // The close frame cannot go out either.
+          this.ws.terminate();
+          return;
+        }
         if (this.working > 0 || quiet < idleMs) return this.armIdle(idleMs, this.working > 0 ? idleMs : idleMs - quiet);
         this.close(CLOSE_CODES.idle, 'idle timeout');
       },
