@@ -12,7 +12,7 @@ import { packBundle, packedBytes, unpackBundle } from '../../src/remote/bundle.j
 import { parseRemoteUrls, RemoteBackend } from '../../src/remote/remoteBackend.js';
 import type { StorageErrorKind } from '../../src/remote/server/serverStorage.js';
 import { DirStorage } from '../../src/remote/storage/dirStorage.js';
-import { parseRedisUrl, redact } from '../../src/remote/storage/redisStorage.js';
+import { EvictionCount, parseRedisUrl, redact } from '../../src/remote/storage/redisStorage.js';
 import { Counters } from '../../src/stats/counters.js';
 import { formatPrometheus } from '../../src/stats/prometheus.js';
 import { LocalStore } from '../../src/store/localStore.js';
@@ -220,4 +220,21 @@ describe('team memos in a --dir storage', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+test("Redis evictions: counted from each master's first sighting; a count that went down was reset and counts again from zero", () => {
+  const c = new EvictionCount();
+  c.update('a:1', 1_000_000); // evicted before this process started: not ours
+  c.update('b:2', 5);
+  assert.equal(c.total, 0);
+  c.update('a:1', 1_000_010);
+  c.update('b:2', 7);
+  assert.equal(c.total, 12);
+  // a:1 restarted (or a replica took over under the same address): its count starts from 0.
+  c.update('a:1', 3);
+  assert.equal(c.total, 15);
+  c.update('a:1', 4);
+  c.update('c:3', 100); // a new master: from its first sighting on
+  c.update('c:3', 101);
+  assert.equal(c.total, 17);
 });

@@ -87,6 +87,22 @@ function unavailable(e: unknown): boolean {
   );
 }
 
+/**
+ * Evictions since this process started, from each master's `evicted_keys`: a node's count from
+ * its first sighting on, adding what it grew by; one that went down was reset (a restart, or a
+ * replica promoted in a failover) and counts again from zero.
+ */
+export class EvictionCount {
+  private readonly seen = new Map<string, number>();
+  total = 0;
+
+  update(node: string, evicted: number): void {
+    const last = this.seen.get(node);
+    if (last !== undefined) this.total += evicted >= last ? evicted - last : evicted;
+    this.seen.set(node, evicted);
+  }
+}
+
 const Info = z.object({ dbsize: z.number(), used: z.number(), max: z.number(), evicted: z.number() });
 type Info = z.infer<typeof Info>;
 
@@ -110,8 +126,7 @@ export class RedisStorage implements ServerStorage {
   private readonly client: Redis | Cluster;
   private readonly target: RedisTarget;
   private info: Info = { dbsize: 0, used: 0, max: 0, evicted: 0 };
-  private evictedBase: number | null = null;
-  private evictions = 0;
+  private readonly evictions = new EvictionCount();
   private timer: NodeJS.Timeout | null = null;
   private refreshedAt = 0;
   private refreshing = false;
@@ -354,12 +369,10 @@ export class RedisStorage implements ServerStorage {
       sums.used += infoField(text, 'used_memory');
       sums.max += infoField(text, 'maxmemory');
       sums.evicted += infoField(text, 'evicted_keys');
+      this.evictions.update(`${node.options.host}:${node.options.port}`, infoField(text, 'evicted_keys'));
     }
     this.info = sums;
     this.refreshedAt = Date.now();
-    this.evictedBase ??= sums.evicted;
-    // Monotonic: a failover resets a master's own count.
-    this.evictions = Math.max(this.evictions, sums.evicted - this.evictedBase);
   }
 
   summary(): StorageSummary {
@@ -369,7 +382,7 @@ export class RedisStorage implements ServerStorage {
         .catch(() => {})
         .finally(() => (this.refreshing = false));
     }
-    return { entries: this.info.dbsize, bytes: this.info.used, maxBytes: this.info.max, evictions: this.evictions };
+    return { entries: this.info.dbsize, bytes: this.info.used, maxBytes: this.info.max, evictions: this.evictions.total };
   }
 
   async ready(timeoutMs: number): Promise<boolean> {
