@@ -174,13 +174,18 @@ export class BlobStore {
     return { ok: true, data };
   }
 
-  /** Idempotent: a missing file is not an error. */
+  /**
+   * Idempotent: a missing file is not an error. `removals` moves before and after, so a write
+   * whose generation was taken while the unlink was under way still sees it.
+   */
   async remove(digest: Digest): Promise<void> {
     this.removals++;
     try {
       await this.fs.unlink(this.pathOf(digest));
     } catch (e) {
       if (errno(e) !== 'ENOENT') throw e;
+    } finally {
+      this.removals++;
     }
   }
 
@@ -213,21 +218,26 @@ export class BlobStore {
    * files.
    */
   async removeAll(): Promise<void> {
+    // Before and after, as for remove: a write begun during the removal rewrites its blob.
     this.removals++;
-    for (const n of await this.fs.readdir(this.blobsDir)) {
-      const path = join(this.blobsDir, n);
-      let files: string[] | null = null;
-      if (SHARD_RE.test(n)) {
-        try {
-          files = await this.fs.readdir(path);
-        } catch (e) {
-          if (errno(e) !== 'ENOTDIR' && errno(e) !== 'ENOENT') throw e;
+    try {
+      for (const n of await this.fs.readdir(this.blobsDir)) {
+        const path = join(this.blobsDir, n);
+        let files: string[] | null = null;
+        if (SHARD_RE.test(n)) {
+          try {
+            files = await this.fs.readdir(path);
+          } catch (e) {
+            if (errno(e) !== 'ENOTDIR' && errno(e) !== 'ENOENT') throw e;
+          }
         }
+        if (files === null) {
+          this.dirs.delete(path);
+          await this.fs.rm(path, { recursive: true, force: true });
+        } else for (const f of files) await this.fs.rm(join(path, f), { recursive: true, force: true });
       }
-      if (files === null) {
-        this.dirs.delete(path);
-        await this.fs.rm(path, { recursive: true, force: true });
-      } else for (const f of files) await this.fs.rm(join(path, f), { recursive: true, force: true });
+    } finally {
+      this.removals++;
     }
   }
 

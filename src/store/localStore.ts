@@ -12,6 +12,9 @@ type Db = Level<string, string>;
 type Sub = AbstractSublevel<Db, string | Buffer | Uint8Array, string, string>;
 type BatchOp = { type: 'put'; sublevel: Sub; key: string; value: string } | { type: 'del'; sublevel: Sub; key: string };
 
+/** Unreferenced blob files younger than this survive the start-up sweep (see sweep). */
+export const ORPHAN_GRACE_MS = 10 * 60_000;
+
 /** A sublevel of the store's LevelDB handed to other components; values are JSON. */
 export type StoreSublevel<V> = AbstractSublevel<Db, string | Buffer | Uint8Array, string, V>;
 
@@ -580,10 +583,12 @@ export class LocalStore implements CacheBackend {
     this.recentUse.clear();
     await this.meta.put('clearing', '1');
     for (const s of [this.entries, this.info, this.lru, this.refs]) await s.clear();
-    await this.blobs.removeAll();
-    await this.meta.clear();
+    // No entry is left: the totals say so even if removing the files fails below (else every
+    // later put would add to the old totals, and eviction would take the new entries).
     this.bytes = 0;
     this.entryCount = 0;
+    await this.blobs.removeAll();
+    await this.meta.clear();
   }
 
   private async readNumber(key: string): Promise<number> {
@@ -603,12 +608,13 @@ export class LocalStore implements CacheBackend {
         if (this.closing) return report;
         if (await this.mutex.run(() => this.dropIfBroken(key))) report.brokenEntries++;
       }
-      // A blob written since the sweep began may be one a client stored for an adoption still on
-      // its way (docs/protocol.md, 'S'): only older orphans go.
-      const began = this.opts.now();
+      // A blob placed by a client for an adoption still on its way (docs/protocol.md, 'S') keeps
+      // its temp file's mtime, which may be from before the sweep began: only orphans older than
+      // ORPHAN_GRACE_MS go (the others at a later start).
+      const before = this.opts.now() - ORPHAN_GRACE_MS;
       for await (const digests of this.blobs.shards()) {
         if (this.closing) return report;
-        report.orphanBlobs += await this.mutex.run(() => this.dropUnreferenced(digests, began));
+        report.orphanBlobs += await this.mutex.run(() => this.dropUnreferenced(digests, before));
       }
     } catch (e) {
       if (!this.closing) report.error = message(e);

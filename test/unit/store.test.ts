@@ -341,20 +341,22 @@ test('the background sweep removes orphan blobs and entries whose blobs are miss
   const orphan = blobPath(dir, 'orphan');
   fs.mkdirSync(join(orphan, '..'), { recursive: true });
   fs.writeFileSync(orphan, 'orphan');
+  const hourAgo = new Date(Date.now() - 3600_000);
+  fs.utimesSync(orphan, hourAgo, hourAgo);
   const stray = join(layoutPaths(dir).blobs, 'README');
   fs.writeFileSync(stray, 'not a blob');
-  // Unreferenced but modified after the sweep began (dated ahead here): a client's blob whose
-  // adoption is on its way. It stays.
+  // Unreferenced and written a minute before the sweep: a client's blob whose adoption is on its
+  // way (renamed from its temp file, it keeps the temp's mtime). It stays.
   const fresh = blobPath(dir, 'fresh');
   fs.mkdirSync(join(fresh, '..'), { recursive: true });
   fs.writeFileSync(fresh, 'fresh');
-  const ahead = new Date(Date.now() + 60_000);
-  fs.utimesSync(fresh, ahead, ahead);
+  const minuteAgo = new Date(Date.now() - 60_000);
+  fs.utimesSync(fresh, minuteAgo, minuteAgo);
 
   const s = await openStore(t, { dir });
   assert.deepEqual(await s.sweepDone, { orphanBlobs: 1, brokenEntries: 1 });
   assert.equal(fs.existsSync(orphan), false);
-  assert.equal(fs.existsSync(fresh), true, 'a blob newer than the sweep is left for its adoption');
+  assert.equal(fs.existsSync(fresh), true, 'a blob younger than ORPHAN_GRACE_MS is left for its adoption');
   assert.equal(fs.existsSync(stray), true, 'files not named like blobs are left alone');
   assert.equal(await hasRecord(s, key(2)), false);
   assertHit(await s.get(key(1)), e1);
@@ -638,6 +640,54 @@ test('clear keeps the blob shard directories and removes anything else in blobs/
   fs.rmSync(shard, { recursive: true, force: true });
   assert.equal((await s.put(key('c-2'), e1)).kind, 'stored');
   assertHit(await s.get(key('c-2')), e1);
+});
+
+test('a put racing a clear commits its entry with its blob', async (t) => {
+  const dir = tempDir();
+  // Removing a file takes 20 ms: the clear is under way for a while.
+  const seam: Partial<StoreFs> = {
+    async rm(path, opts) {
+      await new Promise((r) => setTimeout(r, 20));
+      return nodeFs.rm(path, opts);
+    },
+  };
+  const s = await openStore(t, { dir, fs: seam, sweepOnOpen: false, durable: false });
+  const shared = fill(1500, 7);
+  for (let i = 0; i < 20; i++) assert.equal((await s.put(key(`c-${i}`), entry({ obj: i === 0 ? shared : fill(1500, 100 + i) }))).kind, 'stored');
+  const clearing = s.clear();
+  await new Promise((r) => setTimeout(r, 5));
+  // The same bytes as a blob the clear is about to remove: found present, not written again.
+  const e = entry({ obj: shared });
+  const put = s.put(key('during'), e);
+  await clearing;
+  assert.equal((await put).kind, 'stored');
+  assertHit(await s.get(key('during')), e);
+  assert.deepEqual(s.summary(), { entries: 1, bytes: 1500 + recordBytes(e) });
+});
+
+test('a clear that fails to remove files leaves no totals behind: later puts are not evicted for them', async (t) => {
+  const dir = tempDir();
+  let failOnce = false;
+  const seam: Partial<StoreFs> = {
+    async rm(path, opts) {
+      if (failOnce) {
+        failOnce = false;
+        throw Object.assign(new Error('EACCES: injected'), { code: 'EACCES' });
+      }
+      return nodeFs.rm(path, opts);
+    },
+  };
+  const s = await openStore(t, { dir, fs: seam, sweepOnOpen: false, durable: false, maxBytes: 8000 });
+  for (let i = 0; i < 3; i++) assert.equal((await s.put(key(`f-${i}`), entry({ obj: fill(2000, 10 + i) }))).kind, 'stored');
+  failOnce = true;
+  await assert.rejects(s.clear(), /EACCES/);
+  assert.deepEqual(s.summary(), { entries: 0, bytes: 0 });
+  const a = entry({ obj: fill(2000, 20) });
+  const b = entry({ obj: fill(2000, 21) });
+  assert.equal((await s.put(key('after-a'), a)).kind, 'stored');
+  assert.equal((await s.put(key('after-b'), b)).kind, 'stored');
+  assertHit(await s.get(key('after-a')), a);
+  assertHit(await s.get(key('after-b')), b);
 });
 
 test('sublevel() hands out one object per name', async (t) => {
