@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
@@ -22,8 +22,8 @@ import { RemoteBackend } from '../remote/remoteBackend.js';
 import { UploadQueue } from '../remote/uploadQueue.js';
 import { Counter, Counters, ErrorKind, STATS_KEY, STATS_SUBLEVEL, StatsRecord, type StatsView } from '../stats/counters.js';
 import type { CacheBackend } from '../store/backend.js';
-import { LayoutError } from '../store/layout.js';
-import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { type LocalStore, StoreLockedError } from '../store/localStore.js';
+import { openStoreWithRecovery } from '../store/openWithRecovery.js';
 import { readOnly, type TierEvent, tiered } from '../store/policies.js';
 import { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
@@ -202,7 +202,7 @@ export class Daemon {
     await initHash();
     let store: LocalStore;
     try {
-      store = await openStoreWithRecovery(config, log);
+      store = await openStoreWithRecovery({ dir: join(config.dir, 'store'), maxBytes: config.max_size, durable: false }, log);
     } catch (e) {
       if (e instanceof StoreLockedError) return 'already-running';
       throw e;
@@ -503,25 +503,6 @@ export class Daemon {
       this.markStopped();
     })();
     return this.stopping;
-  }
-}
-
-/**
- * Opens the store; metadata LevelDB that cannot be opened (corrupt, deleted files) is moved aside
- * and re-initialised empty, with a clear log line: the blobs it referenced become orphans that
- * the background sweep removes, and jobs recompile. A locked store (another daemon) and an
- * unknown layout version are not touched.
- */
-async function openStoreWithRecovery(config: Config, log: Logger): Promise<LocalStore> {
-  const dir = join(config.dir, 'store');
-  try {
-    return await LocalStore.open({ dir, maxBytes: config.max_size, durable: false });
-  } catch (e) {
-    if (e instanceof StoreLockedError || e instanceof LayoutError || !existsSync(join(dir, 'v1', 'meta'))) throw e;
-    const aside = join(dir, 'v1', `meta.corrupt-${Date.now()}`);
-    log.error('store metadata unreadable; moving it aside and starting with an empty store', { error: String(e), moved_to: aside });
-    renameSync(join(dir, 'v1', 'meta'), aside);
-    return await LocalStore.open({ dir, maxBytes: config.max_size, durable: false });
   }
 }
 
