@@ -160,7 +160,11 @@ export class Daemon {
           distribute: (req, signal) => this.distribute(req, signal),
         }),
       onIdle: () => void this.stop(),
-      flush: () => this.flushCounters(),
+      flush: async () => {
+        await this.flushCounters();
+        // Bounded history, pruned once the build is quiet.
+        await this.jobLog.pruneIfDue().catch((e: unknown) => this.log.warn('cannot prune the job log', { error: String(e) }));
+      },
     });
   }
 

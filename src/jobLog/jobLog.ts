@@ -26,6 +26,10 @@ const OutputHistory = z.object({ last: JobRecord, previous: JobRecord.optional()
 /** Default idle time that separates two builds (config `build_gap_ms`). */
 export const BUILD_GAP_MS = 10_000;
 const MAX_LOG = 50_000;
+/** Records written between two prunes. */
+const PRUNE_EVERY = 10_000;
+/** A prune waits for this long without a record (a build in progress is not slowed). */
+export const PRUNE_QUIET_MS = 30_000;
 
 interface Recorded {
   /** Only where the job ran and its arguments are kept. */
@@ -53,7 +57,9 @@ function outputOf(args: string[]): string | undefined {
 
 /**
  * What the daemon remembers about jobs, for `explain` and traces: the manifest of every key,
- * the last two jobs per output path, and a time-ordered log. Writes are batched.
+ * the last two jobs per output path, and a time-ordered log. Writes are batched. Bounded: the log
+ * keeps its newest `maxLog` records, and output and input histories older than its oldest record
+ * go with the manifests no kept record names (pruneIfDue).
  */
 export class JobLog {
   private pending: { type: 'put'; sublevel: string; key: string; value: string }[] = [];
@@ -63,13 +69,19 @@ export class JobLog {
   private readonly lastByInput = new Map<string, JobRecord>();
   private readonly manifestsWritten = new Set<string>();
   private written = 0;
+  /** Due at start (a daemon's life may be shorter than PRUNE_EVERY records), then every PRUNE_EVERY. */
+  private pruneDue = true;
+  private pruning = false;
+  private lastRecordAt = 0;
 
   constructor(
     private readonly store: LocalStore,
     private readonly buildGapMs = BUILD_GAP_MS,
+    private readonly maxLog = MAX_LOG,
   ) {}
 
   async record(r: Recorded): Promise<void> {
+    this.lastRecordAt = Date.now();
     const output = resolve(r.req.cwd, r.output ?? outputOf(r.req.args) ?? '.');
     // A key's manifest is the same on every job with that key (but for unkeyed `dropped`
     // arguments): write it once per daemon lifetime, not on every hit.
@@ -131,9 +143,22 @@ export class JobLog {
       await this.store.sublevel(name).batch(list.map((o) => ({ type: 'put' as const, key: o.key, value: o.value })));
     }
     this.written += ops.length;
-    if (this.written > 10_000) {
+    if (this.written > PRUNE_EVERY) {
       this.written = 0;
+      this.pruneDue = true;
+    }
+  }
+
+  /** Prunes (see the class) when due and no record came for PRUNE_QUIET_MS; the daemon calls it now and then. */
+  async pruneIfDue(now = Date.now()): Promise<void> {
+    if (!this.pruneDue || this.pruning || now - this.lastRecordAt < PRUNE_QUIET_MS) return;
+    this.pruning = true;
+    try {
+      await this.flush();
       await this.prune();
+      this.pruneDue = false;
+    } finally {
+      this.pruning = false;
     }
   }
 
@@ -141,8 +166,39 @@ export class JobLog {
     const log = this.store.sublevel('log');
     const keys: string[] = [];
     for await (const k of log.keys({ reverse: true })) keys.push(String(k));
-    const old = keys.slice(MAX_LOG);
-    if (old.length) await log.batch(old.map((key) => ({ type: 'del' as const, key })));
+    await deleteKeys(log, keys.slice(this.maxLog));
+    // What the kept records need: their keys' and previous keys' manifests, and the histories of
+    // outputs and inputs since the oldest of them.
+    const keep = new Set<string>();
+    let oldest = Number.POSITIVE_INFINITY;
+    for await (const v of log.values()) {
+      const r = JobRecord.safeParse(parseOrNull(v));
+      if (!r.success) continue;
+      oldest = Math.min(oldest, r.data.startedAt);
+      for (const k of [r.data.key, r.data.prevKey]) if (k) keep.add(k);
+    }
+    for (const name of ['outputs', 'inputs']) {
+      const sub = this.store.sublevel(name);
+      const old: string[] = [];
+      for await (const [k, v] of sub.iterator()) {
+        const h = OutputHistory.safeParse(parseOrNull(v));
+        if (!h.success || h.data.last.startedAt < oldest) old.push(String(k));
+        else for (const key of [h.data.last.key, h.data.last.prevKey, h.data.previous?.key]) if (key) keep.add(key);
+      }
+      await deleteKeys(sub, old);
+    }
+    const manifests = this.store.sublevel('manifests');
+    const unused: string[] = [];
+    for await (const k of manifests.keys()) if (!keep.has(String(k))) unused.push(String(k));
+    await deleteKeys(manifests, unused);
+    for (const k of unused) this.manifestsWritten.delete(k);
+  }
+
+  /** How many keys one of the log's sublevels holds (tests). */
+  async count(sublevel: 'log' | 'outputs' | 'inputs' | 'manifests'): Promise<number> {
+    let n = 0;
+    for await (const _ of this.store.sublevel(sublevel).keys()) n++;
+    return n;
   }
 
   private async getJson<T>(sublevel: string, key: string, schema: z.ZodType<T>): Promise<T | undefined> {
@@ -195,4 +251,18 @@ export class JobLog {
     if (cur.length && builds.length < limit) builds.push(cur.reverse());
     return builds;
   }
+}
+
+function parseOrNull(v: unknown): unknown {
+  if (typeof v !== 'string') return v;
+  try {
+    return JSON.parse(v);
+  } catch {
+    return null;
+  }
+}
+
+/** Deletes `keys` in batches of a few thousand. */
+async function deleteKeys(sub: ReturnType<LocalStore['sublevel']>, keys: readonly string[]): Promise<void> {
+  for (let i = 0; i < keys.length; i += 5000) await sub.batch(keys.slice(i, i + 5000).map((key) => ({ type: 'del' as const, key })));
 }
