@@ -1,7 +1,7 @@
 import { constants, realpathSync, statSync } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
-import { delimiter, dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { delimiter, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { parseJob } from '../key/parseJob.js';
 import { DistFile, DTLTO_LIMITS, distFileError } from '../protocol/dtlto.js';
 
@@ -70,10 +70,11 @@ async function findCompiler(name: string, cwd: string, env: NodeJS.ProcessEnv): 
   return null;
 }
 
-/** Inside `dir` (not `dir` itself), by path: no `..` escape, not elsewhere when absolute. */
-function within(dir: string, abs: string): boolean {
+/** Inside `dir` (not `dir` itself), by path: no `..` escape, not elsewhere when absolute. A name
+ *  that only starts with two dots (`..m.1.9.native.o`) is inside. */
+export function within(dir: string, abs: string): boolean {
   const rel = relative(dir, abs);
-  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
+  return rel !== '' && rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
 }
 
 /** `-o X` / `-oX` values in a command line. */
@@ -148,21 +149,23 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
   inputs.add(resolve(cwd, file));
 
   const outputs = new Set<string>();
+  /** Every file a job writes, declared or derived: beside the linker output, not an input, once. */
+  const claimOutput = (n: number, o: string, what: string): string => {
+    const abs = resolve(cwd, o);
+    if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is outside the linker output's directory ${linkerDir}`);
+    const parentReal = realpathOrNull(dirname(abs));
+    if (parentReal === null) throw new DistributeError(`jobs[${n}]: the directory of ${what} ${o} does not exist`);
+    if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal))
+      throw new DistributeError(`jobs[${n}]: ${what} ${o} resolves outside the linker output's directory (through a symbolic link)`);
+    if (inputs.has(abs)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is also an input`);
+    if (outputs.has(abs)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is written twice`);
+    outputs.add(abs);
+    return abs;
+  };
   const jobs: PlannedJob[] = [];
   for (const [n, j] of d.jobs.entries()) {
     const declared = new Set<string>();
-    for (const o of j.outputs) {
-      const abs = resolve(cwd, o);
-      if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: output ${o} is outside the linker output's directory ${linkerDir}`);
-      const parentReal = realpathOrNull(dirname(abs));
-      if (parentReal === null) throw new DistributeError(`jobs[${n}]: the directory of output ${o} does not exist`);
-      if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal))
-        throw new DistributeError(`jobs[${n}]: output ${o} resolves outside the linker output's directory (through a symbolic link)`);
-      if (inputs.has(abs)) throw new DistributeError(`jobs[${n}]: output ${o} is also an input`);
-      if (outputs.has(abs)) throw new DistributeError(`jobs[${n}]: output ${o} is declared twice`);
-      outputs.add(abs);
-      declared.add(abs);
-    }
+    for (const o of j.outputs) declared.add(claimOutput(n, o, 'output'));
     const args = [...d.common.args.slice(1), ...j.args];
     for (const o of outputFlags(args)) {
       if (!declared.has(resolve(cwd, o))) throw new DistributeError(`jobs[${n}]: -o ${o} is not one of the job's declared outputs`);
@@ -175,6 +178,8 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
         if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: clang would write ${o.path} outside the linker output's directory`);
         // Also a -o inside a response file.
         if (o.role === 'obj' && !declared.has(abs)) throw new DistributeError(`jobs[${n}]: -o ${o.path} is not one of the job's declared outputs`);
+        // A derived output (an optimisation record, a .dwo) passes the declared outputs' checks.
+        if (!declared.has(abs)) claimOutput(n, o.path, 'derived output');
       }
     }
     jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs, inputs: j.inputs.map((p) => resolve(cwd, p)) });

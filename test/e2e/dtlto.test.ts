@@ -340,6 +340,24 @@ describe('DTLTO through ltocache (lld 22)', () => {
         },
         /clang would write \.\.\/outside\/r\.o outside the linker output's directory/,
       ],
+      [
+        'an optimisation record written over an input',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: [...f.jobs[0]!.args, '-fsave-optimization-record', '-foptimization-record-file=mathx.o'] }] }),
+        /derived output mathx\.o is also an input/,
+      ],
+      [
+        'two jobs writing one optimisation record',
+        (f) => {
+          const job = { ...f.jobs[0]!, args: [...f.jobs[0]!.args, '-fsave-optimization-record', '-foptimization-record-file=remarks.yaml'] };
+          const other = {
+            ...job,
+            args: [...job.args.map((a) => (a === '-o' || a !== 'main.1.9.native.o' ? a : 'main.2.9.native.o'))],
+            outputs: ['main.2.9.native.o'],
+          };
+          return { ...f, jobs: [job, other] };
+        },
+        /jobs\[1\]: derived output remarks\.yaml is written twice/,
+      ],
       ['a NUL byte', (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o\u0000', ...f.jobs[0]!.args.slice(1)] }] }), /jobs\[0\]\.args\[0\]: contains a NUL byte/],
       ['too many jobs', (f) => ({ ...f, jobs: Array.from({ length: DTLTO_LIMITS.maxJobs + 1 }, () => f.jobs[0]) }), /jobs: Too big/i],
       ['too many arguments', (f) => ({ ...f, common: { ...f.common, args: [wrapper, ...Array.from({ length: DTLTO_LIMITS.maxArgs }, () => '-O2')] } }), /common\.args: Too big/i],
