@@ -15,7 +15,6 @@ import { DenyList, type DenyRecord } from '../pipeline/denyList.js';
 import type { JobRequest } from '../pipeline/jobPipeline.js';
 import { type JobOutcome, JobPipeline } from '../pipeline/jobPipeline.js';
 import { runCompiler } from '../pipeline/runCompiler.js';
-import { Semaphore } from '../pipeline/semaphore.js';
 import { type DistributeRequest, socketPathFor } from '../protocol/clientFrames.js';
 import type { ControlRequest } from '../protocol/control.js';
 import { RemoteBackend } from '../remote/remoteBackend.js';
@@ -80,8 +79,6 @@ export class Daemon {
   private savedHashed = -1;
   private lastDigestSave = 0;
   private stopping: Promise<void> | null = null;
-  /** Compiles a distribution runs outside the pipeline (jobs it cannot key), `jobs` at a time. */
-  private readonly directRuns: Semaphore;
 
   private constructor(
     readonly config: Config,
@@ -91,7 +88,6 @@ export class Daemon {
   ) {
     this.socketPath = socketPathFor(config.dir, process.getuid!());
     this.jobLog = new JobLog(store, config.build_gap_ms);
-    this.directRuns = new Semaphore(config.jobs);
     this.stopped = new Promise((r) => (this.markStopped = r));
     if (config.remote) {
       this.remote = new RemoteBackend({
@@ -376,7 +372,8 @@ export class Daemon {
       this.recordJob(jr, o, startedAt);
       if (o.kind === 'hit') return { code: 0, signal: null, stdout: o.stdout, stderr: o.stderr };
       if (o.kind === 'miss') return { code: o.exitCode, signal: signalName(o.signal), stdout: o.stdout, stderr: o.stderr };
-      const release = await this.directRuns.acquire();
+      // Within the pipeline's own bound: misses and these together run `jobs` compilers at most.
+      const release = await this.pipeline.compileSlot();
       this.lifecycle.jobStarted();
       try {
         const r = await runCompiler({ ...jr, signal });

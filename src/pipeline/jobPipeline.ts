@@ -236,6 +236,11 @@ export class JobPipeline {
     return this.o.counters;
   }
 
+  /** A compile slot for a compile the pipeline does not run itself (a job it cannot key): `jobs` bounds them all. */
+  compileSlot(): Promise<() => void> {
+    return this.compiles.acquire();
+  }
+
   /** Fast-path hits were noticed: the build goes on, so the team pack is kept a while longer. */
   noticed(): void {
     this.prefetch?.touch();

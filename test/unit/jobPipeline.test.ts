@@ -239,6 +239,20 @@ test('the client compiles when it offers to, under the same concurrency limit', 
   assert.equal(cache.entries.get(miss.key)?.files.get('obj')?.toString(), 'from the client');
 });
 
+test('compiles run outside the pipeline share its bound: with every slot taken, a miss waits', async () => {
+  const cache = new StubBackend();
+  const { pipeline, compiler } = await setup({ cache });
+  // jobs = 4 (setup): a distribution's direct runs hold all four.
+  const held = await Promise.all(Array.from({ length: 4 }, () => pipeline.compileSlot()));
+  const miss = pipeline.runJob(request(tempDir(), 'a'), live());
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(compiler.runs.length, 0, 'no fifth compiler');
+  held[0]!();
+  assert.equal(expectKind(await miss, 'miss').exitCode, 0);
+  assert.equal(compiler.runs.length, 1);
+  for (const r of held.slice(1)) r();
+});
+
 test('uncacheable jobs are data, not errors', async () => {
   const cache = new StubBackend();
   const { pipeline, counters } = await setup({ cache });
