@@ -16,7 +16,39 @@ const digest = z.string().regex(DIGEST_RE);
 const FileRef = z.object({ path: z.string(), digest });
 
 /** Environment variables that can change a backend job's output (docs/key.md). */
-export const KEY_ENV = ['CCC_OVERRIDE_OPTIONS', 'CLANG_NO_DEFAULT_CONFIG', 'LD_LIBRARY_PATH', 'LD_PRELOAD', 'COMPILER_PATH'] as const;
+export const KEY_ENV = [
+  'CCC_OVERRIDE_OPTIONS',
+  'CLANG_NO_DEFAULT_CONFIG',
+  'LD_LIBRARY_PATH',
+  'LD_PRELOAD',
+  'COMPILER_PATH',
+  // The minimum OS version and SDK an Apple target's object records.
+  'MACOSX_DEPLOYMENT_TARGET',
+  'IPHONEOS_DEPLOYMENT_TARGET',
+  'TVOS_DEPLOYMENT_TARGET',
+  'WATCHOS_DEPLOYMENT_TARGET',
+  'XROS_DEPLOYMENT_TARGET',
+  'SDKROOT',
+] as const;
+
+/**
+ * Dropped flags clang does not mention with `-x ir`. The others draw "argument unused during
+ * compilation" (an error under -Werror): the replayed stderr would be another command's, so they
+ * are keyed unless that warning is off (unusedArgumentWarningOff).
+ */
+const SILENT_DROPS = /^(-D|-std=|-nostdinc$)/;
+
+/** Whether the job turns "argument unused during compilation" off (the kernel passes -Wno-unused-command-line-argument). */
+function unusedArgumentWarningOff(job: Job): boolean {
+  let off = false;
+  for (const t of job.tokens) {
+    if (t.t !== 'flag') continue;
+    if (t.v === '-Qunused-arguments' || t.v === '-w') return true;
+    if (t.v === '-Wno-unused-command-line-argument') off = true;
+    else if (t.v === '-Wunused-command-line-argument' || t.v === '-Werror=unused-command-line-argument' || t.v === '-Weverything') off = false;
+  }
+  return off;
+}
 
 /**
  * Flags under which an output's name changes the bytes written: the object records the `.dwo`
@@ -153,6 +185,9 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
     };
     const outputsAbs = new Set(job.outputs.map((o) => resolve(cwd, o.path)));
     const namesKeyed = outputNamesKeyed(job);
+    // clang-cl by name: a Windows target by default (see windowsTarget in parseJob).
+    if (/(^|\/)clang-cl(-[0-9.]+)?(\.exe)?$/i.test(compiler)) throw new Uncacheable('windows-target', `${compiler}: clang-cl targets Windows`);
+    const dropsQuiet = unusedArgumentWarningOff(job);
     const toolchain = await ctx.toolchains.identify(compiler, env, ctx.observe);
     const args: Manifest['args'] = [];
     const dropped: string[] = [];
@@ -162,7 +197,8 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
     for (const tok of job.tokens) {
       switch (tok.t) {
         case 'dropped':
-          dropped.push(tok.v);
+          if (dropsQuiet || SILENT_DROPS.test(tok.v)) dropped.push(tok.v);
+          else args.push({ a: tok.v });
           break;
         case 'output':
           args.push(namesKeyed ? { a: tok.v, output: tok.path } : { a: tok.v });

@@ -155,6 +155,10 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ].map((o) => [o, JOINED | FILE] as [string, number]),
   // Not a cacheable backend object.
   ...['-E', '-M', '-MM', '-###', '-v', '-fsyntax-only', '-fdriver-only', '--analyze', '-', '-working-directory'].map((o) => [o, UNCACHEABLE] as [string, number]),
+  // An external assembler (found through PATH, -B, the GCC install) the key does not identify.
+  ...['-fno-integrated-as', '-no-integrated-as'].map((o) => [o, UNCACHEABLE] as [string, number]),
+  // The embedded bitcode carries the command line, the index path in it, which is not keyed.
+  ['-fembed-bitcode', JOINED | UNCACHEABLE],
   ...['-save-temps', '-ftime-trace', '-ccc-', '-fcrash-diagnostics', '-fmodules-cache-path', '-fproc-stat-report', '-fdump-', '-MJ', '-working-directory='].map(
     (o) => [o, JOINED | UNCACHEABLE] as [string, number],
   ),
@@ -162,6 +166,17 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   // and `--config=` names: the key lists only the compiler's own config directories.
   ...['--config-user-dir=', '--config-system-dir='].map((o) => [o, JOINED | UNCACHEABLE] as [string, number]),
 ]);
+
+/**
+ * A Windows (COFF) target, CodeView debug info or clang-cl's driver mode: the object's build-info
+ * record then holds the backend's command line (the index path, flags the key drops) and its
+ * directory, none of which the key covers.
+ */
+function windowsTarget(a: string, next: string | undefined): boolean {
+  const triple = a.startsWith('--target=') ? a.slice('--target='.length) : a === '-target' || a === '-triple' ? next : undefined;
+  if (triple !== undefined && /windows|win32|mingw|cygwin|msvc/i.test(triple)) return true;
+  return a === '-gcodeview' || a === '--driver-mode=cl';
+}
 
 /** Joined entries, longest first, so the most specific prefix wins. */
 const PREFIXES = [...OPTIONS].filter(([, f]) => f & JOINED).sort((a, b) => b[0].length - a[0].length);
@@ -229,6 +244,11 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
       const a = argv[i]!;
       const opt = lookupOption(a);
       if (opt && opt.flags & UNCACHEABLE) throw new Uncacheable('unsupported-flag', `flag ${a} is not cacheable`);
+      if (windowsTarget(a, argv[i + 1]))
+        throw new Uncacheable(
+          'windows-target',
+          `${a}${a === '-target' || a === '-triple' ? ` ${argv[i + 1]}` : ''}: a COFF object with CodeView records the job's command line and directory`,
+        );
       if (a === '-Xclang' && argv[i + 1]?.startsWith('-fthinlto-index=')) {
         tokens.push({ t: 'flag', v: a });
         continue;

@@ -20,6 +20,7 @@ export const UNCACHEABLE_REASONS = [
   'asm-include-unresolved',
   'sanitizer-resources-unknown',
   'native-cpu-unknown',
+  'windows-target',
   'key-error',
 ] as const;
 export type UncacheableReason = (typeof UNCACHEABLE_REASONS)[number];

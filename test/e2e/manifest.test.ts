@@ -449,6 +449,42 @@ describe('what does not change the key', () => {
     assert.deepEqual(r.manifest.dropped, ['-DFOO=1', '-D BAR']);
   });
 
+  test('a dropped flag clang warns about is keyed unless that warning is off: its stderr (and its exit under -Werror) differ', async () => {
+    const d = tree();
+    const loud = BASE.filter((a) => a !== '-Wno-unused-command-line-argument');
+    // What clang does: -I draws "argument unused during compilation", -D does not.
+    const run = (extra: string[]) => spawnSync(CLANG, ['-Werror', ...extra, ...loud.slice(0, -3), '-o', 'w.o', 'a.o'], { cwd: d, encoding: 'utf8' });
+    assert.equal(run([]).status, 0);
+    const withI = run(['-I', 'inc']);
+    assert.notEqual(withI.status, 0);
+    assert.match(withI.stderr, /argument unused during compilation: '-I inc'/);
+    assert.equal(run(['-DFOO=1']).status, 0);
+    const k0 = (await key(d, loud)).key;
+    const keyedI = await key(d, ['-I', 'inc', ...loud]);
+    assert.notEqual(keyedI.key, k0, '-I is keyed when clang may warn about it');
+    assert.deepEqual(keyedI.manifest.dropped, []);
+    assert.equal((await key(d, ['-DFOO=1', ...loud])).key, k0, '-D draws no warning: still dropped');
+    // The warning off (the kernel's flags; -Qunused-arguments; -w): dropped as before.
+    for (const off of [['-Wno-unused-command-line-argument'], ['-Qunused-arguments'], ['-w']]) {
+      const base = (await key(d, [...off, ...loud])).key;
+      assert.equal((await key(d, [...off, '-I', 'inc', ...loud])).key, base, off.join(' '));
+    }
+    // Turned back on after being turned off: keyed.
+    const on = ['-Wno-unused-command-line-argument', '-Wunused-command-line-argument'];
+    assert.notEqual((await key(d, [...on, '-I', 'inc', ...loud])).key, (await key(d, [...on, ...loud])).key);
+  });
+
+  test('clang-cl by name is uncacheable (a Windows target: the object records its command line)', async () => {
+    const r = await keyed(tree(), BASE, ENV, '/usr/bin/clang-cl-19');
+    assert.equal(r.kind === 'uncacheable' && r.reason, 'windows-target');
+  });
+
+  test('Apple deployment targets and SDKROOT in the environment', async () => {
+    const d = tree();
+    const k0 = (await key(d)).key;
+    for (const v of ['MACOSX_DEPLOYMENT_TARGET', 'IPHONEOS_DEPLOYMENT_TARGET', 'SDKROOT']) assert.notEqual((await key(d, BASE, { ...ENV, [v]: '14.0' })).key, k0, v);
+  });
+
   test('an unrelated environment variable', async () => {
     const d = tree();
     const k0 = (await key(d)).key;
