@@ -67,9 +67,14 @@ export interface StatIdentity {
  */
 export const RACY_WINDOW_NS = 2_000_000_000n;
 
-/** Whether `st` (mtime, ctime) was settled at `nowNs`: both older than RACY_WINDOW_NS. */
-export function settledAt(st: { mtimeNs: bigint; ctimeNs: bigint }, nowNs: bigint): boolean {
-  return st.mtimeNs < nowNs - RACY_WINDOW_NS && st.ctimeNs < nowNs - RACY_WINDOW_NS;
+/** Whether `st` (mtime, ctime) was settled at `atNs`: both older than `windowNs` (RACY_WINDOW_NS). */
+export function settledAt(st: { mtimeNs: bigint; ctimeNs: bigint }, atNs: bigint, windowNs: bigint = RACY_WINDOW_NS): boolean {
+  return st.mtimeNs < atNs - windowNs && st.ctimeNs < atNs - windowNs;
+}
+
+/** The wall clock in nanoseconds, at millisecond resolution, as file timestamps are compared with it. */
+export function nowNs(): bigint {
+  return BigInt(Date.now()) * 1_000_000n;
 }
 
 /**
@@ -115,7 +120,7 @@ export class FileDigests implements DigestSource {
       this.memoHits++;
       return { kind: 'file', digest: m.digest, size: Number(st.size), stat: identity(st), settled: true };
     }
-    let startedNs = BigInt(Date.now()) * 1_000_000n;
+    let startedNs = nowNs();
     let read: { digest: Digest; size: number; data?: Buffer };
     if (st.size <= SMALL) read = hashSmall(absPath);
     else {
@@ -142,7 +147,7 @@ export class FileDigests implements DigestSource {
     }
     const after = statOrAbsent(absPath);
     const unchanged = !!after && after.size === st.size && after.mtimeNs === st.mtimeNs && after.ctimeNs === st.ctimeNs && after.ino === st.ino;
-    const settled = st.mtimeNs < startedNs - this.racyWindowNs && st.ctimeNs < startedNs - this.racyWindowNs;
+    const settled = settledAt(st, startedNs, this.racyWindowNs);
     if (unchanged && settled) {
       this.memo.set(absPath, { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, digest });
     } else this.memo.delete(absPath);

@@ -1,6 +1,6 @@
 import { type BigIntStats, readFileSync, statSync } from 'node:fs';
 import type { MemoCheck } from '../memo/memoFormat.js';
-import { type DigestSource, type FileDigest, settledAt } from './fileDigests.js';
+import { type DigestSource, type FileDigest, nowNs, settledAt } from './fileDigests.js';
 import { hashBytes } from './hash.js';
 
 /**
@@ -64,7 +64,7 @@ export class ObservingFiles implements DigestSource {
     if (!st) this.seen.set(absPath, { kind: 'absent', path: absPath });
     else if (!st.isDirectory()) this.seen.set(absPath, { kind: 'notreg', path: absPath });
     else {
-      if (!settledAt(st, BigInt(Date.now()) * 1_000_000n)) this.unsettledDir = true;
+      if (!settledAt(st, nowNs())) this.unsettledDir = true;
       this.seen.set(absPath, { kind: 'dir', path: absPath, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
     }
   }

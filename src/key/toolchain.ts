@@ -3,7 +3,7 @@ import { type BigIntStats, realpathSync, statSync } from 'node:fs';
 import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { type DigestSource, settledAt } from './fileDigests.js';
+import { type DigestSource, nowNs, settledAt } from './fileDigests.js';
 import type { Digest } from './hash.js';
 import type { ObservingFiles } from './observed.js';
 
@@ -109,8 +109,8 @@ export class ToolchainIdentifier {
     ]);
     // The identities stand for what was read only once settled: a config file added in the same
     // timestamp tick as the listing leaves its directory's identity as it was.
-    const nowNs = BigInt(Date.now()) * 1_000_000n;
-    const settled = [st, loaderCache, ...dirStats].every((d) => !d || settledAt(d, nowNs));
+    const at = nowNs();
+    const settled = [st, loaderCache, ...dirStats].every((d) => !d || settledAt(d, at));
     let p = settled ? this.memo.get(memoKey) : undefined;
     if (!p) {
       p = this.compute(compiler, real, env);

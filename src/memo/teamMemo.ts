@@ -1,5 +1,5 @@
 import { type BigIntStats, readdirSync, statSync } from 'node:fs';
-import { settledAt } from '../key/fileDigests.js';
+import { nowNs as clockNs, settledAt } from '../key/fileDigests.js';
 import { type Digest, Hasher } from '../key/hash.js';
 import { MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
 import {
@@ -247,7 +247,7 @@ export interface LocalFiles {
 export async function localise(
   t: TeamMemo,
   files: LocalFiles,
-  nowNs: bigint = BigInt(Date.now()) * 1_000_000n,
+  nowNs: bigint = clockNs(),
   seen?: Map<string, MemoCheck | { why: string }>,
 ): Promise<{ memo: Memo } | { why: string }> {
   const checks: MemoCheck[] = [];
