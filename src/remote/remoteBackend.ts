@@ -20,6 +20,7 @@ import {
 } from '../protocol/remote.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../store/backend.js';
 import type { EntryRecord } from '../store/record.js';
+import { corkForTick, socketOf } from '../util/corkForTick.js';
 import { VERSION } from '../version.js';
 import { packBundle, unpackBundle } from './bundle.js';
 import { CircuitBreaker } from './circuitBreaker.js';
@@ -328,6 +329,7 @@ export class RemoteServer implements CacheBackend {
       );
       this.pending.set(id, { resolve, timer });
       const { text, binary } = build(id);
+      corkForTick(socketOf(ws));
       ws.send(text);
       if (binary) ws.send(encodeBinary(id, binary));
     });

@@ -1,5 +1,6 @@
 import { WebSocket, type WebSocketServer } from 'ws';
 import type { ServerMessage, ServerStats } from '../../protocol/remote.js';
+import { corkForTick, socketOf } from '../../util/corkForTick.js';
 import type { ResolvedServerOptions } from '../serverOptions.js';
 import type { TokenTable } from '../tokens.js';
 import type { AccessEntry, AccessLog } from './accessLog.js';
@@ -67,6 +68,7 @@ export class ServerState {
   send(c: Connection, msg: ServerMessage, binary?: Buffer): Promise<void> {
     if (c.ws.readyState !== WebSocket.OPEN) return Promise.resolve();
     const p = new Promise<void>((res) => {
+      corkForTick(socketOf(c.ws));
       if (binary) {
         c.ws.send(JSON.stringify(msg));
         c.ws.send(binary, { binary: true }, () => res());
