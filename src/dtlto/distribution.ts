@@ -77,12 +77,13 @@ export function within(dir: string, abs: string): boolean {
   return rel !== '' && rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
 }
 
-/** `-o X` / `-oX` values in a command line. */
+/** `-o X` / `-oX` values in a command line, and their aliases `--output X` / `--output=X`. */
 function outputFlags(args: string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
-    if (a === '-o') out.push(args[++i] ?? '');
+    if (a === '-o' || a === '--output') out.push(args[++i] ?? '');
+    else if (a.startsWith('--output=')) out.push(a.slice('--output='.length));
     else if (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob')) out.push(a.slice(2));
   }
   return out;

@@ -29,7 +29,60 @@ export const KEY_ENV = [
   'WATCHOS_DEPLOYMENT_TARGET',
   'XROS_DEPLOYMENT_TARGET',
   'SDKROOT',
+  // Never keyed by value: set, the job is uncacheable (UNCACHEABLE_ENV); listed so that a memo
+  // records them unset.
+  'AS_SECURE_LOG_FILE',
+  'CC_PRINT_OPTIONS',
+  'CC_PRINT_OPTIONS_FILE',
+  'CC_LOG_DIAGNOSTICS',
+  'CC_LOG_DIAGNOSTICS_FILE',
+  'CC_PRINT_PROC_STAT',
+  'CC_PRINT_PROC_STAT_FILE',
+  'CC_PRINT_HEADERS',
+  'CC_PRINT_HEADERS_FILE',
+  'CC_PRINT_INTERNAL_STAT',
+  'CC_PRINT_INTERNAL_STAT_FILE',
 ] as const;
+
+/**
+ * Set (clang tests them for presence, so even empty), each makes a job uncacheable
+ * (`environment`): under the `CC_*` ones clang logs its cc1 command, diagnostics or process
+ * statistics to stderr, stdout or a file, which a hit would not reproduce; `.secure_log_unique`
+ * appends to `AS_SECURE_LOG_FILE`; `CCC_OVERRIDE_OPTIONS` edits the command line, and a flag it
+ * adds may name a file the key never reads.
+ */
+export const UNCACHEABLE_ENV = [
+  'CCC_OVERRIDE_OPTIONS',
+  'AS_SECURE_LOG_FILE',
+  'CC_PRINT_OPTIONS',
+  'CC_PRINT_OPTIONS_FILE',
+  'CC_LOG_DIAGNOSTICS',
+  'CC_LOG_DIAGNOSTICS_FILE',
+  'CC_PRINT_PROC_STAT',
+  'CC_PRINT_PROC_STAT_FILE',
+  'CC_PRINT_HEADERS',
+  'CC_PRINT_HEADERS_FILE',
+  'CC_PRINT_INTERNAL_STAT',
+  'CC_PRINT_INTERNAL_STAT_FILE',
+] as const;
+
+/**
+ * The clang config file a job runs under, or null. A config file's options are not expanded into
+ * the job's as clang does (`@file` inside it relative to its directory, `<CFGDIR>`, flags that add
+ * outputs such as `-gsplit-dwarf` or name files), so its digest alone cannot stand for what it
+ * changes: the job is uncacheable (`config-file`). Default configs count unless
+ * `--no-default-config` or `CLANG_NO_DEFAULT_CONFIG` turns them off; `toolchain.configs` lists
+ * every `*.cfg` in the directories clang searches, not only the one it would pick.
+ */
+function configInEffect(job: Job, toolchain: Manifest['toolchain'], env: Record<string, string>): string | null {
+  let noDefault = (env.CLANG_NO_DEFAULT_CONFIG ?? '') !== '';
+  for (const t of job.tokens) {
+    if (t.v === '--config' || t.v === '--config=' || (t.t === 'flag' && t.v.startsWith('--config='))) return `${t.v} names a clang config file`;
+    if (t.v === '--no-default-config') noDefault = true;
+  }
+  if (!noDefault && toolchain.configs.length) return `clang loads default config files from ${toolchain.configs[0]!.path}`;
+  return null;
+}
 
 /**
  * Dropped flags clang does not mention with `-x ir`. The others draw "argument unused during
@@ -188,7 +241,10 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
     // clang-cl by name: a Windows target by default (see windowsTarget in parseJob).
     if (/(^|\/)clang-cl(-[0-9.]+)?(\.exe)?$/i.test(compiler)) throw new Uncacheable('windows-target', `${compiler}: clang-cl targets Windows`);
     const dropsQuiet = unusedArgumentWarningOff(job);
+    for (const k of UNCACHEABLE_ENV) if (env[k] !== undefined) throw new Uncacheable('environment', `${k} is set`);
     const toolchain = await ctx.toolchains.identify(compiler, env, ctx.observe);
+    const config = configInEffect(job, toolchain, env);
+    if (config) throw new Uncacheable('config-file', config);
     const args: Manifest['args'] = [];
     const dropped: string[] = [];
     let input: Manifest['input'] | undefined;

@@ -259,14 +259,19 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         tokens.push({ t: 'file', v: '-fthinlto-index=', path: index, role: 'index' });
         continue;
       }
-      if (a === '-o' || (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob'))) {
+      // `--output` and `--output=` are clang's aliases of `-o`.
+      const separateOutput = a === '-o' || a === '--output';
+      if (separateOutput || a.startsWith('--output=') || (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob'))) {
         if (output !== undefined) throw new Uncacheable('multiple-output', 'more than one -o');
-        const v = a === '-o' ? argv[++i] : a.slice(2);
-        if (v === undefined) throw new Uncacheable('bad-args', '-o without a value');
+        const v = separateOutput ? argv[++i] : a.startsWith('--output=') ? a.slice('--output='.length) : a.slice(2);
+        if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
         output = v;
-        tokens.push({ t: 'output', v: a === '-o' ? '-o' : '-o=', path: v, role: 'obj' });
+        tokens.push({ t: 'output', v: separateOutput ? a : a.startsWith('--output=') ? '--output=' : '-o=', path: v, role: 'obj' });
         continue;
       }
+      // An output or a config file handed to cc1 or the driver behind the key's back.
+      if ((a === '-Xclang' || a === '-Xclang=') && /^(-o|--output|--config)/.test(argv[i + 1] ?? ''))
+        throw new Uncacheable('unsupported-flag', `-Xclang ${argv[i + 1]} is not cacheable`);
       if (a === '-c') hasC = true;
       else if (a === '-S') hasS = true;
       else if (a === '-emit-llvm') emitLlvm = true;

@@ -21,6 +21,8 @@ export const UNCACHEABLE_REASONS = [
   'sanitizer-resources-unknown',
   'native-cpu-unknown',
   'windows-target',
+  'config-file',
+  'environment',
   'key-error',
 ] as const;
 export type UncacheableReason = (typeof UNCACHEABLE_REASONS)[number];

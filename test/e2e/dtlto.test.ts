@@ -333,6 +333,11 @@ describe('DTLTO through ltocache (lld 22)', () => {
         /-o \.\.\/outside\/z\.o is not one of the job's declared outputs/,
       ],
       [
+        'a --output= (an alias of -o) that is not a declared output',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: [...f.jobs[0]!.args, '--output=../outside/y.o'] }] }),
+        /-o \.\.\/outside\/y\.o is not one of the job's declared outputs/,
+      ],
+      [
         'a -o inside a response file that is not a declared output',
         (f) => {
           writeFileSync(join(dir, 'out.rsp'), '-o ../outside/r.o');

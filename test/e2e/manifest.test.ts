@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashFile, initHash } from '../../src/key/hash.js';
-import { buildManifest, canonicalJson, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
+import { buildManifest, canonicalJson, type KeyContext, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
 import { readIndexParts } from '../../src/key/moduleTable.js';
 import { ObservingFiles } from '../../src/key/observed.js';
 import { parseJob } from '../../src/key/parseJob.js';
@@ -48,7 +48,7 @@ const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
 const files = new FileDigests();
 const ctx = { files, toolchains: new ToolchainIdentifier(files) };
 
-async function keyed(cwd: string, args: string[] = BASE, env: Record<string, string> = ENV, compiler = CLANG, c = ctx): Promise<KeyResult> {
+async function keyed(cwd: string, args: string[] = BASE, env: Record<string, string> = ENV, compiler = CLANG, c: KeyContext = ctx): Promise<KeyResult> {
   const p = await parseJob(args, cwd);
   if (p.kind !== 'job') assert.fail(`parseJob: ${p.reason}: ${p.detail}`);
   return buildManifest(c, p.job, compiler, cwd, env);
@@ -278,13 +278,55 @@ describe('what changes the key', () => {
     assert.notEqual(k3, before.key);
   });
 
-  test('CCC_OVERRIDE_OPTIONS in the environment', async () => {
+  test('variables under which clang logs, writes a file or edits its command line make the job uncacheable, even empty', async () => {
     const d = tree();
-    const k0 = (await key(d)).key;
-    const r = await key(d, BASE, { ...ENV, CCC_OVERRIDE_OPTIONS: '+-O0' });
-    assert.deepEqual(r.manifest.env, { CCC_OVERRIDE_OPTIONS: '+-O0' });
-    assert.notEqual(r.key, k0);
-    assert.notEqual((await key(d, BASE, { ...ENV, CCC_OVERRIDE_OPTIONS: '+-O1' })).key, r.key);
+    for (const [name, value] of [
+      ['CCC_OVERRIDE_OPTIONS', '+-O0'],
+      ['CC_PRINT_OPTIONS', '1'],
+      ['CC_LOG_DIAGNOSTICS', ''],
+      ['CC_PRINT_PROC_STAT', '1'],
+      ['AS_SECURE_LOG_FILE', join(d, 'secure.log')],
+    ] as const) {
+      const r = await keyed(d, BASE, { ...ENV, [name]: value });
+      assert.equal(r.kind === 'uncacheable' && r.reason, 'environment', `${name}: ${JSON.stringify(r)}`);
+    }
+    // Unset, each is a check of the memo: setting one later sends the job back to the daemon.
+    const observe = new ObservingFiles(files);
+    assert.equal((await keyed(d, BASE, ENV, CLANG, { ...ctx, observe })).kind, 'key');
+    const envChecks = observe.checks().filter((c) => c.kind === 'env');
+    for (const name of ['CCC_OVERRIDE_OPTIONS', 'CC_PRINT_OPTIONS', 'AS_SECURE_LOG_FILE'])
+      assert.ok(
+        envChecks.some((c) => c.kind === 'env' && c.name === name && c.value === null),
+        name,
+      );
+  });
+
+  test('a clang config file, named or found beside the compiler, makes the job uncacheable', async () => {
+    const d = tree();
+    // clang expands `@file` inside a config relative to the config's directory, and a flag such
+    // as -gsplit-dwarf there adds an output: the config's digest cannot stand for either.
+    fs.mkdirSync(join(d, 'c'));
+    fs.writeFileSync(join(d, 'c', 'my.cfg'), '@inner.rsp\n');
+    fs.writeFileSync(join(d, 'c', 'inner.rsp'), '-ffunction-sections\n');
+    for (const args of [
+      ['--config=c/my.cfg', ...BASE],
+      ['--config', 'c/my.cfg', ...BASE],
+    ]) {
+      const r = await keyed(d, args);
+      assert.equal(r.kind === 'uncacheable' && r.reason, 'config-file', JSON.stringify(r));
+    }
+    // A default config beside the compiler (here a symlink to it in a directory of its own).
+    const bin = tempDir();
+    const cc = join(bin, CLANG.split('/').pop()!);
+    fs.symlinkSync(fs.realpathSync(CLANG), cc);
+    fs.writeFileSync(join(bin, 'clang.cfg'), '-gsplit-dwarf\n');
+    const f = new FileDigests();
+    const c = { files: f, toolchains: new ToolchainIdentifier(f) };
+    const r = await keyed(d, BASE, ENV, cc, c);
+    assert.equal(r.kind === 'uncacheable' && r.reason, 'config-file', JSON.stringify(r));
+    // Turned off, by flag or by variable, the default config is not read: the job is keyed.
+    assert.equal((await keyed(d, ['--no-default-config', ...BASE], ENV, cc, c)).kind, 'key');
+    assert.equal((await keyed(d, BASE, { ...ENV, CLANG_NO_DEFAULT_CONFIG: '1' }, cc, c)).kind, 'key');
   });
 
   test('the compiler: a wrapper script vs clang itself', async () => {

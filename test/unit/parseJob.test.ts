@@ -136,6 +136,21 @@ describe('parseJob: the kernel backend shape', () => {
     );
   });
 
+  test('--output and --output= are -o (clang aliases them): the object is theirs, and a second one is another -o', async () => {
+    for (const [args, v] of [
+      [['--output', 'm.native.o'], '--output'],
+      [['--output=m.native.o'], '--output='],
+    ] as const) {
+      const j = await job(['-fthinlto-index=m.o.thinlto.bc', '-c', ...args, 'm.o']);
+      assert.deepEqual(j.outputs, [{ role: 'obj', path: 'm.native.o' }]);
+      assert.deepEqual(
+        j.tokens.filter((t) => t.t === 'output'),
+        [{ t: 'output', v, path: 'm.native.o', role: 'obj' }],
+      );
+      assert.equal(j.input, 'm.o');
+    }
+  });
+
   test('separate-value flags never make their value an input', async () => {
     const j = await job(['-mllvm', '-x', '-target', 'x86_64-linux-gnu', '--param', 'inline-unit-growth=20', ...tail('m')]);
     assert.equal(j.input, 'm.o');
@@ -306,6 +321,10 @@ describe('parseJob: uncacheable', () => {
     ['-o /dev/null', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', '/dev/null', 'm.o'], 'output'],
     ['-o without value', ['-fthinlto-index=m.o.thinlto.bc', '-c', 'm.o', '-o'], 'bad-args'],
     ['two -o', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'a.o', '-o', 'b.o', 'm.o'], 'multiple-output'],
+    ['-o and --output=', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'a.o', '--output=b.o', 'm.o'], 'multiple-output'],
+    ['-o and --output', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'a.o', '--output', 'b.o', 'm.o'], 'multiple-output'],
+    ['-Xclang -o', ['-Xclang', '-o', '-Xclang', 'b.o', ...tail('m')], 'unsupported-flag'],
+    ['-Xclang --config=', ['-Xclang', '--config=x.cfg', ...tail('m')], 'unsupported-flag'],
     ['-E', [...tail('m'), '-E'], 'unsupported-flag'],
     ['-save-temps', ['-save-temps', ...tail('m')], 'unsupported-flag'],
     ['-save-temps=obj', ['-save-temps=obj', ...tail('m')], 'unsupported-flag'],
