@@ -130,6 +130,8 @@ export const Manifest = z.object({
     configs: z.array(FileRef),
     /** PATH, keyed only when the compiler is a script: the programs it runs are found through it. */
     searchPath: z.string().optional(),
+    /** The distribution's release files clang's driver reads (os-release, …) that exist; absent in manifests from before it was keyed. */
+    system: z.array(FileRef).optional(),
   }),
   /** Every argument in order, after response-file expansion; files named by it with their content. */
   args: z.array(

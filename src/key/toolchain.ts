@@ -20,6 +20,8 @@ export interface Toolchain {
   configs: { path: string; digest: Digest }[];
   /** PATH, for a compiler that is a script (it finds the programs it runs through PATH). */
   searchPath?: string;
+  /** The distribution's release files clang's driver reads (DISTRO_FILES) that exist, with content digests. */
+  system: { path: string; digest: Digest }[];
 }
 
 /** Environment variables that change which libraries the compiler loads. */
@@ -29,6 +31,20 @@ export const LOADER_ENV = ['LD_LIBRARY_PATH', 'LD_PRELOAD'] as const;
 const CONFIG_FILES = ['/etc/clang.cfg'];
 /** The loader's cache: where it finds libraries that no RPATH or LD_LIBRARY_PATH names. */
 const LD_SO_CACHE = '/etc/ld.so.cache';
+/**
+ * Files clang's driver reads to tell the Linux distribution (clang/lib/Driver/Distro.cpp), whose
+ * answer changes defaults that reach the object (on Gentoo, no `-faddrsig`): keyed by content when
+ * present, by absence when not.
+ */
+export const DISTRO_FILES = [
+  '/etc/os-release',
+  '/usr/lib/os-release',
+  '/etc/lsb-release',
+  '/etc/redhat-release',
+  '/etc/debian_version',
+  '/etc/SuSE-release',
+  '/etc/gentoo-release',
+] as const;
 
 /** A directory's stat, or undefined if absent or unreadable. */
 function dirStat(dir: string): BigIntStats | undefined {
@@ -79,7 +95,11 @@ export class ToolchainIdentifier {
   /** Identities computed rather than taken from the memo, for tests. */
   computed = 0;
 
-  constructor(private readonly files: DigestSource) {}
+  /** `distroFiles`: the release files to key (DISTRO_FILES; tests name their own). */
+  constructor(
+    private readonly files: DigestSource,
+    private readonly distroFiles: readonly string[] = DISTRO_FILES,
+  ) {}
 
   /**
    * `observe` (a job's observer) learns everything the identity rests on: the compiler as given,
@@ -105,6 +125,7 @@ export class ToolchainIdentifier {
       ...LOADER_ENV.map((k) => env[k] ?? ''),
       ...dirStats.map(dirState),
       ...CONFIG_FILES.map((f) => dirState(dirStat(f))),
+      ...this.distroFiles.map((f) => dirState(dirStat(f))),
       dirState(loaderCache),
     ]);
     // The identities stand for what was read only once settled: a config file added in the same
@@ -124,7 +145,7 @@ export class ToolchainIdentifier {
     // Libraries, configs and the executable itself can change under a memo key that did not
     // (in place within a timestamp tick): re-check their digests (memoised by stat, so this is
     // cheap) and recompute when any moved.
-    for (const f of [{ path: real, digest: t.digest }, ...t.libs, ...t.configs]) {
+    for (const f of [{ path: real, digest: t.digest }, ...t.libs, ...t.configs, ...t.system]) {
       const d = await files.digest(f.path);
       if (d.kind !== 'file' || d.digest !== f.digest) {
         this.memo.delete(memoKey);
@@ -136,6 +157,7 @@ export class ToolchainIdentifier {
       await observe.digest(LD_SO_CACHE);
       for (const [i, dir] of dirs.entries()) observe.directory(dir, { st: dirStats[i] });
       for (const f of CONFIG_FILES) await observe.digest(f);
+      for (const f of this.distroFiles) await observe.digest(f);
       if (t.searchPath !== undefined) observe.environment('PATH', env.PATH);
     }
     return t;
@@ -170,7 +192,12 @@ export class ToolchainIdentifier {
       const d = await this.files.digest(f);
       if (d.kind === 'file') configs.push({ path: f, digest: d.digest });
     }
-    const t: Toolchain = { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs };
+    const system: Toolchain['system'] = [];
+    for (const f of this.distroFiles) {
+      const d = await this.files.digest(f);
+      if (d.kind === 'file') system.push({ path: f, digest: d.digest });
+    }
+    const t: Toolchain = { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs, system };
     if (target.script) t.searchPath = env.PATH ?? '';
     return t;
   }

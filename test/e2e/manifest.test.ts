@@ -147,6 +147,33 @@ describe('the manifest of a real backend job', () => {
     assert.equal(settled.memoable(), true);
   });
 
+  test("the distribution's release files clang's driver reads are part of the toolchain, present or absent", async () => {
+    const d = tree();
+    // The real list, on this machine.
+    if (fs.existsSync('/etc/os-release')) assert.ok((await key(d)).manifest.toolchain.system?.some((x) => x.path === '/etc/os-release'));
+    const etc = tempDir();
+    const rel = join(etc, 'os-release');
+    const gentoo = join(etc, 'gentoo-release');
+    fs.writeFileSync(rel, 'ID=debian\n');
+    const f = new FileDigests();
+    const c = { files: f, toolchains: new ToolchainIdentifier(f, [rel, gentoo]) };
+    const first = await keyed(d, BASE, ENV, CLANG, c);
+    if (first.kind !== 'key') assert.fail(first.detail);
+    assert.deepEqual(first.manifest.toolchain.system, [{ path: rel, digest: await digestOf(rel) }]);
+    const observe = new ObservingFiles(f);
+    const p = await parseJob(BASE, d);
+    if (p.kind !== 'job') assert.fail(p.detail);
+    await buildManifest({ ...c, observe }, p.job, CLANG, d, ENV);
+    const checked = new Set(observe.checks().map((x) => ('path' in x ? x.path : x.name)));
+    assert.ok(checked.has(rel) && checked.has(gentoo), 'both are checks of the memo');
+    fs.writeFileSync(rel, 'ID=gentoo-ish\n');
+    const second = await keyed(d, BASE, ENV, CLANG, c);
+    assert.ok(second.kind === 'key' && second.key !== first.key, 'an edited release file changes the key');
+    fs.writeFileSync(gentoo, '');
+    const third = await keyed(d, BASE, ENV, CLANG, c);
+    assert.ok(third.kind === 'key' && third.key !== (second as { key: string }).key, 'a release file appearing changes the key');
+  });
+
   test('keys are deterministic, across contexts and across directories', async () => {
     const d = tree();
     const k1 = (await key(d)).key;
