@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { lstatSync, readFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FileDigests } from '../key/fileDigests.js';
@@ -570,8 +570,10 @@ export class JobPipeline {
     // slot is free.
     let run: CompilerRun;
     const release = await this.compiles.acquire();
+    let before: (string | null)[] = [];
     try {
       if (signal.aborted) throw new Error('client went away');
+      before = outputs.map((o) => fileIdentity(resolve(req.cwd, o.path)));
       run = ctx.compileOnClient
         ? await ctx.compileOnClient(byClient?.memo)
         : await this.run({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
@@ -580,6 +582,16 @@ export class JobPipeline {
     }
     this.counters.add(Counter.misses);
     this.counters.add(Counter.compile_ms, run.ms);
+    // A file at an output path that is still the one there before the compile was not written by
+    // it (an output redirected by a flag the key does not model): never stored.
+    const stale = run.exitCode === 0 ? outputs.find((o, i) => before[i] !== null && fileIdentity(resolve(req.cwd, o.path)) === before[i]) : undefined;
+    if (stale) {
+      this.counters.error(ErrorKind.output_not_replaced);
+      this.o.log.warn('the compiler left an output as it was before it ran; not stored', { key, output: stale.path });
+      if (run.stored) await this.dropClientMemo(req, run.stored);
+      ctx.released?.();
+      return { ...run, entry: null };
+    }
     // Stored by the requester, which has gone: the entry is committed even though the
     // connection has closed.
     if (run.stored && byClient) return { ...run, entry: null, adopted: await byClient.adopt({ ...run, stored: run.stored }) };
@@ -794,5 +806,16 @@ export class JobPipeline {
       this.counters.error(ErrorKind.memo_write);
       this.o.log.warn('cannot write memo', { key: k.key, error: String(e) });
     }
+  }
+}
+
+/** A file's identity (device, inode, mtime, ctime), or null when there is none. A compile that
+ * writes a file (clang renames a temp file over it) always changes it. */
+function fileIdentity(path: string): string | null {
+  try {
+    const st = lstatSync(path, { bigint: true, throwIfNoEntry: false });
+    return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : null;
+  } catch {
+    return null;
   }
 }

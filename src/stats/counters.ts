@@ -77,6 +77,8 @@ export const ErrorKind = {
   /** clang exited 0 but reported a backend failure or wrote an empty object. */
   backend_failure_exit_0: 'backend_failure_exit_0',
   missing_output: 'missing_output',
+  /** clang exited 0 and an output file is the one that was there before it ran: not stored. */
+  output_not_replaced: 'output_not_replaced',
   inputs_changed_during_compile: 'inputs_changed_during_compile',
   /** A memo could not be written (the next run goes through the daemon). */
   memo_write: 'memo_write',

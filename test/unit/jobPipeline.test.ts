@@ -57,11 +57,13 @@ class FakeCompiler {
   /** Overrides exitCode for run n (0-based), when set. */
   exitOf: ((n: number) => number) | null = null;
   gate: Promise<void> = Promise.resolve();
+  /** False: the compiler exits as told without writing its output (written elsewhere, say). */
+  writes = true;
   readonly run = async (o: RunOptions): Promise<CompilerRun> => {
     const n = this.runs.push(o) - 1;
     await this.gate;
     const out = o.args[o.args.indexOf('-o') + 1]!;
-    fs.writeFileSync(resolve(o.cwd, out), this.output(o.args[o.args.length - 1]!));
+    if (this.writes) fs.writeFileSync(resolve(o.cwd, out), this.output(o.args[o.args.length - 1]!));
     const exitCode = this.exitOf ? this.exitOf(n) : this.exitCode;
     return { exitCode, signal: 0, stdout: Buffer.alloc(0), stderr: exitCode ? this.stderr : Buffer.alloc(0), ms: 50 };
   };
@@ -178,6 +180,37 @@ test('a compile that fails is served and not stored', async () => {
   assert.equal(miss.stderr.toString(), 'error: boom\n');
   await pipeline.idle();
   assert.equal(cache.count('put'), 0);
+});
+
+test('a clean compile that left its output file as it was (written elsewhere) is served and not stored, counted', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline, compiler, counters } = await setup({ cache });
+  fs.writeFileSync(join(cwd, 'a.native.o'), 'left from an earlier build');
+  compiler.writes = false;
+  expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  await pipeline.idle();
+  assert.equal(cache.count('put'), 0, 'nothing stored');
+  assert.equal(counters.snapshot().errors_by_kind.output_not_replaced, 1);
+  // Run by the requester, which reports its outputs stored ('E'): refused the same way.
+  const { pipeline: p2, counters: c2 } = await setup({ cache });
+  const compileOnClient = async (): Promise<CompilerRun> => ({
+    exitCode: 0,
+    signal: 0,
+    stdout: Buffer.alloc(0),
+    stderr: Buffer.alloc(0),
+    ms: 5,
+    stored: { outputs: [{ digest: hashBytes('left from an earlier build'), size: 26 }], memoWritten: false },
+  });
+  expectKind(await p2.runJob(request(cwd, 'a'), { ...live(), compileOnClient }), 'miss');
+  await p2.idle();
+  assert.equal(cache.count('put'), 0);
+  assert.equal(c2.snapshot().errors_by_kind.output_not_replaced, 1);
+  // Written by the compile: stored.
+  compiler.writes = true;
+  const stored = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  await pipeline.idle();
+  assert.equal(cache.entries.get(stored.key)?.files.get('obj')?.toString(), 'object of a.o');
 });
 
 test('identical concurrent jobs are compiled once', async () => {
