@@ -42,6 +42,7 @@ export const KEY_ENV = [
   'CC_PRINT_HEADERS_FILE',
   'CC_PRINT_INTERNAL_STAT',
   'CC_PRINT_INTERNAL_STAT_FILE',
+  'LD_AUDIT',
 ] as const;
 
 /**
@@ -49,7 +50,8 @@ export const KEY_ENV = [
  * (`environment`): under the `CC_*` ones clang logs its cc1 command, diagnostics or process
  * statistics to stderr, stdout or a file, which a hit would not reproduce; `.secure_log_unique`
  * appends to `AS_SECURE_LOG_FILE`; `CCC_OVERRIDE_OPTIONS` edits the command line, and a flag it
- * adds may name a file the key never reads.
+ * adds may name a file the key never reads; `LD_AUDIT` loads libraries into clang that can rebind
+ * any symbol it calls.
  */
 export const UNCACHEABLE_ENV = [
   'CCC_OVERRIDE_OPTIONS',
@@ -64,6 +66,7 @@ export const UNCACHEABLE_ENV = [
   'CC_PRINT_HEADERS_FILE',
   'CC_PRINT_INTERNAL_STAT',
   'CC_PRINT_INTERNAL_STAT_FILE',
+  'LD_AUDIT',
 ] as const;
 
 /**

@@ -228,6 +228,10 @@ function replaceExt(p: string, newExt: string): string {
 export async function parseJob(args: string[], cwd: string): Promise<ParseResult> {
   const responseFiles: Job['responseFiles'] = [];
   try {
+    // Response files are split the GNU way here; under Windows quoting clang would split them
+    // into other arguments (and other file names) than the key sees.
+    const quoting = args.filter((a) => a.startsWith('--rsp-quoting=')).pop();
+    if (quoting !== undefined && quoting !== '--rsp-quoting=posix') throw new Uncacheable('unsupported-flag', `${quoting}: response files are read with POSIX quoting only`);
     const argv = await expand(args, cwd, 0, responseFiles);
     const tokens: Token[] = [];
     const positional: string[] = [];

@@ -313,6 +313,7 @@ describe('what changes the key', () => {
       ['CC_LOG_DIAGNOSTICS', ''],
       ['CC_PRINT_PROC_STAT', '1'],
       ['AS_SECURE_LOG_FILE', join(d, 'secure.log')],
+      ['LD_AUDIT', '/nonexistent/audit.so'],
     ] as const) {
       const r = await keyed(d, BASE, { ...ENV, [name]: value });
       assert.equal(r.kind === 'uncacheable' && r.reason, 'environment', `${name}: ${JSON.stringify(r)}`);

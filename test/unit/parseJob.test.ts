@@ -324,6 +324,7 @@ describe('parseJob: uncacheable', () => {
     ['-o and --output=', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'a.o', '--output=b.o', 'm.o'], 'multiple-output'],
     ['-o and --output', ['-fthinlto-index=m.o.thinlto.bc', '-c', '-o', 'a.o', '--output', 'b.o', 'm.o'], 'multiple-output'],
     ['-Xclang -o', ['-Xclang', '-o', '-Xclang', 'b.o', ...tail('m')], 'unsupported-flag'],
+    ['--rsp-quoting=windows', ['--rsp-quoting=windows', ...tail('m')], 'unsupported-flag'],
     ['-Xclang --config=', ['-Xclang', '--config=x.cfg', ...tail('m')], 'unsupported-flag'],
     ['-E', [...tail('m'), '-E'], 'unsupported-flag'],
     ['-save-temps', ['-save-temps', ...tail('m')], 'unsupported-flag'],
