@@ -15,36 +15,6 @@ import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 const digest = z.string().regex(DIGEST_RE);
 const FileRef = z.object({ path: z.string(), digest });
 
-/** Environment variables that can change a backend job's output (docs/key.md). */
-export const KEY_ENV = [
-  'CCC_OVERRIDE_OPTIONS',
-  'CLANG_NO_DEFAULT_CONFIG',
-  'LD_LIBRARY_PATH',
-  'LD_PRELOAD',
-  'COMPILER_PATH',
-  // The minimum OS version and SDK an Apple target's object records.
-  'MACOSX_DEPLOYMENT_TARGET',
-  'IPHONEOS_DEPLOYMENT_TARGET',
-  'TVOS_DEPLOYMENT_TARGET',
-  'WATCHOS_DEPLOYMENT_TARGET',
-  'XROS_DEPLOYMENT_TARGET',
-  'SDKROOT',
-  // Never keyed by value: set, the job is uncacheable (UNCACHEABLE_ENV); listed so that a memo
-  // records them unset.
-  'AS_SECURE_LOG_FILE',
-  'CC_PRINT_OPTIONS',
-  'CC_PRINT_OPTIONS_FILE',
-  'CC_LOG_DIAGNOSTICS',
-  'CC_LOG_DIAGNOSTICS_FILE',
-  'CC_PRINT_PROC_STAT',
-  'CC_PRINT_PROC_STAT_FILE',
-  'CC_PRINT_HEADERS',
-  'CC_PRINT_HEADERS_FILE',
-  'CC_PRINT_INTERNAL_STAT',
-  'CC_PRINT_INTERNAL_STAT_FILE',
-  'LD_AUDIT',
-] as const;
-
 /**
  * Set (clang tests them for presence, so even empty), each makes a job uncacheable
  * (`environment`): under the `CC_*` ones clang logs its cc1 command, diagnostics or process
@@ -67,6 +37,25 @@ export const UNCACHEABLE_ENV = [
   'CC_PRINT_INTERNAL_STAT',
   'CC_PRINT_INTERNAL_STAT_FILE',
   'LD_AUDIT',
+] as const;
+
+/**
+ * Environment variables that can change a backend job's output (docs/key.md). UNCACHEABLE_ENV's
+ * are among them only to be recorded unset in every memo: set, there is no key.
+ */
+export const KEY_ENV = [
+  'CLANG_NO_DEFAULT_CONFIG',
+  'LD_LIBRARY_PATH',
+  'LD_PRELOAD',
+  'COMPILER_PATH',
+  // The minimum OS version and SDK an Apple target's object records.
+  'MACOSX_DEPLOYMENT_TARGET',
+  'IPHONEOS_DEPLOYMENT_TARGET',
+  'TVOS_DEPLOYMENT_TARGET',
+  'WATCHOS_DEPLOYMENT_TARGET',
+  'XROS_DEPLOYMENT_TARGET',
+  'SDKROOT',
+  ...UNCACHEABLE_ENV,
 ] as const;
 
 /**
