@@ -490,7 +490,10 @@ static int connect_daemon(void) {
             if (nfd >= 0) {
                 int c = wait_notify(nfd, deadline);
                 close(nfd);
-                if (c == 0) {
+                /* EOF: it failed. Silent until the deadline: stuck or too slow to count on, and
+                 * the next jobs must not each wait out a start of their own; they still connect
+                 * to it if it comes up. */
+                if (c <= 0) {
                     record_start_failure(sock_dir, marker);
                     return -1;
                 }
@@ -1004,7 +1007,25 @@ _Noreturn static void print_socket(void) {
     exit(0);
 }
 
+/* A closed fd 0, 1 or 2 is opened on /dev/null, close-on-exec, before anything else: replaying
+ * a diagnostic to a closed stderr then succeeds as clang's write does (LLVM reopens them on
+ * /dev/null at start-up), no socket or pipe of ours can land on them, and a compiler exec'd
+ * directly still finds them closed. */
+static void open_std_fds(void) {
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF) continue;
+        int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nul < 0) return;
+        if (nul != fd) {
+            /* Lower fds are open by now, so open() returned fd itself unless it failed. */
+            close(nul);
+            return;
+        }
+    }
+}
+
 int main(int argc, char **argv) {
+    open_std_fds();
     const char *p = getenv("LTOCACHE_PRINT_SOCKET");
     if (p && strcmp(p, "1") == 0) print_socket();
     memo_print_digest_hook();

@@ -197,7 +197,7 @@ int memo_file_digest(const char *path, char out[DIGEST_HEX_LEN + 1], uint64_t *s
 
 void memo_print_digest_hook(void) {
     const char *f = getenv("LTOCACHE_PRINT_DIGEST");
-    if (!f) return;
+    if (!f || !*f) return;
     char hex[DIGEST_HEX_LEN + 1];
     uint64_t size;
     if (memo_file_digest(f, hex, &size) != 0) {

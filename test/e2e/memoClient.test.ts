@@ -141,6 +141,11 @@ test('C and TypeScript agree on content digests (LTOCACHE_PRINT_DIGEST)', async 
   assert.equal(r.stdout.toString(), `${real.digest}\n`);
   const missing = runClient([], dir, { LTOCACHE_PRINT_DIGEST: path.join(dir, 'nope') });
   assert.equal(missing.status, 1);
+  // Set but empty, as for every other variable: unset, so the command runs as usual.
+  const s = scenario();
+  const empty = runClient([s.compiler, '--version'], s.work, { ...baseEnv(s.cache), LTOCACHE_PRINT_DIGEST: '' });
+  assert.equal(empty.status, 0, empty.stderr.toString());
+  assert.equal(empty.stdout.toString(), 'compiler-stdout\n', 'the compiler ran');
 });
 
 test('C and TypeScript agree on the lookup digest (LTOCACHE_PRINT_LOOKUP)', () => {
