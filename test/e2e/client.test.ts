@@ -645,6 +645,11 @@ test('a started daemon that stays silent: the client waits at most the start tim
   assert.equal(r.status, ref.status);
   assert.ok(r.ms >= 290, `waited ${r.ms} ms for the daemon`);
   assert.ok(r.ms < 2500, `gave up in time (${r.ms} ms)`);
+  // Remembered as a failed start: the next job does not wait out another one.
+  assert.ok(fs.existsSync(startMarker(cacheDir)), 'failed start recorded');
+  const again = await run(client, [COMPILER, ...MISSING_JOB], { env });
+  assert.equal(again.status, ref.status);
+  assert.ok(again.ms < 250, `no second wait (${again.ms} ms)`);
 });
 
 test('prefix mode hands CLI sub-commands (and no arguments) to node', async () => {
