@@ -18,7 +18,7 @@ import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js'
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
 import { type CompilerRun, type RequesterStored, type RunOptions, runCompiler } from './runCompiler.js';
-import { Semaphore } from './semaphore.js';
+import { Semaphore, SLOT_STUCK_MS } from './semaphore.js';
 import { TeamPrefetch } from './teamPrefetch.js';
 
 /**
@@ -138,6 +138,8 @@ export interface PipelineOptions {
   log: { info(m: string, f?: Record<string, unknown>): void; warn(m: string, f?: Record<string, unknown>): void; error(m: string, f?: Record<string, unknown>): void };
   /** Concurrent compiles, wherever they run. */
   jobs: number;
+  /** How long a compile slot, or a compile of the same key, is waited on before it counts as stuck (SLOT_STUCK_MS). */
+  slotStuckMs?: number;
   /** Share of hits audited by a background recompile (0 … 1). */
   verifyShare?: number;
   deny: DenyList;
@@ -187,7 +189,10 @@ export class JobPipeline {
   private readonly prefetch: TeamPrefetch | null = null;
 
   constructor(private readonly o: PipelineOptions) {
-    this.compiles = new Semaphore(o.jobs);
+    this.compiles = new Semaphore(o.jobs, o.slotStuckMs ?? SLOT_STUCK_MS, (n) => {
+      this.counters.add(Counter.compile_slots_reclaimed, n);
+      this.o.log.warn('compile slots taken back from clients silent for too long (stopped?)', { slots: n, ms: o.slotStuckMs ?? SLOT_STUCK_MS });
+    });
     this.hot = new HotEntries(o.hotBytes ?? HOT_BYTES);
     this.verifyShare = o.verifyShare ?? 0;
     this.random = o.random ?? Math.random;
@@ -297,7 +302,11 @@ export class JobPipeline {
 
     const running = this.inflight.get(k.key);
     if (running) {
-      const done = await running.catch(() => null);
+      // Bounded: the other command's client may be stopped mid-compile; then this one compiles.
+      const done = await within(
+        running.catch(() => null),
+        this.o.slotStuckMs ?? SLOT_STUCK_MS,
+      );
       if (done?.adopted) {
         const again = await this.lookup(k, job, req, ctx);
         if (again) return again.kind === 'hit' ? { ...again, tier: 'inflight' } : again;
@@ -817,5 +826,15 @@ function fileIdentity(path: string): string | null {
     return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : null;
   } catch {
     return null;
+  }
+}
+
+/** The promise's value, or null when it has not settled within `ms`. */
+async function within<T>(p: Promise<T | null>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<null>((r) => (timer = setTimeout(() => r(null), ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -49,6 +49,8 @@ export const Counter = {
   team_pack_hits: 'team_pack_hits',
   /** Team pack entries written into the local store and given memo files once the build was over. */
   team_pack_adopted: 'team_pack_adopted',
+  /** Compile slots taken back from holders that kept them SLOT_STUCK_MS while a job waited (a client stopped mid-compile). */
+  compile_slots_reclaimed: 'compile_slots_reclaimed',
 } as const;
 export type CounterName = (typeof Counter)[keyof typeof Counter];
 /** Every counter, in `stats` display order. */

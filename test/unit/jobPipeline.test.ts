@@ -9,7 +9,7 @@ import type { Job } from '../../src/key/parseJob.js';
 import { DenyList, type DenyRecord, type DenyStorage } from '../../src/pipeline/denyList.js';
 import { type JobOutcome, JobPipeline, type JobRequest, type PipelineOptions } from '../../src/pipeline/jobPipeline.js';
 import type { CompilerRun, RunOptions } from '../../src/pipeline/runCompiler.js';
-import { Counters } from '../../src/stats/counters.js';
+import { Counter, Counters } from '../../src/stats/counters.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../../src/store/backend.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { readOnly, tiered } from '../../src/store/policies.js';
@@ -284,6 +284,29 @@ test('compiles run outside the pipeline share its bound: with every slot taken, 
   assert.equal(expectKind(await miss, 'miss').exitCode, 0);
   assert.equal(compiler.runs.length, 1);
   for (const r of held.slice(1)) r();
+});
+
+test('a client stopped mid-compile holds its slot and its key only for the stuck time: other jobs, and the same job, go on', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline, compiler, counters } = await setup({ cache, jobs: 1, slotStuckMs: 100 });
+  // The requester of `a` takes the only slot and never reports (stopped).
+  const stopped = pipeline.runJob(request(cwd, 'a'), { ...live(), compileOnClient: () => new Promise<CompilerRun>(() => {}) });
+  await new Promise((r) => setTimeout(r, 10));
+  const t0 = Date.now();
+  const other = expectKind(await pipeline.runJob(request(cwd, 'b'), live()), 'miss');
+  assert.ok(Date.now() - t0 >= 90, 'waited the stuck time first');
+  assert.equal(other.exitCode, 0);
+  assert.equal(counters.get(Counter.compile_slots_reclaimed), 1);
+  // The same command again: it does not wait on the stopped compile for ever, it compiles itself.
+  const same = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  assert.equal(same.exitCode, 0);
+  assert.deepEqual(
+    compiler.runs.map((r) => r.args.at(-1)),
+    ['b.o', 'a.o'],
+  );
+  await pipeline.idle();
+  void stopped;
 });
 
 test('uncacheable jobs are data, not errors', async () => {
