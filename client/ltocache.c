@@ -688,6 +688,17 @@ static void capture_add(struct capture *c, const unsigned char *d, size_t n) {
  * with its exit status (128+N for signal N) and the signal that killed it (0 if none), or -1
  * if it could not be started (nothing ran).
  * The child dies with us (PR_SET_PDEATHSIG): a client killed by Ctrl-C takes its clang along. */
+/* Termination signals a captured compiler gets from us too: a client killed while its compiler
+ * runs would take the compiler along by PR_SET_PDEATHSIG's SIGKILL, leaving clang's temp file
+ * behind. Only signals the client was not told to ignore: an ignored one stays ignored for both. */
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT};
+#define NFORWARDED (sizeof forwarded / sizeof forwarded[0])
+static volatile sig_atomic_t compiler_pid;
+
+static void forward_signal(int s) {
+    if (compiler_pid > 0) kill((pid_t)compiler_pid, s);
+}
+
 static int run_captured(const struct job *j, struct capture *out, struct capture *err,
                         int *status, int *sig) {
     int po[2], pe[2];
@@ -697,13 +708,33 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
         close(po[1]);
         return -1;
     }
+    /* Blocked across fork until compiler_pid is set, so none arrives with nobody to pass it to;
+     * the child unblocks them (exec resets our handlers to SIG_DFL). */
+    struct sigaction fwd, saved[NFORWARDED];
+    memset(&fwd, 0, sizeof fwd);
+    fwd.sa_handler = forward_signal;
+    sigemptyset(&fwd.sa_mask);
+    sigset_t block, old_mask;
+    sigemptyset(&block);
+    for (size_t k = 0; k < NFORWARDED; k++) sigaddset(&block, forwarded[k]);
+    sigprocmask(SIG_BLOCK, &block, &old_mask);
+    int installed[NFORWARDED] = {0};
+    for (size_t k = 0; k < NFORWARDED; k++) {
+        if (sigaction(forwarded[k], NULL, &saved[k]) == 0 && saved[k].sa_handler == SIG_DFL &&
+            !(saved[k].sa_flags & SA_SIGINFO))
+            installed[k] = sigaction(forwarded[k], &fwd, NULL) == 0;
+    }
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
+        for (size_t k = 0; k < NFORWARDED; k++)
+            if (installed[k]) sigaction(forwarded[k], &saved[k], NULL);
+        sigprocmask(SIG_SETMASK, &old_mask, NULL);
         close(po[0]); close(po[1]); close(pe[0]); close(pe[1]);
         return -1;
     }
     if (pid == 0) {
+        sigprocmask(SIG_SETMASK, &old_mask, NULL);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(1);
         if (dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) _exit(126);
@@ -714,6 +745,8 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
         fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
         _exit(e == ENOENT ? 127 : 126);
     }
+    compiler_pid = pid;
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
     close(po[1]);
     close(pe[1]);
     struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
@@ -743,6 +776,11 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
     int st = 0;
     while (waitpid(pid, &st, 0) < 0)
         if (errno != EINTR) { st = 1 << 8; break; }
+    sigprocmask(SIG_BLOCK, &block, NULL);
+    compiler_pid = 0;
+    for (size_t k = 0; k < NFORWARDED; k++)
+        if (installed[k]) sigaction(forwarded[k], &saved[k], NULL);
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
     *sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
     *status = WIFEXITED(st) ? WEXITSTATUS(st) : *sig ? 128 + *sig : 1;
     return 0;

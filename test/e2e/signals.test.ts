@@ -1,0 +1,59 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { chmodSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+
+/**
+ * A client killed while the compiler it runs for a miss is at work: the compiler gets the signal
+ * too, as it would from the shell, and cleans up after itself (clang removes its temp object),
+ * instead of dying by the client's PR_SET_PDEATHSIG SIGKILL.
+ */
+
+let b: ThinBuild;
+let cache: CacheEnv;
+before(() => {
+  b = ThinBuild.fromFixture(FIXTURE, join(tempDir('signals-tree'), 'src'));
+  b.frontEnd();
+  b.thinLink();
+  cache = new CacheEnv('signals');
+  cache.start();
+});
+after(() => cache.destroy());
+
+test('SIGTERM to the client during a miss reaches the compiler, which cleans up; the client then dies by SIGTERM', async () => {
+  // A compiler that leaves a temp file while it works and removes it on SIGTERM, as clang does.
+  const cc = join(b.dir, 'slowcc.sh');
+  writeFileSync(
+    cc,
+    `#!/bin/sh
+t="$PWD/slowcc.tmp.$$"
+trap 'rm -f "$t"; trap - TERM; kill -TERM $$' TERM
+: > "$t"
+sleep 20 &
+wait $!
+exec ${b.clang} "$@"
+`,
+  );
+  chmodSync(cc, 0o755);
+  const m = b.modules[0]!;
+  const child = spawn(CLIENT, [cc, ...b.backendArgs(m)], { cwd: b.dir, env: cache.env, stdio: 'ignore' });
+  const started = Date.now();
+  while (!readdirSync(b.dir).some((f) => f.startsWith('slowcc.tmp.')) && Date.now() - started < 20_000) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(
+    readdirSync(b.dir).some((f) => f.startsWith('slowcc.tmp.')),
+    'the compiler started',
+  );
+  child.kill('SIGTERM');
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on('exit', (c, s) => r([c, s])));
+  assert.deepEqual([code, signal], [null, 'SIGTERM']);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(
+    readdirSync(b.dir).filter((f) => f.startsWith('slowcc.tmp.')),
+    [],
+    "the compiler's temp file is gone: it got SIGTERM, not SIGKILL",
+  );
+  assert.equal(existsSync(join(b.dir, `${m}.thinlto-native.o`)), false);
+});
