@@ -693,10 +693,21 @@ static void capture_add(struct capture *c, const unsigned char *d, size_t n) {
  * behind. Only signals the client was not told to ignore: an ignored one stays ignored for both. */
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT};
 #define NFORWARDED (sizeof forwarded / sizeof forwarded[0])
-static volatile sig_atomic_t compiler_pid;
+static volatile sig_atomic_t compiler_pid, received_signal;
+/* How long the compiler has to end after a signal passed on to it; then the client dies by the
+ * signal and PR_SET_PDEATHSIG takes the compiler along (a wrapper script may defer the signal). */
+#define FORWARD_GRACE_MS 1000
 
 static void forward_signal(int s) {
+    received_signal = s;
     if (compiler_pid > 0) kill((pid_t)compiler_pid, s);
+}
+
+/* After a signal was passed on: the grace period's end, set once; past it, die by the signal. */
+static void check_grace(long long *deadline) {
+    if (!received_signal) return;
+    if (!*deadline) *deadline = now_ms() + FORWARD_GRACE_MS;
+    if (now_ms() >= *deadline) exit_like(128 + received_signal, received_signal);
 }
 
 static int run_captured(const struct job *j, struct capture *out, struct capture *err,
@@ -753,8 +764,10 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
     struct capture *caps[2] = {out, err};
     int open_fds = 2;
     unsigned char chunk[65536];
+    long long grace = 0;
     while (open_fds > 0) {
-        if (poll(fds, 2, -1) < 0) {
+        check_grace(&grace);
+        if (poll(fds, 2, grace ? (int)(grace - now_ms() > 0 ? grace - now_ms() : 0) : -1) < 0) {
             if (errno == EINTR) continue;
             break;
         }
@@ -774,8 +787,16 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
     for (int i = 0; i < 2; i++)
         if (fds[i].fd >= 0) close(fds[i].fd);
     int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) { st = 1 << 8; break; }
+    for (;;) {
+        check_grace(&grace);
+        pid_t w = waitpid(pid, &st, grace ? WNOHANG : 0);
+        if (w == pid) break;
+        if (w < 0 && errno != EINTR) { st = 1 << 8; break; }
+        if (w == 0) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
     sigprocmask(SIG_BLOCK, &block, NULL);
     compiler_pid = 0;
     for (size_t k = 0; k < NFORWARDED; k++)
