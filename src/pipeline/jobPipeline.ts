@@ -13,6 +13,7 @@ import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
 import type { EntryRecord } from '../store/record.js';
+import { settledWithin } from '../util/settledWithin.js';
 import type { DenyList } from './denyList.js';
 import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
 import { HotEntries } from './hotEntries.js';
@@ -303,7 +304,7 @@ export class JobPipeline {
     const running = this.inflight.get(k.key);
     if (running) {
       // Bounded: the other command's client may be stopped mid-compile; then this one compiles.
-      const done = await within(
+      const done = await settledWithin(
         running.catch(() => null),
         this.o.slotStuckMs ?? SLOT_STUCK_MS,
       );
@@ -826,15 +827,5 @@ function fileIdentity(path: string): string | null {
     return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : null;
   } catch {
     return null;
-  }
-}
-
-/** The promise's value, or null when it has not settled within `ms`. */
-async function within<T>(p: Promise<T | null>, ms: number): Promise<T | null> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<null>((r) => (timer = setTimeout(() => r(null), ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }

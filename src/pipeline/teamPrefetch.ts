@@ -7,6 +7,7 @@ import { encodeTeamPack } from '../memo/teamPack.js';
 import { Counter, type Counters } from '../stats/counters.js';
 import type { StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
+import { settledWithin } from '../util/settledWithin.js';
 import { entryBytes, entryMemo } from './entryMemo.js';
 
 /** A scope's team memos are asked for again when one of its jobs reaches the daemon this long after the last time. */
@@ -132,7 +133,7 @@ export class TeamPrefetch {
       s = { at: Date.now(), items: this.fetch(scope) };
       this.scopes.set(scope, s);
     }
-    const items = await settled(s.items, LIST_WAIT_MS);
+    const items = await settledWithin(s.items, LIST_WAIT_MS);
     if (!items?.size) return null;
     const lookup = lookupDigest(req.compiler, req.cwd, req.args);
     let item = items.get(lookup);
@@ -147,7 +148,7 @@ export class TeamPrefetch {
     // Its entry is likely on its way with the rest: one wait here instead of a fetch of its own.
     const patience = (s.waitUntil ?? 0) - Date.now();
     if (s.ahead && !item.entry && patience > 0) {
-      await settled(s.ahead, patience);
+      await settledWithin(s.ahead, patience);
       item = items.get(lookup);
       if (!item) return null;
     }
@@ -371,15 +372,5 @@ export class TeamPrefetch {
     const local = await localise(team, this.d.files, undefined, seen);
     if ('why' in local) return local;
     return { memo: local.memo, roles: team.outputs.map((o) => o.role) };
-  }
-}
-
-/** The promise's value, or null when it has not settled within `ms`. */
-async function settled<T>(p: Promise<T>, ms: number): Promise<T | null> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<null>((r) => (timer = setTimeout(() => r(null), ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }
