@@ -684,10 +684,6 @@ static void capture_add(struct capture *c, const unsigned char *d, size_t n) {
     if (!c->lost && write_all(c->fd, d, n, 0) != 0) c->lost = 1;
 }
 
-/* Runs the compiler as our child with stdout and stderr captured, and waits for it. Returns 0
- * with its exit status (128+N for signal N) and the signal that killed it (0 if none), or -1
- * if it could not be started (nothing ran).
- * The child dies with us (PR_SET_PDEATHSIG): a client killed by Ctrl-C takes its clang along. */
 /* Termination signals a captured compiler gets from us too: a client killed while its compiler
  * runs would take the compiler along by PR_SET_PDEATHSIG's SIGKILL, leaving clang's temp file
  * behind. Only signals the client was not told to ignore: an ignored one stays ignored for both. */
@@ -710,6 +706,10 @@ static void check_grace(long long *deadline) {
     if (now_ms() >= *deadline) exit_like(128 + received_signal, received_signal);
 }
 
+/* Runs the compiler as our child with stdout and stderr captured, and waits for it. Returns 0
+ * with its exit status (128+N for signal N) and the signal that killed it (0 if none), or -1
+ * if it could not be started (nothing ran). The forwarded signals reach it while it runs; the
+ * child also dies with us (PR_SET_PDEATHSIG), so a client killed by SIGKILL takes it along. */
 static int run_captured(const struct job *j, struct capture *out, struct capture *err,
                         int *status, int *sig) {
     int po[2], pe[2];
