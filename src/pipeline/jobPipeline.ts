@@ -179,6 +179,8 @@ const NO_OUTPUT = Buffer.alloc(0);
  */
 export class JobPipeline {
   private readonly compiles: Semaphore;
+  /** How long a compile slot, or another command's compile of the same key, is waited on before it counts as stuck. */
+  private readonly slotStuckMs: number;
   private readonly inflight = new Map<string, Promise<Compiled>>();
   /** Recently used entries, including results compiled but not yet in the store. */
   private readonly hot: HotEntries;
@@ -190,9 +192,10 @@ export class JobPipeline {
   private readonly prefetch: TeamPrefetch | null = null;
 
   constructor(private readonly o: PipelineOptions) {
-    this.compiles = new Semaphore(o.jobs, o.slotStuckMs ?? SLOT_STUCK_MS, (n) => {
+    this.slotStuckMs = o.slotStuckMs ?? SLOT_STUCK_MS;
+    this.compiles = new Semaphore(o.jobs, this.slotStuckMs, (n) => {
       this.counters.add(Counter.compile_slots_reclaimed, n);
-      this.o.log.warn('compile slots taken back from clients silent for too long (stopped?)', { slots: n, ms: o.slotStuckMs ?? SLOT_STUCK_MS });
+      this.o.log.warn('compile slots taken back from clients silent for too long (stopped?)', { slots: n, ms: this.slotStuckMs });
     });
     this.hot = new HotEntries(o.hotBytes ?? HOT_BYTES);
     this.verifyShare = o.verifyShare ?? 0;
@@ -306,7 +309,7 @@ export class JobPipeline {
       // Bounded: the other command's client may be stopped mid-compile; then this one compiles.
       const done = await settledWithin(
         running.catch(() => null),
-        this.o.slotStuckMs ?? SLOT_STUCK_MS,
+        this.slotStuckMs,
       );
       if (done?.adopted) {
         const again = await this.lookup(k, job, req, ctx);

@@ -19,8 +19,6 @@ interface Waiter {
 export class Semaphore {
   private readonly waiters: Waiter[] = [];
   private readonly holders = new Set<Holder>();
-  /** Slots taken back from holders that kept them `stuckMs` while others waited. */
-  reclaimed = 0;
 
   constructor(
     private readonly limit: number,
@@ -79,10 +77,7 @@ export class Semaphore {
       this.holders.delete(h);
       n++;
     }
-    if (n) {
-      this.reclaimed += n;
-      this.onReclaim?.(n);
-    }
+    if (n) this.onReclaim?.(n);
     this.grantFree();
     if (this.waiters.includes(w)) this.arm(w);
   }
