@@ -2,7 +2,7 @@ import { constants, realpathSync, statSync } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { delimiter, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
-import { parseJob } from '../key/parseJob.js';
+import { outputOption, parseJob } from '../key/parseJob.js';
 import { DistFile, DTLTO_LIMITS, distFileError } from '../protocol/dtlto.js';
 
 /**
@@ -81,10 +81,8 @@ export function within(dir: string, abs: string): boolean {
 function outputFlags(args: string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (a === '-o' || a === '--output') out.push(args[++i] ?? '');
-    else if (a.startsWith('--output=')) out.push(a.slice('--output='.length));
-    else if (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob')) out.push(a.slice(2));
+    const o = outputOption(args[i]!);
+    if (o) out.push(o.value ?? args[++i] ?? '');
   }
   return out;
 }

@@ -225,6 +225,18 @@ function replaceExt(p: string, newExt: string): string {
  * Reads a backend command line (arguments after the compiler) into the parts the key needs.
  * Knows only the shape of a backend job; anything it cannot place safely is uncacheable.
  */
+/**
+ * An argument naming the object output: `-o X`, `-oX`, and clang's aliases `--output X` and
+ * `--output=X`. `name` is the key's spelling of it; `value` is absent when the path is the next
+ * argument.
+ */
+export function outputOption(a: string): { name: string; value?: string } | null {
+  if (a === '-o' || a === '--output') return { name: a };
+  if (a.startsWith('--output=')) return { name: '--output=', value: a.slice('--output='.length) };
+  if (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob')) return { name: '-o=', value: a.slice(2) };
+  return null;
+}
+
 export async function parseJob(args: string[], cwd: string): Promise<ParseResult> {
   const responseFiles: Job['responseFiles'] = [];
   try {
@@ -263,14 +275,13 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         tokens.push({ t: 'file', v: '-fthinlto-index=', path: index, role: 'index' });
         continue;
       }
-      // `--output` and `--output=` are clang's aliases of `-o`.
-      const separateOutput = a === '-o' || a === '--output';
-      if (separateOutput || a.startsWith('--output=') || (a.startsWith('-o') && a.length > 2 && !a.startsWith('-ob'))) {
+      const out = outputOption(a);
+      if (out) {
         if (output !== undefined) throw new Uncacheable('multiple-output', 'more than one -o');
-        const v = separateOutput ? argv[++i] : a.startsWith('--output=') ? a.slice('--output='.length) : a.slice(2);
+        const v = out.value ?? argv[++i];
         if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
         output = v;
-        tokens.push({ t: 'output', v: separateOutput ? a : a.startsWith('--output=') ? '--output=' : '-o=', path: v, role: 'obj' });
+        tokens.push({ t: 'output', v: out.name, path: v, role: 'obj' });
         continue;
       }
       // An output or a config file handed to cc1 or the driver behind the key's back.
