@@ -67,6 +67,14 @@ export interface StatIdentity {
  */
 export const RACY_WINDOW_NS = 2_000_000_000n;
 
+/**
+ * Stat identity without the size (device, inode, mtime, ctime): a write, a rename over the path
+ * or, for a directory, an entry added or removed changes it.
+ */
+export function statIdentity(st: { dev: bigint; ino: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
+  return `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
 /** Whether `st` (mtime, ctime) was settled at `atNs`: both older than `windowNs` (RACY_WINDOW_NS). */
 export function settledAt(st: { mtimeNs: bigint; ctimeNs: bigint }, atNs: bigint, windowNs: bigint = RACY_WINDOW_NS): boolean {
   return st.mtimeNs < atNs - windowNs && st.ctimeNs < atNs - windowNs;

@@ -3,7 +3,7 @@ import { type BigIntStats, realpathSync, statSync } from 'node:fs';
 import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { type DigestSource, nowNs, settledAt } from './fileDigests.js';
+import { type DigestSource, nowNs, settledAt, statIdentity } from './fileDigests.js';
 import type { Digest } from './hash.js';
 import type { ObservingFiles } from './observed.js';
 
@@ -57,7 +57,7 @@ function dirStat(dir: string): BigIntStats | undefined {
 
 /** Stat identity of a directory (an entry added or removed changes its mtime), or '-' if absent. */
 function dirState(st: BigIntStats | undefined): string {
-  return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : '-';
+  return st ? statIdentity(st) : '-';
 }
 
 /** LLVM major versions named by a compiler's paths: `clang-22`, `/usr/lib/llvm-22/bin/clang`. */
@@ -163,6 +163,16 @@ export class ToolchainIdentifier {
     return t;
   }
 
+  /** Those of `paths` that are regular files, with their digests, in order. */
+  private async present(paths: readonly string[]): Promise<{ path: string; digest: Digest }[]> {
+    const out: { path: string; digest: Digest }[] = [];
+    for (const path of paths) {
+      const d = await this.files.digest(path);
+      if (d.kind === 'file') out.push({ path, digest: d.digest });
+    }
+    return out;
+  }
+
   private async compute(compiler: string, real: string, env: Record<string, string>): Promise<Toolchain> {
     this.computed++;
     // All at once: a fresh daemon's first jobs wait for this, and the libraries (libLLVM alone is
@@ -188,15 +198,8 @@ export class ToolchainIdentifier {
         if (d.kind === 'file') configs.push({ path: join(dir, n), digest: d.digest });
       }
     }
-    for (const f of CONFIG_FILES) {
-      const d = await this.files.digest(f);
-      if (d.kind === 'file') configs.push({ path: f, digest: d.digest });
-    }
-    const system: Toolchain['system'] = [];
-    for (const f of this.distroFiles) {
-      const d = await this.files.digest(f);
-      if (d.kind === 'file') system.push({ path: f, digest: d.digest });
-    }
+    configs.push(...(await this.present(CONFIG_FILES)));
+    const system = await this.present(this.distroFiles);
     const t: Toolchain = { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs, system };
     if (target.script) t.searchPath = env.PATH ?? '';
     return t;

@@ -1,5 +1,5 @@
 import { type BigIntStats, readdirSync, statSync } from 'node:fs';
-import { nowNs as clockNs, settledAt } from '../key/fileDigests.js';
+import { nowNs as clockNs, settledAt, statIdentity } from '../key/fileDigests.js';
 import { type Digest, Hasher } from '../key/hash.js';
 import { MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
 import {
@@ -187,7 +187,7 @@ const listings = new Map<string, Digest>();
 
 /** The listing digest of a directory whose stat identity is `st`, or null when it no longer is. */
 function listingOf(path: string, st: { dev: bigint; ino: bigint; mtimeNs: bigint; ctimeNs: bigint }): Digest | null {
-  const id = `${path}\0${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}`;
+  const id = `${path}\0${statIdentity(st)}`;
   let d = listings.get(id);
   if (!d) {
     const got = listingIfUnchanged(path, st);

@@ -1,7 +1,7 @@
 import { lstatSync, readFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { FileDigests } from '../key/fileDigests.js';
+import { FileDigests, statIdentity } from '../key/fileDigests.js';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
 import { checksHold, envCheckHolds, ObservingFiles } from '../key/observed.js';
@@ -827,7 +827,7 @@ export class JobPipeline {
 function fileIdentity(path: string): string | null {
   try {
     const st = lstatSync(path, { bigint: true, throwIfNoEntry: false });
-    return st ? `${st.dev}:${st.ino}:${st.mtimeNs}:${st.ctimeNs}` : null;
+    return st ? statIdentity(st) : null;
   } catch {
     return null;
   }
