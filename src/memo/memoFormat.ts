@@ -112,6 +112,10 @@ export class Writer {
     const at = this.room(b.length);
     b.copy(this.buf, at);
   }
+  /** Bytes written so far. */
+  get length(): number {
+    return this.n;
+  }
   done(): Buffer {
     return this.buf.subarray(0, this.n);
   }
@@ -154,15 +158,29 @@ export function readSharedCheck(r: Reader, kind: number, name: string): SharedCh
   }
 }
 
+/**
+ * Each check's bytes, once encoded: the memos of one batch (a team pack, a scope's localised
+ * memos) share their toolchain's check objects, so most of a memo is copied rather than encoded.
+ * A check is never changed after it is made, so its bytes stay right.
+ */
+const encodedChecks = new WeakMap<MemoCheck, Buffer>();
+
 /** The check list, as memo v1 and distribution memos encode it. */
 export function writeChecks(w: Writer, checks: readonly MemoCheck[]): void {
   w.u32(checks.length);
   for (const c of checks) {
+    const known = encodedChecks.get(c);
+    if (known) {
+      w.raw(known);
+      continue;
+    }
+    const from = w.length;
     w.u8(CheckKind[c.kind]);
     w.str(c.kind === 'env' ? c.name : c.path);
     if (c.kind === 'stat') for (const v of [c.dev, c.ino, c.size, c.mtimeNs, c.ctimeNs]) w.u64(v);
     else if (c.kind === 'dir') for (const v of [c.dev, c.ino, c.mtimeNs, c.ctimeNs]) w.u64(v);
     else writeSharedFields(w, c);
+    encodedChecks.set(c, Buffer.from(w.done().subarray(from)));
   }
 }
 

@@ -120,45 +120,98 @@ export function teamMemoKey(b: Buffer): Digest | null {
 
 /** Decodes and validates a team memo (it comes from the network): a MemoError names what is wrong. */
 export function decodeTeamMemo(b: Buffer): TeamMemo {
-  if (b.length > TEAM_MEMO_MAX_BYTES) throw new MemoError('team memo over the size limit');
-  const body = checkedBody(b, TEAM_MEMO_MAGIC);
-  const r = new Reader(body);
-  r.at = TEAM_MEMO_MAGIC.length;
-  const lookup = r.hex();
-  const key = r.hex();
-  const n = r.u32();
-  if (n > MEMO_MAX_CHECKS) throw new MemoError(`${n} checks over the limit`);
-  const checks: TeamCheck[] = [];
-  for (let i = 0; i < n; i++) {
-    const kind = r.u8();
-    const name = r.str(MEMO_MAX_NAME);
-    if (kind !== Kind.env && !name.startsWith('/')) throw new MemoError(`check of a relative path '${name}'`);
-    if (kind === Kind.dirlist) checks.push({ kind: 'dirlist', path: name, digest: r.hex() });
-    else if (kind === Kind.file) checks.push({ ...(readSharedCheck(r, Kind.content, name) as Extract<SharedCheck, { kind: 'content' }>), kind: 'file' });
-    else {
-      const c = readSharedCheck(r, kind, name);
-      if (!c) throw new MemoError(`unknown team check kind ${kind}`);
-      checks.push(c);
+  return new TeamMemoDecoder().decode(b);
+}
+
+/** One team memo's checks as decoded: their bytes, and where each ends in them. */
+interface DecodedChecks {
+  bytes: Buffer;
+  ends: number[];
+  checks: TeamCheck[];
+}
+
+/**
+ * Decodes the team memos of one batch (a scope's list). The checks a memo shares byte for byte
+ * with the one decoded before it (a scope's toolchain and environment: some 60 of each memo's
+ * checks) are taken from that memo instead of being decoded again. The check objects are then
+ * shared between memos, so nothing may change one after decoding.
+ */
+export class TeamMemoDecoder {
+  private prev: DecodedChecks | null = null;
+
+  decode(b: Buffer): TeamMemo {
+    if (b.length > TEAM_MEMO_MAX_BYTES) throw new MemoError('team memo over the size limit');
+    const body = checkedBody(b, TEAM_MEMO_MAGIC);
+    const r = new Reader(body);
+    r.at = TEAM_MEMO_MAGIC.length;
+    const lookup = r.hex();
+    const key = r.hex();
+    const n = r.u32();
+    if (n > MEMO_MAX_CHECKS) throw new MemoError(`${n} checks over the limit`);
+    const start = r.at;
+    const checks: TeamCheck[] = [];
+    const ends: number[] = [];
+    const shared = this.sharedPrefix(body, start, n);
+    for (let i = 0; i < shared; i++) {
+      checks.push(this.prev!.checks[i]!);
+      ends.push(this.prev!.ends[i]!);
     }
+    if (shared) r.at = start + ends[shared - 1]!;
+    for (let i = shared; i < n; i++) {
+      checks.push(readTeamCheck(r));
+      ends.push(r.at - start);
+    }
+    this.prev = { bytes: body.subarray(start, r.at), ends, checks };
+    const no = r.u32();
+    if (no < 1 || no > MEMO_MAX_OUTPUTS) throw new MemoError(`${no} outputs`);
+    const outputs: TeamOutput[] = [];
+    for (let i = 0; i < no; i++) {
+      const role = r.str(MEMO_MAX_NAME);
+      const path = r.str(MEMO_MAX_NAME);
+      if (!path.startsWith('/')) throw new MemoError(`relative output path '${path}'`);
+      const digest = r.hex();
+      const size = r.u64();
+      if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MemoError('bad output size');
+      outputs.push({ role, path, digest, size: Number(size) });
+    }
+    const stdout = Buffer.from(r.bytes(MEMO_MAX_STREAM));
+    const stderr = Buffer.from(r.bytes(MEMO_MAX_STREAM));
+    if (r.at !== body.length) throw new MemoError(`${body.length - r.at} trailing bytes`);
+    // A memo that checks no file could be served to any command of its name: not accepted.
+    if (!checks.some((c) => c.kind === 'content' || c.kind === 'file')) throw new MemoError('team memo checks no file content');
+    return { lookup, key, checks, outputs, stdout, stderr };
   }
-  const no = r.u32();
-  if (no < 1 || no > MEMO_MAX_OUTPUTS) throw new MemoError(`${no} outputs`);
-  const outputs: TeamOutput[] = [];
-  for (let i = 0; i < no; i++) {
-    const role = r.str(MEMO_MAX_NAME);
-    const path = r.str(MEMO_MAX_NAME);
-    if (!path.startsWith('/')) throw new MemoError(`relative output path '${path}'`);
-    const digest = r.hex();
-    const size = r.u64();
-    if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MemoError('bad output size');
-    outputs.push({ role, path, digest, size: Number(size) });
+
+  /** How many of the `n` checks at `start` of `body` are byte for byte the previous memo's first ones. */
+  private sharedPrefix(body: Buffer, start: number, n: number): number {
+    const prev = this.prev;
+    if (!prev) return 0;
+    const same = (k: number) => {
+      const len = prev.ends[k - 1]!;
+      return start + len <= body.length && body.compare(prev.bytes, 0, len, start, start + len) === 0;
+    };
+    // The shared checks are a prefix: bytes equal up to a check's end decode to the same checks.
+    let lo = 0;
+    let hi = Math.min(n, prev.checks.length);
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (same(mid)) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
   }
-  const stdout = Buffer.from(r.bytes(MEMO_MAX_STREAM));
-  const stderr = Buffer.from(r.bytes(MEMO_MAX_STREAM));
-  if (r.at !== body.length) throw new MemoError(`${body.length - r.at} trailing bytes`);
-  // A memo that checks no file could be served to any command of its name: not accepted.
-  if (!checks.some((c) => c.kind === 'content' || c.kind === 'file')) throw new MemoError('team memo checks no file content');
-  return { lookup, key, checks, outputs, stdout, stderr };
+}
+
+/** One check of a team memo, validated. */
+function readTeamCheck(r: Reader): TeamCheck {
+  const kind = r.u8();
+  const name = r.str(MEMO_MAX_NAME);
+  if (kind !== Kind.env && !name.startsWith('/')) throw new MemoError(`check of a relative path '${name}'`);
+  if (kind === Kind.dirlist) return { kind: 'dirlist', path: name, digest: r.hex() };
+  if (kind === Kind.file) return { ...(readSharedCheck(r, Kind.content, name) as Extract<SharedCheck, { kind: 'content' }>), kind: 'file' };
+  const c = readSharedCheck(r, kind, name);
+  if (!c) throw new MemoError(`unknown team check kind ${kind}`);
+  return c;
 }
 
 function statOrUndefined(path: string): BigIntStats | undefined {
@@ -248,14 +301,16 @@ export async function localise(
   t: TeamMemo,
   files: LocalFiles,
   nowNs: bigint = clockNs(),
-  seen?: Map<string, MemoCheck | { why: string }>,
+  seen?: Map<TeamCheck | string, MemoCheck | { why: string }>,
 ): Promise<{ memo: Memo } | { why: string }> {
   const checks: MemoCheck[] = [];
   for (const c of t.checks) {
     // A check made for an earlier memo of the same batch stands: what was seen then is what the
-    // memo records, and the client checks it again.
-    const id = seen && c.kind !== 'env' ? checkId(c) : '';
-    const made = id ? seen!.get(id) : undefined;
+    // memo records, and the client checks it again. Found by the check itself first (memos of one
+    // TeamMemoDecoder share their toolchain's check objects), else by what it checks.
+    let made = c.kind !== 'env' ? seen?.get(c) : undefined;
+    const id = seen && c.kind !== 'env' && !made ? checkId(c) : '';
+    if (id) made = seen!.get(id);
     if (made) {
       if ('why' in made) return made;
       checks.push(made);
@@ -263,7 +318,10 @@ export async function localise(
     }
     const n = checks.length;
     const r = await localiseCheck(c, files, nowNs, checks);
-    if (id) seen!.set(id, r ?? checks[n]!);
+    if (id) {
+      seen!.set(id, r ?? checks[n]!);
+      seen!.set(c, r ?? checks[n]!);
+    }
     if (r) return r;
   }
   return { memo: { key: t.key, checks, outputs: t.outputs.map(({ path, digest, size }) => ({ path, digest, size })), stdout: t.stdout, stderr: t.stderr } };

@@ -2,7 +2,7 @@ import { realpathSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Digest } from '../key/hash.js';
 import { encodeMemo, lookupDigest, type Memo, type MemoCheck, MemoError } from '../memo/memoFormat.js';
-import { decodeTeamMemo, type LocalFiles, localise, scopeDigest, teamMemoKey, teamMemoLookup } from '../memo/teamMemo.js';
+import { type LocalFiles, localise, scopeDigest, type TeamCheck, TeamMemoDecoder, teamMemoKey, teamMemoLookup } from '../memo/teamMemo.js';
 import { encodeTeamPack } from '../memo/teamPack.js';
 import { Counter, type Counters } from '../stats/counters.js';
 import type { StoredEntry } from '../store/backend.js';
@@ -254,7 +254,8 @@ export class TeamPrefetch {
     const t0 = performance.now();
     const packed: PackedEntry[] = [];
     // One look at each file for the whole batch: the toolchain's files recur in every memo.
-    const seen = new Map<string, MemoCheck | { why: string }>();
+    const seen = new Map<TeamCheck | string, MemoCheck | { why: string }>();
+    const decoder = new TeamMemoDecoder();
     let bytes = 0;
     let next = 0;
     const worker = async () => {
@@ -264,7 +265,7 @@ export class TeamPrefetch {
         if (item.claimed) continue;
         // Only entries whose memos hold here: a memo of an edited job would fetch for nothing.
         // (The claim localises again: files may change in between.)
-        const local = await this.check(item.bytes, seen);
+        const local = await this.check(item.bytes, seen, decoder);
         if (!('memo' in local) || item.claimed) continue;
         const key = local.memo.key;
         item.entry = this.d.getEntry(key).catch((e: Error): TieredLookup => ({ kind: 'error', error: e.message, corrupt: false }));
@@ -360,10 +361,10 @@ export class TeamPrefetch {
     return null;
   }
 
-  private async check(bytes: Buffer, seen?: Map<string, MemoCheck | { why: string }>): Promise<Localised | { why: string }> {
-    let team: ReturnType<typeof decodeTeamMemo>;
+  private async check(bytes: Buffer, seen?: Map<TeamCheck | string, MemoCheck | { why: string }>, decoder = new TeamMemoDecoder()): Promise<Localised | { why: string }> {
+    let team: ReturnType<TeamMemoDecoder['decode']>;
     try {
-      team = decodeTeamMemo(bytes);
+      team = decoder.decode(bytes);
     } catch (e) {
       if (!(e instanceof MemoError)) throw e;
       this.d.log.warn('team memo rejected', { error: e.message });

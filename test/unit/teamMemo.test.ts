@@ -6,8 +6,8 @@ import { after, test } from 'node:test';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { checksHold, ObservingFiles } from '../../src/key/observed.js';
-import { type Memo, withTrailer } from '../../src/memo/memoFormat.js';
-import { decodeTeamMemo, encodeTeamMemo, localise, type TeamMemo, teamMemoLookup, teamMemoOf } from '../../src/memo/teamMemo.js';
+import { decodeMemo, encodeMemo, type Memo, withTrailer } from '../../src/memo/memoFormat.js';
+import { decodeTeamMemo, encodeTeamMemo, localise, type TeamCheck, type TeamMemo, TeamMemoDecoder, teamMemoLookup, teamMemoOf } from '../../src/memo/teamMemo.js';
 
 await initHash();
 
@@ -167,4 +167,66 @@ test('hostile team memos are refused with a clear error', async () => {
   const body = Buffer.from(good.subarray(0, good.length - 32));
   body.writeUInt32LE(0xffffffff, 8 + 64);
   assert.throws(() => decodeTeamMemo(withTrailer(body)), /over the limit/);
+});
+
+/** A team memo of a batch: the same toolchain-like checks, then this job's own file. */
+function batchMemo(i: number, toolchainDigest = hashBytes(Buffer.from('libLLVM'))): TeamMemo {
+  const checks: TeamCheck[] = [
+    { kind: 'env', name: 'LD_PRELOAD', value: null },
+    { kind: 'file', path: '/usr/lib/libLLVM.so', size: 1000, digest: toolchainDigest },
+    { kind: 'absent', path: '/etc/clang' },
+    { kind: 'dirlist', path: '/usr/bin', digest: hashBytes(Buffer.from('listing')) },
+    { kind: 'file', path: `/tree/m${i}.o`, size: 10 + i, digest: hashBytes(Buffer.from(`m${i}`)) },
+    { kind: 'content', path: `/tree/m${i}.o.thinlto.bc`, size: 5, digest: hashBytes(Buffer.from(`i${i}`)) },
+  ];
+  return {
+    lookup: hashBytes(Buffer.from(`command ${i}`)),
+    key: hashBytes(Buffer.from(`key ${i}`)),
+    checks,
+    outputs: [{ role: 'obj', path: `/tree/m${i}.native.o`, digest: hashBytes(Buffer.from(`o${i}`)), size: 7 }],
+    stdout: Buffer.alloc(0),
+    stderr: Buffer.from(i % 2 ? 'warning\n' : ''),
+  };
+}
+
+test('a batch decoder takes the checks a memo shares with the one before from it, and decodes what differs', () => {
+  const memos = [batchMemo(1), batchMemo(2), batchMemo(3, hashBytes(Buffer.from('another libLLVM'))), batchMemo(4)];
+  // One with fewer checks, and one whose first check differs.
+  memos.push({ ...batchMemo(5), checks: batchMemo(5).checks.slice(1) });
+  memos.push({ ...batchMemo(6), checks: [{ kind: 'env', name: 'LD_PRELOAD', value: 'x.so' }, ...batchMemo(6).checks.slice(1)] });
+  const decoder = new TeamMemoDecoder();
+  const got = memos.map((m) => decoder.decode(encodeTeamMemo(m)));
+  for (let i = 0; i < memos.length; i++) assert.deepEqual(got[i], decodeTeamMemo(encodeTeamMemo(memos[i]!)), `memo ${i}`);
+  assert.deepEqual(got[2]!.checks[1], memos[2]!.checks[1], 'a changed toolchain digest is decoded, not taken from the memo before');
+  assert.equal(got[1]!.checks[3], got[0]!.checks[3], 'shared checks are the same objects');
+  assert.notEqual(got[1]!.checks[4], got[0]!.checks[4]);
+  // A hostile memo after good ones is refused as it would be alone, and the batch goes on.
+  const bad = Buffer.from(encodeTeamMemo(batchMemo(7)).subarray(0, 200));
+  assert.throws(() => decoder.decode(bad), /trailer|truncated/);
+  const body = Buffer.from(encodeTeamMemo(batchMemo(8)));
+  const rel = encodeTeamMemo({ ...batchMemo(8), checks: [...batchMemo(8).checks.slice(0, 4), { kind: 'absent', path: 'relative' }, ...batchMemo(8).checks.slice(4)] });
+  assert.throws(() => decoder.decode(rel), /relative path/);
+  assert.deepEqual(decoder.decode(body), decodeTeamMemo(body));
+});
+
+test('memos sharing check objects encode as they would apart', () => {
+  const decoder = new TeamMemoDecoder();
+  const team = [1, 2, 3].map((i) => decoder.decode(encodeTeamMemo(batchMemo(i))));
+  const local = team.map(
+    (t): Memo => ({
+      key: t.key,
+      checks: t.checks.map((c) => (c.kind === 'file' || c.kind === 'dirlist' ? { kind: 'content', path: c.path, size: 1, digest: c.digest } : c)),
+      outputs: t.outputs.map(({ path, digest, size }) => ({ path, digest, size })),
+      stdout: t.stdout,
+      stderr: t.stderr,
+    }),
+  );
+  const fresh = (m: Memo): Memo => ({ ...m, checks: m.checks.map((c) => ({ ...c })), outputs: m.outputs.map((o) => ({ ...o })) });
+  assert.equal(local[1]!.checks[0], local[0]!.checks[0], 'the memos share check objects');
+  for (let round = 0; round < 2; round++)
+    for (const m of local) {
+      const bytes = encodeMemo(m);
+      assert.deepEqual(bytes, encodeMemo(fresh(m)), 'bytes as from fresh objects');
+      assert.deepEqual(decodeMemo(bytes), fresh(m));
+    }
 });
