@@ -3,12 +3,13 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
+import type { ConfigFiles } from './configFiles.js';
 import type { DigestSource } from './fileDigests.js';
 import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
 import { readModuleTable } from './moduleTable.js';
 import { asksNative, nativeCpu } from './nativeCpu.js';
 import type { ObservingFiles } from './observed.js';
-import { fileCandidates, type Job } from './parseJob.js';
+import { fileCandidates, type Job, parseJob } from './parseJob.js';
 import type { ToolchainIdentifier } from './toolchain.js';
 import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 
@@ -59,13 +60,27 @@ export const KEY_ENV = [
 ] as const;
 
 /**
- * The clang config file a job runs under, or null. A config file's options are not expanded into
- * the job's as clang does (`@file` inside it relative to its directory, `<CFGDIR>`, flags that add
- * outputs such as `-gsplit-dwarf` or name files), so its digest alone cannot stand for what it
- * changes: the job is uncacheable (`config-file`). Default configs count unless
+ * Why a job may run under clang config files, or null when it cannot. A config file's options
+ * count as the command's own (flags that add outputs such as `-gsplit-dwarf`, or name files), so
+ * such a job is keyed on the command as clang expands it (withConfigFiles), or is uncacheable
+ * (`config-file`) without a ConfigFiles to expand it. Default configs count unless
  * `--no-default-config` or `CLANG_NO_DEFAULT_CONFIG` turns them off; `toolchain.configs` lists
- * every `*.cfg` in the directories clang searches, not only the one it would pick.
+ * every `*.cfg` in the directories clang searches, not only the ones it picks.
  */
+/**
+ * The job as clang runs it: the options of the config files it loads before the command's own,
+ * parsed again; the config files and the `@file`s in them are keyed and checked like response
+ * files. Anything the parse refuses in them makes the job uncacheable for that reason. Expanding
+ * the result again gives the same job (its `argv` stays the command's).
+ */
+async function withConfigFiles(configs: ConfigFiles, job: Job, compiler: string, cwd: string, env: Record<string, string>, toolchain: Manifest['toolchain']): Promise<Job> {
+  const x = await configs.expand(compiler, job.argv, job.tokens, cwd, env, toolchain.configs);
+  if (!x.files.length) return job;
+  const again = await parseJob([...x.head, ...job.argv], cwd);
+  if (again.kind === 'uncacheable') throw new Uncacheable(again.reason, `${again.detail} (with the options of ${x.files[0]!.path})`);
+  return { ...again.job, argv: job.argv, responseFiles: job.responseFiles, configFiles: x.files };
+}
+
 function configInEffect(job: Job, toolchain: Manifest['toolchain'], env: Record<string, string>): string | null {
   let noDefault = (env.CLANG_NO_DEFAULT_CONFIG ?? '') !== '';
   for (const t of job.tokens) {
@@ -172,7 +187,9 @@ export const Manifest = z.object({
 });
 export type Manifest = z.infer<typeof Manifest>;
 
-export type KeyResult = { kind: 'key'; key: string; manifest: Manifest } | { kind: 'uncacheable'; reason: UncacheableReason; detail: string };
+export type KeyResult =
+  /** `job`: the job as clang runs it under its config files, when they add to it (its outputs are the ones to store). */
+  { kind: 'key'; key: string; manifest: Manifest; job?: Job } | { kind: 'uncacheable'; reason: UncacheableReason; detail: string };
 
 /**
  * Parts of manifests shared between jobs (a toolchain description is one object reused by every
@@ -217,12 +234,14 @@ export function keyOf(m: Manifest): string {
 export interface KeyContext {
   files: DigestSource;
   toolchains: ToolchainIdentifier;
+  /** Expands the config files a job runs under; without it such a job is uncacheable. */
+  configs?: ConfigFiles;
   /** When given, every file, directory and environment entry the key reads is recorded in it (for the memo). */
   observe?: ObservingFiles;
 }
 
 /** Builds the manifest of a parsed job: every input's content, the toolchain and the environment. */
-export async function buildManifest(ctx: KeyContext, job: Job, compiler: string, cwd: string, env: Record<string, string>): Promise<KeyResult> {
+export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: string, cwd: string, env: Record<string, string>): Promise<KeyResult> {
   try {
     const files = ctx.observe ?? ctx.files;
     const need = async (path: string, what: string) => {
@@ -230,15 +249,19 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       if (d.kind !== 'file') throw new Uncacheable('missing-file', `${what} ${path} is not a readable regular file`);
       return d.digest;
     };
-    const outputsAbs = new Set(job.outputs.map((o) => resolve(cwd, o.path)));
-    const namesKeyed = outputNamesKeyed(job);
     // clang-cl by name: a Windows target by default (see windowsTarget in parseJob).
     if (/(^|\/)clang-cl(-[0-9.]+)?(\.exe)?$/i.test(compiler)) throw new Uncacheable('windows-target', `${compiler}: clang-cl targets Windows`);
-    const dropsQuiet = unusedArgumentWarningOff(job);
     for (const k of UNCACHEABLE_ENV) if (env[k] !== undefined) throw new Uncacheable('environment', `${k} is set`);
     const toolchain = await ctx.toolchains.identify(compiler, env, ctx.observe);
-    const config = configInEffect(job, toolchain, env);
-    if (config) throw new Uncacheable('config-file', config);
+    let job = parsed;
+    const config = configInEffect(parsed, toolchain, env);
+    if (config) {
+      if (!ctx.configs) throw new Uncacheable('config-file', config);
+      job = await withConfigFiles(ctx.configs, parsed, compiler, cwd, env, toolchain);
+    }
+    const outputsAbs = new Set(job.outputs.map((o) => resolve(cwd, o.path)));
+    const namesKeyed = outputNamesKeyed(job);
+    const dropsQuiet = unusedArgumentWarningOff(job);
     const args: Manifest['args'] = [];
     const dropped: string[] = [];
     let input: Manifest['input'] | undefined;
@@ -293,7 +316,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       toolchain,
       args,
       responseFiles: await Promise.all(
-        job.responseFiles.map(async (r) => {
+        [...job.responseFiles, ...(job.configFiles ?? [])].map(async (r) => {
           ctx.observe?.rewritten(resolve(cwd, r.path));
           return { path: r.path, digest: await need(r.path, 'response file') };
         }),
@@ -308,7 +331,7 @@ export async function buildManifest(ctx: KeyContext, job: Job, compiler: string,
       names: { index: indexPath, outputs: job.outputs },
       dropped,
     };
-    return { kind: 'key', key: keyOf(manifest), manifest };
+    return { kind: 'key', key: keyOf(manifest), manifest, ...(job !== parsed ? { job } : {}) };
   } catch (e) {
     if (e instanceof Uncacheable) return { kind: 'uncacheable', reason: e.reason, detail: e.detail };
     return { kind: 'uncacheable', reason: 'key-error', detail: (e as Error).message };

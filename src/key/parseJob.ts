@@ -15,9 +15,14 @@ export type Token =
   | { t: 'dropped'; v: string };
 
 export interface Job {
+  /** The command's arguments, response files expanded (never the options of config files). */
+  argv: string[];
+  /** From the command and, when they add to it, the config files clang loads (src/key/configFiles.ts). */
   tokens: Token[];
   /** Response files read, in order, with their content. */
   responseFiles: { path: string; content: Buffer }[];
+  /** The config files, and `@file`s inside them, whose options the tokens hold (absolute paths). */
+  configFiles?: { path: string; content: Buffer }[];
   input: string;
   index: string;
   /** Outputs clang writes for this job: role → path as written (relative to cwd or absolute). */
@@ -355,7 +360,7 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
       if (seen.has(abs)) throw new Uncacheable('output', `two outputs at ${o.path}`);
       seen.add(abs);
     }
-    return { kind: 'job', job: { tokens, responseFiles, input: positional[0]!, index, outputs } };
+    return { kind: 'job', job: { argv, tokens, responseFiles, input: positional[0]!, index, outputs } };
   } catch (e) {
     if (e instanceof Uncacheable) return { kind: 'uncacheable', reason: e.reason, detail: e.detail };
     throw e;

@@ -1,6 +1,7 @@
 import { lstatSync, readFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { ConfigFiles } from '../key/configFiles.js';
 import { FileDigests, statIdentity } from '../key/fileDigests.js';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
@@ -231,10 +232,11 @@ export class JobPipeline {
     if (o.keyer) this.keyer = o.keyer;
     else {
       const toolchains = new ToolchainIdentifier(files);
+      const configs = new ConfigFiles();
       this.keyer = async (job, req) => {
-        if (!o.memo) return buildManifest({ files, toolchains }, job, req.compiler, req.cwd, req.env);
+        if (!o.memo) return buildManifest({ files, toolchains, configs }, job, req.compiler, req.cwd, req.env);
         const observe = new ObservingFiles(files);
-        const r = await buildManifest({ files, toolchains, observe }, job, req.compiler, req.cwd, req.env);
+        const r = await buildManifest({ files, toolchains, configs, observe }, job, req.compiler, req.cwd, req.env);
         // Without checks the job is served and stored as usual, with no memo (and re-keyed after its compile).
         return r.kind === 'key' && observe.memoable() ? { ...r, checks: observe.checks() } : r;
       };
@@ -289,17 +291,18 @@ export class JobPipeline {
       this.counters.uncacheableFor(parsed.reason);
       return { kind: 'uncacheable', reason: parsed.reason, detail: parsed.detail, record: parsed.reason !== 'not-backend' };
     }
-    const job = parsed.job;
     if (this.prefetch && !ctx.collectMemo) {
-      const served = await this.fromTeamMemo(job, req, ctx);
+      const served = await this.fromTeamMemo(parsed.job, req, ctx);
       if (served) return served;
     }
-    const keyed = await this.keyer(job, req);
+    const keyed = await this.keyer(parsed.job, req);
     if (keyed.kind === 'uncacheable') {
       this.counters.uncacheableFor(keyed.reason);
       this.o.log.info('uncacheable job', { reason: keyed.reason, detail: keyed.detail, cwd: req.cwd });
       return { kind: 'uncacheable', reason: keyed.reason, detail: keyed.detail, record: true };
     }
+    // Under config files, the job as clang runs it: their options may add outputs.
+    const job = keyed.job ?? parsed.job;
     const k: Keyed = { key: keyed.key, manifest: keyed.manifest, input: job.input, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
     const served = await this.lookup(k, job, req, ctx);
     if (served) return served;
@@ -330,7 +333,7 @@ export class JobPipeline {
       // just before), so the key is normally computed once. A check can fail without a key change
       // (a config directory that is also the output directory): then the key is computed again.
       if (k.checks && checksHold(k.checks, req.env)) return true;
-      const again = await this.keyer(job, req);
+      const again = await this.keyer(parsed.job, req);
       if (again.kind !== 'key' || again.key !== k.key) return false;
       if (again.checks) k.checks = again.checks;
       return true;

@@ -260,6 +260,35 @@ describe('distributed ThinLTO through ltocache', () => {
     }
   });
 
+  test('options from a clang config file count as the command line: its -gsplit-dwarf output is restored, an edit to it misses', () => {
+    const cfg = join(tempDir('cfg'), 'split.cfg');
+    writeFileSync(cfg, '# debug info beside the object\n-g -gsplit-dwarf\n');
+    const extra = [`--config=${cfg}`];
+    b.thinLink();
+    const cold = delta(cache, () => buildAll(b, cache, extra));
+    assert.equal(cold.uncacheable, 0);
+    const dwo = (m: string) => join(b.dir, `${m}.thinlto-native.dwo`);
+    for (const m of b.modules) {
+      rmSync(dwo(m));
+      rmSync(join(b.dir, `${m}.thinlto-native.o`));
+    }
+    b.thinLink();
+    const warm = delta(cache, () => buildAll(b, cache, extra));
+    assert.deepEqual(warm, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    const served = new Map(b.modules.map((m) => [m, { o: readFileSync(join(b.dir, `${m}.thinlto-native.o`)), dwo: readFileSync(dwo(m)) }]));
+    for (const m of b.modules) {
+      const r = b.backend(m, { extra, out: `${m}.thinlto-native.o` });
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(served.get(m)!.o.equals(readFileSync(join(b.dir, `${m}.thinlto-native.o`))), `${m}.o`);
+      assert.ok(served.get(m)!.dwo.equals(readFileSync(dwo(m))), `${m}.dwo`);
+    }
+    // The config file edited in place: every job compiles again (the fast path checks it too).
+    writeFileSync(cfg, '-g\n');
+    b.thinLink();
+    const edited = delta(cache, () => buildAll(b, cache, extra));
+    assert.deepEqual(edited, { hits: 0, misses: b.modules.length, errors: 0, uncacheable: 0 });
+  });
+
   test('a corrupted blob is detected, recompiled and counted as an error', () => {
     b.thinLink();
     buildAll(b, cache, ['-O3']);

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { ConfigFiles, tokenizeConfigFile } from '../../src/key/configFiles.js';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashFile, initHash } from '../../src/key/hash.js';
 import { buildManifest, canonicalJson, type KeyContext, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
@@ -329,32 +330,122 @@ describe('what changes the key', () => {
       );
   });
 
-  test('a clang config file, named or found beside the compiler, makes the job uncacheable', async () => {
+  test('without a config expander, a job under a clang config file is uncacheable', async () => {
     const d = tree();
-    // clang expands `@file` inside a config relative to the config's directory, and a flag such
-    // as -gsplit-dwarf there adds an output: the config's digest cannot stand for either.
-    fs.mkdirSync(join(d, 'c'));
-    fs.writeFileSync(join(d, 'c', 'my.cfg'), '@inner.rsp\n');
-    fs.writeFileSync(join(d, 'c', 'inner.rsp'), '-ffunction-sections\n');
+    fs.writeFileSync(join(d, 'my.cfg'), '-O1\n');
     for (const args of [
-      ['--config=c/my.cfg', ...BASE],
-      ['--config', 'c/my.cfg', ...BASE],
+      ['--config=my.cfg', ...BASE],
+      ['--config', 'my.cfg', ...BASE],
     ]) {
       const r = await keyed(d, args);
       assert.equal(r.kind === 'uncacheable' && r.reason, 'config-file', JSON.stringify(r));
     }
-    // A default config beside the compiler (here a symlink to it in a directory of its own).
+  });
+
+  /** A compiler of its own (a copy of clang's executable, its libraries beside it) that loads default config files from its directory. */
+  function ownCompiler(): { cc: string; bin: string; c: KeyContext & { configs: ConfigFiles } } {
+    const root = tempDir();
+    const bin = join(root, 'bin');
+    fs.mkdirSync(bin);
+    const real = fs.realpathSync(CLANG);
+    const cc = join(bin, 'clang');
+    fs.copyFileSync(real, cc);
+    fs.chmodSync(cc, 0o755);
+    fs.symlinkSync(join(real, '..', '..', 'lib'), join(root, 'lib'));
+    const f = new FileDigests();
+    return { cc, bin, c: { files: f, toolchains: new ToolchainIdentifier(f), configs: new ConfigFiles() } };
+  }
+
+  test('a named config file is expanded as clang does: its @file relative to its directory, keyed and checked', async () => {
+    const d = tree();
+    fs.mkdirSync(join(d, 'c'));
+    fs.writeFileSync(join(d, 'c', 'my.cfg'), '# flags\n@inner.rsp -I<CFGDIR>/inc\n');
+    fs.writeFileSync(join(d, 'c', 'inner.rsp'), '-ffunction-sections\n');
+    const configs = new ConfigFiles();
+    const c = { ...ctx, configs };
+    const observe = new ObservingFiles(files);
+    const r = await keyed(d, ['--config=c/my.cfg', ...BASE], ENV, CLANG, { ...c, observe });
+    if (r.kind !== 'key') assert.fail(JSON.stringify(r));
+    assert.deepEqual(
+      r.job?.tokens.slice(0, 2).map((t) => t.v),
+      ['-ffunction-sections', `-I${join(d, 'c')}/inc`],
+      'the options of the config come first, expanded',
+    );
+    assert.equal(r.manifest.args[0]?.a, '-ffunction-sections');
+    assert.deepEqual(
+      r.manifest.responseFiles.map((f) => f.path),
+      [join(d, 'c', 'my.cfg'), join(d, 'c', 'inner.rsp')],
+    );
+    // Both files are checks of the memo: an edit to either sends the job back to the daemon.
+    const checked = observe.checks().map((k) => ('path' in k ? k.path : ''));
+    for (const f of ['my.cfg', 'inner.rsp']) assert.ok(checked.includes(join(d, 'c', f)), f);
+    // The separate spelling names the same file; clang is asked once per spelling, not per job.
+    const sep = await keyed(d, ['--config', 'c/my.cfg', ...BASE], ENV, CLANG, c);
+    assert.equal(sep.kind, 'key');
+    const asked = configs.asked;
+    fs.copyFileSync(join(d, 'a.o'), join(d, 'a2.o'));
+    fs.copyFileSync(join(d, 'a.o.thinlto.bc'), join(d, 'a2.o.thinlto.bc'));
+    const other = BASE.map((a) => a.replace('a.o', 'a2.o').replace('a.thinlto', 'a2.thinlto'));
+    assert.equal((await keyed(d, ['--config=c/my.cfg', ...other], ENV, CLANG, c)).kind, 'key');
+    assert.equal(configs.asked, asked, 'another job of the same shape does not ask clang again');
+    // An edit to the included file changes the key.
+    fs.writeFileSync(join(d, 'c', 'inner.rsp'), '-fdata-sections\n');
+    const edited = await keyed(d, ['--config=c/my.cfg', ...BASE], ENV, CLANG, c);
+    assert.ok(edited.kind === 'key' && edited.key !== r.key);
+  });
+
+  test('a default config file clang loads counts as part of the command: an output it adds is the job output too', async () => {
+    const d = tree();
+    const { cc, bin, c } = ownCompiler();
+    fs.writeFileSync(join(bin, 'clang.cfg'), '-gsplit-dwarf\n');
+    const r = await keyed(d, BASE, ENV, cc, c);
+    if (r.kind !== 'key') assert.fail(JSON.stringify(r));
+    assert.deepEqual(
+      r.job?.outputs.map((o) => o.role),
+      ['obj', 'dwo'],
+    );
+    assert.deepEqual(r.job?.argv, BASE, 'the command as given');
+    // Keyed again from the expanded job (verify, a re-key): the same key.
+    const again = await buildManifest(c, r.job!, cc, d, ENV);
+    assert.ok(again.kind === 'key' && again.key === r.key, JSON.stringify(again));
+    // An option clang 19 and 22 read differently, or a config inside a config: uncacheable.
+    for (const text of ['$-O3\n', '--config=other.cfg\n']) {
+      fs.writeFileSync(join(bin, 'clang.cfg'), text);
+      const u = await keyed(d, BASE, ENV, cc, c);
+      assert.equal(u.kind === 'uncacheable' && u.reason, 'config-file', `${text}: ${JSON.stringify(u)}`);
+    }
+    // Turned off, by flag or by variable, the default config is not read, and clang is not asked.
+    const asked = c.configs.asked;
+    assert.equal((await keyed(d, ['--no-default-config', ...BASE], ENV, cc, c)).kind, 'key');
+    assert.equal((await keyed(d, BASE, { ...ENV, CLANG_NO_DEFAULT_CONFIG: '1' }, cc, c)).kind, 'key');
+    assert.equal(c.configs.asked, asked);
+  });
+
+  test('a config file splits into the arguments clang reads from it', () => {
+    const d = tempDir();
+    const text = '# comment -DNO=1\n  -DA=1 \\\n-DB=2\n"-DQ=a b" \'-DR=c d\' -DS=e\\ f\r\n\t# indented\n-DT=x#y -DU="p q"r\n';
+    fs.writeFileSync(join(d, 'x.cfg'), text);
+    fs.writeFileSync(join(d, 't.c'), 'int t;\n');
+    const r = spawnSync(CLANG, ['--config=./x.cfg', '-###', '-c', 't.c'], { cwd: d, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const cc1 = r.stderr.split('\n').find((l) => l.includes('"-cc1"'))!;
+    const fromClang = [...cc1.matchAll(/"-D" "((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]!.replace(/\\(.)/g, '$1')).filter((v) => !v.startsWith('__'));
+    const ours = tokenizeConfigFile(text).map((a) => a.slice(2));
+    assert.deepEqual(ours, fromClang);
+    assert.deepEqual(ours, ['A=1', 'B=2', 'Q=a b', 'R=c d', 'S=e f', 'T=x#y', 'U=p qr']);
+  });
+
+  test('a config file beside a symlink to clang is not loaded (clang looks beside its real path): keyed as the command', async () => {
+    const d = tree();
     const bin = tempDir();
     const cc = join(bin, CLANG.split('/').pop()!);
     fs.symlinkSync(fs.realpathSync(CLANG), cc);
     fs.writeFileSync(join(bin, 'clang.cfg'), '-gsplit-dwarf\n');
     const f = new FileDigests();
-    const c = { files: f, toolchains: new ToolchainIdentifier(f) };
+    const c = { files: f, toolchains: new ToolchainIdentifier(f), configs: new ConfigFiles() };
     const r = await keyed(d, BASE, ENV, cc, c);
-    assert.equal(r.kind === 'uncacheable' && r.reason, 'config-file', JSON.stringify(r));
-    // Turned off, by flag or by variable, the default config is not read: the job is keyed.
-    assert.equal((await keyed(d, ['--no-default-config', ...BASE], ENV, cc, c)).kind, 'key');
-    assert.equal((await keyed(d, BASE, { ...ENV, CLANG_NO_DEFAULT_CONFIG: '1' }, cc, c)).kind, 'key');
+    assert.ok(r.kind === 'key' && !r.job, JSON.stringify(r));
+    assert.equal(c.configs.asked, 1);
   });
 
   test('the compiler: a wrapper script vs clang itself', async () => {
