@@ -50,6 +50,8 @@ export function tokenizeConfigFile(text: string): string[] {
 
 /** What the config files clang loads for a command add to it, as clang reads them. */
 export interface ConfigExpansion {
+  /** The config files clang loads, in order (absolute paths). */
+  loaded: string[];
   /** Arguments placed before the command's own, in order. */
   head: string[];
   /** Every file read for them: the config files and the `@file`s they include (absolute paths). */
@@ -92,7 +94,7 @@ export class ConfigFiles {
     configDigests: readonly { path: string; digest: string }[],
   ): Promise<ConfigExpansion> {
     const paths = await this.loadedBy(compiler, argv, tokens, cwd, env, configDigests);
-    const out: ConfigExpansion = { head: [], files: [] };
+    const out: ConfigExpansion = { loaded: paths, head: [], files: [] };
     for (const p of paths) await include(p, 0, out);
     return out;
   }

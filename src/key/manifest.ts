@@ -76,6 +76,13 @@ export const KEY_ENV = [
 async function withConfigFiles(configs: ConfigFiles, job: Job, compiler: string, cwd: string, env: Record<string, string>, toolchain: Manifest['toolchain']): Promise<Job> {
   const x = await configs.expand(compiler, job.argv, job.tokens, cwd, env, toolchain.configs);
   if (!x.files.length) return job;
+  // A default config from a directory the toolchain does not list could be joined by another
+  // there that no memo check would notice: only listed or named files are followed.
+  const named = new Set(job.tokens.filter((t) => t.t === 'file' && t.v === '--config=').map((t) => resolve(cwd, (t as { path: string }).path)));
+  for (let i = 0; i < job.argv.length - 1; i++) if (job.argv[i] === '--config') named.add(resolve(cwd, job.argv[i + 1]!));
+  const listed = new Set(toolchain.configs.map((c) => c.path));
+  const unwatched = x.loaded.find((p) => !listed.has(p) && !named.has(p));
+  if (unwatched) throw new Uncacheable('config-file', `clang loads ${unwatched}, from a directory the toolchain's identity does not list`);
   const again = await parseJob([...x.head, ...job.argv], cwd);
   if (again.kind === 'uncacheable') throw new Uncacheable(again.reason, `${again.detail} (with the options of ${x.files[0]!.path})`);
   return { ...again.job, argv: job.argv, responseFiles: job.responseFiles, configFiles: x.files };

@@ -421,6 +421,22 @@ describe('what changes the key', () => {
     assert.equal(c.configs.asked, asked);
   });
 
+  test('a config file clang loads from a directory the toolchain does not list is not followed: uncacheable', async () => {
+    const d = tree();
+    const elsewhere = join(tempDir(), 'x86_64-pc-linux-gnu-clang.cfg');
+    fs.writeFileSync(elsewhere, '-O1\n');
+    // The answer of a clang built with a user config directory (CLANG_CONFIG_FILE_USER_DIR) that
+    // the toolchain's identity does not list: real clang's answer, with that file added.
+    const configs = new ConfigFiles(async (compiler, args, cwd, env) => {
+      const r = spawnSync(compiler, ['-###', ...args], { cwd, env, encoding: 'utf8' });
+      return { code: r.status ?? -1, stderr: `Configuration file: ${elsewhere}\n${r.stderr}` };
+    });
+    fs.writeFileSync(join(d, 'my.cfg'), '-O2\n');
+    const r = await keyed(d, ['--config=./my.cfg', ...BASE], ENV, CLANG, { ...ctx, configs });
+    assert.equal(r.kind === 'uncacheable' && r.reason, 'config-file', JSON.stringify(r));
+    assert.match(r.kind === 'uncacheable' ? r.detail : '', /does not list/);
+  });
+
   test('a config file splits into the arguments clang reads from it', () => {
     const d = tempDir();
     const text = '# comment -DNO=1\n  -DA=1 \\\n-DB=2\n"-DQ=a b" \'-DR=c d\' -DS=e\\ f\r\n\t# indented\n-DT=x#y -DU="p q"r\n';
