@@ -451,6 +451,27 @@ describe('what changes the key', () => {
     assert.deepEqual(ours, ['A=1', 'B=2', 'Q=a b', 'R=c d', 'S=e f', 'T=x#y', 'U=p qr']);
   });
 
+  test('a Gentoo-style default config, including others by @file, is followed through each file', async () => {
+    const d = tree();
+    const { cc, bin, c } = ownCompiler();
+    fs.writeFileSync(join(bin, 'x86_64-pc-linux-gnu-clang.cfg'), '# This file is used to deploy defaults\n@gentoo-runtimes.cfg\n@gentoo-common.cfg\n');
+    fs.writeFileSync(join(bin, 'gentoo-runtimes.cfg'), '--rtlib=libgcc\n--unwindlib=libgcc\n-fuse-ld=bfd\n');
+    fs.writeFileSync(join(bin, 'gentoo-common.cfg'), '-ffunction-sections\n');
+    const r = await keyed(d, BASE, ENV, cc, c);
+    if (r.kind !== 'key') assert.fail(JSON.stringify(r));
+    assert.deepEqual(
+      r.manifest.responseFiles.map((f) => f.path.slice(bin.length + 1)),
+      ['x86_64-pc-linux-gnu-clang.cfg', 'gentoo-runtimes.cfg', 'gentoo-common.cfg'],
+    );
+    assert.ok(r.manifest.args.some((a) => a.a === '-ffunction-sections'));
+    // clang compiles the job under them, and an edit to an included file changes the key.
+    const run = spawnSync(cc, [...BASE.slice(0, -3), '-o', 'a.cfg.o', 'a.o'], { cwd: d, encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    fs.writeFileSync(join(bin, 'gentoo-common.cfg'), '-fdata-sections\n');
+    const edited = await keyed(d, BASE, ENV, cc, c);
+    assert.ok(edited.kind === 'key' && edited.key !== r.key);
+  });
+
   test('a config file beside a symlink to clang is not loaded (clang looks beside its real path): keyed as the command', async () => {
     const d = tree();
     const bin = tempDir();
