@@ -58,6 +58,16 @@ export interface ConfigExpansion {
   files: { path: string; content: Buffer }[];
 }
 
+/** A job whose config files are asked for: the command as given and as parsed, and the toolchain's config files. */
+export interface ConfigQuery {
+  compiler: string;
+  argv: readonly string[];
+  tokens: readonly Token[];
+  cwd: string;
+  env: Record<string, string>;
+  configDigests: readonly { path: string; digest: string }[];
+}
+
 /** Runs `compiler -### args` in `cwd` and returns its exit code and stderr. */
 export type AskClang = (compiler: string, args: string[], cwd: string, env: Record<string, string>) => Promise<{ code: number; stderr: string }>;
 
@@ -85,28 +95,14 @@ export class ConfigFiles {
 
   constructor(private readonly ask: AskClang = askClang) {}
 
-  async expand(
-    compiler: string,
-    argv: readonly string[],
-    tokens: readonly Token[],
-    cwd: string,
-    env: Record<string, string>,
-    configDigests: readonly { path: string; digest: string }[],
-  ): Promise<ConfigExpansion> {
-    const paths = await this.loadedBy(compiler, argv, tokens, cwd, env, configDigests);
+  async expand(q: ConfigQuery): Promise<ConfigExpansion> {
+    const paths = await this.loadedBy(q);
     const out: ConfigExpansion = { loaded: paths, head: [], files: [] };
     for (const p of paths) await include(p, 0, out);
     return out;
   }
 
-  private loadedBy(
-    compiler: string,
-    argv: readonly string[],
-    tokens: readonly Token[],
-    cwd: string,
-    env: Record<string, string>,
-    configDigests: readonly { path: string; digest: string }[],
-  ): Promise<string[]> {
+  private loadedBy({ compiler, argv, tokens, cwd, env, configDigests }: ConfigQuery): Promise<string[]> {
     // The names of the job's own files do not choose config files; every other argument may.
     const shape = tokens.map((t) => (t.t === 'output' ? `\0out\0${t.v}` : t.t === 'file' && (t.role === 'input' || t.role === 'index') ? `\0${t.role}\0${t.v}` : t.v));
     const id = JSON.stringify([compiler, cwd, env.CLANG_NO_DEFAULT_CONFIG ?? null, configDigests, shape]);

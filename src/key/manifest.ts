@@ -74,7 +74,7 @@ export const KEY_ENV = [
  * the result again gives the same job (its `argv` stays the command's).
  */
 async function withConfigFiles(configs: ConfigFiles, job: Job, compiler: string, cwd: string, env: Record<string, string>, toolchain: Manifest['toolchain']): Promise<Job> {
-  const x = await configs.expand(compiler, job.argv, job.tokens, cwd, env, toolchain.configs);
+  const x = await configs.expand({ compiler, argv: job.argv, tokens: job.tokens, cwd, env, configDigests: toolchain.configs });
   if (!x.files.length) return job;
   // A default config from a directory the toolchain does not list could be joined by another
   // there that no memo check would notice: only listed or named files are followed.

@@ -41,22 +41,36 @@ test('clang is asked once per command shape; a failed answer is not remembered; 
     return answer;
   };
   const configs = new ConfigFiles(ask);
-  const x = await configs.expand('/usr/bin/clang', ['-O2', 'a.o', '-o', 'a.n.o'], TOKENS('a.o', 'a.n.o'), dir, {}, []);
+  const x = await configs.expand({ compiler: '/usr/bin/clang', argv: ['-O2', 'a.o', '-o', 'a.n.o'], tokens: TOKENS('a.o', 'a.n.o'), cwd: dir, env: {}, configDigests: [] });
   assert.deepEqual(x.head, ['-ffunction-sections', `-I${dir}/inc`]);
   assert.deepEqual(
     x.files.map((f) => f.path),
     [cfg, join(dir, 'more.rsp')],
   );
-  await configs.expand('/usr/bin/clang', ['-O2', 'b.o', '-o', 'b.n.o'], TOKENS('b.o', 'b.n.o'), dir, {}, []);
+  await configs.expand({ compiler: '/usr/bin/clang', argv: ['-O2', 'b.o', '-o', 'b.n.o'], tokens: TOKENS('b.o', 'b.n.o'), cwd: dir, env: {}, configDigests: [] });
   assert.equal(calls, 1, 'another input and output: the same shape');
-  await configs.expand('/usr/bin/clang', ['-O2', 'b.o', '-o', 'b.n.o'], TOKENS('b.o', 'b.n.o'), dir, { CLANG_NO_DEFAULT_CONFIG: '' }, []);
-  await configs.expand('/usr/bin/clang', ['-O2', 'b.o', '-o', 'b.n.o'], TOKENS('b.o', 'b.n.o'), dir, {}, [{ path: cfg, digest: 'x'.repeat(32) }]);
+  await configs.expand({
+    compiler: '/usr/bin/clang',
+    argv: ['-O2', 'b.o', '-o', 'b.n.o'],
+    tokens: TOKENS('b.o', 'b.n.o'),
+    cwd: dir,
+    env: { CLANG_NO_DEFAULT_CONFIG: '' },
+    configDigests: [],
+  });
+  await configs.expand({
+    compiler: '/usr/bin/clang',
+    argv: ['-O2', 'b.o', '-o', 'b.n.o'],
+    tokens: TOKENS('b.o', 'b.n.o'),
+    cwd: dir,
+    env: {},
+    configDigests: [{ path: cfg, digest: 'x'.repeat(32) }],
+  });
   assert.equal(calls, 3, 'the variable and the config digests are part of the shape');
   answer = { code: 1, stderr: 'error: unknown argument' };
-  const refused = configs.expand('/usr/bin/clang', ['-O3'], [{ t: 'flag', v: '-O3' }], dir, {}, []);
+  const refused = configs.expand({ compiler: '/usr/bin/clang', argv: ['-O3'], tokens: [{ t: 'flag', v: '-O3' }], cwd: dir, env: {}, configDigests: [] });
   await assert.rejects(refused, (e) => e instanceof Uncacheable && e.reason === 'config-file');
   answer = { code: 0, stderr: '' };
-  assert.deepEqual((await configs.expand('/usr/bin/clang', ['-O3'], [{ t: 'flag', v: '-O3' }], dir, {}, [])).files, []);
+  assert.deepEqual((await configs.expand({ compiler: '/usr/bin/clang', argv: ['-O3'], tokens: [{ t: 'flag', v: '-O3' }], cwd: dir, env: {}, configDigests: [] })).files, []);
   assert.equal(calls, 5, 'the refusal was asked again');
 });
 
@@ -69,6 +83,10 @@ test('what cannot be expanded as clang does is uncacheable, with the file named'
     ['@bad.cfg\n', /nested deeper/],
   ] as const) {
     fs.writeFileSync(join(dir, 'bad.cfg'), text);
-    await assert.rejects(new ConfigFiles(ask).expand('/c', [], [], dir, {}, []), (e) => e instanceof Uncacheable && e.reason === 'config-file' && re.test(e.detail), text);
+    await assert.rejects(
+      new ConfigFiles(ask).expand({ compiler: '/c', argv: [], tokens: [], cwd: dir, env: {}, configDigests: [] }),
+      (e) => e instanceof Uncacheable && e.reason === 'config-file' && re.test(e.detail),
+      text,
+    );
   }
 });
