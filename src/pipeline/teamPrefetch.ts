@@ -14,8 +14,10 @@ import { entryBytes, entryMemo } from './entryMemo.js';
 export const PREFETCH_REFRESH_MS = 10 * 60_000;
 /** How long a job waits for its scope's team memos before it goes the usual way. */
 const LIST_WAIT_MS = 1000;
-/** Entries fetched ahead of the jobs that will claim them, at once. */
+/** Entries fetched ahead of the jobs that will claim them at once, and memos checked at once. */
 const AHEAD_PARALLEL = 32;
+/** Entries are fetched ahead while the memos that failed their checks outnumber those that held by at most this. */
+const FETCH_SLACK = 32;
 /** Bytes of entries one fetch ahead takes at most (held in memory until the pack is adopted). */
 export const AHEAD_BYTES = 64 << 20;
 /** For this long after fetching ahead began, a job of the scope whose entry it has not reached
@@ -74,6 +76,8 @@ export interface PrefetchDeps {
   adoptAfterMs?: number;
   /** How long jobs wait for fetching ahead (default AHEAD_WAIT_MS). */
   aheadWaitMs?: number;
+  /** How many more memos may fail their checks than hold before fetching ahead stops (default FETCH_SLACK). */
+  fetchSlack?: number;
   files: LocalFiles;
   counters: Counters;
   log: { warn(m: string, f?: Record<string, unknown>): void; info(m: string, f?: Record<string, unknown>): void };
@@ -249,35 +253,60 @@ export class TeamPrefetch {
   /**
    * Fetches the entries the memos name ahead of the jobs that will claim them (up to AHEAD_BYTES),
    * then writes those it got into the team pack, each with this machine's memo.
+   *
+   * Fetching and checking go side by side: the first memo's checks wait for this machine's
+   * toolchain to be hashed (some 100 ms for clang's libraries, on HashWorker's thread), and the
+   * fetches go on meanwhile. An entry whose memo then does not hold here was fetched for nothing;
+   * once more memos fail than hold (by FETCH_SLACK), no further entries are fetched.
    */
   private async fetchAhead(list: [Digest, Item][], current: () => boolean): Promise<void> {
     const t0 = performance.now();
-    const packed: PackedEntry[] = [];
     // One look at each file for the whole batch: the toolchain's files recur in every memo.
     const seen = new Map<TeamCheck | string, MemoCheck | { why: string }>();
     const decoder = new TeamMemoDecoder();
+    const checked = new Map<Digest, Localised>();
     let bytes = 0;
-    let next = 0;
-    const worker = async () => {
-      // Stops once the scope is forgotten (cleared, refreshed, or the build is over).
-      while (next < list.length && bytes < AHEAD_BYTES && current()) {
-        const [lookup, item] = list[next++]!;
-        if (item.claimed) continue;
-        // Only entries whose memos hold here: a memo of an edited job would fetch for nothing.
-        // (The claim localises again: files may change in between.)
-        const local = await this.check(item.bytes, seen, decoder);
-        if (!('memo' in local) || item.claimed) continue;
-        const key = local.memo.key;
+    let held = 0;
+    let failed = 0;
+    let fetchNext = 0;
+    let checkNext = 0;
+    const slack = this.d.fetchSlack ?? FETCH_SLACK;
+    const fetching = () => fetchNext < list.length && bytes < AHEAD_BYTES && current() && failed <= held + slack;
+    const fetcher = async () => {
+      while (fetching()) {
+        const [, item] = list[fetchNext++]!;
+        // The memo's key is read from its bytes before it is decoded; the memo that holds names the same.
+        const key = teamMemoKey(item.bytes);
+        if (item.claimed || !key) continue;
         item.entry = this.d.getEntry(key).catch((e: Error): TieredLookup => ({ kind: 'error', error: e.message, corrupt: false }));
         const r = await item.entry;
-        if (r.kind !== 'hit') continue;
-        bytes += entryBytes(r.entry);
-        const roles = local.roles.map((role, i) => ({ role, path: local.memo.outputs[i]!.path }));
-        const memo = r.entry.record.outputs.length === roles.length ? entryMemo(key, local.memo.checks, r.entry.record, roles, '/') : null;
-        if (memo) packed.push({ lookup, memo, entry: r.entry });
+        if (r.kind === 'hit') bytes += entryBytes(r.entry);
       }
     };
-    await Promise.all(Array.from({ length: AHEAD_PARALLEL }, worker));
+    const checker = async () => {
+      while (checkNext < list.length && current()) {
+        const [lookup, item] = list[checkNext++]!;
+        if (item.claimed) continue;
+        // Only entries whose memos hold here go into the pack (the claim localises again: files
+        // may change in between).
+        const local = await this.check(item.bytes, seen, decoder);
+        if ('memo' in local) {
+          held++;
+          checked.set(lookup, local);
+        } else failed++;
+      }
+    };
+    await Promise.all([...Array.from({ length: AHEAD_PARALLEL }, fetcher), ...Array.from({ length: AHEAD_PARALLEL }, checker)]);
+    const packed: PackedEntry[] = [];
+    for (const [lookup, item] of list) {
+      const local = checked.get(lookup);
+      if (!local || !item.entry || item.claimed) continue;
+      const r = await item.entry;
+      if (r.kind !== 'hit') continue;
+      const roles = local.roles.map((role, i) => ({ role, path: local.memo.outputs[i]!.path }));
+      const memo = r.entry.record.outputs.length === roles.length ? entryMemo(local.memo.key, local.memo.checks, r.entry.record, roles, '/') : null;
+      if (memo) packed.push({ lookup, memo, entry: r.entry });
+    }
     if (!packed.length || !current() || !this.d.pack) return;
     const run = this.packing.then(() => this.writePack(packed, bytes, t0, current));
     this.packing = run.catch(() => {});

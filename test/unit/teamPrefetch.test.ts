@@ -26,10 +26,10 @@ const COMPILER = process.execPath;
 /**
  * TeamPrefetch against a stub team tier (the LLVM-free tier): one scope request per scope, each
  * memo claimed once, a memo that does not hold here counted, an invalid one rejected, entries
- * fetched ahead only once a claimed memo's entry came from the team cache and only for memos
- * that hold here.
+ * fetched ahead only once a claimed memo's entry came from the team cache, while the memos are
+ * checked, and packed only for memos that hold here.
  */
-function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Promise<void>, adoptHook?: () => Promise<void>) {
+function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Promise<void>, adoptHook?: () => Promise<void>, fetchSlack?: number, getDelayMs = 0) {
   const tree = () => {
     const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
     dirs.push(d);
@@ -72,12 +72,14 @@ function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Pr
     },
     adoptAfterMs: 150,
     ...(isLocal ? { isLocal } : {}),
+    ...(fetchSlack !== undefined ? { fetchSlack } : {}),
     scopeMemos: async (scope) => {
       scopes.push(scope);
       return lists.get(scope) ?? list;
     },
     getEntry: async (k): Promise<TieredLookup> => {
       gets.push(k);
+      if (getDelayMs) await new Promise((r) => setTimeout(r, getDelayMs));
       return {
         kind: 'hit',
         tier: 'remote',
@@ -138,16 +140,17 @@ test('one scope request per scope; each memo claimed once; unusable and invalid 
   assert.equal(t.scopes.length, 2, 'forgotten: asked for again');
 });
 
-test('entries are fetched ahead only after a team-cache hit, and only for memos that hold here', async () => {
+test('entries are fetched ahead only after a team-cache hit, while their memos are checked', async () => {
   const t = setup();
   t.setList([t.memo('a'), t.memo('b', 'an older b'), t.memo('c')]);
   const a = await t.p.claim(t.req('a'));
   assert.ok(a);
   assert.deepEqual(t.gets, [], 'nothing fetched before the first team-cache hit');
   t.p.fromTeam(t.req('a'));
-  for (let i = 0; i < 50 && t.gets.length < 1; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 50 && t.gets.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
   await new Promise((r) => setTimeout(r, 20));
-  assert.deepEqual(t.gets, [t.key('c')], 'b does not hold here; a was claimed already');
+  assert.deepEqual(t.gets, [t.key('b'), t.key('c')], "a was claimed already; b's entry is fetched before its memo fails here");
+  assert.deepEqual(t.packs[0]?.keys, [t.key('c')], 'only the memo that holds is packed');
   const c = await t.p.claim(t.req('c'));
   assert.ok(c?.entry, "c's entry comes with its claim");
   assert.equal((await c.entry).kind, 'hit');
@@ -156,22 +159,24 @@ test('entries are fetched ahead only after a team-cache hit, and only for memos 
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-test('entries fetched ahead go into one team pack; a job arriving meanwhile waits for them; the pack is adopted once quiet', async () => {
+test('entries fetched ahead go into one team pack; a job arriving meanwhile takes its entry being fetched; the pack is adopted once quiet', async () => {
   const t = setup();
   fs.writeFileSync(join(t.cwd, 'd.o'), 'bitcode of d');
-  t.setList([t.memo('a'), t.memo('b', 'an older b'), t.memo('c'), t.memo('d')]);
+  fs.writeFileSync(join(t.cwd, 'e.o'), 'bitcode of e');
+  t.setList([t.memo('a'), t.memo('b', 'an older b'), t.memo('c'), t.memo('d'), t.memo('e')]);
   assert.ok(await t.p.claim(t.req('a')));
   t.p.fromTeam(t.req('a'));
-  // c's job reaches the daemon while its entry is being fetched ahead: it waits, no fetch of its own.
+  // c's job reaches the daemon while its entry is being fetched ahead: it takes that fetch, none of its own.
   const c = await t.p.claim(t.req('c'));
   assert.equal(c?.memo.key, t.key('c'));
   assert.ok(c?.entry);
-  assert.deepEqual([...t.gets].sort(), [t.key('c'), t.key('d')].sort(), 'each entry fetched once; b does not hold here, a was claimed');
+  for (let i = 0; i < 50 && !t.packs.length; i++) await sleep(10);
+  assert.deepEqual([...t.gets].sort(), ['b', 'c', 'd', 'e'].map((m) => t.key(m)).sort(), 'each entry fetched once; a was claimed');
   assert.equal(t.packs.length, 1);
-  assert.deepEqual([...t.packs[0]!.keys].sort(), [t.key('c'), t.key('d')].sort());
+  assert.deepEqual([...t.packs[0]!.keys].sort(), [t.key('d'), t.key('e')].sort(), 'b does not hold here; c was claimed');
   const pack = decodeTeamPack(Buffer.concat(t.packs[0]!.pieces));
   assert.equal(pack.blobs.size, 1, 'one blob, stored once');
-  for (const m of ['c', 'd']) {
+  for (const m of ['d', 'e']) {
     const memo = decodeMemo(pack.memos.get(lookupDigest(COMPILER, t.cwd, t.req(m).args))!);
     assert.equal(memo.key, t.key(m));
     assert.deepEqual(memo.outputs, [{ path: join(t.cwd, `${m}.native.o`), digest: hashBytes(Buffer.from('obj')), size: 3 }]);
@@ -191,7 +196,7 @@ test('entries fetched ahead go into one team pack; a job arriving meanwhile wait
   assert.equal(t.adopted.length, 0, 'adopted only once quiet');
   await sleep(250);
   await t.p.adopted();
-  assert.deepEqual(t.adopted.map((e) => e.memo.key).sort(), [t.key('c'), t.key('d')].sort());
+  assert.deepEqual(t.adopted.map((e) => e.memo.key).sort(), [t.key('d'), t.key('e')].sort());
   assert.equal(t.removed(), 1, 'the pack removed once adopted');
   assert.equal(t.counters.get('team_pack_adopted'), 2);
   assert.equal(t.p.packedMemo(lookupDigest(COMPILER, t.cwd, t.req('d').args)), undefined);
@@ -405,4 +410,18 @@ test('the scope names the resolved compiler: a compiler path that now resolves e
   p.forget();
   assert.equal(await p.claim({ compiler: link, cwd: t.cwd, args: [] }), null);
   assert.equal(asked.length, 2);
+});
+
+test('fetching ahead stops once far more memos fail their checks here than hold', async () => {
+  const t = setup(undefined, undefined, undefined, 2, 5);
+  // A teammate's tree that differs from this one: every memo but the first fails here.
+  const stale = Array.from({ length: 200 }, (_, i) => t.memo(`m${i}`, `another m${i}`));
+  t.setList([t.memo('a'), ...stale]);
+  assert.ok(await t.p.claim(t.req('a')));
+  t.p.fromTeam(t.req('a'));
+  await sleep(300);
+  // The fetches in flight when the checks began to fail, and no more.
+  assert.ok(t.gets.length <= 64, `fetched ${t.gets.length} of ${stale.length} entries whose memos fail`);
+  assert.equal(t.packs.length, 0, 'nothing to pack');
+  t.p.forget();
 });
