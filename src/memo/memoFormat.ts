@@ -110,7 +110,7 @@ export class Writer {
   }
   raw(b: Buffer): void {
     const at = this.room(b.length);
-    b.copy(this.buf, at);
+    this.buf.set(b, at);
   }
   /** Bytes written so far. */
   get length(): number {
