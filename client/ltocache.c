@@ -1083,6 +1083,15 @@ static void open_std_fds(void) {
     }
 }
 
+/* Whether stdout or stderr is a pipe or socket nobody reads any more. clang writing a diagnostic
+ * there ends with 74 (LLVM's EX_IOERR, or its SIGPIPE handler) and leaves no object, which a
+ * replay after the outputs are placed cannot match: such a job runs clang itself. */
+static int output_broken(void) {
+    struct pollfd p[2] = {{.fd = 1, .events = POLLOUT}, {.fd = 2, .events = POLLOUT}};
+    if (poll(p, 2, 0) <= 0) return 0;
+    return ((p[0].revents | p[1].revents) & (POLLERR | POLLHUP)) != 0;
+}
+
 int main(int argc, char **argv) {
     open_std_fds();
     const char *p = getenv("LTOCACHE_PRINT_SOCKET");
@@ -1136,6 +1145,7 @@ int main(int argc, char **argv) {
     int backend = 0;
     for (int i = 1; i < j.argc; i++)
         if (starts_with(j.argv[i], "-fthinlto-index=") || j.argv[i][0] == '@') backend = 1;
-    if (backend && !skip.self_exec && !(disable && strcmp(disable, "0") != 0)) run_via_daemon(&j);
+    if (backend && !skip.self_exec && !(disable && strcmp(disable, "0") != 0) && !output_broken())
+        run_via_daemon(&j);
     direct_exec(&j);
 }

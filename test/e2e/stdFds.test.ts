@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
@@ -51,6 +51,40 @@ test('stderr closed and a diagnostic to replay: exit 0 like clang, on a miss, a 
   const s = cache.stats();
   assert.equal(s.misses, 1);
   assert.equal(s.hits, 2);
+});
+
+/** Runs `cmd args` with stderr a pipe whose reader is gone by the time the command writes. */
+function brokenStderr(cmd: string[], env: NodeJS.ProcessEnv): Promise<{ status: number | null; signal: string | null }> {
+  return new Promise((done) => {
+    const c = spawn('sh', ['-c', 'sleep 0.2; exec "$@"', 'sh', ...cmd], { cwd: b.dir, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    c.stderr!.destroy();
+    c.on('exit', (status, signal) => done({ status, signal }));
+  });
+}
+
+test('stderr a pipe nobody reads and a diagnostic to write: 74 and no object, like clang, on a fast-path hit, a daemon-path hit and a miss', async () => {
+  const m = b.modules[0]!;
+  const obj = join(b.dir, `${m}.thinlto-native.o`);
+  rmSync(obj, { force: true });
+  const direct = await brokenStderr([b.clang, ...b.backendArgs(m, WARN)], process.env);
+  assert.deepEqual(direct, { status: 74, signal: null }, 'clang ends with EX_IOERR');
+  assert.equal(existsSync(obj), false, 'and leaves no object');
+  const cache = new CacheEnv('stdfds-epipe');
+  caches.push(cache);
+  cache.start();
+  const warm = spawnSync(CLIENT, [b.clang, ...b.backendArgs(m, WARN)], { cwd: b.dir, env: cache.env });
+  assert.equal(warm.status, 0);
+  for (const [what, env] of [
+    ['fast-path hit', cache.env],
+    ['daemon-path hit', { ...cache.env, LTOCACHE_MEMO: '0' }],
+    ['miss', { ...cache.env, LTOCACHE_MEMO: '0' }],
+  ] as const) {
+    if (what === 'miss') spawnSync(CLIENT, ['clear'], { env: cache.env });
+    rmSync(obj, { force: true });
+    const r = await brokenStderr([CLIENT, b.clang, ...b.backendArgs(m, WARN)], env);
+    assert.deepEqual(r, direct, what);
+    assert.equal(existsSync(obj), false, `${what}: no object`);
+  }
 });
 
 test('stdin and stdout closed when the client starts the daemon: the start is seen, not taken for a failure', () => {
