@@ -176,8 +176,10 @@ export class Daemon {
     }
     if (e.op !== 'get') return;
     const r = e.result;
-    if (r.kind === 'hit') this.counters.add(Counter.remote_hits);
-    else if (r.kind === 'miss') this.counters.add(Counter.remote_misses);
+    // An entry fetched ahead counts once it is used (src/pipeline/teamPrefetch.ts): packed or claimed.
+    if (r.kind === 'hit') {
+      if (!e.deferred) this.counters.add(Counter.remote_hits);
+    } else if (r.kind === 'miss') this.counters.add(Counter.remote_misses);
     else if (r.kind === 'error' && r.failure === 'skipped') this.counters.add(Counter.remote_skipped);
     else {
       this.counters.add(Counter.remote_errors);

@@ -208,7 +208,7 @@ export class JobPipeline {
     if (o.prefetch && memo && cache.scopeMemos && cache.writeBack && !this.verifyShare) {
       this.prefetch = new TeamPrefetch({
         scopeMemos: (scope) => cache.scopeMemos!(scope),
-        getEntry: (key) => (o.deny.has(key) ? Promise.resolve({ kind: 'miss' }) : cache.get(key, { deferWriteBack: true })),
+        getEntry: (key) => (o.deny.has(key) ? Promise.resolve({ kind: 'miss' }) : cache.get(key, { deferWriteBack: true, ahead: true })),
         isLocal: async (key) => (await cache.get(key, { nearestOnly: true })).kind === 'hit',
         files,
         counters: o.counters,

@@ -88,6 +88,8 @@ interface Item {
   /** The entry, once fetching it ahead has begun. */
   entry?: Promise<TieredLookup>;
   claimed?: boolean;
+  /** Its entry went into the team pack (and was counted as a team-cache hit there). */
+  packed?: boolean;
 }
 
 interface ScopeState {
@@ -159,7 +161,10 @@ export class TeamPrefetch {
     items.delete(lookup);
     item.claimed = true;
     const local = await this.localise(item.bytes);
-    return local && item.entry ? { ...local, entry: item.entry } : local;
+    if (!local || !item.entry) return local;
+    // Fetched ahead and now used: counted as a team-cache hit here (the fetch was not), unless the pack holds it.
+    if (!item.packed) void item.entry.then((r) => r.kind === 'hit' && r.tier === 'remote' && this.d.counters.add(Counter.remote_hits));
+    return { ...local, entry: item.entry };
   }
 
   /**
@@ -298,6 +303,7 @@ export class TeamPrefetch {
     };
     await Promise.all([...Array.from({ length: AHEAD_PARALLEL }, fetcher), ...Array.from({ length: AHEAD_PARALLEL }, checker)]);
     const packed: PackedEntry[] = [];
+    let teamHits = 0;
     for (const [lookup, item] of list) {
       const local = checked.get(lookup);
       if (!local || !item.entry || item.claimed) continue;
@@ -305,16 +311,20 @@ export class TeamPrefetch {
       if (r.kind !== 'hit') continue;
       const roles = local.roles.map((role, i) => ({ role, path: local.memo.outputs[i]!.path }));
       const memo = r.entry.record.outputs.length === roles.length ? entryMemo(local.memo.key, local.memo.checks, r.entry.record, roles, '/') : null;
-      if (memo) packed.push({ lookup, memo, entry: r.entry });
+      if (!memo) continue;
+      packed.push({ lookup, memo, entry: r.entry });
+      item.packed = true;
+      if (r.tier === 'remote') teamHits++;
     }
     if (!packed.length || !current() || !this.d.pack) return;
-    const run = this.packing.then(() => this.writePack(packed, bytes, t0, current));
+    const run = this.packing.then(() => this.writePack(packed, bytes, t0, current, teamHits));
     this.packing = run.catch(() => {});
     await run;
   }
 
   /** Adopts the pack held (another scope's), then writes `packed` as the pack. */
-  private async writePack(packed: PackedEntry[], bytes: number, t0: number, current: () => boolean): Promise<void> {
+  /** `teamHits`: how many of the entries came from the team cache (counted as its hits once packed). */
+  private async writePack(packed: PackedEntry[], bytes: number, t0: number, current: () => boolean, teamHits: number): Promise<void> {
     const pack = this.d.pack!;
     await this.adoptPack();
     if (!current()) return;
@@ -344,6 +354,7 @@ export class TeamPrefetch {
     for (const p of packed) p.packedAtMs = packedAtMs;
     this.packed = new Map(packed.map((p) => [p.lookup, p]));
     this.d.counters.add(Counter.team_pack_entries, packed.length);
+    this.d.counters.add(Counter.remote_hits, teamHits);
     this.d.log.info('team pack written', { entries: packed.length, bytes, ms: Math.round(performance.now() - t0) });
     this.adoptTimer = setTimeout(() => void this.adoptPack(), this.d.adoptAfterMs ?? ADOPT_IDLE_MS);
     this.adoptTimer.unref();

@@ -40,6 +40,8 @@ export interface GetOptions {
   deferWriteBack?: boolean;
   /** Only the nearest tier is asked (a composition that has several). */
   nearestOnly?: boolean;
+  /** Fetched ahead of the job that will use it, which may never come: a composition reports the get as `deferred`. */
+  ahead?: boolean;
 }
 
 /** The storage contract both the local store and the team tier implement. None of these throws. */

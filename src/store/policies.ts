@@ -23,7 +23,8 @@ export type TierLookup = Lookup & { failure?: RemoteFailure };
 export type TierPutResult = PutResult & { failure?: RemoteFailure };
 
 export type TierEvent =
-  | { tier: 'local' | 'remote'; op: 'get'; result: TierLookup }
+  /** `deferred`: an entry fetched ahead (GetOptions.ahead); whoever uses it counts the hit. */
+  | { tier: 'local' | 'remote'; op: 'get'; result: TierLookup; deferred?: true }
   | { tier: 'local' | 'remote'; op: 'put'; result: TierPutResult }
   | { tier: 'local' | 'remote'; op: 'delete'; result: DeleteResult };
 
@@ -68,7 +69,7 @@ export function tiered(local: CacheBackend, remote: CacheBackend & { get(key: Di
       if (l.kind === 'hit') return { ...l, tier: 'local' };
       if (options?.nearestOnly) return l;
       const r = await remote.get(key);
-      observe({ tier: 'remote', op: 'get', result: r });
+      observe(options?.ahead ? { tier: 'remote', op: 'get', result: r, deferred: true } : { tier: 'remote', op: 'get', result: r });
       if (r.kind !== 'hit') return l.kind === 'error' ? l : r;
       if (!options?.deferWriteBack) void writeBack(key, r.entry);
       return { ...r, tier: 'remote' };

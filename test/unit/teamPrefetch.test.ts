@@ -187,6 +187,7 @@ test('entries fetched ahead go into one team pack; a job arriving meanwhile take
     );
   }
   assert.equal(t.counters.get('team_pack_entries'), 2);
+  assert.equal(t.counters.get('remote_hits'), 3, "c's claimed entry and the two packed; b's, fetched for nothing, is not a hit");
   assert.equal(t.p.packedMemo(lookupDigest(COMPILER, t.cwd, t.req('d').args))?.key, t.key('d'));
   // Fast-path hits keep coming: not adopted yet.
   for (let i = 0; i < 4; i++) {
