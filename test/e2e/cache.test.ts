@@ -239,34 +239,14 @@ describe('distributed ThinLTO through ltocache', () => {
     }
   });
 
-  test('-gsplit-dwarf restores both the object and the .dwo', () => {
-    const extra = ['-g', '-gsplit-dwarf'];
-    b.thinLink();
-    buildAll(b, cache, extra);
-    const dwo = (m: string) => join(b.dir, `${m}.thinlto-native.dwo`);
-    for (const m of b.modules) {
-      rmSync(dwo(m));
-      rmSync(join(b.dir, `${m}.thinlto-native.o`));
-    }
-    b.thinLink();
-    const d = delta(cache, () => buildAll(b, cache, extra));
-    assert.equal(d.hits, b.modules.length);
-    const served = new Map(b.modules.map((m) => [m, { o: readFileSync(join(b.dir, `${m}.thinlto-native.o`)), dwo: readFileSync(dwo(m)) }]));
-    for (const m of b.modules) {
-      const r = b.backend(m, { extra, out: `${m}.thinlto-native.o` });
-      assert.equal(r.status, 0);
-      assert.ok(served.get(m)!.o.equals(readFileSync(join(b.dir, `${m}.thinlto-native.o`))), `${m}.o`);
-      assert.ok(served.get(m)!.dwo.equals(readFileSync(dwo(m))), `${m}.dwo`);
-    }
-  });
-
-  test('options from a clang config file count as the command line: its -gsplit-dwarf output is restored, an edit to it misses', () => {
-    const cfg = join(tempDir('cfg'), 'split.cfg');
-    writeFileSync(cfg, '# debug info beside the object\n-g -gsplit-dwarf\n');
-    const extra = [`--config=${cfg}`];
+  /**
+   * Builds with `extra` (under which clang writes a .dwo beside each object), removes every output,
+   * and builds again after a new thin link; each served object and .dwo must equal direct clang's.
+   * Returns both builds' counts.
+   */
+  function splitDwarfRebuild(extra: string[]): { cold: ReturnType<typeof delta>; warm: ReturnType<typeof delta> } {
     b.thinLink();
     const cold = delta(cache, () => buildAll(b, cache, extra));
-    assert.equal(cold.uncacheable, 0);
     const dwo = (m: string) => join(b.dir, `${m}.thinlto-native.dwo`);
     for (const m of b.modules) {
       rmSync(dwo(m));
@@ -274,7 +254,6 @@ describe('distributed ThinLTO through ltocache', () => {
     }
     b.thinLink();
     const warm = delta(cache, () => buildAll(b, cache, extra));
-    assert.deepEqual(warm, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
     const served = new Map(b.modules.map((m) => [m, { o: readFileSync(join(b.dir, `${m}.thinlto-native.o`)), dwo: readFileSync(dwo(m)) }]));
     for (const m of b.modules) {
       const r = b.backend(m, { extra, out: `${m}.thinlto-native.o` });
@@ -282,6 +261,20 @@ describe('distributed ThinLTO through ltocache', () => {
       assert.ok(served.get(m)!.o.equals(readFileSync(join(b.dir, `${m}.thinlto-native.o`))), `${m}.o`);
       assert.ok(served.get(m)!.dwo.equals(readFileSync(dwo(m))), `${m}.dwo`);
     }
+    return { cold, warm };
+  }
+
+  test('-gsplit-dwarf restores both the object and the .dwo', () => {
+    assert.equal(splitDwarfRebuild(['-g', '-gsplit-dwarf']).warm.hits, b.modules.length);
+  });
+
+  test('options from a clang config file count as the command line: its -gsplit-dwarf output is restored, an edit to it misses', () => {
+    const cfg = join(tempDir('cfg'), 'split.cfg');
+    writeFileSync(cfg, '# debug info beside the object\n-g -gsplit-dwarf\n');
+    const extra = [`--config=${cfg}`];
+    const { cold, warm } = splitDwarfRebuild(extra);
+    assert.equal(cold.uncacheable, 0);
+    assert.deepEqual(warm, { hits: b.modules.length, misses: 0, errors: 0, uncacheable: 0 });
     // The config file edited in place: every job compiles again (the fast path checks it too).
     writeFileSync(cfg, '-g\n');
     b.thinLink();
