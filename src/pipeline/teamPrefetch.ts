@@ -260,7 +260,7 @@ export class TeamPrefetch {
    * then writes those it got into the team pack, each with this machine's memo.
    *
    * Fetching and checking go side by side: the first memo's checks wait for this machine's
-   * toolchain to be hashed (some 100 ms for clang's libraries, on HashWorker's thread), and the
+   * toolchain to be hashed (some 100 ms for clang's libraries on an empty cache), and the
    * fetches go on meanwhile. An entry whose memo then does not hold here was fetched for nothing;
    * once more memos fail than hold (by FETCH_SLACK), no further entries are fetched.
    */
@@ -322,8 +322,10 @@ export class TeamPrefetch {
     await run;
   }
 
-  /** Adopts the pack held (another scope's), then writes `packed` as the pack. */
-  /** `teamHits`: how many of the entries came from the team cache (counted as its hits once packed). */
+  /**
+   * Adopts the pack held (another scope's), then writes `packed` as the pack. `teamHits`: how many
+   * of its entries came from the team cache, counted as its hits once the pack is written.
+   */
   private async writePack(packed: PackedEntry[], bytes: number, t0: number, current: () => boolean, teamHits: number): Promise<void> {
     const pack = this.d.pack!;
     await this.adoptPack();
