@@ -78,8 +78,12 @@ async function withConfigFiles(configs: ConfigFiles, job: Job, compiler: string,
   if (!x.files.length) return job;
   // A default config from a directory the toolchain does not list could be joined by another
   // there that no memo check would notice: only listed or named files are followed.
-  const named = new Set(job.tokens.filter((t) => t.t === 'file' && t.v === '--config=').map((t) => resolve(cwd, (t as { path: string }).path)));
-  for (let i = 0; i < job.argv.length - 1; i++) if (job.argv[i] === '--config') named.add(resolve(cwd, job.argv[i + 1]!));
+  const named = new Set<string>();
+  for (let i = 0; i < job.argv.length; i++) {
+    const a = job.argv[i]!;
+    if (a.startsWith('--config=')) named.add(resolve(cwd, a.slice('--config='.length)));
+    else if (a === '--config' && i + 1 < job.argv.length) named.add(resolve(cwd, job.argv[i + 1]!));
+  }
   const listed = new Set(toolchain.configs.map((c) => c.path));
   const unwatched = x.loaded.find((p) => !listed.has(p) && !named.has(p));
   if (unwatched) throw new Uncacheable('config-file', `clang loads ${unwatched}, from a directory the toolchain's identity does not list`);

@@ -134,7 +134,6 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
     '-F',
     '-ivfsoverlay',
     '-B',
-    '--config',
     '-main-file-name',
     '-Xcuda-ptxas',
     '-Xcuda-fatbinary',
@@ -156,8 +155,11 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
     '-fxray-always-instrument=',
     '-fxray-never-instrument=',
     '-fxray-attr-list=',
-    '--config=',
   ].map((o) => [o, JOINED | FILE] as [string, number]),
+  // A config file: a path, or a name clang looks up in its config directories. Keyed by content
+  // where clang says it found it (src/key/configFiles.ts), not as a file under the build directory.
+  ['--config', SEPARATE | SETTING],
+  ['--config=', JOINED | SETTING],
   // Not a cacheable backend object.
   ...['-E', '-M', '-MM', '-###', '-v', '-fsyntax-only', '-fdriver-only', '--analyze', '-', '-working-directory'].map((o) => [o, UNCACHEABLE] as [string, number]),
   // An external assembler (found through PATH, -B, the GCC install) the key does not identify.

@@ -451,6 +451,29 @@ describe('what changes the key', () => {
     assert.deepEqual(ours, ['A=1', 'B=2', 'Q=a b', 'R=c d', 'S=e f', 'T=x#y', 'U=p qr']);
   });
 
+  test('a config file named without a directory is the one clang finds in its config directories', async () => {
+    const d = tree();
+    const { cc, bin, c } = ownCompiler();
+    fs.writeFileSync(join(bin, 'extra.cfg'), '-ffunction-sections\n');
+    for (const args of [
+      ['--config=extra.cfg', '--no-default-config', ...BASE],
+      ['--config', 'extra.cfg', '--no-default-config', ...BASE],
+    ]) {
+      const r = await keyed(d, args, ENV, cc, c);
+      if (r.kind !== 'key') assert.fail(JSON.stringify(r));
+      assert.deepEqual(
+        r.manifest.responseFiles.map((f) => f.path),
+        [join(bin, 'extra.cfg')],
+      );
+      assert.equal(r.job?.tokens[0]?.v, '-ffunction-sections');
+      // A file of that name in the build directory is not what clang reads: it changes nothing.
+      fs.writeFileSync(join(d, 'extra.cfg'), '-fdata-sections\n');
+      const decoy = await keyed(d, args, ENV, cc, c);
+      assert.ok(decoy.kind === 'key' && decoy.key === r.key, JSON.stringify(decoy));
+      fs.rmSync(join(d, 'extra.cfg'));
+    }
+  });
+
   test('a Gentoo-style default config, including others by @file, is followed through each file', async () => {
     const d = tree();
     const { cc, bin, c } = ownCompiler();
