@@ -60,14 +60,6 @@ export const KEY_ENV = [
 ] as const;
 
 /**
- * Why a job may run under clang config files, or null when it cannot. A config file's options
- * count as the command's own (flags that add outputs such as `-gsplit-dwarf`, or name files), so
- * such a job is keyed on the command as clang expands it (withConfigFiles), or is uncacheable
- * (`config-file`) without a ConfigFiles to expand it. Default configs count unless
- * `--no-default-config` or `CLANG_NO_DEFAULT_CONFIG` turns them off; `toolchain.configs` lists
- * every `*.cfg` in the directories clang searches, not only the ones it picks.
- */
-/**
  * The job as clang runs it: the options of the config files it loads before the command's own,
  * parsed again; the config files and the `@file`s in them are keyed and checked like response
  * files. Anything the parse refuses in them makes the job uncacheable for that reason. Expanding
@@ -92,10 +84,18 @@ async function withConfigFiles(configs: ConfigFiles, job: Job, compiler: string,
   return { ...again.job, argv: job.argv, responseFiles: job.responseFiles, configFiles: x.files };
 }
 
+/**
+ * Why a job may run under clang config files, or null when it cannot. A config file's options
+ * count as the command's own (flags that add outputs such as `-gsplit-dwarf`, or name files), so
+ * such a job is keyed on the command as clang expands it (withConfigFiles), or is uncacheable
+ * (`config-file`) without a ConfigFiles to expand it. Default configs count unless
+ * `--no-default-config` or `CLANG_NO_DEFAULT_CONFIG` turns them off; `toolchain.configs` lists
+ * every `*.cfg` in the directories clang searches, not only the ones it picks.
+ */
 function configInEffect(job: Job, toolchain: Manifest['toolchain'], env: Record<string, string>): string | null {
   let noDefault = (env.CLANG_NO_DEFAULT_CONFIG ?? '') !== '';
   for (const t of job.tokens) {
-    if (t.v === '--config' || t.v === '--config=' || (t.t === 'flag' && t.v.startsWith('--config='))) return `${t.v} names a clang config file`;
+    if (t.v === '--config' || t.v.startsWith('--config=')) return `${t.v} names a clang config file`;
     if (t.v === '--no-default-config') noDefault = true;
   }
   if (!noDefault && toolchain.configs.length) return `clang loads default config files from ${toolchain.configs[0]!.path}`;
