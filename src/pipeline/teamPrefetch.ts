@@ -275,6 +275,8 @@ export class TeamPrefetch {
     let failed = 0;
     let fetchNext = 0;
     let checkNext = 0;
+    /** When the first memo held (the toolchain hashed), the last entry arrived and the last memo was checked (ms after t0), for the log. */
+    const phases = { first: 0, fetched: 0, checked: 0 };
     const slack = this.d.fetchSlack ?? FETCH_SLACK;
     const fetching = () => fetchNext < list.length && bytes < AHEAD_BYTES && current() && failed <= held + slack;
     const fetcher = async () => {
@@ -286,6 +288,7 @@ export class TeamPrefetch {
         item.entry = this.d.getEntry(key).catch((e: Error): TieredLookup => ({ kind: 'error', error: e.message, corrupt: false }));
         const r = await item.entry;
         if (r.kind === 'hit') bytes += entryBytes(r.entry);
+        phases.fetched = performance.now() - t0;
       }
     };
     const checker = async () => {
@@ -296,9 +299,11 @@ export class TeamPrefetch {
         // may change in between).
         const local = await this.check(item.bytes, seen, decoder);
         if ('memo' in local) {
+          if (!held) phases.first = performance.now() - t0;
           held++;
           checked.set(lookup, local);
         } else failed++;
+        phases.checked = performance.now() - t0;
       }
     };
     await Promise.all([...Array.from({ length: AHEAD_PARALLEL }, fetcher), ...Array.from({ length: AHEAD_PARALLEL }, checker)]);
@@ -317,7 +322,7 @@ export class TeamPrefetch {
       if (r.tier === 'remote') teamHits++;
     }
     if (!packed.length || !current() || !this.d.pack) return;
-    const run = this.packing.then(() => this.writePack(packed, bytes, t0, current, teamHits));
+    const run = this.packing.then(() => this.writePack(packed, bytes, t0, current, teamHits, phases));
     this.packing = run.catch(() => {});
     await run;
   }
@@ -326,7 +331,14 @@ export class TeamPrefetch {
    * Adopts the pack held (another scope's), then writes `packed` as the pack. `teamHits`: how many
    * of its entries came from the team cache, counted as its hits once the pack is written.
    */
-  private async writePack(packed: PackedEntry[], bytes: number, t0: number, current: () => boolean, teamHits: number): Promise<void> {
+  private async writePack(
+    packed: PackedEntry[],
+    bytes: number,
+    t0: number,
+    current: () => boolean,
+    teamHits: number,
+    phases: { first: number; fetched: number; checked: number },
+  ): Promise<void> {
     const pack = this.d.pack!;
     await this.adoptPack();
     if (!current()) return;
@@ -342,6 +354,7 @@ export class TeamPrefetch {
       return;
     }
     if (!current()) return;
+    const encodedMs = performance.now() - t0;
     await pack.write(
       pieces,
       packed.map((p) => p.memo.key),
@@ -357,7 +370,15 @@ export class TeamPrefetch {
     this.packed = new Map(packed.map((p) => [p.lookup, p]));
     this.d.counters.add(Counter.team_pack_entries, packed.length);
     this.d.counters.add(Counter.remote_hits, teamHits);
-    this.d.log.info('team pack written', { entries: packed.length, bytes, ms: Math.round(performance.now() - t0) });
+    this.d.log.info('team pack written', {
+      entries: packed.length,
+      bytes,
+      ms: Math.round(performance.now() - t0),
+      firstHeldMs: Math.round(phases.first),
+      fetchedMs: Math.round(phases.fetched),
+      checkedMs: Math.round(phases.checked),
+      encodedMs: Math.round(encodedMs),
+    });
     this.adoptTimer = setTimeout(() => void this.adoptPack(), this.d.adoptAfterMs ?? ADOPT_IDLE_MS);
     this.adoptTimer.unref();
   }
