@@ -73,6 +73,8 @@ export const MEMO_MAX_NAME = 65_536;
 export const TEAM_MEMO_MAX_BYTES = 512 << 10;
 /** Team memos one `scope` reply carries at most (its bytes are also bounded by the bundle limit). */
 export const SCOPE_MAX_MEMOS = 20_000;
+/** Keys one team-cache `gets` request names at most. */
+export const GETS_MAX_KEYS = 64;
 /** A team pack (cache-schema/teampack.v1.md): memos and blobs it indexes at most. */
 export const TEAM_PACK_MAX_MEMOS = SCOPE_MAX_MEMOS;
 export const TEAM_PACK_MAX_BLOBS = SCOPE_MAX_MEMOS * MEMO_MAX_OUTPUTS;

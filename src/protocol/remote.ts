@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { DIGEST_RE } from '../key/hash.js';
 import { EntryRecord } from '../store/record.js';
-import { base64Length, SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from './limits.js';
+import { base64Length, GETS_MAX_KEYS, SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from './limits.js';
 
 /**
  * The team-cache wire contract (websocket), version 1. JSON text messages carry control; each
@@ -12,6 +12,8 @@ import { base64Length, SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from './limits.js'
 export const REMOTE_PROTOCOL_VERSION = 1;
 /** What a server announces in `welcome` when it keeps team memos (`memo` and `scope` messages). */
 export const FEATURE_TEAM_MEMOS = 'team-memos';
+/** What a server announces in `welcome` when it answers `gets` (several entries in one reply). */
+export const FEATURE_MULTI_GET = 'multi-get';
 
 const Id = z.number().int().nonnegative().max(0xffffffff);
 const Key = z.string().regex(DIGEST_RE, 'key must be 32 lowercase hex digits');
@@ -30,6 +32,12 @@ export const ClientMessage = z.discriminatedUnion('type', [
    * server's own limit is. Servers from before it ignore the field.
    */
   z.object({ type: z.literal('get'), id: Id, key: Key, maxBundleBytes: ClientMaxBundle }),
+  /**
+   * Look up to GETS_MAX_KEYS entries at once (only to a server announcing `multi-get`): answered
+   * by `entries` (then one binary message) or `error`. `maxBundleBytes` bounds that binary
+   * message as a whole.
+   */
+  z.object({ type: z.literal('gets'), id: Id, keys: z.array(Key).min(1).max(GETS_MAX_KEYS), maxBundleBytes: ClientMaxBundle }),
   /** Store an entry; the bundle follows as a binary message with the same id. Needs write scope. */
   z.object({ type: z.literal('put'), id: Id, key: Key, entry: EntryRecord, bundleBytes: BundleBytes }),
   /** The server's counters and store summary. */
@@ -103,6 +111,19 @@ export const ServerMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('welcome'), protocol: z.number().int(), scope: Scope, limits: Limits, features: z.array(z.string().max(64)).max(64).optional() }),
   /** Entry found; its bundle (bundleBytes long) follows as a binary message with the same id. */
   z.object({ type: z.literal('hit'), id: Id, key: Key, entry: EntryRecord, bundleBytes: BundleBytes }),
+  /**
+   * Reply to `gets`: every key asked is in exactly one list. `hits`' bundles follow as one binary
+   * message with the same id, concatenated in this order (each `bundleBytes` long); `misses` are
+   * absent (or corrupt, or over the bundle limit on their own); `later` did not fit in this
+   * reply's bundle limit and are to be asked again.
+   */
+  z.object({
+    type: z.literal('entries'),
+    id: Id,
+    hits: z.array(z.object({ key: Key, entry: EntryRecord, bundleBytes: BundleBytes })).max(GETS_MAX_KEYS),
+    misses: z.array(Key).max(GETS_MAX_KEYS),
+    later: z.array(Key).max(GETS_MAX_KEYS),
+  }),
   /** Entry not found. */
   z.object({ type: z.literal('miss'), id: Id, key: Key }),
   /** A put was verified and stored. */
@@ -180,6 +201,22 @@ export function decodeMemoList(data: Buffer, count: number): Buffer[] {
     at += n;
   }
   if (out.length !== count) throw new RemoteProtocolError(`memo list: ${out.length} memos, ${count} announced`);
+  return out;
+}
+
+/**
+ * Splits the binary message of an `entries` reply into its hits' bundles; throws
+ * RemoteProtocolError unless the lengths add up to exactly the payload.
+ */
+export function splitEntries(data: Buffer, hits: readonly { bundleBytes: number }[]): Buffer[] {
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const h of hits) {
+    if (h.bundleBytes > data.length - at) throw new RemoteProtocolError(`entries: bundle of ${h.bundleBytes} bytes does not fit`);
+    out.push(data.subarray(at, at + h.bundleBytes));
+    at += h.bundleBytes;
+  }
+  if (at !== data.length) throw new RemoteProtocolError(`entries: ${data.length - at} bytes after the last bundle`);
   return out;
 }
 

@@ -3,12 +3,14 @@ import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import { z } from 'zod';
 import type { Digest } from '../key/hash.js';
+import { GETS_MAX_KEYS } from '../protocol/limits.js';
 import {
   DAEMON_MAX_BUNDLE_BYTES,
   DEFAULT_LIMITS,
   decodeBinary,
   decodeMemoList,
   encodeBinary,
+  FEATURE_MULTI_GET,
   FEATURE_TEAM_MEMOS,
   type Limits,
   parseServerMessage,
@@ -17,6 +19,7 @@ import {
   type Scope,
   type ServerMessage,
   type ServerStats,
+  splitEntries,
 } from '../protocol/remote.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../store/backend.js';
 import type { EntryRecord } from '../store/record.js';
@@ -64,7 +67,13 @@ export type RemoteOptionsInput = z.input<typeof RemoteOptions>;
 
 /** A failed request: nothing usable came back from the server. */
 type Failed = { type: 'failed'; failure: 'unavailable' | 'timeout' | 'server' | 'protocol'; error: string };
-type Reply = ServerMessage | { type: 'bundle'; bundle: Buffer; entry: EntryRecord } | { type: 'memo-list'; memos: Buffer[] } | Failed;
+type Entries = Extract<ServerMessage, { type: 'entries' }>;
+type Reply =
+  | ServerMessage
+  | { type: 'bundle'; bundle: Buffer; entry: EntryRecord }
+  | { type: 'memo-list'; memos: Buffer[] }
+  | { type: 'entry-bundles'; entries: Entries; bundles: Buffer[] }
+  | Failed;
 
 /** A team-tier lookup: its errors say which kind of failure they are. */
 export type RemoteLookup = Exclude<Lookup, { kind: 'error' }> | { kind: 'error'; error: string; corrupt: boolean; failure: RemoteFailure };
@@ -79,6 +88,8 @@ interface Pending {
   hit?: { entry: EntryRecord; key: string };
   /** A `memos` reply whose list is the next binary message. */
   memos?: { count: number };
+  /** An `entries` reply whose bundles are the next binary message. */
+  entries?: Entries;
 }
 
 /** Connecting failed; `failure` says how. */
@@ -118,6 +129,10 @@ export class RemoteServer implements CacheBackend {
   scope: Scope | null = null;
   /** The server announced team memos in its welcome (FEATURE_TEAM_MEMOS). */
   teamMemos = false;
+  /** The server answers `gets` (FEATURE_MULTI_GET). */
+  multiGet = false;
+  /** Gets asked in this turn of the event loop, sent together as `gets` (by key: one key asked twice is sent once). */
+  private queued = new Map<Digest, ((r: RemoteLookup) => void)[]>();
 
   /** `options.url` is a single URL here. */
   constructor(options: RemoteOptionsInput) {
@@ -166,6 +181,7 @@ export class RemoteServer implements CacheBackend {
             this.limits = msg.limits;
             this.scope = msg.scope;
             this.teamMemos = msg.features?.includes(FEATURE_TEAM_MEMOS) ?? false;
+            this.multiGet = msg.features?.includes(FEATURE_MULTI_GET) ?? false;
             resolve({ scope: msg.scope, limits: msg.limits });
           } else if (msg.type === 'error') fail(`server: ${msg.message}`);
           else fail(`unexpected ${msg.type} before welcome`, 'protocol');
@@ -260,8 +276,8 @@ export class RemoteServer implements CacheBackend {
       if (msg.type === 'error' && this.ws) this.drop(this.ws, `server: ${msg.message}`, 'server');
       return;
     }
-    // 'hit' and 'memos' are followed by their bundle; any other answer is the last one.
-    if (msg.type !== 'hit' && msg.type !== 'memos') this.answered(msg.id);
+    // 'hit', 'memos' and 'entries' are followed by their bundles; any other answer is the last one.
+    if (msg.type !== 'hit' && msg.type !== 'memos' && msg.type !== 'entries') this.answered(msg.id);
     const p = this.pending.get(msg.id);
     if (!p) return;
     if (msg.type === 'hit') {
@@ -270,6 +286,10 @@ export class RemoteServer implements CacheBackend {
     }
     if (msg.type === 'memos') {
       p.memos = { count: msg.count };
+      return;
+    }
+    if (msg.type === 'entries') {
+      p.entries = msg;
       return;
     }
     this.pending.delete(msg.id);
@@ -287,12 +307,13 @@ export class RemoteServer implements CacheBackend {
     }
     this.answered(id);
     const p = this.pending.get(id);
-    if (!p?.hit && !p?.memos) return;
+    if (!p?.hit && !p?.memos && !p?.entries) return;
     this.pending.delete(id);
     clearTimeout(p.timer);
     if (p.hit) return p.resolve({ type: 'bundle', bundle, entry: p.hit.entry });
     try {
-      p.resolve({ type: 'memo-list', memos: decodeMemoList(bundle, p.memos!.count) });
+      if (p.entries) p.resolve({ type: 'entry-bundles', entries: p.entries, bundles: splitEntries(bundle, p.entries.hits) });
+      else p.resolve({ type: 'memo-list', memos: decodeMemoList(bundle, p.memos!.count) });
     } catch (e) {
       p.resolve({ type: 'failed', failure: 'protocol', error: (e as Error).message });
     }
@@ -346,8 +367,63 @@ export class RemoteServer implements CacheBackend {
     }
   }
 
+  /**
+   * Gets made in one turn of the event loop on an open connection to a `multi-get` server go out
+   * together as `gets` requests (GETS_MAX_KEYS keys each); otherwise each is its own `get`.
+   */
   async get(key: Digest): Promise<RemoteLookup> {
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures', corrupt: false };
+    if (!this.multiGet || this.ws?.readyState !== WebSocket.OPEN) return this.getOne(key);
+    return new Promise((resolve) => {
+      if (!this.queued.size) setImmediate(() => this.flushGets());
+      const waiting = this.queued.get(key);
+      if (waiting) waiting.push(resolve);
+      else this.queued.set(key, [resolve]);
+    });
+  }
+
+  private flushGets(): void {
+    const all = [...this.queued];
+    this.queued = new Map();
+    for (let i = 0; i < all.length; i += GETS_MAX_KEYS) void this.getMany(new Map(all.slice(i, i + GETS_MAX_KEYS)));
+  }
+
+  /** One `gets` request; every waiter is answered, `later` keys by a `get` of their own. */
+  private async getMany(waiting: Map<Digest, ((r: RemoteLookup) => void)[]>): Promise<void> {
+    const answer = (key: Digest, r: RemoteLookup) => {
+      for (const w of waiting.get(key) ?? []) w(r);
+    };
+    const keys = [...waiting.keys()];
+    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'gets', id, keys, maxBundleBytes: this.o.maxBundleBytes }) }), this.o.timeoutMs);
+    if (r.type === 'failed') {
+      this.breaker.failure();
+      for (const k of keys) answer(k, { kind: 'error', failure: r.failure, error: r.error, corrupt: false });
+      return;
+    }
+    this.breaker.success();
+    if (r.type !== 'entry-bundles') {
+      const error = r.type === 'error' ? `server: ${r.code}: ${r.message}` : `unexpected reply ${r.type}`;
+      for (const k of keys) answer(k, { kind: 'error', failure: r.type === 'error' ? 'server' : 'protocol', error, corrupt: false });
+      return;
+    }
+    const { hits, misses, later } = r.entries;
+    const named = [...hits.map((h) => h.key), ...misses, ...later];
+    if (named.length !== keys.length || new Set(named).size !== keys.length || !named.every((k) => waiting.has(k))) {
+      for (const k of keys) answer(k, { kind: 'error', failure: 'protocol', error: 'entries: the reply does not name each key asked once', corrupt: false });
+      return;
+    }
+    for (const k of misses) answer(k, { kind: 'miss' });
+    for (const k of later) void this.getOne(k).then((x) => answer(k, x));
+    for (const [i, h] of hits.entries()) answer(h.key, await this.unpacked(h.entry, r.bundles[i]!));
+  }
+
+  private async unpacked(entry: EntryRecord, bundle: Buffer): Promise<RemoteLookup> {
+    const u = await unpackBundle(entry, bundle, this.limits);
+    if (u.kind === 'rejected') return { kind: 'error', failure: 'bad-bundle', error: `bundle from server rejected: ${u.reason}`, corrupt: true };
+    return { kind: 'hit', entry: { record: entry, files: u.files } };
+  }
+
+  private async getOne(key: Digest): Promise<RemoteLookup> {
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'get', id, key, maxBundleBytes: this.o.maxBundleBytes }) }), this.o.timeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
@@ -355,11 +431,7 @@ export class RemoteServer implements CacheBackend {
     }
     this.breaker.success();
     if (r.type === 'miss') return { kind: 'miss' };
-    if (r.type === 'bundle') {
-      const u = await unpackBundle(r.entry, r.bundle, this.limits);
-      if (u.kind === 'rejected') return { kind: 'error', failure: 'bad-bundle', error: `bundle from server rejected: ${u.reason}`, corrupt: true };
-      return { kind: 'hit', entry: { record: r.entry, files: u.files } };
-    }
+    if (r.type === 'bundle') return this.unpacked(r.entry, r.bundle);
     if (r.type === 'error') return { kind: 'error', failure: 'server', error: `server: ${r.code}: ${r.message}`, corrupt: false };
     return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}`, corrupt: false };
   }

@@ -15,7 +15,8 @@ import { type ClientOptions, WebSocket } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { withTrailer } from '../../src/memo/memoFormat.js';
 import { encodeTeamMemo, type TeamCheck } from '../../src/memo/teamMemo.js';
-import { decodeBinary, decodeMemoList, type ErrorCode, encodeBinary, type ServerStats } from '../../src/protocol/remote.js';
+import { GETS_MAX_KEYS } from '../../src/protocol/limits.js';
+import { decodeBinary, decodeMemoList, type ErrorCode, encodeBinary, type ServerStats, splitEntries } from '../../src/protocol/remote.js';
 import { packBundle, unpackBundle } from '../../src/remote/bundle.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import { CLOSE_CODES } from '../../src/remote/server/closeCodes.js';
@@ -188,6 +189,16 @@ class Peer {
     return this.reply(id);
   }
 
+  /** A `gets` request: the `entries` reply with each hit's bundle, or the error. */
+  async gets(keys: string[], maxBundleBytes?: number): ReturnType<Peer['reply']> {
+    const id = this.id();
+    this.send({ type: 'gets', id, keys, ...(maxBundleBytes ? { maxBundleBytes } : {}) });
+    const r = await this.reply(id);
+    if (r.type !== 'entries') return r;
+    const b = (await this.take((m) => m.kind === 'binary' && m.id === id, `entries ${id}`)) as { bundle: Buffer };
+    return { ...r, bundles: splitEntries(b.bundle, r.hits) };
+  }
+
   /** A `scope` request: the `memos` reply's memos, or the error. */
   async scope(scope: string): Promise<{ type: string; code?: string; memos?: Buffer[] }> {
     const id = this.id();
@@ -255,7 +266,7 @@ test('put then get round trip, out-of-order gets, stats, access log, restart kee
   assert.match(s1.url, /^ws:\/\/127\.0\.0\.1:\d+$/);
   const writer = await connect(s1.url, SECRETS.write);
   const w = await writer.hello();
-  assert.deepEqual(w, { type: 'welcome', protocol: 1, scope: 'write', limits: s1.limits, features: ['team-memos'] });
+  assert.deepEqual(w, { type: 'welcome', protocol: 1, scope: 'write', limits: s1.limits, features: ['team-memos', 'multi-get'] });
 
   const e1 = makeEntry({ obj: randomBytes(300_000), dwo: randomBytes(10_000) });
   const bundle1 = await packBundle(e1.record, e1.files);
@@ -322,6 +333,53 @@ test('put then get round trip, out-of-order gets, stats, access log, restart kee
   assert.equal(st2.hits, 9);
   assert.equal(st2.misses, 2);
   assert.equal(st2.since, st.since);
+});
+
+test('gets: several entries in one reply, misses, later past the bundle limit, counted per key; bounds', { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t, 'gets');
+  const s = await startServer(t, dir);
+  const writer = await open(t, s.url, SECRETS.write);
+  const small = [1, 2, 3].map((n) => makeEntry({ obj: randomBytes(20_000 + n) }));
+  const big = makeEntry({ obj: randomBytes(300_000), dwo: randomBytes(500) });
+  for (const [i, e] of [...small, big].entries()) assert.equal((await writer.put(key(`g${i}`), e.record, await packBundle(e.record, e.files))).type, 'stored');
+  const reader = await open(t, s.url, SECRETS.read);
+  const before = await reader.stats();
+
+  const r = await reader.gets([key('g3'), key('nothing'), key('g0'), key('g1')]);
+  assert.equal(r.type, 'entries', JSON.stringify(r));
+  assert.deepEqual(
+    r.hits.map((h: { key: string }) => h.key),
+    [key('g3'), key('g0'), key('g1')],
+  );
+  assert.deepEqual(r.misses, [key('nothing')]);
+  assert.deepEqual(r.later, []);
+  for (const [i, e] of [big, small[0]!, small[1]!].entries()) {
+    assert.deepEqual(r.hits[i].entry, e.record);
+    const u = await unpackBundle(e.record, r.bundles[i], { maxBundleBytes: 1 << 30, maxEntries: 16 });
+    assert.ok(u.kind === 'ok' && [...e.files].every(([n, d]) => u.files.get(n)?.equals(d)));
+  }
+
+  // Two small bundles fit in 50 kB, the third does not: asked again later. The big one does not
+  // fit on its own: a miss, as for `get`.
+  const limited = await reader.gets([key('g0'), key('g3'), key('g1'), key('g2')], 50_000);
+  assert.deepEqual(
+    limited.hits.map((h: { key: string }) => h.key),
+    [key('g0'), key('g1')],
+  );
+  assert.deepEqual(limited.misses, [key('g3')]);
+  assert.deepEqual(limited.later, [key('g2')]);
+  const after = await reader.stats();
+  assert.equal(after.hits - before.hits, 5);
+  assert.equal(after.misses - before.misses, 2);
+
+  // More keys than a request may name, or none: a bad message answered by id; the connection goes on.
+  for (const keys of [Array.from({ length: GETS_MAX_KEYS + 1 }, (_, i) => key(i)), []]) {
+    const bad = await reader.gets(keys);
+    assert.deepEqual([bad.type, bad.code], ['error', 'bad-message']);
+  }
+  await reader.ping();
+  const log = readFileSync(join(dir, 'access.log'), 'utf8');
+  assert.equal(log.split('\n').filter((l) => l.includes('"op":"get"') && l.includes('"result":"hit"')).length, 5);
 });
 
 test('auth: refused upgrades, read scope, write scope, admin scope', { timeout: 30_000 }, async (t) => {

@@ -4,8 +4,10 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { WebSocketServer } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
-import { DEFAULT_LIMITS, encodeBinary, encodeMemoList, FEATURE_TEAM_MEMOS } from '../../src/protocol/remote.js';
-import { RemoteBackend } from '../../src/remote/remoteBackend.js';
+import { DEFAULT_LIMITS, encodeBinary, encodeMemoList, FEATURE_MULTI_GET, FEATURE_TEAM_MEMOS } from '../../src/protocol/remote.js';
+import { packBundle } from '../../src/remote/bundle.js';
+import { RemoteBackend, type RemoteLookup } from '../../src/remote/remoteBackend.js';
+import type { EntryRecord } from '../../src/store/record.js';
 
 await initHash();
 
@@ -179,5 +181,176 @@ test("a refused connection's handshake timer does not fail requests on the next 
   } finally {
     r.close();
     await s.close();
+  }
+});
+
+/** An entry of `data` as the team cache stores it, and its bundle. */
+async function entryOf(data: Buffer): Promise<{ record: EntryRecord; bundle: Buffer }> {
+  const record: EntryRecord = { v: 1, outputs: [{ name: 'obj', digest: hashBytes(data), size: data.length }], stdout: '', stderr: '', exitCode: 0, compileMs: 1, createdAt: 0 };
+  return { record, bundle: await packBundle(record, new Map([['obj', data]])) };
+}
+
+type GetsReply = { hits: { key: string; entry: EntryRecord; bundleBytes: number }[]; misses: string[]; later: string[]; payload: Buffer };
+
+/**
+ * A stand-in announcing `multi-get` (or not): it records every request and answers `gets` with
+ * what `answer` builds from the keys asked, and `get` from `entries` (a miss for any other key).
+ */
+async function multiGetStandIn(
+  entries: Map<string, { record: EntryRecord; bundle: Buffer }>,
+  answer: (keys: string[]) => GetsReply,
+  features = [FEATURE_MULTI_GET],
+): Promise<{ url: string; seen: { type: string; keys?: string[]; key?: string }[]; close: () => Promise<void> }> {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const seen: { type: string; keys?: string[]; key?: string }[] = [];
+  wss.on('connection', (ws) => {
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) return;
+      const m = JSON.parse(String(data)) as { type: string; id: number; key?: string; keys?: string[] };
+      seen.push({ type: m.type, ...(m.keys ? { keys: m.keys } : {}), ...(m.key ? { key: m.key } : {}) });
+      if (m.type === 'hello') ws.send(JSON.stringify({ type: 'welcome', protocol: 1, scope: 'read', limits: DEFAULT_LIMITS, features }));
+      else if (m.type === 'get') {
+        const e = entries.get(m.key!);
+        if (!e) ws.send(JSON.stringify({ type: 'miss', id: m.id, key: m.key }));
+        else {
+          ws.send(JSON.stringify({ type: 'hit', id: m.id, key: m.key, entry: e.record, bundleBytes: e.bundle.length }));
+          ws.send(encodeBinary(m.id, e.bundle));
+        }
+      } else if (m.type === 'gets') {
+        const { payload, ...lists } = answer(m.keys!);
+        ws.send(JSON.stringify({ type: 'entries', id: m.id, ...lists }));
+        ws.send(encodeBinary(m.id, payload));
+      }
+    });
+  });
+  const { port } = wss.address() as AddressInfo;
+  return { url: `ws://127.0.0.1:${port}`, seen, close: () => new Promise((r) => wss.close(() => r())) };
+}
+
+/** The honest answer: hits in the order asked, the rest misses; `later` for the keys listed there. */
+function honest(entries: Map<string, { record: EntryRecord; bundle: Buffer }>, later: string[] = []): (keys: string[]) => GetsReply {
+  return (keys) => {
+    const r: GetsReply = { hits: [], misses: [], later: [], payload: Buffer.alloc(0) };
+    const bundles: Buffer[] = [];
+    for (const k of keys) {
+      const e = entries.get(k);
+      if (later.includes(k)) r.later.push(k);
+      else if (!e) r.misses.push(k);
+      else {
+        r.hits.push({ key: k, entry: e.record, bundleBytes: e.bundle.length });
+        bundles.push(e.bundle);
+      }
+    }
+    r.payload = Buffer.concat(bundles);
+    return r;
+  };
+}
+
+function allProtocolErrors(got: RemoteLookup[]): void {
+  for (const g of got) assert.equal(g.kind === 'error' && g.failure, 'protocol');
+}
+
+const fileOf = (r: RemoteLookup): Buffer | undefined => (r.kind === 'hit' ? r.entry.files.get('obj') : undefined);
+
+test('gets made together go to a multi-get server as one request: hits, misses, and later ones asked alone', async () => {
+  const datas = [randomBytes(5000), randomBytes(70_000), randomBytes(10)];
+  const entries = new Map<string, { record: EntryRecord; bundle: Buffer }>();
+  for (const [i, d] of datas.entries()) entries.set(hashBytes(`k${i}`), await entryOf(d));
+  const s = await multiGetStandIn(entries, honest(entries, [hashBytes('k1')]));
+  const r = new RemoteBackend({ url: s.url, token: 't' });
+  try {
+    // The first get connects, and learns the feature from the welcome.
+    assert.deepEqual(await r.get(hashBytes('absent')), { kind: 'miss' });
+    const keys = [hashBytes('k0'), hashBytes('k1'), hashBytes('k2'), hashBytes('absent2'), hashBytes('k0')];
+    const got = await Promise.all(keys.map((k) => r.get(k)));
+    assert.ok(fileOf(got[0]!)?.equals(datas[0]!));
+    assert.ok(fileOf(got[1]!)?.equals(datas[1]!), 'a later key is fetched by a get of its own');
+    assert.ok(fileOf(got[2]!)?.equals(datas[2]!));
+    assert.deepEqual(got[3], { kind: 'miss' });
+    assert.ok(fileOf(got[4]!)?.equals(datas[0]!), 'a key asked twice is answered twice');
+    assert.deepEqual(
+      s.seen.map((m) => m.type),
+      ['hello', 'get', 'gets', 'get'],
+    );
+    assert.deepEqual(s.seen[2]!.keys, [hashBytes('k0'), hashBytes('k1'), hashBytes('k2'), hashBytes('absent2')], 'each key once, in the order asked');
+    assert.equal(s.seen[3]!.key, hashBytes('k1'));
+  } finally {
+    r.close();
+    await s.close();
+  }
+});
+
+test('a server without multi-get is sent one get per key', async () => {
+  const d = randomBytes(100);
+  const entries = new Map([[hashBytes('k'), await entryOf(d)]]);
+  const s = await multiGetStandIn(entries, honest(entries), [FEATURE_TEAM_MEMOS]);
+  const r = new RemoteBackend({ url: s.url, token: 't' });
+  try {
+    await r.get(hashBytes('first'));
+    const got = await Promise.all([r.get(hashBytes('k')), r.get(hashBytes('x'))]);
+    assert.ok(fileOf(got[0]!)?.equals(d));
+    assert.deepEqual(got[1], { kind: 'miss' });
+    assert.deepEqual(
+      s.seen.map((m) => m.type),
+      ['hello', 'get', 'get', 'get'],
+    );
+  } finally {
+    r.close();
+    await s.close();
+  }
+});
+
+test('a malformed entries reply is an error for every key asked, never a hit; a corrupt bundle only for its own key', async () => {
+  const a = randomBytes(3000);
+  const b = randomBytes(3000);
+  const entries = new Map([
+    [hashBytes('a'), await entryOf(a)],
+    [hashBytes('b'), await entryOf(b)],
+  ]);
+  const cases: [string, (keys: string[]) => GetsReply, (got: RemoteLookup[]) => void][] = [
+    ['a key not asked', (keys) => ({ ...honest(entries)(keys), misses: [hashBytes('stranger')] }), allProtocolErrors],
+    [
+      'a key left out',
+      (keys) => {
+        const h = honest(entries)(keys);
+        return { ...h, hits: h.hits.slice(0, 1), payload: h.payload.subarray(0, h.hits[0]!.bundleBytes) };
+      },
+      allProtocolErrors,
+    ],
+    [
+      'bundle lengths that do not add up',
+      (keys) => {
+        const h = honest(entries)(keys);
+        return { ...h, payload: Buffer.concat([h.payload, Buffer.from('x')]) };
+      },
+      allProtocolErrors,
+    ],
+    [
+      "one hit's bundle with another's bytes",
+      (keys) => {
+        const h = honest(entries)(keys);
+        const bad = Buffer.from(h.payload);
+        bad[600] = bad[600]! ^ 0xff;
+        return { ...h, payload: bad };
+      },
+      (got) => {
+        assert.equal(got[0]!.kind === 'error' && got[0]!.corrupt, true);
+        assert.ok(fileOf(got[1]!)?.equals(b));
+      },
+    ],
+  ];
+  for (const [what, answer, check] of cases) {
+    const s = await multiGetStandIn(entries, answer);
+    const r = new RemoteBackend({ url: s.url, token: 't', breakerThreshold: 100 });
+    try {
+      await r.get(hashBytes('first'));
+      const got = await Promise.all([r.get(hashBytes('a')), r.get(hashBytes('b'))]);
+      assert.equal(s.seen.filter((m) => m.type === 'gets').length, 1, what);
+      check(got);
+    } finally {
+      r.close();
+      await s.close();
+    }
   }
 });

@@ -1,10 +1,10 @@
 import { performance } from 'node:perf_hooks';
-import { type ClientMessage, decodeBinary, type ErrorCode, FEATURE_TEAM_MEMOS, parseClientMessage, REMOTE_PROTOCOL_VERSION } from '../../protocol/remote.js';
+import { type ClientMessage, decodeBinary, type ErrorCode, FEATURE_MULTI_GET, FEATURE_TEAM_MEMOS, parseClientMessage, REMOTE_PROTOCOL_VERSION } from '../../protocol/remote.js';
 import { scopeAllows } from '../tokens.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
 import type { Connection } from './connection.js';
-import { handleAdmin, handleBad, handleBundle, handleGet, handleMemo, handleScope } from './requestHandlers.js';
+import { handleAdmin, handleBad, handleBundle, handleGet, handleGets, handleMemo, handleScope } from './requestHandlers.js';
 import type { ServerState } from './serverState.js';
 
 function message(e: unknown): string {
@@ -68,7 +68,7 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
     }
     c.hello = true;
     s.access({ op: 'hello', token: c.token.name, key: null, result: 'welcome', bytes: 0, ms: 0, remote: c.remote });
-    s.send(c, { type: 'welcome', protocol: REMOTE_PROTOCOL_VERSION, scope: c.token.scope, limits: s.options.limits, features: [FEATURE_TEAM_MEMOS] });
+    s.send(c, { type: 'welcome', protocol: REMOTE_PROTOCOL_VERSION, scope: c.token.scope, limits: s.options.limits, features: [FEATURE_TEAM_MEMOS, FEATURE_MULTI_GET] });
     return;
   }
   if (msg.type === 'hello') return bad(s, c, undefined, 'bad-message', 'hello was already received on this connection');
@@ -92,6 +92,8 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
   switch (msg.type) {
     case 'get':
       return handleGet(s, c, id, msg.key, msg.maxBundleBytes);
+    case 'gets':
+      return handleGets(s, c, id, msg.keys, msg.maxBundleBytes);
     case 'put': {
       if (!scopeAllows(c.token.scope, 'write')) {
         s.counters.bump('puts_refused');

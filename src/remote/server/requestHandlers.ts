@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { decodeTeamMemo } from '../../memo/teamMemo.js';
 import { SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from '../../protocol/limits.js';
 import { type ErrorCode, encodeBinary, encodeMemoList } from '../../protocol/remote.js';
+import type { EntryRecord } from '../../store/record.js';
 import { packBundle, unpackBundle } from '../bundle.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
@@ -75,6 +76,89 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
       await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
     } finally {
       s.access({ op: 'get', token: c.token.name, key, result, bytes, ms: performance.now() - t0, remote: c.remote });
+      end(s, c, id);
+    }
+  };
+  void s.track(run());
+}
+
+/** Entries a `gets` reads at once: bounds what one request holds in memory beyond its reply. */
+const GETS_PARALLEL = 8;
+
+type GetsAnswer = { kind: 'hit'; entry: EntryRecord; bundle: Buffer } | { kind: 'miss'; result: AccessResult } | { kind: 'later' };
+
+/** One key of a `gets`: a read failure of the storage itself is `later` (the client asks it alone, and learns the error there). */
+async function readForGets(s: ServerState, key: string, limit: number): Promise<GetsAnswer> {
+  const r = await s.store!.get(key);
+  if (r.kind === 'hit') {
+    const bundle = await packBundle(r.entry.record, r.entry.files);
+    return bundle.length <= limit ? { kind: 'hit', entry: r.entry.record, bundle } : { kind: 'miss', result: 'miss-too-large' };
+  }
+  if (r.kind === 'error') {
+    if (!r.corrupt && s.store!.kind !== 'redis') return { kind: 'later' };
+    s.options.log.warn(r.corrupt ? 'corrupt entry dropped' : 'storage read failed; answered a miss', { key, error: r.error });
+  }
+  return { kind: 'miss', result: 'miss' };
+}
+
+/**
+ * `gets`: each key is looked up as by `get` (and logged and counted as one); the hits go out as
+ * one `entries` reply and one binary message of at most bundleLimit bytes, text included. Keys
+ * past that budget, and those the storage failed to read, are `later`.
+ */
+export function handleGets(s: ServerState, c: Connection, id: number, keys: readonly string[], clientMax?: number): void {
+  begin(c, id);
+  const t0 = performance.now();
+  const run = async () => {
+    const limit = bundleLimit(s, clientMax);
+    const hits: { key: string; entry: EntryRecord; bundleBytes: number }[] = [];
+    const bundles: Buffer[] = [];
+    const misses: string[] = [];
+    const later: string[] = [];
+    const results: [string, AccessResult, number][] = [];
+    let used = 0;
+    try {
+      for (let i = 0; i < keys.length; i += GETS_PARALLEL) {
+        const part = keys.slice(i, i + GETS_PARALLEL);
+        if (used >= limit) {
+          later.push(...part);
+          continue;
+        }
+        const answers = await Promise.all(part.map((k) => readForGets(s, k, limit)));
+        for (const [j, a] of answers.entries()) {
+          const key = part[j]!;
+          if (a.kind === 'later') later.push(key);
+          else if (a.kind === 'miss') {
+            misses.push(key);
+            results.push([key, a.result, 0]);
+          } else {
+            const size = a.bundle.length + JSON.stringify(a.entry).length + 64;
+            if (used + size > limit) {
+              later.push(key);
+              continue;
+            }
+            used += size;
+            hits.push({ key, entry: a.entry, bundleBytes: a.bundle.length });
+            bundles.push(a.bundle);
+            results.push([key, 'hit', a.bundle.length]);
+          }
+        }
+      }
+      const payload = Buffer.concat(bundles);
+      s.counters.bump('hits', hits.length);
+      s.counters.bump('misses', misses.length);
+      s.counters.bump('bytes_served', payload.length);
+      s.hold(c, payload.length);
+      await s.send(c, { type: 'entries', id, hits, misses, later }, encodeBinary(id, payload));
+      s.hold(c, -payload.length);
+    } catch (e) {
+      results.length = 0;
+      for (const key of keys) results.push([key, 'error', 0]);
+      s.options.log.error('gets failed', { keys: keys.length, error: message(e) });
+      await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
+    } finally {
+      const ms = performance.now() - t0;
+      for (const [key, result, bytes] of results) s.access({ op: 'get', token: c.token.name, key, result, bytes, ms, remote: c.remote });
       end(s, c, id);
     }
   };

@@ -3,7 +3,7 @@ import { COUNTERS, type CounterName } from './serverCounters.js';
 import { STORAGE_ERROR_KINDS, type StorageErrorKind, type StorageSummary } from './serverStorage.js';
 
 /** Ops of the access log that are requests (connect and invalid frames are counted elsewhere). */
-const REQUEST_OPS = new Set(['get', 'put', 'bad', 'memo', 'scope', 'stats', 'ping', 'hello', 'admin:clear', 'admin:reset-stats']);
+const REQUEST_OPS = new Set(['get', 'gets', 'put', 'bad', 'memo', 'scope', 'stats', 'ping', 'hello', 'admin:clear', 'admin:reset-stats']);
 
 /**
  * The server's Prometheus metrics (`GET /metrics`), one registry per server. Counters count from
