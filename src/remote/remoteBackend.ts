@@ -382,9 +382,17 @@ export class RemoteServer implements CacheBackend {
     });
   }
 
+  /** A key asked alone goes as `get`: its reply is smaller and comes as soon as that one entry is read. */
   private flushGets(): void {
     const all = [...this.queued];
     this.queued = new Map();
+    if (all.length === 1) {
+      const [key, waiting] = all[0]!;
+      void this.getOne(key).then((r) => {
+        for (const w of waiting) w(r);
+      });
+      return;
+    }
     for (let i = 0; i < all.length; i += GETS_MAX_KEYS) void this.getMany(new Map(all.slice(i, i + GETS_MAX_KEYS)));
   }
 

@@ -253,7 +253,7 @@ function allProtocolErrors(got: RemoteLookup[]): void {
 
 const fileOf = (r: RemoteLookup): Buffer | undefined => (r.kind === 'hit' ? r.entry.files.get('obj') : undefined);
 
-test('gets made together go to a multi-get server as one request: hits, misses, and later ones asked alone', async () => {
+test('gets made together go to a multi-get server as one request: hits, misses, and later ones asked alone; a lone get stays a get', async () => {
   const datas = [randomBytes(5000), randomBytes(70_000), randomBytes(10)];
   const entries = new Map<string, { record: EntryRecord; bundle: Buffer }>();
   for (const [i, d] of datas.entries()) entries.set(hashBytes(`k${i}`), await entryOf(d));
@@ -269,9 +269,11 @@ test('gets made together go to a multi-get server as one request: hits, misses, 
     assert.ok(fileOf(got[2]!)?.equals(datas[2]!));
     assert.deepEqual(got[3], { kind: 'miss' });
     assert.ok(fileOf(got[4]!)?.equals(datas[0]!), 'a key asked twice is answered twice');
+    // Connected now: a key asked alone still goes as `get`.
+    assert.ok(fileOf(await r.get(hashBytes('k2')))?.equals(datas[2]!));
     assert.deepEqual(
       s.seen.map((m) => m.type),
-      ['hello', 'get', 'gets', 'get'],
+      ['hello', 'get', 'gets', 'get', 'get'],
     );
     assert.deepEqual(s.seen[2]!.keys, [hashBytes('k0'), hashBytes('k1'), hashBytes('k2'), hashBytes('absent2')], 'each key once, in the order asked');
     assert.equal(s.seen[3]!.key, hashBytes('k1'));
