@@ -1,4 +1,4 @@
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { z } from 'zod';
@@ -26,13 +26,20 @@ export interface StoreFs {
   rm(path: string, options: { recursive: true; force: true }): Promise<void>;
 }
 
+/** Files up to this size are read synchronously (see nodeFs). */
+export const SYNC_READ_MAX = 1 << 20;
+
 /**
- * node:fs/promises, except `stat`: a blob's presence is asked on every adoption, and a synchronous
- * stat of a local file costs less than a round trip through the thread pool.
+ * node:fs/promises, except `stat` and reads of files up to SYNC_READ_MAX: a blob's presence is
+ * asked on every adoption, and a kernel object (≈ 11 kB) is read on every hit; a synchronous call
+ * on a local file costs less than its round trips through the thread pool (a promise-based
+ * readFile is four: open, fstat, read, close). Larger files are read through the thread pool, so
+ * that one slow read does not hold the event loop.
  */
 export const nodeFs: StoreFs = {
   ...fsp,
   stat: async (path) => statSync(path),
+  readFile: async (path) => (statSync(path).size <= SYNC_READ_MAX ? readFileSync(path) : fsp.readFile(path)),
 };
 
 const FS_KEYS = ['open', 'readFile', 'rename', 'unlink', 'stat', 'mkdir', 'readdir', 'rm'] as const;

@@ -11,7 +11,7 @@ import type { StoredEntry } from '../../src/store/backend.js';
 import { LAYOUT_FILE, LayoutError, layoutPaths, prepareLayout, SUBLEVELS } from '../../src/store/layout.js';
 import { LocalStore, StoreLockedError } from '../../src/store/localStore.js';
 import { EntryRecord } from '../../src/store/record.js';
-import { nodeFs, type StoreFs, StoreOptionsError, type StoreOptionsInput } from '../../src/store/storeOptions.js';
+import { nodeFs, type StoreFs, StoreOptionsError, type StoreOptionsInput, SYNC_READ_MAX } from '../../src/store/storeOptions.js';
 
 await initHash();
 
@@ -695,4 +695,17 @@ test('sublevel() hands out one object per name', async (t) => {
   assert.equal(s.sublevel('stats'), s.sublevel('stats'));
   assert.notEqual(s.sublevel('stats'), s.sublevel('log'));
   assert.throws(() => s.sublevel('../x'), /invalid sublevel name/);
+});
+
+test('nodeFs.readFile: files up to SYNC_READ_MAX and larger ones read whole; a missing file is ENOENT, an empty one empty', async () => {
+  const dir = tempDir();
+  for (const size of [0, 11_000, SYNC_READ_MAX, SYNC_READ_MAX + 1, 3 * SYNC_READ_MAX]) {
+    const data = Buffer.alloc(size);
+    for (let i = 0; i < size; i += 4096) data[i] = (i / 4096) & 0xff;
+    const p = join(dir, `f${size}`);
+    fs.writeFileSync(p, data);
+    assert.ok((await nodeFs.readFile(p)).equals(data), `a file of ${size} bytes`);
+  }
+  await assert.rejects(nodeFs.readFile(join(dir, 'absent')), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+  await assert.rejects(nodeFs.readFile(dir), (e: NodeJS.ErrnoException) => e.code === 'EISDIR');
 });
