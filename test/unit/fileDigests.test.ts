@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FileDigests } from '../../src/key/fileDigests.js';
-import { hashBytes, hashFile, initHash } from '../../src/key/hash.js';
+import { Hasher, hashBytes, hashFile, initHash } from '../../src/key/hash.js';
 import { ObservingFiles } from '../../src/key/observed.js';
 
 await initHash();
@@ -256,4 +256,15 @@ test("a directory's listing check is not replaced by a later look at the same pa
     ['dir'],
   );
   assert.equal(observe.memoable(), false, 'made just now: its identity does not yet stand for its listing');
+});
+
+test('hashBytes (one-shot) equals a Hasher fed the same bytes in pieces, and hashes a string as its UTF-8', () => {
+  for (const size of [0, 1, 31, 32, 33, 4095, 65_537, (1 << 20) + 1]) {
+    const data = Buffer.alloc(size);
+    for (let i = 0; i < size; i++) data[i] = (i * 131 + size) & 0xff;
+    const h = new Hasher();
+    for (let at = 0; at < size; at += 7919) h.update(data.subarray(at, at + 7919));
+    assert.equal(hashBytes(data), h.digest(), `${size} bytes`);
+  }
+  assert.equal(hashBytes('gr\u00fc\u00df'), new Hasher().update(Buffer.from('gr\u00fc\u00df', 'utf8')).digest());
 });
