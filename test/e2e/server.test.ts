@@ -378,6 +378,8 @@ test('gets: several entries in one reply, misses, later past the bundle limit, c
     assert.deepEqual([bad.type, bad.code], ['error', 'bad-message']);
   }
   await reader.ping();
+  // Stopped first: the access log is written through a stream, and closing it flushes it.
+  await s.stop();
   const log = readFileSync(join(dir, 'access.log'), 'utf8');
   assert.equal(log.split('\n').filter((l) => l.includes('"op":"get"') && l.includes('"result":"hit"')).length, 5);
 });
