@@ -305,11 +305,16 @@ export async function localise(
 ): Promise<{ memo: Memo } | { why: string }> {
   const checks: MemoCheck[] = [];
   for (const c of t.checks) {
+    // Kept as it is, without an await: a kernel memo has some 30 of them, 13,000 in a batch.
+    if (c.kind === 'env') {
+      checks.push(c);
+      continue;
+    }
     // A check made for an earlier memo of the same batch stands: what was seen then is what the
     // memo records, and the client checks it again. Found by the check itself first (memos of one
     // TeamMemoDecoder share their toolchain's check objects), else by what it checks.
-    let made = c.kind !== 'env' ? seen?.get(c) : undefined;
-    const id = seen && c.kind !== 'env' && !made ? checkId(c) : '';
+    let made = seen?.get(c);
+    const id = seen && !made ? checkId(c) : '';
     if (id) made = seen!.get(id);
     if (made) {
       if ('why' in made) return made;
@@ -332,11 +337,8 @@ function checkId(c: Exclude<TeamCheck, { kind: 'env' }>): string {
 }
 
 /** Makes one check of a team memo on this machine: pushed to `checks`, or the reason it does not hold. */
-async function localiseCheck(c: TeamCheck, files: LocalFiles, nowNs: bigint, checks: MemoCheck[]): Promise<{ why: string } | null> {
+async function localiseCheck(c: Exclude<TeamCheck, { kind: 'env' }>, files: LocalFiles, nowNs: bigint, checks: MemoCheck[]): Promise<{ why: string } | null> {
   switch (c.kind) {
-    case 'env':
-      checks.push(c);
-      break;
     case 'file':
     case 'content': {
       const d = await files.digest(c.path);
