@@ -92,6 +92,23 @@ interface Pending {
   entries?: Entries;
 }
 
+/** A get waiting in the queue: settled as its own `get` would have been, an exception included. */
+interface Waiter {
+  resolve: (r: RemoteLookup) => void;
+  reject: (e: unknown) => void;
+}
+
+function settle(waiting: readonly Waiter[], answer: Promise<RemoteLookup>): void {
+  answer.then(
+    (r) => {
+      for (const w of waiting) w.resolve(r);
+    },
+    (e: unknown) => {
+      for (const w of waiting) w.reject(e);
+    },
+  );
+}
+
 /** Connecting failed; `failure` says how. */
 class ConnectError extends Error {
   constructor(
@@ -132,7 +149,7 @@ export class RemoteServer implements CacheBackend {
   /** The server answers `gets` (FEATURE_MULTI_GET). */
   multiGet = false;
   /** Gets asked in this turn of the event loop, sent together as `gets` (by key: one key asked twice is sent once). */
-  private queued = new Map<Digest, ((r: RemoteLookup) => void)[]>();
+  private queued = new Map<Digest, Waiter[]>();
 
   /** `options.url` is a single URL here. */
   constructor(options: RemoteOptionsInput) {
@@ -374,11 +391,11 @@ export class RemoteServer implements CacheBackend {
   async get(key: Digest): Promise<RemoteLookup> {
     if (!this.breaker.allow()) return { kind: 'error', failure: 'skipped', error: 'team cache skipped: circuit open after failures', corrupt: false };
     if (!this.multiGet || this.ws?.readyState !== WebSocket.OPEN) return this.getOne(key);
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       if (!this.queued.size) setImmediate(() => this.flushGets());
       const waiting = this.queued.get(key);
-      if (waiting) waiting.push(resolve);
-      else this.queued.set(key, [resolve]);
+      if (waiting) waiting.push({ resolve, reject });
+      else this.queued.set(key, [{ resolve, reject }]);
     });
   }
 
@@ -388,41 +405,42 @@ export class RemoteServer implements CacheBackend {
     this.queued = new Map();
     if (all.length === 1) {
       const [key, waiting] = all[0]!;
-      void this.getOne(key).then((r) => {
-        for (const w of waiting) w(r);
-      });
-      return;
+      return settle(waiting, this.getOne(key));
     }
-    for (let i = 0; i < all.length; i += GETS_MAX_KEYS) void this.getMany(new Map(all.slice(i, i + GETS_MAX_KEYS)));
+    for (let i = 0; i < all.length; i += GETS_MAX_KEYS) {
+      const part = new Map(all.slice(i, i + GETS_MAX_KEYS));
+      const answers = this.getMany([...part.keys()]);
+      for (const [key, waiting] of part)
+        settle(
+          waiting,
+          answers.then((m) => m.get(key)!),
+        );
+    }
   }
 
-  /** One `gets` request; every waiter is answered, `later` keys by a `get` of their own. */
-  private async getMany(waiting: Map<Digest, ((r: RemoteLookup) => void)[]>): Promise<void> {
-    const answer = (key: Digest, r: RemoteLookup) => {
-      for (const w of waiting.get(key) ?? []) w(r);
-    };
-    const keys = [...waiting.keys()];
+  /** One `gets` request: an answer for every key, `later` ones by a `get` of their own. */
+  private async getMany(keys: Digest[]): Promise<Map<Digest, RemoteLookup | Promise<RemoteLookup>>> {
+    const all = (r: RemoteLookup) => new Map(keys.map((k) => [k, r]));
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'gets', id, keys, maxBundleBytes: this.o.maxBundleBytes }) }), this.o.timeoutMs);
     if (r.type === 'failed') {
       this.breaker.failure();
-      for (const k of keys) answer(k, { kind: 'error', failure: r.failure, error: r.error, corrupt: false });
-      return;
+      return all({ kind: 'error', failure: r.failure, error: r.error, corrupt: false });
     }
     this.breaker.success();
     if (r.type !== 'entry-bundles') {
       const error = r.type === 'error' ? `server: ${r.code}: ${r.message}` : `unexpected reply ${r.type}`;
-      for (const k of keys) answer(k, { kind: 'error', failure: r.type === 'error' ? 'server' : 'protocol', error, corrupt: false });
-      return;
+      return all({ kind: 'error', failure: r.type === 'error' ? 'server' : 'protocol', error, corrupt: false });
     }
     const { hits, misses, later } = r.entries;
     const named = [...hits.map((h) => h.key), ...misses, ...later];
-    if (named.length !== keys.length || new Set(named).size !== keys.length || !named.every((k) => waiting.has(k))) {
-      for (const k of keys) answer(k, { kind: 'error', failure: 'protocol', error: 'entries: the reply does not name each key asked once', corrupt: false });
-      return;
+    if (named.length !== keys.length || new Set(named).size !== keys.length || !named.every((k) => keys.includes(k))) {
+      return all({ kind: 'error', failure: 'protocol', error: 'entries: the reply does not name each key asked once', corrupt: false });
     }
-    for (const k of misses) answer(k, { kind: 'miss' });
-    for (const k of later) void this.getOne(k).then((x) => answer(k, x));
-    for (const [i, h] of hits.entries()) answer(h.key, await this.unpacked(h.entry, r.bundles[i]!));
+    const out = new Map<Digest, RemoteLookup | Promise<RemoteLookup>>();
+    for (const k of misses) out.set(k, { kind: 'miss' });
+    for (const [i, h] of hits.entries()) out.set(h.key, await this.unpacked(h.entry, r.bundles[i]!));
+    for (const k of later) out.set(k, this.getOne(k));
+    return out;
   }
 
   private async unpacked(entry: EntryRecord, bundle: Buffer): Promise<RemoteLookup> {
