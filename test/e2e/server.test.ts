@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -37,6 +37,13 @@ const TOKENS = [
   { name: 'ops', scope: 'admin' as const, secret: SECRETS.admin },
 ];
 const TOKENS_TEXT = `# test tokens\n${TOKENS.map((t) => `${t.name} ${t.scope} ${t.secret}`).join('\n')}\n`;
+
+/** Regular files under `dir` (recursively) named `name`. */
+function findFiles(dir: string, name: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile() && e.name === name)
+    .map((e) => join(e.parentPath ?? e.path, e.name));
+}
 
 function tempDir(t: TestContext, prefix: string): string {
   const d = mkdtempSync(join(tmpdir(), `ltocache-serve-${prefix}-`));
@@ -372,16 +379,30 @@ test('gets: several entries in one reply, misses, later past the bundle limit, c
   assert.equal(after.hits - before.hits, 5);
   assert.equal(after.misses - before.misses, 2);
 
+  // A blob the storage cannot read (a directory in its place: EISDIR, not corruption): `later`
+  // in a gets, an `internal` error for its own get; the other key is served.
+  const unreadable = small[2]!.record.outputs[0]!.digest;
+  const [blobFile] = findFiles(dir, unreadable.slice(2));
+  assert.ok(blobFile, 'the blob file is found');
+  rmSync(blobFile);
+  mkdirSync(blobFile);
+  const failing = await reader.gets([key('g2'), key('g0')]);
+  assert.deepEqual([failing.hits.map((h: { key: string }) => h.key), failing.misses, failing.later], [[key('g0')], [], [key('g2')]]);
+  assert.deepEqual(await reader.get(key('g2')), { type: 'error', code: 'internal' });
+
   // More keys than a request may name, or none: a bad message answered by id; the connection goes on.
   for (const keys of [Array.from({ length: GETS_MAX_KEYS + 1 }, (_, i) => key(i)), []]) {
     const bad = await reader.gets(keys);
     assert.deepEqual([bad.type, bad.code], ['error', 'bad-message']);
   }
   await reader.ping();
+  const stats = await reader.stats();
+  assert.equal(stats.hits - before.hits, 6);
   // Stopped first: the access log is written through a stream, and closing it flushes it.
   await s.stop();
   const log = readFileSync(join(dir, 'access.log'), 'utf8');
-  assert.equal(log.split('\n').filter((l) => l.includes('"op":"get"') && l.includes('"result":"hit"')).length, 5);
+  assert.equal(log.split('\n').filter((l) => l.includes('"op":"get"') && l.includes('"result":"hit"')).length, 6);
+  assert.equal(log.split('\n').filter((l) => l.includes('"op":"get"') && l.includes('"result":"error"')).length, 1);
 });
 
 test('auth: refused upgrades, read scope, write scope, admin scope', { timeout: 30_000 }, async (t) => {

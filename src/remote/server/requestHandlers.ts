@@ -33,10 +33,32 @@ function bundleLimit(s: ServerState, clientMax: number | undefined): number {
   return Math.min(s.options.limits.maxBundleBytes, clientMax ?? Number.POSITIVE_INFINITY);
 }
 
+type ReadAnswer = { kind: 'hit'; entry: EntryRecord; bundle: Buffer } | { kind: 'miss'; result: AccessResult } | { kind: 'failed' };
+
 /**
- * `get`: a hit is sent as `hit` plus the bundle; a corrupt entry (dropped by the store) is a miss,
- * and so is one whose bundle is over bundleLimit.
+ * One key as `get` and `gets` read it: a hit with its bundle; a miss for an absent or corrupt
+ * entry (dropped by the store) or one whose bundle is over `limit`; `failed` when the storage
+ * itself could not be read. A shared storage that is briefly unreachable (a failover) answers
+ * misses instead: the client compiles rather than count this server as failed, which another
+ * server would not fix.
  */
+async function readEntry(s: ServerState, key: string, limit: number): Promise<ReadAnswer> {
+  const r = await s.store!.get(key);
+  if (r.kind === 'hit') {
+    const bundle = await packBundle(r.entry.record, r.entry.files);
+    return bundle.length <= limit ? { kind: 'hit', entry: r.entry.record, bundle } : { kind: 'miss', result: 'miss-too-large' };
+  }
+  if (r.kind === 'error') {
+    if (!r.corrupt && s.store!.kind !== 'redis') {
+      s.options.log.warn('store read failed', { key, error: r.error });
+      return { kind: 'failed' };
+    }
+    s.options.log.warn(r.corrupt ? 'corrupt entry dropped' : 'storage read failed; answered a miss', { key, error: r.error });
+  }
+  return { kind: 'miss', result: 'miss' };
+}
+
+/** `get`: a hit is sent as `hit` plus the bundle; readEntry's misses as `miss`; a storage failure as `error`. */
 export function handleGet(s: ServerState, c: Connection, id: number, key: string, clientMax?: number): void {
   begin(c, id);
   const t0 = performance.now();
@@ -44,32 +66,23 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
     let result: AccessResult = 'miss';
     let bytes = 0;
     try {
-      const r = await s.store!.get(key);
-      if (r.kind === 'hit') {
-        const bundle = await packBundle(r.entry.record, r.entry.files);
-        if (bundle.length <= bundleLimit(s, clientMax)) {
-          s.counters.bump('hits');
-          s.counters.bump('bytes_served', bundle.length);
-          result = 'hit';
-          bytes = bundle.length;
-          s.hold(c, bundle.length);
-          await s.send(c, { type: 'hit', id, key, entry: r.entry.record, bundleBytes: bundle.length }, encodeBinary(id, bundle));
-          s.hold(c, -bundle.length);
-          return;
-        }
-        result = 'miss-too-large';
-      } else if (r.kind === 'error') {
-        // A shared storage that is briefly unreachable (a failover) answers misses: the client
-        // compiles instead of counting this server as failed, which another server would not fix.
-        if (!r.corrupt && s.store!.kind !== 'redis') {
-          result = 'error';
-          s.options.log.warn('store read failed', { key, error: r.error });
-          await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
-          return;
-        } else s.options.log.warn(r.corrupt ? 'corrupt entry dropped' : 'storage read failed; answered a miss', { key, error: r.error });
+      const a = await readEntry(s, key, bundleLimit(s, clientMax));
+      if (a.kind === 'hit') {
+        s.counters.bump('hits');
+        s.counters.bump('bytes_served', a.bundle.length);
+        result = 'hit';
+        bytes = a.bundle.length;
+        s.hold(c, a.bundle.length);
+        await s.send(c, { type: 'hit', id, key, entry: a.entry, bundleBytes: a.bundle.length }, encodeBinary(id, a.bundle));
+        s.hold(c, -a.bundle.length);
+      } else if (a.kind === 'failed') {
+        result = 'error';
+        await s.send(c, { type: 'error', id, code: 'internal', message: 'the server could not read its store' });
+      } else {
+        result = a.result;
+        s.counters.bump('misses');
+        await s.send(c, { type: 'miss', id, key });
       }
-      s.counters.bump('misses');
-      await s.send(c, { type: 'miss', id, key });
     } catch (e) {
       result = 'error';
       s.options.log.error('get failed', { key, error: message(e) });
@@ -85,26 +98,11 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
 /** Entries a `gets` reads at once: bounds what one request holds in memory beyond its reply. */
 const GETS_PARALLEL = 8;
 
-type GetsAnswer = { kind: 'hit'; entry: EntryRecord; bundle: Buffer } | { kind: 'miss'; result: AccessResult } | { kind: 'later' };
-
-/** One key of a `gets`: a read failure of the storage itself is `later` (the client asks it alone, and learns the error there). */
-async function readForGets(s: ServerState, key: string, limit: number): Promise<GetsAnswer> {
-  const r = await s.store!.get(key);
-  if (r.kind === 'hit') {
-    const bundle = await packBundle(r.entry.record, r.entry.files);
-    return bundle.length <= limit ? { kind: 'hit', entry: r.entry.record, bundle } : { kind: 'miss', result: 'miss-too-large' };
-  }
-  if (r.kind === 'error') {
-    if (!r.corrupt && s.store!.kind !== 'redis') return { kind: 'later' };
-    s.options.log.warn(r.corrupt ? 'corrupt entry dropped' : 'storage read failed; answered a miss', { key, error: r.error });
-  }
-  return { kind: 'miss', result: 'miss' };
-}
-
 /**
- * `gets`: each key is looked up as by `get` (and logged and counted as one); the hits go out as
- * one `entries` reply and one binary message of at most bundleLimit bytes, text included. Keys
- * past that budget, and those the storage failed to read, are `later`.
+ * `gets`: each key is read as by `get` (and logged and counted as one); the hits go out as one
+ * `entries` reply and one binary message of at most bundleLimit bytes, text included. Keys past
+ * that budget, and those the storage failed to read, are `later` (a `get` of its own tells the
+ * client the error).
  */
 export function handleGets(s: ServerState, c: Connection, id: number, keys: readonly string[], clientMax?: number): void {
   begin(c, id);
@@ -124,10 +122,10 @@ export function handleGets(s: ServerState, c: Connection, id: number, keys: read
           later.push(...part);
           continue;
         }
-        const answers = await Promise.all(part.map((k) => readForGets(s, k, limit)));
+        const answers = await Promise.all(part.map((k) => readEntry(s, k, limit)));
         for (const [j, a] of answers.entries()) {
           const key = part[j]!;
-          if (a.kind === 'later') later.push(key);
+          if (a.kind === 'failed') later.push(key);
           else if (a.kind === 'miss') {
             misses.push(key);
             results.push([key, a.result, 0]);
