@@ -83,6 +83,14 @@ export interface PrefetchDeps {
   log: { warn(m: string, f?: Record<string, unknown>): void; info(m: string, f?: Record<string, unknown>): void };
 }
 
+/** When a fetch ahead began (performance.now()) and, in ms after that, when its phases ended. */
+interface BatchPhases {
+  t0: number;
+  first: number;
+  fetched: number;
+  checked: number;
+}
+
 interface Item {
   bytes: Buffer;
   /** The entry, once fetching it ahead has begun. */
@@ -275,8 +283,8 @@ export class TeamPrefetch {
     let failed = 0;
     let fetchNext = 0;
     let checkNext = 0;
-    /** When the first memo held (the toolchain hashed), the last entry arrived and the last memo was checked (ms after t0), for the log. */
-    const phases = { first: 0, fetched: 0, checked: 0 };
+    /** For the log: when the first memo held (the toolchain hashed), the last entry arrived and the last memo was checked (ms after t0). */
+    const phases: BatchPhases = { t0, first: 0, fetched: 0, checked: 0 };
     const slack = this.d.fetchSlack ?? FETCH_SLACK;
     const fetching = () => fetchNext < list.length && bytes < AHEAD_BYTES && current() && failed <= held + slack;
     const fetcher = async () => {
@@ -322,7 +330,7 @@ export class TeamPrefetch {
       if (r.tier === 'remote') teamHits++;
     }
     if (!packed.length || !current() || !this.d.pack) return;
-    const run = this.packing.then(() => this.writePack(packed, bytes, t0, current, teamHits, phases));
+    const run = this.packing.then(() => this.writePack(packed, bytes, current, teamHits, phases));
     this.packing = run.catch(() => {});
     await run;
   }
@@ -331,14 +339,8 @@ export class TeamPrefetch {
    * Adopts the pack held (another scope's), then writes `packed` as the pack. `teamHits`: how many
    * of its entries came from the team cache, counted as its hits once the pack is written.
    */
-  private async writePack(
-    packed: PackedEntry[],
-    bytes: number,
-    t0: number,
-    current: () => boolean,
-    teamHits: number,
-    phases: { first: number; fetched: number; checked: number },
-  ): Promise<void> {
+  private async writePack(packed: PackedEntry[], bytes: number, current: () => boolean, teamHits: number, phases: BatchPhases): Promise<void> {
+    const { t0 } = phases;
     const pack = this.d.pack!;
     await this.adoptPack();
     if (!current()) return;
