@@ -229,10 +229,6 @@ function replaceExt(p: string, newExt: string): string {
 }
 
 /**
- * Reads a backend command line (arguments after the compiler) into the parts the key needs.
- * Knows only the shape of a backend job; anything it cannot place safely is uncacheable.
- */
-/**
  * An argument naming the object output: `-o X`, `-oX`, and clang's aliases `--output X` and
  * `--output=X`. `name` is the key's spelling of it; `value` is absent when the path is the next
  * argument.
@@ -244,6 +240,10 @@ export function outputOption(a: string): { name: string; value?: string } | null
   return null;
 }
 
+/**
+ * Reads a backend command line (arguments after the compiler) into the parts the key needs.
+ * Knows only the shape of a backend job; anything it cannot place safely is uncacheable.
+ */
 export async function parseJob(args: string[], cwd: string): Promise<ParseResult> {
   const responseFiles: Job['responseFiles'] = [];
   try {
