@@ -48,6 +48,15 @@ interface Recorded {
   input?: string | undefined;
 }
 
+interface Latest {
+  rec: JobRecord;
+  json: string;
+}
+
+function latest(rec: JobRecord | undefined): Latest | undefined {
+  return rec && { rec, json: JSON.stringify(rec) };
+}
+
 /** Best-effort output of a job that could not be parsed (for the log only). */
 function outputOf(args: string[]): string | undefined {
   const i = args.indexOf('-o');
@@ -62,11 +71,12 @@ function outputOf(args: string[]): string | undefined {
  * go with the manifests no kept record names (pruneIfDue).
  */
 export class JobLog {
-  private pending: { type: 'put'; sublevel: string; key: string; value: string }[] = [];
+  private pending: { sublevel: string; key: string; json: string }[] = [];
   private timer: NodeJS.Timeout | null = null;
   private seq = 0;
-  private readonly lastByOutput = new Map<string, JobRecord>();
-  private readonly lastByInput = new Map<string, JobRecord>();
+  /** The last record per output and per input path, with its JSON (written again as the next one's `previous`). */
+  private readonly lastByOutput = new Map<string, Latest>();
+  private readonly lastByInput = new Map<string, Latest>();
   private readonly manifestsWritten = new Set<string>();
   private written = 0;
   /** Due at start (a daemon's life may be shorter than PRUNE_EVERY records), then every PRUNE_EVERY. */
@@ -88,7 +98,7 @@ export class JobLog {
     if (r.key && r.manifest && !this.manifestsWritten.has(r.key)) {
       if (this.manifestsWritten.size >= 100_000) this.manifestsWritten.clear();
       this.manifestsWritten.add(r.key);
-      this.pending.push({ type: 'put', sublevel: 'manifests', key: r.key, value: JSON.stringify(r.manifest) });
+      this.pending.push({ sublevel: 'manifests', key: r.key, json: JSON.stringify(r.manifest) });
     }
     // The input bitcode identifies a job whose output name changes on every build (DTLTO puts
     // the linker's PID in it): without an earlier job for the output, the one for the input is
@@ -96,11 +106,8 @@ export class JobLog {
     const inputPath = r.manifest?.input.path ?? r.input;
     const input = inputPath ? resolve(r.req.cwd, inputPath) : undefined;
     let previous = this.lastByOutput.get(output);
-    if (!previous) {
-      const stored = await this.getJson('outputs', output, OutputHistory);
-      previous = stored?.last;
-    }
-    if (!previous && input) previous = this.lastByInput.get(input) ?? (await this.getJson('inputs', input, OutputHistory))?.last;
+    if (!previous) previous = latest((await this.getJson('outputs', output, OutputHistory))?.last);
+    if (!previous && input) previous = this.lastByInput.get(input) ?? latest((await this.getJson('inputs', input, OutputHistory))?.last);
     const rec: JobRecord = {
       output,
       cwd: r.req.cwd,
@@ -111,17 +118,21 @@ export class JobLog {
       endedAt: r.endedAt,
       savedMs: r.savedMs,
       bytes: r.bytes,
-      prevKey: previous?.key,
+      prevKey: previous?.rec.key,
     };
-    this.lastByOutput.set(output, rec);
+    // One serialisation per record: the histories embed it (a hit drained from a notice costs
+    // little else).
+    const json = JSON.stringify(rec);
+    const now: Latest = { rec, json };
+    this.lastByOutput.set(output, now);
     if (this.lastByOutput.size > 100_000) this.lastByOutput.clear();
-    this.pending.push({ type: 'put', sublevel: 'outputs', key: output, value: JSON.stringify({ last: rec, previous }) });
+    this.pending.push({ sublevel: 'outputs', key: output, json: previous ? `{"last":${json},"previous":${previous.json}}` : `{"last":${json}}` });
     if (input) {
-      this.lastByInput.set(input, rec);
+      this.lastByInput.set(input, now);
       if (this.lastByInput.size > 100_000) this.lastByInput.clear();
-      this.pending.push({ type: 'put', sublevel: 'inputs', key: input, value: JSON.stringify({ last: rec }) });
+      this.pending.push({ sublevel: 'inputs', key: input, json: `{"last":${json}}` });
     }
-    this.pending.push({ type: 'put', sublevel: 'log', key: `${String(r.startedAt).padStart(15, '0')}-${String(this.seq++).padStart(9, '0')}`, value: JSON.stringify(rec) });
+    this.pending.push({ sublevel: 'log', key: `${String(r.startedAt).padStart(15, '0')}-${String(this.seq++).padStart(9, '0')}`, json });
     // Best effort: a failed write (a full disk) loses these records, never the daemon (an
     // unhandled rejection here used to kill it).
     this.timer ??= setTimeout(() => void this.flush().catch(() => {}), 200);
@@ -133,15 +144,7 @@ export class JobLog {
     const ops = this.pending;
     this.pending = [];
     if (!ops.length) return;
-    const bySub = new Map<string, typeof ops>();
-    for (const op of ops) {
-      const list = bySub.get(op.sublevel);
-      if (list) list.push(op);
-      else bySub.set(op.sublevel, [op]);
-    }
-    for (const [name, list] of bySub) {
-      await this.store.sublevel(name).batch(list.map((o) => ({ type: 'put' as const, key: o.key, value: o.value })));
-    }
+    await this.store.putJsonTexts(ops);
     this.written += ops.length;
     if (this.written > PRUNE_EVERY) {
       this.written = 0;

@@ -349,6 +349,15 @@ export class LocalStore implements CacheBackend {
     return sub as StoreSublevel<V>;
   }
 
+  /**
+   * Puts JSON texts into sublevels handed out by sublevel(), in one batch. Each value is stored
+   * as the text it is (read back as the value it encodes), not encoded once more.
+   */
+  async putJsonTexts(ops: readonly { sublevel: string; key: string; json: string }[]): Promise<void> {
+    if (!ops.length) return;
+    await this.db.batch(ops.map((o) => ({ type: 'put' as const, sublevel: this.sublevel(o.sublevel), key: o.key, value: o.json, valueEncoding: 'utf8' })) as never);
+  }
+
   /** Stops the sweep, waits for queued mutations, releases the lock. Idempotent. */
   async close(): Promise<void> {
     if (this.closing) return;

@@ -53,3 +53,58 @@ test('the job log stays bounded across daemon lives shorter than a prune period:
   assert.equal(last?.key, hashBytes('key 4 7'));
   assert.equal(last?.prevKey, hashBytes('key 3 7'), 'the previous job of the same input is still known');
 });
+
+test('job log records are read back whether stored as JSON text or, as earlier versions wrote them, as a JSON string', async (t) => {
+  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-joblog-'));
+  const store = await LocalStore.open({ dir, sweepOnOpen: false, durable: false });
+  t.after(async () => {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const t0 = Date.parse('2026-01-01T00:00:00Z');
+  const old = { output: '/tree/a.native.o', cwd: '/tree', key: hashBytes('old'), result: 'miss', startedAt: t0, endedAt: t0 + 5 };
+  // The earlier encoding: the record's JSON text, JSON-encoded once more by the sublevel.
+  await store.sublevel<string>('outputs').put('/tree/a.native.o', JSON.stringify({ last: old }));
+  await store.sublevel<string>('log').put(`${String(t0).padStart(15, '0')}-000000000`, JSON.stringify(old));
+  const log = new JobLog(store);
+  await log.record({
+    req: { cwd: '/tree', args: ['-c', '-o', 'a.native.o', 'a.o'] },
+    startedAt: t0 + 1000,
+    endedAt: t0 + 1002,
+    result: 'hit',
+    key: hashBytes('new'),
+    savedMs: 40,
+    input: 'a.o',
+  });
+  await log.flush();
+  const last = await log.lastJobFor('/tree/a.native.o');
+  assert.deepEqual(last, {
+    output: '/tree/a.native.o',
+    cwd: '/tree',
+    key: hashBytes('new'),
+    result: 'hit',
+    startedAt: t0 + 1000,
+    endedAt: t0 + 1002,
+    savedMs: 40,
+    prevKey: hashBytes('old'),
+  });
+  assert.deepEqual(await log.lastJobFor('/tree/a.o'), last, 'the input history names the same record');
+  const raw = await store.sublevel<unknown>('outputs').get('/tree/a.native.o');
+  assert.deepEqual(raw, { last, previous: old }, 'stored once as JSON, the previous record embedded as it was');
+  const build = await log.lastBuild();
+  assert.deepEqual(
+    build.map((r) => r.key),
+    [hashBytes('old'), hashBytes('new')],
+  );
+  // A new daemon reads the history written above (not from memory) for the next record's previous key.
+  const again = new JobLog(store);
+  await again.record({
+    req: { cwd: '/tree', args: ['-c', '-o', 'a.native.o', 'a.o'] },
+    startedAt: t0 + 2000,
+    endedAt: t0 + 2002,
+    result: 'hit',
+    key: hashBytes('third'),
+    input: 'a.o',
+  });
+  assert.equal((await again.lastJobFor('/tree/a.native.o'))?.prevKey, hashBytes('new'));
+});
