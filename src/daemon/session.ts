@@ -69,9 +69,12 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
   // are alive (its silence timeout then compiles directly); not while the client compiles (we
   // await its 'D'), nor after our answer.
   let keepalive: NodeJS.Timeout | undefined;
+  // Set once the request is answered and its bookkeeping done: a close after that has nothing
+  // to abort (dispatching the abort event costs microseconds per job, for no listener).
+  let over = false;
   sock.on('close', () => {
     clearInterval(keepalive);
-    abort.abort(CLIENT_GONE);
+    if (!over) abort.abort(CLIENT_GONE);
     const w = waiter;
     waiter = null;
     w?.rej(new Error('client went away'));
@@ -98,7 +101,9 @@ export function runSession(sock: Socket, h: SessionHandlers): void {
           if (!waiter && !sock.writableEnded && !sock.destroyed) sock.write(encodeWait());
         }, KEEPALIVE_INTERVAL_MS);
       }
-      void dispatch(frame, sock, abort.signal, nextFrame, h);
+      void dispatch(frame, sock, abort.signal, nextFrame, h).finally(() => {
+        over = true;
+      });
     } else if (waiter) {
       const w = waiter;
       waiter = null;

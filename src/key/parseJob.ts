@@ -186,14 +186,28 @@ function windowsTarget(a: string, next: string | undefined): boolean {
 }
 
 /** Joined entries, longest first, so the most specific prefix wins. */
-const PREFIXES = [...OPTIONS].filter(([, f]) => f & JOINED).sort((a, b) => b[0].length - a[0].length);
+/** Joined-value options by their first BUCKET characters, longest first; shorter ones apart. */
+const BUCKET = 3;
+const JOINED_BY_START = new Map<string, [string, number][]>();
+const SHORT_JOINED: [string, number][] = [];
+for (const entry of [...OPTIONS].filter(([, f]) => f & JOINED).sort((a, b) => b[0].length - a[0].length)) {
+  if (entry[0].length < BUCKET) SHORT_JOINED.push(entry);
+  else {
+    const start = entry[0].slice(0, BUCKET);
+    const list = JOINED_BY_START.get(start);
+    if (list) list.push(entry);
+    else JOINED_BY_START.set(start, [entry]);
+  }
+}
 
 /** The table entry for an argument: an exact name, else the longest joined prefix with a value. */
 export function lookupOption(a: string): { name: string; flags: number; joined?: string } | undefined {
   const exact = OPTIONS.get(a);
   if (exact !== undefined) return { name: a, flags: exact };
-  for (const [name, flags] of PREFIXES) {
-    if (a.length > name.length && a.startsWith(name)) return { name, flags, joined: a.slice(name.length) };
+  // Only the prefixes that start as the argument does: a kernel job has some 120 arguments, and
+  // trying all of them in turn was the largest single item of parsing one.
+  for (const list of [JOINED_BY_START.get(a.slice(0, BUCKET)), SHORT_JOINED]) {
+    if (list) for (const [name, flags] of list) if (a.length > name.length && a.startsWith(name)) return { name, flags, joined: a.slice(name.length) };
   }
   return undefined;
 }

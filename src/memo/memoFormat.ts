@@ -159,17 +159,19 @@ export function readSharedCheck(r: Reader, kind: number, name: string): SharedCh
 }
 
 /**
- * Each check's bytes, once encoded: the memos of one batch (a team pack, a scope's localised
- * memos) share their toolchain's check objects, so most of a memo is copied rather than encoded.
- * A check is never changed after it is made, so its bytes stay right.
+ * Each check's bytes, once encoded with `reuse`: the memos of one batch (a team pack) share
+ * their toolchain's check objects, so most of a memo is copied rather
+ * than encoded. A check is never changed after it is made, so its bytes stay right. A job's own
+ * memo has checks of its own: kept here, they cost more (a copy, a weak-map entry) than
+ * encoding them did.
  */
 const encodedChecks = new WeakMap<MemoCheck, Buffer>();
 
-/** The check list, as memo v1 and distribution memos encode it. */
-export function writeChecks(w: Writer, checks: readonly MemoCheck[]): void {
+/** The check list, as memo v1 and distribution memos encode it; `reuse`: see encodedChecks. */
+export function writeChecks(w: Writer, checks: readonly MemoCheck[], reuse = false): void {
   w.u32(checks.length);
   for (const c of checks) {
-    const known = encodedChecks.get(c);
+    const known = reuse ? encodedChecks.get(c) : undefined;
     if (known) {
       w.raw(known);
       continue;
@@ -177,10 +179,19 @@ export function writeChecks(w: Writer, checks: readonly MemoCheck[]): void {
     const from = w.length;
     w.u8(CheckKind[c.kind]);
     w.str(c.kind === 'env' ? c.name : c.path);
-    if (c.kind === 'stat') for (const v of [c.dev, c.ino, c.size, c.mtimeNs, c.ctimeNs]) w.u64(v);
-    else if (c.kind === 'dir') for (const v of [c.dev, c.ino, c.mtimeNs, c.ctimeNs]) w.u64(v);
-    else writeSharedFields(w, c);
-    encodedChecks.set(c, Buffer.from(w.done().subarray(from)));
+    if (c.kind === 'stat') {
+      w.u64(c.dev);
+      w.u64(c.ino);
+      w.u64(c.size);
+      w.u64(c.mtimeNs);
+      w.u64(c.ctimeNs);
+    } else if (c.kind === 'dir') {
+      w.u64(c.dev);
+      w.u64(c.ino);
+      w.u64(c.mtimeNs);
+      w.u64(c.ctimeNs);
+    } else writeSharedFields(w, c);
+    if (reuse) encodedChecks.set(c, Buffer.from(w.done().subarray(from)));
   }
 }
 
@@ -198,14 +209,15 @@ export function withTrailer(body: Buffer): Buffer {
   return Buffer.concat([body, Buffer.from(hashBytes(body), 'latin1')]);
 }
 
-export function encodeMemo(m: Memo): Buffer {
+/** `reuse`: the memo is one of a batch whose memos share check objects (see encodedChecks). */
+export function encodeMemo(m: Memo, reuse = false): Buffer {
   if (m.checks.length > MEMO_MAX_CHECKS) throw new MemoError(`${m.checks.length} checks, limit ${MEMO_MAX_CHECKS}`);
   if (m.outputs.length < 1 || m.outputs.length > MEMO_MAX_OUTPUTS) throw new MemoError(`${m.outputs.length} outputs`);
   if (m.stdout.length > MEMO_MAX_STREAM || m.stderr.length > MEMO_MAX_STREAM) throw new MemoError('captured output over the limit');
   const w = new Writer();
   w.raw(MEMO_MAGIC);
   w.hex(m.key);
-  writeChecks(w, m.checks);
+  writeChecks(w, m.checks, reuse);
   writeOutputs(w, m.outputs);
   w.bytes(m.stdout);
   w.bytes(m.stderr);

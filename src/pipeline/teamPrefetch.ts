@@ -348,7 +348,7 @@ export class TeamPrefetch {
     let pieces: Buffer[];
     try {
       pieces = encodeTeamPack(
-        packed.map((p) => ({ lookup: p.lookup, memo: encodeMemo(p.memo) })),
+        packed.map((p) => ({ lookup: p.lookup, memo: encodeMemo(p.memo, true) })),
         blobs,
       );
     } catch (e) {

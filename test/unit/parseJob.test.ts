@@ -497,3 +497,26 @@ test('option table: every entry is reachable (none shadowed by another) and flag
     }
   }
 });
+
+test('option table: lookupOption finds what trying every joined prefix, longest first, finds', async () => {
+  const { OPTIONS, OptFlag, lookupOption } = await import('../../src/key/parseJob.js');
+  const joined = [...OPTIONS].filter(([, f]) => f & OptFlag.JOINED).sort((a, b) => b[0].length - a[0].length);
+  const scan = (a: string) => {
+    const exact = OPTIONS.get(a);
+    if (exact !== undefined) return { name: a, flags: exact };
+    for (const [name, flags] of joined) if (a.length > name.length && a.startsWith(name)) return { name, flags, joined: a.slice(name.length) };
+    return undefined;
+  };
+  const args = new Set<string>(['', '-', '--', 'x', 'foo.o', '@rsp', '-Wl,--gc-sections', '-mllvm=-x', '-fthinlto-index=a.bc', '-I', '-Iinclude']);
+  for (const name of OPTIONS.keys()) {
+    // The name, cut short, with a joined value, with an `=` value, and with another name's tail.
+    for (const a of [name, name.slice(0, -1), `${name}x`, `${name}=1`, `${name}${name}`, `${name.slice(0, 2)}zz`]) args.add(a);
+  }
+  let joinedHits = 0;
+  for (const a of args) {
+    const want = scan(a);
+    assert.deepEqual(lookupOption(a), want, a);
+    if (want?.joined !== undefined) joinedHits++;
+  }
+  assert.ok(joinedHits > 100, `${joinedHits} arguments resolved by a joined prefix`);
+});
