@@ -345,6 +345,21 @@ static const char *node_binary(void) {
     return n ? n : "node";
 }
 
+/* The daemon serves every later build, not just the one whose job started it: soft limits that
+ * build's shell set for itself (ulimit -t, -f, -v, -d) are raised to the hard ones, which bound
+ * it still. Under an inherited CPU limit the daemon was killed by SIGXCPU once its life's CPU
+ * time reached it. Node resets the signal mask and dispositions itself, and raises RLIMIT_NOFILE. */
+static void lift_soft_limits(void) {
+    static const int resources[] = {RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_AS, RLIMIT_DATA};
+    for (size_t i = 0; i < sizeof resources / sizeof resources[0]; i++) {
+        struct rlimit r;
+        if (getrlimit(resources[i], &r) == 0 && r.rlim_cur != r.rlim_max) {
+            r.rlim_cur = r.rlim_max;
+            setrlimit(resources[i], &r);
+        }
+    }
+}
+
 /* Start "node <cli> daemon run --background" fully detached (double fork + setsid, stdio on
  * /dev/null, cwd "/", no inherited fds but fd 3: the write end of a pipe named by
  * LTOCACHE_STARTUP_NOTIFY_FD, on which the daemon writes 'R' once it listens or 'L' if another
@@ -376,6 +391,7 @@ static int spawn_daemon(void) {
             for (int fd = 4; fd < max; fd++) close(fd);
         }
         if (chdir("/") != 0) { /* keep going: the daemon does not need a particular cwd */ }
+        lift_soft_limits();
         setenv("LTOCACHE_STARTUP_NOTIFY_FD", "3", 1);
         const char *node = node_binary();
         char semi[48];

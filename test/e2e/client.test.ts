@@ -623,6 +623,36 @@ test("a user's MALLOC_ARENA_MAX reaches the daemon unchanged", async () => {
   assert.deepEqual(fs.readFileSync(arenaLog, 'utf8').split('\n').filter(Boolean), ['8']);
 });
 
+test("a build's soft limits (ulimit -t, -f, -v, -d) are raised to the hard ones for the daemon it starts; its compiler keeps them", async () => {
+  const limitsLog = path.join(tmp, 'limits.log');
+  const fakeNode = path.join(tmp, 'limits-node.sh');
+  const show = (to: string) => `for o in t f v d; do printf '%s %s %s\\n' $o "$(ulimit -S -$o)" "$(ulimit -H -$o)"; done >> '${to}'`;
+  fs.writeFileSync(fakeNode, `#!/bin/sh\n${show(limitsLog)}\n`, { mode: 0o755 });
+  const compilerLog = path.join(tmp, 'limits-compiler.log');
+  const compiler = path.join(tmp, 'clang-limits');
+  fs.writeFileSync(compiler, `#!/bin/sh\n${show(compilerLog)}\n`, { mode: 0o755 });
+  const env = baseEnv(newCacheDir(), { LTOCACHE_NODE: fakeNode, LTOCACHE_START_TIMEOUT_MS: '10000' });
+  const soft = { t: 3600, f: 4_000_000, v: 64_000_000, d: 32_000_000 };
+  const set = Object.entries(soft)
+    .map(([o, v]) => `ulimit -S -${o} ${v}`)
+    .join('; ');
+  const r = await run('sh', ['-c', `${set}; exec "$@"`, 'sh', client, compiler, ...MISSING_JOB], { env });
+  assert.equal(r.status, 0, r.stderr.toString());
+  const read = (f: string) =>
+    fs
+      .readFileSync(f, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' '));
+  const hard = read(compilerLog).map(([o, , h]) => [o, h, h]);
+  assert.deepEqual(
+    read(compilerLog),
+    hard.map(([o, , h]) => [o, String(soft[o as keyof typeof soft]), h]),
+    "the compiler runs under the build's limits",
+  );
+  assert.deepEqual(read(limitsLog), hard, 'the daemon runs under the hard limits');
+});
+
 test('LTOCACHE_NODE=/nonexistent: the job completes via clang without waiting the start timeout', async () => {
   const cacheDir = newCacheDir();
   const env = baseEnv(cacheDir, { LTOCACHE_NODE: '/nonexistent/node' });
