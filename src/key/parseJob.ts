@@ -185,8 +185,10 @@ function windowsTarget(a: string, next: string | undefined): boolean {
   return a === '-gcodeview' || a === '--driver-mode=cl';
 }
 
-/** Joined entries, longest first, so the most specific prefix wins. */
-/** Joined-value options by their first BUCKET characters, longest first; shorter ones apart. */
+/**
+ * Joined-value options by their first BUCKET characters, longest first so the most specific
+ * prefix wins; the shorter ones apart.
+ */
 const BUCKET = 3;
 const JOINED_BY_START = new Map<string, [string, number][]>();
 const SHORT_JOINED: [string, number][] = [];

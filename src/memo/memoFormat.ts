@@ -160,10 +160,9 @@ export function readSharedCheck(r: Reader, kind: number, name: string): SharedCh
 
 /**
  * Each check's bytes, once encoded with `reuse`: the memos of one batch (a team pack) share
- * their toolchain's check objects, so most of a memo is copied rather
- * than encoded. A check is never changed after it is made, so its bytes stay right. A job's own
- * memo has checks of its own: kept here, they cost more (a copy, a weak-map entry) than
- * encoding them did.
+ * their toolchain's check objects, so most of a memo is copied rather than encoded. A check is
+ * never changed after it is made, so its bytes stay right. A job's own memo has checks of its
+ * own: kept here, they cost more (a copy, a weak-map entry) than encoding them did.
  */
 const encodedChecks = new WeakMap<MemoCheck, Buffer>();
 
