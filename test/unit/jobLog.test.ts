@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { JobLog, PRUNE_QUIET_MS } from '../../src/jobLog/jobLog.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import type { Manifest } from '../../src/key/manifest.js';
@@ -10,13 +10,19 @@ import { LocalStore } from '../../src/store/localStore.js';
 
 await initHash();
 
-test('the job log stays bounded across daemon lives shorter than a prune period: log, output histories and manifests', async (t) => {
+/** A store in a temp directory, closed and removed after the test. */
+async function scratchStore(t: TestContext): Promise<LocalStore> {
   const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-joblog-'));
   const store = await LocalStore.open({ dir, sweepOnOpen: false, durable: false });
   t.after(async () => {
     await store.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
+  return store;
+}
+
+test('the job log stays bounded across daemon lives shorter than a prune period: log, output histories and manifests', async (t) => {
+  const store = await scratchStore(t);
   const t0 = Date.parse('2026-01-01T00:00:00Z');
   let log!: JobLog;
   // Five daemon lives of 300 jobs each, every output named anew (as DTLTO names them), the log
@@ -55,27 +61,25 @@ test('the job log stays bounded across daemon lives shorter than a prune period:
 });
 
 test('job log records are read back whether stored as JSON text or, as earlier versions wrote them, as a JSON string', async (t) => {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-joblog-'));
-  const store = await LocalStore.open({ dir, sweepOnOpen: false, durable: false });
-  t.after(async () => {
-    await store.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const store = await scratchStore(t);
   const t0 = Date.parse('2026-01-01T00:00:00Z');
   const old = { output: '/tree/a.native.o', cwd: '/tree', key: hashBytes('old'), result: 'miss', startedAt: t0, endedAt: t0 + 5 };
   // The earlier encoding: the record's JSON text, JSON-encoded once more by the sublevel.
   await store.sublevel<string>('outputs').put('/tree/a.native.o', JSON.stringify({ last: old }));
   await store.sublevel<string>('log').put(`${String(t0).padStart(15, '0')}-000000000`, JSON.stringify(old));
+  /** A hit of a.o's job at `at`, as a drained notice records it. */
+  const hit = (log: JobLog, at: number, key: string, savedMs?: number) =>
+    log.record({
+      req: { cwd: '/tree', args: ['-c', '-o', 'a.native.o', 'a.o'] },
+      startedAt: at,
+      endedAt: at + 2,
+      result: 'hit',
+      key,
+      input: 'a.o',
+      ...(savedMs ? { savedMs } : {}),
+    });
   const log = new JobLog(store);
-  await log.record({
-    req: { cwd: '/tree', args: ['-c', '-o', 'a.native.o', 'a.o'] },
-    startedAt: t0 + 1000,
-    endedAt: t0 + 1002,
-    result: 'hit',
-    key: hashBytes('new'),
-    savedMs: 40,
-    input: 'a.o',
-  });
+  await hit(log, t0 + 1000, hashBytes('new'), 40);
   await log.flush();
   const last = await log.lastJobFor('/tree/a.native.o');
   assert.deepEqual(last, {
@@ -98,13 +102,6 @@ test('job log records are read back whether stored as JSON text or, as earlier v
   );
   // A new daemon reads the history written above (not from memory) for the next record's previous key.
   const again = new JobLog(store);
-  await again.record({
-    req: { cwd: '/tree', args: ['-c', '-o', 'a.native.o', 'a.o'] },
-    startedAt: t0 + 2000,
-    endedAt: t0 + 2002,
-    result: 'hit',
-    key: hashBytes('third'),
-    input: 'a.o',
-  });
+  await hit(again, t0 + 2000, hashBytes('third'));
   assert.equal((await again.lastJobFor('/tree/a.native.o'))?.prevKey, hashBytes('new'));
 });
