@@ -347,7 +347,7 @@ static const char *node_binary(void) {
 
 /* The daemon serves every later build, not just the one whose job started it: soft limits that
  * build's shell set for itself (ulimit -t, -f, -v, -d) are raised to the hard ones, which bound
- * it still. Under an inherited CPU limit the daemon was killed by SIGXCPU once its life's CPU
+ * it still: under an inherited CPU limit, SIGXCPU would end the daemon once its accumulated CPU
  * time reached it. Node resets the signal mask and dispositions itself, and raises RLIMIT_NOFILE. */
 static void lift_soft_limits(void) {
     static const int resources[] = {RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_AS, RLIMIT_DATA};
