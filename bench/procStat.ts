@@ -26,6 +26,15 @@ export function ticksCpuMs(pid: number | 'self', children = false): number {
   return ((f[children ? 13 : 11] ?? 0) + (f[children ? 14 : 12] ?? 0)) * TICK_MS;
 }
 
+/** CPU ms of one thread from its schedstat (nanoseconds); NaN when it cannot be read. */
+export function threadCpuMs(pid: number, tid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+  } catch {
+    return NaN;
+  }
+}
+
 /**
  * CPU ms of a process: the run time of its threads from `/proc/<pid>/task/<tid>/schedstat`
  * (nanoseconds), so a warm row's few milliseconds are not rounded to 10 ms ticks; without
