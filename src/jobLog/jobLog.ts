@@ -21,6 +21,7 @@ export const JobRecord = z.object({
 });
 export type JobRecord = z.infer<typeof JobRecord>;
 
+/** `previous`: the job before `last`, as earlier versions also stored it (its key is `last.prevKey`). */
 const OutputHistory = z.object({ last: JobRecord, previous: JobRecord.optional() });
 
 /** Default idle time that separates two builds (config `build_gap_ms`). */
@@ -48,15 +49,6 @@ interface Recorded {
   input?: string | undefined;
 }
 
-interface Latest {
-  rec: JobRecord;
-  json: string;
-}
-
-function latest(rec: JobRecord | undefined): Latest | undefined {
-  return rec && { rec, json: JSON.stringify(rec) };
-}
-
 /** Best-effort output of a job that could not be parsed (for the log only). */
 function outputOf(args: string[]): string | undefined {
   const i = args.indexOf('-o');
@@ -66,7 +58,8 @@ function outputOf(args: string[]): string | undefined {
 
 /**
  * What the daemon remembers about jobs, for `explain` and traces: the manifest of every key,
- * the last two jobs per output path, and a time-ordered log. Writes are batched. Bounded: the log
+ * the last job per output and per input path (its record names the key of the job before), and
+ * a time-ordered log. Writes are batched. Bounded: the log
  * keeps its newest `maxLog` records, and output and input histories older than its oldest record
  * go with the manifests no kept record names (pruneIfDue).
  */
@@ -74,9 +67,8 @@ export class JobLog {
   private pending: { sublevel: string; key: string; json: string }[] = [];
   private timer: NodeJS.Timeout | null = null;
   private seq = 0;
-  /** The last record per output and per input path, with its JSON (written again as the next one's `previous`). */
-  private readonly lastByOutput = new Map<string, Latest>();
-  private readonly lastByInput = new Map<string, Latest>();
+  private readonly lastByOutput = new Map<string, JobRecord>();
+  private readonly lastByInput = new Map<string, JobRecord>();
   private readonly manifestsWritten = new Set<string>();
   private written = 0;
   /** Due at start (a daemon's life may be shorter than PRUNE_EVERY records), then every PRUNE_EVERY. */
@@ -106,8 +98,8 @@ export class JobLog {
     const inputPath = r.manifest?.input.path ?? r.input;
     const input = inputPath ? resolve(r.req.cwd, inputPath) : undefined;
     let previous = this.lastByOutput.get(output);
-    if (!previous) previous = latest((await this.getJson('outputs', output, OutputHistory))?.last);
-    if (!previous && input) previous = this.lastByInput.get(input) ?? latest((await this.getJson('inputs', input, OutputHistory))?.last);
+    if (!previous) previous = (await this.getJson('outputs', output, OutputHistory))?.last;
+    if (!previous && input) previous = this.lastByInput.get(input) ?? (await this.getJson('inputs', input, OutputHistory))?.last;
     const rec: JobRecord = {
       output,
       cwd: r.req.cwd,
@@ -118,19 +110,20 @@ export class JobLog {
       endedAt: r.endedAt,
       savedMs: r.savedMs,
       bytes: r.bytes,
-      prevKey: previous?.rec.key,
+      prevKey: previous?.key,
     };
     // One serialisation per record: the histories embed it (a hit drained from a notice costs
     // little else).
     const json = JSON.stringify(rec);
-    const now: Latest = { rec, json };
-    this.lastByOutput.set(output, now);
+    // The job before is named by its key (`prevKey`), not stored again: a third of a hit's bytes.
+    const history = `{"last":${json}}`;
+    this.lastByOutput.set(output, rec);
     if (this.lastByOutput.size > 100_000) this.lastByOutput.clear();
-    this.pending.push({ sublevel: 'outputs', key: output, json: previous ? `{"last":${json},"previous":${previous.json}}` : `{"last":${json}}` });
+    this.pending.push({ sublevel: 'outputs', key: output, json: history });
     if (input) {
-      this.lastByInput.set(input, now);
+      this.lastByInput.set(input, rec);
       if (this.lastByInput.size > 100_000) this.lastByInput.clear();
-      this.pending.push({ sublevel: 'inputs', key: input, json: `{"last":${json}}` });
+      this.pending.push({ sublevel: 'inputs', key: input, json: history });
     }
     this.pending.push({ sublevel: 'log', key: `${String(r.startedAt).padStart(15, '0')}-${String(this.seq++).padStart(9, '0')}`, json });
     // Best effort: a failed write (a full disk) loses these records, never the daemon (an
