@@ -125,7 +125,7 @@ export class Daemon {
       ...(this.writesMemos
         ? {
             memo: {
-              write: (lookup, memo, unlessNewerThanMs) => memos.write(lookup, memo, unlessNewerThanMs),
+              write: (lookup, memo, unlessNewerThanMs, batch) => memos.write(lookup, memo, unlessNewerThanMs, batch),
               removeKey: (key) => memos.removeKey(key),
               remove: (lookup) => memos.remove(lookup),
               writePack: (pieces, keys) => memos.writePack(pieces, keys),

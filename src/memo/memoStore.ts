@@ -123,12 +123,13 @@ export class MemoStore {
    * client would only fall back), the same memo is already in place, or (given
    * `unlessNewerThanMs`) the memo file in place was written after that time.
    */
-  async write(lookup: Digest, memo: Memo, unlessNewerThanMs?: number): Promise<'written' | 'unchanged' | 'no-blob' | 'newer'> {
+  /** `batch`: one of many memos sharing check objects (a team pack's), see encodeMemo. */
+  async write(lookup: Digest, memo: Memo, unlessNewerThanMs?: number, batch = false): Promise<'written' | 'unchanged' | 'no-blob' | 'newer'> {
     if (unlessNewerThanMs !== undefined) {
       const st = lstatSync(memoPath(this.cacheDir, lookup), { throwIfNoEntry: false });
       if (st?.isFile() && st.mtimeMs > unlessNewerThanMs) return 'newer';
     }
-    return this.writeBytes(lookup, memo.outputs, () => encodeMemo(memo), [memo.key]);
+    return this.writeBytes(lookup, memo.outputs, () => encodeMemo(memo, batch), [memo.key]);
   }
 
   /** Writes a distribution memo (docs/dtlto.md); removed with any of its jobs' keys. */

@@ -118,8 +118,9 @@ export interface MemoSink {
   /**
    * `unchanged`: this exact memo is already in place; `no-blob`: not written, a blob is not stored
    * yet; `newer`: not written, the memo file in place was written after `unlessNewerThanMs`.
+   * `batch`: one of many memos sharing check objects (a team pack's).
    */
-  write(lookup: string, memo: Memo, unlessNewerThanMs?: number): Promise<'written' | 'unchanged' | 'no-blob' | 'newer'>;
+  write(lookup: string, memo: Memo, unlessNewerThanMs?: number, batch?: boolean): Promise<'written' | 'unchanged' | 'no-blob' | 'newer'>;
   removeKey(key: string): Promise<void>;
   /** Removes the memo named `lookup`. */
   remove(lookup: string): Promise<void>;
@@ -222,7 +223,7 @@ export class JobPipeline {
                   if (o.deny.has(m.key)) return;
                   await cache.writeBack!(m.key, entry);
                   // A memo file written since the pack (the job compiled anew) knows better.
-                  if ((await memo.write(lookup, m, packedAtMs)) === 'written') o.counters.add(Counter.memos_written);
+                  if ((await memo.write(lookup, m, packedAtMs, true)) === 'written') o.counters.add(Counter.memos_written);
                 },
               },
             }
