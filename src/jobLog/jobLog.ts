@@ -59,9 +59,9 @@ function outputOf(args: string[]): string | undefined {
 /**
  * What the daemon remembers about jobs, for `explain` and traces: the manifest of every key,
  * the last job per output and per input path (its record names the key of the job before), and
- * a time-ordered log. Writes are batched. Bounded: the log
- * keeps its newest `maxLog` records, and output and input histories older than its oldest record
- * go with the manifests no kept record names (pruneIfDue).
+ * a time-ordered log. Writes are batched. Bounded: the log keeps its newest `maxLog` records, and
+ * output and input histories older than its oldest record go with the manifests no kept record
+ * names (pruneIfDue).
  */
 export class JobLog {
   private pending: { sublevel: string; key: string; json: string }[] = [];

@@ -121,9 +121,9 @@ export class MemoStore {
   /**
    * Writes the memo for a command unless one of its blobs is not in the local store yet (the
    * client would only fall back), the same memo is already in place, or (given
-   * `unlessNewerThanMs`) the memo file in place was written after that time.
+   * `unlessNewerThanMs`) the memo file in place was written after that time. `batch`: one of many
+   * memos sharing check objects (a team pack's), see encodeMemo.
    */
-  /** `batch`: one of many memos sharing check objects (a team pack's), see encodeMemo. */
   async write(lookup: Digest, memo: Memo, unlessNewerThanMs?: number, batch = false): Promise<'written' | 'unchanged' | 'no-blob' | 'newer'> {
     if (unlessNewerThanMs !== undefined) {
       const st = lstatSync(memoPath(this.cacheDir, lookup), { throwIfNoEntry: false });
