@@ -21,8 +21,8 @@ export const JobRecord = z.object({
 });
 export type JobRecord = z.infer<typeof JobRecord>;
 
-/** `previous`: the job before `last`, as earlier versions also stored it (its key is `last.prevKey`). */
-const OutputHistory = z.object({ last: JobRecord, previous: JobRecord.optional() });
+/** An output's or input's history. Earlier versions also stored the job before `last` as `previous`: its key is `last.prevKey`, and the field is dropped when read. */
+const OutputHistory = z.object({ last: JobRecord });
 
 /** Default idle time that separates two builds (config `build_gap_ms`). */
 export const BUILD_GAP_MS = 10_000;
@@ -179,7 +179,7 @@ export class JobLog {
       for await (const [k, v] of sub.iterator()) {
         const h = OutputHistory.safeParse(parseOrNull(v));
         if (!h.success || h.data.last.startedAt < oldest) old.push(String(k));
-        else for (const key of [h.data.last.key, h.data.last.prevKey, h.data.previous?.key]) if (key) keep.add(key);
+        else for (const key of [h.data.last.key, h.data.last.prevKey]) if (key) keep.add(key);
       }
       await deleteKeys(sub, old);
     }

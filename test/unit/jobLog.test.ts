@@ -65,7 +65,9 @@ test('job log records are read back whether stored as JSON text or, as earlier v
   const t0 = Date.parse('2026-01-01T00:00:00Z');
   const old = { output: '/tree/a.native.o', cwd: '/tree', key: hashBytes('old'), result: 'miss', startedAt: t0, endedAt: t0 + 5 };
   // The earlier encoding: the record's JSON text, JSON-encoded once more by the sublevel.
-  await store.sublevel<string>('outputs').put('/tree/a.native.o', JSON.stringify({ last: old }));
+  // As earlier versions wrote it: the job before `last` stored whole as `previous`.
+  const older = { ...old, key: hashBytes('older'), startedAt: t0 - 5000, endedAt: t0 - 4995 };
+  await store.sublevel<string>('outputs').put('/tree/a.native.o', JSON.stringify({ last: { ...old, prevKey: older.key }, previous: older }));
   await store.sublevel<string>('log').put(`${String(t0).padStart(15, '0')}-000000000`, JSON.stringify(old));
   /** A hit of a.o's job at `at`, as a drained notice records it. */
   const hit = (log: JobLog, at: number, key: string, savedMs?: number) =>
