@@ -192,6 +192,8 @@ export class JobPipeline {
   private readonly random: () => number;
   private readonly background = new Set<Promise<void>>();
   private readonly prefetch: TeamPrefetch | null = null;
+  /** Starts identifying a job's toolchain, for the default keyer (a no-op for another). */
+  private readonly warmToolchain: (req: JobRequest) => void = () => {};
 
   constructor(private readonly o: PipelineOptions) {
     this.slotStuckMs = o.slotStuckMs ?? SLOT_STUCK_MS;
@@ -234,6 +236,8 @@ export class JobPipeline {
     else {
       const toolchains = new ToolchainIdentifier(files);
       const configs = new ConfigFiles();
+      // A failure here is the job's keyer's to report when it identifies the toolchain itself.
+      this.warmToolchain = (req) => void toolchains.identify(req.compiler, req.env).catch(() => {});
       this.keyer = async (job, req) => {
         if (!o.memo) return buildManifest({ files, toolchains, configs }, job, req.compiler, req.cwd, req.env);
         const observe = new ObservingFiles(files);
@@ -382,7 +386,9 @@ export class JobPipeline {
    * environment, or no tier has the entry: the job then goes the usual way.
    */
   private async fromTeamMemo(job: Job, req: JobRequest, ctx: JobContext): Promise<JobOutcome | null> {
-    const t = await this.prefetch!.claim(req);
+    // While the scope's memos are fetched, the toolchain is hashed: the claim's checks need its
+    // libraries' digests (hundreds of MB), and so does the job's own key if the claim fails.
+    const t = await this.prefetch!.claim(req, () => this.warmToolchain(req));
     if (!t) return null;
     const { memo } = t;
     const same = job.outputs.length === t.roles.length && job.outputs.every((o, i) => o.role === t.roles[i] && resolve(req.cwd, o.path) === memo.outputs[i]!.path);

@@ -137,8 +137,12 @@ export class TeamPrefetch {
 
   constructor(private readonly d: PrefetchDeps) {}
 
-  /** This command's team memo, localised, or null (none shared, or it does not hold here). */
-  async claim(req: { compiler: string; cwd: string; args: readonly string[] }): Promise<Localised | null> {
+  /**
+   * This command's team memo, localised, or null (none shared, or it does not hold here).
+   * `fetching` is called when this claim asks the team cache for the scope's memos: the wait for
+   * them is the moment to start work every memo's checks will need (the toolchain's identity).
+   */
+  async claim(req: { compiler: string; cwd: string; args: readonly string[] }, fetching?: () => void): Promise<Localised | null> {
     this.touch();
     const scope = scopeOf(req);
     if (!scope) return null;
@@ -146,6 +150,7 @@ export class TeamPrefetch {
     if (!s || Date.now() - s.at > PREFETCH_REFRESH_MS) {
       s = { at: Date.now(), items: this.fetch(scope) };
       this.scopes.set(scope, s);
+      fetching?.();
     }
     const items = await settledWithin(s.items, LIST_WAIT_MS);
     if (!items?.size) return null;

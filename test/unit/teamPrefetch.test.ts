@@ -125,19 +125,23 @@ test('one scope request per scope; each memo claimed once; unusable and invalid 
   const stale = t.memo('b', 'an older b');
   const invalid = Buffer.concat([t.memo('c').subarray(0, 60), Buffer.from('junk')]);
   t.setList([t.memo('a'), stale, invalid, Buffer.from('short')]);
-  const a = await t.p.claim(t.req('a'));
+  let fetching = 0;
+  const onFetch = () => void fetching++;
+  const a = await t.p.claim(t.req('a'), onFetch);
   assert.equal(a?.memo.key, t.key('a'));
   assert.equal(a?.roles[0], 'obj');
-  assert.equal(await t.p.claim(t.req('a')), null, 'a memo is claimed once');
-  assert.equal(await t.p.claim(t.req('b')), null, 'a memo whose input differs here');
-  assert.equal(await t.p.claim(t.req('c')), null, 'an invalid memo');
+  assert.equal(await t.p.claim(t.req('a'), onFetch), null, 'a memo is claimed once');
+  assert.equal(await t.p.claim(t.req('b'), onFetch), null, 'a memo whose input differs here');
+  assert.equal(await t.p.claim(t.req('c'), onFetch), null, 'an invalid memo');
   assert.deepEqual(t.scopes, [scopeDigest(COMPILER, fs.realpathSync(COMPILER), t.cwd)], 'the scope was asked for once');
+  assert.equal(fetching, 1, 'told once, by the claim that asked for the scope');
   assert.equal(t.counters.get('team_memos_unusable'), 1);
   assert.equal(t.counters.get('team_memos_rejected'), 2, 'the invalid memo, and the one too short to name a lookup');
   t.p.forget();
   t.setList([]);
-  assert.equal(await t.p.claim(t.req('a')), null);
+  assert.equal(await t.p.claim(t.req('a'), onFetch), null);
   assert.equal(t.scopes.length, 2, 'forgotten: asked for again');
+  assert.equal(fetching, 2);
 });
 
 test('entries are fetched ahead only after a team-cache hit, while their memos are checked', async () => {
