@@ -624,6 +624,8 @@ interface Sample {
   stderrMatches?: boolean;
   /** Team rows: the team pack's adoption once the build was quiet (not in daemonCpuMs). */
   adoption?: { entries: number; daemonCpuMs: number };
+  /** Wall of the direct clang build run just before this one, on the same inputs (cold rows). */
+  pairedNoCacheMs?: number;
 }
 
 interface Row {
@@ -645,6 +647,8 @@ export interface Report {
     wallMinMs: number;
     wallMedianMs: number;
     ratio: number | null;
+    /** Median over runs of wall / the wall of the direct build run just before it; null unpaired. */
+    pairedRatio: number | null;
     hits: string;
     cpuMedianMs: number;
     daemonCpuMedianMs: number | null;
@@ -788,6 +792,13 @@ export async function runBench(o: Options): Promise<Report | null> {
       let ref: Map<string, string | null> | null = null;
       let refStderr = '';
       let noCacheDeterministic = true;
+      /** Wall of the last direct clang build, which a cold row run right after it is paired with. */
+      let noCacheJustBefore: number | undefined;
+      const pairLast = (name: string): void => {
+        const last = row(name).samples.at(-1);
+        if (last && noCacheJustBefore !== undefined) last.pairedNoCacheMs = noCacheJustBefore;
+        noCacheJustBefore = undefined;
+      };
       const verifyTotals = { hits: 0, runs: 0, mismatches: 0 };
       let stderrAllMatch = true;
       const ccacheOk = o.ccache && spawnSync(o.ccachePath, ['--version'], { stdio: 'ignore' }).status === 0;
@@ -881,6 +892,7 @@ export async function runBench(o: Options): Promise<Report | null> {
           } else if (mismatches(got, ref) !== 0) noCacheDeterministic = false;
           row(`no cache (${o.clang} direct)`).samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs });
           log(`no cache: ${(t.wallMs / 1000).toFixed(3)} s`);
+          noCacheJustBefore = t.wallMs;
         }
         const wantRef = () => ref!;
         const wantRefStderr = () => refStderr;
@@ -889,6 +901,7 @@ export async function runBench(o: Options): Promise<Report | null> {
         caches.push(cache);
         cache.start();
         ltoRun('ltocache cold', cache, wantRef, wantRefStderr);
+        pairLast('ltocache cold');
         relink();
         ltoRun('ltocache warm', cache, wantRef, wantRefStderr);
         relink();
@@ -983,7 +996,16 @@ export async function runBench(o: Options): Promise<Report | null> {
         const now = new Date();
         for (const j of jobs) utimesSync(join(o.tree, j.input), now, now);
         relink();
+        // Rows minutes apart drift on a shared machine: a direct build on the same touched inputs
+        // right before gives this row a ratio of its own.
+        {
+          const t = make(o.clang, base);
+          row(`no cache, just before the next row`).samples.push({ wallMs: t.wallMs, cpuMs: t.cpuMs });
+          noCacheJustBefore = t.wallMs;
+          relink();
+        }
         ltoRun('ltocache cold, daemon already warm (store cleared, inputs touched)', cache, wantAfter, wantAfterStderr);
+        pairLast('ltocache cold, daemon already warm (store cleared, inputs touched)');
         // In seconds as numbers: a Date would round them to milliseconds.
         for (const [i, j] of jobs.entries()) utimesSync(join(o.tree, j.input), times[i]!.atimeMs / 1000, times[i]!.mtimeMs / 1000);
         cache.destroy();
@@ -1032,12 +1054,14 @@ export async function runBench(o: Options): Promise<Report | null> {
         const dcpu = r.samples.map((s) => s.daemonCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
         const vcpu = r.samples.map((s) => s.serverCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
         const mcpu = r.samples.map((s) => s.daemonMainCpuMs).filter((x): x is number => x !== undefined && !Number.isNaN(x));
+        const paired = r.samples.flatMap((s) => (s.pairedNoCacheMs ? [s.wallMs / s.pairedNoCacheMs] : []));
         return {
           name: r.name,
           jobs: r.jobs,
           wallMinMs: Math.min(...walls),
           wallMedianMs: median(walls),
           ratio: r === noCache ? 1 : median(walls) / noCacheMedian,
+          pairedRatio: paired.length ? median(paired) : null,
           hits: hitsStr,
           cpuMedianMs: median(r.samples.map((s) => s.cpuMs)),
           daemonCpuMedianMs: dcpu.length ? median(dcpu) : null,
@@ -1081,13 +1105,15 @@ export async function runBench(o: Options): Promise<Report | null> {
 export function formatReport(r: Report): string {
   const s = (ms: number) => (ms / 1000).toFixed(3);
   const lines: string[] = [];
-  lines.push(`${r.jobs} backend jobs, make -j${r.makeJobs}; ${r.rows[0]?.samples.length ?? 0} runs per row; wall in seconds (min / median); ratio = median / median of no cache`);
+  lines.push(
+    `${r.jobs} backend jobs, make -j${r.makeJobs}; ${r.rows[0]?.samples.length ?? 0} runs per row; wall in seconds (min / median); ratio = median / median of no cache; paired = median over runs of the row's wall / the wall of the direct build run just before it`,
+  );
   lines.push('');
-  lines.push('| scenario | wall min | wall median | jobs | hits | vs no cache | CPU make tree (median) | daemon CPU (median) | byte mismatches |');
-  lines.push('|---|---:|---:|---:|---|---:|---:|---:|---:|');
+  lines.push('| scenario | wall min | wall median | jobs | hits | vs no cache | paired | CPU make tree (median) | daemon CPU (median) | byte mismatches |');
+  lines.push('|---|---:|---:|---:|---|---:|---:|---:|---:|---:|');
   for (const row of r.rows) {
     lines.push(
-      `| ${row.name} | ${s(row.wallMinMs)} | ${s(row.wallMedianMs)} | ${row.jobs} | ${row.hits} | ${row.ratio === null ? '—' : row.ratio.toFixed(3)} | ${s(row.cpuMedianMs)} | ${row.daemonCpuMedianMs === null ? '—' : s(row.daemonCpuMedianMs) + (row.serverCpuMedianMs === null ? '' : ` (+ server ${s(row.serverCpuMedianMs)})`)} | ${row.mismatches === null ? '—' : row.mismatches} |`,
+      `| ${row.name} | ${s(row.wallMinMs)} | ${s(row.wallMedianMs)} | ${row.jobs} | ${row.hits} | ${row.ratio === null ? '—' : row.ratio.toFixed(3)} | ${row.pairedRatio === null ? '—' : row.pairedRatio.toFixed(3)} | ${s(row.cpuMedianMs)} | ${row.daemonCpuMedianMs === null ? '—' : s(row.daemonCpuMedianMs) + (row.serverCpuMedianMs === null ? '' : ` (+ server ${s(row.serverCpuMedianMs)})`)} | ${row.mismatches === null ? '—' : row.mismatches} |`,
     );
   }
   lines.push('');

@@ -136,6 +136,13 @@ describe('bench/kernel on a kernel-shaped fixture tree', () => {
         `row ${want} not printed`,
       );
     }
+    // Each cold row is paired with the direct build run just before it, and only those are.
+    const paired = report.rows.filter((r) => r.pairedRatio !== null).map((r) => r.name);
+    assert.deepEqual(paired, ['ltocache cold', 'ltocache cold, daemon already warm (store cleared, inputs touched)']);
+    const before = report.rows.find((r) => r.name === 'no cache, just before the next row')!.samples[0]!;
+    const again = report.rows.find((r) => r.name.startsWith('ltocache cold, daemon already warm'))!;
+    assert.equal(again.samples[0]!.pairedNoCacheMs, before.wallMs);
+    assert.equal(again.pairedRatio, again.samples[0]!.wallMs / before.wallMs);
   });
 
   test('ltocache objects are byte-identical to direct clang and warm hits every job', () => {
