@@ -35,7 +35,9 @@ const intField = (min: number) => z.coerce.number().int().min(min);
 export const ConfigShape = {
   max_size: sizeField.default(10 * 2 ** 30),
   jobs: intField(1).default(Math.max(1, cpus().length)),
-  idle_timeout: intField(0).default(900),
+  /** Three hours, as Bazel's and Gradle's build daemons: a daemon that exits between an edit and the
+   * next build makes that build's first daemon job wait for its start (≈ 0.2 s, docs/benchmarks.md). */
+  idle_timeout: intField(0).default(10_800),
   log_level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
   /** One team server URL, or several serving the same cache, comma- or space-separated. */
   remote: z

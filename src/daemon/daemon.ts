@@ -17,7 +17,7 @@ import { type JobOutcome, JobPipeline } from '../pipeline/jobPipeline.js';
 import { runCompiler } from '../pipeline/runCompiler.js';
 import { type DistributeRequest, socketPathFor } from '../protocol/clientFrames.js';
 import type { ControlRequest } from '../protocol/control.js';
-import { RemoteBackend } from '../remote/remoteBackend.js';
+import type { RemoteBackend } from '../remote/remoteBackend.js';
 import { UploadQueue } from '../remote/uploadQueue.js';
 import { Counter, Counters, ErrorKind, STATS_KEY, STATS_SUBLEVEL, StatsRecord, type StatsView } from '../stats/counters.js';
 import type { CacheBackend } from '../store/backend.js';
@@ -80,17 +80,19 @@ export class Daemon {
   private lastDigestSave = 0;
   private stopping: Promise<void> | null = null;
 
+  /** `Remote`: the team tier's client class, given when `config.remote` names a team cache. */
   private constructor(
     readonly config: Config,
     readonly store: LocalStore,
     readonly log: Logger,
     deny: DenyList,
+    Remote: typeof RemoteBackend | null,
   ) {
     this.socketPath = socketPathFor(config.dir, process.getuid!());
     this.jobLog = new JobLog(store, config.build_gap_ms);
     this.stopped = new Promise((r) => (this.markStopped = r));
-    if (config.remote) {
-      this.remote = new RemoteBackend({
+    if (config.remote && Remote) {
+      this.remote = new Remote({
         url: config.remote,
         token: config.remote_token || 'none',
         timeoutMs: config.remote_timeout_ms,
@@ -202,6 +204,9 @@ export class Daemon {
     mkdirSync(config.dir, { recursive: true, mode: 0o700 });
     const log = new Logger(join(config.dir, 'daemon.log'), config.log_level);
     await initHash();
+    // Loaded only for a team cache: its WebSocket and tar modules are a tenth of a daemon's start-up,
+    // which the first job of a build waits for when the daemon had exited (idle_timeout).
+    const Remote = config.remote ? (await import('../remote/remoteBackend.js')).RemoteBackend : null;
     let store: LocalStore;
     try {
       store = await openStoreWithRecovery({ dir: join(config.dir, 'store'), maxBytes: config.max_size, durable: false }, log);
@@ -212,7 +217,7 @@ export class Daemon {
     let d: Daemon;
     try {
       const deny = await DenyList.load(store.sublevel<DenyRecord>(DENY_SUBLEVEL), (e) => log.warn('cannot read the deny list; starting empty', { error: String(e) }));
-      d = new Daemon(config, store, log, deny);
+      d = new Daemon(config, store, log, deny, Remote);
       await d.restoreCounters();
       if (!d.writesMemos) await d.removeMemos();
       await d.lifecycle.start();

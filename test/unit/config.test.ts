@@ -70,7 +70,7 @@ describe('loadConfig', () => {
     const expected: Record<string, unknown> = {
       max_size: 10 * GiB,
       jobs: Math.max(1, cpus().length),
-      idle_timeout: 900,
+      idle_timeout: 10_800,
       log_level: 'info',
       remote: '',
       remote_token: '',
@@ -118,7 +118,7 @@ describe('loadConfig', () => {
     assert.equal(config.remote_token, 'abc#def');
     assert.equal(config.verify, 'sample:0.25');
     assert.equal(config.remote_mode, 'read-only');
-    assert.equal(config.idle_timeout, 900);
+    assert.equal(config.idle_timeout, 10_800);
     assert.equal(origins.max_size, 'file');
     assert.equal(origins.jobs, 'file');
     assert.equal(origins.remote_mode, 'file');
