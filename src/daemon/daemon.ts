@@ -158,6 +158,7 @@ export class Daemon {
           distribute: (req, signal) => this.distribute(req, signal),
         }),
       onIdle: () => void this.stop(),
+      onDirGone: () => void this.stop(),
       flush: async () => {
         await this.flushCounters();
         // Bounded history, pruned once the build is quiet.

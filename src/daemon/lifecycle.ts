@@ -1,4 +1,4 @@
-import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -14,22 +14,28 @@ export interface LifecycleOptions {
   log: Logger;
   onConnection(sock: Socket): void;
   onIdle(): void;
+  /** The cache directory was removed, renamed or replaced: nothing the daemon stores would be found. */
+  onDirGone(): void;
   /** Called every 500 ms; must not throw. */
   flush(): Promise<void>;
 }
 
 /**
  * The daemon's process-level duties: the listening socket (and putting it back when its file is
- * removed), the pid file, the idle timer, the periodic counter flush, and the order of a
- * shutdown's first steps (stop accepting, drain jobs, drop connections).
+ * removed), the pid file, the idle timer, the periodic counter flush, watching that the cache
+ * directory is still the one it opened, and the order of a shutdown's first steps (stop
+ * accepting, drain jobs, drop connections).
  */
 export class Lifecycle {
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
   private idleTimer: NodeJS.Timeout | null = null;
   private flushTimer: NodeJS.Timeout | null = null;
-  private socketWatch: NodeJS.Timeout | null = null;
+  private watch: NodeJS.Timeout | null = null;
   private socketIno = -1;
+  /** The cache directory's identity when the daemon started (dirIdentity). */
+  private dirId = '';
+  private dirGone = false;
   private rebinding = false;
   private closing = false;
   private active = 0;
@@ -44,10 +50,14 @@ export class Lifecycle {
     await ensurePrivateDir(socketDirFor(process.getuid!()), process.getuid!());
     await this.bindSocket();
     writeFileSync(this.pidFile, `${process.pid}\n`);
+    this.dirId = dirIdentity(this.o.dir) ?? '';
     this.flushTimer = setInterval(() => void this.o.flush(), 500);
     this.flushTimer.unref();
-    this.socketWatch = setInterval(() => void this.checkSocket(), 1000);
-    this.socketWatch.unref();
+    this.watch = setInterval(() => {
+      this.checkDir();
+      void this.checkSocket();
+    }, 1000);
+    this.watch.unref();
     this.armIdle();
   }
 
@@ -110,6 +120,27 @@ export class Lifecycle {
     }
   }
 
+  /**
+   * A cache directory removed (`rm -rf`), renamed or replaced (a CI job restoring a saved copy)
+   * leaves this daemon with a store no path reaches: every job would miss and store nothing, for
+   * as long as builds keep it from going idle. It stops instead; the next client starts a daemon
+   * on the directory the path now names. A stat that fails otherwise (EACCES, EIO) is not taken
+   * for a removal.
+   */
+  private checkDir(): void {
+    if (this.closing || this.dirGone || !this.dirId) return;
+    let id: string | null;
+    try {
+      id = dirIdentity(this.o.dir);
+    } catch {
+      return;
+    }
+    if (id === this.dirId) return;
+    this.dirGone = true;
+    this.o.log.warn('cache directory removed or replaced; stopping', { dir: this.o.dir });
+    this.o.onDirGone();
+  }
+
   private armIdle(): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = null;
@@ -125,7 +156,7 @@ export class Lifecycle {
     this.closing = true;
     if (this.idleTimer) clearTimeout(this.idleTimer);
     if (this.flushTimer) clearInterval(this.flushTimer);
-    if (this.socketWatch) clearInterval(this.socketWatch);
+    if (this.watch) clearInterval(this.watch);
     // Stops accepting at once; the callback comes only once every connection has ended, so the
     // drain below must not wait for it (a client still compiling would hold the stop unbounded).
     const closed = new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
@@ -142,5 +173,21 @@ export class Lifecycle {
     } catch {
       // no pid file
     }
+  }
+}
+
+/**
+ * Device, inode and birth time of the directory `path` names (following a symbolic link), null if
+ * nothing is there; throws for other errors. The birth time tells a directory made anew from one
+ * whose freed inode number it got.
+ */
+function dirIdentity(path: string): string | null {
+  try {
+    const st = statSync(path, { bigint: true });
+    return st.isDirectory() ? `${st.dev}:${st.ino}:${st.birthtimeNs}` : null;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw e;
   }
 }

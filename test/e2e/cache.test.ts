@@ -4,6 +4,7 @@ import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync,
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
+import { processAlive } from '../../src/util/processAlive.js';
 import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 
 /**
@@ -444,6 +445,37 @@ test('a client with no daemon running starts one through the start handshake and
     assert.ok(s.daemon_running);
     assert.equal(s.misses, 1, 'the first job went through the daemon it started');
     assert.equal(existsSync(join('/tmp', `ltocache-${process.getuid!()}`)), true);
+  } finally {
+    cache.destroy();
+  }
+});
+
+test("a daemon whose cache directory is removed stops; the next job's daemon makes the directory again and stores", async () => {
+  const cache = new CacheEnv('dir-removed');
+  try {
+    const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('dir-removed-tree'), 'src'));
+    b.frontEnd();
+    b.thinLink();
+    const m = b.modules[0]!;
+    const job = () => {
+      const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
+      assert.equal(r.status, 0, r.stderr);
+    };
+    job();
+    const pid = cache.daemonPid();
+    assert.ok(pid);
+    rmSync(cache.dir, { recursive: true, force: true });
+    // Without this, every later job would miss into a store no path reaches, for as long as
+    // builds kept the daemon busy.
+    for (let i = 0; i < 100 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(processAlive(pid), false, 'the daemon stopped');
+    job();
+    assert.ok(existsSync(join(cache.dir, 'store')), 'the new daemon made the directory again');
+    assert.notEqual(cache.daemonPid(), pid);
+    job();
+    const s = cache.stats();
+    assert.equal(s.misses, 1, 'the job after the removal stored its result');
+    assert.equal(s.hits, 1);
   } finally {
     cache.destroy();
   }
