@@ -74,8 +74,7 @@ async function daemonRun(config: Config, background: boolean): Promise<void> {
   process.on('SIGINT', stop);
   process.on('SIGHUP', stop);
   if (!background) process.stderr.write(`ltocache daemon running (pid ${process.pid}), socket ${d.socketPath}\n`);
-  await d.stopped;
-  process.exit(0);
+  process.exit(await d.stopped);
 }
 
 /** Starts a detached daemon and waits until it answers. */

@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.js';
 import { assembleDistMemo, DistMemoCollector } from '../dtlto/assembleDistMemo.js';
 import { DISTRIBUTE_USAGE, DistributeError, type JobRun, type PlannedDistribution, type PlannedJob, planDistribution, runDistribution, signalName } from '../dtlto/distribution.js';
@@ -51,9 +52,9 @@ const PACK_ADOPT_AT_STOP_MS = 15_000;
 export class Daemon {
   readonly counters = new Counters();
   readonly socketPath: string;
-  /** Resolves once the daemon has fully stopped. */
-  readonly stopped: Promise<void>;
-  private markStopped!: () => void;
+  /** Resolves once the daemon has fully stopped, with the exit status its process ends with. */
+  readonly stopped: Promise<number>;
+  private markStopped!: (status: number) => void;
   private readonly startedAt = Date.now();
   private readonly jobLog: JobLog;
   private readonly lifecycle: Lifecycle;
@@ -158,7 +159,8 @@ export class Daemon {
           distribute: (req, signal) => this.distribute(req, signal),
         }),
       onIdle: () => void this.stop(),
-      onDirGone: () => void this.stop(),
+      onStale: () => void this.stop(EXIT_STALE),
+      codeFile: fileURLToPath(import.meta.url),
       flush: async () => {
         await this.flushCounters();
         // Bounded history, pruned once the build is quiet.
@@ -493,7 +495,8 @@ export class Daemon {
   }
 
   /** Stops accepting work, lets running jobs finish (bounded), flushes counters, closes the store. */
-  stop(): Promise<void> {
+  /** `status`: the exit status `stopped` resolves with (EXIT_STALE when stopping for that). */
+  stop(status = 0): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('daemon stopping');
       await this.lifecycle.close();
@@ -509,11 +512,18 @@ export class Daemon {
       await this.store.close().catch(() => {});
       this.lifecycle.removePidFile();
       this.log.info('daemon stopped');
-      this.markStopped();
+      this.markStopped(status);
     })();
     return this.stopping;
   }
 }
+
+/**
+ * The exit status of a daemon that stopped because its cache directory or its own files were
+ * removed or replaced (EX_TEMPFAIL): a service manager restarts it (`Restart=on-failure` in
+ * docs/systemd/ltocache.service), where an idle or requested stop (0) stays stopped.
+ */
+export const EXIT_STALE = 75;
 
 /** Waits for `p`, or `ms` at most. */
 async function within(p: Promise<unknown>, ms: number): Promise<void> {

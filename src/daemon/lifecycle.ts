@@ -14,8 +14,13 @@ export interface LifecycleOptions {
   log: Logger;
   onConnection(sock: Socket): void;
   onIdle(): void;
-  /** The cache directory was removed, renamed or replaced: nothing the daemon stores would be found. */
-  onDirGone(): void;
+  /**
+   * What the daemon stands for is no longer at its paths: the cache directory was removed, renamed
+   * or replaced (nothing it stores would be found), or its own code was (an upgrade, a rebuild).
+   */
+  onStale(what: 'cache directory' | 'code'): void;
+  /** A file of the daemon's own code, watched like the cache directory. */
+  codeFile?: string;
   /** Called every 500 ms; must not throw. */
   flush(): Promise<void>;
 }
@@ -33,9 +38,10 @@ export class Lifecycle {
   private flushTimer: NodeJS.Timeout | null = null;
   private watch: NodeJS.Timeout | null = null;
   private socketIno = -1;
-  /** The cache directory's identity when the daemon started (dirIdentity). */
-  private dirId = '';
-  private dirGone = false;
+  /** The identities (pathIdentity) of the cache directory and the code file when the daemon started. */
+  private dirId: string | null = null;
+  private codeId: string | null = null;
+  private stale = false;
   private rebinding = false;
   private closing = false;
   private active = 0;
@@ -50,11 +56,12 @@ export class Lifecycle {
     await ensurePrivateDir(socketDirFor(process.getuid!()), process.getuid!());
     await this.bindSocket();
     writeFileSync(this.pidFile, `${process.pid}\n`);
-    this.dirId = dirIdentity(this.o.dir) ?? '';
+    this.dirId = pathIdentity(this.o.dir, 'dir');
+    if (this.o.codeFile) this.codeId = pathIdentity(this.o.codeFile, 'file');
     this.flushTimer = setInterval(() => void this.o.flush(), 500);
     this.flushTimer.unref();
     this.watch = setInterval(() => {
-      this.checkDir();
+      this.checkStale();
       void this.checkSocket();
     }, 1000);
     this.watch.unref();
@@ -123,22 +130,26 @@ export class Lifecycle {
   /**
    * A cache directory removed (`rm -rf`), renamed or replaced (a CI job restoring a saved copy)
    * leaves this daemon with a store no path reaches: every job would miss and store nothing, for
-   * as long as builds keep it from going idle. It stops instead; the next client starts a daemon
-   * on the directory the path now names. A stat that fails otherwise (EACCES, EIO) is not taken
-   * for a removal.
+   * as long as builds keep it from going idle. Code replaced on disk (an upgrade) leaves an old
+   * daemon that a newer client may only be able to pass through. Either way it stops; the next
+   * client starts a daemon from what the paths now name. A stat that fails otherwise (EACCES,
+   * EIO) is not taken for a change.
    */
-  private checkDir(): void {
-    if (this.closing || this.dirGone || !this.dirId) return;
-    let id: string | null;
-    try {
-      id = dirIdentity(this.o.dir);
-    } catch {
-      return;
-    }
-    if (id === this.dirId) return;
-    this.dirGone = true;
-    this.o.log.warn('cache directory removed or replaced; stopping', { dir: this.o.dir });
-    this.o.onDirGone();
+  private checkStale(): void {
+    if (this.closing || this.stale) return;
+    const changed = (path: string | undefined, kind: 'dir' | 'file', was: string | null): boolean => {
+      if (path === undefined || was === null) return false;
+      try {
+        return pathIdentity(path, kind) !== was;
+      } catch {
+        return false;
+      }
+    };
+    const what = changed(this.o.dir, 'dir', this.dirId) ? 'cache directory' : changed(this.o.codeFile, 'file', this.codeId) ? 'code' : null;
+    if (!what) return;
+    this.stale = true;
+    this.o.log.warn(`${what} removed or replaced; stopping`, { path: what === 'code' ? this.o.codeFile : this.o.dir });
+    this.o.onStale(what);
   }
 
   private armIdle(): void {
@@ -177,14 +188,17 @@ export class Lifecycle {
 }
 
 /**
- * Device, inode and birth time of the directory `path` names (following a symbolic link), null if
- * nothing is there; throws for other errors. The birth time tells a directory made anew from one
- * whose freed inode number it got.
+ * What `path` names (following a symbolic link): device, inode and birth time (which tells one
+ * made anew from one whose freed inode number it got), for a file also size and modification time
+ * (a rebuild may write over it in place; a directory's change with every entry added). Null if no
+ * such thing is there; throws for other errors.
  */
-function dirIdentity(path: string): string | null {
+function pathIdentity(path: string, kind: 'dir' | 'file'): string | null {
   try {
     const st = statSync(path, { bigint: true });
-    return st.isDirectory() ? `${st.dev}:${st.ino}:${st.birthtimeNs}` : null;
+    const id = `${st.dev}:${st.ino}:${st.birthtimeNs}`;
+    if (kind === 'dir') return st.isDirectory() ? id : null;
+    return st.isFile() ? `${id}:${st.size}:${st.mtimeNs}` : null;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return null;

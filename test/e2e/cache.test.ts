@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { processAlive } from '../../src/util/processAlive.js';
-import { CacheEnv, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
+import { CacheEnv, CLI, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
 
 /**
  * End-to-end: the real native client, the real daemon, real clang 19 / lld 19, on the fixture
@@ -479,4 +479,24 @@ test("a daemon whose cache directory is removed stops; the next job's daemon mak
   } finally {
     cache.destroy();
   }
+});
+
+test('`daemon run` ends with status 75 when its cache directory is replaced (a service manager restarts it), 0 when told to stop', async () => {
+  const runUntilExit = async (act: (dir: string) => void): Promise<number | null> => {
+    const parent = tempDir('daemon-run-status');
+    const dir = join(parent, 'cache');
+    const env = { ...process.env, LTOCACHE_DIR: dir, LTOCACHE_IDLE_TIMEOUT: '0' };
+    const child = spawn(process.execPath, [CLI, 'daemon', 'run'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    // It says it is running on stderr once it listens.
+    await new Promise<void>((r) => child.stderr.on('data', (d: Buffer) => d.toString().includes('daemon running') && r()));
+    act(dir);
+    const late = new Promise<'late'>((r) => setTimeout(() => r('late'), 10_000).unref());
+    const code = await Promise.race([exited, late]);
+    if (code === 'late') child.kill('SIGKILL');
+    rmSync(parent, { recursive: true, force: true });
+    return code === 'late' ? -1 : code;
+  };
+  assert.equal(await runUntilExit((dir) => renameSync(dir, `${dir}.old`)), 75);
+  assert.equal(await runUntilExit((dir) => spawnSync(process.execPath, [CLI, 'daemon', 'stop'], { env: { ...process.env, LTOCACHE_DIR: dir } })), 0);
 });

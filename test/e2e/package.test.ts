@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { processAlive } from '../../src/util/processAlive.js';
 import { TOP, tempDir } from '../support/env.js';
 
 /**
@@ -43,6 +44,8 @@ describe('npm pack + npm install -g', () => {
   let pkgDir: string;
   let env: NodeJS.ProcessEnv;
   let work: string;
+  /** Installs the packed tarball into `prefix` (again: an upgrade in place). */
+  let install: () => void;
 
   before(() => {
     tmp = tempDir('pkg');
@@ -55,8 +58,11 @@ describe('npm pack + npm install -g', () => {
     const tgz = readdirSync(tmp).find((f) => /^ltocache-.*\.tgz$/.test(f));
     assert.ok(tgz, 'no tarball');
     const path = (process.env.PATH ?? '').split(':').filter((d) => d && !d.startsWith(join(TOP, 'bin')) && !d.startsWith(join(TOP, 'node_modules')));
-    const i = run('npm', ['install', '-g', '--no-audit', '--no-fund', '--prefix', prefix, join(tmp, tgz)], { env: cleanEnv({ PATH: path.join(':') }) });
-    assert.equal(i.status, 0, `npm install -g: ${i.stderr}`);
+    install = () => {
+      const i = run('npm', ['install', '-g', '--no-audit', '--no-fund', '--prefix', prefix, join(tmp, tgz)], { env: cleanEnv({ PATH: path.join(':') }) });
+      assert.equal(i.status, 0, `npm install -g: ${i.stderr}`);
+    };
+    install();
     pkgDir = join(prefix, 'lib', 'node_modules', 'ltocache');
     env = cleanEnv({
       PATH: [join(prefix, 'bin'), ...path].join(':'),
@@ -114,6 +120,25 @@ describe('npm pack + npm install -g', () => {
     const restart = run('ltocache', ['daemon', 'restart'], { env });
     assert.equal(restart.status, 0, restart.stderr);
     assert.match(restart.stdout, /daemon stopped\ndaemon started \(pid \d+\)/);
+  });
+
+  test('installing over the package stops its running daemon; the next job starts one from the new files', async () => {
+    const pidFile = join(tmp, 'cache', 'daemon.pid');
+    const old = Number(readFileSync(pidFile, 'utf8'));
+    assert.ok(processAlive(old));
+    install();
+    for (let i = 0; i < 100 && processAlive(old); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(processAlive(old), false, 'the daemon of the replaced files stopped');
+    // Through the daemon (no memo): the client starts the new one, which serves the stored entry.
+    rmSync(join(work, 'a.native.o'));
+    const job = ['-O2', '-x', 'ir', '-fno-lto', '-fthinlto-index=a.o.thinlto.bc', '-c', '-o', 'a.native.o', 'a.o'];
+    const r = run('ltocache', [CC, ...job], { cwd: work, env: { ...env, LTOCACHE_MEMO: '0' } });
+    assert.equal(r.status, 0, r.stderr);
+    const now = Number(readFileSync(pidFile, 'utf8'));
+    assert.notEqual(now, old);
+    assert.ok(processAlive(now));
+    const s = JSON.parse(run('ltocache', ['stats', '--json'], { env }).stdout) as { hits: number; misses: number };
+    assert.deepEqual([s.hits, s.misses], [2, 1], 'the store outlived the daemon: a hit');
   });
 
   test('the man page is installed and renders', (t) => {

@@ -19,7 +19,7 @@ test('close ends within its drain bound while a client stays connected with a jo
       log: new Logger(null),
       onConnection: () => lc.jobStarted(),
       onIdle: () => {},
-      onDirGone: () => {},
+      onStale: () => {},
       flush: async () => {},
     });
     await lc.start();
@@ -45,43 +45,56 @@ test('close ends within its drain bound while a client stays connected with a jo
   }
 });
 
-test('a cache directory removed, or replaced by another at its path, is reported once', async () => {
+test('a cache directory or code file removed, or replaced by another at its path, is reported once', async () => {
   const sockets = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-sock-'));
   const parent = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-dir-'));
   const running: Lifecycle[] = [];
   const until = async (done: () => boolean) => {
     for (let i = 0; i < 300 && !done(); i++) await new Promise((r) => setTimeout(r, 10));
   };
-  const watch = async (dir: string, name: string) => {
+  const watch = async (name: string) => {
+    const dir = join(parent, name);
     fs.mkdirSync(dir);
-    const gone = { n: 0 };
+    const codeFile = join(parent, `${name}.js`);
+    fs.writeFileSync(codeFile, 'export {};\n');
+    const seen: string[] = [];
     const lc = new Lifecycle({
       dir,
+      codeFile,
       socketPath: join(sockets, `${name}.sock`),
       idleTimeoutS: 0,
       log: new Logger(null),
       onConnection: () => {},
       onIdle: () => {},
-      onDirGone: () => void gone.n++,
+      onStale: (what) => void seen.push(what),
       flush: async () => {},
     });
     running.push(lc);
     await lc.start();
-    return gone;
+    return { dir, codeFile, seen };
   };
   try {
-    const kept = await watch(join(parent, 'kept'), 'kept');
-    const removed = await watch(join(parent, 'removed'), 'removed');
-    const replaced = await watch(join(parent, 'replaced'), 'replaced');
+    const kept = await watch('kept');
+    const removed = await watch('removed');
+    const replaced = await watch('replaced');
+    const rebuilt = await watch('rebuilt');
+    const reinstalled = await watch('reinstalled');
     // A file added inside changes the directory's times, not what it is.
-    fs.writeFileSync(join(parent, 'kept', 'digests.json'), '{}');
-    fs.rmSync(join(parent, 'removed'), { recursive: true });
+    fs.writeFileSync(join(kept.dir, 'digests.json'), '{}');
+    fs.rmSync(removed.dir, { recursive: true });
     // Renamed away and made anew (a saved copy restored in its place): the old inode still exists.
-    fs.renameSync(join(parent, 'replaced'), join(parent, 'replaced.old'));
-    fs.mkdirSync(join(parent, 'replaced'));
-    await until(() => removed.n > 0 && replaced.n > 0);
+    fs.renameSync(replaced.dir, `${replaced.dir}.old`);
+    fs.mkdirSync(replaced.dir);
+    // A compiler writing over the code in place, and a package manager replacing the file.
+    fs.writeFileSync(rebuilt.codeFile, 'export const x = 1;\n');
+    fs.renameSync(reinstalled.codeFile, `${reinstalled.codeFile}.old`);
+    fs.writeFileSync(reinstalled.codeFile, 'export {};\n');
+    await until(() => [removed, replaced, rebuilt, reinstalled].every((w) => w.seen.length > 0));
     await new Promise((r) => setTimeout(r, 1200));
-    assert.deepEqual([kept.n, removed.n, replaced.n], [0, 1, 1]);
+    assert.deepEqual(
+      [kept, removed, replaced, rebuilt, reinstalled].map((w) => w.seen),
+      [[], ['cache directory'], ['cache directory'], ['code'], ['code']],
+    );
   } finally {
     for (const lc of running) await lc.close(0);
     fs.rmSync(sockets, { recursive: true, force: true });
