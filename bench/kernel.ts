@@ -16,7 +16,10 @@
  * The jobs are written to a Makefile, one rule per job run through `sh` as kbuild does
  * (make → sh → compiler), and `make -j2` of that Makefile is what is timed, with $(CC) set per
  * scenario. Every scenario is measured in the same invocation, `--runs` times, interleaved.
- * Nothing here is timed except the make (or, for the lld rows, the ld.lld) process.
+ * Nothing here is timed except the make (or, for the lld rows, the ld.lld) process. Each cold
+ * ltocache row also gets a ratio to the direct clang build run just before it in the same run
+ * (the warm-daemon cold row has a direct build of its own for that), which drift between rows
+ * minutes apart does not blur.
  *
  * Team rows (a daemon with an empty local cache reading from team servers populated beforehand
  * by a writer daemon from the unedited tree): `--remote` runs them against one `ltocache serve

@@ -494,8 +494,10 @@ export class Daemon {
     return this.counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: this.config.max_size, daemon_running: true });
   }
 
-  /** Stops accepting work, lets running jobs finish (bounded), flushes counters, closes the store. */
-  /** `status`: the exit status `stopped` resolves with (EXIT_STALE when stopping for that). */
+  /**
+   * Stops accepting work, lets running jobs finish (bounded), flushes counters, closes the store.
+   * `status`: the exit status `stopped` resolves with (EXIT_STALE when stopping for that).
+   */
   stop(status = 0): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('daemon stopping');

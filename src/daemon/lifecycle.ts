@@ -28,8 +28,8 @@ export interface LifecycleOptions {
 /**
  * The daemon's process-level duties: the listening socket (and putting it back when its file is
  * removed), the pid file, the idle timer, the periodic counter flush, watching that the cache
- * directory is still the one it opened, and the order of a shutdown's first steps (stop
- * accepting, drain jobs, drop connections).
+ * directory and the daemon's code are still what it started with, and the order of a shutdown's
+ * first steps (stop accepting, drain jobs, drop connections).
  */
 export class Lifecycle {
   private server: Server | null = null;
