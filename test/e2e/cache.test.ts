@@ -432,15 +432,22 @@ describe('distributed ThinLTO through ltocache', () => {
   });
 });
 
+/** The fixture built up to its thin link in a new tree; runs its first backend job through the client for `cache`, asserting it succeeds. */
+function firstJob(cache: CacheEnv, prefix: string): () => void {
+  const b = ThinBuild.fromFixture(FIXTURE, join(tempDir(`${prefix}-tree`), 'src'));
+  b.frontEnd();
+  b.thinLink();
+  const m = b.modules[0]!;
+  return () => {
+    const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
+    assert.equal(r.status, 0, r.stderr);
+  };
+}
+
 test('a client with no daemon running starts one through the start handshake and is served by it', () => {
   const cache = new CacheEnv('handshake');
   try {
-    const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('handshake-tree'), 'src'));
-    b.frontEnd();
-    b.thinLink();
-    const m = b.modules[0]!;
-    const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
-    assert.equal(r.status, 0, r.stderr);
+    firstJob(cache, 'handshake')();
     const s = cache.stats();
     assert.ok(s.daemon_running);
     assert.equal(s.misses, 1, 'the first job went through the daemon it started');
@@ -453,14 +460,7 @@ test('a client with no daemon running starts one through the start handshake and
 test("a daemon whose cache directory is removed stops; the next job's daemon makes the directory again and stores", async () => {
   const cache = new CacheEnv('dir-removed');
   try {
-    const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('dir-removed-tree'), 'src'));
-    b.frontEnd();
-    b.thinLink();
-    const m = b.modules[0]!;
-    const job = () => {
-      const r = b.backend(m, { wrapper: [CLIENT], env: cache.env });
-      assert.equal(r.status, 0, r.stderr);
-    };
+    const job = firstJob(cache, 'dir-removed');
     job();
     const pid = cache.daemonPid();
     assert.ok(pid);
