@@ -92,7 +92,7 @@ export class Daemon {
     this.socketPath = socketPathFor(config.dir, process.getuid!());
     this.jobLog = new JobLog(store, config.build_gap_ms);
     this.stopped = new Promise((r) => (this.markStopped = r));
-    if (config.remote && Remote) {
+    if (Remote) {
       this.remote = new Remote({
         url: config.remote,
         token: config.remote_token || 'none',
