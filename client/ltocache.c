@@ -854,17 +854,20 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, unsigned c
                                          size_t tlen, const char *cache, const char *lookup) {
     struct capture out = {NULL, 0, 0, 1, 0, 0}, err = {NULL, 0, 0, 2, 0, 0};
     int status = 1, sig = 0;
+    struct pinned pin = {0, NULL};
+    if (tmpl && cache && pin_content_files(tmpl, tlen, &pin) != 0) tmpl = NULL;
     if (run_captured(j, &out, &err, &status, &sig) != 0) {
         close(fd);
         direct_exec(j);
     }
     struct stored_outputs st;
     if (tmpl && cache && status == 0 && sig == 0 && !out.through && !err.through &&
-        out.len == 0 && err.len == 0 && store_outputs(cache, lookup, tmpl, tlen, &st) == 0) {
+        out.len == 0 && err.len == 0 && store_outputs(cache, lookup, tmpl, tlen, &pin, &st) == 0) {
         report_stored(fd, &st);
         close(fd);
         exit_like(0, 0);
     }
+    pinned_free(&pin);
     if (!out.through && !err.through) {
         unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
         uint32_t total = (uint32_t)(LTOC_RESULT_OVERHEAD + out.len + err.len);

@@ -233,10 +233,6 @@ char *memo_name(struct memo_bytes b, const char *token) {
     return s;
 }
 
-static uint64_t ns(struct timespec t) {
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 static int check_content(const char *path, const struct memo_check *c, unsigned char *chunk) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return -1;
@@ -248,6 +244,10 @@ static int check_content(const char *path, const struct memo_check *c, unsigned 
              memcmp(hex, c->digest, DIGEST_HEX_LEN) == 0;
     close(fd);
     return ok ? 0 : -1;
+}
+
+uint64_t memo_ns(struct timespec t) {
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 /* Returns 0 when the check passes. ENV names are used as they are, other names get the token. */
@@ -269,7 +269,7 @@ static int run_check(const struct memo_check *c, const char *token, unsigned cha
     } else if (c->kind == MEMO_STAT) {
         ok = stat(name, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_dev == c->dev &&
              (uint64_t)st.st_ino == c->ino && (uint64_t)st.st_size == c->size &&
-             ns(st.st_mtim) == c->mtime_ns && ns(st.st_ctim) == c->ctime_ns;
+             memo_ns(st.st_mtim) == c->mtime_ns && memo_ns(st.st_ctim) == c->ctime_ns;
     } else if (c->kind == MEMO_CONTENT) {
         ok = check_content(name, c, chunk) == 0;
     } else if (c->kind == MEMO_ABSENT) {
@@ -279,8 +279,8 @@ static int run_check(const struct memo_check *c, const char *token, unsigned cha
         ok = stat(name, &st) == 0 && !S_ISREG(st.st_mode);
     } else if (c->kind == MEMO_DIR) {
         ok = stat(name, &st) == 0 && S_ISDIR(st.st_mode) && (uint64_t)st.st_dev == c->dev &&
-             (uint64_t)st.st_ino == c->ino && ns(st.st_mtim) == c->mtime_ns &&
-             ns(st.st_ctim) == c->ctime_ns;
+             (uint64_t)st.st_ino == c->ino && memo_ns(st.st_mtim) == c->mtime_ns &&
+             memo_ns(st.st_ctim) == c->ctime_ns;
     }
     free(name);
     return ok ? 0 : -1;

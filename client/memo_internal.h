@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "memo.h"
 #include "pack.h"
@@ -42,6 +43,9 @@ uint32_t rd_outputs(struct rd *r, struct memo_output *out);
 /* NUL-terminated copy of a name, each 0x01 replaced by the token (above); NULL if the name holds
  * a NUL byte, a 0x01 with an empty token, or memory runs out. */
 char *memo_name(struct memo_bytes b, const char *token);
+
+/* A timestamp in nanoseconds since the epoch, as memo checks hold them. */
+uint64_t memo_ns(struct timespec t);
 
 /* Runs every check; returns 0 when all pass. `chunk` is a COPY_CHUNK buffer. */
 int memo_run_checks(const struct memo_check *c, uint32_t n, const char *token,

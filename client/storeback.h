@@ -21,13 +21,34 @@ struct stored_outputs {
     int memo_written;  /* 0: the blobs are stored, the memo is left to the daemon */
 };
 
+/* The stat identities of the files a template checks by content, taken before the compiler
+ * starts. Content alone cannot show that clang read the key's bytes: lld rewrites an index in
+ * place (truncate, then write), so a file read while empty may have its old bytes again by the
+ * time the checks run. Any write after this look sets a later ctime, as a timestamp tick is
+ * shorter than clang's start-up before it opens its inputs. */
+struct pinned {
+    uint32_t n;
+    struct pinned_file {
+        char *path;
+        uint64_t dev, ino, size, mtime_ns, ctime_ns;
+    } *files;
+};
+
+/* Fills *p for the template tmpl[0..len). Returns -1 (nothing to free) when the template does
+ * not parse, a file cannot be looked at, or its timestamps are whole seconds (a file system too
+ * coarse for the proof above): then the run is reported with 'D' and the daemon decides. */
+int pin_content_files(const unsigned char *tmpl, size_t len, struct pinned *p);
+void pinned_free(struct pinned *p);
+
 /* tmpl[0..len) is the memo of the 'S' frame; it is modified in place (digests, sizes, trailer).
+ * `pin` is what pin_content_files saw before the compile: a file whose identity moved since
+ * fails like a check.
  * Returns 0 when every output is stored as a blob under cache_dir (then *out is filled), or -1
  * when nothing may be reported as stored: the template does not parse, has stdout or stderr, a
  * check fails, an output is not a non-empty regular file, or any write fails. Blobs written
  * before a failure are whole and content-addressed (the daemon sweeps unreferenced ones). */
 int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl, size_t len,
-                  struct stored_outputs *out);
+                  const struct pinned *pin, struct stored_outputs *out);
 
 /* After 'H' (a team-cache hit the daemon hands over): p[0..n) is u32 memo length, the memo (its
  * outputs' digests and sizes filled in), then for each output u32 length and its bytes. Each

@@ -32,7 +32,7 @@ export class ObservingFiles implements DigestSource {
       // A directory's listing check already says it is not a regular file, and more.
       if (this.seen.get(absPath)?.kind !== 'dir') this.seen.set(absPath, { kind: 'notreg', path: absPath });
     } else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat, digest: d.digest });
-    else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest });
+    else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest, at: { ...d.stat, settled: d.settled } });
     return d;
   }
 
@@ -92,6 +92,33 @@ export class ObservingFiles implements DigestSource {
 /** Whether an environment check holds for a job's environment. */
 export function envCheckHolds(c: Extract<MemoCheck, { kind: 'env' }>, env: Record<string, string>): boolean {
   return (env[c.name] ?? null) === c.value;
+}
+
+/**
+ * The first file the key read whose stat identity is no longer the one it had when it was hashed,
+ * or null. After a compile this tells whether clang may have read other bytes than the key's: a
+ * file rewritten in place while clang ran and then given its old bytes back (lld truncates and
+ * rewrites every index on each thin link) passes a content check, never this one.
+ * Any write after the hash sets a later ctime, provided a timestamp tick (≤ 10 ms with the Linux
+ * coarse clock) is shorter than the time from keying to clang opening its inputs (≥ 10 ms: the
+ * client's fork and clang's start-up). Timestamps in whole seconds (a coarse file system) give no
+ * such proof for a file that was not settled when hashed: that file counts as moved, as does a
+ * check without its identity.
+ */
+export function untouchedSinceKeyed(checks: readonly MemoCheck[]): string | null {
+  for (const c of checks) {
+    if (c.kind !== 'content' && c.kind !== 'stat') continue;
+    const at = c.kind === 'stat' ? { ...c, settled: true } : c.at;
+    if (!at || (!at.settled && at.mtimeNs % 1_000_000_000n === 0n && at.ctimeNs % 1_000_000_000n === 0n)) return c.path;
+    let st: BigIntStats | undefined;
+    try {
+      st = statSync(c.path, { bigint: true, throwIfNoEntry: false });
+    } catch {
+      st = undefined;
+    }
+    if (!st || st.dev !== at.dev || st.ino !== at.ino || st.size !== at.size || st.mtimeNs !== at.mtimeNs || st.ctimeNs !== at.ctimeNs) return c.path;
+  }
+  return null;
 }
 
 /**

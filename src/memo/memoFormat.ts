@@ -18,11 +18,22 @@ export const CheckKind = { stat: 1, content: 2, absent: 3, notreg: 4, dir: 5, en
 export type MemoCheck =
   /** `digest`: the content the identity stood for when the daemon made the check (not encoded). */
   | { kind: 'stat'; path: string; dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint; digest?: Digest }
-  | { kind: 'content'; path: string; size: number; digest: Digest }
+  /** `at`: the stat identity the file had when its content was hashed for the key (not encoded), and
+   *  whether its timestamps were then settled (fileDigests.settledAt): see untouchedSinceKeyed. */
+  | { kind: 'content'; path: string; size: number; digest: Digest; at?: KeyedIdentity }
   | { kind: 'absent'; path: string }
   | { kind: 'notreg'; path: string }
   | { kind: 'dir'; path: string; dev: bigint; ino: bigint; mtimeNs: bigint; ctimeNs: bigint }
   | { kind: 'env'; name: string; value: string | null };
+
+export interface KeyedIdentity {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  settled: boolean;
+}
 
 export interface MemoOutput {
   /** Absolute. */

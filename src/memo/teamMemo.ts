@@ -273,6 +273,10 @@ export function teamMemoOf(lookup: Digest, memo: Memo, roles: readonly string[])
         checks.push({ kind: 'dirlist', path: c.path, digest: d });
         break;
       }
+      case 'content':
+        // Without `at`: a stat identity is this machine's.
+        checks.push({ kind: 'content', path: c.path, size: c.size, digest: c.digest });
+        break;
       default:
         checks.push(c);
     }
@@ -343,7 +347,11 @@ async function localiseCheck(c: Exclude<TeamCheck, { kind: 'env' }>, files: Loca
     case 'content': {
       const d = await files.digest(c.path);
       if (d.kind !== 'file' || d.size !== c.size || d.digest !== c.digest) return { why: `${c.path} differs` };
-      checks.push(c.kind === 'file' && d.settled ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest } : { kind: 'content', path: c.path, size: c.size, digest: c.digest });
+      checks.push(
+        c.kind === 'file' && d.settled
+          ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest }
+          : { kind: 'content', path: c.path, size: c.size, digest: c.digest, at: { ...d.stat, settled: d.settled } },
+      );
       break;
     }
     case 'absent': {

@@ -5,7 +5,7 @@ import { ConfigFiles } from '../key/configFiles.js';
 import { FileDigests, statIdentity } from '../key/fileDigests.js';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
-import { checksHold, envCheckHolds, ObservingFiles } from '../key/observed.js';
+import { checksHold, envCheckHolds, ObservingFiles, untouchedSinceKeyed } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
 import { ToolchainIdentifier } from '../key/toolchain.js';
 import { encodeMemo, lookupDigest, type Memo, type MemoCheck } from '../memo/memoFormat.js';
@@ -88,6 +88,9 @@ interface Keyed {
   input: string;
   /** What the key was computed from, as memo checks (absent when the keyer does not observe). */
   checks?: MemoCheck[];
+  /** The same observations when they may not stand in a memo (checks absent): the files' identities
+   *  when hashed still tell whether one was written while the compiler ran. */
+  observed?: MemoCheck[];
   /** The job's first output path, as given. */
   output: string;
 }
@@ -111,7 +114,7 @@ export type JobOutcome =
   | (Partial<Keyed> & { kind: 'error'; error: string; record: boolean });
 
 /** Computes a job's key; `checks` lists what it read, for the memo (docs/memo.md). */
-export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?: MemoCheck[] }>;
+export type Keyer = (job: Job, req: JobRequest) => Promise<KeyResult & { checks?: MemoCheck[]; observed?: MemoCheck[] }>;
 
 /** Where memos go (src/memo/memoStore.ts): written after a hit or a stored miss, removed with a bad key. */
 export interface MemoSink {
@@ -239,11 +242,12 @@ export class JobPipeline {
       // A failure here is the job's keyer's to report when it identifies the toolchain itself.
       this.warmToolchain = (req) => void toolchains.identify(req.compiler, req.env).catch(() => {});
       this.keyer = async (job, req) => {
-        if (!o.memo) return buildManifest({ files, toolchains, configs }, job, req.compiler, req.cwd, req.env);
         const observe = new ObservingFiles(files);
         const r = await buildManifest({ files, toolchains, configs, observe }, job, req.compiler, req.cwd, req.env);
+        if (r.kind !== 'key') return r;
+        const seen = observe.checks();
         // Without checks the job is served and stored as usual, with no memo (and re-keyed after its compile).
-        return r.kind === 'key' && observe.memoable() ? { ...r, checks: observe.checks() } : r;
+        return o.memo && observe.memoable() ? { ...r, checks: seen } : { ...r, observed: seen };
       };
     }
   }
@@ -308,7 +312,14 @@ export class JobPipeline {
     }
     // Under config files, the job as clang runs it: their options may add outputs.
     const job = keyed.job ?? parsed.job;
-    const k: Keyed = { key: keyed.key, manifest: keyed.manifest, input: job.input, output: job.outputs[0]!.path, ...(keyed.checks ? { checks: keyed.checks } : {}) };
+    const k: Keyed = {
+      key: keyed.key,
+      manifest: keyed.manifest,
+      input: job.input,
+      output: job.outputs[0]!.path,
+      ...(keyed.checks ? { checks: keyed.checks } : {}),
+      ...(keyed.observed ? { observed: keyed.observed } : {}),
+    };
     const served = await this.lookup(k, job, req, ctx);
     if (served) return served;
 
@@ -333,7 +344,16 @@ export class JobPipeline {
     }
     // Inputs may change while clang runs (a front end rebuilt meanwhile): store the result only
     // if the key computed again afterwards is still the one it was compiled under.
+    const untouched = () => {
+      const seen = k.checks ?? k.observed;
+      const moved = seen ? untouchedSinceKeyed(seen) : null;
+      if (moved) this.o.log.warn('a file hashed for the key was written while the compiler ran', { key: k.key, path: moved });
+      return moved === null;
+    };
     const stillCurrent = async () => {
+      // A file hashed for the key and written since may have been read by clang in between, even
+      // if it has its old bytes again: not provable from content, so not stored.
+      if (!untouched()) return false;
       // What the key was computed from, re-checked by stat identity (content for files written
       // just before), so the key is normally computed once. A check can fail without a key change
       // (a config directory that is also the output directory): then the key is computed again.
@@ -354,7 +374,17 @@ export class JobPipeline {
         await this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo);
         if (!ctx.collectMemo) this.share(k, entry.record, job.outputs, req);
       },
-      storeMemo && { memo: storeMemo, adopt: (run) => this.adopt(k, job.outputs, req, run) },
+      storeMemo && {
+        memo: storeMemo,
+        // The client checked the same before storing (client/storeback.c); this daemon saw the
+        // identities at key time, before the client's own look.
+        adopt: async (run) => {
+          if (untouched()) return this.adopt(k, job.outputs, req, run);
+          this.counters.error(ErrorKind.inputs_changed_during_compile);
+          await this.dropClientMemo(req, run.stored);
+          return false;
+        },
+      },
     );
     this.inflight.set(k.key, p);
     try {

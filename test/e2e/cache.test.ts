@@ -376,6 +376,48 @@ describe('distributed ThinLTO through ltocache', () => {
     assert.ok(readFileSync(join(b.dir, 'strx.thinlto-native.o')).equals(readFileSync(join(b.dir, 'strx.direct.o'))));
   });
 
+  test('an index rewritten in place while clang runs, then given its bytes back (lld truncates, then writes): never stored', async () => {
+    const rewriting = join(b.dir, 'rewriting-clang.sh');
+    // Plays a second thin link over the same objects: clang reads the index while it is empty
+    // (clang 19 then compiles without imports, silently, exit 0), and the link writes the same
+    // bytes again before the compile ends, so the content checks afterwards all pass.
+    writeFileSync(
+      rewriting,
+      `#!/bin/sh
+if [ -e truncate ]; then cp main.o.thinlto.bc idx.save; : > main.o.thinlto.bc; ${b.clang} "$@"; rc=$?; cat idx.save > main.o.thinlto.bc; exit $rc; fi
+exec ${b.clang} "$@"
+`,
+    );
+    chmodSync(rewriting, 0o755);
+    b.thinLink();
+    const direct = () => {
+      const d = b.backend('main', { out: 'main.direct.o', compiler: rewriting });
+      assert.equal(d.status, 0);
+      return readFileSync(join(b.dir, 'main.direct.o'));
+    };
+    const good = direct();
+    // Both ways a miss is stored: by the daemon (the index just written, so no memo and no 'S'),
+    // and by the client after 'S' (the index settled past the racy window when keyed).
+    for (const settle of [0, 2100]) {
+      assert.equal(cache.cli(['clear']).status, 0);
+      b.thinLink();
+      if (settle) await new Promise((r) => setTimeout(r, settle));
+      writeFileSync(join(b.dir, 'truncate'), '');
+      const before = cache.stats();
+      const r = b.backend('main', { wrapper: [CLIENT], env: cache.env, compiler: rewriting });
+      rmSync(join(b.dir, 'truncate'));
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(!readFileSync(join(b.dir, 'main.thinlto-native.o')).equals(good), `settle ${settle}: the raced run compiled without imports`);
+      const after = cache.stats();
+      assert.equal((after.errors_by_kind.inputs_changed_during_compile ?? 0) - (before.errors_by_kind.inputs_changed_during_compile ?? 0), 1, `settle ${settle}`);
+      assert.equal(after.entries, before.entries, `settle ${settle}: nothing stored`);
+      const again = b.backend('main', { wrapper: [CLIENT], env: cache.env, compiler: rewriting });
+      assert.equal(again.status, 0, again.stderr);
+      assert.ok(readFileSync(join(b.dir, 'main.thinlto-native.o')).equals(good), `settle ${settle}: compiled again, not served from the raced run`);
+    }
+    assert.ok(direct().equals(good));
+  });
+
   test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
     const pidFile = join(b.dir, 'slow.pid');
     const slow = join(b.dir, 'very-slow-clang.sh');
