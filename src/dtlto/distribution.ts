@@ -4,6 +4,7 @@ import { constants as osConstants } from 'node:os';
 import { delimiter, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { outputOption, parseJob } from '../key/parseJob.js';
 import { DistFile, DTLTO_LIMITS, distFileError } from '../protocol/dtlto.js';
+import { asOpened } from '../util/asOpened.js';
 
 /**
  * An LLVM DTLTO distribution (lld's `--thinlto-distributor`): the checks of the distribution file
@@ -135,7 +136,7 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
       inputs.add(abs);
       let ok = checked.get(abs);
       if (ok === undefined) {
-        ok = isFile(abs);
+        ok = isFile(asOpened(cwd, p));
         checked.set(abs, ok);
       }
       if (!ok) throw new DistributeError(`${where}: input ${p} does not exist or is not a regular file`);
@@ -152,7 +153,8 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
   const claimOutput = (n: number, o: string, what: string): string => {
     const abs = resolve(cwd, o);
     if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is outside the linker output's directory ${linkerDir}`);
-    const parentReal = realpathOrNull(dirname(abs));
+    // Where the kernel puts it: lexically inside, but a `..` after a symbolic link may lead out.
+    const parentReal = realpathOrNull(dirname(asOpened(cwd, o)));
     if (parentReal === null) throw new DistributeError(`jobs[${n}]: the directory of ${what} ${o} does not exist`);
     if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal))
       throw new DistributeError(`jobs[${n}]: ${what} ${o} resolves outside the linker output's directory (through a symbolic link)`);
@@ -245,7 +247,7 @@ export async function runDistribution(jobs: PlannedJob[], o: RunDistributionOpti
   }
   for (const job of jobs) {
     for (const out of job.outputs) {
-      if (!isFile(resolve(o.cwd, out))) {
+      if (!isFile(asOpened(o.cwd, out))) {
         o.write('stderr', Buffer.from(`ltocache distribute: job ${job.n} did not write its declared output ${out}\n`));
         return 1;
       }

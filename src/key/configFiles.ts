@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname } from 'node:path';
+import { asOpened } from '../util/asOpened.js';
 import type { Token } from './parseJob.js';
 import { tokenizeGnu } from './responseFile.js';
 import { Uncacheable } from './uncacheable.js';
@@ -113,7 +114,7 @@ export class ConfigFiles {
       p = this.ask(compiler, [...argv], cwd, env).then(({ code, stderr }) => {
         if (code !== 0) throw new Uncacheable('config-file', `clang -### exited with ${code} when asked which config files it loads`);
         const found: string[] = [];
-        for (const line of stderr.split('\n')) if (line.startsWith('Configuration file: ')) found.push(resolve(cwd, line.slice('Configuration file: '.length)));
+        for (const line of stderr.split('\n')) if (line.startsWith('Configuration file: ')) found.push(asOpened(cwd, line.slice('Configuration file: '.length)));
         return found;
       });
       this.loaded.set(id, p);
@@ -139,7 +140,7 @@ async function include(path: string, depth: number, out: ConfigExpansion): Promi
     // `<CFGDIR>` stands for the directory of the file it is written in.
     const a = raw.replaceAll('<CFGDIR>', dir);
     if (a.startsWith('@') && a.length > 1) {
-      await include(resolve(dir, a.slice(1)), depth + 1, out);
+      await include(asOpened(dir, a.slice(1)), depth + 1, out);
       continue;
     }
     // Placed after the command's arguments by clang 20 and later, an input file to clang 19.

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { z } from 'zod';
+import { asOpened } from '../util/asOpened.js';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import type { ConfigFiles } from './configFiles.js';
 import type { DigestSource } from './fileDigests.js';
@@ -73,8 +74,8 @@ async function withConfigFiles(configs: ConfigFiles, job: Job, compiler: string,
   const named = new Set<string>();
   for (let i = 0; i < job.argv.length; i++) {
     const a = job.argv[i]!;
-    if (a.startsWith('--config=')) named.add(resolve(cwd, a.slice('--config='.length)));
-    else if (a === '--config' && i + 1 < job.argv.length) named.add(resolve(cwd, job.argv[i + 1]!));
+    if (a.startsWith('--config=')) named.add(asOpened(cwd, a.slice('--config='.length)));
+    else if (a === '--config' && i + 1 < job.argv.length) named.add(asOpened(cwd, job.argv[i + 1]!));
   }
   const listed = new Set(toolchain.configs.map((c) => c.path));
   const unwatched = x.loaded.find((p) => !listed.has(p) && !named.has(p));
@@ -256,7 +257,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
   try {
     const files = ctx.observe ?? ctx.files;
     const need = async (path: string, what: string) => {
-      const d = await files.digest(resolve(cwd, path));
+      const d = await files.digest(asOpened(cwd, path));
       if (d.kind !== 'file') throw new Uncacheable('missing-file', `${what} ${path} is not a readable regular file`);
       return d.digest;
     };
@@ -270,7 +271,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
       if (!ctx.configs) throw new Uncacheable('config-file', config);
       job = await withConfigFiles(ctx.configs, parsed, compiler, cwd, env, toolchain);
     }
-    const outputsAbs = new Set(job.outputs.map((o) => resolve(cwd, o.path)));
+    const outputsAbs = new Set(job.outputs.map((o) => asOpened(cwd, o.path)));
     const namesKeyed = outputNamesKeyed(job);
     const dropsQuiet = unusedArgumentWarningOff(job);
     const args: Manifest['args'] = [];
@@ -288,7 +289,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
           args.push(namesKeyed ? { a: tok.v, output: tok.path } : { a: tok.v });
           break;
         case 'file': {
-          if (tok.role === 'index') ctx.observe?.rewritten(resolve(cwd, tok.path));
+          if (tok.role === 'index') ctx.observe?.rewritten(asOpened(cwd, tok.path));
           const d = await need(tok.path, tok.role === 'input' ? 'input' : tok.role === 'index' ? 'index file' : `file named by ${tok.v}`);
           // The index's content is keyed under `index`; its name is not.
           args.push(tok.role === 'index' ? { a: tok.v } : { a: tok.v, files: [{ path: tok.path, digest: d }] });
@@ -302,7 +303,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
         case 'flag': {
           const named: { path: string; digest: string }[] = [];
           for (const c of tok.setting ? [] : fileCandidates(tok.v)) {
-            const abs = resolve(cwd, c);
+            const abs = asOpened(cwd, c);
             if (outputsAbs.has(abs)) continue;
             const d = await files.digest(abs);
             if (d.kind === 'file') named.push({ path: c, digest: d.digest });
@@ -328,7 +329,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
       args,
       responseFiles: await Promise.all(
         [...job.responseFiles, ...(job.configFiles ?? [])].map(async (r) => {
-          ctx.observe?.rewritten(resolve(cwd, r.path));
+          ctx.observe?.rewritten(asOpened(cwd, r.path));
           return { path: r.path, digest: await need(r.path, 'response file') };
         }),
       ),
@@ -370,9 +371,9 @@ async function sanitizerResources(ctx: KeyContext, job: Job, cwd: string, realpa
   const dirs = new Set<string>();
   for (const [i, t] of job.tokens.entries()) {
     if (t.t !== 'flag') continue;
-    if (t.v.startsWith('-resource-dir=')) dirs.add(resolve(cwd, t.v.slice('-resource-dir='.length)));
+    if (t.v.startsWith('-resource-dir=')) dirs.add(asOpened(cwd, t.v.slice('-resource-dir='.length)));
     const next = job.tokens[i + 1];
-    if (t.v === '-resource-dir' && next?.t === 'flag') dirs.add(resolve(cwd, next.v));
+    if (t.v === '-resource-dir' && next?.t === 'flag') dirs.add(asOpened(cwd, next.v));
   }
   const clangLib = join(dirname(dirname(realpath)), 'lib', 'clang');
   ctx.observe?.directory(clangLib);
@@ -403,9 +404,9 @@ async function importedModules(
 ): Promise<Manifest['index']['modules']> {
   let table = tables.get(indexDigest);
   if (!table) {
-    let bytes = files.recent?.(resolve(cwd, indexPath), indexDigest);
+    let bytes = files.recent?.(asOpened(cwd, indexPath), indexDigest);
     if (!bytes) {
-      bytes = readFileSync(resolve(cwd, indexPath));
+      bytes = readFileSync(asOpened(cwd, indexPath));
       if (hashBytes(bytes) !== indexDigest) throw new Uncacheable('racy-index', `index ${indexPath} changed while it was read`);
     }
     table = readModuleTable(bytes);
@@ -456,7 +457,7 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
       if (seen.has(k)) continue;
       seen.add(k);
       if (seen.size > MAX_ASM_FILES) throw new Uncacheable('asm-include-unresolved', `more than ${MAX_ASM_FILES} files read by asm directives`);
-      const d = await (ctx.observe ?? ctx.files).digest(resolve(cwd, ref.name));
+      const d = await (ctx.observe ?? ctx.files).digest(asOpened(cwd, ref.name));
       if (d.kind === 'not-regular') throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not a regular file`);
       if (d.kind === 'absent') {
         if (searchFlag)
@@ -467,14 +468,14 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
       out.push({ directive: ref.directive, name: ref.name, digest: d.digest });
       if (ref.directive === 'include') {
         if (depth >= MAX_INCLUDE_DEPTH) throw new Uncacheable('asm-include-unresolved', `.include nested deeper than ${MAX_INCLUDE_DEPTH}`);
-        await visit(await scanOnce(ctx.observe ?? ctx.files, resolve(cwd, ref.name), d.digest, 'text', `file ${ref.name}`), ref.name, depth + 1);
+        await visit(await scanOnce(ctx.observe ?? ctx.files, asOpened(cwd, ref.name), d.digest, 'text', `file ${ref.name}`), ref.name, depth + 1);
       }
     }
   };
   for (const path of new Set(bitcode)) {
-    const d = await (ctx.observe ?? ctx.files).digest(resolve(cwd, path));
+    const d = await (ctx.observe ?? ctx.files).digest(asOpened(cwd, path));
     if (d.kind !== 'file') throw new Uncacheable('missing-file', `bitcode ${path} is not a readable regular file`);
-    await visit(await scanOnce(ctx.observe ?? ctx.files, resolve(cwd, path), d.digest, 'bitcode', `bitcode ${path}`), path, 0);
+    await visit(await scanOnce(ctx.observe ?? ctx.files, asOpened(cwd, path), d.digest, 'bitcode', `bitcode ${path}`), path, 0);
   }
   return out;
 }

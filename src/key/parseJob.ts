@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { basename, extname, resolve } from 'node:path';
+import { basename, extname } from 'node:path';
+import { asOpened } from '../util/asOpened.js';
 import { tokenizeGnu } from './responseFile.js';
 import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 
@@ -222,7 +223,7 @@ async function expand(args: string[], cwd: string, depth: number, rsp: Job['resp
       const path = a.slice(1);
       let content: Buffer;
       try {
-        content = await readFile(resolve(cwd, path));
+        content = await readFile(asOpened(cwd, path));
       } catch {
         throw new Uncacheable('rsp-unreadable', `cannot read response file ${path}`);
       }
@@ -374,7 +375,7 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     }
     const seen = new Set<string>();
     for (const o of outputs) {
-      const abs = resolve(cwd, o.path);
+      const abs = asOpened(cwd, o.path);
       if (seen.has(abs)) throw new Uncacheable('output', `two outputs at ${o.path}`);
       seen.add(abs);
     }

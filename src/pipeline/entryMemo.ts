@@ -1,7 +1,7 @@
-import { resolve } from 'node:path';
 import type { Memo, MemoCheck, MemoOutput } from '../memo/memoFormat.js';
 import type { StoredEntry } from '../store/backend.js';
 import type { EntryRecord } from '../store/record.js';
+import { asOpened } from '../util/asOpened.js';
 
 /** A job's outputs: role → path as written (relative to cwd or absolute). */
 export type Outputs = { role: string; path: string }[];
@@ -20,7 +20,7 @@ export function memoOutputsOf(record: EntryRecord, outputs: Outputs, cwd: string
   for (const o of outputs) {
     const rec = byRole.get(o.role);
     if (!rec) return null;
-    out.push({ path: resolve(cwd, o.path), digest: rec.digest, size: rec.size });
+    out.push({ path: asOpened(cwd, o.path), digest: rec.digest, size: rec.size });
   }
   return out;
 }

@@ -1,6 +1,6 @@
 import { lstatSync, readFileSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { ConfigFiles } from '../key/configFiles.js';
 import { FileDigests, statIdentity } from '../key/fileDigests.js';
 import { type Digest, hashBytes } from '../key/hash.js';
@@ -14,6 +14,7 @@ import { Counter, type Counters, ErrorKind } from '../stats/counters.js';
 import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
 import type { EntryRecord } from '../store/record.js';
+import { asOpened } from '../util/asOpened.js';
 import { settledWithin } from '../util/settledWithin.js';
 import type { DenyList } from './denyList.js';
 import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
@@ -421,7 +422,7 @@ export class JobPipeline {
     const t = await this.prefetch!.claim(req, () => this.warmToolchain(req));
     if (!t) return null;
     const { memo } = t;
-    const same = job.outputs.length === t.roles.length && job.outputs.every((o, i) => o.role === t.roles[i] && resolve(req.cwd, o.path) === memo.outputs[i]!.path);
+    const same = job.outputs.length === t.roles.length && job.outputs.every((o, i) => o.role === t.roles[i] && asOpened(req.cwd, o.path) === memo.outputs[i]!.path);
     const envHolds = memo.checks.every((c) => c.kind !== 'env' || envCheckHolds(c, req.env));
     if (!same || !envHolds) {
       this.counters.add(Counter.team_memos_unusable);
@@ -555,7 +556,7 @@ export class JobPipeline {
       return;
     }
     const { key } = k;
-    const target = resolve(req.cwd, outputs[0]!.path);
+    const target = asOpened(req.cwd, outputs[0]!.path);
     const tmp = join(dirname(target), `.${basename(target)}.ltocache-verify-${process.pid}-${Math.random().toString(36).slice(2)}`);
     const args = [...req.args];
     args[oi + 1] = tmp;
@@ -626,7 +627,7 @@ export class JobPipeline {
     let before: (string | null)[] = [];
     try {
       if (signal.aborted) throw new Error('client went away');
-      before = outputs.map((o) => fileIdentity(resolve(req.cwd, o.path)));
+      before = outputs.map((o) => fileIdentity(asOpened(req.cwd, o.path)));
       run = ctx.compileOnClient
         ? await ctx.compileOnClient(byClient?.memo)
         : await this.run({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
@@ -637,7 +638,7 @@ export class JobPipeline {
     this.counters.add(Counter.compile_ms, run.ms);
     // A file at an output path that is still the one there before the compile was not written by
     // it (an output redirected by a flag the key does not model): never stored.
-    const stale = run.exitCode === 0 ? outputs.find((o, i) => before[i] !== null && fileIdentity(resolve(req.cwd, o.path)) === before[i]) : undefined;
+    const stale = run.exitCode === 0 ? outputs.find((o, i) => before[i] !== null && fileIdentity(asOpened(req.cwd, o.path)) === before[i]) : undefined;
     if (stale) {
       this.counters.error(ErrorKind.output_not_replaced);
       this.o.log.warn('the compiler left an output as it was before it ran; not stored', { key, output: stale.path });
@@ -658,7 +659,7 @@ export class JobPipeline {
       // Synchronous: the outputs were just written and are in the page cache; a thread-pool round
       // trip per file costs the daemon more CPU than the read.
       try {
-        for (const o of outputs) files.set(o.role, readFileSync(resolve(req.cwd, o.path)));
+        for (const o of outputs) files.set(o.role, readFileSync(asOpened(req.cwd, o.path)));
       } finally {
         ctx.released?.();
       }
@@ -763,7 +764,7 @@ export class JobPipeline {
       return encodeMemo({
         key: k.key,
         checks: k.checks,
-        outputs: outputs.map((o) => ({ path: resolve(req.cwd, o.path), digest: ZERO_DIGEST, size: 0 })),
+        outputs: outputs.map((o) => ({ path: asOpened(req.cwd, o.path), digest: ZERO_DIGEST, size: 0 })),
         stdout: NO_OUTPUT,
         stderr: NO_OUTPUT,
       });

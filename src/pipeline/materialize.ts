@@ -1,5 +1,6 @@
 import { closeSync, fchmodSync, openSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { asOpened } from '../util/asOpened.js';
 import { holdsBytes } from '../util/holdsBytes.js';
 import { tempSuffix } from '../util/tempSuffix.js';
 
@@ -12,7 +13,7 @@ import { tempSuffix } from '../util/tempSuffix.js';
 export async function materialize(cwd: string, outputs: { path: string; data: Buffer }[], umask: number): Promise<void> {
   const mode = 0o666 & ~umask;
   for (const o of outputs) {
-    const target = resolve(cwd, o.path);
+    const target = asOpened(cwd, o.path);
     // Already there: a regular file with this mode, no other hard link, exactly these bytes.
     if (holdsBytes(target, o.data, (st) => (st.mode & 0o7777) === mode && st.nlink === 1)) {
       const now = new Date();

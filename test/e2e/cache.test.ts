@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
@@ -416,6 +416,44 @@ exec ${b.clang} "$@"
       assert.ok(readFileSync(join(b.dir, 'main.thinlto-native.o')).equals(good), `settle ${settle}: compiled again, not served from the raced run`);
     }
     assert.ok(direct().equals(good));
+  });
+
+  test('paths with `..` after a symbolic link: the key and the memo look at the files clang opens, not at the lexically normal ones', () => {
+    // The real tree is elsewhere; the build directory reaches it as `sub/..` (sub -> real/inner)
+    // and holds stale copies of the objects at the lexically normal paths.
+    const real = ThinBuild.fromFixture(FIXTURE, join(tempDir('dotdot-real'), 'src'));
+    real.frontEnd();
+    mkdirSync(join(real.dir, 'inner'));
+    const view = tempDir('dotdot-view');
+    symlinkSync(join(real.dir, 'inner'), join(view, 'sub'));
+    for (const m of real.modules) copyFileSync(join(real.dir, `${m}.o`), join(view, `${m}.o`));
+    const thinLink = () => {
+      const r = spawnSync(real.lld, ['-r', '--thinlto-index-only=list', ...real.modules.map((m) => `sub/../${m}.o`), '-o', 'tl.o'], { cwd: view, encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+    };
+    const args = (out: string) => [...real.cflags, '-x', 'ir', '-fno-lto', '-fthinlto-index=sub/../main.o.thinlto.bc', '-c', '-o', out, 'sub/../main.o'];
+    const direct = () => {
+      const r = spawnSync(real.clang, args('direct.o'), { cwd: view, encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      return readFileSync(join(view, 'direct.o'));
+    };
+    const viaCache = () => {
+      const r = spawnSync(CLIENT, [real.clang, ...args('out.o')], { cwd: view, env: cache.env, encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      return readFileSync(join(view, 'out.o'));
+    };
+    thinLink();
+    assert.ok(viaCache().equals(direct()));
+    const before = cache.stats();
+    assert.ok(viaCache().equals(direct()));
+    assert.equal(cache.stats().hits - before.hits, 1, 'cacheable, and served');
+    // A module main imports from changes in the real tree only.
+    writeFileSync(join(real.dir, 'mathx.c'), readFileSync(join(real.dir, 'mathx.c'), 'utf8').replace('return x * x;', 'return x * x + 7;'));
+    real.frontEnd(['mathx']);
+    thinLink();
+    const now = direct();
+    const served = viaCache();
+    assert.ok(served.equals(now), 'the object clang makes now, not the stored one');
   });
 
   test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
