@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -134,6 +135,8 @@ async function include(path: string, depth: number, out: ConfigExpansion): Promi
   } catch {
     throw new Uncacheable('config-file', `cannot read config file ${path}`);
   }
+  // A lossy decode would name other files than clang opens (it reads the bytes as they are).
+  if (!isUtf8(content)) throw new Uncacheable('config-file', `config file ${path} is not valid UTF-8`);
   out.files.push({ path, content });
   const dir = dirname(path);
   for (const raw of tokenizeConfigFile(content.toString('utf8'))) {

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { readFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
 import { asOpened } from '../util/asOpened.js';
@@ -227,6 +228,8 @@ async function expand(args: string[], cwd: string, depth: number, rsp: Job['resp
       } catch {
         throw new Uncacheable('rsp-unreadable', `cannot read response file ${path}`);
       }
+      // A lossy decode would name other files than clang opens (it reads the bytes as they are).
+      if (!isUtf8(content)) throw new Uncacheable('rsp-unreadable', `response file ${path} is not valid UTF-8`);
       rsp.push({ path, content });
       out.push(...(await expand(tokenizeGnu(content.toString('utf8')), cwd, depth + 1, rsp)));
     } else out.push(a);

@@ -81,12 +81,13 @@ test('what cannot be expanded as clang does is uncacheable, with the file named'
     ['--config=x.cfg\n', /inside a config file/],
     ['@missing.rsp\n', /cannot read config file/],
     ['@bad.cfg\n', /nested deeper/],
+    [Buffer.from([0x2d, 0x49, 0xe9, 0x0a]), /not valid UTF-8/],
   ] as const) {
     fs.writeFileSync(join(dir, 'bad.cfg'), text);
     await assert.rejects(
       new ConfigFiles(ask).expand({ compiler: '/c', argv: [], tokens: [], cwd: dir, env: {}, configDigests: [] }),
       (e) => e instanceof Uncacheable && e.reason === 'config-file' && re.test(e.detail),
-      text,
+      String(text),
     );
   }
 });

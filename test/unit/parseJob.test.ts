@@ -414,6 +414,14 @@ describe('response files', () => {
     assert.equal((await uncacheable(['@adir.rsp', ...tail('m')], cwd)).reason, 'rsp-unreadable');
   });
 
+  test('a response file that is not UTF-8 → rsp-unreadable (a lossy decode would name files clang does not open)', async () => {
+    const cwd = tempDir();
+    fs.writeFileSync(join(cwd, 'latin1.rsp'), Buffer.concat([Buffer.from('-fprofile-sample-use=caf'), Buffer.from([0xe9]), Buffer.from('.prof')]));
+    const r = await uncacheable(['@latin1.rsp', ...tail('m')], cwd);
+    assert.equal(r.reason, 'rsp-unreadable');
+    assert.match(r.detail, /not valid UTF-8/);
+  });
+
   test('a nested unreadable response file → rsp-unreadable', async () => {
     const cwd = tempDir();
     fs.writeFileSync(join(cwd, 'outer.rsp'), '-O2 @missing.rsp');
