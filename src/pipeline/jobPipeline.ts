@@ -247,8 +247,10 @@ export class JobPipeline {
         const r = await buildManifest({ files, toolchains, configs, observe }, job, req.compiler, req.cwd, req.env);
         if (r.kind !== 'key') return r;
         const seen = observe.checks();
-        // Without checks the job is served and stored as usual, with no memo (and re-keyed after its compile).
-        return o.memo && observe.memoable() ? { ...r, checks: seen } : { ...r, observed: seen };
+        // Without checks the job is served and stored as usual, with no memo (and re-keyed after its
+        // compile). A key holding this machine's CPU (-march=native) gets none: a memo checks files,
+        // and a cache directory shared by machines (an NFS home) would serve it on another CPU.
+        return o.memo && observe.memoable() && !r.manifest.native ? { ...r, checks: seen } : { ...r, observed: seen };
       };
     }
   }

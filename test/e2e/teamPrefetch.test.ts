@@ -138,6 +138,14 @@ describe('team prefetch', () => {
     assert.equal(plain.status, 0, plain.stderr);
     await waitFor('both uploads', () => w.stats().uploads === 2);
     assert.equal(w.stats().team_memos_shared, 1, 'only the job without native shares its memo');
+    // No local memo either (a cache directory shared by machines would serve it on another CPU):
+    // the next run is a hit the daemon keys, CPU included.
+    assert.equal(w.stats().memos_written, 1);
+    const before = w.stats();
+    assert.equal(b.backend(m, { wrapper: [CLIENT], env: w.env, extra: ['-march=native'] }).status, 0);
+    const after = w.stats();
+    assert.equal(after.hits - before.hits, 1);
+    assert.equal(after.memo_hits - before.memo_hits, 0);
   });
 
   test('prefetch off: no team memo is fetched', async () => {
