@@ -1111,6 +1111,18 @@ static int output_broken(void) {
     return ((p[0].revents | p[1].revents) & (POLLERR | POLLHUP)) != 0;
 }
 
+/* Whether the daemon reads the response file `path` as clang would: a regular file (a named
+ * pipe's data belongs to its one reader, clang), named without this process's descriptors
+ * (/dev/fd/N from `@<(gen-flags)`, /dev/stdin, /proc/...: in the daemon they name its own). */
+static int daemon_can_read(const char *path) {
+    static const char *const own[] = {"/dev/fd/", "/dev/stdin", "/dev/stdout", "/dev/stderr",
+                                      "/proc/"};
+    for (size_t k = 0; k < sizeof own / sizeof *own; k++)
+        if (starts_with(path, own[k])) return 0;
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
 int main(int argc, char **argv) {
     open_std_fds();
     const char *p = getenv("LTOCACHE_PRINT_SOCKET");
@@ -1159,12 +1171,19 @@ int main(int argc, char **argv) {
     }
 
     /* Only a possible backend job is worth a socket round trip; a response file may hide
-     * -fthinlto-index=, so "@..." goes to the daemon too (it reads the file). */
+     * -fthinlto-index=, so "@..." goes to the daemon too (it reads the file), unless the daemon
+     * cannot read it as clang will: then clang runs as is. */
     const char *disable = env_nonempty("LTOCACHE_DISABLE");
-    int backend = 0;
-    for (int i = 1; i < j.argc; i++)
-        if (starts_with(j.argv[i], "-fthinlto-index=") || j.argv[i][0] == '@') backend = 1;
-    if (backend && !skip.self_exec && !(disable && strcmp(disable, "0") != 0) && !output_broken())
+    int backend = 0, unreadable = 0;
+    for (int i = 1; i < j.argc; i++) {
+        if (starts_with(j.argv[i], "-fthinlto-index=")) backend = 1;
+        if (j.argv[i][0] == '@') {
+            backend = 1;
+            if (!daemon_can_read(j.argv[i] + 1)) unreadable = 1;
+        }
+    }
+    if (backend && !unreadable && !skip.self_exec && !(disable && strcmp(disable, "0") != 0) &&
+        !output_broken())
         run_via_daemon(&j);
     direct_exec(&j);
 }

@@ -1,8 +1,8 @@
 import { isUtf8 } from 'node:buffer';
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { asOpened } from '../util/asOpened.js';
+import { asOpened, namesProcessFile } from '../util/asOpened.js';
+import { readRegularFile } from '../util/readRegularFile.js';
 import type { Token } from './parseJob.js';
 import { tokenizeGnu } from './responseFile.js';
 import { Uncacheable } from './uncacheable.js';
@@ -129,12 +129,14 @@ export class ConfigFiles {
 /** Reads a config file (or an `@file` inside one) into `out`, as clang's ExpansionContext does for config files. */
 async function include(path: string, depth: number, out: ConfigExpansion): Promise<void> {
   if (depth >= INCLUDE_DEPTH) throw new Uncacheable('config-file', `@files in config files nested deeper than ${INCLUDE_DEPTH}`);
-  let content: Buffer;
+  if (namesProcessFile(path)) throw new Uncacheable('process-file', `config file ${path} names a file through the process that opens it`);
+  let content: Buffer | null;
   try {
-    content = await readFile(path);
+    content = await readRegularFile(path);
   } catch {
     throw new Uncacheable('config-file', `cannot read config file ${path}`);
   }
+  if (!content) throw new Uncacheable('config-file', `config file ${path} is not a regular file`);
   // A lossy decode would name other files than clang opens (it reads the bytes as they are).
   if (!isUtf8(content)) throw new Uncacheable('config-file', `config file ${path} is not valid UTF-8`);
   out.files.push({ path, content });

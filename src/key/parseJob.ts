@@ -1,7 +1,7 @@
 import { isUtf8 } from 'node:buffer';
-import { readFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
-import { asOpened } from '../util/asOpened.js';
+import { asOpened, namesProcessFile } from '../util/asOpened.js';
+import { readRegularFile } from '../util/readRegularFile.js';
 import { tokenizeGnu } from './responseFile.js';
 import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 
@@ -222,12 +222,15 @@ async function expand(args: string[], cwd: string, depth: number, rsp: Job['resp
     if (a.startsWith('@') && a.length > 1) {
       if (depth >= RSP_DEPTH) throw new Uncacheable('rsp-depth', `response files nested deeper than ${RSP_DEPTH}`);
       const path = a.slice(1);
-      let content: Buffer;
+      const abs = asOpened(cwd, path);
+      if (namesProcessFile(abs)) throw new Uncacheable('process-file', `response file ${path} names a file through the process that opens it`);
+      let content: Buffer | null;
       try {
-        content = await readFile(asOpened(cwd, path));
+        content = await readRegularFile(abs);
       } catch {
         throw new Uncacheable('rsp-unreadable', `cannot read response file ${path}`);
       }
+      if (!content) throw new Uncacheable('rsp-unreadable', `response file ${path} is not a regular file`);
       // A lossy decode would name other files than clang opens (it reads the bytes as they are).
       if (!isUtf8(content)) throw new Uncacheable('rsp-unreadable', `response file ${path} is not valid UTF-8`);
       rsp.push({ path, content });

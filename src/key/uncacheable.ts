@@ -14,6 +14,7 @@ export const UNCACHEABLE_REASONS = [
   'rsp-unreadable',
   'rsp-depth',
   'missing-file',
+  'process-file',
   'bad-index',
   'racy-index',
   'racy-input',

@@ -1,4 +1,4 @@
-import { lstatSync, readFileSync } from 'node:fs';
+import { lstatSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ConfigFiles } from '../key/configFiles.js';
@@ -15,6 +15,7 @@ import type { CacheBackend, PutResult, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
 import type { EntryRecord } from '../store/record.js';
 import { asOpened } from '../util/asOpened.js';
+import { readRegularFileSync } from '../util/readRegularFile.js';
 import { settledWithin } from '../util/settledWithin.js';
 import type { DenyList } from './denyList.js';
 import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
@@ -661,7 +662,11 @@ export class JobPipeline {
       // Synchronous: the outputs were just written and are in the page cache; a thread-pool round
       // trip per file costs the daemon more CPU than the read.
       try {
-        for (const o of outputs) files.set(o.role, readFileSync(asOpened(req.cwd, o.path)));
+        for (const o of outputs) {
+          const bytes = readRegularFileSync(asOpened(req.cwd, o.path));
+          if (!bytes) throw new Error(`${o.path} is not a regular file`);
+          files.set(o.role, bytes);
+        }
       } finally {
         ctx.released?.();
       }

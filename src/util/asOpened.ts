@@ -15,3 +15,15 @@ export function asOpened(cwd: string, p: string): string {
   if (p.startsWith('/')) return p;
   return cwd.endsWith('/') ? `${cwd}${p}` : `${cwd}/${p}`;
 }
+
+const PROCESS_PATH = /^\/(proc\/|dev\/(fd(\/|$)|stdin$|stdout$|stderr$))/;
+
+/**
+ * Whether an absolute path (as asOpened gives it) names a file through the process that opens
+ * it: `/dev/fd/N`, `/dev/stdin` and the like, anything under `/proc`. The daemon opening such a
+ * path reads its own descriptors, not the requesting client's (`clang @<(gen-flags)` passes
+ * `@/dev/fd/63`), so a job naming one is never keyed.
+ */
+export function namesProcessFile(abs: string): boolean {
+  return PROCESS_PATH.test(abs) || PROCESS_PATH.test(resolve(abs));
+}

@@ -8,7 +8,8 @@ import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 
 export function holdsBytes(path: string, bytes: Buffer, accept: (st: Stats) => boolean, noFollow = false): boolean {
   let fd: number;
   try {
-    fd = openSync(path, noFollow ? constants.O_RDONLY | constants.O_NOFOLLOW : constants.O_RDONLY);
+    // Without blocking: opening a named pipe would wait for a writer.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | (noFollow ? constants.O_NOFOLLOW : 0));
   } catch {
     return false;
   }

@@ -456,6 +456,39 @@ exec ${b.clang} "$@"
     assert.ok(served.equals(now), 'the object clang makes now, not the stored one');
   });
 
+  test('response files and outputs the daemon cannot read as clang does (a named pipe, /dev/fd/N): clang runs as is, nothing hangs', async () => {
+    b.thinLink();
+    const args = b.backendArgs('main');
+    const fifo = join(b.dir, 'args.fifo');
+    const withDeadline = <T>(p: Promise<T>, what: string) =>
+      Promise.race([p, new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`${what}: no answer in 30 s`)), 30_000))]);
+    const direct = b.backend('main', { out: 'main.direct.o' });
+    assert.equal(direct.status, 0);
+    const good = readFileSync(join(b.dir, 'main.direct.o'));
+    // A named pipe as a response file: its data is clang's to read, once.
+    spawnSync('mkfifo', [fifo]);
+    const writer = spawn('sh', ['-c', `printf '%s\n' "$*" > ${fifo}`, 'sh', ...args.slice(0, -3), '-o', 'via-fifo.o', 'main.o'], { cwd: b.dir });
+    const r = await withDeadline(runAsync(CLIENT, [b.clang, `@${fifo}`], { cwd: b.dir, env: cache.env }), 'a named pipe as a response file');
+    writer.kill();
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(readFileSync(join(b.dir, 'via-fifo.o')).equals(good));
+    // /dev/fd/N: the client's descriptor, which the daemon's own fd N is not.
+    writeFileSync(join(b.dir, 'args.rsp'), [...args.slice(0, -3), '-o', 'via-fd.o', 'main.o'].join(' '));
+    const viaFd = await withDeadline(runAsync('sh', ['-c', `exec ${CLIENT} ${b.clang} @/dev/fd/9 9< args.rsp`], { cwd: b.dir, env: cache.env }), '@/dev/fd/9');
+    assert.equal(viaFd.status, 0, viaFd.stderr);
+    assert.ok(readFileSync(join(b.dir, 'via-fd.o')).equals(good));
+    // A named pipe as the output: clang writes into it; the daemon never opens it.
+    const outFifo = join(b.dir, 'out.fifo');
+    spawnSync('mkfifo', [outFifo]);
+    const reader = runAsync('sh', ['-c', `cat ${outFifo} > from-fifo.o`], { cwd: b.dir });
+    const o = await withDeadline(runAsync(CLIENT, [b.clang, ...args.slice(0, -3), '-o', outFifo, 'main.o'], { cwd: b.dir, env: cache.env }), 'a named pipe as the output');
+    assert.equal(o.status, 0, o.stderr);
+    await withDeadline(reader, 'the pipe reader');
+    assert.ok(readFileSync(join(b.dir, 'from-fifo.o')).equals(good));
+    const stats = await withDeadline(runAsync(process.execPath, [CLI, 'stats', '--json'], { cwd: b.dir, env: cache.env }), 'stats after a pipe output');
+    assert.equal(stats.status, 0, 'the daemon still answers');
+  });
+
   test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
     const pidFile = join(b.dir, 'slow.pid');
     const slow = join(b.dir, 'very-slow-clang.sh');
