@@ -59,6 +59,9 @@
 extern char **environ;
 
 #define CONNECT_RETRY_NS (10L * 1000 * 1000)
+/* After a daemon we started found the store held by another (its answer 'L'): how long the
+ * holder gets to be found listening on our socket. */
+#define LOST_START_WAIT_MS 250
 #define GUARD_ENV "LTOCACHE_EXEC_GUARD"
 #define MAX_SKIP 64
 
@@ -275,12 +278,59 @@ static char *cache_dir(void) {
     return d;
 }
 
+/* The real path of `dir`, or, while it does not exist, the real path of its longest existing
+ * ancestor with the rest of `dir` appended ("" and "." skipped, ".." dropping the component
+ * before it): the name the daemon's socket is derived from (cacheDir.ts socketDirName gives the
+ * same, and the same once the daemon has made the directory). Malloc'd, or NULL. */
+static char *socket_dir_name(const char *dir) {
+    char *head = strdup(dir);
+    if (!head) return NULL;
+    char *real;
+    while (!(real = realpath(head, NULL))) {
+        char *slash = strrchr(head, '/');
+        if (!slash || (slash == head && head[1] == '\0')) {
+            free(head);
+            return NULL;
+        }
+        slash[slash == head ? 1 : 0] = '\0';
+    }
+    const char *rest = dir + strlen(head);
+    free(head);
+    size_t cap = strlen(real) + strlen(rest) + 2, len = strlen(real);
+    char *out = realloc(real, cap);
+    if (!out) {
+        free(real);
+        return NULL;
+    }
+    while (*rest) {
+        while (*rest == '/') rest++;
+        size_t k = strcspn(rest, "/");
+        if (k == 0 || (k == 1 && rest[0] == '.')) {
+        } else if (k == 2 && rest[0] == '.' && rest[1] == '.') {
+            while (len > 1 && out[len - 1] != '/') len--;
+            if (len > 1) len--;
+        } else {
+            if (len > 1) out[len++] = '/';
+            memcpy(out + len, rest, k);
+            len += k;
+        }
+        out[len] = '\0';
+        rest += k;
+    }
+    out[len] = '\0';
+    return out;
+}
+
 /* Fills sock_dir ("/tmp/ltocache-<uid>") and addr ("<sock_dir>/<fnv hex>.sock").
  * Returns 0 on success, -1 if there is no usable cache dir. */
 static int socket_location(char sock_dir[64], struct sockaddr_un *addr) {
     char *dir = cache_dir();
     if (!dir) return -1;
-    uint64_t h = fnv1a64(dir);
+    /* One daemon per directory, whatever the spelling ("//", a symlink, $HOME with a trailing
+     * slash): the socket is named after the real path, as the daemon names it. */
+    char *real = socket_dir_name(dir);
+    uint64_t h = fnv1a64(real ? real : dir);
+    free(real);
     free(dir);
     snprintf(sock_dir, 64, "/tmp/ltocache-%lu", (unsigned long)getuid());
     memset(addr, 0, sizeof *addr);
@@ -482,7 +532,7 @@ static int connect_daemon(void) {
     if (socket_location(sock_dir, &addr) != 0) return -1;
     start_marker(&addr, marker);
     long long deadline = 0;
-    int started = 0;
+    int started = 0, lost = 0;
     for (;;) {
         int state = socket_dir_state(sock_dir);
         if (state < 0) return -1;
@@ -514,10 +564,22 @@ static int connect_daemon(void) {
                     return -1;
                 }
                 if (c == 'R') unlink(marker);
+                /* 'L': another daemon holds the store. One started at the same moment listens
+                 * here any moment now; one that does not listen here (the directory reached
+                 * another way, as through a bind mount) will not, and later jobs go straight
+                 * to clang for a while instead of each starting a daemon of their own. */
+                if (c == 'L') {
+                    lost = 1;
+                    long long soon = now_ms() + LOST_START_WAIT_MS;
+                    if (soon < deadline) deadline = soon;
+                }
             }
             continue;
         }
-        if (now_ms() >= deadline) return -1;
+        if (now_ms() >= deadline) {
+            if (lost) record_start_failure(sock_dir, marker);
+            return -1;
+        }
         struct timespec ts = {0, CONNECT_RETRY_NS};
         nanosleep(&ts, NULL);  /* an early wake-up (EINTR) only shortens one interval */
     }

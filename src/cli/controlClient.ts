@@ -1,4 +1,5 @@
 import { connect } from 'node:net';
+import { socketDirName } from '../config/cacheDir.js';
 import { decodeJson, encodeJson, FrameDecoder, socketPathFor } from '../protocol/clientFrames.js';
 import { type ControlRequest, ControlResponse } from '../protocol/control.js';
 
@@ -7,7 +8,7 @@ export type ControlReply = { kind: 'ok'; result: unknown } | { kind: 'failed'; e
 /** Sends one control request to the daemon of `cacheDir`; an absent daemon is data, not an exception. */
 export function askDaemon(cacheDir: string, req: ControlRequest, timeoutMs = 30_000): Promise<ControlReply> {
   return new Promise((resolve) => {
-    const sock = connect(socketPathFor(cacheDir, process.getuid!()));
+    const sock = connect(socketPathFor(socketDirName(cacheDir), process.getuid!()));
     const decoder = new FrameDecoder(64 << 20);
     let settled = false;
     const done = (r: ControlReply) => {

@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute } from 'node:path';
 
@@ -40,4 +41,33 @@ export function resolveCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 export function clientCacheDir(env: NodeJS.ProcessEnv): string | undefined {
   const dir = cacheDirRule(env, undefined);
   return dir?.startsWith('/') ? dir : undefined;
+}
+
+/**
+ * What the daemon's socket is named after (socketPathFor): the cache directory's real path, so
+ * every spelling of it (`//`, a symbolic link, HOME with a trailing slash) reaches one daemon.
+ * While it does not exist: the real path of its longest existing ancestor with the rest appended
+ * (empty and `.` components skipped, `..` dropping the one before), which is its real path once
+ * made. The native client derives the same (client/ltocache.c socket_dir_name).
+ */
+export function socketDirName(dir: string): string {
+  let head = dir;
+  let real: string | undefined;
+  for (;;) {
+    try {
+      real = realpathSync.native(head);
+      break;
+    } catch {
+      const slash = head.lastIndexOf('/');
+      if (slash < 0 || head === '/') return dir;
+      head = slash === 0 ? '/' : head.slice(0, slash);
+    }
+  }
+  const parts = real === '/' ? [] : real.slice(1).split('/');
+  for (const c of dir.slice(head.length).split('/')) {
+    if (c === '' || c === '.') continue;
+    if (c === '..') parts.pop();
+    else parts.push(c);
+  }
+  return `/${parts.join('/')}`;
 }

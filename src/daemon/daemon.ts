@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { socketDirName } from '../config/cacheDir.js';
 import type { Config } from '../config/config.js';
 import { assembleDistMemo, DistMemoCollector } from '../dtlto/assembleDistMemo.js';
 import { DISTRIBUTE_USAGE, DistributeError, type JobRun, type PlannedDistribution, type PlannedJob, planDistribution, runDistribution, signalName } from '../dtlto/distribution.js';
@@ -89,7 +90,7 @@ export class Daemon {
     deny: DenyList,
     Remote: typeof RemoteBackend | null,
   ) {
-    this.socketPath = socketPathFor(config.dir, process.getuid!());
+    this.socketPath = socketPathFor(socketDirName(config.dir), process.getuid!());
     this.jobLog = new JobLog(store, config.build_gap_ms);
     this.stopped = new Promise((r) => (this.markStopped = r));
     if (Remote) {

@@ -489,6 +489,29 @@ exec ${b.clang} "$@"
     assert.equal(stats.status, 0, 'the daemon still answers');
   });
 
+  test('the cache directory under another spelling (a symbolic link, `//`) reaches the same daemon at once', () => {
+    b.thinLink();
+    const first = b.backend('strx', { wrapper: [CLIENT], env: cache.env });
+    assert.equal(first.status, 0, first.stderr);
+    const pid = cache.daemonPid();
+    const link = join(tempDir('cache-link'), 'to-cache');
+    symlinkSync(cache.dir, link);
+    const slashes = cache.dir.replace(/\/([^/]*)$/, '//$1');
+    for (const spelled of [link, slashes, `${cache.dir}/.`]) {
+      const env = { ...cache.env, LTOCACHE_DIR: spelled, LTOCACHE_MEMO: '0' };
+      const before = cache.stats();
+      const t0 = Date.now();
+      const r = b.backend('strx', { wrapper: [CLIENT], env });
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(Date.now() - t0 < 2500, `${spelled}: answered without waiting out a daemon start (${Date.now() - t0} ms)`);
+      assert.equal(cache.stats().hits - before.hits, 1, `${spelled}: a hit from the one daemon`);
+      assert.equal(cache.daemonPid(), pid);
+      const viaCli = spawnSync(process.execPath, [CLI, 'stats', '--json'], { env, encoding: 'utf8' });
+      assert.equal(viaCli.status, 0, viaCli.stderr);
+      assert.equal((JSON.parse(viaCli.stdout) as { hits: number }).hits, cache.stats().hits, `${spelled}: the CLI reaches it too`);
+    }
+  });
+
   test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
     const pidFile = join(b.dir, 'slow.pid');
     const slow = join(b.dir, 'very-slow-clang.sh');

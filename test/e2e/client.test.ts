@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { clientCacheDir } from '../../src/config/cacheDir.js';
+import { clientCacheDir, socketDirName } from '../../src/config/cacheDir.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { decodeMemo, encodeMemo, lookupDigest, type MemoCheck, memoPath } from '../../src/memo/memoFormat.js';
 import {
@@ -248,13 +248,21 @@ test('C and TypeScript agree on the socket path (LTOCACHE_PRINT_SOCKET=1)', asyn
     { XDG_CACHE_HOME: 'relative-xdg', HOME: '/home/u/' },
     { HOME: '/root' },
   ];
+  // Spellings of one directory: each must name the socket of its real path.
+  const realDir = path.join(fs.realpathSync(tmp), 'spelled-cache');
+  fs.mkdirSync(realDir, { recursive: true });
+  fs.symlinkSync(realDir, path.join(tmp, 'spelled-link'));
+  const spellings = [realDir, `${path.dirname(realDir)}//spelled-cache`, `${realDir}/./`, path.join(tmp, 'spelled-link'), `${realDir}/x/..`, `${realDir}/not-made/../sub/./deeper`];
+  for (const d of spellings) cases.push({ LTOCACHE_DIR: d });
   for (const env of cases) {
     const r = await run(client, [], { env: { ...env, LTOCACHE_PRINT_SOCKET: '1' } });
     const dir = clientCacheDir(env);
     assert.ok(dir, JSON.stringify(env));
     assert.equal(r.status, 0, r.stderr.toString());
-    assert.equal(r.stdout.toString(), `${socketPathFor(dir, uid)}\n`, JSON.stringify(env));
+    assert.equal(r.stdout.toString(), `${socketPathFor(socketDirName(dir), uid)}\n`, JSON.stringify(env));
   }
+  for (const d of spellings.slice(0, 5)) assert.equal(socketDirName(d), realDir, d);
+  assert.equal(socketDirName(spellings[5]!), path.join(realDir, 'sub', 'deeper'));
   for (const env of [{ LTOCACHE_DIR: 'rel/dir' }, { HOME: 'h' }, {}] as NodeJS.ProcessEnv[]) {
     assert.equal(clientCacheDir(env), undefined);
     const r = await run(client, [], { env: { ...env, LTOCACHE_PRINT_SOCKET: '1' } });
