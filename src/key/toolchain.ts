@@ -1,13 +1,10 @@
-import { execFile } from 'node:child_process';
 import { type BigIntStats, realpathSync, statSync } from 'node:fs';
 import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import { type DigestSource, nowNs, settledAt, statIdentity } from './fileDigests.js';
 import type { Digest } from './hash.js';
+import { LOADER_ENV, statOrUndefined, traceLoader, type Watched, watchState } from './loaderTrace.js';
 import type { ObservingFiles } from './observed.js';
-
-const run = promisify(execFile);
 
 export interface Toolchain {
   /** The name the compiler was invoked as: clang picks its driver mode from it. */
@@ -24,13 +21,12 @@ export interface Toolchain {
   system: { path: string; digest: Digest }[];
 }
 
-/** Environment variables that change which libraries the compiler loads. */
-export const LOADER_ENV = ['LD_LIBRARY_PATH', 'LD_PRELOAD'] as const;
-
 /** Config files clang may load by a fixed path (clang 22 names /etc/clang.cfg). */
 const CONFIG_FILES = ['/etc/clang.cfg'];
 /** The loader's cache: where it finds libraries that no RPATH or LD_LIBRARY_PATH names. */
 const LD_SO_CACHE = '/etc/ld.so.cache';
+/** Libraries glibc's loader maps into every program, before the program's own. */
+const LD_SO_PRELOAD = '/etc/ld.so.preload';
 /**
  * Files clang's driver reads to tell the Linux distribution (clang/lib/Driver/Distro.cpp), whose
  * answer changes defaults that reach the object (on Gentoo, no `-faddrsig`): keyed by content when
@@ -85,13 +81,22 @@ export function configDirs(compiler: string, real: string): string[] {
   ];
 }
 
+/** A toolchain's identity and what its memo entry rests on besides its memo key. */
+interface Identified {
+  t: Toolchain;
+  /** Where the loader searched without success (loaderTrace.ts). */
+  watched: Watched[];
+}
+
 /**
  * Identifies a compiler by content: its resolved executable, the libraries it loads (most of
  * LLVM lives in libLLVM.so, so the executable alone does not pin code generation) and implicit
- * config files. Memoised by the executable's identity and the loader environment.
+ * config files. Memoised by the executable's identity and the loader environment, and used from
+ * the memo only while every directory the loader searched before finding each library is as it
+ * was.
  */
 export class ToolchainIdentifier {
-  private readonly memo = new Map<string, Promise<Toolchain>>();
+  private readonly memo = new Map<string, Promise<Identified>>();
   /** Identities computed rather than taken from the memo, for tests. */
   computed = 0;
 
@@ -103,7 +108,9 @@ export class ToolchainIdentifier {
 
   /**
    * `observe` (a job's observer) learns everything the identity rests on: the compiler as given,
-   * its libraries and configs, the config directories, the loader cache, PATH for a script.
+   * its libraries and configs, the config directories, the loader cache and preload list, every
+   * directory the loader searched without success (or the outermost absent one above it), PATH
+   * for a script.
    */
   async identify(compiler: string, env: Record<string, string>, observe?: ObservingFiles): Promise<Toolchain> {
     const real = realpathSync.native(compiler);
@@ -112,6 +119,7 @@ export class ToolchainIdentifier {
     // One stat per directory serves both the memo key and the job's observations.
     const dirStats = dirs.map(dirStat);
     const loaderCache = dirStat(LD_SO_CACHE);
+    const preload = dirStat(LD_SO_PRELOAD);
     // A config file added next to the compiler, or a new loader cache, changes the identity too.
     const memoKey = JSON.stringify([
       compiler,
@@ -127,11 +135,12 @@ export class ToolchainIdentifier {
       ...CONFIG_FILES.map((f) => dirState(dirStat(f))),
       ...this.distroFiles.map((f) => dirState(dirStat(f))),
       dirState(loaderCache),
+      dirState(preload),
     ]);
     // The identities stand for what was read only once settled: a config file added in the same
     // timestamp tick as the listing leaves its directory's identity as it was.
     const at = nowNs();
-    const settled = [st, loaderCache, ...dirStats].every((d) => !d || settledAt(d, at));
+    const settled = [st, loaderCache, preload, ...dirStats].every((d) => !d || settledAt(d, at));
     let p = settled ? this.memo.get(memoKey) : undefined;
     if (!p) {
       p = this.compute(compiler, real, env);
@@ -140,8 +149,15 @@ export class ToolchainIdentifier {
         p.catch(() => this.memo.delete(memoKey));
       }
     }
-    const t = await p;
+    const { t, watched } = await p;
     const files = observe ?? this.files;
+    // A library that appears earlier on the loader's search leaves the memo key as it was but
+    // changes the directory it appears in (or one that was absent): recompute when any moved.
+    const watchedStats = watched.map((w) => statOrUndefined(w.path));
+    if (watched.some((w, i) => watchState(watchedStats[i]) !== w.state)) {
+      this.memo.delete(memoKey);
+      return this.identify(compiler, env, observe);
+    }
     // Libraries, configs and the executable itself can change under a memo key that did not
     // (in place within a timestamp tick): re-check their digests (memoised by stat, so this is
     // cheap) and recompute when any moved.
@@ -155,7 +171,12 @@ export class ToolchainIdentifier {
     if (observe) {
       await observe.digest(compiler);
       await observe.digest(LD_SO_CACHE);
+      await observe.digest(LD_SO_PRELOAD);
       for (const [i, dir] of dirs.entries()) observe.directory(dir, { st: dirStats[i] });
+      for (const [i, w] of watched.entries()) {
+        if (w.kind === 'dir') observe.directory(w.path, { st: watchedStats[i] });
+        else await observe.digest(w.path);
+      }
       for (const f of CONFIG_FILES) await observe.digest(f);
       for (const f of this.distroFiles) await observe.digest(f);
       if (t.searchPath !== undefined) observe.environment('PATH', env.PATH);
@@ -173,14 +194,15 @@ export class ToolchainIdentifier {
     return out;
   }
 
-  private async compute(compiler: string, real: string, env: Record<string, string>): Promise<Toolchain> {
+  private async compute(compiler: string, real: string, env: Record<string, string>): Promise<Identified> {
     this.computed++;
     // All at once: a fresh daemon's first jobs wait for this, and the libraries (libLLVM alone is
     // over 100 MB) are read through the thread pool while earlier ones are hashed.
     const selfDigest = this.files.digest(real);
     selfDigest.catch(() => {}); // awaited below; not left unhandled if listing the libraries fails first
     const target = await loaderTarget(real);
-    const paths = await loadedLibraries(target.binary, env);
+    const trace = target.binary ? await traceLoader(target.binary, [], env) : { libs: [], watched: [] };
+    const paths = trace.libs;
     const [self, ...digests] = await Promise.all([selfDigest, ...paths.map((path) => this.files.digest(path))]);
     if (self!.kind !== 'file') throw new Error(`compiler ${real} is not a regular file`);
     const libs: Toolchain['libs'] = [];
@@ -202,7 +224,7 @@ export class ToolchainIdentifier {
     const system = await this.present(this.distroFiles);
     const t: Toolchain = { driver: basename(compiler), realpath: real, digest: self.digest, libs, configs, system };
     if (target.script) t.searchPath = env.PATH ?? '';
-    return t;
+    return { t, watched: trace.watched };
   }
 }
 
@@ -226,24 +248,4 @@ async function loaderTarget(exe: string): Promise<{ binary: string | null; scrip
   } finally {
     await fh.close();
   }
-}
-
-/** Asks the dynamic loader (as ldd does) which libraries the executable maps. */
-async function loadedLibraries(exe: string | null, env: Record<string, string>): Promise<string[]> {
-  if (!exe) return [];
-  const loaderEnv: Record<string, string> = { LD_TRACE_LOADED_OBJECTS: '1', PATH: env.PATH ?? '/usr/bin:/bin' };
-  for (const k of LOADER_ENV) if (env[k] !== undefined) loaderEnv[k] = env[k]!;
-  let stdout = '';
-  try {
-    ({ stdout } = await run(exe, [], { env: loaderEnv, timeout: 10_000, maxBuffer: 4 << 20 }));
-  } catch (e) {
-    // A static executable runs for real and fails without inputs: it maps no libraries.
-    stdout = String((e as { stdout?: string }).stdout ?? '');
-  }
-  const out: string[] = [];
-  for (const line of stdout.split('\n')) {
-    const m = /=>\s+(\/\S+)\s+\(0x/.exec(line) ?? /^\s*(\/\S+)\s+\(0x/.exec(line);
-    if (m) out.push(m[1]!);
-  }
-  return [...new Set(out)].sort();
 }

@@ -9,7 +9,7 @@ import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashFile, initHash } from '../../src/key/hash.js';
 import { buildManifest, canonicalJson, type KeyContext, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
 import { readIndexParts } from '../../src/key/moduleTable.js';
-import { ObservingFiles } from '../../src/key/observed.js';
+import { checksHold, ObservingFiles } from '../../src/key/observed.js';
 import { parseJob } from '../../src/key/parseJob.js';
 import { configDirs, ToolchainIdentifier } from '../../src/key/toolchain.js';
 
@@ -146,6 +146,43 @@ describe('the manifest of a real backend job', () => {
     await keyOnce();
     assert.equal(toolchains.computed, 3, 'memoised once settled');
     assert.equal(settled.memoable(), true);
+  });
+
+  test('a library that appears in an LD_LIBRARY_PATH directory fails the memo and changes the key', async () => {
+    const ldp = tempDir();
+    const d = tree();
+    const env = { ...ENV, LD_LIBRARY_PATH: ldp };
+    const f = new FileDigests();
+    const toolchains = new ToolchainIdentifier(f);
+    const p = await parseJob(BASE, d);
+    if (p.kind !== 'job') assert.fail(p.detail);
+    const keyOnce = async (): Promise<{ r: KeyResult; observe: ObservingFiles }> => {
+      const observe = new ObservingFiles(f);
+      return { r: await buildManifest({ files: f, toolchains, observe }, p.job, CLANG, d, env), observe };
+    };
+    await new Promise((r) => setTimeout(r, 2200));
+    const first = await keyOnce();
+    if (first.r.kind !== 'key') assert.fail(first.r.detail);
+    const checks = first.observe.checks();
+    assert.ok(
+      checks.some((c) => c.kind === 'dir' && c.path === ldp),
+      'the directory the loader searched first is a check',
+    );
+    assert.equal(checksHold(checks, env), true);
+    // One of libLLVM's own dependencies, found through ld.so.cache: a copy is harmless to clang.
+    const lib = first.r.manifest.toolchain.libs.find((l) => /\/lib(zstd|z|xml2|edit|ffi)\.so\.\d+$/.test(l.path));
+    if (!lib) assert.fail(`no system library among ${first.r.manifest.toolchain.libs.map((l) => l.path).join(', ')}`);
+    const shadow = join(ldp, lib.path.split('/').pop()!);
+    fs.copyFileSync(lib.path, shadow);
+    assert.equal(checksHold(checks, env), false, 'the memo no longer holds');
+    // Changed just now: a library added in the same timestamp tick would leave its identity as it was.
+    const racy = await keyOnce();
+    assert.equal(racy.r.kind === 'uncacheable' && racy.r.reason, 'racy-input');
+    await new Promise((r) => setTimeout(r, 2200));
+    const second = await keyOnce();
+    if (second.r.kind !== 'key') assert.fail(second.r.detail);
+    assert.ok(second.r.manifest.toolchain.libs.some((l) => l.path === shadow));
+    assert.notEqual(second.r.key, first.r.key);
   });
 
   test("the distribution's release files clang's driver reads are part of the toolchain, present or absent", async () => {

@@ -1,0 +1,141 @@
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { llvmTool } from '../../src/demo/thinBuild.js';
+import { readElf, traceLoader } from '../../src/key/loaderTrace.js';
+import { Uncacheable } from '../../src/key/uncacheable.js';
+import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
+
+/**
+ * The libraries the dynamic loader maps into clang decide the code it generates, and so does
+ * where the loader finds each: the directories it searched before are part of the memo's checks
+ * and of the toolchain's identity. Real clang 19 / lld 19, through the real client and daemon,
+ * compared against direct clang.
+ */
+
+/** An absolute path: the loader is traced on the file itself. */
+const CC = execFileSync('sh', ['-c', `command -v ${llvmTool('clang')}`], { encoding: 'utf8' }).trim();
+const LLD = llvmTool('ld.lld');
+const PATH = process.env.PATH ?? '/usr/bin:/bin';
+const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 2200));
+
+function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env) {
+  const r = spawnSync(cmd, args, { cwd, env, encoding: 'utf8' });
+  return { status: r.status ?? 128, stderr: r.stderr };
+}
+
+describe("the loader's search", () => {
+  const dirs: string[] = [];
+  after(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+  const scratch = (): string => {
+    const d = tempDir('loader-trace');
+    dirs.push(d);
+    return d;
+  };
+
+  test("clang's interpreter is the loader its trace lists", async () => {
+    const real = realpathSync(CC);
+    const elf = await readElf(real);
+    assert.ok(elf?.interp, 'a dynamic executable names its loader');
+    const t = await traceLoader(real, [], { PATH });
+    assert.equal(t.fallback, false);
+    assert.ok(t.libs.includes(elf.interp), `${elf.interp} among ${t.libs.join(', ')}`);
+  });
+
+  test('an absent LD_LIBRARY_PATH directory is watched once, as its outermost absent ancestor; no library found is watched', async () => {
+    const top = join(scratch(), 'none');
+    const t = await traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: join(top, 'a', 'lib') });
+    assert.deepEqual(
+      t.watched.filter((w) => w.path.startsWith(top)),
+      [{ path: top, kind: 'dir', state: '-' }],
+    );
+    for (const lib of t.libs) assert.ok(!t.watched.some((w) => w.path === lib), lib);
+  });
+
+  test('a relative directory on the search is uncacheable (it resolves against the job directory)', async () => {
+    await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: 'lib' }), (e) => e instanceof Uncacheable && e.reason === 'environment');
+  });
+
+  test("without the loader's account of its search: LD_LIBRARY_PATH, the program's and each library's directory", async () => {
+    const d = scratch();
+    const ldp = join(d, 'ldp');
+    mkdirSync(ldp);
+    // A static program ignores LD_DEBUG and prints what a loader without it would.
+    writeFileSync(join(d, 'fake.c'), '#include <stdio.h>\nint main(void) { puts("\\tlibfoo.so.1 => /nonexistent-lt/lib/libfoo.so.1 (0x00007f0000000000)"); return 0; }\n');
+    const cc = run(CC, ['-static', 'fake.c', '-o', 'fake'], d);
+    if (cc.status !== 0) assert.fail(`static link: ${cc.stderr}`);
+    await settle();
+    const t = await traceLoader(join(d, 'fake'), [], { PATH, LD_LIBRARY_PATH: ldp });
+    assert.equal(t.fallback, true);
+    assert.deepEqual(
+      t.watched.map((w) => [w.path, w.state === '-']).sort(),
+      [
+        ['/nonexistent-lt/lib', true],
+        [d, false],
+        [ldp, false],
+      ].sort(),
+    );
+    await assert.rejects(traceLoader(join(d, 'fake'), [], { PATH, LD_LIBRARY_PATH: `${ldp}:` }), (e) => e instanceof Uncacheable && e.reason === 'environment');
+  });
+});
+
+describe('through the client and the daemon', () => {
+  let cache: CacheEnv;
+  let dir: string;
+  before(() => {
+    cache = new CacheEnv('loader');
+    cache.start();
+    dir = tempDir('loader');
+    writeFileSync(join(dir, 'a.c'), 'int helper(int);\nint main(int argc, char **argv) { (void)argv; return helper(argc) + 1; }\n');
+    writeFileSync(join(dir, 'b.c'), 'int helper(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * x; return s; }\n');
+    for (const m of ['a', 'b']) assert.equal(run(CC, ['-O2', '-flto=thin', '-c', `${m}.c`, '-o', `${m}.o`], dir).status, 0);
+    assert.equal(run(LLD, ['-r', '--thinlto-index-only=list', 'a.o', 'b.o', '-o', 'tl.o'], dir).status, 0);
+  });
+  after(() => {
+    cache.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const args = (extra: string[], out: string): string[] => ['-O2', ...extra, '-x', 'ir', '-fno-lto', '-fthinlto-index=b.o.thinlto.bc', '-c', '-o', out, 'b.o'];
+
+  /** The job through ltocache: the stats it moved and the object it left. */
+  function cached(env: Record<string, string>, extra: string[] = []) {
+    const a = cache.stats();
+    const r = run(CLIENT, [CC, ...args(extra, 'b.native.o')], dir, { ...cache.env, ...env });
+    assert.equal(r.status, 0, r.stderr);
+    const b = cache.stats();
+    return {
+      hits: b.hits - a.hits,
+      misses: b.misses - a.misses,
+      uncacheable: b.uncacheable - a.uncacheable,
+      object: readFileSync(join(dir, 'b.native.o')),
+    };
+  }
+
+  function direct(env: Record<string, string>, extra: string[] = []): Buffer {
+    const r = run(CC, args(extra, 'b.direct.o'), dir, { ...process.env, ...env });
+    assert.equal(r.status, 0, r.stderr);
+    return readFileSync(join(dir, 'b.direct.o'));
+  }
+
+  test('a library that appears in an LD_LIBRARY_PATH directory: the next job misses', async () => {
+    const ldp = join(dir, 'ldp');
+    mkdirSync(ldp);
+    const env = { LD_LIBRARY_PATH: ldp };
+    await settle();
+    assert.equal(cached(env).misses, 1);
+    assert.equal(cached(env).hits, 1);
+    // One of libLLVM's own dependencies, found through ld.so.cache: a copy is harmless to clang.
+    const lib = (await traceLoader(realpathSync(CC), [], { PATH })).libs.find((l) => /\/lib(zstd|z|xml2|edit|ffi)\.so\.\d+$/.test(l));
+    if (!lib) assert.fail("no system library among clang's");
+    copyFileSync(lib, join(ldp, lib.slice(dirname(lib).length + 1)));
+    await settle();
+    const after = cached(env);
+    assert.deepEqual([after.hits, after.misses], [0, 1]);
+    assert.ok(after.object.equals(direct(env)));
+  });
+});
