@@ -325,6 +325,10 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
             const d = await files.digest(abs);
             if (d.kind === 'file') named.push({ path: c, digest: d.digest });
           }
+          // The libraries a plugin loads change the code it generates as much as the plugin does.
+          if (tok.plugin !== undefined)
+            for (const l of await ctx.toolchains.pluginLibraries(toolchain, tok.plugin, cwd, env, ctx.observe))
+              named.push({ path: l.path.startsWith(`${cwd}/`) ? l.path.slice(cwd.length + 1) : l.path, digest: l.digest });
           args.push(named.length ? { a: tok.v, files: named } : { a: tok.v });
           break;
         }

@@ -7,8 +7,12 @@ import { Uncacheable, type UncacheableReason } from './uncacheable.js';
 
 /** A token of the command line as the key sees it. */
 export type Token =
-  /** `setting`: the option table says this token never names a file clang reads (no candidates). */
-  | { t: 'flag'; v: string; setting?: true }
+  /**
+   * `setting`: the option table says this token never names a file clang reads (no candidates).
+   * `plugin`: the token names (by a path with a '/', as written) a shared object clang dlopens
+   * (pluginArguments); the libraries it loads are keyed with it.
+   */
+  | { t: 'flag'; v: string; setting?: true; plugin?: string }
   /** A token naming a file whose content the key covers (`path` is as written). */
   | { t: 'file'; v: string; path: string; role: 'input' | 'index' | 'flag-file' | 'maybe-file' }
   /** A token naming an output; only its spelling goes into the key. */
@@ -176,6 +180,37 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ...['--config-user-dir=', '--config-system-dir='].map((o) => [o, JOINED | UNCACHEABLE] as [string, number]),
 ]);
 
+/** A plugin option with its value joined: the driver's, or cc1's behind `-Xclang`. */
+const PLUGIN_JOINED = /^-f(pass-)?plugin=/;
+
+/**
+ * The arguments that name a compiler plugin, by index in `argv`, with the name: `-fplugin=F`,
+ * `-fpass-plugin=F`, and behind `-Xclang`/`-Xclang=` (whose values form cc1's command line, in
+ * order, wherever they stand) `-fpass-plugin=F` and `-load F`. clang hands each to dlopen.
+ */
+function pluginArguments(argv: readonly string[]): Map<number, string> {
+  const out = new Map<number, string>();
+  let load = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    let at = i;
+    let v: string | undefined;
+    if (a === '-Xclang') v = argv[(at = ++i)];
+    else if (a.startsWith('-Xclang=')) v = a.slice('-Xclang='.length);
+    else {
+      const m = PLUGIN_JOINED.exec(a);
+      if (m) out.set(i, a.slice(m[0].length));
+      continue;
+    }
+    if (v === undefined) break;
+    const m = PLUGIN_JOINED.exec(v);
+    if (load) out.set(at, v);
+    else if (m) out.set(at, v.slice(m[0].length));
+    load = !load && v === '-load';
+  }
+  return out;
+}
+
 /**
  * A Windows (COFF) target, CodeView debug info or clang-cl's driver mode: the object's build-info
  * record then holds the backend's command line (the index path, flags the key drops) and its
@@ -275,6 +310,7 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     const quoting = args.filter((a) => a.startsWith('--rsp-quoting=')).pop();
     if (quoting !== undefined && quoting !== '--rsp-quoting=posix') throw new Uncacheable('unsupported-flag', `${quoting}: response files are read with POSIX quoting only`);
     const argv = await expand(args, cwd, 0, responseFiles);
+    const plugins = pluginArguments(argv);
     const tokens: Token[] = [];
     const positional: string[] = [];
     let index: string | undefined;
@@ -352,11 +388,15 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         const v = argv[++i];
         if (v === undefined) throw new Uncacheable('bad-args', `${a} without a value`);
         tokens.push({ t: 'flag', v: a });
-        tokens.push(opt.flags & SETTING ? { t: 'flag', v, setting: true } : { t: 'flag', v });
+        const plugin = plugins.get(i);
+        tokens.push(plugin !== undefined ? { t: 'flag', v, plugin } : opt.flags & SETTING ? { t: 'flag', v, setting: true } : { t: 'flag', v });
         continue;
       }
       if (a.startsWith('-')) {
-        tokens.push(opt && opt.flags & SETTING && opt.joined !== undefined ? { t: 'flag', v: a, setting: true } : { t: 'flag', v: a });
+        const plugin = plugins.get(i);
+        tokens.push(
+          plugin !== undefined ? { t: 'flag', v: a, plugin } : opt && opt.flags & SETTING && opt.joined !== undefined ? { t: 'flag', v: a, setting: true } : { t: 'flag', v: a },
+        );
         continue;
       }
       positional.push(a);
@@ -369,6 +409,10 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     // bitcode or IR text, and then no .dwo or .su is written.
     const mode = hasS ? 'S' : hasC ? 'c' : emitLlvm ? 'emit-llvm' : undefined;
     if (!mode) throw new Uncacheable('not-compile', 'neither -c, -S nor -emit-llvm');
+    // dlopen finds a name without a '/' by the loader's search (LD_LIBRARY_PATH, libLLVM's
+    // RUNPATH, ld.so.cache), never relative to cwd.
+    for (const name of plugins.values())
+      if (!name.includes('/')) throw new Uncacheable('plugin-unresolved', `plugin '${name}' is named without a '/': the loader's search finds it, not the key`);
     if (output === undefined || output === '-' || output === '/dev/null') throw new Uncacheable('output', 'no -o FILE (or output to stdout)');
     const outputs: Job['outputs'] = [{ role: 'obj', path: output }];
     // Without -c (plain -S) clang names the .dwo after the input's stem, in cwd (SplitDebugName).

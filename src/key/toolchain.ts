@@ -3,8 +3,9 @@ import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type DigestSource, nowNs, settledAt, statIdentity } from './fileDigests.js';
 import type { Digest } from './hash.js';
-import { LOADER_ENV, statOrUndefined, traceLoader, type Watched, watchState } from './loaderTrace.js';
+import { LOADER_ENV, readElf, statOrUndefined, traceLoader, type Watched, watchState } from './loaderTrace.js';
 import type { ObservingFiles } from './observed.js';
+import { Uncacheable } from './uncacheable.js';
 
 export interface Toolchain {
   /** The name the compiler was invoked as: clang picks its driver mode from it. */
@@ -88,6 +89,15 @@ interface Identified {
   watched: Watched[];
 }
 
+/** The libraries a plugin maps, with digests, and where the loader searched for them without success. */
+interface PluginLibraries {
+  libs: { path: string; digest: Digest }[];
+  watched: Watched[];
+}
+
+/** Plugin memo entries kept at most (each rebuild of a plugin adds one). */
+const MAX_PLUGIN_MEMO = 1000;
+
 /**
  * Identifies a compiler by content: its resolved executable, the libraries it loads (most of
  * LLVM lives in libLLVM.so, so the executable alone does not pin code generation) and implicit
@@ -97,6 +107,9 @@ interface Identified {
  */
 export class ToolchainIdentifier {
   private readonly memo = new Map<string, Promise<Identified>>();
+  private readonly plugins = new Map<string, Promise<PluginLibraries>>();
+  /** The dynamic loader of each toolchain (its executable's PT_INTERP; null: none). */
+  private readonly loaders = new WeakMap<Toolchain, string | null>();
   /** Identities computed rather than taken from the memo, for tests. */
   computed = 0;
 
@@ -182,6 +195,80 @@ export class ToolchainIdentifier {
       if (t.searchPath !== undefined) observe.environment('PATH', env.PATH);
     }
     return t;
+  }
+
+  /**
+   * The libraries clang maps when it dlopens `plugin` (a path with a '/', as written, relative to
+   * `cwd`), with digests: the plugin's DT_NEEDED closure as the loader resolves it under the job's
+   * environment. The loader is clang's own (its PT_INTERP), run in the job's directory with the
+   * plugin as its program under LD_TRACE_LOADED_OBJECTS=1, as `ldd` does, and its search is watched
+   * as the toolchain's is. A needed library the loader does not find must be one clang has mapped
+   * already (a toolchain library by that name), or the job is uncacheable. Memoised by the
+   * plugin's identity and the loader environment; `observe` learns the libraries and the search.
+   */
+  async pluginLibraries(toolchain: Toolchain, plugin: string, cwd: string, env: Record<string, string>, observe?: ObservingFiles): Promise<{ path: string; digest: Digest }[]> {
+    const abs = plugin.startsWith('/') ? plugin : `${cwd}/${plugin}`;
+    const st = statOrUndefined(abs);
+    if (!st?.isFile()) throw new Uncacheable('missing-file', `plugin ${plugin} is not a regular file`);
+    const interp = await this.loaderOf(toolchain);
+    if (!interp) throw new Uncacheable('plugin-unresolved', `${toolchain.realpath} names no dynamic loader to list the libraries of plugin ${plugin}`);
+    const loaderCache = dirStat(LD_SO_CACHE);
+    const preload = dirStat(LD_SO_PRELOAD);
+    const memoKey = JSON.stringify([interp, abs, statIdentity(st), String(st.size), ...LOADER_ENV.map((k) => env[k] ?? ''), dirState(loaderCache), dirState(preload)]);
+    const at = nowNs();
+    const settled = [st, loaderCache, preload].every((d) => !d || settledAt(d, at));
+    let p = settled ? this.plugins.get(memoKey) : undefined;
+    if (!p) {
+      p = this.tracePlugin(interp, plugin, cwd, env, toolchain);
+      if (settled) {
+        if (this.plugins.size >= MAX_PLUGIN_MEMO) this.plugins.clear();
+        this.plugins.set(memoKey, p);
+        p.catch(() => this.plugins.delete(memoKey));
+      }
+    }
+    const { libs, watched } = await p;
+    const files = observe ?? this.files;
+    const watchedStats = watched.map((w) => statOrUndefined(w.path));
+    let moved = watched.some((w, i) => watchState(watchedStats[i]) !== w.state);
+    for (const l of libs) {
+      if (moved) break;
+      const d = await files.digest(l.path);
+      moved = d.kind !== 'file' || d.digest !== l.digest;
+    }
+    if (moved) {
+      this.plugins.delete(memoKey);
+      return this.pluginLibraries(toolchain, plugin, cwd, env, observe);
+    }
+    if (observe)
+      for (const [i, w] of watched.entries()) {
+        if (w.kind === 'dir') observe.directory(w.path, { st: watchedStats[i] });
+        else await observe.digest(w.path);
+      }
+    return libs;
+  }
+
+  private async tracePlugin(interp: string, plugin: string, cwd: string, env: Record<string, string>, toolchain: Toolchain): Promise<PluginLibraries> {
+    // The loader takes a leading '-' for one of its options.
+    const trace = await traceLoader(interp, [plugin.startsWith('-') ? `./${plugin}` : plugin], env, cwd);
+    if (!trace.ok) throw new Uncacheable('plugin-unresolved', `the loader cannot list the libraries of plugin ${plugin}`);
+    // clang maps a needed library by its soname when it has one of that name loaded already.
+    const mapped = new Set(toolchain.libs.map((l) => basename(l.path)));
+    const lost = trace.missing.find((n) => !mapped.has(n));
+    if (lost !== undefined) throw new Uncacheable('plugin-unresolved', `plugin ${plugin} needs ${lost}, which the loader does not find`);
+    const digests = await Promise.all(trace.libs.map((path) => this.files.digest(path)));
+    const libs: PluginLibraries['libs'] = [];
+    for (const [i, d] of digests.entries()) if (d.kind === 'file') libs.push({ path: trace.libs[i]!, digest: d.digest });
+    return { libs, watched: trace.watched };
+  }
+
+  private async loaderOf(t: Toolchain): Promise<string | null> {
+    let interp = this.loaders.get(t);
+    if (interp === undefined) {
+      const target = await loaderTarget(t.realpath);
+      interp = target.binary ? ((await readElf(target.binary).catch(() => null))?.interp ?? null) : null;
+      this.loaders.set(t, interp);
+    }
+    return interp;
   }
 
   /** Those of `paths` that are regular files, with their digests, in order. */

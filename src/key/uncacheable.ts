@@ -23,6 +23,7 @@ export const UNCACHEABLE_REASONS = [
   'native-cpu-unknown',
   'windows-target',
   'config-file',
+  'plugin-unresolved',
   'environment',
   'key-error',
 ] as const;

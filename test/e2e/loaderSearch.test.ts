@@ -138,4 +138,58 @@ describe('through the client and the daemon', () => {
     assert.deepEqual([after.hits, after.misses], [0, 1]);
     assert.ok(after.object.equals(direct(env)));
   });
+
+  /**
+   * plug/plugin.so needs libhelper.so (RUNPATH $ORIGIN), whose constructor sets an LLVM option
+   * that changes the code: h4.so aligns functions to 4 bytes, h8.so to 8.
+   */
+  let plug: string | undefined;
+  async function plugin(): Promise<string> {
+    if (plug) return plug;
+    const d = join(dir, 'plug');
+    mkdirSync(d);
+    writeFileSync(
+      join(d, 'helper.c'),
+      'void LLVMParseCommandLineOptions(int argc, const char *const *argv, const char *Overview);\n' +
+        '__attribute__((constructor)) static void init(void) {\n' +
+        '  const char *argv[] = {"plug", "-align-all-functions=" ALIGN};\n' +
+        '  LLVMParseCommandLineOptions(2, argv, 0);\n}\n',
+    );
+    writeFileSync(join(d, 'main.c'), 'int plug_marker;\n');
+    for (const [so, align] of [
+      ['h4.so', '4'],
+      ['h8.so', '8'],
+    ] as const)
+      assert.equal(run(CC, ['-shared', '-fPIC', `-DALIGN="${align}"`, 'helper.c', '-o', so], d).status, 0);
+    copyFileSync(join(d, 'h4.so'), join(d, 'libhelper.so'));
+    assert.equal(run(CC, ['-shared', '-fPIC', 'main.c', '-o', 'plugin.so', '-L.', '-lhelper', '-Wl,-rpath,$ORIGIN'], d).status, 0);
+    await settle();
+    return (plug = d);
+  }
+
+  test("a library a plugin loads changes: the next job misses and gets clang's object", async () => {
+    const d = await plugin();
+    const flag = ['-fplugin=plug/plugin.so'];
+    const first = cached({}, flag);
+    assert.equal(first.misses, 1);
+    assert.equal(cached({}, flag).hits, 1);
+    const before = direct({}, flag);
+    assert.ok(first.object.equals(before));
+    copyFileSync(join(d, 'h8.so'), join(d, 'libhelper.so'));
+    const after = cached({}, flag);
+    assert.deepEqual([after.hits, after.misses], [0, 1]);
+    const now = direct({}, flag);
+    assert.ok(!now.equals(before), 'the library changes the object');
+    assert.ok(after.object.equals(now));
+  });
+
+  test('a plugin named without a / is found by the loader, not the key: uncacheable (plugin-unresolved)', async () => {
+    const env = { LD_LIBRARY_PATH: await plugin() };
+    const flag = ['-fplugin=libhelper.so'];
+    const a = cache.stats().uncacheable_by_reason['plugin-unresolved'] ?? 0;
+    const r = cached(env, flag);
+    assert.deepEqual([r.hits, r.misses, r.uncacheable], [0, 0, 1]);
+    assert.equal((cache.stats().uncacheable_by_reason['plugin-unresolved'] ?? 0) - a, 1);
+    assert.ok(r.object.equals(direct(env, flag)));
+  });
 });

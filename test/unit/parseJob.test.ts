@@ -346,6 +346,11 @@ describe('parseJob: uncacheable', () => {
     ['two -fthinlto-index', ['-fthinlto-index=a.bc', ...tail('m')], 'multiple-index'],
     ['empty -fthinlto-index=', ['-fthinlto-index=', '-c', '-o', 'm.native.o', 'm.o'], 'bad-args'],
     ['no -c, -S or -emit-llvm', ['-fthinlto-index=m.o.thinlto.bc', '-o', 'm.native.o', 'm.o'], 'not-compile'],
+    ['-fplugin= without a /', ['-fplugin=libplug.so', ...tail('m')], 'plugin-unresolved'],
+    ['-fpass-plugin= without a /', ['-fpass-plugin=LLVMPolly.so', ...tail('m')], 'plugin-unresolved'],
+    ['-Xclang -load -Xclang without a /', ['-Xclang', '-load', '-Xclang', 'libplug.so', ...tail('m')], 'plugin-unresolved'],
+    ['-Xclang=-load -Xclang= without a /', ['-Xclang=-load', '-O3', '-Xclang=libplug.so', ...tail('m')], 'plugin-unresolved'],
+    ['-Xclang -fpass-plugin= without a /', ['-Xclang', '-fpass-plugin=libplug.so', ...tail('m')], 'plugin-unresolved'],
   ];
   for (const [name, args, reason] of cases) {
     test(`${name} → ${reason}`, async () => {
@@ -358,6 +363,49 @@ describe('parseJob: uncacheable', () => {
   test('the detail names the flag', async () => {
     const r = await uncacheable(['-save-temps', ...tail('m')]);
     assert.match(r.detail, /-save-temps/);
+  });
+});
+
+describe('parseJob: plugins', () => {
+  const pluginsOf = (j: Job): [string, string][] => j.tokens.flatMap((t): [string, string][] => (t.t === 'flag' && t.plugin !== undefined ? [[t.v, t.plugin]] : []));
+
+  test('every spelling clang hands to dlopen marks the token naming the file', async () => {
+    const j = await job([
+      '-fplugin=./p1.so',
+      '-fpass-plugin=/opt/p2.so',
+      '-Xclang',
+      '-fpass-plugin=sub/p3.so',
+      '-Xclang=-fpass-plugin=sub/p4.so',
+      // cc1's -load takes the next -Xclang value, wherever it stands.
+      '-Xclang',
+      '-load',
+      '-O2',
+      '-Xclang',
+      'sub/p5.so',
+      '-Xclang=-load',
+      '-Xclang=sub/p6.so',
+      '-Xclang',
+      '-add-plugin',
+      '-Xclang',
+      'print-fns',
+      '-fplugin-arg-print-fns-x',
+      ...tail('m'),
+    ]);
+    assert.deepEqual(pluginsOf(j), [
+      ['-fplugin=./p1.so', './p1.so'],
+      ['-fpass-plugin=/opt/p2.so', '/opt/p2.so'],
+      ['-fpass-plugin=sub/p3.so', 'sub/p3.so'],
+      ['-Xclang=-fpass-plugin=sub/p4.so', 'sub/p4.so'],
+      ['sub/p5.so', 'sub/p5.so'],
+      ['-Xclang=sub/p6.so', 'sub/p6.so'],
+    ]);
+  });
+
+  test("-load's value is taken whatever it looks like; the value after it is not a plugin", async () => {
+    const j = await job(['-Xclang', '-load', '-Xclang', './-load', '-Xclang', '-load-x', ...tail('m')]);
+    assert.deepEqual(pluginsOf(j), [['./-load', './-load']]);
+    const r = await uncacheable(['-Xclang', '-load', '-Xclang', '-load', '-Xclang', './x.so', ...tail('m')]);
+    assert.equal(r.reason, 'plugin-unresolved');
   });
 });
 
