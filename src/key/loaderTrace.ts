@@ -82,6 +82,8 @@ function outermostAbsent(dir: string): string {
 export async function traceLoader(exe: string, args: string[], env: Record<string, string>, cwd?: string): Promise<LoaderTrace> {
   const loaderEnv: Record<string, string> = { LD_TRACE_LOADED_OBJECTS: '1', LD_DEBUG: 'libs', PATH: env.PATH ?? '/usr/bin:/bin' };
   for (const k of LOADER_ENV) if (env[k] !== undefined) loaderEnv[k] = env[k]!;
+  const relativePreload = (env.LD_PRELOAD ?? '').split(/[ :]/).find((p) => p.includes('/') && !p.startsWith('/'));
+  if (relativePreload !== undefined) throw new Uncacheable('environment', `LD_PRELOAD names ${relativePreload}: it resolves against clang's working directory`);
   const at = nowNs();
   let stdout = '';
   let stderr = '';
@@ -102,6 +104,9 @@ export async function traceLoader(exe: string, args: string[], env: Record<strin
     if (nf) missing.push(nf[1]!);
     const m = /=> (\/.*?) \(0x[0-9a-f]+\)\s*$/.exec(line) ?? /^\s*(\/.*?) \(0x[0-9a-f]+\)\s*$/.exec(line);
     if (m) libs.add(m[1]!);
+    // A needed name with a '/' that is not absolute: opened relative to the working directory.
+    const rel = /^\s*([^/\s]\S*\/\S*) \(0x[0-9a-f]+\)\s*$/.exec(line);
+    if (rel) throw new Uncacheable('environment', `the loader maps ${rel[1]}: it resolves against clang's working directory`);
     if (/^\s*[^/\s]+ => \//.test(line)) searchedFor++;
   }
   const tried: string[] = [];

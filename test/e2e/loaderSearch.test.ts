@@ -57,7 +57,10 @@ describe("the loader's search", () => {
   });
 
   test('a relative directory on the search is uncacheable (it resolves against the job directory)', async () => {
-    await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: 'lib' }), (e) => e instanceof Uncacheable && e.reason === 'environment');
+    const env = (e: unknown) => e instanceof Uncacheable && e.reason === 'environment';
+    await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: 'lib' }), env);
+    await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: '/usr/lib::/lib' }), env);
+    await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_PRELOAD: 'sub/x.so' }), env);
   });
 
   test("without the loader's account of its search: LD_LIBRARY_PATH, the program's and each library's directory", async () => {
