@@ -1173,16 +1173,17 @@ static int output_broken(void) {
     return ((p[0].revents | p[1].revents) & (POLLERR | POLLHUP)) != 0;
 }
 
-/* Whether the daemon reads the response file `path` as clang would: a regular file (a named
- * pipe's data belongs to its one reader, clang), named without this process's descriptors
- * (/dev/fd/N from `@<(gen-flags)`, /dev/stdin, /proc/...: in the daemon they name its own). */
+/* Whether the daemon may read the response file `path` as clang would: not something other than
+ * a regular file (a named pipe's data belongs to its one reader, clang), and not named through
+ * this process's descriptors (/dev/fd/N from `@<(gen-flags)`, /dev/stdin, /proc/...: in the
+ * daemon they name its own). A missing file is the daemon's to report (clang then runs). */
 static int daemon_can_read(const char *path) {
     static const char *const own[] = {"/dev/fd/", "/dev/stdin", "/dev/stdout", "/dev/stderr",
                                       "/proc/"};
     for (size_t k = 0; k < sizeof own / sizeof *own; k++)
         if (starts_with(path, own[k])) return 0;
     struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    return stat(path, &st) != 0 || S_ISREG(st.st_mode);
 }
 
 int main(int argc, char **argv) {

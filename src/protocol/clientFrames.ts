@@ -211,12 +211,21 @@ export const CompileRequest = z.object({
     noNul('environment name').refine((k) => k.length > 0 && !k.includes('='), {
       message: 'environment name is empty or contains "="',
     }),
-    noNul('environment value'),
+    z.string().refine((v) => !v.includes('\0') || (v.startsWith(OPAQUE_ENV_PREFIX) && v.indexOf('\0', 1) < 0), { message: 'environment value contains a NUL byte' }),
   ),
 });
 export type CompileRequest = z.infer<typeof CompileRequest>;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * An environment value that is not UTF-8 is carried as this prefix and its bytes in hex: set, and
+ * distinct per value, so a key that reads the variable keys its bytes, a memo's ENV check (a C
+ * string never holds a NUL) never passes, and spawning with it fails (the requester then runs
+ * the compiler). A variable nothing reads costs nothing; one that is not UTF-8 no longer turns
+ * the whole request away.
+ */
+export const OPAQUE_ENV_PREFIX = '\0not-utf-8:';
 
 /** Bounds-checked little-endian reader; every failure names the field being read. */
 class Reader {
@@ -352,14 +361,28 @@ function decodeRequest<S extends typeof CompileRequest | typeof DistributeReques
     const envc = r.count('envc');
     const decoded: Record<string, string> = Object.create(null);
     for (let i = 0; i < envc; i++) {
-      const entry = r.text(`environment entry ${i}`);
-      const eq = entry.indexOf('=');
+      const raw = r.bytes(`environment entry ${i}`);
+      if (raw.includes(0)) throw new ProtocolError(`environment entry ${i} contains a NUL byte`);
+      const eq = raw.indexOf(0x3d);
       if (eq <= 0) throw new ProtocolError(`environment entry ${i} is not of the form K=V`);
-      const key = entry.slice(0, eq);
+      let key: string;
+      let value: string;
+      try {
+        key = utf8.decode(raw.subarray(0, eq));
+      } catch {
+        // No variable the key or clang's driver reads has such a name.
+        continue;
+      }
+      try {
+        value = utf8.decode(raw.subarray(eq + 1));
+      } catch {
+        if (schema === DistributeRequest) throw new ProtocolError(`environment entry ${i} is not valid UTF-8`);
+        value = OPAQUE_ENV_PREFIX + raw.subarray(eq + 1).toString('hex');
+      }
       // A plain-object record cannot hold this name faithfully (zod drops it); refuse rather
       // than silently run the compiler with a different environment.
       if (key === '__proto__') throw new ProtocolError(`environment entry ${i} is named __proto__`);
-      if (!Object.hasOwn(decoded, key)) decoded[key] = entry.slice(eq + 1);
+      if (!Object.hasOwn(decoded, key)) decoded[key] = value;
     }
     r.end(what);
     env = rememberEnv(envBytes, decoded);

@@ -512,6 +512,43 @@ exec ${b.clang} "$@"
     }
   });
 
+  test('an environment variable that is not UTF-8: cached as usual unless the key reads it; never a refused request', () => {
+    b.thinLink();
+    /** The job with `assign` (shell syntax, raw bytes through printf) in its environment. */
+    const job = (assign: string) => {
+      const args = b
+        .backendArgs('strx')
+        .map((a) => `'${a}'`)
+        .join(' ');
+      const r = spawnSync('sh', ['-c', `export ${assign}; exec ${CLIENT} ${b.clang} ${args}`], { cwd: b.dir, env: cache.env, encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      return readFileSync(join(b.dir, 'strx.thinlto-native.o'));
+    };
+    const direct = b.backend('strx', { out: 'strx.direct.o' });
+    assert.equal(direct.status, 0);
+    const good = readFileSync(join(b.dir, 'strx.direct.o'));
+    const before = cache.stats();
+    // Nothing reads it: the memo serves the second run.
+    assert.ok(job(`LEGACY_LATIN1=$(printf 'caf\\351')`).equals(good));
+    assert.ok(job(`LEGACY_LATIN1=$(printf 'caf\\351')`).equals(good));
+    const a = cache.stats();
+    assert.equal(a.errors_by_kind.protocol ?? 0, before.errors_by_kind.protocol ?? 0, 'not a refused request');
+    assert.equal(a.memo_hits - before.memo_hits, 1);
+    // A variable whose being set makes a job uncacheable, set to bytes that are not UTF-8.
+    job(`CCC_OVERRIDE_OPTIONS=$(printf '\\351')`);
+    const c = cache.stats();
+    assert.equal((c.uncacheable_by_reason.environment ?? 0) - (a.uncacheable_by_reason.environment ?? 0), 1);
+    // A keyed variable: keyed by its bytes; its memo check never passes, so hits go through the daemon.
+    assert.ok(job(`SDKROOT=$(printf '/sdk\\351')`).equals(good));
+    assert.ok(job(`SDKROOT=$(printf '/sdk\\351')`).equals(good));
+    const d = cache.stats();
+    assert.equal(d.misses - c.misses, 1);
+    assert.equal(d.hits - c.hits, 1);
+    assert.equal(d.memo_hits, c.memo_hits);
+    job(`SDKROOT=$(printf '/sdk\\350')`);
+    assert.equal(cache.stats().misses - d.misses, 1, 'other bytes, another key');
+  });
+
   test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
     const pidFile = join(b.dir, 'slow.pid');
     const slow = join(b.dir, 'very-slow-clang.sh');

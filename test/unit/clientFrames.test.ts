@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { clientCacheDir } from '../../src/config/cacheDir.js';
 import {
-  type CompileRequest,
+  CompileRequest,
   decodeCompileRequest,
   decodeDistributeRequest,
   decodeJson,
@@ -19,6 +19,7 @@ import {
   encodeStoreYourself,
   FrameDecoder,
   fnv1a64Hex,
+  OPAQUE_ENV_PREFIX,
   ProtocolError,
   socketDirFor,
   socketPathFor,
@@ -154,6 +155,18 @@ test('malformed requests name what is wrong', () => {
   rejects(() => decodeCompileRequest(rawRequest({ env: ['=x'] })), /not of the form K=V/);
   rejects(() => decodeCompileRequest(rawRequest({ env: ['__proto__=x'] })), /__proto__/);
   rejects(() => decodeCompileRequest(rawRequest({ args: [Buffer.from([0x66, 0xff, 0x6f])] })), /argument 0 is not valid UTF-8/);
+});
+
+test('an environment entry that is not UTF-8 is carried opaque (set, by its bytes), not a refused request; in a distribution request it is refused', () => {
+  const latin1 = Buffer.concat([Buffer.from('LEGACY='), Buffer.from([0x63, 0x61, 0x66, 0xe9])]);
+  const other = Buffer.concat([Buffer.from('LEGACY='), Buffer.from([0x63, 0x61, 0x66, 0xe8])]);
+  const badName = Buffer.concat([Buffer.from([0xff]), Buffer.from('=x')]);
+  const r = decodeCompileRequest(rawRequest({ env: ['A=1', latin1, badName] }));
+  assert.deepEqual(Object.keys(r.env), ['A', 'LEGACY']);
+  assert.equal(r.env.LEGACY, `${OPAQUE_ENV_PREFIX}636166e9`);
+  assert.notEqual(decodeCompileRequest(rawRequest({ env: [other] })).env.LEGACY, r.env.LEGACY);
+  assert.ok(CompileRequest.safeParse(r).success);
+  rejects(() => decodeDistributeRequest(rawRequest({ type: 0x54, compiler: 'distribute', env: [latin1] })), /environment entry 0 is not valid UTF-8/);
 });
 
 test('NUL bytes in strings are rejected', () => {
