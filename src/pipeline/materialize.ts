@@ -1,4 +1,4 @@
-import { closeSync, fchmodSync, openSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, fchmodSync, openSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { asOpened } from '../util/asOpened.js';
 import { holdsBytes } from '../util/holdsBytes.js';
@@ -14,6 +14,13 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
   const mode = 0o666 & ~umask;
   for (const o of outputs) {
     const target = asOpened(cwd, o.path);
+    // clang refuses an existing output it may not write (its error, status 1); a rename would
+    // replace it, so the job compiles instead.
+    try {
+      accessSync(target, constants.W_OK);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
     // Already there: a regular file with this mode, no other hard link, exactly these bytes.
     if (holdsBytes(target, o.data, (st) => (st.mode & 0o7777) === mode && st.nlink === 1)) {
       const now = new Date();

@@ -82,7 +82,7 @@ function scenario(opts: { checks?: boolean } = {}) {
   writeMemo(encodeMemo(memo));
   const env = { ...baseEnv(cache), MEMO_TEST_SET: 'yes=1 ü' };
   const run = (extra: NodeJS.ProcessEnv = {}) => runClient([compiler, ...args], work, { ...env, ...extra });
-  return { root, work, cache, marker, compiler, statFile, contentFile, absentFile, cfgDir, outputs, memo, lookup, file, writeMemo, run };
+  return { root, work, cache, marker, compiler, args, env, statFile, contentFile, absentFile, cfgDir, outputs, memo, lookup, file, writeMemo, run };
 }
 
 type Scenario = ReturnType<typeof scenario>;
@@ -312,6 +312,29 @@ for (const [what, mutate] of fallbacks) {
 }
 
 notOursFallbackTests(scenario, (s, what) => assertFellBack(s, s.run(), what));
+
+test('an existing output its user may not write is not replaced: clang runs and reports it', {
+  skip: process.getuid?.() !== 0 && 'needs root to run the client as another user',
+}, () => {
+  const s = scenario();
+  const uid = 4242;
+  const own = (p: string) => {
+    fs.chownSync(p, uid, uid);
+    if (fs.lstatSync(p).isDirectory()) for (const n of fs.readdirSync(p)) own(path.join(p, n));
+  };
+  // Only what the client writes and its own cache: the inputs' and cfgDir's identities are checks.
+  fs.chownSync(roots.dir(), uid, uid);
+  fs.chownSync(s.root, uid, uid);
+  fs.chownSync(s.work, uid, uid);
+  own(s.cache);
+  const out = s.outputs[0]!.path;
+  fs.writeFileSync(out, 'old\n');
+  fs.chownSync(out, uid, uid);
+  fs.chmodSync(out, 0o444);
+  const r = spawnSync(CLIENT, [s.compiler, ...s.args], { cwd: s.work, env: s.env, uid, gid: uid });
+  assert.equal(fs.existsSync(s.marker), true, `the fast path served; stderr: ${r.stderr}`);
+  assert.equal(fs.readFileSync(out, 'utf8'), 'old\n', 'the read-only output is untouched');
+});
 
 test('a replay write error exits 1 even though the job succeeded', () => {
   const s = scenario();
