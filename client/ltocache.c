@@ -498,11 +498,21 @@ static int wait_notify(int fd, long long deadline) {
 
 /* "<sock_dir>/<hash>.startfail": its mtime is the last failed daemon start for this cache
  * dir; within START_FAILURE_MEMORY_S of it, jobs do not spawn a daemon. */
-static void start_marker(const struct sockaddr_un *addr, char out[sizeof addr->sun_path + 16]) {
+static void start_marker(const struct sockaddr_un *addr, char out[sizeof addr->sun_path + 16],
+                         const char *suffix) {
     size_t n = strlen(addr->sun_path) - strlen(".sock");
     memcpy(out, addr->sun_path, n);
-    strcpy(out + n, ".startfail");
+    strcpy(out + n, suffix);
 }
+
+/* "<sock_dir>/<hash>.silent": its mtime is the last time a daemon that accepted a request said
+ * nothing for the silence timeout (stopped by a debugger or Ctrl-Z, or hung). Within
+ * START_FAILURE_MEMORY_S of it, jobs do not ask the daemon at all: one job in that time pays the
+ * timeout, not every job. Set by connect_daemon for send_request. */
+static struct {
+    char sock_dir[64];
+    char marker[sizeof ((struct sockaddr_un *)0)->sun_path + 16];
+} silent;
 
 static int recent_start_failure(const char *marker) {
     struct stat st;
@@ -527,10 +537,12 @@ static void record_start_failure(const char *sock_dir, const char *marker) {
  * attempt; a missing directory counts as "no daemon yet". The connected socket gets send and
  * receive timeouts of LTOCACHE_SILENCE_TIMEOUT_MS: a daemon silent that long (no 'W') is stuck. */
 static int connect_daemon(void) {
-    char sock_dir[64], marker[sizeof ((struct sockaddr_un *)0)->sun_path + 16];
+    char *sock_dir = silent.sock_dir, marker[sizeof ((struct sockaddr_un *)0)->sun_path + 16];
     struct sockaddr_un addr;
     if (socket_location(sock_dir, &addr) != 0) return -1;
-    start_marker(&addr, marker);
+    start_marker(&addr, marker, ".startfail");
+    start_marker(&addr, silent.marker, ".silent");
+    if (recent_start_failure(silent.marker)) return -1;
     long long deadline = 0;
     int started = 0, lost = 0;
     for (;;) {
@@ -971,9 +983,13 @@ static char *current_dir(void) {
 static unsigned char *send_request(struct buf *req, int *fd, uint32_t *n) {
     *fd = connect_daemon();
     if (*fd < 0) { free(req->p); return NULL; }
+    errno = 0;
     int sent = write_all(*fd, req->p, req->len, 1) == 0;
     free(req->p);
-    return sent ? read_reply(*fd, n) : NULL;
+    unsigned char *reply = sent ? read_reply(*fd, n) : NULL;
+    if (!reply && (errno == EAGAIN || errno == EWOULDBLOCK))
+        record_start_failure(silent.sock_dir, silent.marker);
+    return reply;
 }
 
 /* Replays an 'R' reply and exits like it; returns (after freeing it) for anything else. */

@@ -194,7 +194,16 @@ async function daemonCmd(config: Config, args: string[]): Promise<void> {
   if (sub === 'stop') {
     const r = await askDaemon(config.dir, { op: 'stop' }, 5000);
     if (r.kind !== 'ok') {
-      process.stdout.write('daemon not running\n');
+      const stuck = silentDaemon(config.dir);
+      if (stuck === null) {
+        process.stdout.write('daemon not running\n');
+        return;
+      }
+      // Alive but silent (stopped by a debugger or Ctrl-Z, or hung): jobs wait out their silence
+      // timeout until it is gone, and a new daemon cannot take the store.
+      process.stdout.write(`daemon (pid ${stuck}) is not answering; sending SIGTERM\n`);
+      if (!(await killWithin(stuck, 'SIGTERM', 5000)) && !(await killWithin(stuck, 'SIGKILL', 5000))) fail(`daemon (pid ${stuck}) is still running`);
+      process.stdout.write('daemon stopped\n');
       return;
     }
     // Stopped means the process is gone (its store closed), not just the socket.
@@ -366,4 +375,37 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === (await import('node:fs
     if (e instanceof ConfigError) fail(e.message, 2);
     fail(process.env.LTOCACHE_DEBUG ? ((e as Error).stack ?? String(e)) : ((e as Error).message ?? String(e)));
   });
+}
+
+/**
+ * The pid in the cache directory's daemon.pid when that process is alive and is an ltocache
+ * daemon (its command line says so: a pid reused by another program is never signalled), else null.
+ */
+function silentDaemon(dir: string): number | null {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(dir, 'daemon.pid'), 'utf8').trim());
+  } catch {
+    return null;
+  }
+  if (!Number.isInteger(pid) || pid <= 1 || !processAlive(pid)) return null;
+  let argv: string[];
+  try {
+    argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return null;
+  }
+  const i = argv.indexOf('daemon');
+  return i > 0 && argv[i + 1] === 'run' && argv.slice(0, i).some((a) => a.endsWith('/cli/main.js')) ? pid : null;
+}
+
+/** Sends `signal` to `pid`; true once the process is gone within `ms`. */
+async function killWithin(pid: number, signal: NodeJS.Signals, ms: number): Promise<boolean> {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    return !processAlive(pid);
+  }
+  for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) if (!processAlive(pid)) return true;
+  return !processAlive(pid);
 }

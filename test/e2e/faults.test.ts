@@ -616,6 +616,37 @@ describe('faults', () => {
     await server.kill();
   });
 
+  test('a daemon stopped (SIGSTOP): one job waits out the silence timeout, later ones go straight to clang; `daemon stop` says so and stops it', { timeout: 90_000 }, async () => {
+    const { cache, b, direct } = setup('silent', { LTOCACHE_SILENCE_TIMEOUT_MS: '2000' });
+    cache.start();
+    buildAll(b, cache);
+    const pid = cache.daemonPid()!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const times: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        b.thinLink();
+        const t0 = Date.now();
+        const r = b.backend('lonely', { wrapper: [CLIENT], env: { ...cache.env, LTOCACHE_MEMO: '0' } });
+        times.push(Date.now() - t0);
+        assert.equal(r.status, 0, r.stderr);
+        assert.ok(readFileSync(join(b.dir, 'lonely.thinlto-native.o')).equals(direct.get('lonely')));
+      }
+      assert.ok(times[0]! >= 1900, `the first job waited out the silence: ${times}`);
+      assert.ok(times[1]! < 1500 && times[2]! < 1500, `later jobs did not: ${times}`);
+      const stop = cache.cli(['daemon', 'stop']);
+      assert.equal(stop.status, 0, stop.stderr);
+      assert.match(stop.stdout, new RegExp(`daemon \\(pid ${pid}\\) is not answering`));
+      await waitFor('the stopped daemon to be gone', () => !processAlive(pid), 10_000);
+    } finally {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  });
+
   test('the socket file removed while the daemon runs: a job right after succeeds, the daemon listens again within 2 s, jobs hit again', { timeout: 60_000 }, async (t) => {
     const { cache, b, direct } = setup('socket', { LTOCACHE_START_TIMEOUT_MS: '5000' });
     cache.start();
