@@ -437,7 +437,14 @@ function encodeRequest(type: number, v: CompileRequest): Buffer {
   v.args.forEach(str);
   const env = Object.entries(v.env);
   parts.push(u32(env.length));
-  for (const [k, val] of env) str(`${k}=${val}`);
+  for (const [k, val] of env) {
+    // An opaque value goes back to the bytes it stands for.
+    if (!val.startsWith(OPAQUE_ENV_PREFIX)) str(`${k}=${val}`);
+    else {
+      const b = Buffer.concat([Buffer.from(`${k}=`, 'utf8'), Buffer.from(val.slice(OPAQUE_ENV_PREFIX.length), 'hex')]);
+      parts.push(u32(b.length), b);
+    }
+  }
   return encodeFrame(Buffer.concat(parts));
 }
 

@@ -528,12 +528,13 @@ exec ${b.clang} "$@"
     assert.equal(direct.status, 0);
     const good = readFileSync(join(b.dir, 'strx.direct.o'));
     const before = cache.stats();
-    // Nothing reads it: the memo serves the second run.
+    // Nothing reads it: the memo serves the second run (the first may be one too).
     assert.ok(job(`LEGACY_LATIN1=$(printf 'caf\\351')`).equals(good));
+    const mid = cache.stats();
     assert.ok(job(`LEGACY_LATIN1=$(printf 'caf\\351')`).equals(good));
     const a = cache.stats();
     assert.equal(a.errors_by_kind.protocol ?? 0, before.errors_by_kind.protocol ?? 0, 'not a refused request');
-    assert.equal(a.memo_hits - before.memo_hits, 1);
+    assert.equal(a.memo_hits - mid.memo_hits, 1);
     // A variable whose being set makes a job uncacheable, set to bytes that are not UTF-8.
     job(`CCC_OVERRIDE_OPTIONS=$(printf '\\351')`);
     const c = cache.stats();

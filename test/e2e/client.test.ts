@@ -814,6 +814,15 @@ test('a daemon that accepts and never answers: after the silence timeout the cli
       assert.equal(d.connections, 1);
       assert.equal(r.status, ref.status);
       assert.ok(r.stderr.equals(ref.stderr), r.stderr.toString());
+      // Remembered: the next job does not ask the silent daemon and pay the timeout again.
+      const silent = socketPathFor(socketDirName(cacheDir), uid).replace(/\.sock$/, '.silent');
+      assert.ok(fs.existsSync(silent));
+      const t0 = Date.now();
+      const again = await run(client, [COMPILER, ...MISSING_JOB], { env, killAfterMs: 20_000 });
+      assert.equal(d.connections, 1, 'not asked again');
+      assert.ok(Date.now() - t0 < 400, `straight to the compiler (${Date.now() - t0} ms)`);
+      assert.equal(again.status, ref.status);
+      fs.rmSync(silent);
     },
   );
   // Keepalives ('W') reset the silence timer: an answer after 1.5 s of them is used.

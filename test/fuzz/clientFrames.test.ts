@@ -28,6 +28,7 @@ import {
   encodeResult,
   encodeStoreYourself,
   FrameDecoder,
+  OPAQUE_ENV_PREFIX,
   ProtocolError,
 } from '../../src/protocol/clientFrames.js';
 import { expectThrows, fuzz, mutateAll, mutationArb, timed } from './common.js';
@@ -204,26 +205,44 @@ function refDecode(p: Buffer): RefReq {
   if (envc === null) return bad('envc');
   const names: string[] = [];
   const env: Record<string, string> = {};
-  let dupes = false;
+  /** Re-encoding gives other bytes: duplicate names, or an entry left out or carried opaque. */
+  let lossy = false;
+  const utf8 = (b: Buffer): string | null => {
+    const s = b.toString('utf8');
+    return Buffer.from(s, 'utf8').equals(b) ? s : null;
+  };
   for (let i = 0; i < envc; i++) {
-    const e = str();
-    if (e === null) return bad('env');
-    const eq = e.indexOf('=');
+    const n = u32();
+    if (n === null || p.length - at < n) return bad('env');
+    const e = p.subarray(at, at + n);
+    at += n;
+    if (e.includes(0)) return bad('env');
+    const eq = e.indexOf(0x3d);
     if (eq <= 0) return bad('env form');
-    const k = e.slice(0, eq);
+    // A name that is not UTF-8 is left out; a value that is not is carried opaque (docs/protocol.md).
+    const k = utf8(e.subarray(0, eq));
+    if (k === null) {
+      lossy = true;
+      continue;
+    }
     if (k === '__proto__') return bad('env __proto__');
+    let v = utf8(e.subarray(eq + 1));
+    if (v === null) {
+      v = OPAQUE_ENV_PREFIX + e.subarray(eq + 1).toString('hex');
+      lossy = true;
+    }
     if (names.includes(k)) {
-      dupes = true;
+      lossy = true;
       continue;
     }
     names.push(k);
-    Object.defineProperty(env, k, { value: e.slice(eq + 1), enumerable: true, writable: true, configurable: true });
+    Object.defineProperty(env, k, { value: v, enumerable: true, writable: true, configurable: true });
   }
   if (at !== p.length) return bad('trailing');
   return {
     ok: true,
     value: { version: 2, stderrTty: (flags & 1) !== 0, compilesOnMiss: (flags & 2) !== 0, storesOnMiss: (flags & 4) !== 0, umask, compiler, cwd, args, env },
-    canonical: !dupes,
+    canonical: !lossy,
   };
 }
 

@@ -24,4 +24,8 @@ export const FRAME_REGRESSIONS: { name: string; streamHex: string; chunksAt: num
 ];
 
 /** Compile-request payloads (without the length prefix), hex. */
-export const REQUEST_REGRESSIONS: string[] = [];
+export const REQUEST_REGRESSIONS: string[] = [
+  // Found by 'hostile fields and mutated valid requests' (seed 6221061) once environment values
+  // that are not UTF-8 were carried opaque: PATH=0x80. The reference decoder had not followed.
+  '43' + '02' + '00000000' + '00000000' + '01000000' + '2f' + '01000000' + '2f' + '00000000' + '01000000' + '06000000' + '504154483d80',
+];
