@@ -2,6 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import { execFile } from 'node:child_process';
 import { dirname } from 'node:path';
 import { asOpened, namesProcessFile } from '../util/asOpened.js';
+import { spawnableEnv } from '../util/opaqueEnv.js';
 import { readRegularFile } from '../util/readRegularFile.js';
 import type { Token } from './parseJob.js';
 import { tokenizeGnu } from './responseFile.js';
@@ -75,7 +76,7 @@ export type AskClang = (compiler: string, args: string[], cwd: string, env: Reco
 
 const askClang: AskClang = (compiler, args, cwd, env) =>
   new Promise((done) => {
-    execFile(compiler, ['-###', ...args], { cwd, env, timeout: ASK_TIMEOUT_MS, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, _stdout, stderr) => {
+    execFile(compiler, ['-###', ...args], { cwd, env: spawnableEnv(env), timeout: ASK_TIMEOUT_MS, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, _stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
       done({ code, stderr });
     });

@@ -3,6 +3,8 @@ import { type BigIntStats, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
+import { asOpened } from '../util/asOpened.js';
+import { isOpaque } from '../util/opaqueEnv.js';
 import { nowNs, settledAt, statIdentity } from './fileDigests.js';
 import { Uncacheable } from './uncacheable.js';
 
@@ -82,6 +84,7 @@ function outermostAbsent(dir: string): string {
 export async function traceLoader(exe: string, args: string[], env: Record<string, string>, cwd?: string): Promise<LoaderTrace> {
   const loaderEnv: Record<string, string> = { LD_TRACE_LOADED_OBJECTS: '1', LD_DEBUG: 'libs', PATH: env.PATH ?? '/usr/bin:/bin' };
   for (const k of LOADER_ENV) if (env[k] !== undefined) loaderEnv[k] = env[k]!;
+  for (const [k, v] of Object.entries(loaderEnv)) if (isOpaque(v)) throw new Uncacheable('environment', `${k} is not valid UTF-8`);
   const relativePreload = (env.LD_PRELOAD ?? '').split(/[ :]/).find((p) => p.includes('/') && !p.startsWith('/'));
   if (relativePreload !== undefined) throw new Uncacheable('environment', `LD_PRELOAD names ${relativePreload}: it resolves against clang's working directory`);
   const at = nowNs();
@@ -91,7 +94,9 @@ export async function traceLoader(exe: string, args: string[], env: Record<strin
   try {
     ({ stdout, stderr } = await run(exe, args, { env: loaderEnv, timeout: 10_000, maxBuffer: 4 << 20, ...(cwd ? { cwd } : {}) }));
   } catch (e) {
-    // A static executable runs for real and fails without inputs: it maps no libraries.
+    // A static executable runs for real and fails without inputs: it maps no libraries. Anything
+    // else (it could not be started, it timed out) says nothing about what the loader maps.
+    if (typeof (e as { code?: unknown }).code !== 'number') throw e;
     ok = false;
     stdout = String((e as { stdout?: string }).stdout ?? '');
     stderr = String((e as { stderr?: string }).stderr ?? '');
@@ -117,7 +122,7 @@ export async function traceLoader(exe: string, args: string[], env: Record<strin
     else if (/^\s*\d+:\s+find library=/.test(line)) debug = true;
   }
   const fallback = !debug && searchedFor > 0;
-  const watched = fallback ? await fallbackWatched([...libs], exe, env) : triedWatched(tried, libs);
+  const watched = fallback ? await fallbackWatched([...libs], exe, env) : triedWatched(tried, libs, cwd);
   for (const w of watched) {
     const st = statOrUndefined(w.path);
     if (st && !settledAt(st, at)) throw new Uncacheable('racy-input', `${w.path}, on the loader's search for ${exe}'s libraries, changed just now`);
@@ -125,15 +130,28 @@ export async function traceLoader(exe: string, args: string[], env: Record<strin
   return { ok, libs: [...libs].sort(), missing, watched, fallback };
 }
 
-/** Watched paths for the candidates the loader tried (`tried`) that are not among `found`. */
-function triedWatched(tried: string[], found: Set<string>): Watched[] {
+/**
+ * Watched paths for the candidates the loader tried (`tried`) that are not among `found`. A
+ * relative candidate (an empty or relative LD_LIBRARY_PATH element) is the traced run's `cwd`'s;
+ * one right in that directory is watched by itself, not through the directory, which a build
+ * writes into all the time.
+ */
+function triedWatched(tried: string[], found: Set<string>, cwd?: string): Watched[] {
   const dirs = new Map<string, BigIntStats | undefined>();
-  const files = new Map<string, BigIntStats>();
+  const files = new Map<string, BigIntStats | undefined>();
   const absent = new Set<string>();
   const seen = new Set<string>();
-  for (const f of tried) {
-    if (found.has(f)) continue;
-    if (!f.startsWith('/')) throw new Uncacheable('environment', `the loader searches a relative directory (${f}): it resolves against clang's working directory`);
+  for (const name of tried) {
+    if (found.has(name)) continue;
+    let f = name;
+    if (!f.startsWith('/')) {
+      if (!cwd) throw new Uncacheable('environment', `the loader searches a relative directory (${f}): it resolves against clang's working directory`);
+      f = asOpened(cwd, name);
+      if (dirname(f) === cwd) {
+        files.set(f, statOrUndefined(f));
+        continue;
+      }
+    }
     const st = statOrUndefined(f);
     if (st) files.set(f, st);
     const dir = dirname(f);

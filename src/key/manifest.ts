@@ -3,6 +3,7 @@ import { readdirSync, readFileSync, type Stats, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { asOpened, namesProcessFile } from '../util/asOpened.js';
+import { isOpaque } from '../util/opaqueEnv.js';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import type { ConfigFiles } from './configFiles.js';
 import type { DigestSource } from './fileDigests.js';
@@ -271,7 +272,9 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
     // clang-cl by name: a Windows target by default (see windowsTarget in parseJob).
     if (/(^|\/)clang-cl(-[0-9.]+)?(\.exe)?$/i.test(compiler)) throw new Uncacheable('windows-target', `${compiler}: clang-cl targets Windows`);
     for (const k of UNCACHEABLE_ENV) if (env[k] !== undefined) throw new Uncacheable('environment', `${k} is set`);
-    const toolchain = await ctx.toolchains.identify(compiler, env, ctx.observe);
+    // A keyed variable whose value is not UTF-8: the driver runs the key makes could not carry it.
+    for (const k of [...KEY_ENV, 'PATH']) if (isOpaque(env[k])) throw new Uncacheable('environment', `${k} is not valid UTF-8`);
+    const toolchain = await ctx.toolchains.identify(compiler, env, ctx.observe, cwd);
     let job = parsed;
     const config = configInEffect(parsed, toolchain, env);
     if (config) {

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { spawnableEnv } from '../util/opaqueEnv.js';
 import type { Job } from './parseJob.js';
 import { Uncacheable } from './uncacheable.js';
 
@@ -38,7 +39,7 @@ export async function nativeCpu(job: Job, compiler: string, toolchainDigest: str
   let p = resolved.get(memoKey);
   if (!p) {
     p = (async () => {
-      const r = await run(compiler, [...args, '-###', '-x', 'c', '-c', '/dev/null', '-o', '/dev/null'], { cwd, env, timeout: 10_000, maxBuffer: 4 << 20 });
+      const r = await run(compiler, [...args, '-###', '-x', 'c', '-c', '/dev/null', '-o', '/dev/null'], { cwd, env: spawnableEnv(env), timeout: 10_000, maxBuffer: 4 << 20 });
       const cc1 = r.stderr.split('\n').find((l) => /"-cc1"/.test(l)) ?? '';
       const words = [...cc1.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]!);
       const out: string[] = [];

@@ -125,8 +125,11 @@ export class ToolchainIdentifier {
    * directory the loader searched without success (or the outermost absent one above it), PATH
    * for a script.
    */
-  async identify(compiler: string, env: Record<string, string>, observe?: ObservingFiles): Promise<Toolchain> {
+  async identify(compiler: string, env: Record<string, string>, observe?: ObservingFiles, cwd?: string): Promise<Toolchain> {
     const real = realpathSync.native(compiler);
+    // An empty or relative LD_LIBRARY_PATH element is searched from clang's working directory (a
+    // trailing ':' is a common slip): then the job's directory is part of the identity.
+    const from = env.LD_LIBRARY_PATH?.split(':').some((d) => !d.startsWith('/')) ? cwd : undefined;
     const st = statSync(real, { bigint: true });
     const dirs = configDirs(compiler, real);
     // One stat per directory serves both the memo key and the job's observations.
@@ -149,6 +152,7 @@ export class ToolchainIdentifier {
       ...this.distroFiles.map((f) => dirState(dirStat(f))),
       dirState(loaderCache),
       dirState(preload),
+      from ?? '',
     ]);
     // The identities stand for what was read only once settled: a config file added in the same
     // timestamp tick as the listing leaves its directory's identity as it was.
@@ -156,7 +160,7 @@ export class ToolchainIdentifier {
     const settled = [st, loaderCache, preload, ...dirStats].every((d) => !d || settledAt(d, at));
     let p = settled ? this.memo.get(memoKey) : undefined;
     if (!p) {
-      p = this.compute(compiler, real, env);
+      p = this.compute(compiler, real, env, from);
       if (settled) {
         this.memo.set(memoKey, p);
         p.catch(() => this.memo.delete(memoKey));
@@ -169,7 +173,7 @@ export class ToolchainIdentifier {
     const watchedStats = watched.map((w) => statOrUndefined(w.path));
     if (watched.some((w, i) => watchState(watchedStats[i]) !== w.state)) {
       this.memo.delete(memoKey);
-      return this.identify(compiler, env, observe);
+      return this.identify(compiler, env, observe, cwd);
     }
     // Libraries, configs and the executable itself can change under a memo key that did not
     // (in place within a timestamp tick): re-check their digests (memoised by stat, so this is
@@ -178,7 +182,7 @@ export class ToolchainIdentifier {
       const d = await files.digest(f.path);
       if (d.kind !== 'file' || d.digest !== f.digest) {
         this.memo.delete(memoKey);
-        return this.identify(compiler, env, observe);
+        return this.identify(compiler, env, observe, cwd);
       }
     }
     if (observe) {
@@ -281,14 +285,14 @@ export class ToolchainIdentifier {
     return out;
   }
 
-  private async compute(compiler: string, real: string, env: Record<string, string>): Promise<Identified> {
+  private async compute(compiler: string, real: string, env: Record<string, string>, cwd?: string): Promise<Identified> {
     this.computed++;
     // All at once: a fresh daemon's first jobs wait for this, and the libraries (libLLVM alone is
     // over 100 MB) are read through the thread pool while earlier ones are hashed.
     const selfDigest = this.files.digest(real);
     selfDigest.catch(() => {}); // awaited below; not left unhandled if listing the libraries fails first
     const target = await loaderTarget(real);
-    const trace = target.binary ? await traceLoader(target.binary, [], env) : { libs: [], watched: [] };
+    const trace = target.binary ? await traceLoader(target.binary, [], env, cwd) : { libs: [], watched: [] };
     const paths = trace.libs;
     const [self, ...digests] = await Promise.all([selfDigest, ...paths.map((path) => this.files.digest(path))]);
     if (self!.kind !== 'file') throw new Error(`compiler ${real} is not a regular file`);

@@ -355,9 +355,6 @@ export class JobPipeline {
       return moved === null;
     };
     const stillCurrent = async () => {
-      // A file hashed for the key and written since may have been read by clang in between, even
-      // if it has its old bytes again: not provable from content, so not stored.
-      if (!untouched()) return false;
       // What the key was computed from, re-checked by stat identity (content for files written
       // just before), so the key is normally computed once. A check can fail without a key change
       // (a config directory that is also the output directory): then the key is computed again.
@@ -373,22 +370,15 @@ export class JobPipeline {
       job.outputs,
       k.key,
       ctx,
-      stillCurrent,
+      { untouched, stillCurrent },
       async (entry) => {
         await this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo);
         if (!ctx.collectMemo) this.share(k, entry.record, job.outputs, req);
       },
-      storeMemo && {
-        memo: storeMemo,
-        // The client checked the same before storing (client/storeback.c); this daemon saw the
-        // identities at key time, before the client's own look.
-        adopt: async (run) => {
-          if (untouched()) return this.adopt(k, job.outputs, req, run);
-          this.counters.error(ErrorKind.inputs_changed_during_compile);
-          await this.dropClientMemo(req, run.stored);
-          return false;
-        },
-      },
+      // The client made the same check before it stored (client/storeback.c), with states taken
+      // around the compile: a look from here, whenever 'E' is read, could find the files deleted
+      // or rewritten by the build since, and lose a store for nothing.
+      storeMemo && { memo: storeMemo, adopt: (run) => this.adopt(k, job.outputs, req, run) },
     );
     this.inflight.set(k.key, p);
     try {
@@ -618,7 +608,13 @@ export class JobPipeline {
     outputs: Outputs,
     key: string,
     ctx: JobContext,
-    stillCurrent: () => Promise<boolean>,
+    /**
+     * `untouched`: no file hashed for the key was written since (one written while clang ran may
+     * have been read in between, even if it has its old bytes again: not provable from content);
+     * asked before the requester is let go, while the build cannot have moved on. `stillCurrent`:
+     * the key's other observations hold, or the key computed again is unchanged.
+     */
+    current: { untouched: () => boolean; stillCurrent: () => Promise<boolean> },
     stored: (entry: StoredEntry) => Promise<void>,
     byClient?: { memo: Buffer; adopt: (run: CompilerRun & { stored: NonNullable<CompilerRun['stored']> }) => Promise<boolean> },
   ): Promise<Compiled> {
@@ -657,6 +653,7 @@ export class JobPipeline {
       return { ...run, entry: null };
     }
     let entry: StoredEntry;
+    let untouched = false;
     try {
       const files = new Map<string, Buffer>();
       // Synchronous: the outputs were just written and are in the page cache; a thread-pool round
@@ -667,6 +664,7 @@ export class JobPipeline {
           if (!bytes) throw new Error(`${o.path} is not a regular file`);
           files.set(o.role, bytes);
         }
+        untouched = current.untouched();
       } finally {
         ctx.released?.();
       }
@@ -695,7 +693,7 @@ export class JobPipeline {
       this.o.log.warn('expected output missing after compile; not stored', { key, error: String(e) });
       return { ...run, entry: null };
     }
-    if (!(await stillCurrent())) {
+    if (!untouched || !(await current.stillCurrent())) {
       this.counters.error(ErrorKind.inputs_changed_during_compile);
       this.o.log.warn('inputs changed while the compiler ran; result served, not stored', { key });
       return { ...run, entry: null };

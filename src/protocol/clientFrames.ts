@@ -33,7 +33,9 @@
  * compiler itself.
  */
 import { z } from 'zod';
+
 import { stripTrailingSlashes } from '../config/cacheDir.js';
+import { OPAQUE_ENV_PREFIX } from '../util/opaqueEnv.js';
 
 /** Any violation of the wire format. The caller closes the connection (or, for a complete but
  * invalid request, may reply 'P' first: framing is still in sync then). */
@@ -218,14 +220,7 @@ export type CompileRequest = z.infer<typeof CompileRequest>;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-/**
- * An environment value that is not UTF-8 is carried as this prefix and its bytes in hex: set, and
- * distinct per value, so a key that reads the variable keys its bytes, a memo's ENV check (a C
- * string never holds a NUL) never passes, and spawning with it fails (the requester then runs
- * the compiler). A variable nothing reads costs nothing; one that is not UTF-8 no longer turns
- * the whole request away.
- */
-export const OPAQUE_ENV_PREFIX = '\0not-utf-8:';
+export { OPAQUE_ENV_PREFIX } from '../util/opaqueEnv.js';
 
 /** Bounds-checked little-endian reader; every failure names the field being read. */
 class Reader {

@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { llvmTool } from '../../src/demo/thinBuild.js';
 import { readElf, traceLoader } from '../../src/key/loaderTrace.js';
 import { Uncacheable } from '../../src/key/uncacheable.js';
+import { OPAQUE_ENV_PREFIX } from '../../src/util/opaqueEnv.js';
 import { CacheEnv, CLIENT, tempDir } from '../support/env.js';
 
 /**
@@ -61,6 +62,31 @@ describe("the loader's search", () => {
     await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: 'lib' }), env);
     await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: '/usr/lib::/lib' }), env);
     await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_PRELOAD: 'sub/x.so' }), env);
+  });
+
+  test('an empty LD_LIBRARY_PATH element (a trailing colon) is searched from the given directory: its candidates are watched there, not the directory', async () => {
+    const cwd = tempDir('loader-cwd');
+    const t = await traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: '/usr/lib/nonexistent-ltocache:' }, cwd);
+    assert.ok(t.libs.length > 0);
+    const inCwd = t.watched.filter((w) => w.path.startsWith(`${cwd}/`));
+    assert.ok(
+      inCwd.some((w) => w.kind === 'file' && w.state === '-' && /\/lib[^/]*\.so[.\d]*$/.test(w.path)),
+      JSON.stringify(inCwd),
+    );
+    assert.ok(
+      inCwd.some((w) => w.path === join(cwd, 'glibc-hwcaps') && w.state === '-'),
+      JSON.stringify(inCwd),
+    );
+    assert.ok(!t.watched.some((w) => w.path === cwd), 'the working directory itself is not watched');
+    rmSync(cwd, { recursive: true, force: true });
+  });
+
+  test('a loader variable that is not UTF-8 is uncacheable, and a trace that could not run is an error, not an empty list', async () => {
+    const env = (e: unknown) => e instanceof Uncacheable && e.reason === 'environment';
+    await assert.rejects(traceLoader(realpathSync(CC), [], { PATH, LD_LIBRARY_PATH: `${OPAQUE_ENV_PREFIX}2f6f7074e9` }), env);
+    await assert.rejects(traceLoader(realpathSync(CC), [], { PATH: `${OPAQUE_ENV_PREFIX}2fe9` }), env);
+    // Before, a program that could not be started read as a static one: no libraries to key.
+    await assert.rejects(traceLoader('/nonexistent/clang', [], { PATH }), (e: unknown) => !(e instanceof Uncacheable));
   });
 
   test("without the loader's account of its search: LD_LIBRARY_PATH, the program's and each library's directory", async () => {
@@ -140,6 +166,25 @@ describe('through the client and the daemon', () => {
     const after = cached(env);
     assert.deepEqual([after.hits, after.misses], [0, 1]);
     assert.ok(after.object.equals(direct(env)));
+  });
+
+  test('LD_LIBRARY_PATH with a trailing colon: cached, and a library that appears in the job directory makes the next job miss', async () => {
+    const env = { LD_LIBRARY_PATH: `${join(dir, 'none')}:` };
+    await settle();
+    assert.equal(cached(env).uncacheable, 0);
+    assert.equal(cached(env).hits, 1);
+    const lib = (await traceLoader(realpathSync(CC), [], { PATH })).libs.find((l) => /\/lib(zstd|z|xml2|edit|ffi)\.so\.\d+$/.test(l));
+    if (!lib) assert.fail("no system library among clang's");
+    const copy = join(dir, lib.slice(dirname(lib).length + 1));
+    copyFileSync(lib, copy);
+    try {
+      await settle();
+      const after = cached(env);
+      assert.deepEqual([after.hits, after.misses], [0, 1]);
+      assert.ok(after.object.equals(direct(env)));
+    } finally {
+      rmSync(copy);
+    }
   });
 
   /**
