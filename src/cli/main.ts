@@ -403,6 +403,8 @@ function silentDaemon(dir: string): number | null {
 async function killWithin(pid: number, signal: NodeJS.Signals, ms: number): Promise<boolean> {
   try {
     process.kill(pid, signal);
+    // A stopped process (SIGSTOP, a debugger's stop) acts on a SIGTERM only once continued.
+    if (signal === 'SIGTERM') process.kill(pid, 'SIGCONT');
   } catch {
     return !processAlive(pid);
   }
