@@ -97,60 +97,36 @@ static int write_memo(const char *cache_dir, const char *lookup, const unsigned 
 }
 
 void pinned_free(struct pinned *p) {
-    for (uint32_t i = 0; i < p->n; i++) free(p->files[i].path);
-    free(p->files);
-    p->files = NULL;
+    free(p->stat);
+    p->stat = NULL;
     p->n = 0;
-}
-
-static int look(const char *path, struct pinned_file *f) {
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return -1;
-    f->dev = (uint64_t)st.st_dev;
-    f->ino = (uint64_t)st.st_ino;
-    f->size = (uint64_t)st.st_size;
-    f->mtime_ns = memo_ns(st.st_mtim);
-    f->ctime_ns = memo_ns(st.st_ctim);
-    return 0;
 }
 
 int pin_content_files(const unsigned char *tmpl, size_t len, struct pinned *p) {
     struct memo m;
     p->n = 0;
-    p->files = NULL;
+    p->stat = NULL;
     if (memo_parse(tmpl, len, &m) != 0) return -1;
     int rc = 0;
-    p->files = calloc(m.nchecks ? m.nchecks : 1, sizeof *p->files);
-    if (!p->files) rc = -1;
+    p->stat = calloc(m.nchecks ? m.nchecks : 1, sizeof *p->stat);
+    if (!p->stat) rc = -1;
     for (uint32_t i = 0; rc == 0 && i < m.nchecks; i++) {
         if (m.checks[i].kind != MEMO_CONTENT) continue;
-        struct pinned_file *f = &p->files[p->n];
-        f->path = memo_name(m.checks[i].name, NULL);
-        if (!f->path) {
+        char *path = memo_name(m.checks[i].name, NULL);
+        struct stat st;
+        if (!path || stat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
+            (st.st_mtim.tv_nsec == 0 && st.st_ctim.tv_nsec == 0))
             rc = -1;
-            break;
-        }
-        p->n++;
-        if (look(f->path, f) != 0 ||
-            (f->mtime_ns % 1000000000u == 0 && f->ctime_ns % 1000000000u == 0))
-            rc = -1;
+        else
+            p->stat[p->n++] = (struct memo_check){
+                .kind = MEMO_STAT, .name = m.checks[i].name, .dev = (uint64_t)st.st_dev,
+                .ino = (uint64_t)st.st_ino, .size = (uint64_t)st.st_size,
+                .mtime_ns = memo_ns(st.st_mtim), .ctime_ns = memo_ns(st.st_ctim)};
+        free(path);
     }
     memo_free(&m);
     if (rc != 0) pinned_free(p);
     return rc;
-}
-
-/* Whether every pinned file still has the identity it had before the compile. */
-static int still_pinned(const struct pinned *p) {
-    for (uint32_t i = 0; i < p->n; i++) {
-        struct pinned_file now;
-        const struct pinned_file *was = &p->files[i];
-        if (look(was->path, &now) != 0 || now.dev != was->dev || now.ino != was->ino ||
-            now.size != was->size || now.mtime_ns != was->mtime_ns ||
-            now.ctime_ns != was->ctime_ns)
-            return 0;
-    }
-    return 1;
 }
 
 static void put_u64_le(unsigned char *p, uint64_t v) {
@@ -165,7 +141,7 @@ int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl
     unsigned char *chunk = malloc(COPY_CHUNK);
     /* The identities last: a write while the content was hashed moves them too. */
     if (!chunk || m.out.len || m.err.len || memo_run_checks(m.checks, m.nchecks, NULL, chunk) != 0 ||
-        !still_pinned(pin))
+        memo_run_checks(pin->stat, pin->n, NULL, chunk) != 0)
         goto done;
     for (uint32_t i = 0; i < m.noutputs; i++) {
         if (store_blob(cache_dir, &m.outputs[i], i, chunk, out->digest[i], &out->size[i]) != 0)

@@ -28,15 +28,14 @@ struct stored_outputs {
  * shorter than clang's start-up before it opens its inputs. */
 struct pinned {
     uint32_t n;
-    struct pinned_file {
-        char *path;
-        uint64_t dev, ino, size, mtime_ns, ctime_ns;
-    } *files;
+    struct memo_check *stat;  /* MEMO_STAT checks; their names point into the template */
 };
 
-/* Fills *p for the template tmpl[0..len). Returns -1 (nothing to free) when the template does
- * not parse, a file cannot be looked at, or its timestamps are whole seconds (a file system too
- * coarse for the proof above): then the run is reported with 'D' and the daemon decides. */
+/* Fills *p for the template tmpl[0..len), which must outlive it: each file the template checks
+ * by content, as a STAT check of how it is now (memo_run_checks then tells whether it moved).
+ * Returns -1 (nothing to free) when the template does not parse, a file cannot be looked at, or
+ * its timestamps are whole seconds (a file system too coarse for the proof above): then the run
+ * is reported with 'D' and the daemon decides. */
 int pin_content_files(const unsigned char *tmpl, size_t len, struct pinned *p);
 void pinned_free(struct pinned *p);
 

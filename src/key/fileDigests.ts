@@ -51,6 +51,15 @@ export const SavedDigests = z.object({
 });
 export type SavedDigests = z.infer<typeof SavedDigests>;
 
+/** `stat` following links, bigint: undefined when the path is absent or cannot be reached (any error). */
+export function statOrUndefined(path: string): BigIntStats | undefined {
+  try {
+    return statSync(path, { bigint: true, throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
+}
+
 /** What stat saw when a digest was taken: the identity the memo re-checks. */
 export interface StatIdentity {
   dev: bigint;

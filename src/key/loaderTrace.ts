@@ -1,11 +1,11 @@
 import { execFile } from 'node:child_process';
-import { type BigIntStats, statSync } from 'node:fs';
+import type { BigIntStats } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import { asOpened } from '../util/asOpened.js';
 import { isOpaque } from '../util/opaqueEnv.js';
-import { nowNs, settledAt, statIdentity } from './fileDigests.js';
+import { nowNs, settledAt, statIdentity, statOrUndefined } from './fileDigests.js';
 import { Uncacheable } from './uncacheable.js';
 
 const run = promisify(execFile);
@@ -36,15 +36,6 @@ export interface LoaderTrace {
   watched: Watched[];
   /** The loader printed no search (not glibc's): `watched` is the fallback's, from LD_LIBRARY_PATH and RUNPATHs. */
   fallback: boolean;
-}
-
-/** A stat following links, as the loader's open does; undefined if absent or unreachable. */
-export function statOrUndefined(path: string): BigIntStats | undefined {
-  try {
-    return statSync(path, { bigint: true, throwIfNoEntry: false });
-  } catch {
-    return undefined;
-  }
 }
 
 /** Stat identity of a path ('-' when absent): what `Watched.state` records. */

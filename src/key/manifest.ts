@@ -1,19 +1,19 @@
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, type Stats, statSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { asOpened, namesProcessFile } from '../util/asOpened.js';
+import { asOpened } from '../util/asOpened.js';
 import { isOpaque } from '../util/opaqueEnv.js';
 import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import type { ConfigFiles } from './configFiles.js';
-import type { DigestSource } from './fileDigests.js';
+import { type DigestSource, statOrUndefined } from './fileDigests.js';
 import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
 import { readModuleTable } from './moduleTable.js';
 import { asksNative, nativeCpu } from './nativeCpu.js';
 import type { ObservingFiles } from './observed.js';
 import { fileCandidates, type Job, parseJob } from './parseJob.js';
 import type { ToolchainIdentifier } from './toolchain.js';
-import { Uncacheable, type UncacheableReason } from './uncacheable.js';
+import { openedForKey, Uncacheable, type UncacheableReason } from './uncacheable.js';
 
 const digest = z.string().regex(DIGEST_RE);
 const FileRef = z.object({ path: z.string(), digest });
@@ -253,19 +253,12 @@ export interface KeyContext {
   observe?: ObservingFiles;
 }
 
-/** `path` as the daemon looks at it (asOpened), never one that would name the daemon's own files. */
-function opened(cwd: string, path: string, what: string): string {
-  const abs = asOpened(cwd, path);
-  if (namesProcessFile(abs)) throw new Uncacheable('process-file', `${what} ${path} names a file through the process that opens it`);
-  return abs;
-}
-
 /** Builds the manifest of a parsed job: every input's content, the toolchain and the environment. */
 export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: string, cwd: string, env: Record<string, string>): Promise<KeyResult> {
   try {
     const files = ctx.observe ?? ctx.files;
     const need = async (path: string, what: string) => {
-      const d = await files.digest(opened(cwd, path, what));
+      const d = await files.digest(openedForKey(cwd, path, what));
       if (d.kind !== 'file') throw new Uncacheable('missing-file', `${what} ${path} is not a readable regular file`);
       return d.digest;
     };
@@ -281,15 +274,10 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
       if (!ctx.configs) throw new Uncacheable('config-file', config);
       job = await withConfigFiles(ctx.configs, parsed, compiler, cwd, env, toolchain);
     }
-    const outputsAbs = new Set(job.outputs.map((o) => opened(cwd, o.path, 'output')));
+    const outputsAbs = new Set(job.outputs.map((o) => openedForKey(cwd, o.path, 'output')));
     // A named pipe, a device or a socket is written by clang as it is; a hit would replace it.
     for (const abs of outputsAbs) {
-      let st: Stats | undefined;
-      try {
-        st = statSync(abs, { throwIfNoEntry: false });
-      } catch {
-        st = undefined;
-      }
+      const st = statOrUndefined(abs);
       if (st && !st.isFile()) throw new Uncacheable('output', `output ${abs} exists and is not a regular file`);
     }
     const namesKeyed = outputNamesKeyed(job);
@@ -323,7 +311,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
         case 'flag': {
           const named: { path: string; digest: string }[] = [];
           for (const c of tok.setting ? [] : fileCandidates(tok.v)) {
-            const abs = opened(cwd, c, `file named by ${tok.v}`);
+            const abs = openedForKey(cwd, c, `file named by ${tok.v}`);
             if (outputsAbs.has(abs)) continue;
             const d = await files.digest(abs);
             if (d.kind === 'file') named.push({ path: c, digest: d.digest });
@@ -481,7 +469,7 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
       if (seen.has(k)) continue;
       seen.add(k);
       if (seen.size > MAX_ASM_FILES) throw new Uncacheable('asm-include-unresolved', `more than ${MAX_ASM_FILES} files read by asm directives`);
-      const d = await (ctx.observe ?? ctx.files).digest(opened(cwd, ref.name, `.${ref.directive} in ${from}`));
+      const d = await (ctx.observe ?? ctx.files).digest(openedForKey(cwd, ref.name, `.${ref.directive} in ${from}`));
       if (d.kind === 'not-regular') throw new Uncacheable('asm-include-unresolved', `.${ref.directive} "${ref.name}" in ${from} is not a regular file`);
       if (d.kind === 'absent') {
         if (searchFlag)

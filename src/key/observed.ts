@@ -1,6 +1,6 @@
-import { type BigIntStats, readFileSync, statSync } from 'node:fs';
+import { type BigIntStats, readFileSync } from 'node:fs';
 import type { MemoCheck } from '../memo/memoFormat.js';
-import { type DigestSource, type FileDigest, nowNs, settledAt } from './fileDigests.js';
+import { type DigestSource, type FileDigest, nowNs, settledAt, statOrUndefined } from './fileDigests.js';
 import { hashBytes } from './hash.js';
 
 /**
@@ -53,14 +53,7 @@ export class ObservingFiles implements DigestSource {
    * `known` is a stat the caller already took of it (undefined: absent).
    */
   directory(absPath: string, known?: { st: BigIntStats | undefined }): void {
-    let st: BigIntStats | undefined;
-    if (known) st = known.st;
-    else
-      try {
-        st = statSync(absPath, { bigint: true, throwIfNoEntry: false });
-      } catch {
-        st = undefined;
-      }
+    const st = known ? known.st : statOrUndefined(absPath);
     if (!st) this.seen.set(absPath, { kind: 'absent', path: absPath });
     else if (!st.isDirectory()) this.seen.set(absPath, { kind: 'notreg', path: absPath });
     else {
@@ -110,12 +103,7 @@ export function untouchedSinceKeyed(checks: readonly MemoCheck[]): string | null
     if (c.kind !== 'content' && c.kind !== 'stat') continue;
     const at = c.kind === 'stat' ? { ...c, settled: true } : c.at;
     if (!at || (!at.settled && at.mtimeNs % 1_000_000_000n === 0n && at.ctimeNs % 1_000_000_000n === 0n)) return c.path;
-    let st: BigIntStats | undefined;
-    try {
-      st = statSync(c.path, { bigint: true, throwIfNoEntry: false });
-    } catch {
-      st = undefined;
-    }
+    const st = statOrUndefined(c.path);
     if (!st || st.dev !== at.dev || st.ino !== at.ino || st.size !== at.size || st.mtimeNs !== at.mtimeNs || st.ctimeNs !== at.ctimeNs) return c.path;
   }
   return null;
@@ -131,12 +119,7 @@ export function checksHold(checks: readonly MemoCheck[], env: Record<string, str
       if (!envCheckHolds(c, env)) return false;
       continue;
     }
-    let st: BigIntStats | undefined;
-    try {
-      st = statSync(c.path, { bigint: true, throwIfNoEntry: false });
-    } catch {
-      st = undefined;
-    }
+    const st = statOrUndefined(c.path);
     switch (c.kind) {
       case 'absent':
         if (st) return false;

@@ -1,9 +1,9 @@
 import { isUtf8 } from 'node:buffer';
 import { basename, extname } from 'node:path';
-import { asOpened, namesProcessFile } from '../util/asOpened.js';
+import { asOpened } from '../util/asOpened.js';
 import { readRegularFile } from '../util/readRegularFile.js';
 import { tokenizeGnu } from './responseFile.js';
-import { Uncacheable, type UncacheableReason } from './uncacheable.js';
+import { openedForKey, Uncacheable, type UncacheableReason } from './uncacheable.js';
 
 /** A token of the command line as the key sees it. */
 export type Token =
@@ -257,8 +257,7 @@ async function expand(args: string[], cwd: string, depth: number, rsp: Job['resp
     if (a.startsWith('@') && a.length > 1) {
       if (depth >= RSP_DEPTH) throw new Uncacheable('rsp-depth', `response files nested deeper than ${RSP_DEPTH}`);
       const path = a.slice(1);
-      const abs = asOpened(cwd, path);
-      if (namesProcessFile(abs)) throw new Uncacheable('process-file', `response file ${path} names a file through the process that opens it`);
+      const abs = openedForKey(cwd, path, 'response file');
       let content: Buffer | null;
       try {
         content = await readRegularFile(abs);

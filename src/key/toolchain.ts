@@ -1,9 +1,9 @@
 import { type BigIntStats, realpathSync, statSync } from 'node:fs';
 import { open, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { type DigestSource, nowNs, settledAt, statIdentity } from './fileDigests.js';
+import { type DigestSource, nowNs, settledAt, statIdentity, statOrUndefined } from './fileDigests.js';
 import type { Digest } from './hash.js';
-import { LOADER_ENV, readElf, statOrUndefined, traceLoader, type Watched, watchState } from './loaderTrace.js';
+import { LOADER_ENV, readElf, traceLoader, type Watched, watchState } from './loaderTrace.js';
 import type { ObservingFiles } from './observed.js';
 import { Uncacheable } from './uncacheable.js';
 
@@ -42,15 +42,6 @@ export const DISTRO_FILES = [
   '/etc/SuSE-release',
   '/etc/gentoo-release',
 ] as const;
-
-/** A directory's stat, or undefined if absent or unreadable. */
-function dirStat(dir: string): BigIntStats | undefined {
-  try {
-    return statSync(dir, { bigint: true, throwIfNoEntry: false });
-  } catch {
-    return undefined;
-  }
-}
 
 /** Stat identity of a directory (an entry added or removed changes its mtime), or '-' if absent. */
 function dirState(st: BigIntStats | undefined): string {
@@ -133,9 +124,9 @@ export class ToolchainIdentifier {
     const st = statSync(real, { bigint: true });
     const dirs = configDirs(compiler, real);
     // One stat per directory serves both the memo key and the job's observations.
-    const dirStats = dirs.map(dirStat);
-    const loaderCache = dirStat(LD_SO_CACHE);
-    const preload = dirStat(LD_SO_PRELOAD);
+    const dirStats = dirs.map(statOrUndefined);
+    const loaderCache = statOrUndefined(LD_SO_CACHE);
+    const preload = statOrUndefined(LD_SO_PRELOAD);
     // A config file added next to the compiler, or a new loader cache, changes the identity too.
     const memoKey = JSON.stringify([
       compiler,
@@ -148,8 +139,8 @@ export class ToolchainIdentifier {
       env.PATH ?? '',
       ...LOADER_ENV.map((k) => env[k] ?? ''),
       ...dirStats.map(dirState),
-      ...CONFIG_FILES.map((f) => dirState(dirStat(f))),
-      ...this.distroFiles.map((f) => dirState(dirStat(f))),
+      ...CONFIG_FILES.map((f) => dirState(statOrUndefined(f))),
+      ...this.distroFiles.map((f) => dirState(statOrUndefined(f))),
       dirState(loaderCache),
       dirState(preload),
       from ?? '',
@@ -216,8 +207,8 @@ export class ToolchainIdentifier {
     if (!st?.isFile()) throw new Uncacheable('missing-file', `plugin ${plugin} is not a regular file`);
     const interp = await this.loaderOf(toolchain);
     if (!interp) throw new Uncacheable('plugin-unresolved', `${toolchain.realpath} names no dynamic loader to list the libraries of plugin ${plugin}`);
-    const loaderCache = dirStat(LD_SO_CACHE);
-    const preload = dirStat(LD_SO_PRELOAD);
+    const loaderCache = statOrUndefined(LD_SO_CACHE);
+    const preload = statOrUndefined(LD_SO_PRELOAD);
     const memoKey = JSON.stringify([interp, abs, statIdentity(st), String(st.size), ...LOADER_ENV.map((k) => env[k] ?? ''), dirState(loaderCache), dirState(preload)]);
     const at = nowNs();
     const settled = [st, loaderCache, preload].every((d) => !d || settledAt(d, at));

@@ -1,3 +1,5 @@
+import { asOpened, namesProcessFile } from '../util/asOpened.js';
+
 /**
  * Why a job is not cached. Stable names: they are the keys of `stats --json`
  * `uncacheable_by_reason` and appear in the job log (docs/key.md lists them).
@@ -37,4 +39,12 @@ export class Uncacheable extends Error {
   ) {
     super(detail);
   }
+}
+
+/** `path` (from `cwd`) as the daemon looks at it (asOpened); `process-file` when it would name
+ *  the daemon's own files instead of the requester's (`what` names it in the detail). */
+export function openedForKey(cwd: string, path: string, what: string): string {
+  const abs = asOpened(cwd, path);
+  if (namesProcessFile(abs)) throw new Uncacheable('process-file', `${what} ${path} names a file through the process that opens it`);
+  return abs;
 }

@@ -1,5 +1,5 @@
-import { type BigIntStats, readdirSync, statSync } from 'node:fs';
-import { nowNs as clockNs, settledAt, statIdentity } from '../key/fileDigests.js';
+import { readdirSync } from 'node:fs';
+import { nowNs as clockNs, settledAt, statIdentity, statOrUndefined } from '../key/fileDigests.js';
 import { type Digest, Hasher } from '../key/hash.js';
 import { MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
 import {
@@ -212,14 +212,6 @@ function readTeamCheck(r: Reader): TeamCheck {
   const c = readSharedCheck(r, kind, name);
   if (!c) throw new MemoError(`unknown team check kind ${kind}`);
   return c;
-}
-
-function statOrUndefined(path: string): BigIntStats | undefined {
-  try {
-    return statSync(path, { bigint: true, throwIfNoEntry: false });
-  } catch {
-    return undefined;
-  }
 }
 
 /** The names a directory lists now, if its stat identity is still `c`'s (else null: it changed). */
