@@ -11,6 +11,7 @@ import { JobLog, type JobResult } from '../jobLog/jobLog.js';
 import { FileDigests } from '../key/fileDigests.js';
 import { initHash } from '../key/hash.js';
 import { keyedPart } from '../key/manifest.js';
+import { distToken } from '../memo/distMemo.js';
 import { decodeMemo, memoPath } from '../memo/memoFormat.js';
 import { MemoStore } from '../memo/memoStore.js';
 import { DenyList, type DenyRecord } from '../pipeline/denyList.js';
@@ -374,9 +375,17 @@ export class Daemon {
     }
     const planned = performance.now();
     const memos = new DistMemoCollector(plan.jobs.length);
+    const linkToken = distToken(req.args[0]!);
     const runOne = async (job: PlannedJob): Promise<JobRun> => {
       if (signal.aborted) return { code: 1, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
-      const jr: JobRequest = { compiler: resolve(req.cwd, job.argv[0]!), args: job.argv.slice(1), cwd: req.cwd, env: req.env, umask: req.umask };
+      const jr: JobRequest = {
+        compiler: resolve(req.cwd, job.argv[0]!),
+        args: job.argv.slice(1),
+        cwd: req.cwd,
+        env: req.env,
+        umask: req.umask,
+        ...(linkToken ? { linkToken } : {}),
+      };
       const startedAt = Date.now();
       const o = await this.compile(jr, { signal, collectMemo: (memo, lookup) => memos.add(job, memo, lookup) });
       if ((o.kind === 'hit' || o.kind === 'miss') && o.manifest) memos.keyed(job, keyedPart(o.manifest));

@@ -8,7 +8,8 @@ import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import type { ConfigFiles } from './configFiles.js';
 import { type DigestSource, statOrUndefined } from './fileDigests.js';
 import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
-import { readModuleTable } from './moduleTable.js';
+import type { Renamer } from './linkNames.js';
+import { readModuleTable, renamedIndexDigest } from './moduleTable.js';
 import { asksNative, nativeCpu } from './nativeCpu.js';
 import type { ObservingFiles } from './observed.js';
 import { fileCandidates, type Job, parseJob } from './parseJob.js';
@@ -253,8 +254,12 @@ export interface KeyContext {
   observe?: ObservingFiles;
 }
 
-/** Builds the manifest of a parsed job: every input's content, the toolchain and the environment. */
-export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: string, cwd: string, env: Record<string, string>): Promise<KeyResult> {
+/**
+ * Builds the manifest of a parsed job: every input's content, the toolchain and the environment.
+ * `rename` gives the names of the job's modules in the key (src/key/linkNames.ts); it applies only
+ * where output names are not keyed either.
+ */
+export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: string, cwd: string, env: Record<string, string>, rename?: Renamer): Promise<KeyResult> {
   try {
     const files = ctx.observe ?? ctx.files;
     const need = async (path: string, what: string) => {
@@ -281,12 +286,14 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
       if (st && !st.isFile()) throw new Uncacheable('output', `output ${abs} exists and is not a regular file`);
     }
     const namesKeyed = outputNamesKeyed(job);
+    const named = !namesKeyed && rename ? rename : (p: string) => p;
     const dropsQuiet = unusedArgumentWarningOff(job);
     const args: Manifest['args'] = [];
     const dropped: string[] = [];
     let input: Manifest['input'] | undefined;
     let index: Manifest['index'] | undefined;
     let indexPath = '';
+    let imported: string[] = [];
     for (const tok of job.tokens) {
       switch (tok.t) {
         case 'dropped':
@@ -300,11 +307,14 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
           if (tok.role === 'index') ctx.observe?.rewritten(asOpened(cwd, tok.path));
           const d = await need(tok.path, tok.role === 'input' ? 'input' : tok.role === 'index' ? 'index file' : `file named by ${tok.v}`);
           // The index's content is keyed under `index`; its name is not.
-          args.push(tok.role === 'index' ? { a: tok.v } : { a: tok.v, files: [{ path: tok.path, digest: d }] });
-          if (tok.role === 'input') input = { path: tok.path, digest: d };
+          if (tok.role === 'index') args.push({ a: tok.v });
+          else args.push({ a: tok.v, files: [{ path: tok.role === 'input' ? named(tok.path) : tok.path, digest: d }] });
+          if (tok.role === 'input') input = { path: named(tok.path), digest: d };
           if (tok.role === 'index') {
             indexPath = tok.path;
-            index = { digest: d, modules: await importedModules(files, cwd, tok.path, d, need) };
+            const part = await indexPart(files, cwd, tok.path, d, need, named);
+            index = { digest: part.digest, modules: part.modules };
+            imported = part.opened;
           }
           break;
         }
@@ -326,7 +336,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
       }
     }
     if (!input || !index) throw new Uncacheable('bad-args', 'job has no input or no index');
-    const asm = await asmFiles(ctx, job, cwd, [input.path, ...index.modules.map((m) => m.path)]);
+    const asm = await asmFiles(ctx, job, cwd, [job.input, ...imported]);
     const resources = await sanitizerResources(ctx, job, cwd, toolchain.realpath);
     const native = asksNative(job) ? await nativeCpu(job, compiler, toolchain.digest, cwd, env) : undefined;
     const keyEnv: Record<string, string> = {};
@@ -407,28 +417,38 @@ async function sanitizerResources(ctx: KeyContext, job: Job, cwd: string, realpa
 /** Module tables by index digest: the thin link rewrites every index, mostly with equal bytes. */
 const tables = new Map<string, ReturnType<typeof readModuleTable>>();
 
-async function importedModules(
+function indexBytes(files: DigestSource, cwd: string, indexPath: string, indexDigest: string): Buffer {
+  const bytes = files.recent?.(asOpened(cwd, indexPath), indexDigest) ?? readFileSync(asOpened(cwd, indexPath));
+  if (hashBytes(bytes) !== indexDigest) throw new Uncacheable('racy-index', `index ${indexPath} changed while it was read`);
+  return bytes;
+}
+
+/**
+ * The index's part of the key, and the modules' paths as the backend opens them (`opened`). When
+ * `named` renames a module, the index is keyed by renamedIndexDigest under the same renaming; an
+ * index that digest cannot be taken of keeps its names and its content digest.
+ */
+async function indexPart(
   files: DigestSource,
   cwd: string,
   indexPath: string,
   indexDigest: string,
   need: (p: string, what: string) => Promise<string>,
-): Promise<Manifest['index']['modules']> {
+  named: Renamer,
+): Promise<Manifest['index'] & { opened: string[] }> {
   let table = tables.get(indexDigest);
   if (!table) {
-    let bytes = files.recent?.(asOpened(cwd, indexPath), indexDigest);
-    if (!bytes) {
-      bytes = readFileSync(asOpened(cwd, indexPath));
-      if (hashBytes(bytes) !== indexDigest) throw new Uncacheable('racy-index', `index ${indexPath} changed while it was read`);
-    }
-    table = readModuleTable(bytes);
+    table = readModuleTable(indexBytes(files, cwd, indexPath, indexDigest));
     if (tables.size >= 20_000) tables.clear();
     tables.set(indexDigest, table);
   }
   if (table.kind !== 'ok') throw new Uncacheable('bad-index', `index ${indexPath}: ${table.reason}`);
-  const out: Manifest['index']['modules'] = [];
-  for (const m of table.modules) out.push({ path: m.path, moduleHash: m.hash, digest: await need(m.path, 'imported module') });
-  return out;
+  const renamed = table.modules.some((m) => named(m.path) !== m.path);
+  const digest = renamed ? renamedIndexDigest(indexBytes(files, cwd, indexPath, indexDigest), named) : indexDigest;
+  const keep = digest === null;
+  const modules: Manifest['index']['modules'] = [];
+  for (const m of table.modules) modules.push({ path: keep ? m.path : named(m.path), moduleHash: m.hash, digest: await need(m.path, 'imported module') });
+  return { digest: digest ?? indexDigest, modules, opened: table.modules.map((m) => m.path) };
 }
 
 /** Asm scans by content digest: a module's asm does not change unless its bytes do. */

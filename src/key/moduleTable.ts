@@ -1,4 +1,5 @@
 import { BitstreamError, BitstreamReader } from './bitstream.js';
+import { Hasher } from './hash.js';
 
 /**
  * The module string table of a ThinLTO per-module index (`X.o.thinlto.bc`): the path and
@@ -29,10 +30,19 @@ export type IndexParts =
       modules: ModuleEntry[];
       /** The whole MODULE_STRTAB_BLOCK, from its ENTER_SUBBLOCK abbrev id to its end. */
       moduleTableBits: BitRange;
+      /** Byte offsets of the length words of the blocks that enclose the module table: the only
+       *  bytes outside it whose values follow from its length. */
+      enclosingLengthWords: number[];
+      /** The module table's records in order, when it holds only ENTRY and HASH records (module
+       *  ids below 2^32) in an unwrapped bitstream; else null. */
+      tableRecords: TableRecord[] | null;
       /** Bodies of the GLOBALVAL_SUMMARY_BLOCKs (the combined summary), in file order. */
       summaries: BlockBody[];
     }
   | { kind: 'invalid'; reason: string };
+
+/** A module table record: `[ 'entry', module id, path ]` or `[ 'hash', 40 hex digits ]`. */
+export type TableRecord = readonly ['entry', number, string] | readonly ['hash', string];
 
 export const MODULE_BLOCK_ID = 8;
 export const MODULE_STRTAB_BLOCK_ID = 19;
@@ -61,11 +71,17 @@ function parse(bytes: Uint8Array): IndexParts {
   const r = BitstreamReader.open(bytes);
   let modules: ModuleEntry[] | undefined;
   let moduleTableBits: BitRange = { start: 0, end: 0 };
+  let enclosingLengthWords: number[] = [];
+  let tableRecords: TableRecord[] | null = null;
   const summaries: BlockBody[] = [];
+  const open: number[] = [];
   for (;;) {
     const e = r.next();
     if (e.kind === 'eof') break;
-    if (e.kind === 'end') continue;
+    if (e.kind === 'end') {
+      open.pop();
+      continue;
+    }
     if (e.kind === 'record') {
       r.skipRecord(e.abbrevId);
       continue;
@@ -74,10 +90,13 @@ function parse(bytes: Uint8Array): IndexParts {
     if (e.id === MODULE_STRTAB_BLOCK_ID) {
       if (modules) throw new BitstreamError('second MODULE_STRTAB_BLOCK', e.bit);
       const ext = r.enterBlock(e);
-      modules = readStrtab(r);
+      const table = readStrtab(r);
+      modules = table.modules;
+      tableRecords = table.plain && r.bit === ext.endBit && !wrapped(bytes) ? table.records : null;
       moduleTableBits = { start: e.bit, end: ext.endBit };
+      enclosingLengthWords = [...open];
     } else if (e.id === MODULE_BLOCK_ID && r.depth === 0) {
-      r.enterBlock(e);
+      open.push(r.enterBlock(e).bodyBit / 8 - 4);
     } else {
       const ext = r.skipBlock(e);
       if (e.id === GLOBALVAL_SUMMARY_BLOCK_ID) {
@@ -86,27 +105,59 @@ function parse(bytes: Uint8Array): IndexParts {
     }
   }
   if (!modules) throw new BitstreamError('no MODULE_STRTAB_BLOCK in the input', r.bit);
-  return { kind: 'ok', modules, moduleTableBits, summaries };
+  return { kind: 'ok', modules, moduleTableBits, enclosingLengthWords, tableRecords, summaries };
+}
+
+function wrapped(bytes: Uint8Array): boolean {
+  return !(bytes[0] === 0x42 && bytes[1] === 0x43 && bytes[2] === 0xc0 && bytes[3] === 0xde);
+}
+
+/**
+ * A digest of an index with its module paths renamed by `rename`, or null when the index is not
+ * one this can be said of (unreadable, wrapped, a module table with records other than ENTRY and
+ * HASH). Two indexes get the same digest exactly when they are byte for byte the same outside the
+ * module table (the enclosing blocks' length words aside, which follow from the table's length)
+ * and their tables list the same renamed paths with the same hashes in the same order. Distinct
+ * from every content digest of the same bytes (another tag).
+ */
+export function renamedIndexDigest(bytes: Uint8Array, rename: (path: string) => string): string | null {
+  const parts = readIndexParts(bytes);
+  if (parts.kind !== 'ok' || !parts.tableRecords) return null;
+  const { start, end } = parts.moduleTableBits;
+  const head = Buffer.from(bytes.subarray(0, Math.ceil(start / 8)));
+  if (start % 8) head[head.length - 1]! &= (1 << (start % 8)) - 1;
+  for (const at of parts.enclosingLengthWords) head.fill(0, at, at + 4);
+  const table = JSON.stringify(parts.tableRecords.map((t) => (t[0] === 'entry' ? [t[0], t[1], rename(t[2])] : t)));
+  return new Hasher()
+    .update(`ltocache-renamed-index-v1\0${head.length}\0${start}\0`)
+    .update(head)
+    .update(`\0${Buffer.byteLength(table)}\0${table}\0`)
+    .update(bytes.subarray(end / 8))
+    .digest();
 }
 
 /** Reads records up to the END_BLOCK of the entered MODULE_STRTAB_BLOCK. Unknown record codes
- *  are ignored, as LLVM does. */
-function readStrtab(r: BitstreamReader): ModuleEntry[] {
+ *  are ignored, as LLVM does; `plain` is false when there were any, or a nested block. */
+function readStrtab(r: BitstreamReader): { modules: ModuleEntry[]; records: TableRecord[]; plain: boolean } {
   const modules: ModuleEntry[] = [];
+  const records: TableRecord[] = [];
+  let plain = true;
   const seen = new Set<string>();
   let awaitingHash: ModuleEntry | undefined;
   for (;;) {
     const e = r.next();
-    if (e.kind === 'end') return modules;
+    if (e.kind === 'end') return { modules, records, plain };
     if (e.kind === 'eof') throw new BitstreamError('unexpected end of stream in MODULE_STRTAB_BLOCK', r.bit);
     if (e.kind === 'block') {
       r.skipBlock(e);
+      plain = false;
       continue;
     }
     const rec = r.readRecord(e.abbrevId);
     if (rec.code === MST_CODE_ENTRY) {
-      // [modid, chars...]; modid is unused by LLVM 19's reader.
+      // [modid, chars...]; summary records name modules by modid.
       if (rec.ops.length < 1) throw new BitstreamError('MST_CODE_ENTRY without a module id', e.bit);
+      if (rec.ops[0]! > 0xffffffff) plain = false;
       const chars = rec.ops.slice(1);
       if (chars.some((c) => c > 0xff)) throw new BitstreamError('MST_CODE_ENTRY path character above 255', e.bit);
       const raw = Buffer.from(chars);
@@ -119,12 +170,16 @@ function readStrtab(r: BitstreamReader): ModuleEntry[] {
       seen.add(path);
       awaitingHash = { path, hash: ZERO_HASH };
       modules.push(awaitingHash);
+      records.push(['entry', rec.ops[0]!, path]);
     } else if (rec.code === MST_CODE_HASH) {
       if (!awaitingHash) throw new BitstreamError('MST_CODE_HASH without a preceding MST_CODE_ENTRY', e.bit);
       if (rec.ops.length !== 5) throw new BitstreamError(`MST_CODE_HASH with ${rec.ops.length} words, expected 5`, e.bit);
       if (rec.ops.some((w) => w > 0xffffffff)) throw new BitstreamError('MST_CODE_HASH word above 32 bits', e.bit);
       awaitingHash.hash = rec.ops.map((w) => w.toString(16).padStart(8, '0')).join('');
+      records.push(['hash', awaitingHash.hash]);
       awaitingHash = undefined;
+    } else {
+      plain = false;
     }
   }
 }

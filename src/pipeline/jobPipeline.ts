@@ -4,6 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { ConfigFiles } from '../key/configFiles.js';
 import { FileDigests, statIdentity } from '../key/fileDigests.js';
 import { type Digest, hashBytes } from '../key/hash.js';
+import { linkRenamer, mentionsLink } from '../key/linkNames.js';
 import { buildManifest, type KeyResult, type Manifest } from '../key/manifest.js';
 import { checksHold, envCheckHolds, ObservingFiles, untouchedSinceKeyed } from '../key/observed.js';
 import { type Job, parseJob } from '../key/parseJob.js';
@@ -39,6 +40,8 @@ export interface JobRequest {
   cwd: string;
   env: Record<string, string>;
   umask: number;
+  /** lld's PID, for a job of a DTLTO distribution (src/key/linkNames.ts). */
+  linkToken?: string;
 }
 
 export interface JobContext {
@@ -245,7 +248,8 @@ export class JobPipeline {
       this.warmToolchain = (req) => void toolchains.identify(req.compiler, req.env).catch(() => {});
       this.keyer = async (job, req) => {
         const observe = new ObservingFiles(files);
-        const r = await buildManifest({ files, toolchains, configs, observe }, job, req.compiler, req.cwd, req.env);
+        const rename = req.linkToken === undefined ? undefined : (linkRenamer(req.linkToken) ?? undefined);
+        const r = await buildManifest({ files, toolchains, configs, observe }, job, req.compiler, req.cwd, req.env, rename);
         if (r.kind !== 'key') return r;
         const seen = observe.checks();
         // Without checks the job is served and stored as usual, with no memo (and re-keyed after its
@@ -667,6 +671,12 @@ export class JobPipeline {
         untouched = current.untouched();
       } finally {
         ctx.released?.();
+      }
+      // Another link would replay names of this one's files.
+      if (req.linkToken !== undefined && (mentionsLink(run.stdout, req.linkToken) || mentionsLink(run.stderr, req.linkToken))) {
+        this.counters.error(ErrorKind.output_names_link);
+        this.o.log.warn("the compiler's output names files of this link; not stored", { key });
+        return { ...run, entry: null };
       }
       // clang 19 exits 0 with an empty object when it cannot load an imported module: serve that
       // run as it is, but never store it.

@@ -5,7 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { BitstreamError, BitstreamReader } from '../../src/key/bitstream.js';
-import { type ModuleEntry, readIndexParts, readModuleTable } from '../../src/key/moduleTable.js';
+import { DIGEST_RE, hashBytes, initHash } from '../../src/key/hash.js';
+import { linkRenamer, mentionsLink, PID_PLACEHOLDER } from '../../src/key/linkNames.js';
+import { type ModuleEntry, readIndexParts, readModuleTable, renamedIndexDigest } from '../../src/key/moduleTable.js';
 
 const CLANG = process.env.LTOCACHE_TEST_CLANG ?? 'clang-19';
 const LLD = process.env.LTOCACHE_TEST_LLD ?? 'ld.lld-19';
@@ -648,4 +650,80 @@ test('thousands of seeded mutations never throw and stay fast', () => {
   assert.ok(elapsed < 20_000, `${elapsed} ms`);
   assert.ok(invalidCount > 100, `${invalidCount} invalid`);
   assert.ok(sameAsOriginal > 100, `${sameAsOriginal} unchanged tables`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Renamed index digests (src/key/linkNames.ts): lld's DTLTO names an archive member's file after
+// its PID, so two links write indexes that differ only in those names.
+
+test('linkRenamer replaces only the PID of a name lld gives a serialised input', () => {
+  const rename = linkRenamer('14338')!; // 0x3802
+  assert.equal(rename('libab.a(a.o at 84).2.3802.o'), `libab.a(a.o at 84).2.${PID_PLACEHOLDER}.o`);
+  assert.equal(rename('out/dir/x.o.17.3802.o'), `out/dir/x.o.17.${PID_PLACEHOLDER}.o`);
+  for (const same of ['m.o', 'libab.a(a.o at 84).2.3803.o', 'x.3802.o', 'libab.a(a.o at 84).2.3802.o.o', 'a.2.3802.bc']) assert.equal(rename(same), same);
+  assert.equal(linkRenamer('not-a-pid'), null);
+  assert.ok(mentionsLink(Buffer.from('warning: in libab.a(a.o at 84).2.3802.o: x'), '14338'));
+  assert.ok(mentionsLink(Buffer.from('prog.1.14338.native.o'), '14338'));
+  assert.ok(!mentionsLink(Buffer.from('warning: stack frame size (14338) exceeds'), '14338'));
+});
+
+test('renamedIndexDigest: equal for indexes that differ only in renamed paths, of any length; content still counts', async () => {
+  await initHash();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-renamed-'));
+  try {
+    const src: Record<string, string> = {
+      'main.c': 'int f(int); int g(int);\nint entry(int x) { return f(x) + g(x); }\n',
+      'f.c': 'static int h(int x) { return x * 5; }\nint f(int x) { return h(x) + 1; }\n',
+      'g.c': 'int g(int x) { return x ^ 9; }\n',
+    };
+    for (const [name, text] of Object.entries(src)) {
+      fs.writeFileSync(path.join(dir, name), text);
+      run(CLANG, ['-O2', '-flto=thin', '-c', name, '-o', name.replace(/\.c$/, '.o')], dir);
+    }
+    /** Links with f.o and g.o copied to lld-style member names under `pid`; returns main.o's index. */
+    const link = (pid: string, fObj = 'f.o'): Buffer => {
+      const sub = path.join(dir, `link-${pid}-${fObj}`);
+      fs.mkdirSync(sub);
+      const hex = BigInt(pid).toString(16).toUpperCase();
+      const f = `lib.a(f.o at 8).2.${hex}.o`;
+      const g = `lib.a(g.o at 1000).3.${hex}.o`;
+      fs.copyFileSync(path.join(dir, 'main.o'), path.join(sub, 'main.o'));
+      fs.copyFileSync(path.join(dir, fObj), path.join(sub, f));
+      fs.copyFileSync(path.join(dir, 'g.o'), path.join(sub, g));
+      run(LLD, ['-r', '--thinlto-index-only=list', 'main.o', f, g, '-o', '/dev/null'], sub);
+      return fs.readFileSync(path.join(sub, 'main.o.thinlto.bc'));
+    };
+    const a = link('4711'); // 0x1267
+    const b = link('1193046'); // 0x123456: every later byte moves
+    assert.notDeepEqual(a, b);
+    assert.ok(ok(a).some((m) => m.path.endsWith('.1267.o')));
+    const da = renamedIndexDigest(a, linkRenamer('4711')!);
+    const db = renamedIndexDigest(b, linkRenamer('1193046')!);
+    assert.ok(da && DIGEST_RE.test(da));
+    assert.equal(da, db);
+    // Renamed under the wrong PID: nothing is renamed, and the names differ.
+    assert.notEqual(renamedIndexDigest(a, linkRenamer('4712')!), db);
+    // Another f.o (another module hash, other summaries): another digest.
+    fs.writeFileSync(path.join(dir, 'f2.c'), 'static int h(int x) { return x * 6; }\nint f(int x) { return h(x) + 1; }\n');
+    run(CLANG, ['-O2', '-flto=thin', '-c', 'f2.c', '-o', 'f2.o'], dir);
+    assert.notEqual(renamedIndexDigest(link('4711', 'f2.o'), linkRenamer('4711')!), da);
+    // A flipped bit after the module table, or before it, changes the digest.
+    const parts = readIndexParts(a);
+    assert.ok(parts.kind === 'ok');
+    if (parts.kind !== 'ok') return;
+    const after = Buffer.from(a);
+    after[parts.moduleTableBits.end / 8 + 9]! ^= 0x10;
+    assert.notEqual(renamedIndexDigest(after, linkRenamer('4711')!), da);
+    const beforeTable = Buffer.from(a);
+    beforeTable[Math.floor(parts.moduleTableBits.start / 8) - 1]! ^= 0x01;
+    const d = renamedIndexDigest(beforeTable, linkRenamer('4711')!);
+    assert.notEqual(d, da);
+    // Not a content digest of the same bytes.
+    assert.notEqual(
+      renamedIndexDigest(a, (p) => p),
+      hashBytes(a),
+    );
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

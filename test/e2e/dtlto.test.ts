@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
 import { DistFile, DTLTO_LIMITS } from '../../src/protocol/dtlto.js';
-import { CLANG22, DtltoTree, run, writeSerialDistributor } from '../support/dtlto.js';
+import { CLANG22, DtltoTree, LLVM_AR22, run, writeSerialDistributor } from '../support/dtlto.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 import { ServerProcess, TOKENS } from '../support/server.js';
 
@@ -217,6 +217,22 @@ describe('DTLTO through ltocache (lld 22)', () => {
     const mine = readFileSync(join(t.dir, 'prog.abs'));
     ok(t.linkLld(serial, [], { objects, out: 'prog.abs' }), 'serial');
     assert.ok(readFileSync(join(t.dir, 'prog.abs')).equals(mine));
+  });
+
+  test('modules from a static archive, which lld writes out under names with its PID: the relink hits, byte-identical to a serial link', () => {
+    const members = ['mathx', 'hashx', 'table'];
+    rmSync(join(t.dir, 'libparts.a'), { force: true });
+    ok(run(LLVM_AR22, ['rcs', 'libparts.a', ...members.map((m) => `${m}.o`)], t.dir), 'llvm-ar');
+    const objects = [...t.modules.filter((m) => !members.includes(m)).map((m) => `${m}.o`), 'libparts.a'];
+    const first = delta(cache, () => ok(lldForm(cache.env, { objects, out: 'prog.ar' }), 'archive link'));
+    assert.equal(first.hits + first.misses, t.modules.length);
+    assert.equal(first.errors + first.uncacheable, 0);
+    const again = delta(cache, () => ok(lldForm(cache.env, { objects, out: 'prog.ar' }), 'archive relink'));
+    assert.deepEqual(again, { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+    const mine = readFileSync(join(t.dir, 'prog.ar'));
+    ok(t.linkLld(serial, [], { objects, out: 'prog.ar' }), 'serial archive link');
+    assert.ok(readFileSync(join(t.dir, 'prog.ar')).equals(mine), 'executable differs from the serial link');
+    assert.equal(run(join(t.dir, 'prog.ar'), [], t.dir).stdout, expected);
   });
 
   test("a failing job fails the link with clang's message and names the job", () => {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 /** LLVM 22 (DTLTO needs lld ≥ 21). */
 export const CLANG22 = process.env.LTOCACHE_TEST_CLANG22 ?? '/usr/bin/clang-22';
 export const LLD22 = process.env.LTOCACHE_TEST_LLD22 ?? '/usr/bin/ld.lld-22';
+export const LLVM_AR22 = process.env.LTOCACHE_TEST_LLVM_AR22 ?? '/usr/bin/llvm-ar-22';
 
 /**
  * A plain serial DTLTO distributor: runs `common.args + job.args` for each job, in lld's cwd, one
