@@ -398,8 +398,13 @@ int stage_output(const char *cache_dir, const struct memo_output *o, const char 
     const char *slash = strrchr(s->path, '/');
     const char *base = slash + 1;
     if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) return -1;
-    /* clang refuses an output it may not write (its error, status 1); a rename would replace it. */
-    if (access(s->path, W_OK) != 0 && errno != ENOENT) return -1;
+    /* clang refuses an output it may not write (its error, status 1), and writes into one that is
+     * not a regular file (a FIFO, /dev/null through a symlink) in place: a rename would replace
+     * either. The daemon keys neither (uncacheable `output`). */
+    struct stat cur;
+    if (stat(s->path, &cur) == 0 ? !S_ISREG(cur.st_mode) || access(s->path, W_OK) != 0
+                                 : errno != ENOENT)
+        return -1;
     char *blob = fmt("%s/store/v1/blobs/%.2s/%.30s", cache_dir, o->digest, o->digest + 2);
     char *temp = fmt("%.*s/.%s.ltocache-%ld-%u", (int)(slash - s->path), s->path, base,
                      (long)getpid(), n);

@@ -6,7 +6,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -339,6 +339,35 @@ test('an existing output its user may not write is not replaced: clang runs and 
   assert.ifError(r.error);
   assert.equal(fs.existsSync(s.marker), true, `the fast path served; stderr: ${r.stderr}`);
   assert.equal(fs.readFileSync(out, 'utf8'), 'old\n', 'the read-only output is untouched');
+});
+
+test('an existing output that is not a regular file is left to the compiler, which writes into it', async () => {
+  // /dev/null through a symbolic link: clang writes into it and the link stays.
+  const s = scenario();
+  const out = s.outputs[0]!.path;
+  fs.symlinkSync('/dev/null', out);
+  const r = s.run();
+  assert.equal(fs.existsSync(s.marker), true, `the fast path served; stderr: ${r.stderr}`);
+  assert.equal(r.status, 0, r.stderr.toString());
+  assert.equal(fs.lstatSync(out).isSymbolicLink(), true, 'the link is still there');
+  // A named pipe: its reader gets what the compiler writes.
+  const f = scenario();
+  const fifo = f.outputs[0]!.path;
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+  const reader = spawn('sh', ['-c', 'cat "$0" > "$0.got"', fifo], { stdio: 'ignore' });
+  const read = new Promise<void>((done) => reader.on('exit', () => done()));
+  const rf = f.run();
+  const timer = setTimeout(() => reader.kill(), 5000);
+  await read;
+  clearTimeout(timer);
+  assert.equal(fs.existsSync(f.marker), true, `the fast path served; stderr: ${rf.stderr}`);
+  assert.equal(fs.lstatSync(fifo).isFIFO(), true, 'the pipe is still there');
+  assert.equal(fs.readFileSync(`${fifo}.got`, 'utf8'), 'compiled\n', "the pipe's reader got the object");
+  for (const w of [s.work, f.work])
+    assert.deepEqual(
+      fs.readdirSync(w).filter((n) => n.includes('.ltocache-')),
+      [],
+    );
 });
 
 test('a replay write error exits 1 even though the job succeeded', () => {
