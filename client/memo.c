@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -512,6 +513,18 @@ void append_notices(int memo_dir, const char *text, size_t len) {
 static int serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
                  char **argv, int notice);
 
+/* Signals that end the client by default and that a build sends (Ctrl-C, a kill from make or a CI
+ * runner, a file size limit reached while writing a temp): held while temps of ours stand beside
+ * the outputs, so that one ends the client only once they are renamed or removed, as clang
+ * removes its own temp files when one ends it. */
+static void hold_signals(sigset_t *old) {
+    static const int held[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGXFSZ};
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < sizeof held / sizeof *held; i++) sigaddset(&set, held[i]);
+    sigprocmask(SIG_BLOCK, &set, old);
+}
+
 int memo_serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
                char **argv) {
     return serve(cache_dir, compiler_abs, cwd, argc, argv, 1);
@@ -562,10 +575,14 @@ static int serve(const char *cache_dir, const char *compiler_abs, const char *cw
     chunk = malloc(COPY_CHUNK);
     ok = chunk && memo_run_checks(m.checks, m.nchecks, NULL, chunk) == 0;
     TM_MARK(TM_CHECKS);
+    sigset_t mask;
+    hold_signals(&mask);
     for (uint32_t i = 0; ok && i < m.noutputs; i++)
         ok = stage_output(cache_dir, &m.outputs[i], NULL, from, i, chunk, &staged[i]) == 0;
     TM_MARK(TM_COPY);
     ok = ok && commit_staged(staged, m.noutputs) == 0;
+    if (!ok) unstage(staged, MEMO_MAX_OUTPUTS);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     TM_MARK(TM_RENAME);
     if (ok) {
         int wrote = write_all(1, m.out.p, m.out.len, 0) == 0;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
@@ -56,4 +56,22 @@ exec ${b.clang} "$@"
     "the compiler's temp file is gone: it got SIGTERM, not SIGKILL",
   );
   assert.equal(existsSync(join(b.dir, `${m}.thinlto-native.o`)), false);
+});
+
+test('a file size limit reached while a fast-path hit writes its temp: the client dies by SIGXFSZ as clang does, and leaves no temp behind', () => {
+  const m = b.modules[1]!;
+  const out = `${m}.fsize.o`;
+  const args = b.backendArgs(m, [], out);
+  // No byte may be written to a regular file: clang's temp object and the client's temp alike.
+  const limited = (cmd: string[]) => spawnSync('sh', ['-c', 'ulimit -f 0; exec "$@"', 'sh', ...cmd], { cwd: b.dir, env: cache.env });
+  const temps = () => readdirSync(b.dir).filter((f) => f.includes('.ltocache-') || f.endsWith('.tmp'));
+  const direct = limited([b.clang, ...args]);
+  assert.equal(direct.signal, 'SIGXFSZ', 'clang dies by SIGXFSZ');
+  assert.deepEqual(temps(), [], 'clang leaves no temp');
+  for (const what of ['miss', 'hit that writes the memo']) assert.equal(spawnSync(CLIENT, [b.clang, ...args], { cwd: b.dir, env: cache.env }).status, 0, what);
+  rmSync(join(b.dir, out));
+  const r = limited([CLIENT, b.clang, ...args]);
+  assert.equal(r.signal, 'SIGXFSZ', `the client dies as clang does; stderr: ${r.stderr}`);
+  assert.deepEqual(temps(), [], 'the client leaves no temp');
+  assert.equal(existsSync(join(b.dir, out)), false, 'and no object');
 });
