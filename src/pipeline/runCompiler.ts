@@ -31,9 +31,16 @@ export interface RunOptions {
   cwd: string;
   env: Record<string, string>;
   umask: number;
-  /** Aborting kills the compiler's whole process group. */
+  /** Aborting stops the compiler's whole process group: SIGTERM, then SIGKILL after KILL_GRACE_MS. */
   signal: AbortSignal;
 }
+
+/**
+ * How long an aborted compiler has to end by SIGTERM before its process group is killed. clang
+ * removes its temp object (`<output>-XXXXXXXX.tmp`, beside the output) on SIGTERM, not on SIGKILL;
+ * the native client gives its compiler the same second (docs/protocol.md, 'M').
+ */
+export const KILL_GRACE_MS = 1000;
 
 /**
  * Runs the compiler exactly as the client would have: same argv, cwd, environment and umask
@@ -57,20 +64,29 @@ export function runCompiler(o: RunOptions): Promise<CompilerRun> {
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));
     child.stderr.on('data', (b: Buffer) => err.push(b));
-    const kill = () => {
+    const signalGroup = (sig: NodeJS.Signals) => {
       try {
-        if (child.pid) process.kill(-child.pid, 'SIGKILL');
+        if (child.pid) process.kill(-child.pid, sig);
       } catch {
         // already gone
       }
     };
+    let grace: NodeJS.Timeout | undefined;
+    const kill = () => {
+      signalGroup('SIGTERM');
+      // Cleared once the group's pipes close: its id may be reused after that.
+      grace = setTimeout(() => signalGroup('SIGKILL'), KILL_GRACE_MS);
+      grace.unref();
+    };
     if (o.signal.aborted) kill();
     o.signal.addEventListener('abort', kill, { once: true });
     child.on('error', (e) => {
+      clearTimeout(grace);
       o.signal.removeEventListener('abort', kill);
       reject(e);
     });
     child.on('close', (code, sig) => {
+      clearTimeout(grace);
       o.signal.removeEventListener('abort', kill);
       const signal = sig ? constants.signals[sig] : 0;
       const exitCode = code ?? 128 + signal;

@@ -75,3 +75,37 @@ test('a file size limit reached while a fast-path hit writes its temp: the clien
   assert.deepEqual(temps(), [], 'the client leaves no temp');
   assert.equal(existsSync(join(b.dir, out)), false, 'and no object');
 });
+
+test('a distribution whose client is killed: the compilers the daemon runs for it get SIGTERM and clean up', async () => {
+  // As in the test above, a compiler that leaves a temp file while it works and removes it on
+  // SIGTERM, as clang does; here the daemon runs it for a DTLTO job ('T'), in its own process group.
+  const cc = join(b.dir, 'slowdist.sh');
+  writeFileSync(
+    cc,
+    `#!/bin/sh
+t="$PWD/slowdist.tmp.$$"
+trap 'rm -f "$t"; trap - TERM; kill -TERM $$' TERM
+: > "$t"
+sleep 20 &
+wait $!
+exec ${b.clang} "$@"
+`,
+  );
+  chmodSync(cc, 0o755);
+  const m = b.modules[0]!;
+  const out = `${m}.1.4242.native.o`;
+  const file = join(b.dir, 'prog.4242.dist-file.json');
+  const args = b.backendArgs(m, [], out);
+  writeFileSync(file, JSON.stringify({ common: { linker_output: 'prog', args: [cc] }, jobs: [{ args, inputs: [`${m}.o`, `${m}.o.thinlto.bc`], outputs: [out] }] }));
+  const child = spawn(CLIENT, ['distribute', file], { cwd: b.dir, env: cache.env, stdio: 'ignore' });
+  const temps = () => readdirSync(b.dir).filter((f) => f.startsWith('slowdist.tmp.'));
+  const started = Date.now();
+  while (!temps().length && Date.now() - started < 20_000) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(temps().length, 1, 'the compiler started');
+  child.kill('SIGKILL');
+  await new Promise((r) => child.on('exit', r));
+  const gone = Date.now();
+  while (temps().length && Date.now() - gone < 5000) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(temps(), [], "the compiler's temp file is gone: it got SIGTERM, not SIGKILL");
+  assert.equal(existsSync(join(b.dir, out)), false);
+});
