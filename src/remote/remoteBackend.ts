@@ -70,7 +70,7 @@ type Failed = { type: 'failed'; failure: 'unavailable' | 'timeout' | 'server' | 
 type Entries = Extract<ServerMessage, { type: 'entries' }>;
 type Reply =
   | ServerMessage
-  | { type: 'bundle'; bundle: Buffer; entry: EntryRecord }
+  | { type: 'bundle'; bundle: Buffer; entry: EntryRecord; key: string }
   | { type: 'memo-list'; memos: Buffer[] }
   | { type: 'entry-bundles'; entries: Entries; bundles: Buffer[] }
   | Failed;
@@ -327,7 +327,7 @@ export class RemoteServer implements CacheBackend {
     if (!p?.hit && !p?.memos && !p?.entries) return;
     this.pending.delete(id);
     clearTimeout(p.timer);
-    if (p.hit) return p.resolve({ type: 'bundle', bundle, entry: p.hit.entry });
+    if (p.hit) return p.resolve({ type: 'bundle', bundle, entry: p.hit.entry, key: p.hit.key });
     try {
       if (p.entries) p.resolve({ type: 'entry-bundles', entries: p.entries, bundles: splitEntries(bundle, p.entries.hits) });
       else p.resolve({ type: 'memo-list', memos: decodeMemoList(bundle, p.memos!.count) });
@@ -457,6 +457,8 @@ export class RemoteServer implements CacheBackend {
     }
     this.breaker.success();
     if (r.type === 'miss') return { kind: 'miss' };
+    // The record names no key: a hit filed under another key would be served as this one's.
+    if (r.type === 'bundle' && r.key !== key) return { kind: 'error', failure: 'protocol', error: `hit for key ${r.key}, asked ${key}`, corrupt: false };
     if (r.type === 'bundle') return this.unpacked(r.entry, r.bundle);
     if (r.type === 'error') return { kind: 'error', failure: 'server', error: `server: ${r.code}: ${r.message}`, corrupt: false };
     return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}`, corrupt: false };

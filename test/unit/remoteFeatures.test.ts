@@ -356,3 +356,30 @@ test('a malformed entries reply is an error for every key asked, never a hit; a 
     }
   }
 });
+
+test("a hit that names another key than the get's is an error, never that entry", async () => {
+  const d = randomBytes(2000);
+  const other = await entryOf(d);
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  wss.on('connection', (ws) => {
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) return;
+      const m = JSON.parse(String(data)) as { type: string; id: number };
+      if (m.type === 'hello') ws.send(JSON.stringify({ type: 'welcome', protocol: 1, scope: 'read', limits: DEFAULT_LIMITS }));
+      else if (m.type === 'get') {
+        ws.send(JSON.stringify({ type: 'hit', id: m.id, key: hashBytes('other'), entry: other.record, bundleBytes: other.bundle.length }));
+        ws.send(encodeBinary(m.id, other.bundle));
+      }
+    });
+  });
+  const { port } = wss.address() as AddressInfo;
+  const r = new RemoteBackend({ url: `ws://127.0.0.1:${port}`, token: 't' });
+  try {
+    const got = await r.get(hashBytes('asked'));
+    assert.equal(got.kind === 'error' && got.failure, 'protocol');
+  } finally {
+    r.close();
+    await new Promise((res) => wss.close(() => res(undefined)));
+  }
+});
