@@ -1,5 +1,6 @@
 import { accessSync, closeSync, constants, fchmodSync, openSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { statOrUndefined } from '../key/fileDigests.js';
 import { asOpened } from '../util/asOpened.js';
 import { holdsBytes } from '../util/holdsBytes.js';
 import { tempSuffix } from '../util/tempSuffix.js';
@@ -14,13 +15,12 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
   const mode = 0o666 & ~umask;
   for (const o of outputs) {
     const target = asOpened(cwd, o.path);
-    // clang refuses an existing output it may not write (its error, status 1); a rename would
-    // replace it, so the job compiles instead.
-    try {
-      accessSync(target, constants.W_OK);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
+    // clang refuses an existing output it may not write (its error, status 1), and writes into
+    // one that is not a regular file (a FIFO, /dev/null through a symlink) in place; a rename would
+    // replace either, so the job compiles instead.
+    const st = statOrUndefined(target);
+    if (st && !st.isFile()) throw new Error(`output ${target} is not a regular file`);
+    if (st) accessSync(target, constants.W_OK);
     // Already there: a regular file with this mode, no other hard link, exactly these bytes.
     if (holdsBytes(target, o.data, (st) => (st.mode & 0o7777) === mode && st.nlink === 1)) {
       const now = new Date();
