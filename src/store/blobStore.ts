@@ -84,7 +84,7 @@ export class BlobStore {
       await fh.close();
       fh = undefined;
       if (!this.dirs.has(dir)) {
-        await this.fs.mkdir(dir, { recursive: true });
+        await this.fs.mkdir(dir, { recursive: true, mode: 0o700 });
         this.dirs.add(dir);
       }
       try {
@@ -93,7 +93,7 @@ export class BlobStore {
         // The shard directory went away behind our back: make it again, once.
         if (errno(e) !== 'ENOENT') throw e;
         this.dirs.delete(dir);
-        await this.fs.mkdir(dir, { recursive: true });
+        await this.fs.mkdir(dir, { recursive: true, mode: 0o700 });
         this.dirs.add(dir);
         await this.fs.rename(tmp, dest);
       }
@@ -127,7 +127,7 @@ export class BlobStore {
       closeSync(fd);
       fd = undefined;
       if (!this.dirs.has(dir)) {
-        mkdirSync(dir, { recursive: true });
+        mkdirSync(dir, { recursive: true, mode: 0o700 });
         this.dirs.add(dir);
       }
       try {
@@ -136,7 +136,7 @@ export class BlobStore {
         // The shard directory went away behind our back: make it again, once.
         if (errno(e) !== 'ENOENT') throw e;
         this.dirs.delete(dir);
-        mkdirSync(dir, { recursive: true });
+        mkdirSync(dir, { recursive: true, mode: 0o700 });
         this.dirs.add(dir);
         renameSync(tmp, dest);
       }

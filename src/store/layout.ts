@@ -72,7 +72,7 @@ export async function prepareLayout(dir: string, opts: PrepareLayoutOptions): Pr
   const { fs } = opts;
   const version = opts.version ?? LAYOUT_VERSION;
   const migrations = opts.migrations ?? MIGRATIONS;
-  await fs.mkdir(dir, { recursive: true });
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
 
   let found = await readLayout(dir, fs);
   if (found === undefined) {

@@ -208,7 +208,7 @@ export class LocalStore implements CacheBackend {
     const opts = parseStoreOptions(options);
     await prepareLayout(opts.dir, { fs: opts.fs });
     const paths = layoutPaths(opts.dir);
-    for (const p of [paths.blobs, paths.tmp, paths.meta]) await opts.fs.mkdir(p, { recursive: true });
+    for (const p of [paths.blobs, paths.tmp, paths.meta]) await opts.fs.mkdir(p, { recursive: true, mode: 0o700 });
 
     const db: Db = new Level<string, string>(paths.meta, { valueEncoding: 'utf8' });
     try {

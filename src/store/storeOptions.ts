@@ -21,7 +21,8 @@ export interface StoreFs {
   rename(from: string, to: string): Promise<void>;
   unlink(path: string): Promise<void>;
   stat(path: string): Promise<{ size: number; mtimeMs: number }>;
-  mkdir(path: string, options: { recursive: true }): Promise<unknown>;
+  /** Every directory of the store is private: `mode` is 0o700. */
+  mkdir(path: string, options: { recursive: true; mode: number }): Promise<unknown>;
   readdir(path: string): Promise<string[]>;
   rm(path: string, options: { recursive: true; force: true }): Promise<void>;
 }

@@ -93,6 +93,20 @@ test('put/get round trip, delete, summary and layout on disk', async (t) => {
   assert.deepEqual(fs.readdirSync(layoutPaths(dir).tmp), []);
 });
 
+test('every directory the store makes is private, whatever the umask (the cache directory may be shared by mistake)', async (t) => {
+  const dir = join(tempDir(), 'store');
+  const old = process.umask(0);
+  try {
+    const s = await openStore(t, { dir });
+    assert.deepEqual(await s.put(key('private'), entry({ obj: fill(100, 3) })), { kind: 'stored' });
+  } finally {
+    process.umask(old);
+  }
+  const p = layoutPaths(dir);
+  const shard = join(p.blobs, hashBytes(fill(100, 3)).slice(0, 2));
+  for (const d of [dir, p.blobs, p.tmp, p.meta, shard]) assert.equal(fs.statSync(d).mode & 0o777, 0o700, d);
+});
+
 test('adopt: an entry whose blobs a writer already stored is committed without rewriting them; a missing or short blob is refused', async (t) => {
   const dir = tempDir();
   const s = await openStore(t, { dir });
