@@ -23,13 +23,14 @@ before(() => {
 });
 after(() => cache.destroy());
 
-test('SIGTERM to the client during a miss reaches the compiler, which cleans up; the client then dies by SIGTERM', async () => {
-  // A compiler that leaves a temp file while it works and removes it on SIGTERM, as clang does.
-  const cc = join(b.dir, 'slowcc.sh');
+/** A compiler that leaves `<name>.tmp.<pid>` in the build directory while it works (20 s) and
+ *  removes it on SIGTERM, as clang does with its temp object; then runs clang. */
+function slowCompiler(name: string): string {
+  const cc = join(b.dir, `${name}.sh`);
   writeFileSync(
     cc,
     `#!/bin/sh
-t="$PWD/slowcc.tmp.$$"
+t="$PWD/${name}.tmp.$$"
 trap 'rm -f "$t"; trap - TERM; kill -TERM $$' TERM
 : > "$t"
 sleep 20 &
@@ -38,6 +39,11 @@ exec ${b.clang} "$@"
 `,
   );
   chmodSync(cc, 0o755);
+  return cc;
+}
+
+test('SIGTERM to the client during a miss reaches the compiler, which cleans up; the client then dies by SIGTERM', async () => {
+  const cc = slowCompiler('slowcc');
   const m = b.modules[0]!;
   const child = spawn(CLIENT, [cc, ...b.backendArgs(m)], { cwd: b.dir, env: cache.env, stdio: 'ignore' });
   const started = Date.now();
@@ -77,21 +83,8 @@ test('a file size limit reached while a fast-path hit writes its temp: the clien
 });
 
 test('a distribution whose client is killed: the compilers the daemon runs for it get SIGTERM and clean up', async () => {
-  // As in the test above, a compiler that leaves a temp file while it works and removes it on
-  // SIGTERM, as clang does; here the daemon runs it for a DTLTO job ('T'), in its own process group.
-  const cc = join(b.dir, 'slowdist.sh');
-  writeFileSync(
-    cc,
-    `#!/bin/sh
-t="$PWD/slowdist.tmp.$$"
-trap 'rm -f "$t"; trap - TERM; kill -TERM $$' TERM
-: > "$t"
-sleep 20 &
-wait $!
-exec ${b.clang} "$@"
-`,
-  );
-  chmodSync(cc, 0o755);
+  // The daemon runs this one for a DTLTO job ('T'), in its own process group.
+  const cc = slowCompiler('slowdist');
   const m = b.modules[0]!;
   const out = `${m}.1.4242.native.o`;
   const file = join(b.dir, 'prog.4242.dist-file.json');
