@@ -924,13 +924,26 @@ static void report_stored(int fd, const struct stored_outputs *st) {
  * the output files before it answers, so it stores exactly what clang wrote). Then replay the
  * output and exit like the compiler. A daemon gone at any point changes nothing for the build.
  * Never returns. */
-_Noreturn static void compile_and_report(int fd, const struct job *j, unsigned char *tmpl,
-                                         size_t tlen, const char *cache, const char *lookup) {
+_Noreturn static void compile_and_report(int fd, const struct job *j, unsigned options,
+                                         unsigned char *tmpl, size_t tlen, const char *cache,
+                                         const char *lookup) {
     struct capture out = {NULL, 0, 0, 1, 0, 0}, err = {NULL, 0, 0, 2, 0, 0};
     int status = 1, sig = 0;
     struct pinned pin = {0, NULL};
     if (tmpl && cache && pin_content_files(tmpl, tlen, &pin) != 0) tmpl = NULL;
-    if (run_captured(j, &out, &err, &status, &sig) != 0) {
+    /* Told so, clang gets -fcolor-diagnostics first (its own later flags still win): it sees a
+     * pipe where our stderr is a terminal. The daemon stores the diagnostics without colour. */
+    struct job coloured = *j;
+    char **argv = NULL;
+    if ((options & LTOC_COMPILE_OPTION_COLOUR) &&
+        (argv = malloc(((size_t)j->argc + 2) * sizeof *argv)) != NULL) {
+        argv[0] = j->argv[0];
+        argv[1] = (char *)"-fcolor-diagnostics";
+        memcpy(argv + 2, j->argv + 1, (size_t)j->argc * sizeof *argv); /* argv[argc] is NULL */
+        coloured.argv = argv;
+        coloured.argc = j->argc + 1;
+    }
+    if (run_captured(&coloured, &out, &err, &status, &sig) != 0) {
         close(fd);
         direct_exec(j);
     }
@@ -1025,7 +1038,9 @@ static void run_via_daemon(const struct job *j) {
     const char *memo_env = getenv("LTOCACHE_MEMO");
     int stores = memo_cache && !(memo_env && strcmp(memo_env, "0") == 0);
     struct buf req = {0};
-    uint32_t flags = LTOC_FLAG_COMPILES_ON_MISS | (stores ? LTOC_FLAG_STORES_ON_MISS : 0);
+    uint32_t flags = LTOC_FLAG_COMPILES_ON_MISS | LTOC_FLAG_COMPILE_OPTIONS |
+                     (stores ? LTOC_FLAG_STORES_ON_MISS : 0);
+    int with_options = 1;
     int built = abs && build_request(&req, LTOC_FRAME_COMPILE, flags, abs, cwd, j->argv + 1,
                                      j->argc - 1) == 0;
     if (!built) { free(req.p); free(memo_cache); free(abs); free(cwd); return; }
@@ -1033,13 +1048,14 @@ static void run_via_daemon(const struct job *j) {
     int fd = -1;
     uint32_t n = 0;
     unsigned char *reply = send_request(&req, &fd, &n);
-    /* A daemon older than flag bit 2 (still running across an upgrade) refuses it by name:
-     * ask again without it rather than lose the cache until that daemon exits. */
-    if (stores && unknown_flag_refusal(reply, n)) {
+    /* A daemon older than flag bits 2 and 3 (still running across an upgrade) refuses them by
+     * name: ask again without them rather than lose the cache until that daemon exits. */
+    if (unknown_flag_refusal(reply, n)) {
         free(reply);
         reply = NULL;
         close(fd);
         stores = 0;
+        with_options = 0;
         req = (struct buf){0};
         if (build_request(&req, LTOC_FRAME_COMPILE, LTOC_FLAG_COMPILES_ON_MISS, abs, cwd,
                           j->argv + 1, j->argc - 1) == 0)
@@ -1049,13 +1065,18 @@ static void run_via_daemon(const struct job *j) {
             fd = -1;
         }
     }
-    if (reply && reply[0] == LTOC_FRAME_COMPILE_YOURSELF && n == 1) {
+    /* 'M' and 'S' carry a byte of LTOC_COMPILE_OPTION_* bits after the type when we set
+     * LTOC_FLAG_COMPILE_OPTIONS; then 'S' carries the memo to store under (the memo file's
+     * bytes). */
+    size_t head = with_options ? 2 : 1;
+    if (reply && reply[0] == LTOC_FRAME_COMPILE_YOURSELF && n == head) {
+        unsigned options = with_options ? reply[1] : 0;
         free(reply);
-        compile_and_report(fd, j, NULL, 0, NULL, NULL);
+        compile_and_report(fd, j, options, NULL, 0, NULL, NULL);
     }
-    /* 'S' carries the memo to store under (u8 'S' then the memo file's bytes). */
-    if (reply && reply[0] == LTOC_FRAME_STORE_YOURSELF && n > 1 && stores)
-        compile_and_report(fd, j, reply + 1, n - 1, memo_cache, lookup);
+    if (reply && reply[0] == LTOC_FRAME_STORE_YOURSELF && n > head && stores)
+        compile_and_report(fd, j, with_options ? reply[1] : 0, reply + head, n - head, memo_cache,
+                           lookup);
     /* 'H': a team-cache hit to store, then serve from the memo it carries; if that cannot be
      * done, the compiler runs (nothing was replaced). */
     if (reply && reply[0] == LTOC_FRAME_HIT_STORE && stores) {

@@ -175,10 +175,11 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
   // A client that can compile on a miss does so: forking clang from the small client is far
   // cheaper than from the daemon. Given a memo, a client that can store does so too.
   const compileOnClient = req.compilesOnMiss
-    ? async (storeMemo?: Buffer): Promise<CompilerRun> => {
+    ? async (storeMemo?: Buffer, colour = false): Promise<CompilerRun> => {
         const started = performance.now();
         const next = nextFrame();
-        sock.write(storeMemo && req.storesOnMiss ? encodeStoreYourself(storeMemo) : encodeCompileYourself());
+        const options = req.compileOptions ? { colour } : undefined;
+        sock.write(storeMemo && req.storesOnMiss ? encodeStoreYourself(storeMemo, options) : encodeCompileYourself(options));
         const frame = await next;
         try {
           if (frame[0] === FRAME_STORED && storeMemo && req.storesOnMiss) {
@@ -212,7 +213,7 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
   };
   const outcome = await h.compile(req, {
     signal,
-    ...(compileOnClient ? { compileOnClient, released } : {}),
+    ...(compileOnClient ? { compileOnClient, released, ...(req.stderrTty && req.compileOptions ? { colourOnRequest: true } : {}) } : {}),
     ...(compileOnClient && req.storesOnMiss ? { clientStores: true, serveOnClient } : {}),
   });
   if (signal.aborted && !acked) return;

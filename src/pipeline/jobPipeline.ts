@@ -2,6 +2,7 @@ import { lstatSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ConfigFiles } from '../key/configFiles.js';
+import { colourIsOurs, withoutColour } from '../key/diagnosticColour.js';
 import { FileDigests, statIdentity } from '../key/fileDigests.js';
 import { type Digest, hashBytes } from '../key/hash.js';
 import { linkRenamer, mentionsLink } from '../key/linkNames.js';
@@ -53,7 +54,13 @@ export interface JobContext {
    * Given `storeMemo` (only when `clientStores`), a requester may also store a clean run as blobs
    * and write that memo with their digests (docs/protocol.md, 'S'); the run then says `stored`.
    */
-  compileOnClient?: (storeMemo?: Buffer) => Promise<CompilerRun>;
+  compileOnClient?: (storeMemo?: Buffer, colour?: boolean) => Promise<CompilerRun>;
+  /**
+   * The requester shows the compiler's diagnostics on a terminal and, told so, runs the compiler
+   * it runs with `-fcolor-diagnostics` added (`colour`): clang itself would colour them there, but
+   * sees a pipe. What is stored and replayed has the colour taken out (src/key/diagnosticColour.ts).
+   */
+  colourOnRequest?: boolean;
   /** The requester can store a clean run itself (it must also have compileOnClient). */
   clientStores?: boolean;
   /**
@@ -374,6 +381,7 @@ export class JobPipeline {
       job.outputs,
       k.key,
       ctx,
+      !!ctx.colourOnRequest && colourIsOurs(job),
       { untouched, stillCurrent },
       async (entry) => {
         await this.writeMemo(k, entry, job.outputs, req, undefined, ctx.collectMemo);
@@ -612,6 +620,8 @@ export class JobPipeline {
     outputs: Outputs,
     key: string,
     ctx: JobContext,
+    /** The requester runs the compiler with colour added (JobContext.colourOnRequest). */
+    colour: boolean,
     /**
      * `untouched`: no file hashed for the key was written since (one written while clang ran may
      * have been read in between, even if it has its old bytes again: not provable from content);
@@ -632,11 +642,13 @@ export class JobPipeline {
       if (signal.aborted) throw new Error('client went away');
       before = outputs.map((o) => fileIdentity(asOpened(req.cwd, o.path)));
       run = ctx.compileOnClient
-        ? await ctx.compileOnClient(byClient?.memo)
+        ? await ctx.compileOnClient(byClient?.memo, colour)
         : await this.run({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
     } finally {
       release();
     }
+    // Stored, replayed and shared as the command itself would print them to a pipe.
+    if (colour) run = { ...run, stderr: withoutColour(run.stderr) };
     this.counters.add(Counter.misses);
     this.counters.add(Counter.compile_ms, run.ms);
     // A file at an output path that is still the one there before the compile was not written by

@@ -44,6 +44,8 @@ export class ProtocolError extends Error {
 }
 
 import {
+  COMPILE_OPTION_COLOUR,
+  FLAG_COMPILE_OPTIONS,
   FLAG_COMPILES_ON_MISS,
   FLAG_STDERR_TTY,
   FLAG_STORES_ON_MISS,
@@ -69,6 +71,8 @@ import {
 } from './limits.js';
 
 export {
+  COMPILE_OPTION_COLOUR,
+  FLAG_COMPILE_OPTIONS,
   FLAG_COMPILES_ON_MISS,
   FLAG_STDERR_TTY,
   FLAG_STORES_ON_MISS,
@@ -89,7 +93,7 @@ export {
   PROTOCOL_VERSION,
 };
 
-const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS | FLAG_STORES_ON_MISS;
+const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS | FLAG_STORES_ON_MISS | FLAG_COMPILE_OPTIONS;
 
 /** Default cap on a frame payload the daemon accepts: a compile request. */
 export const DEFAULT_MAX_FRAME = MAX_REQUEST_PAYLOAD;
@@ -201,6 +205,8 @@ export const CompileRequest = z.object({
   /** Bit 2 of the flags: the client can also store a clean miss itself when told 'S' (it is
    * told only if it compiles on a miss, bit 1). */
   storesOnMiss: z.boolean().default(false),
+  /** Bit 3 of the flags: 'M' and 'S' are to carry a byte of COMPILE_OPTION_* bits (only with bit 1). */
+  compileOptions: z.boolean().default(false),
   umask: z.number().int().min(0).max(0o777),
   /** Absolute path of the real compiler (not resolved through symlinks). */
   compiler: absolutePath('compiler'),
@@ -395,6 +401,7 @@ function decodeRequest<S extends typeof CompileRequest | typeof DistributeReques
     stderrTty: (flags & FLAG_STDERR_TTY) !== 0,
     compilesOnMiss: (flags & FLAG_COMPILES_ON_MISS) !== 0,
     storesOnMiss: (flags & FLAG_STORES_ON_MISS) !== 0,
+    compileOptions: (flags & FLAG_COMPILE_OPTIONS) !== 0,
     umask,
     compiler,
     cwd,
@@ -419,7 +426,12 @@ function encodeRequest(type: number, v: CompileRequest): Buffer {
   const head = Buffer.alloc(10);
   head[0] = type;
   head[1] = v.version;
-  head.writeUInt32LE((v.stderrTty ? FLAG_STDERR_TTY : 0) | (v.compilesOnMiss ? FLAG_COMPILES_ON_MISS : 0) | (v.storesOnMiss ? FLAG_STORES_ON_MISS : 0), 2);
+  const flags =
+    (v.stderrTty ? FLAG_STDERR_TTY : 0) |
+    (v.compilesOnMiss ? FLAG_COMPILES_ON_MISS : 0) |
+    (v.storesOnMiss ? FLAG_STORES_ON_MISS : 0) |
+    (v.compileOptions ? FLAG_COMPILE_OPTIONS : 0);
+  head.writeUInt32LE(flags, 2);
   head.writeUInt32LE(v.umask, 6);
   parts.push(head);
   const str = (s: string) => {
@@ -502,15 +514,22 @@ export function encodePassthrough(reason: string): Buffer {
   return encodeFrame(Buffer.concat([Buffer.from([FRAME_PASSTHROUGH]), u32(b.length), b]));
 }
 
-/** Builds a complete 'M' frame: "a miss: run the compiler yourself and report with 'D'". */
-export function encodeCompileYourself(): Buffer {
-  return encodeFrame(Buffer.from([FRAME_COMPILE_YOURSELF]));
+/** How the client is to run the compiler on 'M' or 'S' (the COMPILE_OPTION_* byte), for a client that set FLAG_COMPILE_OPTIONS. */
+export type CompileOptions = { colour: boolean };
+
+const optionsByte = (o: CompileOptions | undefined): Buffer => (o ? Buffer.from([o.colour ? COMPILE_OPTION_COLOUR : 0]) : Buffer.alloc(0));
+
+/** Builds a complete 'M' frame: "a miss: run the compiler yourself and report with 'D'"; with
+ * `options` only for a client that set FLAG_COMPILE_OPTIONS. */
+export function encodeCompileYourself(options?: CompileOptions): Buffer {
+  return encodeFrame(Buffer.concat([Buffer.from([FRAME_COMPILE_YOURSELF]), optionsByte(options)]));
 }
 
-/** Builds a complete 'S' frame: "a miss: compile, and store a clean run under this memo". */
-export function encodeStoreYourself(memo: Buffer): Buffer {
-  if (1 + memo.length > MAX_REPLY_PAYLOAD) throw new RangeError(`memo of ${memo.length} bytes does not fit a reply`);
-  return encodeFrame(Buffer.concat([Buffer.from([FRAME_STORE_YOURSELF]), memo]));
+/** Builds a complete 'S' frame: "a miss: compile, and store a clean run under this memo"; with
+ * `options` only for a client that set FLAG_COMPILE_OPTIONS. */
+export function encodeStoreYourself(memo: Buffer, options?: CompileOptions): Buffer {
+  if (2 + memo.length > MAX_REPLY_PAYLOAD) throw new RangeError(`memo of ${memo.length} bytes does not fit a reply`);
+  return encodeFrame(Buffer.concat([Buffer.from([FRAME_STORE_YOURSELF]), optionsByte(options), memo]));
 }
 
 /** Builds a complete 'H' frame: a hit the client stores (blobs, memo) and serves from the memo. */
@@ -603,14 +622,14 @@ export function decodeDone(payload: Buffer): Done {
 export type Reply =
   | { kind: 'result'; exit: number; signal: number; stdout: Buffer; stderr: Buffer }
   | { kind: 'passthrough'; reason: string }
-  | { kind: 'compile-yourself' }
-  | { kind: 'store-yourself'; memo: Buffer };
+  | { kind: 'compile-yourself'; options?: CompileOptions }
+  | { kind: 'store-yourself'; memo: Buffer; options?: CompileOptions };
 
 /**
  * Parses an 'R', 'P', 'M' or 'S' payload with exactly the C client's acceptance rules (exit in
  * 0..255, signal in 0..MAX_SIGNAL, no trailing bytes). For tests that act as the client.
  */
-export function decodeReply(payload: Buffer): Reply {
+export function decodeReply(payload: Buffer, withOptions = false): Reply {
   if (payload.length === 0) throw new ProtocolError('empty reply payload');
   const r = new Reader(payload);
   r.at = 1;
@@ -627,11 +646,18 @@ export function decodeReply(payload: Buffer): Reply {
     r.end('passthrough');
     return { kind: 'passthrough', reason };
   }
+  const options = (at: number): CompileOptions => {
+    const bits = payload[at]!;
+    if (bits & ~COMPILE_OPTION_COLOUR) throw new ProtocolError(`unknown compile option bits 0x${bits.toString(16)}`);
+    return { colour: (bits & COMPILE_OPTION_COLOUR) !== 0 };
+  };
   if (payload[0] === FRAME_COMPILE_YOURSELF) {
+    if (withOptions && payload.length === 2) return { kind: 'compile-yourself', options: options(1) };
     r.end('compile-yourself');
     return { kind: 'compile-yourself' };
   }
-  if (payload[0] === FRAME_STORE_YOURSELF && payload.length > 1) return { kind: 'store-yourself', memo: payload.subarray(1) };
+  if (payload[0] === FRAME_STORE_YOURSELF && withOptions && payload.length > 2) return { kind: 'store-yourself', options: options(1), memo: payload.subarray(2) };
+  if (payload[0] === FRAME_STORE_YOURSELF && !withOptions && payload.length > 1) return { kind: 'store-yourself', memo: payload.subarray(1) };
   throw new ProtocolError(`wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R', 'P', 'M' or 'S'`);
 }
 

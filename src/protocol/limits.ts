@@ -36,6 +36,12 @@ export const FLAG_COMPILES_ON_MISS = 2;
 /** With FLAG_COMPILES_ON_MISS: the client can also store a clean miss ('S', 'E') and a
  * team-cache hit ('H', 'E') itself. */
 export const FLAG_STORES_ON_MISS = 4;
+/** With FLAG_COMPILES_ON_MISS: the daemon's 'M' and 'S' carry a u8 of COMPILE_OPTION_* bits
+ * right after the type, saying how the client is to run the compiler. */
+export const FLAG_COMPILE_OPTIONS = 8;
+/** Append `-fcolor-diagnostics` to the compiler's arguments: clang sees a pipe, the user a
+ * terminal (the daemon strips the colour before it stores the diagnostics). */
+export const COMPILE_OPTION_COLOUR = 1;
 
 /** Largest 'C' payload: the client falls back rather than send more; the daemon rejects more. */
 export const MAX_REQUEST_PAYLOAD = 16 * 1024 * 1024;
@@ -123,6 +129,8 @@ const ENTRIES: [string, number][] = [
   ['FLAG_STDERR_TTY', FLAG_STDERR_TTY],
   ['FLAG_COMPILES_ON_MISS', FLAG_COMPILES_ON_MISS],
   ['FLAG_STORES_ON_MISS', FLAG_STORES_ON_MISS],
+  ['FLAG_COMPILE_OPTIONS', FLAG_COMPILE_OPTIONS],
+  ['COMPILE_OPTION_COLOUR', COMPILE_OPTION_COLOUR],
   ['MAX_REQUEST_PAYLOAD', MAX_REQUEST_PAYLOAD],
   ['MAX_OUTPUT_STREAM', MAX_OUTPUT_STREAM],
   ['RESULT_OVERHEAD', RESULT_OVERHEAD],

@@ -191,7 +191,7 @@ const reply =
 
 /** Answers 'M' (a miss: the client compiles), records the client's 'D' and acknowledges it. */
 function compileYourself(dones: Done[]): Handler {
-  return (_req, sock) => {
+  return (req, sock) => {
     const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
     sock.on('data', (chunk: Buffer) => {
       for (const f of dec.push(chunk)) {
@@ -199,7 +199,7 @@ function compileYourself(dones: Done[]): Handler {
         sock.end(encodeAck());
       }
     });
-    sock.write(encodeCompileYourself());
+    sock.write(encodeCompileYourself(req.compileOptions ? { colour: false } : undefined));
   };
 }
 
@@ -883,7 +883,7 @@ test('no /proc: masquerade finds the real compiler, never itself; the CLI path s
 
 /** Answers 'S' with `memo`; records what the client sends back ('E', or 'D', which it acknowledges). */
 function storeYourself(memo: Buffer, got: Buffer[]): Handler {
-  return (_req, sock) => {
+  return (req, sock) => {
     const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
     sock.on('data', (chunk: Buffer) => {
       for (const f of dec.push(chunk)) {
@@ -891,7 +891,7 @@ function storeYourself(memo: Buffer, got: Buffer[]): Handler {
         if (f[0] === FRAME_DONE) sock.end(encodeAck());
       }
     });
-    sock.write(encodeStoreYourself(memo));
+    sock.write(encodeStoreYourself(memo, req.compileOptions ? { colour: false } : undefined));
   };
 }
 

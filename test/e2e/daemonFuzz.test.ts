@@ -231,6 +231,7 @@ describe('fuzz: the daemon over its socket', () => {
       stderrTty: false,
       compilesOnMiss: false,
       storesOnMiss: false,
+      compileOptions: false,
       umask: 0o022,
       compiler: '/nonexistent/ltocache-fuzz/clang-19',
       cwd: work,

@@ -10,6 +10,7 @@ import {
   decodeReply,
   decodeStored,
   encodeCompileRequest,
+  encodeCompileYourself,
   encodeDistributeRequest,
   encodeFrame,
   encodeJson,
@@ -30,6 +31,7 @@ const sample: CompileRequest = {
   stderrTty: true,
   compilesOnMiss: false,
   storesOnMiss: false,
+  compileOptions: false,
   umask: 0o022,
   compiler: '/usr/bin/clang-19',
   cwd: '/home/u/linux',
@@ -122,6 +124,7 @@ test('the raw builder matches the encoder (layout check)', () => {
     stderrTty: false,
     compilesOnMiss: false,
     storesOnMiss: false,
+    compileOptions: false,
     umask: 0o22,
     compiler: '/usr/bin/clang',
     cwd: '/tmp',
@@ -146,7 +149,7 @@ test('every truncation of a valid request is rejected', () => {
 test('malformed requests name what is wrong', () => {
   rejects(() => decodeCompileRequest(rawRequest({ type: 0x52 })), /wrong frame type 0x52/);
   rejects(() => decodeCompileRequest(rawRequest({ version: 1 })), /unsupported protocol version 1/);
-  rejects(() => decodeCompileRequest(rawRequest({ flags: 10 })), /unknown flag bits/);
+  rejects(() => decodeCompileRequest(rawRequest({ flags: 0x12 })), /unknown flag bits/);
   rejects(() => decodeCompileRequest(rawRequest({ umask: 0o1000 })), /invalid compile request.*umask/);
   rejects(() => decodeCompileRequest(rawRequest({ compiler: 'clang' })), /compiler is not an absolute path/);
   rejects(() => decodeCompileRequest(rawRequest({ cwd: 'rel/dir' })), /cwd is not an absolute path/);
@@ -305,6 +308,15 @@ test("'S' carries a memo whole; 'E' round-trips and every malformed field is nam
   const memo = Buffer.from('LTOMEMO\x01 any bytes');
   assert.deepEqual(decodeReply(payloadOf(encodeStoreYourself(memo))), { kind: 'store-yourself', memo });
   rejects(() => decodeReply(Buffer.from('S')), /wrong frame type 0x53/);
+  // For a client that set flag bit 3, 'M' and 'S' carry the compile options byte after the type.
+  const colour = { colour: true };
+  assert.deepEqual(decodeReply(payloadOf(encodeStoreYourself(memo, colour)), true), { kind: 'store-yourself', memo, options: colour });
+  assert.deepEqual([...payloadOf(encodeStoreYourself(memo, colour)).subarray(0, 2)], [0x53, 1]);
+  assert.deepEqual(decodeReply(payloadOf(encodeCompileYourself({ colour: false })), true), { kind: 'compile-yourself', options: { colour: false } });
+  assert.deepEqual([...payloadOf(encodeCompileYourself(colour))], [0x4d, 1]);
+  assert.deepEqual([...payloadOf(encodeCompileYourself())], [0x4d]);
+  rejects(() => decodeReply(Buffer.from([0x4d, 2]), true), /unknown compile option bits 0x2/);
+  rejects(() => decodeReply(Buffer.from([0x4d, 1])), /trailing bytes/);
   const stored = {
     memoWritten: true,
     outputs: [
