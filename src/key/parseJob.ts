@@ -374,8 +374,9 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
         tokens.push({ t: 'dropped', v: `${a} ${v}` });
         continue;
       }
-      // Without a value clang reads ./default.profdata (its content changes a CS-PGO backend object).
-      if (a === '-fprofile-use' || a === '-fprofile-instr-use') {
+      // Without a value clang reads ./default.profdata (its content changes a CS-PGO backend object);
+      // so it does for `-fprofile-use=` with an empty one (the driver appends the name to the empty path).
+      if (a === '-fprofile-use' || a === '-fprofile-instr-use' || a === '-fprofile-use=') {
         tokens.push({ t: 'file', v: a, path: 'default.profdata', role: 'flag-file' });
         continue;
       }

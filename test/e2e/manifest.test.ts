@@ -317,6 +317,19 @@ describe('what changes the key', () => {
     assert.notEqual((await key(d, args)).key, before.key);
   });
 
+  test('-fprofile-use= with an empty value: the content of ./default.profdata, which clang reads then', async () => {
+    const d = tree();
+    const args = ['-fprofile-use=', ...BASE];
+    fs.writeFileSync(join(d, 'default.profdata'), 'profile one');
+    const before = await key(d, args);
+    assert.deepEqual(before.manifest.args[0], { a: '-fprofile-use=', files: [{ path: 'default.profdata', digest: await digestOf(join(d, 'default.profdata')) }] });
+    fs.writeFileSync(join(d, 'default.profdata'), 'profile two');
+    assert.notEqual((await key(d, args)).key, before.key);
+    // The driver names that file to cc1.
+    const cc1 = spawnSync(CLANG, ['-###', ...args], { cwd: d, encoding: 'utf8' }).stderr;
+    assert.match(cc1, /"-fprofile-instrument-use-path=default\.profdata"/);
+  });
+
   test('-fbasic-block-sections=list= file content', async () => {
     const d = tree();
     const args = ['-fbasic-block-sections=list=bbs.txt', ...BASE];

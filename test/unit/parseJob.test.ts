@@ -208,8 +208,8 @@ describe('parseJob: the kernel backend shape', () => {
       );
       assert.ok(!flagsOf(j).includes(flag), flag);
     }
-    // Bare -fprofile-use / -fprofile-instr-use: clang reads ./default.profdata.
-    for (const flag of ['-fprofile-use', '-fprofile-instr-use']) {
+    // Bare -fprofile-use / -fprofile-instr-use, and -fprofile-use= with an empty value: clang reads ./default.profdata.
+    for (const flag of ['-fprofile-use', '-fprofile-instr-use', '-fprofile-use=']) {
       const j = await job([flag, ...tail('m')]);
       assert.deepEqual(
         filesOf(j).filter((f) => f.role === 'flag-file'),
