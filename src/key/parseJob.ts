@@ -138,7 +138,6 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
     '-u',
     '-T',
     '-F',
-    '-ivfsoverlay',
     '-B',
     '-main-file-name',
     '-Xcuda-ptxas',
@@ -175,6 +174,8 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ...['-save-temps', '-ftime-trace', '-ccc-', '-fcrash-diagnostics', '-fmodules-cache-path', '-fproc-stat-report', '-fdump-', '-MJ', '-working-directory='].map(
     (o) => [o, JOINED | UNCACHEABLE] as [string, number],
   ),
+  // A VFS overlay maps the paths clang opens (the input among them) to files the key never reads.
+  ...['-ivfsoverlay', '-vfsoverlay', '--vfsoverlay'].map((o) => [o, JOINED | UNCACHEABLE] as [string, number]),
   // Directories clang searches for default config files (`clang.cfg`, `<triple>-clang.cfg`, …)
   // and `--config=` names: the key lists only the compiler's own config directories.
   ...['--config-user-dir=', '--config-system-dir='].map((o) => [o, JOINED | UNCACHEABLE] as [string, number]),
@@ -352,6 +353,10 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
       // An output or a config file handed to cc1 or the driver behind the key's back.
       if ((a === '-Xclang' || a === '-Xclang=') && /^(-o|--output|--config)/.test(argv[i + 1] ?? ''))
         throw new Uncacheable('unsupported-flag', `-Xclang ${argv[i + 1]} is not cacheable`);
+      // cc1 takes these spellings as the driver does (a VFS overlay, -fembed-bitcode, -ftime-trace=):
+      // what makes a driver option uncacheable makes it so behind -Xclang.
+      const cc1 = a === '-Xclang' ? argv[i + 1] : a.startsWith('-Xclang=') ? a.slice('-Xclang='.length) : undefined;
+      if (cc1 !== undefined && (lookupOption(cc1)?.flags ?? 0) & UNCACHEABLE) throw new Uncacheable('unsupported-flag', `-Xclang ${cc1} is not cacheable`);
       if (a === '-c') hasC = true;
       else if (a === '-S') hasS = true;
       else if (a === '-emit-llvm') emitLlvm = true;

@@ -330,6 +330,25 @@ describe('what changes the key', () => {
     assert.match(cc1, /"-fprofile-instrument-use-path=default\.profdata"/);
   });
 
+  test('a VFS overlay (-vfsoverlay, -Xclang -ivfsoverlay) remaps the input to a file the key never reads: uncacheable', async () => {
+    const d = tree();
+    // b.o's bytes under a.o's name: clang compiles those.
+    fs.writeFileSync(join(d, 'ov.yaml'), JSON.stringify({ version: 0, roots: [{ type: 'file', name: join(d, 'a.o'), 'external-contents': join(d, 'b.o') }] }));
+    const compile = (extra: string[], out: string) => {
+      execFileSync(CLANG, [...extra, ...BASE.slice(0, -3), '-o', out, 'a.o'], { cwd: d });
+      return fs.readFileSync(join(d, out));
+    };
+    const plain = compile([], 'plain.o');
+    for (const extra of [
+      ['-vfsoverlay', 'ov.yaml'],
+      ['-Xclang', '-ivfsoverlay', '-Xclang', 'ov.yaml'],
+    ]) {
+      assert.notDeepEqual(compile(extra, 'over.o'), plain, `${extra.join(' ')} changes the object`);
+      const p = await parseJob([...extra, ...BASE], d);
+      assert.equal(p.kind === 'uncacheable' && p.reason, 'unsupported-flag', extra.join(' '));
+    }
+  });
+
   test('-fbasic-block-sections=list= file content', async () => {
     const d = tree();
     const args = ['-fbasic-block-sections=list=bbs.txt', ...BASE];
