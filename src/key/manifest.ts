@@ -25,7 +25,8 @@ const FileRef = z.object({ path: z.string(), digest });
  * statistics to stderr, stdout or a file, which a hit would not reproduce; `.secure_log_unique`
  * appends to `AS_SECURE_LOG_FILE`; `CCC_OVERRIDE_OPTIONS` edits the command line, and a flag it
  * adds may name a file the key never reads; `LD_AUDIT` loads libraries into clang that can rebind
- * any symbol it calls.
+ * any symbol it calls; under `FORCE_CLANG_DIAGNOSTICS_CRASH` clang fails every compile (status 1,
+ * crash diagnostics on stderr) where a hit would succeed.
  */
 export const UNCACHEABLE_ENV = [
   'CCC_OVERRIDE_OPTIONS',
@@ -41,6 +42,7 @@ export const UNCACHEABLE_ENV = [
   'CC_PRINT_INTERNAL_STAT',
   'CC_PRINT_INTERNAL_STAT_FILE',
   'LD_AUDIT',
+  'FORCE_CLANG_DIAGNOSTICS_CRASH',
 ] as const;
 
 /**
@@ -59,6 +61,8 @@ export const KEY_ENV = [
   'WATCHOS_DEPLOYMENT_TARGET',
   'XROS_DEPLOYMENT_TARGET',
   'SDKROOT',
+  // The producer string of the bitcode an `-emit-llvm` job writes.
+  'LLVM_OVERRIDE_PRODUCER',
   ...UNCACHEABLE_ENV,
 ] as const;
 

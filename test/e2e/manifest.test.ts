@@ -384,6 +384,7 @@ describe('what changes the key', () => {
       ['CC_PRINT_PROC_STAT', '1'],
       ['AS_SECURE_LOG_FILE', join(d, 'secure.log')],
       ['LD_AUDIT', '/nonexistent/audit.so'],
+      ['FORCE_CLANG_DIAGNOSTICS_CRASH', ''],
     ] as const) {
       const r = await keyed(d, BASE, { ...ENV, [name]: value });
       assert.equal(r.kind === 'uncacheable' && r.reason, 'environment', `${name}: ${JSON.stringify(r)}`);
@@ -392,7 +393,7 @@ describe('what changes the key', () => {
     const observe = new ObservingFiles(files);
     assert.equal((await keyed(d, BASE, ENV, CLANG, { ...ctx, observe })).kind, 'key');
     const envChecks = observe.checks().filter((c) => c.kind === 'env');
-    for (const name of ['CCC_OVERRIDE_OPTIONS', 'CC_PRINT_OPTIONS', 'AS_SECURE_LOG_FILE'])
+    for (const name of ['CCC_OVERRIDE_OPTIONS', 'CC_PRINT_OPTIONS', 'AS_SECURE_LOG_FILE', 'FORCE_CLANG_DIAGNOSTICS_CRASH'])
       assert.ok(
         envChecks.some((c) => c.kind === 'env' && c.name === name && c.value === null),
         name,
@@ -767,6 +768,28 @@ describe('what does not change the key', () => {
   test('clang-cl by name is uncacheable (a Windows target: the object records its command line)', async () => {
     const r = await keyed(tree(), BASE, ENV, '/usr/bin/clang-cl-19');
     assert.equal(r.kind === 'uncacheable' && r.reason, 'windows-target');
+  });
+
+  test('clang fails every compile under FORCE_CLANG_DIAGNOSTICS_CRASH, set even empty: no hit may succeed for it', () => {
+    const d = tree();
+    const r = spawnSync(CLANG, BASE, { cwd: d, env: { ...ENV, FORCE_CLANG_DIAGNOSTICS_CRASH: '' }, encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /FORCE_CLANG_DIAGNOSTICS_CRASH/);
+  });
+
+  test('LLVM_OVERRIDE_PRODUCER changes the bitcode an -emit-llvm job writes, and the key', async () => {
+    const d = tree();
+    const args = [...BASE.slice(0, -4), '-emit-llvm', '-c', '-o', 'a.bc', 'a.o'];
+    const bitcode = (env: Record<string, string>) => {
+      execFileSync(CLANG, args, { cwd: d, env });
+      return fs.readFileSync(join(d, 'a.bc'));
+    };
+    const producer = { ...ENV, LLVM_OVERRIDE_PRODUCER: 'another producer' };
+    assert.notDeepEqual(bitcode(producer), bitcode(ENV));
+    const k0 = (await key(d, args)).key;
+    const k1 = await key(d, args, producer);
+    assert.notEqual(k1.key, k0);
+    assert.equal(k1.manifest.env.LLVM_OVERRIDE_PRODUCER, 'another producer');
   });
 
   test('Apple deployment targets and SDKROOT in the environment', async () => {
