@@ -325,9 +325,9 @@ describe('what changes the key', () => {
     assert.deepEqual(before.manifest.args[0], { a: '-fprofile-use=', files: [{ path: 'default.profdata', digest: await digestOf(join(d, 'default.profdata')) }] });
     fs.writeFileSync(join(d, 'default.profdata'), 'profile two');
     assert.notEqual((await key(d, args)).key, before.key);
-    // The driver names that file to cc1.
-    const cc1 = spawnSync(CLANG, ['-###', ...args], { cwd: d, encoding: 'utf8' }).stderr;
-    assert.match(cc1, /"-fprofile-instrument-use-path=default\.profdata"/);
+    // The driver names that file to cc1 (clang 19), or reads it itself and fails on this one (clang 22).
+    const driver = spawnSync(CLANG, ['-###', ...args], { cwd: d, encoding: 'utf8' }).stderr;
+    assert.match(driver, /"-fprofile-instrument-use-path=default\.profdata"|reading profile default\.profdata/);
   });
 
   test('a VFS overlay (-vfsoverlay, -Xclang -ivfsoverlay) remaps the input to a file the key never reads: uncacheable', async () => {
