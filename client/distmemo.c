@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #define DIST_SUFFIX ".dist-file.json"
-#define DIST_TAG "ltocache-dist-v1"
 
 /* Smallest encoding of one job: key, lookup, one output (empty path, digest, size), two empty
  * streams; to refuse job counts the buffer cannot hold before allocating for them. */
@@ -123,7 +122,7 @@ static unsigned char *read_dist_file(const char *path, size_t *len) {
     return buf;
 }
 
-/* The memo's name: digest of "ltocache-dist-v1" NUL cwd NUL <normalised file bytes>. Returns
+/* The memo's name: digest of LTOC_DIST_MEMO_NAME_TAG NUL cwd NUL <normalised file bytes>. Returns
  * 0, or -1 when the file cannot be looked up (unreadable, too big, holds a 0x01 byte). */
 static int dist_lookup(const char *cwd, const char *file_arg, const char *token,
                        char out[DIGEST_HEX_LEN + 1]) {
@@ -137,7 +136,7 @@ static int dist_lookup(const char *cwd, const char *file_arg, const char *token,
     len = dist_normalize(file, len, token);
     struct digest128 d;
     digest128_init(&d);
-    digest128_update(&d, DIST_TAG, sizeof DIST_TAG);  /* with its NUL */
+    digest128_update(&d, LTOC_DIST_MEMO_NAME_TAG, sizeof LTOC_DIST_MEMO_NAME_TAG);  /* with its NUL */
     digest128_update(&d, cwd, strlen(cwd) + 1);
     digest128_update(&d, file, len);
     digest128_hex(&d, out);

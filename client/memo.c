@@ -176,7 +176,7 @@ void memo_free(struct memo *m) {
 
 void memo_lookup_digest(const char *compiler_abs, const char *cwd, int argc, char **argv,
                         char out[DIGEST_HEX_LEN + 1]) {
-    static const char tag[] = "ltocache-memo-v1";
+    static const char tag[] = LTOC_MEMO_NAME_TAG;
     struct digest128 d;
     digest128_init(&d);
     digest128_update(&d, tag, sizeof tag);  /* with its NUL */

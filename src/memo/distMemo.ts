@@ -1,6 +1,6 @@
 import { basename } from 'node:path';
 import { type Digest, Hasher } from '../key/hash.js';
-import { DIST_MEMO_MAX_CHECKS, DIST_MEMO_MAX_JOBS, MAX_OUTPUT_STREAM, MEMO_MAX_BYTES } from '../protocol/limits.js';
+import { DIST_MEMO_MAX_CHECKS, DIST_MEMO_MAX_JOBS, DIST_MEMO_NAME_TAG, MAX_OUTPUT_STREAM, MEMO_MAX_BYTES } from '../protocol/limits.js';
 import { checkedBody, type MemoCheck, MemoError, type MemoOutput, Reader, readChecks, readOutputs, Writer, withTrailer, writeChecks, writeOutputs } from './memoFormat.js';
 
 /**
@@ -45,7 +45,7 @@ export function normalizeForToken(s: string, token: string | null): string {
 
 /** The memo's name (cache-schema/distmemo.v1.md): over cwd and the normalised file bytes. */
 export function distLookupDigest(cwd: string, fileBytes: Buffer, token: string | null): Digest {
-  const h = new Hasher().update('ltocache-dist-v1\0').update(`${cwd}\0`);
+  const h = new Hasher().update(`${DIST_MEMO_NAME_TAG}\0`).update(`${cwd}\0`);
   if (!token) return h.update(fileBytes).digest();
   return h.update(Buffer.from(normalizeForToken(fileBytes.toString('latin1'), token), 'latin1')).digest();
 }

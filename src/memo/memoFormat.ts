@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { DIGEST_RE, type Digest, Hasher, hashBytes } from '../key/hash.js';
-import { MAX_OUTPUT_STREAM, MEMO_MAX_BYTES, MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS } from '../protocol/limits.js';
+import { MAX_OUTPUT_STREAM, MEMO_MAX_BYTES, MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, MEMO_NAME_TAG } from '../protocol/limits.js';
 
 /**
  * The memo file (docs/memo.md, version 1): what the native client re-checks to serve a hit
@@ -60,7 +60,7 @@ export class MemoError extends Error {
 /** The memo's file name: digest of the command exactly as the client received it. */
 export function lookupDigest(compiler: string, cwd: string, args: readonly string[]): Digest {
   // One update: the hasher's cost is per call (a copy into wasm memory), not per byte.
-  return new Hasher().update(`ltocache-memo-v1\0${compiler}\0${cwd}\0${args.length ? `${args.join('\0')}\0` : ''}`).digest();
+  return new Hasher().update(`${MEMO_NAME_TAG}\0${compiler}\0${cwd}\0${args.length ? `${args.join('\0')}\0` : ''}`).digest();
 }
 
 export function memoDir(cacheDir: string): string {

@@ -1,7 +1,7 @@
 import { readdirSync } from 'node:fs';
 import { nowNs as clockNs, settledAt, statIdentity, statOrUndefined } from '../key/fileDigests.js';
 import { type Digest, Hasher } from '../key/hash.js';
-import { MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
+import { KEY_RULES_EPOCH, MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
 import {
   CheckKind,
   checkedBody,
@@ -65,7 +65,7 @@ export interface TeamMemo {
  * prefix may load other libraries than the ones a memo checks.
  */
 export function scopeDigest(compiler: string, realpath: string, cwd: string): Digest {
-  return new Hasher().update(`ltocache-scope-v2\0${compiler}\0${realpath}\0${cwd}\0`).digest();
+  return new Hasher().update(`ltocache-scope-v2-e${KEY_RULES_EPOCH}\0${compiler}\0${realpath}\0${cwd}\0`).digest();
 }
 
 /** Digest of a directory's entry names, sorted. */

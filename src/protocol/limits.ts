@@ -107,6 +107,19 @@ export const DAEMON_SEMI_SPACE_MB = 2;
  */
 export const DAEMON_MALLOC_ARENA_MAX = 2;
 
+/**
+ * The generation of the key's rules, in the name of every memo (a job's, a distribution's) and of
+ * every team memo scope. A memo lists the checks of the key that wrote it: a daemon whose key
+ * reads more (a fixed omission) must never find one written under older rules, which would pass
+ * without looking at what is new. Bumped by every change to what the key reads;
+ * test/unit/keyRules.test.ts fails when src/key changes without it.
+ */
+export const KEY_RULES_EPOCH = 2;
+/** The first bytes hashed for a job memo's name (docs/memo.md). */
+export const MEMO_NAME_TAG = `ltocache-memo-v1-e${KEY_RULES_EPOCH}`;
+/** The first bytes hashed for a distribution memo's name (cache-schema/distmemo.v1.md). */
+export const DIST_MEMO_NAME_TAG = `ltocache-dist-v1-e${KEY_RULES_EPOCH}`;
+
 /** Length of the base64 text of n bytes. */
 export function base64Length(n: number): number {
   return 4 * Math.ceil(n / 3);
@@ -114,6 +127,7 @@ export function base64Length(n: number): number {
 
 const ENTRIES: [string, number][] = [
   ['PROTOCOL_VERSION', PROTOCOL_VERSION],
+  ['KEY_RULES_EPOCH', KEY_RULES_EPOCH],
   ['FRAME_COMPILE', FRAME_COMPILE],
   ['FRAME_RESULT', FRAME_RESULT],
   ['FRAME_PASSTHROUGH', FRAME_PASSTHROUGH],
@@ -154,6 +168,11 @@ const ENTRIES: [string, number][] = [
   ['DAEMON_MALLOC_ARENA_MAX', DAEMON_MALLOC_ARENA_MAX],
 ];
 
+const STRINGS: [string, string][] = [
+  ['MEMO_NAME_TAG', MEMO_NAME_TAG],
+  ['DIST_MEMO_NAME_TAG', DIST_MEMO_NAME_TAG],
+];
+
 /** The text of client/limits.h. */
 export function limitsHeader(): string {
   const lines = [
@@ -162,6 +181,7 @@ export function limitsHeader(): string {
     '#ifndef LTOCACHE_LIMITS_H',
     '#define LTOCACHE_LIMITS_H',
     ...ENTRIES.map(([k, v]) => `#define LTOC_${k} ${v}u`),
+    ...STRINGS.map(([k, v]) => `#define LTOC_${k} ${JSON.stringify(v)}`),
     '#endif',
     '',
   ];
