@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statfsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -223,6 +223,8 @@ export class Daemon {
     try {
       const deny = await DenyList.load(store.sublevel<DenyRecord>(DENY_SUBLEVEL), (e) => log.warn('cannot read the deny list; starting empty', { error: String(e) }));
       d = new Daemon(config, store, log, deny, Remote);
+      const daemon = d;
+      store.onMetadataWriteError = (e) => daemon.restartWhenRoom(e);
       await d.restoreCounters();
       if (!d.writesMemos) await d.removeMemos();
       await d.lifecycle.start();
@@ -499,6 +501,29 @@ export class Daemon {
     }
   }
 
+  /**
+   * The store takes no writes after a failed one (a full disk) until it is reopened: the daemon
+   * goes on serving hits, and once its file system has room again it stops (EXIT_STALE), so the
+   * next job starts a daemon that recovers what was acknowledged and stores again.
+   */
+  restartWhenRoom(e: Error): void {
+    this.log.error('a write to the store metadata failed; no more stores until the disk has room and the daemon restarts', { error: String(e) });
+    const dir = join(this.config.dir, 'store');
+    const timer = setInterval(() => {
+      try {
+        const s = statfsSync(dir);
+        if (s.bavail * s.bsize < Math.min(ROOM_TO_RESTART, (s.blocks * s.bsize) / 10)) return;
+      } catch {
+        return;
+      }
+      clearInterval(timer);
+      this.log.info('the disk has room again; restarting to reopen the store');
+      void this.stop(EXIT_STALE);
+    }, ROOM_CHECK_MS);
+    timer.unref();
+    void this.stopped.then(() => clearInterval(timer));
+  }
+
   async statsView(): Promise<StatsView> {
     const s = this.store.summary();
     return this.counters.view({ entries: s.entries, store_bytes: s.bytes, max_bytes: this.config.max_size, daemon_running: true });
@@ -530,9 +555,13 @@ export class Daemon {
   }
 }
 
+/** Free space at which a daemon whose store refused writes restarts (or a tenth of its file system). */
+const ROOM_TO_RESTART = 64 << 20;
+const ROOM_CHECK_MS = 2000;
+
 /**
  * The exit status of a daemon that stopped because its cache directory or its own files were
- * removed or replaced (EX_TEMPFAIL): a service manager restarts it (`Restart=on-failure` in
+ * removed or replaced, or a write to its store metadata failed (EX_TEMPFAIL): a service manager restarts it (`Restart=on-failure` in
  * docs/systemd/ltocache.service), where an idle or requested stop (0) stays stopped.
  */
 export const EXIT_STALE = 75;

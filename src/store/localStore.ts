@@ -117,6 +117,36 @@ function badKey(key: unknown): string {
   return `malformed cache key ${JSON.stringify(String(key).slice(0, 40))}: expected 32 lowercase hex characters`;
 }
 
+/** The root-level write methods of abstract-level: every write, sublevels' included, ends in one. */
+const WRITE_METHODS = ['_put', '_del', '_batch', '_clear'] as const;
+
+/**
+ * Makes `db` refuse every write after its first failed one, calling `failed` once with that
+ * error. LevelDB's log writer advances its block offset even when an append fails (a full
+ * disk): records written after it are misaligned, and the recovery at the next open drops them,
+ * acknowledged entries, refcounts and totals included. Refusing keeps the log a clean prefix of
+ * what was acknowledged; a reopen recovers it and takes writes again.
+ */
+function refuseWritesAfterFailure(db: Db, failed: (e: Error) => void): void {
+  let first: Error | null = null;
+  const methods = db as unknown as Record<(typeof WRITE_METHODS)[number], (...args: unknown[]) => Promise<unknown>>;
+  for (const name of WRITE_METHODS) {
+    const write = methods[name].bind(db);
+    methods[name] = async (...args: unknown[]) => {
+      if (first) throw new Error(`store metadata takes no writes until it is reopened, after: ${first.message}`, { cause: first });
+      try {
+        return await write(...args);
+      } catch (e) {
+        if (!first) {
+          first = e instanceof Error ? e : new Error(String(e));
+          failed(first);
+        }
+        throw e;
+      }
+    };
+  }
+}
+
 /** Runs async sections one at a time, in call order. */
 class Mutex {
   private tail: Promise<unknown> = Promise.resolve();
@@ -180,6 +210,11 @@ export class LocalStore implements CacheBackend {
   private readonly recentUse = new Map<Digest, number>();
   /** Keys evicted since the owner last emptied this list (the daemon removes their memos). */
   readonly evictedKeys: string[] = [];
+  /**
+   * Called once, at the first LevelDB write that fails: from then on every write is refused until
+   * the store is reopened (refuseWritesAfterFailure). The owner reopens it by restarting.
+   */
+  onMetadataWriteError: ((e: Error) => void) | null = null;
   private bytes = 0;
   private entryCount = 0;
   private closing = false;
@@ -190,6 +225,7 @@ export class LocalStore implements CacheBackend {
     tmpDir: string,
     blobsDir: string,
   ) {
+    refuseWritesAfterFailure(db, (e) => this.onMetadataWriteError?.(e));
     const sub = (name: string): Sub => db.sublevel<string, string>(name, { valueEncoding: 'utf8' });
     this.entries = sub(SUBLEVELS.entries);
     this.info = sub(SUBLEVELS.info);

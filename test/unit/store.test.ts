@@ -428,6 +428,45 @@ test('ENOSPC while writing a blob → error result, no leftovers, store still us
   assertHit(await s.get(key(1)), e);
 });
 
+test('after a failed metadata write (a full disk) the store refuses every write until it is reopened, and says so once', async (t) => {
+  // LevelDB's log writer goes on misaligned after a failed append: what it acknowledged after
+  // that was dropped at the next open (tmpfs repro: every entry stored after the disk was freed).
+  const dir = tempDir();
+  const proto = Level.prototype as unknown as Record<'_batch' | '_put', (...a: unknown[]) => Promise<unknown>>;
+  const real = { _batch: proto._batch, _put: proto._put };
+  let full = false;
+  const failing = (name: '_batch' | '_put') =>
+    function (this: unknown, ...a: unknown[]) {
+      if (full) return Promise.reject(Object.assign(new Error('IO error: 000003.log: No space left on device'), { code: 'LEVEL_IO_ERROR' }));
+      return real[name].apply(this, a);
+    };
+  proto._batch = failing('_batch');
+  proto._put = failing('_put');
+  t.after(() => Object.assign(proto, real));
+  const s = await LocalStore.open({ dir });
+  const reported: string[] = [];
+  s.onMetadataWriteError = (e) => reported.push(e.message);
+  const a = entry({ obj: fill(500, 1) });
+  const b = entry({ obj: fill(500, 2) });
+  const c = entry({ obj: fill(500, 3) });
+  assert.deepEqual(await s.put(key(1), a), { kind: 'stored' });
+  full = true;
+  assert.equal((await s.put(key(2), b)).kind, 'error');
+  full = false;
+  const r = await s.put(key(3), c);
+  assert.equal(r.kind, 'error', 'no write is acknowledged after a failed one');
+  await assert.rejects(s.sublevel<number>('stats').put('n', 1), /no writes until it is reopened/);
+  assert.equal(reported.length, 1);
+  assert.match(reported[0]!, /No space left/);
+  assertHit(await s.get(key(1)), a);
+  await s.close();
+
+  const again = await openStore(t, { dir });
+  assertHit(await again.get(key(1)), a);
+  assert.deepEqual(await again.put(key(3), c), { kind: 'stored' }, 'a reopened store takes writes again');
+  assertHit(await again.get(key(3)), c);
+});
+
 test('a second process cannot open the store: StoreLockedError', async (t) => {
   const dir = tempDir();
   const mod = pathToFileURL(join(fileURLToPath(import.meta.url), '../../../src/store/localStore.js')).href;
