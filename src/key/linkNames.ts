@@ -5,12 +5,13 @@
  * so keyed as written, every job of such a link, and every job importing from one, would miss on
  * every relink.
  *
- * The backend's object does not depend on a module's path: promoted names come from the module
+ * The backend's object (not IR) does not depend on a module's path: promoted names come from the module
  * hash the index records, and the file's bytes are keyed by content (LLVM's own ThinLTO and DTLTO
  * caches key modules by hash, not path; measured here: objects byte-identical across links under
  * other PIDs). So the PID part of such a name is replaced by PID_PLACEHOLDER in the key, for the
  * jobs of a distribution whose token (lld's PID, decimal) is known, and only where output names
- * are not keyed either (docs/key.md "Names that do not change the bytes"). Everything else in the
+ * are not keyed either (docs/key.md "Names that do not change the bytes") and the output is not IR
+ * (textual IR names its module by path: manifest.ts moduleNamesKeyed). Everything else in the
  * name (archive, member, offset, sequence number) stays keyed. A result whose stdout or stderr
  * names a file of the link is not stored (mentionsLink).
  */

@@ -137,6 +137,19 @@ function unusedArgumentWarningOff(job: Job): boolean {
 export const OUTPUT_NAME_MATTERS =
   /^(-gsplit-dwarf|-split-dwarf|-fprofile-arcs|-ftest-coverage|--coverage|-coverage|-fprofile-generate|-fprofile-instr-generate|-fcs-profile-generate|-fmemory-profile)/;
 
+/**
+ * Flags under which the output is IR (`-emit-llvm`, and cc1's `-emit-llvm…` actions behind
+ * -Xclang): textual IR starts with `; ModuleID = '<input path>'`, so a module's path reaches the
+ * bytes written and the renaming of src/key/linkNames.ts does not apply.
+ */
+const WRITES_IR = /^-emit-llvm/;
+
+/** True when the job's modules keep their names in the key whatever the renamer says: its output
+ *  names are keyed, or it writes IR (WRITES_IR). */
+export function moduleNamesKeyed(job: Job): boolean {
+  return outputNamesKeyed(job) || job.tokens.some((t) => (t.t === 'flag' || t.t === 'dropped') && WRITES_IR.test(t.v));
+}
+
 /** True when the job's output names are part of its key (see OUTPUT_NAME_MATTERS). */
 export function outputNamesKeyed(job: Job): boolean {
   if (job.outputs.length !== 1) return true;
@@ -261,7 +274,7 @@ export interface KeyContext {
 /**
  * Builds the manifest of a parsed job: every input's content, the toolchain and the environment.
  * `rename` gives the names of the job's modules in the key (src/key/linkNames.ts); it applies only
- * where output names are not keyed either.
+ * where they are not keyed anyway (moduleNamesKeyed).
  */
 export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: string, cwd: string, env: Record<string, string>, rename?: Renamer): Promise<KeyResult> {
   try {
@@ -290,7 +303,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
       if (st && !st.isFile()) throw new Uncacheable('output', `output ${abs} exists and is not a regular file`);
     }
     const namesKeyed = outputNamesKeyed(job);
-    const named = !namesKeyed && rename ? rename : (p: string) => p;
+    const named = rename && !moduleNamesKeyed(job) ? rename : (p: string) => p;
     const dropsQuiet = unusedArgumentWarningOff(job);
     const args: Manifest['args'] = [];
     const dropped: string[] = [];

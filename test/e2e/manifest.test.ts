@@ -7,6 +7,7 @@ import { after, describe, test } from 'node:test';
 import { ConfigFiles, tokenizeConfigFile } from '../../src/key/configFiles.js';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashFile, initHash } from '../../src/key/hash.js';
+import { linkRenamer } from '../../src/key/linkNames.js';
 import { buildManifest, canonicalJson, type KeyContext, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
 import { readIndexParts } from '../../src/key/moduleTable.js';
 import { checksHold, ObservingFiles } from '../../src/key/observed.js';
@@ -729,6 +730,51 @@ describe('names that do not change the bytes', () => {
       assert.notEqual(other.key, one.key);
     });
   }
+});
+
+describe('archive members in a DTLTO link (src/key/linkNames.ts)', () => {
+  /** A link's directory under lld's PID `pid`: b.o written out as lld names an archive member, and its index. */
+  const link = (pid: string): { d: string; member: string } => {
+    const d = tree();
+    const member = `lib.a(b.o at 8).2.${BigInt(pid).toString(16).toUpperCase()}.o`;
+    fs.copyFileSync(join(d, 'b.o'), join(d, member));
+    execFileSync(LLD, ['-r', '--thinlto-index-only=list', 'a.o', member, '-o', 'out.o'], { cwd: d });
+    return { d, member };
+  };
+  const memberJob = (member: string, mode: string[]) => [
+    '-O2',
+    '-fno-pie',
+    '-x',
+    'ir',
+    '-fno-lto',
+    '-Wno-unused-command-line-argument',
+    `-fthinlto-index=${member}.thinlto.bc`,
+    ...mode,
+    '-o',
+    'member.out',
+    member,
+  ];
+  async function renamedKey(l: { d: string; member: string }, pid: string, mode: string[]): Promise<string> {
+    const p = await parseJob(memberJob(l.member, mode), l.d);
+    if (p.kind !== 'job') assert.fail(`parseJob: ${p.reason}`);
+    const r = await buildManifest(ctx, p.job, CLANG, l.d, ENV, linkRenamer(pid)!);
+    if (r.kind !== 'key') assert.fail(`${r.reason}: ${r.detail}`);
+    return r.key;
+  }
+
+  test('an object keys the member under another PID alike; IR, which names its module by path, does not', async () => {
+    const x = link('4711');
+    const y = link('4712');
+    assert.equal(await renamedKey(x, '4711', ['-c']), await renamedKey(y, '4712', ['-c']));
+    execFileSync(CLANG, memberJob(x.member, ['-S', '-emit-llvm']), { cwd: x.d });
+    assert.ok(fs.readFileSync(join(x.d, 'member.out'), 'latin1').includes(`; ModuleID = '${x.member}'`), 'textual IR names the module by its path');
+    for (const mode of [
+      ['-S', '-emit-llvm'],
+      ['-c', '-emit-llvm'],
+      ['-S', '-Xclang', '-emit-llvm'],
+    ])
+      assert.notEqual(await renamedKey(x, '4711', mode), await renamedKey(y, '4712', mode), mode.join(' '));
+  });
 });
 
 describe('what does not change the key', () => {
