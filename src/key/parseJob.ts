@@ -299,6 +299,14 @@ export function outputOption(a: string): { name: string; value?: string } | null
 }
 
 /**
+ * LLVM's `-lto-embed-bitcode=` (an `-mllvm` value, joined to `-mllvm=` or on its own after
+ * `-mllvm`, or behind -Xclang): `post-merge-pre-opt` writes cc1's command line into the object's
+ * `.llvmcmd`, with `-fthinlto-index=<path>`, `-main-file-name` and `-fdebug-compilation-dir=<cwd>`,
+ * none of them keyed (measured with clang 22). Every value is refused, as `-fembed-bitcode` is.
+ */
+const EMBEDS_COMMAND_LINE = /(^|=)--?lto-embed-bitcode(=|$)/;
+
+/**
  * Reads a backend command line (arguments after the compiler) into the parts the key needs.
  * Knows only the shape of a backend job; anything it cannot place safely is uncacheable.
  */
@@ -310,6 +318,8 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     const quoting = args.filter((a) => a.startsWith('--rsp-quoting=')).pop();
     if (quoting !== undefined && quoting !== '--rsp-quoting=posix') throw new Uncacheable('unsupported-flag', `${quoting}: response files are read with POSIX quoting only`);
     const argv = await expand(args, cwd, 0, responseFiles);
+    const embeds = argv.find((a) => EMBEDS_COMMAND_LINE.test(a));
+    if (embeds !== undefined) throw new Uncacheable('unsupported-flag', `${embeds}: the object may embed cc1's command line, with names the key leaves out`);
     const plugins = pluginArguments(argv);
     const tokens: Token[] = [];
     const positional: string[] = [];

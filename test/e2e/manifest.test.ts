@@ -864,6 +864,20 @@ describe('what does not change the key', () => {
 });
 
 describe('uncacheable', () => {
+  test('-mllvm -lto-embed-bitcode=post-merge-pre-opt: the object embeds the index path, which is not keyed', async () => {
+    const d = tree();
+    fs.copyFileSync(join(d, 'a.o.thinlto.bc'), join(d, 'a.1.4242.native.o.thinlto.bc'));
+    const flags = ['-mllvm', '-lto-embed-bitcode=post-merge-pre-opt'];
+    const other = BASE.map((a) => (a === '-fthinlto-index=a.o.thinlto.bc' ? '-fthinlto-index=a.1.4242.native.o.thinlto.bc' : a));
+    execFileSync(CLANG, [...flags, ...BASE], { cwd: d });
+    const one = fs.readFileSync(join(d, 'a.thinlto-native.o'));
+    execFileSync(CLANG, [...flags, ...other], { cwd: d });
+    assert.ok(!fs.readFileSync(join(d, 'a.thinlto-native.o')).equals(one), 'the object names the index');
+    assert.ok(one.includes('-fthinlto-index=a.o.thinlto.bc'));
+    const p = await parseJob([...flags, ...BASE], d);
+    assert.equal(p.kind === 'uncacheable' && p.reason, 'unsupported-flag');
+  });
+
   test('an index naming a module that does not exist → missing-file', async () => {
     const d = tree();
     fs.rmSync(join(d, 'b.o'));
