@@ -8,7 +8,7 @@ import { type AsmScan, directivesInText, scanBitcodeAsm } from './asmFiles.js';
 import type { ConfigFiles } from './configFiles.js';
 import { type DigestSource, statOrUndefined } from './fileDigests.js';
 import { DIGEST_RE, HASH_ALGORITHM, hashBytes } from './hash.js';
-import type { Renamer } from './linkNames.js';
+import { PID_PLACEHOLDER, type Renamer } from './linkNames.js';
 import { readModuleTable, renamedIndexDigest } from './moduleTable.js';
 import { asksNative, nativeCpu } from './nativeCpu.js';
 import type { ObservingFiles } from './observed.js';
@@ -460,9 +460,11 @@ async function indexPart(
     tables.set(indexDigest, table);
   }
   if (table.kind !== 'ok') throw new Uncacheable('bad-index', `index ${indexPath}: ${table.reason}`);
-  const renamed = table.modules.some((m) => named(m.path) !== m.path);
+  // A path that spells the placeholder already would share its name in the key with a renamed one.
+  const spellsPlaceholder = table.modules.some((m) => m.path.includes(PID_PLACEHOLDER));
+  const renamed = !spellsPlaceholder && table.modules.some((m) => named(m.path) !== m.path);
   const digest = renamed ? renamedIndexDigest(indexBytes(files, cwd, indexPath, indexDigest), named) : indexDigest;
-  const keep = digest === null;
+  const keep = digest === null || spellsPlaceholder;
   const modules: Manifest['index']['modules'] = [];
   for (const m of table.modules) modules.push({ path: keep ? m.path : named(m.path), moduleHash: m.hash, digest: await need(m.path, 'imported module') });
   return { digest: digest ?? indexDigest, modules, opened: table.modules.map((m) => m.path) };

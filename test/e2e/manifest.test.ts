@@ -7,7 +7,7 @@ import { after, describe, test } from 'node:test';
 import { ConfigFiles, tokenizeConfigFile } from '../../src/key/configFiles.js';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashFile, initHash } from '../../src/key/hash.js';
-import { linkRenamer } from '../../src/key/linkNames.js';
+import { linkRenamer, PID_PLACEHOLDER } from '../../src/key/linkNames.js';
 import { buildManifest, canonicalJson, type KeyContext, type KeyResult, keyOf, Manifest } from '../../src/key/manifest.js';
 import { readIndexParts } from '../../src/key/moduleTable.js';
 import { checksHold, ObservingFiles } from '../../src/key/observed.js';
@@ -774,6 +774,34 @@ describe('archive members in a DTLTO link (src/key/linkNames.ts)', () => {
       ['-S', '-Xclang', '-emit-llvm'],
     ])
       assert.notEqual(await renamedKey(x, '4711', mode), await renamedKey(y, '4712', mode), mode.join(' '));
+  });
+
+  test('a module whose path spells the placeholder keeps every name: renamed, another path would read the same', async () => {
+    /** a.o, importing from b.o and c.o, linked with them under `bName` and `cName`; a.o's key. */
+    const aKey = async (pid: string, bName: string, cName: string) => {
+      const d = tree();
+      fs.writeFileSync(join(d, 'a.c'), 'extern int bfun(int), cfun(int);\nint afun(int x) { return bfun(x) + cfun(x); }\n');
+      fs.writeFileSync(join(d, 'c.c'), 'int cfun(int y) { return y - 4; }\n');
+      for (const m of ['a', 'c']) execFileSync(CLANG, ['-O2', '-flto=thin', '-c', '-o', `${m}.o`, `${m}.c`], { cwd: d });
+      fs.copyFileSync(join(d, 'b.o'), join(d, bName));
+      fs.copyFileSync(join(d, 'c.o'), join(d, cName));
+      execFileSync(LLD, ['-r', '--thinlto-index-only=list', 'a.o', bName, cName, '-o', 'out.o'], { cwd: d });
+      const p = await parseJob(BASE, d);
+      if (p.kind !== 'job') assert.fail(p.reason);
+      const r = await buildManifest(ctx, p.job, CLANG, d, ENV, linkRenamer(pid)!);
+      if (r.kind !== 'key') assert.fail(`${r.reason}: ${r.detail}`);
+      return r;
+    };
+    // Renamed, each index would list lib.a(b.o at 8).2.<lld-pid>.o and lib.a(c.o at 99).3.<lld-pid>.o,
+    // with the same contents: the second link's b.o spells that name itself.
+    const one = await aKey('4711', 'lib.a(b.o at 8).2.1267.o', 'lib.a(c.o at 99).3.1267.o');
+    const two = await aKey('4712', `lib.a(b.o at 8).2.${PID_PLACEHOLDER}.o`, 'lib.a(c.o at 99).3.1268.o');
+    assert.equal(one.manifest.index.modules.length, 3);
+    assert.notEqual(one.key, two.key);
+    assert.deepEqual(
+      two.manifest.index.modules.map((m) => m.path),
+      ['a.o', `lib.a(b.o at 8).2.${PID_PLACEHOLDER}.o`, 'lib.a(c.o at 99).3.1268.o'],
+    );
   });
 });
 
