@@ -11,6 +11,7 @@
 #include "verifyconf.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,12 +199,15 @@ int dist_memo_serve(const char *cache_dir, const char *cwd, const char *file_arg
     unsigned char *chunk = ok ? malloc(COPY_CHUNK) : NULL;
     ok = chunk && memo_run_checks(m.checks, m.nchecks, token, chunk) == 0;
     struct staged *staged = ok ? calloc(m.noutputs, sizeof *staged) : NULL;
+    sigset_t mask;
+    hold_signals(&mask);
     /* Temp names carry the output's index in the whole distribution: unique in this run. */
     for (uint32_t i = 0; staged && ok && i < m.noutputs; i++)
         ok = stage_output(cache_dir, &m.outputs[i], token, NULL, i, chunk, &staged[i]) == 0;
     ok = staged && ok && commit_staged(staged, m.noutputs) == 0;
+    if (!ok && staged) unstage(staged, m.noutputs);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     if (ok) exit(replay(&m, memo_dir, start) == 0 ? 0 : 1);
-    if (staged) unstage(staged, m.noutputs);
     free(staged);
     dist_memo_free(&m);
     free(chunk);

@@ -513,11 +513,7 @@ void append_notices(int memo_dir, const char *text, size_t len) {
 static int serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
                  char **argv, int notice);
 
-/* Signals that end the client by default and that a build sends (Ctrl-C, a kill from make or a CI
- * runner, a file size limit reached while writing a temp): held while temps of ours stand beside
- * the outputs, so that one ends the client only once they are renamed or removed, as clang
- * removes its own temp files when one ends it. */
-static void hold_signals(sigset_t *old) {
+void hold_signals(sigset_t *old) {
     static const int held[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGXFSZ};
     sigset_t set;
     sigemptyset(&set);

@@ -5,6 +5,7 @@
 #ifndef LTOCACHE_MEMO_INTERNAL_H
 #define LTOCACHE_MEMO_INTERNAL_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -88,6 +89,13 @@ int stage_output(const char *cache_dir, const struct memo_output *o, const char 
 int commit_staged(struct staged *s, size_t n);
 /* Unlinks every temp left and frees s[0..n) (not s itself). */
 void unstage(struct staged *s, size_t n);
+
+/* Signals that end the client by default and that a build sends (Ctrl-C, a kill from make or a CI
+ * runner, a file size limit reached while writing a temp): held from the first stage_output until
+ * every temp is renamed or removed (then the old mask is restored), so that one ends the client
+ * only once no temp of ours stands beside the outputs, as clang removes its own temp files when one
+ * ends it. */
+void hold_signals(sigset_t *old);
 
 /* Appends text to memo/hits.log in one write (O_APPEND keeps concurrent notices whole). */
 void append_notices(int memo_dir, const char *text, size_t len);

@@ -175,6 +175,14 @@ test("served: both jobs' outputs at the token paths, stdout/stderr in job order,
   );
 });
 
+test('a file size limit reached while the outputs are written: the client dies by SIGXFSZ, as clang does, and leaves no temp', () => {
+  const s = scenario();
+  const r = spawnSync('sh', ['-c', 'ulimit -f 0; exec "$@"', 'sh', CLIENT, 'distribute', s.fileArg], { cwd: s.work, env: { ...baseEnv(s.cache), DIST_TEST_ENV: 'yes' } });
+  assert.equal(r.signal, 'SIGXFSZ', `stderr: ${r.stderr}`);
+  assert.deepEqual(temps(s), [], 'no temp left');
+  for (const o of s.outputs) assert.equal(fs.existsSync(s.at(o.path, '12345')), false, o.path);
+});
+
 test('the same memo serves the next link, whose token differs', () => {
   const s = scenario();
   assertServed(s, s.run());
