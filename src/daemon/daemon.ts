@@ -227,6 +227,7 @@ export class Daemon {
       store.onMetadataWriteError = (e) => daemon.restartWhenRoom(e);
       await d.restoreCounters();
       if (!d.writesMemos) await d.removeMemos();
+      else d.sweepMemosLater();
       await d.lifecycle.start();
     } catch (e) {
       await store.close();
@@ -234,6 +235,22 @@ export class Daemon {
     }
     log.info('daemon started', { pid: process.pid, socket: d.socketPath, dir: config.dir, jobs: config.jobs });
     return d;
+  }
+
+  /**
+   * Memos whose blobs are gone, left by earlier processes (each removes only the memos it wrote
+   * itself when it evicts), are removed once per daemon, after MEMO_SWEEP_DELAY_MS: not on the
+   * first build's path.
+   */
+  private sweepMemosLater(): void {
+    const t = setTimeout(() => {
+      const started = performance.now();
+      this.memos.sweep().then(
+        (removed) => this.log.info('memo sweep', { removed, ms: Math.round(performance.now() - started) }),
+        (e: unknown) => this.log.warn('memo sweep failed', { error: String(e) }),
+      );
+    }, MEMO_SWEEP_DELAY_MS);
+    t.unref();
   }
 
   /** `verify` is on: the fast path must find nothing to serve from (memos of earlier runs, a team pack). */
@@ -554,6 +571,8 @@ export class Daemon {
     return this.stopping;
   }
 }
+
+const MEMO_SWEEP_DELAY_MS = 60_000;
 
 /** Free space at which a daemon whose store refused writes restarts (or a tenth of its file system). */
 const ROOM_TO_RESTART = 64 << 20;

@@ -2,10 +2,11 @@ import { lstatSync, mkdirSync, renameSync, rmSync, type Stats, statSync, writeFi
 import { lstat, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Digest, hashBytes } from '../key/hash.js';
+import { MEMO_MAX_BYTES } from '../protocol/limits.js';
 import { holdsBytes } from '../util/holdsBytes.js';
 import { tempSuffix } from '../util/tempSuffix.js';
-import { type DistMemo, encodeDistMemo } from './distMemo.js';
-import { encodeMemo, type Memo, type MemoOutput, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
+import { DIST_MEMO_MAGIC, type DistMemo, decodeDistMemo, encodeDistMemo } from './distMemo.js';
+import { decodeMemo, encodeMemo, type Memo, type MemoOutput, memoDir, memoPath, noticeLogPath } from './memoFormat.js';
 import { teamPackPath } from './teamPack.js';
 
 /** A regular file of `size` bytes, mode 0600, ours: what the client accepts as a memo. */
@@ -215,6 +216,62 @@ export class MemoStore {
     for (const lookup of set ?? []) await this.remove(lookup);
   }
 
+  /**
+   * Removes what no client can use: memos that do not parse or name a blob the store no longer has
+   * (their entries evicted or cleared under an earlier process, whose key-to-memo map went with it:
+   * left alone, `memo/` would grow with every command ever run), and temps older than
+   * STALE_TEMP_MS (a writer killed mid-write, the team pack's included). A shard at a time,
+   * yielding between shards. A memo rewritten while it is looked at is left alone. Returns how
+   * many files were removed.
+   */
+  async sweep(now = Date.now()): Promise<number> {
+    const dir = memoDir(this.cacheDir);
+    let removed = 0;
+    const staleTemp = (name: string, path: string) => name.includes('.tmp-') && (lstatSync(path, { throwIfNoEntry: false })?.mtimeMs ?? now) < now - STALE_TEMP_MS;
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (name.startsWith('team.pack') && staleTemp(name, join(dir, name)) && (await unlinked(join(dir, name)))) removed++;
+      if (!/^[0-9a-f]{2}$/.test(name)) continue;
+      for (const file of await readdir(join(dir, name)).catch(() => [] as string[])) {
+        const path = join(dir, name, file);
+        if (staleTemp(file, path)) {
+          if (await unlinked(path)) removed++;
+        } else if (/^[0-9a-f]{30}$/.test(file) && !(await this.usable(path))) {
+          this.written.delete(`${name}${file}`);
+          removed++;
+        }
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    return removed;
+  }
+
+  /** Whether the memo at `path` parses and has all its blobs; if not, it is removed (unless it was replaced meanwhile). */
+  private async usable(path: string): Promise<boolean> {
+    let fh: Awaited<ReturnType<typeof open>> | undefined;
+    let ino: number;
+    let bytes: Buffer;
+    try {
+      fh = await open(path, 'r');
+      const st = await fh.stat();
+      if (!st.isFile() || st.size > MEMO_MAX_BYTES) return true;
+      ino = st.ino;
+      bytes = await fh.readFile();
+    } catch {
+      return true;
+    } finally {
+      await fh?.close().catch(() => {});
+    }
+    let outputs: readonly MemoOutput[] | null;
+    try {
+      outputs = bytes.subarray(0, DIST_MEMO_MAGIC.length).equals(DIST_MEMO_MAGIC) ? decodeDistMemo(bytes).jobs.flatMap((j) => j.outputs) : decodeMemo(bytes).outputs;
+    } catch {
+      outputs = null;
+    }
+    if (outputs?.every((o) => statSync(this.blobPath(o.digest), { throwIfNoEntry: false })?.size === o.size)) return true;
+    if (lstatSync(path, { throwIfNoEntry: false })?.ino !== ino) return true;
+    return !(await unlinked(path));
+  }
+
   async clear(): Promise<void> {
     this.byKey.clear();
     this.written.clear();
@@ -272,6 +329,16 @@ export class MemoStore {
     }
     return out;
   }
+}
+
+/** A temp this old is a writer's that was killed (a memo is written in microseconds, a team pack in well under a second). */
+const STALE_TEMP_MS = 60 * 60 * 1000;
+
+async function unlinked(path: string): Promise<boolean> {
+  return unlink(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 const ROTATE_BYTES = 1 << 20;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { decodeDistMemo } from '../../src/memo/distMemo.js';
@@ -184,4 +184,40 @@ test('writePack writes the team pack 0600, replaces it whole, and removePack and
   await s.clear();
   assert.equal(fs.existsSync(path), false);
   assert.equal(fs.existsSync(memoPath(dir, lookup)), false);
+});
+
+test('sweep removes, under a later daemon, memos whose blobs are gone, memos that do not parse, and old temps; it keeps the rest', async () => {
+  const { dir, store, memo } = setup();
+  const s = store();
+  const lk = (n: string) => hashBytes(Buffer.from(n));
+  // Kept: a memo whose blob is there, a distribution memo whose blobs are there, a fresh temp.
+  assert.equal(await s.write(lk('usable'), memo), 'written');
+  const job = { key: memo.key, lookup: lk('job'), outputs: memo.outputs, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+  assert.equal(await s.writeDist(lk('dist'), { checks: memo.checks, jobs: [job] }), 'written');
+  const freshTemp = `${memoPath(dir, lk('usable'))}.tmp-fresh`;
+  fs.writeFileSync(freshTemp, 'half a memo');
+  // Removed: a memo and a distribution memo whose blob was evicted (the earlier daemon is gone, with
+  // its memory of which memos name which key), a memo that does not parse, old temps.
+  const evicted = Buffer.from('evicted object');
+  const gone = { ...memo.outputs[0]!, digest: hashBytes(evicted), size: evicted.length };
+  fs.writeFileSync(join(dir, 'blobs', gone.digest), evicted);
+  assert.equal(await s.write(lk('evicted'), { ...memo, outputs: [gone] }), 'written');
+  assert.equal(await s.writeDist(lk('evicted dist'), { checks: memo.checks, jobs: [job, { ...job, outputs: [gone] }] }), 'written');
+  fs.rmSync(join(dir, 'blobs', gone.digest));
+  fs.mkdirSync(dirname(memoPath(dir, lk('garbage'))), { recursive: true, mode: 0o700 });
+  fs.writeFileSync(memoPath(dir, lk('garbage')), 'LTOMEMO\x01 truncated', { mode: 0o600 });
+  const oldTemp = `${memoPath(dir, lk('usable'))}.tmp-killed`;
+  const oldPack = `${teamPackPath(dir)}.tmp-killed`;
+  for (const f of [oldTemp, oldPack]) {
+    fs.writeFileSync(f, 'left by a killed writer');
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    fs.utimesSync(f, twoHoursAgo, twoHoursAgo);
+  }
+  const later = store();
+  assert.equal(await later.sweep(), 5);
+  for (const kept of [memoPath(dir, lk('usable')), memoPath(dir, lk('dist')), freshTemp]) assert.ok(fs.existsSync(kept), kept);
+  for (const removed of [memoPath(dir, lk('evicted')), memoPath(dir, lk('evicted dist')), memoPath(dir, lk('garbage')), oldTemp, oldPack]) {
+    assert.equal(fs.existsSync(removed), false, removed);
+  }
+  assert.equal(await later.sweep(), 0, 'nothing left to remove');
 });
