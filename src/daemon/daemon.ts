@@ -88,7 +88,7 @@ export class Daemon {
     readonly config: Config,
     readonly store: LocalStore,
     readonly log: Logger,
-    deny: DenyList,
+    private readonly deny: DenyList,
     Remote: typeof RemoteBackend | null,
   ) {
     this.socketPath = socketPathFor(socketDirName(config.dir), process.getuid!());
@@ -245,10 +245,12 @@ export class Daemon {
   private sweepMemosLater(): void {
     const t = setTimeout(() => {
       const started = performance.now();
-      this.memos.sweep().then(
-        (removed) => this.log.info('memo sweep', { removed, ms: Math.round(performance.now() - started) }),
-        (e: unknown) => this.log.warn('memo sweep failed', { error: String(e) }),
-      );
+      this.memos
+        .sweep((key) => this.deny.has(key))
+        .then(
+          (removed) => this.log.info('memo sweep', { removed, ms: Math.round(performance.now() - started) }),
+          (e: unknown) => this.log.warn('memo sweep failed', { error: String(e) }),
+        );
     }, MEMO_SWEEP_DELAY_MS);
     t.unref();
   }

@@ -219,12 +219,13 @@ export class MemoStore {
   /**
    * Removes what no client can use: memos that do not parse or name a blob the store no longer has
    * (their entries evicted or cleared under an earlier process, whose key-to-memo map went with it:
-   * left alone, `memo/` would grow with every command ever run), and temps older than
+   * left alone, `memo/` would grow with every command ever run), memos of a key `denied` (a
+   * `verify` mismatch under an earlier process), and temps older than
    * STALE_TEMP_MS (a writer killed mid-write, the team pack's included). A shard at a time,
    * yielding between shards. A memo rewritten while it is looked at is left alone. Returns how
    * many files were removed.
    */
-  async sweep(now = Date.now()): Promise<number> {
+  async sweep(denied: (key: string) => boolean = () => false, now = Date.now()): Promise<number> {
     const dir = memoDir(this.cacheDir);
     let removed = 0;
     const staleTemp = (name: string, path: string) => name.includes('.tmp-') && (lstatSync(path, { throwIfNoEntry: false })?.mtimeMs ?? now) < now - STALE_TEMP_MS;
@@ -235,7 +236,7 @@ export class MemoStore {
         const path = join(dir, name, file);
         if (staleTemp(file, path)) {
           if (await unlinked(path)) removed++;
-        } else if (/^[0-9a-f]{30}$/.test(file) && !(await this.usable(path))) {
+        } else if (/^[0-9a-f]{30}$/.test(file) && !(await this.usable(path, denied))) {
           this.written.delete(`${name}${file}`);
           removed++;
         }
@@ -245,8 +246,8 @@ export class MemoStore {
     return removed;
   }
 
-  /** Whether the memo at `path` parses and has all its blobs; if not, it is removed (unless it was replaced meanwhile). */
-  private async usable(path: string): Promise<boolean> {
+  /** Whether the memo at `path` parses, has all its blobs and no denied key; if not, it is removed (unless it was replaced meanwhile). */
+  private async usable(path: string, denied: (key: string) => boolean): Promise<boolean> {
     let fh: Awaited<ReturnType<typeof open>> | undefined;
     let ino: number;
     let bytes: Buffer;
@@ -261,13 +262,12 @@ export class MemoStore {
     } finally {
       await fh?.close().catch(() => {});
     }
-    let outputs: readonly MemoOutput[] | null;
+    let jobs: readonly { key: string; outputs: readonly MemoOutput[] }[] = [];
     try {
-      outputs = bytes.subarray(0, DIST_MEMO_MAGIC.length).equals(DIST_MEMO_MAGIC) ? decodeDistMemo(bytes).jobs.flatMap((j) => j.outputs) : decodeMemo(bytes).outputs;
-    } catch {
-      outputs = null;
-    }
-    if (outputs?.every((o) => statSync(this.blobPath(o.digest), { throwIfNoEntry: false })?.size === o.size)) return true;
+      jobs = bytes.subarray(0, DIST_MEMO_MAGIC.length).equals(DIST_MEMO_MAGIC) ? decodeDistMemo(bytes).jobs : [decodeMemo(bytes)];
+    } catch {}
+    const blobHeld = (o: MemoOutput) => statSync(this.blobPath(o.digest), { throwIfNoEntry: false })?.size === o.size;
+    if (jobs.length && jobs.every((j) => !denied(j.key) && j.outputs.every(blobHeld))) return true;
     if (lstatSync(path, { throwIfNoEntry: false })?.ino !== ino) return true;
     return !(await unlinked(path));
   }

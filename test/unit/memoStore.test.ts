@@ -213,8 +213,12 @@ test('sweep removes, under a later daemon, memos whose blobs are gone, memos tha
     const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
     fs.utimesSync(f, twoHoursAgo, twoHoursAgo);
   }
+  // A memo of a key denied (a verify mismatch) under an earlier daemon, its blob still held.
+  const deniedKey = hashBytes(Buffer.from('denied key'));
+  assert.equal(await s.write(lk('denied'), { ...memo, key: deniedKey }), 'written');
   const later = store();
-  assert.equal(await later.sweep(), 5);
+  assert.equal(await later.sweep((key) => key === deniedKey), 6);
+  assert.equal(fs.existsSync(memoPath(dir, lk('denied'))), false, "the denied key's memo");
   for (const kept of [memoPath(dir, lk('usable')), memoPath(dir, lk('dist')), freshTemp]) assert.ok(fs.existsSync(kept), kept);
   for (const removed of [memoPath(dir, lk('evicted')), memoPath(dir, lk('evicted dist')), memoPath(dir, lk('garbage')), oldTemp, oldPack]) {
     assert.equal(fs.existsSync(removed), false, removed);
