@@ -217,6 +217,8 @@ export class Daemon {
       store = await openStoreWithRecovery({ dir: join(config.dir, 'store'), maxBytes: config.max_size, durable: false }, log);
     } catch (e) {
       if (e instanceof StoreLockedError) return 'already-running';
+      // A daemon started by a job has no terminal: the client points the user at this log.
+      log.error('cannot open the store; the daemon does not start', { error: String(e) });
       throw e;
     }
     let d: Daemon;
