@@ -1,4 +1,5 @@
 import type { Digest } from '../key/hash.js';
+import { pidHex } from '../key/linkNames.js';
 import { type DistMemo, type DistMemoJob, distLookupDigest, distToken, normalizeForToken, TOKEN_BYTE } from '../memo/distMemo.js';
 import type { Memo, MemoCheck } from '../memo/memoFormat.js';
 
@@ -55,7 +56,7 @@ export function assembleDistMemo(o: {
   if (o.bytes.includes(1)) return skip('the file holds a 0x01 byte');
   const token = distToken(o.fileArg);
   // Indexes name such inputs, so their bytes, checked by content, differ in every link.
-  if (token !== null && o.bytes.includes(`.${BigInt(token).toString(16).toUpperCase()}.o`)) return skip('the link wrote inputs under names with its PID');
+  if (token !== null && o.bytes.includes(`.${pidHex(token)}.o`)) return skip('the link wrote inputs under names with its PID');
   const holdsToken = (s: string) => token !== null && s.includes(`.${token}.`);
   const norm = (s: string) => normalizeForToken(s, token);
   const checks = new Map<string, MemoCheck>();

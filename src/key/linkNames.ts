@@ -22,10 +22,14 @@ export const PID_PLACEHOLDER = '<lld-pid>';
  *  anything else unchanged. */
 export type Renamer = (path: string) => string;
 
+/** lld's PID as its DTLTO puts it in a serialised input's name (LLVM's `utohexstr`: upper case). */
+export function pidHex(token: string): string {
+  return BigInt(token).toString(16).toUpperCase();
+}
+
 export function linkRenamer(token: string): Renamer | null {
   if (!/^[0-9]{1,19}$/.test(token)) return null;
-  const hex = BigInt(token).toString(16).toUpperCase();
-  const suffix = `.${hex}.o`;
+  const suffix = `.${pidHex(token)}.o`;
   return (path) => {
     if (!path.endsWith(suffix)) return path;
     const stem = path.slice(0, -suffix.length);
@@ -38,5 +42,5 @@ export function linkRenamer(token: string): Renamer | null {
 export function mentionsLink(text: Buffer, token: string): boolean {
   if (!text.length) return false;
   const s = text.toString('latin1');
-  return s.includes(`.${token}.`) || s.includes(`.${BigInt(token).toString(16).toUpperCase()}.`);
+  return s.includes(`.${token}.`) || s.includes(`.${pidHex(token)}.`);
 }

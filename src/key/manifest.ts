@@ -453,9 +453,11 @@ async function indexPart(
   need: (p: string, what: string) => Promise<string>,
   named: Renamer,
 ): Promise<Manifest['index'] & { opened: string[] }> {
+  let bytes: Buffer | undefined;
+  const read = () => (bytes ??= indexBytes(files, cwd, indexPath, indexDigest));
   let table = tables.get(indexDigest);
   if (!table) {
-    table = readModuleTable(indexBytes(files, cwd, indexPath, indexDigest));
+    table = readModuleTable(read());
     if (tables.size >= 20_000) tables.clear();
     tables.set(indexDigest, table);
   }
@@ -463,7 +465,7 @@ async function indexPart(
   // A path that spells the placeholder already would share its name in the key with a renamed one.
   const spellsPlaceholder = table.modules.some((m) => m.path.includes(PID_PLACEHOLDER));
   const renamed = !spellsPlaceholder && table.modules.some((m) => named(m.path) !== m.path);
-  const digest = renamed ? renamedIndexDigest(indexBytes(files, cwd, indexPath, indexDigest), named) : indexDigest;
+  const digest = renamed ? renamedIndexDigest(read(), named) : indexDigest;
   const keep = digest === null || spellsPlaceholder;
   const modules: Manifest['index']['modules'] = [];
   for (const m of table.modules) modules.push({ path: keep ? m.path : named(m.path), moduleHash: m.hash, digest: await need(m.path, 'imported module') });

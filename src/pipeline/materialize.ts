@@ -18,9 +18,9 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
     // clang refuses an existing output it may not write (its error, status 1), and writes into
     // one that is not a regular file (a FIFO, /dev/null through a symlink) in place; a rename would
     // replace either, so the job compiles instead.
-    const st = statOrUndefined(target);
-    if (st && !st.isFile()) throw new Error(`output ${target} is not a regular file`);
-    if (st) accessSync(target, constants.W_OK);
+    const existing = statOrUndefined(target);
+    if (existing && !existing.isFile()) throw new Error(`output ${target} is not a regular file`);
+    if (existing) accessSync(target, constants.W_OK);
     // Already there: a regular file with this mode, no other hard link, exactly these bytes.
     if (holdsBytes(target, o.data, (st) => (st.mode & 0o7777) === mode && st.nlink === 1)) {
       const now = new Date();
