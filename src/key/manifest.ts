@@ -337,7 +337,7 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
         }
         case 'flag': {
           const named: { path: string; digest: string }[] = [];
-          for (const c of tok.setting ? [] : fileCandidates(tok.v)) {
+          for (const c of [...(tok.setting ? [] : fileCandidates(tok.v)), ...(tok.reads !== undefined ? [tok.reads] : [])]) {
             const abs = openedForKey(cwd, c, `file named by ${tok.v}`);
             if (outputsAbs.has(abs)) continue;
             const d = await files.digest(abs);

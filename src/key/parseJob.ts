@@ -11,8 +11,10 @@ export type Token =
    * `setting`: the option table says this token never names a file clang reads (no candidates).
    * `plugin`: the token names (by a path with a '/', as written) a shared object clang dlopens
    * (pluginArguments); the libraries it loads are keyed with it.
+   * `reads`: a file clang opens because of this token although the token does not spell it (a
+   * default name, relative to cwd); keyed by content when it is a regular file, else by absence.
    */
-  | { t: 'flag'; v: string; setting?: true; plugin?: string }
+  | { t: 'flag'; v: string; setting?: true; plugin?: string; reads?: string }
   /** A token naming a file whose content the key covers (`path` is as written). */
   | { t: 'file'; v: string; path: string; role: 'input' | 'index' | 'flag-file' | 'maybe-file' }
   /** A token naming an output; only its spelling goes into the key. */
@@ -393,6 +395,11 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
       // so it does for `-fprofile-use=` with an empty one (the driver appends the name to the empty path).
       if (a === '-fprofile-use' || a === '-fprofile-instr-use' || a === '-fprofile-use=') {
         tokens.push({ t: 'file', v: a, path: 'default.profdata', role: 'flag-file' });
+        continue;
+      }
+      // clang ≥ 20 reads ./default.cgdata for the bare flag, and goes on without it when it is absent.
+      if (a === '-fcodegen-data-use') {
+        tokens.push({ t: 'flag', v: a, reads: 'default.cgdata' });
         continue;
       }
       if (opt && opt.flags & FILE && opt.joined !== undefined) {

@@ -331,6 +331,22 @@ describe('what changes the key', () => {
     assert.match(driver, /"-fprofile-instrument-use-path=default\.profdata"|reading profile default\.profdata/);
   });
 
+  test('bare -fcodegen-data-use: ./default.cgdata keyed by content, and by absence', async () => {
+    const d = tree();
+    const args = ['-fcodegen-data-use', ...BASE];
+    const absent = await key(d, args);
+    assert.deepEqual(absent.manifest.args[0], { a: '-fcodegen-data-use' });
+    fs.writeFileSync(join(d, 'default.cgdata'), 'codegen data one');
+    const one = await key(d, args);
+    assert.deepEqual(one.manifest.args[0], { a: '-fcodegen-data-use', files: [{ path: 'default.cgdata', digest: await digestOf(join(d, 'default.cgdata')) }] });
+    assert.notEqual(one.key, absent.key);
+    fs.writeFileSync(join(d, 'default.cgdata'), 'codegen data two');
+    assert.notEqual((await key(d, args)).key, one.key);
+    // clang 22's driver names that file to LLVM; clang 19 does not know the flag (and fails the job).
+    const driver = spawnSync(CLANG, ['-###', ...args], { cwd: d, encoding: 'utf8' }).stderr;
+    assert.match(driver, /"-codegen-data-use-path=default\.cgdata"|unknown argument: '-fcodegen-data-use'/);
+  });
+
   test('a VFS overlay (-vfsoverlay, -Xclang -ivfsoverlay) remaps the input to a file the key never reads: uncacheable', async () => {
     const d = tree();
     // b.o's bytes under a.o's name: clang compiles those.

@@ -217,6 +217,12 @@ describe('parseJob: the kernel backend shape', () => {
         flag,
       );
     }
+    // Bare -fcodegen-data-use (clang >= 20): ./default.cgdata, read when it exists.
+    const cg = await job(['-fcodegen-data-use', ...tail('m')]);
+    assert.deepEqual(
+      cg.tokens.find((t) => t.v === '-fcodegen-data-use'),
+      { t: 'flag', v: '-fcodegen-data-use', reads: 'default.cgdata' },
+    );
     // -fbasic-block-sections=all names no file.
     const j = await job(['-fbasic-block-sections=all', ...tail('m')]);
     assert.ok(flagsOf(j).includes('-fbasic-block-sections=all'));
