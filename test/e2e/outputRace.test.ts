@@ -1,0 +1,90 @@
+import assert from 'node:assert/strict';
+import { chmodSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ThinBuild } from '../../src/demo/thinBuild.js';
+import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+
+/**
+ * Another process writing a job's output between clang's rename of it and its store (two make
+ * jobs or two builds racing on one output): what is stored under the job's key must be the bytes
+ * clang wrote, never the other writer's. The real native client, daemon and clang 19.
+ */
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('a second writer racing a miss on its output', () => {
+  let cache: CacheEnv;
+  let b: ThinBuild;
+  let racing: string;
+  let good: Buffer;
+  let other: Buffer;
+  before(() => {
+    cache = new CacheEnv('race');
+    cache.start();
+    b = ThinBuild.fromFixture(FIXTURE, join(tempDir('race-tree'), 'src'));
+    b.frontEnd();
+    b.thinLink();
+    racing = join(b.dir, 'racing-clang.sh');
+    // clang, then (while the `race` marker exists) another object renamed over the real output
+    // after clang wrote it and before the client or daemon reads it: the widest form of the window.
+    writeFileSync(
+      racing,
+      `#!/bin/sh
+${b.clang} "$@"; rc=$?
+if [ -e race ]; then cp lonely.direct.o main.thinlto-native.o.race && mv -f main.thinlto-native.o.race main.thinlto-native.o; fi
+exit $rc
+`,
+    );
+    chmodSync(racing, 0o755);
+    const d = b.backend('main', { out: 'main.direct.o' });
+    assert.equal(d.status, 0, d.stderr);
+    good = readFileSync(join(b.dir, 'main.direct.o'));
+    const l = b.backend('lonely', { out: 'lonely.direct.o' });
+    assert.equal(l.status, 0, l.stderr);
+    other = readFileSync(join(b.dir, 'lonely.direct.o'));
+    assert.ok(!good.equals(other));
+  });
+  after(() => cache.destroy());
+
+  // Both ways a client's miss is stored: by the daemon after 'D' (the index just written, so no
+  // memo and no 'S'), and by the client after 'S' (the index settled when keyed).
+  for (const settle of [0, 2100]) {
+    test(`the raced miss stores clang's object, and the next identical job is served it (settle ${settle} ms)`, async () => {
+      assert.equal(cache.cli(['clear']).status, 0);
+      b.thinLink();
+      if (settle) await sleep(settle);
+      writeFileSync(join(b.dir, 'race'), '');
+      const before = cache.stats();
+      const r = b.backend('main', { wrapper: [CLIENT], env: cache.env, compiler: racing });
+      rmSync(join(b.dir, 'race'));
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stderr, '');
+      const mid = cache.stats();
+      assert.equal(mid.misses - before.misses, 1);
+      const again = b.backend('main', { wrapper: [CLIENT], env: cache.env, compiler: racing });
+      assert.equal(again.status, 0, again.stderr);
+      const served = readFileSync(join(b.dir, 'main.thinlto-native.o'));
+      assert.ok(!served.equals(other), `settle ${settle}: served the other writer's object under this job's key`);
+      assert.ok(served.equals(good), `settle ${settle}: served object differs from direct clang`);
+      assert.deepEqual(
+        readdirSync(b.dir).filter((f) => f.includes('.ltocache-')),
+        [],
+      );
+    });
+  }
+
+  test('an output in a directory that does not exist: clang’s own message and exit status, nothing left behind', () => {
+    b.thinLink();
+    const direct = b.backend('main', { out: 'no-such-dir/main.o' });
+    assert.notEqual(direct.status, 0);
+    const r = b.backend('main', { wrapper: [CLIENT], env: cache.env, out: 'no-such-dir/main.o' });
+    assert.equal(r.status, direct.status);
+    assert.equal(r.stderr, direct.stderr);
+    assert.equal(r.stdout, direct.stdout);
+    assert.deepEqual(
+      readdirSync(b.dir).filter((f) => f.includes('.ltocache-')),
+      [],
+    );
+  });
+});
