@@ -54,6 +54,7 @@
 #include "distmemo.h"
 #include "memo.h"
 #include "reply.h"
+#include "memo_internal.h"
 #include "storeback.h"
 
 extern char **environ;
@@ -799,9 +800,11 @@ static void check_grace(long long *deadline) {
 /* Runs the compiler as our child with stdout and stderr captured, and waits for it. Returns 0
  * with its exit status (128+N for signal N) and the signal that killed it (0 if none), or -1
  * if it could not be started (nothing ran). The forwarded signals reach it while it runs; the
- * child also dies with us (PR_SET_PDEATHSIG), so a client killed by SIGKILL takes it along. */
+ * child also dies with us (PR_SET_PDEATHSIG), so a client killed by SIGKILL takes it along.
+ * With `hold` (returning 0), the signals of hold_signals stay blocked from the compiler's end on,
+ * and *hold is the mask to restore: a temp the compiler wrote is ours to rename or remove first. */
 static int run_captured(const struct job *j, struct capture *out, struct capture *err,
-                        int *status, int *sig) {
+                        int *status, int *sig, sigset_t *hold) {
     int po[2], pe[2];
     if (pipe2(po, O_CLOEXEC) != 0) return -1;
     if (pipe2(pe, O_CLOEXEC) != 0) {
@@ -891,7 +894,13 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
     compiler_pid = 0;
     for (size_t k = 0; k < NFORWARDED; k++)
         if (installed[k]) sigaction(forwarded[k], &saved[k], NULL);
-    sigprocmask(SIG_SETMASK, &old_mask, NULL);
+    if (hold) {
+        sigset_t blocked;
+        hold_signals(&blocked);
+        *hold = old_mask;
+    } else {
+        sigprocmask(SIG_SETMASK, &old_mask, NULL);
+    }
     *sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
     *status = WIFEXITED(st) ? WEXITSTATUS(st) : *sig ? 128 + *sig : 1;
     return 0;
@@ -918,52 +927,104 @@ static void report_stored(int fd, const struct stored_outputs *st) {
     free(b.p);
 }
 
-/* The daemon answered 'M' or 'S' (a miss): run the compiler here. After 'S' (tmpl is its memo),
- * a clean run with no output is stored by us (storeback.h) and reported with 'E'; otherwise the
- * status and output go back in a 'D' frame and we wait for the daemon's acknowledgement (it reads
- * the output files before it answers, so it stores exactly what clang wrote). Then replay the
- * output and exit like the compiler. A daemon gone at any point changes nothing for the build.
+/* Whether the captured stream shows `name`. */
+static int mentions(const struct capture *c, const char *name) {
+    return c->len && memmem(c->p, c->len, name, strlen(name)) != NULL;
+}
+
+/* A NUL-terminated copy of wire bytes (reply_parse_compile checked that they hold no NUL). */
+static char *wire_str(struct memo_bytes b) {
+    return strndup((const char *)b.p, b.len);
+}
+
+/* The daemon answered 'M' or 'S' (a miss, decoded in *rc): run the compiler here. After 'S'
+ * (`cache` set, rc->memo its memo), a clean run with no output is stored by us (storeback.h)
+ * and reported with 'E'; otherwise the status and output go back in a 'D' frame and we wait for
+ * the daemon's acknowledgement (it reads the output files before it answers, so it stores
+ * exactly what clang wrote). Then replay the output and exit like the compiler. A daemon gone
+ * at any point changes nothing for the build.
+ * With an output redirect (docs/protocol.md "Output redirect") argument rc->index is replaced, so
+ * clang writes the object to a private temp: it is stored (or read by the daemon) from there and
+ * only then renamed onto the output, so no other process's write to the output is what gets
+ * stored. Termination signals are held while the temp stands. A redirected run that did not end
+ * clean, or printed the temp's name, is redone by exec'ing the compiler as given: the build then
+ * sees clang's own outcome and message (a signal the user sent ends us as clang ended).
  * Never returns. */
-_Noreturn static void compile_and_report(int fd, const struct job *j, unsigned options,
-                                         unsigned char *tmpl, size_t tlen, const char *cache,
-                                         const char *lookup) {
+_Noreturn static void compile_and_report(int fd, const struct job *j, const struct reply_compile *rc,
+                                         const char *cache, const char *lookup) {
     struct capture out = {NULL, 0, 0, 1, 0, 0}, err = {NULL, 0, 0, 2, 0, 0};
     int status = 1, sig = 0;
+    unsigned char *tmpl = cache ? (unsigned char *)rc->memo.p : NULL;
+    size_t tlen = rc->memo.len;
     struct pinned pin = {0, NULL};
-    if (tmpl && cache && pin_content_files(tmpl, tlen, &pin) != 0) tmpl = NULL;
+    if (tmpl && pin_content_files(tmpl, tlen, &pin) != 0) tmpl = NULL;
+    struct written w = {NULL, NULL, {0, 0}};
+    char *arg = NULL, *temp = NULL, *output = NULL;
+    if (rc->redirect) {
+        arg = wire_str(rc->arg);
+        temp = wire_str(rc->temp);
+        output = wire_str(rc->output);
+        if (!arg || !temp || !output || rc->index >= (uint32_t)(j->argc - 1)) {
+            close(fd);
+            direct_exec(j);
+        }
+    }
     /* Told so, clang gets -fcolor-diagnostics first (its own later flags still win): it sees a
      * pipe where our stderr is a terminal. The daemon stores the diagnostics without colour. */
-    struct job coloured = *j;
-    char **argv = NULL;
-    if ((options & LTOC_COMPILE_OPTION_COLOUR) &&
-        (argv = malloc(((size_t)j->argc + 2) * sizeof *argv)) != NULL) {
-        argv[0] = j->argv[0];
-        argv[1] = (char *)"-fcolor-diagnostics";
-        memcpy(argv + 2, j->argv + 1, (size_t)j->argc * sizeof *argv); /* argv[argc] is NULL */
-        coloured.argv = argv;
-        coloured.argc = j->argc + 1;
-    }
-    if (run_captured(&coloured, &out, &err, &status, &sig) != 0) {
+    char **argv = malloc(((size_t)j->argc + 2) * sizeof *argv);
+    if (!argv) {
         close(fd);
         direct_exec(j);
     }
+    int k = 0;
+    argv[k++] = j->argv[0];
+    if (rc->options & LTOC_COMPILE_OPTION_COLOUR) argv[k++] = (char *)"-fcolor-diagnostics";
+    for (int i = 1; i <= j->argc; i++) /* argv[argc] is NULL */
+        argv[k++] = arg && i == 1 + (int)rc->index ? arg : j->argv[i];
+    struct job run = {j->path, argv, k - 1};
+    sigset_t mask;
+    if (run_captured(&run, &out, &err, &status, &sig, temp ? &mask : NULL) != 0) {
+        close(fd);
+        direct_exec(j);
+    }
+    clock_gettime(CLOCK_REALTIME, &w.ended);
+    int clean = status == 0 && sig == 0;
+    int shown = out.through || err.through; /* passed on already: cannot be redone */
+    if (temp) {
+        const char *name = strrchr(temp, '/') + 1;
+        if (!received_signal && !shown && (!clean || mentions(&out, name) || mentions(&err, name))) {
+            unlink(temp);
+            close(fd);
+            sigprocmask(SIG_SETMASK, &mask, NULL);
+            direct_exec(j);
+        }
+        if (clean) {
+            w.temp = temp;
+            w.output = output;
+        } else {
+            unlink(temp);
+            sigprocmask(SIG_SETMASK, &mask, NULL);
+            temp = NULL;
+        }
+    }
     struct stored_outputs st;
-    if (tmpl && cache && status == 0 && sig == 0 && !out.through && !err.through &&
-        out.len == 0 && err.len == 0 && store_outputs(cache, lookup, tmpl, tlen, &pin, &st) == 0) {
+    if (tmpl && clean && !shown && out.len == 0 && err.len == 0 &&
+        store_outputs(cache, lookup, tmpl, tlen, &pin, &w, &st) == 0) {
+        if (temp) sigprocmask(SIG_SETMASK, &mask, NULL);
         report_stored(fd, &st);
         close(fd);
         exit_like(0, 0);
     }
     pinned_free(&pin);
-    if (!out.through && !err.through) {
+    if (!shown) {
         unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
         uint32_t total = (uint32_t)(LTOC_RESULT_OVERHEAD + out.len + err.len);
         uint32_t words[4] = {total, (uint32_t)status, (uint32_t)sig, (uint32_t)out.len};
-        for (int w = 0; w < 4; w++)
-            for (int k = 0; k < 4; k++)
-                hdr[(w == 0 ? 0 : 1 + 4 * w) + k] = (unsigned char)(words[w] >> (8 * k));
+        for (int wd = 0; wd < 4; wd++)
+            for (int b = 0; b < 4; b++)
+                hdr[(wd == 0 ? 0 : 1 + 4 * wd) + b] = (unsigned char)(words[wd] >> (8 * b));
         hdr[4] = LTOC_FRAME_DONE;
-        for (int k = 0; k < 4; k++) mid[k] = (unsigned char)(err.len >> (8 * k));
+        for (int b = 0; b < 4; b++) mid[b] = (unsigned char)(err.len >> (8 * b));
         if (write_all(fd, hdr, sizeof hdr, 1) == 0 && write_all(fd, out.p, out.len, 1) == 0 &&
             write_all(fd, mid, 4, 1) == 0 && write_all(fd, err.p, err.len, 1) == 0) {
             uint32_t n = 0;
@@ -971,6 +1032,13 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, unsigned o
         }
     }
     close(fd);
+    if (temp) {
+        /* The daemon has read the temp (or gone): the object takes the output's name. */
+        int placed = place_redirected(temp, output) == 0;
+        if (!placed) unlink(temp);
+        sigprocmask(SIG_SETMASK, &mask, NULL);
+        if (!placed) direct_exec(j);
+    }
     int ok = !out.lost && !err.lost && write_all(1, out.p, out.len, 0) == 0;
     if (write_all(2, err.p, err.len, 0) != 0) ok = 0;
     /* Output we could not deliver must not look like success. */
@@ -1039,7 +1107,7 @@ static void run_via_daemon(const struct job *j) {
     int stores = memo_cache && !(memo_env && strcmp(memo_env, "0") == 0);
     struct buf req = {0};
     uint32_t flags = LTOC_FLAG_COMPILES_ON_MISS | LTOC_FLAG_COMPILE_OPTIONS |
-                     (stores ? LTOC_FLAG_STORES_ON_MISS : 0);
+                     LTOC_FLAG_REDIRECTS_OUTPUT | (stores ? LTOC_FLAG_STORES_ON_MISS : 0);
     int with_options = 1;
     int built = abs && build_request(&req, LTOC_FRAME_COMPILE, flags, abs, cwd, j->argv + 1,
                                      j->argc - 1) == 0;
@@ -1066,16 +1134,12 @@ static void run_via_daemon(const struct job *j) {
         }
     }
     /* 'M' and 'S' carry a byte of LTOC_COMPILE_OPTION_* bits after the type when we set
-     * LTOC_FLAG_COMPILE_OPTIONS; then 'S' carries the memo to store under (the memo file's
-     * bytes). */
-    size_t head = with_options ? 2 : 1;
-    if (reply && reply[0] == LTOC_FRAME_COMPILE_YOURSELF && n == head) {
-        unsigned options = with_options ? reply[1] : 0;
-        free(reply);
-        compile_and_report(fd, j, options, NULL, 0, NULL, NULL);
-    }
-    if (reply && reply[0] == LTOC_FRAME_STORE_YOURSELF && n > head && stores)
-        compile_and_report(fd, j, with_options ? reply[1] : 0, reply + head, n - head, memo_cache,
+     * LTOC_FLAG_COMPILE_OPTIONS (and an output redirect if it says so); then 'S' carries the
+     * memo to store under (the memo file's bytes). */
+    struct reply_compile rc;
+    if (reply && reply_parse_compile(reply, n, with_options, &rc) == 0 &&
+        (rc.type == LTOC_FRAME_COMPILE_YOURSELF || stores))
+        compile_and_report(fd, j, &rc, rc.type == LTOC_FRAME_STORE_YOURSELF ? memo_cache : NULL,
                            lookup);
     /* 'H': a team-cache hit to store, then serve from the memo it carries; if that cannot be
      * done, the compiler runs (nothing was replaced). */

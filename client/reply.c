@@ -54,3 +54,40 @@ bad:
     memo_free(m);
     return -1;
 }
+
+/* A str (u32 length, bytes) at *at that holds no NUL byte. */
+static int take_str(const unsigned char *p, size_t n, size_t *at, struct memo_bytes *b) {
+    if (n - *at < 4 || le32(p + *at) > n - *at - 4) return -1;
+    b->len = le32(p + *at);
+    b->p = p + *at + 4;
+    *at += 4 + (size_t)b->len;
+    return b->len && memchr(b->p, 0, b->len) ? -1 : 0;
+}
+
+int reply_parse_compile(const unsigned char *p, size_t n, int with_options,
+                        struct reply_compile *c) {
+    memset(c, 0, sizeof *c);
+    if (n < 1 || (p[0] != LTOC_FRAME_COMPILE_YOURSELF && p[0] != LTOC_FRAME_STORE_YOURSELF))
+        return -1;
+    c->type = p[0];
+    size_t at = 1;
+    if (with_options) {
+        if (n < 2 || (p[1] & ~(LTOC_COMPILE_OPTION_COLOUR | LTOC_COMPILE_OPTION_REDIRECT))) return -1;
+        c->options = p[1];
+        at = 2;
+    }
+    if (c->options & LTOC_COMPILE_OPTION_REDIRECT) {
+        if (n - at < 4) return -1;
+        c->redirect = 1;
+        c->index = le32(p + at);
+        at += 4;
+        if (take_str(p, n, &at, &c->arg) || take_str(p, n, &at, &c->temp) ||
+            take_str(p, n, &at, &c->output) || !c->temp.len || c->temp.p[0] != '/' ||
+            !c->output.len || c->output.p[0] != '/')
+            return -1;
+    }
+    c->memo.p = p + at;
+    c->memo.len = (uint32_t)(n - at);
+    return c->type == LTOC_FRAME_COMPILE_YOURSELF ? (c->memo.len == 0 ? 0 : -1)
+                                                  : (c->memo.len > 0 ? 0 : -1);
+}

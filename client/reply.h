@@ -26,4 +26,18 @@ int reply_parse_result(const unsigned char *p, size_t n, struct reply_result *r)
 int reply_parse_hit(const unsigned char *p, size_t n, struct memo *m, struct memo_bytes *memo,
                     struct memo_bytes files[MEMO_MAX_OUTPUTS]);
 
+/* An 'M' or 'S' payload p[0..n) (type byte included), decoded by the layout the client asked for
+ * (`with_options`: it set FLAG_COMPILE_OPTIONS): the options byte (no unknown bit), then, if it
+ * holds COMPILE_OPTION_REDIRECT, the output redirect (u32 index, str arg, str temp, str output:
+ * no NUL byte in any, temp and output absolute); after 'M' nothing, after 'S' the memo (not
+ * empty, not parsed here). 0 with *c (its bytes inside the payload), or -1. */
+struct reply_compile {
+    unsigned type, options;
+    int redirect;
+    uint32_t index;
+    struct memo_bytes arg, temp, output, memo;
+};
+int reply_parse_compile(const unsigned char *p, size_t n, int with_options,
+                        struct reply_compile *c);
+
 #endif

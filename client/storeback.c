@@ -38,16 +38,29 @@ static int open_blob_temp(const char *cache_dir, unsigned i, char **tmp) {
     return *tmp ? open(*tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
 }
 
-/* Copies the output o into the store's tmp/, hashing while copying, then renames it to its
- * blob name (an existing blob of that name has the same bytes). */
+static int ts_after(struct timespec a, struct timespec b) {
+    return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
+}
+
+static int same_file(const struct stat *a, const struct stat *b) {
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           memo_ns(a->st_mtim) == memo_ns(b->st_mtim) && memo_ns(a->st_ctim) == memo_ns(b->st_ctim);
+}
+
+/* Copies the output o (read from `from` if not NULL: a redirected object) into the store's tmp/,
+ * hashing while copying, then renames it to its blob name (an existing blob of that name has the
+ * same bytes). An output read at its own name that changed after `ended`, or one that changed
+ * while copied, is another process's write: refused. */
 static int store_blob(const char *cache_dir, const struct memo_output *o, unsigned i,
-                      unsigned char *chunk, char hex[DIGEST_HEX_LEN + 1], uint64_t *size) {
-    char *path = memo_name(o->path, NULL);
+                      const char *from, const struct timespec *ended, unsigned char *chunk,
+                      char hex[DIGEST_HEX_LEN + 1], uint64_t *size) {
+    char *path = from ? strdup(from) : memo_name(o->path, NULL);
     int in = path && path[0] == '/' ? open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
                                     : -1;
     free(path);
-    struct stat st;
-    if (in < 0 || fstat(in, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+    struct stat st, now;
+    if (in < 0 || fstat(in, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+        (!from && ts_after(st.st_ctim, *ended))) {
         if (in >= 0) close(in);
         return -1;
     }
@@ -59,7 +72,8 @@ static int store_blob(const char *cache_dir, const struct memo_output *o, unsign
         return -1;
     }
     uint64_t total = 0;
-    int ok = copy_hashing(in, -1, out, chunk, UINT64_MAX, hex, &total) == 0;
+    int ok = copy_hashing(in, -1, out, chunk, UINT64_MAX, hex, &total) == 0 &&
+             fstat(in, &now) == 0 && same_file(&st, &now) && total == (uint64_t)st.st_size;
     close(in);
     if (close(out) != 0) ok = 0;
     *size = total;
@@ -94,6 +108,12 @@ static int write_memo(const char *cache_dir, const char *lookup, const unsigned 
     free(tmp);
     close(shard);
     return ok ? 0 : -1;
+}
+
+int place_redirected(const char *temp, const char *output) {
+    struct stat st;
+    if (stat(output, &st) == 0 && !S_ISREG(st.st_mode)) return -1;
+    return rename(temp, output) == 0 ? 0 : -1;
 }
 
 void pinned_free(struct pinned *p) {
@@ -134,17 +154,19 @@ static void put_u64_le(unsigned char *p, uint64_t v) {
 }
 
 int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl, size_t len,
-                  const struct pinned *pin, struct stored_outputs *out) {
+                  const struct pinned *pin, const struct written *w, struct stored_outputs *out) {
     struct memo m;
     if (memo_parse(tmpl, len, &m) != 0) return -1;
     int rc = -1;
     unsigned char *chunk = malloc(COPY_CHUNK);
     /* The identities last: a write while the content was hashed moves them too. */
-    if (!chunk || m.out.len || m.err.len || memo_run_checks(m.checks, m.nchecks, NULL, chunk) != 0 ||
+    if (!chunk || m.out.len || m.err.len || (w->temp && m.noutputs != 1) ||
+        memo_run_checks(m.checks, m.nchecks, NULL, chunk) != 0 ||
         memo_run_checks(pin->stat, pin->n, NULL, chunk) != 0)
         goto done;
     for (uint32_t i = 0; i < m.noutputs; i++) {
-        if (store_blob(cache_dir, &m.outputs[i], i, chunk, out->digest[i], &out->size[i]) != 0)
+        if (store_blob(cache_dir, &m.outputs[i], i, w->temp, &w->ended, chunk, out->digest[i],
+                       &out->size[i]) != 0)
             goto done;
         /* The digest and its u64 size sit side by side in the buffer (memo.v1.md). */
         unsigned char *at = tmpl + (m.outputs[i].digest - (const char *)tmpl);
@@ -152,6 +174,7 @@ int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl
         put_u64_le(at + DIGEST_HEX_LEN, out->size[i]);
     }
     out->n = m.noutputs;
+    if (w->temp && place_redirected(w->temp, w->output) != 0) goto done;
     char trailer[DIGEST_HEX_LEN + 1];
     digest128_bytes_hex(tmpl, len - DIGEST_HEX_LEN, trailer);
     memcpy(tmpl + len - DIGEST_HEX_LEN, trailer, DIGEST_HEX_LEN);

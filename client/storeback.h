@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "memo.h"
 
@@ -39,15 +40,31 @@ struct pinned {
 int pin_content_files(const unsigned char *tmpl, size_t len, struct pinned *p);
 void pinned_free(struct pinned *p);
 
+/* Where the compiler wrote the object and when it ended (docs/store.md "Output races").
+ * `temp` non-NULL: the object (the template's only output) was redirected to that private temp;
+ * it is stored from there, then renamed onto `output`. Otherwise each output is read at its own
+ * name, and refused if it changed while read or after `ended` (the compiler's exit). */
+struct written {
+    const char *temp, *output;
+    struct timespec ended;
+};
+
+/* Renames a redirected object's temp onto the output. Refused (-1, the temp left) when the output
+ * exists and is not a regular file (a named pipe, /dev/null through a link: clang writes into it
+ * as it is, and a rename would replace it), or the rename fails. */
+int place_redirected(const char *temp, const char *output);
+
 /* tmpl[0..len) is the memo of the 'S' frame; it is modified in place (digests, sizes, trailer).
  * `pin` is what pin_content_files saw before the compile: a file whose identity moved since
  * fails like a check.
- * Returns 0 when every output is stored as a blob under cache_dir (then *out is filled), or -1
- * when nothing may be reported as stored: the template does not parse, has stdout or stderr, a
- * check fails, an output is not a non-empty regular file, or any write fails. Blobs written
- * before a failure are whole and content-addressed (the daemon sweeps unreferenced ones). */
+ * Returns 0 when every output is stored as a blob under cache_dir (then *out is filled; a
+ * redirected object is renamed into place before the memo is written), or -1 when nothing may
+ * be reported as stored: the template does not parse, has stdout or stderr, a check fails, an
+ * output is not a non-empty regular file or was written by another process, the rename fails,
+ * or any write fails. Blobs written before a failure are whole and content-addressed (the daemon
+ * sweeps unreferenced ones). */
 int store_outputs(const char *cache_dir, const char *lookup, unsigned char *tmpl, size_t len,
-                  const struct pinned *pin, struct stored_outputs *out);
+                  const struct pinned *pin, const struct written *w, struct stored_outputs *out);
 
 /* After 'H' (a team-cache hit the daemon hands over): p[0..n) is u32 memo length, the memo (its
  * outputs' digests and sizes filled in), then for each output u32 length and its bytes. Each

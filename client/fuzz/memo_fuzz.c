@@ -6,8 +6,8 @@
  * memfd and looked up (memos and blobs its own indexes name, and absent ones: whatever is found
  * must lie inside the input after its indexes, and a blob must hash as it is copied), one
  * starting with 'R' to
- * reply_parse_result, one starting with 'H' to reply_parse_hit (after that byte), every other
- * input to memo_parse. A reply that parses must lie inside the input; an 'R' must re-encode to it
+ * reply_parse_result, one starting with 'H' to reply_parse_hit (after that byte), one starting
+ * with 'M' or 'S' to reply_parse_compile (both layouts), every other input to memo_parse. A reply that parses must lie inside the input; an 'R' must re-encode to it
  * and an 'H''s files must hash to its memo's digests. Each input is tried twice: as a whole memo file,
  * and as a memo body with its correct trailer appended, so that mutations reach the structure
  * parser instead of stopping at the trailer check. A memo that parses must re-encode to exactly
@@ -203,6 +203,35 @@ static void try_hit(const unsigned char *buf, size_t len) {
     memo_free(&m);
 }
 
+/* 'M' or 'S', with and without the options byte: what parses lies inside the input, re-encodes
+ * to it, holds no NUL in its strings and names absolute paths. */
+static void try_compile(const unsigned char *buf, size_t len) {
+    for (int with_options = 0; with_options <= 1; with_options++) {
+        struct reply_compile c;
+        if (reply_parse_compile(buf, len, with_options, &c) != 0) continue;
+        REQUIRE(c.type == buf[0] && (with_options || c.options == 0));
+        struct enc e = {malloc(len), 0, len};
+        REQUIRE(e.p);
+        put(&e, buf, 1);
+        if (with_options) {
+            unsigned char o = (unsigned char)c.options;
+            put(&e, &o, 1);
+        }
+        if (c.redirect) {
+            put_le(&e, c.index, 4);
+            put_bytes(&e, buf, len, c.arg);
+            put_bytes(&e, buf, len, c.temp);
+            put_bytes(&e, buf, len, c.output);
+            REQUIRE(!memchr(c.arg.p, 0, c.arg.len) && c.temp.p[0] == '/' && c.output.p[0] == '/');
+        }
+        inside(buf, len, c.memo.p, c.memo.len);
+        REQUIRE(c.type == LTOC_FRAME_STORE_YOURSELF ? c.memo.len > 0 : c.memo.len == 0);
+        put(&e, c.memo.p, c.memo.len);
+        REQUIRE(e.len == len && memcmp(e.p, buf, len) == 0);
+        free(e.p);
+    }
+}
+
 /* The blob `digest` of `size` bytes, looked up in the pack made of buf[0..len); when found, its
  * range lies after the indexes and inside the input, and copying it hashes its bytes there. */
 static void pack_blob(const struct team_pack *p, const unsigned char *buf, size_t len,
@@ -273,6 +302,8 @@ static void try_parse(const unsigned char *buf, size_t len) {
         try_result(buf, len);
     else if (len && buf[0] == LTOC_FRAME_HIT_STORE)
         try_hit(buf + 1, len - 1);
+    else if (len && (buf[0] == LTOC_FRAME_COMPILE_YOURSELF || buf[0] == LTOC_FRAME_STORE_YOURSELF))
+        try_compile(buf, len);
     else
         try_memo(buf, len);
 }

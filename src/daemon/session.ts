@@ -18,6 +18,7 @@ import {
   encodeStoreYourself,
   encodeWait,
   FrameDecoder,
+  type OutputRedirect,
   ProtocolError,
 } from '../protocol/clientFrames.js';
 import { ControlRequest, type ControlResponse } from '../protocol/control.js';
@@ -175,10 +176,10 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
   // A client that can compile on a miss does so: forking clang from the small client is far
   // cheaper than from the daemon. Given a memo, a client that can store does so too.
   const compileOnClient = req.compilesOnMiss
-    ? async (storeMemo?: Buffer, colour = false): Promise<CompilerRun> => {
+    ? async (storeMemo?: Buffer, colour = false, redirect?: OutputRedirect): Promise<CompilerRun> => {
         const started = performance.now();
         const next = nextFrame();
-        const options = req.compileOptions ? { colour } : undefined;
+        const options = req.compileOptions ? { colour, ...(redirect && req.redirectsOutput ? { redirect } : {}) } : undefined;
         sock.write(storeMemo && req.storesOnMiss ? encodeStoreYourself(storeMemo, options) : encodeCompileYourself(options));
         const frame = await next;
         try {
@@ -213,7 +214,14 @@ async function compile(req: CompileRequest, sock: Socket, signal: AbortSignal, n
   };
   const outcome = await h.compile(req, {
     signal,
-    ...(compileOnClient ? { compileOnClient, released, ...(req.stderrTty && req.compileOptions ? { colourOnRequest: true } : {}) } : {}),
+    ...(compileOnClient
+      ? {
+          compileOnClient,
+          released,
+          ...(req.stderrTty && req.compileOptions ? { colourOnRequest: true } : {}),
+          ...(req.compileOptions && req.redirectsOutput ? { clientRedirects: true } : {}),
+        }
+      : {}),
     ...(compileOnClient && req.storesOnMiss ? { clientStores: true, serveOnClient } : {}),
   });
   if (signal.aborted && !acked) return;

@@ -1,4 +1,4 @@
-import { lstatSync } from 'node:fs';
+import { lstatSync, renameSync, statSync } from 'node:fs';
 import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ConfigFiles } from '../key/configFiles.js';
@@ -23,6 +23,7 @@ import type { DenyList } from './denyList.js';
 import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
+import { type OutputRedirect, outputRedirect, readOutputSync, redirectedArgs, redirectedRunStands } from './outputRedirect.js';
 import { type CompilerRun, type RequesterStored, type RunOptions, runCompiler } from './runCompiler.js';
 import { Semaphore, SLOT_STUCK_MS } from './semaphore.js';
 import { TeamPrefetch } from './teamPrefetch.js';
@@ -54,7 +55,13 @@ export interface JobContext {
    * Given `storeMemo` (only when `clientStores`), a requester may also store a clean run as blobs
    * and write that memo with their digests (docs/protocol.md, 'S'); the run then says `stored`.
    */
-  compileOnClient?: (storeMemo?: Buffer, colour?: boolean) => Promise<CompilerRun>;
+  compileOnClient?: (storeMemo?: Buffer, colour?: boolean, redirect?: OutputRedirect) => Promise<CompilerRun>;
+  /**
+   * The requester can run the compiler with the object redirected to a private temp, which it
+   * stores from and renames onto the output itself (`redirect` of compileOnClient; docs/store.md
+   * "Output races").
+   */
+  clientRedirects?: boolean;
   /**
    * The requester shows the compiler's diagnostics on a terminal and, told so, runs the compiler
    * it runs with `-fcolor-diagnostics` added (`colour`): clang itself would colour them there, but
@@ -376,10 +383,12 @@ export class JobPipeline {
       return true;
     };
     const storeMemo = ctx.clientStores && ctx.compileOnClient ? this.storeMemo(k, job.outputs, req, ctx) : undefined;
+    const redirect = !ctx.compileOnClient || ctx.clientRedirects ? outputRedirect(job, req.args, req.cwd) : null;
     const p = this.compile(
       req,
       job.outputs,
       k.key,
+      redirect,
       ctx,
       !!ctx.colourOnRequest && colourIsOurs(job),
       { untouched, stillCurrent },
@@ -619,6 +628,8 @@ export class JobPipeline {
     req: JobRequest,
     outputs: Outputs,
     key: string,
+    /** The object is written to a private temp and read from there (docs/store.md "Output races"). */
+    redirect: OutputRedirect | null,
     ctx: JobContext,
     /** The requester runs the compiler with colour added (JobContext.colourOnRequest). */
     colour: boolean,
@@ -635,25 +646,28 @@ export class JobPipeline {
     const { signal } = ctx;
     // The concurrency limit holds wherever clang runs: a client is told to compile only when a
     // slot is free.
-    let run: CompilerRun;
+    let run: CompilerRun & { object?: Buffer };
     const release = await this.compiles.acquire();
     let before: (string | null)[] = [];
+    // Where each output is read: the requester renames a redirected object into place only
+    // once it has been read (after 'A').
+    const paths = outputs.map((o, i) => (i === 0 && redirect && ctx.compileOnClient ? redirect.temp : asOpened(req.cwd, o.path)));
     try {
       if (signal.aborted) throw new Error('client went away');
-      before = outputs.map((o) => fileIdentity(asOpened(req.cwd, o.path)));
-      run = ctx.compileOnClient
-        ? await ctx.compileOnClient(byClient?.memo, colour)
-        : await this.run({ compiler: req.compiler, args: req.args, cwd: req.cwd, env: req.env, umask: req.umask, signal });
+      before = paths.map(fileIdentity);
+      run = ctx.compileOnClient ? await ctx.compileOnClient(byClient?.memo, colour, redirect ?? undefined) : await this.runHere(req, redirect, signal);
     } finally {
       release();
     }
+    // The compiler's run ended no later than this: an output changed after it was written by another.
+    const endedMs = Date.now();
     // Stored, replayed and shared as the command itself would print them to a pipe.
     if (colour) run = { ...run, stderr: withoutColour(run.stderr) };
     this.counters.add(Counter.misses);
     this.counters.add(Counter.compile_ms, run.ms);
     // A file at an output path that is still the one there before the compile was not written by
     // it (an output redirected by a flag the key does not model): never stored.
-    const stale = run.exitCode === 0 ? outputs.find((o, i) => before[i] !== null && fileIdentity(asOpened(req.cwd, o.path)) === before[i]) : undefined;
+    const stale = run.exitCode === 0 ? outputs.find((_, i) => !(i === 0 && run.object) && before[i] !== null && fileIdentity(paths[i]!) === before[i]) : undefined;
     if (stale) {
       this.counters.error(ErrorKind.output_not_replaced);
       this.o.log.warn('the compiler left an output as it was before it ran; not stored', { key, output: stale.path });
@@ -675,8 +689,14 @@ export class JobPipeline {
       // Synchronous: the outputs were just written and are in the page cache; a thread-pool round
       // trip per file costs the daemon more CPU than the read.
       try {
-        for (const o of outputs) {
-          const bytes = readRegularFileSync(asOpened(req.cwd, o.path));
+        for (const [i, o] of outputs.entries()) {
+          // A redirected object is read from a name no other process writes.
+          const bytes = i === 0 && run.object ? run.object : readOutputSync(paths[i]!, paths[i] === redirect?.temp ? null : endedMs);
+          if (bytes === 'raced') {
+            this.counters.error(ErrorKind.output_written_after_compile);
+            this.o.log.warn('an output was written by another process after the compiler ended; not stored', { key, output: o.path });
+            return { ...run, entry: null };
+          }
           if (!bytes) throw new Error(`${o.path} is not a regular file`);
           files.set(o.role, bytes);
         }
@@ -723,6 +743,34 @@ export class JobPipeline {
     this.hot.set(key, entry);
     this.spawn(this.store(key, entry).then((ok) => (ok ? stored(entry) : undefined)));
     return { ...run, entry };
+  }
+
+  /**
+   * Runs the compiler here. Redirected, a run that stands (redirectedRunStands) has its object
+   * read from the private temp, which is then renamed onto the output: a write to the output by
+   * another process cannot be what is stored. Any other redirected run (or a temp that cannot be
+   * read or renamed) is run again as given, for clang's own outcome; that run is not redirected.
+   */
+  private async runHere(req: JobRequest, redirect: OutputRedirect | null, signal: AbortSignal): Promise<CompilerRun & { object?: Buffer }> {
+    const base = { compiler: req.compiler, cwd: req.cwd, env: req.env, umask: req.umask, signal };
+    if (!redirect) return this.run({ ...base, args: req.args });
+    const run = await this.run({ ...base, args: redirectedArgs(req.args, redirect) });
+    if (redirectedRunStands(run, redirect)) {
+      try {
+        const object = readRegularFileSync(redirect.temp);
+        // An output that is not a regular file (a named pipe, /dev/null through a link) is written
+        // into as it is by clang: a rename would replace it.
+        const there = statSync(redirect.output, { throwIfNoEntry: false });
+        if (object && (!there || there.isFile())) {
+          renameSync(redirect.temp, redirect.output);
+          return { ...run, object };
+        }
+      } catch {
+        // as given, below
+      }
+    }
+    await unlink(redirect.temp).catch(() => {});
+    return signal.aborted ? run : this.run({ ...base, args: req.args });
   }
 
   /** A fresh compile's entry is in the store: its bytes are counted and a denied key may be served again. */

@@ -45,8 +45,10 @@ export class ProtocolError extends Error {
 
 import {
   COMPILE_OPTION_COLOUR,
+  COMPILE_OPTION_REDIRECT,
   FLAG_COMPILE_OPTIONS,
   FLAG_COMPILES_ON_MISS,
+  FLAG_REDIRECTS_OUTPUT,
   FLAG_STDERR_TTY,
   FLAG_STORES_ON_MISS,
   FRAME_ACK,
@@ -72,8 +74,10 @@ import {
 
 export {
   COMPILE_OPTION_COLOUR,
+  COMPILE_OPTION_REDIRECT,
   FLAG_COMPILE_OPTIONS,
   FLAG_COMPILES_ON_MISS,
+  FLAG_REDIRECTS_OUTPUT,
   FLAG_STDERR_TTY,
   FLAG_STORES_ON_MISS,
   FRAME_ACK,
@@ -93,7 +97,7 @@ export {
   PROTOCOL_VERSION,
 };
 
-const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS | FLAG_STORES_ON_MISS | FLAG_COMPILE_OPTIONS;
+const KNOWN_FLAGS = FLAG_STDERR_TTY | FLAG_COMPILES_ON_MISS | FLAG_STORES_ON_MISS | FLAG_COMPILE_OPTIONS | FLAG_REDIRECTS_OUTPUT;
 
 /** Default cap on a frame payload the daemon accepts: a compile request. */
 export const DEFAULT_MAX_FRAME = MAX_REQUEST_PAYLOAD;
@@ -207,6 +211,8 @@ export const CompileRequest = z.object({
   storesOnMiss: z.boolean().default(false),
   /** Bit 3 of the flags: 'M' and 'S' are to carry a byte of COMPILE_OPTION_* bits (only with bit 1). */
   compileOptions: z.boolean().default(false),
+  /** Bit 4 of the flags: 'M' and 'S' may carry an output redirect (only with bit 3). */
+  redirectsOutput: z.boolean().default(false),
   umask: z.number().int().min(0).max(0o777),
   /** Absolute path of the real compiler (not resolved through symlinks). */
   compiler: absolutePath('compiler'),
@@ -402,6 +408,7 @@ function decodeRequest<S extends typeof CompileRequest | typeof DistributeReques
     compilesOnMiss: (flags & FLAG_COMPILES_ON_MISS) !== 0,
     storesOnMiss: (flags & FLAG_STORES_ON_MISS) !== 0,
     compileOptions: (flags & FLAG_COMPILE_OPTIONS) !== 0,
+    redirectsOutput: (flags & FLAG_REDIRECTS_OUTPUT) !== 0,
     umask,
     compiler,
     cwd,
@@ -430,7 +437,8 @@ function encodeRequest(type: number, v: CompileRequest): Buffer {
     (v.stderrTty ? FLAG_STDERR_TTY : 0) |
     (v.compilesOnMiss ? FLAG_COMPILES_ON_MISS : 0) |
     (v.storesOnMiss ? FLAG_STORES_ON_MISS : 0) |
-    (v.compileOptions ? FLAG_COMPILE_OPTIONS : 0);
+    (v.compileOptions ? FLAG_COMPILE_OPTIONS : 0) |
+    (v.redirectsOutput ? FLAG_REDIRECTS_OUTPUT : 0);
   head.writeUInt32LE(flags, 2);
   head.writeUInt32LE(v.umask, 6);
   parts.push(head);
@@ -514,22 +522,49 @@ export function encodePassthrough(reason: string): Buffer {
   return encodeFrame(Buffer.concat([Buffer.from([FRAME_PASSTHROUGH]), u32(b.length), b]));
 }
 
-/** How the client is to run the compiler on 'M' or 'S' (the COMPILE_OPTION_* byte), for a client that set FLAG_COMPILE_OPTIONS. */
-export type CompileOptions = { colour: boolean };
+/**
+ * A miss's object written to a private temp beside the output (docs/protocol.md "Output
+ * redirect"): the compiler runs with argument `index` (of the request's arguments) replaced by
+ * `arg`, which names `temp` where the job named `output`; the client stores from `temp`, then
+ * renames it onto `output`. Both paths absolute.
+ */
+export interface OutputRedirect {
+  index: number;
+  arg: string;
+  temp: string;
+  output: string;
+}
 
-const optionsByte = (o: CompileOptions | undefined): Buffer => (o ? Buffer.from([o.colour ? COMPILE_OPTION_COLOUR : 0]) : Buffer.alloc(0));
+/** How the client is to run the compiler on 'M' or 'S' (the COMPILE_OPTION_* byte and what it
+ * announces), for a client that set FLAG_COMPILE_OPTIONS; `redirect` only if it set FLAG_REDIRECTS_OUTPUT. */
+export type CompileOptions = { colour: boolean; redirect?: OutputRedirect };
+
+function optionsBytes(o: CompileOptions | undefined): Buffer {
+  if (!o) return Buffer.alloc(0);
+  const head = Buffer.from([(o.colour ? COMPILE_OPTION_COLOUR : 0) | (o.redirect ? COMPILE_OPTION_REDIRECT : 0)]);
+  if (!o.redirect) return head;
+  const { index, arg, temp, output } = o.redirect;
+  if (!Number.isInteger(index) || index < 0 || index > MAX_U32) throw new RangeError(`redirect index ${index} out of range`);
+  for (const s of [arg, temp, output]) if (s.includes('\0')) throw new RangeError('redirect string contains a NUL byte');
+  const str = (s: string) => {
+    const b = Buffer.from(s, 'utf8');
+    return [u32(b.length), b];
+  };
+  return Buffer.concat([head, u32(index), ...str(arg), ...str(temp), ...str(output)]);
+}
 
 /** Builds a complete 'M' frame: "a miss: run the compiler yourself and report with 'D'"; with
  * `options` only for a client that set FLAG_COMPILE_OPTIONS. */
 export function encodeCompileYourself(options?: CompileOptions): Buffer {
-  return encodeFrame(Buffer.concat([Buffer.from([FRAME_COMPILE_YOURSELF]), optionsByte(options)]));
+  return encodeFrame(Buffer.concat([Buffer.from([FRAME_COMPILE_YOURSELF]), optionsBytes(options)]));
 }
 
 /** Builds a complete 'S' frame: "a miss: compile, and store a clean run under this memo"; with
  * `options` only for a client that set FLAG_COMPILE_OPTIONS. */
 export function encodeStoreYourself(memo: Buffer, options?: CompileOptions): Buffer {
-  if (2 + memo.length > MAX_REPLY_PAYLOAD) throw new RangeError(`memo of ${memo.length} bytes does not fit a reply`);
-  return encodeFrame(Buffer.concat([Buffer.from([FRAME_STORE_YOURSELF]), optionsByte(options), memo]));
+  const head = optionsBytes(options);
+  if (1 + head.length + memo.length > MAX_REPLY_PAYLOAD) throw new RangeError(`memo of ${memo.length} bytes does not fit a reply`);
+  return encodeFrame(Buffer.concat([Buffer.from([FRAME_STORE_YOURSELF]), head, memo]));
 }
 
 /** Builds a complete 'H' frame: a hit the client stores (blobs, memo) and serves from the memo. */
@@ -646,18 +681,34 @@ export function decodeReply(payload: Buffer, withOptions = false): Reply {
     r.end('passthrough');
     return { kind: 'passthrough', reason };
   }
-  const options = (at: number): CompileOptions => {
-    const bits = payload[at]!;
-    if (bits & ~COMPILE_OPTION_COLOUR) throw new ProtocolError(`unknown compile option bits 0x${bits.toString(16)}`);
-    return { colour: (bits & COMPILE_OPTION_COLOUR) !== 0 };
+  // The options byte, then the redirect it announces (as client/reply.c reads them).
+  const options = (): CompileOptions => {
+    const bits = r.u8('compile options');
+    if (bits & ~(COMPILE_OPTION_COLOUR | COMPILE_OPTION_REDIRECT)) throw new ProtocolError(`unknown compile option bits 0x${bits.toString(16)}`);
+    const o: CompileOptions = { colour: (bits & COMPILE_OPTION_COLOUR) !== 0 };
+    if (bits & COMPILE_OPTION_REDIRECT) {
+      const index = r.u32('redirect index');
+      const [arg, temp, output] = ['redirect argument', 'redirect temp', 'redirect output'].map((f) => {
+        const b = r.bytes(f);
+        if (b.includes(0)) throw new ProtocolError(`${f} contains a NUL byte`);
+        return b.toString('utf8');
+      }) as [string, string, string];
+      if (!temp.startsWith('/') || !output.startsWith('/')) throw new ProtocolError('redirect paths must be absolute');
+      o.redirect = { index, arg, temp, output };
+    }
+    return o;
   };
   if (payload[0] === FRAME_COMPILE_YOURSELF) {
-    if (withOptions && payload.length === 2) return { kind: 'compile-yourself', options: options(1) };
+    const o = withOptions ? options() : undefined;
     r.end('compile-yourself');
-    return { kind: 'compile-yourself' };
+    return o ? { kind: 'compile-yourself', options: o } : { kind: 'compile-yourself' };
   }
-  if (payload[0] === FRAME_STORE_YOURSELF && withOptions && payload.length > 2) return { kind: 'store-yourself', options: options(1), memo: payload.subarray(2) };
-  if (payload[0] === FRAME_STORE_YOURSELF && !withOptions && payload.length > 1) return { kind: 'store-yourself', memo: payload.subarray(1) };
+  if (payload[0] === FRAME_STORE_YOURSELF) {
+    const o = withOptions ? options() : undefined;
+    const memo = payload.subarray(r.at);
+    if (memo.length === 0) throw new ProtocolError("'S' without a memo");
+    return o ? { kind: 'store-yourself', options: o, memo } : { kind: 'store-yourself', memo };
+  }
   throw new ProtocolError(`wrong frame type 0x${payload[0]!.toString(16).padStart(2, '0')}, expected 'R', 'P', 'M' or 'S'`);
 }
 

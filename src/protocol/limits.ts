@@ -39,9 +39,16 @@ export const FLAG_STORES_ON_MISS = 4;
 /** With FLAG_COMPILES_ON_MISS: the daemon's 'M' and 'S' carry a u8 of COMPILE_OPTION_* bits
  * right after the type, saying how the client is to run the compiler. */
 export const FLAG_COMPILE_OPTIONS = 8;
+/** With FLAG_COMPILE_OPTIONS: the client can run the compiler with one argument replaced so that
+ * the object is written to a temp name, which it stores from and then renames onto the output
+ * (COMPILE_OPTION_REDIRECT, docs/protocol.md "Output redirect"). */
+export const FLAG_REDIRECTS_OUTPUT = 16;
 /** Append `-fcolor-diagnostics` to the compiler's arguments: clang sees a pipe, the user a
  * terminal (the daemon strips the colour before it stores the diagnostics). */
 export const COMPILE_OPTION_COLOUR = 1;
+/** The options byte is followed by an output redirect: u32 argument index, str replacement, str
+ * temp path, str output path (only to a client that set FLAG_REDIRECTS_OUTPUT). */
+export const COMPILE_OPTION_REDIRECT = 2;
 
 /** Largest 'C' payload: the client falls back rather than send more; the daemon rejects more. */
 export const MAX_REQUEST_PAYLOAD = 16 * 1024 * 1024;
@@ -144,7 +151,9 @@ const ENTRIES: [string, number][] = [
   ['FLAG_COMPILES_ON_MISS', FLAG_COMPILES_ON_MISS],
   ['FLAG_STORES_ON_MISS', FLAG_STORES_ON_MISS],
   ['FLAG_COMPILE_OPTIONS', FLAG_COMPILE_OPTIONS],
+  ['FLAG_REDIRECTS_OUTPUT', FLAG_REDIRECTS_OUTPUT],
   ['COMPILE_OPTION_COLOUR', COMPILE_OPTION_COLOUR],
+  ['COMPILE_OPTION_REDIRECT', COMPILE_OPTION_REDIRECT],
   ['MAX_REQUEST_PAYLOAD', MAX_REQUEST_PAYLOAD],
   ['MAX_OUTPUT_STREAM', MAX_OUTPUT_STREAM],
   ['RESULT_OVERHEAD', RESULT_OVERHEAD],

@@ -82,6 +82,8 @@ export const ErrorKind = {
   /** clang exited 0 and an output file is the one that was there before it ran: not stored. */
   output_not_replaced: 'output_not_replaced',
   inputs_changed_during_compile: 'inputs_changed_during_compile',
+  /** An output not redirected to a private temp was written by another process after the compiler ended: not stored. */
+  output_written_after_compile: 'output_written_after_compile',
   /** A DTLTO job's stdout or stderr names a file of its link (lld's PID): not stored. */
   output_names_link: 'output_names_link',
   /** A memo could not be written (the next run goes through the daemon). */

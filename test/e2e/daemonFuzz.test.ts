@@ -232,6 +232,7 @@ describe('fuzz: the daemon over its socket', () => {
       compilesOnMiss: false,
       storesOnMiss: false,
       compileOptions: false,
+      redirectsOutput: false,
       umask: 0o022,
       compiler: '/nonexistent/ltocache-fuzz/clang-19',
       cwd: work,

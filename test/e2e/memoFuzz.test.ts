@@ -1,6 +1,6 @@
 /**
  * Builds the libFuzzer target of the C memo parsers, team pack reader and reply decoders (client/fuzz/memo_fuzz.c:
- * memo_parse, dist_memo_parse, pack_read_memo/pack_find_blob, reply_parse_result, reply_parse_hit) and runs client/fuzz/run.sh: every saved regression, then a short bounded
+ * memo_parse, dist_memo_parse, pack_read_memo/pack_find_blob, reply_parse_result, reply_parse_hit, reply_parse_compile) and runs client/fuzz/run.sh: every saved regression, then a short bounded
  * fuzzing run. Skipped, saying so, only when clang-19 or its fuzzer runtime is missing.
  * LTOCACHE_MEMO_FUZZ_SECONDS sets the fuzzing time (default 5). The committed seeds must be what
  * test/support/memoSeeds.ts generates.

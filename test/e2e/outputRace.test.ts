@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { chmodSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
@@ -67,10 +68,47 @@ exit $rc
       const served = readFileSync(join(b.dir, 'main.thinlto-native.o'));
       assert.ok(!served.equals(other), `settle ${settle}: served the other writer's object under this job's key`);
       assert.ok(served.equals(good), `settle ${settle}: served object differs from direct clang`);
+      // Redirected to a private temp, the raced miss was stored (as clang wrote it), not refused.
+      assert.equal(cache.stats().hits - mid.hits, 1, `settle ${settle}: the raced miss was stored`);
       assert.deepEqual(
         readdirSync(b.dir).filter((f) => f.includes('.ltocache-')),
         [],
       );
+    });
+  }
+
+  // `-o` inside a response file: the output is not redirected; a write after clang's exit is
+  // detected (the output's change time is later, or it moved while read) and nothing is stored.
+  // Whether the store or the writer comes first varies; either way no other object is stored.
+  for (const settle of [0, 2100]) {
+    test(`-o in a response file, written over from 10 ms after clang's exit: never stored under the job's key (settle ${settle} ms)`, async () => {
+      const late = join(b.dir, 'late-racing-clang.sh');
+      writeFileSync(
+        late,
+        `#!/bin/sh
+${b.clang} "$@"; rc=$?
+if [ -e race ]; then
+  : > racing.busy
+  (sleep 0.01; i=0; while [ $i -lt 40 ]; do cp lonely.direct.o m.race && mv -f m.race main.thinlto-native.o; i=$((i+1)); done; rm -f racing.busy) </dev/null >/dev/null 2>&1 &
+fi
+exit $rc
+`,
+      );
+      chmodSync(late, 0o755);
+      assert.equal(cache.cli(['clear']).status, 0);
+      b.thinLink();
+      writeFileSync(join(b.dir, 'main.rsp'), b.backendArgs('main').join('\n'));
+      if (settle) await sleep(settle);
+      writeFileSync(join(b.dir, 'race'), '');
+      const before = cache.stats();
+      const r = spawnSync(CLIENT, [late, '@main.rsp'], { cwd: b.dir, env: cache.env, encoding: 'utf8' });
+      rmSync(join(b.dir, 'race'));
+      assert.equal(r.status, 0, r.stderr);
+      while (existsSync(join(b.dir, 'racing.busy'))) await sleep(20);
+      assert.equal(cache.stats().misses - before.misses, 1);
+      const again = spawnSync(CLIENT, [late, '@main.rsp'], { cwd: b.dir, env: cache.env, encoding: 'utf8' });
+      assert.equal(again.status, 0, again.stderr);
+      assert.ok(readFileSync(join(b.dir, 'main.thinlto-native.o')).equals(good), `settle ${settle}: the other writer's object was stored`);
     });
   }
 

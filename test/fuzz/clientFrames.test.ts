@@ -187,7 +187,7 @@ function refDecode(p: Buffer): RefReq {
   if (p[1] !== 2) return bad('version');
   at = 2;
   const flags = u32();
-  if (flags === null || (flags & ~15) !== 0) return bad('flags');
+  if (flags === null || (flags & ~31) !== 0) return bad('flags');
   const umask = u32();
   if (umask === null || umask > 0o777) return bad('umask');
   const compiler = str();
@@ -247,6 +247,7 @@ function refDecode(p: Buffer): RefReq {
       compilesOnMiss: (flags & 2) !== 0,
       storesOnMiss: (flags & 4) !== 0,
       compileOptions: (flags & 8) !== 0,
+      redirectsOutput: (flags & 16) !== 0,
       umask,
       compiler,
       cwd,
@@ -405,6 +406,7 @@ const validRequestArb: fc.Arbitrary<CompileRequest> = fc.record({
   compilesOnMiss: fc.boolean(),
   storesOnMiss: fc.boolean(),
   compileOptions: fc.boolean(),
+  redirectsOutput: fc.boolean(),
   umask: fc.integer({ min: 0, max: 0o777 }),
   compiler: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),
   cwd: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => `/${s.replaceAll('\0', '')}`),

@@ -1,8 +1,8 @@
 /**
  * Seed corpus of the memo_parse / dist_memo_parse / reply fuzzer (client/fuzz): deterministic memos
  * from encodeMemo and distribution memos (`dist-*`) from encodeDistMemo, each written whole and as
- * a body without its trailer (the fuzz target appends the right trailer), an 'R' and an 'H'
- * reply payload (`reply-*`), and team packs from encodeTeamPack (`pack-*`).
+ * a body without its trailer (the fuzz target appends the right trailer), 'R', 'H', and 'M' and
+ * 'S' (with an output redirect) reply payloads (`reply-*`), and team packs from encodeTeamPack (`pack-*`).
  * Regenerate: node dist/test/support/memoSeeds.js client/fuzz/seeds
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -12,7 +12,7 @@ import { hashBytes, initHash } from '../../src/key/hash.js';
 import { type DistMemo, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { encodeMemo, type Memo, type MemoCheck } from '../../src/memo/memoFormat.js';
 import { encodeTeamPack, type PackBlob } from '../../src/memo/teamPack.js';
-import { encodeHitStore, encodeResult } from '../../src/protocol/clientFrames.js';
+import { encodeCompileYourself, encodeHitStore, encodeResult, encodeStoreYourself } from '../../src/protocol/clientFrames.js';
 
 const hex = (c: string) => c.repeat(32);
 
@@ -48,11 +48,14 @@ export function memoSeeds(): [string, Buffer][] {
   const push = (name: string, whole: Buffer) => out.push([`${name}.memo`, whole], [`${name}.body`, whole.subarray(0, whole.length - 32)]);
   for (const [name, m] of memos) push(name, encodeMemo(m));
   for (const [name, m] of distSeeds(base)) push(name, encodeDistMemo(m));
-  // Reply payloads the client decodes ('R', 'H'; the fuzz target tells them apart by the type byte).
+  // Reply payloads the client decodes ('R', 'H', 'M', 'S'; the fuzz target tells them apart by the type byte).
   out.push(['reply-result', encodeResult({ exit: 1, signal: 0 }, Buffer.from('out\n'), Buffer.from('warning: x\n')).subarray(4)]);
   const files = [Buffer.from('object bytes'), Buffer.from('dwarf')];
   const hit = encodeMemo({ ...base, outputs: files.map((f, i) => ({ path: `/work/obj/h.${i}`, digest: hashBytes(f), size: f.length })) });
   out.push(['reply-hit', encodeHitStore(hit, files).subarray(4)]);
+  const redirect = { index: 3, arg: '-oout/.a.o.ltocache-out-0123456789ab', temp: '/work/out/.a.o.ltocache-out-0123456789ab', output: '/work/out/a.o' };
+  out.push(['reply-compile', encodeCompileYourself({ colour: true, redirect }).subarray(4)]);
+  out.push(['reply-store', encodeStoreYourself(hit, { colour: false, redirect }).subarray(4)]);
   out.push(...packSeeds(base));
   return out;
 }

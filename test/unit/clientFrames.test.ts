@@ -32,6 +32,7 @@ const sample: CompileRequest = {
   compilesOnMiss: false,
   storesOnMiss: false,
   compileOptions: false,
+  redirectsOutput: false,
   umask: 0o022,
   compiler: '/usr/bin/clang-19',
   cwd: '/home/u/linux',
@@ -125,6 +126,7 @@ test('the raw builder matches the encoder (layout check)', () => {
     compilesOnMiss: false,
     storesOnMiss: false,
     compileOptions: false,
+    redirectsOutput: false,
     umask: 0o22,
     compiler: '/usr/bin/clang',
     cwd: '/tmp',
@@ -149,7 +151,7 @@ test('every truncation of a valid request is rejected', () => {
 test('malformed requests name what is wrong', () => {
   rejects(() => decodeCompileRequest(rawRequest({ type: 0x52 })), /wrong frame type 0x52/);
   rejects(() => decodeCompileRequest(rawRequest({ version: 1 })), /unsupported protocol version 1/);
-  rejects(() => decodeCompileRequest(rawRequest({ flags: 0x12 })), /unknown flag bits/);
+  rejects(() => decodeCompileRequest(rawRequest({ flags: 0x22 })), /unknown flag bits/);
   rejects(() => decodeCompileRequest(rawRequest({ umask: 0o1000 })), /invalid compile request.*umask/);
   rejects(() => decodeCompileRequest(rawRequest({ compiler: 'clang' })), /compiler is not an absolute path/);
   rejects(() => decodeCompileRequest(rawRequest({ cwd: 'rel/dir' })), /cwd is not an absolute path/);
@@ -307,7 +309,7 @@ test('decodeReply applies the C client acceptance rules', () => {
 test("'S' carries a memo whole; 'E' round-trips and every malformed field is named", () => {
   const memo = Buffer.from('LTOMEMO\x01 any bytes');
   assert.deepEqual(decodeReply(payloadOf(encodeStoreYourself(memo))), { kind: 'store-yourself', memo });
-  rejects(() => decodeReply(Buffer.from('S')), /wrong frame type 0x53/);
+  rejects(() => decodeReply(Buffer.from('S')), /'S' without a memo/);
   // For a client that set flag bit 3, 'M' and 'S' carry the compile options byte after the type.
   const colour = { colour: true };
   assert.deepEqual(decodeReply(payloadOf(encodeStoreYourself(memo, colour)), true), { kind: 'store-yourself', memo, options: colour });
@@ -315,7 +317,17 @@ test("'S' carries a memo whole; 'E' round-trips and every malformed field is nam
   assert.deepEqual(decodeReply(payloadOf(encodeCompileYourself({ colour: false })), true), { kind: 'compile-yourself', options: { colour: false } });
   assert.deepEqual([...payloadOf(encodeCompileYourself(colour))], [0x4d, 1]);
   assert.deepEqual([...payloadOf(encodeCompileYourself())], [0x4d]);
-  rejects(() => decodeReply(Buffer.from([0x4d, 2]), true), /unknown compile option bits 0x2/);
+  rejects(() => decodeReply(Buffer.from([0x4d, 4]), true), /unknown compile option bits 0x4/);
+  // An output redirect: u32 index, then the argument, the temp and the output as strs.
+  const redirect = { index: 7, arg: '-odir/.x.o.ltocache-out-0123456789ab', temp: '/w/dir/.x.o.ltocache-out-0123456789ab', output: '/w/dir/x.o' };
+  const m = payloadOf(encodeCompileYourself({ colour: true, redirect }));
+  assert.deepEqual([...m.subarray(0, 6)], [0x4d, 3, 7, 0, 0, 0]);
+  assert.deepEqual(decodeReply(m, true), { kind: 'compile-yourself', options: { colour: true, redirect } });
+  assert.deepEqual(decodeReply(payloadOf(encodeStoreYourself(memo, { colour: false, redirect })), true), { kind: 'store-yourself', options: { colour: false, redirect }, memo });
+  rejects(() => decodeReply(m.subarray(0, m.length - 1), true), /truncated/);
+  rejects(() => decodeReply(Buffer.concat([m, Buffer.from([0])]), true), /trailing bytes/);
+  rejects(() => decodeReply(payloadOf(encodeCompileYourself({ colour: false, redirect: { ...redirect, temp: 'rel' } })), true), /must be absolute/);
+  assert.throws(() => encodeCompileYourself({ colour: false, redirect: { ...redirect, arg: 'a\0b' } }), /NUL/);
   rejects(() => decodeReply(Buffer.from([0x4d, 1])), /trailing bytes/);
   const stored = {
     memoWritten: true,

@@ -5,9 +5,10 @@ import { join, resolve } from 'node:path';
 import { after, type TestContext, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import type { KeyResult, Manifest } from '../../src/key/manifest.js';
-import type { Job } from '../../src/key/parseJob.js';
+import { type Job, parseJob } from '../../src/key/parseJob.js';
 import { DenyList, type DenyRecord, type DenyStorage } from '../../src/pipeline/denyList.js';
 import { type JobOutcome, JobPipeline, type JobRequest, type PipelineOptions } from '../../src/pipeline/jobPipeline.js';
+import { type OutputRedirect, outputRedirect, readOutputSync } from '../../src/pipeline/outputRedirect.js';
 import type { CompilerRun, RunOptions } from '../../src/pipeline/runCompiler.js';
 import { Counter, Counters } from '../../src/stats/counters.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../../src/store/backend.js';
@@ -55,7 +56,7 @@ class FakeCompiler {
   stderr = Buffer.alloc(0);
   exitCode = 0;
   /** Overrides exitCode for run n (0-based), when set. */
-  exitOf: ((n: number) => number) | null = null;
+  exitOf: ((n: number, o: RunOptions) => number) | null = null;
   gate: Promise<void> = Promise.resolve();
   /** False: the compiler exits as told without writing its output (written elsewhere, say). */
   writes = true;
@@ -64,7 +65,7 @@ class FakeCompiler {
     await this.gate;
     const out = o.args[o.args.indexOf('-o') + 1]!;
     if (this.writes) fs.writeFileSync(resolve(o.cwd, out), this.output(o.args[o.args.length - 1]!));
-    const exitCode = this.exitOf ? this.exitOf(n) : this.exitCode;
+    const exitCode = this.exitOf ? this.exitOf(n, o) : this.exitCode;
     return { exitCode, signal: 0, stdout: Buffer.alloc(0), stderr: exitCode ? this.stderr : Buffer.alloc(0), ms: 50 };
   };
 }
@@ -213,6 +214,123 @@ test('a clean compile that left its output file as it was (written elsewhere) is
   assert.equal(cache.entries.get(stored.key)?.files.get('obj')?.toString(), 'object of a.o');
 });
 
+test('a miss compiled here writes a private temp: what is stored is its bytes, not those of another process writing the output meanwhile', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline, compiler } = await setup({ cache });
+  const racing = async (o: RunOptions): Promise<CompilerRun> => {
+    const run = await compiler.run(o);
+    // Another build's job writes the same output after this compiler wrote its own, before it exits.
+    fs.writeFileSync(join(cwd, 'a.native.o'), 'the other build');
+    return run;
+  };
+  const { pipeline: p } = await setup({ cache, runCompiler: racing });
+  const miss = expectKind(await p.runJob(request(cwd, 'a'), live()), 'miss');
+  await p.idle();
+  assert.equal(compiler.runs.length, 1);
+  assert.match(compiler.runs[0]!.args[compiler.runs[0]!.args.indexOf('-o') + 1]!, /^\.a\.native\.o\.ltocache-out-[0-9a-f]{12}$/);
+  assert.equal(cache.entries.get(miss.key)?.files.get('obj')?.toString(), 'object of a.o');
+  // The temp took the output's name after it was read: the job's output is its own object.
+  assert.equal(fs.readFileSync(join(cwd, 'a.native.o'), 'utf8'), 'object of a.o');
+  assert.deepEqual(fs.readdirSync(cwd), ['a.native.o']);
+  void pipeline;
+});
+
+test("a miss compiled by the requester with a redirect: the daemon reads the temp, which the requester renames after 'A'", async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { pipeline } = await setup({ cache });
+  let given: OutputRedirect | undefined;
+  const compileOnClient = async (_memo?: Buffer, _colour?: boolean, redirect?: OutputRedirect): Promise<CompilerRun> => {
+    given = redirect;
+    fs.writeFileSync(redirect!.temp, 'clang wrote this');
+    fs.writeFileSync(redirect!.output, 'the other build');
+    return { exitCode: 0, signal: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), ms: 5 };
+  };
+  const released = () => fs.renameSync(given!.temp, given!.output);
+  const miss = expectKind(await pipeline.runJob(request(cwd, 'a'), { ...live(), compileOnClient, clientRedirects: true, released }), 'miss');
+  await pipeline.idle();
+  assert.deepEqual({ ...given, temp: undefined }, { index: 7, arg: given!.arg, temp: undefined, output: join(cwd, 'a.native.o') });
+  assert.equal(given!.temp, join(cwd, given!.arg));
+  assert.equal(cache.entries.get(miss.key)?.files.get('obj')?.toString(), 'clang wrote this');
+  // Without the capability the requester is sent no redirect.
+  let none: OutputRedirect | undefined | null = null;
+  const plain = async (_m?: Buffer, _c?: boolean, redirect?: OutputRedirect): Promise<CompilerRun> => {
+    none = redirect;
+    fs.writeFileSync(join(cwd, 'b.native.o'), 'b');
+    return { exitCode: 0, signal: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), ms: 5 };
+  };
+  expectKind(await pipeline.runJob(request(cwd, 'b'), { ...live(), compileOnClient: plain }), 'miss');
+  assert.equal(none, undefined);
+});
+
+test('a redirected run that fails, or prints the temp name, is run again as given and its outcome is the one served', async () => {
+  for (const how of ['fails', 'names the temp'] as const) {
+    const cwd = tempDir();
+    const cache = new StubBackend();
+    const { pipeline, compiler } = await setup({ cache });
+    if (how === 'fails') compiler.exitOf = (n) => (n === 0 ? 1 : 0);
+    compiler.stderr = Buffer.from('error: first\n');
+    const named = async (o: RunOptions): Promise<CompilerRun> => {
+      const run = await compiler.run(o);
+      const out = o.args[o.args.indexOf('-o') + 1]!;
+      return how === 'names the temp' && out !== 'a.native.o' ? { ...run, stderr: Buffer.from(`warning: about ${out}\n`) } : run;
+    };
+    const { pipeline: p } = await setup({ cache, runCompiler: named });
+    void pipeline;
+    const miss = expectKind(await p.runJob(request(cwd, 'a'), live()), 'miss');
+    assert.equal(miss.exitCode, 0, how);
+    assert.equal(miss.stderr.length, 0, how);
+    assert.deepEqual(
+      compiler.runs.map((r) => r.args.includes('a.native.o')),
+      [false, true],
+      how,
+    );
+    await p.idle();
+    // The run as given is stored as any output read at its own name.
+    assert.equal(cache.entries.get(miss.key)?.files.get('obj')?.toString(), 'object of a.o', how);
+    assert.deepEqual(fs.readdirSync(cwd), ['a.native.o'], how);
+  }
+});
+
+test('which outputs are redirected: one output whose name is not in the bytes, named by exactly one argument', async () => {
+  const cwd = tempDir();
+  const job = async (a: string[]) => {
+    const r = await parseJob(a, cwd);
+    assert.equal(r.kind, 'job');
+    return (r as Extract<typeof r, { kind: 'job' }>).job;
+  };
+  const base = ['-x', 'ir', '-fthinlto-index=a.o.thinlto.bc', '-c', 'a.o'];
+  for (const [a, index, prefix] of [
+    [[...base, '-o', 'out/a.o'], 6, ''],
+    [[...base, '-oout/a.o'], 5, '-o'],
+    [[...base, '--output=out/a.o'], 5, '--output='],
+    [[...base, '--output', 'out/a.o'], 6, ''],
+  ] as const) {
+    const r = outputRedirect(await job([...a]), a, cwd);
+    assert.ok(r, a.join(' '));
+    assert.equal(r.index, index);
+    assert.match(r.arg, new RegExp(`^${prefix}out/\\.a\\.o\\.ltocache-out-[0-9a-f]{12}$`));
+    assert.equal(r.output, join(cwd, 'out/a.o'));
+    assert.equal(r.temp, join(cwd, r.arg.slice(prefix.length)));
+  }
+  fs.writeFileSync(join(cwd, 'a.rsp'), '-o a.native.o');
+  assert.equal(outputRedirect(await job([...base, '@a.rsp']), [...base, '@a.rsp'], cwd), null, '-o in a response file');
+  assert.equal(outputRedirect(await job([...base, '-gsplit-dwarf', '-o', 'a.native.o']), [...base, '-gsplit-dwarf', '-o', 'a.native.o'], cwd), null, 'two outputs');
+  assert.equal(outputRedirect(await job([...base, '--coverage', '-o', 'a.native.o']), [...base, '--coverage', '-o', 'a.native.o'], cwd), null, 'name in the bytes');
+  const long = `${'n'.repeat(201)}.o`;
+  assert.equal(outputRedirect(await job([...base, '-o', long]), [...base, '-o', long], cwd), null, 'a name too long for the temp');
+});
+
+test('an output read at its own name is refused when it changed after the compiler ended or while read', () => {
+  const f = join(tempDir(), 'x.o');
+  fs.writeFileSync(f, 'object');
+  assert.equal(readOutputSync(f, Date.now() - 10_000), 'raced');
+  assert.equal(readOutputSync(f, Date.now())?.toString(), 'object');
+  assert.equal(readOutputSync(f, null)?.toString(), 'object');
+  assert.equal(readOutputSync(tempDir(), null), null);
+});
+
 test('identical concurrent jobs are compiled once', async () => {
   const cache = new StubBackend();
   const { pipeline, compiler, counters } = await setup({ cache });
@@ -237,9 +355,9 @@ test("a job waiting on the same key's compile compiles itself when that compile 
   compiler.gate = new Promise((r) => (open = r));
   // The first command fails for a reason of its own (its output directory, an OOM kill): the key
   // leaves the output name and the directory out, so the second command has the same key.
-  compiler.exitOf = (n) => (n === 0 ? 1 : 0);
-  compiler.stderr = Buffer.from("error: unable to open output file 'elsewhere/a.native.o'\n");
   const [first, second] = [tempDir(), tempDir()];
+  compiler.exitOf = (_, o) => (o.cwd === first ? 1 : 0);
+  compiler.stderr = Buffer.from("error: unable to open output file 'elsewhere/a.native.o'\n");
   const a = pipeline.runJob(request(first, 'a'), live());
   await new Promise((r) => setTimeout(r, 20));
   const b = pipeline.runJob(request(second, 'a', 'b.native.o'), live());
@@ -250,7 +368,11 @@ test("a job waiting on the same key's compile compiles itself when that compile 
   const mb = expectKind(rb, 'miss');
   assert.equal(mb.exitCode, 0, `the second command compiled itself: ${mb.stderr}`);
   assert.equal(mb.stderr.length, 0);
-  assert.equal(compiler.runs.length, 2);
+  // The first command's redirected run failed, so it ran again as given (docs/store.md "Output races").
+  assert.deepEqual(
+    compiler.runs.map((r) => r.cwd),
+    [first, first, second],
+  );
   assert.ok(fs.readFileSync(join(second, 'b.native.o')).equals(compiler.output('a.o')));
 });
 

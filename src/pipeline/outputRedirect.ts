@@ -1,0 +1,82 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { statIdentity } from '../key/fileDigests.js';
+import { outputNamesKeyed } from '../key/manifest.js';
+import { type Job, outputOption } from '../key/parseJob.js';
+import type { OutputRedirect } from '../protocol/clientFrames.js';
+import { asOpened } from '../util/asOpened.js';
+
+export type { OutputRedirect };
+
+/** Longest output file name redirected: the temp's name adds `.` and a suffix of 27 bytes, and must stay within NAME_MAX (255). */
+const MAX_REDIRECTED_NAME = 200;
+
+/**
+ * Where a miss's object can be written under a private name (docs/store.md "Output races"): a
+ * temp beside the output, named `.<name>.ltocache-out-<random>`, which the one who stores the
+ * object reads and then renames onto the output, so no other process's write to the output can
+ * be read as this job's. Null when the object cannot be redirected exactly: its name reaches the
+ * bytes written (outputNamesKeyed: it then names other outputs, or is recorded in the object), the
+ * job has more than one output, `-o` is inside a response file, or more than one argument could be
+ * the one naming it. The argument is found in the request's own arguments; the key already says
+ * that no output name other than its own is in the object, so the object is clang's either way.
+ */
+export function outputRedirect(job: Job, args: readonly string[], cwd: string): OutputRedirect | null {
+  if (job.responseFiles.length > 0 || outputNamesKeyed(job)) return null;
+  const path = job.outputs[0]!.path;
+  const slash = path.lastIndexOf('/');
+  const name = path.slice(slash + 1);
+  if (name === '' || name === '.' || name === '..' || Buffer.byteLength(name) > MAX_REDIRECTED_NAME) return null;
+  const temp = `${path.slice(0, slash + 1)}.${name}.ltocache-out-${randomBytes(6).toString('hex')}`;
+  let found: { index: number; arg: string } | null = null;
+  let candidates = 0;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const o = outputOption(a);
+    if (!o) continue;
+    if (o.value === undefined && args[i + 1] === path) found = { index: i + 1, arg: temp };
+    else if (o.value === path) found = { index: i, arg: a.slice(0, a.length - path.length) + temp };
+    else continue;
+    candidates++;
+  }
+  if (!found || candidates !== 1) return null;
+  return { ...found, temp: asOpened(cwd, temp), output: asOpened(cwd, path) };
+}
+
+/** The request's arguments with the redirect applied. */
+export function redirectedArgs(args: readonly string[], r: OutputRedirect): string[] {
+  const out = [...args];
+  out[r.index] = r.arg;
+  return out;
+}
+
+/**
+ * Whether a redirected run can be kept as it is: it ended clean (exit 0, no signal) and printed
+ * nothing naming the temp (a diagnostic about it would not be clang's about the output). Any
+ * other run is redone with the arguments as given, so the build sees clang's own outcome.
+ */
+export function redirectedRunStands(run: { exitCode: number; signal: number; stdout: Buffer; stderr: Buffer }, r: OutputRedirect): boolean {
+  const name = r.temp.slice(r.temp.lastIndexOf('/') + 1);
+  return run.exitCode === 0 && run.signal === 0 && !run.stdout.includes(name) && !run.stderr.includes(name);
+}
+
+/**
+ * An output's bytes as the compiler left them, null when it is not a regular file, or 'raced'
+ * when another process wrote it while it was read (its identity or size moved) or, given the time
+ * `endedMs` the compiler was known to have ended by, after that (its change time is later). An
+ * output at its own name (not redirected, outputRedirect) can still have been replaced between
+ * clang's rename and its exit unseen (docs/store.md "Output races").
+ */
+export function readOutputSync(path: string, endedMs: number | null): Buffer | 'raced' | null {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    if (!st.isFile()) return null;
+    if (endedMs !== null && st.ctimeNs > BigInt(endedMs + 1) * 1_000_000n) return 'raced';
+    const bytes = readFileSync(fd);
+    const now = fstatSync(fd, { bigint: true });
+    return statIdentity(now) === statIdentity(st) && now.size === st.size && BigInt(bytes.length) === st.size ? bytes : 'raced';
+  } finally {
+    closeSync(fd);
+  }
+}
