@@ -77,6 +77,26 @@ exit $rc
     });
   }
 
+  test('spelled -oFILE or --output=FILE, the raced miss is stored as clang wrote it (the argument is replaced whole)', async () => {
+    for (const spell of [(o: string) => [`-o${o}`], (o: string) => [`--output=${o}`]]) {
+      assert.equal(cache.cli(['clear']).status, 0);
+      b.thinLink();
+      await sleep(2100);
+      const args = b.backendArgs('main');
+      const at = args.indexOf('-o');
+      args.splice(at, 2, ...spell(args[at + 1]!));
+      writeFileSync(join(b.dir, 'race'), '');
+      const r = spawnSync(CLIENT, [racing, ...args], { cwd: b.dir, env: cache.env, encoding: 'utf8' });
+      rmSync(join(b.dir, 'race'));
+      assert.equal(r.status, 0, r.stderr);
+      const mid = cache.stats();
+      const again = spawnSync(CLIENT, [racing, ...args], { cwd: b.dir, env: cache.env, encoding: 'utf8' });
+      assert.equal(again.status, 0, again.stderr);
+      assert.equal(cache.stats().hits - mid.hits, 1, args.join(' '));
+      assert.ok(readFileSync(join(b.dir, 'main.thinlto-native.o')).equals(good), args.join(' '));
+    }
+  });
+
   // `-o` inside a response file: the output is not redirected; a write after clang's exit is
   // detected (the output's change time is later, or it moved while read) and nothing is stored.
   // Whether the store or the writer comes first varies; either way no other object is stored.
