@@ -4,6 +4,7 @@ import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
+import { CLANG22, DtltoTree, run as dtltoRun } from '../support/dtlto.js';
 import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 
 /**
@@ -144,5 +145,46 @@ exit $rc
       readdirSync(b.dir).filter((f) => f.includes('.ltocache-')),
       [],
     );
+  });
+});
+
+describe('a second writer racing a DTLTO job the daemon compiles', () => {
+  let cache: CacheEnv;
+  let t: DtltoTree;
+  before(() => {
+    cache = new CacheEnv('race-dtlto');
+    cache.start();
+    t = new DtltoTree(join(tempDir('race-dtlto-tree'), 'proj'));
+    t.frontEnd();
+    const l = dtltoRun(CLANG22, ['-O2', '-c', 'lonely.c', '-o', 'other.o'], t.dir);
+    assert.equal(l.status, 0, l.stderr);
+  });
+  after(() => cache.destroy());
+
+  test("the raced job stores clang's object; the relink is served it and the program runs", () => {
+    // clang, then (while `race` exists) another object renamed over main's real output (its name
+    // with a redirect undone) before the compiler exits.
+    const racing = join(t.dir, 'racing-clang.sh');
+    writeFileSync(
+      racing,
+      `#!/bin/sh
+${CLANG22} "$@"; rc=$?
+out=; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done
+name=$(basename "$out" | sed 's/^\\.\\(.*\\)\\.ltocache-out-[0-9a-f]*$/\\1/')
+real=$(dirname "$out")/$name
+case "$name" in main.*) [ -e race ] && cp other.o "$real.race" && mv -f "$real.race" "$real";; esac
+exit $rc
+`,
+    );
+    chmodSync(racing, 0o755);
+    const link = (out: string) => t.linkLld(CLIENT, ['distribute'], { env: cache.env, out, extra: [`--thinlto-remote-compiler=${racing}`] });
+    writeFileSync(join(t.dir, 'race'), '');
+    link('prog.raced');
+    rmSync(join(t.dir, 'race'));
+    const before = cache.stats();
+    const r = link('prog');
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(cache.stats().hits - before.hits, t.modules.length, 'the relink was served from the raced link');
+    assert.equal(dtltoRun(join(t.dir, 'prog'), [], t.dir).stdout, t.oracle());
   });
 });
