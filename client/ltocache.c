@@ -1010,9 +1010,9 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
     struct stored_outputs st;
     if (tmpl && clean && !shown && out.len == 0 && err.len == 0 &&
         store_outputs(cache, lookup, tmpl, tlen, &pin, &w, &st) == 0) {
-        if (temp) sigprocmask(SIG_SETMASK, &mask, NULL);
         report_stored(fd, &st);
         close(fd);
+        if (temp) sigprocmask(SIG_SETMASK, &mask, NULL);
         exit_like(0, 0);
     }
     pinned_free(&pin);
