@@ -1071,3 +1071,63 @@ test('a daemon that does not know flag bit 2 refuses it by name: the client asks
   );
   assert.deepEqual(seen2, [1]);
 });
+
+test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D', the client renames it after 'A'; any other run is exec'ed again as given", async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir);
+  const work = fs.mkdtempSync(path.join(tmp, 'redirect-'));
+  const rec = path.join(work, 'rec.sh');
+  // Records its arguments, writes "obj <n>" to the -o path, names it on stderr when told to fail.
+  fs.writeFileSync(
+    rec,
+    `#!/bin/sh\nprintf '%s\\n' "$@" >> args.log\nout=; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\n` +
+      `if [ -e fail ]; then echo "error: cannot write $out" >&2; exit 3; fi\necho obj > "$out"\n`,
+    { mode: 0o755 },
+  );
+  const temp = path.join(work, '.x.o.ltocache-out-0123456789ab');
+  const redirect = { index: 1, arg: '.x.o.ltocache-out-0123456789ab', temp, output: path.join(work, 'x.o') };
+  const answer =
+    (r: typeof redirect, seen: string[]): Handler =>
+    (_req, sock) => {
+      const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
+      sock.on('data', (chunk: Buffer) => {
+        for (const f of dec.push(chunk)) {
+          decodeDone(f);
+          seen.push(`${fs.existsSync(temp) ? 'temp' : '-'} ${fs.existsSync(redirect.output) ? 'output' : '-'}`);
+          sock.end(encodeAck());
+        }
+      });
+      sock.write(encodeCompileYourself({ colour: false, redirect: r }));
+    };
+  const log = () => fs.readFileSync(path.join(work, 'args.log'), 'utf8');
+  const seen: string[] = [];
+  await withDaemon(cacheDir, answer(redirect, seen), async () => {
+    const ok = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
+    assert.equal(ok.status, 0, ok.stderr.toString());
+    assert.deepEqual(seen, ['temp -'], "at 'D' the object is at the temp only");
+    assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n');
+    assert.equal(fs.readFileSync(redirect.output, 'utf8'), 'obj\n');
+    assert.ok(!fs.existsSync(temp));
+    // A run that fails is thrown away: the compiler runs again as given, and that is what the build sees.
+    fs.rmSync(path.join(work, 'args.log'));
+    fs.writeFileSync(path.join(work, 'fail'), '');
+    const failed = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
+    assert.equal(failed.status, 3);
+    assert.equal(failed.stderr.toString(), 'error: cannot write x.o\n');
+    assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n-o\nx.o\n@x\n');
+    assert.deepEqual(seen, ['temp -'], 'nothing reported for the run thrown away');
+    fs.rmSync(path.join(work, 'fail'));
+  });
+  // An index past the arguments: the compiler is exec'ed as given, nothing reported.
+  fs.rmSync(path.join(work, 'args.log'));
+  await withDaemon(cacheDir, answer({ ...redirect, index: 3 }, seen), async () => {
+    const r = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.equal(log(), '-o\nx.o\n@x\n');
+    assert.deepEqual(seen, ['temp -']);
+  });
+  assert.deepEqual(
+    fs.readdirSync(work).filter((f) => f.includes('.ltocache-')),
+    [],
+  );
+});
