@@ -133,7 +133,7 @@ export const COMMANDS: Command[] = [
   {
     name: 'help',
     brief: 'usage',
-    rows: [{ usage: 'help', does: 'this usage text' }],
+    rows: [{ usage: 'help', does: "this usage text (COMMAND --help: that command's lines)" }],
     words: [],
   },
 ];
@@ -141,10 +141,20 @@ export const COMMANDS: Command[] = [
 /** Every command word the native client hands to the CLI (aliases included). */
 export const CLI_WORDS: string[] = [...COMMANDS.map((c) => c.name), '--help', 'version'];
 
+const USAGE_WIDTH = 40;
+function usageLine(r: UsageRow, program = 'ltocache'): string {
+  const w = USAGE_WIDTH + 'ltocache'.length - program.length;
+  return r.usage.length <= w ? `  ${program} ${r.usage.padEnd(w)}  ${r.does}` : `  ${program} ${r.usage}\n  ${' '.repeat(USAGE_WIDTH + 9)}  ${r.does}`;
+}
+
 /** The CLI's usage text. */
 export function usageText(): string {
-  const rows = [COMPILE_ROW, ...COMMANDS.flatMap((c) => c.rows)];
-  const w = 40;
-  const line = (r: UsageRow) => (r.usage.length <= w ? `  ltocache ${r.usage.padEnd(w)}  ${r.does}` : `  ltocache ${r.usage}\n  ${' '.repeat(w + 9)}  ${r.does}`);
-  return ['usage:', ...rows.map(line)].join('\n');
+  const lines = [usageLine(COMPILE_ROW), ...COMMANDS.flatMap((c) => c.rows.map((r) => usageLine(r, c.cliOnly ? 'ltocache-cli' : 'ltocache')))];
+  return ['usage:', ...lines].join('\n');
+}
+
+/** One command's usage lines (`ltocache COMMAND --help`), or undefined for a word that is no command. */
+export function commandUsage(name: string): string | undefined {
+  const c = COMMANDS.find((x) => x.name === name);
+  return c && ['usage:', ...c.rows.map((r) => usageLine(r, c.cliOnly ? 'ltocache-cli' : 'ltocache'))].join('\n');
 }

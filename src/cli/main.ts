@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
+import { resolveCacheDir } from '../config/cacheDir.js';
 import { type Config, ConfigError, type ConfigKey, ConfigShape, loadConfig } from '../config/config.js';
 import { chromeTrace } from '../explain/chromeTrace.js';
 import { type BuildSummary, formatBuild, formatExplanation, type JobExplanation } from '../explain/explainJobs.js';
@@ -12,9 +13,10 @@ import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB } from '../protocol/limit
 import { formatStats } from '../stats/formatStats.js';
 import { formatPrometheus } from '../stats/prometheus.js';
 import { LAYOUT_FILE, LAYOUT_VERSION } from '../store/layout.js';
+import { Logger } from '../util/log.js';
 import { processAlive } from '../util/processAlive.js';
 import { VERSION } from '../version.js';
-import { usageText } from './commandTable.js';
+import { commandUsage, usageText } from './commandTable.js';
 import { askDaemon } from './controlClient.js';
 
 // The daemon, the store and the team-cache client are imported where used: `distribute` runs
@@ -330,10 +332,19 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(USAGE + '\n');
     return;
   }
+  // `serve` and `distribute` answer --help themselves (serve's options; lld never passes it).
+  if (cmd !== 'serve' && cmd !== 'distribute' && (rest.includes('--help') || rest[0] === '-h')) {
+    const help = commandUsage(cmd);
+    if (help === undefined) throw new UsageError(`unknown command '${cmd}'`);
+    process.stdout.write(help + '\n');
+    return;
+  }
+  // A stray word after a command that takes none is refused, not ignored: `clear --all` must not empty the store as a side effect.
+  if (['clear', 'demo', '--version', 'version'].includes(cmd) && rest.length) throw new UsageError(`${cmd}: unexpected argument '${rest[0]}'`);
   if (cmd === '--version' || cmd === 'version') return versions(loadConfig(process.env).config);
   if (cmd === 'build-client') return buildClient(rest);
   if (cmd === 'config') {
-    if (rest[0] !== 'show') throw new UsageError("config: expected 'config show'");
+    if (rest[0] !== 'show' || rest.length > 1) throw new UsageError("config: expected 'config show'");
     return configShow(process.env);
   }
   if (cmd === 'serve') return (await import('./serve.js')).runServe(rest);
@@ -372,9 +383,28 @@ export async function main(argv: string[]): Promise<void> {
 if (process.argv[1] && fileURLToPath(import.meta.url) === (await import('node:fs')).realpathSync(process.argv[1])) {
   main(process.argv.slice(2)).catch((e) => {
     if (e instanceof UsageError) fail(`${e.message}\n${USAGE}`, 2);
-    if (e instanceof ConfigError) fail(e.message, 2);
+    if (e instanceof ConfigError) {
+      if (process.argv[2] === 'daemon' && process.argv[3] === 'run' && process.argv.includes('--background')) logStartFailure(e.message);
+      fail(e.message, 2);
+    }
     fail(process.env.LTOCACHE_DEBUG ? ((e as Error).stack ?? String(e)) : ((e as Error).message ?? String(e)));
   });
+}
+
+/**
+ * A daemon a job starts has its stdio on /dev/null: a configuration it cannot start with goes to
+ * the daemon log it would have written (only into an existing cache directory, which the daemon
+ * creates itself with its own permissions), else the jobs compile uncached with no word why.
+ */
+function logStartFailure(message: string): void {
+  let dir: string;
+  try {
+    dir = resolveCacheDir(process.env);
+    if (!statSync(dir).isDirectory()) return;
+  } catch {
+    return;
+  }
+  new Logger(join(dir, 'daemon.log')).error('daemon not started: the configuration is invalid; jobs compile without the cache', { error: message });
 }
 
 /**

@@ -29,7 +29,11 @@ const sizeField = z.union([z.number().int().positive(), z.string()]).transform((
     return z.NEVER;
   }
 });
-const intField = (min: number) => z.coerce.number().int().min(min);
+const intField = (min: number) =>
+  z.coerce
+    .number({ error: 'not a number' })
+    .int({ error: 'not a whole number' })
+    .min(min, { error: `must be at least ${min}` });
 
 /** Every setting, its validation and default. Keys are the config-file spelling. */
 export const ConfigShape = {
@@ -133,7 +137,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): LoadedConfig {
       .map((i) => {
         const key = String(i.path[0]);
         const where = origins[key as ConfigKey] === 'env' ? `LTOCACHE_${key.toUpperCase()}` : `${configFile}: ${key}`;
-        return `${where}: ${i.message}`;
+        // The value as given, unless the message quotes it already; a secret is never echoed.
+        const v = raw[key];
+        const got = key === 'remote_token' || typeof v !== 'string' || i.message.includes(`'${v}'`) ? '' : ` (got '${v}')`;
+        return `${where}: ${i.message}${got}`;
       })
       .join('; ');
     throw new ConfigError(`invalid configuration: ${msg}`);

@@ -118,6 +118,8 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
   const d = parsed.data;
 
   const compilerName = d.common.args[0]!;
+  // lld writes an empty compiler when the link gave no --thinlto-remote-compiler (the clang driver always gives one).
+  if (compilerName === '') throw new DistributeError('no compiler: common.args[0] is empty (give lld --thinlto-remote-compiler=PATH, e.g. /usr/bin/clang-22)');
   const compiler = await findCompiler(compilerName, cwd, env);
   if (!compiler) throw new DistributeError(`compiler ${compilerName} (common.args[0]) not found or not executable`);
 

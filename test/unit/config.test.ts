@@ -221,6 +221,23 @@ describe('bad configuration', () => {
     });
   }
 
+  test('a bad number says what was wrong and quotes the value given', () => {
+    const dir = tempDir();
+    for (const [name, value, detail] of [
+      ['LTOCACHE_IDLE_TIMEOUT', '1.5', 'not a whole number'],
+      ['LTOCACHE_JOBS', 'abc', 'not a number'],
+      ['LTOCACHE_REMOTE_TIMEOUT_MS', '0', 'must be at least 1'],
+    ] as const) {
+      const msg = configError(() => loadConfig({ LTOCACHE_DIR: dir, [name]: value }));
+      assert.ok(msg.includes(`${name}: ${detail} (got '${value}')`), msg);
+    }
+    const { dir: d2, file } = withConf(['log_level = loud']);
+    assert.match(
+      configError(() => loadConfig({ LTOCACHE_DIR: d2 })),
+      new RegExp(`${file}: log_level: .*error.*\\(got 'loud'\\)`),
+    );
+  });
+
   test('every invalid setting is reported, not only the first', () => {
     const { dir } = withConf(['max_size = ten', 'jobs = -2']);
     const msg = configError(() => loadConfig({ LTOCACHE_DIR: dir }));
