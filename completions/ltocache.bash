@@ -13,7 +13,7 @@ _ltocache() {
     explain) COMPREPLY=($(compgen -W '--last-build --json' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     trace) COMPREPLY=($(compgen -W '--last-build -o' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     report) COMPREPLY=($(compgen -W '-o --builds' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
-    serve) COMPREPLY=($(compgen -W '--dir --tokens --listen --tls-cert --tls-key --max-size --access-log --max-bundle --max-streams --idle-timeout' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
+    serve) COMPREPLY=($(compgen -W '--dir --storage --tokens --listen --tls-cert --tls-key --max-size --access-log --max-bundle --max-streams --idle-timeout' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     distribute) COMPREPLY=(); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     build-client) COMPREPLY=($(compgen -W '--out' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     clear|demo|--version|help) COMPREPLY=() ;;

@@ -92,8 +92,13 @@ export const COMMANDS: Command[] = [
   {
     name: 'serve',
     brief: 'run a team cache server',
-    rows: [{ usage: 'serve --dir DIR --tokens FILE [--listen HOST:PORT] [--tls-cert F --tls-key F]', does: 'run a team cache server (see docs/team-cache.md)' }],
-    words: ['--dir', '--tokens', '--listen', '--tls-cert', '--tls-key', '--max-size', '--access-log', '--max-bundle', '--max-streams', '--idle-timeout'],
+    rows: [
+      {
+        usage: 'serve (--dir DIR | --storage URL) --tokens FILE [--listen HOST:PORT] [--tls-cert F --tls-key F]',
+        does: 'run a team cache server on a directory or on Redis (serve --help: every option; see docs/team-cache.md)',
+      },
+    ],
+    words: ['--dir', '--storage', '--tokens', '--listen', '--tls-cert', '--tls-key', '--max-size', '--access-log', '--max-bundle', '--max-streams', '--idle-timeout'],
     files: true,
   },
   {

@@ -20,6 +20,8 @@ export const CLIENT_ENV: [string, string][] = [
   ['LTOCACHE_NODE', 'node binary used to start the daemon and the CLI (default: node on PATH)'],
   ['LTOCACHE_START_TIMEOUT_MS', 'how long to wait for a daemon the client starts (default 3000); a failed start is remembered for 30 s'],
   ['LTOCACHE_SILENCE_TIMEOUT_MS', 'a connected daemon silent this long is considered stuck and the client compiles itself (default 10000)'],
+  ['LTOCACHE_MEMO', '0: skip the memo fast paths (every backend job and every DTLTO link goes to the daemon)'],
+  ['LTOCACHE_CONFIG', 'the configuration file to read instead of $LTOCACHE_DIR/ltocache.conf (the client reads its verify setting)'],
   ['LTOCACHE_<KEY>', 'any configuration key (see ltocache config show), overriding the config file'],
 ];
 

@@ -21,7 +21,8 @@ const USAGE = `usage: ltocache serve (--dir DIR | --storage URL) --tokens FILE [
 GET /healthz, /readyz and /metrics (Prometheus) on the listen address.
 SIGTERM/SIGINT stop gracefully; SIGHUP reloads the tokens file.`;
 
-const VALUE_FLAGS = ['listen', 'dir', 'storage', 'max-size', 'tokens', 'tls-cert', 'tls-key', 'access-log', 'max-bundle', 'max-streams', 'idle-timeout'] as const;
+/** Every option of `serve` (each takes a value); the completions offer them all (test/unit/docs.test.ts). */
+export const VALUE_FLAGS = ['listen', 'dir', 'storage', 'max-size', 'tokens', 'tls-cert', 'tls-key', 'access-log', 'max-bundle', 'max-streams', 'idle-timeout'] as const;
 type Flag = (typeof VALUE_FLAGS)[number];
 
 class UsageError extends Error {}

@@ -1,11 +1,37 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CLI_WORDS, COMMANDS } from '../../src/cli/commandTable.js';
-import { generatedFiles } from '../../src/cli/docs.js';
+import { CLIENT_ENV, generatedFiles } from '../../src/cli/docs.js';
 import { compareVersions } from '../../src/cli/main.js';
+import { VALUE_FLAGS } from '../../src/cli/serve.js';
+import { ConfigShape, loadConfig, parseSize } from '../../src/config/config.js';
+import { COUNTERS, ErrorKind } from '../../src/stats/counters.js';
 import { TOP } from '../support/env.js';
+
+const README = readFileSync(join(TOP, 'README.md'), 'utf8');
+const doc = (name: string) => readFileSync(join(TOP, 'docs', name), 'utf8');
+
+/** The rows of the first Markdown table after `heading`: cells, backticks kept. */
+function tableAfter(text: string, heading: string): string[][] {
+  const at = text.indexOf(heading);
+  assert.ok(at >= 0, `${heading} not found`);
+  const lines = text.slice(at).split('\n');
+  const start = lines.findIndex((l) => l.startsWith('|'));
+  const rows: string[][] = [];
+  for (const l of lines.slice(start + 2)) {
+    if (!l.startsWith('|')) break;
+    rows.push(
+      l
+        .slice(1, -1)
+        .split(/(?<!\\)\|/)
+        .map((c) => c.trim()),
+    );
+  }
+  return rows;
+}
 
 test('README command table, man page and completions are what src/cli/commandTable.ts generates (npm run docs)', () => {
   for (const [rel, text] of generatedFiles(TOP)) assert.equal(readFileSync(join(TOP, rel), 'utf8'), text, `${rel} is stale: run npm run docs`);
@@ -24,4 +50,52 @@ test('compareVersions orders dotted versions numerically', () => {
   assert.equal(compareVersions('0.1.0', '0.1.0'), 0);
   assert.equal(compareVersions('0.9.0', '0.10.0'), -1);
   assert.equal(compareVersions('1.0', '0.99.99'), 1);
+});
+
+test('README configuration table: every setting of src/config/config.ts, no other, with its default', () => {
+  const rows = tableAfter(README, '### Configuration');
+  const keys = rows.map((r) => r[0]!.replace(/`/g, ''));
+  assert.deepEqual([...keys].sort(), Object.keys(ConfigShape).sort(), 'README.md ### Configuration lists other keys than ConfigShape');
+  const dir = mkdtempSync(join(tmpdir(), 'ltocache-docs-'));
+  try {
+    const { config } = loadConfig({ LTOCACHE_DIR: dir });
+    for (const [k, dflt] of rows.map((r) => [r[0]!.replace(/`/g, ''), r[1]!] as const)) {
+      const actual = config[k as keyof typeof ConfigShape];
+      if (dflt === 'CPU count') continue;
+      const want = dflt === '—' ? '' : dflt.replace(/`/g, '');
+      assert.equal(String(actual), k === 'max_size' ? String(parseSize(want)) : want, `README default of ${k}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('every environment variable the native client reads is documented (man page and README; test hooks in docs/protocol.md)', () => {
+  const names = new Set<string>();
+  for (const f of readdirSync(join(TOP, 'client')).filter((n) => n.endsWith('.c'))) {
+    const src = readFileSync(join(TOP, 'client', f), 'utf8');
+    for (const m of src.matchAll(/\b(?:getenv|env_nonempty|env_ms)\("(LTOCACHE_[A-Z_]+)"/g)) names.add(m[1]!);
+  }
+  assert.ok(names.has('LTOCACHE_DIR') && names.has('LTOCACHE_MEMO'), [...names].join(' '));
+  const man = CLIENT_ENV.map(([k]) => k);
+  const protocol = doc('protocol.md');
+  for (const n of names) {
+    if (n.startsWith('LTOCACHE_PRINT_')) assert.ok(protocol.includes(n), `test hook ${n} is not described in docs/protocol.md`);
+    else if (n === 'LTOCACHE_VERIFY') assert.ok(man.includes('LTOCACHE_<KEY>') && README.includes(n), n);
+    else {
+      assert.ok(man.includes(n), `${n} is missing from CLIENT_ENV (src/cli/docs.ts, the man page)`);
+      assert.ok(README.includes(n), `${n} is missing from README.md`);
+    }
+  }
+});
+
+test('every daemon counter and error kind is in the README statistics table; every serve option is completed and documented', () => {
+  const stats = README.slice(README.indexOf('### Statistics'), README.indexOf('## Team cache'));
+  for (const c of [...COUNTERS, ...Object.values(ErrorKind)]) assert.ok(stats.includes(`\`${c}\``), `README.md ### Statistics lacks ${c}`);
+  const serve = COMMANDS.find((c) => c.name === 'serve')!;
+  const team = doc('team-cache.md');
+  for (const f of VALUE_FLAGS) {
+    assert.ok(serve.words.includes(`--${f}`), `the serve completions lack --${f}`);
+    assert.ok(team.includes(`\`--${f} `), `docs/team-cache.md's option table lacks --${f}`);
+  }
 });
