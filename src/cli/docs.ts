@@ -15,7 +15,10 @@ const GENERATED = 'generated from src/cli/commandTable.ts by `npm run docs`; do 
 
 /** Environment read by the native client, for the man page. */
 export const CLIENT_ENV: [string, string][] = [
-  ['LTOCACHE_DIR', 'cache directory (default $XDG_CACHE_HOME/ltocache, else ~/.cache/ltocache): store, daemon.log, ltocache.conf, socket'],
+  [
+    'LTOCACHE_DIR',
+    "cache directory (default $XDG_CACHE_HOME/ltocache, else ~/.cache/ltocache): store, memos, daemon.log, ltocache.conf; the daemon's socket in /tmp/ltocache-UID is named after it",
+  ],
   ['LTOCACHE_DISABLE', '1: always exec the compiler directly'],
   ['LTOCACHE_NODE', 'node binary used to start the daemon and the CLI (default: node on PATH)'],
   ['LTOCACHE_START_TIMEOUT_MS', 'how long to wait for a daemon the client starts (default 3000); a failed start is remembered for 30 s'],
@@ -81,6 +84,10 @@ export function manPage(): string {
   L.push('.SH ENVIRONMENT');
   for (const [k, v] of CLIENT_ENV) L.push('.TP', `.B ${roff(k)}`, roff(v) + '.');
   L.push(
+    '.SH EXIT STATUS',
+    roff(
+      'A compile through the cache exits as the compiler does. The commands exit 0 on success, 1 when they failed, 2 for a usage error or an invalid configuration; daemon status exits 3 when no daemon runs.',
+    ),
     '.SH FILES',
     '.TP',
     '.B $LTOCACHE_DIR/ltocache.conf',

@@ -80,7 +80,8 @@ function readPem(flag: string, file: string): Buffer {
 /** Builds the server's options from the command line; throws UsageError or Error. */
 function optionsFrom(argv: string[], log: Logger) {
   const a = parseArgs(argv);
-  if ((a.dir === undefined) === (a.storage === undefined)) throw new UsageError('one of --dir and --storage is required');
+  if (a.dir === undefined && a.storage === undefined) throw new UsageError('one of --dir and --storage is required');
+  if (a.dir !== undefined && a.storage !== undefined) throw new UsageError('--dir and --storage exclude each other: give one');
   if (a.storage !== undefined && a['max-size'] !== undefined) throw new UsageError('--max-size applies to --dir; bound Redis with its maxmemory setting');
   if (!a.tokens) throw new UsageError('--tokens is required');
   if ((a['tls-cert'] === undefined) !== (a['tls-key'] === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
@@ -129,9 +130,12 @@ export async function runServe(argv: string[]): Promise<void> {
     await server.start();
   } catch (e) {
     if (e instanceof UsageError) {
-      if (e.message) process.stderr.write(`ltocache serve: ${e.message}\n`);
-      process.stderr.write(`${USAGE}\n`);
-      process.exit(e.message ? 2 : 0);
+      if (!e.message) {
+        process.stdout.write(`${USAGE}\n`);
+        process.exit(0);
+      }
+      process.stderr.write(`ltocache serve: ${e.message}\n${USAGE}\n`);
+      process.exit(2);
     }
     process.stderr.write(`ltocache serve: ${(e as Error).message}\n`);
     process.exit(1);

@@ -979,7 +979,7 @@ test('serve: argument and start-up errors', { timeout: 30_000 }, async (t) => {
   assert.match(r.stderr, /one of --dir and --storage is required/);
   r = run(['--dir', join(dir, 's'), '--storage', 'redis://127.0.0.1:1', '--tokens', tokensFile]);
   assert.equal(r.status, 2);
-  assert.match(r.stderr, /one of --dir and --storage is required/);
+  assert.match(r.stderr, /--dir and --storage exclude each other/);
   const goodTokens = join(dir, 'good-tokens');
   writeFileSync(goodTokens, `ci write ${SECRETS.write}\n`, { mode: 0o600 });
   r = run(['--storage', 'redis://u:hunter2pass@h:1,b:2', '--tokens', goodTokens]);

@@ -41,6 +41,9 @@ test("COMMAND --help prints that command's usage; a stray argument to clear is r
     assert.match(help.stdout, /^usage:\n {2}ltocache stats \[--json\]/);
     assert.ok(!help.stdout.includes('ltocache daemon'), help.stdout);
     assert.match(spawnSync(process.execPath, [CLI, 'build-client', '--help'], { encoding: 'utf8' }).stdout, /ltocache-cli build-client/);
+    const serve = spawnSync(process.execPath, [CLI, 'serve', '--help'], { encoding: 'utf8' });
+    assert.equal(serve.status, 0);
+    assert.match(serve.stdout, /--storage URL/);
     writeFileSync(join(dir, 'keep'), '');
     for (const args of [
       ['clear', '--all'],
