@@ -9,6 +9,7 @@ _ltocache() {
   case ${COMP_WORDS[1]} in
     stats) COMPREPLY=($(compgen -W '--json --zero --remote --prometheus' -- "$cur")) ;;
     config) COMPREPLY=($(compgen -W 'show' -- "$cur")) ;;
+    clear) COMPREPLY=($(compgen -W '--remote' -- "$cur")) ;;
     daemon) COMPREPLY=($(compgen -W 'start stop restart status run' -- "$cur")) ;;
     explain) COMPREPLY=($(compgen -W '--last-build --json' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     trace) COMPREPLY=($(compgen -W '--last-build -o' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
@@ -16,7 +17,7 @@ _ltocache() {
     serve) COMPREPLY=($(compgen -W '--dir --storage --tokens --listen --tls-cert --tls-key --max-size --access-log --max-bundle --max-streams --idle-timeout' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     distribute) COMPREPLY=(); COMPREPLY+=($(compgen -f -- "$cur")) ;;
     build-client) COMPREPLY=($(compgen -W '--out' -- "$cur")); COMPREPLY+=($(compgen -f -- "$cur")) ;;
-    clear|demo|--version|help) COMPREPLY=() ;;
+    demo|--version|help) COMPREPLY=() ;;
     *) if declare -F _command_offset >/dev/null; then _command_offset 1; else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
   esac
   return 0

@@ -40,6 +40,7 @@ export const COMMANDS: Command[] = [
       { usage: 'stats [--json]', does: 'hits, misses, uncacheable by reason, errors by kind, time saved, store size, team-cache counters' },
       { usage: 'stats --zero', does: 'reset the counters' },
       { usage: 'stats --remote [--json]', does: "the team server's own counters" },
+      { usage: 'stats --remote --zero', does: "reset the team servers' counters (an admin token)" },
       { usage: 'stats --prometheus', does: "the daemon's counters in Prometheus text format (the team server serves its own on /metrics)" },
     ],
     words: ['--json', '--zero', '--remote', '--prometheus'],
@@ -53,8 +54,11 @@ export const COMMANDS: Command[] = [
   {
     name: 'clear',
     brief: 'empty the local store',
-    rows: [{ usage: 'clear', does: 'empty the local store' }],
-    words: [],
+    rows: [
+      { usage: 'clear', does: 'empty the local store' },
+      { usage: 'clear --remote', does: 'empty the team cache (an admin token; every server of remote)' },
+    ],
+    words: ['--remote'],
   },
   {
     name: 'daemon',

@@ -96,11 +96,29 @@ export async function startDetached(config: Config, timeoutMs = 15_000): Promise
   return false;
 }
 
-/** `stats --remote`: the team server's own counters, asked with our token. */
-async function remoteStats(config: Config, json: boolean): Promise<void> {
+/** The configured team cache, for a command that asks it with our token. */
+async function teamCache(config: Config) {
   if (!config.remote) fail('no remote configured (set remote in the config file or LTOCACHE_REMOTE)', 2);
   const { RemoteBackend } = await import('../remote/remoteBackend.js');
-  const remote = new RemoteBackend({ url: config.remote, token: config.remote_token || 'none', timeoutMs: 5000, ...(config.remote_ca ? { ca: config.remote_ca } : {}) });
+  return new RemoteBackend({ url: config.remote, token: config.remote_token || 'none', timeoutMs: 5000, ...(config.remote_ca ? { ca: config.remote_ca } : {}) });
+}
+
+/** `stats --remote --zero`, `clear --remote`: an admin operation on every team server (an admin token). */
+async function remoteAdmin(config: Config, op: 'reset-stats' | 'clear'): Promise<void> {
+  const remote = await teamCache(config);
+  try {
+    await remote.admin(op);
+    process.stdout.write(op === 'clear' ? `cleared team cache ${config.remote}\n` : `team cache statistics zeroed (${config.remote})\n`);
+  } catch (e) {
+    fail(`team cache ${(e as Error).message}`);
+  } finally {
+    remote.close();
+  }
+}
+
+/** `stats --remote`: the team server's own counters, asked with our token. */
+async function remoteStats(config: Config, json: boolean): Promise<void> {
+  const remote = await teamCache(config);
   try {
     const s = await remote.stats(5000);
     if (json) process.stdout.write(JSON.stringify(s) + '\n');
@@ -130,6 +148,10 @@ async function stats(config: Config, args: string[]): Promise<void> {
   if (json && prometheus) throw new UsageError('stats: --json and --prometheus exclude each other');
   if (args.includes('--remote')) {
     if (prometheus) throw new UsageError('stats: for the team server in Prometheus format, scrape its /metrics');
+    if (zero) {
+      if (json) throw new UsageError('stats: --remote --zero prints no statistics (no --json)');
+      return remoteAdmin(config, 'reset-stats');
+    }
     return remoteStats(config, json);
   }
   const { currentStats } = await import('./currentStats.js');
@@ -141,7 +163,9 @@ async function stats(config: Config, args: string[]): Promise<void> {
   process.stdout.write(prometheus ? formatPrometheus(view) : json ? JSON.stringify(view) + '\n' : formatStats(view) + '\n');
 }
 
-async function clear(config: Config): Promise<void> {
+async function clear(config: Config, args: string[]): Promise<void> {
+  if (args.length && (args.length > 1 || args[0] !== '--remote')) throw new UsageError(`clear: unexpected argument '${args.find((a) => a !== '--remote') ?? args[1]}'`);
+  if (args.length) return remoteAdmin(config, 'clear');
   const r = await askDaemon(config.dir, { op: 'clear' });
   if (r.kind === 'failed') fail(r.error);
   if (r.kind === 'unreachable') {
@@ -339,8 +363,8 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(help + '\n');
     return;
   }
-  // A stray word after a command that takes none is refused, not ignored: `clear --all` must not empty the store as a side effect.
-  if (['clear', 'demo', '--version', 'version'].includes(cmd) && rest.length) throw new UsageError(`${cmd}: unexpected argument '${rest[0]}'`);
+  // A stray word after a command that takes none is refused, not ignored (clear checks its own: `clear --all` must not empty the store).
+  if (['demo', '--version', 'version'].includes(cmd) && rest.length) throw new UsageError(`${cmd}: unexpected argument '${rest[0]}'`);
   if (cmd === '--version' || cmd === 'version') return versions(loadConfig(process.env).config);
   if (cmd === 'build-client') return buildClient(rest);
   if (cmd === 'config') {
@@ -355,7 +379,7 @@ export async function main(argv: string[]): Promise<void> {
     case 'stats':
       return stats(config, rest);
     case 'clear':
-      return clear(config);
+      return clear(config, rest);
     case 'explain':
       return explain(config, rest);
     case 'report':

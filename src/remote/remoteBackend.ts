@@ -582,6 +582,13 @@ export class RemoteServer implements CacheBackend {
     return (await this.connect(Date.now() + timeoutMs)).scope;
   }
 
+  /** An admin operation (an admin token): zero the server's counters, or empty its store. */
+  async admin(op: 'reset-stats' | 'clear', timeoutMs = 5000): Promise<void> {
+    const r = await this.request((id) => ({ text: JSON.stringify({ type: 'admin', id, op }) }), timeoutMs);
+    if (r.type === 'ok') return;
+    throw new RemoteProtocolError(r.type === 'failed' ? r.error : r.type === 'error' ? `${r.code}: ${r.message}` : `unexpected reply ${r.type}`);
+  }
+
   close(): void {
     if (this.ws) this.drop(this.ws, 'closed');
   }
@@ -714,6 +721,16 @@ export class RemoteBackend implements CacheBackend {
       }
     }
     throw err;
+  }
+
+  /**
+   * An admin operation on every server: each counts for itself, and servers of one cache over
+   * separate directories each hold a copy. The first failure, naming its server, once all were asked.
+   */
+  async admin(op: 'reset-stats' | 'clear', timeoutMs = 5000): Promise<void> {
+    const results = await Promise.allSettled(this.servers.map((s) => s.admin(op, timeoutMs)));
+    const i = results.findIndex((r) => r.status === 'rejected');
+    if (i >= 0) throw new Error(`${this.urls[i]}: ${((results[i] as PromiseRejectedResult).reason as Error).message}`);
   }
 
   /** Scope granted by the first server that accepts the token. */

@@ -997,3 +997,35 @@ test('serve: argument and start-up errors', { timeout: 30_000 }, async (t) => {
   assert.match(r.stderr, /tokens:2: expected 'NAME SCOPE SECRET'/);
   assert.ok(!r.stderr.includes(SECRETS.write));
 });
+
+test('CLI: clear --remote and stats --remote --zero need an admin token and act on the server', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t, 'cli-admin');
+  const s = await startServer(t, dir);
+  const writer = await connect(s.url, SECRETS.write);
+  await writer.hello();
+  const e = makeEntry({ obj: randomBytes(1000) });
+  assert.equal((await writer.put(key('admin-cli'), e.record, await packBundle(e.record, e.files))).type, 'stored');
+  writer.close();
+  // Asynchronous: the server runs in this process.
+  const cli = (args: string[], secret: string) =>
+    new Promise<{ status: number | null; out: string }>((res) => {
+      const env = { ...process.env, LTOCACHE_DIR: join(dir, 'client'), LTOCACHE_REMOTE: s.url, LTOCACHE_REMOTE_TOKEN: secret };
+      const c = spawn(process.execPath, [CLI, ...args], { env });
+      let out = '';
+      c.stdout.on('data', (d: Buffer) => (out += d));
+      c.stderr.on('data', (d: Buffer) => (out += d));
+      c.on('close', (status) => res({ status, out }));
+    });
+  let r = await cli(['clear', '--remote'], SECRETS.write);
+  assert.equal(r.status, 1);
+  assert.match(r.out, /forbidden/);
+  assert.equal(s.stats().entries, 1);
+  r = await cli(['clear', '--remote'], SECRETS.admin);
+  assert.equal(r.status, 0, r.out);
+  assert.match(r.out, /cleared team cache/);
+  assert.equal(s.stats().entries, 0);
+  assert.ok(s.stats().puts > 0);
+  r = await cli(['stats', '--remote', '--zero'], SECRETS.admin);
+  assert.equal(r.status, 0, r.out);
+  assert.equal(s.stats().puts, 0);
+});
