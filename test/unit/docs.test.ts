@@ -8,6 +8,7 @@ import { CLIENT_ENV, generatedFiles } from '../../src/cli/docs.js';
 import { compareVersions } from '../../src/cli/main.js';
 import { VALUE_FLAGS } from '../../src/cli/serve.js';
 import { ConfigShape, loadConfig, parseSize } from '../../src/config/config.js';
+import { UNCACHEABLE_REASONS } from '../../src/key/uncacheable.js';
 import { COUNTERS, ErrorKind } from '../../src/stats/counters.js';
 import { TOP } from '../support/env.js';
 
@@ -89,13 +90,23 @@ test('every environment variable the native client reads is documented (man page
   }
 });
 
-test('every daemon counter and error kind is in the README statistics table; every serve option is completed and documented', () => {
+test('every daemon counter, error kind and uncacheable reason is in the README statistics section; every serve option is completed and documented', () => {
   const stats = README.slice(README.indexOf('### Statistics'), README.indexOf('## Team cache'));
-  for (const c of [...COUNTERS, ...Object.values(ErrorKind)]) assert.ok(stats.includes(`\`${c}\``), `README.md ### Statistics lacks ${c}`);
+  for (const c of [...COUNTERS, ...Object.values(ErrorKind), ...UNCACHEABLE_REASONS]) assert.ok(stats.includes(`\`${c}\``), `README.md ### Statistics lacks ${c}`);
   const serve = COMMANDS.find((c) => c.name === 'serve')!;
   const team = doc('team-cache.md');
   for (const f of VALUE_FLAGS) {
     assert.ok(serve.words.includes(`--${f}`), `the serve completions lack --${f}`);
     assert.ok(team.includes(`\`--${f} `), `docs/team-cache.md's option table lacks --${f}`);
   }
+});
+
+test('every explain cause (src/explain/explainMiss.ts) is described in docs/kernel.md "Reading explain"', () => {
+  const src = readFileSync(join(TOP, 'src', 'explain', 'explainMiss.ts'), 'utf8');
+  const union = src.slice(src.indexOf('export type Cause ='), src.indexOf('export type CauseKind'));
+  const kinds = [...union.matchAll(/kind: '([a-z-]+)'/g)].map((m) => m[1]!);
+  assert.ok(kinds.length > 10, kinds.join(' '));
+  const kernel = doc('kernel.md');
+  const reading = kernel.slice(kernel.indexOf('## Reading `explain`'));
+  for (const k of kinds) assert.ok(reading.includes(`\`${k}\``), `docs/kernel.md "Reading explain" lacks the cause ${k}`);
 });
