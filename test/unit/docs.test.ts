@@ -110,3 +110,10 @@ test('every explain cause (src/explain/explainMiss.ts) is described in docs/kern
   const reading = kernel.slice(kernel.indexOf('## Reading `explain`'));
   for (const k of kinds) assert.ok(reading.includes(`\`${k}\``), `docs/kernel.md "Reading explain" lacks the cause ${k}`);
 });
+
+test('README "Layout" names every source file of the native client and every directory of src/', () => {
+  const layout = README.slice(README.indexOf('## Layout'));
+  for (const f of readdirSync(join(TOP, 'client')).filter((n) => n.endsWith('.c'))) assert.ok(layout.includes(`\`${f}\``), `README.md Layout lacks client/${f}`);
+  for (const d of readdirSync(join(TOP, 'src'), { withFileTypes: true }).filter((e) => e.isDirectory()))
+    assert.ok(layout.includes(`src/${d.name}`), `README.md Layout lacks src/${d.name}`);
+});
