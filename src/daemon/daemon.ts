@@ -369,7 +369,29 @@ export class Daemon {
     }
   }
 
+  /** Values of LTOCACHE_VERIFY already warned about (once each per daemon). */
+  private readonly verifyWarned = new Set<string>();
+
+  /**
+   * A job whose environment sets LTOCACHE_VERIFY other than this daemon's `verify`: its client
+   * takes the daemon path, but `verify` is read when the daemon starts, so the build that asked
+   * for an audit would get none and no word why.
+   */
+  private noteJobVerify(env: Record<string, string>): void {
+    const v = env.LTOCACHE_VERIFY;
+    if (!v || v === this.config.verify || this.verifyWarned.has(v)) return;
+    this.verifyWarned.add(v);
+    this.log.warn(
+      'a job sets LTOCACHE_VERIFY, but this daemon runs with the verify it was started with: stop it (ltocache daemon stop) and the next job starts one with the job setting',
+      {
+        job_verify: v,
+        verify: this.config.verify,
+      },
+    );
+  }
+
   private async compile(req: JobRequest, ctx: Parameters<JobPipeline['runJob']>[1]): Promise<JobOutcome> {
+    this.noteJobVerify(req.env);
     this.lifecycle.jobStarted();
     try {
       return await this.pipeline.runJob(req, ctx);
@@ -388,6 +410,7 @@ export class Daemon {
     const err: Buffer[] = [];
     const refuse = (message: string): DistributionReply => ({ exit: 1, stdout: Buffer.alloc(0), stderr: Buffer.from(`ltocache: distribute: ${message}\n`) });
     if (req.args.length !== 1 || req.args[0]!.startsWith('-')) return refuse(DISTRIBUTE_USAGE);
+    this.noteJobVerify(req.env);
     const started = performance.now();
     let plan: PlannedDistribution;
     try {

@@ -149,3 +149,28 @@ describe('verify = all with a team cache', () => {
     assert.equal(ben.cache.stats().hits, after1.hits + 1, 'served again once a fresh compile is stored');
   });
 });
+
+describe('LTOCACHE_VERIFY set for a build while a daemon without it runs', () => {
+  test('the daemon says once in its log that it does not audit, and how to get one that does', async () => {
+    const cache = new CacheEnv('verify-late');
+    try {
+      cache.start();
+      const b = ThinBuild.fromFixture(FIXTURE, join(tempDir('verify-late'), 'src'));
+      b.frontEnd();
+      b.thinLink();
+      for (const round of [1, 2])
+        for (const m of b.modules) {
+          const r = b.backend(m, { wrapper: [CLIENT], env: { ...cache.env, LTOCACHE_VERIFY: 'all' } });
+          assert.equal(r.status, 0, `${round} ${r.stderr}`);
+        }
+      assert.equal(cache.stats().verify_runs, 0);
+      const warnings = readFileSync(join(cache.dir, 'daemon.log'), 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('a job sets LTOCACHE_VERIFY'));
+      assert.equal(warnings.length, 1, warnings.join('\n'));
+      assert.match(warnings[0]!, /ltocache daemon stop.*"job_verify":"all","verify":"off"/);
+    } finally {
+      cache.destroy();
+    }
+  });
+});
