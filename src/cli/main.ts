@@ -405,6 +405,13 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === (await import('node:fs')).realpathSync(process.argv[1])) {
+  // A reader that stopped reading (`ltocache stats | head -1`) ends a command's output, without a
+  // stack trace; a server or daemon whose stdout went away goes on serving.
+  const serving = process.argv[2] === 'serve' || process.argv[2] === 'daemon';
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    if (!serving) process.exit(0);
+  });
   main(process.argv.slice(2)).catch((e) => {
     if (e instanceof UsageError) fail(`${e.message}\n${USAGE}`, 2);
     if (e instanceof ConfigError) {

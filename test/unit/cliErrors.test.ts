@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,4 +59,14 @@ test("COMMAND --help prints that command's usage; a stray argument to clear is r
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('output to a reader that went away (ltocache stats | head -1) ends quietly, without a stack trace', async () => {
+  const c = spawn(process.execPath, [CLI, 'help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  c.stdout.destroy(); // the read end closed before the CLI (still starting) writes
+  let err = '';
+  c.stderr.on('data', (d: Buffer) => (err += d));
+  const status = await new Promise<number | null>((r) => c.on('close', r));
+  assert.equal(err, '');
+  assert.equal(status, 0);
 });
