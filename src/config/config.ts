@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { resolveCacheDir } from './cacheDir.js';
 
@@ -144,6 +144,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): LoadedConfig {
       })
       .join('; ');
     throw new ConfigError(`invalid configuration: ${msg}`);
+  }
+  // Read by the daemon, whose cwd is `/` when a job starts it: a relative or unreadable CA file
+  // would otherwise stop it at start-up, after the configuration was accepted.
+  const ca = parsed.data.remote_ca;
+  if (ca !== '') {
+    const where = origins.remote_ca === 'env' ? 'LTOCACHE_REMOTE_CA' : `${configFile}: remote_ca`;
+    if (!isAbsolute(ca)) throw new ConfigError(`invalid configuration: ${where}: must be an absolute path (got '${ca}')`);
+    try {
+      readFileSync(ca);
+    } catch (e) {
+      throw new ConfigError(`invalid configuration: ${where}: cannot read the CA file: ${(e as Error).message}`);
+    }
   }
   return { config: { ...parsed.data, dir, configFile }, origins };
 }

@@ -232,6 +232,7 @@ export class Daemon {
       else d.sweepMemosLater();
       await d.lifecycle.start();
     } catch (e) {
+      log.error('the daemon does not start', { error: String(e) });
       await store.close();
       throw e;
     }

@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { loadConfig } from '../../src/config/config.js';
 import { CLI } from '../support/env.js';
 
 function cli(args: string[], env: Record<string, string>): { status: number | null; stderr: string } {
@@ -69,4 +70,17 @@ test('output to a reader that went away (ltocache stats | head -1) ends quietly,
   const status = await new Promise<number | null>((r) => c.on('close', r));
   assert.equal(err, '');
   assert.equal(status, 0);
+});
+
+test('a daemon that fails to start after opening its store says why in daemon.log', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ltocache-clierr-'));
+  try {
+    const { Daemon } = await import('../../src/daemon/daemon.js');
+    const { config } = loadConfig({ LTOCACHE_DIR: dir });
+    // A CA file that went away after the configuration was checked.
+    await assert.rejects(Daemon.start({ ...config, remote: 'ws://127.0.0.1:1', remote_ca: join(dir, 'gone.pem') }));
+    assert.match(readFileSync(join(dir, 'daemon.log'), 'utf8'), /"level":"error","msg":"the daemon does not start".*gone\.pem/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

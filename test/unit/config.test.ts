@@ -238,6 +238,23 @@ describe('bad configuration', () => {
     );
   });
 
+  test('remote_ca must name a readable file by an absolute path', () => {
+    const dir = tempDir();
+    const pem = join(dir, 'ca.pem');
+    fs.writeFileSync(pem, '-----BEGIN CERTIFICATE-----\n');
+    assert.equal(loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_REMOTE_CA: pem }).config.remote_ca, pem);
+    assert.match(
+      configError(() => loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_REMOTE_CA: 'ca.pem' })),
+      /LTOCACHE_REMOTE_CA: must be an absolute path \(got 'ca\.pem'\)/,
+    );
+    assert.match(
+      configError(() => loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_REMOTE_CA: join(dir, 'missing.pem') })),
+      /LTOCACHE_REMOTE_CA: cannot read the CA file: ENOENT/,
+    );
+    const { dir: d2, file } = withConf([`remote_ca = ${dir}`]);
+    assert.ok(configError(() => loadConfig({ LTOCACHE_DIR: d2 })).includes(`${file}: remote_ca: cannot read the CA file: EISDIR`));
+  });
+
   test('every invalid setting is reported, not only the first', () => {
     const { dir } = withConf(['max_size = ten', 'jobs = -2']);
     const msg = configError(() => loadConfig({ LTOCACHE_DIR: dir }));
