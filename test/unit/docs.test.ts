@@ -117,3 +117,10 @@ test('README "Layout" names every source file of the native client and every dir
   for (const d of readdirSync(join(TOP, 'src'), { withFileTypes: true }).filter((e) => e.isDirectory()))
     assert.ok(layout.includes(`src/${d.name}`), `README.md Layout lacks src/${d.name}`);
 });
+
+test('README "Documentation" names every doc and every binary format in cache-schema/', () => {
+  const section = README.slice(README.indexOf('## Documentation'), README.indexOf('## Layout'));
+  for (const f of readdirSync(join(TOP, 'docs')).filter((n) => n.endsWith('.md'))) assert.ok(section.includes(`docs/${f}`), `README.md Documentation lacks docs/${f}`);
+  for (const f of readdirSync(join(TOP, 'cache-schema')).filter((n) => n.endsWith('.md')))
+    assert.ok(section.includes(`\`${f}\``), `README.md Documentation lacks cache-schema/${f}`);
+});
