@@ -9,6 +9,7 @@ import { compareVersions } from '../../src/cli/main.js';
 import { VALUE_FLAGS } from '../../src/cli/serve.js';
 import { ConfigShape, loadConfig, parseSize } from '../../src/config/config.js';
 import { UNCACHEABLE_REASONS } from '../../src/key/uncacheable.js';
+import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB } from '../../src/protocol/limits.js';
 import { COUNTERS, ErrorKind } from '../../src/stats/counters.js';
 import { TOP } from '../support/env.js';
 
@@ -123,4 +124,14 @@ test('README "Documentation" names every doc and every binary format in cache-sc
   for (const f of readdirSync(join(TOP, 'docs')).filter((n) => n.endsWith('.md'))) assert.ok(section.includes(`docs/${f}`), `README.md Documentation lacks docs/${f}`);
   for (const f of readdirSync(join(TOP, 'cache-schema')).filter((n) => n.endsWith('.md')))
     assert.ok(section.includes(`\`${f}\``), `README.md Documentation lacks cache-schema/${f}`);
+});
+
+test('the systemd unit starts the daemon as every other launcher does (heap flags, arena limit) and never lets it idle out', () => {
+  const unit = doc('systemd/ltocache.service');
+  const start = unit.split('\n').find((l) => l.startsWith('ExecStart='))!;
+  assert.ok(start.includes(`MALLOC_ARENA_MAX=${DAEMON_MALLOC_ARENA_MAX} `), start);
+  assert.ok(start.includes(`--max-semi-space-size=${DAEMON_SEMI_SPACE_MB} `), start);
+  assert.match(start, /dist\/src\/cli\/main\.js daemon run$/);
+  assert.match(unit, /^Environment=LTOCACHE_IDLE_TIMEOUT=0$/m);
+  assert.match(unit.split('\n').find((l) => l.startsWith('ExecStop='))!, /main\.js daemon stop$/);
 });
