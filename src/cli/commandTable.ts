@@ -89,7 +89,7 @@ export const COMMANDS: Command[] = [
   {
     name: 'report',
     brief: 'self-contained HTML report',
-    rows: [{ usage: 'report -o FILE [--builds N]', does: 'one self-contained page: hit rate per build, time saved, store size, miss causes, timeline' }],
+    rows: [{ usage: 'report -o FILE [--builds N]', does: 'one self-contained page: hit rate per build (the last N, default 50), time saved, store size, miss causes, timeline' }],
     words: ['-o', '--builds'],
     files: true,
   },
