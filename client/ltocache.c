@@ -1195,7 +1195,7 @@ static void dist_memo_fast_path(const char *file_arg) {
 static int is_cli_command(const char *a) {
     static const char *const cmds[] = {"stats", "daemon", "config", "clear", "serve",
                                        "explain", "trace", "report", "demo", "distribute", "help",
-                                       "--help", "--version", "version",
+                                       "--help", "-h", "--version", "version",
                                        "build-client"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(a, cmds[i]) == 0) return 1;

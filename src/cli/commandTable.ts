@@ -148,7 +148,7 @@ export const COMMANDS: Command[] = [
 ];
 
 /** Every command word the native client hands to the CLI (aliases included). */
-export const CLI_WORDS: string[] = [...COMMANDS.map((c) => c.name), '--help', 'version'];
+export const CLI_WORDS: string[] = [...COMMANDS.map((c) => c.name), '--help', '-h', 'version'];
 
 const USAGE_WIDTH = 40;
 function usageLine(r: UsageRow, program = 'ltocache'): string {

@@ -352,7 +352,7 @@ async function buildClient(args: string[]): Promise<void> {
 
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
-  if (!cmd || cmd === 'help' || cmd === '--help') {
+  if (!cmd || cmd === 'help' || cmd === '--help' || cmd === '-h') {
     process.stdout.write(USAGE + '\n');
     return;
   }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadConfig } from '../../src/config/config.js';
-import { CLI } from '../support/env.js';
+import { CLI, CLIENT } from '../support/env.js';
 
 function cli(args: string[], env: Record<string, string>): { status: number | null; stderr: string } {
   const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, encoding: 'utf8' });
@@ -42,6 +42,10 @@ test("COMMAND --help prints that command's usage; a stray argument to clear is r
     assert.match(help.stdout, /^usage:\n {2}ltocache stats \[--json\]/);
     assert.ok(!help.stdout.includes('ltocache daemon'), help.stdout);
     assert.match(spawnSync(process.execPath, [CLI, 'build-client', '--help'], { encoding: 'utf8' }).stdout, /ltocache-cli build-client/);
+    // `ltocache -h` through the native client: a command, not a compiler named -h.
+    const h = spawnSync(CLIENT, ['-h'], { env: { ...process.env, LTOCACHE_DIR: dir }, encoding: 'utf8' });
+    assert.equal(h.status, 0, h.stderr);
+    assert.match(h.stdout, /^usage:\n {2}ltocache <compiler>/);
     const serve = spawnSync(process.execPath, [CLI, 'serve', '--help'], { encoding: 'utf8' });
     assert.equal(serve.status, 0);
     assert.match(serve.stdout, /--storage URL/);
