@@ -10,6 +10,7 @@ import { VALUE_FLAGS } from '../../src/cli/serve.js';
 import { ConfigShape, loadConfig, parseSize } from '../../src/config/config.js';
 import { UNCACHEABLE_REASONS } from '../../src/key/uncacheable.js';
 import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB } from '../../src/protocol/limits.js';
+import { parseServerOptions } from '../../src/remote/serverOptions.js';
 import { COUNTERS, ErrorKind } from '../../src/stats/counters.js';
 import { TOP } from '../support/env.js';
 
@@ -134,4 +135,14 @@ test('the systemd unit starts the daemon as every other launcher does (heap flag
   assert.match(start, /dist\/src\/cli\/main\.js daemon run$/);
   assert.match(unit, /^Environment=LTOCACHE_IDLE_TIMEOUT=0$/m);
   assert.match(unit.split('\n').find((l) => l.startsWith('ExecStop='))!, /main\.js daemon stop$/);
+});
+
+test('docs/team-cache.md option table: the defaults serve uses', () => {
+  const o = parseServerOptions({ dir: '/nonexistent', tokens: [{ name: 'a', scope: 'read', secret: '0123456789abcdefgh' }] });
+  const rows = new Map(tableAfter(doc('team-cache.md'), '### 2. Running it').map((r) => [r[0]!.split(' ')[0]!.replace(/`/g, ''), r[1]!.replace(/`/g, '')]));
+  assert.equal(rows.get('--listen'), `${o.host}:${o.port}`);
+  assert.equal(parseSize(rows.get('--max-size')!), o.maxBytes);
+  assert.equal(parseSize(rows.get('--max-bundle')!), o.limits.maxBundleBytes);
+  assert.equal(Number(rows.get('--max-streams')), o.limits.maxStreams);
+  assert.equal(Number(rows.get('--idle-timeout')) * 1000, o.limits.idleTimeoutMs);
 });
