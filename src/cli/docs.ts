@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DEFAULT_SILENCE_TIMEOUT_MS, DEFAULT_START_TIMEOUT_MS, START_FAILURE_MEMORY_S } from '../protocol/limits.js';
 import { VERSION } from '../version.js';
 import { COMMANDS, COMPILE_ROW } from './commandTable.js';
 
@@ -21,8 +22,11 @@ export const CLIENT_ENV: [string, string][] = [
   ],
   ['LTOCACHE_DISABLE', '1: always exec the compiler directly'],
   ['LTOCACHE_NODE', 'node binary used to start the daemon and the CLI (default: node on PATH)'],
-  ['LTOCACHE_START_TIMEOUT_MS', 'how long to wait for a daemon the client starts (default 3000); a failed start is remembered for 30 s'],
-  ['LTOCACHE_SILENCE_TIMEOUT_MS', 'a connected daemon silent this long is considered stuck and the client compiles itself (default 10000)'],
+  [
+    'LTOCACHE_START_TIMEOUT_MS',
+    `how long to wait for a daemon the client starts (default ${DEFAULT_START_TIMEOUT_MS}); a failed start is remembered for ${START_FAILURE_MEMORY_S} s`,
+  ],
+  ['LTOCACHE_SILENCE_TIMEOUT_MS', `a connected daemon silent this long is considered stuck and the client compiles itself (default ${DEFAULT_SILENCE_TIMEOUT_MS})`],
   ['LTOCACHE_MEMO', '0: skip the memo fast paths (every backend job and every DTLTO link goes to the daemon)'],
   ['LTOCACHE_CONFIG', 'the configuration file to read instead of $LTOCACHE_DIR/ltocache.conf (the client reads its verify setting)'],
   ['LTOCACHE_<KEY>', 'any configuration key (see ltocache config show), overriding the config file'],

@@ -9,7 +9,7 @@ import { compareVersions } from '../../src/cli/main.js';
 import { VALUE_FLAGS } from '../../src/cli/serve.js';
 import { ConfigShape, loadConfig, parseSize } from '../../src/config/config.js';
 import { UNCACHEABLE_REASONS } from '../../src/key/uncacheable.js';
-import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB } from '../../src/protocol/limits.js';
+import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB, DEFAULT_SILENCE_TIMEOUT_MS, DEFAULT_START_TIMEOUT_MS, START_FAILURE_MEMORY_S } from '../../src/protocol/limits.js';
 import { parseServerOptions } from '../../src/remote/serverOptions.js';
 import { COUNTERS, ErrorKind } from '../../src/stats/counters.js';
 import { TOP } from '../support/env.js';
@@ -81,6 +81,9 @@ test('every environment variable the native client reads is documented (man page
   }
   assert.ok(names.has('LTOCACHE_DIR') && names.has('LTOCACHE_MEMO'), [...names].join(' '));
   const man = CLIENT_ENV.map(([k]) => k);
+  const flat = README.replace(/\s+/g, ' ');
+  for (const t of [`default ${DEFAULT_START_TIMEOUT_MS};`, `remembered for ${START_FAILURE_MEMORY_S} s`, `default ${DEFAULT_SILENCE_TIMEOUT_MS}:`])
+    assert.ok(flat.includes(t), `README.md's client timings lack '${t}' (src/protocol/limits.ts)`);
   const protocol = doc('protocol.md');
   for (const n of names) {
     if (n.startsWith('LTOCACHE_PRINT_')) assert.ok(protocol.includes(n), `test hook ${n} is not described in docs/protocol.md`);
