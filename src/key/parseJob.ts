@@ -148,7 +148,6 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
     '-gcc-toolchain',
     '--gcc-toolchain',
     '-dependency-file',
-    '-serialize-diagnostics',
   ].map((o) => [o, SEPARATE] as [string, number]),
   // Joined values naming a file the backend reads.
   ...[
@@ -176,6 +175,27 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ...['-save-temps', '-ftime-trace', '-ccc-', '-fcrash-diagnostics', '-fmodules-cache-path', '-fproc-stat-report', '-fdump-', '-MJ', '-working-directory='].map(
     (o) => [o, JOINED | UNCACHEABLE] as [string, number],
   ),
+  // Timings on stderr, or as JSON there (clang 22's `-ftime-report-json`): no two runs print the
+  // same, and a hit would replay another run's.
+  ['-ftime-report', JOINED | UNCACHEABLE],
+  // Files written besides the outputs parseJob models, which a hit would not write: statistics
+  // (`-save-stats[=obj|cwd]` writes `<input stem>.stats`, cc1's `-stats-file=`), temporaries
+  // (`--save-temps`), serialised diagnostics, cc1's diagnostic log, and cc1's own names for the
+  // split DWARF file, the stack usage file and the optimisation record.
+  ...['-save-stats', '--save-stats', '-stats-file', '--save-temps'].map((o) => [o, JOINED | UNCACHEABLE] as [string, number]),
+  ...[
+    '-serialize-diagnostics',
+    '--serialize-diagnostics',
+    '-serialize-diagnostic-file',
+    '-diagnostic-log-file',
+    '-split-dwarf-output',
+    '-stack-usage-file',
+    '-opt-record-file',
+  ].map((o) => [o, UNCACHEABLE] as [string, number]),
+  // cc1's form of AS_SECURE_LOG_FILE (manifest.ts UNCACHEABLE_ENV): `.secure_log_unique` appends to it.
+  ['-as-secure-log-file', UNCACHEABLE],
+  // `-v`'s alias: the driver prints cc1's command line, with the index path and cwd the key leaves out.
+  ['--verbose', UNCACHEABLE],
   // A VFS overlay maps the paths clang opens (the input among them) to files the key never reads.
   ...['-ivfsoverlay', '-vfsoverlay', '--vfsoverlay'].map((o) => [o, JOINED | UNCACHEABLE] as [string, number]),
   // Directories clang searches for default config files (`clang.cfg`, `<triple>-clang.cfg`, …)
@@ -309,6 +329,21 @@ export function outputOption(a: string): { name: string; value?: string } | null
 const EMBEDS_COMMAND_LINE = /(^|=)--?lto-embed-bitcode(=|$)/;
 
 /**
+ * LLVM options (after `-mllvm`, joined to `-mllvm=`, behind `-Xclang`; with their value joined or
+ * as the next `-mllvm`) under which a backend job writes files a hit would not write, prints what
+ * another run would not, or runs or reads what the key does not identify (measured with clang 19
+ * and 22): `-info-output-file=` (timers and statistics), `-ir-dump-directory=` (a file per IR
+ * dump), `-opt-bisect-print-ir-path=`, `-polly-dump-before`/`-after[-file]`
+ * (`<module>-<function>-after.ll`), `-print-changed=dot-cfg…` (`passes.html` and DOT files) and
+ * `=diff…`/`=cdiff…` (run `diff` found through PATH, or `-print-changed-diff-path=`), the
+ * `…view-…` options (`-view-bfi-func-name=`, `-pgo-view-counts=`, …: a DOT file under a random name
+ * in TMPDIR, named on stderr, then a viewer program), and the ML advisors'
+ * `…-interactive-channel-base=B` (read `B.in`, which another process writes).
+ */
+const LLVM_SIDE_EFFECTS =
+  /(^|=)--?(info-output-file|ir-dump-directory|opt-bisect-print-ir-path|polly-dump-(before|after)(-file)?|print-changed-(diff|dot)-path|([a-z0-9]+-)*interactive-channel-base|([a-z0-9]+-)*view-[a-z0-9-]*|print-changed=(c?diff|dot-cfg)[a-z-]*)(=|$)/;
+
+/**
  * Reads a backend command line (arguments after the compiler) into the parts the key needs.
  * Knows only the shape of a backend job; anything it cannot place safely is uncacheable.
  */
@@ -322,6 +357,8 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     const argv = await expand(args, cwd, 0, responseFiles);
     const embeds = argv.find((a) => EMBEDS_COMMAND_LINE.test(a));
     if (embeds !== undefined) throw new Uncacheable('unsupported-flag', `${embeds}: the object may embed cc1's command line, with names the key leaves out`);
+    const effect = argv.find((a) => LLVM_SIDE_EFFECTS.test(a));
+    if (effect !== undefined) throw new Uncacheable('unsupported-flag', `${effect}: LLVM writes, prints or runs what a hit would not reproduce`);
     const plugins = pluginArguments(argv);
     const tokens: Token[] = [];
     const positional: string[] = [];

@@ -922,6 +922,60 @@ describe('uncacheable', () => {
     assert.equal(p.kind === 'uncacheable' && p.reason, 'unsupported-flag');
   });
 
+  test('options under which clang writes, prints or runs what a hit would not reproduce', async () => {
+    /** Files under `d`, relative, but the object and the inputs the template holds. */
+    const listed = (d: string): Set<string> => new Set((fs.readdirSync(d, { recursive: true }) as string[]).filter((f) => fs.statSync(join(d, f)).isFile()));
+    type Run = { status: number | null; stderr: string; added: string[]; dir: string };
+    const cases: { flags: string[]; proof: (r: Run) => boolean; env?: (d: string) => Record<string, string> }[] = [
+      // Timings: no two runs print the same.
+      { flags: ['-ftime-report'], proof: (r) => /Wall Time/.test(r.stderr) },
+      { flags: ['-Xclang', '-ftime-report=per-pass'], proof: (r) => /Wall Time/.test(r.stderr) },
+      // clang 22 only (clang 19: unknown argument).
+      { flags: ['-ftime-report-json'], proof: (r) => /"time\./.test(r.stderr) || (r.status !== 0 && /unknown argument/.test(r.stderr)) },
+      // A file beside the object.
+      { flags: ['-save-stats'], proof: (r) => r.added.some((f) => f.endsWith('.stats')) },
+      { flags: ['--save-stats=obj'], proof: (r) => r.added.some((f) => f.endsWith('.stats')) },
+      { flags: ['-Xclang', '-stats-file=s.json'], proof: (r) => r.added.includes('s.json') },
+      { flags: ['--save-temps'], proof: (r) => r.added.some((f) => f.endsWith('.bc')) },
+      { flags: ['-serialize-diagnostics', 'd.dia'], proof: (r) => r.added.includes('d.dia') },
+      { flags: ['--serialize-diagnostics', 'd.dia'], proof: (r) => r.added.includes('d.dia') },
+      { flags: ['-Xclang', '-serialize-diagnostic-file', '-Xclang', 'd.dia'], proof: (r) => r.added.includes('d.dia') },
+      { flags: ['-Xclang', '-diagnostic-log-file', '-Xclang', 'd.log'], proof: (r) => r.added.includes('d.log') },
+      { flags: ['-Xclang', '-split-dwarf-output', '-Xclang', 'x.dwo', '-Xclang', '-split-dwarf-file', '-Xclang', 'x.dwo'], proof: (r) => r.added.includes('x.dwo') },
+      { flags: ['-Xclang', '-stack-usage-file', '-Xclang', 'x.su'], proof: (r) => r.added.includes('x.su') },
+      { flags: ['-Xclang', '-opt-record-file', '-Xclang', 'x.yaml'], proof: (r) => r.added.includes('x.yaml') },
+      { flags: ['-ftime-report', '-mllvm', '-info-output-file=info.txt'], proof: (r) => r.added.includes('info.txt') },
+      { flags: ['-mllvm', '-ir-dump-directory=dumps', '-mllvm', '-print-after=instcombine'], proof: (r) => r.added.some((f) => f.startsWith('dumps/')) },
+      { flags: ['-mllvm', '-opt-bisect-limit=3', '-mllvm', '-opt-bisect-print-ir-path=b.ll'], proof: (r) => r.added.includes('b.ll') },
+      { flags: ['-mllvm', '-polly', '-mllvm', '-polly-dump-after'], proof: (r) => r.added.some((f) => f.endsWith('-after.ll')) },
+      { flags: ['-mllvm', '-print-changed=dot-cfg'], proof: (r) => r.added.includes('passes.html') },
+      // The cc1 command line, with the index path the key leaves out.
+      { flags: ['--verbose'], proof: (r) => r.stderr.includes('-fthinlto-index=a.o.thinlto.bc') },
+      // A program the key does not identify (`diff` from PATH by default).
+      { flags: ['-mllvm', '-print-changed=diff', '-mllvm', '-print-changed-diff-path=./differ'], proof: (r) => r.added.includes('differ-ran') },
+      // A DOT file under a random name in TMPDIR, named on stderr; then a viewer is looked for in PATH.
+      {
+        flags: ['-mllvm', '-view-bfi-func-name=afun', '-mllvm', '-view-block-freq-propagation-dags=fraction'],
+        env: (d) => ({ TMPDIR: join(d, 'tmp'), PATH: join(d, 'no-viewers') }),
+        proof: (r) => r.added.some((f) => f.startsWith('tmp/BlockFrequencyDAGs-')) && r.stderr.includes(join(r.dir, 'tmp', 'BlockFrequencyDAGs-')),
+      },
+    ];
+    for (const c of cases) {
+      const d = tree();
+      fs.mkdirSync(join(d, 'tmp'));
+      fs.writeFileSync(join(d, 'differ'), '#!/bin/sh\necho ran >> "$(dirname "$0")/differ-ran"\n', { mode: 0o755 });
+      const before = listed(d);
+      const r = spawnSync(CLANG, [...c.flags, ...BASE], { cwd: d, env: { ...process.env, ...c.env?.(d) }, encoding: 'utf8' });
+      const added = [...listed(d)].filter((f) => !before.has(f) && f !== 'a.thinlto-native.o');
+      assert.ok(
+        c.proof({ status: r.status, stderr: r.stderr, added, dir: d }),
+        `${c.flags.join(' ')}: status ${r.status}, added ${added.join(', ')}, stderr ${r.stderr.slice(0, 300)}`,
+      );
+      const p = await parseJob([...c.flags, ...BASE], d);
+      assert.equal(p.kind === 'uncacheable' && p.reason, 'unsupported-flag', c.flags.join(' '));
+    }
+  });
+
   test('an index naming a module that does not exist → missing-file', async () => {
     const d = tree();
     fs.rmSync(join(d, 'b.o'));

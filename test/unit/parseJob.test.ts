@@ -383,6 +383,70 @@ describe('parseJob: uncacheable', () => {
   });
 });
 
+describe('parseJob: options that write, print or run what a hit would not reproduce', () => {
+  // Each measured with clang 19 and 22 (test/e2e/manifest.test.ts "writes, prints or runs").
+  const refused: [string, string[]][] = [
+    ['-ftime-report', ['-ftime-report']],
+    ['-ftime-report=per-pass', ['-ftime-report=per-pass']],
+    ['-ftime-report-json', ['-ftime-report-json']],
+    ['-Xclang -ftime-report', ['-Xclang', '-ftime-report']],
+    ['-Xclang=-ftime-report=per-pass-run', ['-Xclang=-ftime-report=per-pass-run']],
+    ['-save-stats', ['-save-stats']],
+    ['-save-stats=obj', ['-save-stats=obj']],
+    ['--save-stats=cwd', ['--save-stats=cwd']],
+    ['-Xclang -stats-file=F', ['-Xclang', '-stats-file=m.stats.json']],
+    ['--save-temps', ['--save-temps']],
+    ['--save-temps=obj', ['--save-temps=obj']],
+    ['--verbose', ['--verbose']],
+    ['-serialize-diagnostics F', ['-serialize-diagnostics', 'm.dia']],
+    ['--serialize-diagnostics F', ['--serialize-diagnostics', 'm.dia']],
+    ['-Xclang -serialize-diagnostic-file -Xclang F', ['-Xclang', '-serialize-diagnostic-file', '-Xclang', 'm.dia']],
+    ['-Xclang -diagnostic-log-file -Xclang F', ['-Xclang', '-diagnostic-log-file', '-Xclang', 'm.log']],
+    ['-Xclang -split-dwarf-output -Xclang F', ['-Xclang', '-split-dwarf-output', '-Xclang', 'x.dwo', '-Xclang', '-split-dwarf-file', '-Xclang', 'x.dwo']],
+    ['-Xclang -stack-usage-file -Xclang F', ['-Xclang', '-stack-usage-file', '-Xclang', 'x.su']],
+    ['-Xclang -opt-record-file -Xclang F', ['-Xclang', '-opt-record-file', '-Xclang', 'x.yaml']],
+    ['-Xclang -as-secure-log-file -Xclang F', ['-Xclang', '-as-secure-log-file', '-Xclang', 'log']],
+    ['-mllvm -info-output-file=F', ['-mllvm', '-info-output-file=info.txt']],
+    ['-mllvm --info-output-file -mllvm F', ['-mllvm', '--info-output-file', '-mllvm', 'info.txt']],
+    ['-mllvm=-info-output-file=F', ['-mllvm=-info-output-file=info.txt']],
+    ['-Xclang -mllvm -Xclang -info-output-file=F', ['-Xclang', '-mllvm', '-Xclang', '-info-output-file=info.txt']],
+    ['-mllvm -ir-dump-directory=D', ['-mllvm', '-ir-dump-directory=dumps', '-mllvm', '-print-after-all']],
+    ['-mllvm -opt-bisect-print-ir-path=F', ['-mllvm', '-opt-bisect-print-ir-path=b.ll', '-mllvm', '-opt-bisect-limit=3']],
+    ['-mllvm -polly-dump-after', ['-mllvm', '-polly', '-mllvm', '-polly-dump-after']],
+    ['-mllvm -polly-dump-before-file=F', ['-mllvm', '-polly', '-mllvm', '-polly-dump-before-file=p.ll']],
+    ['-mllvm -print-changed=dot-cfg', ['-mllvm', '-print-changed=dot-cfg']],
+    ['-mllvm -print-changed=dot-cfg-quiet', ['-mllvm', '-print-changed=dot-cfg-quiet']],
+    ['-mllvm -print-changed=diff', ['-mllvm', '-print-changed=diff']],
+    ['-mllvm -print-changed=cdiff-quiet', ['-mllvm', '-print-changed=cdiff-quiet']],
+    ['-mllvm -print-changed-diff-path=P', ['-mllvm', '-print-changed-diff-path=/bin/true']],
+    ['-mllvm -view-bfi-func-name=F', ['-mllvm', '-view-bfi-func-name=f', '-mllvm', '-view-block-freq-propagation-dags=fraction']],
+    ['-mllvm -pgo-view-counts=graph', ['-mllvm', '-pgo-view-counts=graph']],
+    ['-mllvm -regalloc-evict-interactive-channel-base=B', ['-mllvm', '-regalloc-enable-advisor=release', '-mllvm', '-regalloc-evict-interactive-channel-base=ch']],
+    ['-mllvm -inliner-interactive-channel-base=B', ['-mllvm', '-inliner-interactive-channel-base=ch']],
+  ];
+  for (const [name, flags] of refused) {
+    test(`${name} → unsupported-flag`, async () => {
+      const r = await uncacheable([...flags, ...tail('m')]);
+      assert.equal(r.reason, 'unsupported-flag');
+    });
+  }
+
+  test('LLVM options that print the same text on every run stay cacheable', async () => {
+    for (const flags of [
+      ['-mllvm', '-print-after=instcombine'],
+      ['-mllvm', '-print-changed'],
+      ['-mllvm', '-print-changed=quiet'],
+      ['-mllvm', '-opt-bisect-limit=3'],
+      ['-mllvm', '-debug-pass=Structure'],
+      ['-Rpass=inline'],
+      ['-fsave-optimization-record'],
+      ['-fstack-usage'],
+      ['-Xclang', '-dependency-file', '-Xclang', 'm.d'],
+    ])
+      await job([...flags, ...tail('m')]);
+  });
+});
+
 describe('parseJob: plugins', () => {
   const pluginsOf = (j: Job): [string, string][] => j.tokens.flatMap((t): [string, string][] => (t.t === 'flag' && t.plugin !== undefined ? [[t.v, t.plugin]] : []));
 
