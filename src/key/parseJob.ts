@@ -357,6 +357,10 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     const argv = await expand(args, cwd, 0, responseFiles);
     const embeds = argv.find((a) => EMBEDS_COMMAND_LINE.test(a));
     if (embeds !== undefined) throw new Uncacheable('unsupported-flag', `${embeds}: the object may embed cc1's command line, with names the key leaves out`);
+    // The driver expands `@file` arguments (as expand() does), but not one joined to `-mllvm=` or
+    // `-Xclang=`: cc1 or LLVM's option parser expands it, into options the key never reads.
+    const joinedResponseFile = argv.find((a) => /^-(mllvm|Xclang)=@/.test(a));
+    if (joinedResponseFile !== undefined) throw new Uncacheable('unsupported-flag', `${joinedResponseFile}: a response file clang expands after the driver, unread by the key`);
     const effect = argv.find((a) => LLVM_SIDE_EFFECTS.test(a));
     if (effect !== undefined) throw new Uncacheable('unsupported-flag', `${effect}: LLVM writes, prints or runs what a hit would not reproduce`);
     const plugins = pluginArguments(argv);

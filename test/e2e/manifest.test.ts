@@ -976,6 +976,27 @@ describe('uncacheable', () => {
     }
   });
 
+  test('a response file joined to -mllvm= or -Xclang= is expanded by clang after the driver: its options are not keyed', async () => {
+    const d = tree();
+    const run = (flags: string[]) => spawnSync(CLANG, [...flags, ...BASE], { cwd: d, encoding: 'utf8' });
+    const plain = run([]);
+    assert.equal(plain.status, 0, plain.stderr);
+    const object = fs.readFileSync(join(d, 'a.thinlto-native.o'));
+    // LLVM's option parser reads it: 256-byte function alignment changes the object.
+    fs.writeFileSync(join(d, 'llvm.opts'), '-align-all-functions=8\n');
+    for (const flags of [['-mllvm=@llvm.opts'], ['-Xclang=-mllvm', '-Xclang=@llvm.opts']]) {
+      assert.equal(run(flags).status, 0);
+      assert.ok(!fs.readFileSync(join(d, 'a.thinlto-native.o')).equals(object), `${flags.join(' ')}: the options in the file apply`);
+      const p = await parseJob([...flags, ...BASE], d);
+      assert.equal(p.kind === 'uncacheable' && p.reason, 'unsupported-flag', flags.join(' '));
+    }
+    // cc1 reads it: its options are cc1's.
+    fs.writeFileSync(join(d, 'cc1.opts'), '-ftime-report\n');
+    assert.match(run(['-Xclang=@cc1.opts']).stderr, /Wall Time/);
+    const p = await parseJob(['-Xclang=@cc1.opts', ...BASE], d);
+    assert.equal(p.kind === 'uncacheable' && p.reason, 'unsupported-flag');
+  });
+
   test('an index naming a module that does not exist → missing-file', async () => {
     const d = tree();
     fs.rmSync(join(d, 'b.o'));

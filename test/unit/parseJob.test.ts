@@ -423,6 +423,10 @@ describe('parseJob: options that write, print or run what a hit would not reprod
     ['-mllvm -pgo-view-counts=graph', ['-mllvm', '-pgo-view-counts=graph']],
     ['-mllvm -regalloc-evict-interactive-channel-base=B', ['-mllvm', '-regalloc-enable-advisor=release', '-mllvm', '-regalloc-evict-interactive-channel-base=ch']],
     ['-mllvm -inliner-interactive-channel-base=B', ['-mllvm', '-inliner-interactive-channel-base=ch']],
+    // Expanded by LLVM's option parser or by cc1, after the driver: options the key never reads.
+    ['-mllvm=@F', ['-mllvm=@llvm.opts']],
+    ['-Xclang=@F', ['-Xclang=@cc1.opts']],
+    ['-Xclang=-mllvm -Xclang=@F', ['-Xclang=-mllvm', '-Xclang=@llvm.opts']],
   ];
   for (const [name, flags] of refused) {
     test(`${name} → unsupported-flag`, async () => {
