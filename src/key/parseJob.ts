@@ -194,6 +194,8 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
   ].map((o) => [o, UNCACHEABLE] as [string, number]),
   // cc1's form of AS_SECURE_LOG_FILE (manifest.ts UNCACHEABLE_ENV): `.secure_log_unique` appends to it.
   ['-as-secure-log-file', UNCACHEABLE],
+  // cc1's `-debug-pass`: `Executions` prints timestamps and addresses (see LLVM_SIDE_EFFECTS).
+  ['-mdebug-pass', UNCACHEABLE],
   // `-v`'s alias: the driver prints cc1's command line, with the index path and cwd the key leaves out.
   ['--verbose', UNCACHEABLE],
   // A VFS overlay maps the paths clang opens (the input among them) to files the key never reads.
@@ -338,10 +340,14 @@ const EMBEDS_COMMAND_LINE = /(^|=)--?lto-embed-bitcode(=|$)/;
  * `=diff…`/`=cdiff…` (run `diff` found through PATH, or `-print-changed-diff-path=`), the
  * `…view-…` options (`-view-bfi-func-name=`, `-pgo-view-counts=`, …: a DOT file under a random name
  * in TMPDIR, named on stderr, then a viewer program), and the ML advisors'
- * `…-interactive-channel-base=B` (read `B.in`, which another process writes).
+ * `…-interactive-channel-base=B` (read `B.in`, which another process writes). Printing what no
+ * other run prints: `-debug-pass=Executions` (timestamps and pass addresses), `=Details` (freed
+ * analyses in pointer order), and with no joined value (its value, in the next `-mllvm`, unseen
+ * here), clang 22's `-print-inst-addrs`/`-print-mi-addrs` (addresses in IR and MIR dumps);
+ * `-debug-pass=Structure` and `=Arguments` print the same text on every run.
  */
 const LLVM_SIDE_EFFECTS =
-  /(^|=)--?(info-output-file|ir-dump-directory|opt-bisect-print-ir-path|polly-dump-(before|after)(-file)?|print-changed-(diff|dot)-path|([a-z0-9]+-)*interactive-channel-base|([a-z0-9]+-)*view-[a-z0-9-]*|print-changed=(c?diff|dot-cfg)[a-z-]*)(=|$)/;
+  /(^|=)--?((info-output-file|ir-dump-directory|opt-bisect-print-ir-path|polly-dump-(before|after)(-file)?|print-changed-(diff|dot)-path|([a-z0-9]+-)*interactive-channel-base|([a-z0-9]+-)*view-[a-z0-9-]*|print-changed=(c?diff|dot-cfg)[a-z-]*|print-(inst|mi)-addrs)(=|$)|debug-pass(=(Executions|Details))?$)/;
 
 /**
  * Reads a backend command line (arguments after the compiler) into the parts the key needs.

@@ -951,6 +951,14 @@ describe('uncacheable', () => {
       { flags: ['-mllvm', '-print-changed=dot-cfg'], proof: (r) => r.added.includes('passes.html') },
       // The cc1 command line, with the index path the key leaves out.
       { flags: ['--verbose'], proof: (r) => r.stderr.includes('-fthinlto-index=a.o.thinlto.bc') },
+      // Timestamps and addresses (ASLR): two runs print different text.
+      { flags: ['-mllvm', '-debug-pass=Executions'], proof: (r) => /^\[\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+\] 0x[0-9a-f]+ /m.test(r.stderr) },
+      { flags: ['-Xclang', '-mdebug-pass', '-Xclang', 'Executions'], proof: (r) => /^\[\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+\] 0x[0-9a-f]+ /m.test(r.stderr) },
+      // clang 22 only (clang 19: unknown option).
+      {
+        flags: ['-mllvm', '-print-after=instcombine', '-mllvm', '-print-inst-addrs'],
+        proof: (r) => / ; 0x[0-9a-f]+$/m.test(r.stderr) || (r.status !== 0 && /Unknown command line argument/.test(r.stderr)),
+      },
       // A program the key does not identify (`diff` from PATH by default).
       { flags: ['-mllvm', '-print-changed=diff', '-mllvm', '-print-changed-diff-path=./differ'], proof: (r) => r.added.includes('differ-ran') },
       // A DOT file under a random name in TMPDIR, named on stderr; then a viewer is looked for in PATH.
