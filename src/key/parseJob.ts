@@ -192,6 +192,9 @@ export const OPTIONS: ReadonlyMap<string, number> = new Map([
     '-stack-usage-file',
     '-opt-record-file',
   ].map((o) => [o, UNCACHEABLE] as [string, number]),
+  // Where auxiliary outputs go (`-dumpdir D -gsplit-dwarf` writes `D<input stem>.dwo`, not the
+  // .dwo beside the object), and a compilation database fragment under a random name in a directory.
+  ...['-dumpdir', '-gen-cdb-fragment-path'].map((o) => [o, UNCACHEABLE] as [string, number]),
   // cc1's form of AS_SECURE_LOG_FILE (manifest.ts UNCACHEABLE_ENV): `.secure_log_unique` appends to it.
   ['-as-secure-log-file', UNCACHEABLE],
   // cc1's `-debug-pass`: `Executions` prints timestamps and addresses (see LLVM_SIDE_EFFECTS).

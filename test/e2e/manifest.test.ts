@@ -944,6 +944,9 @@ describe('uncacheable', () => {
       { flags: ['-Xclang', '-split-dwarf-output', '-Xclang', 'x.dwo', '-Xclang', '-split-dwarf-file', '-Xclang', 'x.dwo'], proof: (r) => r.added.includes('x.dwo') },
       { flags: ['-Xclang', '-stack-usage-file', '-Xclang', 'x.su'], proof: (r) => r.added.includes('x.su') },
       { flags: ['-Xclang', '-opt-record-file', '-Xclang', 'x.yaml'], proof: (r) => r.added.includes('x.yaml') },
+      // Not the .dwo parseJob names (a.thinlto-native.dwo), and a JSON file under a random name.
+      { flags: ['-dumpdir', 'tmp/', '-gsplit-dwarf'], proof: (r) => r.added.includes('tmp/a.dwo') },
+      { flags: ['-gen-cdb-fragment-path', 'tmp'], proof: (r) => r.added.some((f) => /^tmp\/a\.o\.[0-9a-f]+\.json$/.test(f)) },
       { flags: ['-ftime-report', '-mllvm', '-info-output-file=info.txt'], proof: (r) => r.added.includes('info.txt') },
       { flags: ['-mllvm', '-ir-dump-directory=dumps', '-mllvm', '-print-after=instcombine'], proof: (r) => r.added.some((f) => f.startsWith('dumps/')) },
       { flags: ['-mllvm', '-opt-bisect-limit=3', '-mllvm', '-opt-bisect-print-ir-path=b.ll'], proof: (r) => r.added.includes('b.ll') },

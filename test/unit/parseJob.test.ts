@@ -398,6 +398,8 @@ describe('parseJob: options that write, print or run what a hit would not reprod
     ['--save-temps', ['--save-temps']],
     ['--save-temps=obj', ['--save-temps=obj']],
     ['--verbose', ['--verbose']],
+    ['-dumpdir D', ['-dumpdir', 'aux/', '-gsplit-dwarf']],
+    ['-gen-cdb-fragment-path D', ['-gen-cdb-fragment-path', 'cdb']],
     ['-serialize-diagnostics F', ['-serialize-diagnostics', 'm.dia']],
     ['--serialize-diagnostics F', ['--serialize-diagnostics', 'm.dia']],
     ['-Xclang -serialize-diagnostic-file -Xclang F', ['-Xclang', '-serialize-diagnostic-file', '-Xclang', 'm.dia']],
