@@ -967,7 +967,7 @@ describe('uncacheable', () => {
       // A DOT file under a random name in TMPDIR, named on stderr; then a viewer is looked for in PATH.
       {
         flags: ['-mllvm', '-view-bfi-func-name=afun', '-mllvm', '-view-block-freq-propagation-dags=fraction'],
-        env: (d) => ({ TMPDIR: join(d, 'tmp'), PATH: join(d, 'no-viewers') }),
+        env: (d) => ({ PATH: join(d, 'no-viewers') }),
         proof: (r) => r.added.some((f) => f.startsWith('tmp/BlockFrequencyDAGs-')) && r.stderr.includes(join(r.dir, 'tmp', 'BlockFrequencyDAGs-')),
       },
     ];
@@ -976,7 +976,8 @@ describe('uncacheable', () => {
       fs.mkdirSync(join(d, 'tmp'));
       fs.writeFileSync(join(d, 'differ'), '#!/bin/sh\necho ran >> "$(dirname "$0")/differ-ran"\n', { mode: 0o755 });
       const before = listed(d);
-      const r = spawnSync(CLANG, [...c.flags, ...BASE], { cwd: d, env: { ...process.env, ...c.env?.(d) }, encoding: 'utf8' });
+      // Temporary files (DOT files, IR snapshots for diffs) stay in the test's directory.
+      const r = spawnSync(CLANG, [...c.flags, ...BASE], { cwd: d, env: { ...process.env, TMPDIR: join(d, 'tmp'), ...c.env?.(d) }, encoding: 'utf8' });
       const added = [...listed(d)].filter((f) => !before.has(f) && f !== 'a.thinlto-native.o');
       assert.ok(
         c.proof({ status: r.status, stderr: r.stderr, added, dir: d }),
