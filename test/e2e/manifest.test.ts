@@ -988,6 +988,34 @@ describe('uncacheable', () => {
     }
   });
 
+  test('-mllvm -polly-import: Polly reads a schedule from a .jscop file in cwd, which the key does not name', async () => {
+    const d = tempDir();
+    fs.writeFileSync(
+      join(d, 'a.c'),
+      'void afun(int *restrict A, int *restrict B) { for (int i = 0; i < 1024; i++) for (int j = 0; j < 1024; j++) A[i * 1024 + j] += B[j * 1024 + i]; }\n',
+    );
+    fs.writeFileSync(join(d, 'b.c'), 'int bfun(int y) { return y; }\n');
+    for (const m of ['a', 'b']) execFileSync(CLANG, ['-O3', '-flto=thin', '-c', '-o', `${m}.o`, `${m}.c`], { cwd: d });
+    execFileSync(LLD, ['-r', '--thinlto-index-only=list', 'a.o', 'b.o', '-o', 'out.o'], { cwd: d });
+    const backend = (flags: string[]) => execFileSync(CLANG, ['-mllvm', '-polly', ...flags, ...BASE.map((a) => (a === '-O2' ? '-O3' : a))], { cwd: d, stdio: 'pipe' });
+    const jscops = () => fs.readdirSync(d).filter((f) => f.endsWith('.jscop'));
+    backend(['-mllvm', '-polly-export']);
+    assert.equal(jscops().length, 1, 'the loop nest is a SCoP, exported to cwd');
+    const jscop = join(d, jscops()[0]!);
+    const flags = ['-mllvm', '-polly-import'];
+    backend(flags);
+    const tiled = fs.readFileSync(join(d, 'a.thinlto-native.o'));
+    const j = JSON.parse(fs.readFileSync(jscop, 'utf8'));
+    j.statements[0].schedule = '{ Stmt1[i0, i1] -> [i1, i0] }';
+    fs.writeFileSync(jscop, JSON.stringify(j));
+    backend(flags);
+    assert.ok(!fs.readFileSync(join(d, 'a.thinlto-native.o')).equals(tiled), 'another schedule, another object');
+    for (const f of [flags, ['-mllvm', '-polly-export']]) {
+      const p = await parseJob(['-mllvm', '-polly', ...f, ...BASE], d);
+      assert.equal(p.kind === 'uncacheable' && p.reason, 'unsupported-flag', f.join(' '));
+    }
+  });
+
   test('a response file joined to -mllvm= or -Xclang= is expanded by clang after the driver: its options are not keyed', async () => {
     const d = tree();
     const run = (flags: string[]) => spawnSync(CLANG, [...flags, ...BASE], { cwd: d, encoding: 'utf8' });
