@@ -952,6 +952,7 @@ describe('uncacheable', () => {
       { flags: ['-mllvm', '-opt-bisect-limit=3', '-mllvm', '-opt-bisect-print-ir-path=b.ll'], proof: (r) => r.added.includes('b.ll') },
       { flags: ['-mllvm', '-polly', '-mllvm', '-polly-dump-after'], proof: (r) => r.added.some((f) => f.endsWith('-after.ll')) },
       { flags: ['-mllvm', '-print-changed=dot-cfg'], proof: (r) => r.added.includes('passes.html') },
+      { flags: ['-mllvm', '-attributor-enable=all', '-mllvm', '-attributor-dump-dep-graph'], proof: (r) => r.added.includes('dep_graph_0.dot') },
       // The cc1 command line, with the index path the key leaves out.
       { flags: ['--verbose'], proof: (r) => r.stderr.includes('-fthinlto-index=a.o.thinlto.bc') },
       // Timestamps and addresses (ASLR): two runs print different text.
