@@ -965,6 +965,7 @@ describe('uncacheable', () => {
       },
       // A program the key does not identify (`diff` from PATH by default).
       { flags: ['-mllvm', '-print-changed=diff', '-mllvm', '-print-changed-diff-path=./differ'], proof: (r) => r.added.includes('differ-ran') },
+      { flags: ['-mllvm', '-exec-on-ir-change=./differ'], proof: (r) => r.added.includes('differ-ran') },
       // A DOT file under a random name in TMPDIR, named on stderr; then a viewer is looked for in PATH.
       {
         flags: ['-mllvm', '-view-bfi-func-name=afun', '-mllvm', '-view-block-freq-propagation-dags=fraction'],

@@ -424,6 +424,7 @@ describe('parseJob: options that write, print or run what a hit would not reprod
     ['-mllvm -polly-show', ['-mllvm', '-polly', '-mllvm', '-polly-show']],
     ['-mllvm -attributor-dump-dep-graph', ['-mllvm', '-attributor-enable=all', '-mllvm', '-attributor-dump-dep-graph']],
     ['-mllvm -attributor-depgraph-dot-filename-prefix=P', ['-mllvm', '-attributor-depgraph-dot-filename-prefix=dg']],
+    ['-mllvm -exec-on-ir-change=P', ['-mllvm', '-exec-on-ir-change=./record-ir']],
     ['-mllvm -print-changed=dot-cfg', ['-mllvm', '-print-changed=dot-cfg']],
     ['-mllvm -print-changed=dot-cfg-quiet', ['-mllvm', '-print-changed=dot-cfg-quiet']],
     ['-mllvm -print-changed=diff', ['-mllvm', '-print-changed=diff']],
