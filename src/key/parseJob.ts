@@ -349,11 +349,11 @@ const EMBEDS_COMMAND_LINE = /(^|=)--?lto-embed-bitcode(=|$)/;
  * `-polly-show…` (write `.jscop` and `.dot` files, or view them), the Attributor's
  * `-attributor-dump-dep-graph` (`dep_graph_<n>.dot` in cwd, or under
  * `-attributor-depgraph-dot-filename-prefix=`), `-exec-on-ir-change=P` (runs P on the IR after
- * every pass that changes it). Printing what no
- * other run prints: `-debug-pass=Executions` (timestamps and pass addresses), `=Details` (freed
- * analyses in pointer order), and with no joined value (its value, in the next `-mllvm`, unseen
- * here), clang 22's `-print-inst-addrs`/`-print-mi-addrs` (addresses in IR and MIR dumps);
- * `-debug-pass=Structure` and `=Arguments` print the same text on every run.
+ * every pass that changes it).
+ * Printing what no other run prints: `-debug-pass=Executions` (timestamps and pass addresses),
+ * `=Details` (freed analyses in pointer order), and with no joined value (its value, in the next
+ * `-mllvm`, unseen here), clang 22's `-print-inst-addrs`/`-print-mi-addrs` (addresses in IR and MIR
+ * dumps); `-debug-pass=Structure` and `=Arguments` print the same text on every run.
  */
 const LLVM_SIDE_EFFECTS =
   /(^|=)--?((info-output-file|ir-dump-directory|opt-bisect-print-ir-path|polly-dump-(before|after)(-file)?|print-changed-(diff|dot)-path|([a-z0-9]+-)*interactive-channel-base|([a-z0-9]+-)*view-[a-z0-9-]*|print-changed=(c?diff|dot-cfg)[a-z-]*|print-(inst|mi)-addrs|polly-(print-)?(import|export|dot|show)[a-z-]*|attributor-(dump-dep-graph|depgraph-dot-filename-prefix)|exec-on-ir-change)(=|$)|debug-pass(=(Executions|Details))?$)/;

@@ -932,6 +932,8 @@ describe('uncacheable', () => {
       { flags: ['-Xclang', '-ftime-report=per-pass'], proof: (r) => /Wall Time/.test(r.stderr) },
       // clang 22 only (clang 19: unknown argument).
       { flags: ['-ftime-report-json'], proof: (r) => /"time\./.test(r.stderr) || (r.status !== 0 && /unknown argument/.test(r.stderr)) },
+      // clang 22 alone (clang 19: unknown argument): the timers on stderr without a stats file.
+      { flags: ['-Xclang', '-stats-file-timers'], proof: (r) => /Wall Time/.test(r.stderr) || (r.status !== 0 && /unknown argument/.test(r.stderr)) },
       // A file beside the object.
       { flags: ['-save-stats'], proof: (r) => r.added.some((f) => f.endsWith('.stats')) },
       { flags: ['--save-stats=obj'], proof: (r) => r.added.some((f) => f.endsWith('.stats')) },

@@ -395,6 +395,7 @@ describe('parseJob: options that write, print or run what a hit would not reprod
     ['-save-stats=obj', ['-save-stats=obj']],
     ['--save-stats=cwd', ['--save-stats=cwd']],
     ['-Xclang -stats-file=F', ['-Xclang', '-stats-file=m.stats.json']],
+    ['-Xclang -stats-file-timers', ['-Xclang', '-stats-file-timers']],
     ['--save-temps', ['--save-temps']],
     ['--save-temps=obj', ['--save-temps=obj']],
     ['--verbose', ['--verbose']],
