@@ -387,7 +387,10 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     let hasS = false;
     let emitLlvm = false;
     let splitDwarf = false;
-    let optRecord: string | undefined;
+    // As clang's willEmitRemarks: a record is written when one of its options comes after the last
+    // -fno-save-optimization-record; -foptimization-record-passes= alone is one of them.
+    let optRecord = false;
+    let optRecordFormat = 'yaml';
     let optRecordFile: string | undefined;
     let stackUsage = false;
     for (let i = 0; i < argv.length; i++) {
@@ -431,7 +434,10 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
       if (a === '-gsplit-dwarf' || a === '-gsplit-dwarf=split') splitDwarf = true;
       if (a === '-gsplit-dwarf=single' || a === '-gno-split-dwarf') splitDwarf = false;
       if (a === '-fstack-usage') stackUsage = true;
-      if (a === '-fsave-optimization-record' || a.startsWith('-fsave-optimization-record=')) optRecord = a;
+      if (a === '-fsave-optimization-record' || /^-f(save-optimization-record|optimization-record-(passes|file))=/.test(a)) optRecord = true;
+      else if (a === '-fno-save-optimization-record') optRecord = false;
+      // The format is the last one named, whatever follows it.
+      if (a.startsWith('-fsave-optimization-record=')) optRecordFormat = a.slice('-fsave-optimization-record='.length);
       if (a.startsWith('-foptimization-record-file=')) {
         optRecordFile = a.slice('-foptimization-record-file='.length);
         tokens.push({ t: 'output', v: '-foptimization-record-file=', path: optRecordFile, role: 'opt-record' });
@@ -496,11 +502,7 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
     // Without -c (plain -S) clang names the .dwo after the input's stem, in cwd (SplitDebugName).
     if (splitDwarf && !emitLlvm) outputs.push({ role: 'dwo', path: hasC ? dwoPathFor(output) : replaceExt(basename(positional[0]!), '.dwo') });
     if (stackUsage && !emitLlvm) outputs.push({ role: 'su', path: replaceExt(output, '.su') });
-    if (optRecordFile !== undefined) outputs.push({ role: 'opt-record', path: optRecordFile });
-    else if (optRecord) {
-      const fmt = optRecord.includes('=') ? optRecord.slice(optRecord.indexOf('=') + 1) : 'yaml';
-      outputs.push({ role: 'opt-record', path: replaceExt(output, `.opt.${fmt}`) });
-    }
+    if (optRecord) outputs.push({ role: 'opt-record', path: optRecordFile ?? replaceExt(output, `.opt.${optRecordFormat}`) });
     const seen = new Set<string>();
     for (const o of outputs) {
       const abs = asOpened(cwd, o.path);

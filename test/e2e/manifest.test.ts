@@ -992,6 +992,28 @@ describe('uncacheable', () => {
     }
   });
 
+  test('the optimisation record clang writes is the one parseJob names (-foptimization-record-passes= alone writes it)', async () => {
+    for (const flags of [
+      ['-foptimization-record-passes=inline'],
+      ['-foptimization-record-passes=inline', '-fno-save-optimization-record'],
+      ['-fsave-optimization-record', '-fno-save-optimization-record'],
+      ['-fno-save-optimization-record', '-fsave-optimization-record'],
+      ['-foptimization-record-file=rec.yaml', '-fno-save-optimization-record'],
+    ]) {
+      const d = tree();
+      const before = new Set(fs.readdirSync(d));
+      execFileSync(CLANG, [...flags, ...BASE], { cwd: d });
+      const written = fs.readdirSync(d).filter((f) => !before.has(f) && f !== 'a.thinlto-native.o');
+      const p = await parseJob([...flags, ...BASE], d);
+      if (p.kind !== 'job') assert.fail(`${flags.join(' ')}: ${p.reason}`);
+      assert.deepEqual(
+        p.job.outputs.filter((o) => o.role !== 'obj').map((o) => o.path),
+        written,
+        flags.join(' '),
+      );
+    }
+  });
+
   test('-mllvm -polly-import: Polly reads a schedule from a .jscop file in cwd, which the key does not name', async () => {
     const d = tempDir();
     fs.writeFileSync(

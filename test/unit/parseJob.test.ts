@@ -277,6 +277,19 @@ describe('parseJob: outputs', () => {
     assert.ok(j.tokens.some((t) => t.t === 'output' && t.role === 'opt-record' && t.path === 'rec/m.yaml'));
   });
 
+  test('the optimisation record is written as clang decides (willEmitRemarks: an option after the last -fno-save-optimization-record)', async () => {
+    const records = async (flags: string[]) => (await job([...flags, ...tail('m')])).outputs.filter((o) => o.role === 'opt-record').map((o) => o.path);
+    // -foptimization-record-passes= alone writes the record (clang 19 and 22).
+    assert.deepEqual(await records(['-foptimization-record-passes=inline']), ['m.thinlto-native.opt.yaml']);
+    assert.deepEqual(await records(['-fno-save-optimization-record', '-foptimization-record-passes=inline']), ['m.thinlto-native.opt.yaml']);
+    assert.deepEqual(await records(['-foptimization-record-passes=inline', '-fno-save-optimization-record']), []);
+    assert.deepEqual(await records(['-fsave-optimization-record', '-fno-save-optimization-record']), []);
+    assert.deepEqual(await records(['-foptimization-record-file=rec/m.yaml', '-fno-save-optimization-record']), []);
+    // The format is the last one named, even before a plain -fsave-optimization-record.
+    assert.deepEqual(await records(['-fsave-optimization-record=bitstream', '-fsave-optimization-record']), ['m.thinlto-native.opt.bitstream']);
+    assert.deepEqual(await records(['-foptimization-record-passes=inline', '-fsave-optimization-record=bitstream']), ['m.thinlto-native.opt.bitstream']);
+  });
+
   test('all together, in a fixed order', async () => {
     const j = await job(['-g', '-gsplit-dwarf', '-fstack-usage', '-fsave-optimization-record', ...tail('m')]);
     assert.deepEqual(
