@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { statIdentity } from '../key/fileDigests.js';
 import { outputNamesKeyed } from '../key/manifest.js';
 import { type Job, outputOption } from '../key/parseJob.js';
@@ -10,6 +10,28 @@ export type { OutputRedirect };
 
 /** Longest output file name redirected: the temp's name adds `.` and a suffix of 27 bytes, and must stay within NAME_MAX (255). */
 const MAX_REDIRECTED_NAME = 200;
+/**
+ * PATH_MAX: the temp is renamed, read and removed by its absolute path, which clang (given it as
+ * the job spells the output, relative to cwd) never needs; one this long could not be, and the
+ * object would be left at the temp.
+ */
+const PATH_MAX = 4096;
+
+/**
+ * Whether clang, given the output as it is now, writes it through a temp of its own renamed over
+ * it, as the redirect does: the output is absent, or a regular file this user may write. Clang
+ * refuses an existing output it may not write (its error, status 1: a rename would replace a
+ * read-only file) and writes into one that is not a regular file in place.
+ */
+function replacedByRename(output: string): boolean {
+  try {
+    if (!statSync(output).isFile()) return false;
+    accessSync(output, constants.W_OK);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+}
 
 /**
  * Where a miss's object can be written under a private name (docs/store.md "Output races"): a
@@ -17,8 +39,9 @@ const MAX_REDIRECTED_NAME = 200;
  * object reads and then renames onto the output, so no other process's write to the output can
  * be read as this job's. Null when the object cannot be redirected exactly: its name reaches the
  * bytes written (outputNamesKeyed: it then names other outputs, or is recorded in the object), the
- * job has more than one output, `-o` is inside a response file, or more than one argument could be
- * the one naming it. The argument is found in the request's own arguments; the key already says
+ * job has more than one output, `-o` is inside a response file, more than one argument could be
+ * the one naming it, the temp's absolute path would not fit PATH_MAX, or clang would not replace
+ * the output by a rename (replacedByRename). The argument is found in the request's own arguments; the key already says
  * that no output name other than its own is in the object, so the object is clang's either way.
  */
 export function outputRedirect(job: Job, args: readonly string[], cwd: string): OutputRedirect | null {
@@ -40,7 +63,9 @@ export function outputRedirect(job: Job, args: readonly string[], cwd: string): 
     candidates++;
   }
   if (!found || candidates !== 1) return null;
-  return { ...found, temp: asOpened(cwd, temp), output: asOpened(cwd, path) };
+  const r = { ...found, temp: asOpened(cwd, temp), output: asOpened(cwd, path) };
+  if (Buffer.byteLength(r.temp) >= PATH_MAX || !replacedByRename(r.output)) return null;
+  return r;
 }
 
 /** The request's arguments with the redirect applied. */

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
+import { socketDirFor } from '../../src/protocol/clientFrames.js';
 import { CLANG22, DtltoTree, run as dtltoRun } from '../support/dtlto.js';
-import { CacheEnv, CLIENT, FIXTURE, tempDir } from '../support/env.js';
+import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../support/env.js';
 
 /**
  * Another process writing a job's output between clang's rename of it and its store (two make
@@ -186,5 +187,58 @@ exit $rc
     assert.equal(r.status, 0, r.stderr);
     assert.equal(cache.stats().hits - before.hits, t.modules.length, 'the relink was served from the raced link');
     assert.equal(dtltoRun(join(t.dir, 'prog'), [], t.dir).stdout, t.oracle());
+  });
+});
+
+describe('an existing output its user may not write', () => {
+  // Root may write any file: the client, the daemon and clang run as another user.
+  const uid = 4243;
+  let top = '';
+  after(() => {
+    if (!top) return;
+    spawnSync(process.execPath, [CLI, 'daemon', 'stop'], { env: { ...process.env, LTOCACHE_DIR: join(top, 'cache') }, uid, gid: uid });
+    rmSync(socketDirFor(uid), { recursive: true, force: true });
+    rmSync(top, { recursive: true, force: true });
+  });
+
+  test("a miss is not redirected over it: clang's own error and status, the file left as it was", {
+    skip: process.getuid?.() !== 0 && 'needs root to run as another user',
+  }, (t) => {
+    top = tempDir('race-readonly');
+    const b = ThinBuild.fromFixture(FIXTURE, join(top, 'src'));
+    b.frontEnd();
+    b.thinLink();
+    const own = (p: string) => {
+      chownSync(p, uid, uid);
+      if (lstatSync(p).isDirectory()) for (const n of readdirSync(p)) own(join(p, n));
+    };
+    own(top);
+    const env = { ...process.env, HOME: top, LTOCACHE_DIR: join(top, 'cache'), LTOCACHE_IDLE_TIMEOUT: '120', LTOCACHE_START_TIMEOUT_MS: '10000' };
+    const as = (cmd: string, args: string[]) => {
+      const r = spawnSync(cmd, args, { cwd: b.dir, env, uid, gid: uid, encoding: 'utf8' });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
+    if (as('test', ['-x', CLIENT]).status !== 0 || as('test', ['-r', CLI]).status !== 0) return t.skip('the checkout is not reachable by another user');
+    assert.equal(as(process.execPath, [CLI, 'daemon', 'start']).status, 0);
+    const readOnly = () => {
+      rmSync(join(b.dir, 'ro.o'), { force: true });
+      writeFileSync(join(b.dir, 'ro.o'), 'old\n');
+      chownSync(join(b.dir, 'ro.o'), uid, uid);
+      chmodSync(join(b.dir, 'ro.o'), 0o444);
+    };
+    readOnly();
+    const args = b.backendArgs('main', [], 'ro.o');
+    const direct = as(b.clang, args);
+    assert.equal(direct.status, 1, direct.stderr);
+    assert.match(direct.stderr, /unable to open output file 'ro\.o'/);
+    readOnly();
+    const r = as(CLIENT, [b.clang, ...args]);
+    assert.deepEqual(r, direct);
+    assert.equal(readFileSync(join(b.dir, 'ro.o'), 'utf8'), 'old\n', 'the read-only output was replaced');
+    assert.equal(statSync(join(b.dir, 'ro.o')).mode & 0o777, 0o444);
+    assert.deepEqual(
+      readdirSync(b.dir).filter((f) => f.includes('.ltocache-')),
+      [],
+    );
   });
 });

@@ -320,6 +320,18 @@ test('which outputs are redirected: one output whose name is not in the bytes, n
   assert.equal(outputRedirect(await job([...base, '--coverage', '-o', 'a.native.o']), [...base, '--coverage', '-o', 'a.native.o'], cwd), null, 'name in the bytes');
   const long = `${'n'.repeat(201)}.o`;
   assert.equal(outputRedirect(await job([...base, '-o', long]), [...base, '-o', long], cwd), null, 'a name too long for the temp');
+  // The temp is renamed, read and removed by its absolute path: one past PATH_MAX would be left behind.
+  const deep = `/${'d'.repeat(200)}`.repeat(25);
+  assert.ok(outputRedirect(await job([...base, '-o', 'a.native.o']), [...base, '-o', 'a.native.o'], deep.slice(0, 3900)));
+  assert.ok(!outputRedirect(await job([...base, '-o', 'a.native.o']), [...base, '-o', 'a.native.o'], deep.slice(0, 4080)), 'a temp past PATH_MAX');
+  // An existing output clang would not replace by a rename: one it may not write (its error), or
+  // one that is not a regular file (written into in place).
+  fs.mkdirSync(join(cwd, 'dir.o'));
+  assert.equal(outputRedirect(await job([...base, '-o', 'dir.o']), [...base, '-o', 'dir.o'], cwd), null, 'a directory at the output');
+  fs.symlinkSync('/dev/null', join(cwd, 'null.o'));
+  assert.equal(outputRedirect(await job([...base, '-o', 'null.o']), [...base, '-o', 'null.o'], cwd), null, '/dev/null through a link');
+  fs.symlinkSync('nowhere/x.o', join(cwd, 'dangling.o'));
+  assert.ok(outputRedirect(await job([...base, '-o', 'dangling.o']), [...base, '-o', 'dangling.o'], cwd), 'a dangling link is replaced, as clang replaces it');
 });
 
 test('an output read at its own name is refused when it changed after the compiler ended or while read', () => {
