@@ -946,9 +946,10 @@ static char *wire_str(struct memo_bytes b) {
  * With an output redirect (docs/protocol.md "Output redirect") argument rc->index is replaced, so
  * clang writes the object to a private temp: it is stored (or read by the daemon) from there and
  * only then renamed onto the output, so no other process's write to the output is what gets
- * stored. Termination signals are held while the temp stands. A redirected run that did not end
- * clean, or printed the temp's name, is redone by exec'ing the compiler as given: the build then
- * sees clang's own outcome and message (a signal the user sent ends us as clang ended).
+ * stored. Termination signals are held while the temp stands. A redirected run that exited
+ * non-zero, or printed the temp's name, is redone by exec'ing the compiler as given: the build
+ * then sees clang's own outcome and message. One ended by a signal (one the user sent us, or one
+ * sent to clang alone) ends us as clang ended.
  * Never returns. */
 _Noreturn static void compile_and_report(int fd, const struct job *j, const struct reply_compile *rc,
                                          const char *cache, const char *lookup) {
@@ -992,7 +993,10 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
     int shown = out.through || err.through; /* passed on already: cannot be redone */
     if (temp) {
         const char *name = strrchr(temp, '/') + 1;
-        if (!received_signal && !shown && (!clean || mentions(&out, name) || mentions(&err, name))) {
+        /* A run ended by a signal that names nothing of ours is clang's outcome as it is: run
+         * again, a compiler killed from outside (the OOM killer, `kill`) would succeed. */
+        int named = mentions(&out, name) || mentions(&err, name);
+        if (!received_signal && !shown && (named || (!clean && sig == 0))) {
             unlink(temp);
             close(fd);
             sigprocmask(SIG_SETMASK, &mask, NULL);

@@ -23,7 +23,7 @@ import type { DenyList } from './denyList.js';
 import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
-import { type OutputRedirect, outputRedirect, readOutputSync, redirectedArgs, redirectedRunStands } from './outputRedirect.js';
+import { type OutputRedirect, outputRedirect, readOutputSync, redirectedArgs, redirectedRunOutcome } from './outputRedirect.js';
 import { type CompilerRun, type RequesterStored, type RunOptions, runCompiler } from './runCompiler.js';
 import { Semaphore, SLOT_STUCK_MS } from './semaphore.js';
 import { TeamPrefetch } from './teamPrefetch.js';
@@ -746,16 +746,18 @@ export class JobPipeline {
   }
 
   /**
-   * Runs the compiler here. Redirected, a run that stands (redirectedRunStands) has its object
+   * Runs the compiler here. Redirected, a run that stands (redirectedRunOutcome) has its object
    * read from the private temp, which is then renamed onto the output: a write to the output by
-   * another process cannot be what is stored. Any other redirected run (or a temp that cannot be
-   * read or renamed) is run again as given, for clang's own outcome; that run is not redirected.
+   * another process cannot be what is stored. A run to redo (or a temp that cannot be read or
+   * renamed) is run again as given, for clang's own outcome; that run is not redirected. A run
+   * ended by a signal is clang's outcome as it is.
    */
   private async runHere(req: JobRequest, redirect: OutputRedirect | null, signal: AbortSignal): Promise<CompilerRun & { object?: Buffer }> {
     const base = { compiler: req.compiler, cwd: req.cwd, env: req.env, umask: req.umask, signal };
     if (!redirect) return this.run({ ...base, args: req.args });
     const run = await this.run({ ...base, args: redirectedArgs(req.args, redirect) });
-    if (redirectedRunStands(run, redirect)) {
+    const outcome = redirectedRunOutcome(run, redirect);
+    if (outcome === 'stands') {
       try {
         const object = readRegularFileSync(redirect.temp);
         // An output that is not a regular file (a named pipe, /dev/null through a link) is written
@@ -770,7 +772,7 @@ export class JobPipeline {
       }
     }
     await unlink(redirect.temp).catch(() => {});
-    return signal.aborted ? run : this.run({ ...base, args: req.args });
+    return signal.aborted || outcome === 'as-is' ? run : this.run({ ...base, args: req.args });
   }
 
   /** A fresh compile's entry is in the store: its bytes are counted and a denied key may be served again. */

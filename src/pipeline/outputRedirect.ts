@@ -76,13 +76,19 @@ export function redirectedArgs(args: readonly string[], r: OutputRedirect): stri
 }
 
 /**
- * Whether a redirected run can be kept as it is: it ended clean (exit 0, no signal) and printed
- * nothing naming the temp (a diagnostic about it would not be clang's about the output). Any
- * other run is redone with the arguments as given, so the build sees clang's own outcome.
+ * What becomes of a redirected run. `stands`: it ended clean (exit 0, no signal) and printed
+ * nothing naming the temp; its object is kept. `redo`: it printed the temp's name (a diagnostic
+ * about it would not be clang's about the output) or exited non-zero (a failure may be the
+ * temp's); it is thrown away and the compiler run again as given, so the build sees clang's own
+ * outcome. `as-is`: it was ended by a signal and printed nothing naming the temp; that is clang's
+ * outcome already, and running it again would turn a compiler killed from outside (the OOM
+ * killer, `kill`) into one that succeeds.
  */
-export function redirectedRunStands(run: { exitCode: number; signal: number; stdout: Buffer; stderr: Buffer }, r: OutputRedirect): boolean {
+export function redirectedRunOutcome(run: { exitCode: number; signal: number; stdout: Buffer; stderr: Buffer }, r: OutputRedirect): 'stands' | 'redo' | 'as-is' {
   const name = r.temp.slice(r.temp.lastIndexOf('/') + 1);
-  return run.exitCode === 0 && run.signal === 0 && !run.stdout.includes(name) && !run.stderr.includes(name);
+  if (run.stdout.includes(name) || run.stderr.includes(name)) return 'redo';
+  if (run.exitCode === 0 && run.signal === 0) return 'stands';
+  return run.signal !== 0 ? 'as-is' : 'redo';
 }
 
 /**

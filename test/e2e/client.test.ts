@@ -1081,7 +1081,7 @@ test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D
   fs.writeFileSync(
     rec,
     `#!/bin/sh\nprintf '%s\\n' "$@" >> args.log\nout=; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\n` +
-      `if [ -e fail ]; then echo "error: cannot write $out" >&2; exit 3; fi\necho obj > "$out"\n`,
+      `if [ -e fail ]; then echo "error: cannot write $out" >&2; exit 3; fi\necho obj > "$out"\nif [ -e die ]; then kill -KILL $$; fi\n`,
     { mode: 0o755 },
   );
   const temp = path.join(work, '.x.o.ltocache-out-0123456789ab');
@@ -1117,6 +1117,17 @@ test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D
     assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n-o\nx.o\n@x\n');
     assert.deepEqual(seen, ['temp -'], 'nothing reported for the run thrown away');
     fs.rmSync(path.join(work, 'fail'));
+    // A run killed by a signal sent to the compiler alone (the OOM killer, `kill -9`) that named
+    // nothing of ours is clang's outcome: not run again, its temp removed, and we end as it did.
+    fs.rmSync(path.join(work, 'args.log'));
+    fs.rmSync(redirect.output);
+    fs.writeFileSync(path.join(work, 'die'), '');
+    const killed = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
+    assert.equal(killed.signal, 'SIGKILL', `status ${killed.status}`);
+    assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n', 'run once');
+    assert.deepEqual(seen, ['temp -', '- -'], "reported with 'D', the temp already removed");
+    assert.ok(!fs.existsSync(redirect.output));
+    fs.rmSync(path.join(work, 'die'));
   });
   // An index past the arguments: the compiler is exec'ed as given, nothing reported.
   fs.rmSync(path.join(work, 'args.log'));
@@ -1124,7 +1135,7 @@ test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D
     const r = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
     assert.equal(r.status, 0, r.stderr.toString());
     assert.equal(log(), '-o\nx.o\n@x\n');
-    assert.deepEqual(seen, ['temp -']);
+    assert.deepEqual(seen, ['temp -', '- -']);
   });
   assert.deepEqual(
     fs.readdirSync(work).filter((f) => f.includes('.ltocache-')),

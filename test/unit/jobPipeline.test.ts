@@ -334,6 +334,21 @@ test('which outputs are redirected: one output whose name is not in the bytes, n
   assert.ok(outputRedirect(await job([...base, '-o', 'dangling.o']), [...base, '-o', 'dangling.o'], cwd), 'a dangling link is replaced, as clang replaces it');
 });
 
+test('a redirected run ended by a signal is not run again: its outcome is the one served', async () => {
+  const cwd = tempDir();
+  const cache = new StubBackend();
+  const { compiler } = await setup({ cache });
+  // Killed from outside (the OOM killer, `kill -9`) after writing nothing about the temp.
+  const killed = async (o: RunOptions): Promise<CompilerRun> => ({ ...(await compiler.run(o)), exitCode: 137, signal: 9 });
+  const { pipeline } = await setup({ cache, runCompiler: killed });
+  const miss = expectKind(await pipeline.runJob(request(cwd, 'a'), live()), 'miss');
+  await pipeline.idle();
+  assert.equal(miss.signal, 9);
+  assert.equal(compiler.runs.length, 1, 'run once, as clang alone');
+  assert.equal(cache.entries.size, 0);
+  assert.deepEqual(fs.readdirSync(cwd), []);
+});
+
 test('an output read at its own name is refused when it changed after the compiler ended or while read', () => {
   const f = join(tempDir(), 'x.o');
   fs.writeFileSync(f, 'object');
