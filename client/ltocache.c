@@ -969,6 +969,15 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
             close(fd);
             direct_exec(j);
         }
+        /* As clang sees the output now (the daemon checked it with its own credentials, earlier):
+         * clang refuses an existing output it may not write, and writes into one that is not a
+         * regular file in place; the rename would replace either. The compiler runs as given. */
+        struct stat ost;
+        if (stat(output, &ost) == 0 ? !S_ISREG(ost.st_mode) || access(output, W_OK) != 0
+                                    : errno != ENOENT) {
+            close(fd);
+            direct_exec(j);
+        }
     }
     /* Told so, clang gets -fcolor-diagnostics first (its own later flags still win): it sees a
      * pipe where our stderr is a terminal. The daemon stores the diagnostics without colour. */

@@ -478,6 +478,65 @@ test('LTOCACHE_DISABLE: set and not 0 means direct exec', async () => {
   });
 });
 
+test('an output redirect over an existing output the client may not write: the compiler runs as given, nothing reported', {
+  skip: uid !== 0 ? 'needs root to run the client under another uid' : false,
+}, async () => {
+  // The daemon checks the output with its own credentials when it answers; the client checks it
+  // again as clang will see it (its groups may differ from a daemon started earlier, and time passes).
+  const other = 4_200_000 + (process.pid % 10_000);
+  const sockDir = socketDirFor(other);
+  assert.ok(!fs.existsSync(sockDir), sockDir);
+  const pub = fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-ro-'));
+  try {
+    fs.chmodSync(pub, 0o755);
+    fs.chownSync(pub, other, other);
+    fs.copyFileSync(client, path.join(pub, 'ltocache'));
+    fs.chmodSync(path.join(pub, 'ltocache'), 0o755);
+    const rec = path.join(pub, 'rec.sh');
+    fs.writeFileSync(rec, `#!/bin/sh\nprintf '%s\\n' "$@" >> args.log\nout=; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\necho obj > "$out"\n`, {
+      mode: 0o755,
+    });
+    const out = path.join(pub, 'x.o');
+    fs.writeFileSync(out, 'old\n');
+    fs.chownSync(out, other, other);
+    fs.chmodSync(out, 0o444);
+    const temp = path.join(pub, '.x.o.ltocache-out-0123456789ab');
+    const cacheDir = path.join(pub, 'cache');
+    const env = { PATH: ORIG_PATH, HOME: pub, LANG: 'C', LTOCACHE_DIR: cacheDir, LTOCACHE_NODE: '/bin/false', LTOCACHE_START_TIMEOUT_MS: '100' };
+    fs.mkdirSync(sockDir, { mode: 0o700 });
+    fs.chownSync(sockDir, other, other);
+    const dones: string[] = [];
+    const d = await fakeDaemon(socketPathFor(cacheDir, other), (_req, sock) => {
+      const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
+      sock.on('data', (chunk: Buffer) => {
+        for (const f of dec.push(chunk)) {
+          decodeDone(f);
+          dones.push(fs.existsSync(temp) ? 'temp' : '-');
+          sock.end(encodeAck());
+        }
+      });
+      sock.write(encodeCompileYourself({ colour: false, redirect: { index: 1, arg: path.basename(temp), temp, output: out } }));
+    });
+    try {
+      fs.chmodSync(socketPathFor(cacheDir, other), 0o777);
+      const r = await run(path.join(pub, 'ltocache'), [rec, '-o', 'x.o', '@x'], { env, cwd: pub, uid: other });
+      assert.equal(d.connections, 1);
+      assert.equal(fs.readFileSync(path.join(pub, 'args.log'), 'utf8'), '-o\nx.o\n@x\n', `run as given; stderr: ${r.stderr}`);
+      assert.deepEqual(dones, [], 'nothing reported');
+      assert.equal(fs.readFileSync(out, 'utf8'), 'old\n', 'the read-only output was replaced');
+      assert.deepEqual(
+        fs.readdirSync(pub).filter((f) => f.includes('.ltocache-')),
+        [],
+      );
+    } finally {
+      await d.close();
+    }
+  } finally {
+    fs.rmSync(sockDir, { recursive: true, force: true });
+    fs.rmSync(pub, { recursive: true, force: true });
+  }
+});
+
 test('relative LTOCACHE_DIR: not contacted, no daemon started', async () => {
   const rel = `rel-cache-${++seq}`;
   // A daemon on the socket an absolutising client would compute.
