@@ -927,6 +927,53 @@ static void report_stored(int fd, const struct stored_outputs *st) {
     free(b.p);
 }
 
+/* The redirected temp that a termination signal removes before it ends us (ack_wait_begin). */
+static const char *volatile dropped_on_signal;
+
+static void drop_temp_and_die(int s) {
+    const char *t = dropped_on_signal;
+    if (t) unlink(t);
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    signal(s, SIG_DFL);
+    raise(s); /* blocked while this runs: delivered, with the default action, on return */
+}
+
+static const int dropping[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+#define NDROPPING (sizeof dropping / sizeof *dropping)
+
+struct ack_wait {
+    struct sigaction saved[NDROPPING];
+    int installed[NDROPPING];
+};
+
+/* Reporting 'D' and waiting for 'A' is a wait on the daemon, up to the silence timeout: the
+ * termination signals are not held for it (a Ctrl-C would wait for a stuck daemon). One that
+ * arrives (or was held since the compiler's end) removes the temp and ends us by it, as it ends
+ * clang; whose disposition is not the default keeps it. `held` is the mask to wait under;
+ * ack_wait_end holds them again, for the rename. */
+static void ack_wait_begin(struct ack_wait *w, const char *temp, const sigset_t *held) {
+    struct sigaction drop;
+    memset(&drop, 0, sizeof drop);
+    drop.sa_handler = drop_temp_and_die;
+    sigemptyset(&drop.sa_mask);
+    dropped_on_signal = temp;
+    for (size_t k = 0; k < NDROPPING; k++) {
+        w->installed[k] = sigaction(dropping[k], NULL, &w->saved[k]) == 0 &&
+                          w->saved[k].sa_handler == SIG_DFL && !(w->saved[k].sa_flags & SA_SIGINFO) &&
+                          sigaction(dropping[k], &drop, NULL) == 0;
+    }
+    sigprocmask(SIG_SETMASK, held, NULL);
+}
+
+static void ack_wait_end(struct ack_wait *w) {
+    sigset_t ignored;
+    hold_signals(&ignored);
+    for (size_t k = 0; k < NDROPPING; k++)
+        if (w->installed[k]) sigaction(dropping[k], &w->saved[k], NULL);
+    dropped_on_signal = NULL;
+}
+
 /* Whether the captured stream shows `name`. */
 static int mentions(const struct capture *c, const char *name) {
     return c->len && memmem(c->p, c->len, name, strlen(name)) != NULL;
@@ -946,7 +993,8 @@ static char *wire_str(struct memo_bytes b) {
  * With an output redirect (docs/protocol.md "Output redirect") argument rc->index is replaced, so
  * clang writes the object to a private temp: it is stored (or read by the daemon) from there and
  * only then renamed onto the output, so no other process's write to the output is what gets
- * stored. Termination signals are held while the temp stands. A redirected run that exited
+ * stored. Termination signals are held while the temp stands, but for the wait on the daemon
+ * after 'D' (ack_wait_begin). A redirected run that exited
  * non-zero, or printed the temp's name, is redone by exec'ing the compiler as given: the build
  * then sees clang's own outcome and message. One ended by a signal (one the user sent us, or one
  * sent to clang alone) ends us as clang ended.
@@ -1029,6 +1077,8 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
         exit_like(0, 0);
     }
     pinned_free(&pin);
+    struct ack_wait aw;
+    if (temp) ack_wait_begin(&aw, temp, &mask);
     if (!shown) {
         unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
         uint32_t total = (uint32_t)(LTOC_RESULT_OVERHEAD + out.len + err.len);
@@ -1044,6 +1094,7 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
             free(read_reply(fd, &n));  /* 'A', or EOF if the daemon went away: either way, go on */
         }
     }
+    if (temp) ack_wait_end(&aw);
     close(fd);
     if (temp) {
         /* The daemon has read the temp (or gone): the object takes the output's name. */

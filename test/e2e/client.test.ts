@@ -478,6 +478,46 @@ test('LTOCACHE_DISABLE: set and not 0 means direct exec', async () => {
   });
 });
 
+test("a Ctrl-C while a redirected miss waits for the daemon's 'A' ends the client at once, its temp removed", async () => {
+  const cacheDir = newCacheDir();
+  const env = baseEnv(cacheDir, { LTOCACHE_SILENCE_TIMEOUT_MS: '30000' });
+  const work = fs.mkdtempSync(path.join(tmp, 'redirect-ack-'));
+  const rec = path.join(work, 'rec.sh');
+  fs.writeFileSync(rec, `#!/bin/sh\nout=; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\necho obj > "$out"\n`, { mode: 0o755 });
+  const temp = path.join(work, '.x.o.ltocache-out-0123456789ab');
+  const redirect = { index: 1, arg: path.basename(temp), temp, output: path.join(work, 'x.o') };
+  let done: () => void = () => {};
+  const reported = new Promise<void>((r) => (done = r));
+  // A daemon that reads 'D' and never answers (stuck, or starved of CPU).
+  await withDaemon(
+    cacheDir,
+    (_req, sock) => {
+      const dec = new FrameDecoder(MAX_DONE_PAYLOAD);
+      sock.on('data', (chunk: Buffer) => {
+        for (const f of dec.push(chunk)) {
+          decodeDone(f);
+          done();
+        }
+      });
+      sock.write(encodeCompileYourself({ colour: false, redirect }));
+    },
+    async () => {
+      const started = Date.now();
+      const child = spawn(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work, stdio: 'ignore' });
+      const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      await reported;
+      assert.ok(fs.existsSync(temp), "at 'D' the object is at the temp");
+      child.kill('SIGINT');
+      const end = await ended;
+      clearTimeout(timer);
+      assert.equal(end.signal, 'SIGINT', `ended ${JSON.stringify(end)} after ${Date.now() - started} ms`);
+      assert.ok(!fs.existsSync(temp), 'the temp was removed');
+      assert.ok(!fs.existsSync(redirect.output));
+    },
+  );
+});
+
 test('an output redirect over an existing output the client may not write: the compiler runs as given, nothing reported', {
   skip: uid !== 0 ? 'needs root to run the client under another uid' : false,
 }, async () => {
