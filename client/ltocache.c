@@ -1050,10 +1050,10 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
     int shown = out.through || err.through; /* passed on already: cannot be redone */
     if (temp) {
         const char *name = strrchr(temp, '/') + 1;
-        /* A run ended by a signal that names nothing of ours is clang's outcome as it is: run
-         * again, a compiler killed from outside (the OOM killer, `kill`) would succeed. */
+        /* Only a run that names the temp is redone: any other failure is clang's outcome as it
+         * is (redirectedRunOutcome in src/pipeline/outputRedirect.ts). */
         int named = mentions(&out, name) || mentions(&err, name);
-        if (!received_signal && !shown && (named || (!clean && sig == 0))) {
+        if (!received_signal && !shown && named) {
             unlink(temp);
             close(fd);
             sigprocmask(SIG_SETMASK, &mask, NULL);
@@ -1063,7 +1063,8 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
             w.temp = temp;
             w.output = output;
         } else {
-            unlink(temp);
+            /* What clang left at the temp is the output's, as without the redirect. */
+            if (place_redirected(temp, output) != 0) unlink(temp);
             sigprocmask(SIG_SETMASK, &mask, NULL);
             temp = NULL;
         }

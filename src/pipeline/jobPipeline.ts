@@ -1,5 +1,5 @@
 import { lstatSync, renameSync, statSync } from 'node:fs';
-import { readFile, unlink } from 'node:fs/promises';
+import { readFile, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ConfigFiles } from '../key/configFiles.js';
 import { colourIsOurs, withoutColour } from '../key/diagnosticColour.js';
@@ -675,6 +675,13 @@ export class JobPipeline {
       ctx.released?.();
       return { ...run, entry: null };
     }
+    // Output naming the temp is about the temp, not clang's about the output: the requester runs
+    // the compiler again as given, unless a signal or output it passed on already kept it from that.
+    if (redirect && redirectedRunOutcome(run, redirect) === 'redo') {
+      this.o.log.warn('the redirected compile printed the temp name; not stored', { key });
+      ctx.released?.();
+      return { ...run, entry: null };
+    }
     // Stored by the requester, which has gone: the entry is committed even though the
     // connection has closed.
     if (run.stored && byClient) return { ...run, entry: null, adopted: await byClient.adopt({ ...run, stored: run.stored }) };
@@ -770,6 +777,11 @@ export class JobPipeline {
       } catch {
         // as given, below
       }
+    }
+    if (outcome === 'as-is') {
+      // What clang left at the temp (only a whole object it renamed there) is the output's, as without the redirect.
+      const there = statSync(redirect.output, { throwIfNoEntry: false });
+      if (!there || there.isFile()) await rename(redirect.temp, redirect.output).catch(() => {});
     }
     await unlink(redirect.temp).catch(() => {});
     return signal.aborted || outcome === 'as-is' ? run : this.run({ ...base, args: req.args });

@@ -76,19 +76,19 @@ export function redirectedArgs(args: readonly string[], r: OutputRedirect): stri
 }
 
 /**
- * What becomes of a redirected run. `stands`: it ended clean (exit 0, no signal) and printed
- * nothing naming the temp; its object is kept. `redo`: it printed the temp's name (a diagnostic
- * about it would not be clang's about the output) or exited non-zero (a failure may be the
- * temp's); it is thrown away and the compiler run again as given, so the build sees clang's own
- * outcome. `as-is`: it was ended by a signal and printed nothing naming the temp; that is clang's
- * outcome already, and running it again would turn a compiler killed from outside (the OOM
- * killer, `kill`) into one that succeeds.
+ * What becomes of a redirected run. `redo`: it printed the temp's name (a diagnostic about the
+ * temp is not clang's about the output); it is thrown away and the compiler run again as given.
+ * `stands`: it ended clean (exit 0, no signal); its object is kept and may be stored. `as-is`: it
+ * failed or was ended by a signal without naming the temp; that is clang's outcome already (the
+ * temp sits beside the output, on the same file system, under a name as long as any that fits
+ * NAME_MAX), so it is what the build gets, with whatever clang left at the temp moved to the
+ * output as clang would have left it there. Running it again would double the time to a build
+ * error, and turn a compiler killed from outside (the OOM killer, `kill`) into one that succeeds.
  */
 export function redirectedRunOutcome(run: { exitCode: number; signal: number; stdout: Buffer; stderr: Buffer }, r: OutputRedirect): 'stands' | 'redo' | 'as-is' {
   const name = r.temp.slice(r.temp.lastIndexOf('/') + 1);
   if (run.stdout.includes(name) || run.stderr.includes(name)) return 'redo';
-  if (run.exitCode === 0 && run.signal === 0) return 'stands';
-  return run.signal !== 0 ? 'as-is' : 'redo';
+  return run.exitCode === 0 && run.signal === 0 ? 'stands' : 'as-is';
 }
 
 /**

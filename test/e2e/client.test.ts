@@ -1171,7 +1171,7 @@ test('a daemon that does not know flag bit 2 refuses it by name: the client asks
   assert.deepEqual(seen2, [1]);
 });
 
-test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D', the client renames it after 'A'; any other run is exec'ed again as given", async () => {
+test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D', the client renames it after 'A'; a run that names the temp is exec'ed again as given", async () => {
   const cacheDir = newCacheDir();
   const env = baseEnv(cacheDir);
   const work = fs.mkdtempSync(path.join(tmp, 'redirect-'));
@@ -1180,7 +1180,7 @@ test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D
   fs.writeFileSync(
     rec,
     `#!/bin/sh\nprintf '%s\\n' "$@" >> args.log\nout=; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\n` +
-      `if [ -e fail ]; then echo "error: cannot write $out" >&2; exit 3; fi\necho obj > "$out"\nif [ -e die ]; then kill -KILL $$; fi\n`,
+      `if [ -e fail ]; then echo "error: cannot write $out" >&2; exit 3; fi\nif [ -e fails ]; then echo "error: backend" >&2; exit 4; fi\necho obj > "$out"\nif [ -e die ]; then kill -KILL $$; fi\n`,
     { mode: 0o755 },
   );
   const temp = path.join(work, '.x.o.ltocache-out-0123456789ab');
@@ -1207,25 +1207,35 @@ test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D
     assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n');
     assert.equal(fs.readFileSync(redirect.output, 'utf8'), 'obj\n');
     assert.ok(!fs.existsSync(temp));
-    // A run that fails is thrown away: the compiler runs again as given, and that is what the build sees.
+    // A run that fails without naming the temp is clang's outcome: run once, nothing reported.
+    fs.rmSync(path.join(work, 'args.log'));
+    fs.writeFileSync(path.join(work, 'fails'), '');
+    const plainFail = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
+    assert.equal(plainFail.status, 4);
+    assert.equal(plainFail.stderr.toString(), 'error: backend\n');
+    assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n', 'run once');
+    assert.deepEqual(seen, ['temp -', '- output'], "reported with 'D', the output as the last run left it");
+    fs.rmSync(path.join(work, 'fails'));
+    // A run that names the temp is thrown away: the compiler runs again as given, and that is what the build sees.
     fs.rmSync(path.join(work, 'args.log'));
     fs.writeFileSync(path.join(work, 'fail'), '');
     const failed = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
     assert.equal(failed.status, 3);
     assert.equal(failed.stderr.toString(), 'error: cannot write x.o\n');
     assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n-o\nx.o\n@x\n');
-    assert.deepEqual(seen, ['temp -'], 'nothing reported for the run thrown away');
+    assert.deepEqual(seen, ['temp -', '- output'], 'nothing reported for the run thrown away');
     fs.rmSync(path.join(work, 'fail'));
     // A run killed by a signal sent to the compiler alone (the OOM killer, `kill -9`) that named
-    // nothing of ours is clang's outcome: not run again, its temp removed, and we end as it did.
+    // nothing of ours is clang's outcome: not run again, what it wrote at the temp moved to the
+    // output (where it would be without the redirect), and we end as it did.
     fs.rmSync(path.join(work, 'args.log'));
     fs.rmSync(redirect.output);
     fs.writeFileSync(path.join(work, 'die'), '');
     const killed = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
     assert.equal(killed.signal, 'SIGKILL', `status ${killed.status}`);
     assert.equal(log(), '-o\n.x.o.ltocache-out-0123456789ab\n@x\n', 'run once');
-    assert.deepEqual(seen, ['temp -', '- -'], "reported with 'D', the temp already removed");
-    assert.ok(!fs.existsSync(redirect.output));
+    assert.deepEqual(seen, ['temp -', '- output', '- output'], "reported with 'D', the temp already moved");
+    assert.equal(fs.readFileSync(redirect.output, 'utf8'), 'obj\n');
     fs.rmSync(path.join(work, 'die'));
   });
   // An index past the arguments: the compiler is exec'ed as given, nothing reported.
@@ -1234,7 +1244,7 @@ test("an output redirect in 'M': clang writes the temp, the daemon sees it at 'D
     const r = await run(client, [rec, '-o', 'x.o', '@x'], { env, cwd: work });
     assert.equal(r.status, 0, r.stderr.toString());
     assert.equal(log(), '-o\nx.o\n@x\n');
-    assert.deepEqual(seen, ['temp -', '- -']);
+    assert.deepEqual(seen, ['temp -', '- output', '- output']);
   });
   assert.deepEqual(
     fs.readdirSync(work).filter((f) => f.includes('.ltocache-')),
