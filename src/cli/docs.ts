@@ -90,7 +90,7 @@ export function manPage(): string {
   L.push(
     '.SH EXIT STATUS',
     roff(
-      'A compile through the cache exits as the compiler does. The commands exit 0 on success, 1 when they failed, 2 for a usage error or an invalid configuration; daemon status exits 3 when no daemon runs.',
+      'A compile through the cache exits as the compiler does. The commands exit 0 on success, 1 when they failed, 2 for a usage error or an invalid configuration; daemon status exits 3 when no daemon runs, daemon run 4 when a daemon already serves the cache directory.',
     ),
     '.SH FILES',
     '.TP',

@@ -63,11 +63,11 @@ export const DAEMON_V8_FLAGS = ['--no-turbo-inlining'] as const;
 async function daemonRun(config: Config, background: boolean): Promise<void> {
   for (const f of DAEMON_V8_FLAGS) setFlagsFromString(f);
   const notify = startupNotifier();
-  const { Daemon } = await import('../daemon/daemon.js');
+  const { Daemon, EXIT_DAEMON_ALREADY_RUNNING } = await import('../daemon/daemon.js');
   const d = await Daemon.start(config);
   if (d === 'already-running') {
     notify('L');
-    if (!background) fail(`a daemon is already running for ${config.dir}`);
+    if (!background) fail(`a daemon is already running for ${config.dir}`, EXIT_DAEMON_ALREADY_RUNNING);
     return;
   }
   notify('R');

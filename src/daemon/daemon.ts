@@ -613,6 +613,13 @@ const ROOM_CHECK_MS = 2000;
  */
 export const EXIT_STALE = 75;
 
+/**
+ * The exit status of `daemon run` when a daemon already serves its cache directory (one a job
+ * started, say): not a failure to restart (`RestartPreventExitStatus=` in
+ * docs/systemd/ltocache.service), and not the usage or configuration error's 2.
+ */
+export const EXIT_DAEMON_ALREADY_RUNNING = 4;
+
 /** Waits for `p`, or `ms` at most. */
 async function within(p: Promise<unknown>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { EXIT_DAEMON_ALREADY_RUNNING } from '../../src/daemon/daemon.js';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { processAlive } from '../../src/util/processAlive.js';
 import { CacheEnv, CLI, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
@@ -673,4 +675,18 @@ test('`daemon run` ends with status 75 when its cache directory is replaced (a s
   };
   assert.equal(await runUntilExit((dir) => renameSync(dir, `${dir}.old`)), 75);
   assert.equal(await runUntilExit((dir) => spawnSync(process.execPath, [CLI, 'daemon', 'stop'], { env: { ...process.env, LTOCACHE_DIR: dir } })), 0);
+  // A second `daemon run` for a directory a daemon serves (one a job started, say) ends with a
+  // status of its own, which a service unit does not restart (docs/systemd/ltocache.service).
+  let second: ReturnType<typeof spawnSync> | undefined;
+  assert.equal(
+    await runUntilExit((dir) => {
+      second = spawnSync(process.execPath, [CLI, 'daemon', 'run'], { env: { ...process.env, LTOCACHE_DIR: dir, LTOCACHE_IDLE_TIMEOUT: '0' }, encoding: 'utf8' });
+      spawnSync(process.execPath, [CLI, 'daemon', 'stop'], { env: { ...process.env, LTOCACHE_DIR: dir } });
+    }),
+    0,
+  );
+  assert.equal(second?.status, EXIT_DAEMON_ALREADY_RUNNING, String(second?.stderr));
+  assert.match(String(second?.stderr), /already running/);
+  const unit = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'docs', 'systemd', 'ltocache.service'), 'utf8');
+  assert.match(unit, new RegExp(`^RestartPreventExitStatus=.*\\b${EXIT_DAEMON_ALREADY_RUNNING}\\b`, 'm'));
 });
