@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
@@ -288,6 +288,7 @@ async function trace(config: Config, args: string[]): Promise<void> {
   if (rest.length !== 1 || rest[0] !== '--last-build' || !out) throw new UsageError('trace: expected --last-build -o FILE');
   const { askLog } = await import('./askLog.js');
   const r = (await askLog(config, { op: 'last-build' })) as { jobs: JobRecord[] };
+  mkdirSync(dirname(resolve(out)), { recursive: true });
   writeFileSync(out, JSON.stringify(chromeTrace(r.jobs)) + '\n');
   process.stdout.write(`wrote ${r.jobs.length} jobs to ${out}\n`);
 }

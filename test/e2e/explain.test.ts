@@ -137,7 +137,8 @@ describe('explain and trace', () => {
 
   test('trace: a valid Chrome trace with one slice per job of the last build', async () => {
     await build(['-O3']);
-    const out = join(b.dir, 'build.json');
+    // Into a directory not made yet, as report -o writes.
+    const out = join(b.dir, 'traces', 'build.json');
     const r = cache.cli(['trace', '--last-build', '-o', out]);
     assert.equal(r.status, 0, r.stderr);
     const t = JSON.parse(readFileSync(out, 'utf8')) as { traceEvents: Record<string, unknown>[]; displayTimeUnit: string };
