@@ -1,6 +1,6 @@
 import { mkdirSync, statfsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { socketDirName } from '../config/cacheDir.js';
 import type { Config } from '../config/config.js';
@@ -27,6 +27,7 @@ import type { CacheBackend } from '../store/backend.js';
 import { type LocalStore, StoreLockedError } from '../store/localStore.js';
 import { openStoreWithRecovery } from '../store/openWithRecovery.js';
 import { readOnly, type TierEvent, tiered } from '../store/policies.js';
+import { asOpened } from '../util/asOpened.js';
 import { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
 import { Lifecycle } from './lifecycle.js';
@@ -426,7 +427,7 @@ export class Daemon {
     const runOne = async (job: PlannedJob): Promise<JobRun> => {
       if (signal.aborted) return { code: 1, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
       const jr: JobRequest = {
-        compiler: resolve(req.cwd, job.argv[0]!),
+        compiler: asOpened(req.cwd, job.argv[0]!),
         args: job.argv.slice(1),
         cwd: req.cwd,
         env: req.env,

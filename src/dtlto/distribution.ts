@@ -1,7 +1,7 @@
 import { constants, realpathSync, statSync } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
-import { delimiter, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { basename, delimiter, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { outputOption, parseJob } from '../key/parseJob.js';
 import { DistFile, DTLTO_LIMITS, distFileError } from '../protocol/dtlto.js';
 import { asOpened } from '../util/asOpened.js';
@@ -21,7 +21,7 @@ export interface PlannedJob {
   n: number;
   argv: string[];
   outputs: string[];
-  /** The job's own inputs, absolute. */
+  /** The job's own inputs, absolute as the kernel opens them (asOpened). */
   inputs: string[];
 }
 
@@ -30,7 +30,7 @@ export interface PlannedDistribution {
   /** `common.args[0]` as the file spells it. */
   compilerName: string;
   jobs: PlannedJob[];
-  /** `common.inputs`, absolute. */
+  /** `common.inputs`, absolute as the kernel opens them (asOpened). */
   commonInputs: string[];
   /** The file's bytes, as read (the distribution memo is found by them). */
   bytes: Buffer;
@@ -46,9 +46,10 @@ function isFile(p: string): boolean {
   }
 }
 
+/** realpath(3): `fs.realpathSync` (the JavaScript one) drops `lnk/..` lexically before it looks. */
 function realpathOrNull(p: string): string | null {
   try {
-    return realpathSync(p);
+    return realpathSync.native(p);
   } catch {
     return null;
   }
@@ -64,7 +65,7 @@ export async function executable(p: string): Promise<boolean> {
 }
 
 async function findCompiler(name: string, cwd: string, env: NodeJS.ProcessEnv): Promise<string | null> {
-  if (name.includes('/')) return (await executable(resolve(cwd, name))) ? name : null;
+  if (name.includes('/')) return (await executable(asOpened(cwd, name))) ? name : null;
   for (const dir of (env.PATH ?? '').split(delimiter)) {
     if (dir && (await executable(join(dir, name)))) return join(dir, name);
   }
@@ -94,14 +95,17 @@ function outputFlags(args: string[]): string[] {
  * bytes, a missing compiler or input, an output outside the linker output's directory (by `..`,
  * an absolute path elsewhere, or a symlinked directory), an output that is also an input or
  * declared twice, a `-o` (or a derived output such as a `.dwo`) that is not a declared output.
+ * Every path is taken as the kernel opens it from `cwd` (asOpened: `lnk/../x` is `x` beside
+ * `lnk`'s target), and two paths are one file when they place it in the same real directory
+ * under the same name, however they spell it.
  */
 export async function planDistribution(file: string, cwd: string, env: NodeJS.ProcessEnv): Promise<PlannedDistribution> {
   let text: string;
   let bytes: Buffer;
   try {
-    const st = await stat(resolve(cwd, file));
+    const st = await stat(asOpened(cwd, file));
     if (st.size > DTLTO_LIMITS.maxFileBytes) throw new DistributeError(`${file}: ${st.size} bytes; the limit is ${DTLTO_LIMITS.maxFileBytes}`);
-    bytes = await readFile(resolve(cwd, file));
+    bytes = await readFile(asOpened(cwd, file));
     text = bytes.toString('utf8');
   } catch (e) {
     if (e instanceof DistributeError) throw e;
@@ -123,47 +127,70 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
   const compiler = await findCompiler(compilerName, cwd, env);
   if (!compiler) throw new DistributeError(`compiler ${compilerName} (common.args[0]) not found or not executable`);
 
-  const linkerDir = dirname(resolve(cwd, d.common.linker_output));
-  let linkerDirReal: string;
-  try {
-    linkerDirReal = realpathSync(linkerDir);
-  } catch {
-    throw new DistributeError(`the linker output's directory ${linkerDir} does not exist`);
-  }
+  const linkerDir = dirname(asOpened(cwd, d.common.linker_output));
+  const linkerDirReal = realpathOrNull(linkerDir);
+  if (linkerDirReal === null) throw new DistributeError(`the linker output's directory ${linkerDir} does not exist`);
+  const realDirs = new Map<string, string | null>();
+  const realDir = (dir: string): string | null => {
+    let real = realDirs.get(dir);
+    if (real === undefined) {
+      real = realpathOrNull(dir);
+      realDirs.set(dir, real);
+    }
+    return real;
+  };
+  /** The file `p` names, as `<real path of its directory>/<last component>`; null when that
+   *  directory does not exist or `p` ends in `.`, `..` or `/` (a directory, never a job's file). */
+  const placed = (p: string): string | null => {
+    const opened = asOpened(cwd, p);
+    const name = basename(opened);
+    if (name === '.' || name === '..' || opened.endsWith('/')) return null;
+    const real = realDir(dirname(opened));
+    return real === null ? null : join(real, name);
+  };
+  /** Lexically (path.resolve) in the linker output's directory: tells a plain `..` or absolute
+   *  path elsewhere from a symbolic link leading out, for the message. */
+  const linkerDirLexical = dirname(resolve(cwd, d.common.linker_output));
+  const outside = (p: string, at: string): string | null => {
+    if (within(linkerDirReal, at)) return null;
+    return within(linkerDirLexical, resolve(cwd, p))
+      ? "resolves outside the linker output's directory (through a symbolic link)"
+      : `is outside the linker output's directory ${linkerDirReal}`;
+  };
   const inputs = new Set<string>();
-  const checked = new Map<string, boolean>();
+  const checked = new Set<string>();
   const addInputs = async (list: string[], where: string) => {
     for (const p of list) {
-      const abs = resolve(cwd, p);
-      inputs.add(abs);
-      let ok = checked.get(abs);
-      if (ok === undefined) {
-        ok = isFile(asOpened(cwd, p));
-        checked.set(abs, ok);
-      }
-      if (!ok) throw new DistributeError(`${where}: input ${p} does not exist or is not a regular file`);
+      if (checked.has(p)) continue;
+      const at = isFile(asOpened(cwd, p)) ? placed(p) : null;
+      if (at === null) throw new DistributeError(`${where}: input ${p} does not exist or is not a regular file`);
+      checked.add(p);
+      inputs.add(at);
     }
   };
-  const commonInputs = (d.common.inputs ?? []).map((p) => resolve(cwd, p));
+  const commonInputs = (d.common.inputs ?? []).map((p) => asOpened(cwd, p));
   await addInputs(d.common.inputs ?? [], 'common.inputs');
   for (const [n, j] of d.jobs.entries()) await addInputs(j.inputs, `jobs[${n}]`);
-  inputs.add(resolve(cwd, d.common.linker_output));
-  inputs.add(resolve(cwd, file));
+  for (const p of [d.common.linker_output, file]) {
+    const at = placed(p);
+    if (at !== null) inputs.add(at);
+  }
 
   const outputs = new Set<string>();
-  /** Every file a job writes, declared or derived: beside the linker output, not an input, once. */
+  /** Every file a job writes, declared or derived: in the linker output's real directory or below
+   *  it, not an input, once. Returns where it is (`placed`). */
   const claimOutput = (n: number, o: string, what: string): string => {
-    const abs = resolve(cwd, o);
-    if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is outside the linker output's directory ${linkerDir}`);
-    // Where the kernel puts it: lexically inside, but a `..` after a symbolic link may lead out.
-    const parentReal = realpathOrNull(dirname(asOpened(cwd, o)));
-    if (parentReal === null) throw new DistributeError(`jobs[${n}]: the directory of ${what} ${o} does not exist`);
-    if (parentReal !== linkerDirReal && !within(linkerDirReal, parentReal))
-      throw new DistributeError(`jobs[${n}]: ${what} ${o} resolves outside the linker output's directory (through a symbolic link)`);
-    if (inputs.has(abs)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is also an input`);
-    if (outputs.has(abs)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is written twice`);
-    outputs.add(abs);
-    return abs;
+    const at = placed(o);
+    if (at === null) {
+      if (realDir(dirname(asOpened(cwd, o))) === null) throw new DistributeError(`jobs[${n}]: the directory of ${what} ${o} does not exist`);
+      throw new DistributeError(`jobs[${n}]: ${what} ${o} does not name a file`);
+    }
+    const why = outside(o, at);
+    if (why !== null) throw new DistributeError(`jobs[${n}]: ${what} ${o} ${why}`);
+    if (inputs.has(at)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is also an input`);
+    if (outputs.has(at)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is written twice`);
+    outputs.add(at);
+    return at;
   };
   const jobs: PlannedJob[] = [];
   for (const [n, j] of d.jobs.entries()) {
@@ -171,21 +198,22 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
     for (const o of j.outputs) declared.add(claimOutput(n, o, 'output'));
     const args = [...d.common.args.slice(1), ...j.args];
     for (const o of outputFlags(args)) {
-      if (!declared.has(resolve(cwd, o))) throw new DistributeError(`jobs[${n}]: -o ${o} is not one of the job's declared outputs`);
+      const at = placed(o);
+      if (at === null || !declared.has(at)) throw new DistributeError(`jobs[${n}]: -o ${o} is not one of the job's declared outputs`);
     }
     // Outputs clang derives from -o (.dwo, .su, optimisation records) must stay beside the declared ones.
     const p = await parseJob(args, cwd);
     if (p.kind === 'job') {
       for (const o of p.job.outputs) {
-        const abs = resolve(cwd, o.path);
-        if (!within(linkerDir, abs)) throw new DistributeError(`jobs[${n}]: clang would write ${o.path} outside the linker output's directory`);
+        const at = placed(o.path);
+        if (at !== null && outside(o.path, at) !== null) throw new DistributeError(`jobs[${n}]: clang would write ${o.path} outside the linker output's directory`);
         // Also a -o inside a response file.
-        if (o.role === 'obj' && !declared.has(abs)) throw new DistributeError(`jobs[${n}]: -o ${o.path} is not one of the job's declared outputs`);
+        if (o.role === 'obj' && (at === null || !declared.has(at))) throw new DistributeError(`jobs[${n}]: -o ${o.path} is not one of the job's declared outputs`);
         // A derived output (an optimisation record, a .dwo) passes the declared outputs' checks.
-        if (!declared.has(abs)) claimOutput(n, o.path, 'derived output');
+        if (at === null || !declared.has(at)) claimOutput(n, o.path, 'derived output');
       }
     }
-    jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs, inputs: j.inputs.map((p) => resolve(cwd, p)) });
+    jobs.push({ n, argv: [compiler, ...args], outputs: j.outputs, inputs: j.inputs.map((p) => asOpened(cwd, p)) });
   }
   return { compiler, compilerName, jobs, commonInputs, bytes };
 }

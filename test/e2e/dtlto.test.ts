@@ -219,6 +219,44 @@ describe('DTLTO through ltocache (lld 22)', () => {
     assert.ok(readFileSync(join(t.dir, 'prog.abs')).equals(mine));
   });
 
+  test('-o lnk/../prog with lnk a symbolic link to a directory elsewhere: the files are where the kernel opens them, as for a serial link; the relink hits (daemon, distribution memo, Node CLI)', async () => {
+    const far = join(tempDir('dtlto-far'), 'far');
+    mkdirSync(join(far, 'inner'), { recursive: true });
+    symlinkSync(join(far, 'inner'), join(t.dir, 'lnk'));
+    const out = 'lnk/../prog.far';
+    const leftovers = () => readdirSync(far).filter((f) => /\.native\.o|dist-file|ltocache-/.test(f));
+    try {
+      const memos0 = cache.stats().dist_memos_written;
+      const first = delta(cache, () => ok(lldForm(cache.env, { out }), 'link through lnk/..'));
+      assert.equal(first.hits + first.misses, t.modules.length, JSON.stringify(first));
+      assert.equal(first.errors + first.uncacheable, 0, JSON.stringify(first));
+      assert.equal(existsSync(join(t.dir, 'prog.far')), false, 'written where path.resolve puts it');
+      const mine = readFileSync(join(far, 'prog.far'));
+      assert.equal(run(join(far, 'prog.far'), [], t.dir).stdout, t.oracle());
+      assert.deepEqual(leftovers(), []);
+      ok(t.linkLld(serial, [], { out: 'lnk/../prog.far.serial' }), 'serial link through lnk/..');
+      assert.ok(readFileSync(join(far, 'prog.far.serial')).equals(mine), 'executable differs from the serial link');
+
+      const memoWritten = Date.now() + 5_000;
+      while (cache.stats().dist_memos_written === memos0 && Date.now() < memoWritten) await sleep(100);
+      assert.equal(cache.stats().dist_memos_written, memos0 + 1, 'a distribution memo was written');
+      const viaDaemon = delta(cache, () => ok(lldForm({ ...cache.env, LTOCACHE_MEMO: '0' }, { out }), 'relink, fast path off'));
+      assert.deepEqual(viaDaemon, { hits: t.modules.length, misses: 0, errors: 0, uncacheable: 0 });
+      assert.ok(readFileSync(join(far, 'prog.far')).equals(mine));
+      const m0 = cache.stats().memo_hits;
+      rmSync(join(far, 'prog.far'));
+      ok(lldForm(cache.env, { out }), 'relink from the distribution memo');
+      assert.equal(cache.stats().memo_hits - m0, t.modules.length, 'served by the client');
+      assert.ok(readFileSync(join(far, 'prog.far')).equals(mine));
+      rmSync(join(far, 'prog.far'));
+      ok(lldForm({ ...cache.env, LTOCACHE_DISABLE: '1' }, { out }), 'link through the Node CLI');
+      assert.ok(readFileSync(join(far, 'prog.far')).equals(mine));
+      assert.deepEqual(leftovers(), []);
+    } finally {
+      rmSync(join(t.dir, 'lnk'));
+    }
+  });
+
   test('modules from a static archive, which lld writes out under names with its PID: the relink hits, byte-identical to a serial link', () => {
     const members = ['mathx', 'hashx', 'table'];
     rmSync(join(t.dir, 'libparts.a'), { force: true });
@@ -337,6 +375,28 @@ describe('DTLTO through ltocache (lld 22)', () => {
         'an output through a symbolic link to another directory',
         (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'escape/w.o'], outputs: ['escape/w.o'] }] }),
         /output escape\/w\.o resolves outside the linker output's directory \(through a symbolic link\)/,
+      ],
+      [
+        'an output through a symbolic link and .. (escape/../x.o opens x.o beside the link target)',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'escape/../x.o'], outputs: ['escape/../x.o'] }] }),
+        /output escape\/\.\.\/x\.o resolves outside the linker output's directory \(through a symbolic link\)/,
+      ],
+      [
+        'an output that is an input spelt through a symbolic link and ..',
+        (f) => ({ ...f, jobs: [{ ...f.jobs[0]!, args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'escape/../build/mathx.o'], outputs: ['escape/../build/mathx.o'] }] }),
+        /output escape\/\.\.\/build\/mathx\.o is also an input/,
+      ],
+      [
+        'two outputs naming one file, one through a symbolic link and ..',
+        (f) => {
+          const other = {
+            ...f.jobs[0]!,
+            args: ['main.o', '-fthinlto-index=main.o.thinlto.bc', '-o', 'escape/../build/main.1.9.native.o'],
+            outputs: ['escape/../build/main.1.9.native.o'],
+          };
+          return { ...f, jobs: [f.jobs[0]!, other] };
+        },
+        /jobs\[1\]: output escape\/\.\.\/build\/main\.1\.9\.native\.o is written twice/,
       ],
       [
         'an output that is also an input',
