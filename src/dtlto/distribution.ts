@@ -1,4 +1,4 @@
-import { constants, realpathSync, statSync } from 'node:fs';
+import { constants, lstatSync, realpathSync, statSync } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { basename, delimiter, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
@@ -41,6 +41,14 @@ export interface PlannedDistribution {
 function isFile(p: string): boolean {
   try {
     return statSync(p, { throwIfNoEntry: false })?.isFile() ?? false;
+  } catch {
+    return false;
+  }
+}
+
+function isSymlink(p: string): boolean {
+  try {
+    return lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
   } catch {
     return false;
   }
@@ -187,6 +195,9 @@ export async function planDistribution(file: string, cwd: string, env: NodeJS.Pr
     }
     const why = outside(o, at);
     if (why !== null) throw new DistributeError(`jobs[${n}]: ${what} ${o} ${why}`);
+    // clang replaces a symbolic link at `-o` (it renames a temp onto it), but writes an
+    // optimisation record or the like through one, wherever it points.
+    if (what === 'derived output' && isSymlink(asOpened(cwd, o))) throw new DistributeError(`jobs[${n}]: ${what} ${o} is a symbolic link`);
     if (inputs.has(at)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is also an input`);
     if (outputs.has(at)) throw new DistributeError(`jobs[${n}]: ${what} ${o} is written twice`);
     outputs.add(at);

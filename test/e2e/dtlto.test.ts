@@ -427,6 +427,15 @@ describe('DTLTO through ltocache (lld 22)', () => {
         /derived output mathx\.o is also an input/,
       ],
       [
+        'an optimisation record at a symbolic link to a file elsewhere (clang writes through it)',
+        (f) => {
+          rmSync(join(dir, 'rec.yaml'), { force: true });
+          symlinkSync(join(outside, 'victim.yaml'), join(dir, 'rec.yaml'));
+          return { ...f, jobs: [{ ...f.jobs[0]!, args: [...f.jobs[0]!.args, '-fsave-optimization-record', '-foptimization-record-file=rec.yaml'] }] };
+        },
+        /derived output rec\.yaml is a symbolic link/,
+      ],
+      [
         'two jobs writing one optimisation record',
         (f) => {
           const job = { ...f.jobs[0]!, args: [...f.jobs[0]!.args, '-fsave-optimization-record', '-foptimization-record-file=remarks.yaml'] };
