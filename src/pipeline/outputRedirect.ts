@@ -24,12 +24,15 @@ const PATH_MAX = 4096;
  * read-only file) and writes into one that is not a regular file in place.
  */
 function replacedByRename(output: string): boolean {
+  // Absent (the usual case of a miss) without an exception: an Error with its stack costs more than the stat.
+  const st = statSync(output, { throwIfNoEntry: false });
+  if (!st) return true;
+  if (!st.isFile()) return false;
   try {
-    if (!statSync(output).isFile()) return false;
     accessSync(output, constants.W_OK);
     return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'ENOENT';
+  } catch {
+    return false;
   }
 }
 
