@@ -979,6 +979,34 @@ static int mentions(const struct capture *c, const char *name) {
     return c->len && memmem(c->p, c->len, name, strlen(name)) != NULL;
 }
 
+/* Whether clang, given the output as it is now, replaces it by a rename as the redirect does:
+ * absent, or a regular file we may write. Clang refuses an existing output it may not write and
+ * writes into one that is not a regular file in place; the rename would replace either. Checked
+ * again here: the daemon checked with its own credentials, earlier. */
+static int replaced_by_rename(const char *output) {
+    struct stat st;
+    if (stat(output, &st) != 0) return errno == ENOENT;
+    return S_ISREG(st.st_mode) && access(output, W_OK) == 0;
+}
+
+/* Reports a compile with 'D' and waits for the daemon's 'A' (or its going away). */
+static void report_done(int fd, const struct capture *out, const struct capture *err, int status,
+                        int sig) {
+    unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
+    uint32_t total = (uint32_t)(LTOC_RESULT_OVERHEAD + out->len + err->len);
+    uint32_t words[4] = {total, (uint32_t)status, (uint32_t)sig, (uint32_t)out->len};
+    for (int wd = 0; wd < 4; wd++)
+        for (int b = 0; b < 4; b++)
+            hdr[(wd == 0 ? 0 : 1 + 4 * wd) + b] = (unsigned char)(words[wd] >> (8 * b));
+    hdr[4] = LTOC_FRAME_DONE;
+    for (int b = 0; b < 4; b++) mid[b] = (unsigned char)(err->len >> (8 * b));
+    if (write_all(fd, hdr, sizeof hdr, 1) == 0 && write_all(fd, out->p, out->len, 1) == 0 &&
+        write_all(fd, mid, 4, 1) == 0 && write_all(fd, err->p, err->len, 1) == 0) {
+        uint32_t n = 0;
+        free(read_reply(fd, &n)); /* 'A', or EOF if the daemon went away: either way, go on */
+    }
+}
+
 /* A NUL-terminated copy of wire bytes (reply_parse_compile checked that they hold no NUL). */
 static char *wire_str(struct memo_bytes b) {
     return strndup((const char *)b.p, b.len);
@@ -994,10 +1022,9 @@ static char *wire_str(struct memo_bytes b) {
  * clang writes the object to a private temp: it is stored (or read by the daemon) from there and
  * only then renamed onto the output, so no other process's write to the output is what gets
  * stored. Termination signals are held while the temp stands, but for the wait on the daemon
- * after 'D' (ack_wait_begin). A redirected run that exited
- * non-zero, or printed the temp's name, is redone by exec'ing the compiler as given: the build
- * then sees clang's own outcome and message. One ended by a signal (one the user sent us, or one
- * sent to clang alone) ends us as clang ended.
+ * after 'D' (ack_wait_begin). A redirected run that printed the temp's name is redone by
+ * exec'ing the compiler as given, so the build sees clang's own message; any other failure or
+ * signal death is clang's outcome as it is (what clang left at the temp goes to the output).
  * Never returns. */
 _Noreturn static void compile_and_report(int fd, const struct job *j, const struct reply_compile *rc,
                                          const char *cache, const char *lookup) {
@@ -1017,12 +1044,7 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
             close(fd);
             direct_exec(j);
         }
-        /* As clang sees the output now (the daemon checked it with its own credentials, earlier):
-         * clang refuses an existing output it may not write, and writes into one that is not a
-         * regular file in place; the rename would replace either. The compiler runs as given. */
-        struct stat ost;
-        if (stat(output, &ost) == 0 ? !S_ISREG(ost.st_mode) || access(output, W_OK) != 0
-                                    : errno != ENOENT) {
+        if (!replaced_by_rename(output)) {
             close(fd);
             direct_exec(j);
         }
@@ -1080,21 +1102,7 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
     pinned_free(&pin);
     struct ack_wait aw;
     if (temp) ack_wait_begin(&aw, temp, &mask);
-    if (!shown) {
-        unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
-        uint32_t total = (uint32_t)(LTOC_RESULT_OVERHEAD + out.len + err.len);
-        uint32_t words[4] = {total, (uint32_t)status, (uint32_t)sig, (uint32_t)out.len};
-        for (int wd = 0; wd < 4; wd++)
-            for (int b = 0; b < 4; b++)
-                hdr[(wd == 0 ? 0 : 1 + 4 * wd) + b] = (unsigned char)(words[wd] >> (8 * b));
-        hdr[4] = LTOC_FRAME_DONE;
-        for (int b = 0; b < 4; b++) mid[b] = (unsigned char)(err.len >> (8 * b));
-        if (write_all(fd, hdr, sizeof hdr, 1) == 0 && write_all(fd, out.p, out.len, 1) == 0 &&
-            write_all(fd, mid, 4, 1) == 0 && write_all(fd, err.p, err.len, 1) == 0) {
-            uint32_t n = 0;
-            free(read_reply(fd, &n));  /* 'A', or EOF if the daemon went away: either way, go on */
-        }
-    }
+    if (!shown) report_done(fd, &out, &err, status, sig);
     if (temp) ack_wait_end(&aw);
     close(fd);
     if (temp) {
