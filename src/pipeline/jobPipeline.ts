@@ -1,5 +1,5 @@
-import { lstatSync, renameSync, statSync } from 'node:fs';
-import { readFile, rename, unlink } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ConfigFiles } from '../key/configFiles.js';
 import { colourIsOurs, withoutColour } from '../key/diagnosticColour.js';
@@ -23,7 +23,7 @@ import type { DenyList } from './denyList.js';
 import { entryBytes, entryMemo, fromBase64, type Outputs } from './entryMemo.js';
 import { HotEntries } from './hotEntries.js';
 import { materialize } from './materialize.js';
-import { type OutputRedirect, outputRedirect, readOutputSync, redirectedArgs, redirectedRunOutcome } from './outputRedirect.js';
+import { type OutputRedirect, outputRedirect, placeRedirected, readOutputSync, redirectedArgs, redirectedRunOutcome } from './outputRedirect.js';
 import { type CompilerRun, type RequesterStored, type RunOptions, runCompiler } from './runCompiler.js';
 import { Semaphore, SLOT_STUCK_MS } from './semaphore.js';
 import { TeamPrefetch } from './teamPrefetch.js';
@@ -756,8 +756,8 @@ export class JobPipeline {
    * Runs the compiler here. Redirected, a run that stands (redirectedRunOutcome) has its object
    * read from the private temp, which is then renamed onto the output: a write to the output by
    * another process cannot be what is stored. A run to redo (or a temp that cannot be read or
-   * renamed) is run again as given, for clang's own outcome; that run is not redirected. A run
-   * ended by a signal is clang's outcome as it is.
+   * placed) is run again as given, for clang's own outcome; that run is not redirected. Any other
+   * run is clang's outcome as it is, with what it left at the temp placed at the output.
    */
   private async runHere(req: JobRequest, redirect: OutputRedirect | null, signal: AbortSignal): Promise<CompilerRun & { object?: Buffer }> {
     const base = { compiler: req.compiler, cwd: req.cwd, env: req.env, umask: req.umask, signal };
@@ -767,22 +767,12 @@ export class JobPipeline {
     if (outcome === 'stands') {
       try {
         const object = readRegularFileSync(redirect.temp);
-        // An output that is not a regular file (a named pipe, /dev/null through a link) is written
-        // into as it is by clang: a rename would replace it.
-        const there = statSync(redirect.output, { throwIfNoEntry: false });
-        if (object && (!there || there.isFile())) {
-          renameSync(redirect.temp, redirect.output);
-          return { ...run, object };
-        }
+        if (object && placeRedirected(redirect)) return { ...run, object };
       } catch {
         // as given, below
       }
     }
-    if (outcome === 'as-is') {
-      // What clang left at the temp (only a whole object it renamed there) is the output's, as without the redirect.
-      const there = statSync(redirect.output, { throwIfNoEntry: false });
-      if (!there || there.isFile()) await rename(redirect.temp, redirect.output).catch(() => {});
-    }
+    if (outcome === 'as-is') placeRedirected(redirect);
     await unlink(redirect.temp).catch(() => {});
     return signal.aborted || outcome === 'as-is' ? run : this.run({ ...base, args: req.args });
   }

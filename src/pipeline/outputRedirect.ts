@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { accessSync, closeSync, constants, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, openSync, readFileSync, renameSync, statSync } from 'node:fs';
 import { statIdentity } from '../key/fileDigests.js';
 import { outputNamesKeyed } from '../key/manifest.js';
 import { type Job, outputOption } from '../key/parseJob.js';
@@ -69,6 +69,22 @@ export function outputRedirect(job: Job, args: readonly string[], cwd: string): 
   const r = { ...found, temp: asOpened(cwd, temp), output: asOpened(cwd, path) };
   if (Buffer.byteLength(r.temp) >= PATH_MAX || !replacedByRename(r.output)) return null;
   return r;
+}
+
+/**
+ * Renames the temp onto the output; true when placed. Not over an output that is no longer a
+ * regular file (a named pipe, /dev/null through a link): clang writes into such a file in place,
+ * and a rename would replace it. Nothing at the temp: false.
+ */
+export function placeRedirected(r: OutputRedirect): boolean {
+  try {
+    const there = statSync(r.output, { throwIfNoEntry: false });
+    if (there && !there.isFile()) return false;
+    renameSync(r.temp, r.output);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The request's arguments with the redirect applied. */
