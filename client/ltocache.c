@@ -979,16 +979,6 @@ static int mentions(const struct capture *c, const char *name) {
     return c->len && memmem(c->p, c->len, name, strlen(name)) != NULL;
 }
 
-/* Whether clang, given the output as it is now, replaces it by a rename as the redirect does:
- * absent, or a regular file we may write. Clang refuses an existing output it may not write and
- * writes into one that is not a regular file in place; the rename would replace either. Checked
- * again here: the daemon checked with its own credentials, earlier. */
-static int replaced_by_rename(const char *output) {
-    struct stat st;
-    if (stat(output, &st) != 0) return errno == ENOENT;
-    return S_ISREG(st.st_mode) && access(output, W_OK) == 0;
-}
-
 /* Reports a compile with 'D' and waits for the daemon's 'A' (or its going away). */
 static void report_done(int fd, const struct capture *out, const struct capture *err, int status,
                         int sig) {
@@ -1044,6 +1034,7 @@ _Noreturn static void compile_and_report(int fd, const struct job *j, const stru
             close(fd);
             direct_exec(j);
         }
+        /* Checked again here: the daemon checked with its own credentials, earlier. */
         if (!replaced_by_rename(output)) {
             close(fd);
             direct_exec(j);

@@ -399,13 +399,9 @@ int stage_output(const char *cache_dir, const struct memo_output *o, const char 
     const char *slash = strrchr(s->path, '/');
     const char *base = slash + 1;
     if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) return -1;
-    /* clang refuses an output it may not write (its error, status 1), and writes into one that is
-     * not a regular file (a FIFO, /dev/null through a symlink) in place: a rename would replace
-     * either. The daemon keys neither (uncacheable `output`). */
-    struct stat cur;
-    if (stat(s->path, &cur) == 0 ? !S_ISREG(cur.st_mode) || access(s->path, W_OK) != 0
-                                 : errno != ENOENT)
-        return -1;
+    /* The daemon keys neither kind of output a rename must not replace (uncacheable `output`);
+     * one may have become so since. */
+    if (!replaced_by_rename(s->path)) return -1;
     char *blob = fmt("%s/store/v1/blobs/%.2s/%.30s", cache_dir, o->digest, o->digest + 2);
     char *temp = fmt("%.*s/.%s.ltocache-%ld-%u", (int)(slash - s->path), s->path, base,
                      (long)getpid(), n);
@@ -512,6 +508,12 @@ void append_notices(int memo_dir, const char *text, size_t len) {
 
 static int serve(const char *cache_dir, const char *compiler_abs, const char *cwd, int argc,
                  char **argv, int notice);
+
+int replaced_by_rename(const char *output) {
+    struct stat st;
+    if (stat(output, &st) != 0) return errno == ENOENT;
+    return S_ISREG(st.st_mode) && access(output, W_OK) == 0;
+}
 
 void hold_signals(sigset_t *old) {
     static const int held[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGXFSZ};

@@ -90,6 +90,12 @@ int commit_staged(struct staged *s, size_t n);
 /* Unlinks every temp left and frees s[0..n) (not s itself). */
 void unstage(struct staged *s, size_t n);
 
+/* Whether clang, given `output` as it is now, replaces it by a rename of its temp, as we do in
+ * its stead: absent, or a regular file we may write. Clang refuses an existing output it may not
+ * write (its error, status 1) and writes into one that is not a regular file (a FIFO, /dev/null
+ * through a symlink) in place; a rename would replace either. */
+int replaced_by_rename(const char *output);
+
 /* Signals that end the client by default and that a build sends (Ctrl-C, a kill from make or a CI
  * runner, a file size limit reached while writing a temp): held from the first stage_output until
  * every temp is renamed or removed (then the old mask is restored), so that one ends the client

@@ -38,10 +38,6 @@ static int open_blob_temp(const char *cache_dir, unsigned i, char **tmp) {
     return *tmp ? open(*tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600) : -1;
 }
 
-static int ts_after(struct timespec a, struct timespec b) {
-    return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
-}
-
 static int same_file(const struct stat *a, const struct stat *b) {
     return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
            memo_ns(a->st_mtim) == memo_ns(b->st_mtim) && memo_ns(a->st_ctim) == memo_ns(b->st_ctim);
@@ -60,7 +56,7 @@ static int store_blob(const char *cache_dir, const struct memo_output *o, unsign
     free(path);
     struct stat st, now;
     if (in < 0 || fstat(in, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
-        (!from && ts_after(st.st_ctim, *ended))) {
+        (!from && memo_ns(st.st_ctim) > memo_ns(*ended))) {
         if (in >= 0) close(in);
         return -1;
     }

@@ -1,8 +1,8 @@
-import { accessSync, closeSync, constants, fchmodSync, openSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { closeSync, fchmodSync, openSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { statOrUndefined } from '../key/fileDigests.js';
 import { asOpened } from '../util/asOpened.js';
 import { holdsBytes } from '../util/holdsBytes.js';
+import { replacedByRename } from '../util/replacedByRename.js';
 import { tempSuffix } from '../util/tempSuffix.js';
 
 /**
@@ -15,12 +15,8 @@ export async function materialize(cwd: string, outputs: { path: string; data: Bu
   const mode = 0o666 & ~umask;
   for (const o of outputs) {
     const target = asOpened(cwd, o.path);
-    // clang refuses an existing output it may not write (its error, status 1), and writes into
-    // one that is not a regular file (a FIFO, /dev/null through a symlink) in place; a rename would
-    // replace either, so the job compiles instead.
-    const existing = statOrUndefined(target);
-    if (existing && !existing.isFile()) throw new Error(`output ${target} is not a regular file`);
-    if (existing) accessSync(target, constants.W_OK);
+    // Where clang would not rename over the output, neither does a hit: the job compiles instead.
+    if (!replacedByRename(target)) throw new Error(`output ${target} is not a regular file this user may write`);
     // Already there: a regular file with this mode, no other hard link, exactly these bytes.
     if (holdsBytes(target, o.data, (st) => (st.mode & 0o7777) === mode && st.nlink === 1)) {
       const now = new Date();

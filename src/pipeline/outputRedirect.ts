@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { accessSync, closeSync, constants, fstatSync, openSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync, renameSync, statSync } from 'node:fs';
 import { statIdentity } from '../key/fileDigests.js';
 import { outputNamesKeyed } from '../key/manifest.js';
 import { type Job, outputOption } from '../key/parseJob.js';
 import type { OutputRedirect } from '../protocol/clientFrames.js';
 import { asOpened } from '../util/asOpened.js';
+import { replacedByRename } from '../util/replacedByRename.js';
 
 export type { OutputRedirect };
 
@@ -16,25 +17,6 @@ const MAX_REDIRECTED_NAME = 200;
  * object would be left at the temp.
  */
 const PATH_MAX = 4096;
-
-/**
- * Whether clang, given the output as it is now, writes it through a temp of its own renamed over
- * it, as the redirect does: the output is absent, or a regular file this user may write. Clang
- * refuses an existing output it may not write (its error, status 1: a rename would replace a
- * read-only file) and writes into one that is not a regular file in place.
- */
-function replacedByRename(output: string): boolean {
-  // Absent (the usual case of a miss) without an exception: an Error with its stack costs more than the stat.
-  const st = statSync(output, { throwIfNoEntry: false });
-  if (!st) return true;
-  if (!st.isFile()) return false;
-  try {
-    accessSync(output, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Where a miss's object can be written under a private name (docs/store.md "Output races"): a
