@@ -46,4 +46,6 @@
 #define LTOC_DAEMON_MALLOC_ARENA_MAX 2u
 #define LTOC_MEMO_NAME_TAG "ltocache-memo-v1-e3"
 #define LTOC_DIST_MEMO_NAME_TAG "ltocache-dist-v1-e3"
+#define LTOC_START_FAILURE_MARKER_SUFFIX ".startfail"
+#define LTOC_SILENT_MARKER_SUFFIX ".silent"
 #endif

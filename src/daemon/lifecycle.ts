@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { socketDirFor } from '../protocol/clientFrames.js';
 import type { Logger } from '../util/log.js';
 import { ensurePrivateDir } from './socketPath.js';
+import { sweepSocketDir } from './sweepSocketDir.js';
 
 export interface LifecycleOptions {
   dir: string;
@@ -23,6 +24,8 @@ export interface LifecycleOptions {
   codeFile?: string;
   /** Called every 500 ms; must not throw. */
   flush(): Promise<void>;
+  /** When after the start the socket directory is swept of dead daemons' sockets and old markers (default 5 s: not among a build's first jobs). */
+  sweepAfterMs?: number;
 }
 
 /**
@@ -66,6 +69,13 @@ export class Lifecycle {
     }, 1000);
     this.watch.unref();
     this.armIdle();
+    setTimeout(() => void this.sweep(), this.o.sweepAfterMs ?? 5000).unref();
+  }
+
+  private async sweep(): Promise<void> {
+    if (this.closing) return;
+    const { removed } = await sweepSocketDir(socketDirFor(process.getuid!()), this.o.socketPath);
+    if (removed.length) this.o.log.info('removed dead sockets and old markers from the socket directory', { removed: removed.length });
   }
 
   jobStarted(): void {

@@ -76,6 +76,10 @@ export const DEFAULT_SILENCE_TIMEOUT_MS = 10_000; // LTOCACHE_SILENCE_TIMEOUT_MS
 export const KEEPALIVE_INTERVAL_MS = 1000;
 /** A failed daemon start is remembered this long: later jobs skip the spawn. */
 export const START_FAILURE_MEMORY_S = 30;
+/** The client's markers beside a daemon's socket (`<hash>.sock` → `<hash><suffix>`): the mtime of a
+ * failed daemon start, and of a daemon found silent for the silence timeout. */
+export const START_FAILURE_MARKER_SUFFIX = '.startfail';
+export const SILENT_MARKER_SUFFIX = '.silent';
 
 /** Memo files (docs/memo.md): checks, outputs, whole-file size, one name or value. */
 export const MEMO_MAX_CHECKS = 65_536;
@@ -180,6 +184,8 @@ const ENTRIES: [string, number][] = [
 const STRINGS: [string, string][] = [
   ['MEMO_NAME_TAG', MEMO_NAME_TAG],
   ['DIST_MEMO_NAME_TAG', DIST_MEMO_NAME_TAG],
+  ['START_FAILURE_MARKER_SUFFIX', START_FAILURE_MARKER_SUFFIX],
+  ['SILENT_MARKER_SUFFIX', SILENT_MARKER_SUFFIX],
 ];
 
 /** The text of client/limits.h. */

@@ -1,10 +1,14 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Lifecycle } from '../../src/daemon/lifecycle.js';
+import { ensurePrivateDir } from '../../src/daemon/socketPath.js';
+import { SWEEP_MIN_AGE_MS } from '../../src/daemon/sweepSocketDir.js';
+import { socketDirFor } from '../../src/protocol/clientFrames.js';
 import { Logger } from '../../src/util/log.js';
 
 test('close ends within its drain bound while a client stays connected with a job running', async () => {
@@ -99,5 +103,36 @@ test('a cache directory or code file removed, or replaced by another at its path
     for (const lc of running) await lc.close(0);
     fs.rmSync(sockets, { recursive: true, force: true });
     fs.rmSync(parent, { recursive: true, force: true });
+  }
+});
+
+test('a started daemon sweeps its socket directory of old markers', async () => {
+  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-sweep-'));
+  const sockDir = socketDirFor(process.getuid!());
+  await ensurePrivateDir(sockDir, process.getuid!());
+  const marker = join(sockDir, `${randomBytes(8).toString('hex')}.startfail`);
+  fs.writeFileSync(marker, '');
+  const old = new Date(Date.now() - SWEEP_MIN_AGE_MS - 60_000);
+  fs.utimesSync(marker, old, old);
+  const lc = new Lifecycle({
+    dir,
+    socketPath: join(dir, 'd.sock'),
+    idleTimeoutS: 0,
+    log: new Logger(null),
+    onConnection: () => {},
+    onIdle: () => {},
+    onStale: () => {},
+    flush: async () => {},
+    sweepAfterMs: 0,
+  });
+  try {
+    await lc.start();
+    for (let i = 0; i < 300 && fs.existsSync(marker); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(fs.existsSync(marker), false, 'the old marker is still there');
+  } finally {
+    await lc.close(0);
+    lc.removePidFile();
+    fs.rmSync(marker, { force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
