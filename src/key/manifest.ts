@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { asOpened } from '../util/asOpened.js';
@@ -342,6 +342,9 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
             if (outputsAbs.has(abs)) continue;
             const d = await files.digest(abs);
             if (d.kind === 'file') named.push({ path: c, digest: d.digest });
+            else if (d.kind === 'not-regular' && isPipeOrSocket(abs)) {
+              throw new Uncacheable('missing-file', `${c}, named by ${tok.v}, is a named pipe or a socket: what clang would read from it cannot be keyed`);
+            }
           }
           // The libraries a plugin loads change the code it generates as much as the plugin does.
           if (tok.plugin !== undefined)
@@ -531,4 +534,14 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
     await visit(await scanOnce(ctx.observe ?? ctx.files, asOpened(cwd, path), d.digest, 'bitcode', `bitcode ${path}`), path, 0);
   }
   return out;
+}
+
+/** Whether `abs` (links followed) is a FIFO or a socket: a file whose content is whatever its writer sends at the moment clang reads it. */
+function isPipeOrSocket(abs: string): boolean {
+  try {
+    const st = statSync(abs, { throwIfNoEntry: false });
+    return !!st && (st.isFIFO() || st.isSocket());
+  } catch {
+    return false;
+  }
 }

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import * as fs from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -699,6 +701,24 @@ describe('what changes the key', () => {
       (await key(d, args)).manifest.resources!.some((r) => r.path.endsWith('cfi_ignorelist.txt')),
       'a file added to share/ is keyed',
     );
+  });
+
+  test('a flag naming a named pipe or a socket: uncacheable (what clang reads from it is not keyed); a directory is no file', async () => {
+    const d = tree();
+    execFileSync('mkfifo', [join(d, 'data.fifo')]);
+    const fifo = await keyed(d, ['-mllvm', '-some-opt=data.fifo', ...BASE]);
+    assert.equal(fifo.kind === 'uncacheable' && fifo.reason, 'missing-file');
+    const server = createServer().listen(join(d, 'data.sock'));
+    await once(server, 'listening');
+    try {
+      const sock = await keyed(d, ['-mllvm', '-some-opt=data.sock', ...BASE]);
+      assert.equal(sock.kind === 'uncacheable' && sock.reason, 'missing-file');
+    } finally {
+      server.close();
+    }
+    fs.mkdirSync(join(d, 'data.dir'));
+    const dir = await key(d, ['-mllvm', '-some-opt=data.dir', ...BASE]);
+    assert.deepEqual(dir.manifest.args[1], { a: '-some-opt=data.dir' });
   });
 
   test("a flag naming the job's own output does not hash it", async () => {
