@@ -517,13 +517,20 @@ export async function parseJob(args: string[], cwd: string): Promise<ParseResult
 }
 
 /**
- * An unknown flag or value might name a file that changes the output (`-mllvm -foo=FILE`):
- * the key builder stats these candidates and hashes the ones that are regular files.
- * Candidates: the token itself and every suffix after a '=' or ','.
+ * An unknown flag or value might name a file that changes the output (`-mllvm -foo=FILE`,
+ * `-foo=FILE,N`): the key builder stats these candidates and hashes the ones that are regular
+ * files. Candidates: the token itself unless it starts with '-', every suffix after a '=' or ',',
+ * and every element of a comma list (from a '=' or ',' to the next ',').
  */
 export function fileCandidates(v: string): string[] {
-  const out: string[] = [];
-  if (!v.startsWith('-')) out.push(v);
-  for (let i = 0; i < v.length; i++) if (v[i] === '=' || v[i] === ',') out.push(v.slice(i + 1));
-  return out.filter((p) => p.length > 0 && p.length < 4096);
+  const out = new Set<string>();
+  const add = (from: number) => {
+    const rest = v.slice(from);
+    out.add(rest);
+    const comma = rest.indexOf(',');
+    if (comma >= 0) out.add(rest.slice(0, comma));
+  };
+  if (!v.startsWith('-')) add(0);
+  for (let i = 0; i < v.length; i++) if (v[i] === '=' || v[i] === ',') add(i + 1);
+  return [...out].filter((p) => p.length > 0 && p.length < 4096);
 }

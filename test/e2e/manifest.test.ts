@@ -703,6 +703,16 @@ describe('what changes the key', () => {
     );
   });
 
+  test('a file named as the first element of a comma list is keyed by content', async () => {
+    const d = tree();
+    const args = ['-mllvm', '-some-opt=data.txt,3', ...BASE];
+    fs.writeFileSync(join(d, 'data.txt'), 'one');
+    const before = await key(d, args);
+    assert.deepEqual(before.manifest.args[1], { a: '-some-opt=data.txt,3', files: [{ path: 'data.txt', digest: await digestOf(join(d, 'data.txt')) }] });
+    fs.writeFileSync(join(d, 'data.txt'), 'two');
+    assert.notEqual((await key(d, args)).key, before.key);
+  });
+
   test('a flag naming a named pipe or a socket: uncacheable (what clang reads from it is not keyed); a directory is no file', async () => {
     const d = tree();
     execFileSync('mkfifo', [join(d, 'data.fifo')]);

@@ -648,14 +648,17 @@ describe('tokenizeGnu', () => {
 });
 
 describe('fileCandidates', () => {
-  test('a value is a candidate itself; each suffix after = or , is one', () => {
+  test('a value is a candidate itself; each suffix after = or , is one, and so is each element of a comma list', () => {
     assert.deepEqual(fileCandidates('data.txt'), ['data.txt']);
     assert.deepEqual(fileCandidates('-some-opt=data.txt'), ['data.txt']);
-    assert.deepEqual(fileCandidates('-a=b,c'), ['b,c', 'c']);
+    assert.deepEqual(fileCandidates('-a=b,c'), ['b,c', 'b', 'c']);
     assert.deepEqual(fileCandidates('x=y=z'), ['x=y=z', 'y=z', 'z']);
+    assert.deepEqual(fileCandidates('f.txt,3'), ['f.txt,3', 'f.txt', '3']);
+    assert.deepEqual(fileCandidates('-a=b,,c'), ['b,,c', 'b', ',c', 'c']);
     assert.deepEqual(fileCandidates('-O2'), []);
     assert.deepEqual(fileCandidates('-f='), []);
     assert.deepEqual(fileCandidates('-Wl,--gc-sections'), ['--gc-sections']);
+    assert.deepEqual(fileCandidates('-Wp,-MMD,dir/.a.o.d'), ['-MMD,dir/.a.o.d', '-MMD', 'dir/.a.o.d']);
   });
 });
 
