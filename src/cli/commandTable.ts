@@ -1,6 +1,6 @@
 /**
  * The one description of ltocache's commands. The CLI's usage text, the README's command table
- * (between the `commands` markers), the man page man/ltocache.1 and the bash/zsh/fish completions
+ * (between the `commands` markers), the man page docs/man/ltocache.1 and the bash/zsh/fish completions (docs/completions/)
  * are all generated from it (`npm run docs`, see docs.ts); test/unit/docs.test.ts fails when a
  * generated file differs from what this table gives, and when a top-level command is missing
  * from the native client's is_cli_command() list.

@@ -194,10 +194,10 @@ export function fishCompletion(): string {
 export function generatedFiles(top: string): Map<string, string> {
   return new Map([
     ['README.md', withReadmeTable(readFileSync(join(top, 'README.md'), 'utf8'))],
-    ['man/ltocache.1', manPage()],
-    ['completions/ltocache.bash', bashCompletion()],
-    ['completions/_ltocache', zshCompletion()],
-    ['completions/ltocache.fish', fishCompletion()],
+    ['docs/man/ltocache.1', manPage()],
+    ['docs/completions/ltocache.bash', bashCompletion()],
+    ['docs/completions/_ltocache', zshCompletion()],
+    ['docs/completions/ltocache.fish', fishCompletion()],
   ]);
 }
 

@@ -153,7 +153,7 @@ describe('npm pack + npm install -g', () => {
   });
 
   test('bash completion loads and completes commands', () => {
-    const f = join(pkgDir, 'completions', 'ltocache.bash');
+    const f = join(pkgDir, 'docs', 'completions', 'ltocache.bash');
     const r = run('bash', [
       '-c',
       `source '${f}' && COMP_WORDS=(ltocache st) COMP_CWORD=1 && _ltocache && echo "\${COMPREPLY[*]}" && COMP_WORDS=(ltocache daemon re) COMP_CWORD=2 && _ltocache && echo "\${COMPREPLY[*]}"`,
@@ -166,7 +166,7 @@ describe('npm pack + npm install -g', () => {
     if (!has('zsh')) return t.skip('zsh not installed');
     const r = run('zsh', [
       '-fc',
-      `fpath=('${join(pkgDir, 'completions')}' $fpath); autoload -Uz compinit; compinit -u -d '${join(tmp, 'zcompdump')}'; print -r -- $_comps[ltocache]`,
+      `fpath=('${join(pkgDir, 'docs', 'completions')}' $fpath); autoload -Uz compinit; compinit -u -d '${join(tmp, 'zcompdump')}'; print -r -- $_comps[ltocache]`,
     ]);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), '_ltocache');
@@ -174,7 +174,7 @@ describe('npm pack + npm install -g', () => {
 
   test('fish completion loads and completes commands', (t) => {
     if (!has('fish')) return t.skip('fish not installed');
-    const f = join(pkgDir, 'completions', 'ltocache.fish');
+    const f = join(pkgDir, 'docs', 'completions', 'ltocache.fish');
     const r = run('fish', ['--no-config', '-c', `source '${f}'; complete -C 'ltocache daemon re'`]);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split('\n'), ['restart']);
