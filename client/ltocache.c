@@ -27,7 +27,9 @@
  * Environment: LTOCACHE_DIR, XDG_CACHE_HOME, HOME (cache dir -> socket), LTOCACHE_DISABLE,
  * LTOCACHE_NODE, LTOCACHE_START_TIMEOUT_MS, LTOCACHE_SILENCE_TIMEOUT_MS, LTOCACHE_EXEC_GUARD
  * (ours: see set_exec_guard() in compiler_path.c), and LTOCACHE_PRINT_SOCKET=1 (tests only: print
- * the socket path and exit 0).
+ * the socket path and exit 0). The memo fast paths read LTOCACHE_MEMO (0: off, and no store-back),
+ * LTOCACHE_CONFIG and LTOCACHE_VERIFY (verifyconf.c), and the test hooks LTOCACHE_PRINT_DIGEST and
+ * LTOCACHE_PRINT_LOOKUP (memo.c, docs/protocol.md).
  *
  * Limits, frame types and the protocol version come from limits.h, generated from
  * src/protocol/limits.ts.
