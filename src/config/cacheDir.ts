@@ -10,9 +10,9 @@ export function stripTrailingSlashes(dir: string): string {
 }
 
 /**
- * The cache directory rule of the native client (client/ltocache.c): $LTOCACHE_DIR if non-empty,
- * else $XDG_CACHE_HOME/ltocache if XDG_CACHE_HOME is absolute, else $HOME/.cache/ltocache,
- * trailing slashes stripped. `home` stands in for an empty HOME. The result may be relative.
+ * The cache directory rule of the native client (client/daemon_conn.c cache_dir): $LTOCACHE_DIR
+ * if non-empty, else $XDG_CACHE_HOME/ltocache if XDG_CACHE_HOME is absolute, else
+ * $HOME/.cache/ltocache, trailing slashes stripped. `home` stands in for an empty HOME. The result may be relative.
  */
 function cacheDirRule(env: NodeJS.ProcessEnv, home: string | undefined): string | undefined {
   let dir: string;
@@ -48,7 +48,7 @@ export function clientCacheDir(env: NodeJS.ProcessEnv): string | undefined {
  * every spelling of it (`//`, a symbolic link, HOME with a trailing slash) reaches one daemon.
  * While it does not exist: the real path of its longest existing ancestor with the rest appended
  * (empty and `.` components skipped, `..` dropping the one before), which is its real path once
- * made. The native client derives the same (client/ltocache.c socket_dir_name).
+ * made. The native client derives the same (client/daemon_conn.c socket_dir_name).
  */
 export function socketDirName(dir: string): string {
   let head = dir;

@@ -1,5 +1,5 @@
 /**
- * Wire format between the native client (client/ltocache.c) and the daemon, plus the socket
+ * Wire format between the native client (client/frames.c) and the daemon, plus the socket
  * location rule both sides must agree on. See docs/protocol.md for the normative description.
  *
  * Framing: every frame is `u32 length` (little-endian) followed by `length` payload bytes;
@@ -739,7 +739,7 @@ export function decodeJson(payload: Buffer): unknown {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Socket location (must match socket_location() in client/ltocache.c)
+// Socket location (must match socket_location() in client/daemon_conn.c)
 
 /** FNV-1a 64-bit over the UTF-8 bytes of s (or the given bytes), as 16 lowercase hex digits. */
 export function fnv1a64Hex(s: string | Uint8Array): string {

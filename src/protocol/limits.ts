@@ -1,5 +1,5 @@
 /**
- * Every constant the native client (client/ltocache.c) and the daemon must agree on, defined
+ * Every constant the native client (client/) and the daemon must agree on, defined
  * once. client/limits.h is generated from this file (`node dist/src/protocol/limits.js --write
  * client/limits.h`, run by `npm run build`); test/unit/limits.test.ts fails when the committed
  * header differs from what this file generates.
