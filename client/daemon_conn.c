@@ -306,8 +306,8 @@ static int connect_daemon(void) {
     char *sock_dir = silent.sock_dir, marker[sizeof ((struct sockaddr_un *)0)->sun_path + 16];
     struct sockaddr_un addr;
     if (socket_location(sock_dir, &addr) != 0) return -1;
-    start_marker(&addr, marker, ".startfail");
-    start_marker(&addr, silent.marker, ".silent");
+    start_marker(&addr, marker, LTOC_START_FAILURE_MARKER_SUFFIX);
+    start_marker(&addr, silent.marker, LTOC_SILENT_MARKER_SUFFIX);
     if (recent_start_failure(silent.marker)) return -1;
     long long deadline = 0;
     int started = 0, lost = 0;
