@@ -128,11 +128,7 @@ static int run_captured(const struct job *j, struct capture *out, struct capture
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(1);
         if (dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) _exit(126);
-        prepare_exec(j->path);
-        execv(j->path, j->argv);
-        int e = errno;
-        fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
-        _exit(e == ENOENT ? 127 : 126);
+        _exit(exec_compiler(j));
     }
     compiler_pid = pid;
     sigprocmask(SIG_SETMASK, &old_mask, NULL);
@@ -353,8 +349,5 @@ _Noreturn void compile_and_report(int fd, const struct job *j, const struct repl
         sigprocmask(SIG_SETMASK, &mask, NULL);
         if (!placed) direct_exec(j);
     }
-    int ok = !out.lost && !err.lost && write_all(1, out.p, out.len, 0) == 0;
-    if (write_all(2, err.p, err.len, 0) != 0) ok = 0;
-    /* Output we could not deliver must not look like success. */
-    exit_like(ok || status != 0 || sig != 0 ? status : 1, sig);
+    deliver_and_exit(out.p, out.len, err.p, err.len, out.lost || err.lost, status, sig);
 }

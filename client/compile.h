@@ -17,9 +17,10 @@ struct reply_compile;
  * clang writes the object to a private temp: it is stored (or read by the daemon) from there and
  * only then renamed onto the output, so no other process's write to the output is what gets
  * stored. Termination signals are held while the temp stands, but for the wait on the daemon
- * after 'D' (ack_wait_begin). A redirected run that printed the temp's name is redone by
- * exec'ing the compiler as given, so the build sees clang's own message; any other failure or
- * signal death is clang's outcome as it is (what clang left at the temp goes to the output).
+ * after 'D' (a termination signal then removes the temp and kills us with it). A redirected run
+ * that printed the temp's name is redone by exec'ing the compiler as given, so the build sees
+ * clang's own message; any other failure or signal death is clang's outcome as it is (what clang
+ * left at the temp goes to the output).
  * `fd` is the connection to the daemon; `lookup` the job's memo lookup digest. Never returns. */
 _Noreturn void compile_and_report(int fd, const struct job *j, const struct reply_compile *rc,
                                   const char *cache, const char *lookup);

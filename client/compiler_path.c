@@ -55,9 +55,13 @@ static void set_exec_guard(const char *path) {
     setenv(GUARD_ENV, buf, 1);
 }
 
-void prepare_exec(const char *path) {
-    set_exec_guard(path);
+int exec_compiler(const struct job *j) {
+    set_exec_guard(j->path);
     sigaction(SIGCHLD, &inherited_sigchld, NULL);
+    execv(j->path, j->argv);
+    int e = errno;
+    fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
+    return e == ENOENT ? 127 : 126;
 }
 
 void default_sigchld(void) {
@@ -69,11 +73,7 @@ void default_sigchld(void) {
 }
 
 _Noreturn void direct_exec(const struct job *j) {
-    prepare_exec(j->path);
-    execv(j->path, j->argv);
-    int e = errno;
-    fprintf(stderr, "ltocache: cannot execute '%s': %s\n", j->path, strerror(e));
-    exit(e == ENOENT ? 127 : 126);
+    exit(exec_compiler(j));
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -15,7 +15,7 @@ struct job {
 
 /* Sets SIGCHLD to SIG_DFL, keeping the inherited disposition. We need SIG_DFL for our own
  * waitpid (an inherited SIG_IGN makes children vanish unreaped: ECHILD); every exec restores the
- * inherited one (prepare_exec) so the compiler starts with exactly what we were given. */
+ * inherited one (exec_compiler) so the compiler starts with exactly what we were given. */
 void default_sigchld(void);
 
 /* Fills the list of executables known to be this program (skipped on PATH) with this program's
@@ -34,10 +34,11 @@ char *find_on_path(const char *name);
  * resolved as execvp would have (as given if it has a '/', else the first match on PATH). */
 char *self_path(void);
 
-/* Called right before an execv of the compiler at `path`: without an exact self identity,
- * records LTOCACHE_EXEC_GUARD (the candidate may be this program again), and restores the
- * inherited SIGCHLD disposition. */
-void prepare_exec(const char *path);
+/* Execs the compiler (same args, env and stdio): without an exact self identity it first
+ * records LTOCACHE_EXEC_GUARD (the candidate may be this program again) and restores the
+ * inherited SIGCHLD disposition. Returns only if the exec failed, having said why on stderr,
+ * with the status to exit with: 127 when the compiler is not found, else 126 (as a shell). */
+int exec_compiler(const struct job *j);
 
 /* Replace this process with the real compiler, same args/env/stdio. Never returns. The socket
  * (if any) is SOCK_CLOEXEC, SIGPIPE was never touched (we use MSG_NOSIGNAL) and SIGCHLD is

@@ -27,25 +27,21 @@ _Noreturn void exit_like(int status, int sig) {
     exit(status);
 }
 
-/* Replays a well-formed 'R' payload: writes its stdout and stderr bytes and sets the exit
- * status and signal to use. Returns -1, having written nothing, if the payload is malformed
- * (then the caller falls back), else 0. Layout: 'R', i32 status (0..255), i32 signal
- * (0..MAX_SIGNAL), str stdout, str stderr, nothing else. */
-static int replay_result(const unsigned char *p, uint32_t n, int *status, int *sig) {
-    struct reply_result r;
-    if (reply_parse_result(p, n, &r) != 0) return -1;
-    int ok = write_all(1, r.out.p, r.out.len, 0) == 0;
-    if (write_all(2, r.err.p, r.err.len, 0) != 0) ok = 0;
-    /* Output we could not deliver must not look like success. */
-    *status = ok || r.status != 0 || r.sig != 0 ? r.status : 1;
-    *sig = r.sig;
-    return 0;
+_Noreturn void deliver_and_exit(const unsigned char *out, size_t out_len, const unsigned char *err,
+                                size_t err_len, int lost, int status, int sig) {
+    int ok = !lost && write_all(1, out, out_len, 0) == 0;
+    if (write_all(2, err, err_len, 0) != 0) ok = 0;
+    exit_like(ok || status != 0 || sig != 0 ? status : 1, sig);
 }
 
+/* An 'R' payload: 'R', i32 status (0..255), i32 signal (0..MAX_SIGNAL), str stdout, str stderr,
+ * nothing else (reply_parse_result). A malformed one is not replayed: the caller falls back. */
 void replay_or_return(unsigned char *reply, uint32_t n) {
     if (!reply) return;
-    int status = 0, sig = 0;
-    int ok = replay_result(reply, n, &status, &sig) == 0;
-    free(reply);
-    if (ok) exit_like(status, sig);
+    struct reply_result r;
+    if (reply_parse_result(reply, n, &r) != 0) {
+        free(reply);
+        return;
+    }
+    deliver_and_exit(r.out.p, r.out.len, r.err.p, r.err.len, 0, r.status, r.sig);
 }
