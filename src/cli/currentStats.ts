@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import type { Config } from '../config/config.js';
 import { initHash } from '../key/hash.js';
 import { Counters, STATS_KEY, STATS_SUBLEVEL, StatsRecord, type StatsView } from '../stats/counters.js';
-import { LocalStore, StoreLockedError } from '../store/localStore.js';
+import { LocalStore } from '../store/localStore.js';
+import { StoreLockedError } from '../store/metaDb.js';
 import { askDaemon } from './controlClient.js';
 
 /**

@@ -1,7 +1,8 @@
 import { existsSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { LayoutError } from './layout.js';
-import { LocalStore, StoreLockedError } from './localStore.js';
+import { LocalStore } from './localStore.js';
+import { StoreLockedError } from './metaDb.js';
 import type { StoreOptionsInput } from './storeOptions.js';
 
 /**

@@ -9,7 +9,8 @@ import { Level } from 'level';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import type { StoredEntry } from '../../src/store/backend.js';
 import { LAYOUT_FILE, LayoutError, layoutPaths, prepareLayout, SUBLEVELS } from '../../src/store/layout.js';
-import { LocalStore, StoreLockedError } from '../../src/store/localStore.js';
+import { LocalStore } from '../../src/store/localStore.js';
+import { StoreLockedError } from '../../src/store/metaDb.js';
 import { EntryRecord } from '../../src/store/record.js';
 import { nodeFs, type StoreFs, StoreOptionsError, type StoreOptionsInput, SYNC_READ_MAX } from '../../src/store/storeOptions.js';
 
@@ -75,7 +76,7 @@ const fill = (n: number, byte: number): Buffer => Buffer.alloc(n, byte);
 
 /** Whether a record is stored for the key, without get's blob checks and LRU touch. */
 async function hasRecord(s: LocalStore, k: string): Promise<boolean> {
-  const entries = (s as unknown as { entries: { get(k: string): Promise<string | undefined> } }).entries;
+  const entries = (s as unknown as { index: { entries: { get(k: string): Promise<string | undefined> } } }).index.entries;
   return (await entries.get(k)) !== undefined;
 }
 
