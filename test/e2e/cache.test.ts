@@ -552,10 +552,20 @@ exec ${b.clang} "$@"
     }
   });
 
-  test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
+  test('a client that goes away (Ctrl-C) gets its compiler killed', async (t) => {
     const pidFile = join(b.dir, 'slow.pid');
     const slow = join(b.dir, 'very-slow-clang.sh');
-    writeFileSync(slow, `#!/bin/sh\necho $$ > ${pidFile}\nsleep 60\nexec ${b.clang} "$@"\n`);
+    // The compiler is the shell (its pid is what must die); its sleep, an orphan once the shell is
+    // killed, is stopped when the test ends so that it does not outlive the run.
+    const sleepPidFile = join(b.dir, 'slow-sleep.pid');
+    t.after(() => {
+      try {
+        process.kill(Number(readFileSync(sleepPidFile, 'utf8')), 'SIGKILL');
+      } catch {
+        // never started, or gone
+      }
+    });
+    writeFileSync(slow, `#!/bin/sh\necho $$ > ${pidFile}\nsleep 60 &\necho $! > ${sleepPidFile}\nwait $!\nexec ${b.clang} "$@"\n`);
     chmodSync(slow, 0o755);
     const child = spawn(CLIENT, [slow, ...b.backendArgs('strx', ['-O1'], 'strx.interrupted.o')], { cwd: b.dir, env: cache.env, stdio: 'ignore' });
     const deadline = Date.now() + 10_000;

@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Lifecycle } from '../../src/daemon/lifecycle.js';
 import { Logger } from '../../src/util/log.js';
+import { tempDir } from '../support/env.js';
 
 test('close ends within its drain bound while a client stays connected with a job running', async () => {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-'));
+  const dir = tempDir('lifecycle');
   let client: Socket | undefined;
   try {
     const socketPath = join(dir, 'd.sock');
@@ -46,8 +46,8 @@ test('close ends within its drain bound while a client stays connected with a jo
 });
 
 test('a cache directory or code file removed, or replaced by another at its path, is reported once', async () => {
-  const sockets = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-sock-'));
-  const parent = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-dir-'));
+  const sockets = tempDir('lifecycle-sock');
+  const parent = tempDir('lifecycle-dir');
   const running: Lifecycle[] = [];
   const until = async (done: () => boolean) => {
     for (let i = 0; i < 300 && !done(); i++) await new Promise((r) => setTimeout(r, 10));
