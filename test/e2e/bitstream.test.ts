@@ -8,6 +8,7 @@ import { BitstreamError, BitstreamReader } from '../../src/key/bitstream.js';
 import { DIGEST_RE, hashBytes, initHash } from '../../src/key/hash.js';
 import { linkRenamer, mentionsLink, PID_PLACEHOLDER } from '../../src/key/linkNames.js';
 import { type ModuleEntry, readIndexParts, readModuleTable, renamedIndexDigest } from '../../src/key/moduleTable.js';
+import { tempDir } from '../support/env.js';
 
 const CLANG = process.env.LTOCACHE_TEST_CLANG ?? 'clang-19';
 const LLD = process.env.LTOCACHE_TEST_LLD ?? 'ld.lld-19';
@@ -30,7 +31,7 @@ function run(cmd: string, args: string[], cwd: string): string {
 
 function fixture(): Fixture {
   if (fixtureCache) return fixtureCache;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-bitstream-'));
+  const dir = tempDir('bitstream');
   fs.mkdirSync(path.join(dir, 'sub'));
   const sources: Record<string, string> = {
     'main.c': 'int lib_b(int); int lib_c(int);\nint entry(int x) { return lib_b(x) + lib_c(x); }\n',
@@ -669,7 +670,7 @@ test('linkRenamer replaces only the PID of a name lld gives a serialised input',
 
 test('renamedIndexDigest: equal for indexes that differ only in renamed paths, of any length; content still counts', async () => {
   await initHash();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-renamed-'));
+  const dir = tempDir('renamed');
   try {
     const src: Record<string, string> = {
       'main.c': 'int f(int); int g(int);\nint entry(int x) { return f(x) + g(x); }\n',

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { EXIT_DAEMON_ALREADY_RUNNING } from '../../src/daemon/daemon.js';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { processAlive } from '../../src/util/processAlive.js';
-import { CacheEnv, CLI, CLIENT, FIXTURE, runAsync, tempDir } from '../support/env.js';
+import { CacheEnv, CLI, CLIENT, FIXTURE, removeWhileWritten, runAsync, tempDir } from '../support/env.js';
 
 /**
  * End-to-end: the real native client, the real daemon, real clang 19 / lld 19, on the fixture
@@ -552,10 +552,20 @@ exec ${b.clang} "$@"
     }
   });
 
-  test('a client that goes away (Ctrl-C) gets its compiler killed', async () => {
+  test('a client that goes away (Ctrl-C) gets its compiler killed', async (t) => {
     const pidFile = join(b.dir, 'slow.pid');
     const slow = join(b.dir, 'very-slow-clang.sh');
-    writeFileSync(slow, `#!/bin/sh\necho $$ > ${pidFile}\nsleep 60\nexec ${b.clang} "$@"\n`);
+    // The compiler is the shell (its pid is what must die); its sleep, an orphan once the shell is
+    // killed, is stopped when the test ends so that it does not outlive the run.
+    const sleepPidFile = join(b.dir, 'slow-sleep.pid');
+    t.after(() => {
+      try {
+        process.kill(Number(readFileSync(sleepPidFile, 'utf8')), 'SIGKILL');
+      } catch {
+        // never started, or gone
+      }
+    });
+    writeFileSync(slow, `#!/bin/sh\necho $$ > ${pidFile}\nsleep 60 &\necho $! > ${sleepPidFile}\nwait $!\nexec ${b.clang} "$@"\n`);
     chmodSync(slow, 0o755);
     const child = spawn(CLIENT, [slow, ...b.backendArgs('strx', ['-O1'], 'strx.interrupted.o')], { cwd: b.dir, env: cache.env, stdio: 'ignore' });
     const deadline = Date.now() + 10_000;
@@ -640,7 +650,7 @@ test("a daemon whose cache directory is removed stops; the next job's daemon mak
     job();
     const pid = cache.daemonPid();
     assert.ok(pid);
-    rmSync(cache.dir, { recursive: true, force: true });
+    await removeWhileWritten(cache.dir);
     // Without this, every later job would miss into a store no path reaches, for as long as
     // builds kept the daemon busy.
     for (let i = 0; i < 100 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 50));

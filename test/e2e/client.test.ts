@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +37,7 @@ import {
   socketPathFor,
 } from '../../src/protocol/clientFrames.js';
 import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB, MAX_OUTPUT_STREAM } from '../../src/protocol/limits.js';
+import { tempDir } from '../support/env.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const client = path.join(root, 'bin', 'ltocache');
@@ -209,7 +209,7 @@ const MISSING_JOB = ['-x', 'ir', '-fthinlto-index=nope.o.thinlto.bc', '-c', '-o'
 before(() => {
   // LTOCACHE_TEST_PREBUILT_CLIENT=1: test a bin/ltocache built otherwise (e.g. with sanitizers).
   if (!process.env.LTOCACHE_TEST_PREBUILT_CLIENT) execFileSync('sh', [path.join(root, 'client', 'build.sh')], { stdio: 'inherit' });
-  tmp = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-e2e-')));
+  tmp = fs.realpathSync(tempDir('client-e2e'));
   recorderLog = path.join(tmp, 'recorder.log');
   recorder = path.join(tmp, 'fake-node.sh');
   arenaLog = path.join(tmp, 'arena.log');
@@ -526,7 +526,7 @@ test('an output redirect over an existing output the client may not write: the c
   const other = 4_200_000 + (process.pid % 10_000);
   const sockDir = socketDirFor(other);
   assert.ok(!fs.existsSync(sockDir), sockDir);
-  const pub = fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-ro-'));
+  const pub = tempDir('client-ro');
   try {
     fs.chmodSync(pub, 0o755);
     fs.chownSync(pub, other, other);
@@ -595,7 +595,7 @@ test('unsafe socket directory (mode 0755, symlink, foreign owner): not contacted
   const other = 4_100_000 + (process.pid % 10_000);
   const sockDir = socketDirFor(other);
   if (fs.existsSync(sockDir)) return;
-  const pub = fs.mkdtempSync(path.join(os.tmpdir(), 'ltocache-client-pub-'));
+  const pub = tempDir('client-pub');
   const realDir = `${sockDir}.real`;
   try {
     fs.chmodSync(pub, 0o755);

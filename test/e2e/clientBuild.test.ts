@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { accessSync, constants } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { tempDir } from '../support/env.js';
 
 const TOP = resolve(fileURLToPath(import.meta.url), '../../../..');
-const dir = mkdtempSync(join(tmpdir(), 'ltocache-client-build-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
+const dir = tempDir('client-build');
 
 /** client/build.sh into `out` with `env`; its status and stderr. */
 function build(out: string, env: NodeJS.ProcessEnv): { status: number | null; stderr: string } {

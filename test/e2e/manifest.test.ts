@@ -3,7 +3,6 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { ConfigFiles, tokenizeConfigFile } from '../../src/key/configFiles.js';
@@ -15,6 +14,7 @@ import { readIndexParts } from '../../src/key/moduleTable.js';
 import { checksHold, ObservingFiles } from '../../src/key/observed.js';
 import { parseJob } from '../../src/key/parseJob.js';
 import { configDirs, ToolchainIdentifier } from '../../src/key/toolchain.js';
+import { tempDir as envTempDir } from '../support/env.js';
 
 await initHash();
 
@@ -28,7 +28,7 @@ after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 function tempDir(): string {
-  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-manifest-'));
+  const d = envTempDir('manifest');
   dirs.push(d);
   return d;
 }
@@ -892,7 +892,8 @@ describe('what does not change the key', () => {
 
   test('clang fails every compile under FORCE_CLANG_DIAGNOSTICS_CRASH, set even empty: no hit may succeed for it', () => {
     const d = tree();
-    const r = spawnSync(CLANG, BASE, { cwd: d, env: { ...ENV, FORCE_CLANG_DIAGNOSTICS_CRASH: '' }, encoding: 'utf8' });
+    // TMPDIR: where clang writes its crash reproducer (a-XXXXXX.o, .sh); ENV alone would leave it in /tmp.
+    const r = spawnSync(CLANG, BASE, { cwd: d, env: { ...ENV, TMPDIR: d, FORCE_CLANG_DIAGNOSTICS_CRASH: '' }, encoding: 'utf8' });
     assert.equal(r.status, 1);
     assert.match(r.stderr, /FORCE_CLANG_DIAGNOSTICS_CRASH/);
   });

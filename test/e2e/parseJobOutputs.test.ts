@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { type Job, parseJob } from '../../src/key/parseJob.js';
+import { tempDir as envTempDir } from '../support/env.js';
 
 const CLANG = process.env.LTOCACHE_TEST_CLANG ?? 'clang-19';
 const LLD = process.env.LTOCACHE_TEST_LLD ?? 'ld.lld-19';
@@ -14,7 +14,7 @@ after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 function tempDir(): string {
-  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-parse-'));
+  const d = envTempDir('parse');
   dirs.push(d);
   return d;
 }

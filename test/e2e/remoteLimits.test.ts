@@ -5,9 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { type TestContext, test } from 'node:test';
 import { WebSocket } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
@@ -16,6 +14,7 @@ import type { Limits } from '../../src/protocol/remote.js';
 import { RemoteBackend } from '../../src/remote/remoteBackend.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import type { StoredEntry } from '../../src/store/backend.js';
+import { tempDir } from '../support/env.js';
 
 await initHash();
 
@@ -35,7 +34,7 @@ function entry(n: number, size = 3000): StoredEntry {
  * removed after the test.
  */
 async function setUp(t: TestContext, limits: Partial<Limits>): Promise<{ s: CacheServer; writer: RemoteBackend; reader: RemoteBackend }> {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-limits-'));
+  const dir = tempDir('limits');
   const s = new CacheServer({ dir, port: 0, tokens: [{ name: 'w', scope: 'write', secret: SECRET }], limits });
   await s.start();
   const writer = new RemoteBackend({ url: s.url, token: SECRET, timeoutMs: 20_000 });

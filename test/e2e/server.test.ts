@@ -5,9 +5,8 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
-import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +22,7 @@ import { CLOSE_CODES } from '../../src/remote/server/closeCodes.js';
 import type { ServerOptionsInput } from '../../src/remote/serverOptions.js';
 import { layoutPaths } from '../../src/store/layout.js';
 import type { EntryRecord } from '../../src/store/record.js';
+import { tempDir as envTempDir } from '../support/env.js';
 import { rawTar } from '../support/rawTar.js';
 
 await initHash();
@@ -46,7 +46,7 @@ function findFiles(dir: string, name: string): string[] {
 }
 
 function tempDir(t: TestContext, prefix: string): string {
-  const d = mkdtempSync(join(tmpdir(), `ltocache-serve-${prefix}-`));
+  const d = envTempDir(`serve-${prefix}`);
   t.after(() => rmSync(d, { recursive: true, force: true }));
   return d;
 }

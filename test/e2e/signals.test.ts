@@ -24,17 +24,19 @@ before(() => {
 after(() => cache.destroy());
 
 /** A compiler that leaves `<name>.tmp.<pid>` in the build directory while it works (20 s) and
- *  removes it on SIGTERM, as clang does with its temp object; then runs clang. */
+ *  removes it on SIGTERM, as clang does with its temp object (and stops its sleep, which would
+ *  otherwise outlive the test); then runs clang. */
 function slowCompiler(name: string): string {
   const cc = join(b.dir, `${name}.sh`);
   writeFileSync(
     cc,
     `#!/bin/sh
 t="$PWD/${name}.tmp.$$"
-trap 'rm -f "$t"; trap - TERM; kill -TERM $$' TERM
+trap 'kill $s 2>/dev/null; rm -f "$t"; trap - TERM; kill -TERM $$' TERM
 : > "$t"
 sleep 20 &
-wait $!
+s=$!
+wait $s
 exec ${b.clang} "$@"
 `,
   );
@@ -69,7 +71,9 @@ test('a file size limit reached while a fast-path hit writes its temp: the clien
   const out = `${m}.fsize.o`;
   const args = b.backendArgs(m, [], out);
   // No byte may be written to a regular file: clang's temp object and the client's temp alike.
-  const limited = (cmd: string[]) => spawnSync('sh', ['-c', 'ulimit -f 0; exec "$@"', 'sh', ...cmd], { cwd: b.dir, env: cache.env });
+  // LLVM_DISABLE_SYMBOLIZATION: clang's crash handler would otherwise run llvm-symbolizer through
+  // temp files in TMPDIR, which the size limit kills half-made and leaves behind (not keyed).
+  const limited = (cmd: string[]) => spawnSync('sh', ['-c', 'ulimit -f 0; exec "$@"', 'sh', ...cmd], { cwd: b.dir, env: { ...cache.env, LLVM_DISABLE_SYMBOLIZATION: '1' } });
   const temps = () => readdirSync(b.dir).filter((f) => f.includes('.ltocache-') || f.endsWith('.tmp'));
   const direct = limited([b.clang, ...args]);
   assert.equal(direct.signal, 'SIGXFSZ', 'clang dies by SIGXFSZ');

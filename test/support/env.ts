@@ -11,8 +11,91 @@ export const CLIENT = join(TOP, 'bin', 'ltocache');
 export const CLI = join(TOP, 'dist', 'src', 'cli', 'main.js');
 export const FIXTURE = join(TOP, 'test', 'fixtures', 'prog');
 
+/**
+ * What the test file's process made in the temp directory, and what to stop before removing it:
+ * removed when the process exits, pass or fail, after every `after` hook of the file has run (a
+ * root-level `after` here would run before the file's own, and one registered inside a `before`
+ * hook runs when that hook ends), so no test needs an `after` block of its own for a temp dir.
+ */
+const tempDirs = new Set<string>();
+const stopAtExit = new Set<() => void>();
+let exitHooked = false;
+
+function hookExit(): void {
+  if (exitHooked) return;
+  exitHooked = true;
+  process.on('exit', removeTempDirs);
+  // `node --test` ends a file that outlives its timeout with SIGTERM, and Ctrl-C sends SIGINT: clean
+  // up, then die of the same signal as before (the listener is gone, so the default action runs).
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      removeTempDirs();
+      process.kill(process.pid, sig);
+    });
+  }
+}
+
+/** At exit (of a test file's process or a bench script), before the temp dirs are removed. */
+export function onExitStop(stop: () => void): () => void {
+  hookExit();
+  stopAtExit.add(stop);
+  return () => stopAtExit.delete(stop);
+}
+
+/** Stops what is still running, then removes every directory tempDir made (best effort each). */
+export function removeTempDirs(): void {
+  for (const stop of [...stopAtExit].reverse()) {
+    try {
+      stop();
+    } catch {
+      // best effort: one failure skips none of the rest
+    }
+  }
+  stopAtExit.clear();
+  for (const d of tempDirs) {
+    try {
+      rmSync(d, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+    } catch {
+      // best effort
+    }
+  }
+  tempDirs.clear();
+}
+
+/**
+ * Removes `dir` while another process may still be writing into it (a daemon finishing a job's
+ * bookkeeping after its answer). rmSync's own retries only repeat the last rmdir, not the walk, so
+ * an entry made after the walk fails every retry: the whole removal is tried again instead.
+ */
+export async function removeWhileWritten(dir: string, ms = 10_000): Promise<void> {
+  for (const deadline = Date.now() + ms; ; ) {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY' || Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+/** A fresh directory in the temp dir, removed when the process exits (see removeTempDirs). */
 export function tempDir(prefix: string): string {
-  return mkdtempSync(join(tmpdir(), `ltocache-${prefix}-`));
+  const d = mkdtempSync(join(tmpdir(), `ltocache-${prefix}-`));
+  hookExit();
+  tempDirs.add(d);
+  return d;
+}
+
+/** Whether a process of this id is running (signal 0 only checks). */
+export function alive(pid: number | null | undefined): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** A cache directory of its own, with the environment that points client and CLI at it. */
@@ -23,6 +106,11 @@ export class CacheEnv {
   constructor(prefix: string, extra: Record<string, string> = {}) {
     this.dir = tempDir(`cache-${prefix}`);
     this.env = { ...process.env, LTOCACHE_DIR: this.dir, LTOCACHE_IDLE_TIMEOUT: '120', LTOCACHE_START_TIMEOUT_MS: '10000', ...extra };
+    // A daemon left running (a test that failed before destroy, or never called it) is stopped
+    // before its directory is removed, so that it takes its socket with it and writes nothing after.
+    onExitStop(() => {
+      if (alive(this.daemonPid())) this.stop();
+    });
   }
 
   cli(args: string[]): { status: number; stdout: string; stderr: string } {

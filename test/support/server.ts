@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, tempDir } from './env.js';
+import { CLI, onExitStop, tempDir } from './env.js';
 
 export const TOKENS = {
   write: 'ci-writer-secret-0123456789abcdef',
@@ -43,6 +43,7 @@ export class ServerProcess {
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.child = child;
+    killAtExit(child);
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     this.url = await new Promise<string>((resolve, reject) => {
@@ -71,6 +72,14 @@ export class ServerProcess {
   kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     return killChild(this.child, signal);
   }
+}
+
+/** SIGKILLs the child at exit if it is still running (a test that failed before stopping it), before the temp dirs go. */
+export function killAtExit(c: ChildProcess): void {
+  const forget = onExitStop(() => {
+    if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
+  });
+  c.once('exit', forget);
 }
 
 /** Signals a child process and resolves once it has exited (at once if it already has). */

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { asOpened } from '../../src/util/asOpened.js';
+import { tempDir } from '../support/env.js';
 
 test('asOpened: lexical for ordinary paths; a path with a `..` component kept as written, so it resolves through a symbolic link as the kernel does', () => {
   assert.equal(asOpened('/w/b', 'x/./y.o'), '/w/b/x/y.o');
@@ -12,7 +12,7 @@ test('asOpened: lexical for ordinary paths; a path with a `..` component kept as
   assert.equal(asOpened('/w/b', 'sub/../a.o'), '/w/b/sub/../a.o');
   assert.equal(asOpened('/w/b/', '../a.o'), '/w/b/../a.o');
   assert.equal(asOpened('/w/b', '/r/sub/..'), '/r/sub/..');
-  const root = realpathSync(mkdtempSync(join(tmpdir(), 'ltocache-asopened-')));
+  const root = realpathSync(tempDir('asopened'));
   mkdirSync(join(root, 'real', 'inner'), { recursive: true });
   mkdirSync(join(root, 'build'));
   writeFileSync(join(root, 'real', 'a.o'), 'real');

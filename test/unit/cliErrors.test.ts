@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadConfig } from '../../src/config/config.js';
-import { CLI, CLIENT } from '../support/env.js';
+import { CLI, CLIENT, tempDir } from '../support/env.js';
 
 function cli(args: string[], env: Record<string, string>): { status: number | null; stderr: string } {
   const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, encoding: 'utf8' });
@@ -13,7 +12,7 @@ function cli(args: string[], env: Record<string, string>): { status: number | nu
 }
 
 test('a daemon a job starts with an invalid configuration says why in daemon.log (its stderr is /dev/null)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-clierr-'));
+  const dir = tempDir('clierr');
   try {
     writeFileSync(join(dir, 'ltocache.conf'), 'jobs = 0\n');
     const r = cli(['daemon', 'run', '--background'], { LTOCACHE_DIR: dir });
@@ -35,7 +34,7 @@ test('a daemon a job starts with an invalid configuration says why in daemon.log
 });
 
 test("COMMAND --help prints that command's usage; a stray argument to clear is refused and the store kept", () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-clierr-'));
+  const dir = tempDir('clierr');
   try {
     const help = spawnSync(process.execPath, [CLI, 'stats', '--help'], { env: { ...process.env, LTOCACHE_DIR: dir }, encoding: 'utf8' });
     assert.equal(help.status, 0);
@@ -77,7 +76,7 @@ test('output to a reader that went away (ltocache stats | head -1) ends quietly,
 });
 
 test('a daemon that fails to start after opening its store says why in daemon.log', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-clierr-'));
+  const dir = tempDir('clierr');
   try {
     const { Daemon } = await import('../../src/daemon/daemon.js');
     const { config } = loadConfig({ LTOCACHE_DIR: dir });

@@ -1,17 +1,18 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { resolveCacheDir } from '../../src/config/cacheDir.js';
 import { ConfigError, ConfigShape, loadConfig, parseConfigText, parseSize } from '../../src/config/config.js';
+import { tempDir as envTempDir } from '../support/env.js';
 
 const dirs: string[] = [];
 after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 function tempDir(): string {
-  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-config-'));
+  const d = envTempDir('config');
   dirs.push(d);
   return d;
 }

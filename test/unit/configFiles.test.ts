@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { type AskClang, ConfigFiles, tokenizeConfigFile } from '../../src/key/configFiles.js';
 import type { Token } from '../../src/key/parseJob.js';
 import { Uncacheable } from '../../src/key/uncacheable.js';
+import { tempDir } from '../support/env.js';
 
-const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-configfiles-'));
+const dir = tempDir('configfiles');
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 test('config files split as clang splits them: comment lines, joined lines, GNU quoting', () => {

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { DistributeError, planDistribution, within } from '../../src/dtlto/distribution.js';
+import { tempDir } from '../support/env.js';
 
 test('within: a name that starts with two dots is inside; .. and its descendants are not', () => {
   assert.equal(within('/b/out', '/b/out/..m.1.7.native.o'), true);
@@ -15,7 +15,7 @@ test('within: a name that starts with two dots is inside; .. and its descendants
 });
 
 test('planDistribution: an empty compiler (lld run without --thinlto-remote-compiler) is refused with the option to give', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-dist-'));
+  const dir = tempDir('dist');
   try {
     writeFileSync(join(dir, 'm.o'), '');
     const file = join(dir, 'prog.1.dist-file.json');

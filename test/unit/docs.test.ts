@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CLI_WORDS, COMMANDS } from '../../src/cli/commandTable.js';
@@ -12,7 +11,7 @@ import { UNCACHEABLE_REASONS } from '../../src/key/uncacheable.js';
 import { DAEMON_MALLOC_ARENA_MAX, DAEMON_SEMI_SPACE_MB, DEFAULT_SILENCE_TIMEOUT_MS, DEFAULT_START_TIMEOUT_MS, START_FAILURE_MEMORY_S } from '../../src/protocol/limits.js';
 import { parseServerOptions } from '../../src/remote/serverOptions.js';
 import { COUNTERS, ErrorKind } from '../../src/stats/counters.js';
-import { TOP } from '../support/env.js';
+import { TOP, tempDir } from '../support/env.js';
 
 const README = readFileSync(join(TOP, 'README.md'), 'utf8');
 const doc = (name: string) => readFileSync(join(TOP, 'docs', name), 'utf8');
@@ -59,7 +58,7 @@ test('README configuration table: every setting of src/config/config.ts, no othe
   const rows = tableAfter(README, '### Configuration');
   const keys = rows.map((r) => r[0]!.replace(/`/g, ''));
   assert.deepEqual([...keys].sort(), Object.keys(ConfigShape).sort(), 'README.md ### Configuration lists other keys than ConfigShape');
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-docs-'));
+  const dir = tempDir('docs');
   try {
     const { config } = loadConfig({ LTOCACHE_DIR: dir });
     for (const [k, dflt] of rows.map((r) => [r[0]!.replace(/`/g, ''), r[1]!] as const)) {

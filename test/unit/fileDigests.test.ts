@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { Hasher, hashBytes, hashFile, initHash } from '../../src/key/hash.js';
 import { ObservingFiles } from '../../src/key/observed.js';
+import { tempDir as envTempDir } from '../support/env.js';
 
 await initHash();
 
@@ -15,7 +15,7 @@ after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 function tempDir(): string {
-  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-digests-'));
+  const d = envTempDir('digests');
   dirs.push(d);
   return d;
 }

@@ -1,18 +1,17 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { JobLog, PRUNE_QUIET_MS } from '../../src/jobLog/jobLog.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import type { Manifest } from '../../src/key/manifest.js';
 import { LocalStore } from '../../src/store/localStore.js';
+import { tempDir } from '../support/env.js';
 
 await initHash();
 
 /** A store in a temp directory, closed and removed after the test. */
 async function scratchStore(t: TestContext): Promise<LocalStore> {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-joblog-'));
+  const dir = tempDir('joblog');
   const store = await LocalStore.open({ dir, sweepOnOpen: false, durable: false });
   t.after(async () => {
     await store.close();

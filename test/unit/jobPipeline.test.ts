@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, type TestContext, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
@@ -14,6 +13,7 @@ import { Counter, Counters } from '../../src/stats/counters.js';
 import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../../src/store/backend.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { readOnly, tiered } from '../../src/store/policies.js';
+import { tempDir as envTempDir } from '../support/env.js';
 
 /**
  * The job pipeline in process: a fake compiler (writes bytes chosen by the test), a fake keyer
@@ -28,7 +28,7 @@ after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 function tempDir(): string {
-  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-pipeline-'));
+  const d = envTempDir('pipeline');
   dirs.push(d);
   return d;
 }

@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Lifecycle } from '../../src/daemon/lifecycle.js';
@@ -10,9 +9,10 @@ import { ensurePrivateDir } from '../../src/daemon/socketPath.js';
 import { SWEEP_MIN_AGE_MS } from '../../src/daemon/sweepSocketDir.js';
 import { socketDirFor } from '../../src/protocol/clientFrames.js';
 import { Logger } from '../../src/util/log.js';
+import { tempDir } from '../support/env.js';
 
 test('close ends within its drain bound while a client stays connected with a job running', async () => {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-'));
+  const dir = tempDir('lifecycle');
   let client: Socket | undefined;
   try {
     const socketPath = join(dir, 'd.sock');
@@ -50,8 +50,8 @@ test('close ends within its drain bound while a client stays connected with a jo
 });
 
 test('a cache directory or code file removed, or replaced by another at its path, is reported once', async () => {
-  const sockets = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-sock-'));
-  const parent = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-dir-'));
+  const sockets = tempDir('lifecycle-sock');
+  const parent = tempDir('lifecycle-dir');
   const running: Lifecycle[] = [];
   const until = async (done: () => boolean) => {
     for (let i = 0; i < 300 && !done(); i++) await new Promise((r) => setTimeout(r, 10));
@@ -107,7 +107,7 @@ test('a cache directory or code file removed, or replaced by another at its path
 });
 
 test('a started daemon sweeps its socket directory of old markers', async () => {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-lifecycle-sweep-'));
+  const dir = tempDir('lifecycle-sweep');
   const sockDir = socketDirFor(process.getuid!());
   await ensurePrivateDir(sockDir, process.getuid!());
   const marker = join(sockDir, `${randomBytes(8).toString('hex')}.startfail`);

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { materialize } from '../../src/pipeline/materialize.js';
+import { tempDir } from '../support/env.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'ltocache-materialize-'));
+const dir = tempDir('materialize');
 after(() => rmSync(dir, { recursive: true, force: true }));
 const data = Buffer.from('object bytes');
 

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { hashBytes, initHash } from '../../src/key/hash.js';
@@ -8,6 +7,7 @@ import { decodeDistMemo } from '../../src/memo/distMemo.js';
 import { decodeMemo, encodeMemo, type Memo, memoPath, noticeLogPath } from '../../src/memo/memoFormat.js';
 import { MemoStore } from '../../src/memo/memoStore.js';
 import { decodeTeamPack, encodeTeamPack, teamPackPath } from '../../src/memo/teamPack.js';
+import { tempDir } from '../support/env.js';
 
 await initHash();
 
@@ -18,7 +18,7 @@ after(() => {
 
 /** A cache directory with one stored blob, and a memo that names it. */
 function setup(): { dir: string; store: () => MemoStore; memo: Memo; lookup: string } {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-memostore-'));
+  const dir = tempDir('memostore');
   dirs.push(dir);
   const blobs = join(dir, 'blobs');
   fs.mkdirSync(blobs);

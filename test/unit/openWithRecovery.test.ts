@@ -1,18 +1,18 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { initHash } from '../../src/key/hash.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import { openStoreWithRecovery } from '../../src/store/openWithRecovery.js';
 import type { StoreOptionsInput } from '../../src/store/storeOptions.js';
+import { tempDir } from '../support/env.js';
 
 await initHash();
 
 /** A store made and closed, and an open that fails once with `error`, then opens for real. */
 async function setup(error: Error) {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-recovery-'));
+  const dir = tempDir('recovery');
   await (await LocalStore.open({ dir, sweepOnOpen: false })).close();
   let failed = false;
   const open = async (o: StoreOptionsInput) => {

@@ -1,17 +1,17 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileCandidates, type Job, parseJob, type Token } from '../../src/key/parseJob.js';
 import { tokenizeGnu } from '../../src/key/responseFile.js';
+import { tempDir as envTempDir } from '../support/env.js';
 
 const dirs: string[] = [];
 after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 function tempDir(): string {
-  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-parse-'));
+  const d = envTempDir('parse');
   dirs.push(d);
   return d;
 }

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, type TestContext, test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -13,6 +12,7 @@ import { LocalStore } from '../../src/store/localStore.js';
 import { StoreLockedError } from '../../src/store/metaDb.js';
 import { EntryRecord } from '../../src/store/record.js';
 import { nodeFs, type StoreFs, StoreOptionsError, type StoreOptionsInput, SYNC_READ_MAX } from '../../src/store/storeOptions.js';
+import { tempDir as envTempDir } from '../support/env.js';
 
 await initHash();
 
@@ -22,7 +22,7 @@ after(() => {
 });
 
 function tempDir(): string {
-  const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-store-'));
+  const d = envTempDir('store');
   dirs.push(d);
   return d;
 }

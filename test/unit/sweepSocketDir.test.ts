@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { SWEEP_MIN_AGE_MS, sweepSocketDir } from '../../src/daemon/sweepSocketDir.js';
+import { tempDir } from '../support/env.js';
 
 /** A socket file nothing listens on, as a killed daemon leaves it (a process that exits without closing its server). */
 function deadSocket(path: string): void {
@@ -13,7 +14,7 @@ function deadSocket(path: string): void {
 }
 
 test('the socket directory sweep removes old markers and dead sockets, and nothing else', async () => {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-sweep-'));
+  const dir = tempDir('sweep');
   const server = createServer();
   try {
     const old = new Date(Date.now() - SWEEP_MIN_AGE_MS - 60_000);
@@ -60,7 +61,6 @@ test('the socket directory sweep removes old markers and dead sockets, and nothi
     });
   } finally {
     server.close();
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { FileDigests } from '../../src/key/fileDigests.js';
@@ -8,6 +7,7 @@ import { hashBytes, initHash } from '../../src/key/hash.js';
 import { checksHold, ObservingFiles } from '../../src/key/observed.js';
 import { decodeMemo, encodeMemo, type Memo, withTrailer } from '../../src/memo/memoFormat.js';
 import { decodeTeamMemo, encodeTeamMemo, localise, type TeamCheck, type TeamMemo, TeamMemoDecoder, teamMemoLookup, teamMemoOf } from '../../src/memo/teamMemo.js';
+import { tempDir } from '../support/env.js';
 
 await initHash();
 
@@ -18,7 +18,7 @@ after(() => {
 
 /** A directory standing for a build tree, its timestamps in the past (settled). */
 function tree(): { dir: string; input: string; index: string; cfgDir: string } {
-  const dir = fs.mkdtempSync(join(tmpdir(), 'ltocache-teammemo-'));
+  const dir = tempDir('teammemo');
   dirs.push(dir);
   const input = join(dir, 'a.o');
   const index = join(dir, 'a.o.thinlto.bc');

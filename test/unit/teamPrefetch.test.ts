@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { FileDigests } from '../../src/key/fileDigests.js';
@@ -11,6 +10,7 @@ import { decodeTeamPack } from '../../src/memo/teamPack.js';
 import { type PackedEntry, TeamPrefetch } from '../../src/pipeline/teamPrefetch.js';
 import { Counters } from '../../src/stats/counters.js';
 import type { TieredLookup } from '../../src/store/policies.js';
+import { tempDir } from '../support/env.js';
 
 await initHash();
 
@@ -31,7 +31,7 @@ const COMPILER = process.execPath;
  */
 function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Promise<void>, adoptHook?: () => Promise<void>, fetchSlack?: number, getDelayMs = 0) {
   const tree = () => {
-    const d = fs.mkdtempSync(join(tmpdir(), 'ltocache-prefetch-'));
+    const d = tempDir('prefetch');
     dirs.push(d);
     for (const m of ['a', 'b', 'c']) fs.writeFileSync(join(d, `${m}.o`), `bitcode of ${m}`);
     return d;

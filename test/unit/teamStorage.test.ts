@@ -1,9 +1,7 @@
 /** Units of the shared team cache: storage URLs, remote URL lists and their order, the daemon's Prometheus text, team memos in a `--dir` storage. */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import * as tar from 'tar-stream';
 import { loadConfig } from '../../src/config/config.js';
@@ -17,6 +15,7 @@ import { Counters } from '../../src/stats/counters.js';
 import { formatPrometheus } from '../../src/stats/prometheus.js';
 import { LocalStore } from '../../src/store/localStore.js';
 import type { EntryRecord } from '../../src/store/record.js';
+import { tempDir } from '../support/env.js';
 
 describe('storage URLs', () => {
   test('standalone, TLS, database, credentials, cluster', () => {
@@ -50,7 +49,7 @@ describe('remote URL lists', () => {
     assert.deepEqual(parseRemoteUrls('ws://a:1, ws://b:2  wss://c:3'), ['ws://a:1', 'ws://b:2', 'wss://c:3']);
     assert.throws(() => parseRemoteUrls('ws://a:1,http://b'), /http:\/\/b/);
     assert.throws(() => parseRemoteUrls('ws://a:1 ws://a:1'), /twice/);
-    const dir = mkdtempSync(join(tmpdir(), 'ltocache-urls-'));
+    const dir = tempDir('urls');
     assert.equal(loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_REMOTE: 'ws://a:1,ws://b:2' }).config.remote, 'ws://a:1,ws://b:2');
     assert.throws(() => loadConfig({ LTOCACHE_DIR: dir, LTOCACHE_REMOTE: 'ws://a:1 ftp://b' }), /ftp:\/\/b/);
   });
@@ -120,7 +119,7 @@ describe('team memos in a --dir storage', () => {
 
   test('putMemo / scopeMemos: byte-identical, newest per lookup, scopes apart, max, kept across reopen, cleared', async () => {
     await initHash();
-    const dir = mkdtempSync(join(tmpdir(), 'ltocache-team-memos-'));
+    const dir = tempDir('team-memos');
     const errors: StorageErrorKind[] = [];
     let s = await DirStorage.open(dir, 1 << 30, (k) => errors.push(k));
     try {
@@ -173,7 +172,7 @@ describe('team memos in a --dir storage', () => {
   });
   test('memos beyond their budget (1/8 of --max-size, at least 4 MiB): the least recently used scopes go whole; the accounting survives a restart and counts memos kept before it', async () => {
     await initHash();
-    const dir = mkdtempSync(join(tmpdir(), 'ltocache-team-memo-budget-'));
+    const dir = tempDir('team-memo-budget');
     const MiB = 1 << 20;
     const memo = (n: number) => Buffer.alloc(MiB, n);
     const [a, b, c, d, old] = ['a', 'b', 'c', 'd', 'old'].map(digest) as [string, string, string, string, string];

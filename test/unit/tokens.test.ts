@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadTokensFile, parseBearer, parseTokens, scopeAllows, TokensError, TokenTable } from '../../src/remote/tokens.js';
+import { tempDir } from '../support/env.js';
 
 const A = 'aaaaaaaaaaaaaaaa1';
 const B = 'bbbbbbbbbbbbbbbb2';
@@ -47,7 +47,7 @@ test('malformed lines are errors naming the file and line, never the secret', ()
 });
 
 test('loadTokensFile: missing and empty files are errors', (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'ltocache-tokens-'));
+  const dir = tempDir('tokens');
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   assert.throws(() => loadTokensFile(join(dir, 'nope')), /cannot read tokens file/);
   writeFileSync(join(dir, 'empty'), '# nothing\n');
