@@ -1,3 +1,4 @@
+import { errorMessage } from '../util/errorMessage.js';
 import { BitstreamError, BitstreamReader } from './bitstream.js';
 import { Hasher } from './hash.js';
 
@@ -63,7 +64,7 @@ export function readIndexParts(bytes: Uint8Array): IndexParts {
     return parse(bytes);
   } catch (e) {
     if (e instanceof BitstreamError) return { kind: 'invalid', reason: e.message };
-    return { kind: 'invalid', reason: `internal error: ${e instanceof Error ? e.message : String(e)}` };
+    return { kind: 'invalid', reason: `internal error: ${errorMessage(e)}` };
   }
 }
 

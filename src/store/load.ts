@@ -1,3 +1,4 @@
+import { errorMessage } from '../util/errorMessage.js';
 import type { Mutex } from '../util/mutex.js';
 import type { BlobStore } from './blobStore.js';
 import type { EntryIndex } from './entryIndex.js';
@@ -51,7 +52,7 @@ export async function sweep(c: SweepContext): Promise<SweepReport> {
       report.orphanBlobs += await c.mutex.run(() => c.index.dropUnreferenced(digests, before));
     }
   } catch (e) {
-    if (!c.stopped()) report.error = e instanceof Error ? e.message : String(e);
+    if (!c.stopped()) report.error = errorMessage(e);
   }
   return report;
 }

@@ -1,6 +1,7 @@
 import type { AbstractSublevel } from 'abstract-level';
 import { z } from 'zod';
 import { DIGEST_RE, type Digest, hashBytes, initHash } from '../key/hash.js';
+import { errorMessage } from '../util/errorMessage.js';
 import { Mutex } from '../util/mutex.js';
 import type { CacheBackend, DeleteResult, Lookup, PutOptions, PutResult, StoredEntry } from './backend.js';
 import { BlobStore } from './blobStore.js';
@@ -34,10 +35,6 @@ export interface StoreSummary {
   entries: number;
   /** Distinct blob bytes plus record bytes: what maxBytes bounds. */
   bytes: number;
-}
-
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 function badKey(key: unknown): string {
@@ -147,7 +144,7 @@ export class LocalStore implements CacheBackend {
       // Something is wrong, or an eviction raced with the read: decide under the mutex.
       return await this.mutex.run(() => this.getLocked(key));
     } catch (e) {
-      return { kind: 'error', corrupt: false, error: `local store: ${message(e)}` };
+      return { kind: 'error', corrupt: false, error: `local store: ${errorMessage(e)}` };
     }
   }
 
@@ -174,7 +171,7 @@ export class LocalStore implements CacheBackend {
     } catch (e) {
       this.counters.putErrors++;
       await this.mutex.run(() => this.index.dropUnreferenced(checked.blobs.map((b) => b.digest))).catch(() => {});
-      return { kind: 'error', error: `local store: ${message(e)}` };
+      return { kind: 'error', error: `local store: ${errorMessage(e)}` };
     }
   }
 
@@ -205,7 +202,7 @@ export class LocalStore implements CacheBackend {
       });
     } catch (e) {
       this.counters.putErrors++;
-      return { kind: 'error', error: `local store: ${message(e)}` };
+      return { kind: 'error', error: `local store: ${errorMessage(e)}` };
     }
   }
 
@@ -220,7 +217,7 @@ export class LocalStore implements CacheBackend {
     try {
       return await this.mutex.run(async () => ({ kind: (await this.index.remove(key)) ? 'deleted' : 'absent' }));
     } catch (e) {
-      return { kind: 'error', error: `local store: ${message(e)}` };
+      return { kind: 'error', error: `local store: ${errorMessage(e)}` };
     }
   }
 

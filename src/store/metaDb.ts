@@ -1,6 +1,7 @@
 import type { AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
 import { z } from 'zod';
+import { errorMessage } from '../util/errorMessage.js';
 
 /** The store's LevelDB (layout.ts `meta/`): string keys, values as encoded by each sublevel. */
 export type Db = Level<string, string>;
@@ -44,7 +45,7 @@ export function readJson<T>(sub: Sub, key: string, schema: z.ZodType<T>): Read<T
   try {
     parsed = JSON.parse(raw);
   } catch (e) {
-    return { kind: 'invalid', detail: `not JSON (${e instanceof Error ? e.message : String(e)})` };
+    return { kind: 'invalid', detail: `not JSON (${errorMessage(e)})` };
   }
   const r = schema.safeParse(parsed);
   return r.success ? { kind: 'ok', value: r.data } : { kind: 'invalid', detail: z.prettifyError(r.error) };

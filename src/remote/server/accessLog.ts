@@ -1,5 +1,6 @@
 import { createWriteStream, openSync, type WriteStream } from 'node:fs';
 import type { ErrorCode } from '../../protocol/remote.js';
+import { errorMessage } from '../../util/errorMessage.js';
 import type { Logger } from '../../util/log.js';
 
 /** What the access log records as a request's outcome: an `error` code sent, or one of these. */
@@ -38,7 +39,7 @@ export class AccessLog {
     const fd = openSync(path, 'a', 0o640);
     this.out = createWriteStream(path, { fd });
     this.out.on('error', (e) => {
-      log.warn('access log write failed; access logging stopped', { error: e instanceof Error ? e.message : String(e) });
+      log.warn('access log write failed; access logging stopped', { error: errorMessage(e) });
       this.out = null;
     });
   }

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { initHash } from '../../key/hash.js';
 import type { ServerStats } from '../../protocol/remote.js';
+import { errorMessage } from '../../util/errorMessage.js';
 import { parseServerOptions, parseTokenList, type ResolvedServerOptions, type ServerOptionsInput } from '../serverOptions.js';
 import { openStorage } from '../storage/openStorage.js';
 import { type Token, TokenTable } from '../tokens.js';
@@ -14,10 +15,6 @@ import { ServerState } from './serverState.js';
 
 /** After the grace period, how long closing connections get before they are cut. */
 const CLOSE_WAIT_MS = 1000;
-
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
 
 /**
  * The team-cache server: a websocket endpoint (over http or https) in front of a ServerStorage
@@ -102,7 +99,7 @@ export class CacheServer {
           res();
         });
       });
-      server.on('error', (e) => o.log.error('server socket error', { error: message(e) }));
+      server.on('error', (e) => o.log.error('server socket error', { error: errorMessage(e) }));
       this.boundPort = (server.address() as AddressInfo).port;
     } catch (e) {
       await this.closeResources();
@@ -165,8 +162,8 @@ export class CacheServer {
     if (this.flushTimer) clearInterval(this.flushTimer);
     this.flushTimer = null;
     if (s.store) {
-      await s.counters.flush(true).catch((e) => this.options.log.warn('could not persist counters', { error: message(e) }));
-      await s.store.close().catch((e) => this.options.log.warn('store close failed', { error: message(e) }));
+      await s.counters.flush(true).catch((e) => this.options.log.warn('could not persist counters', { error: errorMessage(e) }));
+      await s.store.close().catch((e) => this.options.log.warn('store close failed', { error: errorMessage(e) }));
       s.store = null;
       s.counters.detach();
     }

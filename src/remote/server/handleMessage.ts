@@ -1,15 +1,12 @@
 import { performance } from 'node:perf_hooks';
 import { type ClientMessage, decodeBinary, type ErrorCode, FEATURE_MULTI_GET, FEATURE_TEAM_MEMOS, parseClientMessage, REMOTE_PROTOCOL_VERSION } from '../../protocol/remote.js';
+import { errorMessage } from '../../util/errorMessage.js';
 import { scopeAllows } from '../tokens.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
 import type { Connection } from './connection.js';
 import { handleAdmin, handleBad, handleBundle, handleGet, handleGets, handleMemo, handleScope } from './requestHandlers.js';
 import type { ServerState } from './serverState.js';
-
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
 
 /** The request id of a rejected text message, when it carries a usable one. */
 function idOf(text: string): number | undefined {
@@ -57,7 +54,7 @@ export function handleMessage(s: ServerState, c: Connection, data: Buffer, isBin
   try {
     msg = parseClientMessage(text);
   } catch (e) {
-    return bad(s, c, idOf(text), 'bad-message', message(e));
+    return bad(s, c, idOf(text), 'bad-message', errorMessage(e));
   }
   if (!c.hello) {
     if (msg.type !== 'hello') return bad(s, c, idOf(text), 'bad-message', `the first message must be hello, got ${msg.type}`);

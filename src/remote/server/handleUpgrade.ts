@@ -3,15 +3,12 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { RawData, WebSocket } from 'ws';
+import { errorMessage } from '../../util/errorMessage.js';
 import { parseBearer, type Token } from '../tokens.js';
 import { CLOSE_CODES } from './closeCodes.js';
 import { Connection, remoteOf } from './connection.js';
 import { handleMessage } from './handleMessage.js';
 import type { ServerState } from './serverState.js';
-
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
 
 /** How long `/readyz` waits for the storage to answer. */
 const READY_TIMEOUT_MS = 1000;
@@ -43,7 +40,7 @@ export function handleHttpRequest(s: ServerState, req: http.IncomingMessage, res
     s.counters.syncEvictions();
     void s.metrics.text().then(
       (text) => res.writeHead(200, { 'content-type': s.metrics.contentType }).end(text),
-      (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${message(e)}\n`),
+      (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${errorMessage(e)}\n`),
     );
     return;
   }
@@ -105,7 +102,7 @@ function attach(s: ServerState, ws: WebSocket, token: Token, remote: string, soc
     try {
       handleMessage(s, c, data as Buffer, isBinary);
     } catch (e) {
-      s.options.log.error('unexpected error handling a message', { error: message(e), token: token.name, remote });
+      s.options.log.error('unexpected error handling a message', { error: errorMessage(e), token: token.name, remote });
       s.send(c, { type: 'error', code: 'internal', message: 'internal server error' });
     }
   });

@@ -3,16 +3,13 @@ import { decodeTeamMemo } from '../../memo/teamMemo.js';
 import { SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from '../../protocol/limits.js';
 import { type ErrorCode, encodeBinary, encodeMemoList } from '../../protocol/remote.js';
 import type { EntryRecord } from '../../store/record.js';
+import { errorMessage } from '../../util/errorMessage.js';
 import { packBundle, unpackBundle } from '../bundle.js';
 import type { AccessResult } from './accessLog.js';
 import { CLOSE_CODES } from './closeCodes.js';
 import type { Connection, PendingPut } from './connection.js';
 import type { CounterName } from './serverCounters.js';
 import type { ServerState } from './serverState.js';
-
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
 
 function begin(c: Connection, id: number): void {
   c.active.add(id);
@@ -85,7 +82,7 @@ export function handleGet(s: ServerState, c: Connection, id: number, key: string
       }
     } catch (e) {
       result = 'error';
-      s.options.log.error('get failed', { key, error: message(e) });
+      s.options.log.error('get failed', { key, error: errorMessage(e) });
       await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
     } finally {
       s.access({ op: 'get', token: c.token.name, key, result, bytes, ms: performance.now() - t0, remote: c.remote });
@@ -152,7 +149,7 @@ export function handleGets(s: ServerState, c: Connection, id: number, keys: read
     } catch (e) {
       results.length = 0;
       for (const key of keys) results.push([key, 'error', 0]);
-      s.options.log.error('gets failed', { keys: keys.length, error: message(e) });
+      s.options.log.error('gets failed', { keys: keys.length, error: errorMessage(e) });
       await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
     } finally {
       const ms = performance.now() - t0;
@@ -190,7 +187,7 @@ export function handleBundle(s: ServerState, c: Connection, id: number, p: Pendi
       await s.send(c, { type: 'stored', id, key: p.key });
     } catch (e) {
       result = 'error';
-      s.options.log.error('put failed', { key: p.key, error: message(e) });
+      s.options.log.error('put failed', { key: p.key, error: errorMessage(e) });
       await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
     } finally {
       s.hold(c, -bundle.length);
@@ -214,7 +211,7 @@ export function handleAdmin(s: ServerState, c: Connection, id: number, what: 're
       await s.send(c, { type: 'ok', id });
     } catch (e) {
       result = 'error';
-      s.options.log.error(`admin ${what} failed`, { error: message(e) });
+      s.options.log.error(`admin ${what} failed`, { error: errorMessage(e) });
       await s.send(c, { type: 'error', id, code: 'internal', message: `admin ${what} failed` });
     } finally {
       s.access({ op, token: c.token.name, key: null, result, bytes: 0, ms: performance.now() - t0, remote: c.remote });
@@ -237,7 +234,7 @@ export function handleBad(s: ServerState, c: Connection, id: number, key: string
       await s.send(c, { type: 'ok', id });
     } catch (e) {
       result = 'error';
-      s.options.log.error('bad report failed', { key, error: message(e) });
+      s.options.log.error('bad report failed', { key, error: errorMessage(e) });
       await s.send(c, { type: 'error', id, code: 'internal', message: 'deleting the entry failed' });
     } finally {
       s.access({ op, token: c.token.name, key, result, bytes: 0, ms: performance.now() - t0, remote: c.remote });
@@ -266,7 +263,7 @@ export function handleMemo(s: ServerState, c: Connection, id: number, scope: str
       } catch (e) {
         result = 'bad-message';
         s.counters.bump('rejected_memos');
-        await s.send(c, { type: 'error', id, code: 'bad-message', message: `invalid team memo: ${message(e)}` });
+        await s.send(c, { type: 'error', id, code: 'bad-message', message: `invalid team memo: ${errorMessage(e)}` });
         return;
       }
       const r = await s.store!.putMemo(scope, lookup, memo);
@@ -280,7 +277,7 @@ export function handleMemo(s: ServerState, c: Connection, id: number, scope: str
       await s.send(c, { type: 'ok', id });
     } catch (e) {
       result = 'error';
-      s.options.log.error('memo failed', { scope, error: message(e) });
+      s.options.log.error('memo failed', { scope, error: errorMessage(e) });
       await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
     } finally {
       s.access({ op, token: c.token.name, key: scope, result, bytes: memo.length, ms: performance.now() - t0, remote: c.remote });
@@ -324,7 +321,7 @@ export function handleScope(s: ServerState, c: Connection, id: number, scope: st
       s.hold(c, -payload.length);
     } catch (e) {
       result = 'error';
-      s.options.log.error('scope failed', { scope, error: message(e) });
+      s.options.log.error('scope failed', { scope, error: errorMessage(e) });
       await s.send(c, { type: 'error', id, code: 'internal', message: 'internal server error' });
     } finally {
       s.access({ op, token: c.token.name, key: scope, result, bytes, ms: performance.now() - t0, remote: c.remote });

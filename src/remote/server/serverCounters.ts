@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { errorMessage } from '../../util/errorMessage.js';
 import type { Logger } from '../../util/log.js';
 import type { CounterPersistence, ServerStorage } from './serverStorage.js';
 
@@ -68,7 +69,7 @@ export class ServerCounters {
     try {
       raw = await this.db.get();
     } catch (e) {
-      this.log.warn('persisted counters unreadable; starting from zero', { error: e instanceof Error ? e.message : String(e) });
+      this.log.warn('persisted counters unreadable; starting from zero', { error: errorMessage(e) });
       return;
     }
     const r = PersistedStats.safeParse(raw);
@@ -90,7 +91,7 @@ export class ServerCounters {
     this.writing = this.writing.then(() =>
       db.put(value).catch((e: unknown) => {
         this.dirty = true;
-        this.log.warn('could not persist counters', { error: e instanceof Error ? e.message : String(e) });
+        this.log.warn('could not persist counters', { error: errorMessage(e) });
       }),
     );
     return this.writing;

@@ -1,6 +1,7 @@
 import { DIGEST_RE, type Digest } from '../../key/hash.js';
 import type { DeleteResult, Lookup, PutResult, StoredEntry } from '../../store/backend.js';
 import { LocalStore, type StoreSublevel } from '../../store/localStore.js';
+import { errorMessage } from '../../util/errorMessage.js';
 import type { CounterPersistence, ServerStorage, StorageErrorSink, StorageSummary } from '../server/serverStorage.js';
 
 const COUNTERS_SUBLEVEL = 'server-stats';
@@ -26,10 +27,6 @@ interface ScopeUse {
 /** A parsed number that is a count, or 0 (NaN, negative, infinite). */
 function countOrZero(n: number | undefined): number {
   return n !== undefined && Number.isFinite(n) && n > 0 ? n : 0;
-}
-
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** `--dir`: one server process owning a LocalStore (its LevelDB lock keeps a second one out). */
@@ -156,7 +153,7 @@ export class DirStorage implements ServerStorage {
         return { kind: 'stored' } as const;
       } catch (e) {
         this.onError('write');
-        return { kind: 'error', error: `local store: ${message(e)}` } as const;
+        return { kind: 'error', error: `local store: ${errorMessage(e)}` } as const;
       }
     });
   }
@@ -172,7 +169,7 @@ export class DirStorage implements ServerStorage {
       return { kind: 'memos', memos: memos as Buffer[] };
     } catch (e) {
       this.onError('read');
-      return { kind: 'error', error: `local store: ${message(e)}` };
+      return { kind: 'error', error: `local store: ${errorMessage(e)}` };
     }
   }
 

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { DIGEST_RE, type Digest, hashBytes } from '../../key/hash.js';
 import type { DeleteResult, Lookup, PutResult, StoredEntry } from '../../store/backend.js';
 import { EntryRecord } from '../../store/record.js';
+import { errorMessage } from '../../util/errorMessage.js';
 import type { Logger } from '../../util/log.js';
 import type { ServerStorage, StorageErrorKind, StorageErrorSink, StorageSummary } from '../server/serverStorage.js';
 
@@ -77,13 +78,9 @@ const chunkKeys = (digest: Digest, size: number): string[] => {
   return Array.from({ length: n }, (_, i) => `${KEY_PREFIX}b:{${digest}}:${i}`);
 };
 
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
 function unavailable(e: unknown): boolean {
   return /timed? ?out|Connection is closed|ECONNREFUSED|ECONNRESET|EPIPE|CLUSTERDOWN|TRYAGAIN|MaxRetriesPerRequest|Failed to refresh slots|None of startup nodes|offline queue|LOADING|MASTERDOWN|Stream isn't writeable/i.test(
-    message(e),
+    errorMessage(e),
   );
 }
 
@@ -187,7 +184,7 @@ export class RedisStorage implements ServerStorage {
         s.timer.unref();
         return s;
       } catch (e) {
-        last = message(e);
+        last = errorMessage(e);
         await new Promise((r) => setTimeout(r, 200));
       }
     }
@@ -216,7 +213,7 @@ export class RedisStorage implements ServerStorage {
       return await this.bounded(() => this.read(key));
     } catch (e) {
       this.fail(e, 'read');
-      return { kind: 'error', corrupt: false, error: `redis: ${message(e)}` };
+      return { kind: 'error', corrupt: false, error: `redis: ${errorMessage(e)}` };
     }
   }
 
@@ -227,7 +224,7 @@ export class RedisStorage implements ServerStorage {
     try {
       record = EntryRecord.parse(JSON.parse(raw));
     } catch (e) {
-      return await this.drop(key, 'corrupt_record', `record is invalid: ${message(e).slice(0, 200)}`, []);
+      return await this.drop(key, 'corrupt_record', `record is invalid: ${errorMessage(e).slice(0, 200)}`, []);
     }
     const distinct = new Map(record.outputs.map((o) => [o.digest, o.size]));
     const read = await Promise.all(
@@ -290,7 +287,7 @@ export class RedisStorage implements ServerStorage {
       return { kind: 'stored' };
     } catch (e) {
       this.fail(e, 'write');
-      return { kind: 'error', error: `redis: ${message(e)}` };
+      return { kind: 'error', error: `redis: ${errorMessage(e)}` };
     }
   }
 
@@ -301,7 +298,7 @@ export class RedisStorage implements ServerStorage {
       return (await this.bounded(() => this.client.del(entryKey(key)))) > 0 ? { kind: 'deleted' } : { kind: 'absent' };
     } catch (e) {
       this.fail(e, 'write');
-      return { kind: 'error', error: `redis: ${message(e)}` };
+      return { kind: 'error', error: `redis: ${errorMessage(e)}` };
     }
   }
 
@@ -312,7 +309,7 @@ export class RedisStorage implements ServerStorage {
       return { kind: 'stored' };
     } catch (e) {
       this.fail(e, 'write');
-      return { kind: 'error', error: `redis: ${message(e)}` };
+      return { kind: 'error', error: `redis: ${errorMessage(e)}` };
     }
   }
 
@@ -325,7 +322,7 @@ export class RedisStorage implements ServerStorage {
       return await this.bounded(() => this.memosOf(key, max));
     } catch (e) {
       this.fail(e, 'read');
-      return { kind: 'error', error: `redis: ${message(e)}` };
+      return { kind: 'error', error: `redis: ${errorMessage(e)}` };
     }
   }
 
@@ -392,7 +389,7 @@ export class RedisStorage implements ServerStorage {
       const ok = await Promise.race([ping.then((r) => r.length > 0), new Promise<boolean>((res) => (timer = setTimeout(() => res(false), timeoutMs)))]);
       return ok;
     } catch (e) {
-      this.log.warn('storage not ready', { storage: this.describe, error: message(e) });
+      this.log.warn('storage not ready', { storage: this.describe, error: errorMessage(e) });
       return false;
     } finally {
       clearTimeout(timer);
