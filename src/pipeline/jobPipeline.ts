@@ -494,6 +494,10 @@ export class JobPipeline {
     const entry = found.entry;
     // A verify mismatch may have landed while the lookup ran (then nothing is written back).
     if (this.o.deny.has(key)) return null;
+    // A team-cache hit of a job keyed here whose scope has no team memo for it (the memos were
+    // named under older rules, or their sharer did not share): shared now, so that the next
+    // machine is served without keying, as when the entry was first stored.
+    if (found.tier === 'remote' && !collect && k.manifest && this.prefetch?.lacks(req)) this.share(k, entry.record, outputs, req);
     if (defer && found.tier === 'remote') {
       if (await this.handOver(k, entry, outputs, req, ctx.serveOnClient!)) {
         this.counters.add(Counter.hits);

@@ -110,6 +110,10 @@ interface ScopeState {
   waitUntil?: number;
   /** The scope's team memos by lookup, each taken out by the first job that claims it. */
   items: Promise<Map<Digest, Item>>;
+  /** The same map once the team cache has answered (not when it could not). */
+  answered?: Map<Digest, Item>;
+  /** Lookups of the memos claimed (taken out of `items`). */
+  claimed: Set<Digest>;
 }
 
 /**
@@ -148,7 +152,9 @@ export class TeamPrefetch {
     if (!scope) return null;
     let s = this.scopes.get(scope);
     if (!s || Date.now() - s.at > PREFETCH_REFRESH_MS) {
-      s = { at: Date.now(), items: this.fetch(scope) };
+      const fresh: ScopeState = { at: Date.now(), items: Promise.resolve(new Map()), claimed: new Set() };
+      fresh.items = this.fetch(scope, fresh);
+      s = fresh;
       this.scopes.set(scope, s);
       fetching?.();
     }
@@ -172,6 +178,7 @@ export class TeamPrefetch {
       if (!item) return null;
     }
     items.delete(lookup);
+    s.claimed.add(lookup);
     item.claimed = true;
     const local = await this.localise(item.bytes);
     if (!local || !item.entry) return local;
@@ -197,6 +204,19 @@ export class TeamPrefetch {
     s.ahead = s.items
       .then((items) => this.fetchAhead([...items], () => this.scopes.get(scope) === s))
       .catch((e: unknown) => this.d.log.warn('cannot fetch team entries ahead', { error: String(e) }));
+  }
+
+  /**
+   * True when the team cache answered this command's scope with no memo for it, and none was
+   * claimed: its entry may be there (a team-cache hit) while its memo is not, as after an upgrade
+   * that changed the rules memos are named under. Then this daemon's own memo is worth sharing.
+   */
+  lacks(req: { compiler: string; cwd: string; args: readonly string[] }): boolean {
+    const scope = scopeOf(req);
+    const s = scope ? this.scopes.get(scope) : undefined;
+    if (!s?.answered) return false;
+    const lookup = lookupDigest(req.compiler, req.cwd, req.args);
+    return !s.answered.has(lookup) && !s.claimed.has(lookup);
   }
 
   /** The build goes on (a fast-path hit was noticed): the pack is not adopted yet. */
@@ -254,10 +274,11 @@ export class TeamPrefetch {
     void this.d.pack?.remove().catch(() => {});
   }
 
-  private async fetch(scope: Digest): Promise<Map<Digest, Item>> {
+  private async fetch(scope: Digest, s: ScopeState): Promise<Map<Digest, Item>> {
     const t0 = performance.now();
     const items = new Map<Digest, Item>();
     const raw = await this.d.scopeMemos(scope).catch(() => null);
+    if (raw) s.answered = items;
     if (!raw?.length) return items;
     for (const bytes of raw) {
       const lookup = teamMemoLookup(bytes);

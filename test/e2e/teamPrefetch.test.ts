@@ -160,6 +160,60 @@ describe('team prefetch', () => {
   });
 });
 
+describe('a team cache that holds entries without their team memos', () => {
+  const server = new ServerProcess();
+  const caches: CacheEnv[] = [];
+  let url = '';
+  let b: ThinBuild;
+  before(async () => {
+    url = await server.start();
+    b = ThinBuild.fromFixture(FIXTURE, join(tempDir('prefetch-memoless'), 'linux'));
+    b.frontEnd();
+    b.thinLink();
+  });
+  after(async () => {
+    for (const c of caches) c.destroy();
+    await server.kill();
+  });
+  const machine = (name: string, extra: Record<string, string> = {}) => {
+    const cache = new CacheEnv(name, { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: TOKENS.write, LTOCACHE_REMOTE_RETRY_MS: '300', ...extra });
+    caches.push(cache);
+    cache.start();
+    return cache;
+  };
+  const memosStored = (c: CacheEnv) => (JSON.parse(c.cli(['stats', '--remote', '--json']).stdout) as Record<string, number>).memos_stored!;
+
+  // As after an upgrade that changed KEY_RULES_EPOCH: the entries' keys are the same, the memos
+  // are named under a scope no one has shared into, and no machine compiles (every job is a
+  // team-cache hit), so nothing would ever share them again.
+  test('the first machine that keys its team-cache hits shares their memos; the next is served through them', async () => {
+    const n = b.modules.length;
+    const writer = machine('memoless-writer', { LTOCACHE_REMOTE_PREFETCH: 'off' });
+    buildAll(b, writer);
+    await waitFor('uploads', () => writer.stats().uploads === n);
+    assert.equal(writer.stats().team_memos_shared, 0);
+    assert.equal(memosStored(writer), 0, 'the team cache holds entries and no memo');
+
+    b.thinLink();
+    const first = machine('memoless-first');
+    buildAll(b, first);
+    const s1 = first.stats();
+    assert.equal(s1.remote_hits, n, JSON.stringify(s1));
+    assert.equal(s1.team_memo_hits, 0);
+    await waitFor('the memos of the keyed team-cache hits shared', () => first.stats().team_memos_shared === n && memosStored(first) >= n);
+
+    b.thinLink();
+    const second = machine('memoless-second');
+    buildAll(b, second);
+    const s2 = second.stats();
+    assert.equal(s2.misses, 0);
+    assert.equal(s2.team_memo_hits + s2.team_pack_hits, n, `served through the shared memos, without keying: ${JSON.stringify(s2)}`);
+    assertMatchesDirect(b);
+    // The second machine claimed memos that exist: it shares none again.
+    assert.equal(second.stats().team_memos_shared, 0);
+  });
+});
+
 describe('team prefetch through Redis, with planted garbage and a lost entry', () => {
   const redis = new RedisNode();
   let server: ServerProcess;
