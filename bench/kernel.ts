@@ -551,9 +551,14 @@ function writeTeamTokens(path: string): string {
   return path;
 }
 
-/** One `ltocache serve` on a loopback port: on `storage` (a redis… URL) or else on DIR/data; its log is DIR/serve.log. */
+/**
+ * One `ltocache serve` on a loopback port: on `storage` (a redis… URL) or else on DIR/data, made
+ * empty first (a --work directory kept from an earlier run would hold its entries and memos, and
+ * the writer row would find them instead of populating it); its log is DIR/serve.log.
+ */
 async function startServer(dir: string, tokens: string, base: NodeJS.ProcessEnv, storage?: string): Promise<TeamServer> {
   mkdirSync(dir, { recursive: true });
+  if (!storage) rmSync(join(dir, 'data'), { recursive: true, force: true });
   const logPath = join(dir, 'serve.log');
   const fd = openSync(logPath, 'w');
   // Output to a file, never a pipe: this process blocks in spawnSync while the server runs.
