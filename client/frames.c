@@ -131,9 +131,3 @@ void report_stored(int fd, const struct stored_outputs *st) {
     free(b.p);
 }
 
-int unknown_flag_refusal(const unsigned char *reply, uint32_t n) {
-    static const char reason[] = "malformed request: unknown flag bits";
-    size_t k = sizeof reason - 1;
-    return reply && n >= 5 + k && reply[0] == LTOC_FRAME_PASSTHROUGH && get_u32(reply + 1) == n - 5 &&
-           memcmp(reply + 5, reason, k) == 0;
-}

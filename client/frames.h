@@ -30,7 +30,4 @@ unsigned char *read_reply(int fd, uint32_t *len);
  * size). The daemon needs nothing more from us: no acknowledgement is awaited. */
 void report_stored(int fd, const struct stored_outputs *st);
 
-/* A 'P' whose reason says the daemon does not know a flag bit we set (docs/protocol.md). */
-int unknown_flag_refusal(const unsigned char *reply, uint32_t n);
-
 #endif

@@ -117,7 +117,7 @@ static void run_via_daemon(const struct job *j) {
     unsigned char *reply = send_request(&req, &fd, &n);
     /* A daemon older than flag bits 2 and 3 (still running across an upgrade) refuses them by
      * name: ask again without them rather than lose the cache until that daemon exits. */
-    if (unknown_flag_refusal(reply, n)) {
+    if (reply_is_unknown_flag_refusal(reply, n)) {
         free(reply);
         reply = NULL;
         close(fd);

@@ -91,3 +91,10 @@ int reply_parse_compile(const unsigned char *p, size_t n, int with_options,
     return c->type == LTOC_FRAME_COMPILE_YOURSELF ? (c->memo.len == 0 ? 0 : -1)
                                                   : (c->memo.len > 0 ? 0 : -1);
 }
+
+int reply_is_unknown_flag_refusal(const unsigned char *p, size_t n) {
+    static const char reason[] = "malformed request: unknown flag bits";
+    size_t k = sizeof reason - 1;
+    return p && n >= 5 + k && p[0] == LTOC_FRAME_PASSTHROUGH && le32(p + 1) == n - 5 &&
+           memcmp(p + 5, reason, k) == 0;
+}

@@ -40,4 +40,8 @@ struct reply_compile {
 int reply_parse_compile(const unsigned char *p, size_t n, int with_options,
                         struct reply_compile *c);
 
+/* Whether p[0..n) (type byte included; NULL: no) is a 'P' whose reason says the daemon does not
+ * know a flag bit the request set (docs/protocol.md). */
+int reply_is_unknown_flag_refusal(const unsigned char *p, size_t n);
+
 #endif

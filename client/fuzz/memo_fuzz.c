@@ -7,7 +7,8 @@
  * must lie inside the input after its indexes, and a blob must hash as it is copied), one
  * starting with 'R' to
  * reply_parse_result, one starting with 'H' to reply_parse_hit (after that byte), one starting
- * with 'M' or 'S' to reply_parse_compile (both layouts), every other input to memo_parse. A reply that parses must lie inside the input; an 'R' must re-encode to it
+ * with 'M' or 'S' to reply_parse_compile (both layouts), one starting with 'P' to
+ * reply_is_unknown_flag_refusal, every other input to memo_parse. A reply that parses must lie inside the input; an 'R' must re-encode to it
  * and an 'H''s files must hash to its memo's digests. Each input is tried twice: as a whole memo file,
  * and as a memo body with its correct trailer appended, so that mutations reach the structure
  * parser instead of stopping at the trailer check. A memo that parses must re-encode to exactly
@@ -232,6 +233,14 @@ static void try_compile(const unsigned char *buf, size_t len) {
     }
 }
 
+/* A 'P' taken for the unknown-flag refusal is exactly one: its length field covers the rest. */
+static void try_refusal(const unsigned char *buf, size_t len) {
+    static const char reason[] = "malformed request: unknown flag bits";
+    if (!reply_is_unknown_flag_refusal(buf, len)) return;
+    REQUIRE(len >= 5 + sizeof reason - 1 && memcmp(buf + 5, reason, sizeof reason - 1) == 0);
+    REQUIRE(((uint32_t)buf[1] | (uint32_t)buf[2] << 8 | (uint32_t)buf[3] << 16 | (uint32_t)buf[4] << 24) == len - 5);
+}
+
 /* The blob `digest` of `size` bytes, looked up in the pack made of buf[0..len); when found, its
  * range lies after the indexes and inside the input, and copying it hashes its bytes there. */
 static void pack_blob(const struct team_pack *p, const unsigned char *buf, size_t len,
@@ -304,6 +313,8 @@ static void try_parse(const unsigned char *buf, size_t len) {
         try_hit(buf + 1, len - 1);
     else if (len && (buf[0] == LTOC_FRAME_COMPILE_YOURSELF || buf[0] == LTOC_FRAME_STORE_YOURSELF))
         try_compile(buf, len);
+    else if (len && buf[0] == LTOC_FRAME_PASSTHROUGH)
+        try_refusal(buf, len);
     else
         try_memo(buf, len);
 }

@@ -12,7 +12,7 @@ import { hashBytes, initHash } from '../../src/key/hash.js';
 import { type DistMemo, encodeDistMemo } from '../../src/memo/distMemo.js';
 import { encodeMemo, type Memo, type MemoCheck } from '../../src/memo/memoFormat.js';
 import { encodeTeamPack, type PackBlob } from '../../src/memo/teamPack.js';
-import { encodeCompileYourself, encodeHitStore, encodeResult, encodeStoreYourself } from '../../src/protocol/clientFrames.js';
+import { encodeCompileYourself, encodeHitStore, encodePassthrough, encodeResult, encodeStoreYourself } from '../../src/protocol/clientFrames.js';
 
 const hex = (c: string) => c.repeat(32);
 
@@ -48,7 +48,7 @@ export function memoSeeds(): [string, Buffer][] {
   const push = (name: string, whole: Buffer) => out.push([`${name}.memo`, whole], [`${name}.body`, whole.subarray(0, whole.length - 32)]);
   for (const [name, m] of memos) push(name, encodeMemo(m));
   for (const [name, m] of distSeeds(base)) push(name, encodeDistMemo(m));
-  // Reply payloads the client decodes ('R', 'H', 'M', 'S'; the fuzz target tells them apart by the type byte).
+  // Reply payloads the client decodes ('R', 'H', 'M', 'S', 'P'; the fuzz target tells them apart by the type byte).
   out.push(['reply-result', encodeResult({ exit: 1, signal: 0 }, Buffer.from('out\n'), Buffer.from('warning: x\n')).subarray(4)]);
   const files = [Buffer.from('object bytes'), Buffer.from('dwarf')];
   const hit = encodeMemo({ ...base, outputs: files.map((f, i) => ({ path: `/work/obj/h.${i}`, digest: hashBytes(f), size: f.length })) });
@@ -56,6 +56,8 @@ export function memoSeeds(): [string, Buffer][] {
   const redirect = { index: 3, arg: '-oout/.a.o.ltocache-out-0123456789ab', temp: '/work/out/.a.o.ltocache-out-0123456789ab', output: '/work/out/a.o' };
   out.push(['reply-compile', encodeCompileYourself({ colour: true, redirect }).subarray(4)]);
   out.push(['reply-store', encodeStoreYourself(hit, { colour: false, redirect }).subarray(4)]);
+  // The 'P' a daemon answers a request with flag bits it does not know (the client asks again without them).
+  out.push(['reply-refusal', encodePassthrough('malformed request: unknown flag bits 0x10').subarray(4)]);
   out.push(...packSeeds(base));
   return out;
 }
