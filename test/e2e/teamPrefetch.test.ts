@@ -30,41 +30,53 @@ function assertMatchesDirect(b: ThinBuild): void {
   }
 }
 
-describe('team prefetch', () => {
+/**
+ * One `ltocache serve` and a checkout built up to its thin link, for the describe that calls this
+ * (started before its tests, stopped after them); `machine` starts a daemon of its own cache
+ * directory that reaches the server, as a machine of the team would.
+ */
+function oneServerTeam(checkout: string) {
   const server = new ServerProcess();
   const caches: CacheEnv[] = [];
   let url = '';
-  let b: ThinBuild;
+  const team = {
+    b: undefined as unknown as ThinBuild,
+    machine(name: string, token: string = TOKENS.write, extra: Record<string, string> = {}): CacheEnv {
+      const cache = new CacheEnv(name, { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: token, LTOCACHE_REMOTE_RETRY_MS: '300', ...extra });
+      caches.push(cache);
+      cache.start();
+      return cache;
+    },
+  };
   before(async () => {
     url = await server.start();
-    b = ThinBuild.fromFixture(FIXTURE, join(tempDir('prefetch-checkout'), 'linux'));
-    b.frontEnd();
-    b.thinLink();
+    team.b = ThinBuild.fromFixture(FIXTURE, join(tempDir(checkout), 'linux'));
+    team.b.frontEnd();
+    team.b.thinLink();
   });
   after(async () => {
     for (const c of caches) c.destroy();
     await server.kill();
   });
+  return team;
+}
 
-  const machine = (name: string, token: string = TOKENS.write, extra: Record<string, string> = {}) => {
-    const cache = new CacheEnv(name, { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: token, LTOCACHE_REMOTE_RETRY_MS: '300', ...extra });
-    caches.push(cache);
-    cache.start();
-    return cache;
-  };
+describe('team prefetch', () => {
+  const team = oneServerTeam('prefetch-checkout');
+  const machine = team.machine;
 
   test('a second machine on the same path: every job served through its team memo without keying, byte-identical; the rebuild needs no daemon', async () => {
-    const n = b.modules.length;
+    const n = team.b.modules.length;
     const first = machine('first');
-    buildAll(b, first);
+    buildAll(team.b, first);
     await waitFor('uploads and team memos', () => {
       const s = first.stats();
       return s.uploads === n && s.team_memos_shared === n;
     });
     await waitFor('the server to hold the memos', () => (JSON.parse(first.cli(['stats', '--remote', '--json']).stdout) as Record<string, number>).memos_stored! >= n);
-    b.thinLink();
+    team.b.thinLink();
     const second = machine('second');
-    buildAll(b, second);
+    buildAll(team.b, second);
     let s = second.stats();
     assert.equal(s.misses, 0, JSON.stringify(s));
     assert.equal(s.hits, n);
@@ -75,26 +87,26 @@ describe('team prefetch', () => {
     assert.equal(s.remote_hits, n, 'every entry came from the team cache, on demand or fetched ahead');
     assert.ok(s.team_pack_entries >= n - 2 && s.team_pack_hits >= n - 2, JSON.stringify(s));
     assert.equal(s.team_memos_unusable + s.team_memos_rejected, 0);
-    assertMatchesDirect(b);
+    assertMatchesDirect(team.b);
     await waitFor('the pack adopted once the build is quiet', () => second.stats().team_pack_adopted === s.team_pack_entries);
     s = second.stats();
     assert.equal(s.entries, n, 'every entry is in the local store');
     assert.ok(!existsSync(join(second.dir, 'memo', 'team.pack')), 'the pack is gone');
     // Each job has a memo file now (written by the client with the hit, or by the adoption): the
     // next build needs no daemon.
-    b.thinLink();
-    buildAll(b, second);
+    team.b.thinLink();
+    buildAll(team.b, second);
     const s2 = second.stats();
     assert.equal(s2.memo_hits - s.memo_hits, n, JSON.stringify(s2));
     assert.equal(s2.team_pack_hits, s.team_pack_hits);
-    assertMatchesDirect(b);
+    assertMatchesDirect(team.b);
   });
 
   test('a daemon stopped right after the build adopts the team pack first: the entries are in its store, the rebuild needs no daemon', async () => {
-    const n = b.modules.length;
-    b.thinLink();
+    const n = team.b.modules.length;
+    team.b.thinLink();
     const m = machine('stopped-early');
-    buildAll(b, m);
+    buildAll(team.b, m);
     // Within the quiet time before adoption (2 s): the pack is still there when the daemon stops.
     assert.ok(existsSync(join(m.dir, 'memo', 'team.pack')), 'the pack is written and not adopted yet');
     m.stop();
@@ -104,37 +116,37 @@ describe('team prefetch', () => {
     assert.ok(s.team_pack_entries >= n - 2, JSON.stringify(s));
     assert.equal(s.team_pack_adopted, s.team_pack_entries, `adopted at stop: ${JSON.stringify(s)}`);
     assert.equal(s.entries, n, 'every entry is in the local store');
-    b.thinLink();
-    buildAll(b, m);
+    team.b.thinLink();
+    buildAll(team.b, m);
     const s2 = m.stats();
     assert.equal(s2.memo_hits - s.memo_hits, n, `served from memo files alone: ${JSON.stringify(s2)}`);
     assert.equal(s2.misses, 0);
-    assertMatchesDirect(b);
+    assertMatchesDirect(team.b);
   });
 
   test('an input that differs here: its memo is not used, the job compiles, every object equals direct clang', async () => {
-    const n = b.modules.length;
+    const n = team.b.modules.length;
     const edited = 'mathx';
-    appendFileSync(join(b.dir, `${edited}.c`), '\nint ltocache_prefetch_probe(int x) { return x * 7; }\n');
-    b.frontEnd([edited]);
-    b.thinLink();
+    appendFileSync(join(team.b.dir, `${edited}.c`), '\nint ltocache_prefetch_probe(int x) { return x * 7; }\n');
+    team.b.frontEnd([edited]);
+    team.b.thinLink();
     const third = machine('third');
-    buildAll(b, third);
+    buildAll(team.b, third);
     const s = third.stats();
     assert.equal(s.hits + s.misses, n);
     assert.ok(s.misses >= 1, `the edited module compiles: ${JSON.stringify(s)}`);
     assert.ok(s.team_memos_unusable >= 1, `its team memo did not hold here: ${JSON.stringify(s)}`);
     assert.equal(s.team_memo_hits + s.team_pack_hits + s.team_memos_unusable, n, `each job claimed its memo once or was served from the pack: ${JSON.stringify(s)}`);
-    assertMatchesDirect(b);
+    assertMatchesDirect(team.b);
     await waitFor('uploads of the new misses', () => third.stats().uploads === s.misses);
   });
 
   test('a -march=native job is uploaded but its memo is not shared (it would not check the CPU)', async () => {
     const w = machine('native');
-    const m = b.modules[0]!;
-    const r = b.backend(m, { wrapper: [CLIENT], env: w.env, extra: ['-march=native'] });
+    const m = team.b.modules[0]!;
+    const r = team.b.backend(m, { wrapper: [CLIENT], env: w.env, extra: ['-march=native'] });
     assert.equal(r.status, 0, r.stderr);
-    const plain = b.backend(b.modules[1]!, { wrapper: [CLIENT], env: w.env, extra: ['-march=x86-64-v2'] });
+    const plain = team.b.backend(team.b.modules[1]!, { wrapper: [CLIENT], env: w.env, extra: ['-march=x86-64-v2'] });
     assert.equal(plain.status, 0, plain.stderr);
     await waitFor('both uploads', () => w.stats().uploads === 2);
     assert.equal(w.stats().team_memos_shared, 1, 'only the job without native shares its memo');
@@ -142,73 +154,55 @@ describe('team prefetch', () => {
     // the next run is a hit the daemon keys, CPU included.
     assert.equal(w.stats().memos_written, 1);
     const before = w.stats();
-    assert.equal(b.backend(m, { wrapper: [CLIENT], env: w.env, extra: ['-march=native'] }).status, 0);
+    assert.equal(team.b.backend(m, { wrapper: [CLIENT], env: w.env, extra: ['-march=native'] }).status, 0);
     const after = w.stats();
     assert.equal(after.hits - before.hits, 1);
     assert.equal(after.memo_hits - before.memo_hits, 0);
   });
 
   test('prefetch off: no team memo is fetched', async () => {
-    const n = b.modules.length;
-    b.thinLink();
+    const n = team.b.modules.length;
+    team.b.thinLink();
     const off = machine('off', TOKENS.write, { LTOCACHE_REMOTE_PREFETCH: 'off' });
-    buildAll(b, off);
+    buildAll(team.b, off);
     const s = off.stats();
     assert.equal(s.team_memo_hits, 0);
     assert.equal(s.remote_hits, n, 'served as team-cache hits, each keyed here');
-    assertMatchesDirect(b);
+    assertMatchesDirect(team.b);
   });
 });
 
 describe('a team cache that holds entries without their team memos', () => {
-  const server = new ServerProcess();
-  const caches: CacheEnv[] = [];
-  let url = '';
-  let b: ThinBuild;
-  before(async () => {
-    url = await server.start();
-    b = ThinBuild.fromFixture(FIXTURE, join(tempDir('prefetch-memoless'), 'linux'));
-    b.frontEnd();
-    b.thinLink();
-  });
-  after(async () => {
-    for (const c of caches) c.destroy();
-    await server.kill();
-  });
-  const machine = (name: string, extra: Record<string, string> = {}) => {
-    const cache = new CacheEnv(name, { LTOCACHE_REMOTE: url, LTOCACHE_REMOTE_TOKEN: TOKENS.write, LTOCACHE_REMOTE_RETRY_MS: '300', ...extra });
-    caches.push(cache);
-    cache.start();
-    return cache;
-  };
+  const team = oneServerTeam('prefetch-memoless');
+  const machine = (name: string, extra: Record<string, string> = {}) => team.machine(name, TOKENS.write, extra);
   const memosStored = (c: CacheEnv) => (JSON.parse(c.cli(['stats', '--remote', '--json']).stdout) as Record<string, number>).memos_stored!;
 
   // As after an upgrade that changed KEY_RULES_EPOCH: the entries' keys are the same, the memos
   // are named under a scope no one has shared into, and no machine compiles (every job is a
   // team-cache hit), so nothing would ever share them again.
   test('the first machine that keys its team-cache hits shares their memos; the next is served through them', async () => {
-    const n = b.modules.length;
+    const n = team.b.modules.length;
     const writer = machine('memoless-writer', { LTOCACHE_REMOTE_PREFETCH: 'off' });
-    buildAll(b, writer);
+    buildAll(team.b, writer);
     await waitFor('uploads', () => writer.stats().uploads === n);
     assert.equal(writer.stats().team_memos_shared, 0);
     assert.equal(memosStored(writer), 0, 'the team cache holds entries and no memo');
 
-    b.thinLink();
+    team.b.thinLink();
     const first = machine('memoless-first');
-    buildAll(b, first);
+    buildAll(team.b, first);
     const s1 = first.stats();
     assert.equal(s1.remote_hits, n, JSON.stringify(s1));
     assert.equal(s1.team_memo_hits, 0);
     await waitFor('the memos of the keyed team-cache hits shared', () => first.stats().team_memos_shared === n && memosStored(first) >= n);
 
-    b.thinLink();
+    team.b.thinLink();
     const second = machine('memoless-second');
-    buildAll(b, second);
+    buildAll(team.b, second);
     const s2 = second.stats();
     assert.equal(s2.misses, 0);
     assert.equal(s2.team_memo_hits + s2.team_pack_hits, n, `served through the shared memos, without keying: ${JSON.stringify(s2)}`);
-    assertMatchesDirect(b);
+    assertMatchesDirect(team.b);
     // The second machine claimed memos that exist: it shares none again.
     assert.equal(second.stats().team_memos_shared, 0);
   });
