@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ThinBuild } from '../src/demo/thinBuild.js';
 import { hashBytes, initHash } from '../src/key/hash.js';
 import { LocalStore } from '../src/store/localStore.js';
@@ -22,7 +23,6 @@ const ENTRIES = arg('--entries', 100_000);
 const HITS = arg('--hits', 2000);
 const PARALLEL = 32;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 function mem(pid: number): { rss: number; hwm: number } {

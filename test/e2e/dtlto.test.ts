@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import type { BuildSummary, JobExplanation } from '../../src/explain/explainJobs.js';
 import { DistFile, DTLTO_LIMITS } from '../../src/protocol/dtlto.js';
@@ -26,8 +27,6 @@ function delta(cache: CacheEnv, fn: () => void): Delta {
 function ok(r: { status: number; stderr: string }, what: string): void {
   assert.equal(r.status, 0, `${what}: ${r.stderr}`);
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('DTLTO through ltocache (lld 22)', () => {
   let cache: CacheEnv;

@@ -3,6 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, type TestContext, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Level } from 'level';
 import type { ThinBuild } from '../../src/demo/thinBuild.js';
 import { FileDigests } from '../../src/key/fileDigests.js';
@@ -34,8 +35,6 @@ import { waitFor } from '../support/waitFor.js';
 await initHash();
 
 const SEED = Number(process.env.LTOCACHE_FAULT_SEED ?? 0x5eed1);
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {
   for (const m of b.modules) {

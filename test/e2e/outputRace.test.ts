@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lstatSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ThinBuild } from '../../src/demo/thinBuild.js';
 import { socketDirFor } from '../../src/protocol/clientFrames.js';
 import { CLANG22, DtltoTree, run as dtltoRun } from '../support/dtlto.js';
@@ -13,8 +14,6 @@ import { CacheEnv, CLI, CLIENT, FIXTURE, tempDir } from '../support/env.js';
  * jobs or two builds racing on one output): what is stored under the job's key must be the bytes
  * clang wrote, never the other writer's. The real native client, daemon and clang 19.
  */
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('a second writer racing a miss on its output', () => {
   let cache: CacheEnv;

@@ -6,6 +6,7 @@ import { syncBuiltinESMExports } from 'node:module';
 import { createServer as createNetServer, type Server as NetServer, connect as netConnect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { ThinBuild } from '../../src/demo/thinBuild.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
@@ -33,7 +34,6 @@ import { waitFor } from '../support/waitFor.js';
 
 await initHash();
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const IS_ROOT = process.getuid?.() === 0;
 
 function buildAll(b: ThinBuild, cache: CacheEnv, extra: string[] = []): void {

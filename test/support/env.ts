@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type { StatsView } from '../../src/stats/counters.js';
 
@@ -74,7 +75,7 @@ export async function removeWhileWritten(dir: string, ms = 10_000): Promise<void
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY' || Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
     }
   }
 }

@@ -11,13 +11,13 @@
  *
  *   node dist/test/support/tmpGuard.js node --test ... files
  */
+
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { alive } from './env.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Processes of this user (not this one) whose environment has TMPDIR=base, or whose cwd is under it. */
 export function processesUsing(base: string): { pid: number; what: string }[] {

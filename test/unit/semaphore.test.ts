@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Semaphore } from '../../src/pipeline/semaphore.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 test('a slot held past the stuck time while a job waits is taken back; its late release does nothing', async () => {
   let reclaimed = 0;

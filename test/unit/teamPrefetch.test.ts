@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { decodeMemo, lookupDigest } from '../../src/memo/memoFormat.js';
@@ -160,8 +161,6 @@ test('entries are fetched ahead only after a team-cache hit, while their memos a
   assert.equal((await c.entry).kind, 'hit');
   t.p.forget();
 });
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 test('entries fetched ahead go into one team pack; a job arriving meanwhile takes its entry being fetched; the pack is adopted once quiet', async () => {
   const t = setup();
