@@ -3,7 +3,7 @@
 #ifndef LTOCACHE_LIMITS_H
 #define LTOCACHE_LIMITS_H
 #define LTOC_PROTOCOL_VERSION 2u
-#define LTOC_KEY_RULES_EPOCH 4u
+#define LTOC_KEY_RULES_EPOCH 5u
 #define LTOC_FRAME_COMPILE 67u
 #define LTOC_FRAME_RESULT 82u
 #define LTOC_FRAME_PASSTHROUGH 80u
@@ -44,8 +44,8 @@
 #define LTOC_DIST_MEMO_MAX_FILE 67108864u
 #define LTOC_DAEMON_SEMI_SPACE_MB 2u
 #define LTOC_DAEMON_MALLOC_ARENA_MAX 2u
-#define LTOC_MEMO_NAME_TAG "ltocache-memo-v1-e4"
-#define LTOC_DIST_MEMO_NAME_TAG "ltocache-dist-v1-e4"
+#define LTOC_MEMO_NAME_TAG "ltocache-memo-v1-e5"
+#define LTOC_DIST_MEMO_NAME_TAG "ltocache-dist-v1-e5"
 #define LTOC_START_FAILURE_MARKER_SUFFIX ".startfail"
 #define LTOC_SILENT_MARKER_SUFFIX ".silent"
 #endif

@@ -342,8 +342,9 @@ export async function buildManifest(ctx: KeyContext, parsed: Job, compiler: stri
             if (outputsAbs.has(abs)) continue;
             const d = await files.digest(abs);
             if (d.kind === 'file') named.push({ path: c, digest: d.digest });
-            else if (d.kind === 'not-regular' && isPipeOrSocket(abs)) {
-              throw new Uncacheable('missing-file', `${c}, named by ${tok.v}, is a named pipe or a socket: what clang would read from it cannot be keyed`);
+            else if (d.kind === 'not-regular') {
+              const special = unkeyableSpecialFile(abs);
+              if (special) throw new Uncacheable('missing-file', `${c}, named by ${tok.v}, is ${special}: what clang would read from it cannot be keyed`);
             }
           }
           // The libraries a plugin loads change the code it generates as much as the plugin does.
@@ -536,12 +537,32 @@ async function asmFiles(ctx: KeyContext, job: Job, cwd: string, bitcode: string[
   return out;
 }
 
-/** Whether `abs` (links followed) is a FIFO or a socket: a file whose content is whatever its writer sends at the moment clang reads it. */
-function isPipeOrSocket(abs: string): boolean {
+/**
+ * What `abs` (links followed) is when it is a file whose content the key cannot take: a named pipe
+ * or a socket (whatever its writer sends when clang reads), a device other than the null device
+ * (a terminal, /dev/urandom, a disk). Null for a directory (no file's content), the null device
+ * (always empty) and anything gone.
+ */
+function unkeyableSpecialFile(abs: string): string | null {
   try {
     const st = statSync(abs, { throwIfNoEntry: false });
-    return !!st && (st.isFIFO() || st.isSocket());
+    if (!st) return null;
+    if (st.isFIFO()) return 'a named pipe';
+    if (st.isSocket()) return 'a socket';
+    if (st.isCharacterDevice()) return st.rdev === nullDeviceNumber() ? null : 'a character device';
+    if (st.isBlockDevice()) return 'a block device';
+    return null;
   } catch {
-    return false;
+    return null;
   }
+}
+
+let nullDevice: number | undefined;
+/** The device number of /dev/null (-1 where there is none: no device is then taken for it). */
+function nullDeviceNumber(): number {
+  if (nullDevice === undefined) {
+    const st = statSync('/dev/null', { throwIfNoEntry: false });
+    nullDevice = st?.isCharacterDevice() ? st.rdev : -1;
+  }
+  return nullDevice;
 }

@@ -125,7 +125,7 @@ export const DAEMON_MALLOC_ARENA_MAX = 2;
  * without looking at what is new. Bumped by every change to what the key reads;
  * test/unit/keyRules.test.ts fails when src/key changes without it.
  */
-export const KEY_RULES_EPOCH = 4;
+export const KEY_RULES_EPOCH = 5;
 /** The first bytes hashed for a job memo's name (docs/memo.md). */
 export const MEMO_NAME_TAG = `ltocache-memo-v1-e${KEY_RULES_EPOCH}`;
 /** The first bytes hashed for a distribution memo's name (cache-schema/distmemo.v1.md). */

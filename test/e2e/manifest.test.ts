@@ -713,7 +713,7 @@ describe('what changes the key', () => {
     assert.notEqual((await key(d, args)).key, before.key);
   });
 
-  test('a flag naming a named pipe or a socket: uncacheable (what clang reads from it is not keyed); a directory is no file', async () => {
+  test('a flag naming a named pipe, a socket or a device other than /dev/null: uncacheable (what clang reads from it is not keyed); a directory is no file', async () => {
     const d = tree();
     execFileSync('mkfifo', [join(d, 'data.fifo')]);
     const fifo = await keyed(d, ['-mllvm', '-some-opt=data.fifo', ...BASE]);
@@ -726,6 +726,14 @@ describe('what changes the key', () => {
     } finally {
       server.close();
     }
+    for (const device of ['/dev/zero', '/dev/urandom']) {
+      const r = await keyed(d, ['-mllvm', `-some-opt=${device}`, ...BASE]);
+      assert.equal(r.kind === 'uncacheable' && r.reason, 'missing-file', device);
+      assert.match(r.kind === 'uncacheable' ? r.detail : '', /a character device/);
+    }
+    // The null device, under its own name and through a link: always empty, nothing to key.
+    fs.symlinkSync('/dev/null', join(d, 'null.link'));
+    for (const name of ['/dev/null', 'null.link']) assert.deepEqual((await key(d, ['-mllvm', `-some-opt=${name}`, ...BASE])).manifest.args[1], { a: `-some-opt=${name}` });
     fs.mkdirSync(join(d, 'data.dir'));
     const dir = await key(d, ['-mllvm', '-some-opt=data.dir', ...BASE]);
     assert.deepEqual(dir.manifest.args[1], { a: '-some-opt=data.dir' });
