@@ -242,16 +242,7 @@ static int mentions(const struct capture *c, const char *name) {
 /* Reports a compile with 'D' and waits for the daemon's 'A' (or its going away). */
 static void report_done(int fd, const struct capture *out, const struct capture *err, int status,
                         int sig) {
-    unsigned char hdr[4 + 1 + 4 + 4 + 4], mid[4];
-    uint32_t total = (uint32_t)(LTOC_RESULT_OVERHEAD + out->len + err->len);
-    uint32_t words[4] = {total, (uint32_t)status, (uint32_t)sig, (uint32_t)out->len};
-    for (int wd = 0; wd < 4; wd++)
-        for (int b = 0; b < 4; b++)
-            hdr[(wd == 0 ? 0 : 1 + 4 * wd) + b] = (unsigned char)(words[wd] >> (8 * b));
-    hdr[4] = LTOC_FRAME_DONE;
-    for (int b = 0; b < 4; b++) mid[b] = (unsigned char)(err->len >> (8 * b));
-    if (write_all(fd, hdr, sizeof hdr, 1) == 0 && write_all(fd, out->p, out->len, 1) == 0 &&
-        write_all(fd, mid, 4, 1) == 0 && write_all(fd, err->p, err->len, 1) == 0) {
+    if (send_done(fd, (uint32_t)status, (uint32_t)sig, out->p, out->len, err->p, err->len) == 0) {
         uint32_t n = 0;
         free(read_reply(fd, &n)); /* 'A', or EOF if the daemon went away: either way, go on */
     }

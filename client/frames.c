@@ -112,6 +112,26 @@ unsigned char *read_reply(int fd, uint32_t *len) {
     return p;
 }
 
+int send_done(int fd, uint32_t status, uint32_t sig, const unsigned char *out, size_t out_len,
+              const unsigned char *err, size_t err_len) {
+    if (out_len > LTOC_MAX_OUTPUT_STREAM || err_len > LTOC_MAX_OUTPUT_STREAM) return -1;
+    struct buf head = {0}, mid = {0};
+    put_u32(&head, (uint32_t)(LTOC_RESULT_OVERHEAD + out_len + err_len));
+    put_u8(&head, LTOC_FRAME_DONE);
+    put_u32(&head, status);
+    put_u32(&head, sig);
+    put_u32(&head, (uint32_t)out_len);
+    put_u32(&mid, (uint32_t)err_len);
+    int rc = -1;
+    if (!head.failed && !mid.failed && write_all(fd, head.p, head.len, 1) == 0 &&
+        write_all(fd, out, out_len, 1) == 0 && write_all(fd, mid.p, mid.len, 1) == 0 &&
+        write_all(fd, err, err_len, 1) == 0)
+        rc = 0;
+    free(head.p);
+    free(mid.p);
+    return rc;
+}
+
 void report_stored(int fd, const struct stored_outputs *st) {
     struct buf b = {0};
     put_u32(&b, 0);

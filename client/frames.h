@@ -26,6 +26,12 @@ int build_request(struct buf *b, unsigned type, uint32_t flags, const char *comp
  * its length, or NULL (EOF, error, or the socket's receive timeout: a silent daemon). */
 unsigned char *read_reply(int fd, uint32_t *len);
 
+/* Sends a compile's outcome as 'D': u32 status, u32 signal (0 if none), then stdout and stderr,
+ * each as u32 length and bytes (each at most LTOC_MAX_OUTPUT_STREAM). The streams are written
+ * from where they are, not copied. Returns 0 when the whole frame went out, else -1. */
+int send_done(int fd, uint32_t status, uint32_t sig, const unsigned char *out, size_t out_len,
+              const unsigned char *err, size_t err_len);
+
 /* Reports outputs stored by us after an 'S': u8 'E', u8 memo written, u32 n, n x (digest, u64
  * size). The daemon needs nothing more from us: no acknowledgement is awaited. */
 void report_stored(int fd, const struct stored_outputs *st);
