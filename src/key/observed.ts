@@ -1,5 +1,6 @@
 import { type BigIntStats, readFileSync } from 'node:fs';
 import type { MemoCheck } from '../memo/memoFormat.js';
+import { MEMO_CONTENT_CHECK_MAX_BYTES } from '../protocol/limits.js';
 import { type DigestSource, type FileDigest, nowNs, settledAt, statOrUndefined } from './fileDigests.js';
 import { hashBytes } from './hash.js';
 
@@ -15,6 +16,8 @@ export class ObservingFiles implements DigestSource {
   private readonly results = new Map<string, FileDigest>();
   /** A directory observed within the racy window of its last change (see memoable). */
   private unsettledDir = false;
+  /** A file past MEMO_CONTENT_CHECK_MAX_BYTES that only a content check could stand for (see memoable). */
+  private largeUnsettled = false;
 
   constructor(private readonly inner: DigestSource) {}
 
@@ -32,7 +35,10 @@ export class ObservingFiles implements DigestSource {
       // A directory's listing check already says it is not a regular file, and more.
       if (this.seen.get(absPath)?.kind !== 'dir') this.seen.set(absPath, { kind: 'notreg', path: absPath });
     } else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat, digest: d.digest });
-    else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest, at: { ...d.stat, settled: d.settled } });
+    else {
+      if (!this.byContent.has(absPath) && d.size > MEMO_CONTENT_CHECK_MAX_BYTES) this.largeUnsettled = true;
+      this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest, at: { ...d.stat, settled: d.settled } });
+    }
     return d;
   }
 
@@ -65,10 +71,14 @@ export class ObservingFiles implements DigestSource {
   /**
    * Whether the checks may stand for this job in a memo. Not when a directory was observed within
    * the racy window of its last change: an entry added in the same timestamp tick leaves its
-   * identity as it was, and a directory has no content check to fall back on (a file has).
+   * identity as it was, and a directory has no content check to fall back on (a file has). Nor
+   * when a file other than a rewritten one (the index) is larger than MEMO_CONTENT_CHECK_MAX_BYTES
+   * and was not settled (a toolchain installed or unpacked just now): its content check would
+   * cost every hit of the memo a hash of it, for as long as the memo lasts. The job's next run
+   * goes through the daemon, whose memo then checks the settled file by stat identity.
    */
   memoable(): boolean {
-    return !this.unsettledDir;
+    return !this.unsettledDir && !this.largeUnsettled;
   }
 
   /** An environment variable the key read (undefined = unset). */

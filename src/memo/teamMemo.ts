@@ -1,7 +1,7 @@
 import { readdirSync } from 'node:fs';
 import { nowNs as clockNs, settledAt, statIdentity, statOrUndefined } from '../key/fileDigests.js';
 import { type Digest, Hasher } from '../key/hash.js';
-import { KEY_RULES_EPOCH, MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
+import { KEY_RULES_EPOCH, MEMO_CONTENT_CHECK_MAX_BYTES, MEMO_MAX_CHECKS, MEMO_MAX_NAME, MEMO_MAX_OUTPUTS, TEAM_MEMO_MAX_BYTES } from '../protocol/limits.js';
 import {
   CheckKind,
   checkedBody,
@@ -339,6 +339,9 @@ async function localiseCheck(c: Exclude<TeamCheck, { kind: 'env' }>, files: Loca
     case 'content': {
       const d = await files.digest(c.path);
       if (d.kind !== 'file' || d.size !== c.size || d.digest !== c.digest) return { why: `${c.path} differs` };
+      // As for this daemon's own memos (ObservingFiles.memoable): no memo that would hash a large
+      // file on every hit.
+      if (c.kind === 'file' && !d.settled && c.size > MEMO_CONTENT_CHECK_MAX_BYTES) return { why: `${c.path} changed just now` };
       checks.push(
         c.kind === 'file' && d.settled
           ? { kind: 'stat', path: c.path, ...d.stat, digest: d.digest }

@@ -86,6 +86,12 @@ export const MEMO_MAX_CHECKS = 65_536;
 export const MEMO_MAX_OUTPUTS = 16;
 export const MEMO_MAX_BYTES = 160 << 20;
 export const MEMO_MAX_NAME = 65_536;
+/**
+ * Largest file a memo checks by content when it is not a rewritten one (an index): a larger file
+ * that was not settled when hashed gets no memo (src/key/observed.ts memoable, docs/memo.md), as
+ * the client would hash it again on every hit.
+ */
+export const MEMO_CONTENT_CHECK_MAX_BYTES = 1 << 20;
 /** A team memo (src/memo/teamMemo.ts): sent base64 in one JSON message of the team protocol. */
 export const TEAM_MEMO_MAX_BYTES = 512 << 10;
 /** Team memos one `scope` reply carries at most (its bytes are also bounded by the bundle limit). */

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FileDigests } from '../../src/key/fileDigests.js';
 import { Hasher, hashBytes, hashFile, initHash } from '../../src/key/hash.js';
 import { ObservingFiles } from '../../src/key/observed.js';
+import { MEMO_CONTENT_CHECK_MAX_BYTES } from '../../src/protocol/limits.js';
 import { tempDir as envTempDir } from '../support/env.js';
 
 await initHash();
@@ -256,6 +257,36 @@ test("a directory's listing check is not replaced by a later look at the same pa
     ['dir'],
   );
   assert.equal(observe.memoable(), false, 'made just now: its identity does not yet stand for its listing');
+});
+
+test('a large file that is not settled leaves the job without a memo (its content check would hash it on every hit); a small one, a settled one or a rewritten one does not', async () => {
+  const dir = tempDir();
+  const big = join(dir, 'libLLVM.so');
+  const small = join(dir, 'a.o');
+  const index = join(dir, 'a.o.thinlto.bc');
+  fs.writeFileSync(big, Buffer.alloc(MEMO_CONTENT_CHECK_MAX_BYTES + 1, 7));
+  fs.writeFileSync(small, Buffer.alloc(MEMO_CONTENT_CHECK_MAX_BYTES, 7));
+  fs.writeFileSync(index, Buffer.alloc(MEMO_CONTENT_CHECK_MAX_BYTES + 1, 9));
+  // Written just now: none is settled under the daemon's 2 s window.
+  const fresh = () => new ObservingFiles(new FileDigests());
+  const smallOnly = fresh();
+  await smallOnly.digest(small);
+  assert.equal(smallOnly.checks()[0]?.kind, 'content');
+  assert.equal(smallOnly.memoable(), true, 'a file of the limit is checked by content');
+  const rewritten = fresh();
+  rewritten.rewritten(index);
+  await rewritten.digest(index);
+  assert.equal(rewritten.memoable(), true, 'an index is always checked by content, whatever its size');
+  const large = fresh();
+  await large.digest(small);
+  await large.digest(big);
+  assert.equal(large.memoable(), false, 'a large file written just now');
+  // Settled (a window shorter than its age): a stat check, and a memo.
+  await sleep(SETTLE_MS);
+  const settled = new ObservingFiles(new FileDigests(SHORT_WINDOW_NS));
+  await settled.digest(big);
+  assert.equal(settled.checks()[0]?.kind, 'stat');
+  assert.equal(settled.memoable(), true);
 });
 
 test('hashBytes (one-shot) equals a Hasher fed the same bytes in pieces, and hashes a string as its UTF-8', () => {

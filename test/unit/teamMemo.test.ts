@@ -7,6 +7,7 @@ import { hashBytes, initHash } from '../../src/key/hash.js';
 import { checksHold, ObservingFiles } from '../../src/key/observed.js';
 import { decodeMemo, encodeMemo, type Memo, withTrailer } from '../../src/memo/memoFormat.js';
 import { decodeTeamMemo, encodeTeamMemo, localise, type TeamCheck, type TeamMemo, TeamMemoDecoder, teamMemoLookup, teamMemoOf } from '../../src/memo/teamMemo.js';
+import { MEMO_CONTENT_CHECK_MAX_BYTES } from '../../src/protocol/limits.js';
 import { tempDir } from '../support/env.js';
 
 await initHash();
@@ -135,6 +136,20 @@ test('a directory changed within the last seconds is not trusted by its identity
   fs.utimesSync(t.cfgDir, new Date(), new Date());
   const local = await localise(team, SETTLED());
   assert.ok('why' in local && /just now/.test(local.why));
+});
+
+test('a large file written just now is no memo here: its content check would hash it on every hit', async () => {
+  const t = tree();
+  fs.writeFileSync(t.input, Buffer.alloc(MEMO_CONTENT_CHECK_MAX_BYTES + 1, 3));
+  const team = teamMemoOf(LOOKUP, await localMemo(t), ['obj'])!;
+  assert.equal(team.checks.find((c) => 'path' in c && c.path === t.input)?.kind, 'file');
+  // Hashed here with the daemon's 2 s window: the file's ctime is just now.
+  const local = await localise(team, new FileDigests(), LATER);
+  assert.ok('why' in local && local.why === `${t.input} changed just now`, JSON.stringify(local));
+  // Settled, the same memo localises with a stat check.
+  const settled = await localise(team, SETTLED(), LATER);
+  assert.ok('memo' in settled);
+  assert.equal(settled.memo.checks.find((c) => 'path' in c && c.path === t.input)?.kind, 'stat');
 });
 
 test('no team memo from a stat check without its digest, or a directory changed since it was listed', async () => {
