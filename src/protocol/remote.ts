@@ -132,9 +132,21 @@ export const ServerMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('stats'), id: Id, stats: ServerStats }),
   /**
    * Reply to `scope`: `count` team memos (at most SCOPE_MAX_MEMOS) follow as one binary message
-   * with the same id, `bundleBytes` long: each a u32 LE length, then the memo.
+   * with the same id, `bundleBytes` long: each a u32 LE length, then the memo. `complete`: true
+   * when the list holds every memo the server has for the scope, none left out by the count limit
+   * or the bundle limit. A stored value the server does not send because it is empty or over
+   * TEAM_MEMO_MAX_BYTES does not make it false (no client would accept it). Absent from servers
+   * before it: a client takes such a list as possibly cut, so a command missing from it is not
+   * known to lack a team memo.
    */
-  z.object({ type: z.literal('memos'), id: Id, scope: Key, count: z.number().int().nonnegative().max(SCOPE_MAX_MEMOS), bundleBytes: BundleBytes }),
+  z.object({
+    type: z.literal('memos'),
+    id: Id,
+    scope: Key,
+    count: z.number().int().nonnegative().max(SCOPE_MAX_MEMOS),
+    bundleBytes: BundleBytes,
+    complete: z.boolean().optional(),
+  }),
   /** Reply to `ping`. */
   z.object({ type: z.literal('pong'), id: Id }),
   /** An admin operation or a `bad` report completed. */

@@ -121,7 +121,7 @@ function adminClear(url: string, secret: string): Promise<string> {
 }
 
 /** Sends one request (id 1) after the handshake; resolves with the reply and, for `memos`, the memos of its binary message. */
-type TeamReply = { type: string; id?: number; code?: string; count?: number };
+type TeamReply = { type: string; id?: number; code?: string; count?: number; complete?: boolean };
 
 function teamRequest(url: string, secret: string, msg: Record<string, unknown>): Promise<{ reply: TeamReply; memos?: Buffer[] }> {
   return new Promise((res, rej) => {
@@ -372,6 +372,7 @@ describe('team memos on redis standalone', () => {
       assert.equal(r.cli('type', `ltocache:m:{${scope}}`), 'hash');
       const got = await teamRequest(s.url, SECRETS.read, { type: 'scope', scope });
       assert.equal(got.reply.count, 1);
+      assert.equal(got.reply.complete, true);
       assert.ok(got.memos![0]!.equals(m));
       const m2 = await metrics(s);
       assert.equal(m2.get('ltocache_server_memos_stored_total'), 1);

@@ -14,12 +14,13 @@ import { type ClientOptions, WebSocket } from 'ws';
 import { hashBytes, initHash } from '../../src/key/hash.js';
 import { withTrailer } from '../../src/memo/memoFormat.js';
 import { encodeTeamMemo, type TeamCheck } from '../../src/memo/teamMemo.js';
-import { GETS_MAX_KEYS } from '../../src/protocol/limits.js';
+import { GETS_MAX_KEYS, SCOPE_MAX_MEMOS, TEAM_MEMO_MAX_BYTES } from '../../src/protocol/limits.js';
 import { decodeBinary, decodeMemoList, type ErrorCode, encodeBinary, type ServerStats, splitEntries } from '../../src/protocol/remote.js';
 import { packBundle, unpackBundle } from '../../src/remote/bundle.js';
 import { CacheServer } from '../../src/remote/server/cacheServer.js';
 import { CLOSE_CODES } from '../../src/remote/server/closeCodes.js';
 import type { ServerOptionsInput } from '../../src/remote/serverOptions.js';
+import { DirStorage } from '../../src/remote/storage/dirStorage.js';
 import { layoutPaths } from '../../src/store/layout.js';
 import type { EntryRecord } from '../../src/store/record.js';
 import { tempDir as envTempDir } from '../support/env.js';
@@ -206,16 +207,16 @@ class Peer {
     return { ...r, bundles: splitEntries(b.bundle, r.hits) };
   }
 
-  /** A `scope` request: the `memos` reply's memos, or the error. */
-  async scope(scope: string): Promise<{ type: string; code?: string; memos?: Buffer[] }> {
+  /** A `scope` request: the `memos` reply's memos and `complete`, or the error. */
+  async scope(scope: string, maxBundleBytes?: number): Promise<{ type: string; code?: string; memos?: Buffer[]; complete?: boolean }> {
     const id = this.id();
-    this.send({ type: 'scope', id, scope });
+    this.send({ type: 'scope', id, scope, ...(maxBundleBytes ? { maxBundleBytes } : {}) });
     const r = await this.reply(id);
     if (r.type !== 'memos') return { type: r.type, code: r.code };
     assert.equal(r.scope, scope);
     const b = (await this.take((m) => m.kind === 'binary' && m.id === id, `memo list ${id}`)) as { bundle: Buffer };
     assert.equal(b.bundle.length, r.bundleBytes);
-    return { type: 'memos', memos: decodeMemoList(b.bundle, r.count) };
+    return { type: 'memos', memos: decodeMemoList(b.bundle, r.count), complete: r.complete };
   }
 
   async ping(): Promise<void> {
@@ -526,8 +527,9 @@ test('team memos: stored with a write token, served byte-identical to a read tok
   const got = await reader.scope(scope);
   assert.equal(got.type, 'memos');
   assert.deepEqual(sorted(got.memos), sorted([m1b, m2]), 'byte-identical, the newer memo of l1 replacing the older');
+  assert.equal(got.complete, true);
   assert.deepEqual(sorted((await reader.scope(other)).memos), sorted([o1]));
-  assert.deepEqual(await reader.scope(hashBytes('never used')), { type: 'memos', memos: [] });
+  assert.deepEqual(await reader.scope(hashBytes('never used')), { type: 'memos', memos: [], complete: true });
 
   const refused = await reader.memo(scope, teamMemo(key('l3')));
   assert.deepEqual({ type: refused.type, code: refused.code }, { type: 'error', code: 'forbidden' });
@@ -588,6 +590,7 @@ test('team memos: stored with a write token, served byte-identical to a read tok
   for (let i = 6; i < 10; i++) assert.equal((await w2.memo(scope, teamMemo(key(`l${i}`)))).type, 'ok');
   const bounded = await w2.scope(scope);
   assert.equal(bounded.memos?.length, 3);
+  assert.equal(bounded.complete, false, 'cut by the bundle limit');
   const all = [m1b, m2, ...[5, 6, 7, 8, 9].map((i) => teamMemo(key(`l${i}`)))];
   for (const m of bounded.memos!) assert.ok(all.some((x) => x.equals(m)));
   assert.deepEqual(sorted((await w2.scope(other)).memos), sorted([o1]));
@@ -596,7 +599,44 @@ test('team memos: stored with a write token, served byte-identical to a read tok
 
   const admin = await open(t, s2.url, SECRETS.admin);
   assert.equal((await admin.admin('clear')).type, 'ok');
-  assert.deepEqual(await w2.scope(scope), { type: 'memos', memos: [] });
+  assert.deepEqual(await w2.scope(scope), { type: 'memos', memos: [], complete: true });
+});
+
+test('a scope reply says whether it holds every memo: cut by the bundle or count limit it is not; values no client would accept do not count', { timeout: 120_000 }, async (t) => {
+  const dir = tempDir(t, 'memos-complete');
+  const scope = hashBytes('scope-complete');
+  const full = hashBytes('scope-full');
+  const memos = [1, 2, 3].map((i) => teamMemo(key(`c${i}`)));
+  // Planted straight into the storage: the server refuses such values in a `memo` request.
+  const planted = await DirStorage.open(dir, 1 << 30, () => {});
+  try {
+    for (const [i, m] of memos.entries()) assert.equal((await planted.putMemo(scope, hashBytes(`c${i}`), m)).kind, 'stored');
+    assert.equal((await planted.putMemo(scope, hashBytes('empty'), Buffer.alloc(0))).kind, 'stored');
+    assert.equal((await planted.putMemo(scope, hashBytes('huge'), Buffer.alloc(TEAM_MEMO_MAX_BYTES + 1))).kind, 'stored');
+    for (let i = 0; i < SCOPE_MAX_MEMOS; i++) await planted.putMemo(full, hashBytes(`full-${i}`), Buffer.from(`memo ${i}`));
+  } finally {
+    await planted.close();
+  }
+  const s = await startServer(t, dir);
+  const writer = await open(t, s.url, SECRETS.write);
+  const reader = await open(t, s.url, SECRETS.read);
+  const sorted = (bs: Buffer[] | undefined) => (bs ?? []).map((b) => b.toString('hex')).sort();
+
+  const all = await reader.scope(scope);
+  assert.deepEqual(sorted(all.memos), sorted(memos), 'the empty and the oversized value are not sent');
+  assert.equal(all.complete, true, 'values no client would accept do not make the list incomplete');
+  const cut = await reader.scope(scope, 2 * (4 + memos[0]!.length));
+  assert.equal(cut.memos?.length, 2);
+  assert.equal(cut.complete, false, "cut by the client's bundle limit");
+  assert.equal((await reader.scope(scope, 3 * (4 + memos[0]!.length))).complete, true, 'exactly fits');
+
+  const atLimit = await reader.scope(full);
+  assert.equal(atLimit.memos?.length, SCOPE_MAX_MEMOS);
+  assert.equal(atLimit.complete, true, 'as many as the count limit: all of them');
+  assert.equal((await writer.memo(full, teamMemo(key('one more')))).type, 'ok');
+  const over = await reader.scope(full);
+  assert.equal(over.memos?.length, SCOPE_MAX_MEMOS);
+  assert.equal(over.complete, false, 'cut by the count limit');
 });
 
 test('hostile peers are rejected and counted; a well-behaved client is unaffected', { timeout: 60_000 }, async (t) => {

@@ -289,7 +289,9 @@ export function handleMemo(s: ServerState, c: Connection, id: number, scope: str
 
 /**
  * `scope`: the scope's team memos as `memos` plus one binary message, at most SCOPE_MAX_MEMOS of
- * them and at most bundleLimit bytes of payload (memos past the first that does not fit are left out).
+ * them and at most bundleLimit bytes of payload (memos past the first that does not fit are left
+ * out). `complete` says none was left out: the storage is asked for one memo past the count limit
+ * to know whether more exist.
  */
 export function handleScope(s: ServerState, c: Connection, id: number, scope: string, op: string, clientMax?: number): void {
   begin(c, id);
@@ -298,7 +300,7 @@ export function handleScope(s: ServerState, c: Connection, id: number, scope: st
     let result: AccessResult = 'ok';
     let bytes = 0;
     try {
-      const r = await s.store!.scopeMemos(scope, SCOPE_MAX_MEMOS);
+      const r = await s.store!.scopeMemos(scope, SCOPE_MAX_MEMOS + 1);
       if (r.kind === 'error') {
         result = 'error';
         s.options.log.warn('team memo read failed', { scope, error: r.error });
@@ -307,17 +309,23 @@ export function handleScope(s: ServerState, c: Connection, id: number, scope: st
       }
       const max = bundleLimit(s, clientMax);
       const memos: Buffer[] = [];
+      // More than the count limit came back: the storage may hold still more, so the list is not
+      // known to be complete (even when values not sent leave the rest within the limit).
+      let complete = r.memos.length <= SCOPE_MAX_MEMOS;
       for (const m of r.memos) {
         // A value no client would accept (planted in a shared storage) is not sent.
         if (m.length === 0 || m.length > TEAM_MEMO_MAX_BYTES) continue;
-        if (memos.length >= SCOPE_MAX_MEMOS || bytes + 4 + m.length > max) break;
+        if (memos.length >= SCOPE_MAX_MEMOS || bytes + 4 + m.length > max) {
+          complete = false;
+          break;
+        }
         memos.push(m);
         bytes += 4 + m.length;
       }
       const payload = encodeMemoList(memos);
       s.counters.bump('memos_served', memos.length);
       s.hold(c, payload.length);
-      await s.send(c, { type: 'memos', id, scope, count: memos.length, bundleBytes: payload.length }, encodeBinary(id, payload));
+      await s.send(c, { type: 'memos', id, scope, count: memos.length, bundleBytes: payload.length, complete }, encodeBinary(id, payload));
       s.hold(c, -payload.length);
     } catch (e) {
       result = 'error';
