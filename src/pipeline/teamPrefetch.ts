@@ -5,7 +5,7 @@ import { encodeMemo, lookupDigest, type Memo, type MemoCheck, MemoError } from '
 import { type LocalFiles, localise, scopeDigest, type TeamCheck, TeamMemoDecoder, teamMemoKey, teamMemoLookup } from '../memo/teamMemo.js';
 import { encodeTeamPack } from '../memo/teamPack.js';
 import { Counter, type Counters } from '../stats/counters.js';
-import type { StoredEntry } from '../store/backend.js';
+import type { ScopeMemoList, StoredEntry } from '../store/backend.js';
 import type { TieredLookup } from '../store/policies.js';
 import { settledWithin } from '../util/settledWithin.js';
 import { entryBytes, entryMemo } from './entryMemo.js';
@@ -59,7 +59,7 @@ export interface PackedEntry {
 
 export interface PrefetchDeps {
   /** The team memos shared under a scope; null when the team cache could not answer. */
-  scopeMemos(scope: Digest): Promise<Buffer[] | null>;
+  scopeMemos(scope: Digest): Promise<ScopeMemoList | null>;
   /** Looks an entry up in every tier, leaving a team-tier hit unwritten (the claimer decides). */
   getEntry(key: Digest): Promise<TieredLookup>;
   /** Whether the local store has the entry. */
@@ -110,7 +110,10 @@ interface ScopeState {
   waitUntil?: number;
   /** The scope's team memos by lookup, each taken out by the first job that claims it. */
   items: Promise<Map<Digest, Item>>;
-  /** The same map once the team cache has answered (not when it could not). */
+  /**
+   * The same map once the team cache has answered with every memo it has for the scope (not when
+   * it could not answer, nor when its list may have been cut: a memo missing from it may be there).
+   */
   answered?: Map<Digest, Item>;
   /** Lookups of the memos claimed (taken out of `items`). */
   claimed: Set<Digest>;
@@ -207,9 +210,11 @@ export class TeamPrefetch {
   }
 
   /**
-   * True when the team cache answered this command's scope with no memo for it, and none was
-   * claimed: its entry may be there (a team-cache hit) while its memo is not, as after an upgrade
-   * that changed the rules memos are named under. Then this daemon's own memo is worth sharing.
+   * True when the team cache answered this command's scope with its complete list and no memo for
+   * it, and none was claimed: its entry may be there (a team-cache hit) while its memo is not, as
+   * after an upgrade that changed the rules memos are named under. Then this daemon's own memo is
+   * worth sharing. False after a list the server cut or did not say was complete: the memo may be
+   * among those left out, and sharing it again would be a wasted upload.
    */
   lacks(req: { compiler: string; cwd: string; args: readonly string[] }): boolean {
     const scope = scopeOf(req);
@@ -278,9 +283,9 @@ export class TeamPrefetch {
     const t0 = performance.now();
     const items = new Map<Digest, Item>();
     const raw = await this.d.scopeMemos(scope).catch(() => null);
-    if (raw) s.answered = items;
-    if (!raw?.length) return items;
-    for (const bytes of raw) {
+    if (raw?.complete) s.answered = items;
+    if (!raw?.memos.length) return items;
+    for (const bytes of raw.memos) {
       const lookup = teamMemoLookup(bytes);
       if (lookup) items.set(lookup, { bytes });
       else this.d.counters.add(Counter.team_memos_rejected);

@@ -21,7 +21,7 @@ import {
   type ServerStats,
   splitEntries,
 } from '../protocol/remote.js';
-import type { CacheBackend, DeleteResult, Lookup, PutResult, StoredEntry } from '../store/backend.js';
+import type { CacheBackend, DeleteResult, Lookup, PutResult, ScopeMemoList, StoredEntry } from '../store/backend.js';
 import type { EntryRecord } from '../store/record.js';
 import { corkForTick, socketOf } from '../util/corkForTick.js';
 import { VERSION } from '../version.js';
@@ -71,14 +71,14 @@ type Entries = Extract<ServerMessage, { type: 'entries' }>;
 type Reply =
   | ServerMessage
   | { type: 'bundle'; bundle: Buffer; entry: EntryRecord; key: string }
-  | { type: 'memo-list'; memos: Buffer[] }
+  | { type: 'memo-list'; memos: Buffer[]; complete: boolean }
   | { type: 'entry-bundles'; entries: Entries; bundles: Buffer[] }
   | Failed;
 
 /** A team-tier lookup: its errors say which kind of failure they are. */
 export type RemoteLookup = Exclude<Lookup, { kind: 'error' }> | { kind: 'error'; error: string; corrupt: boolean; failure: RemoteFailure };
-/** A scope's team memos, or why not. */
-export type ScopeMemos = { kind: 'memos'; memos: Buffer[] } | { kind: 'error'; error: string; failure: RemoteFailure };
+/** A scope's team memos (`complete`: ScopeMemoList), or why not. */
+export type ScopeMemos = ({ kind: 'memos' } & ScopeMemoList) | { kind: 'error'; error: string; failure: RemoteFailure };
 /** A team-tier put: its errors say which kind of failure they are. */
 export type RemotePutResult = Exclude<PutResult, { kind: 'error' }> | { kind: 'error'; error: string; failure: RemoteFailure };
 
@@ -87,7 +87,7 @@ interface Pending {
   timer: NodeJS.Timeout;
   hit?: { entry: EntryRecord; key: string };
   /** A `memos` reply whose list is the next binary message. */
-  memos?: { count: number };
+  memos?: { count: number; complete: boolean };
   /** An `entries` reply whose bundles are the next binary message. */
   entries?: Entries;
 }
@@ -302,7 +302,8 @@ export class RemoteServer implements CacheBackend {
       return;
     }
     if (msg.type === 'memos') {
-      p.memos = { count: msg.count };
+      // A server from before `complete` may have cut the list without saying so.
+      p.memos = { count: msg.count, complete: msg.complete === true };
       return;
     }
     if (msg.type === 'entries') {
@@ -330,7 +331,7 @@ export class RemoteServer implements CacheBackend {
     if (p.hit) return p.resolve({ type: 'bundle', bundle, entry: p.hit.entry, key: p.hit.key });
     try {
       if (p.entries) p.resolve({ type: 'entry-bundles', entries: p.entries, bundles: splitEntries(bundle, p.entries.hits) });
-      else p.resolve({ type: 'memo-list', memos: decodeMemoList(bundle, p.memos!.count) });
+      else p.resolve({ type: 'memo-list', memos: decodeMemoList(bundle, p.memos!.count), complete: p.memos!.complete });
     } catch (e) {
       p.resolve({ type: 'failed', failure: 'protocol', error: (e as Error).message });
     }
@@ -538,7 +539,8 @@ export class RemoteServer implements CacheBackend {
     if (connected) return connected;
     if (!this.teamMemos) {
       this.breaker.success();
-      return { kind: 'memos', memos: [] };
+      // It keeps no team memos: it has none to leave out.
+      return { kind: 'memos', memos: [], complete: true };
     }
     const r = await this.request((id) => ({ text: JSON.stringify({ type: 'scope', id, scope, maxBundleBytes: this.o.maxBundleBytes }) }), timeoutMs);
     if (r.type === 'failed') {
@@ -546,7 +548,7 @@ export class RemoteServer implements CacheBackend {
       return { kind: 'error', failure: r.failure, error: r.error };
     }
     this.breaker.success();
-    if (r.type === 'memo-list') return { kind: 'memos', memos: r.memos };
+    if (r.type === 'memo-list') return { kind: 'memos', memos: r.memos, complete: r.complete };
     // A server from before team memos answers `bad-message`.
     if (r.type === 'error') return { kind: 'error', failure: 'server', error: `server: ${r.code}: ${r.message}` };
     return { kind: 'error', failure: 'protocol', error: `unexpected reply ${r.type}` };
@@ -703,9 +705,9 @@ export class RemoteBackend implements CacheBackend {
   }
 
   /** CacheBackend's view: the memos, or null on any failure. */
-  async scopeMemos(scope: Digest): Promise<Buffer[] | null> {
+  async scopeMemos(scope: Digest): Promise<ScopeMemoList | null> {
     const r = await this.fetchScope(scope);
-    return r.kind === 'memos' ? r.memos : null;
+    return r.kind === 'memos' ? { memos: r.memos, complete: r.complete } : null;
   }
 
   async touch(): Promise<void> {}

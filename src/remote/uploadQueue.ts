@@ -1,5 +1,5 @@
 import type { Digest } from '../key/hash.js';
-import type { CacheBackend, DeleteResult, PutResult, StoredEntry } from '../store/backend.js';
+import type { CacheBackend, DeleteResult, PutResult, ScopeMemoList, StoredEntry } from '../store/backend.js';
 
 /**
  * Background uploads: `put` enqueues and returns at once; a single worker drains the queue into
@@ -27,7 +27,7 @@ export class UploadQueue implements CacheBackend {
   touch(key: Digest) {
     return this.target.touch(key);
   }
-  async scopeMemos(scope: Digest): Promise<Buffer[] | null> {
+  async scopeMemos(scope: Digest): Promise<ScopeMemoList | null> {
     return (await this.target.scopeMemos?.(scope)) ?? null;
   }
 

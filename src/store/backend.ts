@@ -14,6 +14,15 @@ export type PutResult = { kind: 'stored' } | { kind: 'refused'; reason: string }
 
 export type DeleteResult = { kind: 'deleted' } | { kind: 'absent' } | { kind: 'refused'; reason: string } | { kind: 'error'; error: string };
 
+/**
+ * A scope's team memos as the team cache sent them. `complete`: the list holds every memo the
+ * cache has for the scope; false when it left some out (a limit) or did not say.
+ */
+export interface ScopeMemoList {
+  memos: Buffer[];
+  complete: boolean;
+}
+
 export interface PutOptions {
   /**
    * The caller has just checked every file against its record digest (a team-tier hit, verified
@@ -70,5 +79,5 @@ export interface CacheBackend {
    */
   shareMemo?(scope: Digest, memo: Buffer): Promise<void>;
   /** The team memos shared under a scope; null when the tier could not answer. */
-  scopeMemos?(scope: Digest): Promise<Buffer[] | null>;
+  scopeMemos?(scope: Digest): Promise<ScopeMemoList | null>;
 }

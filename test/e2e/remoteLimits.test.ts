@@ -116,10 +116,14 @@ test('a team memo list stops short of what a daemon reads; a memo over the text 
   // 27 KB of base64 in a 16 KiB message: refused here, never sent.
   const big = await writer.putMemo(scope, teamMemo(99, 20_000));
   assert.equal(big.kind, 'refused', JSON.stringify(big));
-  assert.equal((await writer.scopeMemos(scope))?.length, 20, 'a client reading 64 MiB gets all 20 (about 200 KB)');
-  const got = await reader.scopeMemos(scope);
-  assert.ok(got, 'the list came');
+  const all = await writer.scopeMemos(scope);
+  assert.equal(all?.memos.length, 20, 'a client reading 64 MiB gets all 20 (about 200 KB)');
+  assert.equal(all?.complete, true);
+  const list = await reader.scopeMemos(scope);
+  assert.ok(list, 'the list came');
+  const got = list.memos;
   assert.ok(got.length > 0 && got.length < 20, `${got.length} memos`);
+  assert.equal(list.complete, false, 'the list says it was cut');
   assert.ok(got.reduce((n, m) => n + 4 + m.length, 4) <= 64 << 10);
   for (const m of got) assert.ok(memos.some((x) => x.equals(m)));
   const st = await reader.stats();

@@ -45,7 +45,7 @@ test('a server that does not announce team memos is sent neither memo nor scope'
   const r = new RemoteBackend({ url: s.url, token: 't' });
   try {
     assert.equal((await r.putMemo(SCOPE, Buffer.from('m'))).kind, 'refused');
-    assert.deepEqual(await r.scopeMemos(SCOPE), []);
+    assert.deepEqual(await r.scopeMemos(SCOPE), { memos: [], complete: true }, 'a server that keeps no memos has none to leave out');
     assert.deepEqual(s.seen, ['hello']);
   } finally {
     r.close();
@@ -58,8 +58,9 @@ test('a server that announces them gets both, and its memo list is read', async 
   const r = new RemoteBackend({ url: s.url, token: 't' });
   try {
     assert.equal((await r.putMemo(SCOPE, Buffer.from('m'))).kind, 'stored');
-    const memos = await r.scopeMemos(SCOPE);
-    assert.deepEqual(memos?.map(String), ['a memo']);
+    const list = await r.scopeMemos(SCOPE);
+    assert.deepEqual(list?.memos.map(String), ['a memo']);
+    assert.equal(list?.complete, false, 'a reply without `complete` (a server from before it) may have been cut');
     assert.deepEqual(s.seen, ['hello', 'memo', 'scope']);
   } finally {
     r.close();

@@ -53,6 +53,8 @@ function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Pr
   const scopes: string[] = [];
   const gets: string[] = [];
   let list: Buffer[] = [];
+  /** Whether the team cache says its lists are complete. */
+  let complete = true;
   /** Lists by scope, where one is set; else `list`. */
   const lists = new Map<string, Buffer[]>();
   const counters = new Counters();
@@ -76,7 +78,7 @@ function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Pr
     ...(fetchSlack !== undefined ? { fetchSlack } : {}),
     scopeMemos: async (scope) => {
       scopes.push(scope);
-      return lists.get(scope) ?? list;
+      return { memos: lists.get(scope) ?? list, complete };
     },
     getEntry: async (k): Promise<TieredLookup> => {
       gets.push(k);
@@ -116,7 +118,10 @@ function setup(isLocal?: (key: string) => Promise<boolean>, packWrite?: () => Pr
     packs,
     adopted,
     removed: () => removed,
-    setList: (l: Buffer[]) => (list = l),
+    setList: (l: Buffer[], isComplete = true) => {
+      list = l;
+      complete = isComplete;
+    },
     setScopeList: (at: string, l: Buffer[]) => lists.set(scopeDigest(COMPILER, fs.realpathSync(COMPILER), at), l),
   };
 }
@@ -143,6 +148,26 @@ test('one scope request per scope; each memo claimed once; unusable and invalid 
   assert.equal(await t.p.claim(t.req('a'), onFetch), null);
   assert.equal(t.scopes.length, 2, 'forgotten: asked for again');
   assert.equal(fetching, 2);
+});
+
+test('a command lacks its team memo only when missing from a complete list: a cut list (or one not said complete) may hold it', async () => {
+  const complete = setup();
+  complete.setList([complete.memo('a')]);
+  assert.equal(complete.p.lacks(complete.req('b')), false, 'not asked yet');
+  await complete.p.claim(complete.req('c'));
+  assert.equal(complete.p.lacks(complete.req('b')), true, 'missing from the complete list');
+  assert.equal(complete.p.lacks(complete.req('a')), false, 'in the list');
+  assert.ok(await complete.p.claim(complete.req('a')));
+  assert.equal(complete.p.lacks(complete.req('a')), false, 'claimed');
+  complete.p.forget();
+
+  const cut = setup();
+  cut.setList([cut.memo('a')], false);
+  await cut.p.claim(cut.req('c'));
+  assert.equal(cut.scopes.length, 1, 'the scope was answered');
+  assert.equal(cut.p.lacks(cut.req('b')), false, 'missing from a list that may have been cut');
+  assert.ok(await cut.p.claim(cut.req('a')), 'its memos are still used');
+  cut.p.forget();
 });
 
 test('entries are fetched ahead only after a team-cache hit, while their memos are checked', async () => {
@@ -253,7 +278,7 @@ test('jobs wait for fetching ahead only for a while: past it they fetch their ow
   for (const m of names) fs.writeFileSync(join(t.cwd, `${m}.o`), `bitcode of ${m}`);
   const slowGets: string[] = [];
   const p = new TeamPrefetch({
-    scopeMemos: async () => names.map((m) => t.memo(m)),
+    scopeMemos: async () => ({ memos: names.map((m) => t.memo(m)), complete: true }),
     // Slow enough that the last memos' entries are not begun within the jobs' patience.
     getEntry: async (k): Promise<TieredLookup> => {
       slowGets.push(k);
@@ -395,7 +420,7 @@ test('the scope names the resolved compiler: a compiler path that now resolves e
   const p = new TeamPrefetch({
     scopeMemos: async (scope) => {
       asked.push(scope);
-      return [];
+      return { memos: [], complete: true };
     },
     getEntry: async () => ({ kind: 'miss' }),
     files: new FileDigests(),
