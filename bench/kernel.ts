@@ -935,9 +935,7 @@ export async function runBench(o: Options): Promise<Report | null> {
               hits: hit(s1) - hit(s0),
               mismatches: mm,
             });
-            log(
-              `${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${hit(s1) - hit(s0)} hits, unsupported_source_language +${unsupported}`,
-            );
+            log(`${name}: ${(t.wallMs / 1000).toFixed(3)} s, ${hit(s1) - hit(s0)} hits, unsupported_source_language +${unsupported}`);
           }
           rmSync(cdir, { recursive: true, force: true });
         }
