@@ -16,8 +16,6 @@ export class ObservingFiles implements DigestSource {
   private readonly results = new Map<string, FileDigest>();
   /** A directory observed within the racy window of its last change (see memoable). */
   private unsettledDir = false;
-  /** A file past MEMO_CONTENT_CHECK_MAX_BYTES that only a content check could stand for (see memoable). */
-  private largeUnsettled = false;
 
   constructor(private readonly inner: DigestSource) {}
 
@@ -35,10 +33,7 @@ export class ObservingFiles implements DigestSource {
       // A directory's listing check already says it is not a regular file, and more.
       if (this.seen.get(absPath)?.kind !== 'dir') this.seen.set(absPath, { kind: 'notreg', path: absPath });
     } else if (d.settled && !this.byContent.has(absPath)) this.seen.set(absPath, { kind: 'stat', path: absPath, ...d.stat, digest: d.digest });
-    else {
-      if (!this.byContent.has(absPath) && d.size > MEMO_CONTENT_CHECK_MAX_BYTES) this.largeUnsettled = true;
-      this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest, at: { ...d.stat, settled: d.settled } });
-    }
+    else this.seen.set(absPath, { kind: 'content', path: absPath, size: d.size, digest: d.digest, at: { ...d.stat, settled: d.settled } });
     return d;
   }
 
@@ -78,7 +73,9 @@ export class ObservingFiles implements DigestSource {
    * goes through the daemon, whose memo then checks the settled file by stat identity.
    */
   memoable(): boolean {
-    return !this.unsettledDir && !this.largeUnsettled;
+    if (this.unsettledDir) return false;
+    for (const c of this.seen.values()) if (c.kind === 'content' && c.size > MEMO_CONTENT_CHECK_MAX_BYTES && !this.byContent.has(c.path)) return false;
+    return true;
   }
 
   /** An environment variable the key read (undefined = unset). */

@@ -277,6 +277,10 @@ test('a large file that is not settled leaves the job without a memo (its conten
   rewritten.rewritten(index);
   await rewritten.digest(index);
   assert.equal(rewritten.memoable(), true, 'an index is always checked by content, whatever its size');
+  const markedAfter = fresh();
+  await markedAfter.digest(index);
+  markedAfter.rewritten(index);
+  assert.equal(markedAfter.memoable(), true, 'marked rewritten after its first look');
   const large = fresh();
   await large.digest(small);
   await large.digest(big);
